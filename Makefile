@@ -1,0 +1,49 @@
+# Stallholder. `make run` serves the demo; `make test` runs lint and the whole suite.
+# The virtualenv is created and filled from the pinned lock files on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench clean help
+
+help:
+	@echo "make run    serve the demo on http://127.0.0.1:$(PORT) (SQLite under ./var)"
+	@echo "make test   lint (ruff, mypy, import contracts) and the whole test suite"
+	@echo "make lint   ruff, mypy strict and the import-linter contracts"
+	@echo "make bench  benchmarks; results in bench/results/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+
+$(VENV)/.runtime: $(BIN)/python requirements.lock pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.lock
+	touch $@
+
+run: $(VENV)/.runtime
+	$(BIN)/stallholder migrate
+	PORT=$(PORT) $(BIN)/stallholder demo
+	$(BIN)/stallholder serve --host 127.0.0.1 --port $(PORT)
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Platform admin, creators, API keys and customers."""

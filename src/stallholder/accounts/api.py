@@ -1,0 +1,103 @@
+"""HTTP routes for creators, keys and customers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from stallholder.accounts import service
+from stallholder.accounts.auth import AdminDep, PrincipalDep, SecretCreatorDep
+from stallholder.accounts.schemas import (
+    CreatorCreate,
+    CreatorOut,
+    CreatorWithKeys,
+    CustomerCreate,
+    CustomerOut,
+    KeysOut,
+)
+from stallholder.kit.http import NowDep, SessionDep
+from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from stallholder.kit.schemas import ListOut
+
+router = APIRouter(prefix="/v1", tags=["accounts"])
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+
+
+@router.post("/creators", status_code=201, response_model=CreatorWithKeys)
+async def create_creator(
+    body: CreatorCreate, _: AdminDep, session: SessionDep, now: NowDep
+) -> CreatorWithKeys:
+    """Create a creator (admin key). The keys are shown once: store them now."""
+    creator, secret, publishable = await service.create_creator(
+        session,
+        display_name=body.display_name,
+        email=body.email,
+        slug=body.slug,
+        platform_fee_bps=body.platform_fee_bps,
+        platform_fee_fixed=body.platform_fee_fixed,
+        now=now,
+    )
+    return CreatorWithKeys(
+        **CreatorOut.model_validate(creator).model_dump(),
+        secret_key=secret,
+        publishable_key=publishable,
+    )
+
+
+@router.get("/creators/{creator_id}", response_model=CreatorOut)
+async def get_creator(creator_id: str, principal: PrincipalDep, session: SessionDep) -> CreatorOut:
+    """The admin sees any creator; a creator's key sees only its own."""
+    if not principal.is_admin and principal.creator_id != creator_id:
+        raise service.CreatorNotFound(f"no creator {creator_id!r}")
+    return CreatorOut.model_validate(await service.get_creator(session, creator_id))
+
+
+@router.post("/creators/{creator_id}/keys/roll", response_model=KeysOut)
+async def roll_keys(
+    creator_id: str, principal: PrincipalDep, session: SessionDep, now: NowDep
+) -> KeysOut:
+    """Revoke the creator's keys and issue new ones (admin key, or the creator's secret key)."""
+    if not principal.is_admin and not (
+        principal.kind == "secret" and principal.creator_id == creator_id
+    ):
+        raise service.CreatorNotFound(f"no creator {creator_id!r}")
+    secret, publishable = await service.roll_keys(session, creator_id=creator_id, now=now)
+    return KeysOut(creator=creator_id, secret_key=secret, publishable_key=publishable)
+
+
+@router.post("/customers", status_code=201, response_model=CustomerOut)
+async def create_customer(
+    body: CustomerCreate, creator_id: SecretCreatorDep, session: SessionDep, now: NowDep
+) -> CustomerOut:
+    customer = await service.create_customer(
+        session,
+        creator_id=creator_id,
+        email=body.email,
+        name=body.name,
+        time_zone=body.time_zone,
+        now=now,
+    )
+    return CustomerOut.model_validate(customer)
+
+
+@router.get("/customers/{customer_id}", response_model=CustomerOut)
+async def get_customer(
+    customer_id: str, creator_id: SecretCreatorDep, session: SessionDep
+) -> CustomerOut:
+    return CustomerOut.model_validate(
+        await service.get_customer(session, creator_id=creator_id, customer_id=customer_id)
+    )
+
+
+@router.get("/customers", response_model=ListOut)
+async def list_customers(
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> ListOut:
+    page = await service.list_customers(
+        session, creator_id=creator_id, limit=limit, starting_after=starting_after
+    )
+    return ListOut(data=[CustomerOut.model_validate(c) for c in page.data], has_more=page.has_more)

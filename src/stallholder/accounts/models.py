@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from stallholder.kit.db import Base
+
+
+class Creator(Base):
+    __tablename__ = "creators"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320))
+    # Per-creator override of the platform fee; None means the platform default.
+    platform_fee_bps: Mapped[int | None] = mapped_column(default=None)
+    platform_fee_fixed: Mapped[int | None] = mapped_column(default=None)
+    receipt_counter: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime]
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "secret" | "publishable"
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    redacted: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    __table_args__ = (Index("ix_customers_creator_email", "creator_id", "email"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    created_at: Mapped[datetime]

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from functools import cache
+from typing import Literal
+from zoneinfo import available_timezones
+
+from pydantic import BaseModel, Field, StrictInt, field_validator
+
+from stallholder.kit.schemas import Email, Input, Output
+
+SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class CreatorCreate(Input):
+    display_name: str = Field(min_length=1, max_length=200)
+    email: Email
+    slug: str | None = Field(default=None, pattern=SLUG_PATTERN)
+    platform_fee_bps: StrictInt | None = Field(default=None, ge=0, le=10_000)
+    platform_fee_fixed: StrictInt | None = Field(default=None, ge=0)
+
+
+class CreatorOut(Output):
+    object: Literal["creator"] = "creator"
+    id: str
+    slug: str
+    display_name: str
+    email: str
+    platform_fee_bps: int | None
+    platform_fee_fixed: int | None
+    created: datetime = Field(validation_alias="created_at")
+
+
+class CreatorWithKeys(CreatorOut):
+    secret_key: str
+    publishable_key: str
+
+
+class KeysOut(BaseModel):
+    object: Literal["api_keys"] = "api_keys"
+    creator: str
+    secret_key: str
+    publishable_key: str
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def check_time_zone(value: str) -> str:
+    if value not in _zones():
+        raise ValueError(f"unknown IANA time zone {value!r}; use a name such as 'Europe/Berlin'")
+    return value
+
+
+class CustomerCreate(Input):
+    email: Email
+    name: str | None = Field(default=None, max_length=200)
+    time_zone: str = "UTC"
+
+    @field_validator("time_zone")
+    @classmethod
+    def _valid_zone(cls, value: str) -> str:
+        return check_time_zone(value)
+
+
+class CustomerOut(Output):
+    object: Literal["customer"] = "customer"
+    id: str
+    email: str
+    name: str | None
+    time_zone: str
+    created: datetime = Field(validation_alias="created_at")
+
+
+def slugify(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:63].strip("-") or "creator"

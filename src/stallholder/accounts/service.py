@@ -1,0 +1,242 @@
+"""Creators, their API keys, customers, and who a request is."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stallholder.accounts.models import ApiKey, Creator, Customer
+from stallholder.accounts.schemas import slugify
+from stallholder.kit.errors import Conflict, Forbidden, NotFound, Unauthenticated
+from stallholder.kit.ids import hash_secret, new_id, new_secret
+from stallholder.kit.pagination import Page, paginate
+
+ADMIN_KEY_FILE = "admin-key"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the platform admin, or a creator through a secret or publishable key."""
+
+    kind: Literal["admin", "secret", "publishable"]
+    creator_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.kind == "admin"
+
+
+class SlugTaken(Conflict):
+    slug = "slug-taken"
+    title = "Slug already taken"
+
+
+class CreatorNotFound(NotFound):
+    slug = "creator-not-found"
+    title = "No such creator"
+
+
+class CustomerNotFound(NotFound):
+    slug = "customer-not-found"
+    title = "No such customer"
+
+
+class PublishableKeyNotAllowed(Forbidden):
+    slug = "publishable-key-not-allowed"
+    title = "A publishable key cannot do this"
+
+
+def resolve_admin_key(configured: str, data_dir: Path) -> tuple[str, bool]:
+    """The platform admin key and whether it was generated just now.
+
+    ``STALLHOLDER_ADMIN_KEY`` wins. Without it a key is generated once and kept in
+    ``<data_dir>/admin-key`` (mode 0600), so a self-hosted instance keeps the same key
+    across restarts without a configuration step.
+    """
+    if configured:
+        return configured, False
+    path = data_dir / ADMIN_KEY_FILE
+    if path.exists():
+        return path.read_text().strip(), False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = new_secret("admin")
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(key + "\n")
+    return key, True
+
+
+async def authenticate(session: AsyncSession, *, token: str | None, admin_key: str) -> Principal:
+    """The principal behind a bearer token.
+
+    Raises:
+        Unauthenticated: no token, or one that matches no live key.
+    """
+    if not token:
+        raise Unauthenticated("send your API key as 'Authorization: Bearer <key>'")
+    if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
+        return Principal(kind="admin")
+    row = (
+        await session.execute(
+            select(ApiKey.kind, ApiKey.creator_id).where(
+                ApiKey.key_hash == hash_secret(token), ApiKey.revoked_at.is_(None)
+            )
+        )
+    ).first()
+    if row is None:
+        raise Unauthenticated("this API key is not valid; it may have been rolled")
+    kind, creator_id = row
+    return Principal(kind="secret" if kind == "secret" else "publishable", creator_id=creator_id)
+
+
+async def _issue_keys(session: AsyncSession, *, creator_id: str, now: datetime) -> tuple[str, str]:
+    secret = new_secret("sk")
+    publishable = new_secret("pk")
+    for kind, key in (("secret", secret), ("publishable", publishable)):
+        session.add(
+            ApiKey(
+                id=new_id("key"),
+                creator_id=creator_id,
+                kind=kind,
+                key_hash=hash_secret(key),
+                redacted=f"{key[:3]}…{key[-4:]}",
+                created_at=now,
+            )
+        )
+    await session.flush()
+    return secret, publishable
+
+
+async def _free_slug(session: AsyncSession, wanted: str) -> str:
+    taken = set(
+        (
+            await session.execute(select(Creator.slug).where(Creator.slug.like(f"{wanted}%")))
+        ).scalars()
+    )
+    if wanted not in taken:
+        return wanted
+    n = 2
+    while f"{wanted}-{n}" in taken:
+        n += 1
+    return f"{wanted}-{n}"
+
+
+async def create_creator(
+    session: AsyncSession,
+    *,
+    display_name: str,
+    email: str,
+    slug: str | None,
+    platform_fee_bps: int | None,
+    platform_fee_fixed: int | None,
+    now: datetime,
+) -> tuple[Creator, str, str]:
+    """A new creator with a fresh secret and publishable key (shown once, stored hashed).
+
+    Raises:
+        SlugTaken: an explicit ``slug`` belongs to another creator.
+    """
+    if slug is not None:
+        if (await session.execute(select(Creator.id).where(Creator.slug == slug))).first():
+            raise SlugTaken(f"the slug {slug!r} is taken; choose another or leave it out")
+    else:
+        slug = await _free_slug(session, slugify(display_name))
+    creator = Creator(
+        id=new_id("cr"),
+        slug=slug,
+        display_name=display_name,
+        email=email,
+        platform_fee_bps=platform_fee_bps,
+        platform_fee_fixed=platform_fee_fixed,
+        created_at=now,
+    )
+    session.add(creator)
+    await session.flush()
+    secret, publishable = await _issue_keys(session, creator_id=creator.id, now=now)
+    return creator, secret, publishable
+
+
+async def get_creator(session: AsyncSession, creator_id: str) -> Creator:
+    creator = await session.get(Creator, creator_id)
+    if creator is None:
+        raise CreatorNotFound(f"no creator {creator_id!r}")
+    return creator
+
+
+async def roll_keys(session: AsyncSession, *, creator_id: str, now: datetime) -> tuple[str, str]:
+    """Revoke the creator's live keys and issue a new pair. Old keys stop working at once."""
+    await get_creator(session, creator_id)
+    await session.execute(
+        update(ApiKey)
+        .where(ApiKey.creator_id == creator_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return await _issue_keys(session, creator_id=creator_id, now=now)
+
+
+async def create_customer(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    email: str,
+    name: str | None,
+    time_zone: str,
+    now: datetime,
+) -> Customer:
+    customer = Customer(
+        id=new_id("cus"),
+        creator_id=creator_id,
+        email=email,
+        name=name,
+        time_zone=time_zone,
+        created_at=now,
+    )
+    session.add(customer)
+    await session.flush()
+    return customer
+
+
+async def get_customer(session: AsyncSession, *, creator_id: str, customer_id: str) -> Customer:
+    """Raises ``CustomerNotFound`` for another creator's customer too, so ids do not leak."""
+    customer = await session.get(Customer, customer_id)
+    if customer is None or customer.creator_id != creator_id:
+        raise CustomerNotFound(f"no customer {customer_id!r}")
+    return customer
+
+
+async def customer_for_email(
+    session: AsyncSession, *, creator_id: str, email: str, now: datetime
+) -> Customer:
+    """The creator's oldest customer with this email, created when there is none."""
+    existing = (
+        await session.execute(
+            select(Customer)
+            .where(Customer.creator_id == creator_id, Customer.email == email)
+            .order_by(Customer.created_at, Customer.id)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if existing is not None:
+        return existing
+    return await create_customer(
+        session, creator_id=creator_id, email=email, name=None, time_zone="UTC", now=now
+    )
+
+
+async def list_customers(
+    session: AsyncSession, *, creator_id: str, limit: int, starting_after: str | None
+) -> Page[Customer]:
+    return await paginate(
+        session,
+        select(Customer).where(Customer.creator_id == creator_id),
+        id_column=Customer.id,
+        limit=limit,
+        starting_after=starting_after,
+    )

@@ -1,0 +1,239 @@
+"""The ASGI application: routers, problem+json error handling, the embedded worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from stallholder import __version__
+from stallholder.accounts.api import router as accounts_router
+from stallholder.accounts.service import resolve_admin_key
+from stallholder.catalog.api import router as catalog_router
+from stallholder.checkout.api import public_router as checkout_public_router
+from stallholder.checkout.api import router as checkout_router
+from stallholder.jobs.worker import Worker
+from stallholder.kit.clock import Clock, SystemClock
+from stallholder.kit.db import Database
+from stallholder.kit.errors import PROBLEM_MEDIA_TYPE, DomainError, problem_type
+from stallholder.kit.idempotency import IdempotencyMiddleware
+from stallholder.ledger.api import router as ledger_router
+from stallholder.orders.api import router as orders_router
+from stallholder.payments.gateway import Gateway, SandboxGateway
+from stallholder.settings import Settings
+
+log = logging.getLogger("stallholder")
+
+
+def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(
+        {"type": problem_type(slug), "title": title, "status": status, "detail": detail, **extra},
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+async def _domain_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DomainError)
+    return JSONResponse(
+        error.problem(instance=request.url.path),
+        status_code=error.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(part) for part in loc if part != "body"] or ["body"]
+    return ".".join(parts)
+
+
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    errors = list(error.errors())
+    if any(item.get("type") == "json_invalid" for item in errors):
+        return _problem(
+            400,
+            "malformed-json",
+            "The body is not valid JSON",
+            "send a JSON object with 'Content-Type: application/json'",
+        )
+    details = [
+        {
+            "loc": _location(tuple(item.get("loc", ()))),
+            "msg": str(item.get("msg", "")).removeprefix("Value error, "),
+            "type": item.get("type"),
+        }
+        for item in errors
+    ]
+    summary = "; ".join(f"{d['loc']}: {d['msg']}" for d in details[:5])
+    return _problem(
+        422,
+        "validation-error",
+        "The request body or parameters are invalid",
+        summary,
+        errors=details,
+    )
+
+
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    slugs = {
+        404: ("not-found", "Not found"),
+        405: ("method-not-allowed", "Method not allowed"),
+        413: ("payload-too-large", "Request body too large"),
+    }
+    slug, title = slugs.get(error.status_code, ("http-error", "HTTP error"))
+    detail = error.detail if isinstance(error.detail, str) else title
+    if error.status_code == 404 and detail == "Not Found":
+        detail = f"no route {request.method} {request.url.path}"
+    return _problem(error.status_code, slug, title, detail)
+
+
+async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return _problem(
+        500,
+        "internal-error",
+        "Internal error",
+        "something went wrong on our side; it has been logged",
+    )
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with a 413 problem before anything parses them."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._too_large(send)
+                return
+        received = 0
+        chunks: list[Message] = []
+        while True:
+            message = await receive()
+            chunks.append(message)
+            if message["type"] != "http.request":
+                break
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                await self._too_large(send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            if chunks:
+                return chunks.pop(0)
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send) -> None:
+        response = _problem(
+            413,
+            "payload-too-large",
+            "Request body too large",
+            f"the body exceeds {self.max_bytes} bytes",
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                    (b"content-length", str(len(response.body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": bytes(response.body)})
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database: Database | None = None,
+    clock: Clock | None = None,
+    gateway: Gateway | None = None,
+    run_worker: bool | None = None,
+) -> FastAPI:
+    """The application. Tests pass their own database, clock and gateway."""
+    settings = settings or Settings()
+    database = database or Database(settings.resolved_database_url())
+    clock = clock or SystemClock()
+    gateway = gateway or SandboxGateway()
+    admin_key, generated = resolve_admin_key(settings.admin_key, settings.data_dir)
+    if generated:
+        log.warning(
+            "generated a platform admin key (kept in %s): %s",
+            settings.data_dir / "admin-key",
+            admin_key,
+        )
+    embedded_worker = settings.embedded_worker if run_worker is None else run_worker
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        worker = Worker(database, clock)
+        if embedded_worker:
+            task = asyncio.create_task(worker.run(poll_seconds=settings.worker_poll_seconds))
+        try:
+            yield
+        finally:
+            worker.stop()
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await database.dispose()
+
+    app = FastAPI(
+        title="Stallholder API",
+        version=__version__,
+        lifespan=lifespan,
+        description="Commerce infrastructure for creators who sell directly. Every error is "
+        "application/problem+json (RFC 9457); money is integer minor units.",
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.clock = clock
+    app.state.gateway = gateway
+    app.state.admin_key = admin_key
+
+    for router in (
+        accounts_router,
+        catalog_router,
+        checkout_router,
+        checkout_public_router,
+        orders_router,
+        ledger_router,
+    ):
+        app.include_router(router)
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(
+        IdempotencyMiddleware, database=lambda: app.state.database, clock=lambda: app.state.clock
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

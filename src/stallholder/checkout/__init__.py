@@ -1,0 +1,1 @@
+"""Checkout sessions and checkout links."""

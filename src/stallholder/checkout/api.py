@@ -1,0 +1,236 @@
+"""HTTP routes for checkout sessions and checkout links."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
+
+from stallholder.accounts.auth import AnyCreatorDep, PrincipalDep, SecretCreatorDep
+from stallholder.checkout import service
+from stallholder.checkout.models import CheckoutLink, CheckoutSession
+from stallholder.checkout.schemas import (
+    ConfirmIn,
+    LineItemIn,
+    LineItemOut,
+    LinkCreate,
+    LinkOut,
+    LinkUpdate,
+    NextAction,
+    PaymentErrorOut,
+    SessionCreate,
+    SessionOut,
+)
+from stallholder.kit.http import NowDep, SessionDep, SettingsDep, problem_response
+from stallholder.ledger.fees import FeePolicy
+from stallholder.settings import Settings
+
+router = APIRouter(prefix="/v1", tags=["checkout"])
+public_router = APIRouter(tags=["checkout"])
+
+
+def session_out(checkout: CheckoutSession, *, settings: Settings, now: Any) -> SessionOut:
+    return SessionOut(
+        id=checkout.id,
+        status=service.effective_status(checkout, now),
+        payment_status=checkout.payment_status,
+        client_secret=checkout.client_secret,
+        url=f"{settings.base_url}/checkout/{checkout.id}",
+        currency=checkout.currency,
+        amount_subtotal=checkout.amount_subtotal,
+        amount_total=checkout.amount_total,
+        customer=checkout.customer_id,
+        customer_email=checkout.customer_email,
+        line_items=[
+            LineItemOut(
+                price=i.price_id,
+                product=i.product_id,
+                variant=i.variant_id,
+                description=i.description,
+                quantity=i.quantity,
+                unit_amount=i.unit_amount,
+                amount_total=i.amount_total,
+            )
+            for i in checkout.line_items
+        ],
+        success_url=checkout.success_url,
+        cancel_url=checkout.cancel_url,
+        order=checkout.order_id,
+        next_action=NextAction(
+            type="authenticate",
+            detail=(
+                "The card needs 3-D Secure. Authenticate the buyer, then confirm again with the "
+                "authenticated payment method (sandbox: 'tok_visa_3ds_confirmed')."
+            ),
+        )
+        if checkout.payment_status == "requires_action" and checkout.status == "open"
+        else None,
+        last_payment_error=PaymentErrorOut(
+            code=checkout.last_error_code, message=checkout.last_error_message
+        )
+        if checkout.last_error_code
+        else None,
+        expires_at=checkout.expires_at,
+        created=checkout.created_at,
+    )
+
+
+def _lines(items: list[LineItemIn]) -> list[service.LineRequest]:
+    return [
+        service.LineRequest(
+            price_id=i.price, quantity=i.quantity, variant_id=i.variant, amount=i.amount
+        )
+        for i in items
+    ]
+
+
+def fee_policy(settings: Settings) -> FeePolicy:
+    return FeePolicy(bps=settings.platform_fee_bps, fixed=settings.platform_fee_fixed)
+
+
+@router.post("/checkout/sessions", status_code=201, response_model=SessionOut)
+async def create_session(
+    body: SessionCreate,
+    creator_id: AnyCreatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> SessionOut:
+    """Open a checkout session (secret or publishable key). It expires after 30 minutes."""
+    checkout = await service.create_session(
+        session,
+        creator_id=creator_id,
+        lines=_lines(body.line_items),
+        customer_id=body.customer,
+        customer_email=body.customer_email,
+        success_url=str(body.success_url) if body.success_url else None,
+        cancel_url=str(body.cancel_url) if body.cancel_url else None,
+        ttl=timedelta(seconds=settings.checkout_session_ttl_seconds),
+        now=now,
+    )
+    return session_out(checkout, settings=settings, now=now)
+
+
+@router.get("/checkout/sessions/{session_id}", response_model=SessionOut)
+async def get_session(
+    session_id: str,
+    principal: PrincipalDep,
+    creator_id: AnyCreatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    client_secret: str | None = None,
+) -> SessionOut:
+    """A publishable key must also pass the session's ``client_secret``."""
+    checkout = await service.get_session(
+        session,
+        creator_id=creator_id,
+        session_id=session_id,
+        client_secret=client_secret if principal.kind == "publishable" else None,
+    )
+    if principal.kind == "publishable" and client_secret is None:
+        raise service.SessionNotFound(f"no checkout session {session_id!r}")
+    return session_out(checkout, settings=settings, now=now)
+
+
+@router.post(
+    "/checkout/sessions/{session_id}/confirm",
+    response_model=SessionOut,
+    responses={402: {"description": "The payment was declined or failed"}},
+)
+async def confirm_session(
+    session_id: str,
+    body: ConfirmIn,
+    request: Request,
+    principal: PrincipalDep,
+    creator_id: AnyCreatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> Any:
+    """Pay with a token. Safe to retry: a complete session is returned as it is."""
+    if principal.kind == "publishable" and not body.client_secret:
+        raise service.SessionNotFound(f"no checkout session {session_id!r}")
+    outcome = await service.confirm_session(
+        session,
+        request.app.state.gateway,
+        creator_id=creator_id,
+        session_id=session_id,
+        payment_method=body.payment_method,
+        client_secret=body.client_secret if principal.kind == "publishable" else None,
+        customer_email=body.customer_email,
+        default_fees=fee_policy(settings),
+        now=now,
+    )
+    if outcome.error is not None:
+        return problem_response(outcome.error, instance=f"/v1/checkout/sessions/{session_id}")
+    return session_out(outcome.session, settings=settings, now=now)
+
+
+def link_out(link: CheckoutLink, settings: Settings) -> LinkOut:
+    return LinkOut(
+        id=link.id,
+        url=f"{settings.base_url}/l/{link.id}",
+        active=link.is_active,
+        line_items=link.line_items,
+        created=link.created_at,
+    )
+
+
+@router.post("/checkout/links", status_code=201, response_model=LinkOut)
+async def create_link(
+    body: LinkCreate,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> LinkOut:
+    """A reusable URL; every visit opens a new session for these line items."""
+    link = await service.create_link(
+        session,
+        creator_id=creator_id,
+        lines=_lines(body.line_items),
+        success_url=str(body.success_url) if body.success_url else None,
+        now=now,
+    )
+    return link_out(link, settings)
+
+
+@router.get("/checkout/links/{link_id}", response_model=LinkOut)
+async def get_link(
+    link_id: str, creator_id: SecretCreatorDep, session: SessionDep, settings: SettingsDep
+) -> LinkOut:
+    return link_out(
+        await service.get_link(session, link_id=link_id, creator_id=creator_id), settings
+    )
+
+
+@router.patch("/checkout/links/{link_id}", response_model=LinkOut)
+async def update_link(
+    link_id: str,
+    body: LinkUpdate,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> LinkOut:
+    """Deactivate (``active: false``) or reactivate a link."""
+    link = await service.set_link_active(
+        session, link_id=link_id, creator_id=creator_id, is_active=body.active
+    )
+    return link_out(link, settings)
+
+
+@public_router.get("/l/{link_id}", status_code=303, response_class=RedirectResponse)
+async def visit_link(
+    link_id: str, session: SessionDep, settings: SettingsDep, now: NowDep
+) -> RedirectResponse:
+    """Open a new session for a checkout link and send the buyer to its hosted page."""
+    checkout = await service.open_session_from_link(
+        session,
+        link_id=link_id,
+        ttl=timedelta(seconds=settings.checkout_session_ttl_seconds),
+        now=now,
+    )
+    return RedirectResponse(f"{settings.base_url}/checkout/{checkout.id}", status_code=303)

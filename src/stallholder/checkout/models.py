@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from stallholder.kit.db import Base, SerialPK
+
+
+class CheckoutSession(Base):
+    __tablename__ = "checkout_sessions"
+    __table_args__ = (Index("ix_checkout_sessions_status_expires", "status", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # open | complete | expired
+    # unpaid | requires_action | paid
+    payment_status: Mapped[str] = mapped_column(String(24), default="unpaid")
+    client_secret: Mapped[str] = mapped_column(String(100))
+    customer_id: Mapped[str | None] = mapped_column(ForeignKey("customers.id"), default=None)
+    customer_email: Mapped[str | None] = mapped_column(String(320), default=None)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount_subtotal: Mapped[int]
+    amount_total: Mapped[int]
+    success_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    cancel_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    checkout_link_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    order_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    last_error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    last_error_message: Mapped[str | None] = mapped_column(String(500), default=None)
+    expires_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+
+    line_items: Mapped[list[CheckoutLineItem]] = relationship(
+        order_by="CheckoutLineItem.position", lazy="selectin"
+    )
+
+
+class CheckoutLineItem(Base):
+    __tablename__ = "checkout_line_items"
+
+    id: Mapped[SerialPK]
+    session_id: Mapped[str] = mapped_column(ForeignKey("checkout_sessions.id"), index=True)
+    position: Mapped[int]
+    price_id: Mapped[str] = mapped_column(ForeignKey("prices.id"))
+    product_id: Mapped[str] = mapped_column(ForeignKey("products.id"))
+    variant_id: Mapped[str] = mapped_column(ForeignKey("variants.id"))
+    sku: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(300))
+    quantity: Mapped[int]
+    unit_amount: Mapped[int]
+    amount_total: Mapped[int]
+
+
+class CheckoutLink(Base):
+    """A reusable URL: each visit opens a new session for the same line items."""
+
+    __tablename__ = "checkout_links"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
+    line_items: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    success_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    is_active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime]

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, Field, StrictInt
+
+from stallholder.kit.schemas import Amount, Email, Input
+
+
+class LineItemIn(Input):
+    price: str = Field(min_length=1, max_length=40)
+    quantity: StrictInt = Field(default=1, ge=1, le=999)
+    variant: str | None = Field(default=None, max_length=40)
+    # Pay-what-you-want: the buyer's chosen unit amount.
+    amount: Amount | None = None
+
+
+class SessionCreate(Input):
+    line_items: list[LineItemIn] = Field(min_length=1, max_length=100)
+    customer: str | None = Field(default=None, max_length=40)
+    customer_email: Email | None = None
+    success_url: AnyHttpUrl | None = None
+    cancel_url: AnyHttpUrl | None = None
+
+
+class ConfirmIn(Input):
+    payment_method: str = Field(min_length=1, max_length=100)
+    # With a publishable key, the session's client secret proves the caller is its buyer.
+    client_secret: str | None = Field(default=None, max_length=100)
+    # For sessions opened without a customer (checkout links): who gets the receipt.
+    customer_email: Email | None = None
+
+
+class LinkCreate(Input):
+    line_items: list[LineItemIn] = Field(min_length=1, max_length=100)
+    success_url: AnyHttpUrl | None = None
+
+
+class LinkUpdate(Input):
+    active: bool
+
+
+class LineItemOut(BaseModel):
+    price: str
+    product: str
+    variant: str
+    description: str
+    quantity: int
+    unit_amount: int
+    amount_total: int
+
+
+class NextAction(BaseModel):
+    type: Literal["authenticate"]
+    detail: str
+
+
+class PaymentErrorOut(BaseModel):
+    code: str
+    message: str | None
+
+
+class SessionOut(BaseModel):
+    object: Literal["checkout.session"] = "checkout.session"
+    id: str
+    status: str
+    payment_status: str
+    client_secret: str
+    url: str
+    currency: str
+    amount_subtotal: int
+    amount_total: int
+    customer: str | None
+    customer_email: str | None
+    line_items: list[LineItemOut]
+    success_url: str | None
+    cancel_url: str | None
+    order: str | None
+    next_action: NextAction | None
+    last_payment_error: PaymentErrorOut | None
+    expires_at: datetime
+    created: datetime
+
+
+class LinkOut(BaseModel):
+    object: Literal["checkout.link"] = "checkout.link"
+    id: str
+    url: str
+    active: bool
+    line_items: list[dict[str, Any]]
+    created: datetime

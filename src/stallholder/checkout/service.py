@@ -1,0 +1,441 @@
+"""Checkout sessions: open → complete | expired, and checkout links that open them.
+
+Confirming is safe to repeat and to race. The session row is locked for the whole
+confirm (``SELECT … FOR UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` on SQLite), and a
+session that is already complete returns as it is, so two confirms make one charge and
+one order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stallholder.accounts import service as accounts
+from stallholder.catalog.models import Price, Product, Variant
+from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
+from stallholder.kit.errors import Conflict, DomainError, InvalidRequest, NotFound
+from stallholder.kit.ids import new_id, new_secret
+from stallholder.ledger.fees import FeePolicy
+from stallholder.orders import service as orders
+from stallholder.payments import service as payments
+from stallholder.payments.gateway import Gateway
+
+MAX_SESSION_TOTAL = 99_999_999
+
+
+class SessionNotFound(NotFound):
+    slug = "checkout-session-not-found"
+    title = "No such checkout session"
+
+
+class LinkNotFound(NotFound):
+    slug = "checkout-link-not-found"
+    title = "No such checkout link"
+
+
+class SessionExpired(Conflict):
+    slug = "checkout-session-expired"
+    title = "The checkout session has expired"
+
+
+class PriceNotPurchasable(InvalidRequest):
+    slug = "price-not-purchasable"
+    title = "A line item's price cannot be bought"
+
+
+class InvalidLineItem(InvalidRequest):
+    slug = "invalid-line-item"
+    title = "Invalid line item"
+
+
+class MixedCurrencies(InvalidRequest):
+    slug = "mixed-currencies"
+    title = "All line items must share one currency"
+
+
+class EmailRequired(InvalidRequest):
+    slug = "customer-email-required"
+    title = "The buyer's email is needed"
+
+
+@dataclass(frozen=True, slots=True)
+class LineRequest:
+    price_id: str
+    quantity: int
+    variant_id: str | None = None
+    amount: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmOutcome:
+    """The session after a confirm, and the payment error to report if it failed."""
+
+    session: CheckoutSession
+    error: DomainError | None = None
+
+
+def _unit_amount(price: Price, line: LineRequest, position: int) -> int:
+    if price.type == "pay_what_you_want":
+        chosen = line.amount if line.amount is not None else price.preset_amount
+        if chosen is None:
+            raise InvalidLineItem(
+                f"line_items[{position}]: price {price.id} is pay-what-you-want; "
+                f"send 'amount' of at least {price.minimum_amount}"
+            )
+        assert price.minimum_amount is not None
+        if chosen < price.minimum_amount or (
+            price.maximum_amount is not None and chosen > price.maximum_amount
+        ):
+            raise InvalidLineItem(
+                f"line_items[{position}]: amount {chosen} is outside {price.minimum_amount}–"
+                f"{price.maximum_amount if price.maximum_amount is not None else 'no maximum'}",
+                minimum=price.minimum_amount,
+                maximum=price.maximum_amount,
+            )
+        return chosen
+    if line.amount is not None:
+        raise InvalidLineItem(
+            f"line_items[{position}]: 'amount' is only for pay-what-you-want "
+            f"prices; price {price.id} has a fixed unit_amount"
+        )
+    assert price.unit_amount is not None
+    return price.unit_amount
+
+
+async def _build_lines(
+    session: AsyncSession, *, creator_id: str, lines: Sequence[LineRequest]
+) -> list[CheckoutLineItem]:
+    items: list[CheckoutLineItem] = []
+    currencies: set[str] = set()
+    for position, line in enumerate(lines):
+        price = await session.get(Price, line.price_id)
+        if price is None or price.creator_id != creator_id:
+            raise PriceNotPurchasable(f"line_items[{position}]: no price {line.price_id!r}")
+        product = await session.get(Product, price.product_id)
+        assert product is not None
+        if not price.is_active:
+            raise PriceNotPurchasable(f"line_items[{position}]: price {price.id} is archived")
+        if product.status != "published":
+            raise PriceNotPurchasable(
+                f"line_items[{position}]: product {product.id} is {product.status}; "
+                "publish it first"
+            )
+        if price.type == "recurring":
+            raise PriceNotPurchasable(
+                f"line_items[{position}]: price {price.id} is recurring; subscriptions are not "
+                "sold through one-time checkout sessions yet, use a one-time price"
+            )
+        currencies.add(price.currency)
+        variant = _pick_variant(product, line.variant_id, position)
+        unit_amount = _unit_amount(price, line, position)
+        items.append(
+            CheckoutLineItem(
+                position=position,
+                price_id=price.id,
+                product_id=product.id,
+                variant_id=variant.id,
+                sku=variant.sku,
+                description=product.name
+                if variant.is_default and len(product.variants) == 1
+                else f"{product.name} — {variant.name}",
+                quantity=line.quantity,
+                unit_amount=unit_amount,
+                amount_total=unit_amount * line.quantity,
+            )
+        )
+    if len(currencies) > 1:
+        raise MixedCurrencies(
+            f"line items mix currencies {sorted(currencies)}; one session, one currency"
+        )
+    return items
+
+
+def _pick_variant(product: Product, variant_id: str | None, position: int) -> Variant:
+    if variant_id is None:
+        return next(v for v in product.variants if v.is_default)
+    for variant in product.variants:
+        if variant.id == variant_id:
+            return variant
+    raise InvalidLineItem(
+        f"line_items[{position}]: variant {variant_id!r} is not a variant of product {product.id}"
+    )
+
+
+async def create_session(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    lines: Sequence[LineRequest],
+    customer_id: str | None,
+    customer_email: str | None,
+    success_url: str | None,
+    cancel_url: str | None,
+    ttl: timedelta,
+    now: datetime,
+    checkout_link_id: str | None = None,
+) -> CheckoutSession:
+    """An open session for ``lines``, priced now and held for ``ttl``.
+
+    Raises:
+        PriceNotPurchasable, InvalidLineItem, MixedCurrencies, CustomerNotFound.
+    """
+    if customer_id is not None:
+        customer = await accounts.get_customer(
+            session, creator_id=creator_id, customer_id=customer_id
+        )
+        customer_email = customer_email or customer.email
+    items = await _build_lines(session, creator_id=creator_id, lines=lines)
+    total = sum(item.amount_total for item in items)
+    if total > MAX_SESSION_TOTAL:
+        raise InvalidLineItem(f"the session total {total} exceeds the maximum {MAX_SESSION_TOTAL}")
+    price = await session.get(Price, items[0].price_id)
+    assert price is not None
+    checkout = CheckoutSession(
+        id=new_id("cs"),
+        creator_id=creator_id,
+        status="open",
+        payment_status="unpaid",
+        client_secret="",
+        customer_id=customer_id,
+        customer_email=customer_email,
+        currency=price.currency,
+        amount_subtotal=total,
+        amount_total=total,
+        success_url=success_url,
+        cancel_url=cancel_url,
+        checkout_link_id=checkout_link_id,
+        expires_at=now + ttl,
+        created_at=now,
+        line_items=items,
+    )
+    checkout.client_secret = f"{checkout.id}_secret_{new_secret('x')[2:26]}"
+    session.add(checkout)
+    await session.flush()
+    return checkout
+
+
+def effective_status(checkout: CheckoutSession, now: datetime) -> str:
+    """``expired`` as soon as ``expires_at`` passes, even before the worker sweeps it."""
+    if checkout.status == "open" and now >= checkout.expires_at:
+        return "expired"
+    return checkout.status
+
+
+async def get_session(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    session_id: str,
+    client_secret: str | None = None,
+    for_update: bool = False,
+) -> CheckoutSession:
+    """Raises ``SessionNotFound`` for another creator's session or a wrong client secret."""
+    statement = select(CheckoutSession).where(
+        CheckoutSession.id == session_id, CheckoutSession.creator_id == creator_id
+    )
+    if for_update:
+        statement = statement.with_for_update()
+    checkout = (await session.execute(statement)).scalar_one_or_none()
+    if checkout is None or (client_secret is not None and client_secret != checkout.client_secret):
+        raise SessionNotFound(f"no checkout session {session_id!r}")
+    return checkout
+
+
+async def confirm_session(
+    session: AsyncSession,
+    gateway: Gateway,
+    *,
+    creator_id: str,
+    session_id: str,
+    payment_method: str,
+    client_secret: str | None,
+    customer_email: str | None,
+    default_fees: FeePolicy,
+    now: datetime,
+) -> ConfirmOutcome:
+    """Pay for an open session. Idempotent: a complete session comes back unchanged.
+
+    A failed payment is recorded and returned as ``ConfirmOutcome.error`` rather than
+    raised, so the attempt is committed with the unit of work.
+
+    Raises:
+        SessionNotFound, SessionExpired, EmailRequired, CardNumberRejected, InvalidPaymentMethod.
+    """
+    payments.check_payment_method(payment_method)
+    checkout = await get_session(
+        session,
+        creator_id=creator_id,
+        session_id=session_id,
+        client_secret=client_secret,
+        for_update=True,
+    )
+    if checkout.status == "complete":
+        return ConfirmOutcome(checkout)
+    if effective_status(checkout, now) == "expired":
+        raise SessionExpired(
+            f"checkout session {session_id} expired at "
+            f"{checkout.expires_at.isoformat()}; create a new one",
+            expired_at=checkout.expires_at.isoformat(),
+        )
+    if customer_email is not None and checkout.customer_id is None:
+        checkout.customer_email = customer_email
+    if not checkout.customer_email:
+        raise EmailRequired(
+            "this session has no customer; send customer_email with the confirm "
+            "so the buyer gets a receipt"
+        )
+    attempt = await payments.charge(
+        session,
+        gateway,
+        creator_id=creator_id,
+        checkout_session_id=checkout.id,
+        amount=checkout.amount_total,
+        currency=checkout.currency,
+        payment_method=payment_method,
+        now=now,
+    )
+    if attempt.status == "requires_action":
+        checkout.payment_status = "requires_action"
+        checkout.last_error_code, checkout.last_error_message = None, None
+        await session.flush()
+        return ConfirmOutcome(checkout)
+    if attempt.status == "failed":
+        checkout.payment_status = "unpaid"
+        checkout.last_error_code = attempt.decline_code
+        checkout.last_error_message = attempt.failure_message
+        await session.flush()
+        return ConfirmOutcome(checkout, error=payments.failure_error(attempt))
+
+    email = checkout.customer_email
+    if checkout.customer_id is None:
+        customer = await accounts.customer_for_email(
+            session, creator_id=creator_id, email=email, now=now
+        )
+        checkout.customer_id = customer.id
+    order = await orders.create_paid_order(
+        session,
+        creator_id=creator_id,
+        customer_id=checkout.customer_id,
+        customer_email=email,
+        checkout_session_id=checkout.id,
+        attempt=attempt,
+        default_fees=default_fees,
+        now=now,
+        lines=[
+            orders.LineSpec(
+                price_id=item.price_id,
+                product_id=item.product_id,
+                variant_id=item.variant_id,
+                sku=item.sku,
+                description=item.description,
+                quantity=item.quantity,
+                unit_amount=item.unit_amount,
+            )
+            for item in checkout.line_items
+        ],
+    )
+    checkout.status = "complete"
+    checkout.payment_status = "paid"
+    checkout.order_id = order.id
+    checkout.completed_at = now
+    checkout.last_error_code, checkout.last_error_message = None, None
+    await session.flush()
+    return ConfirmOutcome(checkout)
+
+
+async def expire_due_sessions(session: AsyncSession, *, now: datetime) -> int:
+    """Mark every open session past its ``expires_at`` as expired; returns how many."""
+    result = await session.execute(
+        update(CheckoutSession)
+        .where(CheckoutSession.status == "open", CheckoutSession.expires_at <= now)
+        .values(status="expired")
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def create_link(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    lines: Sequence[LineRequest],
+    success_url: str | None,
+    now: datetime,
+) -> CheckoutLink:
+    """A reusable link; its line items are validated now as a session would validate them."""
+    await _build_lines(session, creator_id=creator_id, lines=lines)
+    link = CheckoutLink(
+        id=new_id("plink"),
+        creator_id=creator_id,
+        success_url=success_url,
+        is_active=True,
+        created_at=now,
+        line_items=[
+            {
+                "price": line.price_id,
+                "quantity": line.quantity,
+                "variant": line.variant_id,
+                "amount": line.amount,
+            }
+            for line in lines
+        ],
+    )
+    session.add(link)
+    await session.flush()
+    return link
+
+
+async def get_link(
+    session: AsyncSession, *, link_id: str, creator_id: str | None = None
+) -> CheckoutLink:
+    link = await session.get(CheckoutLink, link_id)
+    if link is None or (creator_id is not None and link.creator_id != creator_id):
+        raise LinkNotFound(f"no checkout link {link_id!r}")
+    return link
+
+
+async def set_link_active(
+    session: AsyncSession, *, link_id: str, creator_id: str, is_active: bool
+) -> CheckoutLink:
+    link = await get_link(session, link_id=link_id, creator_id=creator_id)
+    link.is_active = is_active
+    await session.flush()
+    return link
+
+
+async def open_session_from_link(
+    session: AsyncSession, *, link_id: str, ttl: timedelta, now: datetime
+) -> CheckoutSession:
+    """A fresh session for a visit to a checkout link.
+
+    Raises:
+        LinkNotFound: no such link, or it was deactivated.
+    """
+    link = await get_link(session, link_id=link_id)
+    if not link.is_active:
+        raise LinkNotFound(f"checkout link {link_id!r} is no longer active")
+    lines = [
+        LineRequest(
+            price_id=item["price"],
+            quantity=item["quantity"],
+            variant_id=item.get("variant"),
+            amount=item.get("amount"),
+        )
+        for item in link.line_items
+    ]
+    return await create_session(
+        session,
+        creator_id=link.creator_id,
+        lines=lines,
+        customer_id=None,
+        customer_email=None,
+        success_url=link.success_url,
+        cancel_url=None,
+        ttl=ttl,
+        now=now,
+        checkout_link_id=link.id,
+    )

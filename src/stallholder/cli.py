@@ -1,0 +1,228 @@
+"""The ``stallholder`` command: serve, worker, migrate, demo, creators, ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from stallholder.accounts import service as accounts
+from stallholder.accounts.service import resolve_admin_key
+from stallholder.kit.clock import SystemClock
+from stallholder.kit.db import Database
+from stallholder.ledger import service as ledger
+from stallholder.ledger.fees import FeePolicy
+from stallholder.payments.gateway import SandboxGateway
+from stallholder.settings import Settings
+
+app = typer.Typer(help="Stallholder: commerce infrastructure for creators.", no_args_is_help=True)
+creators_app = typer.Typer(help="Manage creators.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
+app.add_typer(creators_app, name="creators")
+app.add_typer(ledger_app, name="ledger")
+console = Console()
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (creates the SQLite file if needed)."""
+    from stallholder.migrations import upgrade
+
+    settings = _settings()
+    with console.status("Applying migrations…"):
+        upgrade(settings.resolved_database_url())
+    console.print(
+        f"[green]Database is up to date[/green] ({_redact(settings.resolved_database_url())})"
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (the PORT variable sets the default).")] = int(
+        os.environ.get("PORT", "8000")
+    ),
+    worker: Annotated[bool, typer.Option(help="Run the embedded worker in this process.")] = True,
+) -> None:
+    """Serve the API and pages, with the embedded worker."""
+    import uvicorn
+
+    from stallholder.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings, run_worker=worker),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+    )
+
+
+@app.command(name="worker")
+def run_worker() -> None:
+    """Run a standalone worker (due jobs and sweeps) until interrupted."""
+    from stallholder.jobs.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+
+    async def main() -> None:
+        database = Database(settings.resolved_database_url())
+        try:
+            await Worker(database, SystemClock()).run(poll_seconds=settings.worker_poll_seconds)
+        finally:
+            await database.dispose()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        console.print("worker stopped")
+
+
+@app.command()
+def demo() -> None:
+    """Seed the demo platform (idempotent) and print its URLs and keys."""
+    from stallholder.demo import CREATORS, seed
+
+    settings = _settings()
+    admin_key, _ = resolve_admin_key(settings.admin_key, settings.data_dir)
+
+    async def main() -> dict[str, dict[str, str]]:
+        database = Database(settings.resolved_database_url())
+        try:
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("Seeding demo creators", total=len(CREATORS))
+
+                def advance(name: str) -> None:
+                    progress.update(task, advance=1, description=f"Seeding {name}")
+
+                return await seed(
+                    database,
+                    clock=SystemClock(),
+                    gateway=SandboxGateway(),
+                    data_dir=settings.data_dir,
+                    advance=advance,
+                    fees=FeePolicy(
+                        bps=settings.platform_fee_bps, fixed=settings.platform_fee_fixed
+                    ),
+                )
+        finally:
+            await database.dispose()
+
+    keys = asyncio.run(main())
+    base = settings.base_url
+    port = os.environ.get("PORT")
+    if port and base == "http://127.0.0.1:8000":
+        base = f"http://127.0.0.1:{port}"
+    table = Table(title="Demo creators", show_lines=False)
+    for column in ("creator", "id", "secret key", "publishable key"):
+        table.add_column(column)
+    for entry in keys.values():
+        table.add_row(
+            entry["display_name"], entry["creator"], entry["secret_key"], entry["publishable_key"]
+        )
+    console.print(table)
+    console.print(f"API docs:      {base}/docs")
+    console.print(f"OpenAPI:       {base}/openapi.json")
+    console.print(f"Admin key:     {admin_key}")
+    console.print(
+        f"Try:           curl -s {base}/v1/products -H 'Authorization: Bearer "
+        f"{next(iter(keys.values()))['secret_key'] if keys else 'sk_…'}'"
+    )
+
+
+@creators_app.command("create")
+def create_creator(
+    name: Annotated[str, typer.Option("--name", help="Display name.")],
+    email: Annotated[str, typer.Option("--email", help="Contact email.")],
+    slug: Annotated[
+        str | None, typer.Option(help="URL slug; derived from the name if left out.")
+    ] = None,
+) -> None:
+    """Create a creator and print its keys (shown once)."""
+    from stallholder.accounts.schemas import CreatorCreate
+
+    body = CreatorCreate(display_name=name, email=email, slug=slug)
+    settings = _settings()
+
+    async def main() -> tuple[str, str, str, str]:
+        database = Database(settings.resolved_database_url())
+        try:
+            async with database.unit_of_work() as session:
+                creator, secret, publishable = await accounts.create_creator(
+                    session,
+                    display_name=body.display_name,
+                    email=body.email,
+                    slug=body.slug,
+                    platform_fee_bps=None,
+                    platform_fee_fixed=None,
+                    now=SystemClock().now(),
+                )
+                return creator.id, creator.slug, secret, publishable
+        finally:
+            await database.dispose()
+
+    try:
+        creator_id, creator_slug, secret, publishable = asyncio.run(main())
+    except accounts.SlugTaken as error:
+        console.print(f"[red]{error.detail}[/red]")
+        raise typer.Exit(code=1) from error
+    console.print(f"Created {creator_id} ({creator_slug})")
+    console.print(f"secret key:      {secret}")
+    console.print(f"publishable key: {publishable}")
+
+
+@ledger_app.command("verify")
+def verify_ledger() -> None:
+    """Check that every transaction sums to zero per currency and every balance matches its
+    lines. Exits 1 and lists the offenders otherwise."""
+    settings = _settings()
+
+    async def main() -> ledger.VerifyReport:
+        database = Database(settings.resolved_database_url())
+        try:
+            async with database.unit_of_work() as session:
+                return await ledger.verify(session)
+        finally:
+            await database.dispose()
+
+    with console.status("Verifying the ledger…"):
+        report = asyncio.run(main())
+    for txn, currency, total in report.unbalanced:
+        console.print(f"[red]unbalanced[/red] transaction {txn}: {currency} lines sum to {total}")
+    for account, currency, expected, actual in report.mismatched_balances:
+        console.print(
+            f"[red]balance mismatch[/red] {account} {currency}: lines sum to {expected}, "
+            f"balance says {actual}"
+        )
+    if not report.is_clean:
+        raise typer.Exit(code=1)
+    console.print(
+        f"[green]Ledger balances[/green]: {report.transactions_checked} transactions, "
+        f"{report.accounts_checked} account balances checked"
+    )
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}{sep}{user}:***@{host}"
+    return url
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,240 @@
+"""The demo platform that ``make run`` seeds: three creators and a real catalog.
+
+Seeding goes through the same services as the API and is idempotent: a creator whose
+slug exists is left as it is. Demo keys are kept in ``<data_dir>/demo-keys.json`` so
+``make run`` can print them on every start (they are stored hashed in the database).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+
+from stallholder.accounts import service as accounts
+from stallholder.accounts.models import Creator
+from stallholder.catalog import service as catalog
+from stallholder.checkout import service as checkout
+from stallholder.kit.clock import Clock
+from stallholder.kit.db import Database
+from stallholder.ledger.fees import FeePolicy
+from stallholder.orders import service as orders
+from stallholder.payments.gateway import Gateway
+
+KEYS_FILE = "demo-keys.json"
+
+
+@dataclass(frozen=True)
+class DemoProduct:
+    kind: str
+    name: str
+    description: str
+    price: catalog.PriceSpec
+    variants: tuple[catalog.VariantSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class DemoCreator:
+    slug: str
+    display_name: str
+    email: str
+    products: tuple[DemoProduct, ...]
+    sales: tuple[tuple[int, int, str], ...] = field(default=())  # (product index, quantity, email)
+
+
+USD = "usd"
+CREATORS = (
+    DemoCreator(
+        slug="paper-lantern",
+        display_name="Paper Lantern Zines",
+        email="hello@paperlantern.example",
+        products=(
+            DemoProduct(
+                "physical",
+                "Paper Lantern monthly zine",
+                "A 24-page risograph zine in your letterbox every month. Cancel any time.",
+                catalog.PriceSpec(
+                    currency=USD,
+                    unit_amount=300,
+                    recurring_interval="month",
+                    recurring_interval_count=1,
+                    trial_days=0,
+                    nickname="$3 / month",
+                ),
+                (
+                    catalog.VariantSpec(
+                        sku="PL-ZINE-MONTHLY",
+                        weight_grams=60,
+                        length_mm=210,
+                        width_mm=148,
+                        height_mm=3,
+                    ),
+                ),
+            ),
+            DemoProduct(
+                "physical",
+                "Back issue #12: Night Markets",
+                "The night-markets issue, while copies last.",
+                catalog.PriceSpec(currency=USD, unit_amount=600),
+                (catalog.VariantSpec(sku="PL-BACK-12", weight_grams=60),),
+            ),
+        ),
+        sales=((1, 2, "reader@example.com"),),
+    ),
+    DemoCreator(
+        slug="kiln-and-clay",
+        display_name="Kiln & Clay",
+        email="studio@kilnandclay.example",
+        products=(
+            DemoProduct(
+                "physical",
+                "Speckled moon mug — winter drop",
+                "Wheel-thrown stoneware, 350 ml. A drop of 20 pieces, each one a little different.",
+                catalog.PriceSpec(currency=USD, unit_amount=4800),
+                (
+                    catalog.VariantSpec(
+                        sku="KC-MOON-MUG",
+                        weight_grams=420,
+                        length_mm=120,
+                        width_mm=90,
+                        height_mm=95,
+                    ),
+                ),
+            ),
+        ),
+        sales=((0, 1, "mug.lover@example.com"),),
+    ),
+    DemoCreator(
+        slug="ink-fox",
+        display_name="Ink Fox Illustration",
+        email="fox@inkfox.example",
+        products=(
+            DemoProduct(
+                "digital",
+                "Botanical brush pack",
+                "42 Procreate brushes drawn from life.",
+                catalog.PriceSpec(currency=USD, unit_amount=1200),
+            ),
+            DemoProduct(
+                "digital",
+                "Desktop wallpapers, volume 3",
+                "Six 5K wallpapers. Pay what you like, from $2.",
+                catalog.PriceSpec(currency=USD, minimum_amount=200, preset_amount=500),
+            ),
+        ),
+        sales=((0, 1, "painter@example.com"),),
+    ),
+)
+
+
+def load_keys(data_dir: Path) -> dict[str, dict[str, str]]:
+    path = data_dir / KEYS_FILE
+    if not path.exists():
+        return {}
+    keys: dict[str, dict[str, str]] = json.loads(path.read_text())
+    return keys
+
+
+def _save_keys(data_dir: Path, keys: dict[str, dict[str, str]]) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / KEYS_FILE
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(keys, handle, indent=2)
+
+
+async def seed(
+    database: Database,
+    *,
+    clock: Clock,
+    gateway: Gateway,
+    data_dir: Path,
+    fees: FeePolicy,
+    advance: Callable[[str], None] = lambda _: None,
+) -> dict[str, dict[str, str]]:
+    """Create the demo creators that do not exist yet; returns every demo creator's keys."""
+    keys = load_keys(data_dir)
+    for spec in CREATORS:
+        advance(spec.display_name)
+        async with database.unit_of_work() as session:
+            exists = (
+                await session.execute(select(Creator.id).where(Creator.slug == spec.slug))
+            ).first()
+            if exists:
+                continue
+            now = clock.now()
+            creator, secret, publishable = await accounts.create_creator(
+                session,
+                display_name=spec.display_name,
+                email=spec.email,
+                slug=spec.slug,
+                platform_fee_bps=None,
+                platform_fee_fixed=None,
+                now=now,
+            )
+            price_ids = []
+            for product in spec.products:
+                created = await catalog.create_product(
+                    session,
+                    creator_id=creator.id,
+                    kind=product.kind,
+                    name=product.name,
+                    description=product.description,
+                    status="published",
+                    variants=product.variants,
+                    now=now,
+                )
+                price = await catalog.create_price(
+                    session,
+                    creator_id=creator.id,
+                    product_id=created.id,
+                    spec=product.price,
+                    now=now,
+                )
+                price_ids.append(price.id)
+            for index, quantity, email in spec.sales:
+                sale = await checkout.create_session(
+                    session,
+                    creator_id=creator.id,
+                    customer_id=None,
+                    customer_email=email,
+                    lines=[checkout.LineRequest(price_id=price_ids[index], quantity=quantity)],
+                    success_url=None,
+                    cancel_url=None,
+                    ttl=timedelta(minutes=30),
+                    now=now,
+                )
+                outcome = await checkout.confirm_session(
+                    session,
+                    gateway,
+                    creator_id=creator.id,
+                    session_id=sale.id,
+                    payment_method="tok_visa",
+                    client_secret=None,
+                    customer_email=None,
+                    default_fees=fees,
+                    now=now,
+                )
+                if spec.slug == "paper-lantern" and outcome.session.order_id:
+                    await orders.create_refund(
+                        session,
+                        gateway,
+                        creator_id=creator.id,
+                        order_id=outcome.session.order_id,
+                        amount=300,
+                        reason="requested_by_customer",
+                        now=now,
+                    )
+            keys[spec.slug] = {
+                "creator": creator.id,
+                "display_name": spec.display_name,
+                "secret_key": secret,
+                "publishable_key": publishable,
+            }
+        _save_keys(data_dir, keys)
+    return keys

@@ -1,0 +1,81 @@
+"""The worker loop: periodic sweeps and due jobs, each in its own unit of work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stallholder.checkout.tasks import expire_sessions
+from stallholder.jobs import queue
+from stallholder.kit.clock import Clock
+from stallholder.kit.db import Database
+
+log = logging.getLogger("stallholder.worker")
+
+Sweep = Callable[[AsyncSession, datetime], Awaitable[int]]
+Handler = Callable[[AsyncSession, dict[str, Any], datetime], Awaitable[None]]
+
+SWEEPS: dict[str, Sweep] = {"checkout.expire_sessions": expire_sessions}
+HANDLERS: dict[str, Handler] = {}
+
+
+class Worker:
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock,
+        *,
+        batch_size: int = 20,
+        handlers: dict[str, Handler] | None = None,
+    ) -> None:
+        self.database = database
+        self.clock = clock
+        self.batch_size = batch_size
+        self.handlers = HANDLERS if handlers is None else handlers
+        self._stopping = asyncio.Event()
+
+    async def run_once(self) -> int:
+        """One pass: every sweep, then the due jobs. Returns how much work was done."""
+        done = 0
+        for name, sweep in SWEEPS.items():
+            try:
+                async with self.database.unit_of_work() as session:
+                    done += await sweep(session, self.clock.now())
+            except Exception:
+                log.exception("sweep %s failed", name)
+        async with self.database.unit_of_work() as session:
+            jobs = await queue.claim(session, now=self.clock.now(), limit=self.batch_size)
+        for job in jobs:
+            done += 1
+            handler = self.handlers.get(job.kind)
+            try:
+                if handler is None:
+                    raise LookupError(f"no handler for job kind {job.kind!r}")
+                async with self.database.unit_of_work() as session:
+                    await handler(session, job.payload, self.clock.now())
+                    await queue.mark_done(session, job_id=job.id, now=self.clock.now())
+            except Exception as error:
+                log.exception("job %s (%s) failed", job.id, job.kind)
+                async with self.database.unit_of_work() as session:
+                    await queue.mark_failed(
+                        session, job=job, error=repr(error), now=self.clock.now()
+                    )
+        return done
+
+    async def run(self, *, poll_seconds: float) -> None:
+        log.info("worker started")
+        while not self._stopping.is_set():
+            did = await self.run_once()
+            if not did:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=poll_seconds)
+        log.info("worker stopped")
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,1 @@
+"""Domain-agnostic building blocks: database, money, time, ids, errors, pagination."""

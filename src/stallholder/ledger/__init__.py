@@ -1,0 +1,1 @@
+"""The double-entry journal, balances and their verification."""

@@ -1,0 +1,67 @@
+"""Pure fee and split calculations. Integers only; every split adds back up exactly.
+
+Sign convention of the journal (ADR 0001): each line is a signed amount; a transaction's
+lines sum to zero per currency. A positive line on ``creator:<id>:balance`` is money the
+platform owes the creator; ``external:buyer_funds`` goes negative as buyers pay in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stallholder.kit.money import apply_basis_points, prorate
+
+
+@dataclass(frozen=True, slots=True)
+class FeePolicy:
+    """The platform's fee: basis points of the amount plus a fixed part, in minor units."""
+
+    bps: int
+    fixed: int
+
+
+def platform_fee(amount: int, policy: FeePolicy, *, processor_fee: int) -> int:
+    """The platform's fee on ``amount``, never more than what is left after the processor fee."""
+    return min(
+        apply_basis_points(amount, policy.bps) + policy.fixed, max(0, amount - processor_fee)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """How ``gross`` divides: ``creator + platform_fee + processor_fee == gross``."""
+
+    gross: int
+    platform_fee: int
+    processor_fee: int
+
+    @property
+    def creator(self) -> int:
+        return self.gross - self.platform_fee - self.processor_fee
+
+
+def payment_split(gross: int, *, platform_fee: int, processor_fee: int) -> Split:
+    if not 0 <= platform_fee + processor_fee <= gross:
+        raise ValueError("fees must be non-negative and at most the gross amount")
+    return Split(gross=gross, platform_fee=platform_fee, processor_fee=processor_fee)
+
+
+def refund_split(payment: Split, *, refunded_before: int, amount: int) -> Split:
+    """The share of ``payment`` that refunding ``amount`` reverses, after ``refunded_before``.
+
+    Fees are reversed in proportion, computed cumulatively: the fee share of everything
+    refunded so far minus the share already reversed. Refunds that add up to the whole
+    payment therefore reverse exactly the whole payment, to the minor unit.
+    """
+    if amount <= 0 or refunded_before < 0 or refunded_before + amount > payment.gross:
+        raise ValueError("refund must be positive and not exceed what remains")
+    after = refunded_before + amount
+
+    def share(total: int) -> int:
+        return prorate(after, payment.gross, total) - prorate(refunded_before, payment.gross, total)
+
+    return Split(
+        gross=amount,
+        platform_fee=share(payment.platform_fee),
+        processor_fee=share(payment.processor_fee),
+    )

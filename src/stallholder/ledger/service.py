@@ -1,0 +1,175 @@
+"""Posting to the journal, reading balances, and verifying that the books balance."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stallholder.kit.ids import new_id
+from stallholder.kit.pagination import Page, paginate
+from stallholder.ledger.fees import Split
+from stallholder.ledger.models import Balance, JournalLine, JournalTransaction
+
+BUYER_FUNDS = "external:buyer_funds"
+PLATFORM_FEES = "platform:fees"
+PROCESSOR_FEES = "processor:fees"
+
+
+def creator_account(creator_id: str) -> str:
+    return f"creator:{creator_id}:balance"
+
+
+class UnbalancedTransaction(ValueError):
+    """A bug: lines that do not sum to zero were about to be posted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    account: str
+    amount: int
+
+
+async def _bump_balance(session: AsyncSession, *, account: str, currency: str, amount: int) -> None:
+    """Atomic ``balance += amount`` (insert on first use); never read-decide-write."""
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(Balance).values(account=account, currency=currency, amount=amount)
+    statement = statement.on_conflict_do_update(
+        index_elements=[Balance.account, Balance.currency],
+        set_={"amount": Balance.amount + statement.excluded.amount},
+    )
+    await session.execute(statement)
+
+
+async def post(
+    session: AsyncSession,
+    *,
+    creator_id: str | None,
+    kind: str,
+    reference_id: str,
+    currency: str,
+    lines: Sequence[Line],
+    description: str,
+    now: datetime,
+) -> JournalTransaction:
+    """Write one balanced transaction and move the balances of its accounts.
+
+    Raises:
+        UnbalancedTransaction: the lines do not sum to zero (a programming error).
+    """
+    if sum(line.amount for line in lines) != 0:
+        raise UnbalancedTransaction(
+            f"{kind} {reference_id}: lines sum to {sum(line.amount for line in lines)}, not 0"
+        )
+    transaction = JournalTransaction(
+        id=new_id("txn"),
+        creator_id=creator_id,
+        kind=kind,
+        reference_id=reference_id,
+        description=description,
+        created_at=now,
+        lines=[],
+    )
+    for line in lines:
+        if line.amount == 0:
+            continue
+        transaction.lines.append(
+            JournalLine(account=line.account, currency=currency, amount=line.amount)
+        )
+    session.add(transaction)
+    await session.flush()
+    for posted in sorted(transaction.lines, key=lambda item: item.account):  # lock in key order
+        await _bump_balance(
+            session, account=posted.account, currency=currency, amount=posted.amount
+        )
+    return transaction
+
+
+def payment_lines(creator_id: str, split: Split) -> list[Line]:
+    """Buyer funds → creator balance, with platform and processor fees as their own lines."""
+    return [
+        Line(BUYER_FUNDS, -split.gross),
+        Line(creator_account(creator_id), split.creator),
+        Line(PLATFORM_FEES, split.platform_fee),
+        Line(PROCESSOR_FEES, split.processor_fee),
+    ]
+
+
+def refund_lines(creator_id: str, split: Split) -> list[Line]:
+    """The exact mirror of ``payment_lines`` for the refunded share."""
+    return [Line(line.account, -line.amount) for line in payment_lines(creator_id, split)]
+
+
+async def balances_of(session: AsyncSession, *, account: str) -> dict[str, int]:
+    rows = await session.execute(
+        select(Balance.currency, Balance.amount).where(Balance.account == account)
+    )
+    return {row.currency: row.amount for row in rows}
+
+
+async def list_transactions(
+    session: AsyncSession, *, creator_id: str, limit: int, starting_after: str | None
+) -> Page[JournalTransaction]:
+    return await paginate(
+        session,
+        select(JournalTransaction).where(JournalTransaction.creator_id == creator_id),
+        id_column=JournalTransaction.id,
+        limit=limit,
+        starting_after=starting_after,
+    )
+
+
+@dataclass
+class VerifyReport:
+    transactions_checked: int = 0
+    accounts_checked: int = 0
+    unbalanced: list[tuple[str, str, int]] = field(default_factory=list)
+    mismatched_balances: list[tuple[str, str, int, int]] = field(default_factory=list)
+
+    @property
+    def is_clean(self) -> bool:
+        return not self.unbalanced and not self.mismatched_balances
+
+
+async def verify(session: AsyncSession) -> VerifyReport:
+    """Check that every transaction sums to zero per currency and that every balance equals
+    the sum of its account's lines."""
+    report = VerifyReport()
+    report.transactions_checked = (
+        await session.execute(select(func.count()).select_from(JournalTransaction))
+    ).scalar_one()
+    unbalanced = await session.execute(
+        select(JournalLine.transaction_id, JournalLine.currency, func.sum(JournalLine.amount))
+        .group_by(JournalLine.transaction_id, JournalLine.currency)
+        .having(func.sum(JournalLine.amount) != 0)
+        .order_by(JournalLine.transaction_id)
+    )
+    report.unbalanced = [(txn, currency, int(total)) for txn, currency, total in unbalanced]
+
+    sums: dict[tuple[str, str], int] = defaultdict(int)
+    for account, currency, total in await session.execute(
+        select(JournalLine.account, JournalLine.currency, func.sum(JournalLine.amount)).group_by(
+            JournalLine.account, JournalLine.currency
+        )
+    ):
+        sums[(account, currency)] = int(total)
+    stored = {
+        (account, currency): amount
+        for account, currency, amount in (
+            await session.execute(select(Balance.account, Balance.currency, Balance.amount))
+        )
+    }
+    keys = sorted(set(sums) | set(stored))
+    report.accounts_checked = len(keys)
+    for key in keys:
+        expected, actual = sums.get(key, 0), stored.get(key, 0)
+        if expected != actual:
+            report.mismatched_balances.append((key[0], key[1], expected, actual))
+    return report

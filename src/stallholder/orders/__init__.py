@@ -1,0 +1,1 @@
+"""Orders, their line items, receipts and refunds."""

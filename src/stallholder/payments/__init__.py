@@ -1,0 +1,1 @@
+"""Payment gateways, payment attempts and card-data refusal."""

@@ -1,0 +1,25 @@
+"""Imports every domain's tables so ``Base.metadata`` is whole (migrations, tests)."""
+
+from stallholder.accounts import models as accounts_models
+from stallholder.catalog import models as catalog_models
+from stallholder.checkout import models as checkout_models
+from stallholder.jobs import models as jobs_models
+from stallholder.kit import idempotency
+from stallholder.kit.db import Base
+from stallholder.ledger import models as ledger_models
+from stallholder.orders import models as orders_models
+from stallholder.payments import models as payments_models
+
+metadata = Base.metadata
+
+__all__ = [
+    "accounts_models",
+    "catalog_models",
+    "checkout_models",
+    "idempotency",
+    "jobs_models",
+    "ledger_models",
+    "metadata",
+    "orders_models",
+    "payments_models",
+]
