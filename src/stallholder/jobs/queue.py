@@ -62,15 +62,10 @@ async def claim(session: AsyncSession, *, now: datetime, limit: int) -> list[Job
         .with_for_update(skip_locked=True)
     )
     jobs = list((await session.execute(statement)).scalars())
-    if jobs:
-        await session.execute(
-            update(Job)
-            .where(Job.id.in_([job.id for job in jobs]))
-            .values(locked_until=now + LEASE, attempts=Job.attempts + 1)
-        )
-        for job in jobs:
-            job.locked_until = now + LEASE
-            job.attempts += 1
+    for job in jobs:  # the rows are locked (or the database is), so this cannot race
+        job.locked_until = now + LEASE
+        job.attempts += 1
+    await session.flush()
     return jobs
 
 

@@ -1,0 +1,193 @@
+"""Two confirms of one session make one charge and one order, on SQLite and PostgreSQL;
+a crash after the charge and a retry reuse the same gateway idempotency key."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from stallholder.app import create_app
+from stallholder.checkout.models import CheckoutSession
+from stallholder.kit.clock import FrozenClock
+from stallholder.kit.db import Database
+from stallholder.ledger import service as ledger
+from stallholder.ledger.models import JournalTransaction
+from stallholder.orders import service as orders
+from stallholder.orders.models import Order
+from stallholder.payments.gateway import (
+    ChargeRequest,
+    ChargeResult,
+    RefundResult,
+    SandboxGateway,
+)
+from stallholder.payments.models import PaymentAttempt
+from stallholder.settings import Settings
+from tests.conftest import ADMIN_KEY, Api, bearer
+
+pytestmark = pytest.mark.anyio
+
+
+class SlowRecordingGateway(SandboxGateway):
+    """The sandbox, but each charge takes a while and is remembered: a race window."""
+
+    def __init__(self, delay: float = 0.2) -> None:
+        self.delay = delay
+        self.charges: list[ChargeRequest] = []
+        self.refunds: list[str] = []
+
+    async def charge(self, request: ChargeRequest) -> ChargeResult:
+        self.charges.append(request)
+        await asyncio.sleep(self.delay)
+        return await super().charge(request)
+
+    async def refund(
+        self, *, charge_reference: str, amount: int, currency: str, idempotency_key: str
+    ) -> RefundResult:
+        self.refunds.append(idempotency_key)
+        await asyncio.sleep(self.delay)
+        return await super().refund(
+            charge_reference=charge_reference,
+            amount=amount,
+            currency=currency,
+            idempotency_key=idempotency_key,
+        )
+
+
+@pytest.fixture
+def database_url(any_database_url: str) -> str:
+    return any_database_url
+
+
+@pytest.fixture
+def gateway() -> SlowRecordingGateway:
+    return SlowRecordingGateway()
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, database: Database, clock: FrozenClock, gateway: SlowRecordingGateway
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, database=database, clock=clock, gateway=gateway, run_worker=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+async def _count(database: Database, model: type[object], **filters: str) -> int:
+    async with database.unit_of_work() as session:
+        statement = select(func.count()).select_from(model)
+        for name, value in filters.items():
+            statement = statement.where(getattr(model, name) == value)
+        return int((await session.execute(statement)).scalar_one())
+
+
+async def test_concurrent_confirms_charge_once(
+    api: Api, database: Database, gateway: SlowRecordingGateway
+) -> None:
+    creator, price = await api.shop(unit_amount=2500)
+    sk = creator["secret_key"]
+    session = await api.session(sk, price=price["id"])
+
+    responses = await asyncio.gather(*(api.confirm(sk, session["id"]) for _ in range(4)))
+
+    assert [r.status_code for r in responses] == [200, 200, 200, 200]
+    assert {r.json()["order"] for r in responses} == {responses[0].json()["order"]}
+    assert len(gateway.charges) == 1
+    assert await _count(database, Order) == 1
+    assert await _count(database, PaymentAttempt, status="succeeded") == 1
+    assert await _count(database, JournalTransaction, kind="payment") == 1
+    async with database.unit_of_work() as db:
+        assert (await ledger.verify(db)).is_clean
+
+
+async def test_concurrent_refunds_never_exceed_the_capture(
+    api: Api, database: Database, gateway: SlowRecordingGateway
+) -> None:
+    creator, price = await api.shop(unit_amount=1000)
+    sk = creator["secret_key"]
+    session = await api.session(sk, price=price["id"])
+    order_id = (await api.confirm(sk, session["id"])).json()["order"]
+
+    responses = await asyncio.gather(
+        *(
+            api.http.post(
+                "/v1/refunds", headers=bearer(sk), json={"order": order_id, "amount": 600}
+            )
+            for _ in range(3)
+        )
+    )
+
+    assert sorted(r.status_code for r in responses) == [201, 400, 400]
+    assert len(gateway.refunds) == 1
+    order = (await api.http.get(f"/v1/orders/{order_id}", headers=bearer(sk))).json()
+    assert (order["amount_refunded"], order["status"]) == (600, "partially_refunded")
+    async with database.unit_of_work() as db:
+        assert (await ledger.verify(db)).is_clean
+
+
+async def test_concurrent_requests_with_one_idempotency_key_execute_once(
+    api: Api, database: Database
+) -> None:
+    creator, price = await api.shop()
+    headers = {**bearer(creator["secret_key"]), "Idempotency-Key": "same-key"}
+    body = {
+        "line_items": [{"price": price["id"], "quantity": 1}],
+        "customer_email": "buyer@example.com",
+    }
+
+    responses = await asyncio.gather(
+        *(api.http.post("/v1/checkout/sessions", headers=headers, json=body) for _ in range(5))
+    )
+
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {201, 409}
+    created = {r.json()["id"] for r in responses if r.status_code == 201}
+    assert len(created) == 1
+    for response in responses:
+        if response.status_code == 409:
+            assert response.json()["type"].endswith("/idempotency-key-in-use")
+    assert await _count(database, CheckoutSession) == 1
+
+
+async def test_crash_after_charge_then_retry_reuses_the_idempotency_key(
+    api: Api, database: Database, gateway: SlowRecordingGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway.delay = 0
+    creator, price = await api.shop(unit_amount=1200)
+    sk = creator["secret_key"]
+    session = await api.session(sk, price=price["id"])
+    real = orders.create_paid_order
+    calls = 0
+
+    async def crash_once(*args: object, **kwargs: object) -> Order:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("database went away after the charge")
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(orders, "create_paid_order", crash_once)
+
+    first = await api.confirm(sk, session["id"])
+    assert first.status_code == 500
+    assert first.json()["type"].endswith("/internal-error")
+    assert await _count(database, Order) == 0
+
+    second = await api.confirm(sk, session["id"])
+    assert second.status_code == 200
+    assert second.json()["status"] == "complete"
+    # Both gateway calls carried one key, so the processor returns the first charge
+    # instead of taking the money twice.
+    assert [c.idempotency_key for c in gateway.charges] == [f"{session['id']}:attempt:1"] * 2
+    assert await _count(database, Order) == 1
+
+
+async def test_admin_key_is_not_a_creator(api: Api) -> None:
+    response = await api.http.post(
+        "/v1/products", headers=bearer(ADMIN_KEY), json={"kind": "digital", "name": "x"}
+    )
+    assert response.status_code == 403

@@ -1,0 +1,106 @@
+"""The durable job queue and the worker's sweeps, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from stallholder.checkout.models import CheckoutSession
+from stallholder.jobs import queue
+from stallholder.jobs.models import Job
+from stallholder.jobs.worker import Worker
+from stallholder.kit.clock import FrozenClock
+from stallholder.kit.db import Database
+from tests import factories
+from tests.conftest import T0
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database_url(any_database_url: str) -> str:
+    return any_database_url
+
+
+async def test_worker_sweep_expires_open_sessions_past_their_time(
+    database: Database, clock: FrozenClock
+) -> None:
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0)
+        price = await factories.create_price(session, creator_id=creator.id, now=T0)
+        old = await factories.create_session(
+            session, creator_id=creator.id, price_id=price.id, now=T0
+        )
+        fresh = await factories.create_session(
+            session, creator_id=creator.id, price_id=price.id, now=T0 + timedelta(minutes=20)
+        )
+    clock.set(T0 + timedelta(minutes=30))
+
+    await Worker(database, clock).run_once()
+
+    async with database.unit_of_work() as session:
+        rows = await session.execute(select(CheckoutSession.id, CheckoutSession.status))
+        statuses = {row.id: row.status for row in rows}
+    assert statuses == {old.id: "expired", fresh.id: "open"}
+
+
+async def test_jobs_run_once_retry_with_backoff_and_give_up(
+    database: Database, clock: FrozenClock
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def flaky(_session: Any, payload: dict[str, Any], _now: Any) -> None:
+        seen.append(payload)
+        if payload["n"] == 2:
+            raise RuntimeError("boom")
+
+    async with database.unit_of_work() as session:
+        await queue.enqueue(session, kind="test.flaky", payload={"n": 1}, due_at=T0, now=T0)
+        failing = await queue.enqueue(
+            session, kind="test.flaky", payload={"n": 2}, due_at=T0, now=T0, max_attempts=2
+        )
+        await queue.enqueue(
+            session, kind="test.flaky", payload={"n": 3}, due_at=T0 + timedelta(hours=1), now=T0
+        )
+    worker = Worker(database, clock, handlers={"test.flaky": flaky})
+
+    await worker.run_once()
+    assert [p["n"] for p in seen] == [1, 2]
+    async with database.unit_of_work() as session:
+        job = await session.get(Job, failing.id)
+        assert job is not None
+        assert (job.status, job.attempts, job.due_at) == ("pending", 1, T0 + timedelta(seconds=2))
+
+    clock.set(T0 + timedelta(seconds=2))
+    await worker.run_once()
+    assert [p["n"] for p in seen] == [1, 2, 2]
+    async with database.unit_of_work() as session:
+        job = await session.get(Job, failing.id)
+        assert job is not None
+        assert (job.status, job.attempts, job.last_error) == ("failed", 2, "RuntimeError('boom')")
+
+    await worker.run_once()
+    assert len(seen) == 3  # nothing else due; the hour-later job waits
+
+
+async def test_two_workers_claim_disjoint_jobs(database: Database, clock: FrozenClock) -> None:
+    async with database.unit_of_work() as session:
+        for n in range(30):
+            await queue.enqueue(session, kind="test.count", payload={"n": n}, due_at=T0, now=T0)
+    ran: list[int] = []
+
+    async def count(_session: Any, payload: dict[str, Any], _now: Any) -> None:
+        await asyncio.sleep(0.01)
+        ran.append(payload["n"])
+
+    workers = [
+        Worker(database, clock, batch_size=5, handlers={"test.count": count}) for _ in range(2)
+    ]
+    while len(ran) < 30:
+        done = await asyncio.gather(*(w.run_once() for w in workers))
+        assert sum(done) > 0
+    assert sorted(ran) == list(range(30))

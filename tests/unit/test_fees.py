@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stallholder.ledger.fees import FeePolicy, Split, payment_split, platform_fee, refund_split
+from stallholder.ledger.service import payment_lines, refund_lines
+from stallholder.payments.gateway import sandbox_processor_fee
+
+
+def test_platform_fee_is_bps_plus_fixed() -> None:
+    assert platform_fee(3000, FeePolicy(bps=500, fixed=0), processor_fee=117) == 150
+    assert platform_fee(3000, FeePolicy(bps=250, fixed=20), processor_fee=117) == 95
+
+
+def test_platform_fee_never_exceeds_what_the_processor_leaves() -> None:
+    # A 50-cent sale: the processor keeps 31, so the platform can take at most 19.
+    assert platform_fee(50, FeePolicy(bps=1000, fixed=30), processor_fee=31) == 19
+
+
+def test_sandbox_processor_fee_is_2_9_percent_plus_30() -> None:
+    assert [sandbox_processor_fee(a) for a in (3000, 300, 10, 0)] == [117, 39, 10, 0]
+
+
+def test_split_creator_share() -> None:
+    assert payment_split(3000, platform_fee=150, processor_fee=117).creator == 2733
+    with pytest.raises(ValueError, match="at most the gross"):
+        payment_split(100, platform_fee=80, processor_fee=40)
+
+
+def test_refund_split_of_a_partial_refund() -> None:
+    payment = payment_split(3000, platform_fee=150, processor_fee=117)
+    assert refund_split(payment, refunded_before=0, amount=1000) == Split(1000, 50, 39)
+    assert refund_split(payment, refunded_before=1000, amount=2000) == Split(2000, 100, 78)
+
+
+def test_refund_split_refuses_more_than_remains() -> None:
+    payment = payment_split(3000, platform_fee=150, processor_fee=117)
+    with pytest.raises(ValueError, match="not exceed"):
+        refund_split(payment, refunded_before=2500, amount=501)
+
+
+@given(
+    gross=st.integers(min_value=1, max_value=10**9),
+    fee_share=st.floats(min_value=0, max_value=1),
+    processor_share=st.floats(min_value=0, max_value=1),
+    cuts=st.lists(st.integers(min_value=1, max_value=10**9), min_size=1, max_size=8),
+)
+def test_refunds_that_add_up_to_the_payment_reverse_it_exactly(
+    gross: int, fee_share: float, processor_share: float, cuts: list[int]
+) -> None:
+    # Floats only pick test fees here; the code under test sees integers.
+    processor = int(gross * processor_share)
+    platform = int((gross - processor) * fee_share)
+    payment = payment_split(gross, platform_fee=platform, processor_fee=processor)
+    parts: list[int] = []
+    remaining = gross
+    for cut in cuts:
+        if remaining == 0:
+            break
+        part = min(remaining, cut)
+        parts.append(part)
+        remaining -= part
+    if remaining:
+        parts.append(remaining)
+    refunded = 0
+    reversed_parts = []
+    for part in parts:
+        reversed_parts.append(refund_split(payment, refunded_before=refunded, amount=part))
+        refunded += part
+    assert sum(p.gross for p in reversed_parts) == gross
+    assert sum(p.platform_fee for p in reversed_parts) == platform
+    assert sum(p.processor_fee for p in reversed_parts) == processor
+    assert sum(p.creator for p in reversed_parts) == payment.creator
+    assert all(
+        p.creator >= 0 and p.platform_fee >= 0 and p.processor_fee >= 0 for p in reversed_parts
+    )
+
+
+def test_payment_and_refund_lines_each_sum_to_zero() -> None:
+    payment = payment_split(3000, platform_fee=150, processor_fee=117)
+    assert sum(line.amount for line in payment_lines("cr_1", payment)) == 0
+    part = refund_split(payment, refunded_before=0, amount=1000)
+    assert [line.amount for line in refund_lines("cr_1", part)] == [1000, -911, -50, -39]
