@@ -35,6 +35,16 @@ def test_refund_split_of_a_partial_refund() -> None:
     assert refund_split(payment, refunded_before=1000, amount=2000) == Split(2000, 100, 78)
 
 
+def test_a_partial_refund_never_takes_more_than_the_creator_received() -> None:
+    # 2 units: the processor kept 1, the platform 1, the creator nothing. Refunding 1
+    # must come out of the fees, not out of a creator share of 0 (found by hypothesis).
+    payment = payment_split(2, platform_fee=1, processor_fee=1)
+    first = refund_split(payment, refunded_before=0, amount=1)
+    assert (first.creator, first.platform_fee, first.processor_fee) == (0, 0, 1)
+    second = refund_split(payment, refunded_before=1, amount=1)
+    assert (second.creator, second.platform_fee, second.processor_fee) == (0, 1, 0)
+
+
 def test_refund_split_refuses_more_than_remains() -> None:
     payment = payment_split(3000, platform_fee=150, processor_fee=117)
     with pytest.raises(ValueError, match="not exceed"):

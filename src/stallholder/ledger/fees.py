@@ -46,22 +46,34 @@ def payment_split(gross: int, *, platform_fee: int, processor_fee: int) -> Split
     return Split(gross=gross, platform_fee=platform_fee, processor_fee=processor_fee)
 
 
+def _reversed_by(payment: Split, refunded: int) -> tuple[int, int, int]:
+    """(creator, platform fee, processor fee) reversed once ``refunded`` of the payment is.
+
+    The creator's share is prorated (rounded down); the rest is the fees' share, split
+    between them the same way. Each part only grows as ``refunded`` grows and reaches its
+    original amount exactly at a full refund, so no refund ever takes back more from a
+    party than it received, and no part of a refund is negative.
+    """
+    creator = prorate(refunded, payment.gross, payment.creator)
+    fees = refunded - creator
+    fee_total = payment.platform_fee + payment.processor_fee
+    platform = prorate(fees, fee_total, payment.platform_fee) if fee_total else 0
+    return creator, platform, fees - platform
+
+
 def refund_split(payment: Split, *, refunded_before: int, amount: int) -> Split:
     """The share of ``payment`` that refunding ``amount`` reverses, after ``refunded_before``.
 
-    Fees are reversed in proportion, computed cumulatively: the fee share of everything
-    refunded so far minus the share already reversed. Refunds that add up to the whole
-    payment therefore reverse exactly the whole payment, to the minor unit.
+    Computed cumulatively (what everything refunded so far reverses, minus what earlier
+    refunds reversed), so refunds that add up to the whole payment reverse exactly the
+    whole payment, to the minor unit.
     """
     if amount <= 0 or refunded_before < 0 or refunded_before + amount > payment.gross:
         raise ValueError("refund must be positive and not exceed what remains")
-    after = refunded_before + amount
-
-    def share(total: int) -> int:
-        return prorate(after, payment.gross, total) - prorate(refunded_before, payment.gross, total)
-
+    _, platform_before, processor_before = _reversed_by(payment, refunded_before)
+    _, platform_after, processor_after = _reversed_by(payment, refunded_before + amount)
     return Split(
         gross=amount,
-        platform_fee=share(payment.platform_fee),
-        processor_fee=share(payment.processor_fee),
+        platform_fee=platform_after - platform_before,
+        processor_fee=processor_after - processor_before,
     )
