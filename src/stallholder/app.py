@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +31,8 @@ from stallholder.ledger.api import router as ledger_router
 from stallholder.orders.api import router as orders_router
 from stallholder.payments.gateway import Gateway, SandboxGateway
 from stallholder.settings import Settings
+from stallholder.web.pages import router as pages_router
+from stallholder.web.templating import STATIC_DIR
 
 log = logging.getLogger("stallholder")
 
@@ -223,6 +226,8 @@ def create_app(
         ledger_router,
     ):
         app.include_router(router)
+    app.include_router(pages_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

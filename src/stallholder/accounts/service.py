@@ -240,3 +240,10 @@ async def list_customers(
         limit=limit,
         starting_after=starting_after,
     )
+
+
+async def creators_by_id(session: AsyncSession, creator_ids: list[str]) -> dict[str, Creator]:
+    if not creator_ids:
+        return {}
+    rows = await session.execute(select(Creator).where(Creator.id.in_(creator_ids)))
+    return {creator.id: creator for creator in rows.scalars()}

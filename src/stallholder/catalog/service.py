@@ -374,3 +374,33 @@ async def list_collections(
         limit=limit,
         starting_after=starting_after,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    creator_id: str
+    product_id: str
+    name: str
+    kind: str
+    price: Price
+
+
+async def published_offers(session: AsyncSession, *, limit: int = 200) -> list[Offer]:
+    """Active prices of published products, across creators, for the public store index."""
+    rows = await session.execute(
+        select(Product, Price)
+        .join(Price, Price.product_id == Product.id)
+        .where(Product.status == "published", Price.is_active.is_(True))
+        .order_by(Product.creator_id, Product.id, Price.id)
+        .limit(limit)
+    )
+    return [
+        Offer(
+            creator_id=product.creator_id,
+            product_id=product.id,
+            name=product.name,
+            kind=product.kind,
+            price=price,
+        )
+        for product, price in rows
+    ]

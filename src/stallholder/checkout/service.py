@@ -219,6 +219,38 @@ async def create_session(
     return checkout
 
 
+async def get_session_by_id(session: AsyncSession, *, session_id: str) -> CheckoutSession:
+    """A session by id alone, for the hosted checkout page (the id is the buyer's handle)."""
+    checkout = await session.get(CheckoutSession, session_id)
+    if checkout is None:
+        raise SessionNotFound(f"no checkout session {session_id!r}")
+    return checkout
+
+
+async def open_session_for_price(
+    session: AsyncSession, *, price_id: str, ttl: timedelta, now: datetime
+) -> CheckoutSession:
+    """A one-item session for a published one-time price: the store page's Buy button.
+
+    Raises:
+        PriceNotPurchasable: no such price, or it cannot be bought.
+    """
+    price = await session.get(Price, price_id)
+    if price is None:
+        raise PriceNotPurchasable(f"no price {price_id!r}")
+    return await create_session(
+        session,
+        creator_id=price.creator_id,
+        lines=[LineRequest(price_id=price.id, quantity=1)],
+        customer_id=None,
+        customer_email=None,
+        success_url=None,
+        cancel_url=None,
+        ttl=ttl,
+        now=now,
+    )
+
+
 def effective_status(checkout: CheckoutSession, now: datetime) -> str:
     """``expired`` as soon as ``expires_at`` passes, even before the worker sweeps it."""
     if checkout.status == "open" and now >= checkout.expires_at:

@@ -1,0 +1,165 @@
+"""Public pages: the store index and the hosted checkout. No JavaScript needed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from stallholder.accounts import service as accounts
+from stallholder.catalog import service as catalog
+from stallholder.checkout import service as checkout
+from stallholder.checkout.api import fee_policy
+from stallholder.kit.errors import DomainError
+from stallholder.kit.http import NowDep, SessionDep, SettingsDep
+from stallholder.kit.money import Money
+from stallholder.orders import service as orders
+from stallholder.web.templating import templates
+
+router = APIRouter(include_in_schema=False)
+
+SANDBOX_CHOICES = [
+    ("tok_visa", "Visa — succeeds"),
+    ("tok_authenticationRequired", "Card that needs 3-D Secure"),
+    ("tok_visa_3ds_confirmed", "Authenticated card (after 3-D Secure)"),
+    ("tok_chargeDeclined", "Card that is declined"),
+    ("tok_insufficientFunds", "Card with insufficient funds"),
+    ("tok_processingError", "Processor error (retry)"),
+]
+
+
+def _price_label(price: Any) -> str:
+    if price.type == "pay_what_you_want":
+        return f"from {Money(price.minimum_amount, price.currency).format()}"
+    label = Money(price.unit_amount, price.currency).format()
+    if price.type == "recurring":
+        every = (
+            price.recurring_interval
+            if price.recurring_interval_count == 1
+            else (f"{price.recurring_interval_count} {price.recurring_interval}s")
+        )
+        return f"{label} / {every}"
+    return label
+
+
+@router.get("/", response_class=HTMLResponse)
+async def index(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    offers = await catalog.published_offers(session)
+    creators = await accounts.creators_by_id(session, sorted({o.creator_id for o in offers}))
+    grouped: dict[str, dict[str, Any]] = {}
+    for offer in offers:
+        creator = creators[offer.creator_id]
+        entry = grouped.setdefault(creator.id, {"display_name": creator.display_name, "offers": []})
+        buyable = offer.price.type != "recurring"
+        entry["offers"].append(
+            {
+                "name": offer.name,
+                "kind": offer.kind,
+                "price_label": _price_label(offer.price),
+                "buy_url": f"/buy/{offer.price.id}" if buyable else None,
+            }
+        )
+    return templates.TemplateResponse(
+        request, "index.html", {"creators": list(grouped.values()), "base_url": settings.base_url}
+    )
+
+
+@router.get("/buy/{price_id}")
+async def buy(price_id: str, session: SessionDep, settings: SettingsDep, now: NowDep) -> Response:
+    opened = await checkout.open_session_for_price(
+        session,
+        price_id=price_id,
+        now=now,
+        ttl=timedelta(seconds=settings.checkout_session_ttl_seconds),
+    )
+    return RedirectResponse(f"/checkout/{opened.id}", status_code=303)
+
+
+async def _render(
+    request: Request,
+    session: SessionDep,
+    session_id: str,
+    now: Any,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    current = await checkout.get_session_by_id(session, session_id=session_id)
+    creator = await accounts.get_creator(session, current.creator_id)
+    receipt_number = None
+    if current.order_id:
+        order = await orders.get_order(
+            session, creator_id=current.creator_id, order_id=current.order_id
+        )
+        receipt_number = order.receipt_number
+    return templates.TemplateResponse(
+        request,
+        "checkout.html",
+        status_code=status_code,
+        context={
+            "merchant": creator.display_name,
+            "session_id": current.id,
+            "status": checkout.effective_status(current, now),
+            "lines": current.line_items,
+            "total": current.amount_total,
+            "currency": current.currency,
+            "client_secret": current.client_secret,
+            "email": current.customer_email,
+            "needs_email": current.customer_id is None,
+            "tokens": SANDBOX_CHOICES,
+            "requires_action": current.payment_status == "requires_action",
+            "error": error,
+            "receipt_number": receipt_number,
+            "success_url": current.success_url,
+            "expires_at": current.expires_at,
+        },
+    )
+
+
+@router.get("/checkout/{session_id}", response_class=HTMLResponse)
+async def hosted_checkout(
+    session_id: str, request: Request, session: SessionDep, now: NowDep
+) -> Response:
+    return await _render(request, session, session_id, now)
+
+
+@router.post("/checkout/{session_id}/pay", response_class=HTMLResponse)
+async def pay(
+    session_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    client_secret: Annotated[str, Form(max_length=100)],
+    payment_method: Annotated[str, Form(max_length=100)],
+    customer_email: Annotated[str | None, Form(max_length=320)] = None,
+) -> Response:
+    """The hosted page's form: the same confirm the API runs, with the client secret."""
+    current = await checkout.get_session_by_id(session, session_id=session_id)
+    try:
+        outcome = await checkout.confirm_session(
+            session,
+            request.app.state.gateway,
+            creator_id=current.creator_id,
+            session_id=session_id,
+            payment_method=payment_method,
+            client_secret=client_secret,
+            customer_email=customer_email or None,
+            default_fees=fee_policy(settings),
+            now=now,
+        )
+    except DomainError as error:
+        return await _render(
+            request, session, session_id, now, error=error.detail, status_code=error.status
+        )
+    if outcome.error is not None:
+        return await _render(
+            request,
+            session,
+            session_id,
+            now,
+            error=outcome.error.detail,
+            status_code=outcome.error.status,
+        )
+    return await _render(request, session, session_id, now)

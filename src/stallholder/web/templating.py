@@ -1,0 +1,20 @@
+"""The Jinja environment shared by every page module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.templating import Jinja2Templates
+
+from stallholder.kit.money import Money
+
+HERE = Path(__file__).parent
+STATIC_DIR = HERE / "static"
+templates = Jinja2Templates(directory=HERE / "templates")
+
+
+def format_money(amount: int, currency: str) -> str:
+    return Money(amount, currency).format()
+
+
+templates.env.filters["money"] = format_money
