@@ -8,9 +8,9 @@ import os
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
 from stallholder.accounts import service as accounts
 from stallholder.accounts.service import resolve_admin_key
@@ -126,17 +126,15 @@ def demo() -> None:
     port = os.environ.get("PORT")
     if port and base == "http://127.0.0.1:8000":
         base = f"http://127.0.0.1:{port}"
-    table = Table(title="Demo creators", show_lines=False)
-    for column in ("creator", "id", "secret key", "publishable key"):
-        table.add_column(column)
+    console.rule("Stallholder demo")
     for entry in keys.values():
-        table.add_row(
-            entry["display_name"], entry["creator"], entry["secret_key"], entry["publishable_key"]
-        )
-    console.print(table)
+        console.print(f"[bold]{entry['display_name']}[/bold]  {entry['creator']}")
+        console.print(f"  secret key:      {entry['secret_key']}", soft_wrap=True)
+        console.print(f"  publishable key: {entry['publishable_key']}", soft_wrap=True)
+    console.print(f"Store:         {base}/")
     console.print(f"API docs:      {base}/docs")
     console.print(f"OpenAPI:       {base}/openapi.json")
-    console.print(f"Admin key:     {admin_key}")
+    console.print(f"Admin key:     {admin_key}", soft_wrap=True)
     console.print(
         f"Try:           curl -s {base}/v1/products -H 'Authorization: Bearer "
         f"{next(iter(keys.values()))['secret_key'] if keys else 'sk_…'}'"
@@ -154,7 +152,13 @@ def create_creator(
     """Create a creator and print its keys (shown once)."""
     from stallholder.accounts.schemas import CreatorCreate
 
-    body = CreatorCreate(display_name=name, email=email, slug=slug)
+    try:
+        body = CreatorCreate(display_name=name, email=email, slug=slug)
+    except ValidationError as error:
+        for problem in error.errors():
+            field = ".".join(str(part) for part in problem["loc"])
+            console.print(f"[red]{field}: {problem['msg']}[/red]")
+        raise typer.Exit(code=2) from error
     settings = _settings()
 
     async def main() -> tuple[str, str, str, str]:

@@ -1,0 +1,108 @@
+"""The CLI against a real database file: migrate, demo (idempotent), ledger verify."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from stallholder.accounts.models import Creator
+from stallholder.cli import app
+from stallholder.kit.db import Database
+from stallholder.ledger.models import JournalLine
+
+
+def _count_creators(url: str) -> int:
+    async def count() -> int:
+        database = Database(url)
+        try:
+            async with database.unit_of_work() as session:
+                return int(
+                    (await session.execute(select(func.count()).select_from(Creator))).scalar_one()
+                )
+        finally:
+            await database.dispose()
+
+    return asyncio.run(count())
+
+
+def _corrupt_one_line(url: str) -> None:
+    async def corrupt() -> None:
+        database = Database(url)
+        try:
+            async with database.unit_of_work() as session:
+                line = (await session.execute(select(JournalLine).limit(1))).scalar_one()
+                line.amount += 1
+        finally:
+            await database.dispose()
+
+    asyncio.run(corrupt())
+
+
+def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("STALLHOLDER_DATABASE_URL", url)
+    monkeypatch.setenv("STALLHOLDER_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.delenv("STALLHOLDER_ADMIN_KEY", raising=False)
+    runner = CliRunner()
+
+    assert runner.invoke(app, ["migrate"]).exit_code == 0
+    first = runner.invoke(app, ["demo"])
+    assert first.exit_code == 0, first.output
+    assert "Kiln & Clay" in first.output
+    second = runner.invoke(app, ["demo"])
+    assert second.exit_code == 0, second.output
+    assert _count_creators(url) == 3
+    assert (tmp_path / "var" / "admin-key").read_text().strip() in second.output
+
+    clean = runner.invoke(app, ["ledger", "verify"])
+    assert clean.exit_code == 0, clean.output
+    assert "Ledger balances" in clean.output
+
+    _corrupt_one_line(url)
+    broken = runner.invoke(app, ["ledger", "verify"])
+    assert broken.exit_code == 1
+    assert "unbalanced" in broken.output
+    assert "balance mismatch" in broken.output
+
+
+def test_creators_create_prints_keys_and_refuses_a_taken_slug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STALLHOLDER_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("STALLHOLDER_DATA_DIR", str(tmp_path / "var"))
+    runner = CliRunner()
+    assert runner.invoke(app, ["migrate"]).exit_code == 0
+    created = runner.invoke(
+        app, ["creators", "create", "--name", "Moth Press", "--email", "m@example.com"]
+    )
+    assert created.exit_code == 0, created.output
+    assert "(moth-press)" in created.output
+    assert "secret key:      sk_" in created.output
+    taken = runner.invoke(
+        app,
+        [
+            "creators",
+            "create",
+            "--name",
+            "Other",
+            "--email",
+            "o@example.com",
+            "--slug",
+            "moth-press",
+        ],
+    )
+    assert taken.exit_code == 1
+    assert "the slug 'moth-press' is taken" in taken.output
+
+
+def test_creators_create_explains_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STALLHOLDER_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    result = CliRunner().invoke(app, ["creators", "create", "--name", "X", "--email", "nope"])
+    assert result.exit_code == 2
+    assert "email: Value error, not an email address" in result.output
