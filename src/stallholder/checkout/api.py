@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,14 +14,12 @@ from stallholder.checkout.models import CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import (
     ConfirmIn,
     LineItemIn,
-    LineItemOut,
     LinkCreate,
     LinkOut,
     LinkUpdate,
-    NextAction,
-    PaymentErrorOut,
     SessionCreate,
     SessionOut,
+    present_session,
 )
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep, problem_response
 from stallholder.ledger.fees import FeePolicy
@@ -31,49 +29,9 @@ router = APIRouter(prefix="/v1", tags=["checkout"])
 public_router = APIRouter(tags=["checkout"])
 
 
-def session_out(checkout: CheckoutSession, *, settings: Settings, now: Any) -> SessionOut:
-    return SessionOut(
-        id=checkout.id,
-        status=service.effective_status(checkout, now),
-        payment_status=checkout.payment_status,
-        client_secret=checkout.client_secret,
-        url=f"{settings.base_url}/checkout/{checkout.id}",
-        currency=checkout.currency,
-        amount_subtotal=checkout.amount_subtotal,
-        amount_total=checkout.amount_total,
-        customer=checkout.customer_id,
-        customer_email=checkout.customer_email,
-        line_items=[
-            LineItemOut(
-                price=i.price_id,
-                product=i.product_id,
-                variant=i.variant_id,
-                description=i.description,
-                quantity=i.quantity,
-                unit_amount=i.unit_amount,
-                amount_total=i.amount_total,
-            )
-            for i in checkout.line_items
-        ],
-        success_url=checkout.success_url,
-        cancel_url=checkout.cancel_url,
-        order=checkout.order_id,
-        next_action=NextAction(
-            type="authenticate",
-            detail=(
-                "The card needs 3-D Secure. Authenticate the buyer, then confirm again with the "
-                "authenticated payment method (sandbox: 'tok_visa_3ds_confirmed')."
-            ),
-        )
-        if checkout.payment_status == "requires_action" and checkout.status == "open"
-        else None,
-        last_payment_error=PaymentErrorOut(
-            code=checkout.last_error_code, message=checkout.last_error_message
-        )
-        if checkout.last_error_code
-        else None,
-        expires_at=checkout.expires_at,
-        created=checkout.created_at,
+def session_out(checkout: CheckoutSession, *, settings: Settings, now: datetime) -> SessionOut:
+    return present_session(
+        checkout, base_url=settings.base_url, status=service.effective_status(checkout, now)
     )
 
 

@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field, StrictInt
 
+from stallholder.checkout.models import CheckoutSession
 from stallholder.kit.schemas import Amount, Email, Input
 
 
@@ -90,3 +91,50 @@ class LinkOut(BaseModel):
     active: bool
     line_items: list[dict[str, Any]]
     created: datetime
+
+
+def present_session(checkout: CheckoutSession, *, base_url: str, status: str) -> SessionOut:
+    """The session as the API and event payloads show it."""
+    return SessionOut(
+        id=checkout.id,
+        status=status,
+        payment_status=checkout.payment_status,
+        client_secret=checkout.client_secret,
+        url=f"{base_url}/checkout/{checkout.id}",
+        currency=checkout.currency,
+        amount_subtotal=checkout.amount_subtotal,
+        amount_total=checkout.amount_total,
+        customer=checkout.customer_id,
+        customer_email=checkout.customer_email,
+        line_items=[
+            LineItemOut(
+                price=i.price_id,
+                product=i.product_id,
+                variant=i.variant_id,
+                description=i.description,
+                quantity=i.quantity,
+                unit_amount=i.unit_amount,
+                amount_total=i.amount_total,
+            )
+            for i in checkout.line_items
+        ],
+        success_url=checkout.success_url,
+        cancel_url=checkout.cancel_url,
+        order=checkout.order_id,
+        next_action=NextAction(
+            type="authenticate",
+            detail=(
+                "The card needs 3-D Secure. Authenticate the buyer, then confirm again with the "
+                "authenticated payment method (sandbox: 'tok_visa_3ds_confirmed')."
+            ),
+        )
+        if checkout.payment_status == "requires_action" and checkout.status == "open"
+        else None,
+        last_payment_error=PaymentErrorOut(
+            code=checkout.last_error_code, message=checkout.last_error_message
+        )
+        if checkout.last_error_code
+        else None,
+        expires_at=checkout.expires_at,
+        created=checkout.created_at,
+    )

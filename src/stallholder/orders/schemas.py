@@ -5,7 +5,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, StrictInt
 
+from stallholder.kit.money import Money
 from stallholder.kit.schemas import Input
+from stallholder.orders.models import Order, Refund
 
 
 class RefundCreate(Input):
@@ -61,3 +63,58 @@ class OrderOut(BaseModel):
     refunds: list[RefundOut]
     receipt: ReceiptOut
     created: datetime
+
+
+def refund_out(refund: Refund) -> RefundOut:
+    return RefundOut(
+        id=refund.id,
+        order=refund.order_id,
+        amount=refund.amount,
+        currency=refund.currency,
+        reason=refund.reason,
+        status=refund.status,
+        created=refund.created_at,
+    )
+
+
+def order_out(order: Order, *, merchant: str) -> OrderOut:
+    """The order as the API and event payloads show it."""
+    return OrderOut(
+        id=order.id,
+        status=order.status,
+        customer=order.customer_id,
+        customer_email=order.customer_email,
+        checkout_session=order.checkout_session_id,
+        currency=order.currency,
+        amount_subtotal=order.amount_subtotal,
+        amount_total=order.amount_total,
+        amount_refunded=order.amount_refunded,
+        platform_fee=order.platform_fee,
+        processor_fee=order.processor_fee,
+        line_items=[
+            OrderLineOut(
+                price=li.price_id,
+                product=li.product_id,
+                variant=li.variant_id,
+                sku=li.sku,
+                description=li.description,
+                quantity=li.quantity,
+                unit_amount=li.unit_amount,
+                amount_total=li.amount_total,
+            )
+            for li in order.line_items
+        ],
+        refunds=[refund_out(refund) for refund in order.refunds],
+        receipt=ReceiptOut(
+            number=order.receipt_number,
+            merchant=merchant,
+            issued=order.created_at,
+            amount_paid=Money(order.amount_total, order.currency).format(),
+            lines=[
+                f"{li.quantity} × {li.description} @ "
+                f"{Money(li.unit_amount, order.currency).format()}"
+                for li in order.line_items
+            ],
+        ),
+        created=order.created_at,
+    )
