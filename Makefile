@@ -34,8 +34,8 @@ run: $(VENV)/.runtime
 	$(BIN)/stallholder serve --host 127.0.0.1 --port $(PORT)
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -22,6 +22,7 @@ from stallholder.accounts.service import resolve_admin_key
 from stallholder.catalog.api import router as catalog_router
 from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
+from stallholder.events.api import router as events_router
 from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import Clock, SystemClock
 from stallholder.kit.db import Database
@@ -224,6 +225,7 @@ def create_app(
         checkout_public_router,
         orders_router,
         ledger_router,
+        events_router,
     ):
         app.include_router(router)
     app.include_router(pages_router)

@@ -113,6 +113,7 @@ def demo() -> None:
                     clock=SystemClock(),
                     gateway=SandboxGateway(),
                     data_dir=settings.data_dir,
+                    base_url=settings.base_url,
                     advance=advance,
                     fees=FeePolicy(
                         bps=settings.platform_fee_bps, fixed=settings.platform_fee_fixed

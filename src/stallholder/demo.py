@@ -155,6 +155,7 @@ async def seed(
     gateway: Gateway,
     data_dir: Path,
     fees: FeePolicy,
+    base_url: str,
     advance: Callable[[str], None] = lambda _: None,
 ) -> dict[str, dict[str, str]]:
     """Create the demo creators that do not exist yet; returns every demo creator's keys."""
@@ -218,6 +219,7 @@ async def seed(
                     client_secret=None,
                     customer_email=None,
                     default_fees=fees,
+                    base_url=base_url,
                     now=now,
                 )
                 if spec.slug == "paper-lantern" and outcome.session.order_id:

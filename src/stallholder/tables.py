@@ -3,6 +3,7 @@
 from stallholder.accounts import models as accounts_models
 from stallholder.catalog import models as catalog_models
 from stallholder.checkout import models as checkout_models
+from stallholder.events import models as events_models
 from stallholder.jobs import models as jobs_models
 from stallholder.kit import idempotency
 from stallholder.kit.db import Base
@@ -16,6 +17,7 @@ __all__ = [
     "accounts_models",
     "catalog_models",
     "checkout_models",
+    "events_models",
     "idempotency",
     "jobs_models",
     "ledger_models",

@@ -101,6 +101,7 @@ async def _run(url: str, ops: list[Sale | RefundOp], fees: list[FeePolicy]) -> N
                         client_secret=None,
                         customer_email=None,
                         default_fees=default,
+                        base_url="http://testserver",
                         now=T0,
                     )
                     assert outcome.session.order_id is not None

@@ -120,6 +120,7 @@ async def confirm_session(
         client_secret=body.client_secret if principal.kind == "publishable" else None,
         customer_email=body.customer_email,
         default_fees=fee_policy(settings),
+        base_url=settings.base_url,
         now=now,
     )
     if outcome.error is not None:

@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.accounts import service as accounts
 from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
+from stallholder.checkout.schemas import present_session
+from stallholder.events import service as events
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id, new_secret
 from stallholder.ledger.fees import FeePolicy
@@ -288,6 +290,7 @@ async def confirm_session(
     client_secret: str | None,
     customer_email: str | None,
     default_fees: FeePolicy,
+    base_url: str,
     now: datetime,
 ) -> ConfirmOutcome:
     """Pay for an open session. Idempotent: a complete session comes back unchanged.
@@ -341,6 +344,13 @@ async def confirm_session(
         checkout.last_error_code = attempt.decline_code
         checkout.last_error_message = attempt.failure_message
         await session.flush()
+        await events.emit(
+            session,
+            creator_id=creator_id,
+            type="payment.failed",
+            now=now,
+            data=payments.attempt_payload(attempt),
+        )
         return ConfirmOutcome(checkout, error=payments.failure_error(attempt))
 
     email = checkout.customer_email
@@ -377,6 +387,15 @@ async def confirm_session(
     checkout.completed_at = now
     checkout.last_error_code, checkout.last_error_message = None, None
     await session.flush()
+    await events.emit(
+        session,
+        creator_id=creator_id,
+        type="checkout.session.completed",
+        now=now,
+        data=present_session(checkout, base_url=base_url, status="complete").model_dump(
+            mode="json"
+        ),
+    )
     return ConfirmOutcome(checkout)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.checkout.tasks import expire_sessions
+from stallholder.events.tasks import Consumer, dispatch_events
 from stallholder.jobs import queue
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
@@ -21,7 +22,18 @@ log = logging.getLogger("stallholder.worker")
 Sweep = Callable[[AsyncSession, datetime], Awaitable[int]]
 Handler = Callable[[AsyncSession, dict[str, Any], datetime], Awaitable[None]]
 
-SWEEPS: dict[str, Sweep] = {"checkout.expire_sessions": expire_sessions}
+# Who hears about each event when the outbox is dispatched (webhooks, email, …).
+CONSUMERS: list[Consumer] = []
+
+
+async def _dispatch(session: AsyncSession, now: datetime) -> int:
+    return await dispatch_events(session, now, consumers=CONSUMERS)
+
+
+SWEEPS: dict[str, Sweep] = {
+    "checkout.expire_sessions": expire_sessions,
+    "events.dispatch": _dispatch,
+}
 HANDLERS: dict[str, Handler] = {}
 
 

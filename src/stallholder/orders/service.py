@@ -10,12 +10,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Creator
+from stallholder.events import service as events
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
 from stallholder.ledger import service as ledger
 from stallholder.ledger.fees import FeePolicy, payment_split, platform_fee, refund_split
 from stallholder.orders.models import Order, OrderLineItem, Refund
+from stallholder.orders.schemas import order_out, refund_out
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import Gateway
 from stallholder.payments.models import PaymentAttempt
@@ -136,6 +138,13 @@ async def create_paid_order(
         description=f"Payment for order {order.receipt_number}",
         now=now,
     )
+    await events.emit(
+        session,
+        creator_id=creator_id,
+        type="order.paid",
+        now=now,
+        data=order_out(order, merchant=creator.display_name).model_dump(mode="json"),
+    )
     return order
 
 
@@ -243,5 +252,12 @@ async def create_refund(
         lines=ledger.refund_lines(creator_id, split),
         description=f"Refund {refund.id} of order {order.receipt_number}",
         now=now,
+    )
+    await events.emit(
+        session,
+        creator_id=creator_id,
+        type="refund.created",
+        now=now,
+        data=refund_out(refund).model_dump(mode="json"),
     )
     return refund

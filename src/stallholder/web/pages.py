@@ -147,6 +147,7 @@ async def pay(
             client_secret=client_secret,
             customer_email=customer_email or None,
             default_fees=fee_policy(settings),
+            base_url=settings.base_url,
             now=now,
         )
     except DomainError as error:

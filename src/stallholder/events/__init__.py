@@ -1,0 +1,1 @@
+"""Events: the transactional outbox, outgoing webhooks and the inbound inbox."""

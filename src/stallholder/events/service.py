@@ -1,0 +1,86 @@
+"""Writing events into the outbox and reading them back."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stallholder.events.models import Event
+from stallholder.events.types import API_VERSION, EVENT_TYPES
+from stallholder.kit.errors import NotFound
+from stallholder.kit.ids import new_id
+from stallholder.kit.pagination import Page, paginate
+
+
+class EventNotFound(NotFound):
+    slug = "event-not-found"
+    title = "No such event"
+
+
+async def emit(
+    session: AsyncSession, *, creator_id: str, type: str, data: dict[str, Any], now: datetime
+) -> Event:
+    """Record an event in the caller's transaction: it exists if and only if the change does."""
+    if type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type!r}")
+    event = Event(
+        id=new_id("evt"),
+        creator_id=creator_id,
+        type=type,
+        api_version=API_VERSION,
+        data=data,
+        created_at=now,
+    )
+    session.add(event)
+    await session.flush()
+    return event
+
+
+def envelope(event: Event) -> dict[str, Any]:
+    """The stable, versioned JSON body of an event, as webhooks and the API send it."""
+    return {
+        "id": event.id,
+        "object": "event",
+        "type": event.type,
+        "api_version": event.api_version,
+        "created": event.created_at.isoformat().replace("+00:00", "Z"),
+        "data": {"object": event.data},
+    }
+
+
+async def get_event(session: AsyncSession, *, creator_id: str, event_id: str) -> Event:
+    event = await session.get(Event, event_id)
+    if event is None or event.creator_id != creator_id:
+        raise EventNotFound(f"no event {event_id!r}")
+    return event
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    type: str | None,
+    limit: int,
+    starting_after: str | None,
+) -> Page[Event]:
+    statement = select(Event).where(Event.creator_id == creator_id)
+    if type is not None:
+        statement = statement.where(Event.type == type)
+    return await paginate(
+        session, statement, id_column=Event.id, limit=limit, starting_after=starting_after
+    )
+
+
+async def claim_undispatched(session: AsyncSession, *, limit: int) -> list[Event]:
+    """Oldest events not yet dispatched, locked for this worker (``SKIP LOCKED``)."""
+    statement = (
+        select(Event)
+        .where(Event.dispatched_at.is_(None))
+        .order_by(Event.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.execute(statement)).scalars())

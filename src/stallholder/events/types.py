@@ -1,0 +1,16 @@
+"""The event types Stallholder emits, and the payload version."""
+
+from __future__ import annotations
+
+API_VERSION = "2026-11-01"
+
+EVENT_TYPES: dict[str, str] = {
+    "checkout.session.completed": "A checkout session was paid; data.object is the session.",
+    "order.paid": "An order was created from a successful payment; data.object is the order.",
+    "refund.created": "An order was refunded in full or in part; data.object is the refund.",
+    "payment.failed": "A payment attempt was declined or failed; data.object is the attempt.",
+}
+
+
+def is_event_type(name: str) -> bool:
+    return name in EVENT_TYPES
