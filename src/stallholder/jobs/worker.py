@@ -20,6 +20,9 @@ from stallholder.kit.db import Database
 log = logging.getLogger("stallholder.worker")
 
 Sweep = Callable[[AsyncSession, datetime], Awaitable[int]]
+# Work with outside effects (HTTP, SMTP): a runner claims rows in one short transaction,
+# does the outside call with no transaction open, and records the outcome in another.
+Runner = Callable[[Database, Clock], Awaitable[int]]
 Handler = Callable[[AsyncSession, dict[str, Any], datetime], Awaitable[None]]
 
 # Who hears about each event when the outbox is dispatched (webhooks, email, …).
@@ -34,6 +37,7 @@ SWEEPS: dict[str, Sweep] = {
     "checkout.expire_sessions": expire_sessions,
     "events.dispatch": _dispatch,
 }
+RUNNERS: dict[str, Runner] = {}
 HANDLERS: dict[str, Handler] = {}
 
 
@@ -61,6 +65,11 @@ class Worker:
                     done += await sweep(session, self.clock.now())
             except Exception:
                 log.exception("sweep %s failed", name)
+        for name, runner in RUNNERS.items():
+            try:
+                done += await runner(self.database, self.clock)
+            except Exception:
+                log.exception("runner %s failed", name)
         async with self.database.unit_of_work() as session:
             jobs = await queue.claim(session, now=self.clock.now(), limit=self.batch_size)
         for job in jobs:
