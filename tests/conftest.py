@@ -20,8 +20,11 @@ from stallholder.app import create_app
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database, sync_url
 from stallholder.migrations import upgrade
+from stallholder.payments.stripe_gateway import StripeGateway
 from stallholder.settings import Settings
 from stallholder.tables import metadata
+from tests.doubles.stripe_api import StripeDouble
+from tests.doubles.stripe_api import serve as serve_stripe_double
 
 POSTGRES_URL_VARIABLE = "STALLHOLDER_TEST_POSTGRES_URL"
 ADMIN_KEY = "admin_test_key"
@@ -99,6 +102,14 @@ def any_database_url(request: pytest.FixtureRequest) -> str:
 def database_url(sqlite_url: str) -> str:
     """SQLite only: for tests whose behaviour does not depend on the database."""
     return sqlite_url
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read from the environment (a ``Worker`` built without settings) keep their
+    files in the test's folder and never reach a real mail server."""
+    monkeypatch.setenv("STALLHOLDER_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.delenv("STALLHOLDER_SMTP_URL", raising=False)
 
 
 @pytest.fixture
@@ -225,3 +236,24 @@ class Api:
 @pytest.fixture
 def api(client: httpx.AsyncClient) -> Api:
     return Api(client)
+
+
+@pytest.fixture
+def stripe_double() -> Iterator[StripeDouble]:
+    """The Stripe API test double, served on 127.0.0.1 for the real SDK."""
+    double = StripeDouble()
+    with serve_stripe_double(double):
+        yield double
+
+
+@pytest.fixture
+async def stripe_gateway(stripe_double: StripeDouble) -> AsyncIterator[StripeGateway]:
+    """The real Stripe gateway, pointed at the double (no network retries: no sleeps)."""
+    gateway = StripeGateway(
+        secret_key=stripe_double.secret_key,
+        webhook_secret=stripe_double.webhook_secret,
+        api_base=stripe_double.base_url,
+        max_network_retries=0,
+    )
+    yield gateway
+    await gateway.aclose()

@@ -30,7 +30,9 @@ from stallholder.kit.errors import PROBLEM_MEDIA_TYPE, DomainError, problem_type
 from stallholder.kit.idempotency import IdempotencyMiddleware
 from stallholder.ledger.api import router as ledger_router
 from stallholder.orders.api import router as orders_router
-from stallholder.payments.gateway import Gateway, SandboxGateway
+from stallholder.payments.api import router as payments_router
+from stallholder.payments.config import gateway_from_settings
+from stallholder.payments.gateway import Gateway
 from stallholder.settings import Settings
 from stallholder.web.pages import router as pages_router
 from stallholder.web.templating import STATIC_DIR
@@ -176,11 +178,16 @@ def create_app(
     gateway: Gateway | None = None,
     run_worker: bool | None = None,
 ) -> FastAPI:
-    """The application. Tests pass their own database, clock and gateway."""
+    """The application. Tests pass their own database, clock and gateway.
+
+    Raises:
+        GatewayMisconfigured: the settings choose Stripe without its keys.
+    """
     settings = settings or Settings()
+    owns_gateway = gateway is None
+    payments: Gateway = gateway if gateway is not None else gateway_from_settings(settings)
     database = database or Database(settings.resolved_database_url())
     clock = clock or SystemClock()
-    gateway = gateway or SandboxGateway()
     admin_key, generated = resolve_admin_key(settings.admin_key, settings.data_dir)
     if generated:
         log.warning(
@@ -193,7 +200,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
-        worker = Worker(database, clock)
+        worker = Worker(database, clock, settings=settings, gateway=payments)
         if embedded_worker:
             task = asyncio.create_task(worker.run(poll_seconds=settings.worker_poll_seconds))
         try:
@@ -203,6 +210,8 @@ def create_app(
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if owns_gateway:
+                await payments.aclose()
             await database.dispose()
 
     app = FastAPI(
@@ -215,7 +224,7 @@ def create_app(
     app.state.settings = settings
     app.state.database = database
     app.state.clock = clock
-    app.state.gateway = gateway
+    app.state.gateway = payments
     app.state.admin_key = admin_key
 
     for router in (
@@ -226,6 +235,7 @@ def create_app(
         orders_router,
         ledger_router,
         events_router,
+        payments_router,
     ):
         app.include_router(router)
     app.include_router(pages_router)

@@ -18,7 +18,12 @@ from stallholder.kit.clock import SystemClock
 from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
 from stallholder.ledger.fees import FeePolicy
-from stallholder.payments.gateway import SandboxGateway
+from stallholder.payments.config import (
+    GatewayMisconfigured,
+    check_gateway_settings,
+    gateway_from_settings,
+)
+from stallholder.payments.gateway import Gateway, SandboxGateway
 from stallholder.settings import Settings
 
 app = typer.Typer(help="Stallholder: commerce infrastructure for creators.", no_args_is_help=True)
@@ -31,6 +36,15 @@ console = Console()
 
 def _settings() -> Settings:
     return Settings()
+
+
+def _gateway(settings: Settings) -> Gateway:
+    """The configured payment gateway; a clear message and exit 2 when it lacks settings."""
+    try:
+        return gateway_from_settings(settings)
+    except GatewayMisconfigured as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=2) from error
 
 
 @app.command()
@@ -61,6 +75,11 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = _settings()
+    try:
+        check_gateway_settings(settings)
+    except GatewayMisconfigured as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=2) from error
     uvicorn.run(
         create_app(settings, run_worker=worker),
         host=host,
@@ -79,10 +98,14 @@ def run_worker() -> None:
     settings = _settings()
 
     async def main() -> None:
+        gateway = _gateway(settings)
         database = Database(settings.resolved_database_url())
         try:
-            await Worker(database, SystemClock()).run(poll_seconds=settings.worker_poll_seconds)
+            await Worker(database, SystemClock(), settings=settings, gateway=gateway).run(
+                poll_seconds=settings.worker_poll_seconds
+            )
         finally:
+            await gateway.aclose()
             await database.dispose()
 
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,7 +18,15 @@ class Settings(BaseSettings):
     database_url: str = ""
     admin_key: str = ""
     base_url: str = "http://127.0.0.1:8000"
-    payment_gateway: str = "sandbox"
+    payment_gateway: Literal["sandbox", "stripe"] = "sandbox"
+    # Stripe (payment_gateway="stripe"): the secret key, the webhook endpoint's signing
+    # secret, the processor fee to expect (Stripe's pricing for the platform's country) and,
+    # for tests only, another API base.
+    stripe_secret_key: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_api_base: str = ""
+    stripe_fee_bps: int = Field(default=290, ge=0, le=10_000)
+    stripe_fee_fixed: int = Field(default=30, ge=0)
 
     platform_fee_bps: int = Field(default=500, ge=0, le=10_000)
     platform_fee_fixed: int = Field(default=0, ge=0)
@@ -26,6 +35,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     embedded_worker: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
+
+    # Transactional email (docs/email.md). No SMTP URL: emails are written as .eml files
+    # under data_dir/mail and logged. smtp://, smtp+starttls:// or smtps://user:pass@host:port
+    smtp_url: str = ""
+    mail_from: str = "Stallholder <no-reply@localhost>"
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0)
 
     def resolved_database_url(self) -> str:
         """The configured database URL, or the embedded SQLite file under ``data_dir``."""

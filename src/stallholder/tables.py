@@ -8,6 +8,7 @@ from stallholder.jobs import models as jobs_models
 from stallholder.kit import idempotency
 from stallholder.kit.db import Base
 from stallholder.ledger import models as ledger_models
+from stallholder.notifications import models as notifications_models
 from stallholder.orders import models as orders_models
 from stallholder.payments import models as payments_models
 
@@ -22,6 +23,7 @@ __all__ = [
     "jobs_models",
     "ledger_models",
     "metadata",
+    "notifications_models",
     "orders_models",
     "payments_models",
 ]

@@ -16,13 +16,14 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts import service as accounts
+from stallholder.accounts.models import Creator
 from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import present_session
 from stallholder.events import service as events
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id, new_secret
-from stallholder.ledger.fees import FeePolicy
+from stallholder.ledger.fees import FeePolicy, fees_before_charge
 from stallholder.orders import service as orders
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import Gateway
@@ -299,7 +300,8 @@ async def confirm_session(
     raised, so the attempt is committed with the unit of work.
 
     Raises:
-        SessionNotFound, SessionExpired, EmailRequired, CardNumberRejected, InvalidPaymentMethod.
+        SessionNotFound, SessionExpired, EmailRequired, CardNumberRejected, InvalidPaymentMethod,
+        CreatorNotConnected.
     """
     payments.check_payment_method(payment_method)
     checkout = await get_session(
@@ -324,6 +326,17 @@ async def confirm_session(
             "this session has no customer; send customer_email with the confirm "
             "so the buyer gets a receipt"
         )
+    # The fees are fixed before charging: the gateway keeps the platform's side of the
+    # charge (Stripe's application_fee_amount) and the order records the same numbers.
+    creator = await session.get(Creator, creator_id)
+    assert creator is not None
+    fees = fees_before_charge(
+        checkout.amount_total,
+        orders.fee_policy_for(creator, default_fees),
+        estimated_processor_fee=gateway.estimate_processor_fee(
+            amount=checkout.amount_total, currency=checkout.currency
+        ),
+    )
     attempt = await payments.charge(
         session,
         gateway,
@@ -332,6 +345,8 @@ async def confirm_session(
         amount=checkout.amount_total,
         currency=checkout.currency,
         payment_method=payment_method,
+        platform_fee=fees.platform_fee,
+        estimated_processor_fee=fees.estimated_processor_fee,
         now=now,
     )
     if attempt.status == "requires_action":
@@ -366,7 +381,6 @@ async def confirm_session(
         customer_email=email,
         checkout_session_id=checkout.id,
         attempt=attempt,
-        default_fees=default_fees,
         now=now,
         lines=[
             orders.LineSpec(

@@ -9,6 +9,11 @@ EVENT_TYPES: dict[str, str] = {
     "order.paid": "An order was created from a successful payment; data.object is the order.",
     "refund.created": "An order was refunded in full or in part; data.object is the refund.",
     "payment.failed": "A payment attempt was declined or failed; data.object is the attempt.",
+    "webhook_endpoint.disabled": "A webhook endpoint was disabled after repeated failures; "
+    "data.object is the endpoint.",
+    "dispute.created": "A buyer disputed an order's payment; data.object is the dispute.",
+    "dispute.updated": "A dispute changed status (under review, won, lost…); data.object is "
+    "the dispute.",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -16,6 +17,12 @@ from stallholder.events.tasks import Consumer, dispatch_events
 from stallholder.jobs import queue
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
+from stallholder.notifications.tasks import email_runner, queue_emails_for_event
+from stallholder.notifications.transport import transport_for
+from stallholder.orders.tasks import process_stripe_events
+from stallholder.payments.gateway import Gateway
+from stallholder.payments.stripe_gateway import StripeGateway
+from stallholder.settings import Settings
 
 log = logging.getLogger("stallholder.worker")
 
@@ -26,7 +33,7 @@ Runner = Callable[[Database, Clock], Awaitable[int]]
 Handler = Callable[[AsyncSession, dict[str, Any], datetime], Awaitable[None]]
 
 # Who hears about each event when the outbox is dispatched (webhooks, email, …).
-CONSUMERS: list[Consumer] = []
+CONSUMERS: list[Consumer] = [queue_emails_for_event]
 
 
 async def _dispatch(session: AsyncSession, now: datetime) -> int:
@@ -38,6 +45,31 @@ SWEEPS: dict[str, Sweep] = {
     "events.dispatch": _dispatch,
 }
 RUNNERS: dict[str, Runner] = {}
+
+
+def _email_runner(settings: Settings) -> Runner:
+    transport = transport_for(
+        smtp_url=settings.smtp_url,
+        data_dir=settings.data_dir,
+        timeout=settings.smtp_timeout_seconds,
+    )
+    return email_runner(transport=transport, sender=settings.mail_from)
+
+
+# Runners that need configuration (an SMTP server, …), built from each worker's settings.
+CONFIGURED_RUNNERS: dict[str, Callable[[Settings], Runner]] = {
+    "notifications.send_emails": _email_runner,
+}
+
+
+def _gateway_runners(gateway: Gateway | None) -> dict[str, Runner]:
+    """Runners that call the payment gateway: Stripe's events are handled with the live
+    gateway, which re-reads each event's object."""
+    if isinstance(gateway, StripeGateway):
+        return {"orders.stripe_events": functools.partial(process_stripe_events, gateway=gateway)}
+    return {}
+
+
 HANDLERS: dict[str, Handler] = {}
 
 
@@ -49,11 +81,26 @@ class Worker:
         *,
         batch_size: int = 20,
         handlers: dict[str, Handler] | None = None,
+        settings: Settings | None = None,
+        gateway: Gateway | None = None,
     ) -> None:
+        """``settings`` default to the environment's, as ``create_app``'s do. ``gateway``
+        is the payment gateway whose inbound events this worker handles (Stripe's); a worker
+        without one leaves them to a worker that has it.
+
+        Raises:
+            ValueError: the settings are unusable (an invalid SMTP URL or sender).
+        """
         self.database = database
         self.clock = clock
         self.batch_size = batch_size
         self.handlers = HANDLERS if handlers is None else handlers
+        settings = Settings() if settings is None else settings
+        self.runners: dict[str, Runner] = {
+            **RUNNERS,
+            **{name: build(settings) for name, build in CONFIGURED_RUNNERS.items()},
+            **_gateway_runners(gateway),
+        }
         self._stopping = asyncio.Event()
 
     async def run_once(self) -> int:
@@ -65,7 +112,7 @@ class Worker:
                     done += await sweep(session, self.clock.now())
             except Exception:
                 log.exception("sweep %s failed", name)
-        for name, runner in RUNNERS.items():
+        for name, runner in self.runners.items():
             try:
                 done += await runner(self.database, self.clock)
             except Exception:

@@ -28,6 +28,36 @@ def platform_fee(amount: int, policy: FeePolicy, *, processor_fee: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class ChargeFees:
+    """The fees of a charge, fixed before it is made.
+
+    The creator bears the processor's fee and pays the platform's, so the platform side
+    keeps ``application_fee`` of the charge: with Stripe Connect that is the
+    ``application_fee_amount``, and the creator's connected account receives exactly
+    ``amount - application_fee``, the creator's share in the ledger.
+    """
+
+    platform_fee: int
+    estimated_processor_fee: int
+
+    @property
+    def application_fee(self) -> int:
+        return self.platform_fee + self.estimated_processor_fee
+
+
+def fees_before_charge(
+    amount: int, policy: FeePolicy, *, estimated_processor_fee: int
+) -> ChargeFees:
+    """The platform's fee on ``amount`` and the processor fee the creator bears, before
+    charging: the platform fee is capped at what the estimated processor fee leaves."""
+    processor = max(0, min(amount, estimated_processor_fee))
+    return ChargeFees(
+        platform_fee=platform_fee(amount, policy, processor_fee=processor),
+        estimated_processor_fee=processor,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Split:
     """How ``gross`` divides: ``creator + platform_fee + processor_fee == gross``."""
 

@@ -16,7 +16,8 @@ class JournalTransaction(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     creator_id: Mapped[str | None] = mapped_column(ForeignKey("creators.id"), default=None)
-    kind: Mapped[str] = mapped_column(String(32))  # payment | refund
+    # payment | refund | processor_fee_adjustment | dispute | dispute_reversal
+    kind: Mapped[str] = mapped_column(String(32))
     reference_id: Mapped[str] = mapped_column(String(40), index=True)
     description: Mapped[str] = mapped_column(String(300), default="")
     created_at: Mapped[datetime]

@@ -107,6 +107,18 @@ def refund_lines(creator_id: str, split: Split) -> list[Line]:
     return [Line(line.account, -line.amount) for line in payment_lines(creator_id, split)]
 
 
+def processor_fee_adjustment_lines(difference: int) -> list[Line]:
+    """The processor charged ``difference`` more than the fee the creator bore (negative:
+    less); the platform absorbs it, so the creator's share stays what the charge fixed."""
+    return [Line(PLATFORM_FEES, -difference), Line(PROCESSOR_FEES, difference)]
+
+
+def dispute_lines(creator_id: str, withdrawn: int) -> list[Line]:
+    """A dispute took ``withdrawn`` back to the buyer from the creator's balance (negative:
+    funds reinstated after a won dispute)."""
+    return [Line(creator_account(creator_id), -withdrawn), Line(BUYER_FUNDS, withdrawn)]
+
+
 async def balances_of(session: AsyncSession, *, account: str) -> dict[str, int]:
     rows = await session.execute(
         select(Balance.currency, Balance.amount).where(Balance.account == account)

@@ -15,7 +15,7 @@ from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
 from stallholder.ledger import service as ledger
-from stallholder.ledger.fees import FeePolicy, payment_split, platform_fee, refund_split
+from stallholder.ledger.fees import FeePolicy, payment_split, refund_split
 from stallholder.orders.models import Order, OrderLineItem, Refund
 from stallholder.orders.schemas import order_out, refund_out
 from stallholder.payments import service as payments
@@ -82,18 +82,25 @@ async def create_paid_order(
     checkout_session_id: str,
     attempt: PaymentAttempt,
     lines: Sequence[LineSpec],
-    default_fees: FeePolicy,
     now: datetime,
 ) -> Order:
-    """The order for a successful payment, with the payment posted to the ledger."""
+    """The order for a successful payment, with the payment posted to the ledger.
+
+    The split is the one fixed before charging (``attempt.platform_fee`` and the processor
+    fee the creator bears), so the creator's share is what the gateway paid the creator.
+    When the processor's actual fee differs from that estimate, the platform absorbs the
+    difference in a transaction of its own.
+    """
     creator = await session.get(Creator, creator_id)
     assert creator is not None
     subtotal = sum(line.amount_total for line in lines)
     if subtotal != attempt.amount:
         raise ValueError(f"order lines total {subtotal} but the payment captured {attempt.amount}")
-    policy = fee_policy_for(creator, default_fees)
-    fee = platform_fee(attempt.amount, policy, processor_fee=attempt.processor_fee)
-    split = payment_split(attempt.amount, platform_fee=fee, processor_fee=attempt.processor_fee)
+    split = payment_split(
+        attempt.amount,
+        platform_fee=attempt.platform_fee,
+        processor_fee=attempt.estimated_processor_fee,
+    )
     order = Order(
         id=new_id("ord"),
         creator_id=creator_id,
@@ -138,6 +145,20 @@ async def create_paid_order(
         description=f"Payment for order {order.receipt_number}",
         now=now,
     )
+    if attempt.processor_fee != attempt.estimated_processor_fee:
+        await ledger.post(
+            session,
+            creator_id=creator_id,
+            kind="processor_fee_adjustment",
+            reference_id=order.id,
+            currency=order.currency,
+            lines=ledger.processor_fee_adjustment_lines(
+                attempt.processor_fee - attempt.estimated_processor_fee
+            ),
+            description=f"Processor fee of order {order.receipt_number}: "
+            f"{attempt.processor_fee} charged, {attempt.estimated_processor_fee} expected",
+            now=now,
+        )
     await events.emit(
         session,
         creator_id=creator_id,

@@ -1,16 +1,17 @@
 """The payment gateway interface and the sandbox gateway.
 
-A gateway moves money; it knows nothing of sessions or orders. Every call carries an
-idempotency key derived from our own object and attempt number, so a retry after a crash
-repeats the same charge instead of making a second one.
+A gateway moves money; it knows nothing of sessions or orders. Every call that changes
+something carries an idempotency key derived from our own object and attempt number, so
+a retry after a crash repeats the same call instead of making a second one.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from stallholder.kit.errors import DomainError
 from stallholder.kit.money import apply_basis_points
 
 ChargeStatus = Literal["succeeded", "requires_action", "failed"]
@@ -18,11 +19,19 @@ ChargeStatus = Literal["succeeded", "requires_action", "failed"]
 
 @dataclass(frozen=True, slots=True)
 class ChargeRequest:
+    """One charge. ``application_fee_amount`` is what the platform side keeps of
+    ``amount`` (its fee and the processing cost the creator bears); the rest goes to the
+    creator's ``connected_account`` when the gateway pays creators directly (Stripe Connect).
+    """
+
     amount: int
     currency: str
     payment_method: str
     idempotency_key: str
     description: str = ""
+    application_fee_amount: int = 0
+    connected_account: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +49,105 @@ class RefundResult:
     reference: str
 
 
+@dataclass(frozen=True, slots=True)
+class SavedPaymentMethod:
+    """A payment method kept at the gateway for charges without the buyer (renewals)."""
+
+    customer_reference: str
+    payment_method: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeSnapshot:
+    """A dispute as the gateway reports it now."""
+
+    external_id: str
+    payment_reference: str | None
+    amount: int
+    currency: str
+    reason: str
+    status: str
+
+
+class PaymentMethodDeclined(DomainError):
+    status = 402
+    slug = "payment-method-declined"
+    title = "The payment method could not be saved"
+
+
+class GatewayUnavailable(DomainError):
+    status = 503
+    slug = "payment-gateway-unavailable"
+    title = "The payment gateway could not be reached; it is safe to retry"
+
+
+class GatewayRefused(DomainError):
+    status = 409
+    slug = "payment-gateway-refused"
+    title = "The payment gateway refused the request"
+
+
 class Gateway(Protocol):
     name: str
+    # Whether charges must name the creator's connected account (Stripe Connect).
+    needs_connected_account: bool
 
-    async def charge(self, request: ChargeRequest) -> ChargeResult: ...
+    def estimate_processor_fee(self, *, amount: int, currency: str) -> int:
+        """The processor's fee on ``amount``, known before charging (exact for the sandbox)."""
+        ...
+
+    async def charge(self, request: ChargeRequest) -> ChargeResult:
+        """Charge on-session: the buyer is present and may be asked to authenticate."""
+        ...
+
+    async def charge_off_session(
+        self, request: ChargeRequest, *, customer_reference: str
+    ) -> ChargeResult:
+        """Charge a saved payment method without the buyer (renewals).
+
+        A charge that would need the buyer to authenticate fails with the decline code
+        ``authentication_required`` instead of waiting for an action.
+        """
+        ...
+
+    async def save_payment_method(
+        self,
+        *,
+        customer_reference: str | None,
+        email: str,
+        payment_method: str,
+        idempotency_key: str,
+    ) -> SavedPaymentMethod:
+        """Keep ``payment_method`` for off-session charges, creating the gateway's customer
+        when ``customer_reference`` is None.
+
+        Raises:
+            PaymentMethodDeclined: the gateway refused the payment method.
+            GatewayUnavailable: the gateway could not be reached.
+        """
+        ...
 
     async def refund(
         self, *, charge_reference: str, amount: int, currency: str, idempotency_key: str
-    ) -> RefundResult: ...
+    ) -> RefundResult:
+        """Raises GatewayRefused or GatewayUnavailable when the refund did not happen."""
+        ...
+
+    async def create_connected_account(
+        self, *, email: str, country: str | None, metadata: dict[str, str], idempotency_key: str
+    ) -> str:
+        """A new connected account for a creator, by its reference at the gateway."""
+        ...
+
+    async def onboarding_link(
+        self, *, account_reference: str, return_url: str, refresh_url: str, idempotency_key: str
+    ) -> str | None:
+        """Where the creator completes the account's onboarding (None: nothing to do)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the gateway's connections."""
+        ...
 
 
 # The sandbox's processor fee, modelled on a typical card rate: 2.9% + 30 minor units.
@@ -55,8 +155,13 @@ SANDBOX_FEE_BPS = 290
 SANDBOX_FEE_FIXED = 30
 
 
+def card_rate_fee(amount: int, *, bps: int, fixed: int) -> int:
+    """``bps`` of ``amount`` plus ``fixed``, never more than ``amount``."""
+    return min(amount, apply_basis_points(amount, bps) + fixed)
+
+
 def sandbox_processor_fee(amount: int) -> int:
-    return min(amount, apply_basis_points(amount, SANDBOX_FEE_BPS) + SANDBOX_FEE_FIXED)
+    return card_rate_fee(amount, bps=SANDBOX_FEE_BPS, fixed=SANDBOX_FEE_FIXED)
 
 
 _DECLINES: dict[str, tuple[str, str]] = {
@@ -82,10 +187,15 @@ class SandboxGateway:
     """Deterministic test payments with the tokens of DESIGN.md §4.
 
     The same idempotency key always yields the same reference, as a real processor's
-    idempotent replay would.
+    idempotent replay would. Saved payment methods are the tokens themselves: a sandbox
+    token can be charged any number of times.
     """
 
     name = "sandbox"
+    needs_connected_account = False
+
+    def estimate_processor_fee(self, *, amount: int, currency: str) -> int:
+        return sandbox_processor_fee(amount)
 
     async def charge(self, request: ChargeRequest) -> ChargeResult:
         token = request.payment_method
@@ -121,7 +231,53 @@ class SandboxGateway:
             message=f"{token!r} is not a sandbox test token.",
         )
 
+    async def charge_off_session(
+        self, request: ChargeRequest, *, customer_reference: str
+    ) -> ChargeResult:
+        if request.payment_method == "tok_authenticationRequired":
+            # Nobody is there to authenticate: the renewal fails and dunning takes over.
+            return ChargeResult(
+                status="failed",
+                reference=None,
+                decline_code="authentication_required",
+                message="The card needs the buyer to authenticate this payment.",
+            )
+        return await self.charge(request)
+
+    async def save_payment_method(
+        self,
+        *,
+        customer_reference: str | None,
+        email: str,
+        payment_method: str,
+        idempotency_key: str,
+    ) -> SavedPaymentMethod:
+        if payment_method not in SANDBOX_TOKENS:
+            raise PaymentMethodDeclined(
+                f"{payment_method!r} is not a sandbox test token", decline_code="invalid"
+            )
+        if payment_method in _DECLINES:
+            code, message = _DECLINES[payment_method]
+            raise PaymentMethodDeclined(message, decline_code=code)
+        return SavedPaymentMethod(
+            customer_reference=customer_reference or _reference("sbx_cus", idempotency_key),
+            payment_method=payment_method,
+        )
+
     async def refund(
         self, *, charge_reference: str, amount: int, currency: str, idempotency_key: str
     ) -> RefundResult:
         return RefundResult(reference=_reference("sbx_re", idempotency_key))
+
+    async def create_connected_account(
+        self, *, email: str, country: str | None, metadata: dict[str, str], idempotency_key: str
+    ) -> str:
+        return _reference("acct_sbx", idempotency_key)
+
+    async def onboarding_link(
+        self, *, account_reference: str, return_url: str, refresh_url: str, idempotency_key: str
+    ) -> str | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

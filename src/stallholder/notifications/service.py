@@ -1,0 +1,368 @@
+"""Queueing transactional emails, and the bookkeeping of sending them.
+
+An email is rendered when it is queued, in the transaction of whatever caused it (an
+event being dispatched, a sign-in request): what is sent is fixed then, and an email
+exists if and only if its cause committed. The worker (``tasks.send_due_emails``) sends
+it later, outside any transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Executable, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stallholder.accounts import service as accounts
+from stallholder.accounts.models import Customer
+from stallholder.checkout.models import CheckoutSession
+from stallholder.kit.ids import new_id
+from stallholder.notifications.models import Email
+from stallholder.notifications.rendering import render
+from stallholder.notifications.transport import OutgoingEmail
+from stallholder.orders import service as orders
+from stallholder.orders.schemas import OrderOut, RefundOut
+
+log = logging.getLogger("stallholder.notifications")
+
+# A claimed email is not claimed again before this; longer than a batch of sends takes.
+LEASE = timedelta(minutes=10)
+# The wait after the 1st, 2nd, … failed attempt; after the last one the email is failed.
+RETRY_DELAYS = (
+    timedelta(seconds=30),
+    timedelta(minutes=2),
+    timedelta(minutes=10),
+    timedelta(hours=1),
+    timedelta(hours=6),
+    timedelta(hours=24),
+)
+# Emails whose body is a credential: blanked once sent or given up on.
+SENSITIVE_KINDS = frozenset({"magic_link"})
+REDACTED = "[removed after sending]"
+
+_REFUND_REASONS = {
+    "requested_by_customer": "You asked for a refund.",
+    "duplicate": "The payment was a duplicate.",
+}
+
+
+def retry_delay(attempts: int) -> timedelta | None:
+    """How long to wait after the ``attempts``-th failed attempt, or None to give up.
+
+    30 s, 2 min, 10 min, 1 h, 6 h, 24 h: seven attempts over about a day and a half.
+    """
+    if attempts < 1:
+        raise ValueError("attempts counts from 1")
+    if attempts > len(RETRY_DELAYS):
+        return None
+    return RETRY_DELAYS[attempts - 1]
+
+
+def _insert_unless_duplicate(session: AsyncSession, values: dict[str, Any]) -> Executable:
+    """``INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id`` in either dialect."""
+    if session.get_bind().dialect.name == "postgresql":
+        return (
+            postgresql.insert(Email)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[Email.dedupe_key])
+            .returning(Email.id)
+        )
+    return (
+        sqlite.insert(Email)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=[Email.dedupe_key])
+        .returning(Email.id)
+    )
+
+
+async def queue_email(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    kind: str,
+    to: str,
+    context: Mapping[str, Any],
+    dedupe_key: str,
+    now: datetime,
+) -> str | None:
+    """Render the email now and queue it, unless one with ``dedupe_key`` exists already.
+
+    Returns the new email's id, or None when it was a duplicate. A duplicate does not
+    fail the caller's transaction: the insert ignores the conflict on both databases.
+    """
+    rendered = render(kind, {**context, "to": to})
+    values = {
+        "id": new_id("em"),
+        "creator_id": creator_id,
+        "kind": kind,
+        "to_address": to,
+        "subject": rendered.subject,
+        "text_body": rendered.text,
+        "html_body": rendered.html,
+        "dedupe_key": dedupe_key,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+    inserted = await session.execute(_insert_unless_duplicate(session, values))
+    email_id: str | None = inserted.scalar_one_or_none()
+    if email_id is None:
+        log.info("email %s already queued; not queueing it again", dedupe_key)
+    return email_id
+
+
+async def _local_date(session: AsyncSession, *, customer_id: str, at: datetime) -> date:
+    """The calendar day ``at`` falls on where the customer lives."""
+    customer = await session.get(Customer, customer_id)
+    zone = ZoneInfo(customer.time_zone if customer is not None else "UTC")
+    return at.astimezone(zone).date()
+
+
+async def queue_receipt(
+    session: AsyncSession, *, event_id: str, creator_id: str, order: OrderOut, now: datetime
+) -> str | None:
+    """The buyer's receipt for a paid order (``order.paid``)."""
+    return await queue_email(
+        session,
+        creator_id=creator_id,
+        kind="receipt",
+        to=order.customer_email,
+        dedupe_key=f"{event_id}:receipt",
+        now=now,
+        context={
+            "merchant": order.receipt.merchant,
+            "number": order.receipt.number,
+            "order_id": order.id,
+            "issued": await _local_date(session, customer_id=order.customer, at=order.created),
+            "currency": order.currency,
+            "lines": [line.model_dump() for line in order.line_items],
+            "amount_subtotal": order.amount_subtotal,
+            "amount_total": order.amount_total,
+        },
+    )
+
+
+async def queue_refund_notice(
+    session: AsyncSession, *, event_id: str, creator_id: str, refund: RefundOut, now: datetime
+) -> str | None:
+    """Tell the buyer about a refund (``refund.created``)."""
+    order = await orders.get_order(session, creator_id=creator_id, order_id=refund.order)
+    creator = await accounts.get_creator(session, creator_id)
+    return await queue_email(
+        session,
+        creator_id=creator_id,
+        kind="refund",
+        to=order.customer_email,
+        dedupe_key=f"{event_id}:refund",
+        now=now,
+        context={
+            "merchant": creator.display_name,
+            "number": order.receipt_number,
+            "refund_id": refund.id,
+            "amount": refund.amount,
+            "currency": refund.currency,
+            "order_total": order.amount_total,
+            "reason": _REFUND_REASONS.get(refund.reason or ""),
+            "issued": await _local_date(session, customer_id=order.customer_id, at=refund.created),
+        },
+    )
+
+
+async def queue_payment_failed(
+    session: AsyncSession,
+    *,
+    event_id: str,
+    creator_id: str,
+    attempt: Mapping[str, Any],
+    now: datetime,
+) -> str | None:
+    """Tell the buyer a payment failed (``payment.failed``); skipped, and logged, when the
+    checkout session has no email address."""
+    checkout_id = attempt.get("checkout_session")
+    checkout = await session.get(CheckoutSession, checkout_id) if checkout_id else None
+    if checkout is None or not checkout.customer_email:
+        log.info(
+            "payment %s failed but checkout session %s has no email address; no email sent",
+            attempt["id"],
+            checkout_id,
+        )
+        return None
+    creator = await accounts.get_creator(session, creator_id)
+    return await queue_email(
+        session,
+        creator_id=creator_id,
+        kind="payment_failed",
+        to=checkout.customer_email,
+        dedupe_key=f"{event_id}:payment_failed",
+        now=now,
+        context={
+            "merchant": creator.display_name,
+            "amount": attempt["amount"],
+            "currency": attempt["currency"],
+            "failure_message": attempt.get("failure_message"),
+            "checkout_session": checkout.id,
+        },
+    )
+
+
+async def queue_webhook_endpoint_disabled(
+    session: AsyncSession,
+    *,
+    event_id: str,
+    creator_id: str,
+    endpoint: Mapping[str, Any],
+    now: datetime,
+) -> str | None:
+    """Tell the creator that a webhook endpoint was disabled (``webhook_endpoint.disabled``).
+
+    An endpoint payload without an id or URL is logged as an error and skipped rather than
+    raised: a consumer that raises would hold up the whole outbox.
+    """
+    if not endpoint.get("id") or not endpoint.get("url"):
+        log.error("event %s has no endpoint id or url; no email sent: %r", event_id, endpoint)
+        return None
+    creator = await accounts.get_creator(session, creator_id)
+    return await queue_email(
+        session,
+        creator_id=creator_id,
+        kind="webhook_endpoint_disabled",
+        to=creator.email,
+        dedupe_key=f"{event_id}:webhook_endpoint_disabled",
+        now=now,
+        context={
+            "creator": creator.display_name,
+            "endpoint_id": endpoint["id"],
+            "url": endpoint["url"],
+            "reason": endpoint.get("disabled_reason")
+            or "deliveries to it kept failing after every retry",
+        },
+    )
+
+
+async def queue_magic_link(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    url: str,
+    now: datetime,
+    customer_id: str | None = None,
+    email: str | None = None,
+) -> str | None:
+    """Email a sign-in link to a customer of ``creator_id``, given by id or by address.
+
+    The same ``url`` is never mailed twice. The body holds a credential, so it is blanked
+    in the database once the email is sent (or given up on).
+
+    Raises:
+        ValueError: neither or both of ``customer_id`` and ``email`` were given.
+        CustomerNotFound, CreatorNotFound.
+    """
+    if (customer_id is None) == (email is None):
+        raise ValueError("give exactly one of customer_id and email")
+    if customer_id is not None:
+        customer = await accounts.get_customer(
+            session, creator_id=creator_id, customer_id=customer_id
+        )
+        email = customer.email
+    assert email is not None
+    creator = await accounts.get_creator(session, creator_id)
+    digest = hashlib.sha256(url.encode()).hexdigest()
+    return await queue_email(
+        session,
+        creator_id=creator_id,
+        kind="magic_link",
+        to=email,
+        dedupe_key=f"magic_link:{digest}",
+        now=now,
+        context={"merchant": creator.display_name, "url": url},
+    )
+
+
+async def claim_due(session: AsyncSession, *, now: datetime, limit: int) -> list[OutgoingEmail]:
+    """Lease up to ``limit`` due emails to this worker and count the attempt.
+
+    ``SKIP LOCKED`` lets several workers on PostgreSQL claim disjoint emails; on SQLite the
+    unit of work holds the single write lock. The lease (``locked_until``) keeps others off
+    while this worker sends; if it dies, the email is claimed again when the lease ends.
+    """
+    statement = (
+        select(Email)
+        .where(
+            Email.status == "pending",
+            Email.next_attempt_at <= now,
+            or_(Email.locked_until.is_(None), Email.locked_until <= now),
+        )
+        .order_by(Email.next_attempt_at, Email.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    emails = list((await session.execute(statement)).scalars())
+    for email in emails:  # locked rows (or a locked database): this cannot race
+        email.locked_until = now + LEASE
+        email.attempts += 1
+    await session.flush()
+    return [
+        OutgoingEmail(
+            id=email.id,
+            to=email.to_address,
+            subject=email.subject,
+            text=email.text_body,
+            html=email.html_body,
+            created_at=email.created_at,
+        )
+        for email in emails
+    ]
+
+
+def _redact_if_sensitive(email: Email) -> None:
+    if email.kind in SENSITIVE_KINDS:
+        email.text_body = email.html_body = REDACTED
+
+
+async def record_sent(
+    session: AsyncSession, *, email_id: str, message_id: str, now: datetime
+) -> None:
+    """Mark an email sent (once: a second report after a resend changes nothing)."""
+    email = await session.get(Email, email_id, with_for_update=True)
+    if email is None or email.status != "pending":
+        return
+    email.status = "sent"
+    email.sent_at = now
+    email.message_id = message_id
+    email.locked_until = None
+    email.last_error = None
+    _redact_if_sensitive(email)
+    await session.flush()
+
+
+async def record_failure(
+    session: AsyncSession, *, email_id: str, error: str, is_permanent: bool, now: datetime
+) -> None:
+    """Schedule the next attempt with backoff, or mark the email failed for good."""
+    email = await session.get(Email, email_id, with_for_update=True)
+    if email is None or email.status != "pending":
+        return
+    email.locked_until = None
+    email.last_error = error[:2000]
+    delay = None if is_permanent else retry_delay(email.attempts)
+    if delay is None:
+        email.status = "failed"
+        _redact_if_sensitive(email)
+        log.error(
+            "email %s (%s to %s) failed after %d attempts; giving up: %s",
+            email.id,
+            email.kind,
+            email.to_address,
+            email.attempts,
+            error,
+        )
+    else:
+        email.next_attempt_at = now + delay
+    await session.flush()

@@ -1,0 +1,107 @@
+"""Due work of the orders domain: handling Stripe's events from the inbox.
+
+A runner (it calls Stripe): it claims due inbox rows in one short transaction, re-reads
+each event's object from Stripe with no transaction open, and applies what it read in a
+transaction of its own that also marks the row processed, so an event is handled once.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from stallholder.events import inbox
+from stallholder.kit.clock import Clock
+from stallholder.kit.db import Database
+from stallholder.orders import disputes
+from stallholder.payments.gateway import DisputeSnapshot
+from stallholder.payments.stripe_gateway import INBOX_SOURCE, StripeGateway
+
+log = logging.getLogger("stallholder.orders.tasks")
+
+# Every event about a dispute is handled the same way: read the dispute as it is now.
+DISPUTE_EVENT_PREFIX = "charge.dispute."
+
+
+def _object_id(payload: dict[str, Any]) -> str:
+    data = payload.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    object_id = obj.get("id") if isinstance(obj, dict) else None
+    if not isinstance(object_id, str) or not object_id:
+        raise ValueError("the event has no data.object.id")
+    return object_id
+
+
+async def _apply(
+    database: Database,
+    clock: Clock,
+    *,
+    event_id: int,
+    snapshot: DisputeSnapshot | None,
+    fetched_at: datetime,
+    note: str | None,
+) -> None:
+    async with database.unit_of_work() as session:
+        event = await inbox.lock(session, event_id=event_id)
+        if event is None or event.processed_at is not None:
+            return  # another worker handled it after its lease ran out
+        now = clock.now()
+        if snapshot is not None:
+            dispute = await disputes.sync_dispute(
+                session,
+                gateway=StripeGateway.name,
+                snapshot=snapshot,
+                fetched_at=fetched_at,
+                now=now,
+            )
+            if dispute is None:
+                note = (
+                    f"ignored: no order was paid with payment {snapshot.payment_reference!r} "
+                    f"that dispute {snapshot.external_id} names"
+                )
+        inbox.mark_processed(event, now=now, note=note)
+
+
+async def _fail(database: Database, clock: Clock, *, event_id: int, error: Exception) -> None:
+    async with database.unit_of_work() as session:
+        event = await inbox.lock(session, event_id=event_id)
+        if event is not None and event.processed_at is None:
+            inbox.mark_failed(event, error=f"{type(error).__name__}: {error}", now=clock.now())
+
+
+async def process_stripe_events(
+    database: Database, clock: Clock, *, gateway: StripeGateway, batch: int = 20
+) -> int:
+    """Handle due Stripe events; returns how many were claimed.
+
+    Dispute events re-read the dispute from Stripe. Other event types are marked
+    processed with a note: Stallholder does not act on them (yet).
+    """
+    async with database.unit_of_work() as session:
+        claimed = [
+            (event.id, event.type, event.payload)
+            for event in await inbox.claim_due(
+                session, source=INBOX_SOURCE, now=clock.now(), limit=batch
+            )
+        ]
+    for event_id, event_type, payload in claimed:
+        try:
+            fetched_at = clock.now()
+            snapshot, note = None, None
+            if event_type.startswith(DISPUTE_EVENT_PREFIX):
+                snapshot = await gateway.retrieve_dispute(_object_id(payload))
+            else:
+                note = f"ignored: Stallholder does not act on {event_type}"
+            await _apply(
+                database,
+                clock,
+                event_id=event_id,
+                snapshot=snapshot,
+                fetched_at=fetched_at,
+                note=note,
+            )
+        except Exception as error:
+            log.exception("Stripe event %s (%s) failed", event_id, event_type)
+            await _fail(database, clock, event_id=event_id, error=error)
+    return len(claimed)

@@ -1,0 +1,696 @@
+"""Selling through the Stripe gateway, end to end over HTTP, against the Stripe test double.
+
+The real ``stripe`` SDK talks to the double; disputes arrive as webhooks signed the way
+Stripe signs them, go into the inbox and are handled by the worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from stallholder.app import create_app
+from stallholder.events.inbox import retry_delay
+from stallholder.events.models import Event, InboxEvent
+from stallholder.jobs.worker import Worker
+from stallholder.kit.clock import FrozenClock
+from stallholder.kit.db import Database
+from stallholder.ledger import service as ledger
+from stallholder.orders import service as orders
+from stallholder.orders.models import Order
+from stallholder.payments.models import Dispute, PaymentAttempt
+from stallholder.payments.stripe_gateway import StripeGateway
+from stallholder.settings import Settings
+from tests.conftest import ADMIN_KEY, Api, bearer
+from tests.doubles.stripe_api import StripeDouble
+
+pytestmark = pytest.mark.anyio
+
+PROBLEMS = "https://stallholder.dev/problems/"
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, database: Database, clock: FrozenClock, stripe_gateway: StripeGateway
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        settings, database=database, clock=clock, gateway=stripe_gateway, run_worker=False
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@dataclass(frozen=True)
+class Shop:
+    creator: str
+    secret_key: str
+    account: str
+    price: str
+
+
+async def _shop(api: Api, double: StripeDouble, *, unit_amount: int = 1500) -> Shop:
+    """A creator whose Stripe account is connected and onboarded, with one price."""
+    creator, price = await api.shop(unit_amount=unit_amount)
+    connected = await api.http.post(
+        f"/v1/creators/{creator['id']}/stripe_account", headers=bearer(ADMIN_KEY)
+    )
+    assert connected.status_code == 201, connected.text
+    account = connected.json()["account"]
+    double.activate_account(account)
+    return Shop(creator["id"], creator["secret_key"], account, price["id"])
+
+
+async def _sell(api: Api, shop: Shop, *, quantity: int = 2) -> dict[str, Any]:
+    session = await api.session(shop.secret_key, price=shop.price, quantity=quantity)
+    confirmed = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
+    assert confirmed.status_code == 200, confirmed.text
+    order: dict[str, Any] = (
+        await api.http.get(
+            f"/v1/orders/{confirmed.json()['order']}", headers=bearer(shop.secret_key)
+        )
+    ).json()
+    return order
+
+
+async def _balance(api: Api, shop: Shop) -> list[dict[str, Any]]:
+    available: list[dict[str, Any]] = (
+        await api.http.get("/v1/balance", headers=bearer(shop.secret_key))
+    ).json()["available"]
+    return available
+
+
+async def _payment_intent_of(database: Database, order_id: str) -> str:
+    async with database.unit_of_work() as session:
+        order = await session.get(Order, order_id)
+        assert order is not None
+        attempt = await session.get(PaymentAttempt, order.payment_attempt_id)
+        assert attempt is not None
+        assert attempt.gateway_reference is not None
+        return attempt.gateway_reference
+
+
+async def _count(database: Database, model: type[Any], *where: Any) -> int:
+    async with database.unit_of_work() as session:
+        statement = select(func.count()).select_from(model)
+        for condition in where:
+            statement = statement.where(condition)
+        return int((await session.execute(statement)).scalar_one())
+
+
+async def _verify(database: Database) -> ledger.VerifyReport:
+    async with database.unit_of_work() as session:
+        return await ledger.verify(session)
+
+
+async def _deliver(api: Api, body: bytes, signature: str | None) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["Stripe-Signature"] = signature
+    return await api.http.post("/v1/stripe/webhooks", content=body, headers=headers)
+
+
+async def _dispute(database: Database) -> Dispute:
+    async with database.unit_of_work() as session:
+        return (await session.execute(select(Dispute))).scalar_one()
+
+
+async def _event_types(database: Database, prefix: str) -> list[str]:
+    async with database.unit_of_work() as session:
+        rows = await session.execute(
+            select(Event.type).where(Event.type.startswith(prefix)).order_by(Event.id)
+        )
+        return list(rows.scalars())
+
+
+# The sale ----------------------------------------------------------------------------
+
+
+async def test_a_sale_is_a_destination_charge_whose_creator_share_matches_the_ledger(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    shop = await _shop(api, stripe_double)
+    session = await api.session(shop.secret_key, price=shop.price, quantity=2)
+
+    confirmed = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
+
+    assert confirmed.status_code == 200, confirmed.text
+    assert (confirmed.json()["status"], confirmed.json()["payment_status"]) == ("complete", "paid")
+    order = (
+        await api.http.get(
+            f"/v1/orders/{confirmed.json()['order']}", headers=bearer(shop.secret_key)
+        )
+    ).json()
+    # Platform fee 5% = 150; Stripe's fee 2.9% + 30 = 117, read from the balance transaction.
+    assert (order["amount_total"], order["platform_fee"], order["processor_fee"]) == (
+        3000,
+        150,
+        117,
+    )
+    [create] = stripe_double.requests_to("POST", "/v1/payment_intents")
+    assert create.idempotency_key == f"{session['id']}:attempt:1"
+    assert create.params == {
+        "amount": "3000",
+        "currency": "usd",
+        "payment_method": "pm_card_visa",
+        "confirm": "true",
+        "allowed_payment_method_types": ["card"],
+        "metadata": {"checkout_session": session["id"], "creator": shop.creator},
+        "expand": ["latest_charge.balance_transaction"],
+        "transfer_data": {"destination": shop.account},
+        # The platform side of the charge: its fee plus the Stripe fee the creator bears.
+        "application_fee_amount": "267",
+    }
+    [intent] = stripe_double.of_type("payment_intent")
+    assert await _payment_intent_of(database, order["id"]) == intent["id"]
+    assert await _balance(api, shop) == [{"amount": 2733, "currency": "usd"}]
+    assert stripe_double.connected_balance(shop.account) == 2733
+    entries = (await api.http.get("/v1/ledger/entries", headers=bearer(shop.secret_key))).json()
+    assert [entry["kind"] for entry in entries["data"]] == ["payment"]
+    assert {line["account"]: line["amount"] for line in entries["data"][0]["lines"]} == {
+        "external:buyer_funds": -3000,
+        f"creator:{shop.creator}:balance": 2733,
+        "platform:fees": 150,
+        "processor:fees": 117,
+    }
+    assert (await _verify(database)).is_clean
+
+
+async def test_a_partial_refund_reverses_the_transfer_and_the_application_fee_in_proportion(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    shop = await _shop(api, stripe_double)
+    order = await _sell(api, shop)
+    intent = await _payment_intent_of(database, order["id"])
+
+    refund = await api.http.post(
+        "/v1/refunds",
+        headers=bearer(shop.secret_key),
+        json={"order": order["id"], "amount": 1000},
+    )
+
+    assert refund.status_code == 201, refund.text
+    [request] = stripe_double.requests_to("POST", "/v1/refunds")
+    assert request.idempotency_key == f"{order['id']}:refund:1"
+    assert request.params == {
+        "payment_intent": intent,
+        "amount": "1000",
+        "refund_application_fee": "true",
+        "reverse_transfer": "true",
+    }
+    [stripe_refund] = stripe_double.of_type("refund")
+    async with database.unit_of_work() as session:
+        order_row = await session.get(Order, order["id"])
+        assert order_row is not None
+        assert [r.gateway_reference for r in order_row.refunds] == [stripe_refund["id"]]
+    # The creator gives back 1000 less 1000/3000 of the 267 application fee: 911.
+    assert await _balance(api, shop) == [{"amount": 1822, "currency": "usd"}]
+    assert stripe_double.connected_balance(shop.account) == 1822
+    assert (await _verify(database)).is_clean
+
+
+async def test_the_platform_absorbs_a_processor_fee_other_than_the_estimate(
+    api: Api,
+    database: Database,
+    stripe_double: StripeDouble,
+    stripe_gateway: StripeGateway,
+) -> None:
+    stripe_gateway.fee_bps = 300  # expects 3% + 30 = 120; Stripe charges 117
+    shop = await _shop(api, stripe_double)
+
+    order = await _sell(api, shop)
+
+    assert (order["platform_fee"], order["processor_fee"]) == (150, 120)
+    [create] = stripe_double.requests_to("POST", "/v1/payment_intents")
+    assert create.params["application_fee_amount"] == "270"
+    assert await _balance(api, shop) == [{"amount": 2730, "currency": "usd"}]
+    assert stripe_double.connected_balance(shop.account) == 2730
+    entries = (await api.http.get("/v1/ledger/entries", headers=bearer(shop.secret_key))).json()
+    assert [entry["kind"] for entry in entries["data"]] == ["processor_fee_adjustment", "payment"]
+    assert {line["account"]: line["amount"] for line in entries["data"][0]["lines"]} == {
+        "platform:fees": 3,
+        "processor:fees": -3,
+    }
+    async with database.unit_of_work() as session:
+        assert await ledger.balances_of(session, account=ledger.PROCESSOR_FEES) == {"usd": 117}
+        assert await ledger.balances_of(session, account=ledger.PLATFORM_FEES) == {"usd": 153}
+        assert (await ledger.verify(session)).is_clean
+
+
+async def test_three_d_secure_is_surfaced_as_requires_action(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    shop = await _shop(api, stripe_double)
+    session = await api.session(shop.secret_key, price=shop.price)
+
+    confirmed = await api.confirm(shop.secret_key, session["id"], "pm_card_authenticationRequired")
+
+    assert confirmed.status_code == 200, confirmed.text
+    assert (confirmed.json()["status"], confirmed.json()["payment_status"]) == (
+        "open",
+        "requires_action",
+    )
+    [intent] = stripe_double.of_type("payment_intent")
+    assert (intent["status"], intent["next_action"]["type"]) == (
+        "requires_action",
+        "use_stripe_sdk",
+    )
+    async with database.unit_of_work() as db:
+        attempt = (await db.execute(select(PaymentAttempt))).scalar_one()
+    assert (attempt.status, attempt.gateway_reference) == ("requires_action", intent["id"])
+    assert await _count(database, Order) == 0
+
+
+@pytest.mark.parametrize(
+    ("payment_method", "decline_code"),
+    [
+        ("pm_card_chargeDeclined", "generic_decline"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+    ],
+)
+async def test_a_decline_is_a_402_with_stripes_decline_code(
+    api: Api,
+    database: Database,
+    stripe_double: StripeDouble,
+    payment_method: str,
+    decline_code: str,
+) -> None:
+    shop = await _shop(api, stripe_double)
+    session = await api.session(shop.secret_key, price=shop.price)
+
+    declined = await api.confirm(shop.secret_key, session["id"], payment_method)
+
+    assert declined.status_code == 402
+    problem = declined.json()
+    assert (problem["type"], problem["decline_code"]) == (
+        PROBLEMS + "payment-declined",
+        decline_code,
+    )
+    [intent] = stripe_double.of_type("payment_intent")
+    async with database.unit_of_work() as db:
+        attempt = (await db.execute(select(PaymentAttempt))).scalar_one()
+    assert (attempt.status, attempt.decline_code, attempt.gateway_reference) == (
+        "failed",
+        decline_code,
+        intent["id"],
+    )
+    assert await _count(database, Order) == 0
+    assert await _balance(api, shop) == []
+
+
+async def test_a_stripe_outage_is_a_retryable_402_and_the_retry_is_a_new_attempt(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    shop = await _shop(api, stripe_double)
+    session = await api.session(shop.secret_key, price=shop.price)
+    stripe_double.fail_next_request(500)
+
+    failed = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
+    retried = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
+
+    assert failed.status_code == 402
+    assert (failed.json()["type"], failed.json()["retryable"]) == (
+        PROBLEMS + "payment-processing-error",
+        True,
+    )
+    assert retried.status_code == 200, retried.text
+    assert [
+        r.idempotency_key for r in stripe_double.requests_to("POST", "/v1/payment_intents")
+    ] == [
+        f"{session['id']}:attempt:1",
+        f"{session['id']}:attempt:2",
+    ]
+    assert len(stripe_double.of_type("payment_intent")) == 1
+
+
+async def test_a_crash_after_the_charge_replays_the_same_payment_intent(
+    api: Api, database: Database, stripe_double: StripeDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shop = await _shop(api, stripe_double)
+    session = await api.session(shop.secret_key, price=shop.price)
+    real = orders.create_paid_order
+    calls = 0
+
+    async def crash_once(*args: Any, **kwargs: Any) -> Order:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("database went away after the charge")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(orders, "create_paid_order", crash_once)
+
+    assert (await api.confirm(shop.secret_key, session["id"], "pm_card_visa")).status_code == 500
+    assert (await api.confirm(shop.secret_key, session["id"], "pm_card_visa")).status_code == 200
+
+    requests = stripe_double.requests_to("POST", "/v1/payment_intents")
+    assert [(r.idempotency_key, r.is_replay) for r in requests] == [
+        (f"{session['id']}:attempt:1", False),
+        (f"{session['id']}:attempt:1", True),
+    ]
+    assert len(stripe_double.of_type("payment_intent")) == 1
+    # 1500 less the 75 platform fee and Stripe's 2.9% + 30 = 74.
+    assert stripe_double.connected_balance(shop.account) == 1351
+    assert await _count(database, Order) == 1
+
+
+# Connect -------------------------------------------------------------------------------
+
+
+async def test_the_admin_connects_a_creator_once_and_gets_an_onboarding_link_each_time(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    creator = await api.creator(email="studio@example.com")
+    path = f"/v1/creators/{creator['id']}/stripe_account"
+
+    first = await api.http.post(path, headers=bearer(ADMIN_KEY), json={"country": "GB"})
+    again = await api.http.post(path, headers=bearer(ADMIN_KEY))
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    [account] = stripe_double.of_type("account")
+    assert first.json()["account"] == again.json()["account"] == account["id"]
+    assert first.json()["onboarding_url"].startswith(
+        f"https://connect.stripe.com/setup/e/{account['id']}/"
+    )
+    [create] = stripe_double.requests_to("POST", "/v1/accounts")
+    assert create.idempotency_key == f"{creator['id']}:connected_account:1"
+    assert create.params == {
+        "type": "express",
+        "email": "studio@example.com",
+        "capabilities": {
+            "card_payments": {"requested": "true"},
+            "transfers": {"requested": "true"},
+        },
+        "metadata": {"creator": creator["id"]},
+        "country": "GB",
+    }
+    links = stripe_double.requests_to("POST", "/v1/account_links")
+    assert [link.params["account"] for link in links] == [account["id"]] * 2
+    assert links[0].params["return_url"] == "http://testserver"
+    forbidden = await api.http.post(path, headers=bearer(creator["secret_key"]))
+    assert forbidden.status_code == 403
+    missing = await api.http.post("/v1/creators/cr_nope/stripe_account", headers=bearer(ADMIN_KEY))
+    assert missing.status_code == 404
+
+
+async def test_a_creator_without_a_stripe_account_cannot_take_payments_yet(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    creator, price = await api.shop()
+    session = await api.session(creator["secret_key"], price=price["id"])
+
+    refused = await api.confirm(creator["secret_key"], session["id"], "pm_card_visa")
+
+    assert refused.status_code == 409
+    assert refused.json()["type"] == PROBLEMS + "creator-not-connected"
+    assert stripe_double.requests == []
+    assert await _count(database, PaymentAttempt) == 0
+
+
+async def test_an_account_that_has_not_finished_onboarding_refuses_the_charge(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    creator, price = await api.shop()
+    await api.http.post(f"/v1/creators/{creator['id']}/stripe_account", headers=bearer(ADMIN_KEY))
+    session = await api.session(creator["secret_key"], price=price["id"])
+
+    refused = await api.confirm(creator["secret_key"], session["id"], "pm_card_visa")
+
+    assert refused.status_code == 402
+    assert refused.json()["decline_code"] == "insufficient_capabilities_for_transfer"
+    assert stripe_double.of_type("payment_intent") == []
+
+
+# Disputes by webhook ---------------------------------------------------------------------
+
+
+async def test_a_dispute_arrives_out_of_order_and_the_newest_state_wins(
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    stripe_double: StripeDouble,
+    stripe_gateway: StripeGateway,
+) -> None:
+    shop = await _shop(api, stripe_double)
+    order = await _sell(api, shop)
+    worker = Worker(database, clock, settings=settings, gateway=stripe_gateway)
+    opened = stripe_double.create_dispute(
+        payment_intent=await _payment_intent_of(database, order["id"])
+    )
+    created_event = stripe_double.event("charge.dispute.created", opened)
+    reviewing = stripe_double.update_dispute(opened["id"], status="under_review")
+
+    # Stripe delivers the update first …
+    response = await _deliver(
+        api,
+        body := stripe_double.event("charge.dispute.updated", reviewing),
+        stripe_double.sign(body),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"received": True, "duplicate": False}
+    await worker.run_once()
+
+    dispute = await _dispute(database)
+    assert (dispute.status, dispute.amount, dispute.amount_withdrawn, dispute.order_id) == (
+        "under_review",
+        3000,
+        3000,
+        order["id"],
+    )
+    assert await _balance(api, shop) == [{"amount": -267, "currency": "usd"}]
+
+    # … and the older "created" event late: it re-reads the dispute and changes nothing.
+    late = await _deliver(api, created_event, stripe_double.sign(created_event))
+    assert late.status_code == 200
+    await worker.run_once()
+
+    assert (await _dispute(database)).status == "under_review"
+    assert await _event_types(database, "dispute.") == ["dispute.created"]
+    assert await _balance(api, shop) == [{"amount": -267, "currency": "usd"}]
+
+    lost = stripe_double.update_dispute(opened["id"], status="lost")
+    closed = stripe_double.event("charge.dispute.closed", lost)
+    assert (await _deliver(api, closed, stripe_double.sign(closed))).status_code == 200
+    await worker.run_once()
+
+    assert ((await _dispute(database)).status, (await _dispute(database)).amount_withdrawn) == (
+        "lost",
+        3000,
+    )
+    assert await _event_types(database, "dispute.") == ["dispute.created", "dispute.updated"]
+    entries = (await api.http.get("/v1/ledger/entries", headers=bearer(shop.secret_key))).json()
+    assert [entry["kind"] for entry in entries["data"]] == ["dispute", "payment"]
+    assert {line["account"]: line["amount"] for line in entries["data"][0]["lines"]} == {
+        f"creator:{shop.creator}:balance": -3000,
+        "external:buyer_funds": 3000,
+    }
+    async with database.unit_of_work() as session:
+        inbox = (await session.execute(select(InboxEvent).order_by(InboxEvent.id))).scalars()
+        assert [(e.type, e.attempts, e.processed_at, e.last_error) for e in inbox] == [
+            ("charge.dispute.updated", 1, clock.now(), None),
+            ("charge.dispute.created", 1, clock.now(), None),
+            ("charge.dispute.closed", 1, clock.now(), None),
+        ]
+    assert [r.path for r in stripe_double.requests_to("GET", f"/v1/disputes/{opened['id']}")] == [
+        f"/v1/disputes/{opened['id']}"
+    ] * 3
+    assert (await _verify(database)).is_clean
+
+
+async def test_a_won_dispute_gives_the_funds_back_and_a_replayed_event_is_ignored(
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    stripe_double: StripeDouble,
+    stripe_gateway: StripeGateway,
+) -> None:
+    shop = await _shop(api, stripe_double)
+    order = await _sell(api, shop)
+    worker = Worker(database, clock, settings=settings, gateway=stripe_gateway)
+    opened = stripe_double.create_dispute(
+        payment_intent=await _payment_intent_of(database, order["id"]),
+        reason="product_not_received",
+    )
+    created = stripe_double.event("charge.dispute.created", opened)
+    assert (await _deliver(api, created, stripe_double.sign(created))).status_code == 200
+    await worker.run_once()
+    assert await _balance(api, shop) == [{"amount": -267, "currency": "usd"}]
+
+    won = stripe_double.update_dispute(opened["id"], status="won")
+    closed = stripe_double.event("charge.dispute.closed", won)
+    assert (await _deliver(api, closed, stripe_double.sign(closed))).status_code == 200
+    await worker.run_once()
+
+    # Stripe retries a delivery it thinks failed: same event, signed again later.
+    replay = await _deliver(
+        api, closed, stripe_double.sign(closed, timestamp=int(time.time()) + 60)
+    )
+    await worker.run_once()
+
+    assert replay.status_code == 200
+    assert replay.json() == {"received": True, "duplicate": True}
+    dispute = await _dispute(database)
+    assert (dispute.status, dispute.reason, dispute.amount_withdrawn) == (
+        "won",
+        "product_not_received",
+        0,
+    )
+    assert await _balance(api, shop) == [{"amount": 2733, "currency": "usd"}]
+    entries = (await api.http.get("/v1/ledger/entries", headers=bearer(shop.secret_key))).json()
+    assert [entry["kind"] for entry in entries["data"]] == [
+        "dispute_reversal",
+        "dispute",
+        "payment",
+    ]
+    assert await _event_types(database, "dispute.") == ["dispute.created", "dispute.updated"]
+    assert await _count(database, InboxEvent) == 2
+    assert len(stripe_double.requests_to("GET", f"/v1/disputes/{opened['id']}")) == 2
+    assert (await _verify(database)).is_clean
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        pytest.param(None, id="missing"),
+        pytest.param("t=1,v1=00", id="garbage"),
+        pytest.param("wrong-secret", id="wrong-secret"),
+        pytest.param("stale", id="older-than-300-seconds"),
+        pytest.param("tampered", id="tampered-body"),
+    ],
+)
+async def test_a_bad_signature_is_a_400_and_changes_nothing(
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    stripe_double: StripeDouble,
+    stripe_gateway: StripeGateway,
+    signature: str | None,
+) -> None:
+    shop = await _shop(api, stripe_double)
+    order = await _sell(api, shop)
+    opened = stripe_double.create_dispute(
+        payment_intent=await _payment_intent_of(database, order["id"])
+    )
+    body = stripe_double.event("charge.dispute.created", opened)
+    header = {
+        None: None,
+        "t=1,v1=00": "t=1,v1=00",
+        "wrong-secret": stripe_double.sign(body, secret="whsec_someone_else"),
+        "stale": stripe_double.sign(body, timestamp=int(time.time()) - 301),
+        "tampered": stripe_double.sign(body.replace(b"fraudulent", b"duplicate")),
+    }[signature]
+
+    response = await _deliver(api, body, header)
+    await Worker(database, clock, settings=settings, gateway=stripe_gateway).run_once()
+
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"] == PROBLEMS + "invalid-webhook-signature"
+    assert await _count(database, InboxEvent) == 0
+    assert await _count(database, Dispute) == 0
+    assert stripe_double.requests_to("GET", f"/v1/disputes/{opened['id']}") == []
+    assert await _balance(api, shop) == [{"amount": 2733, "currency": "usd"}]
+
+
+async def test_events_stallholder_does_not_act_on_are_kept_and_marked_handled(
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    stripe_double: StripeDouble,
+    stripe_gateway: StripeGateway,
+) -> None:
+    other = stripe_double.event("customer.created", {"id": "cus_1", "object": "customer"})
+    assert (await _deliver(api, other, stripe_double.sign(other))).status_code == 200
+    unknown = stripe_double.event(
+        "charge.dispute.created",
+        {"id": "dp_elsewhere", "object": "dispute"},
+    )
+    stripe_double.objects["dp_elsewhere"] = {
+        "id": "dp_elsewhere",
+        "object": "dispute",
+        "amount": 500,
+        "currency": "usd",
+        "payment_intent": "pi_not_ours",
+        "reason": "general",
+        "status": "needs_response",
+    }
+    assert (await _deliver(api, unknown, stripe_double.sign(unknown))).status_code == 200
+
+    await Worker(database, clock, settings=settings, gateway=stripe_gateway).run_once()
+
+    async with database.unit_of_work() as session:
+        rows = (await session.execute(select(InboxEvent).order_by(InboxEvent.id))).scalars()
+        assert [(e.type, e.processed_at, e.last_error) for e in rows] == [
+            (
+                "customer.created",
+                clock.now(),
+                "ignored: Stallholder does not act on customer.created",
+            ),
+            (
+                "charge.dispute.created",
+                clock.now(),
+                "ignored: no order was paid with payment 'pi_not_ours' that dispute "
+                "dp_elsewhere names",
+            ),
+        ]
+    assert await _count(database, Dispute) == 0
+
+
+async def test_a_failed_read_is_retried_later(
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    stripe_double: StripeDouble,
+    stripe_gateway: StripeGateway,
+) -> None:
+    shop = await _shop(api, stripe_double)
+    order = await _sell(api, shop)
+    worker = Worker(database, clock, settings=settings, gateway=stripe_gateway)
+    opened = stripe_double.create_dispute(
+        payment_intent=await _payment_intent_of(database, order["id"])
+    )
+    body = stripe_double.event("charge.dispute.created", opened)
+    assert (await _deliver(api, body, stripe_double.sign(body))).status_code == 200
+    stripe_double.fail_next_request(503)
+
+    await worker.run_once()
+
+    async with database.unit_of_work() as session:
+        event = (await session.execute(select(InboxEvent))).scalar_one()
+        assert (event.attempts, event.processed_at, event.next_attempt_at) == (
+            1,
+            None,
+            clock.now() + retry_delay(1),
+        )
+        assert event.last_error is not None
+        assert event.last_error.startswith("APIError: ")
+    await worker.run_once()  # not due yet
+    assert await _count(database, Dispute) == 0
+
+    clock.set(clock.now() + retry_delay(1))
+    await worker.run_once()
+
+    assert (await _dispute(database)).status == "needs_response"
+    assert await _balance(api, shop) == [{"amount": -267, "currency": "usd"}]
+
+
+async def test_stripe_webhooks_are_not_found_on_a_sandbox_platform(
+    settings: Settings, database: Database, clock: FrozenClock
+) -> None:
+    app = create_app(settings, database=database, clock=clock, run_worker=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        response = await http.post("/v1/stripe/webhooks", content=b"{}")
+    assert response.status_code == 404
+    assert response.json()["type"] == PROBLEMS + "stripe-not-enabled"
