@@ -17,7 +17,6 @@ from stallholder.accounts.service import resolve_admin_key
 from stallholder.kit.clock import SystemClock
 from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
-from stallholder.ledger.fees import FeePolicy
 from stallholder.payments.config import (
     GatewayMisconfigured,
     check_gateway_settings,
@@ -34,8 +33,16 @@ app.add_typer(ledger_app, name="ledger")
 console = Console()
 
 
-def _settings() -> Settings:
-    return Settings()
+def _settings(*, host: str = "127.0.0.1", port: int | None = None) -> Settings:
+    """The environment's settings. Without ``STALLHOLDER_BASE_URL`` the public base URL
+    (checkout links, emails) follows the address being served: ``--port`` or ``PORT``."""
+    settings = Settings()
+    if "base_url" in settings.model_fields_set:
+        return settings
+    port = port if port is not None else int(os.environ.get("PORT", "8000"))
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a bind-all address is not a URL host
+        host = "127.0.0.1"
+    return settings.model_copy(update={"base_url": f"http://{host}:{port}"})
 
 
 def _gateway(settings: Settings) -> Gateway:
@@ -66,7 +73,13 @@ def serve(
     port: Annotated[int, typer.Option(help="Port (the PORT variable sets the default).")] = int(
         os.environ.get("PORT", "8000")
     ),
-    worker: Annotated[bool, typer.Option(help="Run the embedded worker in this process.")] = True,
+    worker: Annotated[
+        bool | None,
+        typer.Option(
+            help="Run the embedded worker in this process "
+            "(default: STALLHOLDER_EMBEDDED_WORKER, which is true)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the API and pages, with the embedded worker."""
     import uvicorn
@@ -74,7 +87,7 @@ def serve(
     from stallholder.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = _settings()
+    settings = _settings(host=host, port=port)
     try:
         check_gateway_settings(settings)
     except GatewayMisconfigured as error:
@@ -138,18 +151,13 @@ def demo() -> None:
                     data_dir=settings.data_dir,
                     base_url=settings.base_url,
                     advance=advance,
-                    fees=FeePolicy(
-                        bps=settings.platform_fee_bps, fixed=settings.platform_fee_fixed
-                    ),
+                    fees=ledger.platform_fee_policy(settings),
                 )
         finally:
             await database.dispose()
 
     keys = asyncio.run(main())
     base = settings.base_url
-    port = os.environ.get("PORT")
-    if port and base == "http://127.0.0.1:8000":
-        base = f"http://127.0.0.1:{port}"
     console.rule("Stallholder demo")
     for entry in keys.values():
         console.print(f"[bold]{entry['display_name']}[/bold]  {entry['creator']}")

@@ -106,3 +106,18 @@ def test_creators_create_explains_bad_input(
     result = CliRunner().invoke(app, ["creators", "create", "--name", "X", "--email", "nope"])
     assert result.exit_code == 2
     assert "email: Value error, not an email address" in result.output
+
+
+def test_the_public_base_url_follows_the_served_port_unless_it_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stallholder.cli import _settings
+
+    monkeypatch.delenv("STALLHOLDER_BASE_URL", raising=False)
+    monkeypatch.setenv("PORT", "8123")
+    assert _settings().base_url == "http://127.0.0.1:8123"
+    assert _settings(host="0.0.0.0", port=9000).base_url == "http://127.0.0.1:9000"  # noqa: S104
+    assert _settings(host="shop.local", port=80).base_url == "http://shop.local:80"
+
+    monkeypatch.setenv("STALLHOLDER_BASE_URL", "https://shop.example")
+    assert _settings(port=9000).base_url == "https://shop.example"

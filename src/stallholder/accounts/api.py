@@ -47,8 +47,11 @@ async def create_creator(
 
 @router.get("/creators/{creator_id}", response_model=CreatorOut)
 async def get_creator(creator_id: str, principal: PrincipalDep, session: SessionDep) -> CreatorOut:
-    """The admin sees any creator; a creator's key sees only its own."""
-    if not principal.is_admin and principal.creator_id != creator_id:
+    """The admin sees any creator; a creator's secret key sees only its own. A publishable
+    key, which ships in web pages, reads no account data."""
+    if not principal.is_admin and not (
+        principal.kind == "secret" and principal.creator_id == creator_id
+    ):
         raise service.CreatorNotFound(f"no creator {creator_id!r}")
     return CreatorOut.model_validate(await service.get_creator(session, creator_id))
 

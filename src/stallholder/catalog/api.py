@@ -163,25 +163,37 @@ async def create_price(
 
 @router.get("/prices", response_model=ListOut)
 async def list_prices(
+    principal: PrincipalDep,
     creator_id: AnyCreatorDep,
     session: SessionDep,
     product: str | None = None,
     limit: LimitQuery = DEFAULT_LIMIT,
     starting_after: str | None = None,
 ) -> ListOut:
+    """A publishable key sees active prices of published products only."""
     page = await service.list_prices(
         session,
         creator_id=creator_id,
         product_id=product,
         limit=limit,
         starting_after=starting_after,
+        public_only=principal.kind == "publishable",
     )
     return ListOut(data=[price_out(p) for p in page.data], has_more=page.has_more)
 
 
 @router.get("/prices/{price_id}", response_model=PriceOut)
-async def get_price(price_id: str, creator_id: AnyCreatorDep, session: SessionDep) -> PriceOut:
-    return price_out(await service.get_price(session, creator_id=creator_id, price_id=price_id))
+async def get_price(
+    price_id: str, principal: PrincipalDep, creator_id: AnyCreatorDep, session: SessionDep
+) -> PriceOut:
+    return price_out(
+        await service.get_price(
+            session,
+            creator_id=creator_id,
+            price_id=price_id,
+            public_only=principal.kind == "publishable",
+        )
+    )
 
 
 @router.patch("/prices/{price_id}", response_model=PriceOut)

@@ -229,10 +229,18 @@ async def create_price(
     return price
 
 
-async def get_price(session: AsyncSession, *, creator_id: str, price_id: str) -> Price:
+async def get_price(
+    session: AsyncSession, *, creator_id: str, price_id: str, public_only: bool = False
+) -> Price:
+    """Raises ``PriceNotFound`` for another creator's price too; with ``public_only`` (a
+    publishable key) also for an archived price or one of an unpublished product."""
     price = await session.get(Price, price_id)
     if price is None or price.creator_id != creator_id:
         raise PriceNotFound(f"no price {price_id!r}")
+    if public_only:
+        product = await session.get(Product, price.product_id)
+        if not price.is_active or product is None or product.status != "published":
+            raise PriceNotFound(f"no price {price_id!r}")
     return price
 
 
@@ -260,10 +268,16 @@ async def list_prices(
     product_id: str | None,
     limit: int,
     starting_after: str | None,
+    public_only: bool = False,
 ) -> Page[Price]:
+    """With ``public_only`` (a publishable key): active prices of published products only."""
     statement = select(Price).where(Price.creator_id == creator_id)
     if product_id is not None:
         statement = statement.where(Price.product_id == product_id)
+    if public_only:
+        statement = statement.join(Product, Product.id == Price.product_id).where(
+            Price.is_active.is_(True), Product.status == "published"
+        )
     return await paginate(
         session, statement, id_column=Price.id, limit=limit, starting_after=starting_after
     )

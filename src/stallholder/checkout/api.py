@@ -22,7 +22,7 @@ from stallholder.checkout.schemas import (
     present_session,
 )
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep, problem_response
-from stallholder.ledger.fees import FeePolicy
+from stallholder.ledger import service as ledger
 from stallholder.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["checkout"])
@@ -42,10 +42,6 @@ def _lines(items: list[LineItemIn]) -> list[service.LineRequest]:
         )
         for i in items
     ]
-
-
-def fee_policy(settings: Settings) -> FeePolicy:
-    return FeePolicy(bps=settings.platform_fee_bps, fixed=settings.platform_fee_fixed)
 
 
 @router.post("/checkout/sessions", status_code=201, response_model=SessionOut)
@@ -119,7 +115,7 @@ async def confirm_session(
         payment_method=body.payment_method,
         client_secret=body.client_secret if principal.kind == "publishable" else None,
         customer_email=body.customer_email,
-        default_fees=fee_policy(settings),
+        default_fees=ledger.platform_fee_policy(settings),
         base_url=settings.base_url,
         now=now,
     )

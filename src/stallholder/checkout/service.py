@@ -406,8 +406,10 @@ async def confirm_session(
         creator_id=creator_id,
         type="checkout.session.completed",
         now=now,
+        # The client secret lets a browser confirm the session; webhook receivers and
+        # event readers never need it, so it stays out of the event.
         data=present_session(checkout, base_url=base_url, status="complete").model_dump(
-            mode="json"
+            mode="json", exclude={"client_secret"}
         ),
     )
     return ConfirmOutcome(checkout)

@@ -14,12 +14,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
-from stallholder.ledger.fees import Split
+from stallholder.ledger.fees import FeePolicy, Split
 from stallholder.ledger.models import Balance, JournalLine, JournalTransaction
+from stallholder.settings import Settings
 
 BUYER_FUNDS = "external:buyer_funds"
 PLATFORM_FEES = "platform:fees"
 PROCESSOR_FEES = "processor:fees"
+
+
+def platform_fee_policy(settings: Settings) -> FeePolicy:
+    """The platform's fee (``STALLHOLDER_PLATFORM_FEE_BPS`` and ``_FIXED``); a creator's own
+    override is applied on top by ``orders.service.fee_policy_for``."""
+    return FeePolicy(bps=settings.platform_fee_bps, fixed=settings.platform_fee_fixed)
 
 
 def creator_account(creator_id: str) -> str:

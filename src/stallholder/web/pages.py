@@ -11,10 +11,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from stallholder.accounts import service as accounts
 from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
-from stallholder.checkout.api import fee_policy
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.kit.money import Money
+from stallholder.ledger import service as ledger
 from stallholder.orders import service as orders
 from stallholder.web.templating import templates
 
@@ -146,7 +146,7 @@ async def pay(
             payment_method=payment_method,
             client_secret=client_secret,
             customer_email=customer_email or None,
-            default_fees=fee_policy(settings),
+            default_fees=ledger.platform_fee_policy(settings),
             base_url=settings.base_url,
             now=now,
         )
