@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import String, Text, UniqueConstraint, delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +27,9 @@ from stallholder.kit.errors import PROBLEM_MEDIA_TYPE, Conflict, DomainError, In
 
 LOCK_SECONDS = 60
 MAX_KEY_LENGTH = 255
+# How long a key replays its first response; Stripe keeps keys for 24 hours as well. After
+# that the same key starts a new request.
+RETENTION = timedelta(hours=24)
 
 
 class IdempotencyKey(Base):
@@ -40,7 +44,7 @@ class IdempotencyKey(Base):
     response_status: Mapped[int | None] = mapped_column(default=None)
     response_content_type: Mapped[str | None] = mapped_column(String(100), default=None)
     response_body: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(index=True)
     locked_at: Mapped[datetime]
 
 
@@ -240,6 +244,24 @@ class IdempotencyMiddleware:
                     IdempotencyKey.is_complete.is_(False),
                 )
             )
+
+
+async def prune_expired_keys(session: AsyncSession, now: datetime, *, batch: int = 1000) -> int:
+    """Forget keys older than ``RETENTION`` (a worker sweep). Returns how many were removed.
+
+    A key still locked by a live request is younger than ``LOCK_SECONDS``, so it is never
+    removed from under that request."""
+    cutoff = now - RETENTION
+    expired = (
+        select(IdempotencyKey.id)
+        .where(IdempotencyKey.created_at < cutoff, IdempotencyKey.locked_at < cutoff)
+        .order_by(IdempotencyKey.id)
+        .limit(batch)
+    )
+    ids = list((await session.execute(expired)).scalars())
+    if ids:
+        await session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids)))
+    return len(ids)
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-24 21:36:09.859345
+Create Date: 2026-11-24 22:39:37.817650
 """
 
 from collections.abc import Sequence
@@ -135,6 +135,11 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_disputes_creator_id"), ["creator_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_disputes_order_id"), ["order_id"], unique=False)
 
+    with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_idempotency_keys_created_at"), ["created_at"], unique=False
+        )
+
     with op.batch_alter_table("payment_attempts", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("platform_fee", sa.BigInteger(), server_default="0", nullable=False)
@@ -157,6 +162,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_payment_attempts_gateway_reference"))
         batch_op.drop_column("estimated_processor_fee")
         batch_op.drop_column("platform_fee")
+
+    with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_idempotency_keys_created_at"))
 
     with op.batch_alter_table("disputes", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_disputes_order_id"))
