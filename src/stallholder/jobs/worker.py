@@ -17,6 +17,7 @@ from stallholder.events.tasks import Consumer, dispatch_events
 from stallholder.jobs import queue
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
+from stallholder.kit.idempotency import prune_expired_keys
 from stallholder.notifications.tasks import email_runner, queue_emails_for_event
 from stallholder.notifications.transport import transport_for
 from stallholder.orders.tasks import process_stripe_events
@@ -43,6 +44,7 @@ async def _dispatch(session: AsyncSession, now: datetime) -> int:
 SWEEPS: dict[str, Sweep] = {
     "checkout.expire_sessions": expire_sessions,
     "events.dispatch": _dispatch,
+    "kit.prune_idempotency_keys": prune_expired_keys,
 }
 RUNNERS: dict[str, Runner] = {}
 
