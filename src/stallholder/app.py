@@ -51,10 +51,13 @@ def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> J
 
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DomainError)
+    # RFC 6750: a 401 names the scheme the client should use.
+    headers = {"WWW-Authenticate": 'Bearer realm="stallholder"'} if error.status == 401 else None
     return JSONResponse(
         error.problem(instance=request.url.path),
         status_code=error.status,
         media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
     )
 
 
@@ -129,7 +132,8 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with a 413 problem before anything parses them."""
+    """Refuse bodies over ``max_bytes`` with a 413 problem before anything parses them, and
+    URLs with a NUL character with a 400."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
@@ -138,6 +142,18 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            # No id or filter holds a NUL, and PostgreSQL cannot even compare one.
+            await self._refuse(
+                send,
+                _problem(
+                    400,
+                    "invalid-characters",
+                    "NUL character in the URL",
+                    "the path or query contains a NUL (%00) character; remove it",
+                ),
+            )
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
@@ -165,16 +181,21 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _too_large(self, send: Send) -> None:
-        response = _problem(
-            413,
-            "payload-too-large",
-            "Request body too large",
-            f"the body exceeds {self.max_bytes} bytes",
+        await self._refuse(
+            send,
+            _problem(
+                413,
+                "payload-too-large",
+                "Request body too large",
+                f"the body exceeds {self.max_bytes} bytes",
+            ),
         )
+
+    async def _refuse(self, send: Send, response: JSONResponse) -> None:
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": response.status_code,
                 "headers": [
                     (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
                     (b"content-length", str(len(response.body)).encode()),
