@@ -1,0 +1,62 @@
+"""``make bench``: run the benchmarks, print a table each, write ``bench/results/<name>.json``.
+
+python -m bench.run [--only checkout] [--duration 15] [--concurrency 8] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import checkout, harness
+
+RESULTS = harness.ROOT / "bench" / "results"
+BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {checkout.NAME: checkout.run}
+COLUMNS = ("completed", "errors", "per_second", "p50_ms", "p99_ms")
+
+
+def _table(name: str, results: dict[str, Any]) -> Table:
+    table = Table(title=f"{name} (concurrency {results['concurrency']})")
+    table.add_column("target")
+    for column in (*COLUMNS, "notes"):
+        table.add_column(column, justify="right" if column != "notes" else "left")
+    for target, measured in results.items():
+        if not isinstance(measured, dict) or target == "machine":
+            continue
+        notes = "\n".join(f"{k}={v}" for k, v in measured.items() if k not in COLUMNS)
+        table.add_row(target, *(str(measured.get(c, "")) for c in COLUMNS), notes)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="3 s runs, for trying it out")
+    arguments = parser.parse_args()
+    duration = 3.0 if arguments.quick else arguments.duration
+    warmup = 1.0 if arguments.quick else arguments.warmup
+    console = Console(width=150)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in arguments.only or sorted(BENCHMARKS):
+        with console.status(f"Running {name} ({duration:g} s per target)…"):
+            results = BENCHMARKS[name](
+                concurrency=arguments.concurrency, warmup=warmup, duration=duration
+            )
+        results = {"benchmark": name, "machine": harness.machine(), **results}
+        console.print(_table(name, results))
+        console.print(results["machine"])
+        path = RESULTS / f"{name}.json"
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        console.print(f"wrote {path.relative_to(harness.ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
