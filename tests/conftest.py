@@ -125,6 +125,8 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         admin_key=ADMIN_KEY,
         base_url="http://testserver",
         embedded_worker=False,
+        # Webhook receivers in tests listen on 127.0.0.1.
+        allow_private_webhook_targets=True,
     )
 
 

@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     embedded_worker: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
 
+    # Outgoing webhooks (docs/webhooks.md). Private, loopback and link-local targets are
+    # refused unless allowed (tests and local development allow them).
+    allow_private_webhook_targets: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
+    # An endpoint is disabled once its current run of failures is at least this many
+    # attempts long *and* has lasted at least this long (both, so a burst during a short
+    # outage does not disable it).
+    webhook_disable_after_failures: int = Field(default=20, ge=1)
+    webhook_disable_after_seconds: int = Field(default=3 * 24 * 3600, ge=0)
+
     # Transactional email (docs/email.md). No SMTP URL: emails are written as .eml files
     # under data_dir/mail and logged. smtp://, smtp+starttls:// or smtps://user:pass@host:port
     smtp_url: str = ""

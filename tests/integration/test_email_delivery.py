@@ -392,7 +392,7 @@ async def test_a_disabled_webhook_endpoint_emails_the_creator(
         "Events are not lost: they stay in your event log (GET /v1/events) while the endpoint "
         "is disabled. To receive them again, make sure the URL answers with a 2xx status, then "
         "re-enable the endpoint:\n\n"
-        'POST /v1/webhook_endpoints/we_123 with {"status": "enabled"}\n\n'
+        'PATCH /v1/webhook_endpoints/we_123 with {"status": "enabled"}\n\n'
         "Sent to studio@example.com, the contact address of Kiln & Clay.\n"
     )
 

@@ -1,16 +1,28 @@
-"""HTTP routes for events."""
+"""HTTP routes for events and outgoing webhooks."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from stallholder.accounts.auth import SecretCreatorDep
-from stallholder.events import service
-from stallholder.events.models import Event
-from stallholder.events.schemas import DataOut, EventOut
-from stallholder.kit.http import SessionDep
+from stallholder.events import service, webhooks
+from stallholder.events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from stallholder.events.schemas import (
+    AttemptOut,
+    DataOut,
+    DeliveryOut,
+    EventOut,
+    Redeliver,
+    RotateSecret,
+    WebhookEndpointCreate,
+    WebhookEndpointOut,
+    WebhookEndpointUpdate,
+    WebhookEndpointWithSecret,
+)
+from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
 
@@ -45,3 +57,181 @@ async def list_events(
 @router.get("/events/{event_id}", response_model=EventOut)
 async def get_event(event_id: str, creator_id: SecretCreatorDep, session: SessionDep) -> EventOut:
     return event_out(await service.get_event(session, creator_id=creator_id, event_id=event_id))
+
+
+def endpoint_out(endpoint: WebhookEndpoint) -> WebhookEndpointOut:
+    payload = webhooks.endpoint_payload(endpoint)
+    return WebhookEndpointOut(
+        **{k: v for k, v in payload.items() if k not in ("object", "created")},
+        created=endpoint.created_at,
+        secret_rotation_ends=endpoint.previous_secret_expires_at,
+    )
+
+
+def _with_secret(endpoint: WebhookEndpoint) -> WebhookEndpointWithSecret:
+    return WebhookEndpointWithSecret(
+        **endpoint_out(endpoint).model_dump(exclude={"object"}), secret=endpoint.secret
+    )
+
+
+def delivery_out(delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> DeliveryOut:
+    return DeliveryOut(
+        id=delivery.id,
+        endpoint=delivery.endpoint_id,
+        event=delivery.event_id,
+        status=delivery.status,
+        attempts=[
+            AttemptOut(
+                number=a.number,
+                attempted_at=a.attempted_at,
+                status_code=a.status_code,
+                error=a.error,
+                latency_ms=a.latency_ms,
+                response_excerpt=a.response_excerpt,
+            )
+            for a in attempts
+        ],
+        next_attempt_at=delivery.next_attempt_at if delivery.status == "pending" else None,
+        created=delivery.created_at,
+        completed_at=delivery.completed_at,
+    )
+
+
+@router.post("/webhook_endpoints", status_code=201, response_model=WebhookEndpointWithSecret)
+async def create_webhook_endpoint(
+    body: WebhookEndpointCreate,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> WebhookEndpointWithSecret:
+    """A new endpoint; the response is the only one that shows its ``secret``."""
+    endpoint = await webhooks.create_endpoint(
+        session,
+        creator_id=creator_id,
+        url=body.url,
+        event_types=body.events,
+        description=body.description,
+        allow_private=settings.allow_private_webhook_targets,
+        now=now,
+    )
+    return _with_secret(endpoint)
+
+
+@router.get("/webhook_endpoints", response_model=ListOut)
+async def list_webhook_endpoints(
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> ListOut:
+    page = await webhooks.list_endpoints(
+        session, creator_id=creator_id, limit=limit, starting_after=starting_after
+    )
+    return ListOut(data=[endpoint_out(e) for e in page.data], has_more=page.has_more)
+
+
+@router.get("/webhook_endpoints/{endpoint_id}", response_model=WebhookEndpointOut)
+async def get_webhook_endpoint(
+    endpoint_id: str, creator_id: SecretCreatorDep, session: SessionDep
+) -> WebhookEndpointOut:
+    return endpoint_out(
+        await webhooks.get_endpoint(session, creator_id=creator_id, endpoint_id=endpoint_id)
+    )
+
+
+@router.patch("/webhook_endpoints/{endpoint_id}", response_model=WebhookEndpointOut)
+async def update_webhook_endpoint(
+    endpoint_id: str,
+    body: WebhookEndpointUpdate,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> WebhookEndpointOut:
+    """Change the URL, filter or description; ``status: "enabled"`` re-enables a disabled
+    endpoint (its pending retries resume)."""
+    endpoint = await webhooks.update_endpoint(
+        session,
+        creator_id=creator_id,
+        endpoint_id=endpoint_id,
+        changes=body.model_dump(exclude_unset=True),
+        allow_private=settings.allow_private_webhook_targets,
+        now=now,
+    )
+    return endpoint_out(endpoint)
+
+
+@router.delete("/webhook_endpoints/{endpoint_id}", response_model=WebhookEndpointOut)
+async def delete_webhook_endpoint(
+    endpoint_id: str, creator_id: SecretCreatorDep, session: SessionDep
+) -> WebhookEndpointOut:
+    """Stop sending to the endpoint; pending deliveries end as failed."""
+    await webhooks.delete_endpoint(session, creator_id=creator_id, endpoint_id=endpoint_id)
+    return endpoint_out(
+        await webhooks.get_endpoint(session, creator_id=creator_id, endpoint_id=endpoint_id)
+    )
+
+
+@router.post(
+    "/webhook_endpoints/{endpoint_id}/rotate_secret", response_model=WebhookEndpointWithSecret
+)
+async def rotate_webhook_secret(
+    endpoint_id: str,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    now: NowDep,
+    body: RotateSecret | None = None,
+) -> WebhookEndpointWithSecret:
+    """A new secret. Until ``secret_rotation_ends`` deliveries carry a signature from the
+    old secret too, so a receiver can switch whenever it likes in that window."""
+    overlap = timedelta(seconds=(body or RotateSecret()).expire_previous_in_seconds)
+    endpoint = await webhooks.rotate_secret(
+        session, creator_id=creator_id, endpoint_id=endpoint_id, overlap=overlap, now=now
+    )
+    return _with_secret(endpoint)
+
+
+@router.get("/webhook_endpoints/{endpoint_id}/deliveries", response_model=ListOut)
+async def list_webhook_deliveries(
+    endpoint_id: str,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    event: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> ListOut:
+    """The delivery log, newest first: each delivery with every attempt's status code,
+    latency and response excerpt."""
+    page = await webhooks.list_deliveries(
+        session,
+        creator_id=creator_id,
+        endpoint_id=endpoint_id,
+        event_id=event,
+        limit=limit,
+        starting_after=starting_after,
+    )
+    attempts = await webhooks.attempts_of(session, [d.id for d in page.data])
+    return ListOut(
+        data=[delivery_out(d, attempts[d.id]) for d in page.data], has_more=page.has_more
+    )
+
+
+@router.post("/events/{event_id}/redeliver", response_model=ListOut)
+async def redeliver_event(
+    event_id: str,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    now: NowDep,
+    body: Redeliver | None = None,
+) -> ListOut:
+    """Queue the event again (same ``webhook-id``) to one endpoint or every enabled one
+    whose filter takes it; returns the new deliveries."""
+    deliveries = await webhooks.redeliver(
+        session,
+        creator_id=creator_id,
+        event_id=event_id,
+        endpoint_id=(body or Redeliver()).endpoint,
+        now=now,
+    )
+    return ListOut(data=[delivery_out(d, []) for d in deliveries], has_more=False)

@@ -7,13 +7,19 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.checkout.tasks import expire_sessions
-from stallholder.events.tasks import Consumer, dispatch_events
+from stallholder.events.tasks import (
+    Consumer,
+    WebhookSettings,
+    deliver_webhooks,
+    dispatch_events,
+)
+from stallholder.events.webhooks import DisablePolicy, queue_deliveries_for_event
 from stallholder.jobs import queue
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
@@ -34,7 +40,7 @@ Runner = Callable[[Database, Clock], Awaitable[int]]
 Handler = Callable[[AsyncSession, dict[str, Any], datetime], Awaitable[None]]
 
 # Who hears about each event when the outbox is dispatched (webhooks, email, …).
-CONSUMERS: list[Consumer] = [queue_emails_for_event]
+CONSUMERS: list[Consumer] = [queue_emails_for_event, queue_deliveries_for_event]
 
 
 async def _dispatch(session: AsyncSession, now: datetime) -> int:
@@ -58,9 +64,25 @@ def _email_runner(settings: Settings) -> Runner:
     return email_runner(transport=transport, sender=settings.mail_from)
 
 
+def _webhook_runner(settings: Settings) -> Runner:
+    return functools.partial(
+        deliver_webhooks,
+        settings=WebhookSettings(
+            allow_private=settings.allow_private_webhook_targets,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            lease=timedelta(seconds=settings.webhook_lease_seconds),
+            policy=DisablePolicy(
+                after_failures=settings.webhook_disable_after_failures,
+                after=timedelta(seconds=settings.webhook_disable_after_seconds),
+            ),
+        ),
+    )
+
+
 # Runners that need configuration (an SMTP server, …), built from each worker's settings.
 CONFIGURED_RUNNERS: dict[str, Callable[[Settings], Runner]] = {
     "notifications.send_emails": _email_runner,
+    "events.deliver_webhooks": _webhook_runner,
 }
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-24 22:39:37.817650
+Create Date: 2026-11-24 23:14:33.383830
 """
 
 from collections.abc import Sequence
@@ -108,6 +108,72 @@ def upgrade() -> None:
         batch_op.create_index("ix_events_dispatched_at", ["dispatched_at"], unique=False)
 
     op.create_table(
+        "webhook_endpoints",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("creator_id", sa.String(length=40), nullable=False),
+        sa.Column("url", sa.String(length=2048), nullable=False),
+        sa.Column("description", sa.String(length=500), nullable=True),
+        sa.Column("events", sa.JSON(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("disabled_reason", sa.String(length=500), nullable=True),
+        sa.Column("secret", sa.String(length=100), nullable=False),
+        sa.Column("previous_secret", sa.String(length=100), nullable=True),
+        sa.Column(
+            "previous_secret_expires_at",
+            stallholder.kit.db.UTCDateTime(timezone=True),
+            nullable=True,
+        ),
+        sa.Column("consecutive_failures", sa.BigInteger(), nullable=False),
+        sa.Column("failing_since", stallholder.kit.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", stallholder.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", stallholder.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["creator_id"], ["creators.id"], name=op.f("fk_webhook_endpoints_creator_id_creators")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_endpoints")),
+    )
+    with op.batch_alter_table("webhook_endpoints", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_webhook_endpoints_creator_id"), ["creator_id"], unique=False
+        )
+
+    op.create_table(
+        "webhook_deliveries",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("creator_id", sa.String(length=40), nullable=False),
+        sa.Column("endpoint_id", sa.String(length=40), nullable=False),
+        sa.Column("event_id", sa.String(length=40), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.BigInteger(), nullable=False),
+        sa.Column("next_attempt_at", stallholder.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_status_code", sa.BigInteger(), nullable=True),
+        sa.Column("created_at", stallholder.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("completed_at", stallholder.kit.db.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["creator_id"], ["creators.id"], name=op.f("fk_webhook_deliveries_creator_id_creators")
+        ),
+        sa.ForeignKeyConstraint(
+            ["endpoint_id"],
+            ["webhook_endpoints.id"],
+            name=op.f("fk_webhook_deliveries_endpoint_id_webhook_endpoints"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["event_id"], ["events.id"], name=op.f("fk_webhook_deliveries_event_id_events")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
+    )
+    with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_webhook_deliveries_due", ["status", "next_attempt_at"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_webhook_deliveries_endpoint_id"), ["endpoint_id"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_webhook_deliveries_event_id"), ["event_id"], unique=False
+        )
+
+    op.create_table(
         "disputes",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("creator_id", sa.String(length=40), nullable=False),
@@ -134,6 +200,33 @@ def upgrade() -> None:
     with op.batch_alter_table("disputes", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_disputes_creator_id"), ["creator_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_disputes_order_id"), ["order_id"], unique=False)
+
+    op.create_table(
+        "webhook_attempts",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("delivery_id", sa.String(length=40), nullable=False),
+        sa.Column("number", sa.BigInteger(), nullable=False),
+        sa.Column("attempted_at", stallholder.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("status_code", sa.BigInteger(), nullable=True),
+        sa.Column("error", sa.String(length=500), nullable=True),
+        sa.Column("latency_ms", sa.BigInteger(), nullable=False),
+        sa.Column("response_excerpt", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["delivery_id"],
+            ["webhook_deliveries.id"],
+            name=op.f("fk_webhook_attempts_delivery_id_webhook_deliveries"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_attempts")),
+    )
+    with op.batch_alter_table("webhook_attempts", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_webhook_attempts_delivery_id"), ["delivery_id"], unique=False
+        )
 
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
         batch_op.create_index(
@@ -166,11 +259,25 @@ def downgrade() -> None:
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_idempotency_keys_created_at"))
 
+    with op.batch_alter_table("webhook_attempts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_webhook_attempts_delivery_id"))
+
+    op.drop_table("webhook_attempts")
     with op.batch_alter_table("disputes", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_disputes_order_id"))
         batch_op.drop_index(batch_op.f("ix_disputes_creator_id"))
 
     op.drop_table("disputes")
+    with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_webhook_deliveries_event_id"))
+        batch_op.drop_index(batch_op.f("ix_webhook_deliveries_endpoint_id"))
+        batch_op.drop_index("ix_webhook_deliveries_due")
+
+    op.drop_table("webhook_deliveries")
+    with op.batch_alter_table("webhook_endpoints", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_webhook_endpoints_creator_id"))
+
+    op.drop_table("webhook_endpoints")
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index("ix_events_dispatched_at")
         batch_op.drop_index("ix_events_creator_type")

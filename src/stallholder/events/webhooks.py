@@ -1,0 +1,586 @@
+"""Outgoing webhooks: endpoints, their secrets, the delivery queue and its log.
+
+The worker's runner (``events.tasks.deliver_webhooks``) claims due deliveries here, sends
+them with no transaction open, and records each outcome here. See docs/webhooks.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stallholder.events import service as events
+from stallholder.events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from stallholder.events.types import EVENT_TYPES
+from stallholder.kit.addresses import IPAddress, is_public_address, parse_address
+from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
+from stallholder.kit.ids import new_id
+from stallholder.kit.pagination import Page, paginate
+from stallholder.kit.signing import new_webhook_secret
+
+# Delay before each retry: attempt 1 is immediate, then 5 s, 5 min, 30 min, 2 h, 5 h,
+# 10 h, 10 h, 10 h, 12 h, 22 h: 11 attempts over 71.6 hours, about three days.
+RETRY_DELAYS: tuple[timedelta, ...] = (
+    timedelta(seconds=5),
+    timedelta(minutes=5),
+    timedelta(minutes=30),
+    timedelta(hours=2),
+    timedelta(hours=5),
+    timedelta(hours=10),
+    timedelta(hours=10),
+    timedelta(hours=10),
+    timedelta(hours=12),
+    timedelta(hours=22),
+)
+MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
+DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
+MAX_ROTATION_OVERLAP = timedelta(days=7)
+EXCERPT_CHARACTERS = 1024
+
+
+class WebhookEndpointNotFound(NotFound):
+    slug = "webhook-endpoint-not-found"
+    title = "No such webhook endpoint"
+
+
+class InvalidWebhookUrl(InvalidRequest):
+    slug = "invalid-webhook-url"
+    title = "The webhook URL cannot be used"
+
+
+class PrivateWebhookTarget(InvalidRequest):
+    slug = "private-webhook-target"
+    title = "The webhook URL points at a private network address"
+
+
+class UnknownEventType(InvalidRequest):
+    slug = "unknown-event-type"
+    title = "Unknown event type in the filter"
+
+
+class WebhookEndpointDisabled(Conflict):
+    slug = "webhook-endpoint-disabled"
+    title = "The webhook endpoint is disabled"
+
+
+def retry_delay(attempts_made: int) -> timedelta | None:
+    """How long after the ``attempts_made``-th failed attempt the next one is due; None
+    once every attempt is used."""
+    if attempts_made >= MAX_ATTEMPTS:
+        return None
+    return RETRY_DELAYS[attempts_made - 1]
+
+
+def check_event_filter(names: Sequence[str]) -> list[str]:
+    """The filter, de-duplicated in order: event types, or ``["*"]`` for all.
+
+    Raises:
+        UnknownEventType: a name that is not an event type.
+    """
+    unique = list(dict.fromkeys(names))
+    if unique == ["*"]:
+        return unique
+    unknown = [name for name in unique if name not in EVENT_TYPES]
+    if unknown or "*" in unique or not unique:
+        listed = ", ".join(sorted(EVENT_TYPES))
+        raise UnknownEventType(
+            f"unknown event type(s) {', '.join(repr(u) for u in unknown) or repr('*')}: "
+            f'use ["*"] alone for every event, or some of: {listed}'
+        )
+    return unique
+
+
+def _url_host(url: str) -> tuple[str, int]:
+    """Raises InvalidWebhookUrl unless ``url`` is an absolute http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise InvalidWebhookUrl(f"{url!r} is not a URL: {error}") from error
+    if parts.scheme not in ("http", "https"):
+        raise InvalidWebhookUrl(f"the URL must start with https:// or http://, not {url!r}")
+    if not parts.hostname:
+        raise InvalidWebhookUrl(f"the URL {url!r} has no host")
+    if parts.username or parts.password:
+        raise InvalidWebhookUrl("put no credentials in the URL; verify the signature instead")
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (the host itself when it is an address)."""
+    literal = parse_address(host)
+    if literal is not None:
+        return [literal]
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found = [parse_address(str(info[4][0])) for info in infos]
+    return list(dict.fromkeys(a for a in found if a is not None))
+
+
+async def check_target(url: str, *, allow_private: bool) -> list[IPAddress]:
+    """The addresses a delivery to ``url`` may connect to.
+
+    Raises:
+        InvalidWebhookUrl: not an http(s) URL, or its host does not resolve.
+        PrivateWebhookTarget: it resolves to a private, loopback, link-local or otherwise
+            non-public address and the platform does not allow those.
+    """
+    host, port = _url_host(url)
+    try:
+        addresses = await resolve(host, port)
+    except OSError as error:
+        raise InvalidWebhookUrl(f"the host {host!r} does not resolve: {error}") from error
+    if not addresses:
+        raise InvalidWebhookUrl(f"the host {host!r} has no address")
+    if not allow_private:
+        private = [str(a) for a in addresses if not is_public_address(a)]
+        if private:
+            raise PrivateWebhookTarget(
+                f"{host} resolves to {', '.join(private)}, which is not a public address; "
+                "webhooks go to public http(s) URLs (an operator can allow private ones "
+                "with STALLHOLDER_ALLOW_PRIVATE_WEBHOOK_TARGETS=true)"
+            )
+    return addresses
+
+
+# Endpoints ----------------------------------------------------------------------------
+
+
+async def create_endpoint(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    url: str,
+    event_types: Sequence[str],
+    description: str | None,
+    allow_private: bool,
+    now: datetime,
+) -> WebhookEndpoint:
+    """Raises InvalidWebhookUrl, PrivateWebhookTarget or UnknownEventType."""
+    types = check_event_filter(event_types)
+    await check_target(url, allow_private=allow_private)
+    endpoint = WebhookEndpoint(
+        id=new_id("we"),
+        creator_id=creator_id,
+        url=url,
+        description=description,
+        events=types,
+        status="enabled",
+        secret=new_webhook_secret(),
+        consecutive_failures=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(endpoint)
+    await session.flush()
+    return endpoint
+
+
+async def get_endpoint(
+    session: AsyncSession, *, creator_id: str, endpoint_id: str, lock: bool = False
+) -> WebhookEndpoint:
+    """Raises WebhookEndpointNotFound, for another creator's endpoint too."""
+    statement = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
+    if lock:
+        statement = statement.with_for_update()
+    endpoint = (await session.execute(statement)).scalar_one_or_none()
+    if endpoint is None or endpoint.creator_id != creator_id:
+        raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id!r}")
+    return endpoint
+
+
+async def list_endpoints(
+    session: AsyncSession, *, creator_id: str, limit: int, starting_after: str | None
+) -> Page[WebhookEndpoint]:
+    statement = select(WebhookEndpoint).where(WebhookEndpoint.creator_id == creator_id)
+    return await paginate(
+        session, statement, id_column=WebhookEndpoint.id, limit=limit, starting_after=starting_after
+    )
+
+
+async def update_endpoint(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    endpoint_id: str,
+    changes: dict[str, Any],
+    allow_private: bool,
+    now: datetime,
+) -> WebhookEndpoint:
+    """``changes`` holds only the fields the caller sent: url, events, description, status.
+
+    Re-enabling starts a new run of failures from zero; its pending retries resume.
+    """
+    endpoint = await get_endpoint(session, creator_id=creator_id, endpoint_id=endpoint_id)
+    if "events" in changes:
+        endpoint.events = check_event_filter(changes["events"])
+    if "url" in changes:
+        await check_target(changes["url"], allow_private=allow_private)
+        endpoint.url = changes["url"]
+    if "description" in changes:
+        endpoint.description = changes["description"]
+    if changes.get("status") == "enabled" and endpoint.status != "enabled":
+        endpoint.status = "enabled"
+        endpoint.disabled_reason = None
+        endpoint.consecutive_failures = 0
+        endpoint.failing_since = None
+    elif changes.get("status") == "disabled" and endpoint.status != "disabled":
+        endpoint.status = "disabled"
+        endpoint.disabled_reason = "disabled by the creator"
+    endpoint.updated_at = now
+    await session.flush()
+    return endpoint
+
+
+async def delete_endpoint(session: AsyncSession, *, creator_id: str, endpoint_id: str) -> None:
+    """The endpoint stops receiving at once; its delivery log stays (status ``deleted``)."""
+    endpoint = await get_endpoint(session, creator_id=creator_id, endpoint_id=endpoint_id)
+    endpoint.status = "deleted"
+    await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == "pending")
+        .values(status="failed")
+    )
+    await session.flush()
+
+
+async def rotate_secret(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    endpoint_id: str,
+    overlap: timedelta,
+    now: datetime,
+) -> WebhookEndpoint:
+    """A new secret; the old one keeps signing beside it for ``overlap`` (0 ends it now)."""
+    endpoint = await get_endpoint(
+        session, creator_id=creator_id, endpoint_id=endpoint_id, lock=True
+    )
+    endpoint.previous_secret = endpoint.secret if overlap > timedelta(0) else None
+    endpoint.previous_secret_expires_at = now + overlap if overlap > timedelta(0) else None
+    endpoint.secret = new_webhook_secret()
+    endpoint.updated_at = now
+    await session.flush()
+    return endpoint
+
+
+def secrets_in_use(endpoint: WebhookEndpoint, *, now: datetime) -> list[str]:
+    """The secrets that sign a delivery now: the current one, then the previous one while
+    its overlap lasts."""
+    in_use = [endpoint.secret]
+    if (
+        endpoint.previous_secret is not None
+        and endpoint.previous_secret_expires_at is not None
+        and now < endpoint.previous_secret_expires_at
+    ):
+        in_use.append(endpoint.previous_secret)
+    return in_use
+
+
+def _matches(endpoint: WebhookEndpoint, event_type: str) -> bool:
+    return endpoint.events == ["*"] or event_type in endpoint.events
+
+
+# Deliveries ---------------------------------------------------------------------------
+
+
+def _delivery(endpoint: WebhookEndpoint, event: Event, *, now: datetime) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=new_id("whd"),
+        creator_id=event.creator_id,
+        endpoint_id=endpoint.id,
+        event_id=event.id,
+        status="pending",
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+
+
+async def queue_deliveries_for_event(session: AsyncSession, event: Event, now: datetime) -> None:
+    """The outbox consumer: one delivery per enabled endpoint of the creator whose filter
+    takes the event. Runs in the dispatch transaction, so each is queued exactly once."""
+    endpoints = (
+        await session.execute(
+            select(WebhookEndpoint).where(
+                WebhookEndpoint.creator_id == event.creator_id,
+                WebhookEndpoint.status == "enabled",
+            )
+        )
+    ).scalars()
+    for endpoint in endpoints:
+        if _matches(endpoint, event.type):
+            session.add(_delivery(endpoint, event, now=now))
+    await session.flush()
+
+
+async def redeliver(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    event_id: str,
+    endpoint_id: str | None,
+    now: datetime,
+) -> list[WebhookDelivery]:
+    """Send an event again, with the same ``webhook-id``: to one endpoint, or to every
+    enabled endpoint whose filter takes it.
+
+    Raises:
+        EventNotFound, WebhookEndpointNotFound: not this creator's.
+        WebhookEndpointDisabled: the named endpoint is disabled; enable it first.
+    """
+    event = await events.get_event(session, creator_id=creator_id, event_id=event_id)
+    if endpoint_id is not None:
+        endpoint = await get_endpoint(session, creator_id=creator_id, endpoint_id=endpoint_id)
+        if endpoint.status != "enabled":
+            raise WebhookEndpointDisabled(
+                f"{endpoint.id} is {endpoint.status}; enable it with PATCH "
+                f'/v1/webhook_endpoints/{endpoint.id} {{"status": "enabled"}} first'
+            )
+        targets = [endpoint]
+    else:
+        targets = [
+            e
+            for e in (
+                await session.execute(
+                    select(WebhookEndpoint).where(
+                        WebhookEndpoint.creator_id == creator_id,
+                        WebhookEndpoint.status == "enabled",
+                    )
+                )
+            ).scalars()
+            if _matches(e, event.type)
+        ]
+    deliveries = [_delivery(endpoint, event, now=now) for endpoint in targets]
+    session.add_all(deliveries)
+    await session.flush()
+    return deliveries
+
+
+async def list_deliveries(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    endpoint_id: str,
+    event_id: str | None,
+    limit: int,
+    starting_after: str | None,
+) -> Page[WebhookDelivery]:
+    await get_endpoint(session, creator_id=creator_id, endpoint_id=endpoint_id)
+    statement = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
+    if event_id is not None:
+        statement = statement.where(WebhookDelivery.event_id == event_id)
+    return await paginate(
+        session, statement, id_column=WebhookDelivery.id, limit=limit, starting_after=starting_after
+    )
+
+
+async def attempts_of(
+    session: AsyncSession, delivery_ids: Sequence[str]
+) -> dict[str, list[WebhookAttempt]]:
+    found: dict[str, list[WebhookAttempt]] = {d: [] for d in delivery_ids}
+    if delivery_ids:
+        rows = await session.execute(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id.in_(delivery_ids))
+            .order_by(WebhookAttempt.id)
+        )
+        for attempt in rows.scalars():
+            found[attempt.delivery_id].append(attempt)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What the runner needs to send one delivery, read while the claim is held."""
+
+    delivery_id: str
+    endpoint_id: str
+    url: str
+    secrets: tuple[str, ...]
+    message_id: str
+    body: bytes
+    attempt: int
+
+
+async def claim_due(
+    session: AsyncSession, *, now: datetime, lease: timedelta, limit: int
+) -> list[Outgoing]:
+    """Due deliveries to enabled endpoints, leased to this worker: each claim counts as an
+    attempt and moves ``next_attempt_at`` past the lease, so a worker that dies mid-send
+    leaves the row to come due again (``SKIP LOCKED`` keeps workers apart)."""
+    rows = (
+        await session.execute(
+            select(WebhookDelivery)
+            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+            .where(
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at <= now,
+                WebhookEndpoint.status == "enabled",
+            )
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=WebhookDelivery)
+        )
+    ).scalars()
+    outgoing: list[Outgoing] = []
+    for delivery in rows:
+        endpoint = await session.get(WebhookEndpoint, delivery.endpoint_id)
+        event = await session.get(Event, delivery.event_id)
+        assert endpoint is not None
+        assert event is not None
+        delivery.attempts += 1
+        delivery.next_attempt_at = now + lease
+        outgoing.append(
+            Outgoing(
+                delivery_id=delivery.id,
+                endpoint_id=endpoint.id,
+                url=endpoint.url,
+                secrets=tuple(secrets_in_use(endpoint, now=now)),
+                message_id=event.id,
+                body=_encode(events.envelope(event)),
+                attempt=delivery.attempts,
+            )
+        )
+    await session.flush()
+    return outgoing
+
+
+def _encode(envelope: dict[str, Any]) -> bytes:
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one HTTP attempt got: a status code, or an error before any response."""
+
+    status_code: int | None
+    latency_ms: int
+    response_excerpt: str | None = None
+    error: str | None = None
+
+    @property
+    def is_success(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass(frozen=True, slots=True)
+class DisablePolicy:
+    after_failures: int
+    after: timedelta
+
+
+async def record_outcome(
+    session: AsyncSession,
+    *,
+    outgoing: Outgoing,
+    outcome: Outcome,
+    policy: DisablePolicy,
+    now: datetime,
+) -> None:
+    """Log the attempt, then settle the delivery and the endpoint's run of failures.
+
+    A 410 disables the endpoint at once. Otherwise the endpoint is disabled once its run
+    of failures is long enough in both attempts and time, and ``webhook_endpoint.disabled``
+    is emitted (the creator is emailed from it; a disabled endpoint receives nothing, that
+    event included).
+    """
+    delivery = (
+        await session.execute(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.id == outgoing.delivery_id)
+            .with_for_update()
+        )
+    ).scalar_one()
+    endpoint = (
+        await session.execute(
+            select(WebhookEndpoint)
+            .where(WebhookEndpoint.id == outgoing.endpoint_id)
+            .with_for_update()
+        )
+    ).scalar_one()
+    session.add(
+        WebhookAttempt(
+            delivery_id=delivery.id,
+            number=outgoing.attempt,
+            attempted_at=now,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            latency_ms=outcome.latency_ms,
+            response_excerpt=outcome.response_excerpt,
+        )
+    )
+    delivery.last_status_code = outcome.status_code
+    if delivery.status != "pending":  # settled meanwhile (endpoint deleted): only log
+        await session.flush()
+        return
+    if outcome.is_success:
+        delivery.status = "succeeded"
+        delivery.completed_at = now
+        endpoint.consecutive_failures = 0
+        endpoint.failing_since = None
+        await session.flush()
+        return
+
+    endpoint.consecutive_failures += 1
+    endpoint.failing_since = endpoint.failing_since or now
+    delay = retry_delay(delivery.attempts)
+    if outcome.status_code == 410 or delay is None:
+        delivery.status = "failed"
+        delivery.completed_at = now
+    else:
+        delivery.next_attempt_at = now + delay
+    if endpoint.status == "enabled":
+        if outcome.status_code == 410:
+            await _disable(session, endpoint, reason="the endpoint answered 410 Gone", now=now)
+        elif (
+            endpoint.consecutive_failures >= policy.after_failures
+            and now - endpoint.failing_since >= policy.after
+        ):
+            await _disable(
+                session,
+                endpoint,
+                reason=f"{endpoint.consecutive_failures} deliveries in a row failed since "
+                f"{endpoint.failing_since.isoformat()}",
+                now=now,
+            )
+    await session.flush()
+
+
+def endpoint_payload(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """The endpoint as events and the API show it, without its secrets."""
+    return {
+        "object": "webhook_endpoint",
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "description": endpoint.description,
+        "events": list(endpoint.events),
+        "status": endpoint.status,
+        "disabled_reason": endpoint.disabled_reason,
+        "created": endpoint.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+async def _disable(
+    session: AsyncSession, endpoint: WebhookEndpoint, *, reason: str, now: datetime
+) -> None:
+    endpoint.status = "disabled"
+    endpoint.disabled_reason = reason
+    endpoint.updated_at = now
+    await session.flush()
+    await events.emit(
+        session,
+        creator_id=endpoint.creator_id,
+        type="webhook_endpoint.disabled",
+        data=endpoint_payload(endpoint),
+        now=now,
+    )

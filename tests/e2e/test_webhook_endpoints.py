@@ -1,0 +1,148 @@
+"""The webhook endpoints API: secrets, filters, and the inputs it refuses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks import Webhook
+
+from stallholder.app import create_app
+from stallholder.kit.clock import FrozenClock
+from stallholder.kit.db import Database
+from stallholder.settings import Settings
+from tests.conftest import Api, bearer
+from tests.e2e.test_errors import problem
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def strict_client(
+    settings: Settings, database: Database, clock: FrozenClock
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The platform's default: private webhook targets are refused."""
+    app = create_app(
+        settings.model_copy(update={"allow_private_webhook_targets": False}),
+        database=database,
+        clock=clock,
+        run_worker=False,
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+async def test_an_endpoint_is_created_with_a_standard_webhooks_secret_shown_once(
+    api: Api,
+) -> None:
+    creator = await api.creator()
+    sk = bearer(creator["secret_key"])
+    created = await api.http.post(
+        "/v1/webhook_endpoints",
+        headers=sk,
+        json={"url": "https://93.184.215.14/hooks", "events": ["order.paid", "order.paid"]},
+    )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["id"].startswith("we_")
+    assert (body["events"], body["status"], body["description"]) == (
+        ["order.paid"],
+        "enabled",
+        None,
+    )
+    assert body["secret"].startswith("whsec_")
+    Webhook(body["secret"])  # the library accepts it
+
+    shown = await api.http.get(f"/v1/webhook_endpoints/{body['id']}", headers=sk)
+    listed = await api.http.get("/v1/webhook_endpoints", headers=sk)
+    assert "secret" not in shown.json()
+    assert [e["id"] for e in listed.json()["data"]] == [body["id"]]
+    assert "secret" not in listed.json()["data"][0]
+
+    changed = await api.http.patch(
+        f"/v1/webhook_endpoints/{body['id']}",
+        headers=sk,
+        json={"events": ["*"], "description": "fulfilment"},
+    )
+    assert (changed.json()["events"], changed.json()["description"]) == (["*"], "fulfilment")
+    deleted = await api.http.delete(f"/v1/webhook_endpoints/{body['id']}", headers=sk)
+    assert deleted.json()["status"] == "deleted"
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "slug"),
+    [
+        ({"url": "ftp://example.com/hooks", "events": ["*"]}, 400, "invalid-webhook-url"),
+        ({"url": "javascript:alert(1)", "events": ["*"]}, 400, "invalid-webhook-url"),
+        ({"url": "/relative", "events": ["*"]}, 400, "invalid-webhook-url"),
+        ({"url": "https://u:p@93.184.215.14/", "events": ["*"]}, 400, "invalid-webhook-url"),
+        ({"url": "http://127.0.0.1:8000/hooks", "events": ["*"]}, 400, "private-webhook-target"),
+        ({"url": "http://localhost/hooks", "events": ["*"]}, 400, "private-webhook-target"),
+        ({"url": "http://10.1.2.3/hooks", "events": ["*"]}, 400, "private-webhook-target"),
+        ({"url": "http://169.254.169.254/latest", "events": ["*"]}, 400, "private-webhook-target"),
+        ({"url": "http://[::1]/hooks", "events": ["*"]}, 400, "private-webhook-target"),
+        ({"url": "http://[::ffff:10.0.0.1]/", "events": ["*"]}, 400, "private-webhook-target"),
+        (
+            {"url": "https://93.184.215.14/", "events": ["order.shipped"]},
+            400,
+            "unknown-event-type",
+        ),
+        (
+            {"url": "https://93.184.215.14/", "events": ["*", "order.paid"]},
+            400,
+            "unknown-event-type",
+        ),
+        ({"url": "https://93.184.215.14/", "events": []}, 422, "validation-error"),
+        (
+            {"url": "https://93.184.215.14/", "events": ["*"], "secret": "x"},
+            422,
+            "validation-error",
+        ),
+    ],
+)
+async def test_bad_endpoints_are_refused_with_what_to_fix(
+    strict_client: httpx.AsyncClient, payload: dict[str, Any], status: int, slug: str
+) -> None:
+    api = Api(strict_client)
+    creator = await api.creator()
+    response = await strict_client.post(
+        "/v1/webhook_endpoints", headers=bearer(creator["secret_key"]), json=payload
+    )
+    assert problem(response) == (status, slug)
+    if slug == "unknown-event-type":
+        assert "order.paid" in response.json()["detail"]  # lists the valid types
+    if slug == "private-webhook-target":
+        assert "STALLHOLDER_ALLOW_PRIVATE_WEBHOOK_TARGETS" in response.json()["detail"]
+    listed = await strict_client.get("/v1/webhook_endpoints", headers=bearer(creator["secret_key"]))
+    assert listed.json()["data"] == []
+
+
+async def test_endpoints_are_the_creators_own_and_need_the_secret_key(api: Api) -> None:
+    creator = await api.creator()
+    other = await api.creator(name="Other", email="o@example.com")
+    created = await api.http.post(
+        "/v1/webhook_endpoints",
+        headers=bearer(creator["secret_key"]),
+        json={"url": "https://93.184.215.14/", "events": ["*"]},
+    )
+    endpoint = created.json()["id"]
+    for method, path in (
+        ("GET", f"/v1/webhook_endpoints/{endpoint}"),
+        ("PATCH", f"/v1/webhook_endpoints/{endpoint}"),
+        ("DELETE", f"/v1/webhook_endpoints/{endpoint}"),
+        ("POST", f"/v1/webhook_endpoints/{endpoint}/rotate_secret"),
+        ("GET", f"/v1/webhook_endpoints/{endpoint}/deliveries"),
+    ):
+        response = await api.http.request(
+            method, path, headers=bearer(other["secret_key"]), json={}
+        )
+        assert problem(response) == (404, "webhook-endpoint-not-found"), (method, path)
+    publishable = await api.http.post(
+        "/v1/webhook_endpoints",
+        headers=bearer(creator["publishable_key"]),
+        json={"url": "https://93.184.215.14/", "events": ["*"]},
+    )
+    assert problem(publishable) == (403, "publishable-key-not-allowed")
