@@ -224,6 +224,11 @@ class StripeDouble:
                     self._endpoint(self._create_payment_intent),
                     methods=["POST"],
                 ),
+                Route(
+                    "/v1/payment_intents/{id}",
+                    self._endpoint(self._retrieve_payment_intent),
+                    methods=["GET"],
+                ),
                 Route("/v1/refunds", self._endpoint(self._create_refund), methods=["POST"]),
                 Route("/v1/disputes/{id}", self._endpoint(self._retrieve_dispute), methods=["GET"]),
                 Route("/{path:path}", self._unrecognized, methods=["GET", "POST", "DELETE"]),
@@ -235,6 +240,28 @@ class StripeDouble:
     def fail_next_request(self, status: int) -> None:
         """The next request gets ``status`` before the endpoint runs (nothing is saved)."""
         self._fail_next.append(status)
+
+    def authenticate(self, intent_id: str, *, is_successful: bool = True) -> None:
+        """The buyer finishes (or fails) 3-D Secure in Stripe.js: a ``requires_action``
+        PaymentIntent succeeds, or goes back to ``requires_payment_method`` with an
+        ``authentication_failure``, as Stripe reports it."""
+        with self._lock:
+            intent = self.objects[intent_id]
+            assert intent["status"] == "requires_action", intent["status"]
+            intent["next_action"] = None
+            if is_successful:
+                self._succeed(intent)
+                return
+            charge = self._charge(intent, status="failed")
+            charge["failure_code"] = "authentication_required"
+            intent["last_payment_error"] = {
+                "type": "card_error",
+                "code": "payment_intent_authentication_failure",
+                "decline_code": None,
+                "message": "The provided PaymentMethod has failed authentication.",
+                "charge": charge["id"],
+            }
+            intent["status"] = "requires_payment_method"
 
     def requests_to(self, method: str, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if (r.method, r.path) == (method, path)]
@@ -879,6 +906,9 @@ class StripeDouble:
         }
         self.objects[refund["id"]] = refund
         return refund
+
+    def _retrieve_payment_intent(self, params: dict[str, Any], id: str) -> dict[str, Any]:
+        return self._expanded(self._get(id, "payment_intent", param="id"), params.get("expand", []))
 
     def _retrieve_dispute(self, params: dict[str, Any], id: str) -> dict[str, Any]:
         return self._expanded(self._get(id, "dispute", param="id"), params.get("expand", []))

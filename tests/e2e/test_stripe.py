@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -265,6 +266,118 @@ async def test_three_d_secure_is_surfaced_as_requires_action(
         attempt = (await db.execute(select(PaymentAttempt))).scalar_one()
     assert (attempt.status, attempt.gateway_reference) == ("requires_action", intent["id"])
     assert await _count(database, Order) == 0
+
+
+async def test_after_3d_secure_confirming_again_completes_the_same_payment_intent(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    shop = await _shop(api, stripe_double)
+    session = await api.session(shop.secret_key, price=shop.price, quantity=2)
+    pending = await api.confirm(shop.secret_key, session["id"], "pm_card_authenticationRequired")
+    [intent] = stripe_double.of_type("payment_intent")
+    assert pending.json()["next_action"] == {
+        "type": "use_stripe_sdk",
+        "detail": "The card needs 3-D Secure. Call Stripe.js handleNextAction with "
+        "payment_intent_client_secret, then confirm this session again.",
+        "payment_intent_client_secret": intent["client_secret"],
+    }
+
+    # Still waiting: another card does not start a second charge.
+    waiting = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
+    assert (waiting.status_code, waiting.json()["payment_status"]) == (200, "requires_action")
+    assert len(stripe_double.of_type("payment_intent")) == 1
+
+    stripe_double.authenticate(intent["id"])
+    done = await api.confirm(shop.secret_key, session["id"], "pm_card_authenticationRequired")
+
+    assert done.status_code == 200, done.text
+    assert (done.json()["status"], done.json()["payment_status"], done.json()["next_action"]) == (
+        "complete",
+        "paid",
+        None,
+    )
+    assert len(stripe_double.of_type("payment_intent")) == 1
+    assert await _payment_intent_of(database, done.json()["order"]) == intent["id"]
+    order = (
+        await api.http.get(f"/v1/orders/{done.json()['order']}", headers=bearer(shop.secret_key))
+    ).json()
+    assert (order["status"], order["amount_total"], order["platform_fee"]) == ("paid", 3000, 150)
+    assert order["processor_fee"] == 117  # read from Stripe's balance transaction
+    async with database.unit_of_work() as db:
+        attempts = (await db.execute(select(PaymentAttempt))).scalars().all()
+        assert [(a.status, a.action_secret) for a in attempts] == [("succeeded", None)]
+    assert (await _verify(database)).is_clean
+    again = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
+    assert again.json()["order"] == done.json()["order"]
+    assert len(stripe_double.of_type("payment_intent")) == 1
+
+
+async def test_after_3d_secure_the_webhook_completes_the_sale_even_past_expiry(
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    stripe_double: StripeDouble,
+    stripe_gateway: StripeGateway,
+) -> None:
+    """The buyer authenticates and closes the tab: Stripe has the money, so the
+    ``payment_intent.succeeded`` webhook completes the sale, once."""
+    shop = await _shop(api, stripe_double)
+    worker = Worker(database, clock, settings=settings, gateway=stripe_gateway)
+    session = await api.session(shop.secret_key, price=shop.price, quantity=2)
+    await api.confirm(shop.secret_key, session["id"], "pm_card_authenticationRequired")
+    [intent] = stripe_double.of_type("payment_intent")
+    stripe_double.authenticate(intent["id"])
+    clock.advance(timedelta(hours=1))
+    await worker.run_once()  # the expiry sweep stores the session as expired
+
+    succeeded = stripe_double.event("payment_intent.succeeded", stripe_double.objects[intent["id"]])
+    assert (await _deliver(api, succeeded, stripe_double.sign(succeeded))).status_code == 200
+    await worker.run_once()
+
+    reread = await api.http.get(
+        f"/v1/checkout/sessions/{session['id']}", headers=bearer(shop.secret_key)
+    )
+    assert (reread.json()["status"], reread.json()["payment_status"]) == ("complete", "paid")
+    assert await _count(database, Order) == 1
+    assert await _payment_intent_of(database, reread.json()["order"]) == intent["id"]
+    replayed = await _deliver(api, succeeded, stripe_double.sign(succeeded))
+    assert replayed.json() == {"received": True, "duplicate": True}
+    late = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
+    assert (late.status_code, late.json()["order"]) == (200, reread.json()["order"])
+    await worker.run_once()
+    assert await _count(database, Order) == 1
+    assert len(stripe_double.of_type("payment_intent")) == 1
+    assert (await _verify(database)).is_clean
+    async with database.unit_of_work() as db:
+        notes = (await db.execute(select(InboxEvent.last_error))).scalars().all()
+    assert notes == [f"session {session['id']} is complete (paid)"]
+
+
+async def test_a_failed_3d_secure_is_a_402_and_another_card_can_pay(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    shop = await _shop(api, stripe_double)
+    session = await api.session(shop.secret_key, price=shop.price)
+    await api.confirm(shop.secret_key, session["id"], "pm_card_authenticationRequired")
+    [intent] = stripe_double.of_type("payment_intent")
+    stripe_double.authenticate(intent["id"], is_successful=False)
+
+    failed = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
+
+    assert failed.status_code == 402, failed.text
+    assert failed.json()["type"] == PROBLEMS + "payment-declined"
+    assert failed.json()["decline_code"] == "payment_intent_authentication_failure"
+    reread = await api.http.get(
+        f"/v1/checkout/sessions/{session['id']}", headers=bearer(shop.secret_key)
+    )
+    assert (reread.json()["status"], reread.json()["next_action"]) == ("open", None)
+    assert await _count(database, Order) == 0
+
+    paid = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
+    assert (paid.status_code, paid.json()["status"]) == (200, "complete")
+    assert len(stripe_double.of_type("payment_intent")) == 2
+    assert await _event_types(database, "payment.") == ["payment.failed"]
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,9 @@ class CheckoutSession(Base):
     order_id: Mapped[str | None] = mapped_column(String(40), default=None)
     last_error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     last_error_message: Mapped[str | None] = mapped_column(String(500), default=None)
+    # While ``payment_status`` is ``requires_action``: what the buyer's browser needs to
+    # authenticate with the gateway (Stripe: the PaymentIntent's client secret).
+    payment_action_secret: Mapped[str | None] = mapped_column(String(200), default=None)
     expires_at: Mapped[datetime]
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime]

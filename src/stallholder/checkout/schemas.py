@@ -53,8 +53,13 @@ class LineItemOut(BaseModel):
 
 
 class NextAction(BaseModel):
-    type: Literal["authenticate"]
+    """What the buyer must do before the payment completes. ``authenticate`` (sandbox):
+    confirm again with the authenticated token. ``use_stripe_sdk`` (Stripe): run Stripe.js
+    ``handleNextAction`` with ``payment_intent_client_secret``, then confirm again."""
+
+    type: Literal["authenticate", "use_stripe_sdk"]
     detail: str
+    payment_intent_client_secret: str | None = None
 
 
 class PaymentErrorOut(BaseModel):
@@ -93,6 +98,25 @@ class LinkOut(BaseModel):
     created: datetime
 
 
+def _next_action(checkout: CheckoutSession) -> NextAction:
+    if checkout.payment_action_secret is not None:
+        return NextAction(
+            type="use_stripe_sdk",
+            detail=(
+                "The card needs 3-D Secure. Call Stripe.js handleNextAction with "
+                "payment_intent_client_secret, then confirm this session again."
+            ),
+            payment_intent_client_secret=checkout.payment_action_secret,
+        )
+    return NextAction(
+        type="authenticate",
+        detail=(
+            "The card needs 3-D Secure. Authenticate the buyer, then confirm again with the "
+            "authenticated payment method (sandbox: 'tok_visa_3ds_confirmed')."
+        ),
+    )
+
+
 def present_session(checkout: CheckoutSession, *, base_url: str, status: str) -> SessionOut:
     """The session as the API and event payloads show it."""
     return SessionOut(
@@ -121,13 +145,7 @@ def present_session(checkout: CheckoutSession, *, base_url: str, status: str) ->
         success_url=checkout.success_url,
         cancel_url=checkout.cancel_url,
         order=checkout.order_id,
-        next_action=NextAction(
-            type="authenticate",
-            detail=(
-                "The card needs 3-D Secure. Authenticate the buyer, then confirm again with the "
-                "authenticated payment method (sandbox: 'tok_visa_3ds_confirmed')."
-            ),
-        )
+        next_action=_next_action(checkout)
         if checkout.payment_status == "requires_action" and checkout.status == "open"
         else None,
         last_payment_error=PaymentErrorOut(

@@ -313,7 +313,15 @@ async def confirm_session(
     )
     if checkout.status == "complete":
         return ConfirmOutcome(checkout)
-    if effective_status(checkout, now) == "expired":
+    # A charge waiting for 3-D Secure is re-read, never charged again: the buyer may have
+    # authenticated it in the browser (Stripe.js) since. While it still waits, the new
+    # payment_method is not used, so one session can never hold two live charges. A charge
+    # that succeeded completes the sale even past expiry: the buyer has paid.
+    resumed = await payments.resume_pending_charge(
+        session, gateway, checkout_session_id=checkout.id
+    )
+    is_paid = resumed is not None and resumed.status == "succeeded"
+    if not is_paid and effective_status(checkout, now) == "expired":
         raise SessionExpired(
             f"checkout session {session_id} expired at "
             f"{checkout.expires_at.isoformat()}; create a new one",
@@ -337,23 +345,27 @@ async def confirm_session(
             amount=checkout.amount_total, currency=checkout.currency
         ),
     )
-    attempt = await payments.charge(
-        session,
-        gateway,
-        creator_id=creator_id,
-        checkout_session_id=checkout.id,
-        amount=checkout.amount_total,
-        currency=checkout.currency,
-        payment_method=payment_method,
-        platform_fee=fees.platform_fee,
-        estimated_processor_fee=fees.estimated_processor_fee,
-        now=now,
-    )
+    attempt = resumed
+    if attempt is None:
+        attempt = await payments.charge(
+            session,
+            gateway,
+            creator_id=creator_id,
+            checkout_session_id=checkout.id,
+            amount=checkout.amount_total,
+            currency=checkout.currency,
+            payment_method=payment_method,
+            platform_fee=fees.platform_fee,
+            estimated_processor_fee=fees.estimated_processor_fee,
+            now=now,
+        )
+        checkout.payment_action_secret = attempt.action_secret
     if attempt.status == "requires_action":
         checkout.payment_status = "requires_action"
         checkout.last_error_code, checkout.last_error_message = None, None
         await session.flush()
         return ConfirmOutcome(checkout)
+    checkout.payment_action_secret = None
     if attempt.status == "failed":
         checkout.payment_status = "unpaid"
         checkout.last_error_code = attempt.decline_code

@@ -4,11 +4,57 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.checkout import service
+from stallholder.ledger.fees import FeePolicy
+from stallholder.payments.gateway import Gateway
+from stallholder.payments.models import PaymentAttempt
 
 
 async def expire_sessions(session: AsyncSession, now: datetime) -> int:
     """Sweep: open sessions past ``expires_at`` become ``expired``."""
     return await service.expire_due_sessions(session, now=now)
+
+
+async def complete_authenticated_payment(
+    session: AsyncSession,
+    payment_reference: str,
+    now: datetime,
+    *,
+    gateway: Gateway,
+    default_fees: FeePolicy,
+    base_url: str,
+) -> str:
+    """``payment_intent.succeeded`` / ``payment_failed`` from Stripe: the buyer finished
+    3-D Secure and may never come back to confirm, so the worker does it. The same confirm
+    runs as for the buyer (it re-reads the PaymentIntent under the session's lock), so
+    whichever comes first completes the sale and the other finds it complete. Returns a
+    note for the inbox row."""
+    attempt = (
+        await session.execute(
+            select(PaymentAttempt)
+            .where(PaymentAttempt.gateway_reference == payment_reference)
+            .order_by(PaymentAttempt.attempt_number.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if attempt is None:
+        return f"ignored: no checkout paid with {payment_reference}"
+    if attempt.status != "requires_action":
+        return f"nothing to do: the attempt is already {attempt.status}"
+    outcome = await service.confirm_session(
+        session,
+        gateway,
+        creator_id=attempt.creator_id,
+        session_id=attempt.checkout_session_id,
+        payment_method=attempt.payment_method,
+        client_secret=None,
+        customer_email=None,
+        default_fees=default_fees,
+        base_url=base_url,
+        now=now,
+    )
+    checkout = outcome.session
+    return f"session {checkout.id} is {checkout.status} ({checkout.payment_status})"

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.checkout.tasks import expire_sessions
+from stallholder.checkout.tasks import complete_authenticated_payment, expire_sessions
 from stallholder.events.tasks import (
     Consumer,
     WebhookSettings,
@@ -24,6 +24,7 @@ from stallholder.jobs import queue
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
 from stallholder.kit.idempotency import prune_expired_keys
+from stallholder.ledger import service as ledger
 from stallholder.notifications.tasks import email_runner, queue_emails_for_event
 from stallholder.notifications.transport import transport_for
 from stallholder.orders.tasks import process_stripe_events
@@ -86,12 +87,23 @@ CONFIGURED_RUNNERS: dict[str, Callable[[Settings], Runner]] = {
 }
 
 
-def _gateway_runners(gateway: Gateway | None) -> dict[str, Runner]:
+def _gateway_runners(gateway: Gateway | None, settings: Settings) -> dict[str, Runner]:
     """Runners that call the payment gateway: Stripe's events are handled with the live
     gateway, which re-reads each event's object."""
-    if isinstance(gateway, StripeGateway):
-        return {"orders.stripe_events": functools.partial(process_stripe_events, gateway=gateway)}
-    return {}
+    if not isinstance(gateway, StripeGateway):
+        return {}
+    complete = functools.partial(
+        complete_authenticated_payment,
+        gateway=gateway,
+        default_fees=ledger.platform_fee_policy(settings),
+        base_url=settings.base_url,
+    )
+    handlers = {"payment_intent.succeeded": complete, "payment_intent.payment_failed": complete}
+    return {
+        "orders.stripe_events": functools.partial(
+            process_stripe_events, gateway=gateway, handlers=handlers
+        )
+    }
 
 
 HANDLERS: dict[str, Handler] = {}
@@ -123,7 +135,7 @@ class Worker:
         self.runners: dict[str, Runner] = {
             **RUNNERS,
             **{name: build(settings) for name, build in CONFIGURED_RUNNERS.items()},
-            **_gateway_runners(gateway),
+            **_gateway_runners(gateway, settings),
         }
         self._stopping = asyncio.Event()
 

@@ -8,8 +8,11 @@ transaction of its own that also marks the row processed, so an event is handled
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events import inbox
 from stallholder.kit.clock import Clock
@@ -22,6 +25,11 @@ log = logging.getLogger("stallholder.orders.tasks")
 
 # Every event about a dispute is handled the same way: read the dispute as it is now.
 DISPUTE_EVENT_PREFIX = "charge.dispute."
+
+# Handlers other domains register for event types (checkout completes sessions on
+# ``payment_intent.succeeded``). Each gets the event's object id and runs in the
+# transaction that marks the event processed; it returns a note for the inbox row.
+EventHandler = Callable[[AsyncSession, str, datetime], Awaitable[str | None]]
 
 
 def _object_id(payload: dict[str, Any]) -> str:
@@ -41,6 +49,8 @@ async def _apply(
     snapshot: DisputeSnapshot | None,
     fetched_at: datetime,
     note: str | None,
+    handler: EventHandler | None = None,
+    object_id: str | None = None,
 ) -> None:
     async with database.unit_of_work() as session:
         event = await inbox.lock(session, event_id=event_id)
@@ -60,6 +70,8 @@ async def _apply(
                     f"ignored: no order was paid with payment {snapshot.payment_reference!r} "
                     f"that dispute {snapshot.external_id} names"
                 )
+        if handler is not None and object_id is not None:
+            note = await handler(session, object_id, now)
         inbox.mark_processed(event, now=now, note=note)
 
 
@@ -71,13 +83,20 @@ async def _fail(database: Database, clock: Clock, *, event_id: int, error: Excep
 
 
 async def process_stripe_events(
-    database: Database, clock: Clock, *, gateway: StripeGateway, batch: int = 20
+    database: Database,
+    clock: Clock,
+    *,
+    gateway: StripeGateway,
+    handlers: Mapping[str, EventHandler] | None = None,
+    batch: int = 20,
 ) -> int:
     """Handle due Stripe events; returns how many were claimed.
 
-    Dispute events re-read the dispute from Stripe. Other event types are marked
-    processed with a note: Stallholder does not act on them (yet).
+    Dispute events re-read the dispute from Stripe. Event types in ``handlers`` go to
+    their handler (which re-reads what it needs). Other event types are marked processed
+    with a note: Stallholder does not act on them (yet).
     """
+    handlers = handlers or {}
     async with database.unit_of_work() as session:
         claimed = [
             (event.id, event.type, event.payload)
@@ -88,9 +107,12 @@ async def process_stripe_events(
     for event_id, event_type, payload in claimed:
         try:
             fetched_at = clock.now()
-            snapshot, note = None, None
+            snapshot, note, object_id = None, None, None
+            handler = handlers.get(event_type)
             if event_type.startswith(DISPUTE_EVENT_PREFIX):
                 snapshot = await gateway.retrieve_dispute(_object_id(payload))
+            elif handler is not None:
+                object_id = _object_id(payload)
             else:
                 note = f"ignored: Stallholder does not act on {event_type}"
             await _apply(
@@ -100,6 +122,8 @@ async def process_stripe_events(
                 snapshot=snapshot,
                 fetched_at=fetched_at,
                 note=note,
+                handler=handler,
+                object_id=object_id,
             )
         except Exception as error:
             log.exception("Stripe event %s (%s) failed", event_id, event_type)

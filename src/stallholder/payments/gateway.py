@@ -42,6 +42,9 @@ class ChargeResult:
     decline_code: str | None = None
     message: str | None = None
     is_transient: bool = False
+    # With ``requires_action``: what the buyer's browser needs to authenticate (Stripe: the
+    # PaymentIntent's client secret for Stripe.js ``handleNextAction``).
+    action_secret: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,18 @@ class Gateway(Protocol):
 
     async def charge(self, request: ChargeRequest) -> ChargeResult:
         """Charge on-session: the buyer is present and may be asked to authenticate."""
+        ...
+
+    async def refresh_charge(
+        self, *, reference: str, amount: int, currency: str
+    ) -> ChargeResult | None:
+        """The current outcome of a charge that was waiting for the buyer to authenticate
+        (``requires_action``), or None where the gateway completes an authentication with a
+        new charge instead (the sandbox: confirm again with ``tok_visa_3ds_confirmed``).
+
+        Raises:
+            GatewayUnavailable: the gateway could not be reached; nothing changed.
+        """
         ...
 
     async def charge_off_session(
@@ -196,6 +211,9 @@ class SandboxGateway:
 
     def estimate_processor_fee(self, *, amount: int, currency: str) -> int:
         return sandbox_processor_fee(amount)
+
+    async def refresh_charge(self, *, reference: str, amount: int, currency: str) -> None:
+        return None
 
     async def charge(self, request: ChargeRequest) -> ChargeResult:
         token = request.payment_method

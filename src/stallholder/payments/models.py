@@ -26,6 +26,8 @@ class PaymentAttempt(Base):
     decline_code: Mapped[str | None] = mapped_column(String(64), default=None)
     failure_message: Mapped[str | None] = mapped_column(String(500), default=None)
     gateway_reference: Mapped[str | None] = mapped_column(String(120), default=None, index=True)
+    # With requires_action: what the buyer's browser authenticates with (ChargeResult).
+    action_secret: Mapped[str | None] = mapped_column(String(200), default=None)
     # The processor's actual fee, as the gateway reported it after the charge.
     processor_fee: Mapped[int] = mapped_column(default=0)
     # Fixed before charging (the gateway is told): the platform's fee and the processor fee

@@ -183,6 +183,7 @@ async def charge(
         decline_code=result.decline_code,
         failure_message=result.message,
         gateway_reference=result.reference,
+        action_secret=result.action_secret,
         processor_fee=result.processor_fee,
         platform_fee=platform_fee,
         estimated_processor_fee=estimated_processor_fee,
@@ -191,6 +192,44 @@ async def charge(
     session.add(attempt)
     await session.flush()
     return attempt
+
+
+async def resume_pending_charge(
+    session: AsyncSession, gateway: Gateway, *, checkout_session_id: str
+) -> PaymentAttempt | None:
+    """The session's latest attempt, brought up to date, when it was waiting for the buyer
+    to authenticate and the gateway completes authentications on the same charge (Stripe).
+    None when there is no such attempt, or the gateway wants a new charge (the sandbox).
+
+    Re-reading the charge instead of charging again means a buyer who authenticated is
+    never charged twice. The caller holds the checkout session's lock.
+
+    Raises:
+        GatewayUnavailable: the gateway could not be reached; nothing changed.
+    """
+    latest = (
+        await session.execute(
+            select(PaymentAttempt)
+            .where(PaymentAttempt.checkout_session_id == checkout_session_id)
+            .order_by(PaymentAttempt.attempt_number.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if latest is None or latest.status != "requires_action" or latest.gateway_reference is None:
+        return None
+    result = await gateway.refresh_charge(
+        reference=latest.gateway_reference, amount=latest.amount, currency=latest.currency
+    )
+    if result is None:
+        return None
+    latest.status = result.status
+    latest.decline_code = result.decline_code
+    latest.failure_message = result.message
+    latest.processor_fee = result.processor_fee
+    if result.status != "requires_action":
+        latest.action_secret = None
+    await session.flush()
+    return latest
 
 
 async def refund(

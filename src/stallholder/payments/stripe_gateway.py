@@ -239,6 +239,33 @@ class StripeGateway:
             return _transient(error)
         return self._result(intent, request)
 
+    async def refresh_charge(self, *, reference: str, amount: int, currency: str) -> ChargeResult:
+        """The PaymentIntent as Stripe has it now: after 3-D Secure in Stripe.js it has
+        ``succeeded``, still ``requires_action``, or is back at ``requires_payment_method``
+        with the authentication failure in ``last_payment_error``."""
+        try:
+            intent = await self._stripe.v1.payment_intents.retrieve_async(
+                reference, {"expand": ["latest_charge.balance_transaction"]}
+            )
+        except _TRANSIENT as error:
+            _unavailable(error)
+        request = ChargeRequest(
+            amount=amount, currency=currency, payment_method="", idempotency_key=""
+        )
+        if intent.status in ("requires_payment_method", "canceled"):
+            failure = intent.last_payment_error
+            return ChargeResult(
+                status="failed",
+                reference=intent.id,
+                decline_code=(
+                    (failure.decline_code or failure.code) if failure is not None else None
+                )
+                or f"payment_intent_{intent.status}",
+                message=(failure.message if failure is not None else None)
+                or f"Stripe left the payment {intent.status}.",
+            )
+        return self._result(intent, request)
+
     def _result(self, intent: stripe.PaymentIntent, request: ChargeRequest) -> ChargeResult:
         if intent.status == "succeeded":
             return ChargeResult(
@@ -252,6 +279,7 @@ class StripeGateway:
                 reference=intent.id,
                 decline_code="authentication_required",
                 message="The card needs 3-D Secure authentication.",
+                action_secret=intent.client_secret,
             )
         # With confirm=true on a card, Stripe answers succeeded, requires_action or a card
         # error; anything else is recorded as a failure that names the status.

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-24 23:14:33.383830
+Create Date: 2026-11-24 23:24:35.798972
 """
 
 from collections.abc import Sequence
@@ -228,12 +228,18 @@ def upgrade() -> None:
             batch_op.f("ix_webhook_attempts_delivery_id"), ["delivery_id"], unique=False
         )
 
+    with op.batch_alter_table("checkout_sessions", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("payment_action_secret", sa.String(length=200), nullable=True)
+        )
+
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_idempotency_keys_created_at"), ["created_at"], unique=False
         )
 
     with op.batch_alter_table("payment_attempts", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("action_secret", sa.String(length=200), nullable=True))
         batch_op.add_column(
             sa.Column("platform_fee", sa.BigInteger(), server_default="0", nullable=False)
         )
@@ -255,9 +261,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_payment_attempts_gateway_reference"))
         batch_op.drop_column("estimated_processor_fee")
         batch_op.drop_column("platform_fee")
+        batch_op.drop_column("action_secret")
 
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_idempotency_keys_created_at"))
+
+    with op.batch_alter_table("checkout_sessions", schema=None) as batch_op:
+        batch_op.drop_column("payment_action_secret")
 
     with op.batch_alter_table("webhook_attempts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_webhook_attempts_delivery_id"))
