@@ -243,7 +243,9 @@ async def update_endpoint(
 
 async def delete_endpoint(session: AsyncSession, *, creator_id: str, endpoint_id: str) -> None:
     """The endpoint stops receiving at once; its delivery log stays (status ``deleted``)."""
-    endpoint = await get_endpoint(session, creator_id=creator_id, endpoint_id=endpoint_id)
+    endpoint = await get_endpoint(
+        session, creator_id=creator_id, endpoint_id=endpoint_id, lock=True
+    )
     endpoint.status = "deleted"
     await session.execute(
         update(WebhookDelivery)
@@ -432,12 +434,12 @@ async def claim_due(
             .with_for_update(skip_locked=True, of=WebhookDelivery)
         )
     ).scalars()
+    deliveries = list(rows)
+    endpoints = await _endpoints_by_id(session, {d.endpoint_id for d in deliveries})
+    events_by_id = await _events_by_id(session, {d.event_id for d in deliveries})
     outgoing: list[Outgoing] = []
-    for delivery in rows:
-        endpoint = await session.get(WebhookEndpoint, delivery.endpoint_id)
-        event = await session.get(Event, delivery.event_id)
-        assert endpoint is not None
-        assert event is not None
+    for delivery in deliveries:
+        endpoint, event = endpoints[delivery.endpoint_id], events_by_id[delivery.event_id]
         delivery.attempts += 1
         delivery.next_attempt_at = now + lease
         outgoing.append(
@@ -453,6 +455,16 @@ async def claim_due(
         )
     await session.flush()
     return outgoing
+
+
+async def _endpoints_by_id(session: AsyncSession, ids: set[str]) -> dict[str, WebhookEndpoint]:
+    rows = await session.execute(select(WebhookEndpoint).where(WebhookEndpoint.id.in_(ids)))
+    return {row.id: row for row in rows.scalars()}
+
+
+async def _events_by_id(session: AsyncSession, ids: set[str]) -> dict[str, Event]:
+    rows = await session.execute(select(Event).where(Event.id.in_(ids)))
+    return {row.id: row for row in rows.scalars()}
 
 
 def _encode(envelope: dict[str, Any]) -> bytes:
@@ -494,17 +506,18 @@ async def record_outcome(
     is emitted (the creator is emailed from it; a disabled endpoint receives nothing, that
     event included).
     """
-    delivery = (
-        await session.execute(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.id == outgoing.delivery_id)
-            .with_for_update()
-        )
-    ).scalar_one()
+    # Endpoint first, then delivery: the order delete_endpoint takes them in too.
     endpoint = (
         await session.execute(
             select(WebhookEndpoint)
             .where(WebhookEndpoint.id == outgoing.endpoint_id)
+            .with_for_update()
+        )
+    ).scalar_one()
+    delivery = (
+        await session.execute(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.id == outgoing.delivery_id)
             .with_for_update()
         )
     ).scalar_one()
