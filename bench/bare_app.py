@@ -17,3 +17,9 @@ async def echo(body: dict[str, Any]) -> dict[str, Any]:
 @app.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@app.post("/hooks")
+async def hooks(body: dict[str, Any]) -> dict[str, bool]:
+    """A webhook receiver that accepts everything (the webhook benchmark's target)."""
+    return {"received": True}

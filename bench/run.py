@@ -13,10 +13,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import checkout, harness
+from bench import checkout, harness, webhooks
 
 RESULTS = harness.ROOT / "bench" / "results"
-BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {checkout.NAME: checkout.run}
+BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
+    checkout.NAME: checkout.run,
+    webhooks.NAME: webhooks.run,
+}
 COLUMNS = ("completed", "errors", "per_second", "p50_ms", "p99_ms")
 
 

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.checkout.models import CheckoutSession
+from stallholder.events.models import Event
+from stallholder.events.tasks import dispatch_events
 from stallholder.jobs import queue
 from stallholder.jobs.models import Job
 from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
 from tests import factories
-from tests.conftest import T0
+from tests.conftest import T0, Api
 
 pytestmark = pytest.mark.anyio
 
@@ -104,3 +107,47 @@ async def test_two_workers_claim_disjoint_jobs(database: Database, clock: Frozen
         done = await asyncio.gather(*(w.run_once() for w in workers))
         assert sum(done) > 0
     assert sorted(ran) == list(range(30))
+
+
+async def test_an_event_whose_consumer_fails_stays_in_the_outbox_and_holds_up_nothing(
+    api: Api, database: Database, clock: FrozenClock
+) -> None:
+    creator, price = await api.shop()
+    session = await api.session(creator["secret_key"], price=price["id"])
+    assert (await api.confirm(creator["secret_key"], session["id"])).status_code == 200
+    seen: list[str] = []
+    ordered = [e.type for e in await _events(database)]
+    broken = ordered[0]  # the first one fails: the one after it must still go out
+    assert broken == "order.paid"
+
+    async def record(db: AsyncSession, event: Event, now: datetime) -> None:
+        await queue.enqueue(db, kind="seen", payload={"event": event.id}, due_at=now, now=now)
+        seen.append(event.type)
+
+    async def broken_on_orders(db: AsyncSession, event: Event, now: datetime) -> None:
+        if event.type == broken:
+            raise RuntimeError("a bug in one consumer")
+
+    async with database.unit_of_work() as db:
+        dispatched = await dispatch_events(db, clock.now(), consumers=[record, broken_on_orders])
+    assert dispatched == 2
+
+    async with database.unit_of_work() as db:
+        rows = (await db.execute(select(Event.type, Event.dispatched_at))).all()
+        jobs = (await db.execute(select(Job.payload))).scalars().all()
+    assert {type_: at is not None for type_, at in rows} == {
+        "checkout.session.completed": True,
+        "order.paid": False,
+    }
+    # The failed event's own writes were rolled back with it.
+    order_paid = next(e for e in (await _events(database)) if e.type == "order.paid")
+    assert [j["event"] for j in jobs] == [
+        e.id for e in await _events(database) if e.type != "order.paid"
+    ]
+    assert order_paid.dispatched_at is None
+    assert sorted(seen) == ["checkout.session.completed", "order.paid"]
+
+
+async def _events(database: Database) -> list[Event]:
+    async with database.unit_of_work() as db:
+        return list((await db.execute(select(Event).order_by(Event.id))).scalars())

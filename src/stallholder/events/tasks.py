@@ -4,6 +4,7 @@ webhook deliveries."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from stallholder.kit.db import Database
 from stallholder.kit.errors import DomainError
 from stallholder.kit.signing import signature_header
 
+log = logging.getLogger("stallholder.events")
+
 Consumer = Callable[[AsyncSession, Event, datetime], Awaitable[None]]
 
 
@@ -33,9 +36,18 @@ async def dispatch_events(
     """
     events = await service.claim_undispatched(session, limit=batch)
     for event in events:
-        for consume in consumers:
-            await consume(session, event, now)
-        event.dispatched_at = now
+        # One event whose consumer fails (a bug) must not hold up every other event: its
+        # writes roll back to the savepoint and it stays in the outbox for the next pass.
+        event_id, event_type = event.id, event.type
+        try:
+            async with session.begin_nested():
+                for consume in consumers:
+                    await consume(session, event, now)
+                event.dispatched_at = now
+        except Exception:
+            log.exception(
+                "event %s (%s) stays in the outbox: a consumer failed", event_id, event_type
+            )
     await session.flush()
     return len(events)
 
