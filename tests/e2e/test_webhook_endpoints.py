@@ -85,6 +85,10 @@ async def test_an_endpoint_is_created_with_a_standard_webhooks_secret_shown_once
         ({"url": "http://169.254.169.254/latest", "events": ["*"]}, 400, "private-webhook-target"),
         ({"url": "http://[::1]/hooks", "events": ["*"]}, 400, "private-webhook-target"),
         ({"url": "http://[::ffff:10.0.0.1]/", "events": ["*"]}, 400, "private-webhook-target"),
+        ({"url": "http://[2002:7f00:1::]/", "events": ["*"]}, 400, "private-webhook-target"),
+        ({"url": "http://[2002:a9fe:a9fe::]/", "events": ["*"]}, 400, "private-webhook-target"),
+        ({"url": "http://[64:ff9b::a9fe:a9fe]/", "events": ["*"]}, 400, "private-webhook-target"),
+        ({"url": "https://93.184.215.14:0/", "events": ["*"]}, 400, "invalid-webhook-url"),
         (
             {"url": "https://93.184.215.14/", "events": ["order.shipped"]},
             400,

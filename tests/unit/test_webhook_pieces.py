@@ -10,7 +10,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from stallholder.events.webhooks import MAX_ATTEMPTS, check_event_filter, retry_delay
-from stallholder.kit.addresses import is_public_address, parse_address
+from stallholder.kit.addresses import is_allowed_port, is_public_address, parse_address
 from stallholder.kit.signing import new_webhook_secret, sign, signature_header
 
 
@@ -77,10 +77,34 @@ def test_a_secret_must_be_whsec() -> None:
         ("fc00::1", False),
         ("::ffff:127.0.0.1", False),
         ("::ffff:8.8.8.8", True),
+        # 6to4 (2002::/16) embedding 127.0.0.1, 169.254.169.254, 10.0.0.1; and 8.8.8.8
+        ("2002:7f00:1::", False),
+        ("2002:a9fe:a9fe::", False),
+        ("2002:a00:1::1", False),
+        ("2002:808:808::", True),
+        # Teredo: server 65.54.227.120, client 192.0.2.45 (documentation) / 8.8.8.8
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),
+        ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", True),
+        # Teredo with a loopback server
+        ("2001:0:7f00:1:8000:63bf:f7f7:f7f7", False),
+        # NAT64 well-known prefix embedding 127.0.0.1, 169.254.169.254; and 8.8.8.8
+        ("64:ff9b::7f00:1", False),
+        ("64:ff9b::a9fe:a9fe", False),
+        ("64:ff9b::808:808", True),
+        # NAT64 local-use prefix and IPv4-compatible addresses lead only inward
+        ("64:ff9b:1::a9fe:a9fe", False),
+        ("64:ff9b:1::808:808", False),
+        ("::127.0.0.1", False),
+        ("::8.8.8.8", False),
     ],
 )
 def test_only_global_unicast_addresses_are_public(address: str, public: bool) -> None:
     assert is_public_address(ipaddress.ip_address(address)) is public
+
+
+@pytest.mark.parametrize(("port", "allowed"), [(0, False), (1, True), (443, True), (65_535, True)])
+def test_port_zero_is_refused(port: int, allowed: bool) -> None:
+    assert is_allowed_port(port) is allowed
 
 
 def test_addresses_are_parsed_from_url_hosts() -> None:

@@ -21,7 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.events import service as events
 from stallholder.events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from stallholder.events.types import EVENT_TYPES
-from stallholder.kit.addresses import IPAddress, is_public_address, parse_address
+from stallholder.kit.addresses import (
+    IPAddress,
+    is_allowed_port,
+    is_public_address,
+    parse_address,
+)
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
@@ -112,6 +117,8 @@ def _url_host(url: str) -> tuple[str, int]:
         raise InvalidWebhookUrl(f"the URL {url!r} has no host")
     if parts.username or parts.password:
         raise InvalidWebhookUrl("put no credentials in the URL; verify the signature instead")
+    if port is not None and not is_allowed_port(port):
+        raise InvalidWebhookUrl(f"the URL {url!r} names port {port}; use a port from 1 to 65535")
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
