@@ -13,7 +13,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -106,19 +105,6 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
     if error.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.method} {request.url.path}"
     return _problem(error.status_code, slug, title, detail)
-
-
-async def _integrity_error(request: Request, error: Exception) -> JSONResponse:
-    """A uniqueness rule broken by a concurrent request that passed the same check at the
-    same moment (two creators claiming one slug): the loser gets a 409, not a 500."""
-    assert isinstance(error, IntegrityError)
-    log.info("integrity conflict on %s %s: %s", request.method, request.url.path, error.orig)
-    return _problem(
-        409,
-        "conflict",
-        "Conflicting concurrent change",
-        "another request changed the same thing at the same moment; read it again and retry",
-    )
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
@@ -278,7 +264,6 @@ def create_app(
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(IntegrityError, _integrity_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(
         IdempotencyMiddleware, database=lambda: app.state.database, clock=lambda: app.state.clock

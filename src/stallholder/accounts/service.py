@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import ApiKey, Creator, Customer
 from stallholder.accounts.schemas import slugify
+from stallholder.kit.db import is_unique_violation
 from stallholder.kit.errors import Conflict, Forbidden, NotFound, Unauthenticated
 from stallholder.kit.ids import hash_secret, new_id, new_secret
 from stallholder.kit.pagination import Page, paginate
@@ -141,7 +143,8 @@ async def create_creator(
     """A new creator with a fresh secret and publishable key (shown once, stored hashed).
 
     Raises:
-        SlugTaken: an explicit ``slug`` belongs to another creator.
+        SlugTaken: an explicit ``slug`` belongs to another creator, or a concurrent request
+            took the slug (explicit or derived) before this one could insert it.
     """
     if slug is not None:
         if (await session.execute(select(Creator.id).where(Creator.slug == slug))).first():
@@ -158,7 +161,17 @@ async def create_creator(
         created_at=now,
     )
     session.add(creator)
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError as error:
+        # Another request took the slug between the check above and this insert.
+        if is_unique_violation(error, "uq_creators_slug"):
+            raise SlugTaken(
+                f"the slug {slug!r} was taken at this moment by another request; "
+                "choose another or leave it out",
+                slug_requested=slug,
+            ) from error
+        raise
     secret, publishable = await _issue_keys(session, creator_id=creator.id, now=now)
     return creator, secret, publishable
 

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.schemas import slugify
 from stallholder.catalog.models import Collection, CollectionProduct, Price, Product, Variant
+from stallholder.kit.db import is_unique_violation
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
@@ -144,7 +146,16 @@ async def create_product(
             )
         )
     session.add(product)
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError as error:
+        # A concurrent request gave another variant one of these SKUs after the check.
+        if is_unique_violation(error, "uq_variants_creator_id_sku"):
+            raise SkuTaken(
+                "one of these SKUs was taken at this moment by another request; SKUs are "
+                "unique per creator"
+            ) from error
+        raise
     return product
 
 
@@ -290,6 +301,11 @@ async def _set_collection_products(
         raise InvalidRequest("a product may appear in a collection only once")
     for product_id in product_ids:
         await get_product(session, creator_id=creator_id, product_id=product_id)
+    # Two requests replacing one collection's products would insert the same (collection,
+    # product) keys; the row lock makes the second wait and replace the first's list.
+    await session.execute(
+        select(Collection.id).where(Collection.id == collection_id).with_for_update()
+    )
     await session.execute(
         delete(CollectionProduct).where(CollectionProduct.collection_id == collection_id)
     )
@@ -328,7 +344,14 @@ async def create_collection(
         created_at=now,
     )
     session.add(collection)
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError as error:
+        if is_unique_violation(error, "uq_collections_creator_id_slug"):
+            raise CollectionSlugTaken(
+                f"a collection with slug {slug!r} was created at this moment by another request"
+            ) from error
+        raise
     await _set_collection_products(
         session, creator_id=creator_id, collection_id=collection.id, product_ids=product_ids
     )

@@ -11,8 +11,18 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -70,6 +80,56 @@ class Base(DeclarativeBase):
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime(), int: BigInteger()}
+
+
+_UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE for unique_violation
+_SQLITE_UNIQUE_PREFIX = "UNIQUE constraint failed: "
+
+
+def _sqlite_unique_name(table_name: str, columns: tuple[str, ...]) -> str | None:
+    """The name the model gives the unique rule on ``columns`` of ``table_name``.
+
+    SQLite names the columns, not the constraint, so the name comes from the metadata
+    (every constraint is named by ``NAMING_CONVENTION``)."""
+    table = Base.metadata.tables.get(table_name)
+    if table is None:
+        return None
+    rules: list[UniqueConstraint | PrimaryKeyConstraint | Index] = [
+        constraint
+        for constraint in table.constraints
+        if isinstance(constraint, UniqueConstraint | PrimaryKeyConstraint)
+    ]
+    rules += [index for index in table.indexes if index.unique]
+    for rule in rules:
+        if tuple(column.name for column in rule.columns) == columns:
+            return str(rule.name)
+    return None
+
+
+def unique_violation(error: IntegrityError) -> str | None:
+    """The name of the unique constraint ``error`` reports broken, on PostgreSQL or SQLite;
+    None for any other integrity error (a foreign key, NOT NULL or check), which is a bug."""
+    original = error.orig
+    diagnostics = getattr(original, "diag", None)
+    if diagnostics is not None:  # psycopg
+        if getattr(original, "sqlstate", None) != _UNIQUE_VIOLATION:
+            return None
+        name = diagnostics.constraint_name
+        return str(name) if name else None
+    message = str(original)
+    if not message.startswith(_SQLITE_UNIQUE_PREFIX):
+        return None
+    qualified = [part.strip() for part in message.removeprefix(_SQLITE_UNIQUE_PREFIX).split(",")]
+    tables = {part.split(".", 1)[0] for part in qualified}
+    if len(tables) != 1 or not all("." in part for part in qualified):
+        return None
+    return _sqlite_unique_name(tables.pop(), tuple(part.split(".", 1)[1] for part in qualified))
+
+
+def is_unique_violation(error: IntegrityError, constraint: str) -> bool:
+    """Whether ``error`` is the unique constraint named ``constraint`` refusing a row: the
+    race an insert expects and turns into a typed ``Conflict``."""
+    return unique_violation(error) == constraint
 
 
 def async_url(url: str) -> str:

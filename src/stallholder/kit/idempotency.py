@@ -22,7 +22,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stallholder.kit.clock import Clock
-from stallholder.kit.db import Base, Database, SerialPK
+from stallholder.kit.db import Base, Database, SerialPK, is_unique_violation
 from stallholder.kit.errors import PROBLEM_MEDIA_TYPE, Conflict, DomainError, InvalidRequest
 
 LOCK_SECONDS = 60
@@ -178,8 +178,9 @@ class IdempotencyMiddleware:
                     )
                 )
             return None
-        except IntegrityError:
-            pass
+        except IntegrityError as error:
+            if not is_unique_violation(error, "uq_idempotency_keys_scope_key"):
+                raise
         async with database.unit_of_work() as session:
             row = (
                 await session.execute(
