@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api, bearer
+from tests.conftest import ADMIN_KEY, Api, bearer
 from tests.e2e.test_errors import problem
 
 pytestmark = pytest.mark.anyio
@@ -194,3 +194,61 @@ async def test_an_oversized_or_unparseable_body_is_refused_before_anything_runs(
     problem(as_form)
     listed = await api.http.get("/v1/products", headers=bearer(creator["secret_key"]))
     assert listed.json()["data"] == []
+
+
+BAD_ADDRESSES = [
+    "buyer\r\n@example.com",
+    "buyer@example.com\r\nBcc: everyone@example.com",
+    "buy\ter@example.com",
+    "a@b@example.com",
+    "not-an-email",
+    "a@localhost",
+    "bücher@example.com",
+]
+
+
+@pytest.mark.parametrize("address", BAD_ADDRESSES)
+async def test_every_address_that_enters_the_api_is_validated(api: Api, address: str) -> None:
+    creator, price = await api.shop()
+    sk = creator["secret_key"]
+    line = {"price": price["id"], "quantity": 1}
+    attempts = [
+        ("/v1/creators", ADMIN_KEY, {"display_name": "X", "email": address}, "email"),
+        ("/v1/customers", sk, {"email": address}, "email"),
+        (
+            "/v1/checkout/sessions",
+            sk,
+            {"line_items": [line], "customer_email": address},
+            "customer_email",
+        ),
+    ]
+    for path, key, body, loc in attempts:
+        response = await api.http.post(path, headers=bearer(key), json=body)
+        assert problem(response) == (422, "validation-error"), (path, response.text)
+        assert [e["loc"] for e in response.json()["errors"]] == [loc]
+        assert response.json()["errors"][0]["msg"].startswith("not an email address")
+
+    opened = await api.http.post(
+        "/v1/checkout/sessions", headers=bearer(sk), json={"line_items": [line]}
+    )
+    confirm = await api.http.post(
+        f"/v1/checkout/sessions/{opened.json()['id']}/confirm",
+        headers=bearer(sk),
+        json={"payment_method": "tok_visa", "customer_email": address},
+    )
+    assert problem(confirm) == (422, "validation-error")
+    orders = await api.http.get("/v1/orders", headers=bearer(sk))
+    assert orders.json()["data"] == []
+
+
+async def test_addresses_are_stored_with_a_lower_case_ascii_domain(api: Api) -> None:
+    creator = await api.creator(email="Studio@Example.COM")
+    customer = await api.http.post(
+        "/v1/customers",
+        headers=bearer(creator["secret_key"]),
+        json={"email": "  Ada@BÜCHER.example  "},
+    )
+    assert (creator["email"], customer.json()["email"]) == (
+        "Studio@example.com",
+        "Ada@xn--bcher-kva.example",
+    )

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Api
+from stallholder.app import create_app
+from stallholder.kit.clock import FrozenClock
+from stallholder.kit.db import Database
+from stallholder.payments.gateway import SandboxGateway
+from stallholder.settings import Settings
+from tests.conftest import Api, bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -49,3 +55,84 @@ async def test_buy_on_the_hosted_page_declined_then_paid(api: Api) -> None:
     assert paid.status_code == 200
     assert "Thank you" in paid.text
     assert "PAPER-LANTERN-ZINES-000001" in paid.text
+
+
+async def _open_page(api: Api) -> tuple[str, str, dict[str, str]]:
+    """(the creator's secret key, the hosted page's URL, the page form's fields)."""
+    creator, price = await api.shop(unit_amount=600)
+    opened = await api.http.get(f"/buy/{price['id']}")
+    page_url = opened.headers["location"]
+    page = await api.http.get(page_url)
+    secret_match = re.search(r'name="client_secret" value="([^"]+)"', page.text)
+    assert secret_match is not None
+    form = {"client_secret": secret_match.group(1), "payment_method": "tok_visa"}
+    return creator["secret_key"], page_url, form
+
+
+async def _session_as_the_creator_sees_it(api: Api, secret: str, page_url: str) -> Any:
+    session_id = page_url.rsplit("/", 1)[1]
+    response = await api.http.get(f"/v1/checkout/sessions/{session_id}", headers=bearer(secret))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize(
+    "email", ["not-an-email", "a@b@example.com", "buyer\r\nBcc: x@example.com", "a\tb@example.com"]
+)
+async def test_the_page_refuses_an_address_the_api_refuses_and_sells_nothing(
+    api: Api, email: str
+) -> None:
+    secret, page_url, form = await _open_page(api)
+
+    response = await api.http.post(f"{page_url}/pay", data={**form, "customer_email": email})
+
+    assert response.status_code == 422
+    assert "customer email: not an email address" in response.text
+    session = await _session_as_the_creator_sees_it(api, secret, page_url)
+    assert (session["status"], session["customer_email"], session["order"]) == ("open", None, None)
+    orders = await api.http.get("/v1/orders", headers=bearer(secret))
+    assert orders.json()["data"] == []
+
+
+async def test_the_page_stores_the_address_as_the_api_does(api: Api) -> None:
+    secret, page_url, form = await _open_page(api)
+
+    paid = await api.http.post(
+        f"{page_url}/pay", data={**form, "customer_email": "Reader@Example.COM"}
+    )
+
+    assert paid.status_code == 200
+    session = await _session_as_the_creator_sees_it(api, secret, page_url)
+    assert (session["status"], session["customer_email"]) == ("complete", "Reader@example.com")
+
+
+class _NeedsConnectedAccounts(SandboxGateway):
+    """A gateway that only charges creators with a connected account: the confirm fails
+    with a DomainError after it has already set the session's email."""
+
+    needs_connected_account = True
+
+
+async def test_a_page_that_fails_part_way_commits_nothing(
+    settings: Settings, database: Database, clock: FrozenClock
+) -> None:
+    app = create_app(
+        settings,
+        database=database,
+        clock=clock,
+        gateway=_NeedsConnectedAccounts(),
+        run_worker=False,
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        api = Api(http)
+        secret, page_url, form = await _open_page(api)
+
+        failed = await http.post(
+            f"{page_url}/pay", data={**form, "customer_email": "reader@example.com"}
+        )
+
+        assert failed.status_code == 409
+        assert "cannot take payments through sandbox yet" in failed.text
+        session = await _session_as_the_creator_sees_it(api, secret, page_url)
+        assert (session["status"], session["customer_email"]) == ("open", None)

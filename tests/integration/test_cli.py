@@ -99,11 +99,12 @@ def test_creators_create_prints_keys_and_refuses_a_taken_slug(
     assert "the slug 'moth-press' is taken" in taken.output
 
 
+@pytest.mark.parametrize("email", ["nope", "a@b@example.com", "a\tb@example.com", "a\r\n@x.io"])
 def test_creators_create_explains_bad_input(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, email: str
 ) -> None:
     monkeypatch.setenv("STALLHOLDER_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    result = CliRunner().invoke(app, ["creators", "create", "--name", "X", "--email", "nope"])
+    result = CliRunner().invoke(app, ["creators", "create", "--name", "X", "--email", email])
     assert result.exit_code == 2
     assert "email: Value error, not an email address" in result.output
 

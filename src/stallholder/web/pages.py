@@ -7,10 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 
 from stallholder.accounts import service as accounts
 from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
+from stallholder.checkout.schemas import ConfirmIn
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.kit.money import Money
@@ -117,6 +119,15 @@ async def _render(
     )
 
 
+def _form_errors(error: ValidationError) -> str:
+    """What is wrong with the form, one field at a time, for the buyer to read."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']).replace('_', ' ')}: "
+        f"{str(item['msg']).removeprefix('Value error, ')}"
+        for item in error.errors()
+    )
+
+
 @router.get("/checkout/{session_id}", response_class=HTMLResponse)
 async def hosted_checkout(
     session_id: str, request: Request, session: SessionDep, now: NowDep
@@ -135,21 +146,38 @@ async def pay(
     payment_method: Annotated[str, Form(max_length=100)],
     customer_email: Annotated[str | None, Form(max_length=320)] = None,
 ) -> Response:
-    """The hosted page's form: the same confirm the API runs, with the client secret."""
+    """The hosted page's form: the same confirm the API runs, with the client secret.
+
+    The form is checked by the API's own confirm schema, so the page accepts exactly what
+    ``POST /v1/checkout/sessions/{id}/confirm`` does."""
     current = await checkout.get_session_by_id(session, session_id=session_id)
     try:
-        outcome = await checkout.confirm_session(
-            session,
-            request.app.state.gateway,
-            creator_id=current.creator_id,
-            session_id=session_id,
+        form = ConfirmIn(
             payment_method=payment_method,
             client_secret=client_secret,
             customer_email=customer_email or None,
-            default_fees=ledger.platform_fee_policy(settings),
-            base_url=settings.base_url,
-            now=now,
         )
+    except ValidationError as error:
+        return await _render(
+            request, session, session_id, now, error=_form_errors(error), status_code=422
+        )
+    try:
+        # A savepoint: an error part-way (after the confirm has changed the session) undoes
+        # everything the confirm did, while the page below still renders in this unit of
+        # work. A declined card is an outcome, not an error, and its attempt is kept.
+        async with session.begin_nested():
+            outcome = await checkout.confirm_session(
+                session,
+                request.app.state.gateway,
+                creator_id=current.creator_id,
+                session_id=session_id,
+                payment_method=form.payment_method,
+                client_secret=form.client_secret,
+                customer_email=form.customer_email,
+                default_fees=ledger.platform_fee_policy(settings),
+                base_url=settings.base_url,
+                now=now,
+            )
     except DomainError as error:
         return await _render(
             request, session, session_id, now, error=error.detail, status_code=error.status
