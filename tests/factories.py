@@ -20,7 +20,7 @@ async def create_creator(
     now: datetime,
     name: str = "Kiln & Clay",
     platform_fee_bps: int | None = None,
-    platform_fee_fixed: int | None = None,
+    platform_fee_fixed: dict[str, int] | None = None,
 ) -> Creator:
     creator, _, _ = await accounts.create_creator(
         session,

@@ -22,7 +22,7 @@ from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
-from stallholder.ledger.fees import FeePolicy
+from stallholder.ledger.fees import FeeSchedule
 from stallholder.orders import service as orders
 from stallholder.payments.gateway import Gateway
 
@@ -154,7 +154,7 @@ async def seed(
     clock: Clock,
     gateway: Gateway,
     data_dir: Path,
-    fees: FeePolicy,
+    fees: FeeSchedule,
     base_url: str,
     advance: Callable[[str], None] = lambda _: None,
 ) -> dict[str, dict[str, str]]:

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stallholder.kit.money import CARD_FIXED_FEES, MAX_FIXED_FEE, normalize_currency
+
+
+def _fixed_fees(value: dict[str, int]) -> dict[str, int]:
+    return {normalize_currency(code): amount for code, amount in value.items()}
+
+
+# Currency → minor units of that currency (STALLHOLDER_PLATFORM_FEE_FIXED='{"usd": 30}').
+FixedFees = Annotated[
+    dict[str, Annotated[int, Field(ge=0, le=MAX_FIXED_FEE)]], AfterValidator(_fixed_fees)
+]
 
 
 class Settings(BaseSettings):
@@ -26,10 +38,12 @@ class Settings(BaseSettings):
     stripe_webhook_secret: str = ""
     stripe_api_base: str = ""
     stripe_fee_bps: int = Field(default=290, ge=0, le=10_000)
-    stripe_fee_fixed: int = Field(default=30, ge=0)
+    # Fixed parts are per currency, in minor units of that currency (a JSON object such as
+    # {"usd": 30, "eur": 25}); a currency left out has no fixed part (ADR 0006).
+    stripe_fee_fixed: FixedFees = Field(default_factory=lambda: dict(CARD_FIXED_FEES))
 
     platform_fee_bps: int = Field(default=500, ge=0, le=10_000)
-    platform_fee_fixed: int = Field(default=0, ge=0)
+    platform_fee_fixed: FixedFees = Field(default_factory=dict)
 
     checkout_session_ttl_seconds: int = Field(default=30 * 60, ge=60, le=24 * 3600)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from stallholder.checkout import service as checkout
 from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
-from stallholder.ledger.fees import FeePolicy
+from stallholder.ledger.fees import FeePolicy, FeeSchedule
 from stallholder.orders import service as orders
 from stallholder.orders.models import Order, Refund
 from stallholder.payments.gateway import SandboxGateway
@@ -60,7 +60,7 @@ operations = st.lists(
 async def _run(url: str, ops: list[Sale | RefundOp], fees: list[FeePolicy]) -> None:
     database = Database(url)
     gateway = SandboxGateway()
-    default = FeePolicy(bps=500, fixed=0)
+    default = FeeSchedule(bps=500)
     try:
         async with database.unit_of_work() as session:
             creators = [
@@ -69,7 +69,7 @@ async def _run(url: str, ops: list[Sale | RefundOp], fees: list[FeePolicy]) -> N
                     now=T0,
                     name=f"Creator {i}",
                     platform_fee_bps=fee.bps,
-                    platform_fee_fixed=fee.fixed,
+                    platform_fee_fixed={"usd": fee.fixed},
                 )
                 for i, fee in enumerate(fees)
             ]

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from stallholder.kit.db import sync_url
+from stallholder.migrations import upgrade
 from stallholder.tables import metadata
+from tests.conftest import POSTGRES_URL_VARIABLE
 
 
 @pytest.fixture
@@ -22,3 +31,89 @@ def test_models_and_migrations_agree(database_url: str) -> None:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, metadata) == []
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no tables at all, on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    request.getfixturevalue("postgres_server_url")  # skips (or fails in CI) without a server
+    base = os.environ[POSTGRES_URL_VARIABLE]
+    name = f"stallholder_migrate_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(sync_url(base), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(sync_url(base)).set(database=name).render_as_string(hide_password=False)
+    yield "postgresql://" + url.split("://", 1)[1]
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_0003_gives_existing_rows_their_creator_and_keeps_a_fixed_fee_for_usd(
+    empty_database_url: str,
+) -> None:
+    upgrade(empty_database_url, "0002")
+    engine = create_engine(sync_url(empty_database_url))
+    now = "2026-03-01 12:00:00"
+    with engine.begin() as connection:
+        for creator, fixed in (("cr_a", 30), ("cr_b", None)):
+            connection.execute(
+                text(
+                    "INSERT INTO creators (id, slug, display_name, email, platform_fee_bps, "
+                    "platform_fee_fixed, receipt_counter, created_at) "
+                    "VALUES (:id, :id, 'X', 'x@example.com', NULL, :fixed, 0, :now)"
+                ),
+                {"id": creator, "fixed": fixed, "now": now},
+            )
+        connection.execute(
+            text(
+                "INSERT INTO products (id, creator_id, kind, name, description, status, "
+                "created_at, updated_at) VALUES ('prod_1', 'cr_b', 'digital', 'P', '', "
+                "'published', :now, :now)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO collections (id, creator_id, name, slug, description, created_at) "
+                "VALUES ('col_1', 'cr_b', 'C', 'c', '', :now)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO collection_products (collection_id, product_id, position) "
+                "VALUES ('col_1', 'prod_1', 0)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO journal_transactions (id, creator_id, kind, reference_id, "
+                "description, created_at) VALUES ('txn_1', 'cr_b', 'payment', 'ord_1', '', :now)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO journal_lines (transaction_id, account, currency, amount) "
+                "VALUES ('txn_1', 'platform:fees', 'usd', 5), ('txn_1', 'external:x', 'usd', -5)"
+            )
+        )
+    engine.dispose()
+
+    upgrade(empty_database_url)
+
+    engine = create_engine(sync_url(empty_database_url))
+    with engine.connect() as connection:
+        fees = connection.execute(
+            text("SELECT id, platform_fee_fixed_amounts FROM creators ORDER BY id")
+        ).all()
+        member = connection.execute(text("SELECT creator_id FROM collection_products")).all()
+        lines = connection.execute(text("SELECT creator_id FROM journal_lines")).all()
+    engine.dispose()
+    parsed = [(cid, json.loads(v) if isinstance(v, str) else v) for cid, v in fees]
+    assert parsed == [("cr_a", {"usd": 30}), ("cr_b", None)]
+    assert (member, lines) == ([("cr_b",)], [("cr_b",), ("cr_b",)])

@@ -4,7 +4,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stallholder.ledger.fees import FeePolicy, Split, payment_split, platform_fee, refund_split
+from stallholder.kit.money import Money
+from stallholder.ledger.fees import (
+    FeePolicy,
+    FeeSchedule,
+    Split,
+    payment_split,
+    platform_fee,
+    refund_split,
+)
 from stallholder.ledger.service import payment_lines, refund_lines
 from stallholder.payments.gateway import sandbox_processor_fee
 
@@ -19,8 +27,47 @@ def test_platform_fee_never_exceeds_what_the_processor_leaves() -> None:
     assert platform_fee(50, FeePolicy(bps=1000, fixed=30), processor_fee=31) == 19
 
 
-def test_sandbox_processor_fee_is_2_9_percent_plus_30() -> None:
-    assert [sandbox_processor_fee(a) for a in (3000, 300, 10, 0)] == [117, 39, 10, 0]
+def test_sandbox_processor_fee_is_2_9_percent_plus_30_cents_in_usd() -> None:
+    assert [sandbox_processor_fee(a, "usd") for a in (3000, 300, 10, 0)] == [117, 39, 10, 0]
+
+
+def test_sandbox_processor_fee_takes_its_fixed_part_in_the_charges_currency() -> None:
+    # ¥3000: 2.9% is ¥87 and JPY cards have no fixed part (not ¥30).
+    assert sandbox_processor_fee(3000, "jpy") == 87
+    # €30.00: 2.9% + 25 cents.
+    assert sandbox_processor_fee(3000, "EUR") == 112
+    # 3.000 KWD: 2.9% is 87 fils, no fixed part listed for kwd (not 0.030 KWD).
+    assert sandbox_processor_fee(3000, "kwd") == 87
+
+
+# One schedule, three currencies with 2, 0 and 3 decimals: 5% plus 30 cents, ¥0 and
+# 0.100 KWD. The fixed part is looked up in the charge's own currency, never reused.
+SCHEDULE = FeeSchedule(bps=500, fixed={"usd": 30, "jpy": 0, "kwd": 100})
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "expected_fee", "shown"),
+    [
+        (3000, "usd", 180, "$1.80"),  # $30.00: $1.50 + $0.30
+        (3000, "jpy", 150, "¥150"),  # ¥3000: ¥150, not ¥180
+        (3000, "kwd", 250, "KWD0.250"),  # 3.000 KWD: 0.150 + 0.100, not + 0.030
+        (3000, "eur", 150, "€1.50"),  # no fixed part for eur in this schedule
+    ],
+)
+def test_the_fixed_fee_is_in_minor_units_of_the_charges_currency(
+    amount: int, currency: str, expected_fee: int, shown: str
+) -> None:
+    fee = platform_fee(amount, SCHEDULE.for_currency(currency), processor_fee=0)
+    assert fee == expected_fee
+    assert Money(fee, currency).format().replace("\xa0", "") == shown
+
+
+def test_a_creators_terms_override_per_currency() -> None:
+    mine = SCHEDULE.overridden(bps=None, fixed={"JPY": 50})
+    assert mine.for_currency("jpy") == FeePolicy(bps=500, fixed=50)
+    assert mine.for_currency("usd") == FeePolicy(bps=500, fixed=30)
+    assert SCHEDULE.overridden(bps=0, fixed=None).for_currency("kwd") == FeePolicy(bps=0, fixed=100)
+    assert SCHEDULE.for_currency("KWD") == FeePolicy(bps=500, fixed=100)
 
 
 def test_split_creator_share() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import JSON, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from stallholder.kit.db import Base
@@ -17,7 +17,9 @@ class Creator(Base):
     email: Mapped[str] = mapped_column(String(320))
     # Per-creator override of the platform fee; None means the platform default.
     platform_fee_bps: Mapped[int | None] = mapped_column(default=None)
-    platform_fee_fixed: Mapped[int | None] = mapped_column(default=None)
+    # The fixed part per currency: {"usd": 30} is 30 cents on usd charges; other currencies
+    # keep the platform's fixed part (ADR 0006).
+    platform_fee_fixed_amounts: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
     receipt_counter: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime]
 

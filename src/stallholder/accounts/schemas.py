@@ -3,13 +3,15 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from functools import cache
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
-from stallholder.kit.schemas import Email, Input, Output
+from stallholder.kit.money import MAX_FIXED_FEE
+from stallholder.kit.schemas import Currency, Email, Input, Output
 
+FixedFee = Annotated[StrictInt, Field(ge=0, le=MAX_FIXED_FEE)]
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 
 
@@ -18,7 +20,8 @@ class CreatorCreate(Input):
     email: Email
     slug: str | None = Field(default=None, pattern=SLUG_PATTERN)
     platform_fee_bps: StrictInt | None = Field(default=None, ge=0, le=10_000)
-    platform_fee_fixed: StrictInt | None = Field(default=None, ge=0)
+    # Per currency, in minor units of that currency: {"usd": 30, "jpy": 0}.
+    platform_fee_fixed: dict[Currency, FixedFee] | None = Field(default=None, max_length=50)
 
 
 class CreatorOut(Output):
@@ -28,7 +31,7 @@ class CreatorOut(Output):
     display_name: str
     email: str
     platform_fee_bps: int | None
-    platform_fee_fixed: int | None
+    platform_fee_fixed: dict[str, int] | None = Field(validation_alias="platform_fee_fixed_amounts")
     created: datetime = Field(validation_alias="created_at")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -137,7 +138,7 @@ async def create_creator(
     email: str,
     slug: str | None,
     platform_fee_bps: int | None,
-    platform_fee_fixed: int | None,
+    platform_fee_fixed: Mapping[str, int] | None,
     now: datetime,
 ) -> tuple[Creator, str, str]:
     """A new creator with a fresh secret and publishable key (shown once, stored hashed).
@@ -157,7 +158,7 @@ async def create_creator(
         display_name=display_name,
         email=email,
         platform_fee_bps=platform_fee_bps,
-        platform_fee_fixed=platform_fee_fixed,
+        platform_fee_fixed_amounts=None if platform_fee_fixed is None else dict(platform_fee_fixed),
         created_at=now,
     )
     session.add(creator)

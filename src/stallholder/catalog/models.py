@@ -81,5 +81,6 @@ class CollectionProduct(Base):
     __tablename__ = "collection_products"
 
     collection_id: Mapped[str] = mapped_column(ForeignKey("collections.id"), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
     product_id: Mapped[str] = mapped_column(ForeignKey("products.id"), primary_key=True)
     position: Mapped[int] = mapped_column(default=0)

@@ -75,7 +75,7 @@ class ProductOut(Output):
 
 class Recurring(Input):
     interval: Interval
-    interval_count: StrictInt = Field(default=1, ge=1)
+    interval_count: StrictInt = Field(default=1, ge=1, le=365)
     trial_days: StrictInt = Field(default=0, ge=0, le=730)
 
     @model_validator(mode="after")

@@ -311,7 +311,12 @@ async def _set_collection_products(
     )
     for position, product_id in enumerate(product_ids):
         session.add(
-            CollectionProduct(collection_id=collection_id, product_id=product_id, position=position)
+            CollectionProduct(
+                collection_id=collection_id,
+                creator_id=creator_id,
+                product_id=product_id,
+                position=position,
+            )
         )
     await session.flush()
 

@@ -46,6 +46,7 @@ class CheckoutLineItem(Base):
     __tablename__ = "checkout_line_items"
 
     id: Mapped[SerialPK]
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
     session_id: Mapped[str] = mapped_column(ForeignKey("checkout_sessions.id"), index=True)
     position: Mapped[int]
     price_id: Mapped[str] = mapped_column(ForeignKey("prices.id"))

@@ -23,7 +23,7 @@ from stallholder.checkout.schemas import present_session
 from stallholder.events import service as events
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id, new_secret
-from stallholder.ledger.fees import FeePolicy, fees_before_charge
+from stallholder.ledger.fees import FeeSchedule, fees_before_charge
 from stallholder.orders import service as orders
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import Gateway
@@ -138,6 +138,7 @@ async def _build_lines(
         unit_amount = _unit_amount(price, line, position)
         items.append(
             CheckoutLineItem(
+                creator_id=creator_id,
                 position=position,
                 price_id=price.id,
                 product_id=product.id,
@@ -290,7 +291,7 @@ async def confirm_session(
     payment_method: str,
     client_secret: str | None,
     customer_email: str | None,
-    default_fees: FeePolicy,
+    default_fees: FeeSchedule,
     base_url: str,
     now: datetime,
 ) -> ConfirmOutcome:
@@ -340,7 +341,7 @@ async def confirm_session(
     assert creator is not None
     fees = fees_before_charge(
         checkout.amount_total,
-        orders.fee_policy_for(creator, default_fees),
+        orders.fee_policy_for(creator, default_fees, currency=checkout.currency),
         estimated_processor_fee=gateway.estimate_processor_fee(
             amount=checkout.amount_total, currency=checkout.currency
         ),

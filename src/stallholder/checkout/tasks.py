@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.checkout import service
-from stallholder.ledger.fees import FeePolicy
+from stallholder.ledger.fees import FeeSchedule
 from stallholder.payments.gateway import Gateway
 from stallholder.payments.models import PaymentAttempt
 
@@ -24,7 +24,7 @@ async def complete_authenticated_payment(
     now: datetime,
     *,
     gateway: Gateway,
-    default_fees: FeePolicy,
+    default_fees: FeeSchedule,
     base_url: str,
 ) -> str:
     """``payment_intent.succeeded`` / ``payment_failed`` from Stripe: the buyer finished

@@ -115,6 +115,7 @@ class WebhookAttempt(Base):
     __tablename__ = "webhook_attempts"
 
     id: Mapped[SerialPK]
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
     delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
     number: Mapped[int]
     attempted_at: Mapped[datetime]

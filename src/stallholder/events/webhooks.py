@@ -530,6 +530,7 @@ async def record_outcome(
     ).scalar_one()
     session.add(
         WebhookAttempt(
+            creator_id=delivery.creator_id,
             delivery_id=delivery.id,
             number=outgoing.attempt,
             attempted_at=now,

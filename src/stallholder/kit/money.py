@@ -63,6 +63,24 @@ def exponent(currency: str) -> int:
     return int(get_currency_precision(currency.upper()))
 
 
+# A fixed fee (platform or processor) is at most this many minor units of its currency.
+MAX_FIXED_FEE = 99_999_999
+
+# The fixed part of a typical card fee in each currency's own minor units (Stripe's published
+# pricing in those markets): the sandbox charges it, and the Stripe gateway estimates with it
+# unless STALLHOLDER_STRIPE_FEE_FIXED says otherwise. JPY cards carry no fixed part; a
+# currency not listed has none.
+CARD_FIXED_FEES: dict[str, int] = {
+    "usd": 30,
+    "eur": 25,
+    "gbp": 20,
+    "cad": 30,
+    "aud": 30,
+    "chf": 30,
+    "jpy": 0,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Money:
     amount: int

@@ -7,17 +7,44 @@ platform owes the creator; ``external:buyer_funds`` goes negative as buyers pay 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from stallholder.kit.money import apply_basis_points, prorate
 
 
 @dataclass(frozen=True, slots=True)
 class FeePolicy:
-    """The platform's fee: basis points of the amount plus a fixed part, in minor units."""
+    """The platform's fee on a charge in one currency: basis points of the amount plus a
+    fixed part in minor units *of that currency* (30 is $0.30, but ¥30 or 0.030 KWD)."""
 
     bps: int
     fixed: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeeSchedule:
+    """The platform's fee in every currency (ADR 0006).
+
+    The basis points apply to any amount; a fixed part only means something beside its
+    currency, so ``fixed`` maps a lower-case ISO code to minor units of that currency. A
+    currency with no entry has no fixed part: the fee is never charged in a unit that
+    was meant for another currency.
+    """
+
+    bps: int
+    fixed: Mapping[str, int] = field(default_factory=dict)
+
+    def for_currency(self, currency: str) -> FeePolicy:
+        return FeePolicy(bps=self.bps, fixed=self.fixed.get(currency.lower(), 0))
+
+    def overridden(self, *, bps: int | None, fixed: Mapping[str, int] | None) -> FeeSchedule:
+        """This schedule with a creator's own terms on top: their basis points when set, and
+        their fixed part in each currency they name (the rest keep this schedule's)."""
+        return FeeSchedule(
+            bps=self.bps if bps is None else bps,
+            fixed={**self.fixed, **{code.lower(): value for code, value in (fixed or {}).items()}},
+        )
 
 
 def platform_fee(amount: int, policy: FeePolicy, *, processor_fee: int) -> int:

@@ -32,6 +32,8 @@ class JournalLine(Base):
     __table_args__ = (Index("ix_journal_lines_account_currency", "account", "currency"),)
 
     id: Mapped[SerialPK]
+    # The transaction's creator (None for the platform's own transactions, as there).
+    creator_id: Mapped[str | None] = mapped_column(ForeignKey("creators.id"), default=None)
     transaction_id: Mapped[str] = mapped_column(ForeignKey("journal_transactions.id"), index=True)
     account: Mapped[str] = mapped_column(String(80))
     currency: Mapped[str] = mapped_column(String(3))

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
-from stallholder.ledger.fees import FeePolicy, Split
+from stallholder.ledger.fees import FeeSchedule, Split
 from stallholder.ledger.models import Balance, JournalLine, JournalTransaction
 from stallholder.settings import Settings
 
@@ -23,10 +23,10 @@ PLATFORM_FEES = "platform:fees"
 PROCESSOR_FEES = "processor:fees"
 
 
-def platform_fee_policy(settings: Settings) -> FeePolicy:
-    """The platform's fee (``STALLHOLDER_PLATFORM_FEE_BPS`` and ``_FIXED``); a creator's own
-    override is applied on top by ``orders.service.fee_policy_for``."""
-    return FeePolicy(bps=settings.platform_fee_bps, fixed=settings.platform_fee_fixed)
+def platform_fee_policy(settings: Settings) -> FeeSchedule:
+    """The platform's fee (``STALLHOLDER_PLATFORM_FEE_BPS`` and ``_FIXED``, the latter per
+    currency); a creator's own terms are applied on top by ``orders.service.fee_policy_for``."""
+    return FeeSchedule(bps=settings.platform_fee_bps, fixed=dict(settings.platform_fee_fixed))
 
 
 def creator_account(creator_id: str) -> str:
@@ -88,7 +88,12 @@ async def post(
         if line.amount == 0:
             continue
         transaction.lines.append(
-            JournalLine(account=line.account, currency=currency, amount=line.amount)
+            JournalLine(
+                creator_id=creator_id,
+                account=line.account,
+                currency=currency,
+                amount=line.amount,
+            )
         )
     session.add(transaction)
     await session.flush()

@@ -38,6 +38,7 @@ class OrderLineItem(Base):
     __tablename__ = "order_line_items"
 
     id: Mapped[SerialPK]
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
     price_id: Mapped[str] = mapped_column(String(40))
     product_id: Mapped[str] = mapped_column(String(40))

@@ -15,7 +15,7 @@ from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
 from stallholder.ledger import service as ledger
-from stallholder.ledger.fees import FeePolicy, payment_split, refund_split
+from stallholder.ledger.fees import FeePolicy, FeeSchedule, payment_split, refund_split
 from stallholder.orders.models import Order, OrderLineItem, Refund
 from stallholder.orders.schemas import order_out, refund_out
 from stallholder.payments import service as payments
@@ -53,12 +53,13 @@ class LineSpec:
         return self.unit_amount * self.quantity
 
 
-def fee_policy_for(creator: Creator, default: FeePolicy) -> FeePolicy:
-    """The platform default, overridden per creator where the creator has its own terms."""
-    return FeePolicy(
-        bps=default.bps if creator.platform_fee_bps is None else creator.platform_fee_bps,
-        fixed=default.fixed if creator.platform_fee_fixed is None else creator.platform_fee_fixed,
+def fee_policy_for(creator: Creator, default: FeeSchedule, *, currency: str) -> FeePolicy:
+    """The fee on a charge in ``currency``: the platform default, overridden where the
+    creator has its own terms (basis points, or a fixed part in that currency)."""
+    schedule = default.overridden(
+        bps=creator.platform_fee_bps, fixed=creator.platform_fee_fixed_amounts
     )
+    return schedule.for_currency(currency)
 
 
 async def _next_receipt_number(session: AsyncSession, creator: Creator) -> str:
@@ -120,6 +121,7 @@ async def create_paid_order(
         updated_at=now,
         line_items=[
             OrderLineItem(
+                creator_id=creator_id,
                 price_id=line.price_id,
                 product_id=line.product_id,
                 variant_id=line.variant_id,

@@ -8,11 +8,12 @@ a retry after a crash repeats the same call instead of making a second one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from stallholder.kit.errors import DomainError
-from stallholder.kit.money import apply_basis_points
+from stallholder.kit.money import CARD_FIXED_FEES, apply_basis_points
 
 ChargeStatus = Literal["succeeded", "requires_action", "failed"]
 
@@ -165,9 +166,10 @@ class Gateway(Protocol):
         ...
 
 
-# The sandbox's processor fee, modelled on a typical card rate: 2.9% + 30 minor units.
+# The sandbox's processor fee, modelled on a typical card rate: 2.9% plus the fixed part in
+# the charge's own currency (30 cents in usd, 25 in eur, nothing in jpy: CARD_FIXED_FEES).
 SANDBOX_FEE_BPS = 290
-SANDBOX_FEE_FIXED = 30
+SANDBOX_FEE_FIXED: Mapping[str, int] = CARD_FIXED_FEES
 
 
 def card_rate_fee(amount: int, *, bps: int, fixed: int) -> int:
@@ -175,8 +177,10 @@ def card_rate_fee(amount: int, *, bps: int, fixed: int) -> int:
     return min(amount, apply_basis_points(amount, bps) + fixed)
 
 
-def sandbox_processor_fee(amount: int) -> int:
-    return card_rate_fee(amount, bps=SANDBOX_FEE_BPS, fixed=SANDBOX_FEE_FIXED)
+def sandbox_processor_fee(amount: int, currency: str) -> int:
+    return card_rate_fee(
+        amount, bps=SANDBOX_FEE_BPS, fixed=SANDBOX_FEE_FIXED.get(currency.lower(), 0)
+    )
 
 
 _DECLINES: dict[str, tuple[str, str]] = {
@@ -210,7 +214,7 @@ class SandboxGateway:
     needs_connected_account = False
 
     def estimate_processor_fee(self, *, amount: int, currency: str) -> int:
-        return sandbox_processor_fee(amount)
+        return sandbox_processor_fee(amount, currency)
 
     async def refresh_charge(self, *, reference: str, amount: int, currency: str) -> None:
         return None
@@ -222,7 +226,7 @@ class SandboxGateway:
             return ChargeResult(
                 status="succeeded",
                 reference=reference,
-                processor_fee=sandbox_processor_fee(request.amount),
+                processor_fee=sandbox_processor_fee(request.amount, request.currency),
             )
         if token == "tok_authenticationRequired":  # noqa: S105
             return ChargeResult(

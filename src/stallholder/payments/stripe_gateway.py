@@ -13,7 +13,8 @@ Decisions (docs/integrations.md, "Switching to Stripe", says them for operators)
   0.28 deprecates with a warning on every request; ours sends it as ``content``).
 - **Processor fee**: read from the charge's balance transaction (the create call expands
   ``latest_charge.balance_transaction``); only when Stripe has none yet, or it settled in
-  another currency, the estimate (``fee_bps`` + ``fee_fixed``) stands in.
+  another currency, the estimate (``fee_bps`` + ``fee_fixed`` of the charge's currency)
+  stands in.
 - Every mutating call carries the idempotency key the caller derived from our own object
   and attempt; the SDK's network retries reuse it.
 """
@@ -31,6 +32,7 @@ import httpx
 import stripe
 
 from stallholder.kit.errors import InvalidRequest
+from stallholder.kit.money import CARD_FIXED_FEES
 from stallholder.payments.gateway import (
     ChargeRequest,
     ChargeResult,
@@ -51,7 +53,7 @@ WEBHOOK_TOLERANCE_SECONDS = 300
 INBOX_SOURCE = "stripe"
 # Stripe's standard card pricing; the operator sets their own (STALLHOLDER_STRIPE_FEE_*).
 DEFAULT_FEE_BPS = 290
-DEFAULT_FEE_FIXED = 30
+DEFAULT_FEE_FIXED: Mapping[str, int] = CARD_FIXED_FEES
 _TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError)
 
 
@@ -173,7 +175,7 @@ class StripeGateway:
         webhook_secret: str,
         api_base: str | None = None,
         fee_bps: int = DEFAULT_FEE_BPS,
-        fee_fixed: int = DEFAULT_FEE_FIXED,
+        fee_fixed: Mapping[str, int] = DEFAULT_FEE_FIXED,
         max_network_retries: int = 2,
         timeout_seconds: float = 30.0,
     ) -> None:
@@ -194,7 +196,9 @@ class StripeGateway:
         await self._http.close_async()
 
     def estimate_processor_fee(self, *, amount: int, currency: str) -> int:
-        return card_rate_fee(amount, bps=self.fee_bps, fixed=self.fee_fixed)
+        return card_rate_fee(
+            amount, bps=self.fee_bps, fixed=self.fee_fixed.get(currency.lower(), 0)
+        )
 
     # Payments ------------------------------------------------------------------------
 
