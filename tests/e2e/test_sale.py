@@ -114,3 +114,34 @@ async def test_full_refund_in_parts_reverses_everything_exactly(
     assert again.status_code == 409
     assert again.json()["type"] == "https://stallholder.dev/problems/order-already-refunded"
     assert (await _verify(database)).is_clean
+
+
+@pytest.mark.parametrize(
+    ("currency", "unit_amount", "processor_fee", "platform_fee"),
+    [
+        # $30.00: 2.9% + 30 cents = 117; 5% + the creator's 40 cents = 190
+        ("usd", 3000, 117, 190),
+        # ¥3000: 2.9% and no fixed part = 87; 5% + the creator's ¥5 = 155 (not ¥40 or ¥30)
+        ("jpy", 3000, 87, 155),
+        # 3.000 KWD: 2.9% = 87 fils; 5% and no fixed part in kwd at all = 150 (not 0.040)
+        ("kwd", 3000, 87, 150),
+    ],
+)
+async def test_fixed_fees_are_taken_in_the_sales_own_currency(
+    api: Api, currency: str, unit_amount: int, processor_fee: int, platform_fee: int
+) -> None:
+    creator = await api.creator(platform_fee_fixed={"usd": 40, "jpy": 5})
+    assert creator["platform_fee_fixed"] == {"usd": 40, "jpy": 5}
+    sk = creator["secret_key"]
+    product = await api.product(sk)
+    price = await api.price(sk, product=product["id"], unit_amount=unit_amount, currency=currency)
+    session = await api.session(sk, price=price["id"])
+    confirmed = await api.confirm(sk, session["id"])
+    order = (
+        await api.http.get(f"/v1/orders/{confirmed.json()['order']}", headers=bearer(sk))
+    ).json()
+    assert (order["currency"], order["processor_fee"], order["platform_fee"]) == (
+        currency,
+        processor_fee,
+        platform_fee,
+    )

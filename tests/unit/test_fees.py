@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from stallholder.kit.money import Money
 from stallholder.ledger.fees import (
@@ -13,8 +14,9 @@ from stallholder.ledger.fees import (
     platform_fee,
     refund_split,
 )
-from stallholder.ledger.service import payment_lines, refund_lines
+from stallholder.ledger.service import payment_lines, platform_fee_policy, refund_lines
 from stallholder.payments.gateway import sandbox_processor_fee
+from stallholder.settings import Settings
 
 
 def test_platform_fee_is_bps_plus_fixed() -> None:
@@ -140,3 +142,22 @@ def test_payment_and_refund_lines_each_sum_to_zero() -> None:
     assert sum(line.amount for line in payment_lines("cr_1", payment)) == 0
     part = refund_split(payment, refunded_before=0, amount=1000)
     assert [line.amount for line in refund_lines("cr_1", part)] == [1000, -911, -50, -39]
+
+
+def test_settings_read_fixed_fees_as_a_json_object_per_currency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STALLHOLDER_PLATFORM_FEE_FIXED", '{"USD": 30, "jpy": 0}')
+    settings = Settings()
+    assert settings.platform_fee_fixed == {"usd": 30, "jpy": 0}
+    assert settings.stripe_fee_fixed["usd"] == 30
+    assert platform_fee_policy(settings).for_currency("usd") == FeePolicy(bps=500, fixed=30)
+
+
+@pytest.mark.parametrize("value", ['{"zzz": 30}', '{"usd": -1}', '{"usd": 100000000}', "30"])
+def test_settings_refuse_a_fixed_fee_without_a_currency_or_out_of_range(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("STALLHOLDER_PLATFORM_FEE_FIXED", value)
+    with pytest.raises(ValidationError, match="platform_fee_fixed"):
+        Settings()
