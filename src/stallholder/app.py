@@ -118,12 +118,18 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with a 413 problem before anything parses them, and
-    URLs with a NUL character with a 400."""
+    """Refuse bodies over ``max_bytes`` with a 413 problem before anything parses them,
+    bodies that do not arrive within ``timeout_seconds`` with a 408, and URLs with a NUL
+    character with a 400.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    The deadline covers the whole body, not each chunk, so a client that announces
+    ``Content-Length: 100`` and sends nothing, or drips a byte at a time, holds a
+    connection for at most ``timeout_seconds``."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_seconds: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,17 +153,33 @@ class BodyLimitMiddleware:
                 return
         received = 0
         chunks: list[Message] = []
-        while True:
-            message = await receive()
-            chunks.append(message)
-            if message["type"] != "http.request":
-                break
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                await self._too_large(send)
-                return
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                while True:
+                    message = await receive()
+                    chunks.append(message)
+                    if message["type"] != "http.request":
+                        break
+                    received += len(message.get("body", b""))
+                    if received > self.max_bytes:
+                        await self._too_large(send)
+                        return
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await self._refuse(
+                send,
+                _problem(
+                    408,
+                    "request-timeout",
+                    "The request body did not arrive in time",
+                    f"the body was not complete within {self.timeout_seconds:g} seconds; "
+                    "send it with the request",
+                ),
+                # The rest of the body may still come; the connection cannot be reused.
+                close=True,
+            )
+            return
 
         async def replay() -> Message:
             if chunks:
@@ -177,16 +199,15 @@ class BodyLimitMiddleware:
             ),
         )
 
-    async def _refuse(self, send: Send, response: JSONResponse) -> None:
+    async def _refuse(self, send: Send, response: JSONResponse, *, close: bool = False) -> None:
+        headers = [
+            (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+            (b"content-length", str(len(response.body)).encode()),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
         await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": [
-                    (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                    (b"content-length", str(len(response.body)).encode()),
-                ],
-            }
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
         await send({"type": "http.response.body", "body": bytes(response.body)})
 
@@ -268,7 +289,11 @@ def create_app(
     app.add_middleware(
         IdempotencyMiddleware, database=lambda: app.state.database, clock=lambda: app.state.clock
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_seconds=settings.body_timeout_seconds,
+    )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

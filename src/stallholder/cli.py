@@ -85,6 +85,7 @@ def serve(
     import uvicorn
 
     from stallholder.app import create_app
+    from stallholder.serving import uvicorn_options
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = _settings(host=host, port=port)
@@ -99,6 +100,7 @@ def serve(
         port=port,
         log_level="info",
         access_log=False,
+        **uvicorn_options(settings),
     )
 
 

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
 
     checkout_session_ttl_seconds: int = Field(default=30 * 60, ge=60, le=24 * 3600)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # Slow clients: a request's head (line and headers) must arrive within
+    # header_timeout_seconds of the connection opening or the previous response, and its
+    # body within body_timeout_seconds of the head; otherwise a 408 (docs/api.md).
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     embedded_worker: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
 
