@@ -15,6 +15,7 @@ from stallholder.accounts.schemas import (
     CustomerCreate,
     CustomerOut,
     KeysOut,
+    creator_with_keys,
 )
 from stallholder.kit.http import NowDep, SessionDep
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -38,11 +39,7 @@ async def create_creator(
         platform_fee_fixed=body.platform_fee_fixed,
         now=now,
     )
-    return CreatorWithKeys(
-        **CreatorOut.model_validate(creator).model_dump(),
-        secret_key=secret,
-        publishable_key=publishable,
-    )
+    return creator_with_keys(creator, secret_key=secret, publishable_key=publishable)
 
 
 @router.get("/creators/{creator_id}", response_model=CreatorOut)

@@ -8,6 +8,7 @@ from zoneinfo import available_timezones
 
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
+from stallholder.accounts.models import Creator
 from stallholder.kit.money import MAX_FIXED_FEE
 from stallholder.kit.schemas import Currency, Email, Input, Output
 
@@ -81,3 +82,14 @@ class CustomerOut(Output):
 def slugify(text: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return slug[:63].strip("-") or "creator"
+
+
+def creator_with_keys(
+    creator: Creator, *, secret_key: str, publishable_key: str
+) -> CreatorWithKeys:
+    """A new creator with its keys, shown this once."""
+    return CreatorWithKeys(
+        **CreatorOut.model_validate(creator).model_dump(),
+        secret_key=secret_key,
+        publishable_key=publishable_key,
+    )

@@ -8,12 +8,11 @@ from fastapi import APIRouter, Query
 
 from stallholder.accounts.auth import AnyCreatorDep, PrincipalDep, SecretCreatorDep
 from stallholder.catalog import service
-from stallholder.catalog.models import Collection, Price
+from stallholder.catalog.models import Collection
 from stallholder.catalog.schemas import (
     CollectionCreate,
     CollectionOut,
     CollectionUpdate,
-    CustomUnitAmountOut,
     PriceCreate,
     PriceOut,
     PriceUpdate,
@@ -21,7 +20,8 @@ from stallholder.catalog.schemas import (
     ProductOut,
     ProductStatus,
     ProductUpdate,
-    RecurringOut,
+    collection_out,
+    price_out,
 )
 from stallholder.kit.http import NowDep, SessionDep
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -29,31 +29,6 @@ from stallholder.kit.schemas import ListOut
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-
-
-def price_out(price: Price) -> PriceOut:
-    return PriceOut(
-        id=price.id,
-        product=price.product_id,
-        type=price.type,
-        currency=price.currency,
-        unit_amount=price.unit_amount,
-        custom_unit_amount=None
-        if price.minimum_amount is None
-        else CustomUnitAmountOut(
-            minimum=price.minimum_amount, maximum=price.maximum_amount, preset=price.preset_amount
-        ),
-        recurring=None
-        if price.recurring_interval is None
-        else RecurringOut(
-            interval=price.recurring_interval,
-            interval_count=price.recurring_interval_count or 1,
-            trial_days=price.trial_days or 0,
-        ),
-        nickname=price.nickname,
-        active=price.is_active,
-        created=price.created_at,
-    )
 
 
 @router.post("/products", status_code=201, response_model=ProductOut)
@@ -213,13 +188,8 @@ async def update_price(
 
 
 async def _collection_out(session: SessionDep, collection: Collection) -> CollectionOut:
-    return CollectionOut(
-        id=collection.id,
-        name=collection.name,
-        slug=collection.slug,
-        description=collection.description,
-        created=collection.created_at,
-        products=await service.collection_product_ids(session, collection.id),
+    return collection_out(
+        collection, product_ids=await service.collection_product_ids(session, collection.id)
     )
 
 

@@ -6,6 +6,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, Field, StrictInt, model_validator
 
 from stallholder.accounts.schemas import SLUG_PATTERN
+from stallholder.catalog.models import Collection, Price
 from stallholder.kit.schemas import Amount, Currency, Input, Output
 
 ProductKind = Literal["digital", "physical", "service"]
@@ -175,3 +176,42 @@ class CollectionOut(BaseModel):
     description: str
     products: list[str]
     created: datetime
+
+
+# Presenters: rows as the API shows them.
+
+
+def price_out(price: Price) -> PriceOut:
+    return PriceOut(
+        id=price.id,
+        product=price.product_id,
+        type=price.type,
+        currency=price.currency,
+        unit_amount=price.unit_amount,
+        custom_unit_amount=None
+        if price.minimum_amount is None
+        else CustomUnitAmountOut(
+            minimum=price.minimum_amount, maximum=price.maximum_amount, preset=price.preset_amount
+        ),
+        recurring=None
+        if price.recurring_interval is None
+        else RecurringOut(
+            interval=price.recurring_interval,
+            interval_count=price.recurring_interval_count or 1,
+            trial_days=price.trial_days or 0,
+        ),
+        nickname=price.nickname,
+        active=price.is_active,
+        created=price.created_at,
+    )
+
+
+def collection_out(collection: Collection, *, product_ids: list[str]) -> CollectionOut:
+    return CollectionOut(
+        id=collection.id,
+        name=collection.name,
+        slug=collection.slug,
+        description=collection.description,
+        created=collection.created_at,
+        products=product_ids,
+    )

@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse
 
 from stallholder.accounts.auth import AnyCreatorDep, PrincipalDep, SecretCreatorDep
 from stallholder.checkout import service
-from stallholder.checkout.models import CheckoutLink, CheckoutSession
+from stallholder.checkout.models import CheckoutSession
 from stallholder.checkout.schemas import (
     ConfirmIn,
     LineItemIn,
@@ -19,6 +19,7 @@ from stallholder.checkout.schemas import (
     LinkUpdate,
     SessionCreate,
     SessionOut,
+    link_out,
     present_session,
 )
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep, problem_response
@@ -124,16 +125,6 @@ async def confirm_session(
     return session_out(outcome.session, settings=settings, now=now)
 
 
-def link_out(link: CheckoutLink, settings: Settings) -> LinkOut:
-    return LinkOut(
-        id=link.id,
-        url=f"{settings.base_url}/l/{link.id}",
-        active=link.is_active,
-        line_items=link.line_items,
-        created=link.created_at,
-    )
-
-
 @router.post("/checkout/links", status_code=201, response_model=LinkOut)
 async def create_link(
     body: LinkCreate,
@@ -150,7 +141,7 @@ async def create_link(
         success_url=str(body.success_url) if body.success_url else None,
         now=now,
     )
-    return link_out(link, settings)
+    return link_out(link, base_url=settings.base_url)
 
 
 @router.get("/checkout/links/{link_id}", response_model=LinkOut)
@@ -158,7 +149,8 @@ async def get_link(
     link_id: str, creator_id: SecretCreatorDep, session: SessionDep, settings: SettingsDep
 ) -> LinkOut:
     return link_out(
-        await service.get_link(session, link_id=link_id, creator_id=creator_id), settings
+        await service.get_link(session, link_id=link_id, creator_id=creator_id),
+        base_url=settings.base_url,
     )
 
 
@@ -174,7 +166,7 @@ async def update_link(
     link = await service.set_link_active(
         session, link_id=link_id, creator_id=creator_id, is_active=body.active
     )
-    return link_out(link, settings)
+    return link_out(link, base_url=settings.base_url)
 
 
 @public_router.get("/l/{link_id}", status_code=303, response_class=RedirectResponse)

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, Field, StrictInt
 
-from stallholder.checkout.models import CheckoutSession
+from stallholder.checkout.models import CheckoutLink, CheckoutSession
 from stallholder.kit.schemas import Amount, Email, Input
 
 
@@ -155,4 +155,14 @@ def present_session(checkout: CheckoutSession, *, base_url: str, status: str) ->
         else None,
         expires_at=checkout.expires_at,
         created=checkout.created_at,
+    )
+
+
+def link_out(link: CheckoutLink, *, base_url: str) -> LinkOut:
+    return LinkOut(
+        id=link.id,
+        url=f"{base_url}/l/{link.id}",
+        active=link.is_active,
+        line_items=link.line_items,
+        created=link.created_at,
     )

@@ -27,6 +27,7 @@ from stallholder.ledger.fees import FeeSchedule, fees_before_charge
 from stallholder.orders import service as orders
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import Gateway
+from stallholder.payments.schemas import attempt_payload
 
 MAX_SESSION_TOTAL = 99_999_999
 
@@ -377,7 +378,7 @@ async def confirm_session(
             creator_id=creator_id,
             type="payment.failed",
             now=now,
-            data=payments.attempt_payload(attempt),
+            data=attempt_payload(attempt),
         )
         return ConfirmOutcome(checkout, error=payments.failure_error(attempt))
 

@@ -9,11 +9,7 @@ from fastapi import APIRouter, Query
 
 from stallholder.accounts.auth import SecretCreatorDep
 from stallholder.events import service, webhooks
-from stallholder.events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from stallholder.events.schemas import (
-    AttemptOut,
-    DataOut,
-    DeliveryOut,
     EventOut,
     Redeliver,
     RotateSecret,
@@ -21,22 +17,16 @@ from stallholder.events.schemas import (
     WebhookEndpointOut,
     WebhookEndpointUpdate,
     WebhookEndpointWithSecret,
+    delivery_out,
+    endpoint_out,
+    endpoint_with_secret,
+    event_out,
 )
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
 
 router = APIRouter(prefix="/v1", tags=["events"])
-
-
-def event_out(event: Event) -> EventOut:
-    return EventOut(
-        id=event.id,
-        type=event.type,
-        api_version=event.api_version,
-        created=event.created_at,
-        data=DataOut(object=event.data),
-    )
 
 
 @router.get("/events", response_model=ListOut)
@@ -59,44 +49,6 @@ async def get_event(event_id: str, creator_id: SecretCreatorDep, session: Sessio
     return event_out(await service.get_event(session, creator_id=creator_id, event_id=event_id))
 
 
-def endpoint_out(endpoint: WebhookEndpoint) -> WebhookEndpointOut:
-    payload = webhooks.endpoint_payload(endpoint)
-    return WebhookEndpointOut(
-        **{k: v for k, v in payload.items() if k not in ("object", "created")},
-        created=endpoint.created_at,
-        secret_rotation_ends=endpoint.previous_secret_expires_at,
-    )
-
-
-def _with_secret(endpoint: WebhookEndpoint) -> WebhookEndpointWithSecret:
-    return WebhookEndpointWithSecret(
-        **endpoint_out(endpoint).model_dump(exclude={"object"}), secret=endpoint.secret
-    )
-
-
-def delivery_out(delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> DeliveryOut:
-    return DeliveryOut(
-        id=delivery.id,
-        endpoint=delivery.endpoint_id,
-        event=delivery.event_id,
-        status=delivery.status,
-        attempts=[
-            AttemptOut(
-                number=a.number,
-                attempted_at=a.attempted_at,
-                status_code=a.status_code,
-                error=a.error,
-                latency_ms=a.latency_ms,
-                response_excerpt=a.response_excerpt,
-            )
-            for a in attempts
-        ],
-        next_attempt_at=delivery.next_attempt_at if delivery.status == "pending" else None,
-        created=delivery.created_at,
-        completed_at=delivery.completed_at,
-    )
-
-
 @router.post("/webhook_endpoints", status_code=201, response_model=WebhookEndpointWithSecret)
 async def create_webhook_endpoint(
     body: WebhookEndpointCreate,
@@ -115,7 +67,7 @@ async def create_webhook_endpoint(
         allow_private=settings.allow_private_webhook_targets,
         now=now,
     )
-    return _with_secret(endpoint)
+    return endpoint_with_secret(endpoint)
 
 
 @router.get("/webhook_endpoints", response_model=ListOut)
@@ -189,7 +141,7 @@ async def rotate_webhook_secret(
     endpoint = await webhooks.rotate_secret(
         session, creator_id=creator_id, endpoint_id=endpoint_id, overlap=overlap, now=now
     )
-    return _with_secret(endpoint)
+    return endpoint_with_secret(endpoint)
 
 
 @router.get("/webhook_endpoints/{endpoint_id}/deliveries", response_model=ListOut)

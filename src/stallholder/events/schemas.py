@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from stallholder.events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from stallholder.kit.schemas import Input
 
 
@@ -77,3 +78,68 @@ class DeliveryOut(BaseModel):
     next_attempt_at: datetime | None
     created: datetime
     completed_at: datetime | None
+
+
+# Presenters: rows as the API and event payloads show them.
+
+
+def endpoint_payload(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """The endpoint as events and the API show it, without its secrets."""
+    return {
+        "object": "webhook_endpoint",
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "description": endpoint.description,
+        "events": list(endpoint.events),
+        "status": endpoint.status,
+        "disabled_reason": endpoint.disabled_reason,
+        "created": endpoint.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def event_out(event: Event) -> EventOut:
+    return EventOut(
+        id=event.id,
+        type=event.type,
+        api_version=event.api_version,
+        created=event.created_at,
+        data=DataOut(object=event.data),
+    )
+
+
+def endpoint_out(endpoint: WebhookEndpoint) -> WebhookEndpointOut:
+    payload = endpoint_payload(endpoint)
+    return WebhookEndpointOut(
+        **{k: v for k, v in payload.items() if k not in ("object", "created")},
+        created=endpoint.created_at,
+        secret_rotation_ends=endpoint.previous_secret_expires_at,
+    )
+
+
+def endpoint_with_secret(endpoint: WebhookEndpoint) -> WebhookEndpointWithSecret:
+    return WebhookEndpointWithSecret(
+        **endpoint_out(endpoint).model_dump(exclude={"object"}), secret=endpoint.secret
+    )
+
+
+def delivery_out(delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> DeliveryOut:
+    return DeliveryOut(
+        id=delivery.id,
+        endpoint=delivery.endpoint_id,
+        event=delivery.event_id,
+        status=delivery.status,
+        attempts=[
+            AttemptOut(
+                number=a.number,
+                attempted_at=a.attempted_at,
+                status_code=a.status_code,
+                error=a.error,
+                latency_ms=a.latency_ms,
+                response_excerpt=a.response_excerpt,
+            )
+            for a in attempts
+        ],
+        next_attempt_at=delivery.next_attempt_at if delivery.status == "pending" else None,
+        created=delivery.created_at,
+        completed_at=delivery.completed_at,
+    )

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events import service as events
 from stallholder.events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from stallholder.events.schemas import endpoint_payload
 from stallholder.events.types import EVENT_TYPES
 from stallholder.kit.addresses import (
     IPAddress,
@@ -575,20 +576,6 @@ async def record_outcome(
                 now=now,
             )
     await session.flush()
-
-
-def endpoint_payload(endpoint: WebhookEndpoint) -> dict[str, Any]:
-    """The endpoint as events and the API show it, without its secrets."""
-    return {
-        "object": "webhook_endpoint",
-        "id": endpoint.id,
-        "url": endpoint.url,
-        "description": endpoint.description,
-        "events": list(endpoint.events),
-        "status": endpoint.status,
-        "disabled_reason": endpoint.disabled_reason,
-        "created": endpoint.created_at.isoformat().replace("+00:00", "Z"),
-    }
 
 
 async def _disable(

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query
 from stallholder.accounts.auth import SecretCreatorDep
 from stallholder.kit.http import SessionDep
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from stallholder.kit.schemas import ListOut, MoneyOut
+from stallholder.kit.schemas import ListOut
 from stallholder.ledger import service
-from stallholder.ledger.schemas import BalanceOut, EntryOut, LineOut
+from stallholder.ledger.schemas import BalanceOut, balance_out, entry_out
 
 router = APIRouter(prefix="/v1", tags=["ledger"])
 
@@ -20,12 +20,7 @@ router = APIRouter(prefix="/v1", tags=["ledger"])
 async def get_balance(creator_id: SecretCreatorDep, session: SessionDep) -> BalanceOut:
     """What the platform owes the creator, per currency, after fees and refunds."""
     balances = await service.balances_of(session, account=service.creator_account(creator_id))
-    return BalanceOut(
-        available=[
-            MoneyOut(amount=amount, currency=currency)
-            for currency, amount in sorted(balances.items())
-        ]
-    )
+    return balance_out(balances)
 
 
 @router.get("/ledger/entries", response_model=ListOut)
@@ -39,20 +34,4 @@ async def list_entries(
     page = await service.list_transactions(
         session, creator_id=creator_id, limit=limit, starting_after=starting_after
     )
-    return ListOut(
-        has_more=page.has_more,
-        data=[
-            EntryOut(
-                id=txn.id,
-                kind=txn.kind,
-                reference=txn.reference_id,
-                description=txn.description,
-                created=txn.created_at,
-                lines=[
-                    LineOut(account=line.account, amount=line.amount, currency=line.currency)
-                    for line in txn.lines
-                ],
-            )
-            for txn in page.data
-        ],
-    )
+    return ListOut(has_more=page.has_more, data=[entry_out(txn) for txn in page.data])

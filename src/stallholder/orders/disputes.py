@@ -14,7 +14,6 @@ names) to the ledger, and ``payments`` may not import ``ledger``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,6 +22,7 @@ from stallholder.events import service as events
 from stallholder.kit.ids import new_id
 from stallholder.ledger import service as ledger
 from stallholder.orders.models import Order
+from stallholder.orders.schemas import dispute_payload
 from stallholder.payments.gateway import DisputeSnapshot
 from stallholder.payments.models import Dispute, PaymentAttempt
 
@@ -37,24 +37,6 @@ FUNDS_WITHDRAWN_STATUSES = frozenset(
 def withdrawn_for(status: str, amount: int) -> int:
     """What a dispute in ``status`` holds back from the creator."""
     return amount if status in FUNDS_WITHDRAWN_STATUSES else 0
-
-
-def dispute_payload(dispute: Dispute) -> dict[str, Any]:
-    """A dispute as event payloads show it."""
-    return {
-        "id": dispute.id,
-        "object": "dispute",
-        "order": dispute.order_id,
-        "amount": dispute.amount,
-        "currency": dispute.currency,
-        "reason": dispute.reason,
-        "status": dispute.status,
-        "amount_withdrawn": dispute.amount_withdrawn,
-        "gateway": dispute.gateway,
-        "gateway_reference": dispute.external_id,
-        "created": dispute.created_at.isoformat().replace("+00:00", "Z"),
-        "updated": dispute.updated_at.isoformat().replace("+00:00", "Z"),
-    }
 
 
 async def _order_paid_by(

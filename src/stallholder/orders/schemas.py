@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictInt
 
 from stallholder.kit.money import Money
 from stallholder.kit.schemas import Input
 from stallholder.orders.models import Order, Refund
+from stallholder.payments.models import Dispute
 
 
 class RefundCreate(Input):
@@ -118,3 +119,21 @@ def order_out(order: Order, *, merchant: str) -> OrderOut:
         ),
         created=order.created_at,
     )
+
+
+def dispute_payload(dispute: Dispute) -> dict[str, Any]:
+    """A dispute as event payloads show it."""
+    return {
+        "id": dispute.id,
+        "object": "dispute",
+        "order": dispute.order_id,
+        "amount": dispute.amount,
+        "currency": dispute.currency,
+        "reason": dispute.reason,
+        "status": dispute.status,
+        "amount_withdrawn": dispute.amount_withdrawn,
+        "gateway": dispute.gateway,
+        "gateway_reference": dispute.external_id,
+        "created": dispute.created_at.isoformat().replace("+00:00", "Z"),
+        "updated": dispute.updated_at.isoformat().replace("+00:00", "Z"),
+    }

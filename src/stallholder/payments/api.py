@@ -15,6 +15,7 @@ from stallholder.payments.schemas import (
     ConnectedAccountCreate,
     ConnectedAccountOut,
     WebhookReceivedOut,
+    connected_account_out,
 )
 from stallholder.payments.stripe_gateway import INBOX_SOURCE, StripeGateway
 
@@ -54,15 +55,7 @@ async def connect_creator(
         now=now,
     )
     response.status_code = 201 if connection.is_new else 200
-    account = connection.account
-    return ConnectedAccountOut(
-        id=account.id,
-        creator=account.creator_id,
-        gateway=account.gateway,
-        account=account.external_id,
-        onboarding_url=connection.onboarding_url,
-        created=account.created_at,
-    )
+    return connected_account_out(connection.account, onboarding_url=connection.onboarding_url)
 
 
 @router.post(

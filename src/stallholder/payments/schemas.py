@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, HttpUrl
 
 from stallholder.kit.schemas import Input
+from stallholder.payments.models import ConnectedAccount, PaymentAttempt
 
 
 class ConnectedAccountCreate(Input):
@@ -38,3 +39,33 @@ class ConnectedAccountOut(BaseModel):
 class WebhookReceivedOut(BaseModel):
     received: Literal[True] = True
     duplicate: bool
+
+
+def attempt_payload(attempt: PaymentAttempt) -> dict[str, Any]:
+    """A payment attempt as event payloads show it (never card data: only the token name)."""
+    return {
+        "id": attempt.id,
+        "object": "payment_attempt",
+        "checkout_session": attempt.checkout_session_id,
+        "attempt_number": attempt.attempt_number,
+        "amount": attempt.amount,
+        "currency": attempt.currency,
+        "status": attempt.status,
+        "decline_code": attempt.decline_code,
+        "failure_message": attempt.failure_message,
+        "gateway": attempt.gateway,
+        "created": attempt.created_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def connected_account_out(
+    account: ConnectedAccount, *, onboarding_url: str | None
+) -> ConnectedAccountOut:
+    return ConnectedAccountOut(
+        id=account.id,
+        creator=account.creator_id,
+        gateway=account.gateway,
+        account=account.external_id,
+        onboarding_url=onboarding_url,
+        created=account.created_at,
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -70,23 +69,6 @@ def check_payment_method(value: str) -> str:
             f"payment_method must be a token such as 'tok_visa' or 'pm_…', got {value[:20]!r}"
         )
     return value
-
-
-def attempt_payload(attempt: PaymentAttempt) -> dict[str, Any]:
-    """A payment attempt as event payloads show it (never card data: only the token name)."""
-    return {
-        "id": attempt.id,
-        "object": "payment_attempt",
-        "checkout_session": attempt.checkout_session_id,
-        "attempt_number": attempt.attempt_number,
-        "amount": attempt.amount,
-        "currency": attempt.currency,
-        "status": attempt.status,
-        "decline_code": attempt.decline_code,
-        "failure_message": attempt.failure_message,
-        "gateway": attempt.gateway,
-        "created": attempt.created_at.isoformat().replace("+00:00", "Z"),
-    }
 
 
 def failure_error(attempt: PaymentAttempt) -> DomainError:
