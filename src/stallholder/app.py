@@ -220,8 +220,10 @@ def create_app(
     """
     settings = settings or Settings()
     owns_gateway = gateway is None
-    payments: Gateway = gateway if gateway is not None else gateway_from_settings(settings)
     database = database or Database(settings.resolved_database_url())
+    payments: Gateway = (
+        gateway if gateway is not None else gateway_from_settings(settings, database=database)
+    )
     clock = clock or SystemClock()
     admin_key, generated = resolve_admin_key(settings.admin_key, settings.data_dir)
     if generated:

@@ -1,4 +1,5 @@
-"""API input and output of the payments domain: connected accounts and Stripe webhooks."""
+"""API input and output of the payments domain: connected accounts, saved payment methods
+and Stripe webhooks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, HttpUrl
 
-from stallholder.kit.schemas import Input
+from stallholder.kit.schemas import Input, Output
 
 
 class ConnectedAccountCreate(Input):
@@ -38,3 +39,23 @@ class ConnectedAccountOut(BaseModel):
 class WebhookReceivedOut(BaseModel):
     received: Literal[True] = True
     duplicate: bool
+
+
+class PaymentMethodCreate(Input):
+    token: str = Field(
+        min_length=1,
+        max_length=100,
+        description="A gateway token for the buyer's card (sandbox: 'tok_visa'; Stripe: a "
+        "'pm_…' from Stripe.js). Never a card number.",
+    )
+
+
+class PaymentMethodOut(Output):
+    object: Literal["payment_method"] = "payment_method"
+    id: str
+    customer: str = Field(validation_alias="customer_id")
+    type: str
+    gateway: str
+    default: bool = Field(validation_alias="is_default")
+    created: datetime = Field(validation_alias="created_at")
+    detached: datetime | None = Field(validation_alias="detached_at")

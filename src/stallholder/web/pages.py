@@ -135,11 +135,15 @@ async def pay(
     payment_method: Annotated[str, Form(max_length=100)],
     customer_email: Annotated[str | None, Form(max_length=320)] = None,
 ) -> Response:
-    """The hosted page's form: the same confirm the API runs, with the client secret."""
-    current = await checkout.get_session_by_id(session, session_id=session_id)
+    """The hosted page's form: the same confirm the API runs, with the client secret. The
+    request's ``session`` is first used after the gateway answered (no transaction is
+    open during the call)."""
+    database = request.app.state.database
+    async with database.unit_of_work() as reading:
+        current = await checkout.get_session_by_id(reading, session_id=session_id)
     try:
         outcome = await checkout.confirm_session(
-            session,
+            database,
             request.app.state.gateway,
             creator_id=current.creator_id,
             session_id=session_id,
@@ -148,7 +152,9 @@ async def pay(
             customer_email=customer_email or None,
             default_fees=ledger.platform_fee_policy(settings),
             base_url=settings.base_url,
+            resolve_after=now + settings.payment_resolve_after(),
             now=now,
+            session=session,
         )
     except DomainError as error:
         return await _render(
