@@ -351,7 +351,13 @@ async def test_after_3d_secure_the_webhook_completes_the_sale_even_past_expiry(
     assert (await _verify(database)).is_clean
     async with database.unit_of_work() as db:
         notes = (await db.execute(select(InboxEvent.last_error))).scalars().all()
-    assert notes == [f"session {session['id']} is complete (paid)"]
+        attempt = (await db.execute(select(PaymentAttempt))).scalar_one()
+    # The inbox hands the waiting charge to the attempt resolver (ADR 0006), which re-reads
+    # the PaymentIntent with no transaction open and completes the sale in the same pass.
+    assert notes == [
+        f"payment attempt {attempt.id} (checkout_session {session['id']}) is re-read now"
+    ]
+    assert (attempt.status, attempt.resolve_after) == ("succeeded", None)
 
 
 async def test_a_failed_3d_secure_is_a_402_and_another_card_can_pay(
@@ -443,8 +449,16 @@ async def test_a_stripe_outage_is_a_retryable_402_and_the_retry_is_a_new_attempt
 
 
 async def test_a_crash_after_the_charge_replays_the_same_payment_intent(
-    api: Api, database: Database, stripe_double: StripeDouble, monkeypatch: pytest.MonkeyPatch
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    stripe_double: StripeDouble,
+    stripe_gateway: StripeGateway,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Changed with ADR 0006: the retry is a 409 payment-in-progress and the worker, not the
+    retry, asks Stripe again with the same key once the attempt is due."""
     shop = await _shop(api, stripe_double)
     session = await api.session(shop.secret_key, price=shop.price)
     real = orders.create_paid_order
@@ -460,8 +474,13 @@ async def test_a_crash_after_the_charge_replays_the_same_payment_intent(
     monkeypatch.setattr(orders, "create_paid_order", crash_once)
 
     assert (await api.confirm(shop.secret_key, session["id"], "pm_card_visa")).status_code == 500
-    assert (await api.confirm(shop.secret_key, session["id"], "pm_card_visa")).status_code == 200
+    retried = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
+    assert (retried.status_code, retried.json()["type"]) == (409, PROBLEMS + "payment-in-progress")
+    clock.advance(timedelta(seconds=settings.payment_resolve_after_seconds))
+    await Worker(database, clock, settings=settings, gateway=stripe_gateway).run_once()
+    done = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
 
+    assert (done.status_code, done.json()["status"]) == (200, "complete")
     requests = stripe_double.requests_to("POST", "/v1/payment_intents")
     assert [(r.idempotency_key, r.is_replay) for r in requests] == [
         (f"{session['id']}:attempt:1", False),
@@ -471,6 +490,7 @@ async def test_a_crash_after_the_charge_replays_the_same_payment_intent(
     # 1500 less the 75 platform fee and Stripe's 2.9% + 30 = 74.
     assert stripe_double.connected_balance(shop.account) == 1351
     assert await _count(database, Order) == 1
+    assert (await _verify(database)).is_clean
 
 
 # Connect -------------------------------------------------------------------------------
