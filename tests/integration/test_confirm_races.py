@@ -5,8 +5,9 @@ outcome the worker asks the gateway again with the same idempotency key."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Coroutine
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -139,7 +140,7 @@ async def test_concurrent_refunds_never_exceed_the_capture(
     order_id = (await api.confirm(sk, session["id"])).json()["order"]
     gateway.hold = True
 
-    def refund() -> Awaitable[httpx.Response]:
+    def refund() -> Coroutine[Any, Any, httpx.Response]:
         return api.http.post(
             "/v1/refunds", headers=bearer(sk), json={"order": order_id, "amount": 600}
         )
