@@ -99,6 +99,15 @@ async def _count(database: Database, model: type[object], **filters: str) -> int
         return int((await session.execute(statement)).scalar_one())
 
 
+async def _until_at_gateway(entered: asyncio.Event, request: asyncio.Task[Any]) -> None:
+    """Wait until the request is inside the gateway call; a request that ends first (it
+    failed before reaching the gateway) fails the test instead of hanging it."""
+    at_gateway = asyncio.create_task(entered.wait())
+    await asyncio.wait({at_gateway, request}, return_when=asyncio.FIRST_COMPLETED)
+    at_gateway.cancel()
+    assert entered.is_set(), f"the request ended before the gateway call: {request.result()}"
+
+
 async def test_concurrent_confirms_charge_once(
     api: Api, database: Database, gateway: HeldGateway
 ) -> None:
@@ -110,7 +119,7 @@ async def test_concurrent_confirms_charge_once(
     gateway.hold = True
 
     first = asyncio.create_task(api.confirm(sk, session["id"]))
-    await gateway.entered.wait()
+    await _until_at_gateway(gateway.entered, first)
     others = await asyncio.gather(*(api.confirm(sk, session["id"]) for _ in range(3)))
     gateway.release.set()
     completed = await first
@@ -146,7 +155,7 @@ async def test_concurrent_refunds_never_exceed_the_capture(
         )
 
     first = asyncio.create_task(refund())
-    await gateway.entered.wait()
+    await _until_at_gateway(gateway.entered, first)
     # The first refund is at the gateway: its pending 600 already counts.
     others = await asyncio.gather(refund(), refund())
     gateway.release.set()
