@@ -25,10 +25,11 @@ from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
 from stallholder.orders import service as orders
 from stallholder.orders.models import Order
+from stallholder.payments import service as payments
 from stallholder.payments.models import Dispute, PaymentAttempt
 from stallholder.payments.stripe_gateway import StripeGateway
 from stallholder.settings import Settings
-from tests.conftest import ADMIN_KEY, Api, bearer
+from tests.conftest import ADMIN_KEY, T0, Api, bearer
 from tests.doubles.stripe_api import StripeDouble
 
 pytestmark = pytest.mark.anyio
@@ -491,6 +492,76 @@ async def test_a_crash_after_the_charge_replays_the_same_payment_intent(
     assert stripe_double.connected_balance(shop.account) == 1351
     assert await _count(database, Order) == 1
     assert (await _verify(database)).is_clean
+
+
+async def test_a_saved_payment_method_is_charged_off_session_and_detached_through_stripe(
+    api: Api, database: Database, stripe_double: StripeDouble, stripe_gateway: StripeGateway
+) -> None:
+    shop = await _shop(api, stripe_double)
+    created = await api.http.post(
+        "/v1/customers", headers=bearer(shop.secret_key), json={"email": "buyer@example.com"}
+    )
+    customer = created.json()["id"]
+    saved = await api.http.post(
+        f"/v1/customers/{customer}/payment_methods",
+        headers=bearer(shop.secret_key),
+        json={"token": "pm_card_visa"},
+    )
+    assert saved.status_code == 201, saved.text
+    assert (saved.json()["gateway"], saved.json()["default"]) == ("stripe", True)
+
+    attempt = await payments.charge_saved_method(
+        database,
+        stripe_gateway,
+        creator_id=shop.creator,
+        customer_id=customer,
+        payment_method_id=None,
+        purpose="invoice",
+        purpose_id="in_test_1",
+        amount=3000,
+        currency="usd",
+        platform_fee=150,
+        estimated_processor_fee=117,
+        resolve_after=T0 + timedelta(minutes=2),
+        now=T0,
+    )
+
+    [stripe_customer] = stripe_double.of_type("customer")
+    [intent] = stripe_double.of_type("payment_intent")
+    assert (attempt.status, attempt.gateway_reference, attempt.processor_fee) == (
+        "succeeded",
+        intent["id"],
+        117,
+    )
+    create = stripe_double.requests_to("POST", "/v1/payment_intents")[0]
+    assert (
+        create.idempotency_key,
+        create.params["customer"],
+        create.params["off_session"],
+        create.params["metadata"],
+        create.params["transfer_data"]["destination"],
+    ) == (
+        "in_test_1:attempt:1",
+        stripe_customer["id"],
+        "true",
+        {"invoice": "in_test_1", "creator": shop.creator},
+        shop.account,
+    )
+    assert stripe_double.connected_balance(shop.account) == 3000 - 267
+
+    detached = await api.http.delete(
+        f"/v1/customers/{customer}/payment_methods/{saved.json()['id']}",
+        headers=bearer(shop.secret_key),
+    )
+    assert detached.status_code == 200, detached.text
+    [method] = [
+        m for m in stripe_double.of_type("payment_method") if m["id"] == intent["payment_method"]
+    ]
+    assert method["customer"] is None
+    listed = await api.http.get(
+        f"/v1/customers/{customer}/payment_methods", headers=bearer(shop.secret_key)
+    )
+    assert listed.json()["data"] == []
 
 
 # Connect -------------------------------------------------------------------------------
