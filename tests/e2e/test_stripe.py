@@ -217,6 +217,62 @@ async def test_a_partial_refund_reverses_the_transfer_and_the_application_fee_in
     assert (await _verify(database)).is_clean
 
 
+async def test_a_refund_stripe_refuses_is_recorded_failed_and_an_outage_is_finished_later(
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    stripe_double: StripeDouble,
+    stripe_gateway: StripeGateway,
+) -> None:
+    shop = await _shop(api, stripe_double)
+    order = await _sell(api, shop)
+    stripe_double.fail_next_request(400)
+
+    refused = await api.http.post(
+        "/v1/refunds", headers=bearer(shop.secret_key), json={"order": order["id"]}
+    )
+    stripe_double.fail_next_request(503)
+    unreachable = await api.http.post(
+        "/v1/refunds", headers=bearer(shop.secret_key), json={"order": order["id"]}
+    )
+    # While the second refund is pending at Stripe, it counts against what remains.
+    meanwhile = await api.http.post(
+        "/v1/refunds", headers=bearer(shop.secret_key), json={"order": order["id"]}
+    )
+    clock.advance(timedelta(seconds=settings.payment_resolve_after_seconds))
+    await Worker(database, clock, settings=settings, gateway=stripe_gateway).run_once()
+
+    assert (refused.status_code, refused.json()["type"]) == (
+        409,
+        PROBLEMS + "payment-gateway-refused",
+    )
+    assert (unreachable.status_code, unreachable.json()["type"]) == (
+        503,
+        PROBLEMS + "payment-gateway-unavailable",
+    )
+    assert (meanwhile.status_code, meanwhile.json()["remaining"]) == (400, 0)
+    reread = (
+        await api.http.get(f"/v1/orders/{order['id']}", headers=bearer(shop.secret_key))
+    ).json()
+    refunds = sorted(reread["refunds"], key=lambda r: str(r["id"]))  # ids sort by creation
+    assert [(r["id"], r["status"], r["amount"]) for r in refunds] == [
+        (refused.json()["refund"], "failed", 3000),
+        (refunds[1]["id"], "succeeded", 3000),
+    ]
+    assert (reread["status"], reread["amount_refunded"]) == ("refunded", 3000)
+    assert [
+        (r.idempotency_key, r.status) for r in stripe_double.requests_to("POST", "/v1/refunds")
+    ] == [
+        (f"{order['id']}:refund:1", 400),
+        (f"{order['id']}:refund:2", 503),
+        (f"{order['id']}:refund:2", 200),
+    ]
+    assert len(stripe_double.of_type("refund")) == 1
+    assert await _event_types(database, "refund.") == ["refund.created"]
+    assert (await _verify(database)).is_clean
+
+
 async def test_the_platform_absorbs_a_processor_fee_other_than_the_estimate(
     api: Api,
     database: Database,
