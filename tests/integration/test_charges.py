@@ -148,6 +148,73 @@ async def test_an_off_session_charge_on_the_saved_default_method(
     assert await _sandbox_charges(database) == [("in_test_1:attempt:1", "succeeded", True, 1)]
 
 
+async def test_an_order_can_come_from_an_invoice_paid_off_session(
+    database: Database, gateway: SandboxGateway
+) -> None:
+    creator_id, customer_id = await _customer(database)
+    async with database.unit_of_work() as session:
+        price = await factories.create_price(
+            session, creator_id=creator_id, now=T0, unit_amount=1200
+        )
+    await payments.save_payment_method(
+        database, gateway, creator_id=creator_id, customer_id=customer_id, token="tok_visa", now=T0
+    )
+    attempt = await payments.charge_saved_method(
+        database,
+        gateway,
+        creator_id=creator_id,
+        customer_id=customer_id,
+        payment_method_id=None,
+        purpose="invoice",
+        purpose_id="in_test_3",
+        amount=2400,
+        currency="usd",
+        platform_fee=120,
+        estimated_processor_fee=100,
+        resolve_after=RESOLVE_AFTER,
+        now=T0,
+    )
+    line = orders.LineSpec(
+        price_id=price.id,
+        product_id=price.product_id,
+        variant_id="var_x",
+        sku="MUG",
+        description="Moon mug",
+        quantity=2,
+        unit_amount=1200,
+    )
+
+    async with database.unit_of_work() as session:
+        with pytest.raises(ValueError, match="one checkout session or one invoice"):
+            await orders.create_paid_order(
+                session,
+                creator_id=creator_id,
+                customer_id=customer_id,
+                customer_email="buyer@example.com",
+                attempt=attempt,
+                lines=[line],
+                now=T0,
+            )
+        order = await orders.create_paid_order(
+            session,
+            creator_id=creator_id,
+            customer_id=customer_id,
+            customer_email="buyer@example.com",
+            attempt=attempt,
+            lines=[line],
+            now=T0,
+            invoice_id="in_test_3",
+        )
+    async with database.unit_of_work() as session:
+        assert (order.invoice_id, order.checkout_session_id, order.amount_total) == (
+            "in_test_3",
+            None,
+            2400,
+        )
+        assert (order.platform_fee, order.processor_fee) == (120, 100)
+        assert (await ledger.verify(session)).is_clean
+
+
 async def test_charge_customer_fail_saves_fine_and_every_off_session_charge_is_declined(
     database: Database, gateway: SandboxGateway
 ) -> None:
