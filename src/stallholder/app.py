@@ -52,7 +52,9 @@ def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> J
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DomainError)
     # RFC 6750: a 401 names the scheme the client should use.
-    headers = {"WWW-Authenticate": 'Bearer realm="stallholder"'} if error.status == 401 else None
+    headers = error.headers()
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="stallholder"'
     return JSONResponse(
         error.problem(instance=request.url.path),
         status_code=error.status,

@@ -140,6 +140,27 @@ async def test_concurrent_confirms_charge_once(
         assert (await ledger.verify(db)).is_clean
 
 
+async def test_payment_in_progress_is_not_kept_as_an_idempotency_keys_outcome(
+    api: Api, database: Database, gateway: HeldGateway
+) -> None:
+    creator, price = await api.shop(unit_amount=2500)
+    sk = creator["secret_key"]
+    session = await api.session(sk, price=price["id"])
+    gateway.hold = True
+
+    first = asyncio.create_task(api.confirm(sk, session["id"]))
+    await _until_at_gateway(gateway.entered, first)
+    not_yet = await api.confirm(sk, session["id"], **{"Idempotency-Key": "buyer-retry"})
+    gateway.release.set()
+    completed = await first
+    retried = await api.confirm(sk, session["id"], **{"Idempotency-Key": "buyer-retry"})
+
+    assert (not_yet.status_code, not_yet.headers["retry-after"]) == (409, "2")
+    assert not_yet.json()["retryable"] is True
+    assert (retried.status_code, retried.json()["order"]) == (200, completed.json()["order"])
+    assert len(gateway.charges) == 1
+
+
 async def test_concurrent_refunds_never_exceed_the_capture(
     api: Api, database: Database, gateway: HeldGateway
 ) -> None:

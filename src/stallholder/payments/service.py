@@ -70,6 +70,7 @@ class PaymentProcessingError(DomainError):
 class PaymentInProgress(Conflict):
     slug = "payment-in-progress"
     title = "A payment for this is already in progress"
+    retry_after_seconds = 2
 
 
 class PaymentMethodNotFound(NotFound):
