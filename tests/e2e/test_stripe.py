@@ -6,6 +6,7 @@ Stripe signs them, go into the inbox and are handled by the worker.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from stallholder.ledger import service as ledger
 from stallholder.orders import service as orders
 from stallholder.orders.models import Order
 from stallholder.payments import service as payments
-from stallholder.payments.models import Dispute, PaymentAttempt
+from stallholder.payments.models import ConnectedAccount, Dispute, PaymentAttempt
 from stallholder.payments.stripe_gateway import StripeGateway
 from stallholder.settings import Settings
 from tests.conftest import ADMIN_KEY, T0, Api, bearer
@@ -657,6 +658,22 @@ async def test_the_admin_connects_a_creator_once_and_gets_an_onboarding_link_eac
     assert forbidden.status_code == 403
     missing = await api.http.post("/v1/creators/cr_nope/stripe_account", headers=bearer(ADMIN_KEY))
     assert missing.status_code == 404
+
+
+async def test_two_concurrent_first_connections_make_one_account(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    creator = await api.creator(email="studio@example.com")
+    path = f"/v1/creators/{creator['id']}/stripe_account"
+
+    responses = await asyncio.gather(
+        *(api.http.post(path, headers=bearer(ADMIN_KEY)) for _ in range(2))
+    )
+
+    assert sorted(r.status_code for r in responses) == [200, 201]
+    [account] = stripe_double.of_type("account")
+    assert {r.json()["account"] for r in responses} == {account["id"]}
+    assert await _count(database, ConnectedAccount) == 1
 
 
 async def test_a_creator_without_a_stripe_account_cannot_take_payments_yet(

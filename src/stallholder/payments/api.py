@@ -50,13 +50,14 @@ async def connect_creator(
     returned as it is after that (200), each time with a fresh onboarding link."""
     body = body or ConnectedAccountCreate()
     connection = await service.connect_creator(
-        session,
+        request.app.state.database,
         request.app.state.gateway,
         creator_id=creator_id,
         country=body.country,
         return_url=str(body.return_url or settings.base_url),
         refresh_url=str(body.refresh_url or settings.base_url),
         now=now,
+        session=session,
     )
     response.status_code = 201 if connection.is_new else 200
     account = connection.account

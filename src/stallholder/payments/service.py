@@ -692,8 +692,21 @@ class Connection:
     is_new: bool
 
 
+async def _connected_account(
+    session: AsyncSession, gateway: Gateway, *, creator_id: str
+) -> ConnectedAccount | None:
+    return (
+        await session.execute(
+            select(ConnectedAccount).where(
+                ConnectedAccount.creator_id == creator_id,
+                ConnectedAccount.gateway == gateway.name,
+            )
+        )
+    ).scalar_one_or_none()
+
+
 async def connect_creator(
-    session: AsyncSession,
+    database: Database,
     gateway: Gateway,
     *,
     creator_id: str,
@@ -701,51 +714,52 @@ async def connect_creator(
     return_url: str,
     refresh_url: str,
     now: datetime,
+    session: AsyncSession | None = None,
 ) -> Connection:
     """The creator's connected account at ``gateway``, created on the first call, with a
     fresh onboarding link on every call (links expire within minutes).
 
-    The creator row is locked, so two concurrent calls create one account; the creation
-    carries the key ``<creator>:connected_account:1``, so a retry after a crash gets the
-    account the first call created.
+    No transaction is open while the gateway is called (ADR 0006): the creator is read
+    first, the account created at the gateway with the key
+    ``<creator>:connected_account:1`` (so two concurrent first calls, or a retry after a
+    crash, get the same account back), and recorded under the creator's lock on
+    ``session`` when given, where a concurrent call that recorded it first wins.
 
     Raises:
         CreatorNotFound, GatewayUnavailable, GatewayRefused.
     """
-    creator = (
-        await session.execute(select(Creator).where(Creator.id == creator_id).with_for_update())
-    ).scalar_one_or_none()
-    if creator is None:
-        raise CreatorNotFound(f"no creator {creator_id!r}")
-    account = (
-        await session.execute(
-            select(ConnectedAccount).where(
-                ConnectedAccount.creator_id == creator.id,
-                ConnectedAccount.gateway == gateway.name,
-            )
-        )
-    ).scalar_one_or_none()
-    is_new = account is None
-    if account is None:
+    async with database.unit_of_work() as reading:
+        creator = await reading.get(Creator, creator_id)
+        if creator is None:
+            raise CreatorNotFound(f"no creator {creator_id!r}")
+        email = creator.email
+        existing = await _connected_account(reading, gateway, creator_id=creator_id)
+        reference = existing.external_id if existing is not None else None
+    if reference is None:
         reference = await gateway.create_connected_account(
-            email=creator.email,
+            email=email,
             country=country,
-            metadata={"creator": creator.id},
-            idempotency_key=f"{creator.id}:connected_account:1",
+            metadata={"creator": creator_id},
+            idempotency_key=f"{creator_id}:connected_account:1",
         )
+    url = await gateway.onboarding_link(
+        account_reference=reference,
+        return_url=return_url,
+        refresh_url=refresh_url,
+        idempotency_key=f"{creator_id}:account_link:{int(now.timestamp())}",
+    )
+    async with session_or_unit_of_work(database, session) as writing:
+        await writing.execute(select(Creator.id).where(Creator.id == creator_id).with_for_update())
+        account = await _connected_account(writing, gateway, creator_id=creator_id)
+        if account is not None:  # recorded before, or by a concurrent first call
+            return Connection(account=account, onboarding_url=url, is_new=False)
         account = ConnectedAccount(
             id=new_id("ca"),
-            creator_id=creator.id,
+            creator_id=creator_id,
             gateway=gateway.name,
             external_id=reference,
             created_at=now,
         )
-        session.add(account)
-        await session.flush()
-    url = await gateway.onboarding_link(
-        account_reference=account.external_id,
-        return_url=return_url,
-        refresh_url=refresh_url,
-        idempotency_key=f"{creator.id}:account_link:{int(now.timestamp())}",
-    )
-    return Connection(account=account, onboarding_url=url, is_new=is_new)
+        writing.add(account)
+        await writing.flush()
+        return Connection(account=account, onboarding_url=url, is_new=True)
