@@ -26,7 +26,7 @@ from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
 from stallholder.orders import service as orders
 from stallholder.orders.models import Order
-from stallholder.payments import service as payments
+from stallholder.payments import methods
 from stallholder.payments.models import ConnectedAccount, Dispute, PaymentAttempt
 from stallholder.payments.stripe_gateway import StripeGateway
 from stallholder.settings import Settings
@@ -567,7 +567,7 @@ async def test_a_saved_payment_method_is_charged_off_session_and_detached_throug
     assert saved.status_code == 201, saved.text
     assert (saved.json()["gateway"], saved.json()["default"]) == ("stripe", True)
 
-    attempt = await payments.charge_saved_method(
+    attempt = await methods.charge_saved_method(
         database,
         stripe_gateway,
         creator_id=shop.creator,

@@ -26,6 +26,7 @@ from stallholder.ledger import service as ledger
 from stallholder.ledger.fees import FeePolicy
 from stallholder.orders import service as orders
 from stallholder.orders.models import Order, Refund
+from stallholder.payments import methods
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import ChargeRequest, ChargeResult, SandboxGateway
 from stallholder.payments.models import PaymentAttempt, SandboxCharge
@@ -102,11 +103,11 @@ async def test_an_off_session_charge_on_the_saved_default_method(
     database: Database, gateway: SandboxGateway
 ) -> None:
     creator_id, customer_id = await _customer(database)
-    method = await payments.save_payment_method(
+    method = await methods.save_payment_method(
         database, gateway, creator_id=creator_id, customer_id=customer_id, token="tok_visa", now=T0
     )
 
-    attempt = await payments.charge_saved_method(
+    attempt = await methods.charge_saved_method(
         database,
         gateway,
         creator_id=creator_id,
@@ -156,10 +157,10 @@ async def test_an_order_can_come_from_an_invoice_paid_off_session(
         price = await factories.create_price(
             session, creator_id=creator_id, now=T0, unit_amount=1200
         )
-    await payments.save_payment_method(
+    await methods.save_payment_method(
         database, gateway, creator_id=creator_id, customer_id=customer_id, token="tok_visa", now=T0
     )
-    attempt = await payments.charge_saved_method(
+    attempt = await methods.charge_saved_method(
         database,
         gateway,
         creator_id=creator_id,
@@ -219,7 +220,7 @@ async def test_charge_customer_fail_saves_fine_and_every_off_session_charge_is_d
     database: Database, gateway: SandboxGateway
 ) -> None:
     creator_id, customer_id = await _customer(database)
-    method = await payments.save_payment_method(
+    method = await methods.save_payment_method(
         database,
         gateway,
         creator_id=creator_id,
@@ -229,7 +230,7 @@ async def test_charge_customer_fail_saves_fine_and_every_off_session_charge_is_d
     )
 
     attempts = [
-        await payments.charge_saved_method(
+        await methods.charge_saved_method(
             database,
             gateway,
             creator_id=creator_id,
@@ -263,10 +264,10 @@ async def test_a_customer_without_a_default_or_a_detached_method_cannot_be_charg
     database: Database, gateway: SandboxGateway
 ) -> None:
     creator_id, customer_id = await _customer(database)
-    method = await payments.save_payment_method(
+    method = await methods.save_payment_method(
         database, gateway, creator_id=creator_id, customer_id=customer_id, token="tok_visa", now=T0
     )
-    await payments.detach_payment_method(
+    await methods.detach_payment_method(
         database,
         gateway,
         creator_id=creator_id,
@@ -276,7 +277,7 @@ async def test_a_customer_without_a_default_or_a_detached_method_cannot_be_charg
     )
 
     def charge(payment_method_id: str | None) -> Any:
-        return payments.charge_saved_method(
+        return methods.charge_saved_method(
             database,
             gateway,
             creator_id=creator_id,
@@ -292,9 +293,9 @@ async def test_a_customer_without_a_default_or_a_detached_method_cannot_be_charg
             now=T0,
         )
 
-    with pytest.raises(payments.NoDefaultPaymentMethod):
+    with pytest.raises(methods.NoDefaultPaymentMethod):
         await charge(None)
-    with pytest.raises(payments.PaymentMethodNotFound):
+    with pytest.raises(methods.PaymentMethodNotFound):
         await charge(method.id)
     assert await _count(database, PaymentAttempt) == 0
     assert await _sandbox_charges(database) == []

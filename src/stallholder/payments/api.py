@@ -13,7 +13,7 @@ from stallholder.kit.errors import NotFound
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
-from stallholder.payments import service
+from stallholder.payments import methods, service
 from stallholder.payments.schemas import (
     ConnectedAccountCreate,
     ConnectedAccountOut,
@@ -96,7 +96,7 @@ async def save_payment_method(
 ) -> PaymentMethodOut:
     """Save a tokenised card to the customer, reusable off-session (renewals, invoices).
     The customer's first saved method becomes its default."""
-    method = await service.save_payment_method(
+    method = await methods.save_payment_method(
         request.app.state.database,
         request.app.state.gateway,
         creator_id=creator_id,
@@ -121,7 +121,7 @@ async def list_payment_methods(
     starting_after: str | None = None,
 ) -> ListOut:
     """The customer's saved (attached) payment methods, newest first."""
-    page = await service.list_payment_methods(
+    page = await methods.list_payment_methods(
         session,
         creator_id=creator_id,
         customer_id=customer_id,
@@ -148,7 +148,7 @@ async def detach_payment_method(
 ) -> PaymentMethodOut:
     """Detach a saved method at the gateway: it can no longer be charged (and is no
     longer the default). Returns it with ``detached`` set."""
-    method = await service.detach_payment_method(
+    method = await methods.detach_payment_method(
         request.app.state.database,
         request.app.state.gateway,
         creator_id=creator_id,
@@ -170,7 +170,7 @@ async def set_default_payment_method(
 ) -> PaymentMethodOut:
     """Make this the customer's default payment method: off-session charges that name no
     method use it. The previous default stops being one."""
-    method = await service.set_default_payment_method(
+    method = await methods.set_default_payment_method(
         session,
         creator_id=creator_id,
         customer_id=customer_id,
