@@ -51,7 +51,9 @@ def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> J
 async def _domain_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DomainError)
     # RFC 6750: a 401 names the scheme the client should use.
-    headers = {"WWW-Authenticate": 'Bearer realm="stallholder"'} if error.status == 401 else None
+    headers = error.headers()
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="stallholder"'
     return JSONResponse(
         error.problem(instance=request.url.path),
         status_code=error.status,
@@ -227,8 +229,10 @@ def create_app(
     """
     settings = settings or Settings()
     owns_gateway = gateway is None
-    payments: Gateway = gateway if gateway is not None else gateway_from_settings(settings)
     database = database or Database(settings.resolved_database_url())
+    payments: Gateway = (
+        gateway if gateway is not None else gateway_from_settings(settings, database=database)
+    )
     clock = clock or SystemClock()
     admin_key, generated = resolve_admin_key(settings.admin_key, settings.data_dir)
     if generated:

@@ -23,6 +23,7 @@ from stallholder.payments.config import (
     gateway_from_settings,
 )
 from stallholder.payments.gateway import Gateway, SandboxGateway
+from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.settings import Settings
 
 app = typer.Typer(help="Stallholder: commerce infrastructure for creators.", no_args_is_help=True)
@@ -45,10 +46,10 @@ def _settings(*, host: str = "127.0.0.1", port: int | None = None) -> Settings:
     return settings.model_copy(update={"base_url": f"http://{host}:{port}"})
 
 
-def _gateway(settings: Settings) -> Gateway:
+def _gateway(settings: Settings, database: Database) -> Gateway:
     """The configured payment gateway; a clear message and exit 2 when it lacks settings."""
     try:
-        return gateway_from_settings(settings)
+        return gateway_from_settings(settings, database=database)
     except GatewayMisconfigured as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(code=2) from error
@@ -113,8 +114,8 @@ def run_worker() -> None:
     settings = _settings()
 
     async def main() -> None:
-        gateway = _gateway(settings)
         database = Database(settings.resolved_database_url())
+        gateway = _gateway(settings, database)
         try:
             await Worker(database, SystemClock(), settings=settings, gateway=gateway).run(
                 poll_seconds=settings.worker_poll_seconds
@@ -149,7 +150,7 @@ def demo() -> None:
                 return await seed(
                     database,
                     clock=SystemClock(),
-                    gateway=SandboxGateway(),
+                    gateway=SandboxGateway(DatabaseChargeStore(database)),
                     data_dir=settings.data_dir,
                     base_url=settings.base_url,
                     advance=advance,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -46,6 +47,10 @@ class Settings(BaseSettings):
     platform_fee_fixed: FixedFees = Field(default_factory=dict)
 
     checkout_session_ttl_seconds: int = Field(default=30 * 60, ge=60, le=24 * 3600)
+    # A charge or refund still waiting for the gateway's answer this long after it was
+    # recorded (a crash between the call and the outcome) is resolved by the worker, which
+    # asks the gateway again with the same idempotency key. Longer than any gateway call.
+    payment_resolve_after_seconds: int = Field(default=120, ge=1)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     # Slow clients: a request's head (line and headers) must arrive within
     # header_timeout_seconds of the connection opening or the previous response, and its
@@ -71,6 +76,9 @@ class Settings(BaseSettings):
     smtp_url: str = ""
     mail_from: str = "Stallholder <no-reply@localhost>"
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    def payment_resolve_after(self) -> timedelta:
+        return timedelta(seconds=self.payment_resolve_after_seconds)
 
     def resolved_database_url(self) -> str:
         """The configured database URL, or the embedded SQLite file under ``data_dir``."""

@@ -10,8 +10,8 @@ replay of a POST by ``Idempotency-Key`` (another request under the same key is a
 signs them. It is served by uvicorn on 127.0.0.1 and the real ``stripe`` SDK talks to it.
 
 Endpoints: POST /v1/accounts, POST /v1/account_links, POST /v1/customers,
-POST /v1/payment_methods/{id}/attach, POST /v1/payment_intents, POST /v1/refunds,
-GET /v1/disputes/{id}.
+POST /v1/payment_methods/{id}/attach, POST /v1/payment_methods/{id}/detach,
+POST /v1/payment_intents, POST /v1/refunds, GET /v1/disputes/{id}.
 
 Money at the connected accounts is tracked the way destination charges move it: the
 charge's amount is transferred, the application fee comes back to the platform, and a
@@ -217,6 +217,11 @@ class StripeDouble:
                 Route(
                     "/v1/payment_methods/{id}/attach",
                     self._endpoint(self._attach_payment_method),
+                    methods=["POST"],
+                ),
+                Route(
+                    "/v1/payment_methods/{id}/detach",
+                    self._endpoint(self._detach_payment_method),
                     methods=["POST"],
                 ),
                 Route(
@@ -580,6 +585,13 @@ class StripeDouble:
             )
         customer = self._get(params["customer"], "customer", param="customer")
         card, stored = self._card(id)
+        if stored is not None and stored.get("metadata_detached"):
+            raise StripeApiError(
+                400,
+                "This PaymentMethod was previously used without being attached to a Customer "
+                "or was detached from a Customer, and may not be used again.",
+                param="payment_method",
+            )
         if stored is not None and stored["customer"] not in (None, customer["id"]):
             raise StripeApiError(
                 400,
@@ -607,9 +619,26 @@ class StripeDouble:
         self.objects[method["id"]] = method
         return self._public(method)
 
+    def _detach_payment_method(self, params: dict[str, Any], id: str) -> dict[str, Any]:
+        method = self._get(id, "payment_method", param="payment_method")
+        if method["customer"] is None:
+            raise StripeApiError(
+                400,
+                "The payment method you provided is not attached to a customer so detachment "
+                "is impossible.",
+                param="payment_method",
+            )
+        method["customer"] = None
+        method["metadata_detached"] = True
+        return self._public(method)
+
     @staticmethod
     def _public(method: dict[str, Any]) -> dict[str, Any]:
-        return {key: value for key, value in method.items() if key != "metadata_test_card"}
+        return {
+            key: value
+            for key, value in method.items()
+            if key not in ("metadata_test_card", "metadata_detached")
+        }
 
     def _create_payment_intent(self, params: dict[str, Any]) -> dict[str, Any]:
         amount = _integer(params, "amount")
@@ -675,6 +704,15 @@ class StripeDouble:
                 param="payment_method",
             )
         card, stored = (None, None) if payment_method is None else self._card(payment_method)
+        if stored is not None and stored.get("metadata_detached"):
+            raise StripeApiError(
+                400,
+                "The provided PaymentMethod was previously used with a PaymentIntent without "
+                "Customer attachment, shared with a connected account without Customer "
+                "attachment, or was detached from a Customer. It may not be used again. To use "
+                "a PaymentMethod multiple times, you must attach it to a Customer first.",
+                param="payment_method",
+            )
         if stored is not None and stored["customer"] not in (None, customer_id):
             raise StripeApiError(
                 400,

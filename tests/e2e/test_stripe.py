@@ -6,6 +6,7 @@ Stripe signs them, go into the inbox and are handled by the worker.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,10 +26,11 @@ from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
 from stallholder.orders import service as orders
 from stallholder.orders.models import Order
-from stallholder.payments.models import Dispute, PaymentAttempt
+from stallholder.payments import methods
+from stallholder.payments.models import ConnectedAccount, Dispute, PaymentAttempt
 from stallholder.payments.stripe_gateway import StripeGateway
 from stallholder.settings import Settings
-from tests.conftest import ADMIN_KEY, Api, bearer
+from tests.conftest import ADMIN_KEY, T0, Api, bearer
 from tests.doubles.stripe_api import StripeDouble
 
 pytestmark = pytest.mark.anyio
@@ -216,6 +218,62 @@ async def test_a_partial_refund_reverses_the_transfer_and_the_application_fee_in
     assert (await _verify(database)).is_clean
 
 
+async def test_a_refund_stripe_refuses_is_recorded_failed_and_an_outage_is_finished_later(
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    stripe_double: StripeDouble,
+    stripe_gateway: StripeGateway,
+) -> None:
+    shop = await _shop(api, stripe_double)
+    order = await _sell(api, shop)
+    stripe_double.fail_next_request(400)
+
+    refused = await api.http.post(
+        "/v1/refunds", headers=bearer(shop.secret_key), json={"order": order["id"]}
+    )
+    stripe_double.fail_next_request(503)
+    unreachable = await api.http.post(
+        "/v1/refunds", headers=bearer(shop.secret_key), json={"order": order["id"]}
+    )
+    # While the second refund is pending at Stripe, it counts against what remains.
+    meanwhile = await api.http.post(
+        "/v1/refunds", headers=bearer(shop.secret_key), json={"order": order["id"]}
+    )
+    clock.advance(timedelta(seconds=settings.payment_resolve_after_seconds))
+    await Worker(database, clock, settings=settings, gateway=stripe_gateway).run_once()
+
+    assert (refused.status_code, refused.json()["type"]) == (
+        409,
+        PROBLEMS + "payment-gateway-refused",
+    )
+    assert (unreachable.status_code, unreachable.json()["type"]) == (
+        503,
+        PROBLEMS + "payment-gateway-unavailable",
+    )
+    assert (meanwhile.status_code, meanwhile.json()["remaining"]) == (400, 0)
+    reread = (
+        await api.http.get(f"/v1/orders/{order['id']}", headers=bearer(shop.secret_key))
+    ).json()
+    refunds = sorted(reread["refunds"], key=lambda r: str(r["id"]))  # ids sort by creation
+    assert [(r["id"], r["status"], r["amount"]) for r in refunds] == [
+        (refused.json()["refund"], "failed", 3000),
+        (refunds[1]["id"], "succeeded", 3000),
+    ]
+    assert (reread["status"], reread["amount_refunded"]) == ("refunded", 3000)
+    assert [
+        (r.idempotency_key, r.status) for r in stripe_double.requests_to("POST", "/v1/refunds")
+    ] == [
+        (f"{order['id']}:refund:1", 400),
+        (f"{order['id']}:refund:2", 503),
+        (f"{order['id']}:refund:2", 200),
+    ]
+    assert len(stripe_double.of_type("refund")) == 1
+    assert await _event_types(database, "refund.") == ["refund.created"]
+    assert (await _verify(database)).is_clean
+
+
 async def test_the_platform_absorbs_a_processor_fee_other_than_the_estimate(
     api: Api,
     database: Database,
@@ -351,7 +409,13 @@ async def test_after_3d_secure_the_webhook_completes_the_sale_even_past_expiry(
     assert (await _verify(database)).is_clean
     async with database.unit_of_work() as db:
         notes = (await db.execute(select(InboxEvent.last_error))).scalars().all()
-    assert notes == [f"session {session['id']} is complete (paid)"]
+        attempt = (await db.execute(select(PaymentAttempt))).scalar_one()
+    # The inbox hands the waiting charge to the attempt resolver (ADR 0007), which re-reads
+    # the PaymentIntent with no transaction open and completes the sale in the same pass.
+    assert notes == [
+        f"payment attempt {attempt.id} (checkout_session {session['id']}) is re-read now"
+    ]
+    assert (attempt.status, attempt.resolve_after) == ("succeeded", None)
 
 
 async def test_a_failed_3d_secure_is_a_402_and_another_card_can_pay(
@@ -443,8 +507,16 @@ async def test_a_stripe_outage_is_a_retryable_402_and_the_retry_is_a_new_attempt
 
 
 async def test_a_crash_after_the_charge_replays_the_same_payment_intent(
-    api: Api, database: Database, stripe_double: StripeDouble, monkeypatch: pytest.MonkeyPatch
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    stripe_double: StripeDouble,
+    stripe_gateway: StripeGateway,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Changed with ADR 0007: the retry is a 409 payment-in-progress and the worker, not the
+    retry, asks Stripe again with the same key once the attempt is due."""
     shop = await _shop(api, stripe_double)
     session = await api.session(shop.secret_key, price=shop.price)
     real = orders.create_paid_order
@@ -460,8 +532,13 @@ async def test_a_crash_after_the_charge_replays_the_same_payment_intent(
     monkeypatch.setattr(orders, "create_paid_order", crash_once)
 
     assert (await api.confirm(shop.secret_key, session["id"], "pm_card_visa")).status_code == 500
-    assert (await api.confirm(shop.secret_key, session["id"], "pm_card_visa")).status_code == 200
+    retried = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
+    assert (retried.status_code, retried.json()["type"]) == (409, PROBLEMS + "payment-in-progress")
+    clock.advance(timedelta(seconds=settings.payment_resolve_after_seconds))
+    await Worker(database, clock, settings=settings, gateway=stripe_gateway).run_once()
+    done = await api.confirm(shop.secret_key, session["id"], "pm_card_visa")
 
+    assert (done.status_code, done.json()["status"]) == (200, "complete")
     requests = stripe_double.requests_to("POST", "/v1/payment_intents")
     assert [(r.idempotency_key, r.is_replay) for r in requests] == [
         (f"{session['id']}:attempt:1", False),
@@ -471,6 +548,77 @@ async def test_a_crash_after_the_charge_replays_the_same_payment_intent(
     # 1500 less the 75 platform fee and Stripe's 2.9% + 30 = 74.
     assert stripe_double.connected_balance(shop.account) == 1351
     assert await _count(database, Order) == 1
+    assert (await _verify(database)).is_clean
+
+
+async def test_a_saved_payment_method_is_charged_off_session_and_detached_through_stripe(
+    api: Api, database: Database, stripe_double: StripeDouble, stripe_gateway: StripeGateway
+) -> None:
+    shop = await _shop(api, stripe_double)
+    created = await api.http.post(
+        "/v1/customers", headers=bearer(shop.secret_key), json={"email": "buyer@example.com"}
+    )
+    customer = created.json()["id"]
+    saved = await api.http.post(
+        f"/v1/customers/{customer}/payment_methods",
+        headers=bearer(shop.secret_key),
+        json={"token": "pm_card_visa"},
+    )
+    assert saved.status_code == 201, saved.text
+    assert (saved.json()["gateway"], saved.json()["default"]) == ("stripe", True)
+
+    attempt = await methods.charge_saved_method(
+        database,
+        stripe_gateway,
+        creator_id=shop.creator,
+        customer_id=customer,
+        payment_method_id=None,
+        purpose="invoice",
+        purpose_id="in_test_1",
+        amount=3000,
+        currency="usd",
+        platform_fee=150,
+        estimated_processor_fee=117,
+        resolve_after=T0 + timedelta(minutes=2),
+        now=T0,
+    )
+
+    [stripe_customer] = stripe_double.of_type("customer")
+    [intent] = stripe_double.of_type("payment_intent")
+    assert (attempt.status, attempt.gateway_reference, attempt.processor_fee) == (
+        "succeeded",
+        intent["id"],
+        117,
+    )
+    create = stripe_double.requests_to("POST", "/v1/payment_intents")[0]
+    assert (
+        create.idempotency_key,
+        create.params["customer"],
+        create.params["off_session"],
+        create.params["metadata"],
+        create.params["transfer_data"]["destination"],
+    ) == (
+        "in_test_1:attempt:1",
+        stripe_customer["id"],
+        "true",
+        {"invoice": "in_test_1", "creator": shop.creator},
+        shop.account,
+    )
+    assert stripe_double.connected_balance(shop.account) == 3000 - 267
+
+    detached = await api.http.delete(
+        f"/v1/customers/{customer}/payment_methods/{saved.json()['id']}",
+        headers=bearer(shop.secret_key),
+    )
+    assert detached.status_code == 200, detached.text
+    [method] = [
+        m for m in stripe_double.of_type("payment_method") if m["id"] == intent["payment_method"]
+    ]
+    assert method["customer"] is None
+    listed = await api.http.get(
+        f"/v1/customers/{customer}/payment_methods", headers=bearer(shop.secret_key)
+    )
+    assert listed.json()["data"] == []
 
 
 # Connect -------------------------------------------------------------------------------
@@ -510,6 +658,22 @@ async def test_the_admin_connects_a_creator_once_and_gets_an_onboarding_link_eac
     assert forbidden.status_code == 403
     missing = await api.http.post("/v1/creators/cr_nope/stripe_account", headers=bearer(ADMIN_KEY))
     assert missing.status_code == 404
+
+
+async def test_two_concurrent_first_connections_make_one_account(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    creator = await api.creator(email="studio@example.com")
+    path = f"/v1/creators/{creator['id']}/stripe_account"
+
+    responses = await asyncio.gather(
+        *(api.http.post(path, headers=bearer(ADMIN_KEY)) for _ in range(2))
+    )
+
+    assert sorted(r.status_code for r in responses) == [200, 201]
+    [account] = stripe_double.of_type("account")
+    assert {r.json()["account"] for r in responses} == {account["id"]}
+    assert await _count(database, ConnectedAccount) == 1
 
 
 async def test_a_creator_without_a_stripe_account_cannot_take_payments_yet(

@@ -4,6 +4,7 @@ never exceed captures, and each creator's balance is exactly its share."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from dataclasses import dataclass
 from datetime import timedelta
@@ -75,9 +76,9 @@ async def _run(url: str, ops: list[Sale | RefundOp], fees: list[FeePolicy]) -> N
             ]
         order_ids: list[tuple[str, str]] = []
         for op in ops:
-            async with database.unit_of_work() as session:
-                if isinstance(op, Sale):
-                    creator = creators[op.creator]
+            if isinstance(op, Sale):
+                creator = creators[op.creator]
+                async with database.unit_of_work() as session:
                     price = await factories.create_price(
                         session,
                         creator_id=creator.id,
@@ -92,36 +93,36 @@ async def _run(url: str, ops: list[Sale | RefundOp], fees: list[FeePolicy]) -> N
                         now=T0,
                         quantity=op.quantity,
                     )
-                    outcome = await checkout.confirm_session(
-                        session,
-                        gateway,
-                        creator_id=creator.id,
-                        session_id=sale.id,
-                        payment_method="tok_visa",
-                        client_secret=None,
-                        customer_email=None,
-                        default_fees=default,
-                        base_url="http://testserver",
-                        now=T0,
-                    )
-                    assert outcome.session.order_id is not None
-                    order_ids.append((creator.id, outcome.session.order_id))
-                    continue
+                outcome = await checkout.confirm_session(
+                    database,
+                    gateway,
+                    creator_id=creator.id,
+                    session_id=sale.id,
+                    payment_method="tok_visa",
+                    client_secret=None,
+                    customer_email=None,
+                    default_fees=default,
+                    base_url="http://testserver",
+                    resolve_after=T0 + timedelta(minutes=2),
+                    now=T0,
+                )
+                assert outcome.session.order_id is not None
+                order_ids.append((creator.id, outcome.session.order_id))
+                continue
             if isinstance(op, RefundOp) and order_ids:
                 creator_id, order_id = order_ids[op.order % len(order_ids)]
-                try:
-                    async with database.unit_of_work() as session:
-                        await orders.create_refund(
-                            session,
-                            gateway,
-                            creator_id=creator_id,
-                            order_id=order_id,
-                            amount=op.amount,
-                            reason=None,
-                            now=T0 + timedelta(seconds=1),
-                        )
-                except (orders.RefundTooLarge, orders.OrderFullyRefunded):
-                    pass  # refused, and nothing may have changed: checked below
+                # A refused refund may change nothing: checked below.
+                with contextlib.suppress(orders.RefundTooLarge, orders.OrderFullyRefunded):
+                    await orders.create_refund(
+                        database,
+                        gateway,
+                        creator_id=creator_id,
+                        order_id=order_id,
+                        amount=op.amount,
+                        reason=None,
+                        resolve_after=T0 + timedelta(minutes=2),
+                        now=T0 + timedelta(seconds=1),
+                    )
 
         async with database.unit_of_work() as session:
             report = await ledger.verify(session)

@@ -117,3 +117,40 @@ def test_0003_gives_existing_rows_their_creator_and_keeps_a_fixed_fee_for_usd(
     parsed = [(cid, json.loads(v) if isinstance(v, str) else v) for cid, v in fees]
     assert parsed == [("cr_a", {"usd": 30}), ("cr_b", None)]
     assert (member, lines) == ([("cr_b",)], [("cr_b",), ("cr_b",)])
+
+
+def test_payment_attempts_from_before_purposes_become_checkout_session_charges(
+    empty_database_url: str,
+) -> None:
+    """0004's data step: every attempt recorded before charges had a purpose was for a
+    checkout session. (Kept when 0004 is regenerated from the models.)"""
+    fresh = empty_database_url
+    upgrade(fresh, "0003")
+    engine = create_engine(sync_url(fresh))
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO creators (id, slug, display_name, email, receipt_counter, "
+                "created_at) VALUES ('cr_1', 'kiln', 'Kiln', 'k@example.com', 0, "
+                "'2026-03-01 12:00:00')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO payment_attempts (id, creator_id, checkout_session_id, "
+                "attempt_number, gateway, idempotency_key, payment_method, amount, currency, "
+                "status, processor_fee, created_at) VALUES ('pay_1', 'cr_1', 'cs_1', 1, "
+                "'sandbox', 'cs_1:attempt:1', 'tok_visa', 4800, 'usd', 'succeeded', 169, "
+                "'2026-03-01 12:00:00')"
+            )
+        )
+    upgrade(fresh)
+    with engine.connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT purpose, purpose_id, attempt_number, is_off_session, resolve_after "
+                "FROM payment_attempts"
+            )
+        ).one()
+    engine.dispose()
+    assert tuple(row) == ("checkout_session", "cs_1", 1, False, None)

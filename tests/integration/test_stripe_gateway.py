@@ -402,3 +402,56 @@ async def test_the_sandbox_saves_tokens_and_charges_them_off_session() -> None:
             payment_method="tok_chargeDeclined",
             idempotency_key="cus_1:payment_method:2",
         )
+
+
+async def test_a_detached_payment_method_cannot_be_charged_again(
+    stripe_gateway: StripeGateway, stripe_double: StripeDouble
+) -> None:
+    account = await _account(stripe_gateway, stripe_double)
+    saved = await stripe_gateway.save_payment_method(
+        customer_reference=None,
+        email="buyer@example.com",
+        payment_method="pm_card_visa",
+        idempotency_key="pm_1:save",
+    )
+
+    await stripe_gateway.detach_payment_method(payment_method=saved.payment_method)
+    result = await stripe_gateway.charge_off_session(
+        _request(account, payment_method=saved.payment_method, key="in_1:attempt:1"),
+        customer_reference=saved.customer_reference,
+    )
+
+    assert stripe_double.objects[saved.payment_method]["customer"] is None
+    assert (result.status, result.decline_code) == ("failed", "invalid_payment_method")
+    assert stripe_double.of_type("payment_intent") == []
+    with pytest.raises(GatewayRefused) as refused:
+        await stripe_gateway.detach_payment_method(payment_method=saved.payment_method)
+    assert "not attached to a customer" in refused.value.detail
+
+
+async def test_the_sandbox_declines_every_charge_on_charge_customer_fail_once_saved() -> None:
+    gateway = SandboxGateway()
+    saved = await gateway.save_payment_method(
+        customer_reference=None,
+        email="buyer@example.com",
+        payment_method="tok_chargeCustomerFail",
+        idempotency_key="pm_1:save",
+    )
+
+    off_session = await gateway.charge_off_session(
+        ChargeRequest(
+            amount=3000,
+            currency="usd",
+            payment_method=saved.payment_method,
+            idempotency_key="in_1:attempt:1",
+        ),
+        customer_reference=saved.customer_reference,
+    )
+
+    assert saved.payment_method == "tok_chargeCustomerFail"
+    assert off_session == ChargeResult(
+        status="failed",
+        reference=None,
+        decline_code="card_declined",
+        message="The card was declined.",
+    )

@@ -7,15 +7,20 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from stallholder.accounts.service import Principal, PublishableKeyNotAllowed, authenticate
+from stallholder.kit.db import Database
 from stallholder.kit.errors import Forbidden
-from stallholder.kit.http import SessionDep
 
 
-async def get_principal(request: Request, session: SessionDep) -> Principal:
+async def get_principal(request: Request) -> Principal:
+    """Who is calling, looked up in a short unit of work of its own: the request's unit
+    of work is not opened by authentication, so an endpoint that calls a payment gateway
+    first (confirm, refund) holds no transaction during the call (ADR 0007)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else None
-    principal = await authenticate(session, token=bearer, admin_key=request.app.state.admin_key)
+    database: Database = request.app.state.database
+    async with database.unit_of_work() as session:
+        principal = await authenticate(session, token=bearer, admin_key=request.app.state.admin_key)
     request.state.principal = principal
     return principal
 

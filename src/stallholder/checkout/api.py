@@ -93,7 +93,10 @@ async def get_session(
 @router.post(
     "/checkout/sessions/{session_id}/confirm",
     response_model=SessionOut,
-    responses={402: {"description": "The payment was declined or failed"}},
+    responses={
+        402: {"description": "The payment was declined or failed"},
+        409: {"description": "The session expired, or its payment is still in progress"},
+    },
 )
 async def confirm_session(
     session_id: str,
@@ -105,11 +108,17 @@ async def confirm_session(
     settings: SettingsDep,
     now: NowDep,
 ) -> Any:
-    """Pay with a token. Safe to retry: a complete session is returned as it is."""
+    """Pay with a token. Safe to retry: a complete session is returned as it is, and a
+    confirm that finds this session's payment still waiting for the gateway is a 409
+    ``payment-in-progress`` (nothing is charged again; retry for the outcome).
+
+    No transaction is open while the gateway is called: the attempt is recorded in a
+    unit of work of its own, and ``session`` (the request's unit of work) is first used
+    for the outcome, after the gateway answered."""
     if principal.kind == "publishable" and not body.client_secret:
         raise service.SessionNotFound(f"no checkout session {session_id!r}")
     outcome = await service.confirm_session(
-        session,
+        request.app.state.database,
         request.app.state.gateway,
         creator_id=creator_id,
         session_id=session_id,
@@ -118,7 +127,9 @@ async def confirm_session(
         customer_email=body.customer_email,
         default_fees=ledger.platform_fee_policy(settings),
         base_url=settings.base_url,
+        resolve_after=now + settings.payment_resolve_after(),
         now=now,
+        session=session,
     )
     if outcome.error is not None:
         return problem_response(outcome.error, instance=f"/v1/checkout/sessions/{session_id}")

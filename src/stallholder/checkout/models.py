@@ -16,7 +16,7 @@ class CheckoutSession(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
     status: Mapped[str] = mapped_column(String(16))  # open | complete | expired
-    # unpaid | requires_action | paid
+    # unpaid | processing (the gateway is being asked) | requires_action | paid
     payment_status: Mapped[str] = mapped_column(String(24), default="unpaid")
     client_secret: Mapped[str] = mapped_column(String(100))
     customer_id: Mapped[str | None] = mapped_column(ForeignKey("customers.id"), default=None)

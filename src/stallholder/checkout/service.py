@@ -1,9 +1,16 @@
 """Checkout sessions: open → complete | expired, and checkout links that open them.
 
-Confirming is safe to repeat and to race. The session row is locked for the whole
-confirm (``SELECT … FOR UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` on SQLite), and a
-session that is already complete returns as it is, so two confirms make one charge and
-one order.
+Confirming is safe to repeat and to race, and never holds a transaction or a lock while
+the gateway is called (ADR 0007). It runs in three steps:
+
+1. ``begin_confirm`` (short transaction, session row locked): validate and record the
+   payment attempt as ``processing``. A confirm that finds an attempt ``processing`` is
+   a 409 ``payment-in-progress``; one that finds the session complete returns it.
+2. ``payments.call_gateway`` with no transaction open.
+3. ``finish_confirm`` (short transaction, session row locked again): record the
+   outcome, and on success complete the sale (order, ledger, events). Only the caller
+   whose conditional update records the outcome completes it, so the sale happens once
+   whether the buyer's request, a second confirm or the worker gets there first.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import present_session
 from stallholder.events import service as events
+from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id, new_secret
 from stallholder.ledger.fees import FeeSchedule, fees_before_charge
 from stallholder.orders import service as orders
 from stallholder.payments import service as payments
-from stallholder.payments.gateway import Gateway
+from stallholder.payments.gateway import ChargeResult, Gateway
+from stallholder.payments.models import PaymentAttempt
 from stallholder.payments.schemas import attempt_payload
 
 MAX_SESSION_TOTAL = 99_999_999
@@ -77,7 +86,8 @@ class LineRequest:
 
 @dataclass(frozen=True, slots=True)
 class ConfirmOutcome:
-    """The session after a confirm, and the payment error to report if it failed."""
+    """The session after a confirm, and the payment error to report if it failed (or is
+    still in progress)."""
 
     session: CheckoutSession
     error: DomainError | None = None
@@ -283,7 +293,19 @@ async def get_session(
     return checkout
 
 
-async def confirm_session(
+@dataclass(frozen=True, slots=True)
+class ConfirmStart:
+    """What step 1 decided: the gateway call to make, or None when there is nothing to
+    charge (the session is complete)."""
+
+    session: CheckoutSession
+    call: payments.GatewayCall | None
+
+
+PURPOSE: payments.Purpose = "checkout_session"
+
+
+async def begin_confirm(
     session: AsyncSession,
     gateway: Gateway,
     *,
@@ -293,17 +315,18 @@ async def confirm_session(
     client_secret: str | None,
     customer_email: str | None,
     default_fees: FeeSchedule,
-    base_url: str,
+    resolve_after: datetime,
     now: datetime,
-) -> ConfirmOutcome:
-    """Pay for an open session. Idempotent: a complete session comes back unchanged.
-
-    A failed payment is recorded and returned as ``ConfirmOutcome.error`` rather than
-    raised, so the attempt is committed with the unit of work.
+) -> ConfirmStart:
+    """Step 1 of a confirm, under the session's lock: validate, then record the attempt as
+    ``processing`` (its number and idempotency key are fixed here) and return the gateway
+    call to make. A charge waiting for 3-D Secure is re-read instead (the buyer may have
+    authenticated in the browser since), and while it waits the new payment method is not
+    used, so one session never holds two live charges.
 
     Raises:
-        SessionNotFound, SessionExpired, EmailRequired, CardNumberRejected, InvalidPaymentMethod,
-        CreatorNotConnected.
+        SessionNotFound, SessionExpired, EmailRequired, CardNumberRejected,
+        InvalidPaymentMethod, CreatorNotConnected, PaymentInProgress.
     """
     payments.check_payment_method(payment_method)
     checkout = await get_session(
@@ -314,21 +337,19 @@ async def confirm_session(
         for_update=True,
     )
     if checkout.status == "complete":
-        return ConfirmOutcome(checkout)
-    # A charge waiting for 3-D Secure is re-read, never charged again: the buyer may have
-    # authenticated it in the browser (Stripe.js) since. While it still waits, the new
-    # payment_method is not used, so one session can never hold two live charges. A charge
-    # that succeeded completes the sale even past expiry: the buyer has paid.
-    resumed = await payments.resume_pending_charge(
-        session, gateway, checkout_session_id=checkout.id
+        return ConfirmStart(checkout, None)
+    latest = await payments.latest_attempt(session, purpose=PURPOSE, purpose_id=checkout.id)
+    if latest is not None and latest.status == "processing":
+        raise payments.in_progress_error(latest)
+    is_waiting = (
+        latest is not None
+        and latest.status == "requires_action"
+        and latest.gateway_reference is not None
     )
-    is_paid = resumed is not None and resumed.status == "succeeded"
-    if not is_paid and effective_status(checkout, now) == "expired":
-        raise SessionExpired(
-            f"checkout session {session_id} expired at "
-            f"{checkout.expires_at.isoformat()}; create a new one",
-            expired_at=checkout.expires_at.isoformat(),
-        )
+    # A charge waiting for authentication may have succeeded: it completes the sale even
+    # past expiry (the buyer has paid), so expiry is judged on its outcome (step 3).
+    if not is_waiting and effective_status(checkout, now) == "expired":
+        raise _expired(checkout)
     if customer_email is not None and checkout.customer_id is None:
         checkout.customer_email = customer_email
     if not checkout.customer_email:
@@ -336,6 +357,10 @@ async def confirm_session(
             "this session has no customer; send customer_email with the confirm "
             "so the buyer gets a receipt"
         )
+    if is_waiting:
+        assert latest is not None
+        await session.flush()
+        return ConfirmStart(checkout, payments.gateway_call_for(latest))
     # The fees are fixed before charging: the gateway keeps the platform's side of the
     # charge (Stripe's application_fee_amount) and the order records the same numbers.
     creator = await session.get(Creator, creator_id)
@@ -347,25 +372,65 @@ async def confirm_session(
             amount=checkout.amount_total, currency=checkout.currency
         ),
     )
-    attempt = resumed
-    if attempt is None:
-        attempt = await payments.charge(
-            session,
-            gateway,
-            creator_id=creator_id,
-            checkout_session_id=checkout.id,
-            amount=checkout.amount_total,
-            currency=checkout.currency,
-            payment_method=payment_method,
-            platform_fee=fees.platform_fee,
-            estimated_processor_fee=fees.estimated_processor_fee,
-            now=now,
+    attempt = await payments.begin_attempt(
+        session,
+        gateway,
+        creator_id=creator_id,
+        purpose=PURPOSE,
+        purpose_id=checkout.id,
+        amount=checkout.amount_total,
+        currency=checkout.currency,
+        payment_method=payment_method,
+        platform_fee=fees.platform_fee,
+        estimated_processor_fee=fees.estimated_processor_fee,
+        resolve_after=resolve_after,
+        now=now,
+    )
+    checkout.payment_status = "processing"
+    checkout.payment_action_secret = None
+    await session.flush()
+    return ConfirmStart(checkout, payments.gateway_call_for(attempt))
+
+
+def _expired(checkout: CheckoutSession) -> SessionExpired:
+    return SessionExpired(
+        f"checkout session {checkout.id} expired at "
+        f"{checkout.expires_at.isoformat()}; create a new one",
+        expired_at=checkout.expires_at.isoformat(),
+    )
+
+
+async def finish_confirm(
+    session: AsyncSession,
+    *,
+    call: payments.GatewayCall,
+    result: ChargeResult,
+    base_url: str,
+    now: datetime,
+) -> ConfirmOutcome:
+    """Step 3 of a confirm, under the session's lock: record the gateway's answer and, when
+    it is a success, complete the sale. Idempotent: when the attempt was already recorded
+    (by another confirm or the worker) nothing happens again and the session is reported
+    as it stands. Used by the worker too, for attempts a crash left ``processing``.
+
+    A failed payment is returned as ``ConfirmOutcome.error`` rather than raised, so the
+    attempt and its event commit with the unit of work.
+    """
+    checkout = (
+        await session.execute(
+            select(CheckoutSession).where(CheckoutSession.id == call.purpose_id).with_for_update()
         )
-        checkout.payment_action_secret = attempt.action_secret
+    ).scalar_one()
+    attempt = await payments.record_outcome(session, call=call, result=result)
+    if attempt is None:
+        return await _outcome_as_it_stands(session, checkout)
     if attempt.status == "requires_action":
         checkout.payment_status = "requires_action"
+        checkout.payment_action_secret = attempt.action_secret
         checkout.last_error_code, checkout.last_error_message = None, None
         await session.flush()
+        if effective_status(checkout, now) == "expired":
+            return ConfirmOutcome(checkout, error=_expired(checkout))
         return ConfirmOutcome(checkout)
     checkout.payment_action_secret = None
     if attempt.status == "failed":
@@ -375,14 +440,38 @@ async def confirm_session(
         await session.flush()
         await events.emit(
             session,
-            creator_id=creator_id,
+            creator_id=checkout.creator_id,
             type="payment.failed",
             now=now,
             data=attempt_payload(attempt),
         )
         return ConfirmOutcome(checkout, error=payments.failure_error(attempt))
+    await _complete_sale(session, checkout=checkout, attempt=attempt, base_url=base_url, now=now)
+    return ConfirmOutcome(checkout)
 
+
+async def _outcome_as_it_stands(session: AsyncSession, checkout: CheckoutSession) -> ConfirmOutcome:
+    if checkout.status == "complete":
+        return ConfirmOutcome(checkout)
+    latest = await payments.latest_attempt(session, purpose=PURPOSE, purpose_id=checkout.id)
+    if latest is not None and latest.status == "processing":
+        return ConfirmOutcome(checkout, error=payments.in_progress_error(latest))
+    if latest is not None and latest.status == "failed":
+        return ConfirmOutcome(checkout, error=payments.failure_error(latest))
+    return ConfirmOutcome(checkout)
+
+
+async def _complete_sale(
+    session: AsyncSession,
+    *,
+    checkout: CheckoutSession,
+    attempt: PaymentAttempt,
+    base_url: str,
+    now: datetime,
+) -> None:
+    creator_id = checkout.creator_id
     email = checkout.customer_email
+    assert email is not None
     if checkout.customer_id is None:
         customer = await accounts.customer_for_email(
             session, creator_id=creator_id, email=email, now=now
@@ -426,7 +515,54 @@ async def confirm_session(
             mode="json", exclude={"client_secret"}
         ),
     )
-    return ConfirmOutcome(checkout)
+
+
+async def confirm_session(
+    database: Database,
+    gateway: Gateway,
+    *,
+    creator_id: str,
+    session_id: str,
+    payment_method: str,
+    client_secret: str | None,
+    customer_email: str | None,
+    default_fees: FeeSchedule,
+    base_url: str,
+    resolve_after: datetime,
+    now: datetime,
+    session: AsyncSession | None = None,
+) -> ConfirmOutcome:
+    """Pay for an open session. Idempotent: a complete session comes back unchanged.
+
+    Step 1 runs in a unit of work of its own, the gateway call with none open, and step 3
+    on ``session`` when given (the request's unit of work commits it; touch that session
+    only after this returns) or in a unit of work of its own. An attempt still
+    ``processing`` after ``resolve_after`` is the worker's to resolve.
+
+    Raises:
+        SessionNotFound, SessionExpired, EmailRequired, CardNumberRejected, InvalidPaymentMethod,
+        CreatorNotConnected, PaymentInProgress, GatewayUnavailable.
+    """
+    async with database.unit_of_work() as starting:
+        start = await begin_confirm(
+            starting,
+            gateway,
+            creator_id=creator_id,
+            session_id=session_id,
+            payment_method=payment_method,
+            client_secret=client_secret,
+            customer_email=customer_email,
+            default_fees=default_fees,
+            resolve_after=resolve_after,
+            now=now,
+        )
+    if start.call is None:
+        return ConfirmOutcome(start.session)
+    result = await payments.call_gateway(gateway, start.call)
+    async with session_or_unit_of_work(database, session) as finishing:
+        return await finish_confirm(
+            finishing, call=start.call, result=result, base_url=base_url, now=now
+        )
 
 
 async def expire_due_sessions(session: AsyncSession, *, now: datetime) -> int:

@@ -12,7 +12,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.checkout.tasks import complete_authenticated_payment, expire_sessions
+from stallholder.checkout.tasks import (
+    complete_authenticated_payment,
+    expire_sessions,
+    settle_checkout_attempt,
+)
 from stallholder.events.tasks import (
     Consumer,
     WebhookSettings,
@@ -24,12 +28,12 @@ from stallholder.jobs import queue
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
 from stallholder.kit.idempotency import prune_expired_keys
-from stallholder.ledger import service as ledger
 from stallholder.notifications.tasks import email_runner, queue_emails_for_event
 from stallholder.notifications.transport import transport_for
-from stallholder.orders.tasks import process_stripe_events
+from stallholder.orders.tasks import process_stripe_events, resolve_stale_refunds
 from stallholder.payments.gateway import Gateway
 from stallholder.payments.stripe_gateway import StripeGateway
+from stallholder.payments.tasks import resolve_stale_attempts
 from stallholder.settings import Settings
 
 log = logging.getLogger("stallholder.worker")
@@ -89,21 +93,32 @@ CONFIGURED_RUNNERS: dict[str, Callable[[Settings], Runner]] = {
 
 def _gateway_runners(gateway: Gateway | None, settings: Settings) -> dict[str, Runner]:
     """Runners that call the payment gateway: Stripe's events are handled with the live
-    gateway, which re-reads each event's object."""
-    if not isinstance(gateway, StripeGateway):
+    gateway, which re-reads each event's object; then charges and refunds a crash left
+    half done are resolved by asking the gateway again with the same idempotency key."""
+    if gateway is None:
         return {}
-    complete = functools.partial(
-        complete_authenticated_payment,
-        gateway=gateway,
-        default_fees=ledger.platform_fee_policy(settings),
-        base_url=settings.base_url,
-    )
-    handlers = {"payment_intent.succeeded": complete, "payment_intent.payment_failed": complete}
-    return {
-        "orders.stripe_events": functools.partial(
+    runners: dict[str, Runner] = {}
+    if isinstance(gateway, StripeGateway):
+        handlers = {
+            "payment_intent.succeeded": complete_authenticated_payment,
+            "payment_intent.payment_failed": complete_authenticated_payment,
+        }
+        runners["orders.stripe_events"] = functools.partial(
             process_stripe_events, gateway=gateway, handlers=handlers
         )
-    }
+    runners["payments.resolve_stale_attempts"] = functools.partial(
+        resolve_stale_attempts,
+        gateway=gateway,
+        completers={
+            "checkout_session": functools.partial(
+                settle_checkout_attempt, base_url=settings.base_url
+            )
+        },
+    )
+    runners["orders.resolve_stale_refunds"] = functools.partial(
+        resolve_stale_refunds, gateway=gateway
+    )
+    return runners
 
 
 HANDLERS: dict[str, Handler] = {}

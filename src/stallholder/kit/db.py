@@ -208,3 +208,17 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+@asynccontextmanager
+async def session_or_unit_of_work(
+    database: Database, session: AsyncSession | None
+) -> AsyncIterator[AsyncSession]:
+    """``session`` when the caller passes one (the caller's unit of work commits), or a
+    unit of work of its own. Multi-step use cases (a charge: record, call the gateway,
+    record the outcome) take their last step on the request's session this way."""
+    if session is not None:
+        yield session
+        return
+    async with database.unit_of_work() as own:
+        yield own

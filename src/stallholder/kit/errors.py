@@ -22,11 +22,20 @@ class DomainError(Exception):
     status: ClassVar[int] = 400
     slug: ClassVar[str] = "bad-request"
     title: ClassVar[str] = "Bad request"
+    # Set on errors that say "not yet": the response carries ``Retry-After`` and is not
+    # the request's outcome (an ``Idempotency-Key`` does not keep it).
+    retry_after_seconds: ClassVar[int | None] = None
 
     def __init__(self, detail: str, **extensions: Any) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extensions = extensions
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with the problem."""
+        if self.retry_after_seconds is None:
+            return {}
+        return {"Retry-After": str(self.retry_after_seconds)}
 
     def problem(self, instance: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {

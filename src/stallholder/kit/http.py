@@ -54,5 +54,8 @@ def problem_response(error: DomainError, instance: str | None = None) -> JSONRes
     Returning keeps the unit of work committing: a declined payment attempt is recorded.
     """
     return JSONResponse(
-        error.problem(instance), status_code=error.status, media_type=PROBLEM_MEDIA_TYPE
+        error.problem(instance),
+        status_code=error.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=error.headers(),
     )

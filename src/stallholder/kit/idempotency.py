@@ -3,7 +3,8 @@
 Stored in the database so it holds across processes and restarts. The key is scoped to
 the caller (a hash of its ``Authorization`` header). Another body under the same key is a
 409; a second request while the first is still running is a 409 too, so two concurrent
-requests with one key never both execute. A first request that ended in a 5xx leaves no
+requests with one key never both execute. A first request that ended in a 5xx, or in an
+answer with ``Retry-After`` ("not yet", such as ``payment-in-progress``), leaves no
 record, so the client may retry it; one that crashed mid-way is taken over once its lock
 is older than ``LOCK_SECONDS``.
 """
@@ -156,7 +157,8 @@ class IdempotencyMiddleware:
         except BaseException:
             await self._release(database, caller, key)
             raise
-        if captured.status >= 500:
+        if captured.status >= 500 or captured.says_retry_later:
+            # Not the request's outcome: the client's retry with this key runs it again.
             await self._release(database, caller, key)
         else:
             await self._complete(database, caller, key, captured)
@@ -306,6 +308,11 @@ class _CapturedResponse:
     @property
     def body(self) -> bytes:
         return b"".join(self.chunks)
+
+    @property
+    def says_retry_later(self) -> bool:
+        """A ``Retry-After`` answer (``payment-in-progress``) is "not yet", not an outcome."""
+        return any(name.lower() == b"retry-after" for name, _ in self.headers)
 
     @property
     def content_type(self) -> str:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
 from stallholder.accounts.auth import SecretCreatorDep
 from stallholder.accounts.models import Creator
-from stallholder.kit.http import NowDep, SessionDep
+from stallholder.kit.http import NowDep, SessionDep, SettingsDep, problem_response
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
 from stallholder.orders import service
 from stallholder.orders.models import Order
 from stallholder.orders.schemas import OrderOut, RefundCreate, RefundOut, order_out, refund_out
+from stallholder.payments.gateway import GatewayRefused
 
 router = APIRouter(prefix="/v1", tags=["orders"])
 
@@ -50,16 +51,30 @@ async def create_refund(
     request: Request,
     creator_id: SecretCreatorDep,
     session: SessionDep,
+    settings: SettingsDep,
     now: NowDep,
-) -> RefundOut:
-    """Refund an order in full (no ``amount``) or in part. Never more than was captured."""
+) -> Any:
+    """Refund an order in full (no ``amount``) or in part. Never more than was captured:
+    refunds still waiting for the gateway count against what remains. No transaction is
+    open while the gateway is called."""
     refund = await service.create_refund(
-        session,
+        request.app.state.database,
         request.app.state.gateway,
         creator_id=creator_id,
         order_id=body.order,
         amount=body.amount,
         reason=body.reason,
+        resolve_after=now + settings.payment_resolve_after(),
         now=now,
+        session=session,
     )
+    if refund.status == "failed":
+        # Returned, not raised: the unit of work commits the refund as failed.
+        return problem_response(
+            GatewayRefused(
+                refund.failure_message or "the payment gateway refused the refund",
+                refund=refund.id,
+            ),
+            instance="/v1/refunds",
+        )
     return refund_out(refund)

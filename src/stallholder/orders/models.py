@@ -15,8 +15,10 @@ class Order(Base):
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
     customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
     customer_email: Mapped[str] = mapped_column(String(320))
-    checkout_session_id: Mapped[str] = mapped_column(String(40), unique=True)
-    payment_attempt_id: Mapped[str] = mapped_column(ForeignKey("payment_attempts.id"))
+    # What was sold: a checkout session or an invoice (one of them).
+    checkout_session_id: Mapped[str | None] = mapped_column(String(40), unique=True, default=None)
+    invoice_id: Mapped[str | None] = mapped_column(String(40), unique=True, default=None)
+    payment_attempt_id: Mapped[str] = mapped_column(ForeignKey("payment_attempts.id"), unique=True)
     status: Mapped[str] = mapped_column(String(24))  # paid | partially_refunded | refunded
     currency: Mapped[str] = mapped_column(String(3))
     amount_subtotal: Mapped[int]
@@ -59,8 +61,15 @@ class Refund(Base):
     amount: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3))
     reason: Mapped[str | None] = mapped_column(String(64), default=None)
-    status: Mapped[str] = mapped_column(String(16))  # succeeded
-    gateway_reference: Mapped[str] = mapped_column(String(120))
+    # pending (recorded before the gateway is called) | succeeded | failed
+    status: Mapped[str] = mapped_column(String(16))
+    gateway_reference: Mapped[str | None] = mapped_column(String(120), default=None)
+    # ``<order>:refund:<n>``; None only on refunds recorded before refunds were pending.
+    idempotency_key: Mapped[str | None] = mapped_column(String(120), unique=True, default=None)
+    failure_message: Mapped[str | None] = mapped_column(String(500), default=None)
+    # While pending: when the worker may take over and ask the gateway itself.
+    resolve_after: Mapped[datetime | None] = mapped_column(default=None)
+    # Set when the refund succeeds (the split of what is reversed).
     platform_fee_reversed: Mapped[int]
     processor_fee_reversed: Mapped[int]
     created_at: Mapped[datetime]

@@ -53,7 +53,8 @@ class OrderOut(BaseModel):
     status: str
     customer: str
     customer_email: str
-    checkout_session: str
+    checkout_session: str | None
+    invoice: str | None = None
     currency: str
     amount_subtotal: int
     amount_total: int
@@ -86,6 +87,7 @@ def order_out(order: Order, *, merchant: str) -> OrderOut:
         customer=order.customer_id,
         customer_email=order.customer_email,
         checkout_session=order.checkout_session_id,
+        invoice=order.invoice_id,
         currency=order.currency,
         amount_subtotal=order.amount_subtotal,
         amount_total=order.amount_total,

@@ -1,4 +1,13 @@
-"""Orders created from completed checkouts, and refunds that reverse them exactly."""
+"""Orders created from paid checkout sessions or invoices, and refunds that reverse them
+exactly.
+
+A refund runs in three steps, like a charge (ADR 0007): ``begin_refund`` records it
+``pending`` under the order's lock (pending refunds count against what remains, so
+concurrent refunds never exceed the capture); the gateway is called with no transaction
+open; ``finish_refund`` records the outcome and, on success, reverses the ledger. A
+refund a crash left ``pending`` is finished by the worker (``orders.tasks``) with the
+same idempotency key.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Creator
 from stallholder.events import service as events
+from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
@@ -19,7 +29,7 @@ from stallholder.ledger.fees import FeePolicy, FeeSchedule, payment_split, refun
 from stallholder.orders.models import Order, OrderLineItem, Refund
 from stallholder.orders.schemas import order_out, refund_out
 from stallholder.payments import service as payments
-from stallholder.payments.gateway import Gateway
+from stallholder.payments.gateway import Gateway, GatewayRefused, RefundResult
 from stallholder.payments.models import PaymentAttempt
 
 
@@ -80,18 +90,22 @@ async def create_paid_order(
     creator_id: str,
     customer_id: str,
     customer_email: str,
-    checkout_session_id: str,
     attempt: PaymentAttempt,
     lines: Sequence[LineSpec],
     now: datetime,
+    checkout_session_id: str | None = None,
+    invoice_id: str | None = None,
 ) -> Order:
-    """The order for a successful payment, with the payment posted to the ledger.
+    """The order for a successful payment, with the payment posted to the ledger. It was
+    sold through a checkout session or an invoice: exactly one of the two is given.
 
     The split is the one fixed before charging (``attempt.platform_fee`` and the processor
     fee the creator bears), so the creator's share is what the gateway paid the creator.
     When the processor's actual fee differs from that estimate, the platform absorbs the
     difference in a transaction of its own.
     """
+    if (checkout_session_id is None) == (invoice_id is None):
+        raise ValueError("an order comes from one checkout session or one invoice")
     creator = await session.get(Creator, creator_id)
     assert creator is not None
     subtotal = sum(line.amount_total for line in lines)
@@ -108,6 +122,7 @@ async def create_paid_order(
         customer_id=customer_id,
         customer_email=customer_email,
         checkout_session_id=checkout_session_id,
+        invoice_id=invoice_id,
         payment_attempt_id=attempt.id,
         status="paid",
         currency=attempt.currency,
@@ -195,32 +210,54 @@ async def list_orders(
     )
 
 
-async def create_refund(
+@dataclass(frozen=True, slots=True)
+class RefundCall:
+    """What the gateway call of a pending refund needs, copied out of the rows."""
+
+    refund_id: str
+    order_id: str
+    charge_reference: str
+    amount: int
+    currency: str
+    idempotency_key: str
+
+
+async def begin_refund(
     session: AsyncSession,
-    gateway: Gateway,
     *,
     creator_id: str,
     order_id: str,
     amount: int | None,
     reason: str | None,
+    resolve_after: datetime,
     now: datetime,
-) -> Refund:
-    """Refund all that remains, or ``amount`` of it, and reverse the ledger in proportion.
+) -> RefundCall:
+    """Step 1: record a ``pending`` refund of all that remains, or ``amount`` of it.
 
-    The order row is locked, so concurrent refunds cannot together exceed the capture.
+    The order row is locked and pending refunds count against what remains, so
+    concurrent refunds cannot together exceed the capture. The gateway key is
+    ``<order>:refund:<n>``.
 
     Raises:
         OrderNotFound, OrderFullyRefunded, RefundTooLarge.
     """
     order = await get_order(session, creator_id=creator_id, order_id=order_id, for_update=True)
-    remaining = order.amount_total - order.amount_refunded
-    if remaining == 0:
+    pending = (
+        await session.execute(
+            select(func.coalesce(func.sum(Refund.amount), 0)).where(
+                Refund.order_id == order.id, Refund.status == "pending"
+            )
+        )
+    ).scalar_one()
+    remaining = order.amount_total - order.amount_refunded - int(pending)
+    if order.amount_refunded == order.amount_total:
         raise OrderFullyRefunded(f"order {order_id} has been refunded in full already")
     amount = remaining if amount is None else amount
-    if amount > remaining:
+    if amount > remaining or amount < 1:
         raise RefundTooLarge(
             f"amount {amount} exceeds the {remaining} {order.currency} that remains "
-            f"refundable on order {order_id}",
+            f"refundable on order {order_id}"
+            + (f" ({pending} is being refunded now)" if pending else ""),
             remaining=remaining,
         )
     attempt = await session.get(PaymentAttempt, order.payment_attempt_id)
@@ -234,17 +271,6 @@ async def create_refund(
             )
         ).scalar_one()
     )
-    result = await payments.refund(
-        gateway,
-        charge_reference=attempt.gateway_reference,
-        amount=amount,
-        currency=order.currency,
-        idempotency_key=f"{order.id}:refund:{refund_number}",
-    )
-    original = payment_split(
-        order.amount_total, platform_fee=order.platform_fee, processor_fee=order.processor_fee
-    )
-    split = refund_split(original, refunded_before=order.amount_refunded, amount=amount)
     refund = Refund(
         id=new_id("re"),
         creator_id=creator_id,
@@ -252,35 +278,160 @@ async def create_refund(
         amount=amount,
         currency=order.currency,
         reason=reason,
-        status="succeeded",
-        gateway_reference=result.reference,
-        platform_fee_reversed=split.platform_fee,
-        processor_fee_reversed=split.processor_fee,
+        status="pending",
+        idempotency_key=f"{order.id}:refund:{refund_number}",
+        resolve_after=resolve_after,
+        platform_fee_reversed=0,
+        processor_fee_reversed=0,
         created_at=now,
     )
     session.add(refund)
-    order.amount_refunded += amount
+    await session.flush()
+    return _refund_call(refund, charge_reference=attempt.gateway_reference)
+
+
+def _refund_call(refund: Refund, *, charge_reference: str) -> RefundCall:
+    assert refund.idempotency_key is not None
+    return RefundCall(
+        refund_id=refund.id,
+        order_id=refund.order_id,
+        charge_reference=charge_reference,
+        amount=refund.amount,
+        currency=refund.currency,
+        idempotency_key=refund.idempotency_key,
+    )
+
+
+async def refund_calls_due(session: AsyncSession, *, now: datetime, limit: int) -> list[RefundCall]:
+    """Pending refunds past their ``resolve_after``: a crash left them half done."""
+    rows = await session.execute(
+        select(Refund, PaymentAttempt.gateway_reference)
+        .join(Order, Order.id == Refund.order_id)
+        .join(PaymentAttempt, PaymentAttempt.id == Order.payment_attempt_id)
+        .where(Refund.status == "pending", Refund.resolve_after <= now)
+        .order_by(Refund.resolve_after, Refund.id)
+        .limit(limit)
+    )
+    return [
+        _refund_call(refund, charge_reference=reference)
+        for refund, reference in rows
+        if reference is not None
+    ]
+
+
+async def finish_refund(
+    session: AsyncSession,
+    *,
+    call: RefundCall,
+    result: RefundResult | GatewayRefused,
+    now: datetime,
+) -> Refund:
+    """Step 3: record the gateway's answer under the order's lock. On success the order's
+    refunded amount grows and the ledger reverses the payment in proportion; a refusal
+    marks the refund ``failed``. Idempotent: a refund that is no longer pending is
+    returned as it is."""
+    order = (
+        await session.execute(select(Order).where(Order.id == call.order_id).with_for_update())
+    ).scalar_one()
+    refund = await session.get(Refund, call.refund_id, populate_existing=True)
+    assert refund is not None
+    if refund.status != "pending":
+        return refund
+    refund.resolve_after = None
+    if isinstance(result, GatewayRefused):
+        refund.status = "failed"
+        refund.failure_message = result.detail[:500]
+        await session.flush()
+        return refund
+    original = payment_split(
+        order.amount_total, platform_fee=order.platform_fee, processor_fee=order.processor_fee
+    )
+    split = refund_split(original, refunded_before=order.amount_refunded, amount=refund.amount)
+    refund.status = "succeeded"
+    refund.gateway_reference = result.reference
+    refund.platform_fee_reversed = split.platform_fee
+    refund.processor_fee_reversed = split.processor_fee
+    order.amount_refunded += refund.amount
     order.status = (
         "refunded" if order.amount_refunded == order.amount_total else "partially_refunded"
     )
     order.updated_at = now
-    order.refunds.append(refund)
     await session.flush()
     await ledger.post(
         session,
-        creator_id=creator_id,
+        creator_id=order.creator_id,
         kind="refund",
         reference_id=refund.id,
         currency=order.currency,
-        lines=ledger.refund_lines(creator_id, split),
+        lines=ledger.refund_lines(order.creator_id, split),
         description=f"Refund {refund.id} of order {order.receipt_number}",
         now=now,
     )
     await events.emit(
         session,
-        creator_id=creator_id,
+        creator_id=order.creator_id,
         type="refund.created",
         now=now,
         data=refund_out(refund).model_dump(mode="json"),
     )
     return refund
+
+
+async def postpone_refund(session: AsyncSession, *, refund_id: str, until: datetime) -> None:
+    """A pending refund whose gateway call failed comes due again at ``until``."""
+    await session.execute(
+        update(Refund)
+        .where(Refund.id == refund_id, Refund.status == "pending")
+        .values(resolve_after=until)
+    )
+
+
+async def call_refund(gateway: Gateway, call: RefundCall) -> RefundResult | GatewayRefused:
+    """Step 2, with no transaction open. A refusal is returned (it is recorded); a gateway
+    that cannot be reached raises GatewayUnavailable and the refund stays pending."""
+    try:
+        return await payments.refund(
+            gateway,
+            charge_reference=call.charge_reference,
+            amount=call.amount,
+            currency=call.currency,
+            idempotency_key=call.idempotency_key,
+        )
+    except GatewayRefused as refused:
+        return refused
+
+
+async def create_refund(
+    database: Database,
+    gateway: Gateway,
+    *,
+    creator_id: str,
+    order_id: str,
+    amount: int | None,
+    reason: str | None,
+    resolve_after: datetime,
+    now: datetime,
+    session: AsyncSession | None = None,
+) -> Refund:
+    """Refund all that remains, or ``amount`` of it, and reverse the ledger in proportion.
+    The three steps; the outcome is recorded on ``session`` when given (the request's
+    unit of work commits it). A refund the gateway refuses comes back ``failed`` (the
+    caller reports it); one the gateway could not be reached for stays ``pending`` and the
+    worker finishes it after ``resolve_after``.
+
+    Raises:
+        OrderNotFound, OrderFullyRefunded, RefundTooLarge, GatewayUnavailable.
+    """
+    async with database.unit_of_work() as starting:
+        call = await begin_refund(
+            starting,
+            creator_id=creator_id,
+            order_id=order_id,
+            amount=amount,
+            reason=reason,
+            resolve_after=resolve_after,
+            now=now,
+        )
+    result = await call_refund(gateway, call)
+    async with session_or_unit_of_work(database, session) as finishing:
+        return await finish_refund(finishing, call=call, result=result, now=now)

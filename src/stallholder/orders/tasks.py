@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,11 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.events import inbox
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
-from stallholder.orders import disputes
-from stallholder.payments.gateway import DisputeSnapshot
+from stallholder.orders import disputes, service
+from stallholder.payments.gateway import DisputeSnapshot, Gateway
 from stallholder.payments.stripe_gateway import INBOX_SOURCE, StripeGateway
 
 log = logging.getLogger("stallholder.orders.tasks")
+# How long a pending refund waits after the gateway could not answer.
+REFUND_RETRY_AFTER = timedelta(minutes=1)
 
 # Every event about a dispute is handled the same way: read the dispute as it is now.
 DISPUTE_EVENT_PREFIX = "charge.dispute."
@@ -129,3 +131,27 @@ async def process_stripe_events(
             log.exception("Stripe event %s (%s) failed", event_id, event_type)
             await _fail(database, clock, event_id=event_id, error=error)
     return len(claimed)
+
+
+async def resolve_stale_refunds(
+    database: Database, clock: Clock, *, gateway: Gateway, batch: int = 20
+) -> int:
+    """Finish refunds a crash left ``pending``: ask the gateway again with the same
+    idempotency key (it answers with the refund it already made, or makes the one it
+    never got), then record the outcome. Returns how many were due; one the gateway
+    cannot answer for now stays pending and comes due again a minute later."""
+    async with database.unit_of_work() as session:
+        calls = await service.refund_calls_due(session, now=clock.now(), limit=batch)
+    for call in calls:
+        try:
+            result = await service.call_refund(gateway, call)
+        except Exception:
+            log.exception("refund %s: the gateway could not answer", call.refund_id)
+            async with database.unit_of_work() as session:
+                await service.postpone_refund(
+                    session, refund_id=call.refund_id, until=clock.now() + REFUND_RETRY_AFTER
+                )
+            continue
+        async with database.unit_of_work() as session:
+            await service.finish_refund(session, call=call, result=result, now=clock.now())
+    return len(calls)

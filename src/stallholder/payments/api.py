@@ -1,19 +1,24 @@
-"""HTTP routes of the payments domain: creators' connected accounts and Stripe's webhooks."""
+"""HTTP routes of the payments domain: creators' connected accounts, customers' saved
+payment methods and Stripe's webhooks."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 
-from stallholder.accounts.auth import AdminDep
+from stallholder.accounts.auth import AdminDep, SecretCreatorDep
 from stallholder.events import inbox
 from stallholder.kit.errors import NotFound
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
-from stallholder.payments import service
+from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from stallholder.kit.schemas import ListOut
+from stallholder.payments import methods, service
 from stallholder.payments.schemas import (
     ConnectedAccountCreate,
     ConnectedAccountOut,
+    PaymentMethodCreate,
+    PaymentMethodOut,
     WebhookReceivedOut,
     connected_account_out,
 )
@@ -46,16 +51,125 @@ async def connect_creator(
     returned as it is after that (200), each time with a fresh onboarding link."""
     body = body or ConnectedAccountCreate()
     connection = await service.connect_creator(
-        session,
+        request.app.state.database,
         request.app.state.gateway,
         creator_id=creator_id,
         country=body.country,
         return_url=str(body.return_url or settings.base_url),
         refresh_url=str(body.refresh_url or settings.base_url),
         now=now,
+        session=session,
     )
     response.status_code = 201 if connection.is_new else 200
     return connected_account_out(connection.account, onboarding_url=connection.onboarding_url)
+
+
+# Saved payment methods -------------------------------------------------------------
+# The gateway is called with no transaction open: each service reads in a unit of work of
+# its own and records on the request's ``session`` only after the gateway answered.
+
+
+@router.post(
+    "/customers/{customer_id}/payment_methods",
+    status_code=201,
+    response_model=PaymentMethodOut,
+    responses={
+        400: {"description": "A card number, or not a token"},
+        402: {"description": "The gateway refused to save the payment method"},
+        404: {"description": "No such customer (or another creator's)"},
+    },
+)
+async def save_payment_method(
+    customer_id: str,
+    body: PaymentMethodCreate,
+    request: Request,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    now: NowDep,
+) -> PaymentMethodOut:
+    """Save a tokenised card to the customer, reusable off-session (renewals, invoices).
+    The customer's first saved method becomes its default."""
+    method = await methods.save_payment_method(
+        request.app.state.database,
+        request.app.state.gateway,
+        creator_id=creator_id,
+        customer_id=customer_id,
+        token=body.token,
+        now=now,
+        session=session,
+    )
+    return PaymentMethodOut.model_validate(method)
+
+
+@router.get(
+    "/customers/{customer_id}/payment_methods",
+    response_model=ListOut,
+    responses={404: {"description": "No such customer (or another creator's)"}},
+)
+async def list_payment_methods(
+    customer_id: str,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> ListOut:
+    """The customer's saved (attached) payment methods, newest first."""
+    page = await methods.list_payment_methods(
+        session,
+        creator_id=creator_id,
+        customer_id=customer_id,
+        limit=limit,
+        starting_after=starting_after,
+    )
+    return ListOut(
+        data=[PaymentMethodOut.model_validate(m) for m in page.data], has_more=page.has_more
+    )
+
+
+@router.delete(
+    "/customers/{customer_id}/payment_methods/{payment_method_id}",
+    response_model=PaymentMethodOut,
+    responses={404: {"description": "No such customer or attached payment method"}},
+)
+async def detach_payment_method(
+    customer_id: str,
+    payment_method_id: str,
+    request: Request,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    now: NowDep,
+) -> PaymentMethodOut:
+    """Detach a saved method at the gateway: it can no longer be charged (and is no
+    longer the default). Returns it with ``detached`` set."""
+    method = await methods.detach_payment_method(
+        request.app.state.database,
+        request.app.state.gateway,
+        creator_id=creator_id,
+        customer_id=customer_id,
+        payment_method_id=payment_method_id,
+        now=now,
+        session=session,
+    )
+    return PaymentMethodOut.model_validate(method)
+
+
+@router.post(
+    "/customers/{customer_id}/payment_methods/{payment_method_id}/default",
+    response_model=PaymentMethodOut,
+    responses={404: {"description": "No such customer or attached payment method"}},
+)
+async def set_default_payment_method(
+    customer_id: str, payment_method_id: str, creator_id: SecretCreatorDep, session: SessionDep
+) -> PaymentMethodOut:
+    """Make this the customer's default payment method: off-session charges that name no
+    method use it. The previous default stops being one."""
+    method = await methods.set_default_payment_method(
+        session,
+        creator_id=creator_id,
+        customer_id=customer_id,
+        payment_method_id=payment_method_id,
+    )
+    return PaymentMethodOut.model_validate(method)
 
 
 @router.post(

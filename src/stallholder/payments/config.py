@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from stallholder.kit.db import Database
 from stallholder.payments.gateway import Gateway, SandboxGateway
+from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.payments.stripe_gateway import StripeGateway
 from stallholder.settings import Settings
 
@@ -30,15 +32,18 @@ def check_gateway_settings(settings: Settings) -> None:
         )
 
 
-def gateway_from_settings(settings: Settings) -> Gateway:
+def gateway_from_settings(settings: Settings, *, database: Database | None = None) -> Gateway:
     """The configured gateway. The caller owns it and closes it with ``aclose()``.
+
+    The sandbox keeps its charges in ``database`` when given (so a retry after a crash
+    finds them, as at a real processor), else in memory.
 
     Raises:
         GatewayMisconfigured: Stripe is chosen without its secret key or webhook secret.
     """
     check_gateway_settings(settings)
     if settings.payment_gateway == "sandbox":
-        return SandboxGateway()
+        return SandboxGateway(DatabaseChargeStore(database) if database is not None else None)
     return StripeGateway(
         secret_key=settings.stripe_secret_key,
         webhook_secret=settings.stripe_webhook_secret,

@@ -143,6 +143,15 @@ class Gateway(Protocol):
         """
         ...
 
+    async def detach_payment_method(self, *, payment_method: str) -> None:
+        """Stop keeping a saved payment method: it can no longer be charged.
+
+        Raises:
+            GatewayRefused: the gateway does not know it as a saved method.
+            GatewayUnavailable: the gateway could not be reached.
+        """
+        ...
+
     async def refund(
         self, *, charge_reference: str, amount: int, currency: str, idempotency_key: str
     ) -> RefundResult:
@@ -187,12 +196,15 @@ _DECLINES: dict[str, tuple[str, str]] = {
     "tok_chargeDeclined": ("generic_decline", "The card was declined."),
     "tok_insufficientFunds": ("insufficient_funds", "The card has insufficient funds."),
 }
+# Saves to a customer fine; every charge on it afterwards is declined (dunning tests).
+CUSTOMER_FAIL_TOKEN = "tok_chargeCustomerFail"  # noqa: S105
 SANDBOX_TOKENS = frozenset(
     {
         "tok_visa",
         "tok_visa_3ds_confirmed",
         "tok_authenticationRequired",
         "tok_processingError",
+        CUSTOMER_FAIL_TOKEN,
         *_DECLINES,
     }
 )
@@ -202,16 +214,59 @@ def _reference(prefix: str, key: str) -> str:
     return f"{prefix}_{hashlib.sha256(key.encode()).hexdigest()[:24]}"
 
 
+class ChargeStore(Protocol):
+    """Where the sandbox keeps what it charged, by idempotency key (a processor's memory)."""
+
+    async def recall(self, key: str) -> ChargeResult | None:
+        """The result stored for ``key`` (counting the ask), or None for a new key."""
+        ...
+
+    async def remember(
+        self, request: ChargeRequest, result: ChargeResult, *, is_off_session: bool
+    ) -> ChargeResult:
+        """Store ``result`` for the request's key; the first stored result wins and is
+        returned when two calls with one key race."""
+        ...
+
+
+class MemoryChargeStore:
+    """A ``ChargeStore`` in this process only (the default; tests that count charges)."""
+
+    def __init__(self) -> None:
+        self.charges: dict[str, ChargeResult] = {}
+        self.calls: dict[str, int] = {}
+
+    async def recall(self, key: str) -> ChargeResult | None:
+        found = self.charges.get(key)
+        if found is not None:
+            self.calls[key] += 1
+        return found
+
+    async def remember(
+        self, request: ChargeRequest, result: ChargeResult, *, is_off_session: bool
+    ) -> ChargeResult:
+        key = request.idempotency_key
+        self.calls[key] = self.calls.get(key, 0) + 1
+        return self.charges.setdefault(key, result)
+
+
 class SandboxGateway:
     """Deterministic test payments with the tokens of DESIGN.md §4.
 
-    The same idempotency key always yields the same reference, as a real processor's
-    idempotent replay would. Saved payment methods are the tokens themselves: a sandbox
-    token can be charged any number of times.
+    Like a real processor it remembers every charge by its idempotency key in its
+    ``store`` and answers a repeated key with the first result, never charging twice;
+    ``payments.sandbox.DatabaseChargeStore`` keeps that memory across a crash. Saved
+    payment methods are the tokens themselves: a sandbox token can be charged any number
+    of times.
     """
 
     name = "sandbox"
     needs_connected_account = False
+    # Subclasses in tests may skip ``__init__``: they then charge without a memory.
+    store: ChargeStore | None = None
+
+    def __init__(self, store: ChargeStore | None = None) -> None:
+        self.store = store if store is not None else MemoryChargeStore()
 
     def estimate_processor_fee(self, *, amount: int, currency: str) -> int:
         return sandbox_processor_fee(amount, currency)
@@ -220,7 +275,37 @@ class SandboxGateway:
         return None
 
     async def charge(self, request: ChargeRequest) -> ChargeResult:
+        return await self._charge_once(request, is_off_session=False)
+
+    async def _charge_once(self, request: ChargeRequest, *, is_off_session: bool) -> ChargeResult:
+        if self.store is None:
+            return self._outcome(request, is_off_session=is_off_session)
+        found = await self.store.recall(request.idempotency_key)
+        if found is not None:
+            return found
+        return await self.store.remember(
+            request,
+            self._outcome(request, is_off_session=is_off_session),
+            is_off_session=is_off_session,
+        )
+
+    def _outcome(self, request: ChargeRequest, *, is_off_session: bool) -> ChargeResult:
         token = request.payment_method
+        if is_off_session and token == "tok_authenticationRequired":  # noqa: S105
+            # Nobody is there to authenticate: the renewal fails and dunning takes over.
+            return ChargeResult(
+                status="failed",
+                reference=None,
+                decline_code="authentication_required",
+                message="The card needs the buyer to authenticate this payment.",
+            )
+        if token == CUSTOMER_FAIL_TOKEN:
+            return ChargeResult(
+                status="failed",
+                reference=None,
+                decline_code="card_declined",
+                message="The card was declined.",
+            )
         reference = _reference("sbx_ch", request.idempotency_key)
         if token in ("tok_visa", "tok_visa_3ds_confirmed"):
             return ChargeResult(
@@ -256,15 +341,7 @@ class SandboxGateway:
     async def charge_off_session(
         self, request: ChargeRequest, *, customer_reference: str
     ) -> ChargeResult:
-        if request.payment_method == "tok_authenticationRequired":
-            # Nobody is there to authenticate: the renewal fails and dunning takes over.
-            return ChargeResult(
-                status="failed",
-                reference=None,
-                decline_code="authentication_required",
-                message="The card needs the buyer to authenticate this payment.",
-            )
-        return await self.charge(request)
+        return await self._charge_once(request, is_off_session=True)
 
     async def save_payment_method(
         self,
@@ -285,6 +362,9 @@ class SandboxGateway:
             customer_reference=customer_reference or _reference("sbx_cus", idempotency_key),
             payment_method=payment_method,
         )
+
+    async def detach_payment_method(self, *, payment_method: str) -> None:
+        return None
 
     async def refund(
         self, *, charge_reference: str, amount: int, currency: str, idempotency_key: str

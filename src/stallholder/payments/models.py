@@ -2,27 +2,47 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from stallholder.kit.db import Base
 
 
 class PaymentAttempt(Base):
-    """One call to a gateway to take money, whatever came of it."""
+    """One charge of a payment method for a purpose, whatever came of it.
+
+    ``processing`` is recorded before the gateway is called (ADR 0007); the outcome
+    (``succeeded``, ``requires_action`` or ``failed``) replaces it afterwards. An attempt
+    still ``processing`` after ``resolve_after`` is resolved by the worker, which asks the
+    gateway again with the same idempotency key.
+    """
 
     __tablename__ = "payment_attempts"
+    __table_args__ = (UniqueConstraint("purpose", "purpose_id", "attempt_number"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
-    checkout_session_id: Mapped[str] = mapped_column(String(40), index=True)
+    # What the money is for: checkout_session | invoice | wallet_top_up, and its id.
+    purpose: Mapped[str] = mapped_column(String(24))
+    purpose_id: Mapped[str] = mapped_column(String(40))
     attempt_number: Mapped[int]
     gateway: Mapped[str] = mapped_column(String(16))
     idempotency_key: Mapped[str] = mapped_column(String(120), unique=True)
+    # The gateway's payment method (a sandbox token, a Stripe pm_…), and the saved method
+    # it came from when the buyer saved it to a customer.
     payment_method: Mapped[str] = mapped_column(String(64))
+    saved_payment_method_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # Off-session charges name the gateway's customer the payment method is saved to.
+    is_off_session: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    gateway_customer: Mapped[str | None] = mapped_column(String(120), default=None)
+    # Where the gateway pays the creator directly: kept so a retry sends the same request.
+    connected_account: Mapped[str | None] = mapped_column(String(120), default=None)
     amount: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3))
-    status: Mapped[str] = mapped_column(String(16))  # succeeded | requires_action | failed
+    # processing | succeeded | requires_action | failed
+    status: Mapped[str] = mapped_column(String(16))
+    # While processing: when the worker may take over and ask the gateway itself.
+    resolve_after: Mapped[datetime | None] = mapped_column(default=None)
     decline_code: Mapped[str | None] = mapped_column(String(64), default=None)
     failure_message: Mapped[str | None] = mapped_column(String(500), default=None)
     gateway_reference: Mapped[str | None] = mapped_column(String(120), default=None, index=True)
@@ -36,6 +56,69 @@ class PaymentAttempt(Base):
     platform_fee: Mapped[int] = mapped_column(default=0, server_default="0")
     estimated_processor_fee: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime]
+
+
+Index(
+    "ix_payment_attempts_processing",
+    PaymentAttempt.resolve_after,
+    postgresql_where=PaymentAttempt.status == "processing",
+    sqlite_where=PaymentAttempt.status == "processing",
+)
+
+
+class PaymentMethod(Base):
+    """A payment method saved to a customer, reusable off-session (renewals, invoices).
+
+    ``gateway_reference`` is the gateway's own id (a sandbox token, a Stripe ``pm_…``)
+    and ``gateway_customer`` the gateway's customer it is attached to. A detached method
+    stays for the record and can no longer be charged. At most one attached method per
+    customer is the default.
+    """
+
+    __tablename__ = "payment_methods"
+    __table_args__ = (
+        Index(
+            "uq_payment_methods_default",
+            "customer_id",
+            unique=True,
+            postgresql_where=text("is_default"),
+            sqlite_where=text("is_default"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    gateway: Mapped[str] = mapped_column(String(16))
+    gateway_customer: Mapped[str] = mapped_column(String(120))
+    gateway_reference: Mapped[str] = mapped_column(String(120))
+    type: Mapped[str] = mapped_column(String(16), default="card")
+    is_default: Mapped[bool] = mapped_column(default=False)
+    detached_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+
+
+class SandboxCharge(Base):
+    """The sandbox gateway's own memory of charges, by idempotency key: what a real
+    processor keeps on its side. A charge asked for again with the same key gets the
+    stored result back (``calls`` counts the asks), even after our process crashed.
+    Written only by the sandbox gateway, in transactions of its own."""
+
+    __tablename__ = "sandbox_charges"
+
+    idempotency_key: Mapped[str] = mapped_column(String(120), primary_key=True)
+    creator_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    amount: Mapped[int]
+    currency: Mapped[str] = mapped_column(String(3))
+    payment_method: Mapped[str] = mapped_column(String(64))
+    is_off_session: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(String(16))
+    reference: Mapped[str | None] = mapped_column(String(120), default=None)
+    processor_fee: Mapped[int] = mapped_column(default=0)
+    decline_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    message: Mapped[str | None] = mapped_column(String(500), default=None)
+    is_transient: Mapped[bool] = mapped_column(default=False)
+    calls: Mapped[int] = mapped_column(default=1)
 
 
 class ConnectedAccount(Base):

@@ -1,4 +1,5 @@
-"""API input and output of the payments domain: connected accounts and Stripe webhooks."""
+"""API input and output of the payments domain: connected accounts, saved payment methods
+and Stripe webhooks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, HttpUrl
 
-from stallholder.kit.schemas import Input
+from stallholder.kit.schemas import Input, Output
 from stallholder.payments.models import ConnectedAccount, PaymentAttempt
 
 
@@ -46,8 +47,11 @@ def attempt_payload(attempt: PaymentAttempt) -> dict[str, Any]:
     return {
         "id": attempt.id,
         "object": "payment_attempt",
-        "checkout_session": attempt.checkout_session_id,
+        "purpose": attempt.purpose,
+        "purpose_id": attempt.purpose_id,
+        "checkout_session": attempt.purpose_id if attempt.purpose == "checkout_session" else None,
         "attempt_number": attempt.attempt_number,
+        "off_session": attempt.is_off_session,
         "amount": attempt.amount,
         "currency": attempt.currency,
         "status": attempt.status,
@@ -69,3 +73,23 @@ def connected_account_out(
         onboarding_url=onboarding_url,
         created=account.created_at,
     )
+
+
+class PaymentMethodCreate(Input):
+    token: str = Field(
+        min_length=1,
+        max_length=100,
+        description="A gateway token for the buyer's card (sandbox: 'tok_visa'; Stripe: a "
+        "'pm_…' from Stripe.js). Never a card number.",
+    )
+
+
+class PaymentMethodOut(Output):
+    object: Literal["payment_method"] = "payment_method"
+    id: str
+    customer: str = Field(validation_alias="customer_id")
+    type: str
+    gateway: str
+    default: bool = Field(validation_alias="is_default")
+    created: datetime = Field(validation_alias="created_at")
+    detached: datetime | None = Field(validation_alias="detached_at")

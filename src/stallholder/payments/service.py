@@ -1,20 +1,42 @@
-"""Taking payments through the configured gateway and recording every attempt."""
+"""Charges for a purpose, in three short steps, and every attempt recorded.
+
+A charge is for an amount and a purpose: a checkout session, an invoice, a wallet
+top-up. It runs in three steps so that no transaction or row lock is held while the
+gateway is called (ADR 0007):
+
+1. ``begin_attempt`` (a short transaction): the attempt is recorded as ``processing``
+   with its number and gateway idempotency key ``<purpose id>:attempt:<n>`` fixed.
+2. ``call_gateway`` (no transaction open): the gateway charges, on-session or
+   off-session.
+3. ``record_outcome`` (a short transaction): the outcome replaces ``processing`` by a
+   conditional update, so only one caller ever completes an attempt; the purpose's owner
+   completes the sale in the same transaction.
+
+An attempt left ``processing`` (a crash between 2 and 3) is resolved by the worker
+(``payments.tasks.resolve_stale_attempts``), which asks the gateway again with the same
+key: the gateway answers with the first charge instead of charging twice.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Creator
 from stallholder.accounts.service import CreatorNotFound
+from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest
 from stallholder.kit.ids import new_id
-from stallholder.payments.gateway import ChargeRequest, Gateway, RefundResult
+from stallholder.payments.gateway import ChargeRequest, ChargeResult, Gateway, RefundResult
 from stallholder.payments.models import ConnectedAccount, PaymentAttempt
+
+Purpose = Literal["checkout_session", "invoice", "wallet_top_up"]
+PURPOSES: tuple[Purpose, ...] = ("checkout_session", "invoice", "wallet_top_up")
 
 # 13 to 19 digits, optionally grouped by spaces or dashes: the shape of a card number.
 _CARD_NUMBER = re.compile(r"^\s*\d(?:[ -]?\d){12,18}\s*$")
@@ -41,6 +63,12 @@ class PaymentProcessingError(DomainError):
     status = 402
     slug = "payment-processing-error"
     title = "The payment could not be processed; it is safe to retry"
+
+
+class PaymentInProgress(Conflict):
+    slug = "payment-in-progress"
+    title = "A payment for this is already in progress"
+    retry_after_seconds = 2
 
 
 class CreatorNotConnected(Conflict):
@@ -83,6 +111,17 @@ def failure_error(attempt: PaymentAttempt) -> DomainError:
     return PaymentDeclined(message, decline_code=attempt.decline_code, payment_attempt=attempt.id)
 
 
+def in_progress_error(attempt: PaymentAttempt) -> PaymentInProgress:
+    """The 409 for a charge whose gateway call has not been answered yet."""
+    return PaymentInProgress(
+        f"payment attempt {attempt.id} is waiting for the payment gateway's answer; nothing "
+        "was charged again. Send the same request again in a few seconds: you get the "
+        "outcome of this payment",
+        payment_attempt=attempt.id,
+        retryable=True,
+    )
+
+
 async def connected_account_for(
     session: AsyncSession, gateway: Gateway, *, creator_id: str
 ) -> str | None:
@@ -97,26 +136,104 @@ async def connected_account_for(
     ).scalar_one_or_none()
 
 
-async def charge(
+# Step 1: record the attempt -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayCall:
+    """Everything step 2 needs, copied out of the attempt, so the gateway call holds no
+    database object, session or lock. ``kind`` is ``refresh`` for re-reading a charge
+    that waited for the buyer to authenticate (3-D Secure)."""
+
+    attempt_id: str
+    creator_id: str
+    purpose: str
+    purpose_id: str
+    kind: Literal["charge", "charge_off_session", "refresh"]
+    request: ChargeRequest
+    customer_reference: str | None = None
+    reference: str | None = None
+    # The status step 3 replaces: ``processing``, or ``requires_action`` for a refresh.
+    from_status: str = "processing"
+
+
+def gateway_call_for(attempt: PaymentAttempt) -> GatewayCall:
+    """The gateway call an attempt stands for, rebuilt identically from its row: a retry
+    sends the gateway the same request under the same key (Stripe refuses a key reused
+    with other parameters)."""
+    request = ChargeRequest(
+        amount=attempt.amount,
+        currency=attempt.currency,
+        payment_method=attempt.payment_method,
+        idempotency_key=attempt.idempotency_key,
+        application_fee_amount=attempt.platform_fee + attempt.estimated_processor_fee,
+        connected_account=attempt.connected_account,
+        metadata={attempt.purpose: attempt.purpose_id, "creator": attempt.creator_id},
+    )
+    if attempt.status == "requires_action" or (
+        attempt.status == "processing" and attempt.gateway_reference is not None
+    ):
+        # A charge the gateway already has: it is re-read, never made again.
+        return GatewayCall(
+            attempt_id=attempt.id,
+            creator_id=attempt.creator_id,
+            purpose=attempt.purpose,
+            purpose_id=attempt.purpose_id,
+            kind="refresh",
+            request=request,
+            reference=attempt.gateway_reference,
+            from_status=attempt.status,
+        )
+    return GatewayCall(
+        attempt_id=attempt.id,
+        creator_id=attempt.creator_id,
+        purpose=attempt.purpose,
+        purpose_id=attempt.purpose_id,
+        kind="charge_off_session" if attempt.is_off_session else "charge",
+        request=request,
+        customer_reference=attempt.gateway_customer,
+    )
+
+
+async def latest_attempt(
+    session: AsyncSession, *, purpose: str, purpose_id: str
+) -> PaymentAttempt | None:
+    return (
+        await session.execute(
+            select(PaymentAttempt)
+            .where(PaymentAttempt.purpose == purpose, PaymentAttempt.purpose_id == purpose_id)
+            .order_by(PaymentAttempt.attempt_number.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+
+
+async def begin_attempt(
     session: AsyncSession,
     gateway: Gateway,
     *,
     creator_id: str,
-    checkout_session_id: str,
+    purpose: Purpose,
+    purpose_id: str,
     amount: int,
     currency: str,
     payment_method: str,
     platform_fee: int,
     estimated_processor_fee: int,
+    resolve_after: datetime,
     now: datetime,
+    gateway_customer: str | None = None,
+    saved_payment_method_id: str | None = None,
 ) -> PaymentAttempt:
-    """Charge through ``gateway`` and record the attempt, whatever its outcome.
+    """Step 1: record a ``processing`` attempt; the gateway has not been called yet.
 
+    The attempt number is the count of the purpose's earlier attempts + 1 and the gateway
+    idempotency key is ``<purpose id>:attempt:<n>``. The caller holds the purpose's lock
+    (the checkout session row); the unique (purpose, purpose id, number) backs it. With
+    ``gateway_customer`` the charge is off-session on a method saved to that customer.
     The platform side keeps ``platform_fee + estimated_processor_fee`` (the application
     fee); where the gateway pays creators directly the rest goes to the creator's
-    connected account. The caller holds the lock on the checkout session, so the attempt
-    number (and with it the gateway idempotency key) is the same if this transaction is
-    retried after a crash.
+    connected account. After ``resolve_after`` the worker may resolve the attempt.
 
     Raises:
         CreatorNotConnected: the gateway pays creators directly and this one has no account.
@@ -135,38 +252,27 @@ async def charge(
             await session.execute(
                 select(func.count())
                 .select_from(PaymentAttempt)
-                .where(PaymentAttempt.checkout_session_id == checkout_session_id)
+                .where(PaymentAttempt.purpose == purpose, PaymentAttempt.purpose_id == purpose_id)
             )
         ).scalar_one()
-    )
-    key = f"{checkout_session_id}:attempt:{attempt_number}"
-    result = await gateway.charge(
-        ChargeRequest(
-            amount=amount,
-            currency=currency,
-            payment_method=payment_method,
-            idempotency_key=key,
-            application_fee_amount=platform_fee + estimated_processor_fee,
-            connected_account=connected_account,
-            metadata={"checkout_session": checkout_session_id, "creator": creator_id},
-        )
     )
     attempt = PaymentAttempt(
         id=new_id("pay"),
         creator_id=creator_id,
-        checkout_session_id=checkout_session_id,
+        purpose=purpose,
+        purpose_id=purpose_id,
         attempt_number=attempt_number,
         gateway=gateway.name,
-        idempotency_key=key,
+        idempotency_key=f"{purpose_id}:attempt:{attempt_number}",
         payment_method=payment_method,
+        saved_payment_method_id=saved_payment_method_id,
+        is_off_session=gateway_customer is not None,
+        gateway_customer=gateway_customer,
+        connected_account=connected_account,
         amount=amount,
         currency=currency,
-        status=result.status,
-        decline_code=result.decline_code,
-        failure_message=result.message,
-        gateway_reference=result.reference,
-        action_secret=result.action_secret,
-        processor_fee=result.processor_fee,
+        status="processing",
+        resolve_after=resolve_after,
         platform_fee=platform_fee,
         estimated_processor_fee=estimated_processor_fee,
         created_at=now,
@@ -176,42 +282,89 @@ async def charge(
     return attempt
 
 
-async def resume_pending_charge(
-    session: AsyncSession, gateway: Gateway, *, checkout_session_id: str
-) -> PaymentAttempt | None:
-    """The session's latest attempt, brought up to date, when it was waiting for the buyer
-    to authenticate and the gateway completes authentications on the same charge (Stripe).
-    None when there is no such attempt, or the gateway wants a new charge (the sandbox).
+# Step 2: the gateway call, with no transaction open ------------------------------------
 
-    Re-reading the charge instead of charging again means a buyer who authenticated is
-    never charged twice. The caller holds the checkout session's lock.
+
+async def call_gateway(gateway: Gateway, call: GatewayCall) -> ChargeResult:
+    """Step 2. Never call this with a transaction or a row lock open.
 
     Raises:
-        GatewayUnavailable: the gateway could not be reached; nothing changed.
+        GatewayUnavailable: a refresh could not reach the gateway; nothing changed.
     """
-    latest = (
-        await session.execute(
-            select(PaymentAttempt)
-            .where(PaymentAttempt.checkout_session_id == checkout_session_id)
-            .order_by(PaymentAttempt.attempt_number.desc())
-            .limit(1)
+    if call.kind == "refresh":
+        assert call.reference is not None
+        refreshed = await gateway.refresh_charge(
+            reference=call.reference, amount=call.request.amount, currency=call.request.currency
         )
-    ).scalar_one_or_none()
-    if latest is None or latest.status != "requires_action" or latest.gateway_reference is None:
-        return None
-    result = await gateway.refresh_charge(
-        reference=latest.gateway_reference, amount=latest.amount, currency=latest.currency
+        if refreshed is not None:
+            return refreshed
+        # A gateway that completes authentications with a new charge (the sandbox): the
+        # charge still waits.
+        return ChargeResult(
+            status="requires_action",
+            reference=call.reference,
+            decline_code="authentication_required",
+            message="The card needs 3-D Secure authentication.",
+        )
+    if call.kind == "charge_off_session":
+        assert call.customer_reference is not None
+        return await gateway.charge_off_session(
+            call.request, customer_reference=call.customer_reference
+        )
+    return await gateway.charge(call.request)
+
+
+# Step 3: record the outcome --------------------------------------------------------------
+
+
+async def record_outcome(
+    session: AsyncSession, *, call: GatewayCall, result: ChargeResult
+) -> PaymentAttempt | None:
+    """Step 3: the gateway's answer replaces the attempt's ``call.from_status``.
+
+    A conditional update: when the attempt is no longer in that status (another confirm
+    or the worker recorded it first) nothing changes and None is returned, so whoever
+    gets the attempt back is the one that completes the purpose, exactly once. The caller
+    locks the purpose first (the checkout session), then calls this.
+    """
+    values: dict[str, Any] = {
+        "status": result.status,
+        "decline_code": result.decline_code,
+        "failure_message": result.message,
+        "processor_fee": result.processor_fee,
+        "resolve_after": None,
+    }
+    if result.reference is not None:
+        values["gateway_reference"] = result.reference
+    values["action_secret"] = result.action_secret if result.status == "requires_action" else None
+    changed = await session.execute(
+        update(PaymentAttempt)
+        .where(PaymentAttempt.id == call.attempt_id, PaymentAttempt.status == call.from_status)
+        .values(**values)
+        .execution_options(synchronize_session=False)
     )
-    if result is None:
+    if changed.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    latest.status = result.status
-    latest.decline_code = result.decline_code
-    latest.failure_message = result.message
-    latest.processor_fee = result.processor_fee
-    if result.status != "requires_action":
-        latest.action_secret = None
-    await session.flush()
-    return latest
+    return await session.get(PaymentAttempt, call.attempt_id, populate_existing=True)
+
+
+async def get_attempt(session: AsyncSession, *, attempt_id: str) -> PaymentAttempt:
+    attempt = await session.get(PaymentAttempt, attempt_id, populate_existing=True)
+    assert attempt is not None, attempt_id
+    return attempt
+
+
+async def mark_for_resolution(session: AsyncSession, *, attempt_id: str, now: datetime) -> bool:
+    """Hand a charge waiting for the buyer (``requires_action``) to the worker: it becomes
+    ``processing``, due now, and the worker re-reads it from the gateway (a provider's
+    event said the buyer finished authenticating). False when it was not waiting."""
+    changed = await session.execute(
+        update(PaymentAttempt)
+        .where(PaymentAttempt.id == attempt_id, PaymentAttempt.status == "requires_action")
+        .values(status="processing", resolve_after=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(changed.rowcount == 1)  # type: ignore[attr-defined]
 
 
 async def refund(
@@ -234,8 +387,21 @@ class Connection:
     is_new: bool
 
 
+async def _connected_account(
+    session: AsyncSession, gateway: Gateway, *, creator_id: str
+) -> ConnectedAccount | None:
+    return (
+        await session.execute(
+            select(ConnectedAccount).where(
+                ConnectedAccount.creator_id == creator_id,
+                ConnectedAccount.gateway == gateway.name,
+            )
+        )
+    ).scalar_one_or_none()
+
+
 async def connect_creator(
-    session: AsyncSession,
+    database: Database,
     gateway: Gateway,
     *,
     creator_id: str,
@@ -243,51 +409,52 @@ async def connect_creator(
     return_url: str,
     refresh_url: str,
     now: datetime,
+    session: AsyncSession | None = None,
 ) -> Connection:
     """The creator's connected account at ``gateway``, created on the first call, with a
     fresh onboarding link on every call (links expire within minutes).
 
-    The creator row is locked, so two concurrent calls create one account; the creation
-    carries the key ``<creator>:connected_account:1``, so a retry after a crash gets the
-    account the first call created.
+    No transaction is open while the gateway is called (ADR 0007): the creator is read
+    first, the account created at the gateway with the key
+    ``<creator>:connected_account:1`` (so two concurrent first calls, or a retry after a
+    crash, get the same account back), and recorded under the creator's lock on
+    ``session`` when given, where a concurrent call that recorded it first wins.
 
     Raises:
         CreatorNotFound, GatewayUnavailable, GatewayRefused.
     """
-    creator = (
-        await session.execute(select(Creator).where(Creator.id == creator_id).with_for_update())
-    ).scalar_one_or_none()
-    if creator is None:
-        raise CreatorNotFound(f"no creator {creator_id!r}")
-    account = (
-        await session.execute(
-            select(ConnectedAccount).where(
-                ConnectedAccount.creator_id == creator.id,
-                ConnectedAccount.gateway == gateway.name,
-            )
-        )
-    ).scalar_one_or_none()
-    is_new = account is None
-    if account is None:
+    async with database.unit_of_work() as reading:
+        creator = await reading.get(Creator, creator_id)
+        if creator is None:
+            raise CreatorNotFound(f"no creator {creator_id!r}")
+        email = creator.email
+        existing = await _connected_account(reading, gateway, creator_id=creator_id)
+        reference = existing.external_id if existing is not None else None
+    if reference is None:
         reference = await gateway.create_connected_account(
-            email=creator.email,
+            email=email,
             country=country,
-            metadata={"creator": creator.id},
-            idempotency_key=f"{creator.id}:connected_account:1",
+            metadata={"creator": creator_id},
+            idempotency_key=f"{creator_id}:connected_account:1",
         )
+    url = await gateway.onboarding_link(
+        account_reference=reference,
+        return_url=return_url,
+        refresh_url=refresh_url,
+        idempotency_key=f"{creator_id}:account_link:{int(now.timestamp())}",
+    )
+    async with session_or_unit_of_work(database, session) as writing:
+        await writing.execute(select(Creator.id).where(Creator.id == creator_id).with_for_update())
+        account = await _connected_account(writing, gateway, creator_id=creator_id)
+        if account is not None:  # recorded before, or by a concurrent first call
+            return Connection(account=account, onboarding_url=url, is_new=False)
         account = ConnectedAccount(
             id=new_id("ca"),
-            creator_id=creator.id,
+            creator_id=creator_id,
             gateway=gateway.name,
             external_id=reference,
             created_at=now,
         )
-        session.add(account)
-        await session.flush()
-    url = await gateway.onboarding_link(
-        account_reference=account.external_id,
-        return_url=return_url,
-        refresh_url=refresh_url,
-        idempotency_key=f"{creator.id}:account_link:{int(now.timestamp())}",
-    )
-    return Connection(account=account, onboarding_url=url, is_new=is_new)
+        writing.add(account)
+        await writing.flush()
+        return Connection(account=account, onboarding_url=url, is_new=True)

@@ -342,6 +342,17 @@ class StripeGateway:
             _unavailable(error)
         return SavedPaymentMethod(customer_reference=customer, payment_method=method.id)
 
+    async def detach_payment_method(self, *, payment_method: str) -> None:
+        try:
+            await self._stripe.v1.payment_methods.detach_async(payment_method)
+        except stripe.InvalidRequestError as error:
+            raise GatewayRefused(
+                error.user_message or "Stripe refused to detach the payment method.",
+                gateway_code=error.code,
+            ) from error
+        except _TRANSIENT as error:
+            _unavailable(error)
+
     async def refund(
         self, *, charge_reference: str, amount: int, currency: str, idempotency_key: str
     ) -> RefundResult:

@@ -149,8 +149,12 @@ async def pay(
     """The hosted page's form: the same confirm the API runs, with the client secret.
 
     The form is checked by the API's own confirm schema, so the page accepts exactly what
-    ``POST /v1/checkout/sessions/{id}/confirm`` does."""
-    current = await checkout.get_session_by_id(session, session_id=session_id)
+    ``POST /v1/checkout/sessions/{id}/confirm`` does. Each step of the confirm runs in a
+    unit of work of its own (none is open during the gateway call), so an error part-way
+    rolls that step back whole, while the page below renders from the request's session."""
+    database = request.app.state.database
+    async with database.unit_of_work() as reading:
+        current = await checkout.get_session_by_id(reading, session_id=session_id)
     try:
         form = ConfirmIn(
             payment_method=payment_method,
@@ -162,22 +166,19 @@ async def pay(
             request, session, session_id, now, error=_form_errors(error), status_code=422
         )
     try:
-        # A savepoint: an error part-way (after the confirm has changed the session) undoes
-        # everything the confirm did, while the page below still renders in this unit of
-        # work. A declined card is an outcome, not an error, and its attempt is kept.
-        async with session.begin_nested():
-            outcome = await checkout.confirm_session(
-                session,
-                request.app.state.gateway,
-                creator_id=current.creator_id,
-                session_id=session_id,
-                payment_method=form.payment_method,
-                client_secret=form.client_secret,
-                customer_email=form.customer_email,
-                default_fees=ledger.platform_fee_policy(settings),
-                base_url=settings.base_url,
-                now=now,
-            )
+        outcome = await checkout.confirm_session(
+            database,
+            request.app.state.gateway,
+            creator_id=current.creator_id,
+            session_id=session_id,
+            payment_method=form.payment_method,
+            client_secret=form.client_secret,
+            customer_email=form.customer_email,
+            default_fees=ledger.platform_fee_policy(settings),
+            base_url=settings.base_url,
+            resolve_after=now + settings.payment_resolve_after(),
+            now=now,
+        )
     except DomainError as error:
         return await _render(
             request, session, session_id, now, error=error.detail, status_code=error.status
