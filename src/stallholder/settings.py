@@ -33,6 +33,9 @@ class Settings(BaseSettings):
 
     checkout_session_ttl_seconds: int = Field(default=30 * 60, ge=60, le=24 * 3600)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # A request holding an Idempotency-Key longer than this is taken to have died, and a
+    # retry with the key takes it over (docs/adr/0004-idempotency-keys.md).
+    idempotency_lock_seconds: int = Field(default=60, ge=1, le=3600)
     embedded_worker: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
 
