@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
+from stallholder.checkout import service as checkout
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import READ_ONLY_OPTION, Database
 from stallholder.kit.idempotency import IdempotencyKey, IdempotencyMiddleware
@@ -266,28 +267,43 @@ async def test_unauthenticated_posts_with_keys_write_no_rows(api: Api, database:
     assert await _keys(database) == []
 
 
-async def test_a_keyed_request_does_not_begin_its_transaction_before_the_endpoint(
-    api: Api, database: Database
+@pytest.mark.parametrize("idempotency_key", ["s-1", None])
+async def test_no_transaction_of_the_request_begins_before_the_endpoint_uses_it(
+    api: Api, database: Database, monkeypatch: pytest.MonkeyPatch, idempotency_key: str | None
 ) -> None:
-    """Authenticating and claiming run in transactions of their own; the request's unit of
-    work begins at the endpoint's first statement. Shown by counting BEGINs per connection
-    role: the request's session begins exactly one transaction, which also completes the key.
-    """
+    """Authenticating reads in a transaction of its own (DEFERRED on SQLite: no write lock),
+    a key is claimed in another, and the request's unit of work begins at the endpoint's
+    first statement, not before, so an endpoint may first work in short units of its own
+    or call out with none open. With a key, that one unit also completes the key."""
     creator, price = await api.shop()
-    begins: list[bool] = []
+    begins: list[str] = []
+    real = checkout.create_session
 
     def on_begin(connection: Any) -> None:
-        begins.append(bool(connection.get_execution_options().get(READ_ONLY_OPTION)))
+        is_read = connection.get_execution_options().get(READ_ONLY_OPTION)
+        begins.append("read" if is_read else "write")
 
+    async def endpoint_starts(*args: Any, **kwargs: Any) -> Any:
+        begins.append("endpoint")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(checkout, "create_session", endpoint_starts)
+    headers = bearer(creator["secret_key"])
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
     event.listen(database.engine.sync_engine, "begin", on_begin)
     try:
         response = await api.http.post(
             "/v1/checkout/sessions",
-            headers={**bearer(creator["secret_key"]), "Idempotency-Key": "s-1"},
+            headers=headers,
             json={"line_items": [{"price": price["id"], "quantity": 1}]},
         )
     finally:
         event.remove(database.engine.sync_engine, "begin", on_begin)
+
     assert response.status_code == 201
-    # read (authenticate) → write (claim) → write (the request, with the key's completion)
-    assert begins == [True, False, False]
+    if idempotency_key is None:
+        assert begins == ["read", "endpoint", "write"]
+    else:  # authenticate, claim, then the request with the key's completion
+        assert begins == ["read", "write", "endpoint", "write"]
+        assert await _keys(database) == [("s-1", True, 201)]
