@@ -307,3 +307,27 @@ async def test_no_transaction_of_the_request_begins_before_the_endpoint_uses_it(
     else:  # authenticate, claim, then the request with the key's completion
         assert begins == ["read", "write", "endpoint", "write"]
         assert await _keys(database) == [("s-1", True, 201)]
+
+
+async def test_a_read_neither_waits_for_nor_sees_an_open_write(
+    database: Database, clock: FrozenClock
+) -> None:
+    """Authentication's short read runs while another unit of work holds SQLite's one write
+    lock (it begins deferred), and sees only committed rows."""
+    async with database.unit_of_work() as writer:
+        writer.add(
+            IdempotencyKey(
+                scope="caller",
+                key="k",
+                request_hash="h",
+                created_at=clock.now(),
+                locked_at=clock.now(),
+            )
+        )
+        await writer.flush()  # the writer now holds the write lock (SQLite) and the row lock
+        async with database.read() as reader:
+            seen = (
+                await reader.execute(select(func.count()).select_from(IdempotencyKey))
+            ).scalar_one()
+        assert seen == 0
+    assert await _keys(database) == [("k", False, None)]
