@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,8 +35,6 @@ from stallholder.kit.clock import Clock
 from stallholder.kit.db import Base, Database, SerialPK
 from stallholder.kit.errors import PROBLEM_MEDIA_TYPE, Conflict, DomainError, InvalidRequest
 from stallholder.kit.http import PRINCIPAL_SCOPE_KEY, UNIT_OF_WORK_SCOPE_KEY, OuterUnitOfWork
-
-log = logging.getLogger(__name__)
 
 # A claim older than this is taken to belong to a request that died; the next request with
 # the key takes it over. ``STALLHOLDER_IDEMPOTENCY_LOCK_SECONDS`` overrides it.
@@ -233,14 +230,10 @@ class IdempotencyMiddleware:
             if captured.status >= 500:
                 await self._release(database, claim)
                 return captured
-        is_ours = await self._record(session, claim, captured)
-        if not is_ours:
-            # Our claim went stale and another request took the key over: this one's work
-            # must not count too.
-            await session.rollback()
-            return await self._after_takeover(database, claim)
         try:
-            await self._commit(session)
+            is_ours = await self._record(session, claim, captured)
+            if is_ours:
+                await self._commit(session)
         except Exception:
             # Whether or not the commit reached the database, releasing is safe: it only
             # removes a key that is still incomplete, so the client retries either into a
@@ -248,6 +241,11 @@ class IdempotencyMiddleware:
             await session.rollback()
             await self._release(database, claim)
             raise
+        if not is_ours:
+            # Our claim went stale and another request took the key over: this one's work
+            # must not count too.
+            await session.rollback()
+            return await self._after_takeover(database, claim)
         return captured
 
     async def _commit(self, session: AsyncSession) -> None:
