@@ -13,12 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stallholder import __version__
 from stallholder.accounts.api import router as accounts_router
-from stallholder.accounts.service import resolve_admin_key
+from stallholder.accounts.auth import authenticate_header
+from stallholder.accounts.service import Principal, resolve_admin_key
 from stallholder.catalog.api import router as catalog_router
 from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
@@ -290,8 +292,18 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+
+    async def authenticate(session: AsyncSession, authorization: str) -> Principal:
+        return await authenticate_header(
+            session, authorization=authorization, admin_key=app.state.admin_key
+        )
+
     app.add_middleware(
-        IdempotencyMiddleware, database=lambda: app.state.database, clock=lambda: app.state.clock
+        IdempotencyMiddleware,
+        database=lambda: app.state.database,
+        clock=lambda: app.state.clock,
+        authenticate=authenticate,
+        lock_seconds=settings.idempotency_lock_seconds,
     )
     app.add_middleware(
         BodyLimitMiddleware,

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # body within body_timeout_seconds of the head; otherwise a 408 (docs/api.md).
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # A request holding an Idempotency-Key longer than this is taken to have died, and a
+    # retry with the key takes it over (docs/adr/0004-idempotency-keys.md).
+    idempotency_lock_seconds: int = Field(default=60, ge=1, le=3600)
     embedded_worker: bool = True
     worker_poll_seconds: float = Field(default=1.0, gt=0)
 

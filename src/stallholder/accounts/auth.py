@@ -5,22 +5,38 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.service import Principal, PublishableKeyNotAllowed, authenticate
-from stallholder.kit.db import Database
 from stallholder.kit.errors import Forbidden
+from stallholder.kit.http import PRINCIPAL_SCOPE_KEY, get_database
+
+
+async def authenticate_header(
+    session: AsyncSession, *, authorization: str, admin_key: str
+) -> Principal:
+    """The principal behind an ``Authorization: Bearer <key>`` header.
+
+    Raises:
+        Unauthenticated: not a bearer token, or one that matches no live key.
+    """
+    scheme, _, token = authorization.partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" else None
+    return await authenticate(session, token=bearer, admin_key=admin_key)
 
 
 async def get_principal(request: Request) -> Principal:
-    """Who is calling, looked up in a short unit of work of its own: the request's unit
-    of work is not opened by authentication, so an endpoint that calls a payment gateway
-    first (confirm, refund) holds no transaction during the call (ADR 0007)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    bearer = token.strip() if scheme.lower() == "bearer" else None
-    database: Database = request.app.state.database
-    async with database.unit_of_work() as session:
-        principal = await authenticate(session, token=bearer, admin_key=request.app.state.admin_key)
+    """Who is calling. Authenticating reads in a short transaction of its own, so it never
+    begins the request's unit of work (on SQLite: never takes the write lock). The
+    idempotency middleware has already done it for a POST with a key and hands it over."""
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if not isinstance(principal, Principal):
+        async with get_database(request).read() as session:
+            principal = await authenticate_header(
+                session,
+                authorization=request.headers.get("authorization", ""),
+                admin_key=request.app.state.admin_key,
+            )
     request.state.principal = principal
     return principal
 

@@ -157,12 +157,17 @@ def is_sqlite(url: str) -> bool:
     return async_url(url).startswith("sqlite")
 
 
+# An execution option that marks a connection as used for reading only (``Database.read``).
+READ_ONLY_OPTION = "stallholder_read_only"
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An engine for ``url``.
 
-    On SQLite every transaction starts with ``BEGIN IMMEDIATE``: there is exactly one
+    On SQLite every unit of work starts with ``BEGIN IMMEDIATE``: there is exactly one
     writer at a time, so read-then-write sequences inside a unit of work cannot interleave
-    (the embedded default's concurrency model, ADR 0003).
+    (the embedded default's concurrency model, ADR 0003). A read (``Database.read``) starts
+    with a plain ``BEGIN`` instead, so it never waits for or holds the write lock.
     """
     full = async_url(url)
     if full.startswith("sqlite"):
@@ -180,7 +185,10 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if conn.get_execution_options().get(READ_ONLY_OPTION):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_size", 10)
@@ -195,6 +203,9 @@ class Database:
         self.url = url
         self.engine = create_engine(url, **engine_kwargs)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessionmaker = async_sessionmaker(
+            self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -204,6 +215,17 @@ class Database:
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
         """One transaction: commits when the block ends, rolls back if it raises."""
         async with self.sessionmaker() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A short transaction for reading only, such as authenticating the caller.
+
+        On SQLite it begins ``DEFERRED``, so it takes no write lock and does not wait for a
+        writer; on PostgreSQL it is an ordinary transaction. Nothing written in it is meant
+        to be kept: write in a unit of work.
+        """
+        async with self._read_sessionmaker() as session, session.begin():
             yield session
 
     async def dispose(self) -> None:

@@ -7,12 +7,14 @@ this module.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import Scope
 
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
@@ -36,15 +38,64 @@ def get_now(request: Request) -> datetime:
     return clock.now()
 
 
+# ASGI scope keys through which a middleware hands a request its unit of work and caller.
+UNIT_OF_WORK_SCOPE_KEY = "stallholder.unit_of_work"
+PRINCIPAL_SCOPE_KEY = "stallholder.principal"
+# The request's Idempotency-Key, scoped to its caller and hashed (64 hex digits). An effect
+# that spans several transactions (a refund: recorded, sent to the gateway, settled) is
+# stored with it, so a retry after a crash finds the effect instead of making another.
+REQUEST_KEY_SCOPE_KEY = "stallholder.request_key"
+
+
+@dataclass
+class OuterUnitOfWork:
+    """A request's unit of work opened and committed by a middleware, not by ``SessionDep``.
+
+    The idempotency middleware opens one for a POST with an ``Idempotency-Key`` so that the
+    stored response commits in the same transaction as the effect it describes (ADR 0004).
+    ``SessionDep`` hands the endpoint ``session`` and sets ``has_failed`` when the endpoint
+    raises; the owner then rolls back instead of committing.
+    """
+
+    session: AsyncSession
+    has_failed: bool = False
+
+
+def outer_unit_of_work(scope: Scope) -> OuterUnitOfWork | None:
+    unit = scope.get(UNIT_OF_WORK_SCOPE_KEY)
+    return unit if isinstance(unit, OuterUnitOfWork) else None
+
+
 async def _unit_of_work(request: Request) -> AsyncIterator[AsyncSession]:
+    outer = outer_unit_of_work(request.scope)
+    if outer is not None:
+        try:
+            yield outer.session
+        except BaseException:
+            outer.has_failed = True
+            raise
+        return
     async with get_database(request).unit_of_work() as session:
         yield session
 
 
 # ``scope="function"``: the transaction commits when the endpoint returns, before the
-# response is sent, so a client never sees a 2xx for work that was then rolled back.
+# response is sent, so a client never sees a 2xx for work that was then rolled back. The
+# transaction begins at the endpoint's first statement, not before: an endpoint may first
+# do work in short units of its own (or call out with none open) and then use this one.
+# Under an ``OuterUnitOfWork`` the middleware that opened it commits instead, after the
+# endpoint returned and before the response is sent.
 SessionDep = Annotated[AsyncSession, Depends(_unit_of_work, scope="function")]
 NowDep = Annotated[datetime, Depends(get_now)]
+
+
+def get_request_key(request: Request) -> str | None:
+    """The request's caller-scoped Idempotency-Key (hashed), or None without one."""
+    key = request.scope.get(REQUEST_KEY_SCOPE_KEY)
+    return key if isinstance(key, str) else None
+
+
+RequestKeyDep = Annotated[str | None, Depends(get_request_key)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 

@@ -1,19 +1,29 @@
 """``Idempotency-Key`` on POST: the same key and body replay the first response.
 
 Stored in the database so it holds across processes and restarts. The key is scoped to
-the caller (a hash of its ``Authorization`` header). Another body under the same key is a
-409; a second request while the first is still running is a 409 too, so two concurrent
-requests with one key never both execute. A first request that ended in a 5xx, or in an
-answer with ``Retry-After`` ("not yet", such as ``payment-in-progress``), leaves no
-record, so the client may retry it; one that crashed mid-way is taken over once its lock
-is older than ``LOCK_SECONDS``.
+the caller (a hash of its ``Authorization`` header), and the caller is authenticated
+before anything is written. Another body under the same key is a 409; a second request
+while the first is still running is a 409 too, so two concurrent requests with one key
+never both execute.
+
+The stored response commits in the same transaction as the effect it describes: the
+middleware opens the request's unit of work itself (``kit.http.OuterUnitOfWork``), lets the
+endpoint work in it, writes the response into the key's row and commits once. A crash at
+any point either loses both (the retry runs the request) or keeps both (the retry replays).
+A first request that ended in a 5xx, or in an answer with ``Retry-After`` ("not yet", such
+as ``payment-in-progress``), leaves no record, so the client may retry it; one that
+died mid-way is taken over once its lock is older than the lock time. Each claim carries a
+fresh ``lock_token`` and only the holder of the current token can complete the key, so a
+request that was taken over rolls back instead of acting a second time (ADR 0004).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import String, Text, UniqueConstraint, delete, select, update
@@ -25,12 +35,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Base, Database, SerialPK, is_unique_violation
 from stallholder.kit.errors import PROBLEM_MEDIA_TYPE, Conflict, DomainError, InvalidRequest
+from stallholder.kit.http import (
+    PRINCIPAL_SCOPE_KEY,
+    REQUEST_KEY_SCOPE_KEY,
+    UNIT_OF_WORK_SCOPE_KEY,
+    OuterUnitOfWork,
+)
 
+# A claim older than this is taken to belong to a request that died; the next request with
+# the key takes it over. ``STALLHOLDER_IDEMPOTENCY_LOCK_SECONDS`` overrides it.
 LOCK_SECONDS = 60
 MAX_KEY_LENGTH = 255
 # How long a key replays its first response; Stripe keeps keys for 24 hours as well. After
 # that the same key starts a new request.
 RETENTION = timedelta(hours=24)
+
+# Says who is behind an ``Authorization`` header, reading with the session it is given;
+# raises a ``DomainError`` (a 401) when no one is. The app passes the accounts service's.
+Authenticate = Callable[[AsyncSession, str], Awaitable[object]]
 
 
 class IdempotencyKey(Base):
@@ -47,6 +69,9 @@ class IdempotencyKey(Base):
     response_body: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(index=True)
     locked_at: Mapped[datetime]
+    # Who holds the claim: a fresh random value per claim and per takeover. Only the holder
+    # of the current token may complete or release the key.
+    lock_token: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class IdempotencyKeyReused(Conflict):
@@ -79,33 +104,66 @@ def _hash(*parts: bytes) -> str:
     return digest.hexdigest()
 
 
-async def _send_problem(
-    send: Send, error: DomainError, extra_headers: list[tuple[bytes, bytes]]
-) -> None:
-    body = json.dumps(error.problem()).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-                *extra_headers,
-            ],
-        }
-    )
+async def _send_problem(send: Send, error: DomainError, *, instance: str | None = None) -> None:
+    body = json.dumps(error.problem(instance)).encode()
+    headers = [
+        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if error.status == 401:  # RFC 6750: a 401 names the scheme the client should use
+        headers.append((b"www-authenticate", b'Bearer realm="stallholder"'))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A completed key's response, replayed as it was."""
+
+    status: int
+    content_type: str
+    body: str
+
+    async def send(self, send: Send) -> None:
+        payload = self.body.encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": [
+                    (b"content-type", self.content_type.encode()),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"idempotent-replayed", b"true"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+@dataclass(frozen=True)
+class _Claim:
+    caller: str
+    key: str
+    token: str
 
 
 class IdempotencyMiddleware:
     """ASGI middleware that records and replays POST responses by ``Idempotency-Key``."""
 
     def __init__(
-        self, app: ASGIApp, *, database: Callable[[], Database], clock: Callable[[], Clock]
+        self,
+        app: ASGIApp,
+        *,
+        database: Callable[[], Database],
+        clock: Callable[[], Clock],
+        authenticate: Authenticate,
+        lock_seconds: float = LOCK_SECONDS,
     ) -> None:
         self.app = app
         self._database = database
         self._clock = clock
+        self._authenticate = authenticate
+        self._lock = timedelta(seconds=lock_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -120,54 +178,99 @@ class IdempotencyMiddleware:
             await _send_problem(
                 send,
                 InvalidIdempotencyKey(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters"),
-                [],
             )
+            return
+
+        database = self._database()
+        # Authenticate before anything is written: a caller no key identifies gets its 401
+        # here and leaves no row behind. The endpoint reuses the principal.
+        try:
+            async with database.read() as session:
+                principal = await self._authenticate(session, authorization)
+        except DomainError as error:
+            await _send_problem(send, error, instance=scope["path"])
             return
 
         body = await _read_body(receive)
         caller = _hash(authorization.encode())
         request_hash = _hash(scope["path"].encode(), scope.get("query_string", b""), body)
-        database = self._database()
         now = self._clock().now()
 
-        stored = await self._claim(database, caller, key, request_hash, now)
-        if isinstance(stored, DomainError):
-            await _send_problem(send, stored, [])
+        claimed = await self._claim(database, caller, key, request_hash, now)
+        if isinstance(claimed, DomainError):
+            await _send_problem(send, claimed)
             return
-        if stored is not None:
-            status, content_type, text = stored
-            payload = text.encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [
-                        (b"content-type", content_type.encode()),
-                        (b"content-length", str(len(payload)).encode()),
-                        (b"idempotent-replayed", b"true"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": payload})
+        if isinstance(claimed, _Stored):
+            await claimed.send(send)
             return
 
-        captured = _CapturedResponse()
+        async with database.sessionmaker() as session:
+            unit = OuterUnitOfWork(session)
+            inner = {
+                **scope,
+                PRINCIPAL_SCOPE_KEY: principal,
+                UNIT_OF_WORK_SCOPE_KEY: unit,
+                REQUEST_KEY_SCOPE_KEY: _hash(caller.encode(), key.encode()),
+            }
+            captured = _CapturedResponse()
+            try:
+                await self.app(inner, _replay(body), captured.capture)
+            except BaseException:
+                await session.rollback()
+                await self._release(database, claimed)
+                raise
+            response = await self._finish(database, unit, captured, claimed)
+        await response.send(send)
+
+    async def _finish(
+        self,
+        database: Database,
+        unit: OuterUnitOfWork,
+        captured: _CapturedResponse,
+        claim: _Claim,
+    ) -> _CapturedResponse | _Stored | _Problem:
+        """Commit the request's work together with its stored response, or roll back.
+
+        A 2xx, or a 4xx the endpoint returned (a declined payment: its attempt is kept), is
+        stored in the request's own transaction and commits with it. A 4xx the endpoint
+        raised rolled its work back; its response is stored alone. A 5xx rolls back and
+        releases the key so the client may retry it."""
+        session = unit.session
+        # A 5xx, or an answer with Retry-After ("not yet", such as payment-in-progress), is
+        # not the request's outcome: nothing is kept and the client's retry runs it again.
+        is_not_an_outcome = captured.status >= 500 or captured.says_retry_later
+        if unit.has_failed or is_not_an_outcome:
+            await session.rollback()
+            if is_not_an_outcome:
+                await self._release(database, claim)
+                return captured
         try:
-            await self.app(scope, _replay(body), captured.send)
-        except BaseException:
-            await self._release(database, caller, key)
+            is_ours = await self._record(session, claim, captured)
+            if is_ours:
+                await self._commit(session)
+        except Exception:
+            # Whether or not the commit reached the database, releasing is safe: it only
+            # removes a key that is still incomplete, so the client retries either into a
+            # replay or into a fresh run. The error itself becomes the app's logged 500.
+            await session.rollback()
+            await self._release(database, claim)
             raise
-        if captured.status >= 500 or captured.says_retry_later:
-            # Not the request's outcome: the client's retry with this key runs it again.
-            await self._release(database, caller, key)
-        else:
-            await self._complete(database, caller, key, captured)
-        await captured.flush(send)
+        if not is_ours:
+            # Our claim went stale and another request took the key over: this one's work
+            # must not count too.
+            await session.rollback()
+            return await self._after_takeover(database, claim)
+        return captured
+
+    async def _commit(self, session: AsyncSession) -> None:
+        """The one commit of a keyed request: its effect and its stored response."""
+        await session.commit()
 
     async def _claim(
         self, database: Database, caller: str, key: str, request_hash: str, now: datetime
-    ) -> tuple[int, str, str] | DomainError | None:
+    ) -> _Claim | _Stored | DomainError:
         """Claim the key for this request, or say what the client gets instead."""
+        token = secrets.token_hex(16)
         try:
             async with database.unit_of_work() as session:
                 session.add(
@@ -177,20 +280,15 @@ class IdempotencyMiddleware:
                         request_hash=request_hash,
                         created_at=now,
                         locked_at=now,
+                        lock_token=token,
                     )
                 )
-            return None
+            return _Claim(caller, key, token)
         except IntegrityError as error:
             if not is_unique_violation(error, "uq_idempotency_keys_scope_key"):
                 raise
         async with database.unit_of_work() as session:
-            row = (
-                await session.execute(
-                    select(IdempotencyKey).where(
-                        IdempotencyKey.scope == caller, IdempotencyKey.key == key
-                    )
-                )
-            ).scalar_one_or_none()
+            row = await _find(session, caller, key)
             if row is None:  # released between our insert and this read: the client may retry
                 return IdempotencyKeyInUse(
                     "a request with this key just finished failing; retry it"
@@ -201,52 +299,90 @@ class IdempotencyMiddleware:
                     "use a new key for a new request"
                 )
             if row.is_complete:
-                assert row.response_status is not None
-                return (
-                    row.response_status,
-                    row.response_content_type or "application/json",
-                    row.response_body or "",
-                )
-            stale = now - timedelta(seconds=LOCK_SECONDS)
+                return _stored(row)
             taken = await session.execute(
                 update(IdempotencyKey)
                 .where(
                     IdempotencyKey.id == row.id,
                     IdempotencyKey.is_complete.is_(False),
-                    IdempotencyKey.locked_at < stale,
+                    IdempotencyKey.locked_at < now - self._lock,
                 )
-                .values(locked_at=now)
+                .values(locked_at=now, lock_token=token)
             )
             if taken.rowcount == 1:  # type: ignore[attr-defined]
-                return None
-        return IdempotencyKeyInUse(
-            "another request with this Idempotency-Key is in progress; retry after it finishes"
-        )
+                return _Claim(caller, key, token)
+        return _in_use()
 
-    async def _complete(
-        self, database: Database, caller: str, key: str, captured: _CapturedResponse
-    ) -> None:
-        async with database.unit_of_work() as session:
-            await session.execute(
-                update(IdempotencyKey)
-                .where(IdempotencyKey.scope == caller, IdempotencyKey.key == key)
-                .values(
-                    is_complete=True,
-                    response_status=captured.status,
-                    response_content_type=captured.content_type,
-                    response_body=captured.body.decode("utf-8", "replace"),
-                )
+    async def _record(
+        self, session: AsyncSession, claim: _Claim, captured: _CapturedResponse
+    ) -> bool:
+        """Write the response into the key's row in the request's transaction, if the claim
+        is still ours."""
+        result = await session.execute(
+            update(IdempotencyKey)
+            .where(
+                IdempotencyKey.scope == claim.caller,
+                IdempotencyKey.key == claim.key,
+                IdempotencyKey.lock_token == claim.token,
+                IdempotencyKey.is_complete.is_(False),
             )
+            .values(
+                is_complete=True,
+                response_status=captured.status,
+                response_content_type=captured.content_type,
+                response_body=captured.body.decode("utf-8", "replace"),
+            )
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    async def _release(self, database: Database, caller: str, key: str) -> None:
+    async def _after_takeover(self, database: Database, claim: _Claim) -> _Stored | _Problem:
+        async with database.read() as session:
+            row = await _find(session, claim.caller, claim.key)
+            if row is not None and row.is_complete:
+                return _stored(row)
+        return _Problem(_in_use())
+
+    async def _release(self, database: Database, claim: _Claim) -> None:
         async with database.unit_of_work() as session:
             await session.execute(
                 delete(IdempotencyKey).where(
-                    IdempotencyKey.scope == caller,
-                    IdempotencyKey.key == key,
+                    IdempotencyKey.scope == claim.caller,
+                    IdempotencyKey.key == claim.key,
+                    IdempotencyKey.lock_token == claim.token,
                     IdempotencyKey.is_complete.is_(False),
                 )
             )
+
+
+async def _find(session: AsyncSession, caller: str, key: str) -> IdempotencyKey | None:
+    return (
+        await session.execute(
+            select(IdempotencyKey).where(IdempotencyKey.scope == caller, IdempotencyKey.key == key)
+        )
+    ).scalar_one_or_none()
+
+
+def _stored(row: IdempotencyKey) -> _Stored:
+    assert row.response_status is not None
+    return _Stored(
+        row.response_status,
+        row.response_content_type or "application/json",
+        row.response_body or "",
+    )
+
+
+def _in_use() -> IdempotencyKeyInUse:
+    return IdempotencyKeyInUse(
+        "another request with this Idempotency-Key is in progress; retry after it finishes"
+    )
+
+
+@dataclass(frozen=True)
+class _Problem:
+    error: DomainError
+
+    async def send(self, send: Send) -> None:
+        await _send_problem(send, self.error)
 
 
 async def prune_expired_keys(session: AsyncSession, now: datetime, *, batch: int = 1000) -> int:
@@ -298,7 +434,7 @@ class _CapturedResponse:
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
 
-    async def send(self, message: Message) -> None:
+    async def capture(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.headers = list(message.get("headers", []))
@@ -321,6 +457,6 @@ class _CapturedResponse:
                 return value.decode("latin-1")
         return "application/json"
 
-    async def flush(self, send: Send) -> None:
+    async def send(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
         await send({"type": "http.response.body", "body": self.body})

@@ -8,7 +8,13 @@ from fastapi import APIRouter, Query, Request
 
 from stallholder.accounts.auth import SecretCreatorDep
 from stallholder.accounts.models import Creator
-from stallholder.kit.http import NowDep, SessionDep, SettingsDep, problem_response
+from stallholder.kit.http import (
+    NowDep,
+    RequestKeyDep,
+    SessionDep,
+    SettingsDep,
+    problem_response,
+)
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
 from stallholder.orders import service
@@ -53,6 +59,7 @@ async def create_refund(
     session: SessionDep,
     settings: SettingsDep,
     now: NowDep,
+    request_key: RequestKeyDep,
 ) -> Any:
     """Refund an order in full (no ``amount``) or in part. Never more than was captured:
     refunds still waiting for the gateway count against what remains. No transaction is
@@ -67,6 +74,7 @@ async def create_refund(
         resolve_after=now + settings.payment_resolve_after(),
         now=now,
         session=session,
+        request_key=request_key,
     )
     if refund.status == "failed":
         # Returned, not raised: the unit of work commits the refund as failed.

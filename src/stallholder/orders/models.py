@@ -66,6 +66,9 @@ class Refund(Base):
     gateway_reference: Mapped[str | None] = mapped_column(String(120), default=None)
     # ``<order>:refund:<n>``; None only on refunds recorded before refunds were pending.
     idempotency_key: Mapped[str | None] = mapped_column(String(120), unique=True, default=None)
+    # The client's Idempotency-Key (caller-scoped, hashed) when the refund was asked for
+    # with one: a retry after a crash finds this refund and finishes it, never a second.
+    request_key: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
     failure_message: Mapped[str | None] = mapped_column(String(500), default=None)
     # While pending: when the worker may take over and ask the gateway itself.
     resolve_after: Mapped[datetime | None] = mapped_column(default=None)

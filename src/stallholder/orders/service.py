@@ -231,6 +231,7 @@ async def begin_refund(
     reason: str | None,
     resolve_after: datetime,
     now: datetime,
+    request_key: str | None = None,
 ) -> RefundCall:
     """Step 1: record a ``pending`` refund of all that remains, or ``amount`` of it.
 
@@ -280,6 +281,7 @@ async def begin_refund(
         reason=reason,
         status="pending",
         idempotency_key=f"{order.id}:refund:{refund_number}",
+        request_key=request_key,
         resolve_after=resolve_after,
         platform_fee_reversed=0,
         processor_fee_reversed=0,
@@ -288,6 +290,27 @@ async def begin_refund(
     session.add(refund)
     await session.flush()
     return _refund_call(refund, charge_reference=attempt.gateway_reference)
+
+
+async def _refund_for_request(
+    session: AsyncSession, *, creator_id: str, request_key: str | None
+) -> tuple[Refund, str] | None:
+    """The refund begun under ``request_key``, with its charge's gateway reference."""
+    if request_key is None:
+        return None
+    row = (
+        await session.execute(
+            select(Refund, PaymentAttempt.gateway_reference)
+            .join(Order, Order.id == Refund.order_id)
+            .join(PaymentAttempt, PaymentAttempt.id == Order.payment_attempt_id)
+            .where(Refund.creator_id == creator_id, Refund.request_key == request_key)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    refund, reference = row
+    assert reference is not None
+    return refund, reference
 
 
 def _refund_call(refund: Refund, *, charge_reference: str) -> RefundCall:
@@ -412,26 +435,38 @@ async def create_refund(
     resolve_after: datetime,
     now: datetime,
     session: AsyncSession | None = None,
+    request_key: str | None = None,
 ) -> Refund:
     """Refund all that remains, or ``amount`` of it, and reverse the ledger in proportion.
     The three steps; the outcome is recorded on ``session`` when given (the request's
-    unit of work commits it). A refund the gateway refuses comes back ``failed`` (the
-    caller reports it); one the gateway could not be reached for stays ``pending`` and the
-    worker finishes it after ``resolve_after``.
+    unit of work commits it). With ``request_key`` (the client's Idempotency-Key) a refund
+    already begun under that key is carried on, or returned if it is settled, so a retry
+    after a crash between the steps never refunds twice. A refund the gateway refuses
+    comes back ``failed`` (the caller reports it); one the gateway could not be reached
+    for stays ``pending`` and the worker finishes it after ``resolve_after``.
 
     Raises:
         OrderNotFound, OrderFullyRefunded, RefundTooLarge, GatewayUnavailable.
     """
     async with database.unit_of_work() as starting:
-        call = await begin_refund(
-            starting,
-            creator_id=creator_id,
-            order_id=order_id,
-            amount=amount,
-            reason=reason,
-            resolve_after=resolve_after,
-            now=now,
+        earlier = await _refund_for_request(
+            starting, creator_id=creator_id, request_key=request_key
         )
+        if earlier is not None and earlier[0].status != "pending":
+            return earlier[0]
+        if earlier is not None:
+            call = _refund_call(earlier[0], charge_reference=earlier[1])
+        else:
+            call = await begin_refund(
+                starting,
+                creator_id=creator_id,
+                order_id=order_id,
+                amount=amount,
+                reason=reason,
+                resolve_after=resolve_after,
+                now=now,
+                request_key=request_key,
+            )
     result = await call_refund(gateway, call)
     async with session_or_unit_of_work(database, session) as finishing:
         return await finish_refund(finishing, call=call, result=result, now=now)
