@@ -21,7 +21,8 @@ import anyio
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
@@ -181,7 +182,7 @@ def target(settings: Settings) -> Iterator[Target]:
 
 @SCHEMA.given(choice=st.integers(min_value=0, max_value=2), real_ids=st.booleans())
 @SCHEMA.parametrize()
-@settings(
+@hypothesis_settings(
     max_examples=EXAMPLES,
     derandomize=True,
     database=None,
