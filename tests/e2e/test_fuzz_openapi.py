@@ -3,7 +3,8 @@ PostgreSQL, authenticated with real keys of the kind each operation accepts.
 
 Checks on every response: no 5xx; the status code, content type, headers and body are the
 ones the document gives for that operation; an operation that declares a key refuses a
-request without one. Examples are derandomized and bounded per operation
+request without one. One test per operation, and one that chains calls through the links
+Schemathesis infers (create a product, then read, change and price it). Examples are derandomized and bounded per operation
 (``STALLHOLDER_FUZZ_EXAMPLES``, default below), so a run is the same run every time and
 ``make test`` stays short; raise the number locally to search harder.
 """
@@ -198,3 +199,33 @@ def test_every_operation_answers_as_documented(
     response = case.call(app=target.app, headers=headers)
     # ``app`` also carries ``ignored_auth``'s probes (the same request without a key).
     case.validate_response(response, checks=CHECKS, transport_kwargs={"app": target.app})
+
+
+def test_sequences_of_calls_answer_as_documented(target: Target) -> None:
+    """Stateful: calls chained through the links Schemathesis infers (an id one response
+    returns, used in the next request), each checked as above."""
+    seeded = target.seeded
+
+    class Chains(SCHEMA.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
+            return {"app": target.app, "headers": seeded.authorization(case.operation, 0)}
+
+        def validate_response(
+            self,
+            response: schemathesis.Response,
+            case: schemathesis.Case[Any],
+            additional_checks: Any = None,
+            **kwargs: Any,
+        ) -> None:
+            case.validate_response(response, checks=CHECKS, transport_kwargs={"app": target.app})
+
+    Chains.run(
+        settings=hypothesis_settings(
+            max_examples=EXAMPLES,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            stateful_step_count=6,
+        )
+    )
