@@ -4,9 +4,11 @@ PostgreSQL, authenticated with real keys of the kind each operation accepts.
 Checks on every response: no 5xx; the status code, content type, headers and body are the
 ones the document gives for that operation; an operation that declares a key refuses a
 request without one. One test per operation, and one that chains calls through the links
-Schemathesis infers (create a product, then read, change and price it). Examples are derandomized and bounded per operation
-(``STALLHOLDER_FUZZ_EXAMPLES``, default below), so a run is the same run every time and
-``make test`` stays short; raise the number locally to search harder.
+Schemathesis infers (create a product, then read, change and price it).
+
+Examples are derandomized and bounded per operation (``STALLHOLDER_FUZZ_EXAMPLES``,
+default below), so a run is the same run every time and ``make test`` stays short; raise
+the number locally to search harder.
 """
 
 from __future__ import annotations
