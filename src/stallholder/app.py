@@ -13,19 +13,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stallholder import __version__
 from stallholder.accounts.api import router as accounts_router
-from stallholder.accounts.auth import authenticate_header
+from stallholder.accounts.auth import SECURITY_SCHEMES, authenticate_header
 from stallholder.accounts.service import Principal, resolve_admin_key
 from stallholder.catalog.api import router as catalog_router
 from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
 from stallholder.events.api import router as events_router
 from stallholder.jobs.worker import Worker
+from stallholder.kit import openapi
 from stallholder.kit.clock import Clock, SystemClock
 from stallholder.kit.db import Database
 from stallholder.kit.errors import PROBLEM_MEDIA_TYPE, DomainError, problem_type
@@ -262,12 +264,18 @@ def create_app(
                 await payments.aclose()
             await database.dispose()
 
-    app = FastAPI(
+    # Swagger UI (/docs) and ReDoc (/redoc) load their scripts from the app itself
+    # (/docs-assets), so the docs work without internet access.
+    app = FastAPIOffline(
         title="Stallholder API",
         version=__version__,
         lifespan=lifespan,
         description="Commerce infrastructure for creators who sell directly. Every error is "
-        "application/problem+json (RFC 9457); money is integer minor units.",
+        "application/problem+json (RFC 9457); money is integer minor units. Authorize with "
+        "the key each operation names (admin, secret or publishable), then try it out.",
+        static_url="/docs-assets",
+        # No badge from the public validator service: the page makes no outside request.
+        swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
     )
     app.state.settings = settings
     app.state.database = database
@@ -288,6 +296,7 @@ def create_app(
         app.include_router(router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    openapi.install(app, security_schemes=SECURITY_SCHEMES)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

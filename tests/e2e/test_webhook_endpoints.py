@@ -150,3 +150,38 @@ async def test_endpoints_are_the_creators_own_and_need_the_secret_key(api: Api) 
         json={"url": "https://93.184.215.14/", "events": ["*"]},
     )
     assert problem(publishable) == (403, "publishable-key-not-allowed")
+
+
+@pytest.mark.parametrize("field", ["url", "events", "status"])
+async def test_a_null_in_an_update_is_a_422_and_changes_nothing(api: Api, field: str) -> None:
+    """Found by the fuzzer: ``{"events": null}`` was a 500."""
+    creator = await api.creator()
+    sk = creator["secret_key"]
+    created = await api.http.post(
+        "/v1/webhook_endpoints",
+        headers=bearer(sk),
+        json={"url": "http://127.0.0.1:9/hook", "events": ["order.paid"], "description": "a"},
+    )
+    endpoint = f"/v1/webhook_endpoints/{created.json()['id']}"
+
+    response = await api.http.patch(
+        endpoint, headers=bearer(sk), json={field: None, "description": "b"}
+    )
+
+    assert problem(response) == (422, "validation-error")
+    assert response.json()["errors"] == [
+        {
+            "loc": field,
+            "msg": "leave the field out to keep it; it cannot be null",
+            "type": "value_error",
+        }
+    ]
+    unchanged = (await api.http.get(endpoint, headers=bearer(sk))).json()
+    assert (unchanged["url"], unchanged["events"], unchanged["status"]) == (
+        "http://127.0.0.1:9/hook",
+        ["order.paid"],
+        "enabled",
+    )
+    assert unchanged["description"] == "a"
+    cleared = await api.http.patch(endpoint, headers=bearer(sk), json={"description": None})
+    assert (cleared.status_code, cleared.json()["description"]) == (200, None)

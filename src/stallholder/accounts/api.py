@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from stallholder.accounts import service
-from stallholder.accounts.auth import AdminDep, PrincipalDep, SecretCreatorDep
+from stallholder.accounts.auth import (
+    ADMIN_KEY_SCHEME,
+    SECRET_KEY_SCHEME,
+    AdminDep,
+    PrincipalDep,
+    SecretCreatorDep,
+)
 from stallholder.accounts.schemas import (
     CreatorCreate,
     CreatorOut,
@@ -18,11 +24,26 @@ from stallholder.accounts.schemas import (
     creator_with_keys,
 )
 from stallholder.kit.http import NowDep, SessionDep
+from stallholder.kit.openapi import documents
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+
+
+@documents(accepts=(ADMIN_KEY_SCHEME, SECRET_KEY_SCHEME))
+def require_account_access(creator_id: str, principal: PrincipalDep) -> str:
+    """The admin reaches any creator's account; a creator's secret key only its own. A
+    publishable key, which ships in web pages, reads no account data."""
+    if not principal.is_admin and not (
+        principal.kind == "secret" and principal.creator_id == creator_id
+    ):
+        raise service.CreatorNotFound(f"no creator {creator_id!r}")
+    return creator_id
+
+
+AccountDep = Annotated[str, Depends(require_account_access)]
 
 
 @router.post("/creators", status_code=201, response_model=CreatorWithKeys)
@@ -42,26 +63,27 @@ async def create_creator(
     return creator_with_keys(creator, secret_key=secret, publishable_key=publishable)
 
 
+@router.get("/creators", response_model=ListOut)
+async def list_creators(
+    _: AdminDep,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> ListOut:
+    """Every creator on the platform, newest first (admin key)."""
+    page = await service.list_creators(session, limit=limit, starting_after=starting_after)
+    return ListOut(data=[CreatorOut.model_validate(c) for c in page.data], has_more=page.has_more)
+
+
 @router.get("/creators/{creator_id}", response_model=CreatorOut)
-async def get_creator(creator_id: str, principal: PrincipalDep, session: SessionDep) -> CreatorOut:
-    """The admin sees any creator; a creator's secret key sees only its own. A publishable
-    key, which ships in web pages, reads no account data."""
-    if not principal.is_admin and not (
-        principal.kind == "secret" and principal.creator_id == creator_id
-    ):
-        raise service.CreatorNotFound(f"no creator {creator_id!r}")
+async def get_creator(creator_id: AccountDep, session: SessionDep) -> CreatorOut:
+    """The admin sees any creator; a creator's secret key sees only its own."""
     return CreatorOut.model_validate(await service.get_creator(session, creator_id))
 
 
 @router.post("/creators/{creator_id}/keys/roll", response_model=KeysOut)
-async def roll_keys(
-    creator_id: str, principal: PrincipalDep, session: SessionDep, now: NowDep
-) -> KeysOut:
+async def roll_keys(creator_id: AccountDep, session: SessionDep, now: NowDep) -> KeysOut:
     """Revoke the creator's keys and issue new ones (admin key, or the creator's secret key)."""
-    if not principal.is_admin and not (
-        principal.kind == "secret" and principal.creator_id == creator_id
-    ):
-        raise service.CreatorNotFound(f"no creator {creator_id!r}")
     secret, publishable = await service.roll_keys(session, creator_id=creator_id, now=now)
     return KeysOut(creator=creator_id, secret_key=secret, publishable_key=publishable)
 

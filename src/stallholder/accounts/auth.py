@@ -8,8 +8,35 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.service import Principal, PublishableKeyNotAllowed, authenticate
-from stallholder.kit.errors import Forbidden
+from stallholder.kit.errors import Forbidden, Unauthenticated
 from stallholder.kit.http import PRINCIPAL_SCOPE_KEY, get_database
+from stallholder.kit.openapi import documents
+
+# The OpenAPI security schemes: all three are bearer tokens, so Swagger UI's Authorize
+# dialog takes one of each and every operation says which of them it accepts.
+ADMIN_KEY_SCHEME = "AdminKey"
+SECRET_KEY_SCHEME = "SecretKey"  # noqa: S105 (a scheme name, not a secret)
+PUBLISHABLE_KEY_SCHEME = "PublishableKey"
+SECURITY_SCHEMES = {
+    ADMIN_KEY_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "admin_…",
+        "description": "The platform admin key (STALLHOLDER_ADMIN_KEY, or var/admin-key).",
+    },
+    SECRET_KEY_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "sk_…",
+        "description": "A creator's secret key: everything for that creator. Server-side only.",
+    },
+    PUBLISHABLE_KEY_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "pk_…",
+        "description": "A creator's publishable key: checkout sessions and the public catalog.",
+    },
+}
 
 
 async def authenticate_header(
@@ -25,6 +52,7 @@ async def authenticate_header(
     return await authenticate(session, token=bearer, admin_key=admin_key)
 
 
+@documents(Unauthenticated, accepts=(ADMIN_KEY_SCHEME, SECRET_KEY_SCHEME, PUBLISHABLE_KEY_SCHEME))
 async def get_principal(request: Request) -> Principal:
     """Who is calling. Authenticating reads in a short transaction of its own, so it never
     begins the request's unit of work (on SQLite: never takes the write lock). The
@@ -54,12 +82,14 @@ class CreatorKeyRequired(Forbidden):
     title = "This needs a creator's API key"
 
 
+@documents(AdminOnly, accepts=(ADMIN_KEY_SCHEME,))
 def require_admin(principal: PrincipalDep) -> Principal:
     if not principal.is_admin:
         raise AdminOnly("only the platform admin key (STALLHOLDER_ADMIN_KEY) can do this")
     return principal
 
 
+@documents(CreatorKeyRequired, PublishableKeyNotAllowed, accepts=(SECRET_KEY_SCHEME,))
 def require_secret_key(principal: PrincipalDep) -> str:
     """The creator id behind a secret key."""
     if principal.is_admin or principal.creator_id is None:
@@ -72,6 +102,7 @@ def require_secret_key(principal: PrincipalDep) -> str:
     return principal.creator_id
 
 
+@documents(CreatorKeyRequired, accepts=(SECRET_KEY_SCHEME, PUBLISHABLE_KEY_SCHEME))
 def require_creator_key(principal: PrincipalDep) -> str:
     """The creator id behind a secret or a publishable key."""
     if principal.is_admin or principal.creator_id is None:

@@ -256,6 +256,19 @@ async def list_customers(
     )
 
 
+async def list_creators(
+    session: AsyncSession, *, limit: int, starting_after: str | None
+) -> Page[Creator]:
+    """Every creator on the platform, newest first (the platform admin's view)."""
+    return await paginate(
+        session,
+        select(Creator),
+        id_column=Creator.id,
+        limit=limit,
+        starting_after=starting_after,
+    )
+
+
 async def creators_by_id(session: AsyncSession, creator_ids: list[str]) -> dict[str, Creator]:
     if not creator_ids:
         return {}

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from stallholder.events.models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from stallholder.kit.schemas import Input
@@ -29,10 +30,20 @@ class WebhookEndpointCreate(Input):
 
 
 class WebhookEndpointUpdate(Input):
-    url: str | None = Field(default=None, min_length=1, max_length=2048)
-    events: list[str] | None = Field(default=None, min_length=1, max_length=100)
+    """Only the fields sent change. `description: null` clears the description; `url`,
+    `events` and `status` may be left out, but not sent as null."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2048)] | SkipJsonSchema[None] = None
+    events: Annotated[list[str], Field(min_length=1, max_length=100)] | SkipJsonSchema[None] = None
     description: str | None = Field(default=None, max_length=500)
-    status: Literal["enabled", "disabled"] | None = None
+    status: Literal["enabled", "disabled"] | SkipJsonSchema[None] = None
+
+    @field_validator("url", "events", "status")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("leave the field out to keep it; it cannot be null")
+        return value
 
 
 class RotateSecret(Input):

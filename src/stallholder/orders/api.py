@@ -51,6 +51,29 @@ async def list_orders(
     return ListOut(data=[await _order_out(session, o) for o in page.data], has_more=page.has_more)
 
 
+@router.get(
+    "/refunds",
+    response_model=ListOut,
+    responses={404: {"description": "`order-not-found`: no such order, or not yours"}},
+)
+async def list_refunds(
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    order: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> ListOut:
+    """The creator's refunds, newest first; ``order`` lists one order's refunds."""
+    page = await service.list_refunds(
+        session,
+        creator_id=creator_id,
+        order_id=order,
+        limit=limit,
+        starting_after=starting_after,
+    )
+    return ListOut(data=[refund_out(r) for r in page.data], has_more=page.has_more)
+
+
 @router.post("/refunds", status_code=201, response_model=RefundOut)
 async def create_refund(
     body: RefundCreate,

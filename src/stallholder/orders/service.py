@@ -210,6 +210,28 @@ async def list_orders(
     )
 
 
+async def list_refunds(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    order_id: str | None,
+    limit: int,
+    starting_after: str | None,
+) -> Page[Refund]:
+    """The creator's refunds, newest first; with ``order_id``, that order's only.
+
+    Raises:
+        OrderNotFound: ``order_id`` is not one of the creator's orders.
+    """
+    statement = select(Refund).where(Refund.creator_id == creator_id)
+    if order_id is not None:
+        await get_order(session, creator_id=creator_id, order_id=order_id)
+        statement = statement.where(Refund.order_id == order_id)
+    return await paginate(
+        session, statement, id_column=Refund.id, limit=limit, starting_after=starting_after
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RefundCall:
     """What the gateway call of a pending refund needs, copied out of the rows."""

@@ -175,7 +175,10 @@ async def set_default_payment_method(
 @router.post(
     "/stripe/webhooks",
     response_model=WebhookReceivedOut,
-    responses={400: {"description": "The Stripe-Signature does not verify"}},
+    responses={
+        400: {"description": "The Stripe-Signature does not verify"},
+        404: {"description": "The platform does not use the Stripe gateway"},
+    },
 )
 async def receive_stripe_webhook(
     request: Request,
