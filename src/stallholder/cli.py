@@ -114,9 +114,7 @@ def run_worker() -> None:
         gateway = _gateway(settings)
         database = Database(settings.resolved_database_url())
         try:
-            await Worker(database, SystemClock(), settings=settings, gateway=gateway).run(
-                poll_seconds=settings.worker_poll_seconds
-            )
+            await Worker(database, SystemClock(), settings=settings, gateway=gateway).run()
         finally:
             await gateway.aclose()
             await database.dispose()

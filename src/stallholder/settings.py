@@ -34,13 +34,20 @@ class Settings(BaseSettings):
     checkout_session_ttl_seconds: int = Field(default=30 * 60, ge=60, le=24 * 3600)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     embedded_worker: bool = True
-    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    # The longest an idle worker sleeps. It wakes sooner when work comes due, and at once
+    # when work is enqueued (in-process, or LISTEN/NOTIFY on PostgreSQL); this only
+    # bounds a missed wake-up.
+    worker_poll_seconds: float = Field(default=30.0, gt=0)
+    # Each retry waits its backoff plus up to this fraction more, at random (ADR 0007).
+    worker_retry_jitter: float = Field(default=0.1, ge=0, le=1)
 
     # Outgoing webhooks (docs/webhooks.md). Private, loopback and link-local targets are
     # refused unless allowed (tests and local development allow them).
     allow_private_webhook_targets: bool = False
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     webhook_lease_seconds: float = Field(default=60.0, gt=0)
+    # Deliveries one worker sends at once, over one pooled HTTP client.
+    webhook_concurrency: int = Field(default=64, ge=1, le=1000)
     # An endpoint is disabled once its current run of failures is at least this many
     # attempts long *and* has lasted at least this long (both, so a burst during a short
     # outage does not disable it).

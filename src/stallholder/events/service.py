@@ -13,6 +13,7 @@ from stallholder.events.types import API_VERSION, EVENT_TYPES
 from stallholder.kit.errors import NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
+from stallholder.kit.work import wake_after_commit
 
 
 class EventNotFound(NotFound):
@@ -36,6 +37,7 @@ async def emit(
     )
     session.add(event)
     await session.flush()
+    wake_after_commit(session)  # the worker dispatches the outbox
     return event
 
 

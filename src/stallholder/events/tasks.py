@@ -1,5 +1,5 @@
-"""Due work of the events domain: dispatching the outbox to its consumers, and sending
-webhook deliveries."""
+"""Due work of the events domain: dispatching the outbox to its consumers, and the
+``events.deliver_webhook`` kind that sends webhook deliveries."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events import service, webhooks
 from stallholder.events.models import Event
-from stallholder.kit.clock import Clock
-from stallholder.kit.db import Database
 from stallholder.kit.errors import DomainError
 from stallholder.kit.signing import signature_header
+from stallholder.kit.work import Claimed, Context, Kind, Schedule
+from stallholder.settings import Settings
 
 log = logging.getLogger("stallholder.events")
 
@@ -55,15 +55,18 @@ async def dispatch_events(
 # Outgoing webhooks ----------------------------------------------------------------------
 
 USER_AGENT = "Stallholder-Webhooks/1"
-WEBHOOK_BATCH = 20
+# Deliveries claimed at once; they are sent ``webhook_concurrency`` at a time.
+WEBHOOK_BATCH = 256
 
 
-@dataclass(frozen=True, slots=True)
-class WebhookSettings:
-    allow_private: bool
-    timeout_seconds: float
-    lease: timedelta
-    policy: webhooks.DisablePolicy
+class WebhookResources(Protocol):
+    """What delivering webhooks needs from the worker."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def http(self) -> httpx.AsyncClient: ...
 
 
 async def send_webhook(
@@ -125,53 +128,56 @@ async def send_webhook(
 
 
 async def deliver_webhooks(
-    database: Database,
-    clock: Clock,
-    *,
-    settings: WebhookSettings,
-    client: httpx.AsyncClient | None = None,
-    batch: int = WEBHOOK_BATCH,
-) -> int:
-    """The runner: claim due deliveries, send them concurrently with no transaction open,
-    record each outcome in its own unit of work. Returns how many were attempted.
-
-    Without a ``client`` one is opened for the batch and closed after it."""
-    async with database.unit_of_work() as session:
-        claimed = await webhooks.claim_due(
-            session, now=clock.now(), lease=settings.lease, limit=batch
+    context: Context[WebhookResources], items: Sequence[Claimed]
+) -> dict[str, BaseException | None]:
+    """The handler of ``events.deliver_webhook``, for a claimed batch: read the
+    deliveries in one short transaction, send them ``webhook_concurrency`` at a time over
+    the worker's pooled HTTP client with no transaction open, and record every outcome in
+    one more. A delivery that is settled already, or whose endpoint is disabled, needs
+    nothing (re-enabling the endpoint enqueues it again)."""
+    settings = context.resources.settings
+    work_by_delivery = {str(item.payload["delivery_id"]): item.id for item in items}
+    async with context.database.unit_of_work() as session:
+        outgoing = await webhooks.load_outgoing(
+            session, delivery_ids=list(work_by_delivery), now=context.clock.now()
         )
-    if not claimed:
-        return 0
-    timestamp = int(clock.now().timestamp())
+    timestamp = int(context.clock.now().timestamp())
+    gate = asyncio.Semaphore(settings.webhook_concurrency)
 
-    async def send_all(http: httpx.AsyncClient) -> list[webhooks.Outcome]:
-        return list(
-            await asyncio.gather(
-                *(
-                    send_webhook(
-                        http,
-                        outgoing,
-                        allow_private=settings.allow_private,
-                        timeout_seconds=settings.timeout_seconds,
-                        timestamp=timestamp,
-                    )
-                    for outgoing in claimed
-                )
+    async def send(one: webhooks.Outgoing) -> webhooks.Outcome:
+        async with gate:
+            return await send_webhook(
+                context.resources.http,
+                one,
+                allow_private=settings.allow_private_webhook_targets,
+                timeout_seconds=settings.webhook_timeout_seconds,
+                timestamp=timestamp,
             )
+
+    outcomes = await asyncio.gather(*(send(one) for one in outgoing))
+    async with context.database.unit_of_work() as session:
+        results = await webhooks.record_outcomes(
+            session,
+            sent=list(zip(outgoing, outcomes, strict=True)),
+            policy=webhooks.DisablePolicy(
+                after_failures=settings.webhook_disable_after_failures,
+                after=timedelta(seconds=settings.webhook_disable_after_seconds),
+            ),
+            now=context.clock.now(),
+            retry_at=context.retry_at,
         )
+    return {work_by_delivery[delivery]: result for delivery, result in results.items()}
 
-    if client is not None:
-        outcomes = await send_all(client)
-    else:
-        async with httpx.AsyncClient() as http:
-            outcomes = await send_all(http)
-    for outgoing, outcome in zip(claimed, outcomes, strict=True):
-        async with database.unit_of_work() as session:
-            await webhooks.record_outcome(
-                session,
-                outgoing=outgoing,
-                outcome=outcome,
-                policy=settings.policy,
-                now=clock.now(),
-            )
-    return len(claimed)
+
+def webhook_kind(settings: Settings) -> Kind[WebhookResources]:
+    """Delivering webhooks: the schedule of ``webhooks.RETRY_DELAYS`` (the handler
+    settles the deliveries; the engine only retries what the handler says), with the
+    lease from ``STALLHOLDER_WEBHOOK_LEASE_SECONDS``."""
+    return Kind(
+        name=webhooks.DELIVER_KIND,
+        batch_handler=deliver_webhooks,
+        retry=Schedule(webhooks.RETRY_DELAYS),
+        max_attempts=webhooks.MAX_ATTEMPTS,
+        lease=timedelta(seconds=settings.webhook_lease_seconds),
+        batch_size=WEBHOOK_BATCH,
+    )

@@ -1,7 +1,8 @@
-"""Outgoing webhooks: endpoints, their secrets, the delivery queue and its log.
+"""Outgoing webhooks: endpoints, their secrets, the deliveries and their log.
 
-The worker's runner (``events.tasks.deliver_webhooks``) claims due deliveries here, sends
-them with no transaction open, and records each outcome here. See docs/webhooks.md.
+Each delivery is due work (``kit.work``, kind ``events.deliver_webhook``); its handler
+(``events.tasks``) reads the deliveries here, sends them with no transaction open, and
+records the outcomes here. See docs/webhooks.md.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
 from stallholder.kit.signing import new_webhook_secret
+from stallholder.kit.work import NewWork, Retry, enqueue_many
 
 # Delay before each retry: attempt 1 is immediate, then 5 s, 5 min, 30 min, 2 h, 5 h,
 # 10 h, 10 h, 10 h, 12 h, 22 h: 11 attempts over 71.6 hours, about three days.
@@ -42,6 +44,7 @@ RETRY_DELAYS: tuple[timedelta, ...] = (
     timedelta(hours=22),
 )
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
+DELIVER_KIND = "events.deliver_webhook"
 DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
 MAX_ROTATION_OVERLAP = timedelta(days=7)
 EXCERPT_CHARACTERS = 1024
@@ -233,6 +236,7 @@ async def update_endpoint(
         endpoint.disabled_reason = None
         endpoint.consecutive_failures = 0
         endpoint.failing_since = None
+        await _resume_pending(session, endpoint, now=now)
     elif changes.get("status") == "disabled" and endpoint.status != "disabled":
         endpoint.status = "disabled"
         endpoint.disabled_reason = "disabled by the creator"
@@ -308,6 +312,44 @@ def _delivery(endpoint: WebhookEndpoint, event: Event, *, now: datetime) -> Webh
     )
 
 
+def _work(delivery: WebhookDelivery, *, due_at: datetime) -> NewWork:
+    return NewWork(
+        kind=DELIVER_KIND,
+        payload={"delivery_id": delivery.id},
+        due_at=due_at,
+        dedupe_key=delivery.id,
+        creator_id=delivery.creator_id,
+    )
+
+
+async def _add_deliveries(
+    session: AsyncSession, deliveries: Sequence[WebhookDelivery], *, now: datetime
+) -> None:
+    """The delivery rows and, in the same transaction, the work that sends them."""
+    session.add_all(deliveries)
+    await session.flush()
+    await enqueue_many(session, [_work(d, due_at=now) for d in deliveries], now=now)
+
+
+async def _resume_pending(
+    session: AsyncSession, endpoint: WebhookEndpoint, *, now: datetime
+) -> None:
+    """A re-enabled endpoint's waiting deliveries are due again (their work ended while
+    the endpoint was disabled; a live one is not enqueued twice)."""
+    pending = (
+        await session.execute(
+            select(WebhookDelivery).where(
+                WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == "pending"
+            )
+        )
+    ).scalars()
+    work = []
+    for delivery in pending:
+        delivery.next_attempt_at = now
+        work.append(_work(delivery, due_at=now))
+    await enqueue_many(session, work, now=now)
+
+
 async def queue_deliveries_for_event(session: AsyncSession, event: Event, now: datetime) -> None:
     """The outbox consumer: one delivery per enabled endpoint of the creator whose filter
     takes the event. Runs in the dispatch transaction, so each is queued exactly once."""
@@ -319,10 +361,12 @@ async def queue_deliveries_for_event(session: AsyncSession, event: Event, now: d
             )
         )
     ).scalars()
-    for endpoint in endpoints:
-        if _matches(endpoint, event.type):
-            session.add(_delivery(endpoint, event, now=now))
-    await session.flush()
+    deliveries = [
+        _delivery(endpoint, event, now=now)
+        for endpoint in endpoints
+        if _matches(endpoint, event.type)
+    ]
+    await _add_deliveries(session, deliveries, now=now)
 
 
 async def redeliver(
@@ -363,8 +407,7 @@ async def redeliver(
             if _matches(e, event.type)
         ]
     deliveries = [_delivery(endpoint, event, now=now) for endpoint in targets]
-    session.add_all(deliveries)
-    await session.flush()
+    await _add_deliveries(session, deliveries, now=now)
     return deliveries
 
 
@@ -414,34 +457,28 @@ class Outgoing:
     attempt: int
 
 
-async def claim_due(
-    session: AsyncSession, *, now: datetime, lease: timedelta, limit: int
+async def load_outgoing(
+    session: AsyncSession, *, delivery_ids: Sequence[str], now: datetime
 ) -> list[Outgoing]:
-    """Due deliveries to enabled endpoints, leased to this worker: each claim counts as an
-    attempt and moves ``next_attempt_at`` past the lease, so a worker that dies mid-send
-    leaves the row to come due again (``SKIP LOCKED`` keeps workers apart)."""
-    rows = (
-        await session.execute(
-            select(WebhookDelivery)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            .where(
-                WebhookDelivery.status == "pending",
-                WebhookDelivery.next_attempt_at <= now,
-                WebhookEndpoint.status == "enabled",
+    """What to send for the pending deliveries among ``delivery_ids`` whose endpoint is
+    enabled, in three queries. The others are settled already (or wait for their endpoint
+    to be re-enabled, which enqueues them again): there is nothing to send for them."""
+    deliveries = list(
+        (
+            await session.execute(
+                select(WebhookDelivery).where(
+                    WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.status == "pending"
+                )
             )
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=WebhookDelivery)
-        )
-    ).scalars()
-    deliveries = list(rows)
+        ).scalars()
+    )
     endpoints = await _endpoints_by_id(session, {d.endpoint_id for d in deliveries})
     events_by_id = await _events_by_id(session, {d.event_id for d in deliveries})
     outgoing: list[Outgoing] = []
-    for delivery in deliveries:
+    for delivery in sorted(deliveries, key=lambda d: d.id):
         endpoint, event = endpoints[delivery.endpoint_id], events_by_id[delivery.event_id]
-        delivery.attempts += 1
-        delivery.next_attempt_at = now + lease
+        if endpoint.status != "enabled":
+            continue
         outgoing.append(
             Outgoing(
                 delivery_id=delivery.id,
@@ -450,10 +487,9 @@ async def claim_due(
                 secrets=tuple(secrets_in_use(endpoint, now=now)),
                 message_id=event.id,
                 body=_encode(events.envelope(event)),
-                attempt=delivery.attempts,
+                attempt=delivery.attempts + 1,
             )
         )
-    await session.flush()
     return outgoing
 
 
@@ -484,6 +520,9 @@ class Outcome:
     def is_success(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
 
+    def describe(self) -> str:
+        return self.error or f"the endpoint answered {self.status_code}"
+
 
 @dataclass(frozen=True, slots=True)
 class DisablePolicy:
@@ -491,36 +530,79 @@ class DisablePolicy:
     after: timedelta
 
 
-async def record_outcome(
+async def record_outcomes(
     session: AsyncSession,
     *,
-    outgoing: Outgoing,
-    outcome: Outcome,
+    sent: Sequence[tuple[Outgoing, Outcome]],
     policy: DisablePolicy,
     now: datetime,
-) -> None:
-    """Log the attempt, then settle the delivery and the endpoint's run of failures.
+    retry_at: Callable[[timedelta], datetime],
+) -> dict[str, BaseException | None]:
+    """Log each attempt, then settle its delivery and its endpoint's run of failures.
+    Returns, per delivery id, what the work engine should do: None when the delivery is
+    settled (succeeded, or failed for good), a ``Retry`` at the next time in the schedule
+    (``retry_at`` turns the delay into a jittered time).
 
     A 410 disables the endpoint at once. Otherwise the endpoint is disabled once its run
     of failures is long enough in both attempts and time, and ``webhook_endpoint.disabled``
     is emitted (the creator is emailed from it; a disabled endpoint receives nothing, that
     event included).
     """
-    # Endpoint first, then delivery: the order delete_endpoint takes them in too.
-    endpoint = (
-        await session.execute(
-            select(WebhookEndpoint)
-            .where(WebhookEndpoint.id == outgoing.endpoint_id)
-            .with_for_update()
+    if not sent:
+        return {}
+    # Endpoints first, then deliveries, each in key order: the order delete_endpoint
+    # takes them in too, so the two never deadlock.
+    endpoint_ids = sorted({outgoing.endpoint_id for outgoing, _ in sent})
+    endpoints = {
+        e.id: e
+        for e in (
+            await session.execute(
+                select(WebhookEndpoint)
+                .where(WebhookEndpoint.id.in_(endpoint_ids))
+                .order_by(WebhookEndpoint.id)
+                .with_for_update()
+            )
+        ).scalars()
+    }
+    deliveries = {
+        d.id: d
+        for d in (
+            await session.execute(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.id.in_([outgoing.delivery_id for outgoing, _ in sent]))
+                .order_by(WebhookDelivery.id)
+                .with_for_update()
+            )
+        ).scalars()
+    }
+    results: dict[str, BaseException | None] = {}
+    for outgoing, outcome in sent:
+        endpoint, delivery = endpoints[outgoing.endpoint_id], deliveries[outgoing.delivery_id]
+        results[delivery.id] = await _settle(
+            session,
+            endpoint,
+            delivery,
+            outgoing,
+            outcome,
+            policy=policy,
+            now=now,
+            retry_at=retry_at,
         )
-    ).scalar_one()
-    delivery = (
-        await session.execute(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.id == outgoing.delivery_id)
-            .with_for_update()
-        )
-    ).scalar_one()
+    await session.flush()
+    return results
+
+
+async def _settle(
+    session: AsyncSession,
+    endpoint: WebhookEndpoint,
+    delivery: WebhookDelivery,
+    outgoing: Outgoing,
+    outcome: Outcome,
+    *,
+    policy: DisablePolicy,
+    now: datetime,
+    retry_at: Callable[[timedelta], datetime],
+) -> BaseException | None:
     session.add(
         WebhookAttempt(
             delivery_id=delivery.id,
@@ -534,24 +616,25 @@ async def record_outcome(
     )
     delivery.last_status_code = outcome.status_code
     if delivery.status != "pending":  # settled meanwhile (endpoint deleted): only log
-        await session.flush()
-        return
+        return None
+    delivery.attempts = outgoing.attempt
     if outcome.is_success:
         delivery.status = "succeeded"
         delivery.completed_at = now
         endpoint.consecutive_failures = 0
         endpoint.failing_since = None
-        await session.flush()
-        return
+        return None
 
     endpoint.consecutive_failures += 1
     endpoint.failing_since = endpoint.failing_since or now
     delay = retry_delay(delivery.attempts)
+    result: BaseException | None = None
     if outcome.status_code == 410 or delay is None:
         delivery.status = "failed"
         delivery.completed_at = now
     else:
-        delivery.next_attempt_at = now + delay
+        delivery.next_attempt_at = retry_at(delay)
+        result = Retry(outcome.describe(), at=delivery.next_attempt_at)
     if endpoint.status == "enabled":
         if outcome.status_code == 410:
             await _disable(session, endpoint, reason="the endpoint answered 410 Gone", now=now)
@@ -566,7 +649,7 @@ async def record_outcome(
                 f"{endpoint.failing_since.isoformat()}",
                 now=now,
             )
-    await session.flush()
+    return result
 
 
 def endpoint_payload(endpoint: WebhookEndpoint) -> dict[str, Any]:
