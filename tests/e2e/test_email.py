@@ -35,6 +35,7 @@ async def _send_work(database: Database) -> tuple[str, int, datetime]:
         [item] = (await session.execute(sending)).scalars().all()
     return item.state, item.attempts, item.due_at
 
+
 SENDER = "Stallholder Receipts <receipts@shop.example>"
 
 
