@@ -1,5 +1,6 @@
 """Webhook throughput: how fast the worker fans events out and delivers them, signed, to
-a receiver that answers at once, on SQLite and PostgreSQL.
+a fast local receiver that answers at once (``bench/receiver.py``), on SQLite and
+PostgreSQL.
 
 N events are written to the outbox up front; then one worker (the same ``Worker`` that
 ``stallholder worker`` runs, with real HTTP to a uvicorn receiver) runs passes until
@@ -104,7 +105,7 @@ def run(*, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="stallholder-bench-") as tmp:
         workdir = Path(tmp)
         port = harness.free_port()
-        command = harness.uvicorn_command("bench.bare_app:app", port)
+        command = [str(harness.BIN / "python"), "-m", "bench.receiver", str(port)]
         with harness.server(command, env={}, port=port, log=workdir / "receiver.log") as base:
             receiver = f"{base}/hooks"
             results["sqlite"] = asyncio.run(

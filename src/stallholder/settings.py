@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     webhook_lease_seconds: float = Field(default=60.0, gt=0)
     # Deliveries one worker sends at once, over one pooled HTTP client.
-    webhook_concurrency: int = Field(default=64, ge=1, le=1000)
+    webhook_concurrency: int = Field(default=16, ge=1, le=1000)
     # An endpoint is disabled once its current run of failures is at least this many
     # attempts long *and* has lasted at least this long (both, so a burst during a short
     # outage does not disable it).

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events import service, webhooks
 from stallholder.events.models import Event
+from stallholder.kit.addresses import IPAddress
 from stallholder.kit.errors import DomainError
 from stallholder.kit.signing import signature_header
 from stallholder.kit.work import Claimed, Context, Kind, Schedule
@@ -22,34 +23,57 @@ from stallholder.settings import Settings
 
 log = logging.getLogger("stallholder.events")
 
-Consumer = Callable[[AsyncSession, Event, datetime], Awaitable[None]]
+# A consumer gets a batch of events in the dispatching transaction and only writes rows.
+Consumer = Callable[[AsyncSession, Sequence[Event], datetime], Awaitable[None]]
+DISPATCH_BATCH = 256
 
 
 async def dispatch_events(
-    session: AsyncSession, now: datetime, *, consumers: Sequence[Consumer], batch: int = 100
+    session: AsyncSession,
+    now: datetime,
+    *,
+    consumers: Sequence[Consumer],
+    batch: int = DISPATCH_BATCH,
 ) -> int:
-    """Hand each undispatched event to every consumer, then mark it dispatched.
+    """Hand the undispatched events to every consumer, then mark them dispatched.
 
     All in one transaction: the consumers' writes (webhook deliveries, emails) commit
     together with ``dispatched_at``, so an event is fanned out exactly once. Consumers
-    must only write rows; the effects themselves run later from those rows.
+    must only write rows; the effects themselves run later from those rows. The batch
+    goes to the consumers at once; if a consumer fails on it, each event is tried again
+    on its own.
     """
     events = await service.claim_undispatched(session, limit=batch)
-    for event in events:
-        # One event whose consumer fails (a bug) must not hold up every other event: its
-        # writes roll back to the savepoint and it stays in the outbox for the next pass.
-        event_id, event_type = event.id, event.type
-        try:
-            async with session.begin_nested():
-                for consume in consumers:
-                    await consume(session, event, now)
+    if not events:
+        return 0
+    try:
+        async with session.begin_nested():
+            for consume in consumers:
+                await consume(session, events, now)
+            for event in events:
                 event.dispatched_at = now
-        except Exception:
-            log.exception(
-                "event %s (%s) stays in the outbox: a consumer failed", event_id, event_type
-            )
+    except Exception:
+        log.warning("a consumer failed on a batch of %d events; one by one now", len(events))
+        for event in events:
+            await session.refresh(event)
+            await _dispatch_one(session, event, now, consumers=consumers)
     await session.flush()
     return len(events)
+
+
+async def _dispatch_one(
+    session: AsyncSession, event: Event, now: datetime, *, consumers: Sequence[Consumer]
+) -> None:
+    # One event whose consumer fails (a bug) must not hold up every other event: its
+    # writes roll back to the savepoint and it stays in the outbox for the next pass.
+    event_id, event_type = event.id, event.type
+    try:
+        async with session.begin_nested():
+            for consume in consumers:
+                await consume(session, [event], now)
+            event.dispatched_at = now
+    except Exception:
+        log.exception("event %s (%s) stays in the outbox: a consumer failed", event_id, event_type)
 
 
 # Outgoing webhooks ----------------------------------------------------------------------
@@ -69,6 +93,24 @@ class WebhookResources(Protocol):
     def http(self) -> httpx.AsyncClient: ...
 
 
+Checked = Callable[[str], Awaitable[list[IPAddress]]]
+
+
+def checked_once(*, allow_private: bool) -> Checked:
+    """``webhooks.check_target`` with each URL resolved and checked once (per batch: the
+    endpoints of a batch share their DNS answers)."""
+    found: dict[str, asyncio.Task[list[IPAddress]]] = {}
+
+    async def check(url: str) -> list[IPAddress]:
+        if url not in found:
+            found[url] = asyncio.ensure_future(
+                webhooks.check_target(url, allow_private=allow_private)
+            )
+        return await asyncio.shield(found[url])
+
+    return check
+
+
 async def send_webhook(
     client: httpx.AsyncClient,
     outgoing: webhooks.Outgoing,
@@ -76,18 +118,22 @@ async def send_webhook(
     allow_private: bool,
     timeout_seconds: float,
     timestamp: int,
+    check: Checked | None = None,
 ) -> webhooks.Outcome:
-    """One signed POST. The host is resolved and checked first, and the request goes to
-    the checked address (with the original ``Host`` and TLS server name), so a DNS answer
-    that changes between the check and the connection cannot reach a private address.
-    Redirects are not followed: a 3xx is a failure."""
+    """One signed POST. The host is resolved and checked first (by ``check``, or on its
+    own), and the request goes to the checked address (with the original ``Host`` and TLS
+    server name), so a DNS answer that changes between the check and the connection
+    cannot reach a private address. Redirects are not followed: a 3xx is a failure."""
     started = time.monotonic()
 
     def elapsed() -> int:
         return round((time.monotonic() - started) * 1000)
 
     try:
-        addresses = await webhooks.check_target(outgoing.url, allow_private=allow_private)
+        if check is None:
+            addresses = await webhooks.check_target(outgoing.url, allow_private=allow_private)
+        else:
+            addresses = await check(outgoing.url)
     except DomainError as error:
         return webhooks.Outcome(status_code=None, latency_ms=elapsed(), error=error.detail)
     url = httpx.URL(outgoing.url)
@@ -143,6 +189,7 @@ async def deliver_webhooks(
         )
     timestamp = int(context.clock.now().timestamp())
     gate = asyncio.Semaphore(settings.webhook_concurrency)
+    check = checked_once(allow_private=settings.allow_private_webhook_targets)
 
     async def send(one: webhooks.Outgoing) -> webhooks.Outcome:
         async with gate:
@@ -152,6 +199,7 @@ async def deliver_webhooks(
                 allow_private=settings.allow_private_webhook_targets,
                 timeout_seconds=settings.webhook_timeout_seconds,
                 timestamp=timestamp,
+                check=check,
             )
 
     outcomes = await asyncio.gather(*(send(one) for one in outgoing))

@@ -350,20 +350,28 @@ async def _resume_pending(
     await enqueue_many(session, work, now=now)
 
 
-async def queue_deliveries_for_event(session: AsyncSession, event: Event, now: datetime) -> None:
-    """The outbox consumer: one delivery per enabled endpoint of the creator whose filter
-    takes the event. Runs in the dispatch transaction, so each is queued exactly once."""
+async def queue_deliveries(session: AsyncSession, batch: Sequence[Event], now: datetime) -> None:
+    """The outbox consumer: one delivery per enabled endpoint of the event's creator whose
+    filter takes the event. Runs in the dispatch transaction, so each is queued exactly
+    once; the endpoints of the whole batch are read in one query."""
+    creators = {event.creator_id for event in batch}
+    by_creator: dict[str, list[WebhookEndpoint]] = {creator: [] for creator in creators}
     endpoints = (
         await session.execute(
-            select(WebhookEndpoint).where(
-                WebhookEndpoint.creator_id == event.creator_id,
+            select(WebhookEndpoint)
+            .where(
+                WebhookEndpoint.creator_id.in_(creators),
                 WebhookEndpoint.status == "enabled",
             )
+            .order_by(WebhookEndpoint.id)
         )
     ).scalars()
+    for endpoint in endpoints:
+        by_creator[endpoint.creator_id].append(endpoint)
     deliveries = [
         _delivery(endpoint, event, now=now)
-        for endpoint in endpoints
+        for event in batch
+        for endpoint in by_creator[event.creator_id]
         if _matches(endpoint, event.type)
     ]
     await _add_deliveries(session, deliveries, now=now)

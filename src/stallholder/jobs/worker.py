@@ -17,13 +17,14 @@ from sqlalchemy.engine import make_url
 
 from stallholder.checkout.tasks import EXPIRE_SESSION, complete_authenticated_payment
 from stallholder.events.tasks import Consumer, dispatch_events, webhook_kind
-from stallholder.events.webhooks import queue_deliveries_for_event
+from stallholder.events.webhooks import queue_deliveries
 from stallholder.kit import work
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database, async_url
 from stallholder.kit.idempotency import PRUNE_KEYS
+from stallholder.kit.outbound import ShardedTransport
 from stallholder.ledger import service as ledger
-from stallholder.notifications.tasks import SEND_EMAIL, check_sender, queue_emails_for_event
+from stallholder.notifications.tasks import SEND_EMAIL, check_sender, queue_emails
 from stallholder.notifications.transport import Transport, transport_for
 from stallholder.orders.tasks import INBOX_KINDS
 from stallholder.payments.gateway import Gateway, SandboxGateway
@@ -32,7 +33,7 @@ from stallholder.settings import Settings
 log = logging.getLogger("stallholder.worker")
 
 # Who hears about each event when the outbox is dispatched (webhooks, email, …).
-CONSUMERS: list[Consumer] = [queue_emails_for_event, queue_deliveries_for_event]
+CONSUMERS: list[Consumer] = [queue_emails, queue_deliveries]
 # After an error the loop itself could not handle (the database is down), wait this long.
 ERROR_PAUSE_SECONDS = 5.0
 
@@ -113,11 +114,11 @@ class Worker:
         self._wakeup: work.Wakeup | None = None
 
     def _client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(
-            max_connections=self.settings.webhook_concurrency,
-            max_keepalive_connections=self.settings.webhook_concurrency,
+        """One pooled client for every outbound call of this worker, with at most
+        ``webhook_concurrency`` requests in flight."""
+        return httpx.AsyncClient(
+            transport=ShardedTransport(slots=self.settings.webhook_concurrency)
         )
-        return httpx.AsyncClient(limits=limits)
 
     async def run_once(self) -> int:
         """One pass: dispatch the outbox, then one claimed batch of every kind that has

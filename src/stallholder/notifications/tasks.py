@@ -11,6 +11,7 @@ once. Nothing can make SMTP exactly once: the server may have accepted a message
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -32,11 +33,16 @@ from stallholder.settings import Settings
 log = logging.getLogger("stallholder.notifications")
 
 
-async def queue_emails_for_event(session: AsyncSession, event: Event, now: datetime) -> None:
-    """The outbox consumer: queue the emails an event calls for. Only writes rows.
+async def queue_emails(session: AsyncSession, batch: Sequence[Event], now: datetime) -> None:
+    """The outbox consumer: queue the emails the events call for. Only writes rows.
 
     Runs in the dispatch transaction, so the emails are queued exactly once per event.
     """
+    for event in batch:
+        await _queue_emails_for_event(session, event, now)
+
+
+async def _queue_emails_for_event(session: AsyncSession, event: Event, now: datetime) -> None:
     data = event.data
     if event.type == "order.paid":
         await service.queue_receipt(
