@@ -228,4 +228,5 @@ def webhook_kind(settings: Settings) -> Kind[WebhookResources]:
         max_attempts=webhooks.MAX_ATTEMPTS,
         lease=timedelta(seconds=settings.webhook_lease_seconds),
         batch_size=WEBHOOK_BATCH,
+        parallel_batches=2,
     )

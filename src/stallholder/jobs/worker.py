@@ -145,7 +145,8 @@ class Worker:
             draw=self.draw,
         )
         for kind in self.registry:
-            done += await self._run_kind(kind, context)
+            runs = [self._run_kind(kind, context) for _ in range(kind.parallel_batches)]
+            done += sum(await asyncio.gather(*runs))
         return done
 
     async def _run_kind(self, kind: work.Kind[Resources], context: work.Context[Resources]) -> int:

@@ -237,6 +237,9 @@ class Kind(Generic[ResourcesT_contra]):
     lease: timedelta = timedelta(minutes=5)
     batch_size: int = 20
     concurrency: int = 1
+    # Batches one worker runs at once (each claimed on its own): while one batch records
+    # its outcomes, the next is already calling out.
+    parallel_batches: int = 1
     every: timedelta | None = None
 
     def __post_init__(self) -> None:
