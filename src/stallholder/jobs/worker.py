@@ -188,8 +188,6 @@ class Worker:
         item comes due, work is enqueued (in this process, or NOTIFY on PostgreSQL), or
         ``worker_poll_seconds`` pass."""
         log.info("worker started with %s", ", ".join(self.registry.names))
-        async with self.database.unit_of_work() as session:
-            await work.ensure_periodic(session, self.registry, now=self.clock.now())
         with work.Wakeup() as wakeup:
             self._wakeup = wakeup
             listener = (
@@ -210,8 +208,13 @@ class Worker:
         log.info("worker stopped")
 
     async def _loop(self, wakeup: work.Wakeup) -> None:
+        has_periodic = False
         while not self._stopping.is_set():
             try:
+                if not has_periodic:
+                    async with self.database.unit_of_work() as session:
+                        await work.ensure_periodic(session, self.registry, now=self.clock.now())
+                    has_periodic = True
                 if await self.run_once():
                     continue
                 sleep = await self._seconds_until_due()
