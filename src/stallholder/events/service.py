@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,7 +41,22 @@ async def emit(
     return event
 
 
-def envelope(event: Event) -> dict[str, Any]:
+class EventFields(Protocol):
+    """What an envelope is made of: an ``Event``, or a row of its columns."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def api_version(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+
+def envelope(event: EventFields) -> dict[str, Any]:
     """The stable, versioned JSON body of an event, as webhooks and the API send it."""
     return {
         "id": event.id,

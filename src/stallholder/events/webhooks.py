@@ -13,10 +13,10 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events import service as events
@@ -472,13 +472,14 @@ async def load_outgoing(
     enabled, in three queries. The others are settled already (or wait for their endpoint
     to be re-enabled, which enqueues them again): there is nothing to send for them."""
     deliveries = list(
-        (
-            await session.execute(
-                select(WebhookDelivery).where(
-                    WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.status == "pending"
-                )
-            )
-        ).scalars()
+        await session.execute(
+            select(
+                WebhookDelivery.id,
+                WebhookDelivery.endpoint_id,
+                WebhookDelivery.event_id,
+                WebhookDelivery.attempts,
+            ).where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.status == "pending")
+        )
     )
     endpoints = await _endpoints_by_id(session, {d.endpoint_id for d in deliveries})
     events_by_id = await _events_by_id(session, {d.event_id for d in deliveries})
@@ -506,9 +507,14 @@ async def _endpoints_by_id(session: AsyncSession, ids: set[str]) -> dict[str, We
     return {row.id: row for row in rows.scalars()}
 
 
-async def _events_by_id(session: AsyncSession, ids: set[str]) -> dict[str, Event]:
-    rows = await session.execute(select(Event).where(Event.id.in_(ids)))
-    return {row.id: row for row in rows.scalars()}
+async def _events_by_id(session: AsyncSession, ids: set[str]) -> dict[str, events.EventFields]:
+    """The events' columns (not ORM objects: a batch has hundreds, read once)."""
+    rows = await session.execute(
+        select(Event.id, Event.type, Event.api_version, Event.created_at, Event.data).where(
+            Event.id.in_(ids)
+        )
+    )
+    return {row.id: row for row in rows}
 
 
 def _encode(envelope: dict[str, Any]) -> bytes:
@@ -536,6 +542,18 @@ class Outcome:
 class DisablePolicy:
     after_failures: int
     after: timedelta
+
+
+@dataclass(slots=True)
+class _DeliveryState:
+    """A delivery's row as recording changes it (Core, not the ORM: a batch has hundreds)."""
+
+    id: str
+    status: str
+    attempts: int
+    last_status_code: int | None = None
+    completed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
 
 
 async def record_outcomes(
@@ -572,23 +590,35 @@ async def record_outcomes(
             )
         ).scalars()
     }
-    deliveries = {
-        d.id: d
-        for d in (
-            await session.execute(
-                select(WebhookDelivery)
-                .where(WebhookDelivery.id.in_([outgoing.delivery_id for outgoing, _ in sent]))
-                .order_by(WebhookDelivery.id)
-                .with_for_update()
-            )
-        ).scalars()
-    }
+    table = cast(Table, WebhookDelivery.__table__)
+    locked = await session.execute(
+        select(table.c.id, table.c.status, table.c.attempts)
+        .where(table.c.id.in_([outgoing.delivery_id for outgoing, _ in sent]))
+        .order_by(table.c.id)
+        .with_for_update()
+    )
+    deliveries = {row.id: _DeliveryState(row.id, row.status, row.attempts) for row in locked}
     results: dict[str, BaseException | None] = {}
+    attempts: list[dict[str, object]] = []
+    changed: list[_DeliveryState] = []
     for outgoing, outcome in sent:
-        endpoint, delivery = endpoints[outgoing.endpoint_id], deliveries[outgoing.delivery_id]
+        delivery = deliveries[outgoing.delivery_id]
+        attempts.append(
+            {
+                "delivery_id": delivery.id,
+                "number": outgoing.attempt,
+                "attempted_at": now,
+                "status_code": outcome.status_code,
+                "error": outcome.error,
+                "latency_ms": outcome.latency_ms,
+                "response_excerpt": outcome.response_excerpt,
+            }
+        )
+        delivery.last_status_code = outcome.status_code
+        changed.append(delivery)
         results[delivery.id] = await _settle(
             session,
-            endpoint,
+            endpoints[outgoing.endpoint_id],
             delivery,
             outgoing,
             outcome,
@@ -596,6 +626,30 @@ async def record_outcomes(
             now=now,
             retry_at=retry_at,
         )
+    await session.execute(insert(cast(Table, WebhookAttempt.__table__)), attempts)
+    await session.execute(
+        update(table)
+        .where(table.c.id == bindparam("delivery_id"))
+        .values(
+            status=bindparam("status"),
+            attempts=bindparam("attempts"),
+            last_status_code=bindparam("last_status_code"),
+            completed_at=bindparam("completed_at"),
+            next_attempt_at=func.coalesce(bindparam("next_attempt_at"), table.c.next_attempt_at),
+        )
+        .execution_options(synchronize_session=False),
+        [
+            {
+                "delivery_id": d.id,
+                "status": d.status,
+                "attempts": d.attempts,
+                "last_status_code": d.last_status_code,
+                "completed_at": d.completed_at,
+                "next_attempt_at": d.next_attempt_at,
+            }
+            for d in changed
+        ],
+    )
     await session.flush()
     return results
 
@@ -603,7 +657,7 @@ async def record_outcomes(
 async def _settle(
     session: AsyncSession,
     endpoint: WebhookEndpoint,
-    delivery: WebhookDelivery,
+    delivery: _DeliveryState,
     outgoing: Outgoing,
     outcome: Outcome,
     *,
@@ -611,18 +665,6 @@ async def _settle(
     now: datetime,
     retry_at: Callable[[timedelta], datetime],
 ) -> BaseException | None:
-    session.add(
-        WebhookAttempt(
-            delivery_id=delivery.id,
-            number=outgoing.attempt,
-            attempted_at=now,
-            status_code=outcome.status_code,
-            error=outcome.error,
-            latency_ms=outcome.latency_ms,
-            response_excerpt=outcome.response_excerpt,
-        )
-    )
-    delivery.last_status_code = outcome.status_code
     if delivery.status != "pending":  # settled meanwhile (endpoint deleted): only log
         return None
     delivery.attempts = outgoing.attempt

@@ -12,6 +12,8 @@ slots also bounds how many requests are in flight.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 from collections.abc import AsyncIterator
 
 import httpx
@@ -53,6 +55,12 @@ class _Slot:
         self.origin: tuple[bytes, bytes, int | None] | None = None
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context per process: loading the CA bundle takes ~0.05 s."""
+    return httpx.create_ssl_context()
+
+
 class ShardedTransport(httpx.AsyncBaseTransport):
     """``slots`` one-connection pools; at most ``slots`` requests in flight."""
 
@@ -60,9 +68,9 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         if slots < 1:
             raise ValueError("slots must be at least 1")
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        tls = httpx.create_ssl_context()  # one for all slots: loading CAs takes ~0.1 s
         self._slots = [
-            _Slot(httpx.AsyncHTTPTransport(limits=limits, verify=tls)) for _ in range(slots)
+            _Slot(httpx.AsyncHTTPTransport(limits=limits, verify=_tls_context()))
+            for _ in range(slots)
         ]
         self._free = list(self._slots)
         self._available = asyncio.Semaphore(slots)
