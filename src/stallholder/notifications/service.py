@@ -33,7 +33,8 @@ from stallholder.orders.schemas import OrderOut, RefundOut
 log = logging.getLogger("stallholder.notifications")
 
 SEND_KIND = "notifications.send_email"
-# The wait after the 1st, 2nd, … failed attempt; after the last one the email is failed.
+# The wait after the 1st, 2nd, … failed attempt (30 s, 2 min, 10 min, 1 h, 6 h, 24 h: seven
+# attempts over about a day and a half); after the last one the email is failed.
 RETRY_DELAYS = (
     timedelta(seconds=30),
     timedelta(minutes=2),
@@ -50,18 +51,6 @@ _REFUND_REASONS = {
     "requested_by_customer": "You asked for a refund.",
     "duplicate": "The payment was a duplicate.",
 }
-
-
-def retry_delay(attempts: int) -> timedelta | None:
-    """How long to wait after the ``attempts``-th failed attempt, or None to give up.
-
-    30 s, 2 min, 10 min, 1 h, 6 h, 24 h: seven attempts over about a day and a half.
-    """
-    if attempts < 1:
-        raise ValueError("attempts counts from 1")
-    if attempts > len(RETRY_DELAYS):
-        return None
-    return RETRY_DELAYS[attempts - 1]
 
 
 def _insert_unless_duplicate(session: AsyncSession, values: dict[str, Any]) -> Executable:
