@@ -413,3 +413,18 @@ async def test_enqueueing_on_postgresql_notifies_listeners_when_it_commits(
         assert received == [work.NOTIFY_CHANNEL]
     finally:
         await database.dispose()
+
+
+async def test_enqueue_many_inserts_large_batches_and_skips_live_duplicates(
+    database: Database,
+) -> None:
+    await _enqueue(database, dedupe_key="k-7")
+    many = [
+        work.NewWork(kind="test.k", payload={"n": n}, due_at=T0, dedupe_key=f"k-{n}")
+        for n in range(1200)
+    ]
+    async with database.unit_of_work() as session:
+        inserted = await work.enqueue_many(session, many, now=T0)
+    assert len(inserted) == 1199  # k-7 was live already
+    assert len(set(inserted)) == 1199
+    assert len(await _items(database)) == 1200

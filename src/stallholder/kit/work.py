@@ -79,6 +79,8 @@ _WAKE = "stallholder.work.wake"
 # The partial unique index's predicate, as literal SQL: PostgreSQL matches an ON CONFLICT
 # target to a partial index only when the WHERE is the same expression, not parameters.
 _LIVE_SQL = "state IN ('pending', 'running')"
+# Rows per multi-row INSERT: 10 parameters each, well under SQLite's and PostgreSQL's limits.
+_ROWS_PER_INSERT = 500
 
 
 class WorkItem(Base):
@@ -368,16 +370,15 @@ async def enqueue_many(
         }
         for item in items
     ]
-    statement = (
-        _insert(session)
-        .values(rows)
-        .on_conflict_do_nothing(
-            index_elements=["dedupe_key"],
-            index_where=text(_LIVE_SQL),
+    inserted: list[str] = []
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        statement = (
+            _insert(session)
+            .values(rows[start : start + _ROWS_PER_INSERT])
+            .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=text(_LIVE_SQL))
+            .returning(WorkItem.__table__.c.id)
         )
-        .returning(WorkItem.__table__.c.id)
-    )
-    inserted = list((await session.execute(statement)).scalars())
+        inserted.extend((await session.execute(statement)).scalars())
     if inserted:
         wake_after_commit(session)
     return inserted
