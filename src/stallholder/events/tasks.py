@@ -41,7 +41,8 @@ async def dispatch_events(
     together with ``dispatched_at``, so an event is fanned out exactly once. Consumers
     must only write rows; the effects themselves run later from those rows. The batch
     goes to the consumers at once; if a consumer fails on it, each event is tried again
-    on its own.
+    on its own. Returns how many were dispatched (an event left behind does not count, so
+    an outbox holding only events that fail lets the worker sleep).
     """
     events = await service.claim_undispatched(session, limit=batch)
     if not events:
@@ -52,18 +53,20 @@ async def dispatch_events(
                 await consume(session, events, now)
             for event in events:
                 event.dispatched_at = now
+        dispatched = len(events)
     except Exception:
         log.warning("a consumer failed on a batch of %d events; one by one now", len(events))
+        dispatched = 0
         for event in events:
             await session.refresh(event)
-            await _dispatch_one(session, event, now, consumers=consumers)
+            dispatched += await _dispatch_one(session, event, now, consumers=consumers)
     await session.flush()
-    return len(events)
+    return dispatched
 
 
 async def _dispatch_one(
     session: AsyncSession, event: Event, now: datetime, *, consumers: Sequence[Consumer]
-) -> None:
+) -> int:
     # One event whose consumer fails (a bug) must not hold up every other event: its
     # writes roll back to the savepoint and it stays in the outbox for the next pass.
     event_id, event_type = event.id, event.type
@@ -74,6 +77,8 @@ async def _dispatch_one(
             event.dispatched_at = now
     except Exception:
         log.exception("event %s (%s) stays in the outbox: a consumer failed", event_id, event_type)
+        return 0
+    return 1
 
 
 # Outgoing webhooks ----------------------------------------------------------------------

@@ -36,6 +36,9 @@ log = logging.getLogger("stallholder.worker")
 CONSUMERS: list[Consumer] = [queue_emails, queue_deliveries]
 # After an error the loop itself could not handle (the database is down), wait this long.
 ERROR_PAUSE_SECONDS = 5.0
+# After a wake-up, wait this long before the pass, so a burst of commits (every sale
+# writes events) is handled by one pass rather than one pass each.
+COALESCE_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +138,8 @@ class Worker:
                 done += await dispatch_events(session, self.clock.now(), consumers=CONSUMERS)
         except Exception:
             log.exception("dispatching the outbox failed")
+        async with self.database.unit_of_work() as session:
+            due = await work.due_kinds(session, kinds=self.registry.names, now=self.clock.now())
         context = work.Context(
             database=self.database,
             clock=self.clock,
@@ -145,6 +150,8 @@ class Worker:
             draw=self.draw,
         )
         for kind in self.registry:
+            if kind.name not in due:
+                continue
             runs = [self._run_kind(kind, context) for _ in range(kind.parallel_batches)]
             done += sum(await asyncio.gather(*runs))
         return done
@@ -217,12 +224,14 @@ class Worker:
                     has_periodic = True
                 if await self.run_once():
                     continue
-                sleep = await self._seconds_until_due()
+                # Nothing was done: never spin, even if something is due but was just
+                # claimed by another worker.
+                sleep = max(COALESCE_SECONDS, await self._seconds_until_due())
             except Exception:
                 log.exception("worker pass failed")
                 sleep = ERROR_PAUSE_SECONDS
-            if sleep > 0:
-                await wakeup.wait(sleep)
+            if await wakeup.wait(sleep):
+                await asyncio.sleep(COALESCE_SECONDS)
 
     async def _listen(self, wakeup: work.Wakeup) -> None:
         """LISTEN for NOTIFY from other processes' commits; reconnect after errors."""

@@ -517,6 +517,16 @@ async def settle(
         await session.execute(update(WorkItem).where(_ours(item)).values(**values))
 
 
+async def due_kinds(session: AsyncSession, *, kinds: Sequence[str], now: datetime) -> set[str]:
+    """Which of ``kinds`` have work due now: one query, so a pass claims only those."""
+    rows = await session.execute(
+        select(WorkItem.kind)
+        .where(WorkItem.kind.in_(kinds), WorkItem.state.in_(LIVE_STATES), WorkItem.due_at <= now)
+        .distinct()
+    )
+    return set(rows.scalars())
+
+
 async def next_due(session: AsyncSession, *, kinds: Sequence[str]) -> datetime | None:
     """When the earliest live item of ``kinds`` is due (or its lease ends)."""
     return (

@@ -19,7 +19,7 @@ from stallholder.events import inbox
 from stallholder.kit.work import Claimed, Context, Kind
 from stallholder.orders import disputes
 from stallholder.payments.gateway import DisputeSnapshot, Gateway
-from stallholder.payments.stripe_gateway import INBOX_SOURCE, StripeGateway
+from stallholder.payments.stripe_gateway import INBOX_SOURCE
 
 log = logging.getLogger("stallholder.orders.tasks")
 
@@ -66,7 +66,7 @@ async def _apply(
         if snapshot is not None:
             dispute = await disputes.sync_dispute(
                 session,
-                gateway=StripeGateway.name,
+                gateway=context.resources.gateway.name,
                 snapshot=snapshot,
                 fetched_at=fetched_at,
                 now=now,
