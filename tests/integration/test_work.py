@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -428,3 +429,45 @@ async def test_enqueue_many_inserts_large_batches_and_skips_live_duplicates(
     assert len(inserted) == 1199  # k-7 was live already
     assert len(set(inserted)) == 1199
     assert len(await _items(database)) == 1200
+
+
+@pytest.mark.postgres
+async def test_a_worker_on_postgresql_wakes_on_notify_from_another_process(
+    postgres_url: str, clock: FrozenClock, tmp_path: Path
+) -> None:
+    """The row and the NOTIFY come over a plain psycopg connection, as from another
+    process: no in-process signal fires, and the idle cap is an hour."""
+    database = Database(postgres_url)
+    handled = asyncio.Event()
+
+    async def handle(_context: work.Context[object], _item: work.Claimed) -> None:
+        handled.set()
+
+    worker = Worker(
+        database,
+        clock,
+        settings=Settings(
+            data_dir=tmp_path / "var", database_url=postgres_url, worker_poll_seconds=3600.0
+        ),
+        kinds=[work.Kind(name="test.elsewhere", handler=handle)],
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.listening.wait(), timeout=60)
+        async with await psycopg.AsyncConnection.connect(postgres_url) as other:
+            await other.execute(
+                "INSERT INTO work_items (id, kind, payload, state, due_at, attempts, "
+                "created_at, updated_at) VALUES ('wrk_other', 'test.elsewhere', '{}', "
+                "'pending', %(t)s, 0, %(t)s, %(t)s)",
+                {"t": T0},
+            )
+            await other.execute(f"NOTIFY {work.NOTIFY_CHANNEL}")
+            await other.commit()
+        await asyncio.wait_for(handled.wait(), timeout=60)
+        worker.stop()
+        await asyncio.wait_for(task, timeout=60)
+        assert await _items(database) == []
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=60)
+        await database.dispose()

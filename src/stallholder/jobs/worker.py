@@ -115,6 +115,8 @@ class Worker:
         self._http: httpx.AsyncClient | None = None
         self._stopping = asyncio.Event()
         self._wakeup: work.Wakeup | None = None
+        # Set once this worker LISTENs for other processes' NOTIFY (PostgreSQL).
+        self.listening = asyncio.Event()
 
     def _client(self) -> httpx.AsyncClient:
         """One pooled client for every outbound call of this worker, with at most
@@ -239,13 +241,16 @@ class Worker:
         conninfo = url.render_as_string(hide_password=False)
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    conninfo, autocommit=True
-                ) as connection:
+                connection = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+                try:
                     await connection.execute(f"LISTEN {work.NOTIFY_CHANNEL}")
+                    self.listening.set()
                     wakeup.ring()  # anything enqueued before we listened
-                    async for _ in connection.notifies():
-                        wakeup.ring()
+                    async with contextlib.aclosing(connection.notifies()) as notifications:
+                        async for _ in notifications:
+                            wakeup.ring()
+                finally:
+                    await connection.close()
             except asyncio.CancelledError:
                 raise
             except Exception:
