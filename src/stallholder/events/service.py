@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events.models import Event
@@ -88,6 +89,18 @@ async def list_events(
         statement = statement.where(Event.type == type)
     return await paginate(
         session, statement, id_column=Event.id, limit=limit, starting_after=starting_after
+    )
+
+
+async def mark_dispatched(
+    session: AsyncSession, *, event_ids: Sequence[str], now: datetime
+) -> None:
+    """Stamp ``dispatched_at`` on the events in one statement."""
+    await session.execute(
+        update(Event)
+        .where(Event.id.in_(event_ids))
+        .values(dispatched_at=now)
+        .execution_options(synchronize_session=False)
     )
 
 

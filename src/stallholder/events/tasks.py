@@ -51,8 +51,7 @@ async def dispatch_events(
         async with session.begin_nested():
             for consume in consumers:
                 await consume(session, events, now)
-            for event in events:
-                event.dispatched_at = now
+            await service.mark_dispatched(session, event_ids=[e.id for e in events], now=now)
         dispatched = len(events)
     except Exception:
         log.warning("a consumer failed on a batch of %d events; one by one now", len(events))

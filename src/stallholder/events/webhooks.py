@@ -368,13 +368,36 @@ async def queue_deliveries(session: AsyncSession, batch: Sequence[Event], now: d
     ).scalars()
     for endpoint in endpoints:
         by_creator[endpoint.creator_id].append(endpoint)
-    deliveries = [
-        _delivery(endpoint, event, now=now)
+    # Plain rows, not ORM objects: a dispatched batch can fan out into thousands.
+    rows = [
+        {
+            "id": new_id("whd"),
+            "creator_id": event.creator_id,
+            "endpoint_id": endpoint.id,
+            "event_id": event.id,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
         for event in batch
         for endpoint in by_creator[event.creator_id]
         if _matches(endpoint, event.type)
     ]
-    await _add_deliveries(session, deliveries, now=now)
+    if not rows:
+        return
+    await session.execute(insert(cast(Table, WebhookDelivery.__table__)), rows)
+    work = [
+        NewWork(
+            kind=DELIVER_KIND,
+            payload={"delivery_id": row["id"]},
+            due_at=now,
+            dedupe_key=str(row["id"]),
+            creator_id=str(row["creator_id"]),
+        )
+        for row in rows
+    ]
+    await enqueue_many(session, work, now=now)
 
 
 async def redeliver(

@@ -16,7 +16,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from stallholder.checkout.tasks import EXPIRE_SESSION, complete_authenticated_payment
-from stallholder.events.tasks import Consumer, dispatch_events, webhook_kind
+from stallholder.events.tasks import DISPATCH_BATCH, Consumer, dispatch_events, webhook_kind
 from stallholder.events.webhooks import queue_deliveries
 from stallholder.kit import work
 from stallholder.kit.clock import Clock
@@ -126,20 +126,25 @@ class Worker:
         )
 
     async def run_once(self) -> int:
-        """One pass: dispatch the outbox, then one claimed batch of every kind that has
-        due work. Returns how much was done (0: nothing was due)."""
+        """One pass: dispatch the outbox, then a claimed batch (or ``parallel_batches``)
+        of every kind that has due work, the kinds side by side; with a backlog in the
+        outbox, the next events are fanned out meanwhile. Returns how much was done (0:
+        nothing was due)."""
         if self._http is not None:
             return await self._pass(self._http)
         async with self._client() as http:
             return await self._pass(http)
 
-    async def _pass(self, http: httpx.AsyncClient) -> int:
-        done = 0
+    async def _dispatch(self) -> int:
         try:
             async with self.database.unit_of_work() as session:
-                done += await dispatch_events(session, self.clock.now(), consumers=CONSUMERS)
+                return await dispatch_events(session, self.clock.now(), consumers=CONSUMERS)
         except Exception:
             log.exception("dispatching the outbox failed")
+            return 0
+
+    async def _pass(self, http: httpx.AsyncClient) -> int:
+        dispatched = await self._dispatch()
         async with self.database.unit_of_work() as session:
             due = await work.due_kinds(session, kinds=self.registry.names, now=self.clock.now())
         context = work.Context(
@@ -151,12 +156,15 @@ class Worker:
             jitter=self.settings.worker_retry_jitter,
             draw=self.draw,
         )
-        for kind in self.registry:
-            if kind.name not in due:
-                continue
-            runs = [self._run_kind(kind, context) for _ in range(kind.parallel_batches)]
-            done += sum(await asyncio.gather(*runs))
-        return done
+        runs = [
+            self._run_kind(kind, context)
+            for kind in self.registry
+            if kind.name in due
+            for _ in range(kind.parallel_batches)
+        ]
+        if dispatched >= DISPATCH_BATCH:  # a backlog: fan out more while this work runs
+            runs.append(self._dispatch())
+        return dispatched + sum(await asyncio.gather(*runs))
 
     async def _run_kind(self, kind: work.Kind[Resources], context: work.Context[Resources]) -> int:
         async with self.database.unit_of_work() as session:
