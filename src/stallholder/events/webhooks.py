@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events import service as events
@@ -650,29 +650,21 @@ async def record_outcomes(
             retry_at=retry_at,
         )
     await session.execute(insert(cast(Table, WebhookAttempt.__table__)), attempts)
-    await session.execute(
-        update(table)
-        .where(table.c.id == bindparam("delivery_id"))
-        .values(
-            status=bindparam("status"),
-            attempts=bindparam("attempts"),
-            last_status_code=bindparam("last_status_code"),
-            completed_at=bindparam("completed_at"),
-            next_attempt_at=func.coalesce(bindparam("next_attempt_at"), table.c.next_attempt_at),
-        )
-        .execution_options(synchronize_session=False),
-        [
-            {
-                "delivery_id": d.id,
-                "status": d.status,
-                "attempts": d.attempts,
-                "last_status_code": d.last_status_code,
-                "completed_at": d.completed_at,
-                "next_attempt_at": d.next_attempt_at,
-            }
-            for d in changed
-        ],
-    )
+    # One UPDATE per distinct outcome (usually one: every delivery succeeded at once).
+    groups: dict[tuple[object, ...], list[str]] = {}
+    for d in changed:
+        key = (d.status, d.attempts, d.last_status_code, d.completed_at, d.next_attempt_at)
+        groups.setdefault(key, []).append(d.id)
+    for (status, attempts_made, code, completed_at, next_at), ids in groups.items():
+        values: dict[str, object] = {
+            "status": status,
+            "attempts": attempts_made,
+            "last_status_code": code,
+            "completed_at": completed_at,
+        }
+        if next_at is not None:
+            values["next_attempt_at"] = next_at
+        await session.execute(update(table).where(table.c.id.in_(ids)).values(**values))
     await session.flush()
     return results
 

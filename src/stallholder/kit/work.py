@@ -79,8 +79,6 @@ _WAKE = "stallholder.work.wake"
 # The partial unique index's predicate, as literal SQL: PostgreSQL matches an ON CONFLICT
 # target to a partial index only when the WHERE is the same expression, not parameters.
 _LIVE_SQL = "state IN ('pending', 'running')"
-# Rows per multi-row INSERT: 10 parameters each, well under SQLite's and PostgreSQL's limits.
-_ROWS_PER_INSERT = 500
 
 
 class WorkItem(Base):
@@ -370,15 +368,14 @@ async def enqueue_many(
         }
         for item in items
     ]
-    inserted: list[str] = []
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        statement = (
-            _insert(session)
-            .values(rows[start : start + _ROWS_PER_INSERT])
-            .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=text(_LIVE_SQL))
-            .returning(WorkItem.__table__.c.id)
-        )
-        inserted.extend((await session.execute(statement)).scalars())
+    # One statement executed for many rows: SQLAlchemy sends them as multi-row INSERTs in
+    # batches ("insertmanyvalues"), with the compiled statement cached.
+    statement = (
+        _insert(session)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=text(_LIVE_SQL))
+        .returning(WorkItem.__table__.c.id)
+    )
+    inserted = list((await session.execute(statement, rows)).scalars())
     if inserted:
         wake_after_commit(session)
     return inserted
