@@ -110,7 +110,7 @@ def serve(
 
 @app.command(name="worker")
 def run_worker() -> None:
-    """Run a standalone worker (due jobs and sweeps) until interrupted."""
+    """Run a standalone worker (the outbox and due work) until interrupted."""
     from stallholder.jobs.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
