@@ -127,6 +127,9 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         embedded_worker=False,
         # Webhook receivers in tests listen on 127.0.0.1.
         allow_private_webhook_targets=True,
+        # Retries are due exactly on their schedule; tests/integration/test_work.py
+        # covers the jitter.
+        worker_retry_jitter=0.0,
     )
 
 

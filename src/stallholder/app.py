@@ -252,7 +252,7 @@ def create_app(
         task = None
         worker = Worker(database, clock, settings=settings, gateway=payments)
         if embedded_worker:
-            task = asyncio.create_task(worker.run(poll_seconds=settings.worker_poll_seconds))
+            task = asyncio.create_task(worker.run())
         try:
             yield
         finally:

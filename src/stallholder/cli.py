@@ -1,4 +1,4 @@
-"""The ``stallholder`` command: serve, worker, migrate, demo, creators, ledger."""
+"""The ``stallholder`` command: serve, worker, migrate, demo, creators, ledger, jobs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from stallholder.accounts import service as accounts
 from stallholder.accounts.service import resolve_admin_key
@@ -31,6 +32,11 @@ creators_app = typer.Typer(help="Manage creators.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 app.add_typer(creators_app, name="creators")
 app.add_typer(ledger_app, name="ledger")
+jobs_app = typer.Typer(
+    help="Due work: list what is due, running and dead (stallholder jobs), retry a dead item.",
+    invoke_without_command=True,
+)
+app.add_typer(jobs_app, name="jobs")
 console = Console()
 
 
@@ -107,7 +113,7 @@ def serve(
 
 @app.command(name="worker")
 def run_worker() -> None:
-    """Run a standalone worker (due jobs and sweeps) until interrupted."""
+    """Run a standalone worker (the outbox and due work) until interrupted."""
     from stallholder.jobs.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -117,9 +123,7 @@ def run_worker() -> None:
         database = Database(settings.resolved_database_url())
         gateway = _gateway(settings, database)
         try:
-            await Worker(database, SystemClock(), settings=settings, gateway=gateway).run(
-                poll_seconds=settings.worker_poll_seconds
-            )
+            await Worker(database, SystemClock(), settings=settings, gateway=gateway).run()
         finally:
             await gateway.aclose()
             await database.dispose()
@@ -252,6 +256,87 @@ def verify_ledger() -> None:
         f"[green]Ledger balances[/green]: {report.transactions_checked} transactions, "
         f"{report.accounts_checked} account balances checked"
     )
+
+
+# What ``stallholder jobs --state`` shows: due (pending and due now), running, dead.
+_JOB_STATES = {"due": "pending", "running": "running", "dead": "dead"}
+
+
+@jobs_app.callback()
+def list_jobs(
+    context: typer.Context,
+    state: Annotated[
+        str | None, typer.Option(help="Only this state: due, running or dead.")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="Only this kind, e.g. events.deliver_webhook.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many rows.")] = 100,
+) -> None:
+    """List due, running and dead work, oldest due first."""
+    if context.invoked_subcommand is not None:
+        return
+    from stallholder.kit import work
+
+    if state is not None and state not in _JOB_STATES:
+        console.print(f"[red]--state must be one of {', '.join(_JOB_STATES)}, not {state!r}[/red]")
+        raise typer.Exit(code=2)
+    states = [_JOB_STATES[state]] if state is not None else list(work.STATES)
+    settings = _settings()
+
+    async def main() -> list[work.WorkItem]:
+        database = Database(settings.resolved_database_url())
+        try:
+            async with database.unit_of_work() as session:
+                return await work.list_work(
+                    session, now=SystemClock().now(), states=states, kind=kind, limit=limit
+                )
+        finally:
+            await database.dispose()
+
+    items = asyncio.run(main())
+    table = Table(title=f"Work ({len(items)})")
+    for column in ("id", "kind", "state", "attempts", "due / lease until", "creator", "last error"):
+        table.add_column(column, overflow="fold")
+    for item in items:
+        shown = "due" if item.state == "pending" else item.state
+        colour = {"dead": "red", "running": "yellow"}.get(item.state, "green")
+        table.add_row(
+            item.id,
+            item.kind,
+            f"[{colour}]{shown}[/{colour}]",
+            str(item.attempts),
+            item.due_at.isoformat(timespec="seconds"),
+            item.creator_id or "",
+            (item.last_error or "")[:200],
+        )
+    console.print(table)
+
+
+@jobs_app.command("retry")
+def retry_job(work_id: Annotated[str, typer.Argument(help="The dead item's id (wrk_…).")]) -> None:
+    """Put a dead item back: due now, with its attempts counted from zero."""
+    from stallholder.kit import work
+
+    settings = _settings()
+
+    async def main() -> work.WorkItem:
+        database = Database(settings.resolved_database_url())
+        try:
+            async with database.unit_of_work() as session:
+                return await work.retry(session, work_id=work_id, now=SystemClock().now())
+        finally:
+            await database.dispose()
+
+    try:
+        item = asyncio.run(main())
+    except work.WorkNotFound as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(code=1) from error
+    except work.WorkNotDead as error:
+        console.print(f"[red]{error}; only dead work can be retried[/red]")
+        raise typer.Exit(code=1) from error
+    console.print(f"[green]{item.id}[/green] ({item.kind}) is due again")
 
 
 def _redact(url: str) -> str:

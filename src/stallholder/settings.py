@@ -61,13 +61,20 @@ class Settings(BaseSettings):
     # retry with the key takes it over (docs/adr/0004-idempotency-keys.md).
     idempotency_lock_seconds: int = Field(default=60, ge=1, le=3600)
     embedded_worker: bool = True
-    worker_poll_seconds: float = Field(default=1.0, gt=0)
+    # The longest an idle worker sleeps. It wakes sooner when work comes due, and at once
+    # when work is enqueued (in-process, or LISTEN/NOTIFY on PostgreSQL); this only
+    # bounds a missed wake-up.
+    worker_poll_seconds: float = Field(default=30.0, gt=0)
+    # Each retry waits its backoff plus up to this fraction more, at random (ADR 0008).
+    worker_retry_jitter: float = Field(default=0.1, ge=0, le=1)
 
     # Outgoing webhooks (docs/webhooks.md). Private, loopback and link-local targets are
     # refused unless allowed (tests and local development allow them).
     allow_private_webhook_targets: bool = False
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     webhook_lease_seconds: float = Field(default=60.0, gt=0)
+    # Deliveries one worker sends at once, over one pooled HTTP client.
+    webhook_concurrency: int = Field(default=16, ge=1, le=1000)
     # An endpoint is disabled once its current run of failures is at least this many
     # attempts long *and* has lasted at least this long (both, so a burst during a short
     # outage does not disable it).

@@ -4,8 +4,7 @@ from stallholder.accounts import models as accounts_models
 from stallholder.catalog import models as catalog_models
 from stallholder.checkout import models as checkout_models
 from stallholder.events import models as events_models
-from stallholder.jobs import models as jobs_models
-from stallholder.kit import idempotency
+from stallholder.kit import idempotency, work
 from stallholder.kit.db import Base
 from stallholder.ledger import models as ledger_models
 from stallholder.notifications import models as notifications_models
@@ -20,10 +19,10 @@ __all__ = [
     "checkout_models",
     "events_models",
     "idempotency",
-    "jobs_models",
     "ledger_models",
     "metadata",
     "notifications_models",
     "orders_models",
     "payments_models",
+    "work",
 ]

@@ -18,11 +18,12 @@ import pytest
 from sqlalchemy import func, select
 
 from stallholder.app import create_app
-from stallholder.events.inbox import retry_delay
+from stallholder.events import inbox
 from stallholder.events.models import Event, InboxEvent
 from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
+from stallholder.kit.work import WorkItem
 from stallholder.ledger import service as ledger
 from stallholder.orders import service as orders
 from stallholder.orders.models import Order
@@ -387,11 +388,12 @@ async def test_after_3d_secure_the_webhook_completes_the_sale_even_past_expiry(
     [intent] = stripe_double.of_type("payment_intent")
     stripe_double.authenticate(intent["id"])
     clock.advance(timedelta(hours=1))
-    await worker.run_once()  # the expiry sweep stores the session as expired
+    await worker.run_once()  # the session's expiry work stores it as expired
 
     succeeded = stripe_double.event("payment_intent.succeeded", stripe_double.objects[intent["id"]])
     assert (await _deliver(api, succeeded, stripe_double.sign(succeeded))).status_code == 200
-    await worker.run_once()
+    await worker.run_once()  # the inbox hands the charge to the settling work, due now
+    await worker.run_once()  # which re-reads it from Stripe and completes the sale
 
     reread = await api.http.get(
         f"/v1/checkout/sessions/{session['id']}", headers=bearer(shop.secret_key)
@@ -769,12 +771,15 @@ async def test_a_dispute_arrives_out_of_order_and_the_newest_state_wins(
         "external:buyer_funds": 3000,
     }
     async with database.unit_of_work() as session:
-        inbox = (await session.execute(select(InboxEvent).order_by(InboxEvent.id))).scalars()
-        assert [(e.type, e.attempts, e.processed_at, e.last_error) for e in inbox] == [
-            ("charge.dispute.updated", 1, clock.now(), None),
-            ("charge.dispute.created", 1, clock.now(), None),
-            ("charge.dispute.closed", 1, clock.now(), None),
+        rows = (await session.execute(select(InboxEvent).order_by(InboxEvent.id))).scalars()
+        assert [(e.type, e.processed_at, e.last_error) for e in rows] == [
+            ("charge.dispute.updated", clock.now(), None),
+            ("charge.dispute.created", clock.now(), None),
+            ("charge.dispute.closed", clock.now(), None),
         ]
+        # Each was handled on its first attempt and its work is finished.
+        handling = select(WorkItem.id).where(WorkItem.kind == "inbox.stripe")
+        assert (await session.execute(handling)).scalars().all() == []
     assert [r.path for r in stripe_double.requests_to("GET", f"/v1/disputes/{opened['id']}")] == [
         f"/v1/disputes/{opened['id']}"
     ] * 3
@@ -943,19 +948,26 @@ async def test_a_failed_read_is_retried_later(
 
     await worker.run_once()
 
+    retry_after = inbox.RETRY.delay(1)
+    assert retry_after == timedelta(seconds=30)
     async with database.unit_of_work() as session:
         event = (await session.execute(select(InboxEvent))).scalar_one()
-        assert (event.attempts, event.processed_at, event.next_attempt_at) == (
-            1,
-            None,
-            clock.now() + retry_delay(1),
-        )
+        assert event.processed_at is None
         assert event.last_error is not None
         assert event.last_error.startswith("APIError: ")
+        item = (
+            await session.execute(select(WorkItem).where(WorkItem.kind == "inbox.stripe"))
+        ).scalar_one()
+        assert (item.state, item.attempts, item.due_at) == (
+            "pending",
+            1,
+            clock.now() + retry_after,
+        )
+        assert item.last_error == event.last_error
     await worker.run_once()  # not due yet
     assert await _count(database, Dispute) == 0
 
-    clock.set(clock.now() + retry_delay(1))
+    clock.set(clock.now() + retry_after)
     await worker.run_once()
 
     assert (await _dispute(database)).status == "needs_response"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from typer.testing import CliRunner
 
 from stallholder.accounts.models import Creator
 from stallholder.cli import app
+from stallholder.kit import work
+from stallholder.kit.clock import SystemClock
 from stallholder.kit.db import Database
 from stallholder.ledger.models import JournalLine
 
@@ -122,3 +125,94 @@ def test_the_public_base_url_follows_the_served_port_unless_it_is_set(
 
     monkeypatch.setenv("STALLHOLDER_BASE_URL", "https://shop.example")
     assert _settings(port=9000).base_url == "https://shop.example"
+
+
+def _work_rows(url: str) -> dict[str, str]:
+    """Four work items (due, not yet due, running, dead): kind → id."""
+
+    async def make() -> dict[str, str]:
+        database = Database(url)
+        now = SystemClock().now()
+        made: dict[str, str] = {}
+        try:
+            async with database.unit_of_work() as session:
+                for kind, due_at in (
+                    ("test.due", now - timedelta(minutes=1)),
+                    ("test.later", now + timedelta(hours=1)),
+                    ("test.running", now - timedelta(minutes=1)),
+                    ("test.dead", now - timedelta(minutes=1)),
+                ):
+                    made[kind] = (
+                        await work.enqueue(session, kind=kind, payload={}, due_at=due_at, now=now)
+                        or ""
+                    )
+            async with database.unit_of_work() as session:
+                for kind in ("test.running", "test.dead"):
+                    await work.claim(session, kind=work.Kind(name=kind, handler=_noop), now=now)
+                dead = await session.get(work.WorkItem, made["test.dead"])
+                assert dead is not None
+                dead.state, dead.last_error = "dead", "SMTPRecipientsRefused: 550 no such user"
+        finally:
+            await database.dispose()
+        return made
+
+    return asyncio.run(make())
+
+
+async def _noop(_context: work.Context[object], _item: work.Claimed) -> None:
+    return None
+
+
+def _state_of(url: str, work_id: str) -> tuple[str, int]:
+    async def read() -> tuple[str, int]:
+        database = Database(url)
+        try:
+            async with database.unit_of_work() as session:
+                item = await session.get(work.WorkItem, work_id)
+                assert item is not None
+                return item.state, item.attempts
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
+
+
+def test_jobs_lists_due_running_and_dead_work_and_retries_a_dead_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("STALLHOLDER_DATABASE_URL", url)
+    monkeypatch.setenv("STALLHOLDER_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("COLUMNS", "200")  # a terminal wide enough for whole rows
+    runner = CliRunner()
+    assert runner.invoke(app, ["migrate"]).exit_code == 0
+    made = _work_rows(url)
+
+    listed = runner.invoke(app, ["jobs"])
+    assert listed.exit_code == 0, listed.output
+    assert "Work (3)" in listed.output
+    for kind in ("test.due", "test.running", "test.dead"):
+        assert kind in listed.output
+    assert "test.later" not in listed.output  # pending but not due yet
+
+    dead = runner.invoke(app, ["jobs", "--state", "dead"])
+    assert "Work (1)" in dead.output
+    assert "test.dead" in dead.output
+    assert "550 no such user" in dead.output
+    by_kind = runner.invoke(app, ["jobs", "--kind", "test.running"])
+    assert "Work (1)" in by_kind.output
+    assert "test.running" in by_kind.output
+    wrong = runner.invoke(app, ["jobs", "--state", "done"])
+    assert wrong.exit_code == 2
+    assert "--state must be one of due, running, dead, not 'done'" in wrong.output
+
+    retried = runner.invoke(app, ["jobs", "retry", made["test.dead"]])
+    assert retried.exit_code == 0, retried.output
+    assert f"{made['test.dead']} (test.dead) is due again" in retried.output
+    assert _state_of(url, made["test.dead"]) == ("pending", 0)
+    not_dead = runner.invoke(app, ["jobs", "retry", made["test.due"]])
+    assert not_dead.exit_code == 1
+    assert "is pending, not dead; only dead work can be retried" in not_dead.output
+    missing = runner.invoke(app, ["jobs", "retry", "wrk_missing"])
+    assert missing.exit_code == 1
+    assert "no work item 'wrk_missing'" in missing.output

@@ -17,13 +17,15 @@ from stallholder.accounts.service import CustomerNotFound
 from stallholder.checkout import service as checkout
 from stallholder.events import service as events
 from stallholder.events.models import Event
-from stallholder.jobs.worker import SWEEPS, Worker
+from stallholder.events.tasks import dispatch_events
+from stallholder.jobs.worker import CONSUMERS, Worker
+from stallholder.kit import work
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
 from stallholder.notifications import service as notifications
 from stallholder.notifications.models import Email
-from stallholder.notifications.tasks import send_due_emails
-from stallholder.notifications.transport import SmtpTransport, parse_smtp_url
+from stallholder.notifications.tasks import SEND_EMAIL
+from stallholder.notifications.transport import SmtpTransport, Transport, parse_smtp_url
 from stallholder.settings import Settings
 from tests import factories
 from tests.conftest import T0
@@ -39,6 +41,15 @@ from tests.smtp_server import (
 pytestmark = pytest.mark.anyio
 
 SENDER = "Kiln & Clay <shop@kiln.example>"
+
+
+async def send_due_emails(
+    database: Database, clock: FrozenClock, *, transport: Transport, sender: str
+) -> int:
+    """One pass of a worker that only sends email, over ``transport``."""
+    settings = Settings(mail_from=sender, worker_retry_jitter=0.0)
+    worker = Worker(database, clock, settings=settings, mail=transport, kinds=[SEND_EMAIL])
+    return await worker.run_once()
 
 
 class ProcessDied(BaseException):
@@ -125,7 +136,7 @@ async def test_a_restart_between_queueing_and_sending_loses_nothing(
             now=T0,
         )
     async with first.unit_of_work() as session:
-        assert await SWEEPS["events.dispatch"](session, T0) == 1
+        assert await dispatch_events(session, T0, consumers=CONSUMERS) == 1
     await first.dispose()  # the process stops before the worker sent anything
     assert smtp.received == []
 
@@ -154,24 +165,28 @@ async def test_a_crash_after_claiming_sends_once_when_the_lease_ends(
     first = Database(database_url)
     await _queue_two_magic_links(first)
     async with first.unit_of_work() as session:
-        assert len(await notifications.claim_due(session, now=T0, limit=10)) == 2
+        assert len(await work.claim(session, kind=SEND_EMAIL, now=T0)) == 2
     await first.dispose()  # died holding the lease, before sending
 
     second = Database(database_url)
     try:
         worker = Worker(second, clock, settings=mail_settings)
-        clock.set(T0 + notifications.LEASE - timedelta(seconds=1))
+        clock.set(T0 + SEND_EMAIL.lease - timedelta(seconds=1))
         assert await worker.run_once() == 0
         assert smtp.received == []
-        clock.set(T0 + notifications.LEASE)
+        clock.set(T0 + SEND_EMAIL.lease)
         await worker.run_once()
         await worker.run_once()
         emails = await _emails(second)
+        async with second.unit_of_work() as session:
+            left = await work.list_work(session, now=clock.now())
     finally:
         await second.dispose()
 
     assert len(smtp.received) == 2
-    assert [(e.status, e.attempts) for e in emails] == [("sent", 2), ("sent", 2)]
+    # One send recorded each; the work was claimed twice and is finished (deleted).
+    assert [(e.status, e.attempts) for e in emails] == [("sent", 1), ("sent", 1)]
+    assert left == []
 
 
 async def test_a_crash_between_sending_and_recording_resends_the_same_message(
@@ -204,7 +219,7 @@ async def test_a_crash_between_sending_and_recording_resends_the_same_message(
 
     second = Database(database_url)
     try:
-        clock.set(T0 + notifications.LEASE)
+        clock.set(T0 + SEND_EMAIL.lease)
         await Worker(second, clock, settings=mail_settings).run_once()
         [email] = await _emails(second)
     finally:
@@ -215,7 +230,7 @@ async def test_a_crash_between_sending_and_recording_resends_the_same_message(
     assert str(first_copy["Message-ID"]) == f"<{email.id}@kiln.example>"
     assert str(first_copy["Date"]) == str(second_copy["Date"]) == "Sun, 01 Mar 2026 12:00:00 +0000"
     assert _text(first_copy) == _text(second_copy)
-    assert (email.status, email.attempts, email.sent_at) == ("sent", 2, T0 + notifications.LEASE)
+    assert (email.status, email.attempts, email.sent_at) == ("sent", 1, T0 + SEND_EMAIL.lease)
 
 
 async def test_starttls_and_auth_against_a_server_that_requires_both(

@@ -7,9 +7,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from stallholder.jobs.worker import Worker
+from stallholder.kit import work
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
-from stallholder.kit.idempotency import IdempotencyKey, prune_expired_keys
+from stallholder.kit.idempotency import PRUNE_KEYS, IdempotencyKey, prune_expired_keys
+from stallholder.settings import Settings
 from tests.conftest import Api, bearer
 
 pytestmark = pytest.mark.anyio
@@ -50,3 +53,31 @@ async def test_a_key_is_forgotten_after_24_hours_and_not_before(
         assert await prune_expired_keys(session, clock.now()) == 1
     assert await _keys(database) == 0
     assert await create("other@example.com") == 201  # a new request under the old key
+
+
+async def test_the_worker_prunes_keys_every_hour(
+    api: Api, database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    creator = await api.creator()
+    headers = {**bearer(creator["secret_key"]), "Idempotency-Key": "customer-1"}
+    response = await api.http.post(
+        "/v1/customers", headers=headers, json={"email": "ada@example.com", "name": "Ada"}
+    )
+    assert response.status_code == 201
+    async with database.unit_of_work() as session:
+        await work.ensure_periodic(session, [PRUNE_KEYS], now=clock.now())
+    worker = Worker(database, clock, settings=settings, kinds=[PRUNE_KEYS])
+
+    await worker.run_once()
+    assert await _keys(database) == 1  # not 24 hours old yet
+    clock.advance(timedelta(hours=25))
+    await worker.run_once()
+
+    assert await _keys(database) == 0
+    async with database.unit_of_work() as session:
+        [item] = (await session.execute(select(work.WorkItem))).scalars().all()
+    assert (item.kind, item.state, item.due_at) == (
+        "kit.prune_idempotency_keys",
+        "pending",
+        clock.now() + timedelta(hours=1),
+    )

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from stallholder.notifications.rendering import render
-from stallholder.notifications.service import retry_delay
-from stallholder.notifications.tasks import email_runner
+from stallholder.notifications.tasks import SEND_EMAIL, check_sender
 from stallholder.notifications.transport import (
     FileTransport,
     OutgoingEmail,
@@ -160,7 +159,8 @@ def test_a_subject_is_always_one_line() -> None:
 
 
 def test_retry_schedule_backs_off_then_gives_up() -> None:
-    assert [retry_delay(n) for n in range(1, 8)] == [
+    assert [SEND_EMAIL.retry.delay(n) for n in range(0, 8)] == [
+        None,
         timedelta(seconds=30),
         timedelta(minutes=2),
         timedelta(minutes=10),
@@ -169,8 +169,7 @@ def test_retry_schedule_backs_off_then_gives_up() -> None:
         timedelta(hours=24),
         None,
     ]
-    with pytest.raises(ValueError, match="from 1"):
-        retry_delay(0)
+    assert SEND_EMAIL.max_attempts == 7
 
 
 @pytest.mark.parametrize(
@@ -222,7 +221,7 @@ def test_transport_is_smtp_when_configured_else_eml_files(tmp_path: Path) -> Non
 
 def test_an_invalid_sender_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an email address: 'Stallholder'"):
-        email_runner(transport=FileTransport(tmp_path), sender="Stallholder")
+        check_sender("Stallholder")
 
 
 OUTGOING = OutgoingEmail(

@@ -13,14 +13,11 @@ PLATFORM_WIDE = {
     # the creator in the key ("creator:<id>:balance"); the platform's own accounts
     # (platform:fees, processor:fees, external:buyer_funds) belong to no creator.
     "balances": "platform and creator accounts, keyed by account name",
-    # Durable background work of the whole platform (sweeps, sends); a job names what it
-    # acts on in its payload.
-    "jobs": "the platform's work queue",
     # Events a payment provider sent; which creator one concerns is known only once it is
     # handled (a Stripe event names a PaymentIntent, not a creator).
     "inbox_events": "provider events before they are matched to a creator",
     # Stored responses keyed by a hash of the caller's Authorization header, written by
-    # middleware before the request is routed or authenticated.
+    # middleware before the request is routed (the admin key has no creator).
     "idempotency_keys": "scoped by the caller's credentials, not by creator",
     # The creators themselves: their id is the distribution key.
     "creators": "one row per creator; its id is the key",

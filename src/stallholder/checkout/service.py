@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts import service as accounts
@@ -28,6 +28,7 @@ from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import present_session
 from stallholder.events import service as events
+from stallholder.kit import work
 from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id, new_secret
@@ -39,6 +40,8 @@ from stallholder.payments.models import PaymentAttempt
 from stallholder.payments.schemas import attempt_payload
 
 MAX_SESSION_TOTAL = 99_999_999
+# The due work that expires one session at its ``expires_at`` (``tasks.EXPIRE_SESSION``).
+EXPIRE_KIND = "checkout.expire_session"
 
 
 class SessionNotFound(NotFound):
@@ -231,6 +234,15 @@ async def create_session(
     checkout.client_secret = f"{checkout.id}_secret_{new_secret('x')[2:26]}"
     session.add(checkout)
     await session.flush()
+    await work.enqueue(
+        session,
+        kind=EXPIRE_KIND,
+        payload={"session_id": checkout.id},
+        due_at=checkout.expires_at,
+        now=now,
+        dedupe_key=checkout.id,
+        creator_id=creator_id,
+    )
     return checkout
 
 
@@ -565,14 +577,32 @@ async def confirm_session(
         )
 
 
-async def expire_due_sessions(session: AsyncSession, *, now: datetime) -> int:
-    """Mark every open session past its ``expires_at`` as expired; returns how many."""
-    result = await session.execute(
-        update(CheckoutSession)
-        .where(CheckoutSession.status == "open", CheckoutSession.expires_at <= now)
-        .values(status="expired")
+async def expire_session(
+    session: AsyncSession, *, session_id: str, base_url: str, now: datetime
+) -> bool:
+    """Mark the session ``expired`` if it is still open and past ``expires_at``, and emit
+    ``checkout.session.expired``. Returns whether it did; a session that completed, is
+    expired already or is not due yet is left alone (so running this twice is harmless).
+    """
+    checkout = (
+        await session.execute(
+            select(CheckoutSession).where(CheckoutSession.id == session_id).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if checkout is None or checkout.status != "open" or now < checkout.expires_at:
+        return False
+    checkout.status = "expired"
+    await session.flush()
+    await events.emit(
+        session,
+        creator_id=checkout.creator_id,
+        type="checkout.session.expired",
+        now=now,
+        data=present_session(checkout, base_url=base_url, status="expired").model_dump(
+            mode="json", exclude={"client_secret"}
+        ),
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return True
 
 
 async def create_link(

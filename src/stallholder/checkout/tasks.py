@@ -1,22 +1,44 @@
-"""Due work of the checkout domain."""
+"""Due work of the checkout domain: expiring each session at its time, and completing
+a payment the buyer authenticated with Stripe."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.checkout import service
+from stallholder.kit.work import Claimed, Context, Kind
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import ChargeResult
 from stallholder.payments.models import PaymentAttempt
 from stallholder.payments.service import GatewayCall
+from stallholder.settings import Settings
 
 
-async def expire_sessions(session: AsyncSession, now: datetime) -> int:
-    """Sweep: open sessions past ``expires_at`` become ``expired``."""
-    return await service.expire_due_sessions(session, now=now)
+class CheckoutResources(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+
+async def expire_session(context: Context[CheckoutResources], item: Claimed) -> None:
+    """The handler of ``checkout.expire_session``, enqueued for each session at its
+    ``expires_at`` (the session id is the dedupe key): an open session becomes
+    ``expired`` and ``checkout.session.expired`` is emitted; anything else is left."""
+    async with context.database.unit_of_work() as session:
+        await service.expire_session(
+            session,
+            session_id=str(item.payload["session_id"]),
+            base_url=context.resources.settings.base_url,
+            now=context.clock.now(),
+        )
+
+
+EXPIRE_SESSION: Kind[CheckoutResources] = Kind(
+    name=service.EXPIRE_KIND, handler=expire_session, batch_size=50
+)
 
 
 async def settle_checkout_attempt(

@@ -1,9 +1,11 @@
 """The inbound inbox: events from providers, stored once and handled once.
 
-Receiving only stores (``record``); the worker handles later. A redelivered event hits
-``UNIQUE(source, external_id)`` and is dropped, so it is neither stored nor handled
-twice. Handlers re-read the provider's current state rather than trusting the payload,
-so the order events arrive in does not matter.
+Receiving only stores (``record``), and enqueues the work that handles the event (kind
+``inbox.<source>``; the domain that understands a source registers its handler, e.g.
+``orders.tasks`` for ``stripe``). A redelivered event hits ``UNIQUE(source,
+external_id)`` and is dropped, so it is neither stored nor handled twice. Handlers
+re-read the provider's current state rather than trusting the payload, so the order
+events arrive in does not matter.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events.models import InboxEvent
+from stallholder.kit.work import Backoff, enqueue
 
 MAX_ATTEMPTS = 8
-# A claimed row is left alone this long; a worker that crashed mid-way is taken over after.
-LEASE = timedelta(minutes=5)
+# 30 s after the first failure, doubling, at most an hour (and the worker's jitter).
+RETRY = Backoff(base=timedelta(seconds=30), cap=timedelta(hours=1))
 _MAX_ERROR_LENGTH = 2000
 
 
-def retry_delay(attempts: int) -> timedelta:
-    """30 s after the first failure, doubling, at most an hour."""
-    return min(timedelta(seconds=30 * 2 ** max(0, attempts - 1)), timedelta(hours=1))
+def kind_for(source: str) -> str:
+    """The work kind that handles ``source``'s events."""
+    return f"inbox.{source}"
 
 
 async def record(
@@ -38,7 +41,8 @@ async def record(
     payload: dict[str, Any],
     now: datetime,
 ) -> bool:
-    """Store an event for the worker. False when ``(source, external_id)`` is in already."""
+    """Store an event and enqueue its handling. False when ``(source, external_id)`` is
+    in already."""
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     statement = (
@@ -49,43 +53,26 @@ async def record(
             type=type,
             payload=payload,
             received_at=now,
-            attempts=0,
-            next_attempt_at=now,
         )
         .on_conflict_do_nothing(index_elements=[InboxEvent.source, InboxEvent.external_id])
         .returning(InboxEvent.id)
     )
-    return (await session.execute(statement)).scalar_one_or_none() is not None
-
-
-async def claim_due(
-    session: AsyncSession, *, source: str, now: datetime, limit: int
-) -> list[InboxEvent]:
-    """The oldest due events of ``source``, leased to this worker for ``LEASE``.
-
-    Each claim counts as an attempt, so a row whose handling keeps crashing the worker
-    still runs out of attempts.
-    """
-    events = list(
-        (
-            await session.execute(
-                select(InboxEvent)
-                .where(
-                    InboxEvent.source == source,
-                    InboxEvent.processed_at.is_(None),
-                    InboxEvent.next_attempt_at <= now,
-                )
-                .order_by(InboxEvent.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).scalars()
+    event_id = (await session.execute(statement)).scalar_one_or_none()
+    if event_id is None:
+        return False
+    await enqueue(
+        session,
+        kind=kind_for(source),
+        payload={"inbox_event_id": event_id},
+        due_at=now,
+        now=now,
+        dedupe_key=f"inbox:{event_id}",
     )
-    for event in events:
-        event.attempts += 1
-        event.next_attempt_at = now + LEASE
-    await session.flush()
-    return events
+    return True
+
+
+async def get(session: AsyncSession, *, event_id: int) -> InboxEvent | None:
+    return await session.get(InboxEvent, event_id)
 
 
 async def lock(session: AsyncSession, *, event_id: int) -> InboxEvent | None:
@@ -97,13 +84,9 @@ async def lock(session: AsyncSession, *, event_id: int) -> InboxEvent | None:
 def mark_processed(event: InboxEvent, *, now: datetime, note: str | None = None) -> None:
     """Handled (``note`` says why nothing was done, for an event that needed nothing)."""
     event.processed_at = now
-    event.next_attempt_at = None
     event.last_error = note
 
 
-def mark_failed(event: InboxEvent, *, error: str, now: datetime) -> None:
-    """Try again after a delay, or never once the attempts are used up."""
+def note_failure(event: InboxEvent, *, error: str) -> None:
+    """Keep the last failure on the row; the work engine retries it."""
     event.last_error = error[:_MAX_ERROR_LENGTH]
-    event.next_attempt_at = (
-        None if event.attempts >= MAX_ATTEMPTS else now + retry_delay(event.attempts)
-    )

@@ -34,17 +34,14 @@ class Event(Base):
 class InboxEvent(Base):
     """An event a provider sent us (Stripe now, channels later), stored once.
 
-    ``UNIQUE(source, external_id)`` makes a redelivered event a no-op. The worker handles
-    each row once: it claims rows whose ``next_attempt_at`` is due (pushing it ahead as a
-    lease), and sets ``processed_at`` in the transaction that applies the event.
-    ``next_attempt_at`` is None once the row is processed or has used up its attempts.
+    ``UNIQUE(source, external_id)`` makes a redelivered event a no-op. Handling it is due
+    work (``kit.work``, kind ``inbox.<source>``) enqueued with the row; the handler sets
+    ``processed_at`` in the transaction that applies the event, so it is applied once.
+    ``last_error`` is the last failure, or a note on why nothing was done.
     """
 
     __tablename__ = "inbox_events"
-    __table_args__ = (
-        UniqueConstraint("source", "external_id"),
-        Index("ix_inbox_events_due", "source", "next_attempt_at"),
-    )
+    __table_args__ = (UniqueConstraint("source", "external_id"),)
 
     id: Mapped[SerialPK]
     source: Mapped[str] = mapped_column(String(32))
@@ -53,9 +50,7 @@ class InboxEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     received_at: Mapped[datetime]
     processed_at: Mapped[datetime | None] = mapped_column(default=None)
-    attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class WebhookEndpoint(Base):
@@ -89,14 +84,12 @@ class WebhookDelivery(Base):
     """One event on its way to one endpoint: retried until a 2xx or the schedule ends.
 
     ``status`` is ``pending``, ``succeeded`` or ``failed`` (every retry used, or the
-    endpoint answered 410). A pending row is due at ``next_attempt_at``; a worker that
-    claims it pushes that forward by a lease, so if the worker dies the row comes due
-    again by itself.
+    endpoint answered 410). Sending it is due work (``kit.work``, kind
+    ``events.deliver_webhook``, the delivery's id as dedupe key); ``next_attempt_at`` shows
+    when a pending one is tried next.
     """
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
-
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
     endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"), index=True)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events.models import Event
@@ -13,6 +14,7 @@ from stallholder.events.types import API_VERSION, EVENT_TYPES
 from stallholder.kit.errors import NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
+from stallholder.kit.work import wake_after_commit
 
 
 class EventNotFound(NotFound):
@@ -36,10 +38,26 @@ async def emit(
     )
     session.add(event)
     await session.flush()
+    wake_after_commit(session)  # the worker dispatches the outbox
     return event
 
 
-def envelope(event: Event) -> dict[str, Any]:
+class EventFields(Protocol):
+    """What an envelope is made of: an ``Event``, or a row of its columns."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def api_version(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+
+def envelope(event: EventFields) -> dict[str, Any]:
     """The stable, versioned JSON body of an event, as webhooks and the API send it."""
     return {
         "id": event.id,
@@ -71,6 +89,18 @@ async def list_events(
         statement = statement.where(Event.type == type)
     return await paginate(
         session, statement, id_column=Event.id, limit=limit, starting_after=starting_after
+    )
+
+
+async def mark_dispatched(
+    session: AsyncSession, *, event_ids: Sequence[str], now: datetime
+) -> None:
+    """Stamp ``dispatched_at`` on the events in one statement."""
+    await session.execute(
+        update(Event)
+        .where(Event.id.in_(event_ids))
+        .values(dispatched_at=now)
+        .execution_options(synchronize_session=False)
     )
 
 

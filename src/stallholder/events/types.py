@@ -6,6 +6,8 @@ API_VERSION = "2026-11-01"
 
 EVENT_TYPES: dict[str, str] = {
     "checkout.session.completed": "A checkout session was paid; data.object is the session.",
+    "checkout.session.expired": "An open checkout session reached its expires_at unpaid; "
+    "data.object is the session.",
     "order.paid": "An order was created from a successful payment; data.object is the order.",
     "refund.created": "An order was refunded in full or in part; data.object is the refund.",
     "payment.failed": "A payment attempt was declined or failed; data.object is the attempt.",

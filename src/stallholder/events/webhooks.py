@@ -1,7 +1,8 @@
-"""Outgoing webhooks: endpoints, their secrets, the delivery queue and its log.
+"""Outgoing webhooks: endpoints, their secrets, the deliveries and their log.
 
-The worker's runner (``events.tasks.deliver_webhooks``) claims due deliveries here, sends
-them with no transaction open, and records each outcome here. See docs/webhooks.md.
+Each delivery is due work (``kit.work``, kind ``events.deliver_webhook``); its handler
+(``events.tasks``) reads the deliveries here, sends them with no transaction open, and
+records the outcomes here. See docs/webhooks.md.
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events import service as events
@@ -32,6 +33,7 @@ from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
 from stallholder.kit.signing import new_webhook_secret
+from stallholder.kit.work import NewWork, Retry, enqueue_many
 
 # Delay before each retry: attempt 1 is immediate, then 5 s, 5 min, 30 min, 2 h, 5 h,
 # 10 h, 10 h, 10 h, 12 h, 22 h: 11 attempts over 71.6 hours, about three days.
@@ -48,6 +50,7 @@ RETRY_DELAYS: tuple[timedelta, ...] = (
     timedelta(hours=22),
 )
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
+DELIVER_KIND = "events.deliver_webhook"
 DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
 MAX_ROTATION_OVERLAP = timedelta(days=7)
 EXCERPT_CHARACTERS = 1024
@@ -241,6 +244,7 @@ async def update_endpoint(
         endpoint.disabled_reason = None
         endpoint.consecutive_failures = 0
         endpoint.failing_since = None
+        await _resume_pending(session, endpoint, now=now)
     elif changes.get("status") == "disabled" and endpoint.status != "disabled":
         endpoint.status = "disabled"
         endpoint.disabled_reason = "disabled by the creator"
@@ -316,21 +320,92 @@ def _delivery(endpoint: WebhookEndpoint, event: Event, *, now: datetime) -> Webh
     )
 
 
-async def queue_deliveries_for_event(session: AsyncSession, event: Event, now: datetime) -> None:
-    """The outbox consumer: one delivery per enabled endpoint of the creator whose filter
-    takes the event. Runs in the dispatch transaction, so each is queued exactly once."""
-    endpoints = (
+def _work(delivery: WebhookDelivery, *, due_at: datetime) -> NewWork:
+    return NewWork(
+        kind=DELIVER_KIND,
+        payload={"delivery_id": delivery.id},
+        due_at=due_at,
+        dedupe_key=delivery.id,
+        creator_id=delivery.creator_id,
+    )
+
+
+async def _add_deliveries(
+    session: AsyncSession, deliveries: Sequence[WebhookDelivery], *, now: datetime
+) -> None:
+    """The delivery rows and, in the same transaction, the work that sends them."""
+    session.add_all(deliveries)
+    await session.flush()
+    await enqueue_many(session, [_work(d, due_at=now) for d in deliveries], now=now)
+
+
+async def _resume_pending(
+    session: AsyncSession, endpoint: WebhookEndpoint, *, now: datetime
+) -> None:
+    """A re-enabled endpoint's waiting deliveries are due again (their work ended while
+    the endpoint was disabled; a live one is not enqueued twice)."""
+    pending = (
         await session.execute(
-            select(WebhookEndpoint).where(
-                WebhookEndpoint.creator_id == event.creator_id,
-                WebhookEndpoint.status == "enabled",
+            select(WebhookDelivery).where(
+                WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == "pending"
             )
         )
     ).scalars()
+    work = []
+    for delivery in pending:
+        delivery.next_attempt_at = now
+        work.append(_work(delivery, due_at=now))
+    await enqueue_many(session, work, now=now)
+
+
+async def queue_deliveries(session: AsyncSession, batch: Sequence[Event], now: datetime) -> None:
+    """The outbox consumer: one delivery per enabled endpoint of the event's creator whose
+    filter takes the event. Runs in the dispatch transaction, so each is queued exactly
+    once; the endpoints of the whole batch are read in one query."""
+    creators = {event.creator_id for event in batch}
+    by_creator: dict[str, list[WebhookEndpoint]] = {creator: [] for creator in creators}
+    endpoints = (
+        await session.execute(
+            select(WebhookEndpoint)
+            .where(
+                WebhookEndpoint.creator_id.in_(creators),
+                WebhookEndpoint.status == "enabled",
+            )
+            .order_by(WebhookEndpoint.id)
+        )
+    ).scalars()
     for endpoint in endpoints:
-        if _matches(endpoint, event.type):
-            session.add(_delivery(endpoint, event, now=now))
-    await session.flush()
+        by_creator[endpoint.creator_id].append(endpoint)
+    # Plain rows, not ORM objects: a dispatched batch can fan out into thousands.
+    rows = [
+        {
+            "id": new_id("whd"),
+            "creator_id": event.creator_id,
+            "endpoint_id": endpoint.id,
+            "event_id": event.id,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for event in batch
+        for endpoint in by_creator[event.creator_id]
+        if _matches(endpoint, event.type)
+    ]
+    if not rows:
+        return
+    await session.execute(insert(cast(Table, WebhookDelivery.__table__)), rows)
+    work = [
+        NewWork(
+            kind=DELIVER_KIND,
+            payload={"delivery_id": row["id"]},
+            due_at=now,
+            dedupe_key=str(row["id"]),
+            creator_id=str(row["creator_id"]),
+        )
+        for row in rows
+    ]
+    await enqueue_many(session, work, now=now)
 
 
 async def redeliver(
@@ -371,8 +446,7 @@ async def redeliver(
             if _matches(e, event.type)
         ]
     deliveries = [_delivery(endpoint, event, now=now) for endpoint in targets]
-    session.add_all(deliveries)
-    await session.flush()
+    await _add_deliveries(session, deliveries, now=now)
     return deliveries
 
 
@@ -422,34 +496,29 @@ class Outgoing:
     attempt: int
 
 
-async def claim_due(
-    session: AsyncSession, *, now: datetime, lease: timedelta, limit: int
+async def load_outgoing(
+    session: AsyncSession, *, delivery_ids: Sequence[str], now: datetime
 ) -> list[Outgoing]:
-    """Due deliveries to enabled endpoints, leased to this worker: each claim counts as an
-    attempt and moves ``next_attempt_at`` past the lease, so a worker that dies mid-send
-    leaves the row to come due again (``SKIP LOCKED`` keeps workers apart)."""
-    rows = (
+    """What to send for the pending deliveries among ``delivery_ids`` whose endpoint is
+    enabled, in three queries. The others are settled already (or wait for their endpoint
+    to be re-enabled, which enqueues them again): there is nothing to send for them."""
+    deliveries = list(
         await session.execute(
-            select(WebhookDelivery)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            .where(
-                WebhookDelivery.status == "pending",
-                WebhookDelivery.next_attempt_at <= now,
-                WebhookEndpoint.status == "enabled",
-            )
-            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=WebhookDelivery)
+            select(
+                WebhookDelivery.id,
+                WebhookDelivery.endpoint_id,
+                WebhookDelivery.event_id,
+                WebhookDelivery.attempts,
+            ).where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.status == "pending")
         )
-    ).scalars()
-    deliveries = list(rows)
+    )
     endpoints = await _endpoints_by_id(session, {d.endpoint_id for d in deliveries})
     events_by_id = await _events_by_id(session, {d.event_id for d in deliveries})
     outgoing: list[Outgoing] = []
-    for delivery in deliveries:
+    for delivery in sorted(deliveries, key=lambda d: d.id):
         endpoint, event = endpoints[delivery.endpoint_id], events_by_id[delivery.event_id]
-        delivery.attempts += 1
-        delivery.next_attempt_at = now + lease
+        if endpoint.status != "enabled":
+            continue
         outgoing.append(
             Outgoing(
                 delivery_id=delivery.id,
@@ -458,10 +527,9 @@ async def claim_due(
                 secrets=tuple(secrets_in_use(endpoint, now=now)),
                 message_id=event.id,
                 body=_encode(events.envelope(event)),
-                attempt=delivery.attempts,
+                attempt=delivery.attempts + 1,
             )
         )
-    await session.flush()
     return outgoing
 
 
@@ -470,9 +538,14 @@ async def _endpoints_by_id(session: AsyncSession, ids: set[str]) -> dict[str, We
     return {row.id: row for row in rows.scalars()}
 
 
-async def _events_by_id(session: AsyncSession, ids: set[str]) -> dict[str, Event]:
-    rows = await session.execute(select(Event).where(Event.id.in_(ids)))
-    return {row.id: row for row in rows.scalars()}
+async def _events_by_id(session: AsyncSession, ids: set[str]) -> dict[str, events.EventFields]:
+    """The events' columns (not ORM objects: a batch has hundreds, read once)."""
+    rows = await session.execute(
+        select(Event.id, Event.type, Event.api_version, Event.created_at, Event.data).where(
+            Event.id.in_(ids)
+        )
+    )
+    return {row.id: row for row in rows}
 
 
 def _encode(envelope: dict[str, Any]) -> bytes:
@@ -492,6 +565,9 @@ class Outcome:
     def is_success(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
 
+    def describe(self) -> str:
+        return self.error or f"the endpoint answered {self.status_code}"
+
 
 @dataclass(frozen=True, slots=True)
 class DisablePolicy:
@@ -499,68 +575,142 @@ class DisablePolicy:
     after: timedelta
 
 
-async def record_outcome(
+@dataclass(slots=True)
+class _DeliveryState:
+    """A delivery's row as recording changes it (Core, not the ORM: a batch has hundreds)."""
+
+    id: str
+    status: str
+    attempts: int
+    last_status_code: int | None = None
+    completed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+
+
+async def record_outcomes(
     session: AsyncSession,
     *,
-    outgoing: Outgoing,
-    outcome: Outcome,
+    sent: Sequence[tuple[Outgoing, Outcome]],
     policy: DisablePolicy,
     now: datetime,
-) -> None:
-    """Log the attempt, then settle the delivery and the endpoint's run of failures.
+    retry_at: Callable[[timedelta], datetime],
+) -> dict[str, BaseException | None]:
+    """Log each attempt, then settle its delivery and its endpoint's run of failures.
+    Returns, per delivery id, what the work engine should do: None when the delivery is
+    settled (succeeded, or failed for good), a ``Retry`` at the next time in the schedule
+    (``retry_at`` turns the delay into a jittered time).
 
     A 410 disables the endpoint at once. Otherwise the endpoint is disabled once its run
     of failures is long enough in both attempts and time, and ``webhook_endpoint.disabled``
     is emitted (the creator is emailed from it; a disabled endpoint receives nothing, that
     event included).
     """
-    # Endpoint first, then delivery: the order delete_endpoint takes them in too.
-    endpoint = (
-        await session.execute(
-            select(WebhookEndpoint)
-            .where(WebhookEndpoint.id == outgoing.endpoint_id)
-            .with_for_update()
-        )
-    ).scalar_one()
-    delivery = (
-        await session.execute(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.id == outgoing.delivery_id)
-            .with_for_update()
-        )
-    ).scalar_one()
-    session.add(
-        WebhookAttempt(
-            creator_id=delivery.creator_id,
-            delivery_id=delivery.id,
-            number=outgoing.attempt,
-            attempted_at=now,
-            status_code=outcome.status_code,
-            error=outcome.error,
-            latency_ms=outcome.latency_ms,
-            response_excerpt=outcome.response_excerpt,
-        )
+    if not sent:
+        return {}
+    # Endpoints first, then deliveries, each in key order: the order delete_endpoint
+    # takes them in too, so the two never deadlock.
+    endpoint_ids = sorted({outgoing.endpoint_id for outgoing, _ in sent})
+    endpoints = {
+        e.id: e
+        for e in (
+            await session.execute(
+                select(WebhookEndpoint)
+                .where(WebhookEndpoint.id.in_(endpoint_ids))
+                .order_by(WebhookEndpoint.id)
+                .with_for_update()
+            )
+        ).scalars()
+    }
+    table = cast(Table, WebhookDelivery.__table__)
+    locked = await session.execute(
+        select(table.c.id, table.c.creator_id, table.c.status, table.c.attempts)
+        .where(table.c.id.in_([outgoing.delivery_id for outgoing, _ in sent]))
+        .order_by(table.c.id)
+        .with_for_update()
     )
-    delivery.last_status_code = outcome.status_code
+    rows = list(locked)
+    deliveries = {row.id: _DeliveryState(row.id, row.status, row.attempts) for row in rows}
+    creators = {row.id: row.creator_id for row in rows}
+    results: dict[str, BaseException | None] = {}
+    attempts: list[dict[str, object]] = []
+    changed: list[_DeliveryState] = []
+    for outgoing, outcome in sent:
+        delivery = deliveries[outgoing.delivery_id]
+        attempts.append(
+            {
+                "creator_id": creators[delivery.id],
+                "delivery_id": delivery.id,
+                "number": outgoing.attempt,
+                "attempted_at": now,
+                "status_code": outcome.status_code,
+                "error": outcome.error,
+                "latency_ms": outcome.latency_ms,
+                "response_excerpt": outcome.response_excerpt,
+            }
+        )
+        delivery.last_status_code = outcome.status_code
+        changed.append(delivery)
+        results[delivery.id] = await _settle(
+            session,
+            endpoints[outgoing.endpoint_id],
+            delivery,
+            outgoing,
+            outcome,
+            policy=policy,
+            now=now,
+            retry_at=retry_at,
+        )
+    await session.execute(insert(cast(Table, WebhookAttempt.__table__)), attempts)
+    # One UPDATE per distinct outcome (usually one: every delivery succeeded at once).
+    groups: dict[tuple[object, ...], list[str]] = {}
+    for d in changed:
+        key = (d.status, d.attempts, d.last_status_code, d.completed_at, d.next_attempt_at)
+        groups.setdefault(key, []).append(d.id)
+    for (status, attempts_made, code, completed_at, next_at), ids in groups.items():
+        values: dict[str, object] = {
+            "status": status,
+            "attempts": attempts_made,
+            "last_status_code": code,
+            "completed_at": completed_at,
+        }
+        if next_at is not None:
+            values["next_attempt_at"] = next_at
+        await session.execute(update(table).where(table.c.id.in_(ids)).values(**values))
+    await session.flush()
+    return results
+
+
+async def _settle(
+    session: AsyncSession,
+    endpoint: WebhookEndpoint,
+    delivery: _DeliveryState,
+    outgoing: Outgoing,
+    outcome: Outcome,
+    *,
+    policy: DisablePolicy,
+    now: datetime,
+    retry_at: Callable[[timedelta], datetime],
+) -> BaseException | None:
     if delivery.status != "pending":  # settled meanwhile (endpoint deleted): only log
-        await session.flush()
-        return
+        return None
+    delivery.attempts = outgoing.attempt
     if outcome.is_success:
         delivery.status = "succeeded"
         delivery.completed_at = now
         endpoint.consecutive_failures = 0
         endpoint.failing_since = None
-        await session.flush()
-        return
+        return None
 
     endpoint.consecutive_failures += 1
     endpoint.failing_since = endpoint.failing_since or now
     delay = retry_delay(delivery.attempts)
+    result: BaseException | None = None
     if outcome.status_code == 410 or delay is None:
         delivery.status = "failed"
         delivery.completed_at = now
     else:
-        delivery.next_attempt_at = now + delay
+        delivery.next_attempt_at = retry_at(delay)
+        result = Retry(outcome.describe(), at=delivery.next_attempt_at)
     if endpoint.status == "enabled":
         if outcome.status_code == 410:
             await _disable(session, endpoint, reason="the endpoint answered 410 Gone", now=now)
@@ -575,7 +725,7 @@ async def record_outcome(
                 f"{endpoint.failing_since.isoformat()}",
                 now=now,
             )
-    await session.flush()
+    return result
 
 
 async def _disable(

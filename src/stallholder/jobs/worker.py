@@ -1,4 +1,5 @@
-"""The worker loop: periodic sweeps and due jobs, each in its own unit of work."""
+"""The worker: dispatches the outbox and runs due work (``kit.work``) with each domain's
+handlers. It sleeps when nothing is due and wakes when work is enqueued (ADR 0008)."""
 
 from __future__ import annotations
 
@@ -6,122 +7,106 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
-from typing import Any
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import httpx
+import psycopg
+from sqlalchemy.engine import make_url
 
 from stallholder.checkout.tasks import (
+    EXPIRE_SESSION,
     complete_authenticated_payment,
-    expire_sessions,
     settle_checkout_attempt,
 )
-from stallholder.events.tasks import (
-    Consumer,
-    WebhookSettings,
-    deliver_webhooks,
-    dispatch_events,
-)
-from stallholder.events.webhooks import DisablePolicy, queue_deliveries_for_event
-from stallholder.jobs import queue
+from stallholder.events.tasks import DISPATCH_BATCH, Consumer, dispatch_events, webhook_kind
+from stallholder.events.webhooks import queue_deliveries
+from stallholder.kit import work
 from stallholder.kit.clock import Clock
-from stallholder.kit.db import Database
-from stallholder.kit.idempotency import prune_expired_keys
-from stallholder.notifications.tasks import email_runner, queue_emails_for_event
-from stallholder.notifications.transport import transport_for
-from stallholder.orders.tasks import process_stripe_events, resolve_stale_refunds
-from stallholder.payments.gateway import Gateway
-from stallholder.payments.stripe_gateway import StripeGateway
+from stallholder.kit.db import Database, async_url
+from stallholder.kit.idempotency import PRUNE_KEYS
+from stallholder.kit.outbound import ShardedTransport
+from stallholder.notifications.tasks import SEND_EMAIL, check_sender, queue_emails
+from stallholder.notifications.transport import Transport, transport_for
+from stallholder.orders import service as orders
+from stallholder.orders.tasks import INBOX_KINDS, resolve_stale_refunds
+from stallholder.payments import service as payments
+from stallholder.payments.gateway import Gateway, SandboxGateway
 from stallholder.payments.tasks import resolve_stale_attempts
 from stallholder.settings import Settings
 
 log = logging.getLogger("stallholder.worker")
 
-Sweep = Callable[[AsyncSession, datetime], Awaitable[int]]
-# Work with outside effects (HTTP, SMTP): a runner claims rows in one short transaction,
-# does the outside call with no transaction open, and records the outcome in another.
-Runner = Callable[[Database, Clock], Awaitable[int]]
-Handler = Callable[[AsyncSession, dict[str, Any], datetime], Awaitable[None]]
-
 # Who hears about each event when the outbox is dispatched (webhooks, email, …).
-CONSUMERS: list[Consumer] = [queue_emails_for_event, queue_deliveries_for_event]
+CONSUMERS: list[Consumer] = [queue_emails, queue_deliveries]
+# After an error the loop itself could not handle (the database is down), wait this long.
+ERROR_PAUSE_SECONDS = 5.0
+# After a wake-up, wait this long before the pass, so a burst of commits (every sale
+# writes events) is handled by one pass rather than one pass each.
+COALESCE_SECONDS = 0.05
 
 
-async def _dispatch(session: AsyncSession, now: datetime) -> int:
-    return await dispatch_events(session, now, consumers=CONSUMERS)
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What handlers may use (each names what it needs with a Protocol)."""
+
+    settings: Settings
+    gateway: Gateway
+    mail: Transport
+    http: httpx.AsyncClient
 
 
-SWEEPS: dict[str, Sweep] = {
-    "checkout.expire_sessions": expire_sessions,
-    "events.dispatch": _dispatch,
-    "kit.prune_idempotency_keys": prune_expired_keys,
-}
-RUNNERS: dict[str, Runner] = {}
+def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
+    """The kinds that finish charges and refunds left half done (ADR 0007): enqueued with
+    each attempt or refund for its ``resolve_after``, each asks the gateway again with the
+    same idempotency key for every one then due and records the outcome. One that finds
+    nothing due (the request finished it) does nothing."""
+    completers = {
+        "checkout_session": functools.partial(settle_checkout_attempt, base_url=settings.base_url)
+    }
 
-
-def _email_runner(settings: Settings) -> Runner:
-    transport = transport_for(
-        smtp_url=settings.smtp_url,
-        data_dir=settings.data_dir,
-        timeout=settings.smtp_timeout_seconds,
-    )
-    return email_runner(transport=transport, sender=settings.mail_from)
-
-
-def _webhook_runner(settings: Settings) -> Runner:
-    return functools.partial(
-        deliver_webhooks,
-        settings=WebhookSettings(
-            allow_private=settings.allow_private_webhook_targets,
-            timeout_seconds=settings.webhook_timeout_seconds,
-            lease=timedelta(seconds=settings.webhook_lease_seconds),
-            policy=DisablePolicy(
-                after_failures=settings.webhook_disable_after_failures,
-                after=timedelta(seconds=settings.webhook_disable_after_seconds),
-            ),
-        ),
-    )
-
-
-# Runners that need configuration (an SMTP server, …), built from each worker's settings.
-CONFIGURED_RUNNERS: dict[str, Callable[[Settings], Runner]] = {
-    "notifications.send_emails": _email_runner,
-    "events.deliver_webhooks": _webhook_runner,
-}
-
-
-def _gateway_runners(gateway: Gateway | None, settings: Settings) -> dict[str, Runner]:
-    """Runners that call the payment gateway: Stripe's events are handled with the live
-    gateway, which re-reads each event's object; then charges and refunds a crash left
-    half done are resolved by asking the gateway again with the same idempotency key."""
-    if gateway is None:
-        return {}
-    runners: dict[str, Runner] = {}
-    if isinstance(gateway, StripeGateway):
-        handlers = {
-            "payment_intent.succeeded": complete_authenticated_payment,
-            "payment_intent.payment_failed": complete_authenticated_payment,
-        }
-        runners["orders.stripe_events"] = functools.partial(
-            process_stripe_events, gateway=gateway, handlers=handlers
+    async def settle_attempts(context: work.Context[Resources], item: work.Claimed) -> None:
+        await resolve_stale_attempts(
+            context.database,
+            context.clock,
+            gateway=context.resources.gateway,
+            completers=completers,
         )
-    runners["payments.resolve_stale_attempts"] = functools.partial(
-        resolve_stale_attempts,
-        gateway=gateway,
-        completers={
-            "checkout_session": functools.partial(
-                settle_checkout_attempt, base_url=settings.base_url
+
+    async def settle_refunds(context: work.Context[Resources], item: work.Claimed) -> None:
+        await resolve_stale_refunds(
+            context.database, context.clock, gateway=context.resources.gateway
+        )
+
+    return [
+        work.Kind(name=payments.SETTLE_KIND, handler=settle_attempts),
+        work.Kind(name=orders.SETTLE_KIND, handler=settle_refunds),
+    ]
+
+
+def kinds_for(settings: Settings, gateway: Gateway) -> list[work.Kind[Resources]]:
+    """Every kind this worker runs. The inbox kind of a provider is registered only with
+    that provider's gateway (by name), so a worker without it leaves those events to one
+    that has it."""
+    kinds: list[work.Kind[Resources]] = [
+        SEND_EMAIL,
+        webhook_kind(settings),
+        EXPIRE_SESSION,
+        PRUNE_KEYS,
+        *_settlement_kinds(settings),
+    ]
+    inbox_kind = INBOX_KINDS.get(gateway.name)
+    if inbox_kind is not None:
+        kinds.append(
+            inbox_kind(
+                {
+                    "payment_intent.succeeded": complete_authenticated_payment,
+                    "payment_intent.payment_failed": complete_authenticated_payment,
+                }
             )
-        },
-    )
-    runners["orders.resolve_stale_refunds"] = functools.partial(
-        resolve_stale_refunds, gateway=gateway
-    )
-    return runners
-
-
-HANDLERS: dict[str, Handler] = {}
+        )
+    return kinds
 
 
 class Worker:
@@ -130,71 +115,189 @@ class Worker:
         database: Database,
         clock: Clock,
         *,
-        batch_size: int = 20,
-        handlers: dict[str, Handler] | None = None,
         settings: Settings | None = None,
         gateway: Gateway | None = None,
+        kinds: Iterable[work.Kind[Resources]] | None = None,
+        mail: Transport | None = None,
+        draw: Callable[[], float] = random.random,
     ) -> None:
         """``settings`` default to the environment's, as ``create_app``'s do. ``gateway``
-        is the payment gateway whose inbound events this worker handles (Stripe's); a worker
-        without one leaves them to a worker that has it.
+        is the payment gateway handlers call (and whose inbound events this worker
+        handles). ``kinds`` replaces the registered kinds and ``mail`` the transport the
+        settings choose (tests); ``draw`` is the uniform random source of the jitter.
 
         Raises:
-            ValueError: the settings are unusable (an invalid SMTP URL or sender).
+            ValueError: the settings are unusable (an invalid SMTP URL or sender), or a
+                kind is given twice.
         """
         self.database = database
         self.clock = clock
-        self.batch_size = batch_size
-        self.handlers = HANDLERS if handlers is None else handlers
-        settings = Settings() if settings is None else settings
-        self.runners: dict[str, Runner] = {
-            **RUNNERS,
-            **{name: build(settings) for name, build in CONFIGURED_RUNNERS.items()},
-            **_gateway_runners(gateway, settings),
-        }
+        self.settings = Settings() if settings is None else settings
+        self.gateway = gateway if gateway is not None else SandboxGateway()
+        check_sender(self.settings.mail_from)
+        self.mail = mail or transport_for(
+            smtp_url=self.settings.smtp_url,
+            data_dir=self.settings.data_dir,
+            timeout=self.settings.smtp_timeout_seconds,
+        )
+        self.registry: work.Registry[Resources] = work.Registry(
+            kinds_for(self.settings, self.gateway) if kinds is None else kinds
+        )
+        self.draw = draw
+        self._http: httpx.AsyncClient | None = None
         self._stopping = asyncio.Event()
+        self._wakeup: work.Wakeup | None = None
+        # Set once this worker LISTENs for other processes' NOTIFY (PostgreSQL).
+        self.listening = asyncio.Event()
+
+    def _client(self) -> httpx.AsyncClient:
+        """One pooled client for every outbound call of this worker, with at most
+        ``webhook_concurrency`` requests in flight."""
+        return httpx.AsyncClient(
+            transport=ShardedTransport(slots=self.settings.webhook_concurrency)
+        )
 
     async def run_once(self) -> int:
-        """One pass: every sweep, then the due jobs. Returns how much work was done."""
-        done = 0
-        for name, sweep in SWEEPS.items():
-            try:
-                async with self.database.unit_of_work() as session:
-                    done += await sweep(session, self.clock.now())
-            except Exception:
-                log.exception("sweep %s failed", name)
-        for name, runner in self.runners.items():
-            try:
-                done += await runner(self.database, self.clock)
-            except Exception:
-                log.exception("runner %s failed", name)
-        async with self.database.unit_of_work() as session:
-            jobs = await queue.claim(session, now=self.clock.now(), limit=self.batch_size)
-        for job in jobs:
-            done += 1
-            handler = self.handlers.get(job.kind)
-            try:
-                if handler is None:
-                    raise LookupError(f"no handler for job kind {job.kind!r}")
-                async with self.database.unit_of_work() as session:
-                    await handler(session, job.payload, self.clock.now())
-                    await queue.mark_done(session, job_id=job.id, now=self.clock.now())
-            except Exception as error:
-                log.exception("job %s (%s) failed", job.id, job.kind)
-                async with self.database.unit_of_work() as session:
-                    await queue.mark_failed(
-                        session, job=job, error=repr(error), now=self.clock.now()
-                    )
-        return done
+        """One pass: dispatch the outbox, then a claimed batch (or ``parallel_batches``)
+        of every kind that has due work, the kinds side by side; with a backlog in the
+        outbox, the next events are fanned out meanwhile. Returns how much was done (0:
+        nothing was due)."""
+        if self._http is not None:
+            return await self._pass(self._http)
+        async with self._client() as http:
+            return await self._pass(http)
 
-    async def run(self, *, poll_seconds: float) -> None:
-        log.info("worker started")
-        while not self._stopping.is_set():
-            did = await self.run_once()
-            if not did:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=poll_seconds)
+    async def _dispatch(self) -> int:
+        try:
+            async with self.database.unit_of_work() as session:
+                return await dispatch_events(session, self.clock.now(), consumers=CONSUMERS)
+        except Exception:
+            log.exception("dispatching the outbox failed")
+            return 0
+
+    async def _pass(self, http: httpx.AsyncClient) -> int:
+        dispatched = await self._dispatch()
+        async with self.database.unit_of_work() as session:
+            due = await work.due_kinds(session, kinds=self.registry.names, now=self.clock.now())
+        context = work.Context(
+            database=self.database,
+            clock=self.clock,
+            resources=Resources(
+                settings=self.settings, gateway=self.gateway, mail=self.mail, http=http
+            ),
+            jitter=self.settings.worker_retry_jitter,
+            draw=self.draw,
+        )
+        runs = [
+            self._run_kind(kind, context)
+            for kind in self.registry
+            if kind.name in due
+            for _ in range(kind.parallel_batches)
+        ]
+        if dispatched >= DISPATCH_BATCH:  # a backlog: fan out more while this work runs
+            runs.append(self._dispatch())
+        return dispatched + sum(await asyncio.gather(*runs))
+
+    async def _run_kind(self, kind: work.Kind[Resources], context: work.Context[Resources]) -> int:
+        async with self.database.unit_of_work() as session:
+            items = await work.claim(session, kind=kind, now=self.clock.now())
+        if not items:
+            return 0
+        try:
+            outcomes = await kind.run(context, items)
+        except Exception as error:  # a batch handler that failed as a whole
+            log.exception("work of kind %s failed", kind.name)
+            outcomes = {item.id: error for item in items}
+        for item in items:
+            failure = outcomes.get(item.id)
+            if failure is not None and not isinstance(failure, work.Retry):
+                log.warning("work %s (%s) failed: %r", item.id, kind.name, failure)
+        async with self.database.unit_of_work() as session:
+            await work.settle(
+                session,
+                kind=kind,
+                outcomes=outcomes,
+                items=items,
+                now=self.clock.now(),
+                jitter=self.settings.worker_retry_jitter,
+                draw=self.draw,
+            )
+        return len(items)
+
+    async def _seconds_until_due(self) -> float:
+        async with self.database.unit_of_work() as session:
+            due = await work.next_due(session, kinds=self.registry.names)
+        cap = self.settings.worker_poll_seconds
+        if due is None:
+            return cap
+        return min(cap, max(0.0, (due - self.clock.now()).total_seconds()))
+
+    async def run(self) -> None:
+        """Run until ``stop``: work while anything is due; otherwise sleep until the next
+        item comes due, work is enqueued (in this process, or NOTIFY on PostgreSQL), or
+        ``worker_poll_seconds`` pass."""
+        log.info("worker started with %s", ", ".join(self.registry.names))
+        with work.Wakeup() as wakeup:
+            self._wakeup = wakeup
+            listener = (
+                None
+                if self.database.is_sqlite
+                else asyncio.create_task(self._listen(wakeup), name="work-listener")
+            )
+            try:
+                async with self._client() as http:
+                    self._http = http
+                    await self._loop(wakeup)
+            finally:
+                self._http = None
+                if listener is not None:
+                    listener.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await listener
         log.info("worker stopped")
+
+    async def _loop(self, wakeup: work.Wakeup) -> None:
+        has_periodic = False
+        while not self._stopping.is_set():
+            try:
+                if not has_periodic:
+                    async with self.database.unit_of_work() as session:
+                        await work.ensure_periodic(session, self.registry, now=self.clock.now())
+                    has_periodic = True
+                if await self.run_once():
+                    continue
+                # Nothing was done: never spin, even if something is due but was just
+                # claimed by another worker.
+                sleep = max(COALESCE_SECONDS, await self._seconds_until_due())
+            except Exception:
+                log.exception("worker pass failed")
+                sleep = ERROR_PAUSE_SECONDS
+            if await wakeup.wait(sleep):
+                await asyncio.sleep(COALESCE_SECONDS)
+
+    async def _listen(self, wakeup: work.Wakeup) -> None:
+        """LISTEN for NOTIFY from other processes' commits; reconnect after errors."""
+        url = make_url(async_url(self.database.url)).set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        while True:
+            try:
+                connection = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+                try:
+                    await connection.execute(f"LISTEN {work.NOTIFY_CHANNEL}")
+                    self.listening.set()
+                    wakeup.ring()  # anything enqueued before we listened
+                    async with contextlib.aclosing(connection.notifies()) as notifications:
+                        async for _ in notifications:
+                            wakeup.ring()
+                finally:
+                    await connection.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("listening for work notifications failed; reconnecting")
+                await asyncio.sleep(ERROR_PAUSE_SECONDS)
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._wakeup is not None:
+            self._wakeup.ring()

@@ -41,6 +41,7 @@ from stallholder.kit.http import (
     UNIT_OF_WORK_SCOPE_KEY,
     OuterUnitOfWork,
 )
+from stallholder.kit.work import Claimed, Context, Kind
 
 # A claim older than this is taken to belong to a request that died; the next request with
 # the key takes it over. ``STALLHOLDER_IDEMPOTENCY_LOCK_SECONDS`` overrides it.
@@ -386,7 +387,7 @@ class _Problem:
 
 
 async def prune_expired_keys(session: AsyncSession, now: datetime, *, batch: int = 1000) -> int:
-    """Forget keys older than ``RETENTION`` (a worker sweep). Returns how many were removed.
+    """Forget up to ``batch`` keys older than ``RETENTION``. Returns how many were removed.
 
     A key still locked by a live request is younger than ``LOCK_SECONDS``, so it is never
     removed from under that request."""
@@ -401,6 +402,20 @@ async def prune_expired_keys(session: AsyncSession, now: datetime, *, batch: int
     if ids:
         await session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids)))
     return len(ids)
+
+
+async def _prune(context: Context[object], item: Claimed) -> None:
+    """The periodic ``kit.prune_idempotency_keys``: prune in batches, each in its own
+    short transaction, until none are left."""
+    while True:
+        async with context.database.unit_of_work() as session:
+            if await prune_expired_keys(session, context.clock.now()) == 0:
+                return
+
+
+PRUNE_KEYS: Kind[object] = Kind(
+    name="kit.prune_idempotency_keys", handler=_prune, every=timedelta(hours=1)
+)
 
 
 async def _read_body(receive: Receive) -> bytes:

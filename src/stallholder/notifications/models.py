@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from stallholder.kit.db import Base
@@ -12,14 +12,14 @@ class Email(Base):
     """One transactional email, rendered when it was queued and sent by the worker.
 
     ``dedupe_key`` (``"<event id>:<kind>"`` for emails caused by an event) makes queueing
-    idempotent: an event can never queue the same email twice. The worker leases a due
-    row (``locked_until``), sends with no transaction open, then records the outcome; a
-    worker that dies mid-send leaves the lease to expire and the email is sent again
-    (at-least-once, with the same Message-ID; docs/email.md).
+    idempotent: an event can never queue the same email twice. Sending is due work
+    (``kit.work``, kind ``notifications.send_email``): its handler sends with no
+    transaction open, then records the outcome here; a worker that dies mid-send leaves
+    its lease to expire and the email is sent again (at-least-once, with the same
+    Message-ID; docs/email.md).
     """
 
     __tablename__ = "emails"
-    __table_args__ = (Index("ix_emails_due", "status", "next_attempt_at"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
@@ -30,9 +30,7 @@ class Email(Base):
     html_body: Mapped[str] = mapped_column(Text)
     dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
     status: Mapped[str] = mapped_column(String(16))  # pending | sent | failed
-    attempts: Mapped[int] = mapped_column(default=0)
-    next_attempt_at: Mapped[datetime]
-    locked_until: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(default=0)  # sends tried (and recorded)
     # The Message-ID header it was sent with (the same on every attempt).
     message_id: Mapped[str | None] = mapped_column(String(300), default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -2,8 +2,8 @@
 
 An email is rendered when it is queued, in the transaction of whatever caused it (an
 event being dispatched, a sign-in request): what is sent is fixed then, and an email
-exists if and only if its cause committed. The worker (``tasks.send_due_emails``) sends
-it later, outside any transaction.
+exists if and only if its cause committed. Sending it is due work enqueued in the same
+transaction (``tasks.send_email``, run by the worker outside any transaction).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Executable, or_, select
+from sqlalchemy import Executable
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +23,7 @@ from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Customer
 from stallholder.checkout.models import CheckoutSession
 from stallholder.kit.ids import new_id
+from stallholder.kit.work import enqueue
 from stallholder.notifications.models import Email
 from stallholder.notifications.rendering import render
 from stallholder.notifications.transport import OutgoingEmail
@@ -31,9 +32,9 @@ from stallholder.orders.schemas import OrderOut, RefundOut
 
 log = logging.getLogger("stallholder.notifications")
 
-# A claimed email is not claimed again before this; longer than a batch of sends takes.
-LEASE = timedelta(minutes=10)
-# The wait after the 1st, 2nd, … failed attempt; after the last one the email is failed.
+SEND_KIND = "notifications.send_email"
+# The wait after the 1st, 2nd, … failed attempt (30 s, 2 min, 10 min, 1 h, 6 h, 24 h: seven
+# attempts over about a day and a half); after the last one the email is failed.
 RETRY_DELAYS = (
     timedelta(seconds=30),
     timedelta(minutes=2),
@@ -50,18 +51,6 @@ _REFUND_REASONS = {
     "requested_by_customer": "You asked for a refund.",
     "duplicate": "The payment was a duplicate.",
 }
-
-
-def retry_delay(attempts: int) -> timedelta | None:
-    """How long to wait after the ``attempts``-th failed attempt, or None to give up.
-
-    30 s, 2 min, 10 min, 1 h, 6 h, 24 h: seven attempts over about a day and a half.
-    """
-    if attempts < 1:
-        raise ValueError("attempts counts from 1")
-    if attempts > len(RETRY_DELAYS):
-        return None
-    return RETRY_DELAYS[attempts - 1]
 
 
 def _insert_unless_duplicate(session: AsyncSession, values: dict[str, Any]) -> Executable:
@@ -108,13 +97,22 @@ async def queue_email(
         "dedupe_key": dedupe_key,
         "status": "pending",
         "attempts": 0,
-        "next_attempt_at": now,
         "created_at": now,
     }
     inserted = await session.execute(_insert_unless_duplicate(session, values))
     email_id: str | None = inserted.scalar_one_or_none()
     if email_id is None:
         log.info("email %s already queued; not queueing it again", dedupe_key)
+        return None
+    await enqueue(
+        session,
+        kind=SEND_KIND,
+        payload={"email_id": email_id},
+        due_at=now,
+        now=now,
+        dedupe_key=email_id,
+        creator_id=creator_id,
+    )
     return email_id
 
 
@@ -285,40 +283,23 @@ async def queue_magic_link(
     )
 
 
-async def claim_due(session: AsyncSession, *, now: datetime, limit: int) -> list[OutgoingEmail]:
-    """Lease up to ``limit`` due emails to this worker and count the attempt.
-
-    ``SKIP LOCKED`` lets several workers on PostgreSQL claim disjoint emails; on SQLite the
-    unit of work holds the single write lock. The lease (``locked_until``) keeps others off
-    while this worker sends; if it dies, the email is claimed again when the lease ends.
-    """
-    statement = (
-        select(Email)
-        .where(
-            Email.status == "pending",
-            Email.next_attempt_at <= now,
-            or_(Email.locked_until.is_(None), Email.locked_until <= now),
-        )
-        .order_by(Email.next_attempt_at, Email.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+async def load_unsent(session: AsyncSession, *, email_id: str) -> OutgoingEmail | None:
+    """The email to send, or None when there is nothing to send: it was sent already, or
+    it failed and its body was a credential that is gone now. (A failed email is sent
+    again when its dead work is retried: ``stallholder jobs retry``.)"""
+    email = await session.get(Email, email_id)
+    if email is None or email.status == "sent":
+        return None
+    if email.status == "failed" and email.kind in SENSITIVE_KINDS:
+        return None
+    return OutgoingEmail(
+        id=email.id,
+        to=email.to_address,
+        subject=email.subject,
+        text=email.text_body,
+        html=email.html_body,
+        created_at=email.created_at,
     )
-    emails = list((await session.execute(statement)).scalars())
-    for email in emails:  # locked rows (or a locked database): this cannot race
-        email.locked_until = now + LEASE
-        email.attempts += 1
-    await session.flush()
-    return [
-        OutgoingEmail(
-            id=email.id,
-            to=email.to_address,
-            subject=email.subject,
-            text=email.text_body,
-            html=email.html_body,
-            created_at=email.created_at,
-        )
-        for email in emails
-    ]
 
 
 def _redact_if_sensitive(email: Email) -> None:
@@ -331,28 +312,28 @@ async def record_sent(
 ) -> None:
     """Mark an email sent (once: a second report after a resend changes nothing)."""
     email = await session.get(Email, email_id, with_for_update=True)
-    if email is None or email.status != "pending":
+    if email is None or email.status == "sent":
         return
     email.status = "sent"
+    email.attempts += 1
     email.sent_at = now
     email.message_id = message_id
-    email.locked_until = None
     email.last_error = None
     _redact_if_sensitive(email)
     await session.flush()
 
 
 async def record_failure(
-    session: AsyncSession, *, email_id: str, error: str, is_permanent: bool, now: datetime
+    session: AsyncSession, *, email_id: str, error: str, is_final: bool, now: datetime
 ) -> None:
-    """Schedule the next attempt with backoff, or mark the email failed for good."""
+    """Count a failed attempt; ``is_final`` (a permanent refusal, or the last attempt)
+    marks the email failed for good. The work engine schedules the next attempt."""
     email = await session.get(Email, email_id, with_for_update=True)
-    if email is None or email.status != "pending":
+    if email is None or email.status == "sent":
         return
-    email.locked_until = None
+    email.attempts += 1
     email.last_error = error[:2000]
-    delay = None if is_permanent else retry_delay(email.attempts)
-    if delay is None:
+    if is_final:
         email.status = "failed"
         _redact_if_sensitive(email)
         log.error(
@@ -363,6 +344,4 @@ async def record_failure(
             email.attempts,
             error,
         )
-    else:
-        email.next_attempt_at = now + delay
     await session.flush()

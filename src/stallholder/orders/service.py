@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Creator
 from stallholder.events import service as events
+from stallholder.kit import work
 from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
@@ -311,7 +312,30 @@ async def begin_refund(
     )
     session.add(refund)
     await session.flush()
+    await schedule_settlement(
+        session, refund_id=refund.id, creator_id=creator_id, due_at=resolve_after, now=now
+    )
     return _refund_call(refund, charge_reference=attempt.gateway_reference)
+
+
+# The due work that settles refunds a crash left ``pending`` (``orders.tasks``).
+SETTLE_KIND = "orders.settle_refunds"
+
+
+async def schedule_settlement(
+    session: AsyncSession, *, refund_id: str, creator_id: str, due_at: datetime, now: datetime
+) -> None:
+    """Make sure the worker looks at the refund at ``due_at`` (enqueued in the transaction
+    that records or re-times it); one that finds the refund settled does nothing."""
+    await work.enqueue(
+        session,
+        kind=SETTLE_KIND,
+        payload={"refund": refund_id},
+        due_at=due_at,
+        now=now,
+        dedupe_key=f"{SETTLE_KIND}:{refund_id}:{due_at.isoformat()}",
+        creator_id=creator_id,
+    )
 
 
 async def _refund_for_request(
@@ -422,13 +446,21 @@ async def finish_refund(
     return refund
 
 
-async def postpone_refund(session: AsyncSession, *, refund_id: str, until: datetime) -> None:
+async def postpone_refund(
+    session: AsyncSession, *, refund_id: str, until: datetime, now: datetime
+) -> None:
     """A pending refund whose gateway call failed comes due again at ``until``."""
-    await session.execute(
+    postponed = await session.execute(
         update(Refund)
         .where(Refund.id == refund_id, Refund.status == "pending")
         .values(resolve_after=until)
+        .returning(Refund.creator_id)
     )
+    creator_id = postponed.scalar_one_or_none()
+    if creator_id is not None:
+        await schedule_settlement(
+            session, refund_id=refund_id, creator_id=creator_id, due_at=until, now=now
+        )
 
 
 async def call_refund(gateway: Gateway, call: RefundCall) -> RefundResult | GatewayRefused:

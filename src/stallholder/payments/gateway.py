@@ -170,6 +170,14 @@ class Gateway(Protocol):
         """Where the creator completes the account's onboarding (None: nothing to do)."""
         ...
 
+    async def retrieve_dispute(self, external_id: str) -> DisputeSnapshot:
+        """The dispute as the gateway has it now (for its inbound events).
+
+        Raises:
+            GatewayRefused: the gateway has no disputes (the sandbox).
+        """
+        ...
+
     async def aclose(self) -> None:
         """Release the gateway's connections."""
         ...
@@ -380,6 +388,9 @@ class SandboxGateway:
         self, *, account_reference: str, return_url: str, refresh_url: str, idempotency_key: str
     ) -> str | None:
         return None
+
+    async def retrieve_dispute(self, external_id: str) -> DisputeSnapshot:
+        raise GatewayRefused(f"the sandbox has no disputes; {external_id!r} is not one")
 
     async def aclose(self) -> None:
         return None

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Creator
 from stallholder.accounts.service import CreatorNotFound
+from stallholder.kit import work
 from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest
 from stallholder.kit.ids import new_id
@@ -279,7 +280,32 @@ async def begin_attempt(
     )
     session.add(attempt)
     await session.flush()
+    await schedule_settlement(
+        session, attempt_id=attempt.id, creator_id=creator_id, due_at=resolve_after, now=now
+    )
     return attempt
+
+
+# The due work that settles attempts a crash left ``processing`` (``payments.tasks``).
+SETTLE_KIND = "payments.settle_attempts"
+
+
+async def schedule_settlement(
+    session: AsyncSession, *, attempt_id: str, creator_id: str, due_at: datetime, now: datetime
+) -> None:
+    """Make sure the worker looks at the attempt at ``due_at``: if its request is gone by
+    then with the attempt still ``processing``, the worker settles it. Enqueued in the
+    transaction that records (or re-times) the attempt, so the two exist together; one
+    that finds the attempt settled does nothing."""
+    await work.enqueue(
+        session,
+        kind=SETTLE_KIND,
+        payload={"attempt": attempt_id},
+        due_at=due_at,
+        now=now,
+        dedupe_key=f"{SETTLE_KIND}:{attempt_id}:{due_at.isoformat()}",
+        creator_id=creator_id,
+    )
 
 
 # Step 2: the gateway call, with no transaction open ------------------------------------
@@ -362,9 +388,16 @@ async def mark_for_resolution(session: AsyncSession, *, attempt_id: str, now: da
         update(PaymentAttempt)
         .where(PaymentAttempt.id == attempt_id, PaymentAttempt.status == "requires_action")
         .values(status="processing", resolve_after=now)
+        .returning(PaymentAttempt.creator_id)
         .execution_options(synchronize_session=False)
     )
-    return bool(changed.rowcount == 1)  # type: ignore[attr-defined]
+    creator_id = changed.scalar_one_or_none()
+    if creator_id is None:
+        return False
+    await schedule_settlement(
+        session, attempt_id=attempt_id, creator_id=creator_id, due_at=now, now=now
+    )
+    return True
 
 
 async def refund(

@@ -1,6 +1,7 @@
 """Due work of the payments domain: attempts a crash left ``processing``.
 
-A runner (it calls the gateway). Each due attempt is rebuilt into the very gateway call
+Run as the due work ``payments.settle_attempts``, enqueued with each attempt for its
+``resolve_after`` (it calls the gateway). Each due attempt is rebuilt into the very gateway call
 it stood for and sent again with the same idempotency key, with no transaction open:
 the gateway answers with the charge it already made (or makes the one it never got),
 so money moves once. The outcome is then recorded, and the purpose completed, by the
@@ -73,15 +74,26 @@ async def resolve_stale_attempts(
             result = await service.call_gateway(gateway, call)
         except Exception:
             log.exception("payment attempt %s: the gateway could not answer", call.attempt_id)
+            later = clock.now() + retry_after
             async with database.unit_of_work() as session:
-                await session.execute(
+                postponed = await session.execute(
                     update(PaymentAttempt)
                     .where(
                         PaymentAttempt.id == call.attempt_id,
                         PaymentAttempt.status == "processing",
                     )
-                    .values(resolve_after=clock.now() + retry_after)
+                    .values(resolve_after=later)
+                    .returning(PaymentAttempt.creator_id)
                 )
+                creator_id = postponed.scalar_one_or_none()
+                if creator_id is not None:
+                    await service.schedule_settlement(
+                        session,
+                        attempt_id=call.attempt_id,
+                        creator_id=creator_id,
+                        due_at=later,
+                        now=clock.now(),
+                    )
             continue
         complete = completers.get(call.purpose, _record_only)
         async with database.unit_of_work() as session:

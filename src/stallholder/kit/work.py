@@ -1,0 +1,652 @@
+"""One engine for due work (ADR 0008): every kind of work that is due at some time.
+
+Domains *enqueue* work in their own transaction (``enqueue``: a kind, a JSON payload, a
+due time, an optional dedupe key and ``creator_id``) and *register* a handler per kind
+(``Kind``). The worker (``stallholder.jobs``) claims due work with a lease and runs the
+handlers; no domain writes a lease loop of its own.
+
+States of a work item::
+
+    pending --claim--> running --handler succeeds--> (row deleted; a periodic kind
+       ^                  |                          goes back to pending, due again
+       |                  |                          after ``every``)
+       +---- fails, ------+--- fails on its last attempt, or GiveUp ---> dead
+             retry due after a backoff with jitter                      (last_error kept;
+       +---- lease ends (the worker died) -- claimed again              ``retry`` revives)
+
+- **Claiming is a lease.** ``claim`` moves due rows to ``running``, counts the attempt and
+  sets ``due_at`` to the end of the lease, in one statement. On PostgreSQL the rows are
+  picked with ``FOR UPDATE SKIP LOCKED``, so any number of workers claim disjoint rows; on
+  SQLite every transaction holds the one write lock (``BEGIN IMMEDIATE``). A running row
+  whose lease has ended is due again: its worker died.
+- **Handlers run with no transaction open.** A handler gets a ``Context`` (the database,
+  the clock and the worker's resources: settings, the payment gateway, an HTTP client …)
+  and opens its own short units of work. A handler that calls out (SMTP, HTTP, a payment
+  gateway) reads what it needs, calls out, then records the outcome.
+- **Every handler must be idempotent.** A crash between the claim and the handler's
+  commit runs the work again: the email is sent again (with the same Message-ID), the
+  webhook again (with the same ``webhook-id``), the gateway asked again (with the same
+  idempotency key). Handlers re-read their rows and do nothing for work already done.
+- **Failures retry with exponential backoff and jitter** (``Backoff``/``Schedule`` and
+  ``jittered``): each delay is stretched by a random fraction up to ``jitter``, so work
+  that failed together does not come back together. After ``max_attempts`` (or a
+  ``GiveUp``) the item is ``dead`` with its last error, listed by ``stallholder jobs`` and
+  put back with ``stallholder jobs retry``.
+- **Waking the worker.** ``enqueue`` (and ``wake_after_commit``) mark the session; when it
+  commits, in-process workers are signalled and, on PostgreSQL, ``NOTIFY stallholder_work``
+  is sent in the same transaction, so workers elsewhere wake too (``Wakeup``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    Index,
+    String,
+    Text,
+    and_,
+    delete,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from stallholder.kit.clock import Clock
+from stallholder.kit.db import Base, Database
+from stallholder.kit.ids import new_id
+
+log = logging.getLogger("stallholder.work")
+
+PENDING, RUNNING, DEAD = "pending", "running", "dead"
+LIVE_STATES = (PENDING, RUNNING)
+STATES = (PENDING, RUNNING, DEAD)
+NOTIFY_CHANNEL = "stallholder_work"
+_MAX_ERROR_LENGTH = 2000
+_WAKE = "stallholder.work.wake"
+# The partial unique index's predicate, as literal SQL: PostgreSQL matches an ON CONFLICT
+# target to a partial index only when the WHERE is the same expression, not parameters.
+_LIVE_SQL = "state IN ('pending', 'running')"
+
+
+class WorkItem(Base):
+    """A unit of due work (ADR 0008). Finished work is deleted; dead work stays.
+
+    ``due_at`` is when a pending item is due, and for a running item when its lease ends
+    (after which it is due again). ``dedupe_key`` is unique among live (pending or running)
+    items, so enqueueing the same work twice while it waits is a no-op.
+    """
+
+    __tablename__ = "work_items"
+    __table_args__ = (
+        Index("ix_work_items_due", "state", "due_at"),
+        Index(
+            "uq_work_items_live_dedupe_key",
+            "dedupe_key",
+            unique=True,
+            sqlite_where=text(_LIVE_SQL),
+            postgresql_where=text(_LIVE_SQL),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The creator whose data the work concerns; None for platform-wide work.
+    creator_id: Mapped[str | None] = mapped_column(String(40), index=True, default=None)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    state: Mapped[str] = mapped_column(String(16), default=PENDING)
+    due_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+# Retry policies ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential: ``base``, 2×``base``, 4×``base`` … at most ``cap``."""
+
+    base: timedelta = timedelta(seconds=2)
+    cap: timedelta = timedelta(hours=1)
+
+    def delay(self, attempts: int) -> timedelta | None:
+        doubled: timedelta = self.base * 2 ** max(0, attempts - 1)
+        return min(self.cap, doubled)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A published schedule: ``delays[n-1]`` after the n-th failed attempt, then give up."""
+
+    delays: tuple[timedelta, ...]
+
+    def delay(self, attempts: int) -> timedelta | None:
+        if attempts < 1 or attempts > len(self.delays):
+            return None
+        return self.delays[attempts - 1]
+
+
+RetryPolicy = Backoff | Schedule
+
+
+def jittered(delay: timedelta, *, jitter: float, draw: Callable[[], float]) -> timedelta:
+    """``delay`` stretched by a random fraction in ``[0, jitter)``: never earlier than the
+    policy says, at most ``(1 + jitter) × delay``. ``draw`` returns a uniform ``[0, 1)``."""
+    return delay * (1 + jitter * draw())
+
+
+# What handlers get and give back ------------------------------------------------------
+
+ResourcesT_co = TypeVar("ResourcesT_co", covariant=True)
+ResourcesT_contra = TypeVar("ResourcesT_contra", contravariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Context(Generic[ResourcesT_co]):
+    """What a handler runs with. ``resources`` is the worker's (settings, the payment
+    gateway, a pooled HTTP client, the mail transport); a handler's signature names only
+    what it needs, as a Protocol."""
+
+    database: Database
+    clock: Clock
+    resources: ResourcesT_co
+    jitter: float = 0.0
+    draw: Callable[[], float] = random.random
+
+    def retry_at(self, delay: timedelta) -> datetime:
+        """When to retry after ``delay`` from now, with the worker's jitter: for a handler
+        that shows the time (``Retry(at=…)``) and must agree with the engine."""
+        return self.clock.now() + jittered(delay, jitter=self.jitter, draw=self.draw)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """One claimed work item, as its handler sees it."""
+
+    id: str
+    kind: str
+    payload: dict[str, Any]
+    creator_id: str | None
+    attempt: int  # this attempt, counting from 1
+    max_attempts: int
+
+    @property
+    def is_last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+
+class Retry(Exception):
+    """Raised (or returned by a batch handler): try again at ``at`` exactly, or after
+    ``delay`` (jittered), or when the kind's policy says."""
+
+    def __init__(
+        self, error: str, *, delay: timedelta | None = None, at: datetime | None = None
+    ) -> None:
+        super().__init__(error)
+        self.error = error
+        self.delay = delay
+        self.at = at
+
+
+class GiveUp(Exception):
+    """Raised by a handler: this work can never succeed; it becomes dead at once."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+# A handler for one item: returns when done, raises to fail (Retry, GiveUp or any error).
+Handler = Callable[[Context[ResourcesT_contra], Claimed], Awaitable[None]]
+# A handler for a whole claimed batch: returns each item's failure (absent or None: done).
+BatchHandler = Callable[
+    [Context[ResourcesT_contra], Sequence[Claimed]],
+    Awaitable[Mapping[str, BaseException | None]],
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Kind(Generic[ResourcesT_contra]):
+    """A kind of work and how it runs. Give ``handler`` (items run one by one, or up to
+    ``concurrency`` at once) or ``batch_handler`` (the whole claimed batch at once).
+
+    ``every`` makes the kind periodic: it is enqueued once when a worker starts and,
+    after each success, is due again ``every`` later."""
+
+    name: str
+    handler: Handler[ResourcesT_contra] | None = None
+    batch_handler: BatchHandler[ResourcesT_contra] | None = None
+    retry: RetryPolicy = field(default_factory=Backoff)
+    max_attempts: int = 10
+    lease: timedelta = timedelta(minutes=5)
+    batch_size: int = 20
+    concurrency: int = 1
+    # Batches one worker runs at once (each claimed on its own): while one batch records
+    # its outcomes, the next is already calling out.
+    parallel_batches: int = 1
+    every: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if (self.handler is None) == (self.batch_handler is None):
+            raise ValueError(f"kind {self.name!r}: give exactly one of handler, batch_handler")
+
+    async def run(
+        self, context: Context[ResourcesT_contra], items: Sequence[Claimed]
+    ) -> Mapping[str, BaseException | None]:
+        """Each item's failure (None when it succeeded)."""
+        if self.batch_handler is not None:
+            return await self.batch_handler(context, items)
+        handler = self.handler
+        assert handler is not None
+        gate = asyncio.Semaphore(max(1, self.concurrency))
+
+        async def one(item: Claimed) -> BaseException | None:
+            async with gate:
+                try:
+                    await handler(context, item)
+                except Exception as error:
+                    return error
+                return None
+
+        outcomes = await asyncio.gather(*(one(item) for item in items))
+        return {item.id: outcome for item, outcome in zip(items, outcomes, strict=True)}
+
+
+class Registry(Generic[ResourcesT_contra]):
+    """The kinds one worker runs. A domain exposes its ``Kind``s; the worker registers them.
+
+    A worker claims only the kinds it has registered, so work it cannot do (say, a
+    provider's inbox without that provider's gateway) waits for a worker that can."""
+
+    def __init__(self, kinds: Iterable[Kind[ResourcesT_contra]] = ()) -> None:
+        self._kinds: dict[str, Kind[ResourcesT_contra]] = {}
+        for kind in kinds:
+            self.register(kind)
+
+    def register(self, kind: Kind[ResourcesT_contra]) -> None:
+        """Raises ValueError for a kind registered twice."""
+        if kind.name in self._kinds:
+            raise ValueError(f"kind {kind.name!r} is registered already")
+        self._kinds[kind.name] = kind
+
+    def get(self, name: str) -> Kind[ResourcesT_contra] | None:
+        return self._kinds.get(name)
+
+    def __iter__(self) -> Iterator[Kind[ResourcesT_contra]]:
+        return iter(list(self._kinds.values()))
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._kinds)
+
+
+# Enqueueing ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewWork:
+    kind: str
+    payload: dict[str, Any]
+    due_at: datetime
+    dedupe_key: str | None = None
+    creator_id: str | None = None
+
+
+def _insert(session: AsyncSession) -> Any:
+    """A Core insert into the table (not through the ORM's bulk path: several times
+    cheaper, and nothing here needs the identity map)."""
+    dialect = session.get_bind().dialect.name
+    table = WorkItem.__table__
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
+
+
+async def enqueue(
+    session: AsyncSession,
+    *,
+    kind: str,
+    payload: dict[str, Any],
+    due_at: datetime,
+    now: datetime,
+    dedupe_key: str | None = None,
+    creator_id: str | None = None,
+) -> str | None:
+    """Add work in the caller's transaction: it exists if and only if the caller commits.
+
+    Returns the new item's id, or None when a live item with ``dedupe_key`` exists already
+    (``INSERT … ON CONFLICT DO NOTHING`` on both databases, so the caller's transaction is
+    unharmed). Workers are woken when the transaction commits."""
+    ids = await enqueue_many(
+        session,
+        [
+            NewWork(
+                kind=kind,
+                payload=payload,
+                due_at=due_at,
+                dedupe_key=dedupe_key,
+                creator_id=creator_id,
+            )
+        ],
+        now=now,
+    )
+    return ids[0] if ids else None
+
+
+async def enqueue_many(
+    session: AsyncSession, items: Sequence[NewWork], *, now: datetime
+) -> list[str]:
+    """``enqueue`` for several items in one statement; returns the ids of those inserted."""
+    if not items:
+        return []
+    rows = [
+        {
+            "id": new_id("wrk"),
+            "kind": item.kind,
+            "payload": item.payload,
+            "creator_id": item.creator_id,
+            "dedupe_key": item.dedupe_key,
+            "state": PENDING,
+            "due_at": item.due_at,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for item in items
+    ]
+    # One statement executed for many rows: SQLAlchemy sends them as multi-row INSERTs in
+    # batches ("insertmanyvalues"), with the compiled statement cached.
+    statement = (
+        _insert(session)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=text(_LIVE_SQL))
+        .returning(WorkItem.__table__.c.id)
+    )
+    inserted = list((await session.execute(statement, rows)).scalars())
+    if inserted:
+        wake_after_commit(session)
+    return inserted
+
+
+async def ensure_periodic(
+    session: AsyncSession, kinds: Iterable[Kind[Any]], *, now: datetime
+) -> None:
+    """Enqueue each periodic kind once (its name is its dedupe key), due now."""
+    await enqueue_many(
+        session,
+        [
+            NewWork(kind=kind.name, payload={}, due_at=now, dedupe_key=kind.name)
+            for kind in kinds
+            if kind.every is not None
+        ],
+        now=now,
+    )
+
+
+# Claiming and settling ----------------------------------------------------------------
+
+
+async def claim(session: AsyncSession, *, kind: Kind[Any], now: datetime) -> list[Claimed]:
+    """Lease up to ``kind.batch_size`` due items of ``kind`` to this worker, in one
+    statement: each becomes ``running``, its attempt is counted, and it is due again
+    when the lease ends."""
+    due = (
+        select(WorkItem.id)
+        .where(
+            WorkItem.kind == kind.name,
+            WorkItem.state.in_(LIVE_STATES),
+            WorkItem.due_at <= now,
+        )
+        .order_by(WorkItem.due_at, WorkItem.id)
+        .limit(kind.batch_size)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = await session.execute(
+        update(WorkItem)
+        .where(WorkItem.id.in_(due))
+        .values(
+            state=RUNNING,
+            attempts=WorkItem.attempts + 1,
+            due_at=now + kind.lease,
+            updated_at=now,
+        )
+        .returning(WorkItem.id, WorkItem.payload, WorkItem.creator_id, WorkItem.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    claimed = [
+        Claimed(
+            id=row.id,
+            kind=kind.name,
+            payload=row.payload,
+            creator_id=row.creator_id,
+            attempt=row.attempts,
+            max_attempts=kind.max_attempts,
+        )
+        for row in rows
+    ]
+    claimed.sort(key=lambda item: item.id)
+    return claimed
+
+
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, Retry | GiveUp):
+        return error.error[:_MAX_ERROR_LENGTH]
+    return f"{type(error).__name__}: {error}"[:_MAX_ERROR_LENGTH]
+
+
+def _ours(item: Claimed) -> Any:
+    """Still this worker's claim: running with the attempt count it claimed (a worker
+    whose lease ran out and was claimed again must not settle the new claim)."""
+    return and_(
+        WorkItem.id == item.id, WorkItem.state == RUNNING, WorkItem.attempts == item.attempt
+    )
+
+
+async def settle(
+    session: AsyncSession,
+    *,
+    kind: Kind[Any],
+    outcomes: Mapping[str, BaseException | None],
+    items: Sequence[Claimed],
+    now: datetime,
+    jitter: float,
+    draw: Callable[[], float] = random.random,
+) -> None:
+    """Record what the handler did with each claimed item: delete the finished ones (a
+    periodic one is due again ``every`` later), schedule a retry for the failed ones, and
+    mark dead those out of attempts or given up on."""
+    finished = [item for item in items if outcomes.get(item.id) is None]
+    if finished and kind.every is None:
+        await session.execute(
+            delete(WorkItem).where(
+                WorkItem.id.in_([item.id for item in finished]),
+                WorkItem.state == RUNNING,
+                WorkItem.attempts.in_({item.attempt for item in finished}),
+            )
+        )
+    if finished and kind.every is not None:
+        for item in finished:
+            await session.execute(
+                update(WorkItem)
+                .where(_ours(item))
+                .values(
+                    state=PENDING,
+                    due_at=now + kind.every,
+                    attempts=0,
+                    last_error=None,
+                    updated_at=now,
+                )
+            )
+    for item in items:
+        error = outcomes.get(item.id)
+        if error is None:
+            continue
+        due_at: datetime | None = None
+        if not isinstance(error, GiveUp) and not item.is_last_attempt:
+            if isinstance(error, Retry) and error.at is not None:
+                due_at = error.at
+            else:
+                delay = error.delay if isinstance(error, Retry) else None
+                delay = delay or kind.retry.delay(item.attempt)
+                if delay is not None:
+                    due_at = now + jittered(delay, jitter=jitter, draw=draw)
+        values: dict[str, Any] = {"last_error": _error_text(error), "updated_at": now}
+        if due_at is None:
+            values["state"] = DEAD
+            log.error("work %s (%s) is dead: %s", item.id, kind.name, values["last_error"])
+        else:
+            values["state"] = PENDING
+            values["due_at"] = due_at
+        await session.execute(update(WorkItem).where(_ours(item)).values(**values))
+
+
+async def due_kinds(session: AsyncSession, *, kinds: Sequence[str], now: datetime) -> set[str]:
+    """Which of ``kinds`` have work due now: one query, so a pass claims only those."""
+    rows = await session.execute(
+        select(WorkItem.kind)
+        .where(WorkItem.kind.in_(kinds), WorkItem.state.in_(LIVE_STATES), WorkItem.due_at <= now)
+        .distinct()
+    )
+    return set(rows.scalars())
+
+
+async def next_due(session: AsyncSession, *, kinds: Sequence[str]) -> datetime | None:
+    """When the earliest live item of ``kinds`` is due (or its lease ends)."""
+    return (
+        await session.execute(
+            select(func.min(WorkItem.due_at)).where(
+                WorkItem.kind.in_(kinds), WorkItem.state.in_(LIVE_STATES)
+            )
+        )
+    ).scalar_one_or_none()
+
+
+# Seeing and reviving work (the CLI) ----------------------------------------------------
+
+
+class WorkNotFound(LookupError):
+    pass
+
+
+class WorkNotDead(ValueError):
+    pass
+
+
+async def list_work(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    states: Sequence[str] = STATES,
+    kind: str | None = None,
+    limit: int = 100,
+) -> list[WorkItem]:
+    """Items in ``states`` (``pending`` ones only once due), oldest due first."""
+    due_or_other = (WorkItem.state != PENDING) | (WorkItem.due_at <= now)
+    statement = select(WorkItem).where(WorkItem.state.in_(states), due_or_other)
+    if kind is not None:
+        statement = statement.where(WorkItem.kind == kind)
+    statement = statement.order_by(WorkItem.due_at, WorkItem.id).limit(limit)
+    return list((await session.execute(statement)).scalars())
+
+
+async def retry(session: AsyncSession, *, work_id: str, now: datetime) -> WorkItem:
+    """Put a dead item back: pending, due now, attempts from zero (its last error stays
+    until it runs).
+
+    Raises:
+        WorkNotFound: no such item.
+        WorkNotDead: the item is not dead, or a live item with its dedupe key exists.
+    """
+    item = await session.get(WorkItem, work_id, with_for_update=True)
+    if item is None:
+        raise WorkNotFound(f"no work item {work_id!r}")
+    if item.state != DEAD:
+        raise WorkNotDead(f"{work_id} is {item.state}, not dead")
+    if item.dedupe_key is not None:
+        live = await session.execute(
+            select(WorkItem.id).where(
+                WorkItem.dedupe_key == item.dedupe_key, WorkItem.state.in_(LIVE_STATES)
+            )
+        )
+        if (other := live.scalar_one_or_none()) is not None:
+            raise WorkNotDead(f"{other} does the same work ({item.dedupe_key}) already")
+    item.state, item.due_at, item.attempts, item.updated_at = PENDING, now, 0, now
+    await session.flush()
+    wake_after_commit(session)
+    return item
+
+
+# Waking workers -----------------------------------------------------------------------
+
+
+def wake_after_commit(session: AsyncSession) -> None:
+    """Wake the workers once this transaction commits (nothing happens on a rollback)."""
+    session.sync_session.info[_WAKE] = True
+
+
+class Wakeup:
+    """An in-process signal a worker sleeps on; ``ring`` sets it from any thread."""
+
+    _listening: set[Wakeup] = set()
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def __enter__(self) -> Wakeup:
+        Wakeup._listening.add(self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        Wakeup._listening.discard(self)
+
+    def ring(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, seconds: float) -> bool:
+        """Sleep until rung or ``seconds`` pass; True when rung."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout=max(0.0, seconds))
+        except TimeoutError:
+            return False
+        finally:
+            self._event.clear()
+        return True
+
+    @classmethod
+    def ring_all(cls) -> None:
+        for waiter in list(cls._listening):
+            waiter.ring()
+
+
+@event.listens_for(Session, "before_commit")
+def _notify_other_processes(session: Session) -> None:
+    if session.info.get(_WAKE) and session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+@event.listens_for(Session, "after_commit")
+def _wake_this_process(session: Session) -> None:
+    if session.info.pop(_WAKE, False):
+        Wakeup.ring_all()
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_wake(session: Session) -> None:
+    session.info.pop(_WAKE, None)

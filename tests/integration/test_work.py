@@ -1,0 +1,473 @@
+"""The engine for due work (``kit.work``) and the worker that runs it, on SQLite and
+PostgreSQL: dedupe, leases, SKIP LOCKED, backoff with jitter, dead work and its retry,
+the registry, checkout expiry, the outbox, and waking up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stallholder.checkout.models import CheckoutSession
+from stallholder.events.models import Event
+from stallholder.events.tasks import dispatch_events
+from stallholder.jobs.worker import Resources, Worker
+from stallholder.kit import work
+from stallholder.kit.clock import FrozenClock
+from stallholder.kit.db import Database
+from stallholder.settings import Settings
+from tests import factories
+from tests.conftest import T0, Api
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database_url(any_database_url: str) -> str:
+    return any_database_url
+
+
+def _kind(
+    name: str, seen: list[dict[str, Any]], *, fail_when: int | None = None, **options: Any
+) -> work.Kind[object]:
+    async def handle(_context: work.Context[object], item: work.Claimed) -> None:
+        seen.append(item.payload)
+        if fail_when is not None and item.payload.get("n") == fail_when:
+            raise RuntimeError("boom")
+
+    return work.Kind(name=name, handler=handle, **options)
+
+
+def _worker(
+    database: Database, clock: FrozenClock, settings: Settings, *kinds: work.Kind[Resources]
+) -> Worker:
+    return Worker(database, clock, settings=settings, kinds=kinds, draw=lambda: 0.0)
+
+
+async def _items(database: Database) -> list[work.WorkItem]:
+    async with database.unit_of_work() as session:
+        return list(
+            (await session.execute(select(work.WorkItem).order_by(work.WorkItem.id))).scalars()
+        )
+
+
+async def _enqueue(database: Database, **fields: Any) -> str | None:
+    values: dict[str, Any] = {"kind": "test.k", "payload": {}, "due_at": T0, "now": T0, **fields}
+    async with database.unit_of_work() as session:
+        return await work.enqueue(session, **values)
+
+
+async def test_a_live_duplicate_is_not_enqueued_twice(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    first = await _enqueue(database, dedupe_key="once", creator_id="cr_1", payload={"n": 1})
+    assert first is not None
+    assert await _enqueue(database, dedupe_key="once", payload={"n": 2}) is None
+    async with database.unit_of_work() as session:  # twice in one transaction: still one
+        assert await work.enqueue(
+            session, kind="test.k", payload={}, due_at=T0, now=T0, dedupe_key="twice"
+        )
+        assert (
+            await work.enqueue(
+                session, kind="test.k", payload={}, due_at=T0, now=T0, dedupe_key="twice"
+            )
+            is None
+        )
+    [once, twice] = await _items(database)
+    assert (once.id, once.payload, once.creator_id, once.state) == (
+        first,
+        {"n": 1},
+        "cr_1",
+        "pending",
+    )
+    assert twice.dedupe_key == "twice"
+
+    seen: list[dict[str, Any]] = []
+    await _worker(database, clock, settings, _kind("test.k", seen)).run_once()
+    assert seen == [{"n": 1}, {}]
+    assert await _items(database) == []  # finished work is deleted: the key is free again
+    assert await _enqueue(database, dedupe_key="once", payload={"n": 3}) is not None
+
+
+async def test_a_dead_item_does_not_block_its_key_and_comes_back_with_retry(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    seen: list[dict[str, Any]] = []
+    kind = _kind("test.k", seen, fail_when=1, max_attempts=1)
+    dead_id = await _enqueue(database, dedupe_key="key", payload={"n": 1})
+    await _worker(database, clock, settings, kind).run_once()
+    [dead] = await _items(database)
+    assert (dead.id, dead.state, dead.attempts, dead.last_error) == (
+        dead_id,
+        "dead",
+        1,
+        "RuntimeError: boom",
+    )
+
+    live_id = await _enqueue(database, dedupe_key="key", payload={"n": 2})
+    assert live_id is not None
+    async with database.unit_of_work() as session:
+        with pytest.raises(work.WorkNotDead, match=f"{live_id} does the same work"):
+            await work.retry(session, work_id=dead_id or "", now=T0)
+    await _worker(database, clock, settings, kind).run_once()  # the live one runs
+    async with database.unit_of_work() as session:
+        revived = await work.retry(session, work_id=dead_id or "", now=T0 + timedelta(hours=1))
+    assert (revived.state, revived.attempts, revived.due_at) == (
+        "pending",
+        0,
+        T0 + timedelta(hours=1),
+    )
+    async with database.unit_of_work() as session:
+        with pytest.raises(work.WorkNotDead, match="is pending, not dead"):
+            await work.retry(session, work_id=dead_id or "", now=T0)
+        with pytest.raises(work.WorkNotFound):
+            await work.retry(session, work_id="wrk_nope", now=T0)
+
+
+async def test_failures_back_off_exponentially_with_jitter_then_die_with_the_last_error(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    seen: list[dict[str, Any]] = []
+    kind = _kind("test.k", seen, fail_when=1, max_attempts=3, retry=work.Backoff())
+    draws = iter([0.5, 0.999])
+    worker = Worker(
+        database,
+        clock,
+        settings=settings.model_copy(update={"worker_retry_jitter": 0.1}),
+        kinds=[kind],
+        draw=lambda: next(draws),
+    )
+    await _enqueue(database, payload={"n": 1})
+
+    await worker.run_once()
+    [item] = await _items(database)
+    # 2 s after the first failure, stretched by 0.1 × 0.5.
+    assert (item.state, item.attempts, item.due_at) == ("pending", 1, T0 + timedelta(seconds=2.1))
+    clock.set(item.due_at - timedelta(microseconds=1))
+    assert await worker.run_once() == 0  # not due yet
+    clock.set(item.due_at)
+    await worker.run_once()
+    [item] = await _items(database)
+    # 4 s after the second, stretched by 0.1 × 0.999: within [4 s, 4.4 s).
+    assert item.due_at == clock.now() + timedelta(seconds=4 * 1.0999)
+    clock.set(item.due_at)
+    await worker.run_once()
+    [item] = await _items(database)
+    assert (item.state, item.attempts, item.last_error) == ("dead", 3, "RuntimeError: boom")
+    assert len(seen) == 3
+    clock.advance(timedelta(days=1))
+    assert await worker.run_once() == 0  # dead work is never claimed
+
+
+def test_jitter_stays_within_its_bounds() -> None:
+    assert work.jittered(timedelta(seconds=10), jitter=0.25, draw=lambda: 0.0) == timedelta(
+        seconds=10
+    )
+    assert work.jittered(timedelta(seconds=10), jitter=0.25, draw=lambda: 0.5) == timedelta(
+        seconds=11.25
+    )
+    highest = work.jittered(timedelta(seconds=10), jitter=0.25, draw=lambda: 0.999999)
+    assert timedelta(seconds=12.49) < highest < timedelta(seconds=12.5)
+    assert [work.Backoff().delay(n) for n in (1, 2, 3, 11, 12)] == [
+        timedelta(seconds=2),
+        timedelta(seconds=4),
+        timedelta(seconds=8),
+        timedelta(seconds=2048),
+        timedelta(hours=1),
+    ]
+    schedule = work.Schedule((timedelta(seconds=5), timedelta(minutes=5)))
+    assert [schedule.delay(n) for n in (1, 2, 3)] == [
+        timedelta(seconds=5),
+        timedelta(minutes=5),
+        None,
+    ]
+
+
+async def test_a_lease_that_runs_out_is_claimed_again_and_the_old_claim_settles_nothing(
+    database: Database, settings: Settings
+) -> None:
+    kind = work.Kind(name="test.k", handler=_noop, lease=timedelta(minutes=5))
+    await _enqueue(database)
+    async with database.unit_of_work() as session:
+        [first] = await work.claim(session, kind=kind, now=T0)
+    assert first.attempt == 1
+    async with database.unit_of_work() as session:
+        assert await work.claim(session, kind=kind, now=T0 + timedelta(minutes=4)) == []
+    async with database.unit_of_work() as session:
+        [second] = await work.claim(session, kind=kind, now=T0 + timedelta(minutes=5))
+    assert (second.id, second.attempt) == (first.id, 2)
+
+    async with database.unit_of_work() as session:  # the first worker wakes up and reports
+        await work.settle(
+            session, kind=kind, outcomes={first.id: None}, items=[first], now=T0, jitter=0
+        )
+    [item] = await _items(database)
+    assert (item.state, item.attempts) == ("running", 2)
+    async with database.unit_of_work() as session:
+        await work.settle(
+            session, kind=kind, outcomes={second.id: None}, items=[second], now=T0, jitter=0
+        )
+    assert await _items(database) == []
+
+
+async def _noop(_context: work.Context[object], _item: work.Claimed) -> None:
+    return None
+
+
+@pytest.mark.postgres
+async def test_two_claimers_on_postgresql_get_disjoint_rows(postgres_url: str) -> None:
+    database = Database(postgres_url)
+    try:
+        kind = work.Kind(name="test.k", handler=_noop, batch_size=6)
+        async with database.unit_of_work() as session:
+            for n in range(10):
+                await work.enqueue(session, kind="test.k", payload={"n": n}, due_at=T0, now=T0)
+        async with database.unit_of_work() as first:
+            mine = await work.claim(first, kind=kind, now=T0)  # rows stay locked: not committed
+            async with database.unit_of_work() as second:
+                theirs = await work.claim(second, kind=kind, now=T0)
+        assert (len(mine), len(theirs)) == (6, 4)
+        assert {i.id for i in mine}.isdisjoint({i.id for i in theirs})
+        assert sorted(i.payload["n"] for i in mine + theirs) == list(range(10))
+    finally:
+        await database.dispose()
+
+
+async def test_a_worker_claims_only_the_kinds_it_has_registered(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    seen: list[dict[str, Any]] = []
+    await _enqueue(database, kind="test.mine", payload={"n": 1})
+    await _enqueue(database, kind="test.other", payload={"n": 2})
+    await _worker(database, clock, settings, _kind("test.mine", seen)).run_once()
+    assert seen == [{"n": 1}]
+    [left] = await _items(database)
+    assert (left.kind, left.state, left.attempts) == ("test.other", "pending", 0)
+    registry: work.Registry[object] = work.Registry([_kind("test.mine", seen)])
+    with pytest.raises(ValueError, match=r"'test\.mine' is registered already"):
+        registry.register(_kind("test.mine", seen))
+    with pytest.raises(ValueError, match="exactly one of handler, batch_handler"):
+        work.Kind(name="test.none")
+
+
+async def test_a_periodic_kind_is_due_again_after_each_run(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    seen: list[dict[str, Any]] = []
+    kind = _kind("test.hourly", seen, every=timedelta(hours=1))
+    async with database.unit_of_work() as session:
+        await work.ensure_periodic(session, [kind], now=T0)
+        await work.ensure_periodic(session, [kind], now=T0)  # a second worker starting
+    worker = _worker(database, clock, settings, kind)
+    await worker.run_once()
+    [item] = await _items(database)
+    assert (len(seen), item.state, item.attempts, item.due_at) == (
+        1,
+        "pending",
+        0,
+        T0 + timedelta(hours=1),
+    )
+    assert await worker.run_once() == 0
+    clock.set(T0 + timedelta(hours=1))
+    await worker.run_once()
+    assert len(seen) == 2
+
+
+async def test_each_checkout_session_expires_at_its_time_with_an_event(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0)
+        price = await factories.create_price(session, creator_id=creator.id, now=T0)
+        old = await factories.create_session(
+            session, creator_id=creator.id, price_id=price.id, now=T0
+        )
+        fresh = await factories.create_session(
+            session, creator_id=creator.id, price_id=price.id, now=T0 + timedelta(minutes=20)
+        )
+    expiries = [i for i in await _items(database) if i.kind == "checkout.expire_session"]
+    assert sorted((i.dedupe_key, i.due_at, i.creator_id) for i in expiries) == sorted(
+        [(old.id, old.expires_at, creator.id), (fresh.id, fresh.expires_at, creator.id)]
+    )
+    clock.set(old.expires_at)
+
+    await Worker(database, clock, settings=settings).run_once()
+
+    async with database.unit_of_work() as session:
+        rows = await session.execute(select(CheckoutSession.id, CheckoutSession.status))
+        statuses = {row.id: row.status for row in rows}
+        events = (await session.execute(select(Event))).scalars().all()
+    assert statuses == {old.id: "expired", fresh.id: "open"}
+    assert [(e.type, e.data["id"], e.data["status"]) for e in events] == [
+        ("checkout.session.expired", old.id, "expired")
+    ]
+    assert "client_secret" not in events[0].data
+
+
+async def test_an_event_whose_consumer_fails_stays_in_the_outbox_and_holds_up_nothing(
+    api: Api, database: Database, clock: FrozenClock
+) -> None:
+    creator, price = await api.shop()
+    session = await api.session(creator["secret_key"], price=price["id"])
+    assert (await api.confirm(creator["secret_key"], session["id"])).status_code == 200
+    seen: list[str] = []
+    ordered = [e.type for e in await _events(database)]
+    broken = ordered[0]  # the first one fails: the one after it must still go out
+    assert broken == "order.paid"
+
+    async def record(db: AsyncSession, batch: Sequence[Event], now: datetime) -> None:
+        for event in batch:
+            await work.enqueue(db, kind="seen", payload={"event": event.id}, due_at=now, now=now)
+            seen.append(event.type)
+
+    async def broken_on_orders(db: AsyncSession, batch: Sequence[Event], now: datetime) -> None:
+        if any(event.type == broken for event in batch):
+            raise RuntimeError("a bug in one consumer")
+
+    async with database.unit_of_work() as db:
+        dispatched = await dispatch_events(db, clock.now(), consumers=[record, broken_on_orders])
+    assert dispatched == 1
+
+    async with database.unit_of_work() as db:
+        rows = (await db.execute(select(Event.type, Event.dispatched_at))).all()
+        seen_work = (
+            (await db.execute(select(work.WorkItem.payload).where(work.WorkItem.kind == "seen")))
+            .scalars()
+            .all()
+        )
+    assert {type_: at is not None for type_, at in rows} == {
+        "checkout.session.completed": True,
+        "order.paid": False,
+    }
+    # The failed event's own writes were rolled back with it.
+    assert [j["event"] for j in seen_work] == [
+        e.id for e in await _events(database) if e.type != "order.paid"
+    ]
+    # The batch failed as a whole, then each event went on its own.
+    assert sorted(seen) == sorted([*ordered, *ordered])
+
+
+async def _events(database: Database) -> list[Event]:
+    async with database.unit_of_work() as db:
+        return list((await db.execute(select(Event).order_by(Event.id))).scalars())
+
+
+async def test_an_idle_worker_wakes_when_work_is_enqueued(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    """Nothing is due and the idle cap is an hour: only the signal from the enqueueing
+    commit can wake the worker before the test's wait ends."""
+    ran: list[str] = []
+    handled = asyncio.Event()
+
+    async def handle(_context: work.Context[object], item: work.Claimed) -> None:
+        ran.append(item.payload["name"])
+        handled.set()
+
+    worker = Worker(
+        database,
+        clock,
+        settings=settings.model_copy(update={"worker_poll_seconds": 3600.0}),
+        kinds=[work.Kind(name="test.wake", handler=handle)],
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        for name in ("first", "second"):
+            handled.clear()
+            async with database.unit_of_work() as session:
+                await work.enqueue(
+                    session, kind="test.wake", payload={"name": name}, due_at=T0, now=T0
+                )
+            await asyncio.wait_for(handled.wait(), timeout=60)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=60)
+    assert ran == ["first", "second"]
+
+
+async def _enqueue_then_roll_back(database: Database) -> None:
+    async with database.unit_of_work() as session:
+        await work.enqueue(session, kind="test.k", payload={}, due_at=T0, now=T0)
+        raise RuntimeError("rolled back")
+
+
+@pytest.mark.postgres
+async def test_enqueueing_on_postgresql_notifies_listeners_when_it_commits(
+    postgres_url: str,
+) -> None:
+    database = Database(postgres_url)
+    try:
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as listener:
+            await listener.execute(f"LISTEN {work.NOTIFY_CHANNEL}")
+            with pytest.raises(RuntimeError, match="rolled back"):
+                await _enqueue_then_roll_back(database)
+            async with database.unit_of_work() as session:
+                await work.enqueue(session, kind="test.k", payload={"n": 1}, due_at=T0, now=T0)
+            received = [n.channel async for n in listener.notifies(timeout=30, stop_after=1)]
+        assert received == [work.NOTIFY_CHANNEL]
+    finally:
+        await database.dispose()
+
+
+async def test_enqueue_many_inserts_large_batches_and_skips_live_duplicates(
+    database: Database,
+) -> None:
+    await _enqueue(database, dedupe_key="k-7")
+    many = [
+        work.NewWork(kind="test.k", payload={"n": n}, due_at=T0, dedupe_key=f"k-{n}")
+        for n in range(1200)
+    ]
+    async with database.unit_of_work() as session:
+        inserted = await work.enqueue_many(session, many, now=T0)
+    assert len(inserted) == 1199  # k-7 was live already
+    assert len(set(inserted)) == 1199
+    assert len(await _items(database)) == 1200
+
+
+@pytest.mark.postgres
+async def test_a_worker_on_postgresql_wakes_on_notify_from_another_process(
+    postgres_url: str, clock: FrozenClock, tmp_path: Path
+) -> None:
+    """The row and the NOTIFY come over a plain psycopg connection, as from another
+    process: no in-process signal fires, and the idle cap is an hour."""
+    database = Database(postgres_url)
+    handled = asyncio.Event()
+
+    async def handle(_context: work.Context[object], _item: work.Claimed) -> None:
+        handled.set()
+
+    worker = Worker(
+        database,
+        clock,
+        settings=Settings(
+            data_dir=tmp_path / "var", database_url=postgres_url, worker_poll_seconds=3600.0
+        ),
+        kinds=[work.Kind(name="test.elsewhere", handler=handle)],
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.listening.wait(), timeout=60)
+        async with await psycopg.AsyncConnection.connect(postgres_url) as other:
+            await other.execute(
+                "INSERT INTO work_items (id, kind, payload, state, due_at, attempts, "
+                "created_at, updated_at) VALUES ('wrk_other', 'test.elsewhere', '{}', "
+                "'pending', %(t)s, 0, %(t)s, %(t)s)",
+                {"t": T0},
+            )
+            await other.execute(f"NOTIFY {work.NOTIFY_CHANNEL}")
+            await other.commit()
+        await asyncio.wait_for(handled.wait(), timeout=60)
+        worker.stop()
+        await asyncio.wait_for(task, timeout=60)
+        assert await _items(database) == []
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=60)
+        await database.dispose()
