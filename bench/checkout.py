@@ -100,9 +100,12 @@ async def _shop(base: str) -> tuple[str, str]:
 
 
 # How ``stallholder serve`` runs in the benchmark on each database: the best measured
-# configuration (docs/performance.md). SQLite has one writer, so one process with the
-# embedded worker; PostgreSQL takes several server processes and a worker process.
-SERVE_OPTIONS: dict[str, list[str]] = {"sqlite": [], "postgresql": ["--workers", "2"]}
+# configuration on the benchmark machine (docs/performance.md). SQLite has one writer, so
+# one process with the embedded worker. On PostgreSQL ``--workers 2`` (two server processes
+# and a worker process) cost 14 % more CPU per sale on two cores shared with the database
+# and the load generator, so one process there too; try ``--serve 'postgresql=--workers 2'``
+# on a machine with cores to spare.
+SERVE_OPTIONS: dict[str, list[str]] = {"sqlite": [], "postgresql": []}
 MAX_SALES_PER_RUN = 200_000
 
 

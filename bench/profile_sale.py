@@ -353,6 +353,17 @@ def _profile(
     out = io.StringIO()
     pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
     print(out.getvalue())
+    drain_profile = cProfile.Profile(time.process_time)
+    drain_profile.enable()
+    loop.run_until_complete(drain())
+    drain_profile.disable()
+    print("worker drain of those sales, own CPU by layer (cProfile tottime):")
+    for label, share in _layers(drain_profile):
+        print(f"  {label:<30} {share:5.1f} %")
+    out = io.StringIO()
+    drain_stats = pstats.Stats(drain_profile, stream=out).sort_stats("cumulative")
+    drain_stats.print_stats("stallholder", top)
+    print(out.getvalue())
     if statements:
         for label, ms in loop.run_until_complete(_statement_costs(database, creator_id)):
             print(f"  {label:<62} {ms:6.3f} ms CPU")
