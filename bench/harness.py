@@ -1,9 +1,9 @@
-"""What every benchmark shares: free ports, servers in subprocesses, a closed-loop load
-generator, percentiles, and the machine description written beside each result."""
+"""What every benchmark shares: free ports, servers in subprocesses, the load generator in
+its own process (``bench.loadgen``), CPU of process trees from /proc, percentiles, and the
+machine description written beside each result."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -12,8 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,67 +85,12 @@ def uvicorn_command(app: str, port: int) -> list[str]:
     ]
 
 
-@dataclass
-class Load:
-    """Latencies (seconds) of every completed iteration, and how long the run took."""
-
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    elapsed: float = 0.0
-    total_completed: int = 0  # warm-up included: what the database should hold
-
-    def summary(self) -> dict[str, float]:
-        ordered = sorted(self.latencies)
-        return {
-            "completed": len(ordered),
-            "errors": self.errors,
-            "per_second": round(len(ordered) / self.elapsed, 1) if self.elapsed else 0.0,
-            "p50_ms": round(percentile(ordered, 50) * 1000, 2),
-            "p99_ms": round(percentile(ordered, 99) * 1000, 2),
-        }
-
-
 def percentile(ordered: list[float], pct: float) -> float:
     """Nearest-rank percentile of an already sorted list."""
     if not ordered:
         return 0.0
     rank = max(1, -(-len(ordered) * pct // 100))
     return ordered[int(rank) - 1]
-
-
-async def closed_loop(
-    iteration: Callable[[httpx.AsyncClient, int], Awaitable[None]],
-    *,
-    base: str,
-    concurrency: int,
-    warmup: float,
-    duration: float,
-) -> Load:
-    """``concurrency`` clients, each running ``iteration`` back to back: a warm-up that is
-    not counted, then ``duration`` seconds that are."""
-    load = Load()
-    counter = iter(range(10**9))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
-        start = time.monotonic()
-        measure_from = start + warmup
-        stop_at = measure_from + duration
-
-        async def run_client() -> None:
-            while (now := time.monotonic()) < stop_at:
-                try:
-                    await iteration(client, next(counter))
-                except Exception:
-                    if now >= measure_from:
-                        load.errors += 1
-                    continue
-                load.total_completed += 1
-                if now >= measure_from:
-                    load.latencies.append(time.monotonic() - now)
-
-        await asyncio.gather(*(run_client() for _ in range(concurrency)))
-        load.elapsed = time.monotonic() - measure_from
-    return load
 
 
 def machine() -> dict[str, Any]:
