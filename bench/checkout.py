@@ -1,21 +1,32 @@
-"""Checkout throughput: create a session and confirm it with ``tok_visa``, over real HTTP
-against ``stallholder serve`` (uvicorn, embedded worker on), on SQLite and PostgreSQL,
-beside a bare FastAPI POST endpoint measured in the same run."""
+"""Server CPU per sale: Stallholder beside the floor app, on SQLite and PostgreSQL.
+
+A Stallholder sale is ``POST /v1/checkout/sessions`` (2 x $15.00) and ``POST …/confirm``
+with ``tok_visa``, each with its own ``Idempotency-Key``, over real HTTP against
+``stallholder serve``. A floor sale is one ``POST /v1/sales`` to ``bench/floor_app.py``,
+which runs the same 14 statements in one transaction on the same stack. For each target
+the load generator (``bench.loadgen``, its own process) warms up, then runs once per client
+count; around each run the server's whole process tree CPU (and, on PostgreSQL, its
+database backends' CPU) is read from /proc, after the server has gone idle again so the
+work a sale leaves behind (outbox dispatch, email) is counted too. A bare FastAPI POST
+endpoint gives the cost of HTTP alone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+from rich.table import Table
 from sqlalchemy import create_engine, func, select, text
 
-from bench import harness
+from bench import floor_app, harness
 from stallholder.kit.db import sync_url
 from stallholder.orders.models import Order
 
@@ -88,8 +99,121 @@ async def _shop(base: str) -> tuple[str, str]:
         return key, price.json()["id"]
 
 
+# How ``stallholder serve`` runs in the benchmark on each database: the best measured
+# configuration on the benchmark machine (docs/performance.md). SQLite has one writer, so
+# one process with the embedded worker. On PostgreSQL ``--workers 2`` (two server processes
+# and a worker process) cost 14 % more CPU per sale on two cores shared with the database
+# and the load generator, so one process there too; try ``--serve 'postgresql=--workers 2'``
+# on a machine with cores to spare.
+SERVE_OPTIONS: dict[str, list[str]] = {"sqlite": [], "postgresql": []}
+MAX_SALES_PER_RUN = 200_000
+
+
+def _count(url: str, table: Any) -> int:
+    engine = create_engine(sync_url(url))
+    with engine.connect() as connection:
+        count = int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+    engine.dispose()
+    return count
+
+
+class _DatabaseCpu:
+    """CPU of the PostgreSQL backends serving one database, from /proc (nothing on SQLite:
+    it runs inside the server process and is counted there)."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = None if url.startswith("sqlite") else create_engine(sync_url(url))
+
+    def snapshot(self) -> dict[int, float]:
+        if self.engine is None:
+            return {}
+        with self.engine.connect() as connection:
+            pids = connection.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalars()
+            return {pid: harness.processes_cpu_seconds([pid]) for pid in pids}
+
+    def dispose(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+def _runs(
+    *,
+    pid: int,
+    database_url: str,
+    spec: dict[str, Any],
+    clients: list[int],
+    warmup: float,
+    duration: float,
+) -> tuple[dict[str, Any], int]:
+    """Warm up, then one measured run per client count: (results by client count, sales
+    completed in all, warm-up included)."""
+
+    def server_cpu() -> float:
+        return harness.tree_cpu_seconds(pid)
+
+    database_cpu = _DatabaseCpu(database_url)
+    total = 0
+    runs: dict[str, Any] = {}
+    try:
+        warm = harness.run_load(
+            {**spec, "concurrency": max(clients), "duration": warmup, "max_iterations": 50_000}
+        )
+        total += len(warm["latencies"])
+        harness.wait_until_idle(server_cpu)
+        for count in clients:
+            cpu_before, db_before = server_cpu(), database_cpu.snapshot()
+            load = harness.run_load(
+                {
+                    **spec,
+                    "concurrency": count,
+                    "duration": duration,
+                    "max_iterations": MAX_SALES_PER_RUN,
+                }
+            )
+            loaded_cpu = server_cpu()
+            drained_seconds = harness.wait_until_idle(server_cpu)
+            cpu_after, db_after = server_cpu(), database_cpu.snapshot()
+            latencies = sorted(load["latencies"])
+            sales = len(latencies)
+            total += sales
+            db_seconds = sum(seconds - db_before.get(p, 0.0) for p, seconds in db_after.items())
+            runs[str(count)] = {
+                "sales": sales,
+                "errors": load["errors"],
+                "first_errors": load["first_errors"],
+                "sales_per_second": round(sales / load["elapsed"], 1),
+                "p50_ms": round(harness.percentile(latencies, 50) * 1000, 1),
+                "p99_ms": round(harness.percentile(latencies, 99) * 1000, 1),
+                "server_cpu_ms_per_sale": round((cpu_after - cpu_before) * 1000 / sales, 2)
+                if sales
+                else None,
+                "server_cores_busy_under_load": round(
+                    (loaded_cpu - cpu_before) / load["elapsed"], 2
+                ),
+                "database_cpu_ms_per_sale": round(db_seconds * 1000 / sales, 2)
+                if sales and database_cpu.engine is not None
+                else None,
+                "drain_seconds": drained_seconds,
+            }
+    finally:
+        database_cpu.dispose()
+    return runs, total
+
+
 def _measure_stallholder(
-    database_url: str, workdir: Path, *, concurrency: int, warmup: float, duration: float
+    database: str,
+    database_url: str,
+    workdir: Path,
+    *,
+    clients: list[int],
+    warmup: float,
+    duration: float,
+    serve_options: list[str],
 ) -> dict[str, Any]:
     env = {
         "STALLHOLDER_DATABASE_URL": database_url,
@@ -107,99 +231,194 @@ def _measure_stallholder(
         "127.0.0.1",
         "--port",
         str(port),
+        *serve_options,
     ]
-    with harness.server(command, env=env, port=port, log=workdir / "serve.log") as base:
+    log = workdir / "serve.log"
+    with harness.served(command, env=env, port=port, log=log) as (base, pid):
         key, price = asyncio.run(_shop(base))
-        auth = {"Authorization": f"Bearer {key}"}
-        run = uuid.uuid4().hex[:8]
-
-        async def sale(client: httpx.AsyncClient, n: int) -> None:
-            created = await client.post(
-                "/v1/checkout/sessions",
-                headers={**auth, "Idempotency-Key": f"{run}-create-{n}"},
-                json={
-                    "line_items": [{"price": price, "quantity": 2}],
-                    "customer_email": f"buyer{n}@example.com",
-                },
-            )
-            created.raise_for_status()
-            confirmed = await client.post(
-                f"/v1/checkout/sessions/{created.json()['id']}/confirm",
-                headers={**auth, "Idempotency-Key": f"{run}-confirm-{n}"},
-                json={"payment_method": "tok_visa"},
-            )
-            confirmed.raise_for_status()
-
-        load = asyncio.run(
-            harness.closed_loop(
-                sale, base=base, concurrency=concurrency, warmup=warmup, duration=duration
-            )
+        spec = {"port": port, "scenario": "stallholder_sale", "secret_key": key, "price": price}
+        runs, total = _runs(
+            pid=pid,
+            database_url=database_url,
+            spec=spec,
+            clients=clients,
+            warmup=warmup,
+            duration=duration,
         )
     verify = _stallholder("ledger", "verify", env=env)
-    engine = create_engine(sync_url(database_url))
-    with engine.connect() as connection:
-        orders = int(connection.execute(select(func.count()).select_from(Order)).scalar_one())
-    engine.dispose()
+    orders = _count(database_url, Order.__table__)
     return {
-        **load.summary(),
-        "sales_including_warmup": load.total_completed,
-        "orders_in_database": orders,
-        "ledger_verify_exit": verify.returncode,
+        "serving": " ".join(["stallholder serve", *serve_options]) or "stallholder serve",
+        "runs": runs,
+        "checks": {
+            "sales_including_warmup": total,
+            "orders_in_database": orders,
+            "ledger_verify_exit": verify.returncode,
+            "is_clean": orders == total and verify.returncode == 0,
+        },
     }
 
 
-def _measure_bare(workdir: Path, *, concurrency: int, warmup: float, duration: float) -> Any:
+def _measure_floor(
+    database_url: str, workdir: Path, *, clients: list[int], warmup: float, duration: float
+) -> dict[str, Any]:
+    floor_app.create_schema(database_url)
+    port = harness.free_port()
+    command = harness.uvicorn_command("bench.floor_app:app", port)
+    env = {"FLOOR_DATABASE_URL": database_url, "PYTHONPATH": str(harness.ROOT)}
+    log = workdir / "floor.log"
+    with harness.served(command, env=env, port=port, log=log) as (_, pid):
+        spec = {"port": port, "scenario": "floor_sale", "price": floor_app.PRICE}
+        runs, total = _runs(
+            pid=pid,
+            database_url=database_url,
+            spec=spec,
+            clients=clients,
+            warmup=warmup,
+            duration=duration,
+        )
+    orders = _count(database_url, floor_app.orders)
+    return {
+        "serving": "uvicorn bench.floor_app:app (one process)",
+        "runs": runs,
+        "checks": {
+            "sales_including_warmup": total,
+            "orders_in_database": orders,
+            "is_clean": orders == total,
+        },
+    }
+
+
+def _measure_bare(workdir: Path, *, clients: int, warmup: float, duration: float) -> Any:
     port = harness.free_port()
     command = harness.uvicorn_command("bench.bare_app:app", port)
-    with harness.server(command, env={}, port=port, log=workdir / "bare.log") as base:
-
-        async def echo(client: httpx.AsyncClient, n: int) -> None:
-            response = await client.post("/echo", json={"n": n, "customer": "a@example.com"})
-            response.raise_for_status()
-
-        load = asyncio.run(
-            harness.closed_loop(
-                echo, base=base, concurrency=concurrency, warmup=warmup, duration=duration
-            )
+    with harness.served(command, env={}, port=port, log=workdir / "bare.log") as (_, pid):
+        cpu_before = harness.tree_cpu_seconds(pid)
+        load = harness.run_load(
+            {
+                "port": port,
+                "scenario": "bare",
+                "concurrency": clients,
+                "duration": duration,
+                "max_iterations": 10 * MAX_SALES_PER_RUN,
+            }
         )
-    return load.summary()
+        cpu = harness.tree_cpu_seconds(pid) - cpu_before
+    latencies = sorted(load["latencies"])
+    return {
+        "requests": len(latencies),
+        "clients": clients,
+        "requests_per_second": round(len(latencies) / load["elapsed"], 1),
+        "p50_ms": round(harness.percentile(latencies, 50) * 1000, 2),
+        "p99_ms": round(harness.percentile(latencies, 99) * 1000, 2),
+        "server_cpu_ms_per_request": round(cpu * 1000 / len(latencies), 3) if latencies else None,
+    }
 
 
-def run(*, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+def _database(
+    name: str, url: str, workdir: Path, *, serve_options: list[str], **settings: Any
+) -> dict[str, Any]:
+    floor_dir, stallholder_dir = workdir / "floor", workdir / "stallholder"
+    floor_dir.mkdir()
+    stallholder_dir.mkdir()
+    floor_url = url if name == "postgresql" else f"sqlite:///{floor_dir / 'floor.db'}"
+    stallholder_url = url if name == "postgresql" else f"sqlite:///{stallholder_dir / 'db'}"
+    floor = _measure_floor(floor_url, floor_dir, **settings)
+    stallholder = _measure_stallholder(
+        name, stallholder_url, stallholder_dir, serve_options=serve_options, **settings
+    )
+    ratio = {}
+    for count, run in stallholder["runs"].items():
+        floor_cpu = floor["runs"][count]["server_cpu_ms_per_sale"]
+        if floor_cpu and run["server_cpu_ms_per_sale"]:
+            ratio[count] = round(run["server_cpu_ms_per_sale"] / floor_cpu, 1)
+    return {"floor": floor, "stallholder": stallholder, "server_cpu_ratio": ratio}
+
+
+def run(
+    *,
+    clients: list[int],
+    warmup: float,
+    duration: float,
+    serve_options: dict[str, list[str]] | None = None,
+    databases: tuple[str, ...] = ("sqlite", "postgresql"),
+) -> dict[str, Any]:
+    options = {**SERVE_OPTIONS, **(serve_options or {})}
     results: dict[str, Any] = {
-        "concurrency": concurrency,
+        "clients": clients,
         "warmup_seconds": warmup,
         "duration_seconds": duration,
-        "iteration": "POST /v1/checkout/sessions (2 x $15.00) + POST .../confirm tok_visa",
+        "sale": {
+            "stallholder": "POST /v1/checkout/sessions (2 x $15.00) + POST .../confirm "
+            "tok_visa, each with an Idempotency-Key",
+            "floor": "POST /v1/sales: 14 statements in one transaction (bench/floor_app.py)",
+        },
+        "goal": "stallholder server CPU per sale <= 3 x the floor's",
     }
+    settings: dict[str, Any] = {"clients": clients, "warmup": warmup, "duration": duration}
     with tempfile.TemporaryDirectory(prefix="stallholder-bench-") as tmp:
         workdir = Path(tmp)
-        settings: dict[str, Any] = {
-            "concurrency": concurrency,
-            "warmup": warmup,
-            "duration": duration,
-        }
-        results["bare_fastapi"] = _measure_bare(workdir, **settings)
-        sqlite_dir = workdir / "sqlite"
-        sqlite_dir.mkdir()
-        results["sqlite"] = _measure_stallholder(
-            f"sqlite:///{sqlite_dir / 'bench.db'}", sqlite_dir, **settings
+        results["bare_fastapi"] = _measure_bare(
+            workdir, clients=clients[0], warmup=warmup, duration=min(duration, 10.0)
         )
-        created = _create_postgres_database()
+        if "sqlite" in databases:
+            sqlite_dir = workdir / "sqlite"
+            sqlite_dir.mkdir()
+            results["sqlite"] = _database(
+                "sqlite", "", sqlite_dir, serve_options=options["sqlite"], **settings
+            )
+        created = _create_postgres_database() if "postgresql" in databases else None
         if created is not None:
             url, name = created
             postgres_dir = workdir / "postgres"
             postgres_dir.mkdir()
             try:
-                results["postgresql"] = _measure_stallholder(url, postgres_dir, **settings)
+                results["postgresql"] = _database(
+                    "postgresql",
+                    url,
+                    postgres_dir,
+                    serve_options=options["postgresql"],
+                    **settings,
+                )
             finally:
                 _drop_postgres_database(name)
-    bare = results["bare_fastapi"]
-    for database in ("sqlite", "postgresql"):
-        if database in results and results[database]["per_second"]:
-            measured = results[database]
-            measured["bare_per_second_over_sessions_per_second"] = round(
-                bare["per_second"] / measured["per_second"], 1
-            )
-            measured["p50_over_bare_p50"] = round(measured["p50_ms"] / bare["p50_ms"], 1)
     return results
+
+
+def table(results: dict[str, Any]) -> Table:
+    """One row per target and client count."""
+    table = Table(title="checkout: server CPU per sale (create + confirm) beside the floor")
+    for column in ("database", "target", "clients", "sales", "errors", "sales/s", "p50 ms"):
+        table.add_column(column, justify="left" if column in ("database", "target") else "right")
+    for column in ("p99 ms", "server CPU ms/sale", "db CPU ms/sale", "ratio", "checks"):
+        table.add_column(column, justify="right")
+    for database in ("sqlite", "postgresql"):
+        if database not in results:
+            continue
+        measured = results[database]
+        for target in ("floor", "stallholder"):
+            entry = measured[target]
+            for count, run in entry["runs"].items():
+                ratio = measured["server_cpu_ratio"].get(count) if target == "stallholder" else 1
+                table.add_row(
+                    database,
+                    f"{target} ({entry['serving']})",
+                    count,
+                    str(run["sales"]),
+                    str(run["errors"]),
+                    str(run["sales_per_second"]),
+                    str(run["p50_ms"]),
+                    str(run["p99_ms"]),
+                    str(run["server_cpu_ms_per_sale"]),
+                    str(run["database_cpu_ms_per_sale"] or "-"),
+                    f"{ratio}x" if ratio is not None else "-",
+                    "ok" if entry["checks"]["is_clean"] else f"FAILED {entry['checks']}",
+                )
+    bare = results.get("bare_fastapi")
+    if bare:
+        table.caption = (
+            f"bare FastAPI POST, {bare['clients']} clients: {bare['requests_per_second']} req/s, "
+            f"{bare['server_cpu_ms_per_request']} ms server CPU per request (HTTP alone). "
+            f"Python {sys.version.split()[0]}."
+        )
+    return table

@@ -1,18 +1,18 @@
-"""What every benchmark shares: free ports, servers in subprocesses, a closed-loop load
-generator, percentiles, and the machine description written beside each result."""
+"""What every benchmark shares: free ports, servers in subprocesses, the load generator in
+its own process (``bench.loadgen``), CPU of process trees from /proc, percentiles, and the
+machine description written beside each result."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import json
 import os
 import platform
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,15 @@ def free_port() -> int:
 @contextlib.contextmanager
 def server(command: list[str], *, env: dict[str, str], port: int, log: Path) -> Iterator[str]:
     """Start ``command`` (a uvicorn-serving process), wait for ``/healthz``, stop it after."""
+    with served(command, env=env, port=port, log=log) as (base, _pid):
+        yield base
+
+
+@contextlib.contextmanager
+def served(
+    command: list[str], *, env: dict[str, str], port: int, log: Path
+) -> Iterator[tuple[str, int]]:
+    """As ``server``, and also the process id whose process tree is the server."""
     with log.open("w") as output:
         process = subprocess.Popen(  # noqa: S603 - our own commands
             command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
@@ -49,7 +58,7 @@ def server(command: list[str], *, env: dict[str, str], port: int, log: Path) -> 
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{command[0]} did not answer within 60 s; see {log}")
                 time.sleep(0.2)
-            yield base
+            yield base, process.pid
         finally:
             process.terminate()
             try:
@@ -76,67 +85,12 @@ def uvicorn_command(app: str, port: int) -> list[str]:
     ]
 
 
-@dataclass
-class Load:
-    """Latencies (seconds) of every completed iteration, and how long the run took."""
-
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    elapsed: float = 0.0
-    total_completed: int = 0  # warm-up included: what the database should hold
-
-    def summary(self) -> dict[str, float]:
-        ordered = sorted(self.latencies)
-        return {
-            "completed": len(ordered),
-            "errors": self.errors,
-            "per_second": round(len(ordered) / self.elapsed, 1) if self.elapsed else 0.0,
-            "p50_ms": round(percentile(ordered, 50) * 1000, 2),
-            "p99_ms": round(percentile(ordered, 99) * 1000, 2),
-        }
-
-
 def percentile(ordered: list[float], pct: float) -> float:
     """Nearest-rank percentile of an already sorted list."""
     if not ordered:
         return 0.0
     rank = max(1, -(-len(ordered) * pct // 100))
     return ordered[int(rank) - 1]
-
-
-async def closed_loop(
-    iteration: Callable[[httpx.AsyncClient, int], Awaitable[None]],
-    *,
-    base: str,
-    concurrency: int,
-    warmup: float,
-    duration: float,
-) -> Load:
-    """``concurrency`` clients, each running ``iteration`` back to back: a warm-up that is
-    not counted, then ``duration`` seconds that are."""
-    load = Load()
-    counter = iter(range(10**9))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
-        start = time.monotonic()
-        measure_from = start + warmup
-        stop_at = measure_from + duration
-
-        async def run_client() -> None:
-            while (now := time.monotonic()) < stop_at:
-                try:
-                    await iteration(client, next(counter))
-                except Exception:
-                    if now >= measure_from:
-                        load.errors += 1
-                    continue
-                load.total_completed += 1
-                if now >= measure_from:
-                    load.latencies.append(time.monotonic() - now)
-
-        await asyncio.gather(*(run_client() for _ in range(concurrency)))
-        load.elapsed = time.monotonic() - measure_from
-    return load
 
 
 def machine() -> dict[str, Any]:
@@ -156,3 +110,79 @@ def machine() -> dict[str, Any]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit,
     }
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int | str) -> tuple[int, int, int] | None:
+    """(parent pid, CPU ticks of the process, CPU ticks of its reaped children)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:  # gone, or not ours to read
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 of proc(5): state, ppid, …, utime (14), stime, cutime, cstime.
+    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of ``root`` and every live descendant, plus what their reaped
+    children used (``cutime``/``cstime``), read from /proc."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _proc_stat(entry)) is not None:
+            stats[int(entry)] = stat
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    ticks, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        if pid in stats:
+            _, own, reaped = stats[pid]
+            ticks += own + reaped
+        pending.extend(children.get(pid, ()))
+    return ticks / CLOCK_TICKS
+
+
+def processes_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes (PostgreSQL backends, say), from /proc."""
+    ticks = 0
+    for pid in pids:
+        if (stat := _proc_stat(pid)) is not None:
+            ticks += stat[1]
+    return ticks / CLOCK_TICKS
+
+
+def wait_until_idle(
+    cpu: Callable[[], float], *, quiet_cpu: float = 0.03, window: float = 1.0, limit: float = 60
+) -> float:
+    """Wait until ``cpu()`` grows by less than ``quiet_cpu`` seconds over ``window`` seconds
+    (the server has finished what the load left behind: outbox, emails), at most ``limit``
+    seconds. Returns how long it waited."""
+    start = time.monotonic()
+    samples = [(start, cpu())]
+    while time.monotonic() - start < limit:
+        time.sleep(window / 4)
+        now = time.monotonic()
+        samples.append((now, cpu()))
+        older = [sample for sample in samples if sample[0] <= now - window]
+        if older and samples[-1][1] - older[-1][1] < quiet_cpu:
+            break
+    return round(time.monotonic() - start, 2)
+
+
+def run_load(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``bench.loadgen`` in its own process with ``spec``; its JSON result."""
+    bound = spec["duration"] + 120  # the generator stops itself; this only guards a hang
+    completed = subprocess.run(  # noqa: S603 - our own module
+        [str(BIN / "python"), "-m", "bench.loadgen", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=bound,
+        cwd=ROOT,
+    )
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result

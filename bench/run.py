@@ -1,6 +1,6 @@
 """``make bench``: run the benchmarks, print a table each, write ``bench/results/<name>.json``.
 
-python -m bench.run [--only checkout] [--duration 15] [--concurrency 8] [--quick]
+python -m bench.run [--only checkout] [--duration 20] [--clients 8 --clients 64] [--quick]
 """
 
 from __future__ import annotations
@@ -41,7 +41,20 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8, help="webhooks benchmark")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        action="append",
+        help="checkout: concurrent clients per run, repeatable (default: 8 and 64)",
+    )
+    parser.add_argument(
+        "--serve",
+        action="append",
+        metavar="DATABASE=OPTIONS",
+        help="checkout: 'stallholder serve' options for one database instead of the best "
+        "measured ones, e.g. --serve 'postgresql=--workers 1'",
+    )
     parser.add_argument("--quick", action="store_true", help="3 s runs, for trying it out")
     arguments = parser.parse_args()
     duration = 3.0 if arguments.quick else arguments.duration
@@ -50,11 +63,20 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in arguments.only or sorted(BENCHMARKS):
         with console.status(f"Running {name} ({duration:g} s per target)…"):
-            results = BENCHMARKS[name](
-                concurrency=arguments.concurrency, warmup=warmup, duration=duration
-            )
+            if name == checkout.NAME:
+                serve = dict(option.split("=", 1) for option in arguments.serve or ())
+                results = checkout.run(
+                    clients=arguments.clients or [8, 64],
+                    warmup=warmup,
+                    duration=duration,
+                    serve_options={db: options.split() for db, options in serve.items()},
+                )
+            else:
+                results = BENCHMARKS[name](
+                    concurrency=arguments.concurrency, warmup=warmup, duration=duration
+                )
         results = {"benchmark": name, "machine": harness.machine(), **results}
-        console.print(_table(name, results))
+        console.print(checkout.table(results) if name == checkout.NAME else _table(name, results))
         console.print(results["machine"])
         path = RESULTS / f"{name}.json"
         path.write_text(json.dumps(results, indent=2) + "\n")

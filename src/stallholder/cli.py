@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+from multiprocessing.process import BaseProcess
 from typing import Annotated
 
 import typer
@@ -83,10 +85,18 @@ def serve(
     worker: Annotated[
         bool | None,
         typer.Option(
-            help="Run the embedded worker in this process "
-            "(default: STALLHOLDER_EMBEDDED_WORKER, which is true)."
+            help="Run the worker: embedded in this process, or in a process of its own with "
+            "--workers above 1 (default: STALLHOLDER_EMBEDDED_WORKER, which is true)."
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes. Above 1 needs PostgreSQL; the worker then runs in one "
+            "process of its own beside them.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the API and pages, with the embedded worker."""
     import uvicorn
@@ -101,6 +111,9 @@ def serve(
     except GatewayMisconfigured as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(code=2) from error
+    if workers > 1:
+        _serve_processes(settings, host=host, port=port, workers=workers, worker=worker)
+        return
     uvicorn.run(
         create_app(settings, run_worker=worker),
         host=host,
@@ -109,6 +122,71 @@ def serve(
         access_log=False,
         **uvicorn_options(settings),
     )
+
+
+def _serve_processes(
+    settings: Settings, *, host: str, port: int, workers: int, worker: bool | None
+) -> None:
+    """``workers`` uvicorn processes on one socket and, unless turned off, one worker
+    process beside them: the worker is never embedded here, so due work runs once.
+
+    SQLite is refused: it has one writer, so more processes only queue for its lock."""
+    import multiprocessing
+
+    import uvicorn
+
+    from stallholder.kit.db import is_sqlite
+
+    if is_sqlite(settings.resolved_database_url()):
+        console.print(
+            "[red]--workers above 1 needs PostgreSQL (STALLHOLDER_DATABASE_URL=postgresql://…): "
+            "SQLite has one writer, so more server processes only wait for its lock. "
+            "Serve SQLite with one process.[/red]"
+        )
+        raise typer.Exit(code=2)
+    # Generated once here, so the processes share one key instead of racing to write it.
+    admin_key, generated = resolve_admin_key(settings.admin_key, settings.data_dir)
+    if generated:
+        console.print(f"generated a platform admin key (kept in {settings.data_dir}): {admin_key}")
+    has_worker = settings.embedded_worker if worker is None else worker
+    # The server processes build their app from the environment (``create_app()``).
+    environment = {"STALLHOLDER_BASE_URL": settings.base_url, "STALLHOLDER_EMBEDDED_WORKER": "0"}
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    worker_process = None
+    try:
+        if has_worker:
+            worker_process = multiprocessing.get_context("spawn").Process(
+                target=run_worker, name="stallholder-worker"
+            )
+            worker_process.start()
+        uvicorn.run(
+            "stallholder.app:create_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+        )
+    finally:
+        if worker_process is not None:
+            _stop_process(worker_process)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _stop_process(process: BaseProcess) -> None:
+    """Interrupt (the worker finishes its pass and closes), then terminate if it hangs."""
+    if process.is_alive() and process.pid is not None:
+        os.kill(process.pid, signal.SIGINT)
+        process.join(timeout=15)
+    if process.is_alive():
+        process.terminate()
+    process.join()
 
 
 @app.command(name="worker")

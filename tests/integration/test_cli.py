@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from stallholder.accounts.models import Creator
-from stallholder.cli import app
+from stallholder.cli import app, run_worker
 from stallholder.kit import work
 from stallholder.kit.clock import SystemClock
 from stallholder.kit.db import Database
@@ -216,3 +226,217 @@ def test_jobs_lists_due_running_and_dead_work_and_retries_a_dead_item(
     missing = runner.invoke(app, ["jobs", "retry", "wrk_missing"])
     assert missing.exit_code == 1
     assert "no work item 'wrk_missing'" in missing.output
+
+
+class _FakeProcess:
+    """Stands in for the worker process: records that it ran and was stopped."""
+
+    started: ClassVar[list[_FakeProcess]] = []
+
+    def __init__(self, *, target: Callable[[], None], name: str) -> None:
+        self.target, self.name = target, name
+        self.pid: int | None = None
+        self.is_running = False
+        self.joined = False
+
+    def start(self) -> None:
+        self.is_running = True
+        _FakeProcess.started.append(self)
+
+    def is_alive(self) -> bool:
+        return self.is_running
+
+    def terminate(self) -> None:
+        self.is_running = False
+
+    def join(self, timeout: float | None = None) -> None:
+        self.joined = True
+
+
+@pytest.fixture
+def fake_processes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """``uvicorn.run`` and the worker process replaced: the calls, with the environment the
+    server processes would have started with."""
+    import multiprocessing
+
+    import uvicorn
+
+    calls: list[dict[str, Any]] = []
+
+    def run(app: object, **options: Any) -> None:
+        environment = {
+            name: os.environ.get(name)
+            for name in ("STALLHOLDER_EMBEDDED_WORKER", "STALLHOLDER_BASE_URL")
+        }
+        calls.append({"app": app, **options, "environment": environment})
+
+    _FakeProcess.started = []
+    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(
+        multiprocessing, "get_context", lambda method: SimpleNamespace(Process=_FakeProcess)
+    )
+    monkeypatch.delenv("STALLHOLDER_EMBEDDED_WORKER", raising=False)
+    monkeypatch.delenv("STALLHOLDER_BASE_URL", raising=False)
+    return calls
+
+
+def test_serve_workers_refuses_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_processes: list[dict[str, Any]]
+) -> None:
+    monkeypatch.setenv("STALLHOLDER_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    result = CliRunner().invoke(app, ["serve", "--workers", "2"])
+    assert result.exit_code == 2
+    assert "--workers above 1 needs PostgreSQL" in " ".join(result.output.split())
+    assert fake_processes == []
+    assert _FakeProcess.started == []
+
+
+def test_serve_workers_on_postgres_runs_server_processes_and_one_worker_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_processes: list[dict[str, Any]]
+) -> None:
+    # Nothing connects before uvicorn starts the processes, so no server is needed here.
+    monkeypatch.setenv("STALLHOLDER_DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none")
+    monkeypatch.setenv("STALLHOLDER_ADMIN_KEY", "admin_cli_key")
+    result = CliRunner().invoke(app, ["serve", "--workers", "3", "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert fake_processes == [
+        {
+            "app": "stallholder.app:create_app",
+            "factory": True,
+            "workers": 3,
+            "host": "127.0.0.1",
+            "port": 8123,
+            "log_level": "info",
+            "access_log": False,
+            "environment": {
+                "STALLHOLDER_EMBEDDED_WORKER": "0",
+                "STALLHOLDER_BASE_URL": "http://127.0.0.1:8123",
+            },
+        }
+    ]
+    [worker] = _FakeProcess.started
+    assert worker.target is run_worker
+    assert worker.is_running is False
+    assert worker.joined is True
+    # The environment is the caller's again afterwards.
+    assert "STALLHOLDER_EMBEDDED_WORKER" not in os.environ
+    assert "STALLHOLDER_BASE_URL" not in os.environ
+
+
+def test_serve_workers_without_worker_starts_no_worker_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_processes: list[dict[str, Any]]
+) -> None:
+    monkeypatch.setenv("STALLHOLDER_DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none")
+    monkeypatch.setenv("STALLHOLDER_ADMIN_KEY", "admin_cli_key")
+    result = CliRunner().invoke(app, ["serve", "--workers", "2", "--no-worker"])
+    assert result.exit_code == 0, result.output
+    assert [call["workers"] for call in fake_processes] == [2]
+    assert _FakeProcess.started == []
+
+
+def test_serve_workers_generates_the_admin_key_once_before_the_processes_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_processes: list[dict[str, Any]]
+) -> None:
+    monkeypatch.setenv("STALLHOLDER_DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none")
+    monkeypatch.delenv("STALLHOLDER_ADMIN_KEY", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--workers", "2", "--no-worker"])
+    assert result.exit_code == 0, result.output
+    key = (tmp_path / "var" / "admin-key").read_text().strip()
+    assert key.startswith("admin_")
+    assert key in " ".join(result.output.split())
+
+
+@pytest.mark.postgres
+def test_serve_workers_sells_over_http_and_the_worker_process_sends_the_receipt(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Two real server processes and a worker process beside them: a sale over HTTP, and
+    its receipt written by the worker process (the server processes embed none)."""
+    port = _free_port()
+    data_dir = tmp_path / "served"
+    env = {
+        **os.environ,
+        "STALLHOLDER_DATABASE_URL": postgres_url,
+        "STALLHOLDER_DATA_DIR": str(data_dir),
+        "STALLHOLDER_ADMIN_KEY": "admin_cli_key",
+        "STALLHOLDER_WORKER_POLL_SECONDS": "0.1",
+    }
+    base = f"http://127.0.0.1:{port}"
+    with (tmp_path / "serve.log").open("wb") as output:
+        process = subprocess.Popen(  # noqa: S603 - our own command
+            [str(STALLHOLDER), "serve", "--workers", "2", "--port", str(port)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until(lambda: _answers(f"{base}/healthz"), what="the server to answer")
+            with httpx.Client(base_url=base, timeout=30) as http:
+                creator = http.post(
+                    "/v1/creators",
+                    headers={"Authorization": "Bearer admin_cli_key"},
+                    json={"display_name": "Twin Press", "email": "twin@example.com"},
+                )
+                auth = {"Authorization": f"Bearer {creator.json()['secret_key']}"}
+                product = http.post(
+                    "/v1/products",
+                    headers=auth,
+                    json={"kind": "digital", "name": "Zine", "status": "published"},
+                )
+                price = http.post(
+                    "/v1/prices",
+                    headers=auth,
+                    json={"product": product.json()["id"], "unit_amount": 700, "currency": "usd"},
+                )
+                session = http.post(
+                    "/v1/checkout/sessions",
+                    headers=auth,
+                    json={
+                        "line_items": [{"price": price.json()["id"], "quantity": 1}],
+                        "customer_email": "reader@example.com",
+                    },
+                )
+                confirmed = http.post(
+                    f"/v1/checkout/sessions/{session.json()['id']}/confirm",
+                    headers=auth,
+                    json={"payment_method": "tok_visa"},
+                )
+            assert confirmed.status_code == 200, confirmed.text
+            assert confirmed.json()["status"] == "complete"
+            mail = data_dir / "mail"
+            _wait_until(lambda: any(mail.glob("*.eml")), what="the receipt email")
+            [receipt] = mail.glob("*.eml")
+            assert "reader@example.com" in receipt.read_text()
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                assert process.wait(timeout=30) == 0
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
+
+STALLHOLDER = Path(sys.executable).parent / "stallholder"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait_until(condition: Callable[[], bool], *, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting {seconds:g} s for {what}")
+        time.sleep(0.1)
