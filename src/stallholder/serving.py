@@ -7,14 +7,23 @@ nothing is held until the client gives up. ``H11Protocol`` with a head deadline 
 gap: from the moment a connection opens, or a response completes, the next request's head
 must arrive within ``header_timeout_seconds``, or the server answers 408 and closes the
 connection. The body's deadline is ``app.BodyLimitMiddleware``'s.
+
+The deadline is added to uvicorn's httptools protocol (the faster parser, pinned in the
+locks) and, where httptools cannot be imported, to its h11 protocol; both hand a new
+request to the app by replacing ``self.cycle`` when a whole head has been parsed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, TypeVar
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - httptools is pinned; h11 is uvicorn's fallback
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 from stallholder.settings import Settings
 
@@ -28,14 +37,17 @@ _REQUEST_TIMEOUT = (
 )
 
 
-def h11_with_head_deadline(seconds: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, closing connections whose request head is slower than
-    ``seconds`` with a 408."""
+Protocol = TypeVar("Protocol", H11Protocol, HttpToolsProtocol)
 
-    class H11WithHeadDeadline(H11Protocol):
+
+def with_head_deadline(base: type[Protocol], seconds: float) -> type[Protocol]:
+    """uvicorn's ``base`` protocol (h11 or httptools), closing connections whose request
+    head is slower than ``seconds`` with a 408."""
+
+    class WithHeadDeadline(base):  # type: ignore[valid-type,misc]
         _head_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._arm_head_deadline()
 
@@ -70,13 +82,16 @@ def h11_with_head_deadline(seconds: float) -> type[H11Protocol]:
                 self.transport.write(_REQUEST_TIMEOUT)
                 self.transport.close()
 
-    return H11WithHeadDeadline
+    return WithHeadDeadline
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The keyword arguments for ``uvicorn.run``/``uvicorn.Config`` that bound slow clients."""
     return {
-        "http": h11_with_head_deadline(settings.header_timeout_seconds),
+        "http": with_head_deadline(
+            HttpToolsProtocol if HttpToolsProtocol is not None else H11Protocol,
+            settings.header_timeout_seconds,
+        ),
         "timeout_keep_alive": 5,
         # h11's own default, said out loud: a request head larger than this is a 400.
         "h11_max_incomplete_event_size": 16 * 1024,
