@@ -249,13 +249,14 @@ def demo() -> None:
         console.print(f"  secret key:      {entry['secret_key']}", soft_wrap=True)
         console.print(f"  publishable key: {entry['publishable_key']}", soft_wrap=True)
     console.print(f"Store:         {base}/")
-    console.print(f"API docs:      {base}/docs")
+    console.print(f"API docs:      {base}/docs  (works offline; Authorize with a key below)")
     console.print(f"OpenAPI:       {base}/openapi.json")
     console.print(f"Admin key:     {admin_key}", soft_wrap=True)
     console.print(
         f"Try:           curl -s {base}/v1/products -H 'Authorization: Bearer "
         f"{next(iter(keys.values()))['secret_key'] if keys else 'sk_…'}'"
     )
+    console.print("Due work:      .venv/bin/stallholder jobs  (emails, webhooks, expiries, …)")
 
 
 @creators_app.command("create")

@@ -24,6 +24,7 @@ from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
 from stallholder.ledger.fees import FeeSchedule
 from stallholder.orders import service as orders
+from stallholder.payments import methods as payment_methods
 from stallholder.payments.gateway import Gateway
 
 KEYS_FILE = "demo-keys.json"
@@ -229,6 +230,17 @@ async def seed(
                 resolve_after=now + RESOLVE_AFTER,
                 now=now,
             )
+            if spec.slug == "paper-lantern" and outcome.session.customer_id and sale_id == sales[0]:
+                # The zine's first reader keeps a card on file for renewals: GET
+                # /v1/customers/{id}/payment_methods shows it.
+                await payment_methods.save_payment_method(
+                    database,
+                    gateway,
+                    creator_id=creator.id,
+                    customer_id=outcome.session.customer_id,
+                    token="tok_visa",  # noqa: S106 (a sandbox test token, not a secret)
+                    now=now,
+                )
             if spec.slug == "paper-lantern" and outcome.session.order_id:
                 await orders.create_refund(
                     database,
