@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
 
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Creator
@@ -124,17 +125,44 @@ def _unit_amount(price: Price, line: LineRequest, position: int) -> int:
     return price.unit_amount
 
 
+async def _price_with_product(
+    session: AsyncSession, *, price_id: str
+) -> tuple[Price, Product] | None:
+    """The price, its product and the product's variants, in one statement."""
+    row = (
+        (
+            await session.execute(
+                select(Price, Product)
+                .join(Product, Product.id == Price.product_id)
+                .where(Price.id == price_id)
+                .options(joinedload(Product.variants))
+            )
+        )
+        .unique()
+        .one_or_none()
+    )
+    return None if row is None else (row[0], row[1])
+
+
+@dataclass(frozen=True, slots=True)
+class _BuiltLines:
+    items: list[CheckoutLineItem]
+    currency: str
+
+
 async def _build_lines(
     session: AsyncSession, *, creator_id: str, lines: Sequence[LineRequest]
-) -> list[CheckoutLineItem]:
+) -> _BuiltLines:
     items: list[CheckoutLineItem] = []
     currencies: set[str] = set()
+    found: dict[str, tuple[Price, Product] | None] = {}
     for position, line in enumerate(lines):
-        price = await session.get(Price, line.price_id)
-        if price is None or price.creator_id != creator_id:
+        if line.price_id not in found:
+            found[line.price_id] = await _price_with_product(session, price_id=line.price_id)
+        pair = found[line.price_id]
+        if pair is None or pair[0].creator_id != creator_id:
             raise PriceNotPurchasable(f"line_items[{position}]: no price {line.price_id!r}")
-        product = await session.get(Product, price.product_id)
-        assert product is not None
+        price, product = pair
         if not price.is_active:
             raise PriceNotPurchasable(f"line_items[{position}]: price {price.id} is archived")
         if product.status != "published":
@@ -170,7 +198,8 @@ async def _build_lines(
         raise MixedCurrencies(
             f"line items mix currencies {sorted(currencies)}; one session, one currency"
         )
-    return items
+    (currency,) = currencies
+    return _BuiltLines(items=items, currency=currency)
 
 
 def _pick_variant(product: Product, variant_id: str | None, position: int) -> Variant:
@@ -207,12 +236,11 @@ async def create_session(
             session, creator_id=creator_id, customer_id=customer_id
         )
         customer_email = customer_email or customer.email
-    items = await _build_lines(session, creator_id=creator_id, lines=lines)
+    built = await _build_lines(session, creator_id=creator_id, lines=lines)
+    items = built.items
     total = sum(item.amount_total for item in items)
     if total > MAX_SESSION_TOTAL:
         raise InvalidLineItem(f"the session total {total} exceeds the maximum {MAX_SESSION_TOTAL}")
-    price = await session.get(Price, items[0].price_id)
-    assert price is not None
     checkout = CheckoutSession(
         id=new_id("cs"),
         creator_id=creator_id,
@@ -221,7 +249,7 @@ async def create_session(
         client_secret="",
         customer_id=customer_id,
         customer_email=customer_email,
-        currency=price.currency,
+        currency=built.currency,
         amount_subtotal=total,
         amount_total=total,
         success_url=success_url,
