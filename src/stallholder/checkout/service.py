@@ -512,15 +512,17 @@ async def _complete_sale(
     creator_id = checkout.creator_id
     email = checkout.customer_email
     assert email is not None
-    if checkout.customer_id is None:
+    # Set on the session with its status below, so the session row is updated once.
+    customer_id = checkout.customer_id
+    if customer_id is None:
         customer = await accounts.customer_for_email(
             session, creator_id=creator_id, email=email, now=now
         )
-        checkout.customer_id = customer.id
+        customer_id = customer.id
     order = await orders.create_paid_order(
         session,
         creator_id=creator_id,
-        customer_id=checkout.customer_id,
+        customer_id=customer_id,
         customer_email=email,
         checkout_session_id=checkout.id,
         attempt=attempt,
@@ -538,6 +540,7 @@ async def _complete_sale(
             for item in checkout.line_items
         ],
     )
+    checkout.customer_id = customer_id
     checkout.status = "complete"
     checkout.payment_status = "paid"
     checkout.order_id = order.id

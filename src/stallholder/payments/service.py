@@ -363,15 +363,17 @@ async def record_outcome(
     if result.reference is not None:
         values["gateway_reference"] = result.reference
     values["action_secret"] = result.action_secret if result.status == "requires_action" else None
-    changed = await session.execute(
-        update(PaymentAttempt)
-        .where(PaymentAttempt.id == call.attempt_id, PaymentAttempt.status == call.from_status)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if changed.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    return await session.get(PaymentAttempt, call.attempt_id, populate_existing=True)
+    # The updated row comes back from the same statement (RETURNING), refreshing any copy
+    # of the attempt the session already holds.
+    return (
+        await session.execute(
+            update(PaymentAttempt)
+            .where(PaymentAttempt.id == call.attempt_id, PaymentAttempt.status == call.from_status)
+            .values(**values)
+            .returning(PaymentAttempt)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+    ).scalar_one_or_none()
 
 
 async def get_attempt(session: AsyncSession, *, attempt_id: str) -> PaymentAttempt:
