@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
 from stallholder.accounts import service as accounts
-from stallholder.accounts.models import Creator
 from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import present_session
@@ -403,11 +402,10 @@ async def begin_confirm(
         return ConfirmStart(checkout, payments.gateway_call_for(latest))
     # The fees are fixed before charging: the gateway keeps the platform's side of the
     # charge (Stripe's application_fee_amount) and the order records the same numbers.
-    creator = await session.get(Creator, creator_id)
-    assert creator is not None
+    payee = await payments.get_payee(session, gateway, creator_id=creator_id)
     fees = fees_before_charge(
         checkout.amount_total,
-        orders.fee_policy_for(creator, default_fees, currency=checkout.currency),
+        orders.fee_policy_for(payee.creator, default_fees, currency=checkout.currency),
         estimated_processor_fee=gateway.estimate_processor_fee(
             amount=checkout.amount_total, currency=checkout.currency
         ),
@@ -425,6 +423,8 @@ async def begin_confirm(
         estimated_processor_fee=fees.estimated_processor_fee,
         resolve_after=resolve_after,
         now=now,
+        payee=payee,
+        latest_number=0 if latest is None else latest.attempt_number,
     )
     checkout.payment_status = "processing"
     checkout.payment_action_secret = None
