@@ -546,7 +546,6 @@ async def _complete_sale(
     checkout.order_id = order.id
     checkout.completed_at = now
     checkout.last_error_code, checkout.last_error_message = None, None
-    await session.flush()
     await events.emit(
         session,
         creator_id=creator_id,
@@ -558,6 +557,8 @@ async def _complete_sale(
             mode="json", exclude={"client_secret"}
         ),
     )
+    # One flush: the session's update and both events (order.paid and this one).
+    await session.flush()
 
 
 async def confirm_session(
