@@ -21,9 +21,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
 
 from stallholder.accounts import service as accounts
-from stallholder.accounts.models import Creator
 from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import present_session
@@ -124,17 +124,44 @@ def _unit_amount(price: Price, line: LineRequest, position: int) -> int:
     return price.unit_amount
 
 
+async def _price_with_product(
+    session: AsyncSession, *, price_id: str
+) -> tuple[Price, Product] | None:
+    """The price, its product and the product's variants, in one statement."""
+    row = (
+        (
+            await session.execute(
+                select(Price, Product)
+                .join(Product, Product.id == Price.product_id)
+                .where(Price.id == price_id)
+                .options(joinedload(Product.variants))
+            )
+        )
+        .unique()
+        .one_or_none()
+    )
+    return None if row is None else (row[0], row[1])
+
+
+@dataclass(frozen=True, slots=True)
+class _BuiltLines:
+    items: list[CheckoutLineItem]
+    currency: str
+
+
 async def _build_lines(
     session: AsyncSession, *, creator_id: str, lines: Sequence[LineRequest]
-) -> list[CheckoutLineItem]:
+) -> _BuiltLines:
     items: list[CheckoutLineItem] = []
     currencies: set[str] = set()
+    found: dict[str, tuple[Price, Product] | None] = {}
     for position, line in enumerate(lines):
-        price = await session.get(Price, line.price_id)
-        if price is None or price.creator_id != creator_id:
+        if line.price_id not in found:
+            found[line.price_id] = await _price_with_product(session, price_id=line.price_id)
+        pair = found[line.price_id]
+        if pair is None or pair[0].creator_id != creator_id:
             raise PriceNotPurchasable(f"line_items[{position}]: no price {line.price_id!r}")
-        product = await session.get(Product, price.product_id)
-        assert product is not None
+        price, product = pair
         if not price.is_active:
             raise PriceNotPurchasable(f"line_items[{position}]: price {price.id} is archived")
         if product.status != "published":
@@ -170,7 +197,8 @@ async def _build_lines(
         raise MixedCurrencies(
             f"line items mix currencies {sorted(currencies)}; one session, one currency"
         )
-    return items
+    (currency,) = currencies
+    return _BuiltLines(items=items, currency=currency)
 
 
 def _pick_variant(product: Product, variant_id: str | None, position: int) -> Variant:
@@ -207,12 +235,11 @@ async def create_session(
             session, creator_id=creator_id, customer_id=customer_id
         )
         customer_email = customer_email or customer.email
-    items = await _build_lines(session, creator_id=creator_id, lines=lines)
+    built = await _build_lines(session, creator_id=creator_id, lines=lines)
+    items = built.items
     total = sum(item.amount_total for item in items)
     if total > MAX_SESSION_TOTAL:
         raise InvalidLineItem(f"the session total {total} exceeds the maximum {MAX_SESSION_TOTAL}")
-    price = await session.get(Price, items[0].price_id)
-    assert price is not None
     checkout = CheckoutSession(
         id=new_id("cs"),
         creator_id=creator_id,
@@ -221,7 +248,7 @@ async def create_session(
         client_secret="",
         customer_id=customer_id,
         customer_email=customer_email,
-        currency=price.currency,
+        currency=built.currency,
         amount_subtotal=total,
         amount_total=total,
         success_url=success_url,
@@ -375,11 +402,10 @@ async def begin_confirm(
         return ConfirmStart(checkout, payments.gateway_call_for(latest))
     # The fees are fixed before charging: the gateway keeps the platform's side of the
     # charge (Stripe's application_fee_amount) and the order records the same numbers.
-    creator = await session.get(Creator, creator_id)
-    assert creator is not None
+    payee = await payments.get_payee(session, gateway, creator_id=creator_id)
     fees = fees_before_charge(
         checkout.amount_total,
-        orders.fee_policy_for(creator, default_fees, currency=checkout.currency),
+        orders.fee_policy_for(payee.creator, default_fees, currency=checkout.currency),
         estimated_processor_fee=gateway.estimate_processor_fee(
             amount=checkout.amount_total, currency=checkout.currency
         ),
@@ -397,6 +423,8 @@ async def begin_confirm(
         estimated_processor_fee=fees.estimated_processor_fee,
         resolve_after=resolve_after,
         now=now,
+        payee=payee,
+        latest_number=0 if latest is None else latest.attempt_number,
     )
     checkout.payment_status = "processing"
     checkout.payment_action_secret = None
@@ -484,15 +512,17 @@ async def _complete_sale(
     creator_id = checkout.creator_id
     email = checkout.customer_email
     assert email is not None
-    if checkout.customer_id is None:
+    # Set on the session with its status below, so the session row is updated once.
+    customer_id = checkout.customer_id
+    if customer_id is None:
         customer = await accounts.customer_for_email(
             session, creator_id=creator_id, email=email, now=now
         )
-        checkout.customer_id = customer.id
+        customer_id = customer.id
     order = await orders.create_paid_order(
         session,
         creator_id=creator_id,
-        customer_id=checkout.customer_id,
+        customer_id=customer_id,
         customer_email=email,
         checkout_session_id=checkout.id,
         attempt=attempt,
@@ -510,12 +540,12 @@ async def _complete_sale(
             for item in checkout.line_items
         ],
     )
+    checkout.customer_id = customer_id
     checkout.status = "complete"
     checkout.payment_status = "paid"
     checkout.order_id = order.id
     checkout.completed_at = now
     checkout.last_error_code, checkout.last_error_message = None, None
-    await session.flush()
     await events.emit(
         session,
         creator_id=creator_id,
@@ -527,6 +557,8 @@ async def _complete_sale(
             mode="json", exclude={"client_secret"}
         ),
     )
+    # One flush: the session's update and both events (order.paid and this one).
+    await session.flush()
 
 
 async def confirm_session(

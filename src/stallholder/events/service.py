@@ -25,7 +25,11 @@ class EventNotFound(NotFound):
 async def emit(
     session: AsyncSession, *, creator_id: str, type: str, data: dict[str, Any], now: datetime
 ) -> Event:
-    """Record an event in the caller's transaction: it exists if and only if the change does."""
+    """Record an event in the caller's transaction: it exists if and only if the change does.
+
+    The event is added to the session and written by its next flush (the caller's, an
+    autoflush, or the commit), so the events of one change go in one multi-row insert.
+    """
     if type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type!r}")
     event = Event(
@@ -37,7 +41,6 @@ async def emit(
         created_at=now,
     )
     session.add(event)
-    await session.flush()
     wake_after_commit(session)  # the worker dispatches the outbox
     return event
 

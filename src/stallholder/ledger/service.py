@@ -43,11 +43,19 @@ class Line:
     amount: int
 
 
-async def _bump_balance(session: AsyncSession, *, account: str, currency: str, amount: int) -> None:
-    """Atomic ``balance += amount`` (insert on first use); never read-decide-write."""
+async def _bump_balances(session: AsyncSession, *, currency: str, amounts: dict[str, int]) -> None:
+    """Atomic ``balance += amount`` for each account (insert on first use), in one
+    statement; never read-decide-write. The rows go in account order, which is the order
+    the database takes their locks in, so two postings never wait on each other in a cycle.
+    """
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(Balance).values(account=account, currency=currency, amount=amount)
+    statement = insert(Balance).values(
+        [
+            {"account": account, "currency": currency, "amount": amounts[account]}
+            for account in sorted(amounts)  # lock in key order
+        ]
+    )
     statement = statement.on_conflict_do_update(
         index_elements=[Balance.account, Balance.currency],
         set_={"amount": Balance.amount + statement.excluded.amount},
@@ -97,10 +105,12 @@ async def post(
         )
     session.add(transaction)
     await session.flush()
-    for posted in sorted(transaction.lines, key=lambda item: item.account):  # lock in key order
-        await _bump_balance(
-            session, account=posted.account, currency=currency, amount=posted.amount
-        )
+    # One row per account: a single upsert may not change the same row twice.
+    amounts: dict[str, int] = defaultdict(int)
+    for posted in transaction.lines:
+        amounts[posted.account] += posted.amount
+    if amounts:
+        await _bump_balances(session, currency=currency, amounts=amounts)
     return transaction
 
 

@@ -73,16 +73,26 @@ def fee_policy_for(creator: Creator, default: FeeSchedule, *, currency: str) -> 
     return schedule.for_currency(currency)
 
 
-async def _next_receipt_number(session: AsyncSession, creator: Creator) -> str:
-    counter = (
+@dataclass(frozen=True, slots=True)
+class _Receipt:
+    number: str
+    merchant: str
+
+
+async def _next_receipt(session: AsyncSession, *, creator_id: str) -> _Receipt:
+    """The creator's next receipt number (an atomic increment) and the merchant name the
+    receipt shows, read by the same statement."""
+    row = (
         await session.execute(
             update(Creator)
-            .where(Creator.id == creator.id)
+            .where(Creator.id == creator_id)
             .values(receipt_counter=Creator.receipt_counter + 1)
-            .returning(Creator.receipt_counter)
+            .returning(Creator.receipt_counter, Creator.slug, Creator.display_name)
         )
-    ).scalar_one()
-    return f"{creator.slug.upper()}-{counter:06d}"
+    ).one()
+    return _Receipt(
+        number=f"{row.slug.upper()}-{row.receipt_counter:06d}", merchant=row.display_name
+    )
 
 
 async def create_paid_order(
@@ -107,8 +117,6 @@ async def create_paid_order(
     """
     if (checkout_session_id is None) == (invoice_id is None):
         raise ValueError("an order comes from one checkout session or one invoice")
-    creator = await session.get(Creator, creator_id)
-    assert creator is not None
     subtotal = sum(line.amount_total for line in lines)
     if subtotal != attempt.amount:
         raise ValueError(f"order lines total {subtotal} but the payment captured {attempt.amount}")
@@ -117,6 +125,7 @@ async def create_paid_order(
         platform_fee=attempt.platform_fee,
         processor_fee=attempt.estimated_processor_fee,
     )
+    receipt = await _next_receipt(session, creator_id=creator_id)
     order = Order(
         id=new_id("ord"),
         creator_id=creator_id,
@@ -132,7 +141,7 @@ async def create_paid_order(
         amount_refunded=0,
         platform_fee=split.platform_fee,
         processor_fee=split.processor_fee,
-        receipt_number=await _next_receipt_number(session, creator),
+        receipt_number=receipt.number,
         created_at=now,
         updated_at=now,
         line_items=[
@@ -182,7 +191,7 @@ async def create_paid_order(
         creator_id=creator_id,
         type="order.paid",
         now=now,
-        data=order_out(order, merchant=creator.display_name).model_dump(mode="json"),
+        data=order_out(order, merchant=receipt.merchant).model_dump(mode="json"),
     )
     return order
 

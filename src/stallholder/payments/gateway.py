@@ -225,15 +225,12 @@ def _reference(prefix: str, key: str) -> str:
 class ChargeStore(Protocol):
     """Where the sandbox keeps what it charged, by idempotency key (a processor's memory)."""
 
-    async def recall(self, key: str) -> ChargeResult | None:
-        """The result stored for ``key`` (counting the ask), or None for a new key."""
-        ...
-
     async def remember(
         self, request: ChargeRequest, result: ChargeResult, *, is_off_session: bool
     ) -> ChargeResult:
-        """Store ``result`` for the request's key; the first stored result wins and is
-        returned when two calls with one key race."""
+        """Count a call with the request's key and return the result stored for it:
+        ``result`` for a new key, the first stored result for a known one (also when two
+        calls with one key race)."""
         ...
 
 
@@ -243,12 +240,6 @@ class MemoryChargeStore:
     def __init__(self) -> None:
         self.charges: dict[str, ChargeResult] = {}
         self.calls: dict[str, int] = {}
-
-    async def recall(self, key: str) -> ChargeResult | None:
-        found = self.charges.get(key)
-        if found is not None:
-            self.calls[key] += 1
-        return found
 
     async def remember(
         self, request: ChargeRequest, result: ChargeResult, *, is_off_session: bool
@@ -288,9 +279,8 @@ class SandboxGateway:
     async def _charge_once(self, request: ChargeRequest, *, is_off_session: bool) -> ChargeResult:
         if self.store is None:
             return self._outcome(request, is_off_session=is_off_session)
-        found = await self.store.recall(request.idempotency_key)
-        if found is not None:
-            return found
+        # The outcome is a pure function of the request; the store answers a known key
+        # with the first stored outcome instead.
         return await self.store.remember(
             request,
             self._outcome(request, is_off_session=is_off_session),

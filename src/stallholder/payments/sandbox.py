@@ -8,7 +8,7 @@ only ever called with no transaction of ours open (ADR 0007).
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from stallholder.kit.db import Database
@@ -36,18 +36,6 @@ class DatabaseChargeStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    async def recall(self, key: str) -> ChargeResult | None:
-        async with self.database.unit_of_work() as session:
-            row = (
-                await session.execute(
-                    update(SandboxCharge)
-                    .where(SandboxCharge.idempotency_key == key)
-                    .values(calls=SandboxCharge.calls + 1)
-                    .returning(SandboxCharge)
-                )
-            ).scalar_one_or_none()
-            return None if row is None else _result(row)
-
     async def remember(
         self, request: ChargeRequest, result: ChargeResult, *, is_off_session: bool
     ) -> ChargeResult:
@@ -66,21 +54,19 @@ class DatabaseChargeStore:
             "is_transient": result.is_transient,
             "calls": 1,
         }
+        # One statement: a new key stores ``result``; a known key only counts the call and
+        # returns what was stored first.
         async with self.database.unit_of_work() as session:
             insert = postgresql.insert if not self.database.is_sqlite else sqlite.insert
-            await session.execute(
-                insert(SandboxCharge)
-                .values(**values)
-                .on_conflict_do_update(
-                    index_elements=[SandboxCharge.idempotency_key],
-                    set_={"calls": SandboxCharge.calls + 1},
-                )
-            )
             row = (
                 await session.execute(
-                    select(SandboxCharge).where(
-                        SandboxCharge.idempotency_key == request.idempotency_key
+                    insert(SandboxCharge)
+                    .values(**values)
+                    .on_conflict_do_update(
+                        index_elements=[SandboxCharge.idempotency_key],
+                        set_={"calls": SandboxCharge.calls + 1},
                     )
+                    .returning(SandboxCharge)
                 )
             ).scalar_one()
             return _result(row)

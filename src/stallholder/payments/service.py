@@ -137,6 +137,36 @@ async def connected_account_for(
     ).scalar_one_or_none()
 
 
+@dataclass(frozen=True, slots=True)
+class Payee:
+    """A creator with its account reference at a gateway (None where it has none)."""
+
+    creator: Creator
+    connected_account: str | None
+
+
+async def get_payee(session: AsyncSession, gateway: Gateway, *, creator_id: str) -> Payee:
+    """The creator and its account at ``gateway``, in one statement.
+
+    Raises:
+        CreatorNotFound.
+    """
+    row = (
+        await session.execute(
+            select(Creator, ConnectedAccount.external_id)
+            .outerjoin(
+                ConnectedAccount,
+                (ConnectedAccount.creator_id == Creator.id)
+                & (ConnectedAccount.gateway == gateway.name),
+            )
+            .where(Creator.id == creator_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise CreatorNotFound(f"no creator {creator_id!r}")
+    return Payee(creator=row[0], connected_account=row[1])
+
+
 # Step 1: record the attempt -----------------------------------------------------------
 
 
@@ -225,6 +255,8 @@ async def begin_attempt(
     now: datetime,
     gateway_customer: str | None = None,
     saved_payment_method_id: str | None = None,
+    payee: Payee | None = None,
+    latest_number: int | None = None,
 ) -> PaymentAttempt:
     """Step 1: record a ``processing`` attempt; the gateway has not been called yet.
 
@@ -235,11 +267,19 @@ async def begin_attempt(
     The platform side keeps ``platform_fee + estimated_processor_fee`` (the application
     fee); where the gateway pays creators directly the rest goes to the creator's
     connected account. After ``resolve_after`` the worker may resolve the attempt.
+    A caller that has already read them passes ``payee`` (from ``get_payee`` with this
+    gateway) and ``latest_number`` (the purpose's highest attempt number read under its
+    lock, 0 for none; attempts are numbered 1, 2, … and never deleted, so it is their
+    count), and they are not read again.
 
     Raises:
         CreatorNotConnected: the gateway pays creators directly and this one has no account.
     """
-    connected_account = await connected_account_for(session, gateway, creator_id=creator_id)
+    connected_account = (
+        payee.connected_account
+        if payee is not None
+        else await connected_account_for(session, gateway, creator_id=creator_id)
+    )
     if gateway.needs_connected_account and connected_account is None:
         raise CreatorNotConnected(
             f"creator {creator_id} cannot take payments through {gateway.name} yet: the "
@@ -247,16 +287,15 @@ async def begin_attempt(
             "stripe_account and the creator completes its onboarding",
             creator=creator_id,
         )
-    attempt_number = (
-        1
-        + (
+    if latest_number is None:
+        latest_number = (
             await session.execute(
                 select(func.count())
                 .select_from(PaymentAttempt)
                 .where(PaymentAttempt.purpose == purpose, PaymentAttempt.purpose_id == purpose_id)
             )
         ).scalar_one()
-    )
+    attempt_number = 1 + latest_number
     attempt = PaymentAttempt(
         id=new_id("pay"),
         creator_id=creator_id,
@@ -363,15 +402,17 @@ async def record_outcome(
     if result.reference is not None:
         values["gateway_reference"] = result.reference
     values["action_secret"] = result.action_secret if result.status == "requires_action" else None
-    changed = await session.execute(
-        update(PaymentAttempt)
-        .where(PaymentAttempt.id == call.attempt_id, PaymentAttempt.status == call.from_status)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if changed.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    return await session.get(PaymentAttempt, call.attempt_id, populate_existing=True)
+    # The updated row comes back from the same statement (RETURNING), refreshing any copy
+    # of the attempt the session already holds.
+    return (
+        await session.execute(
+            update(PaymentAttempt)
+            .where(PaymentAttempt.id == call.attempt_id, PaymentAttempt.status == call.from_status)
+            .values(**values)
+            .returning(PaymentAttempt)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+    ).scalar_one_or_none()
 
 
 async def get_attempt(session: AsyncSession, *, attempt_id: str) -> PaymentAttempt:
