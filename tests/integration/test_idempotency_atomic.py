@@ -23,6 +23,8 @@ from stallholder.kit.idempotency import IdempotencyKey, IdempotencyMiddleware
 from stallholder.ledger import service as ledger
 from stallholder.orders import service as orders
 from stallholder.orders.models import Order, Refund
+from stallholder.payments.gateway import SandboxGateway
+from stallholder.payments.models import PaymentMethod
 from tests.conftest import Api, bearer
 
 pytestmark = pytest.mark.anyio
@@ -354,3 +356,51 @@ async def test_a_read_neither_waits_for_nor_sees_an_open_write(
             ).scalar_one()
         assert seen == 0
     assert await _keys(database) == [("k", False, None)]
+
+
+async def test_a_card_saved_again_after_a_crash_asks_the_gateway_with_the_same_key(
+    api: Api, database: Database, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saving a card calls the gateway before the request's one commit; a retry after a
+    crash there must not attach a second card at the gateway: its key comes from the
+    request's Idempotency-Key, so a real gateway answers with the first attachment."""
+    creator = await api.creator()
+    sk = creator["secret_key"]
+    customer = await api.http.post(
+        "/v1/customers", headers=bearer(sk), json={"email": "reader@example.com"}
+    )
+    path = f"/v1/customers/{customer.json()['id']}/payment_methods"
+    keys: list[str] = []
+    real_save = SandboxGateway.save_payment_method
+
+    async def recording(self: SandboxGateway, **kwargs: Any) -> Any:
+        keys.append(kwargs["idempotency_key"])
+        return await real_save(self, **kwargs)
+
+    monkeypatch.setattr(SandboxGateway, "save_payment_method", recording)
+
+    async def die(self: IdempotencyMiddleware, session: Any) -> None:
+        raise Crash
+
+    def save() -> Any:
+        return api.http.post(
+            path,
+            headers={**bearer(sk), "Idempotency-Key": "card-1"},
+            json={"token": "tok_visa"},
+        )
+
+    with monkeypatch.context() as crashing:
+        crashing.setattr(IdempotencyMiddleware, "_commit", die)
+        with pytest.raises(Crash):
+            await save()
+    clock.advance(timedelta(seconds=61))  # the dead request's lock is stale
+    retry = await save()
+    other = await api.http.post(
+        path, headers={**bearer(sk), "Idempotency-Key": "card-2"}, json={"token": "tok_visa"}
+    )
+
+    assert (retry.status_code, other.status_code) == (201, 201)
+    assert len(keys) == 3
+    assert keys[0] == keys[1]
+    assert keys[2] != keys[0]
+    assert await _count(database, PaymentMethod) == 2

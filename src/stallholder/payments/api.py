@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from stallholder.accounts.auth import AdminDep, SecretCreatorDep
 from stallholder.events import inbox
 from stallholder.kit.errors import NotFound
-from stallholder.kit.http import NowDep, SessionDep, SettingsDep
+from stallholder.kit.http import NowDep, RequestKeyDep, SessionDep, SettingsDep
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
 from stallholder.payments import methods, service
@@ -86,6 +86,7 @@ async def save_payment_method(
     creator_id: SecretCreatorDep,
     session: SessionDep,
     now: NowDep,
+    request_key: RequestKeyDep,
 ) -> PaymentMethodOut:
     """Save a tokenised card to the customer, reusable off-session (renewals, invoices).
     The customer's first saved method becomes its default."""
@@ -97,6 +98,7 @@ async def save_payment_method(
         token=body.token,
         now=now,
         session=session,
+        request_key=request_key,
     )
     return PaymentMethodOut.model_validate(method)
 

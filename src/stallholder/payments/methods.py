@@ -70,10 +70,14 @@ async def save_payment_method(
     token: str,
     now: datetime,
     session: AsyncSession | None = None,
+    request_key: str | None = None,
 ) -> PaymentMethod:
     """Save ``token`` to the customer for later off-session charges. The first method a
     customer saves becomes its default. Three steps, none holding a transaction across the
-    gateway call; the last runs on ``session`` when given.
+    gateway call; the last runs on ``session`` when given. With ``request_key`` (the
+    client's Idempotency-Key, caller-scoped and hashed) the gateway call carries a key
+    derived from it, so a retry after a crash between the gateway's answer and our record
+    gets the same saved method back instead of attaching a second one.
 
     Raises:
         CustomerNotFound, CardNumberRejected, InvalidPaymentMethod, PaymentMethodDeclined,
@@ -91,7 +95,7 @@ async def save_payment_method(
         customer_reference=existing,
         email=email,
         payment_method=token,
-        idempotency_key=f"{method_id}:save",
+        idempotency_key=f"{creator_id}:pm:{request_key}" if request_key else f"{method_id}:save",
     )
     async with session_or_unit_of_work(database, session) as writing:
         await _lock_customer(writing, customer_id=customer_id)
