@@ -25,6 +25,7 @@ from stallholder.orders import service as orders
 from stallholder.orders.models import Order, Refund
 from stallholder.payments.gateway import SandboxGateway
 from stallholder.payments.models import PaymentMethod
+from stallholder.payments.service import PaymentInProgress
 from tests.conftest import Api, bearer
 
 pytestmark = pytest.mark.anyio
@@ -404,3 +405,34 @@ async def test_a_card_saved_again_after_a_crash_asks_the_gateway_with_the_same_k
     assert keys[0] == keys[1]
     assert keys[2] != keys[0]
     assert await _count(database, PaymentMethod) == 2
+
+
+async def test_two_refunds_begun_under_one_request_key_at_once_make_one(
+    api: Api, database: Database, clock: FrozenClock
+) -> None:
+    """The race a lock takeover allows: both requests under one key pass the lookup and
+    begin a refund; the second is a retryable 409, not a 500, and only one is pending."""
+    _, order_id = await _paid_order(api)
+    async with database.read() as session:
+        owner = (await session.execute(select(Order.creator_id))).scalar_one()
+
+    async def begin() -> None:
+        async with database.unit_of_work() as session:
+            await orders.begin_refund(
+                session,
+                creator_id=owner,
+                order_id=order_id,
+                amount=300,
+                reason=None,
+                resolve_after=clock.now(),
+                now=clock.now(),
+                request_key="k" * 64,
+            )
+
+    await begin()
+    with pytest.raises(PaymentInProgress) as raised:
+        await begin()
+
+    assert raised.value.status == 409
+    assert raised.value.headers() == {"Retry-After": "2"}
+    assert await _refunded(database, order_id) == (0, [300])

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Creator
 from stallholder.events import service as events
 from stallholder.kit import work
-from stallholder.kit.db import Database, session_or_unit_of_work
+from stallholder.kit.db import Database, is_unique_violation, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
@@ -320,7 +321,16 @@ async def begin_refund(
         created_at=now,
     )
     session.add(refund)
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError as error:
+        # Two requests under one Idempotency-Key at once (a retry took over a request
+        # that was still running): the first begun refund is the one; this one waits.
+        if not is_unique_violation(error, "uq_refunds_request_key"):
+            raise
+        raise payments.PaymentInProgress(
+            "a refund under this Idempotency-Key is being made; retry shortly"
+        ) from error
     await schedule_settlement(
         session, refund_id=refund.id, creator_id=creator_id, due_at=resolve_after, now=now
     )
