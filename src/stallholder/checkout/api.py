@@ -64,6 +64,7 @@ async def create_session(
         cancel_url=str(body.cancel_url) if body.cancel_url else None,
         ttl=timedelta(seconds=settings.checkout_session_ttl_seconds),
         now=now,
+        shipping_address=body.shipping_address.to_address() if body.shipping_address else None,
     )
     return session_out(checkout, settings=settings, now=now)
 
@@ -96,6 +97,10 @@ async def get_session(
     responses={
         402: {"description": "The payment was declined or failed"},
         409: {"description": "The session expired, or its payment is still in progress"},
+        422: {
+            "description": "A field is invalid, or the session ships physical items and "
+            "has no shipping_address yet (`shipping-address-required`)"
+        },
     },
 )
 async def confirm_session(
@@ -130,6 +135,7 @@ async def confirm_session(
         resolve_after=now + settings.payment_resolve_after(),
         now=now,
         session=session,
+        shipping_address=body.shipping_address.to_address() if body.shipping_address else None,
     )
     if outcome.error is not None:
         return problem_response(outcome.error, instance=f"/v1/checkout/sessions/{session_id}")
