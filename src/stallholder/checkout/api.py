@@ -19,6 +19,7 @@ from stallholder.checkout.schemas import (
     LinkUpdate,
     SessionCreate,
     SessionOut,
+    SessionUpdate,
     link_out,
     present_session,
 )
@@ -88,6 +89,39 @@ async def get_session(
     )
     if principal.kind == "publishable" and client_secret is None:
         raise service.SessionNotFound(f"no checkout session {session_id!r}")
+    return session_out(checkout, settings=settings, now=now)
+
+
+@router.post(
+    "/checkout/sessions/{session_id}",
+    response_model=SessionOut,
+    responses={
+        409: {"description": "The session expired, or is paid or being paid"},
+        422: {"description": "The address is invalid or the seller does not ship there"},
+    },
+)
+async def update_session(
+    session_id: str,
+    body: SessionUpdate,
+    principal: PrincipalDep,
+    creator_id: AnyCreatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> SessionOut:
+    """Set or replace the shipping address of an open session (secret key, or publishable
+    key with the ``client_secret``): the rate is chosen and ``amount_shipping`` and
+    ``amount_total`` change, so the buyer sees them before confirming."""
+    if principal.kind == "publishable" and not body.client_secret:
+        raise service.SessionNotFound(f"no checkout session {session_id!r}")
+    checkout = await service.set_shipping_address(
+        session,
+        creator_id=creator_id,
+        session_id=session_id,
+        client_secret=body.client_secret if principal.kind == "publishable" else None,
+        address=body.shipping_address.to_address(),
+        now=now,
+    )
     return session_out(checkout, settings=settings, now=now)
 
 

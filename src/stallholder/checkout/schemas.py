@@ -39,6 +39,12 @@ class ConfirmIn(Input):
     shipping_address: ShippingAddressIn | None = None
 
 
+class SessionUpdate(Input):
+    shipping_address: ShippingAddressIn
+    # With a publishable key, the session's client secret proves the caller is its buyer.
+    client_secret: str | None = Field(default=None, max_length=100)
+
+
 class LinkCreate(Input):
     line_items: list[LineItemIn] = Field(min_length=1, max_length=100)
     success_url: AnyHttpUrl | None = None

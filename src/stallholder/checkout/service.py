@@ -417,6 +417,44 @@ async def get_session(
     return checkout
 
 
+async def set_shipping_address(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    session_id: str,
+    client_secret: str | None,
+    address: ShippingAddress,
+    now: datetime,
+) -> CheckoutSession:
+    """Set or replace an open session's shipping address, so the buyer sees the shipping
+    line and the new total before paying.
+
+    Raises:
+        SessionNotFound, SessionExpired, ShippingAddressLocked (complete, or a payment is
+        under way), InvalidShippingAddress, ShippingUnavailable, ShippingNotRequired.
+    """
+    checkout = await get_session(
+        session,
+        creator_id=creator_id,
+        session_id=session_id,
+        client_secret=client_secret,
+        for_update=True,
+    )
+    if checkout.status == "complete" or checkout.payment_status in {
+        "processing",
+        "requires_action",
+    }:
+        raise ShippingAddressLocked(
+            f"checkout session {checkout.id} is {checkout.status} with payment "
+            f"{checkout.payment_status}; its shipping address can no longer change"
+        )
+    if effective_status(checkout, now) == "expired":
+        raise _expired(checkout)
+    await _set_shipping(session, checkout, address)
+    await session.flush()
+    return checkout
+
+
 @dataclass(frozen=True, slots=True)
 class ConfirmStart:
     """What step 1 decided: the gateway call to make, or None when there is nothing to

