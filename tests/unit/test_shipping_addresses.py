@@ -47,7 +47,7 @@ def test_a_us_zip_must_match_the_state() -> None:
     )
     assert list(fields(address)) == ["postal_code"]
     assert fields(address)["postal_code"] == (
-        "not a valid zip for this address in United States (e.g. 95014, 22162-1010)"
+        "not a valid ZIP code for this address in United States (e.g. 95014, 22162-1010)"
     )
 
 

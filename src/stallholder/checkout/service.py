@@ -430,8 +430,9 @@ async def set_shipping_address(
     line and the new total before paying.
 
     Raises:
-        SessionNotFound, SessionExpired, ShippingAddressLocked (complete, or a payment is
-        under way), InvalidShippingAddress, ShippingUnavailable, ShippingNotRequired.
+        SessionNotFound, SessionExpired, PaymentInProgress, ShippingAddressLocked (paid, or
+        a charge waits for authentication), InvalidShippingAddress, ShippingUnavailable,
+        ShippingNotRequired.
     """
     checkout = await get_session(
         session,
@@ -440,19 +441,32 @@ async def set_shipping_address(
         client_secret=client_secret,
         for_update=True,
     )
-    if checkout.status == "complete" or checkout.payment_status in {
-        "processing",
-        "requires_action",
-    }:
+    if checkout.status == "complete":
         raise ShippingAddressLocked(
-            f"checkout session {checkout.id} is {checkout.status} with payment "
-            f"{checkout.payment_status}; its shipping address can no longer change"
+            f"checkout session {checkout.id} is paid; its shipping address can no longer change"
+        )
+    latest = await payments.latest_attempt(session, purpose=PURPOSE, purpose_id=checkout.id)
+    if latest is not None and latest.status == "processing":
+        raise payments.in_progress_error(latest)
+    if _is_waiting(latest):
+        raise ShippingAddressLocked(
+            f"checkout session {checkout.id} has a payment waiting for authentication for "
+            "the amount it has; its shipping address cannot change until that is settled"
         )
     if effective_status(checkout, now) == "expired":
         raise _expired(checkout)
     await _set_shipping(session, checkout, address)
     await session.flush()
     return checkout
+
+
+def _is_waiting(latest: PaymentAttempt | None) -> bool:
+    """A charge at the gateway waits for the buyer to authenticate: its amount is fixed."""
+    return (
+        latest is not None
+        and latest.status == "requires_action"
+        and latest.gateway_reference is not None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,11 +524,7 @@ async def begin_confirm(
     latest = await payments.latest_attempt(session, purpose=PURPOSE, purpose_id=checkout.id)
     if latest is not None and latest.status == "processing":
         raise payments.in_progress_error(latest)
-    is_waiting = (
-        latest is not None
-        and latest.status == "requires_action"
-        and latest.gateway_reference is not None
-    )
+    is_waiting = _is_waiting(latest)
     # A charge waiting for authentication may have succeeded: it completes the sale even
     # past expiry (the buyer has paid), so expiry is judged on its outcome (step 3).
     if not is_waiting and effective_status(checkout, now) == "expired":

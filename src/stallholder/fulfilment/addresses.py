@@ -37,6 +37,10 @@ _FIELD_NAMES = {
 }
 
 
+# What the country calls its postal code, by the data's ``postal_code_type``.
+_POSTAL_CODE_NAMES = {"zip": "ZIP code", "pin": "PIN code", "eircode": "Eircode"}
+
+
 class InvalidShippingAddress(ValidationFailed):
     slug = "invalid-shipping-address"
     title = "The shipping address is not valid for its country"
@@ -119,7 +123,8 @@ def _message(field: str, code: str, rules: Any) -> str:
     if field == "postal_code" and rules is not None:
         examples = ", ".join(rules.postal_code_examples[:2])
         return (
-            f"not a valid {rules.postal_code_type.replace('_', ' ')} for this address in "
+            f"not a valid {_POSTAL_CODE_NAMES.get(rules.postal_code_type, 'postal code')} "
+            f"for this address in "
             f"{country}" + (f" (e.g. {examples})" if examples else "")
         )
     if field == "country_area" and rules is not None:
