@@ -28,7 +28,9 @@ class CheckoutSession(Base):
     # needs an address before it is paid; the rate quoted for it is fixed with it.
     requires_shipping: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     shipping_weight_grams: Mapped[int] = mapped_column(default=0, server_default="0")
-    shipping_address: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    shipping_address: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), default=None
+    )
     shipping_rate_id: Mapped[str | None] = mapped_column(String(40), default=None)
     shipping_rate_name: Mapped[str | None] = mapped_column(String(100), default=None)
     amount_shipping: Mapped[int] = mapped_column(default=0, server_default="0")

@@ -21,11 +21,13 @@ class ShippingRate(Base):
     display_name: Mapped[str] = mapped_column(String(100))
     currency: Mapped[str] = mapped_column(String(3))
     # Upper-case ISO 3166-1 alpha-2 codes, sorted; None: every country no other zone names.
-    countries: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    countries: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), default=None)
     type: Mapped[str] = mapped_column(String(16))  # flat | by_weight
     amount: Mapped[int | None] = mapped_column(default=None)
     # [{"up_to_grams": int, "amount": int}, ...] ascending, for ``by_weight``.
-    weight_bands: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    weight_bands: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON(none_as_null=True), default=None
+    )
     free_shipping_threshold: Mapped[int | None] = mapped_column(default=None)
     is_active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime]

@@ -25,7 +25,9 @@ class Order(Base):
     amount_subtotal: Mapped[int]
     # The shipping line (docs/shipping.md): ``amount_total = amount_subtotal + amount_shipping``.
     amount_shipping: Mapped[int] = mapped_column(default=0, server_default="0")
-    shipping_address: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    shipping_address: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), default=None
+    )
     shipping_rate_id: Mapped[str | None] = mapped_column(String(40), default=None)
     shipping_rate_name: Mapped[str | None] = mapped_column(String(100), default=None)
     amount_total: Mapped[int]
