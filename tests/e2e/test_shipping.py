@@ -279,6 +279,16 @@ async def test_confirm_refuses_a_physical_session_without_an_address_then_ships_
     assert report.is_clean
     assert (report.transactions_checked, report.accounts_checked) == (1, 4)
 
+    # Refunding the postage (500) reverses the payment in proportion, like any refund:
+    # the creator gives back ⌊500 × 4861 / 5300⌋ = 458, the fees the other 42.
+    refund = await api.http.post(
+        "/v1/refunds", headers=bearer(sk), json={"order": order["id"], "amount": 500}
+    )
+    assert refund.status_code == 201, refund.text
+    balance = (await api.http.get("/v1/balance", headers=bearer(sk))).json()
+    assert balance["available"] == [{"amount": 4403, "currency": "gbp"}]
+    assert (await _verify(database)).is_clean
+
 
 async def test_an_address_at_create_chooses_the_zone_rate(api: Api) -> None:
     sk, _, price = await _shop(api)
