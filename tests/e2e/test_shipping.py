@@ -9,12 +9,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.app import create_app
+from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
+from stallholder.notifications.models import Email
 from stallholder.payments.stripe_gateway import StripeGateway
 from stallholder.settings import Settings
 from tests.conftest import ADMIN_KEY, Api, bearer
@@ -603,3 +606,23 @@ async def test_the_hosted_page_asks_for_the_address_and_shows_shipping_before_pa
         5300,
         "London",
     )
+
+
+async def test_the_receipt_email_shows_the_shipping_line_and_where_it_ships(
+    api: Api, database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    sk, _, price = await _shop(api)
+    session = (await _session(api, sk, price["id"], shipping_address=LONDON)).json()
+    assert (await _confirm(api, sk, session["id"])).status_code == 200
+
+    await Worker(database, clock, settings=settings).run_once()  # order.paid → the receipt
+
+    async with database.unit_of_work() as db:
+        [email] = (await db.execute(select(Email).where(Email.kind == "receipt"))).scalars()
+    assert (
+        "1 × Winter mug: £48.00\n\n"
+        "Subtotal: £48.00\n"
+        "Shipping (Royal Mail Tracked): £5.00\n"
+        "Total paid: £53.00\n\n"
+        "Ships to:\nAda Lovelace\n10 Downing St\nLONDON\nSW1A 2AA\nUNITED KINGDOM\n"
+    ) in email.text_body

