@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stallholder.fulfilment.rates import Quote, Rate, WeightBand, choose_rate, rate_amount
 
@@ -140,3 +142,68 @@ def test_a_rate_is_priced_one_way_and_its_bands_go_up() -> None:
             countries=None,
             weight_bands=(WeightBand(500, 1), WeightBand(500, 2)),
         )
+
+
+COUNTRIES = ["GB", "DE", "FR", "US", "JP"]
+
+
+@st.composite
+def rate_sets(draw: st.DrawFn) -> list[Rate]:
+    rates = []
+    for index in range(draw(st.integers(0, 6))):
+        countries = draw(
+            st.one_of(st.none(), st.frozensets(st.sampled_from(COUNTRIES), min_size=1))
+        )
+        if draw(st.booleans()):
+            limits = sorted(draw(st.sets(st.integers(1, 5000), min_size=1, max_size=4)))
+            bands = tuple(WeightBand(limit, draw(st.integers(0, 5000))) for limit in limits)
+            rate = Rate(
+                id=f"shr_{index}",
+                display_name=f"rate {index}",
+                currency=draw(st.sampled_from(["gbp", "usd"])),
+                countries=countries,
+                weight_bands=bands,
+                free_shipping_threshold=draw(st.one_of(st.none(), st.integers(0, 20_000))),
+            )
+        else:
+            rate = Rate(
+                id=f"shr_{index}",
+                display_name=f"rate {index}",
+                currency=draw(st.sampled_from(["gbp", "usd"])),
+                countries=countries,
+                amount=draw(st.integers(0, 5000)),
+                free_shipping_threshold=draw(st.one_of(st.none(), st.integers(0, 20_000))),
+            )
+        rates.append(rate)
+    return rates
+
+
+@given(
+    rates=rate_sets(),
+    country=st.sampled_from(COUNTRIES),
+    currency=st.sampled_from(["gbp", "usd"]),
+    subtotal=st.integers(0, 30_000),
+    weight=st.integers(0, 6000),
+)
+def test_the_choice_is_the_first_cheapest_rate_of_the_country_zone(
+    rates: list[Rate], country: str, currency: str, subtotal: int, weight: int
+) -> None:
+    chosen = choose_rate(
+        rates, country=country, currency=currency, subtotal=subtotal, weight_grams=weight
+    )
+    in_currency = [r for r in rates if r.currency == currency]
+    named = [r for r in in_currency if r.countries is not None and country in r.countries]
+    zone = named or [r for r in in_currency if r.countries is None]
+    priced = [
+        (amount, position, rate)
+        for position, rate in enumerate(zone)
+        if (amount := rate_amount(rate, subtotal=subtotal, weight_grams=weight)) is not None
+    ]
+    if not priced:
+        assert chosen is None
+        return
+    amount, _, rate = min(priced, key=lambda item: (item[0], item[1]))
+    assert chosen == Quote(rate.id, rate.display_name, amount)
+    assert chosen.amount >= 0
+    if rate.free_shipping_threshold is not None and subtotal >= rate.free_shipping_threshold:
+        assert chosen.amount == 0
