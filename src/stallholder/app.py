@@ -26,6 +26,7 @@ from stallholder.catalog.api import router as catalog_router
 from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
 from stallholder.events.api import router as events_router
+from stallholder.fulfilment.api import router as shipping_router
 from stallholder.jobs.worker import Worker
 from stallholder.kit import openapi
 from stallholder.kit.clock import Clock, SystemClock
@@ -292,6 +293,7 @@ def create_app(
         ledger_router,
         events_router,
         payments_router,
+        shipping_router,
     ):
         app.include_router(router)
     app.include_router(pages_router)

@@ -20,6 +20,8 @@ from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Creator
 from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
+from stallholder.fulfilment import service as fulfilment
+from stallholder.fulfilment.addresses import ShippingAddress
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
 from stallholder.ledger.fees import FeeSchedule
@@ -48,6 +50,9 @@ class DemoCreator:
     email: str
     products: tuple[DemoProduct, ...]
     sales: tuple[tuple[int, int, str], ...] = field(default=())  # (product index, quantity, email)
+    # A creator with rates ships its physical goods; its demo sales go to ``ship_to``.
+    shipping_rates: tuple[fulfilment.RateSpec, ...] = ()
+    ship_to: ShippingAddress | None = None
 
 
 USD = "usd"
@@ -111,6 +116,34 @@ CREATORS = (
             ),
         ),
         sales=((0, 1, "mug.lover@example.com"),),
+        shipping_rates=(
+            fulfilment.RateSpec(
+                display_name="USPS Ground Advantage",
+                countries=("US",),
+                currency=USD,
+                type="flat",
+                amount=800,
+                weight_bands=None,
+                free_shipping_threshold=10_000,
+            ),
+            fulfilment.RateSpec(
+                display_name="International tracked",
+                countries=None,
+                currency=USD,
+                type="flat",
+                amount=2400,
+                weight_bands=None,
+                free_shipping_threshold=None,
+            ),
+        ),
+        ship_to=ShippingAddress(
+            name="Mug Lover",
+            line1="350 Fifth Avenue",
+            city="New York",
+            state="NY",
+            postal_code="10118",
+            country="US",
+        ),
     ),
     DemoCreator(
         slug="ink-fox",
@@ -201,6 +234,8 @@ async def seed(
                     now=now,
                 )
                 price_ids.append(price.id)
+            for rate in spec.shipping_rates:
+                await fulfilment.create_rate(session, creator_id=creator.id, spec=rate, now=now)
             sales = []
             for index, quantity, email in spec.sales:
                 sale = await checkout.create_session(
@@ -213,6 +248,7 @@ async def seed(
                     cancel_url=None,
                     ttl=timedelta(minutes=30),
                     now=now,
+                    shipping_address=spec.ship_to,
                 )
                 sales.append(sale.id)
         # Paying calls the gateway, which happens with no transaction open (ADR 0007).

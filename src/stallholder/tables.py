@@ -4,6 +4,7 @@ from stallholder.accounts import models as accounts_models
 from stallholder.catalog import models as catalog_models
 from stallholder.checkout import models as checkout_models
 from stallholder.events import models as events_models
+from stallholder.fulfilment import models as fulfilment_models
 from stallholder.kit import idempotency, work
 from stallholder.kit.db import Base
 from stallholder.ledger import models as ledger_models
@@ -18,6 +19,7 @@ __all__ = [
     "catalog_models",
     "checkout_models",
     "events_models",
+    "fulfilment_models",
     "idempotency",
     "ledger_models",
     "metadata",

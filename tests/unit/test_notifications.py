@@ -286,3 +286,32 @@ async def test_eml_files_are_named_by_date_and_email_and_rewritten_on_resend(
     path = tmp_path / "mail" / "20260301T120000Z-em_0abc.eml"
     assert sorted(p.name for p in (tmp_path / "mail").iterdir()) == [path.name]
     assert path.read_bytes() == message.as_bytes(policy=default.clone(linesep="\r\n"))
+
+
+def test_a_shipped_receipt_shows_the_shipping_line_and_the_address() -> None:
+    rendered = render(
+        "receipt",
+        {
+            **RECEIPT_CONTEXT,
+            "amount_total": 3750,
+            "shipping": {
+                "display_name": "USPS <Ground>",
+                "amount": 500,
+                "address_lines": ["Mug Lover", "350 Fifth Avenue", "NEW YORK, NY 10118"],
+            },
+        },
+    )
+    assert (
+        "Subtotal: $32.50\nShipping (USPS <Ground>): $5.00\nTotal paid: $37.50\n\n"
+        "Ships to:\nMug Lover\n350 Fifth Avenue\nNEW YORK, NY 10118\n\nSent on behalf"
+    ) in rendered.text
+    assert '<td style="padding:6px 0">Shipping (USPS &lt;Ground&gt;)</td>' in rendered.html
+    assert (
+        "<p>Ships to:<br>Mug Lover<br>350 Fifth Avenue<br>NEW YORK, NY 10118</p>" in rendered.html
+    )
+
+
+def test_address_lines_are_escaped_in_the_html_receipt() -> None:
+    shipping = {"display_name": "Post", "amount": 0, "address_lines": ["<b>Ada</b>", "1 St"]}
+    rendered = render("receipt", {**RECEIPT_CONTEXT, "shipping": shipping})
+    assert "<p>Ships to:<br>&lt;b&gt;Ada&lt;/b&gt;<br>1 St</p>" in rendered.html

@@ -19,6 +19,7 @@ from stallholder.checkout.schemas import (
     LinkUpdate,
     SessionCreate,
     SessionOut,
+    SessionUpdate,
     link_out,
     present_session,
 )
@@ -64,6 +65,7 @@ async def create_session(
         cancel_url=str(body.cancel_url) if body.cancel_url else None,
         ttl=timedelta(seconds=settings.checkout_session_ttl_seconds),
         now=now,
+        shipping_address=body.shipping_address.to_address() if body.shipping_address else None,
     )
     return session_out(checkout, settings=settings, now=now)
 
@@ -91,11 +93,48 @@ async def get_session(
 
 
 @router.post(
+    "/checkout/sessions/{session_id}",
+    response_model=SessionOut,
+    responses={
+        409: {"description": "The session expired, or is paid or being paid"},
+        422: {"description": "The address is invalid or the seller does not ship there"},
+    },
+)
+async def update_session(
+    session_id: str,
+    body: SessionUpdate,
+    principal: PrincipalDep,
+    creator_id: AnyCreatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> SessionOut:
+    """Set or replace the shipping address of an open session (secret key, or publishable
+    key with the ``client_secret``): the rate is chosen and ``amount_shipping`` and
+    ``amount_total`` change, so the buyer sees them before confirming."""
+    if principal.kind == "publishable" and not body.client_secret:
+        raise service.SessionNotFound(f"no checkout session {session_id!r}")
+    checkout = await service.set_shipping_address(
+        session,
+        creator_id=creator_id,
+        session_id=session_id,
+        client_secret=body.client_secret if principal.kind == "publishable" else None,
+        address=body.shipping_address.to_address(),
+        now=now,
+    )
+    return session_out(checkout, settings=settings, now=now)
+
+
+@router.post(
     "/checkout/sessions/{session_id}/confirm",
     response_model=SessionOut,
     responses={
         402: {"description": "The payment was declined or failed"},
         409: {"description": "The session expired, or its payment is still in progress"},
+        422: {
+            "description": "A field is invalid, or the session ships physical items and "
+            "has no shipping_address yet (`shipping-address-required`)"
+        },
     },
 )
 async def confirm_session(
@@ -130,6 +169,7 @@ async def confirm_session(
         resolve_after=now + settings.payment_resolve_after(),
         now=now,
         session=session,
+        shipping_address=body.shipping_address.to_address() if body.shipping_address else None,
     )
     if outcome.error is not None:
         return problem_response(outcome.error, instance=f"/v1/checkout/sessions/{session_id}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String
+from sqlalchemy import JSON, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from stallholder.kit.db import Base, SerialPK
@@ -24,6 +24,16 @@ class CheckoutSession(Base):
     currency: Mapped[str] = mapped_column(String(3))
     amount_subtotal: Mapped[int]
     amount_total: Mapped[int]
+    # Shipping (docs/shipping.md): a session with physical items from a creator who ships
+    # needs an address before it is paid; the rate quoted for it is fixed with it.
+    requires_shipping: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    shipping_weight_grams: Mapped[int] = mapped_column(default=0, server_default="0")
+    shipping_address: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), default=None
+    )
+    shipping_rate_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    shipping_rate_name: Mapped[str | None] = mapped_column(String(100), default=None)
+    amount_shipping: Mapped[int] = mapped_column(default=0, server_default="0")
     success_url: Mapped[str | None] = mapped_column(String(2000), default=None)
     cancel_url: Mapped[str | None] = mapped_column(String(2000), default=None)
     checkout_link_id: Mapped[str | None] = mapped_column(String(40), default=None)

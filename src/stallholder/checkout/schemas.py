@@ -6,7 +6,9 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, Field, StrictInt
 
 from stallholder.checkout.models import CheckoutLink, CheckoutSession
+from stallholder.fulfilment.schemas import ShippingAddressIn
 from stallholder.kit.schemas import Amount, Email, Input
+from stallholder.orders.schemas import ShippingAddressOut
 
 
 class LineItemIn(Input):
@@ -23,6 +25,8 @@ class SessionCreate(Input):
     customer_email: Email | None = None
     success_url: AnyHttpUrl | None = None
     cancel_url: AnyHttpUrl | None = None
+    # Optional here; a session with physical items needs it before it is paid.
+    shipping_address: ShippingAddressIn | None = None
 
 
 class ConfirmIn(Input):
@@ -31,6 +35,14 @@ class ConfirmIn(Input):
     client_secret: str | None = Field(default=None, max_length=100)
     # For sessions opened without a customer (checkout links): who gets the receipt.
     customer_email: Email | None = None
+    # Sets or replaces the session's shipping address (and so its shipping line).
+    shipping_address: ShippingAddressIn | None = None
+
+
+class SessionUpdate(Input):
+    shipping_address: ShippingAddressIn
+    # With a publishable key, the session's client secret proves the caller is its buyer.
+    client_secret: str | None = Field(default=None, max_length=100)
 
 
 class LinkCreate(Input):
@@ -67,6 +79,14 @@ class PaymentErrorOut(BaseModel):
     message: str | None
 
 
+class ShippingRateChosen(BaseModel):
+    """The rate chosen for the session's address and what it charges."""
+
+    id: str
+    display_name: str
+    amount: int
+
+
 class SessionOut(BaseModel):
     object: Literal["checkout.session"] = "checkout.session"
     id: str
@@ -76,7 +96,11 @@ class SessionOut(BaseModel):
     url: str
     currency: str
     amount_subtotal: int
+    amount_shipping: int
     amount_total: int
+    requires_shipping: bool
+    shipping_address: ShippingAddressOut | None
+    shipping_rate: ShippingRateChosen | None
     customer: str | None
     customer_email: str | None
     line_items: list[LineItemOut]
@@ -127,7 +151,19 @@ def present_session(checkout: CheckoutSession, *, base_url: str, status: str) ->
         url=f"{base_url}/checkout/{checkout.id}",
         currency=checkout.currency,
         amount_subtotal=checkout.amount_subtotal,
+        amount_shipping=checkout.amount_shipping,
         amount_total=checkout.amount_total,
+        requires_shipping=checkout.requires_shipping,
+        shipping_address=None
+        if checkout.shipping_address is None
+        else ShippingAddressOut.model_validate(checkout.shipping_address),
+        shipping_rate=None
+        if checkout.shipping_rate_id is None or checkout.shipping_rate_name is None
+        else ShippingRateChosen(
+            id=checkout.shipping_rate_id,
+            display_name=checkout.shipping_rate_name,
+            amount=checkout.amount_shipping,
+        ),
         customer=checkout.customer_id,
         customer_email=checkout.customer_email,
         line_items=[

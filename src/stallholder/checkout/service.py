@@ -28,9 +28,17 @@ from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import present_session
 from stallholder.events import service as events
+from stallholder.fulfilment import service as fulfilment
+from stallholder.fulfilment.addresses import ShippingAddress, validate_address
 from stallholder.kit import work
 from stallholder.kit.db import Database, session_or_unit_of_work
-from stallholder.kit.errors import Conflict, DomainError, InvalidRequest, NotFound
+from stallholder.kit.errors import (
+    Conflict,
+    DomainError,
+    InvalidRequest,
+    NotFound,
+    ValidationFailed,
+)
 from stallholder.kit.ids import new_id, new_secret
 from stallholder.ledger.fees import FeeSchedule, fees_before_charge
 from stallholder.orders import service as orders
@@ -77,6 +85,28 @@ class MixedCurrencies(InvalidRequest):
 class EmailRequired(InvalidRequest):
     slug = "customer-email-required"
     title = "The buyer's email is needed"
+
+
+class ShippingAddressRequired(ValidationFailed):
+    """422, not 409: the remedy is a field of the same request (``shipping_address`` on
+    the confirm), not waiting for the session to change."""
+
+    slug = "shipping-address-required"
+    title = "The session ships physical items and needs a shipping address"
+
+
+class ShippingNotRequired(ValidationFailed):
+    slug = "shipping-not-required"
+    title = "The session has nothing to ship"
+
+
+class ShippingAddressLocked(Conflict):
+    slug = "shipping-address-locked"
+    title = "The shipping address cannot change while a payment is waiting"
+
+
+def _field_error(error: type[ValidationFailed], field: str, message: str) -> ValidationFailed:
+    return error(f"{field}: {message}", errors=[{"loc": field, "msg": message, "type": "shipping"}])
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +177,10 @@ async def _price_with_product(
 class _BuiltLines:
     items: list[CheckoutLineItem]
     currency: str
+    # Whether any line is a physical product, and what the physical lines weigh (a variant
+    # without a weight counts as 0 g).
+    has_physical: bool = False
+    weight_grams: int = 0
 
 
 async def _build_lines(
@@ -154,6 +188,7 @@ async def _build_lines(
 ) -> _BuiltLines:
     items: list[CheckoutLineItem] = []
     currencies: set[str] = set()
+    has_physical, weight_grams = False, 0
     found: dict[str, tuple[Price, Product] | None] = {}
     for position, line in enumerate(lines):
         if line.price_id not in found:
@@ -177,6 +212,9 @@ async def _build_lines(
         currencies.add(price.currency)
         variant = _pick_variant(product, line.variant_id, position)
         unit_amount = _unit_amount(price, line, position)
+        if product.kind == "physical":
+            has_physical = True
+            weight_grams += (variant.weight_grams or 0) * line.quantity
         items.append(
             CheckoutLineItem(
                 creator_id=creator_id,
@@ -198,7 +236,9 @@ async def _build_lines(
             f"line items mix currencies {sorted(currencies)}; one session, one currency"
         )
     (currency,) = currencies
-    return _BuiltLines(items=items, currency=currency)
+    return _BuiltLines(
+        items=items, currency=currency, has_physical=has_physical, weight_grams=weight_grams
+    )
 
 
 def _pick_variant(product: Product, variant_id: str | None, position: int) -> Variant:
@@ -224,11 +264,17 @@ async def create_session(
     ttl: timedelta,
     now: datetime,
     checkout_link_id: str | None = None,
+    shipping_address: ShippingAddress | None = None,
 ) -> CheckoutSession:
     """An open session for ``lines``, priced now and held for ``ttl``.
 
+    A session with physical items from a creator who ships (has an active shipping rate)
+    ``requires_shipping``: it is paid only once it has an address, given here or at
+    confirm; the rate for the address is chosen and priced when the address is set.
+
     Raises:
-        PriceNotPurchasable, InvalidLineItem, MixedCurrencies, CustomerNotFound.
+        PriceNotPurchasable, InvalidLineItem, MixedCurrencies, CustomerNotFound,
+        InvalidShippingAddress, ShippingUnavailable, ShippingNotRequired.
     """
     if customer_id is not None:
         customer = await accounts.get_customer(
@@ -251,6 +297,10 @@ async def create_session(
         currency=built.currency,
         amount_subtotal=total,
         amount_total=total,
+        requires_shipping=built.has_physical
+        and await fulfilment.creator_ships(session, creator_id=creator_id),
+        shipping_weight_grams=built.weight_grams,
+        amount_shipping=0,
         success_url=success_url,
         cancel_url=cancel_url,
         checkout_link_id=checkout_link_id,
@@ -258,6 +308,8 @@ async def create_session(
         created_at=now,
         line_items=items,
     )
+    if shipping_address is not None:
+        await _set_shipping(session, checkout, shipping_address)
     checkout.client_secret = f"{checkout.id}_secret_{new_secret('x')[2:26]}"
     session.add(checkout)
     await session.flush()
@@ -271,6 +323,39 @@ async def create_session(
         creator_id=creator_id,
     )
     return checkout
+
+
+async def _set_shipping(
+    session: AsyncSession, checkout: CheckoutSession, address: ShippingAddress
+) -> None:
+    """Check ``address``, choose and price its rate, and put both on the session with the
+    new total (nothing changes when any of it fails)."""
+    if not checkout.requires_shipping:
+        raise _field_error(
+            ShippingNotRequired,
+            "shipping_address",
+            "this session has no physical items to ship (or the seller does not ship); "
+            "leave it out",
+        )
+    normal = validate_address(address)
+    quote = await fulfilment.quote(
+        session,
+        creator_id=checkout.creator_id,
+        country=normal.country,
+        currency=checkout.currency,
+        subtotal=checkout.amount_subtotal,
+        weight_grams=checkout.shipping_weight_grams,
+    )
+    total = checkout.amount_subtotal + quote.amount
+    if total > MAX_SESSION_TOTAL:
+        raise InvalidLineItem(
+            f"the session total {total} with shipping exceeds the maximum {MAX_SESSION_TOTAL}"
+        )
+    checkout.shipping_address = normal.as_dict()
+    checkout.shipping_rate_id = quote.rate_id
+    checkout.shipping_rate_name = quote.display_name
+    checkout.amount_shipping = quote.amount
+    checkout.amount_total = total
 
 
 async def get_session_by_id(session: AsyncSession, *, session_id: str) -> CheckoutSession:
@@ -332,6 +417,58 @@ async def get_session(
     return checkout
 
 
+async def set_shipping_address(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    session_id: str,
+    client_secret: str | None,
+    address: ShippingAddress,
+    now: datetime,
+) -> CheckoutSession:
+    """Set or replace an open session's shipping address, so the buyer sees the shipping
+    line and the new total before paying.
+
+    Raises:
+        SessionNotFound, SessionExpired, PaymentInProgress, ShippingAddressLocked (paid, or
+        a charge waits for authentication), InvalidShippingAddress, ShippingUnavailable,
+        ShippingNotRequired.
+    """
+    checkout = await get_session(
+        session,
+        creator_id=creator_id,
+        session_id=session_id,
+        client_secret=client_secret,
+        for_update=True,
+    )
+    if checkout.status == "complete":
+        raise ShippingAddressLocked(
+            f"checkout session {checkout.id} is paid; its shipping address can no longer change"
+        )
+    latest = await payments.latest_attempt(session, purpose=PURPOSE, purpose_id=checkout.id)
+    if latest is not None and latest.status == "processing":
+        raise payments.in_progress_error(latest)
+    if _is_waiting(latest):
+        raise ShippingAddressLocked(
+            f"checkout session {checkout.id} has a payment waiting for authentication for "
+            "the amount it has; its shipping address cannot change until that is settled"
+        )
+    if effective_status(checkout, now) == "expired":
+        raise _expired(checkout)
+    await _set_shipping(session, checkout, address)
+    await session.flush()
+    return checkout
+
+
+def _is_waiting(latest: PaymentAttempt | None) -> bool:
+    """A charge at the gateway waits for the buyer to authenticate: its amount is fixed."""
+    return (
+        latest is not None
+        and latest.status == "requires_action"
+        and latest.gateway_reference is not None
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ConfirmStart:
     """What step 1 decided: the gateway call to make, or None when there is nothing to
@@ -356,6 +493,7 @@ async def begin_confirm(
     default_fees: FeeSchedule,
     resolve_after: datetime,
     now: datetime,
+    shipping_address: ShippingAddress | None = None,
 ) -> ConfirmStart:
     """Step 1 of a confirm, under the session's lock: validate, then record the attempt as
     ``processing`` (its number and idempotency key are fixed here) and return the gateway
@@ -363,9 +501,15 @@ async def begin_confirm(
     authenticated in the browser since), and while it waits the new payment method is not
     used, so one session never holds two live charges.
 
+    ``shipping_address`` sets (or replaces) the session's address and shipping line
+    before the amount is fixed; a session that ``requires_shipping`` is not charged
+    without one.
+
     Raises:
         SessionNotFound, SessionExpired, EmailRequired, CardNumberRejected,
-        InvalidPaymentMethod, CreatorNotConnected, PaymentInProgress.
+        InvalidPaymentMethod, CreatorNotConnected, PaymentInProgress,
+        ShippingAddressRequired, InvalidShippingAddress, ShippingUnavailable,
+        ShippingNotRequired, ShippingAddressLocked.
     """
     payments.check_payment_method(payment_method)
     checkout = await get_session(
@@ -380,11 +524,7 @@ async def begin_confirm(
     latest = await payments.latest_attempt(session, purpose=PURPOSE, purpose_id=checkout.id)
     if latest is not None and latest.status == "processing":
         raise payments.in_progress_error(latest)
-    is_waiting = (
-        latest is not None
-        and latest.status == "requires_action"
-        and latest.gateway_reference is not None
-    )
+    is_waiting = _is_waiting(latest)
     # A charge waiting for authentication may have succeeded: it completes the sale even
     # past expiry (the buyer has paid), so expiry is judged on its outcome (step 3).
     if not is_waiting and effective_status(checkout, now) == "expired":
@@ -396,6 +536,7 @@ async def begin_confirm(
             "this session has no customer; send customer_email with the confirm "
             "so the buyer gets a receipt"
         )
+    await _shipping_before_charge(session, checkout, shipping_address, is_waiting=is_waiting)
     if is_waiting:
         assert latest is not None
         await session.flush()
@@ -430,6 +571,32 @@ async def begin_confirm(
     checkout.payment_action_secret = None
     await session.flush()
     return ConfirmStart(checkout, payments.gateway_call_for(attempt))
+
+
+async def _shipping_before_charge(
+    session: AsyncSession,
+    checkout: CheckoutSession,
+    address: ShippingAddress | None,
+    *,
+    is_waiting: bool,
+) -> None:
+    """Apply an address sent with the confirm, then insist on one where it is needed. While
+    a charge waits for authentication its amount is fixed, so the address may be sent
+    again but not changed."""
+    if address is not None and is_waiting:
+        if validate_address(address).as_dict() != checkout.shipping_address:
+            raise ShippingAddressLocked(
+                f"checkout session {checkout.id} has a payment waiting for authentication "
+                "for the address it has; confirm without shipping_address"
+            )
+    elif address is not None:
+        await _set_shipping(session, checkout, address)
+    if checkout.requires_shipping and checkout.shipping_address is None:
+        raise _field_error(
+            ShippingAddressRequired,
+            "shipping_address",
+            "required: this session has physical items to ship; send the buyer's address",
+        )
 
 
 def _expired(checkout: CheckoutSession) -> SessionExpired:
@@ -539,6 +706,14 @@ async def _complete_sale(
             )
             for item in checkout.line_items
         ],
+        shipping=None
+        if checkout.shipping_address is None
+        else orders.ShippingSpec(
+            address=checkout.shipping_address,
+            rate_id=checkout.shipping_rate_id,
+            rate_name=checkout.shipping_rate_name,
+            amount=checkout.amount_shipping,
+        ),
     )
     checkout.customer_id = customer_id
     checkout.status = "complete"
@@ -575,6 +750,7 @@ async def confirm_session(
     resolve_after: datetime,
     now: datetime,
     session: AsyncSession | None = None,
+    shipping_address: ShippingAddress | None = None,
 ) -> ConfirmOutcome:
     """Pay for an open session. Idempotent: a complete session comes back unchanged.
 
@@ -585,7 +761,8 @@ async def confirm_session(
 
     Raises:
         SessionNotFound, SessionExpired, EmailRequired, CardNumberRejected, InvalidPaymentMethod,
-        CreatorNotConnected, PaymentInProgress, GatewayUnavailable.
+        CreatorNotConnected, PaymentInProgress, GatewayUnavailable, and the shipping
+        errors of ``begin_confirm``.
     """
     async with database.unit_of_work() as starting:
         start = await begin_confirm(
@@ -599,6 +776,7 @@ async def confirm_session(
             default_fees=default_fees,
             resolve_after=resolve_after,
             now=now,
+            shipping_address=shipping_address,
         )
     if start.call is None:
         return ConfirmOutcome(start.session)

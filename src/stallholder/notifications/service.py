@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Customer
 from stallholder.checkout.models import CheckoutSession
+from stallholder.fulfilment.addresses import ShippingAddress, address_lines
 from stallholder.kit.ids import new_id
 from stallholder.kit.work import enqueue
 from stallholder.notifications.models import Email
@@ -143,6 +144,15 @@ async def queue_receipt(
             "lines": [line.model_dump() for line in order.line_items],
             "amount_subtotal": order.amount_subtotal,
             "amount_total": order.amount_total,
+            "shipping": None
+            if order.shipping is None
+            else {
+                "display_name": order.shipping.display_name,
+                "amount": order.shipping.amount,
+                "address_lines": address_lines(
+                    ShippingAddress.from_dict(order.shipping.address.model_dump())
+                ),
+            },
         },
     )
 

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import JSON, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from stallholder.kit.db import Base, SerialPK
@@ -22,6 +23,13 @@ class Order(Base):
     status: Mapped[str] = mapped_column(String(24))  # paid | partially_refunded | refunded
     currency: Mapped[str] = mapped_column(String(3))
     amount_subtotal: Mapped[int]
+    # The shipping line (docs/shipping.md): ``amount_total = amount_subtotal + amount_shipping``.
+    amount_shipping: Mapped[int] = mapped_column(default=0, server_default="0")
+    shipping_address: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), default=None
+    )
+    shipping_rate_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    shipping_rate_name: Mapped[str | None] = mapped_column(String(100), default=None)
     amount_total: Mapped[int]
     amount_refunded: Mapped[int] = mapped_column(default=0)
     platform_fee: Mapped[int]

@@ -47,6 +47,25 @@ class ReceiptOut(BaseModel):
     lines: list[str]
 
 
+class ShippingAddressOut(BaseModel):
+    name: str
+    line1: str
+    line2: str | None
+    city: str | None
+    postal_code: str | None
+    state: str | None
+    country: str
+
+
+class OrderShippingOut(BaseModel):
+    """Where the order ships and its shipping line."""
+
+    address: ShippingAddressOut
+    rate: str | None
+    display_name: str | None
+    amount: int
+
+
 class OrderOut(BaseModel):
     object: Literal["order"] = "order"
     id: str
@@ -57,11 +76,13 @@ class OrderOut(BaseModel):
     invoice: str | None = None
     currency: str
     amount_subtotal: int
+    amount_shipping: int = 0
     amount_total: int
     amount_refunded: int
     platform_fee: int
     processor_fee: int
     line_items: list[OrderLineOut]
+    shipping: OrderShippingOut | None = None
     refunds: list[RefundOut]
     receipt: ReceiptOut
     created: datetime
@@ -90,6 +111,7 @@ def order_out(order: Order, *, merchant: str) -> OrderOut:
         invoice=order.invoice_id,
         currency=order.currency,
         amount_subtotal=order.amount_subtotal,
+        amount_shipping=order.amount_shipping,
         amount_total=order.amount_total,
         amount_refunded=order.amount_refunded,
         platform_fee=order.platform_fee,
@@ -107,6 +129,14 @@ def order_out(order: Order, *, merchant: str) -> OrderOut:
             )
             for li in order.line_items
         ],
+        shipping=None
+        if order.shipping_address is None
+        else OrderShippingOut(
+            address=ShippingAddressOut.model_validate(order.shipping_address),
+            rate=order.shipping_rate_id,
+            display_name=order.shipping_rate_name,
+            amount=order.amount_shipping,
+        ),
         refunds=[refund_out(refund) for refund in order.refunds],
         receipt=ReceiptOut(
             number=order.receipt_number,
@@ -117,7 +147,15 @@ def order_out(order: Order, *, merchant: str) -> OrderOut:
                 f"{li.quantity} × {li.description} @ "
                 f"{Money(li.unit_amount, order.currency).format()}"
                 for li in order.line_items
-            ],
+            ]
+            + (
+                [
+                    f"Shipping ({order.shipping_rate_name or 'no charge'}): "
+                    f"{Money(order.amount_shipping, order.currency).format()}"
+                ]
+                if order.shipping_address is not None
+                else []
+            ),
         ),
         created=order.created_at,
     )

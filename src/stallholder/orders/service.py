@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -65,6 +66,16 @@ class LineSpec:
         return self.unit_amount * self.quantity
 
 
+@dataclass(frozen=True, slots=True)
+class ShippingSpec:
+    """The shipping line of an order: where it goes, the rate chosen and its price."""
+
+    address: dict[str, Any]
+    rate_id: str | None
+    rate_name: str | None
+    amount: int
+
+
 def fee_policy_for(creator: Creator, default: FeeSchedule, *, currency: str) -> FeePolicy:
     """The fee on a charge in ``currency``: the platform default, overridden where the
     creator has its own terms (basis points, or a fixed part in that currency)."""
@@ -107,9 +118,13 @@ async def create_paid_order(
     now: datetime,
     checkout_session_id: str | None = None,
     invoice_id: str | None = None,
+    shipping: ShippingSpec | None = None,
 ) -> Order:
     """The order for a successful payment, with the payment posted to the ledger. It was
     sold through a checkout session or an invoice: exactly one of the two is given.
+
+    ``shipping`` is the parcel's address and shipping line; the payment covers the lines
+    and the shipping, and all of it is the creator's revenue, fees on the whole (ADR 0014).
 
     The split is the one fixed before charging (``attempt.platform_fee`` and the processor
     fee the creator bears), so the creator's share is what the gateway paid the creator.
@@ -119,8 +134,12 @@ async def create_paid_order(
     if (checkout_session_id is None) == (invoice_id is None):
         raise ValueError("an order comes from one checkout session or one invoice")
     subtotal = sum(line.amount_total for line in lines)
-    if subtotal != attempt.amount:
-        raise ValueError(f"order lines total {subtotal} but the payment captured {attempt.amount}")
+    amount_shipping = 0 if shipping is None else shipping.amount
+    if subtotal + amount_shipping != attempt.amount:
+        raise ValueError(
+            f"order lines total {subtotal} and shipping {amount_shipping} but the payment "
+            f"captured {attempt.amount}"
+        )
     split = payment_split(
         attempt.amount,
         platform_fee=attempt.platform_fee,
@@ -138,6 +157,10 @@ async def create_paid_order(
         status="paid",
         currency=attempt.currency,
         amount_subtotal=subtotal,
+        amount_shipping=amount_shipping,
+        shipping_address=None if shipping is None else shipping.address,
+        shipping_rate_id=None if shipping is None else shipping.rate_id,
+        shipping_rate_name=None if shipping is None else shipping.rate_name,
         amount_total=attempt.amount,
         amount_refunded=0,
         platform_fee=split.platform_fee,
@@ -170,7 +193,8 @@ async def create_paid_order(
         reference_id=order.id,
         currency=order.currency,
         lines=ledger.payment_lines(creator_id, split),
-        description=f"Payment for order {order.receipt_number}",
+        description=f"Payment for order {order.receipt_number}"
+        + (f" (shipping {amount_shipping} included)" if amount_shipping else ""),
         now=now,
     )
     if attempt.processor_fee != attempt.estimated_processor_fee:

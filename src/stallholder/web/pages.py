@@ -13,6 +13,8 @@ from stallholder.accounts import service as accounts
 from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
 from stallholder.checkout.schemas import ConfirmIn
+from stallholder.fulfilment.addresses import country_choices
+from stallholder.fulfilment.schemas import ShippingAddressIn
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.kit.money import Money
@@ -86,6 +88,7 @@ async def _render(
     now: Any,
     error: str | None = None,
     status_code: int = 200,
+    address_form: dict[str, str] | None = None,
 ) -> Response:
     current = await checkout.get_session_by_id(session, session_id=session_id)
     creator = await accounts.get_creator(session, current.creator_id)
@@ -104,6 +107,14 @@ async def _render(
             "session_id": current.id,
             "status": checkout.effective_status(current, now),
             "lines": current.line_items,
+            "subtotal": current.amount_subtotal,
+            "shipping_amount": current.amount_shipping,
+            "shipping_rate_name": current.shipping_rate_name,
+            "requires_shipping": current.requires_shipping,
+            "has_address": current.shipping_address is not None,
+            # What the buyer typed when it was refused, else the session's address.
+            "address": address_form or current.shipping_address or {},
+            "countries": country_choices(),
             "total": current.amount_total,
             "currency": current.currency,
             "client_secret": current.client_secret,
@@ -132,6 +143,73 @@ def _form_errors(error: ValidationError) -> str:
 async def hosted_checkout(
     session_id: str, request: Request, session: SessionDep, now: NowDep
 ) -> Response:
+    return await _render(request, session, session_id, now)
+
+
+@router.post("/checkout/{session_id}/shipping", response_class=HTMLResponse)
+async def shipping(
+    session_id: str,
+    request: Request,
+    session: SessionDep,
+    now: NowDep,
+    client_secret: Annotated[str, Form(max_length=100)],
+    name: Annotated[str, Form(max_length=200)] = "",
+    line1: Annotated[str, Form(max_length=200)] = "",
+    line2: Annotated[str, Form(max_length=200)] = "",
+    city: Annotated[str, Form(max_length=100)] = "",
+    postal_code: Annotated[str, Form(max_length=20)] = "",
+    state: Annotated[str, Form(max_length=100)] = "",
+    country: Annotated[str, Form(max_length=2)] = "",
+) -> Response:
+    """The hosted page's address form: the API's session update, checked by its schema.
+    The page then shows the chosen rate and the new total before the buyer pays."""
+    typed = {
+        "name": name,
+        "line1": line1,
+        "line2": line2,
+        "city": city,
+        "postal_code": postal_code,
+        "state": state,
+        "country": country,
+    }
+    try:
+        form = ShippingAddressIn.model_validate(
+            {key: value or None for key, value in typed.items()}
+            | {"name": name, "line1": line1, "country": country}
+        )
+    except ValidationError as error:
+        return await _render(
+            request,
+            session,
+            session_id,
+            now,
+            error=_form_errors(error),
+            status_code=422,
+            address_form=typed,
+        )
+    # Its own unit of work, as the pay form's: a refusal rolls it back whole, and the page
+    # renders from the request's session afterwards.
+    try:
+        async with request.app.state.database.unit_of_work() as writing:
+            current = await checkout.get_session_by_id(writing, session_id=session_id)
+            await checkout.set_shipping_address(
+                writing,
+                creator_id=current.creator_id,
+                session_id=session_id,
+                client_secret=client_secret,
+                address=form.to_address(),
+                now=now,
+            )
+    except DomainError as error:
+        return await _render(
+            request,
+            session,
+            session_id,
+            now,
+            error=error.detail,
+            status_code=error.status,
+            address_form=typed,
+        )
     return await _render(request, session, session_id, now)
 
 

@@ -1,0 +1,1 @@
+"""Getting physical goods to buyers: shipping rates, addresses, (later) shipments."""

@@ -1,0 +1,1 @@
+"""Spreadsheet imports: CSV and XLSX files read into typed rows, every bad cell reported."""
