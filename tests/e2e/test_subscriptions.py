@@ -12,9 +12,8 @@ from sqlalchemy import func, select
 
 from stallholder.events.models import Event
 from stallholder.kit.db import Database
-from stallholder.notifications.models import Email
 from stallholder.payments.models import SandboxCharge
-from tests.conftest import ADMIN_KEY, T0, Api, bearer
+from tests.conftest import Api, bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -48,8 +47,7 @@ class Billing:
         return cls(api, key, price["id"])
 
     async def post(self, path: str, body: dict[str, Any], key: str | None = None) -> Any:
-        response = await self.api.http.post(path, headers=bearer(key or self.key), json=body)
-        return response
+        return await self.api.http.post(path, headers=bearer(key or self.key), json=body)
 
     async def ok(self, path: str, body: dict[str, Any] | None = None, status: int = 200) -> Any:
         response = await self.post(path, body or {})
