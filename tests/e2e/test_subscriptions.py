@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 
 from stallholder.events.models import Event
 from stallholder.kit.db import Database
+from stallholder.notifications.models import Email
 from stallholder.payments.models import SandboxCharge
-from tests.conftest import Api, bearer
+from tests.conftest import ADMIN_KEY, Api, bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -168,3 +169,127 @@ async def _event_types(database: Database) -> list[str]:
     async with database.unit_of_work() as session:
         rows = await session.execute(select(Event.type).order_by(Event.id))
         return [row for (row,) in rows]
+
+
+async def test_a_test_clock_renews_on_the_buyers_calendar_from_the_31st(
+    api: Api, database: Database
+) -> None:
+    billing = await Billing.start(api)
+    clock = await billing.clock("2026-01-31T09:00:00Z", key=ADMIN_KEY)
+    customer, method = await billing.customer(time_zone="Pacific/Auckland", test_clock=clock)
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    assert subscription["status"] == "active"
+    assert subscription["test_clock"] == clock
+    assert subscription["current_period_start"] == "2026-01-31T09:00:00Z"  # 22:00 NZDT
+
+    advanced = await billing.advance(clock, "2026-05-15T00:00:00Z")
+    assert (advanced["status"], advanced["frozen_time"]) == ("ready", "2026-05-15T00:00:00Z")
+
+    invoices = await billing.invoices(subscription["id"])
+    assert [(i["period_start"], i["status"], i["amount_paid"]) for i in invoices] == [
+        ("2026-01-31T09:00:00Z", "paid", 300),
+        ("2026-02-28T09:00:00Z", "paid", 300),  # 28 Feb 22:00 NZDT
+        ("2026-03-31T09:00:00Z", "paid", 300),  # back on the 31st
+        ("2026-04-30T10:00:00Z", "paid", 300),  # 30 Apr 22:00 NZST (+12 from 5 April)
+    ]
+    after = await billing.get(f"/v1/subscriptions/{subscription['id']}")
+    assert (after["current_period_start"], after["current_period_end"]) == (
+        "2026-04-30T10:00:00Z",
+        "2026-05-31T10:00:00Z",
+    )
+    assert await _count(database, select(func.count()).select_from(SandboxCharge)) == 4
+    # Advancing again to the same time runs nothing twice.
+    await billing.advance(clock, "2026-05-15T00:00:00Z")
+    assert len(await billing.invoices(subscription["id"])) == 4
+
+
+async def test_dunning_to_the_end_cancels_and_records_involuntary_churn(
+    api: Api, database: Database
+) -> None:
+    billing = await Billing.start(api)
+    clock = await billing.clock("2026-03-01T12:00:00Z")
+    customer, method = await billing.customer(test_clock=clock)
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    await billing.advance(clock, "2026-04-01T12:00:00Z")  # renewal 1 paid
+    # The card starts failing: the customer's only card is replaced by a failing one.
+    failing = await billing.ok(
+        f"/v1/customers/{customer}/payment_methods", {"token": "tok_chargeCustomerFail"}, 201
+    )
+    await billing.ok(
+        f"/v1/subscriptions/{subscription['id']}", {"default_payment_method": failing["id"]}
+    )
+    await billing.advance(clock, "2026-05-01T12:00:00Z")  # renewal 2 fails
+    state = await billing.get(f"/v1/subscriptions/{subscription['id']}")
+    assert state["status"] == "past_due"
+    invoice = (await billing.invoices(subscription["id"]))[-1]
+    assert (invoice["status"], invoice["attempt_count"], invoice["next_payment_attempt"]) == (
+        "open",
+        1,
+        "2026-05-02T12:00:00Z",
+    )
+    await billing.advance(clock, "2026-05-06T12:00:00Z")  # retries at +1, +3, +5 fail
+    invoice = await billing.get(f"/v1/invoices/{invoice['id']}")
+    assert (invoice["attempt_count"], invoice["next_payment_attempt"]) == (
+        4,
+        "2026-05-08T12:00:00Z",
+    )
+    await billing.advance(clock, "2026-06-30T00:00:00Z")  # the last retry at +7 fails
+    invoice = await billing.get(f"/v1/invoices/{invoice['id']}")
+    assert (invoice["status"], invoice["attempt_count"], invoice["next_payment_attempt"]) == (
+        "uncollectible",
+        5,
+        None,
+    )
+    ended = await billing.get(f"/v1/subscriptions/{subscription['id']}")
+    assert (ended["status"], ended["ended_at"]) == ("canceled", "2026-05-08T12:00:00Z")
+    assert ended["cancellation"]["churn"] == "involuntary"
+    assert ended["next_cycle"] is None
+    # Five failed attempts, each charged at the gateway once, and one email for each.
+    assert len(await billing.invoices(subscription["id"])) == 3
+    assert await _count(
+        database,
+        select(func.count()).select_from(SandboxCharge).where(SandboxCharge.status == "failed"),
+    ) == 5
+    assert await _count(
+        database,
+        select(func.count()).select_from(Email).where(Email.kind == "invoice_payment_failed"),
+    ) == 5
+    types = await _event_types(database)
+    assert types.count("invoice.payment_failed") == 5
+    assert types[-1] == "customer.subscription.deleted"
+
+
+async def test_a_new_payment_method_retries_at_once_and_recovers(
+    api: Api, database: Database
+) -> None:
+    billing = await Billing.start(api)
+    clock = await billing.clock("2026-03-01T12:00:00Z")
+    customer, failing = await billing.customer(token="tok_chargeCustomerFail", test_clock=clock)
+    subscription = await billing.subscribe(customer, default_payment_method=failing)
+    assert subscription["status"] == "incomplete"
+    (invoice,) = await billing.invoices(subscription["id"])
+    assert (invoice["status"], invoice["attempt_count"], invoice["next_payment_attempt"]) == (
+        "open",
+        1,
+        "2026-03-02T12:00:00Z",
+    )
+    await billing.advance(clock, "2026-03-02T18:00:00Z")  # the retry at +1 fails too
+    working = await billing.ok(
+        f"/v1/customers/{customer}/payment_methods", {"token": "tok_visa"}, 201
+    )
+    updated = await billing.ok(
+        f"/v1/subscriptions/{subscription['id']}", {"default_payment_method": working["id"]}
+    )
+    assert updated["default_payment_method"] == working["id"]
+    await billing.advance(clock, "2026-03-02T18:00:00Z")  # due at once: runs now
+    invoice = await billing.get(f"/v1/invoices/{invoice['id']}")
+    assert (invoice["status"], invoice["attempt_count"], invoice["amount_paid"]) == (
+        "paid",
+        3,
+        300,
+    )
+    recovered = await billing.get(f"/v1/subscriptions/{subscription['id']}")
+    assert recovered["status"] == "active"
+    # The retry scheduled for +3 days finds the invoice paid and charges nothing.
+    await billing.advance(clock, "2026-03-10T00:00:00Z")
+    assert await _count(database, select(func.count()).select_from(SandboxCharge)) == 3
