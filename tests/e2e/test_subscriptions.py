@@ -246,14 +246,20 @@ async def test_dunning_to_the_end_cancels_and_records_involuntary_churn(
     assert ended["next_cycle"] is None
     # Five failed attempts, each charged at the gateway once, and one email for each.
     assert len(await billing.invoices(subscription["id"])) == 3
-    assert await _count(
-        database,
-        select(func.count()).select_from(SandboxCharge).where(SandboxCharge.status == "failed"),
-    ) == 5
-    assert await _count(
-        database,
-        select(func.count()).select_from(Email).where(Email.kind == "invoice_payment_failed"),
-    ) == 5
+    assert (
+        await _count(
+            database,
+            select(func.count()).select_from(SandboxCharge).where(SandboxCharge.status == "failed"),
+        )
+        == 5
+    )
+    assert (
+        await _count(
+            database,
+            select(func.count()).select_from(Email).where(Email.kind == "invoice_payment_failed"),
+        )
+        == 5
+    )
     types = await _event_types(database)
     assert types.count("invoice.payment_failed") == 5
     assert types[-1] == "customer.subscription.deleted"
