@@ -97,7 +97,7 @@ def _policy(settings: Settings) -> renewal.BillingPolicy:
 
 async def _count(database: Database, model: type[object], *where: object) -> int:
     async with database.unit_of_work() as session:
-        statement = select(func.count()).select_from(model)  # type: ignore[arg-type]
+        statement = select(func.count()).select_from(model)
         return int((await session.execute(statement.where(*where))).scalar_one())  # type: ignore[arg-type]
 
 
