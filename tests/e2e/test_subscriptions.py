@@ -299,3 +299,252 @@ async def test_a_new_payment_method_retries_at_once_and_recovers(
     # The retry scheduled for +3 days finds the invoice paid and charges nothing.
     await billing.advance(clock, "2026-03-10T00:00:00Z")
     assert await _count(database, select(func.count()).select_from(SandboxCharge)) == 3
+
+
+async def test_cancel_at_period_end_undo_and_cancel_again(api: Api, database: Database) -> None:
+    billing = await Billing.start(api)
+    clock = await billing.clock("2026-03-01T12:00:00Z")
+    customer, method = await billing.customer(test_clock=clock)
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    path = f"/v1/subscriptions/{subscription['id']}"
+
+    canceling = await billing.ok(f"{path}/cancel", {"reason": "too many zines"})
+    assert (canceling["status"], canceling["cancel_at_period_end"], canceling["cancel_at"]) == (
+        "active",
+        True,
+        "2026-04-01T12:00:00Z",
+    )
+    assert canceling["cancellation"] == {
+        "requested_at": "2026-03-01T12:00:00Z",
+        "effective_at": "2026-04-01T12:00:00Z",
+        "reason": "too many zines",
+        "churn": None,
+        "refunded_amount": 0,
+    }
+    assert canceling["next_cycle"] is None
+    kept = await billing.ok(f"{path}/undo_cancel")
+    assert (kept["cancel_at"], kept["cancellation"], kept["next_cycle"]["amount"]) == (
+        None,
+        None,
+        300,
+    )
+    again = await billing.post(f"{path}/undo_cancel", {})
+    assert again.status_code == 409
+    assert again.json()["type"] == PROBLEMS + "subscription-not-canceling"
+
+    await billing.ok(f"{path}/cancel", {})
+    await billing.advance(clock, "2026-04-15T00:00:00Z")
+    ended = await billing.get(path)
+    assert (ended["status"], ended["ended_at"], ended["cancellation"]["churn"]) == (
+        "canceled",
+        "2026-04-01T12:00:00Z",
+        "voluntary",
+    )
+    assert len(await billing.invoices(subscription["id"])) == 1  # no renewal was billed
+    refused = await billing.post(f"{path}/cancel", {})
+    assert refused.status_code == 409
+    assert refused.json()["type"] == PROBLEMS + "subscription-canceled"
+    assert (
+        await _count(
+            database,
+            select(func.count()).select_from(Email).where(Email.kind == "subscription_canceled"),
+        )
+        == 2
+    )
+
+
+async def test_an_immediate_cancellation_in_the_cooling_off_window_refunds_pro_rata(
+    api: Api, database: Database
+) -> None:
+    billing = await Billing.start(api, unit_amount=3000)
+    clock = await billing.clock("2026-04-01T00:00:00Z")
+    customer, method = await billing.customer(test_clock=clock)
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    await billing.advance(clock, "2026-04-07T00:00:00Z")  # 6 of 30 days used
+    ended = await billing.ok(
+        f"/v1/subscriptions/{subscription['id']}/cancel", {"at_period_end": False}
+    )
+    assert (ended["status"], ended["ended_at"]) == ("canceled", "2026-04-07T00:00:00Z")
+    assert ended["cancellation"]["refunded_amount"] == 2400
+    (invoice,) = await billing.invoices(subscription["id"])
+    order = await billing.get(f"/v1/orders/{invoice['order']}")
+    assert (order["amount_refunded"], order["status"]) == (2400, "partially_refunded")
+    assert "customer.subscription.deleted" in await _event_types(database)
+
+
+async def test_an_immediate_cancellation_after_the_window_refunds_nothing(api: Api) -> None:
+    billing = await Billing.start(api)
+    clock = await billing.clock("2026-04-01T00:00:00Z")
+    customer, method = await billing.customer(test_clock=clock)
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    await billing.advance(clock, "2026-05-20T00:00:00Z")
+    ended = await billing.ok(
+        f"/v1/subscriptions/{subscription['id']}/cancel", {"at_period_end": False}
+    )
+    assert (ended["status"], ended["cancellation"]["refunded_amount"]) == ("canceled", 0)
+
+
+async def test_pause_bills_nothing_resume_bills_from_the_next_period_and_skip_skips_one(
+    api: Api, database: Database
+) -> None:
+    billing = await Billing.start(api)
+    clock = await billing.clock("2026-01-10T08:00:00Z")
+    customer, method = await billing.customer(time_zone="America/New_York", test_clock=clock)
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    path = f"/v1/subscriptions/{subscription['id']}"
+
+    paused = await billing.ok(f"{path}/pause")
+    assert (paused["status"], paused["paused_at"], paused["next_cycle"]["amount"]) == (
+        "paused",
+        "2026-01-10T08:00:00Z",
+        0,
+    )
+    await billing.advance(clock, "2026-03-20T00:00:00Z")  # 10 Feb and 10 Mar pass unbilled
+    resumed = await billing.ok(f"{path}/resume")
+    assert (resumed["status"], resumed["current_period_start"]) == (
+        "active",
+        "2026-03-10T07:00:00Z",  # 03:00 EDT: daylight saving began on 8 March
+    )
+    skipped = await billing.ok(f"{path}/skip", {})
+    assert skipped["next_cycle"] == {
+        "charge_date": "2026-04-10T07:00:00Z",
+        "amount": 0,
+        "cutoff": "2026-04-10T04:00:00Z",
+        "ships_on": "2026-04-10",
+    }
+    assert skipped["skipped_cycle_charge_date"] == "2026-04-10T07:00:00Z"
+    await billing.advance(clock, "2026-06-01T00:00:00Z")
+    invoices = await billing.invoices(subscription["id"])
+    assert [i["period_start"] for i in invoices] == [
+        "2026-01-10T08:00:00Z",
+        "2026-05-10T07:00:00Z",
+    ]
+    types = await _event_types(database)
+    assert types.index("customer.subscription.paused") < types.index(
+        "customer.subscription.resumed"
+    )
+    refused = await billing.post(f"{path}/resume", {})
+    assert refused.status_code == 409
+    assert refused.json()["type"] == PROBLEMS + "subscription-invalid-transition"
+
+
+async def test_a_trial_charges_at_its_end_and_warns_three_days_before(
+    api: Api, database: Database
+) -> None:
+    billing = await Billing.start(api, trial_days=14)
+    clock = await billing.clock("2026-03-20T10:00:00Z")
+    customer, method = await billing.customer(time_zone="Europe/Berlin", test_clock=clock)
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    assert (subscription["status"], subscription["trial_end"]) == (
+        "trialing",
+        "2026-04-03T09:00:00Z",  # 11:00 CET → 11:00 CEST two weeks later
+    )
+    assert subscription["current_cycle"] is None
+    assert subscription["next_cycle"]["charge_date"] == "2026-04-03T09:00:00Z"
+    assert await billing.invoices(subscription["id"]) == []
+    await billing.advance(clock, "2026-04-01T00:00:00Z")
+    assert "customer.subscription.trial_will_end" in await _event_types(database)
+    await billing.advance(clock, "2026-04-04T00:00:00Z")
+    (invoice,) = await billing.invoices(subscription["id"])
+    assert (invoice["status"], invoice["period_start"], invoice["billing_reason"]) == (
+        "paid",
+        "2026-04-03T09:00:00Z",
+        "subscription_create",
+    )
+    assert (await billing.get(f"/v1/subscriptions/{subscription['id']}"))["status"] == "active"
+    assert (
+        await _count(
+            database,
+            select(func.count()).select_from(Email).where(Email.kind == "subscription_reminder"),
+        )
+        == 1
+    )
+
+
+async def test_preview_of_a_plan_change_and_the_consent_record(api: Api) -> None:
+    billing = await Billing.start(api, unit_amount=300)
+    product = await api.product(billing.key, kind="digital", name="Zine club plus")
+    bigger = await api.price(
+        billing.key, product=product["id"], unit_amount=900, recurring={"interval": "month"}
+    )
+    customer, method = await billing.customer()
+    terms = "$3.00 every month until you cancel; cancel any time in your account."
+    subscription = await billing.subscribe(
+        customer,
+        default_payment_method=method,
+        consent={"terms": terms, "ip_address": "203.0.113.9", "user_agent": "Firefox/140"},
+    )
+    preview = await billing.ok(
+        f"/v1/subscriptions/{subscription['id']}/preview",
+        {"items": [{"price": bigger["id"]}], "proration_date": "2026-03-16T12:00:00Z"},
+    )
+    assert {k: preview[k] for k in preview if k != "object"} == {
+        "subscription": subscription["id"],
+        "currency": "usd",
+        "current_amount": 300,
+        "new_amount": 900,
+        "proration_date": "2026-03-16T12:00:00Z",
+        "period_start": "2026-03-01T12:00:00Z",
+        "period_end": "2026-04-01T12:00:00Z",
+        "now_credit": 154,  # 16 of 31 days unused: 300 × 16/31 = 154.8
+        "now_charge": 464,  # 900 × 16/31 = 464.5
+        "now_amount_due": 310,
+        "next_period_start": "2026-04-01T12:00:00Z",
+        "next_period_amount": 900,
+    }
+    consent = await billing.get(f"/v1/subscriptions/{subscription['id']}/consent")
+    assert {k: consent[k] for k in ("terms", "ip_address", "user_agent", "created")} == {
+        "terms": terms,
+        "ip_address": "203.0.113.9",
+        "user_agent": "Firefox/140",
+        "created": "2026-03-01T12:00:00Z",
+    }
+
+
+async def test_another_creator_sees_nothing_and_cannot_use_a_creators_clock(api: Api) -> None:
+    billing = await Billing.start(api)
+    customer, method = await billing.customer()
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    mine = await billing.clock("2026-03-01T00:00:00Z")
+    other = await api.creator(name="Kiln & Clay", email="kiln@example.com")
+    key = other["secret_key"]
+    for path in (
+        f"/v1/subscriptions/{subscription['id']}",
+        f"/v1/subscriptions/{subscription['id']}/consent",
+        f"/v1/test_clocks/{mine}",
+    ):
+        response = await api.http.get(path, headers=bearer(key))
+        assert response.status_code == 404, path
+    listed = await api.http.get("/v1/invoices", headers=bearer(key))
+    assert listed.json()["data"] == []
+    refused = await api.http.post(
+        "/v1/customers",
+        headers=bearer(key),
+        json={"email": "a@example.com", "test_clock": mine},
+    )
+    assert refused.status_code == 404
+    assert refused.json()["type"] == PROBLEMS + "test-clock-not-found"
+
+
+async def test_client_mistakes_are_problems_naming_the_field(api: Api) -> None:
+    billing = await Billing.start(api)
+    one_time = await api.price(billing.key, product=(await api.product(billing.key))["id"])
+    customer, _ = await billing.customer()
+    response = await billing.post(
+        "/v1/subscriptions", {"customer": customer, "items": [{"price": one_time["id"]}]}
+    )
+    assert response.status_code == 400
+    assert response.json()["type"] == PROBLEMS + "invalid-subscription-items"
+    assert "items[0]" in response.json()["detail"]
+    bare = await billing.ok("/v1/customers", {"email": "new@example.com"}, status=201)
+    response = await billing.post(
+        "/v1/subscriptions", {"customer": bare["id"], "items": [{"price": billing.price}]}
+    )
+    assert response.status_code == 400
+    assert response.json()["type"] == PROBLEMS + "no-default-payment-method"
+    clock = await billing.clock("2026-03-01T00:00:00Z")
+    response = await billing.post(
+        f"/v1/test_clocks/{clock}/advance", {"frozen_time": "2026-02-01T00:00:00Z"}
+    )
+    assert response.status_code == 400
+    assert response.json()["type"] == PROBLEMS + "test-clock-backwards"

@@ -210,12 +210,16 @@ async def cancellation_receipt(
     creator, customer = await _people(session, subscription)
     assert subscription.cancel_requested_at is not None
     ends_at = subscription.cancel_at if subscription.cancel_at_period_end else None
+    # Each cancellation asked for (one may be undone and asked for again) gets its receipt.
+    number = 1 + sum(1 for key in subscription.reminders_sent if key.startswith("canceled:"))
+    key = f"canceled:{number}"
+    subscription.reminders_sent = [*subscription.reminders_sent, key]
     await notifications.queue_email(
         session,
         creator_id=subscription.creator_id,
         kind="subscription_canceled",
         to=customer.email,
-        dedupe_key=f"canceled:{subscription.id}:{subscription.cancel_requested_at.isoformat()}",
+        dedupe_key=f"{subscription.id}:{key}",
         now=at,
         context={
             "merchant": creator.display_name,
