@@ -548,3 +548,50 @@ async def test_client_mistakes_are_problems_naming_the_field(api: Api) -> None:
     )
     assert response.status_code == 400
     assert response.json()["type"] == PROBLEMS + "test-clock-backwards"
+
+
+async def test_a_price_change_is_announced_and_one_inside_seven_days_is_refused(
+    api: Api, database: Database
+) -> None:
+    billing = await Billing.start(api)
+    product = await api.product(billing.key, kind="digital", name="Zine club 2027")
+    dearer = await api.price(
+        billing.key, product=product["id"], unit_amount=400, recurring={"interval": "month"}
+    )
+    clock = await billing.clock("2026-03-01T12:00:00Z")
+    customer, method = await billing.customer(test_clock=clock)
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    path = f"/v1/subscriptions/{subscription['id']}/price_change"
+    too_soon = await billing.post(
+        path, {"items": [{"price": dearer["id"]}], "effective_at": "2026-03-07T12:00:00Z"}
+    )
+    assert too_soon.status_code == 400
+    assert too_soon.json()["type"] == PROBLEMS + "price-change-too-soon"
+    assert too_soon.json()["earliest"] == "2026-03-08T12:00:00+00:00"
+
+    scheduled = await billing.ok(
+        path, {"items": [{"price": dearer["id"]}], "effective_at": "2026-04-20T00:00:00Z"}
+    )
+    assert scheduled["pending_update"] == {
+        "effective_at": "2026-04-20T00:00:00Z",
+        "items": [{"price": dearer["id"], "quantity": 1}],
+    }
+    await billing.advance(clock, "2026-06-02T00:00:00Z")
+    invoices = await billing.invoices(subscription["id"])
+    assert [(i["period_start"], i["amount_paid"]) for i in invoices] == [
+        ("2026-03-01T12:00:00Z", 300),
+        ("2026-04-01T12:00:00Z", 300),
+        ("2026-05-01T12:00:00Z", 400),  # the first renewal on or after 20 April
+        ("2026-06-01T12:00:00Z", 400),
+    ]
+    after = await billing.get(f"/v1/subscriptions/{subscription['id']}")
+    assert (after["pending_update"], after["amount"]) == (None, 400)
+    async with database.unit_of_work() as session:
+        subjects = (
+            await session.execute(
+                select(Email.subject, Email.text_body).where(Email.kind == "subscription_reminder")
+            )
+        ).all()
+    assert len(subjects) == 1
+    assert subjects[0][0] == "The price of your Paper Lantern Zines subscription is changing"
+    assert "costs $4.00 instead of $3.00" in subjects[0][1]

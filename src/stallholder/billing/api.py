@@ -28,6 +28,7 @@ from stallholder.billing.schemas import (
     ConsentOut,
     InvoiceOut,
     PreviewIn,
+    PriceChangeIn,
     SubscriptionCreate,
     SubscriptionOut,
     SubscriptionUpdate,
@@ -358,6 +359,30 @@ async def preview_change(
         next_period_start=preview.next_period_start,
         next_period_amount=preview.new_amount,
     )
+
+
+@router.post("/subscriptions/{subscription_id}/price_change", response_model=SubscriptionOut)
+async def schedule_price_change(
+    subscription_id: str,
+    body: PriceChangeIn,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> SubscriptionOut:
+    """Move the subscription to ``items`` from the first renewal on or after
+    ``effective_at``. The buyer is emailed 30 days ahead (at once when sooner); less than
+    ``STALLHOLDER_BILLING_PRICE_CHANGE_NOTICE_DAYS`` (7) ahead is refused."""
+    subscription = await subscriptions.schedule_price_change(
+        session,
+        creator_id=creator_id,
+        subscription_id=subscription_id,
+        items=[subscriptions.ItemRequest(item.price, item.quantity) for item in body.items],
+        effective_at=body.effective_at,
+        notice_days=settings.billing_price_change_notice_days,
+        now=now,
+    )
+    return subscription_out(subscription, now=now)
 
 
 @router.get("/subscriptions/{subscription_id}/consent", response_model=ConsentOut)

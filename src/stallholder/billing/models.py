@@ -65,6 +65,10 @@ class Subscription(Base):
     refunded_amount: Mapped[int] = mapped_column(BigInteger, default=0)
     # Reminders sent, by key (``trial_will_end:<trial_end>``, ``upcoming:<period>``).
     reminders_sent: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # A scheduled price change: these items ([{price, quantity}]) replace the current ones
+    # from the first period that starts at or after ``pending_items_at`` (announced ahead).
+    pending_items: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    pending_items_at: Mapped[datetime | None] = mapped_column(default=None)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     # The creating request's Idempotency-Key (caller-scoped, hashed): a retry after a crash
     # finds this subscription instead of making a second.

@@ -24,15 +24,18 @@ from stallholder.billing import periods
 from stallholder.billing.kinds import REMIND_KIND, kind_for
 from stallholder.billing.models import Invoice, Subscription
 from stallholder.billing.schemas import amount_of, subscription_out
+from stallholder.catalog.models import Price
 from stallholder.events import service as events
 from stallholder.kit import work
 from stallholder.notifications import service as notifications
+from stallholder.notifications.rendering import format_money
 
 TRIAL_NOTICE = timedelta(days=3)
 LONG_TRIAL_NOTICE = timedelta(days=7)
 LONG_TRIAL = timedelta(days=31)
 YEARLY_NOTICE = timedelta(days=30)
 MONTHLY_ANNIVERSARY_NOTICE = timedelta(days=7)
+PRICE_CHANGE_NOTICE = timedelta(days=30)
 
 
 def due_reminders(subscription: Subscription) -> list[tuple[str, str, datetime]]:
@@ -47,6 +50,17 @@ def due_reminders(subscription: Subscription) -> list[tuple[str, str, datetime]]
                 f"trial_will_end:{subscription.trial_end.isoformat()}",
                 "trial_will_end",
                 max(subscription.trial_start, subscription.trial_end - notice),
+            )
+        )
+    if subscription.pending_items_at is not None:
+        found.append(
+            (
+                f"price_change:{subscription.pending_items_at.isoformat()}",
+                "price_change",
+                max(
+                    subscription.updated_at,
+                    subscription.pending_items_at - PRICE_CHANGE_NOTICE,
+                ),
             )
         )
     following = subscription.current_period_index + 1
@@ -97,6 +111,16 @@ async def _people(session: AsyncSession, subscription: Subscription) -> tuple[Cr
     return creator, customer
 
 
+async def _pending_amount(session: AsyncSession, subscription: Subscription) -> int:
+    """What a period costs at the scheduled new prices."""
+    total = 0
+    for item in subscription.pending_items or []:
+        price = await session.get(Price, str(item["price"]))
+        if price is not None and price.unit_amount is not None:
+            total += price.unit_amount * int(item["quantity"])
+    return total
+
+
 def _local(instant: datetime, customer: Customer) -> date:
     return periods.local_date(instant, customer.time_zone)
 
@@ -110,12 +134,27 @@ async def send_reminder(
         return False
     if key not in {found[0] for found in due_reminders(subscription)}:
         return False  # the trial ended, the period moved on, the subscription ended …
-    if subscription.cancel_at is not None or subscription.status in ("paused", "canceled"):
+    if subscription.cancel_at is not None or subscription.status == "canceled":
+        return False
+    if subscription.status == "paused" and reminder != "price_change":
         return False
     creator, customer = await _people(session, subscription)
     renewal = subscription.trial_end if reminder == "trial_will_end" else None
     charge_at = renewal or subscription.current_period_end
-    if reminder == "trial_will_end":
+    if reminder == "price_change":
+        assert subscription.pending_items_at is not None
+        new_amount = await _pending_amount(session, subscription)
+        headline = f"The price of your {creator.display_name} subscription is changing"
+        body = (
+            f"From the first renewal on or after "
+            f"{_local(subscription.pending_items_at, customer):%d %B %Y} your subscription "
+            f"costs {format_money(new_amount, subscription.currency)} instead of "
+            f"{format_money(amount_of(subscription), subscription.currency)}. You can cancel "
+            "before then and pay nothing more."
+        )
+        event_type = "customer.subscription.updated"
+        data = subscription_out(subscription, now=now).model_dump(mode="json")
+    elif reminder == "trial_will_end":
         headline = (
             f"Your {creator.display_name} trial ends on {_local(charge_at, customer):%d %B %Y}"
         )

@@ -37,6 +37,7 @@ from stallholder.billing import dunning, lifecycle, periods, reminders, schedule
 from stallholder.billing.models import Invoice, Subscription
 from stallholder.billing.schemas import plan_of
 from stallholder.billing.subscriptions import (
+    apply_pending_items,
     billing_now,
     emit,
     emit_invoice,
@@ -135,6 +136,7 @@ async def renew(
     if decision == "skipped":
         subscription.skip_period_index = None
     invoice: Invoice | None = None
+    await apply_pending_items(session, subscription, period_start=period.start)
     if decision == "invoice":
         invoice = new_invoice(
             subscription,

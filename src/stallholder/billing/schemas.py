@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StrictInt
 
@@ -96,6 +96,19 @@ class CycleOut(BaseModel):
     ships_on: date
 
 
+class PendingUpdateOut(BaseModel):
+    """A scheduled price change: these items from the first period starting at or after
+    ``effective_at``."""
+
+    effective_at: datetime
+    items: list[dict[str, Any]]
+
+
+class PriceChangeIn(Input):
+    items: list[ItemIn] = Field(min_length=1, max_length=20)
+    effective_at: AwareDatetime
+
+
 class CancellationOut(BaseModel):
     requested_at: datetime | None
     effective_at: datetime | None
@@ -130,6 +143,7 @@ class SubscriptionOut(Output):
     current_cycle: CycleOut | None
     next_cycle: CycleOut | None
     cancellation: CancellationOut | None
+    pending_update: PendingUpdateOut | None
     test_clock: str | None
     metadata: dict[str, str]
     created: datetime
@@ -217,6 +231,11 @@ def subscription_out(subscription: Subscription, *, now: datetime) -> Subscripti
         current_cycle=_cycle(subscription, index, amount=amount) if index >= 0 else None,
         next_cycle=None if is_ending else _cycle(subscription, following, amount=next_amount),
         cancellation=cancellation,
+        pending_update=PendingUpdateOut(
+            effective_at=subscription.pending_items_at, items=list(subscription.pending_items)
+        )
+        if subscription.pending_items_at is not None and subscription.pending_items is not None
+        else None,
         test_clock=subscription.test_clock_id,
         metadata=dict(subscription.metadata_),
         created=subscription.created_at,

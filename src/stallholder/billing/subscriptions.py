@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -153,7 +153,7 @@ async def priced_items(
     return priced
 
 
-def _item_rows(
+def item_rows(
     priced: Sequence[_PricedItem], *, creator_id: str, now: datetime
 ) -> list[SubscriptionItem]:
     rows = []
@@ -395,7 +395,7 @@ async def create_subscription(
         request_key=request_key,
         created_at=at,
         updated_at=at,
-        items=_item_rows(priced, creator_id=creator_id, now=at),
+        items=item_rows(priced, creator_id=creator_id, now=at),
     )
     invoice: Invoice | None = None
     if joining.is_charged_now:
@@ -557,7 +557,7 @@ async def update_subscription(
                 f"({subscription.currency}, every {subscription.interval_count} "
                 f"{subscription.interval}); start a new subscription for another cycle"
             )
-        subscription.items = _item_rows(priced, creator_id=creator_id, now=at)
+        subscription.items = item_rows(priced, creator_id=creator_id, now=at)
     if metadata is not None:
         merged = dict(subscription.metadata_)
         for key, value in metadata.items():
@@ -569,6 +569,85 @@ async def update_subscription(
     subscription.updated_at = at
     await emit(session, subscription, "customer.subscription.updated", now=at)
     return subscription
+
+
+class PriceChangeTooSoon(InvalidRequest):
+    slug = "price-change-too-soon"
+    title = "A price change must be announced further ahead"
+
+
+async def schedule_price_change(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    subscription_id: str,
+    items: Sequence[ItemRequest],
+    effective_at: datetime,
+    notice_days: int,
+    now: datetime,
+) -> Subscription:
+    """Replace the items from the first period starting at or after ``effective_at``. The
+    buyer is told 30 days ahead (at once when it is sooner); a change less than
+    ``notice_days`` ahead is refused, as automatic-renewal laws ask.
+
+    Raises:
+        SubscriptionNotFound, SubscriptionCanceled, InvalidSubscriptionItems,
+        PriceChangeTooSoon.
+    """
+    subscription = await get_subscription(
+        session, creator_id=creator_id, subscription_id=subscription_id, for_update=True
+    )
+    if subscription.status == "canceled":
+        raise SubscriptionCanceled(f"subscription {subscription_id} is canceled")
+    at = await billing_now(session, test_clock_id=subscription.test_clock_id, now=now)
+    earliest = at + timedelta(days=notice_days)
+    if effective_at < earliest:
+        raise PriceChangeTooSoon(
+            f"effective_at must be at least {notice_days} days from now (on or after "
+            f"{earliest.isoformat()}) so the buyer is told in time",
+            earliest=earliest.isoformat(),
+        )
+    priced = await priced_items(session, creator_id=creator_id, items=items)
+    first = priced[0].price
+    if (first.currency, first.recurring_interval, first.recurring_interval_count or 1) != (
+        subscription.currency,
+        subscription.interval,
+        subscription.interval_count,
+    ):
+        raise InvalidSubscriptionItems(
+            "the new items must bill in the subscription's currency and cycle"
+        )
+    subscription.pending_items = [
+        {"price": item.price_id, "quantity": item.quantity} for item in items
+    ]
+    subscription.pending_items_at = effective_at
+    subscription.updated_at = at
+    await emit(session, subscription, "customer.subscription.updated", now=at)
+    await reminders.schedule(session, subscription, now=at)
+    return subscription
+
+
+async def apply_pending_items(
+    session: AsyncSession, subscription: Subscription, *, period_start: datetime
+) -> None:
+    """Put a scheduled price change into effect for a period starting at ``period_start``
+    (or later); a price that has since become unusable keeps the current items."""
+    if subscription.pending_items_at is None or subscription.pending_items is None:
+        return
+    if period_start < subscription.pending_items_at:
+        return
+    requested = [
+        ItemRequest(str(item["price"]), int(item["quantity"]))
+        for item in subscription.pending_items
+    ]
+    subscription.pending_items = None
+    subscription.pending_items_at = None
+    try:
+        priced = await priced_items(session, creator_id=subscription.creator_id, items=requested)
+    except InvalidSubscriptionItems:
+        return
+    subscription.items = item_rows(priced, creator_id=subscription.creator_id, now=period_start)
+    await session.flush()
 
 
 async def get_consent(

@@ -2,7 +2,7 @@
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-11-30 13:41:39.544036
+Create Date: 2026-11-30 14:18:27.591261
 """
 
 from collections.abc import Sequence
@@ -71,6 +71,8 @@ def upgrade() -> None:
         sa.Column("ended_at", stallholder.kit.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("refunded_amount", sa.BigInteger(), nullable=False),
         sa.Column("reminders_sent", sa.JSON(), nullable=False),
+        sa.Column("pending_items", sa.JSON(), nullable=True),
+        sa.Column("pending_items_at", stallholder.kit.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("metadata", sa.JSON(), nullable=False),
         sa.Column("request_key", sa.String(length=64), nullable=True),
         sa.Column("created_at", stallholder.kit.db.UTCDateTime(timezone=True), nullable=False),
