@@ -22,6 +22,7 @@ from stallholder import __version__
 from stallholder.accounts.api import router as accounts_router
 from stallholder.accounts.auth import SECURITY_SCHEMES, authenticate_header
 from stallholder.accounts.service import Principal, resolve_admin_key
+from stallholder.billing.api import router as billing_router
 from stallholder.catalog.api import router as catalog_router
 from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
@@ -294,6 +295,7 @@ def create_app(
         events_router,
         payments_router,
         shipping_router,
+        billing_router,
     ):
         app.include_router(router)
     app.include_router(pages_router)

@@ -87,6 +87,20 @@ class Settings(BaseSettings):
     mail_from: str = "Stallholder <no-reply@localhost>"
     smtp_timeout_seconds: float = Field(default=30.0, gt=0)
 
+    # Subscriptions (docs/billing.md). A failed renewal is retried this many days after
+    # its first attempt (each entry one retry); after the last, the subscription is
+    # canceled or kept as unpaid with its invoice open.
+    billing_retry_days: list[Annotated[int, Field(ge=1, le=60)]] = Field(
+        default_factory=lambda: [1, 3, 5, 7], max_length=10
+    )
+    billing_after_last_retry: Literal["cancel", "mark_unpaid"] = "cancel"
+    # Where a buyer whose payment failed updates the card: the creator's portal. {invoice}
+    # and {customer} are filled in. Empty: the email asks the buyer to contact the creator.
+    billing_update_payment_url: str = ""
+    # A price change must be announced at least this many days ahead (and is refused
+    # sooner), as automatic-renewal laws ask.
+    billing_price_change_notice_days: int = Field(default=7, ge=0, le=90)
+
     def payment_resolve_after(self) -> timedelta:
         return timedelta(seconds=self.payment_resolve_after_seconds)
 

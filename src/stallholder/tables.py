@@ -1,6 +1,7 @@
 """Imports every domain's tables so ``Base.metadata`` is whole (migrations, tests)."""
 
 from stallholder.accounts import models as accounts_models
+from stallholder.billing import models as billing_models
 from stallholder.catalog import models as catalog_models
 from stallholder.checkout import models as checkout_models
 from stallholder.events import models as events_models
@@ -16,6 +17,7 @@ metadata = Base.metadata
 
 __all__ = [
     "accounts_models",
+    "billing_models",
     "catalog_models",
     "checkout_models",
     "events_models",

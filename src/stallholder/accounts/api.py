@@ -99,6 +99,7 @@ async def create_customer(
         name=body.name,
         time_zone=body.time_zone,
         now=now,
+        test_clock_id=body.test_clock,
     )
     return CustomerOut.model_validate(customer)
 

@@ -45,4 +45,29 @@ class Customer(Base):
     email: Mapped[str] = mapped_column(String(320))
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # A customer created on a test clock is billed at the clock's time (billing/clocks.py).
+    test_clock_id: Mapped[str | None] = mapped_column(
+        ForeignKey("test_clocks.id"), index=True, default=None
+    )
+    created_at: Mapped[datetime]
+
+
+class TestClock(Base):
+    """A simulated time for billing tests, as Stripe has them (docs/billing.md). Customers
+    created on it are billed at ``frozen_time``; advancing it runs their due work. A clock
+    made with the admin key (``creator_id`` None) may be used by every creator; a
+    creator's clock only by that creator. Here, beside customers, because a customer names
+    its clock; the billing package owns what clocks do."""
+
+    __tablename__ = "test_clocks"
+    __test__ = False  # not a pytest class
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str | None] = mapped_column(
+        ForeignKey("creators.id"), index=True, default=None
+    )
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    frozen_time: Mapped[datetime]
+    # ready | advancing
+    status: Mapped[str] = mapped_column(String(16), default="ready")
     created_at: Mapped[datetime]

@@ -63,6 +63,8 @@ class CustomerCreate(Input):
     email: Email
     name: str | None = Field(default=None, max_length=200)
     time_zone: str = "UTC"
+    # A billing test clock (``clock_…``): the customer is billed at the clock's time.
+    test_clock: str | None = Field(default=None, max_length=40)
 
     @field_validator("time_zone")
     @classmethod
@@ -76,6 +78,7 @@ class CustomerOut(Output):
     email: str
     name: str | None
     time_zone: str
+    test_clock: str | None = Field(default=None, validation_alias="test_clock_id")
     created: datetime = Field(validation_alias="created_at")
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.accounts.models import ApiKey, Creator, Customer
+from stallholder.accounts.models import ApiKey, Creator, Customer, TestClock
 from stallholder.accounts.schemas import slugify
 from stallholder.kit.db import is_unique_violation
 from stallholder.kit.errors import Conflict, Forbidden, NotFound, Unauthenticated
@@ -49,6 +49,12 @@ class CreatorNotFound(NotFound):
 class CustomerNotFound(NotFound):
     slug = "customer-not-found"
     title = "No such customer"
+
+
+class TestClockNotFound(NotFound):
+    __test__ = False  # not a pytest class
+    slug = "test-clock-not-found"
+    title = "No such test clock"
 
 
 class PublishableKeyNotAllowed(Forbidden):
@@ -203,13 +209,21 @@ async def create_customer(
     name: str | None,
     time_zone: str,
     now: datetime,
+    test_clock_id: str | None = None,
 ) -> Customer:
+    """Raises TestClockNotFound for a test clock that is neither the creator's nor the
+    platform's (made with the admin key)."""
+    if test_clock_id is not None:
+        clock = await session.get(TestClock, test_clock_id)
+        if clock is None or clock.creator_id not in (None, creator_id):
+            raise TestClockNotFound(f"no test clock {test_clock_id!r}")
     customer = Customer(
         id=new_id("cus"),
         creator_id=creator_id,
         email=email,
         name=name,
         time_zone=time_zone,
+        test_clock_id=test_clock_id,
         created_at=now,
     )
     session.add(customer)

@@ -16,6 +16,22 @@ EVENT_TYPES: dict[str, str] = {
     "dispute.created": "A buyer disputed an order's payment; data.object is the dispute.",
     "dispute.updated": "A dispute changed status (under review, won, lost…); data.object is "
     "the dispute.",
+    "customer.subscription.created": "A subscription was created; data.object is the subscription.",
+    "customer.subscription.updated": "A subscription changed (status, period, items, "
+    "cancellation…); data.object is the subscription.",
+    "customer.subscription.deleted": "A subscription ended (canceled, or its payment failed "
+    "for good); data.object is the subscription.",
+    "customer.subscription.paused": "A subscription was paused; data.object is the subscription.",
+    "customer.subscription.resumed": "A paused subscription was resumed; data.object is the "
+    "subscription.",
+    "customer.subscription.trial_will_end": "A trial ends in 3 days (7 for trials over 31 "
+    "days); data.object is the subscription.",
+    "invoice.created": "A subscription invoice was created; data.object is the invoice.",
+    "invoice.paid": "An invoice was paid; data.object is the invoice.",
+    "invoice.payment_failed": "A payment of an invoice failed; data.object is the invoice "
+    "with its next_payment_attempt.",
+    "invoice.upcoming": "A renewal is coming (30 days before a yearly one, once a year for "
+    "monthly plans); data.object is the upcoming invoice's amount and date.",
 }
 
 

@@ -15,6 +15,8 @@ import httpx
 import psycopg
 from sqlalchemy.engine import make_url
 
+from stallholder.billing import renewal
+from stallholder.billing import tasks as billing
 from stallholder.checkout.tasks import (
     EXPIRE_SESSION,
     complete_authenticated_payment,
@@ -33,7 +35,7 @@ from stallholder.orders import service as orders
 from stallholder.orders.tasks import INBOX_KINDS, resolve_stale_refunds
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import Gateway, SandboxGateway
-from stallholder.payments.tasks import resolve_stale_attempts
+from stallholder.payments.tasks import Completer, resolve_stale_attempts
 from stallholder.settings import Settings
 
 log = logging.getLogger("stallholder.worker")
@@ -62,8 +64,11 @@ def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
     each attempt or refund for its ``resolve_after``, each asks the gateway again with the
     same idempotency key for every one then due and records the outcome. One that finds
     nothing due (the request finished it) does nothing."""
-    completers = {
-        "checkout_session": functools.partial(settle_checkout_attempt, base_url=settings.base_url)
+    completers: dict[str, Completer] = {
+        "checkout_session": functools.partial(settle_checkout_attempt, base_url=settings.base_url),
+        renewal.PURPOSE: functools.partial(
+            renewal.complete_invoice_attempt, policy=billing.policy_from(settings)
+        ),
     }
 
     async def settle_attempts(context: work.Context[Resources], item: work.Claimed) -> None:
@@ -95,6 +100,7 @@ def kinds_for(settings: Settings, gateway: Gateway) -> list[work.Kind[Resources]
         EXPIRE_SESSION,
         PRUNE_KEYS,
         *_settlement_kinds(settings),
+        *billing.kinds(),
     ]
     inbox_kind = INBOX_KINDS.get(gateway.name)
     if inbox_kind is not None:

@@ -27,6 +27,9 @@ SUBJECTS: dict[str, str] = {
     "payment_failed": "Your payment to {{ merchant }} did not go through",
     "magic_link": "Your sign-in link for {{ merchant }}",
     "webhook_endpoint_disabled": "Webhook endpoint disabled: {{ url }}",
+    "invoice_payment_failed": "Your {{ merchant }} subscription payment did not go through",
+    "subscription_reminder": "{{ headline }}",
+    "subscription_canceled": "Your {{ merchant }} subscription is canceled",
 }
 
 

@@ -1,0 +1,175 @@
+"""Subscriptions, their items, invoices with lines, and consent records (docs/billing.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from stallholder.kit.db import Base, SerialPK
+
+
+class Subscription(Base):
+    """A customer's subscription to one or more recurring prices of one currency and plan.
+
+    Periods are counted from ``billing_anchor`` on the customer's local calendar (ADR
+    0009); ``current_period_index`` is the period under way, ``[current_period_start,
+    current_period_end)``. The renewal of the next period is due work at
+    ``current_period_end`` (ADR 0010).
+    """
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        Index("ix_subscriptions_creator_customer", "creator_id", "customer_id"),
+        Index("ix_subscriptions_creator_status", "creator_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    # incomplete | trialing | active | past_due | unpaid | paused | canceled (lifecycle.py)
+    status: Mapped[str] = mapped_column(String(16))
+    currency: Mapped[str] = mapped_column(String(3))
+    interval: Mapped[str] = mapped_column(String(8))
+    interval_count: Mapped[int]
+    default_payment_method_id: Mapped[str | None] = mapped_column(
+        ForeignKey("payment_methods.id"), default=None
+    )
+    # The customer's zone when the subscription started; boundaries use the customer's
+    # current zone (accounts), this is what the consent record showed.
+    time_zone: Mapped[str] = mapped_column(String(64))
+    test_clock_id: Mapped[str | None] = mapped_column(
+        ForeignKey("test_clocks.id"), index=True, default=None
+    )
+    billing_anchor: Mapped[datetime]
+    current_period_index: Mapped[int]
+    current_period_start: Mapped[datetime]
+    current_period_end: Mapped[datetime]
+    trial_start: Mapped[datetime | None] = mapped_column(default=None)
+    trial_end: Mapped[datetime | None] = mapped_column(default=None)
+    # Skip the period with this index (no invoice, no delivery); set by "skip next cycle".
+    skip_period_index: Mapped[int | None] = mapped_column(default=None)
+    paused_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Cancellation: asked for at ``cancel_requested_at``, effective at ``cancel_at``
+    # (the period's end, or at once); ``ended_at`` when it took effect.
+    cancel_at_period_end: Mapped[bool] = mapped_column(default=False)
+    cancel_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancellation_reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    # voluntary (the buyer or creator canceled) | involuntary (payment failed for good)
+    churn: Mapped[str | None] = mapped_column(String(16), default=None)
+    canceled_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    refunded_amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Reminders sent, by key (``trial_will_end:<trial_end>``, ``upcoming:<period>``).
+    reminders_sent: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # A scheduled price change: these items ([{price, quantity}]) replace the current ones
+    # from the first period that starts at or after ``pending_items_at`` (announced ahead).
+    pending_items: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    pending_items_at: Mapped[datetime | None] = mapped_column(default=None)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # The creating request's Idempotency-Key (caller-scoped, hashed): a retry after a crash
+    # finds this subscription instead of making a second.
+    request_key: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    items: Mapped[list[SubscriptionItem]] = relationship(
+        order_by="SubscriptionItem.id", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+
+class SubscriptionItem(Base):
+    __tablename__ = "subscription_items"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id"), index=True)
+    price_id: Mapped[str] = mapped_column(ForeignKey("prices.id"))
+    product_id: Mapped[str] = mapped_column(String(40))
+    variant_id: Mapped[str] = mapped_column(String(40))
+    sku: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(300))
+    quantity: Mapped[int]
+    unit_amount: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+
+
+class Invoice(Base):
+    """What a customer owes for a period (or a change): ``draft → open → paid | void |
+    uncollectible``. A period's invoice is unique by ``period_key``
+    (``<subscription>:<period index>``), so a renewal run twice makes it once; its
+    payment attempts are keyed ``<invoice>:attempt:<n>`` (ADR 0010)."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        Index("ix_invoices_creator_subscription", "creator_id", "subscription_id"),
+        Index("ix_invoices_creator_customer", "creator_id", "customer_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id"))
+    period_key: Mapped[str | None] = mapped_column(String(60), unique=True, default=None)
+    period_index: Mapped[int]
+    # subscription_create | subscription_cycle | subscription_update
+    billing_reason: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    currency: Mapped[str] = mapped_column(String(3))
+    period_start: Mapped[datetime]
+    period_end: Mapped[datetime]
+    amount_due: Mapped[int] = mapped_column(BigInteger)
+    amount_paid: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempt_count: Mapped[int] = mapped_column(default=0)
+    next_payment_attempt: Mapped[datetime | None] = mapped_column(default=None)
+    payment_attempt_id: Mapped[str | None] = mapped_column(
+        ForeignKey("payment_attempts.id"), default=None
+    )
+    order_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    last_failure: Mapped[str | None] = mapped_column(String(500), default=None)
+    paid_at: Mapped[datetime | None] = mapped_column(default=None)
+    voided_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    lines: Mapped[list[InvoiceLine]] = relationship(
+        order_by="InvoiceLine.id", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+
+class InvoiceLine(Base):
+    __tablename__ = "invoice_lines"
+
+    id: Mapped[SerialPK]
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"), index=True)
+    price_id: Mapped[str] = mapped_column(String(40))
+    product_id: Mapped[str] = mapped_column(String(40))
+    variant_id: Mapped[str] = mapped_column(String(40))
+    sku: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(300))
+    quantity: Mapped[int]
+    unit_amount: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    period_start: Mapped[datetime]
+    period_end: Mapped[datetime]
+    is_proration: Mapped[bool] = mapped_column(default=False)
+
+
+class SubscriptionConsent(Base):
+    """What the buyer agreed to at signup, exactly as shown: immutable (only inserted),
+    exportable with ``GET /v1/subscriptions/{id}/consent``."""
+
+    __tablename__ = "subscription_consents"
+    __table_args__ = (UniqueConstraint("subscription_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id"))
+    terms: Mapped[str] = mapped_column(Text)
+    ip_address: Mapped[str | None] = mapped_column(String(64), default=None)
+    user_agent: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime]
