@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.accounts.models import ApiKey, Creator, Customer
+from stallholder.accounts.emails import buyer_key
+from stallholder.accounts.models import ApiKey, Buyer, Creator, Customer
 from stallholder.accounts.schemas import slugify
 from stallholder.kit.db import is_unique_violation
 from stallholder.kit.errors import Conflict, Forbidden, NotFound, Unauthenticated
@@ -195,6 +198,24 @@ async def roll_keys(session: AsyncSession, *, creator_id: str, now: datetime) ->
     return await _issue_keys(session, creator_id=creator_id, now=now)
 
 
+async def buyer_for_email(session: AsyncSession, *, email: str, now: datetime) -> Buyer:
+    """The buyer with this address (by ``buyer_key``), created when there is none.
+
+    ``INSERT … ON CONFLICT DO NOTHING`` then a read, on both databases: two creators'
+    first sales to one new buyer at the same moment find the same buyer, and neither
+    transaction fails.
+    """
+    key = buyer_key(email)
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    await session.execute(
+        insert(Buyer)
+        .values(id=new_id("byr"), email_key=key, created_at=now)
+        .on_conflict_do_nothing(index_elements=[Buyer.email_key])
+    )
+    return (await session.execute(select(Buyer).where(Buyer.email_key == key))).scalar_one()
+
+
 async def create_customer(
     session: AsyncSession,
     *,
@@ -204,9 +225,13 @@ async def create_customer(
     time_zone: str,
     now: datetime,
 ) -> Customer:
+    """A new customer of the creator, linked to the buyer with this email (created when
+    the platform has none yet)."""
+    buyer = await buyer_for_email(session, email=email, now=now)
     customer = Customer(
         id=new_id("cus"),
         creator_id=creator_id,
+        buyer_id=buyer.id,
         email=email,
         name=name,
         time_zone=time_zone,
