@@ -33,8 +33,9 @@ from stallholder.orders import service as orders
 from stallholder.orders.tasks import INBOX_KINDS, resolve_stale_refunds
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import Gateway, SandboxGateway
-from stallholder.payments.tasks import resolve_stale_attempts
+from stallholder.payments.tasks import Completer, resolve_stale_attempts
 from stallholder.settings import Settings
+from stallholder.wallets.tasks import AUTO_TOP_UP, settle_top_up_attempt
 
 log = logging.getLogger("stallholder.worker")
 
@@ -62,8 +63,9 @@ def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
     each attempt or refund for its ``resolve_after``, each asks the gateway again with the
     same idempotency key for every one then due and records the outcome. One that finds
     nothing due (the request finished it) does nothing."""
-    completers = {
-        "checkout_session": functools.partial(settle_checkout_attempt, base_url=settings.base_url)
+    completers: dict[str, Completer] = {
+        "checkout_session": functools.partial(settle_checkout_attempt, base_url=settings.base_url),
+        "wallet_top_up": settle_top_up_attempt,
     }
 
     async def settle_attempts(context: work.Context[Resources], item: work.Claimed) -> None:
@@ -94,6 +96,7 @@ def kinds_for(settings: Settings, gateway: Gateway) -> list[work.Kind[Resources]
         webhook_kind(settings),
         EXPIRE_SESSION,
         PRUNE_KEYS,
+        AUTO_TOP_UP,
         *_settlement_kinds(settings),
     ]
     inbox_kind = INBOX_KINDS.get(gateway.name)

@@ -33,6 +33,13 @@ def creator_account(creator_id: str) -> str:
     return f"creator:{creator_id}:balance"
 
 
+def wallet_account(buyer_id: str) -> str:
+    """The platform's liability to a buyer for the money in its wallet (ADR 0011): a
+    positive balance is what the platform holds for the buyer, as a creator's is what it
+    owes the creator."""
+    return f"wallet:{buyer_id}"
+
+
 class UnbalancedTransaction(ValueError):
     """A bug: lines that do not sum to zero were about to be posted."""
 
@@ -118,6 +125,29 @@ def payment_lines(creator_id: str, split: Split) -> list[Line]:
     """Buyer funds → creator balance, with platform and processor fees as their own lines."""
     return [
         Line(BUYER_FUNDS, -split.gross),
+        Line(creator_account(creator_id), split.creator),
+        Line(PLATFORM_FEES, split.platform_fee),
+        Line(PROCESSOR_FEES, split.processor_fee),
+    ]
+
+
+def wallet_top_up_lines(buyer_id: str, *, amount: int, processor_fee: int) -> list[Line]:
+    """The buyer's card paid ``amount`` into the wallet: the whole amount becomes the
+    platform's liability to the buyer, and the platform bears the processor's fee on it
+    (ADR 0011), as it does a fee the processor charged beyond the estimate."""
+    return [
+        Line(BUYER_FUNDS, -amount),
+        Line(wallet_account(buyer_id), amount),
+        Line(PROCESSOR_FEES, processor_fee),
+        Line(PLATFORM_FEES, -processor_fee),
+    ]
+
+
+def wallet_payment_lines(buyer_id: str, creator_id: str, split: Split) -> list[Line]:
+    """A payment from the buyer's wallet to a creator: the liability moves to the creator's
+    balance, less the platform's fee (no processor is involved, so ``split`` has none)."""
+    return [
+        Line(wallet_account(buyer_id), -split.gross),
         Line(creator_account(creator_id), split.creator),
         Line(PLATFORM_FEES, split.platform_fee),
         Line(PROCESSOR_FEES, split.processor_fee),

@@ -390,7 +390,7 @@ def _not_granted(payment_method_id: str, *, customer_id: str) -> PaymentMethodNo
     )
 
 
-async def _charge_target(
+async def charge_target(
     session: AsyncSession, *, creator_id: str, customer_id: str, payment_method_id: str | None
 ) -> PaymentMethod:
     """The method to charge off-session for this creator: the named one, which must be
@@ -459,7 +459,7 @@ async def charge_saved_method(
         CustomerNotFound, PaymentMethodNotFound, NoDefaultPaymentMethod, CreatorNotConnected.
     """
     async with database.unit_of_work() as starting:
-        method = await _charge_target(
+        method = await charge_target(
             starting,
             creator_id=creator_id,
             customer_id=customer_id,
