@@ -5,8 +5,6 @@ careless caller gets."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from sqlalchemy import select
 
@@ -47,7 +45,7 @@ async def _two_creators(api: Api) -> tuple[list[str], list[str]]:
 async def _buyers(database: Database) -> dict[str, str]:
     async with database.unit_of_work() as session:
         rows = await session.execute(select(Customer.id, Customer.buyer_id))
-        return {customer: buyer for customer, buyer in rows}
+        return dict(rows.tuples().all())
 
 
 async def test_one_buyer_two_creators_and_each_sees_only_its_own_customer(
