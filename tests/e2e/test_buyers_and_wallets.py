@@ -45,7 +45,7 @@ async def _two_creators(api: Api) -> tuple[list[str], list[str]]:
 async def _buyers(database: Database) -> dict[str, str]:
     async with database.unit_of_work() as session:
         rows = await session.execute(select(Customer.id, Customer.buyer_id))
-        return dict(rows.tuples().all())
+        return {row[0]: row[1] for row in rows}
 
 
 async def test_one_buyer_two_creators_and_each_sees_only_its_own_customer(
