@@ -358,6 +358,37 @@ async def test_a_top_up_credits_the_wallet_once_and_posts_a_liability(
     await _verify(database)
 
 
+async def test_two_top_ups_under_one_key_at_once_charge_once(
+    database: Database, gateway: SandboxGateway
+) -> None:
+    creators, customers, buyer = await _two_creators_one_buyer(database)
+    await _save(database, gateway, creators[0], customers[0], "tok_visa")
+
+    outcomes = await asyncio.gather(
+        *(
+            _top_up(database, gateway, creators[0], customers[0], 1000, request_key="same")
+            for _ in range(2)
+        ),
+        return_exceptions=True,
+    )
+
+    succeeded = [
+        o
+        for o in outcomes
+        if isinstance(o, wallets.TopUpOutcome) and o.top_up.status == "succeeded"
+    ]
+    # The other found the first (in progress, or done) or lost the insert race: a 409.
+    others = [o for o in outcomes if o not in succeeded]
+    assert len(succeeded) >= 1, outcomes
+    for other in others:
+        error = other.error if isinstance(other, wallets.TopUpOutcome) else other
+        assert getattr(error, "status", None) == 409, outcomes
+    assert await _count(database, SandboxCharge) == 1
+    assert await _count(database, WalletTopUp) == 1
+    assert await _wallet_balance(database, buyer) == 1000
+    await _verify(database)
+
+
 async def test_a_declined_top_up_adds_nothing_and_is_the_same_failure_on_retry(
     database: Database, gateway: SandboxGateway
 ) -> None:
