@@ -88,9 +88,12 @@ async def _wallet_balance(database: Database, buyer_id: str) -> int:
 
 
 async def _verify(database: Database) -> None:
+    """``ledger verify``: the books balance and each wallet equals its ledger account."""
     async with database.unit_of_work() as session:
         report = await ledger.verify(session)
+        _, mismatched = await wallets.mismatched_wallets(session)
     assert report.is_clean, report
+    assert mismatched == []
 
 
 async def _save(

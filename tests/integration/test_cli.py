@@ -67,6 +67,8 @@ def _corrupt_one_line(url: str) -> None:
             async with database.unit_of_work() as session:
                 line = (await session.execute(select(JournalLine).limit(1))).scalar_one()
                 line.amount += 1
+                wallet = (await session.execute(select(Wallet))).scalar_one()
+                wallet.balance += 1
         finally:
             await database.dispose()
 
@@ -100,6 +102,7 @@ def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.Monke
     assert broken.exit_code == 1
     assert "unbalanced" in broken.output
     assert "balance mismatch" in broken.output
+    assert "wallet mismatch" in broken.output
 
 
 def test_creators_create_prints_keys_and_refuses_a_taken_slug(

@@ -178,6 +178,20 @@ async def balances_of(session: AsyncSession, *, account: str) -> dict[str, int]:
     return {row.currency: row.amount for row in rows}
 
 
+async def balances_by_account(
+    session: AsyncSession, *, accounts: Sequence[str]
+) -> dict[tuple[str, str], int]:
+    """The balances of ``accounts``, by (account, currency)."""
+    if not accounts:
+        return {}
+    rows = await session.execute(
+        select(Balance.account, Balance.currency, Balance.amount).where(
+            Balance.account.in_(accounts)
+        )
+    )
+    return {(row.account, row.currency): row.amount for row in rows}
+
+
 async def list_transactions(
     session: AsyncSession, *, creator_id: str, limit: int, starting_after: str | None
 ) -> Page[JournalTransaction]:

@@ -554,6 +554,40 @@ async def list_transactions(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class WalletMismatch:
+    wallet_id: str
+    account: str
+    currency: str
+    wallet_balance: int
+    ledger_balance: int
+
+
+async def mismatched_wallets(session: AsyncSession) -> tuple[int, list[WalletMismatch]]:
+    """How many wallets there are, and those whose ``balance`` is not the balance of their
+    ledger account (``wallet:<buyer>`` in that currency): both move in one transaction, so
+    any difference is a bug. Part of ``stallholder ledger verify``."""
+    rows = (
+        await session.execute(
+            select(Wallet.id, Wallet.buyer_id, Wallet.currency, Wallet.balance).order_by(Wallet.id)
+        )
+    ).all()
+    accounts = {ledger.wallet_account(buyer) for _, buyer, _, _ in rows}
+    balances = await ledger.balances_by_account(session, accounts=sorted(accounts))
+    mismatched = [
+        WalletMismatch(
+            wallet_id=wallet_id,
+            account=ledger.wallet_account(buyer),
+            currency=currency,
+            wallet_balance=balance,
+            ledger_balance=balances.get((ledger.wallet_account(buyer), currency), 0),
+        )
+        for wallet_id, buyer, currency, balance in rows
+        if balance != balances.get((ledger.wallet_account(buyer), currency), 0)
+    ]
+    return len(rows), mismatched
+
+
 async def get_top_up(
     session: AsyncSession, *, creator_id: str, customer_id: str, top_up_id: str
 ) -> WalletTopUp | None:
