@@ -22,7 +22,12 @@ from stallholder.ledger import service as ledger
 from stallholder.ledger.fees import FeePolicy
 from stallholder.payments import methods
 from stallholder.payments.gateway import SandboxGateway
-from stallholder.payments.models import PaymentAttempt, SandboxCharge
+from stallholder.payments.models import (
+    PaymentAttempt,
+    PaymentMethod,
+    PaymentMethodGrant,
+    SandboxCharge,
+)
 from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.settings import Settings
 from stallholder.wallets import service as wallets
@@ -293,6 +298,32 @@ async def test_a_card_saved_with_one_creator_is_seen_by_another_but_charged_only
     assert last_out.method.detached_at == T0
     with pytest.raises(methods.NoDefaultPaymentMethod):
         await charge(None, "in_3")
+
+
+async def test_two_creators_saving_the_same_card_at_once_find_one_card(
+    database: Database, gateway: SandboxGateway
+) -> None:
+    creators, customers, _ = await _two_creators_one_buyer(database)
+    # Both saves have looked for the buyer's card (and found none) before either records.
+    both_at_gateway = asyncio.Barrier(2)
+
+    class Together(SandboxGateway):
+        async def save_payment_method(self, **kwargs: Any) -> Any:
+            await both_at_gateway.wait()
+            return await super().save_payment_method(**kwargs)
+
+    together = Together()
+    saved = await asyncio.gather(
+        *(
+            _save(database, together, creator, customer, "tok_visa")
+            for creator, customer in zip(creators, customers, strict=True)
+        )
+    )
+
+    assert saved[0].method.id == saved[1].method.id
+    assert [(v.is_granted, v.is_default) for v in saved] == [(True, True), (True, True)]
+    assert await _count(database, PaymentMethod) == 1
+    assert await _count(database, PaymentMethodGrant) == 2
 
 
 async def test_one_gateway_customer_per_buyer_and_a_default_per_creator(

@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts import service as accounts
-from stallholder.accounts.models import Customer
+from stallholder.accounts.models import Buyer, Customer
 from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import Forbidden, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
@@ -74,6 +74,12 @@ async def _buyer_gateway_customer(
             .limit(1)
         )
     ).scalar_one_or_none()
+
+
+async def _lock_buyer(session: AsyncSession, *, buyer_id: str) -> None:
+    """Serialise saving methods to one buyer (``FOR UPDATE``), so two creators saving the
+    same card at once find one method, not two. Taken before a customer's lock."""
+    await session.execute(select(Buyer.id).where(Buyer.id == buyer_id).with_for_update())
 
 
 async def _lock_customer(session: AsyncSession, *, customer_id: str) -> None:
@@ -137,6 +143,7 @@ async def save_payment_method(
         idempotency_key=f"{creator_id}:pm:{request_key}" if request_key else f"{method_id}:save",
     )
     async with session_or_unit_of_work(database, session) as writing:
+        await _lock_buyer(writing, buyer_id=buyer_id)
         await _lock_customer(writing, customer_id=customer_id)
         method = (
             await writing.execute(
