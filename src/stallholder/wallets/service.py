@@ -586,12 +586,3 @@ async def mismatched_wallets(session: AsyncSession) -> tuple[int, list[WalletMis
         if balance != balances.get((ledger.wallet_account(buyer), currency), 0)
     ]
     return len(rows), mismatched
-
-
-async def get_top_up(
-    session: AsyncSession, *, creator_id: str, customer_id: str, top_up_id: str
-) -> WalletTopUp | None:
-    top = await session.get(WalletTopUp, top_up_id)
-    if top is None or top.creator_id != creator_id or top.customer_id != customer_id:
-        return None
-    return top
