@@ -198,22 +198,21 @@ async def roll_keys(session: AsyncSession, *, creator_id: str, now: datetime) ->
     return await _issue_keys(session, creator_id=creator_id, now=now)
 
 
-async def buyer_for_email(session: AsyncSession, *, email: str, now: datetime) -> Buyer:
-    """The buyer with this address (by ``buyer_key``), created when there is none.
-
-    ``INSERT … ON CONFLICT DO NOTHING`` then a read, on both databases: two creators'
-    first sales to one new buyer at the same moment find the same buyer, and neither
-    transaction fails.
+async def buyer_id_for_email(session: AsyncSession, *, email: str, now: datetime) -> str:
+    """The id of the buyer with this address (by ``buyer_key``), created when there is
+    none, in one statement on both databases: ``INSERT … ON CONFLICT (email_key) DO UPDATE
+    … RETURNING id`` (the update changes nothing; unlike ``DO NOTHING`` it returns the
+    existing row). Two creators' first sales to one new buyer at the same moment find the
+    same buyer, and neither transaction fails.
     """
-    key = buyer_key(email)
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    await session.execute(
-        insert(Buyer)
-        .values(id=new_id("byr"), email_key=key, created_at=now)
-        .on_conflict_do_nothing(index_elements=[Buyer.email_key])
-    )
-    return (await session.execute(select(Buyer).where(Buyer.email_key == key))).scalar_one()
+    values = insert(Buyer).values(id=new_id("byr"), email_key=buyer_key(email), created_at=now)
+    upsert = values.on_conflict_do_update(
+        index_elements=[Buyer.email_key], set_={"email_key": values.excluded.email_key}
+    ).returning(Buyer.id)
+    buyer_id: str = (await session.execute(upsert)).scalar_one()
+    return buyer_id
 
 
 async def create_customer(
@@ -227,11 +226,11 @@ async def create_customer(
 ) -> Customer:
     """A new customer of the creator, linked to the buyer with this email (created when
     the platform has none yet)."""
-    buyer = await buyer_for_email(session, email=email, now=now)
+    buyer_id = await buyer_id_for_email(session, email=email, now=now)
     customer = Customer(
         id=new_id("cus"),
         creator_id=creator_id,
-        buyer_id=buyer.id,
+        buyer_id=buyer_id,
         email=email,
         name=name,
         time_zone=time_zone,
