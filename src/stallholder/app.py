@@ -40,6 +40,7 @@ from stallholder.payments.api import router as payments_router
 from stallholder.payments.config import gateway_from_settings
 from stallholder.payments.gateway import Gateway
 from stallholder.settings import Settings
+from stallholder.wallets.api import router as wallets_router
 from stallholder.web.pages import router as pages_router
 from stallholder.web.templating import STATIC_DIR
 
@@ -296,6 +297,7 @@ def create_app(
         payments_router,
         shipping_router,
         billing_router,
+        wallets_router,
     ):
         app.include_router(router)
     app.include_router(pages_router)

@@ -28,6 +28,7 @@ from stallholder.payments.config import (
 from stallholder.payments.gateway import Gateway, SandboxGateway
 from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.settings import Settings
+from stallholder.wallets import service as wallets
 
 app = typer.Typer(help="Stallholder: commerce infrastructure for creators.", no_args_is_help=True)
 creators_app = typer.Typer(help="Manage creators.", no_args_is_help=True)
@@ -308,20 +309,23 @@ def create_creator(
 
 @ledger_app.command("verify")
 def verify_ledger() -> None:
-    """Check that every transaction sums to zero per currency and every balance matches its
-    lines. Exits 1 and lists the offenders otherwise."""
+    """Check that every transaction sums to zero per currency, every balance matches its
+    lines and every wallet's balance matches its ledger account. Exits 1 and lists the
+    offenders otherwise."""
     settings = _settings()
 
-    async def main() -> ledger.VerifyReport:
+    async def main() -> tuple[ledger.VerifyReport, int, list[wallets.WalletMismatch]]:
         database = Database(settings.resolved_database_url())
         try:
             async with database.unit_of_work() as session:
-                return await ledger.verify(session)
+                report = await ledger.verify(session)
+                checked, mismatched = await wallets.mismatched_wallets(session)
+                return report, checked, mismatched
         finally:
             await database.dispose()
 
     with console.status("Verifying the ledger…"):
-        report = asyncio.run(main())
+        report, wallets_checked, mismatched_wallets = asyncio.run(main())
     for txn, currency, total in report.unbalanced:
         console.print(f"[red]unbalanced[/red] transaction {txn}: {currency} lines sum to {total}")
     for account, currency, expected, actual in report.mismatched_balances:
@@ -329,11 +333,16 @@ def verify_ledger() -> None:
             f"[red]balance mismatch[/red] {account} {currency}: lines sum to {expected}, "
             f"balance says {actual}"
         )
-    if not report.is_clean:
+    for mismatch in mismatched_wallets:
+        console.print(
+            f"[red]wallet mismatch[/red] {mismatch.wallet_id} {mismatch.currency}: balance "
+            f"{mismatch.wallet_balance}, ledger {mismatch.account} says {mismatch.ledger_balance}"
+        )
+    if not report.is_clean or mismatched_wallets:
         raise typer.Exit(code=1)
     console.print(
         f"[green]Ledger balances[/green]: {report.transactions_checked} transactions, "
-        f"{report.accounts_checked} account balances checked"
+        f"{report.accounts_checked} account balances, {wallets_checked} wallets checked"
     )
 
 

@@ -28,6 +28,7 @@ from stallholder.ledger.fees import FeeSchedule
 from stallholder.orders import service as orders
 from stallholder.payments import methods as payment_methods
 from stallholder.payments.gateway import Gateway
+from stallholder.wallets import service as wallets
 
 KEYS_FILE = "demo-keys.json"
 # A demo sale left half done by a crash is resolved by the worker after this long.
@@ -267,14 +268,27 @@ async def seed(
                 now=now,
             )
             if spec.slug == "paper-lantern" and outcome.session.customer_id and sale_id == sales[0]:
-                # The zine's first reader keeps a card on file for renewals: GET
-                # /v1/customers/{id}/payment_methods shows it.
+                # The zine's first reader is a buyer with a card on file for renewals
+                # (GET /v1/customers/{id}/payment_methods) and $5 in a wallet, topped up
+                # once with that card (GET /v1/customers/{id}/wallet).
                 await payment_methods.save_payment_method(
                     database,
                     gateway,
                     creator_id=creator.id,
                     customer_id=outcome.session.customer_id,
                     token="tok_visa",  # noqa: S106 (a sandbox test token, not a secret)
+                    now=now,
+                )
+                await wallets.top_up(
+                    database,
+                    gateway,
+                    creator_id=creator.id,
+                    customer_id=outcome.session.customer_id,
+                    amount=500,
+                    currency="usd",
+                    payment_method_id=None,
+                    request_key=f"demo:{sale_id}",
+                    resolve_after=now + RESOLVE_AFTER,
                     now=now,
                 )
             if spec.slug == "paper-lantern" and outcome.session.order_id:

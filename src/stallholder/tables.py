@@ -12,6 +12,7 @@ from stallholder.ledger import models as ledger_models
 from stallholder.notifications import models as notifications_models
 from stallholder.orders import models as orders_models
 from stallholder.payments import models as payments_models
+from stallholder.wallets import models as wallets_models
 
 metadata = Base.metadata
 
@@ -28,5 +29,6 @@ __all__ = [
     "notifications_models",
     "orders_models",
     "payments_models",
+    "wallets_models",
     "work",
 ]

@@ -623,6 +623,53 @@ async def test_a_saved_payment_method_is_charged_off_session_and_detached_throug
     assert listed.json()["data"] == []
 
 
+async def test_one_buyer_is_one_stripe_customer_and_a_top_up_is_a_platform_charge(
+    api: Api, database: Database, stripe_double: StripeDouble
+) -> None:
+    """ADR 0011: the buyer behind two creators' customers is one platform Customer with
+    every card on it; a wallet top-up charges it for the platform (no transfer, no
+    application fee), so no creator's account receives the buyer's prepaid money."""
+    shops = [await _shop(api, stripe_double), await _shop(api, stripe_double)]
+    customers = []
+    for shop in shops:
+        created = await api.http.post(
+            "/v1/customers", headers=bearer(shop.secret_key), json={"email": "ana@example.com"}
+        )
+        customers.append(created.json()["id"])
+        saved = await api.http.post(
+            f"/v1/customers/{created.json()['id']}/payment_methods",
+            headers=bearer(shop.secret_key),
+            json={"token": "pm_card_visa"},
+        )
+        assert saved.status_code == 201, saved.text
+
+    topped = await api.http.post(
+        f"/v1/customers/{customers[1]}/wallet/top_ups",
+        headers=bearer(shops[1].secret_key),
+        json={"amount": 2000, "currency": "usd"},
+    )
+
+    assert topped.status_code == 201, topped.text
+    assert topped.json()["status"] == "succeeded"
+    [stripe_customer] = stripe_double.of_type("customer")
+    assert {m["customer"] for m in stripe_double.of_type("payment_method")} == {
+        stripe_customer["id"]
+    }
+    [create] = stripe_double.requests_to("POST", "/v1/payment_intents")
+    assert (create.params["customer"], create.params["off_session"]) == (
+        stripe_customer["id"],
+        "true",
+    )
+    assert "transfer_data" not in create.params
+    assert "application_fee_amount" not in create.params
+    assert [stripe_double.connected_balance(shop.account) for shop in shops] == [0, 0]
+    wallet = await api.http.get(
+        f"/v1/customers/{customers[0]}/wallet", headers=bearer(shops[0].secret_key)
+    )
+    assert wallet.json()["balances"][0]["amount"] == 2000
+    assert (await _verify(database)).is_clean
+
+
 # Connect -------------------------------------------------------------------------------
 
 

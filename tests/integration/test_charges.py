@@ -103,9 +103,10 @@ async def test_an_off_session_charge_on_the_saved_default_method(
     database: Database, gateway: SandboxGateway
 ) -> None:
     creator_id, customer_id = await _customer(database)
-    method = await methods.save_payment_method(
+    saved = await methods.save_payment_method(
         database, gateway, creator_id=creator_id, customer_id=customer_id, token="tok_visa", now=T0
     )
+    method = saved.method
 
     attempt = await methods.charge_saved_method(
         database,
@@ -123,7 +124,7 @@ async def test_an_off_session_charge_on_the_saved_default_method(
         now=T0,
     )
 
-    assert method.is_default
+    assert (saved.is_default, saved.is_granted) == (True, True)
     assert (
         attempt.status,
         attempt.purpose,
@@ -220,7 +221,7 @@ async def test_charge_customer_fail_saves_fine_and_every_off_session_charge_is_d
     database: Database, gateway: SandboxGateway
 ) -> None:
     creator_id, customer_id = await _customer(database)
-    method = await methods.save_payment_method(
+    saved = await methods.save_payment_method(
         database,
         gateway,
         creator_id=creator_id,
@@ -228,6 +229,7 @@ async def test_charge_customer_fail_saves_fine_and_every_off_session_charge_is_d
         token="tok_chargeCustomerFail",
         now=T0,
     )
+    method = saved.method
 
     attempts = [
         await methods.charge_saved_method(
@@ -248,7 +250,7 @@ async def test_charge_customer_fail_saves_fine_and_every_off_session_charge_is_d
         for _ in range(2)
     ]
 
-    assert (method.gateway_reference, method.is_default) == ("tok_chargeCustomerFail", True)
+    assert (method.gateway_reference, saved.is_default) == ("tok_chargeCustomerFail", True)
     assert [(a.status, a.decline_code, a.idempotency_key) for a in attempts] == [
         ("failed", "card_declined", "wtu_1:attempt:1"),
         ("failed", "card_declined", "wtu_1:attempt:2"),
@@ -264,9 +266,10 @@ async def test_a_customer_without_a_default_or_a_detached_method_cannot_be_charg
     database: Database, gateway: SandboxGateway
 ) -> None:
     creator_id, customer_id = await _customer(database)
-    method = await methods.save_payment_method(
+    saved = await methods.save_payment_method(
         database, gateway, creator_id=creator_id, customer_id=customer_id, token="tok_visa", now=T0
     )
+    method = saved.method
     await methods.detach_payment_method(
         database,
         gateway,

@@ -20,12 +20,30 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from stallholder.accounts.models import Creator
+from stallholder.accounts.models import Buyer, Creator
 from stallholder.cli import app, run_worker
 from stallholder.kit import work
 from stallholder.kit.clock import SystemClock
 from stallholder.kit.db import Database
 from stallholder.ledger.models import JournalLine
+from stallholder.wallets.models import Wallet
+
+
+def _wallet_balances(url: str) -> list[tuple[str, str, int]]:
+    async def read() -> list[tuple[str, str, int]]:
+        database = Database(url)
+        try:
+            async with database.unit_of_work() as session:
+                rows = await session.execute(
+                    select(Buyer.email_key, Wallet.currency, Wallet.balance).join(
+                        Buyer, Buyer.id == Wallet.buyer_id
+                    )
+                )
+                return [(key, currency, balance) for key, currency, balance in rows]
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
 
 
 def _count_creators(url: str) -> int:
@@ -49,6 +67,8 @@ def _corrupt_one_line(url: str) -> None:
             async with database.unit_of_work() as session:
                 line = (await session.execute(select(JournalLine).limit(1))).scalar_one()
                 line.amount += 1
+                wallet = (await session.execute(select(Wallet))).scalar_one()
+                wallet.balance += 1
         finally:
             await database.dispose()
 
@@ -69,6 +89,8 @@ def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.Monke
     second = runner.invoke(app, ["demo"])
     assert second.exit_code == 0, second.output
     assert _count_creators(url) == 3
+    # The zine's first reader: a buyer with a saved card and $5 in a wallet.
+    assert _wallet_balances(url) == [("reader@example.com", "usd", 500)]
     assert (tmp_path / "var" / "admin-key").read_text().strip() in second.output
 
     clean = runner.invoke(app, ["ledger", "verify"])
@@ -80,6 +102,7 @@ def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.Monke
     assert broken.exit_code == 1
     assert "unbalanced" in broken.output
     assert "balance mismatch" in broken.output
+    assert "wallet mismatch" in broken.output
 
 
 def test_creators_create_prints_keys_and_refuses_a_taken_slug(

@@ -396,8 +396,11 @@ async def test_a_card_saved_again_after_a_crash_asks_the_gateway_with_the_same_k
             await save()
     clock.advance(timedelta(seconds=61))  # the dead request's lock is stale
     retry = await save()
+    # Another card (a sandbox token is its own card: tok_visa again would be the same one).
     other = await api.http.post(
-        path, headers={**bearer(sk), "Idempotency-Key": "card-2"}, json={"token": "tok_visa"}
+        path,
+        headers={**bearer(sk), "Idempotency-Key": "card-2"},
+        json={"token": "tok_chargeCustomerFail"},
     )
 
     assert (retry.status_code, other.status_code) == (201, 201)

@@ -115,6 +115,7 @@ async def test_an_unexpected_integrity_error_is_a_logged_500_not_a_409(
             insert(Customer).values(
                 id="cus_1",
                 creator_id="cr_gone",
+                buyer_id="byr_gone",
                 email="b@example.com",
                 time_zone="UTC",
                 created_at=T0,

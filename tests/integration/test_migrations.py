@@ -154,3 +154,85 @@ def test_payment_attempts_from_before_purposes_become_checkout_session_charges(
         ).one()
     engine.dispose()
     assert tuple(row) == ("checkout_session", "cs_1", 1, False, None)
+
+
+def test_0008_links_existing_customers_to_buyers_and_grants_their_saved_methods(
+    empty_database_url: str,
+) -> None:
+    """0008's data step: customers of several creators with one address (in any case)
+    become one buyer; each saved method belongs to that buyer and is granted, with its
+    default, to the customer it was saved to. (Kept when 0008 is regenerated.)"""
+    fresh = empty_database_url
+    upgrade(fresh, "0006")
+    engine = create_engine(sync_url(fresh))
+    now = "2026-03-01 12:00:00"
+    with engine.begin() as connection:
+        for creator in ("cr_a", "cr_b"):
+            connection.execute(
+                text(
+                    "INSERT INTO creators (id, slug, display_name, email, receipt_counter, "
+                    "created_at) VALUES (:id, :id, 'X', 'x@example.com', 0, :now)"
+                ),
+                {"id": creator, "now": now},
+            )
+        for customer, creator, email, created in (
+            ("cus_1", "cr_a", "ana@example.com", "2026-03-01 12:00:00"),
+            ("cus_2", "cr_b", "Ana@EXAMPLE.com", "2026-03-02 12:00:00"),
+            ("cus_3", "cr_b", "ben@example.com", "2026-03-03 12:00:00"),
+        ):
+            connection.execute(
+                text(
+                    "INSERT INTO customers (id, creator_id, email, time_zone, created_at) "
+                    "VALUES (:id, :creator, :email, 'UTC', :created)"
+                ),
+                {"id": customer, "creator": creator, "email": email, "created": created},
+            )
+        for method, customer, creator, is_default, detached in (
+            ("pm_1", "cus_1", "cr_a", True, None),
+            ("pm_2", "cus_2", "cr_b", False, None),
+            ("pm_3", "cus_2", "cr_b", False, now),
+        ):
+            connection.execute(
+                text(
+                    "INSERT INTO payment_methods (id, creator_id, customer_id, gateway, "
+                    "gateway_customer, gateway_reference, type, is_default, detached_at, "
+                    "created_at) VALUES (:id, :creator, :customer, 'sandbox', 'sbx_cus', "
+                    "'tok_visa', 'card', :is_default, :detached, :now)"
+                ),
+                {
+                    "id": method,
+                    "creator": creator,
+                    "customer": customer,
+                    "is_default": is_default,
+                    "detached": detached,
+                    "now": now,
+                },
+            )
+    engine.dispose()
+
+    upgrade(fresh)
+
+    engine = create_engine(sync_url(fresh))
+    with engine.connect() as connection:
+        buyers = connection.execute(text("SELECT id, email_key FROM buyers ORDER BY email_key"))
+        by_key = {key: buyer for buyer, key in buyers}
+        customers = connection.execute(text("SELECT id, buyer_id FROM customers ORDER BY id")).all()
+        methods = connection.execute(
+            text("SELECT id, buyer_id FROM payment_methods ORDER BY id")
+        ).all()
+        grants = connection.execute(
+            text(
+                "SELECT customer_id, payment_method_id, creator_id, is_default "
+                "FROM payment_method_grants ORDER BY payment_method_id"
+            )
+        ).all()
+    engine.dispose()
+    ana, ben = by_key["ana@example.com"], by_key["ben@example.com"]
+    assert sorted(by_key) == ["ana@example.com", "ben@example.com"]
+    assert ana.startswith("byr_")
+    assert [tuple(row) for row in customers] == [("cus_1", ana), ("cus_2", ana), ("cus_3", ben)]
+    assert [tuple(row) for row in methods] == [("pm_1", ana), ("pm_2", ana), ("pm_3", ana)]
+    assert [tuple(row) for row in grants] == [
+        ("cus_1", "pm_1", "cr_a", True),
+        ("cus_2", "pm_2", "cr_b", False),
+    ]

@@ -19,6 +19,12 @@ PLATFORM_WIDE = {
     # Stored responses keyed by a hash of the caller's Authorization header, written by
     # middleware before the request is routed (the admin key has no creator).
     "idempotency_keys": "scoped by the caller's credentials, not by creator",
+    # One person across creators (ADR 0011): each creator's customers link to it, and no
+    # creator owns it or reads it directly.
+    "buyers": "one row per person on the platform, shared by the creators they buy from",
+    # A buyer's prepaid balance per currency: the platform holds it for the buyer and any
+    # creator the buyer supports is paid from it.
+    "wallets": "the buyer's money held by the platform, spent with any creator",
     # The creators themselves: their id is the distribution key.
     "creators": "one row per creator; its id is the key",
 }

@@ -36,12 +36,30 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class Buyer(Base):
+    """One person on the platform, whichever creators they buy from (ADR 0011).
+
+    Found by ``email_key`` (``accounts.emails.buyer_key``); each creator's ``Customer``
+    links to it. Payment methods and wallets belong to the buyer. Platform-wide: no
+    creator owns a buyer, and no creator reads one directly, only its own customer.
+    """
+
+    __tablename__ = "buyers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    email_key: Mapped[str] = mapped_column(String(320), unique=True)
+    created_at: Mapped[datetime]
+
+
 class Customer(Base):
+    """A creator's record of a buyer: what that creator knows and may see of them."""
+
     __tablename__ = "customers"
     __table_args__ = (Index("ix_customers_creator_email", "creator_id", "email"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    buyer_id: Mapped[str] = mapped_column(ForeignKey("buyers.id"), index=True)
     email: Mapped[str] = mapped_column(String(320))
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     time_zone: Mapped[str] = mapped_column(String(64), default="UTC")

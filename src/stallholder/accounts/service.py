@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.accounts.models import ApiKey, Creator, Customer, TestClock
+from stallholder.accounts.emails import buyer_key
+from stallholder.accounts.models import ApiKey, Buyer, Creator, Customer, TestClock
 from stallholder.accounts.schemas import slugify
 from stallholder.kit.db import is_unique_violation
 from stallholder.kit.errors import Conflict, Forbidden, NotFound, Unauthenticated
@@ -201,6 +204,23 @@ async def roll_keys(session: AsyncSession, *, creator_id: str, now: datetime) ->
     return await _issue_keys(session, creator_id=creator_id, now=now)
 
 
+async def buyer_id_for_email(session: AsyncSession, *, email: str, now: datetime) -> str:
+    """The id of the buyer with this address (by ``buyer_key``), created when there is
+    none, in one statement on both databases: ``INSERT … ON CONFLICT (email_key) DO UPDATE
+    … RETURNING id`` (the update changes nothing; unlike ``DO NOTHING`` it returns the
+    existing row). Two creators' first sales to one new buyer at the same moment find the
+    same buyer, and neither transaction fails.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    values = insert(Buyer).values(id=new_id("byr"), email_key=buyer_key(email), created_at=now)
+    upsert = values.on_conflict_do_update(
+        index_elements=[Buyer.email_key], set_={"email_key": values.excluded.email_key}
+    ).returning(Buyer.id)
+    buyer_id: str = (await session.execute(upsert)).scalar_one()
+    return buyer_id
+
+
 async def create_customer(
     session: AsyncSession,
     *,
@@ -211,15 +231,20 @@ async def create_customer(
     now: datetime,
     test_clock_id: str | None = None,
 ) -> Customer:
-    """Raises TestClockNotFound for a test clock that is neither the creator's nor the
+    """A new customer of the creator, linked to the buyer with this email (created when
+    the platform has none yet).
+
+    Raises TestClockNotFound for a test clock that is neither the creator's nor the
     platform's (made with the admin key)."""
     if test_clock_id is not None:
         clock = await session.get(TestClock, test_clock_id)
         if clock is None or clock.creator_id not in (None, creator_id):
             raise TestClockNotFound(f"no test clock {test_clock_id!r}")
+    buyer_id = await buyer_id_for_email(session, email=email, now=now)
     customer = Customer(
         id=new_id("cus"),
         creator_id=creator_id,
+        buyer_id=buyer_id,
         email=email,
         name=name,
         time_zone=time_zone,

@@ -48,6 +48,7 @@ from stallholder.billing.subscriptions import (
 from stallholder.kit.db import Database
 from stallholder.ledger.fees import FeeSchedule, fees_before_charge
 from stallholder.orders import service as orders
+from stallholder.payments import methods
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import ChargeResult, Gateway
 from stallholder.payments.models import PaymentAttempt, PaymentMethod
@@ -182,20 +183,27 @@ async def _attempt(session: AsyncSession, *, invoice_id: str, number: int) -> Pa
 
 
 async def _method_for(session: AsyncSession, subscription: Subscription) -> PaymentMethod | None:
-    """The subscription's payment method, or else the customer's default (attached)."""
+    """The subscription's payment method while it is attached and granted to the
+    customer, or else the customer's default; None when there is neither."""
     if subscription.default_payment_method_id is not None:
-        method = await session.get(PaymentMethod, subscription.default_payment_method_id)
-        if method is not None and method.detached_at is None:
-            return method
-    return (
-        await session.execute(
-            select(PaymentMethod).where(
-                PaymentMethod.customer_id == subscription.customer_id,
-                PaymentMethod.is_default,
-                PaymentMethod.detached_at.is_(None),
+        try:
+            return await methods.charge_target(
+                session,
+                creator_id=subscription.creator_id,
+                customer_id=subscription.customer_id,
+                payment_method_id=subscription.default_payment_method_id,
             )
+        except (methods.PaymentMethodNotFound, methods.PaymentMethodNotGranted):
+            pass
+    try:
+        return await methods.charge_target(
+            session,
+            creator_id=subscription.creator_id,
+            customer_id=subscription.customer_id,
+            payment_method_id=None,
         )
-    ).scalar_one_or_none()
+    except methods.NoDefaultPaymentMethod:
+        return None
 
 
 async def _begin(

@@ -180,23 +180,21 @@ def item_rows(
 async def _payment_method(
     session: AsyncSession, *, creator_id: str, customer_id: str, payment_method_id: str | None
 ) -> PaymentMethod | None:
-    """The named method (checked to be the customer's), or the customer's default."""
-    if payment_method_id is not None:
-        return await methods.get_payment_method(
+    """The named method (the buyer's, granted to this customer), or the customer's
+    default; None when nothing is named and there is no default.
+
+    Raises:
+        CustomerNotFound, PaymentMethodNotFound, PaymentMethodNotGranted.
+    """
+    try:
+        return await methods.charge_target(
             session,
             creator_id=creator_id,
             customer_id=customer_id,
             payment_method_id=payment_method_id,
         )
-    return (
-        await session.execute(
-            select(PaymentMethod).where(
-                PaymentMethod.customer_id == customer_id,
-                PaymentMethod.is_default,
-                PaymentMethod.detached_at.is_(None),
-            )
-        )
-    ).scalar_one_or_none()
+    except methods.NoDefaultPaymentMethod:
+        return None
 
 
 async def by_request_key(session: AsyncSession, *, request_key: str) -> Subscription | None:
@@ -515,7 +513,7 @@ async def update_subscription(
 
     Raises:
         SubscriptionNotFound, SubscriptionCanceled, PaymentMethodNotFound,
-        InvalidSubscriptionItems.
+        PaymentMethodNotGranted, InvalidSubscriptionItems.
     """
     subscription = await get_subscription(
         session, creator_id=creator_id, subscription_id=subscription_id, for_update=True
@@ -524,7 +522,7 @@ async def update_subscription(
         raise SubscriptionCanceled(f"subscription {subscription_id} is canceled; start a new one")
     at = await billing_now(session, test_clock_id=subscription.test_clock_id, now=now)
     if default_payment_method_id is not None:
-        await methods.get_payment_method(
+        await methods.charge_target(
             session,
             creator_id=creator_id,
             customer_id=subscription.customer_id,

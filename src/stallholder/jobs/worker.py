@@ -37,6 +37,7 @@ from stallholder.payments import service as payments
 from stallholder.payments.gateway import Gateway, SandboxGateway
 from stallholder.payments.tasks import Completer, resolve_stale_attempts
 from stallholder.settings import Settings
+from stallholder.wallets.tasks import AUTO_TOP_UP, settle_top_up_attempt
 
 log = logging.getLogger("stallholder.worker")
 
@@ -69,6 +70,7 @@ def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
         renewal.PURPOSE: functools.partial(
             renewal.complete_invoice_attempt, policy=billing.policy_from(settings)
         ),
+        "wallet_top_up": settle_top_up_attempt,
     }
 
     async def settle_attempts(context: work.Context[Resources], item: work.Claimed) -> None:
@@ -99,6 +101,7 @@ def kinds_for(settings: Settings, gateway: Gateway) -> list[work.Kind[Resources]
         webhook_kind(settings),
         EXPIRE_SESSION,
         PRUNE_KEYS,
+        AUTO_TOP_UP,
         *_settlement_kinds(settings),
         *billing.kinds(),
     ]

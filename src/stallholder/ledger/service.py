@@ -33,6 +33,13 @@ def creator_account(creator_id: str) -> str:
     return f"creator:{creator_id}:balance"
 
 
+def wallet_account(buyer_id: str) -> str:
+    """The platform's liability to a buyer for the money in its wallet (ADR 0011): a
+    positive balance is what the platform holds for the buyer, as a creator's is what it
+    owes the creator."""
+    return f"wallet:{buyer_id}"
+
+
 class UnbalancedTransaction(ValueError):
     """A bug: lines that do not sum to zero were about to be posted."""
 
@@ -124,6 +131,29 @@ def payment_lines(creator_id: str, split: Split) -> list[Line]:
     ]
 
 
+def wallet_top_up_lines(buyer_id: str, *, amount: int, processor_fee: int) -> list[Line]:
+    """The buyer's card paid ``amount`` into the wallet: the whole amount becomes the
+    platform's liability to the buyer, and the platform bears the processor's fee on it
+    (ADR 0011), as it does a fee the processor charged beyond the estimate."""
+    return [
+        Line(BUYER_FUNDS, -amount),
+        Line(wallet_account(buyer_id), amount),
+        Line(PROCESSOR_FEES, processor_fee),
+        Line(PLATFORM_FEES, -processor_fee),
+    ]
+
+
+def wallet_payment_lines(buyer_id: str, creator_id: str, split: Split) -> list[Line]:
+    """A payment from the buyer's wallet to a creator: the liability moves to the creator's
+    balance, less the platform's fee (no processor is involved, so ``split`` has none)."""
+    return [
+        Line(wallet_account(buyer_id), -split.gross),
+        Line(creator_account(creator_id), split.creator),
+        Line(PLATFORM_FEES, split.platform_fee),
+        Line(PROCESSOR_FEES, split.processor_fee),
+    ]
+
+
 def refund_lines(creator_id: str, split: Split) -> list[Line]:
     """The exact mirror of ``payment_lines`` for the refunded share."""
     return [Line(line.account, -line.amount) for line in payment_lines(creator_id, split)]
@@ -146,6 +176,20 @@ async def balances_of(session: AsyncSession, *, account: str) -> dict[str, int]:
         select(Balance.currency, Balance.amount).where(Balance.account == account)
     )
     return {row.currency: row.amount for row in rows}
+
+
+async def balances_by_account(
+    session: AsyncSession, *, accounts: Sequence[str]
+) -> dict[tuple[str, str], int]:
+    """The balances of ``accounts``, by (account, currency)."""
+    if not accounts:
+        return {}
+    rows = await session.execute(
+        select(Balance.account, Balance.currency, Balance.amount).where(
+            Balance.account.in_(accounts)
+        )
+    )
+    return {(row.account, row.currency): row.amount for row in rows}
 
 
 async def list_transactions(

@@ -21,6 +21,7 @@ from stallholder.payments.schemas import (
     PaymentMethodOut,
     WebhookReceivedOut,
     connected_account_out,
+    payment_method_out,
 )
 from stallholder.payments.stripe_gateway import INBOX_SOURCE, StripeGateway
 
@@ -88,8 +89,10 @@ async def save_payment_method(
     now: NowDep,
     request_key: RequestKeyDep,
 ) -> PaymentMethodOut:
-    """Save a tokenised card to the customer, reusable off-session (renewals, invoices).
-    The customer's first saved method becomes its default."""
+    """Save a tokenised card to the customer's buyer, reusable off-session by this
+    creator (renewals, invoices, wallet top-ups). A card the buyer saved with another
+    creator is not saved twice: this creator is granted its use. The customer's first
+    method becomes its default."""
     method = await methods.save_payment_method(
         request.app.state.database,
         request.app.state.gateway,
@@ -100,7 +103,7 @@ async def save_payment_method(
         session=session,
         request_key=request_key,
     )
-    return PaymentMethodOut.model_validate(method)
+    return payment_method_out(method)
 
 
 @router.get(
@@ -115,7 +118,9 @@ async def list_payment_methods(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     starting_after: str | None = None,
 ) -> ListOut:
-    """The customer's saved (attached) payment methods, newest first."""
+    """The saved (attached) payment methods of the customer's buyer, newest first,
+    whichever creator they were saved with; ``chargeable`` says which this creator may
+    charge."""
     page = await methods.list_payment_methods(
         session,
         creator_id=creator_id,
@@ -123,15 +128,16 @@ async def list_payment_methods(
         limit=limit,
         starting_after=starting_after,
     )
-    return ListOut(
-        data=[PaymentMethodOut.model_validate(m) for m in page.data], has_more=page.has_more
-    )
+    return ListOut(data=[payment_method_out(m) for m in page.data], has_more=page.has_more)
 
 
 @router.delete(
     "/customers/{customer_id}/payment_methods/{payment_method_id}",
     response_model=PaymentMethodOut,
-    responses={404: {"description": "No such customer or attached payment method"}},
+    responses={
+        403: {"description": "The buyer saved the method with another creator only"},
+        404: {"description": "No such customer or attached payment method"},
+    },
 )
 async def detach_payment_method(
     customer_id: str,
@@ -141,8 +147,10 @@ async def detach_payment_method(
     session: SessionDep,
     now: NowDep,
 ) -> PaymentMethodOut:
-    """Detach a saved method at the gateway: it can no longer be charged (and is no
-    longer the default). Returns it with ``detached`` set."""
+    """Withdraw this creator's use of a saved method (it stops being chargeable here and
+    stops being the default). The method is the buyer's: when no other creator the buyer
+    saved it with still uses it, it is detached at the gateway and returned with
+    ``detached`` set. A method saved with other creators only is a 403."""
     method = await methods.detach_payment_method(
         request.app.state.database,
         request.app.state.gateway,
@@ -152,26 +160,30 @@ async def detach_payment_method(
         now=now,
         session=session,
     )
-    return PaymentMethodOut.model_validate(method)
+    return payment_method_out(method)
 
 
 @router.post(
     "/customers/{customer_id}/payment_methods/{payment_method_id}/default",
     response_model=PaymentMethodOut,
-    responses={404: {"description": "No such customer or attached payment method"}},
+    responses={
+        403: {"description": "The buyer saved the method with another creator only"},
+        404: {"description": "No such customer or attached payment method"},
+    },
 )
 async def set_default_payment_method(
     customer_id: str, payment_method_id: str, creator_id: SecretCreatorDep, session: SessionDep
 ) -> PaymentMethodOut:
-    """Make this the customer's default payment method: off-session charges that name no
-    method use it. The previous default stops being one."""
+    """Make this the customer's default payment method: this creator's off-session
+    charges that name no method use it. The previous default stops being one. Defaults
+    are per customer, so each creator the buyer supports keeps its own."""
     method = await methods.set_default_payment_method(
         session,
         creator_id=creator_id,
         customer_id=customer_id,
         payment_method_id=payment_method_id,
     )
-    return PaymentMethodOut.model_validate(method)
+    return payment_method_out(method)
 
 
 @router.post(

@@ -1,4 +1,6 @@
-"""Payment methods saved to customers, and off-session charges on them.
+"""Payment methods the buyer saved, the creators they are granted to, and off-session
+charges on them (ADR 0011: payment methods belong to the buyer; a creator charges one only
+with the buyer's grant).
 
 Saving and detaching call the gateway, so each runs in steps with no transaction open
 during the call (ADR 0007): read in a unit of work of its own, call the gateway, record
@@ -8,19 +10,20 @@ steps of ``payments.service`` on a saved method: renewals, invoices, wallet top-
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts import service as accounts
-from stallholder.accounts.models import Customer
+from stallholder.accounts.models import Buyer, Customer
 from stallholder.kit.db import Database, session_or_unit_of_work
-from stallholder.kit.errors import InvalidRequest, NotFound
+from stallholder.kit.errors import Forbidden, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
 from stallholder.payments.gateway import Gateway
-from stallholder.payments.models import PaymentAttempt, PaymentMethod
+from stallholder.payments.models import PaymentAttempt, PaymentMethod, PaymentMethodGrant
 from stallholder.payments.service import (
     Purpose,
     begin_attempt,
@@ -42,23 +45,62 @@ class NoDefaultPaymentMethod(InvalidRequest):
     title = "The customer has no default payment method"
 
 
-async def _gateway_customer(
-    session: AsyncSession, gateway: Gateway, *, customer_id: str
+class PaymentMethodNotGranted(Forbidden):
+    slug = "payment-method-not-granted"
+    title = "The buyer has not let this creator use that payment method"
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerPaymentMethod:
+    """A buyer's saved method as one creator's customer sees it: whether this creator may
+    charge it off-session (``is_granted``) and whether it is this customer's default."""
+
+    method: PaymentMethod
+    customer_id: str
+    is_granted: bool
+    is_default: bool
+
+
+async def _buyer_gateway_customer(
+    session: AsyncSession, gateway: Gateway, *, buyer_id: str
 ) -> str | None:
-    """The gateway's customer that this customer's methods are saved to, if any yet."""
+    """The gateway's customer that the buyer's methods are saved to, if any yet: one per
+    buyer, whichever creator the buyer saved a method with."""
     return (
         await session.execute(
             select(PaymentMethod.gateway_customer)
-            .where(PaymentMethod.customer_id == customer_id, PaymentMethod.gateway == gateway.name)
-            .order_by(PaymentMethod.id.desc())
+            .where(PaymentMethod.buyer_id == buyer_id, PaymentMethod.gateway == gateway.name)
+            .order_by(PaymentMethod.id)
             .limit(1)
         )
     ).scalar_one_or_none()
 
 
+async def _lock_buyer(session: AsyncSession, *, buyer_id: str) -> None:
+    """Serialise saving methods to one buyer (``FOR UPDATE``), so two creators saving the
+    same card at once find one method, not two. Taken before a customer's lock."""
+    await session.execute(select(Buyer.id).where(Buyer.id == buyer_id).with_for_update())
+
+
 async def _lock_customer(session: AsyncSession, *, customer_id: str) -> None:
-    """Serialise changes to a customer's default payment method (``FOR UPDATE``)."""
+    """Serialise changes to a customer's grants and default (``FOR UPDATE``)."""
     await session.execute(select(Customer.id).where(Customer.id == customer_id).with_for_update())
+
+
+async def _grant(
+    session: AsyncSession, *, customer_id: str, payment_method_id: str
+) -> PaymentMethodGrant | None:
+    return await session.get(PaymentMethodGrant, (customer_id, payment_method_id))
+
+
+async def _has_default(session: AsyncSession, *, customer_id: str) -> bool:
+    return (
+        await session.execute(
+            select(PaymentMethodGrant.payment_method_id).where(
+                PaymentMethodGrant.customer_id == customer_id, PaymentMethodGrant.is_default
+            )
+        )
+    ).first() is not None
 
 
 async def save_payment_method(
@@ -71,13 +113,16 @@ async def save_payment_method(
     now: datetime,
     session: AsyncSession | None = None,
     request_key: str | None = None,
-) -> PaymentMethod:
-    """Save ``token`` to the customer for later off-session charges. The first method a
-    customer saves becomes its default. Three steps, none holding a transaction across the
-    gateway call; the last runs on ``session`` when given. With ``request_key`` (the
-    client's Idempotency-Key, caller-scoped and hashed) the gateway call carries a key
-    derived from it, so a retry after a crash between the gateway's answer and our record
-    gets the same saved method back instead of attaching a second one.
+) -> CustomerPaymentMethod:
+    """Save ``token`` to the customer's buyer for later off-session charges, and grant
+    this creator its use. The buyer has one gateway customer for all creators; a method
+    the buyer already saved (the same gateway method, through any creator) is not saved
+    twice: this creator gets a grant to it. The first method a customer is granted becomes
+    its default. Three steps, none holding a transaction across the gateway call; the last
+    runs on ``session`` when given. With ``request_key`` (the client's Idempotency-Key,
+    caller-scoped and hashed) the gateway call carries a key derived from it, so a retry
+    after a crash between the gateway's answer and our record gets the same saved method
+    back instead of attaching a second one.
 
     Raises:
         CustomerNotFound, CardNumberRejected, InvalidPaymentMethod, PaymentMethodDeclined,
@@ -89,8 +134,8 @@ async def save_payment_method(
         customer = await accounts.get_customer(
             reading, creator_id=creator_id, customer_id=customer_id
         )
-        email = customer.email
-        existing = await _gateway_customer(reading, gateway, customer_id=customer_id)
+        email, buyer_id = customer.email, customer.buyer_id
+        existing = await _buyer_gateway_customer(reading, gateway, buyer_id=buyer_id)
     saved = await gateway.save_payment_method(
         customer_reference=existing,
         email=email,
@@ -98,46 +143,106 @@ async def save_payment_method(
         idempotency_key=f"{creator_id}:pm:{request_key}" if request_key else f"{method_id}:save",
     )
     async with session_or_unit_of_work(database, session) as writing:
+        await _lock_buyer(writing, buyer_id=buyer_id)
         await _lock_customer(writing, customer_id=customer_id)
-        has_default = (
+        method = (
             await writing.execute(
-                select(PaymentMethod.id).where(
-                    PaymentMethod.customer_id == customer_id, PaymentMethod.is_default
+                select(PaymentMethod)
+                .where(
+                    PaymentMethod.buyer_id == buyer_id,
+                    PaymentMethod.gateway == gateway.name,
+                    PaymentMethod.gateway_reference == saved.payment_method,
+                    PaymentMethod.detached_at.is_(None),
                 )
+                .order_by(PaymentMethod.id)
+                .limit(1)
             )
-        ).first() is not None
-        method = PaymentMethod(
-            id=method_id,
-            creator_id=creator_id,
-            customer_id=customer_id,
-            gateway=gateway.name,
-            gateway_customer=saved.customer_reference,
-            gateway_reference=saved.payment_method,
-            type="card",
-            is_default=not has_default,
-            created_at=now,
+        ).scalar_one_or_none()
+        if method is None:
+            method = PaymentMethod(
+                id=method_id,
+                creator_id=creator_id,
+                customer_id=customer_id,
+                buyer_id=buyer_id,
+                gateway=gateway.name,
+                gateway_customer=saved.customer_reference,
+                gateway_reference=saved.payment_method,
+                type="card",
+                created_at=now,
+            )
+            writing.add(method)
+            await writing.flush()
+        grant = await _grant(writing, customer_id=customer_id, payment_method_id=method.id)
+        if grant is None:
+            grant = PaymentMethodGrant(
+                customer_id=customer_id,
+                payment_method_id=method.id,
+                creator_id=creator_id,
+                is_default=not await _has_default(writing, customer_id=customer_id),
+                created_at=now,
+            )
+            writing.add(grant)
+            await writing.flush()
+        return CustomerPaymentMethod(
+            method=method, customer_id=customer_id, is_granted=True, is_default=grant.is_default
         )
-        writing.add(method)
-        await writing.flush()
-        return method
+
+
+async def _attached_method(
+    session: AsyncSession, *, customer: Customer, payment_method_id: str
+) -> PaymentMethod:
+    method = await session.get(PaymentMethod, payment_method_id)
+    if method is None or method.buyer_id != customer.buyer_id or method.detached_at is not None:
+        raise PaymentMethodNotFound(
+            f"customer {customer.id} has no payment method {payment_method_id!r}"
+        )
+    return method
 
 
 async def get_payment_method(
     session: AsyncSession, *, creator_id: str, customer_id: str, payment_method_id: str
-) -> PaymentMethod:
-    """An attached method of the creator's customer.
+) -> CustomerPaymentMethod:
+    """An attached method of the buyer behind the creator's customer, whichever creator
+    it was saved with.
 
     Raises:
         CustomerNotFound: another creator's customer, or none.
-        PaymentMethodNotFound: not this customer's, or detached.
+        PaymentMethodNotFound: not this customer's buyer's, or detached.
     """
-    await accounts.get_customer(session, creator_id=creator_id, customer_id=customer_id)
-    method = await session.get(PaymentMethod, payment_method_id)
-    if method is None or method.customer_id != customer_id or method.detached_at is not None:
-        raise PaymentMethodNotFound(
-            f"customer {customer_id} has no payment method {payment_method_id!r}"
+    customer = await accounts.get_customer(session, creator_id=creator_id, customer_id=customer_id)
+    method = await _attached_method(session, customer=customer, payment_method_id=payment_method_id)
+    grant = await _grant(session, customer_id=customer_id, payment_method_id=method.id)
+    return CustomerPaymentMethod(
+        method=method,
+        customer_id=customer_id,
+        is_granted=grant is not None,
+        is_default=grant is not None and grant.is_default,
+    )
+
+
+async def _views(
+    session: AsyncSession, *, customer_id: str, methods: list[PaymentMethod]
+) -> list[CustomerPaymentMethod]:
+    grants = {
+        grant.payment_method_id: grant
+        for grant in (
+            await session.execute(
+                select(PaymentMethodGrant).where(
+                    PaymentMethodGrant.customer_id == customer_id,
+                    PaymentMethodGrant.payment_method_id.in_([m.id for m in methods]),
+                )
+            )
+        ).scalars()
+    }
+    return [
+        CustomerPaymentMethod(
+            method=method,
+            customer_id=customer_id,
+            is_granted=method.id in grants,
+            is_default=method.id in grants and grants[method.id].is_default,
         )
-    return method
+        for method in methods
+    ]
 
 
 async def list_payment_methods(
@@ -147,17 +252,22 @@ async def list_payment_methods(
     customer_id: str,
     limit: int,
     starting_after: str | None,
-) -> Page[PaymentMethod]:
-    """The customer's attached methods, newest first. Raises CustomerNotFound."""
-    await accounts.get_customer(session, creator_id=creator_id, customer_id=customer_id)
-    return await paginate(
+) -> Page[CustomerPaymentMethod]:
+    """The attached methods of the customer's buyer, newest first, each saying whether
+    this creator may charge it. Raises CustomerNotFound."""
+    customer = await accounts.get_customer(session, creator_id=creator_id, customer_id=customer_id)
+    page = await paginate(
         session,
         select(PaymentMethod).where(
-            PaymentMethod.customer_id == customer_id, PaymentMethod.detached_at.is_(None)
+            PaymentMethod.buyer_id == customer.buyer_id, PaymentMethod.detached_at.is_(None)
         ),
         id_column=PaymentMethod.id,
         limit=limit,
         starting_after=starting_after,
+    )
+    return Page(
+        data=await _views(session, customer_id=customer_id, methods=list(page.data)),
+        has_more=page.has_more,
     )
 
 
@@ -170,83 +280,151 @@ async def detach_payment_method(
     payment_method_id: str,
     now: datetime,
     session: AsyncSession | None = None,
-) -> PaymentMethod:
-    """Detach a saved method at the gateway, then here: it can no longer be charged and
-    stops being the default.
+) -> CustomerPaymentMethod:
+    """Withdraw this creator's use of a saved method (its grant, and its default). The
+    method is the buyer's: only when no creator holds a grant any more is it detached at
+    the gateway, then here, and can no longer be charged by anyone.
 
     Raises:
         CustomerNotFound, PaymentMethodNotFound, GatewayRefused, GatewayUnavailable.
+        PaymentMethodNotGranted: the buyer saved it with other creators only; this one
+            may see it but not remove it.
     """
     async with database.unit_of_work() as reading:
-        method = await get_payment_method(
+        view = await get_payment_method(
             reading,
             creator_id=creator_id,
             customer_id=customer_id,
             payment_method_id=payment_method_id,
         )
-        reference = method.gateway_reference
-    await gateway.detach_payment_method(payment_method=reference)
+        if not view.is_granted:
+            raise PaymentMethodNotGranted(
+                f"payment method {payment_method_id} was saved by the buyer with another "
+                "creator; only the buyer, or a creator it was saved with, can remove it",
+                payment_method=payment_method_id,
+            )
+        reference = view.method.gateway_reference
+        others = (
+            await reading.execute(
+                select(func.count())
+                .select_from(PaymentMethodGrant)
+                .where(
+                    PaymentMethodGrant.payment_method_id == payment_method_id,
+                    PaymentMethodGrant.customer_id != customer_id,
+                )
+            )
+        ).scalar_one()
+    if others == 0:
+        await gateway.detach_payment_method(payment_method=reference)
     async with session_or_unit_of_work(database, session) as writing:
+        await _lock_customer(writing, customer_id=customer_id)
         await writing.execute(
-            update(PaymentMethod)
-            .where(PaymentMethod.id == payment_method_id, PaymentMethod.detached_at.is_(None))
-            .values(detached_at=now, is_default=False)
-            .execution_options(synchronize_session=False)
+            delete(PaymentMethodGrant).where(
+                PaymentMethodGrant.customer_id == customer_id,
+                PaymentMethodGrant.payment_method_id == payment_method_id,
+            )
         )
-        detached = await writing.get(PaymentMethod, payment_method_id, populate_existing=True)
-        assert detached is not None
-        return detached
+        if others == 0:
+            # Detached at the gateway: no grant made meanwhile can charge it any more.
+            await writing.execute(
+                delete(PaymentMethodGrant).where(
+                    PaymentMethodGrant.payment_method_id == payment_method_id
+                )
+            )
+            await writing.execute(
+                update(PaymentMethod)
+                .where(PaymentMethod.id == payment_method_id, PaymentMethod.detached_at.is_(None))
+                .values(detached_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        method = await writing.get(PaymentMethod, payment_method_id, populate_existing=True)
+        assert method is not None
+        return CustomerPaymentMethod(
+            method=method, customer_id=customer_id, is_granted=False, is_default=False
+        )
 
 
 async def set_default_payment_method(
     session: AsyncSession, *, creator_id: str, customer_id: str, payment_method_id: str
-) -> PaymentMethod:
-    """Make an attached method the customer's default (off-session charges use it when
-    none is named).
+) -> CustomerPaymentMethod:
+    """Make a granted method the customer's default (this creator's off-session charges
+    use it when none is named). The default is per customer: each creator the buyer
+    supports keeps its own.
 
     Raises:
-        CustomerNotFound, PaymentMethodNotFound.
+        CustomerNotFound, PaymentMethodNotFound, PaymentMethodNotGranted.
     """
-    method = await get_payment_method(
+    view = await get_payment_method(
         session,
         creator_id=creator_id,
         customer_id=customer_id,
         payment_method_id=payment_method_id,
     )
+    if not view.is_granted:
+        raise _not_granted(payment_method_id, customer_id=customer_id)
     await _lock_customer(session, customer_id=customer_id)
     # Clear the old default first: at most one default per customer is a unique index.
     await session.execute(
-        update(PaymentMethod)
+        update(PaymentMethodGrant)
         .where(
-            PaymentMethod.customer_id == customer_id,
-            PaymentMethod.is_default,
-            PaymentMethod.id != method.id,
+            PaymentMethodGrant.customer_id == customer_id,
+            PaymentMethodGrant.is_default,
+            PaymentMethodGrant.payment_method_id != payment_method_id,
         )
         .values(is_default=False)
         .execution_options(synchronize_session=False)
     )
-    await session.flush()
-    method.is_default = True
-    await session.flush()
-    return method
+    await session.execute(
+        update(PaymentMethodGrant)
+        .where(
+            PaymentMethodGrant.customer_id == customer_id,
+            PaymentMethodGrant.payment_method_id == payment_method_id,
+        )
+        .values(is_default=True)
+        .execution_options(synchronize_session=False)
+    )
+    return CustomerPaymentMethod(
+        method=view.method, customer_id=customer_id, is_granted=True, is_default=True
+    )
 
 
-async def _charge_target(
+def _not_granted(payment_method_id: str, *, customer_id: str) -> PaymentMethodNotGranted:
+    return PaymentMethodNotGranted(
+        f"payment method {payment_method_id} was saved by the buyer with another creator; "
+        f"to charge it, the buyer saves it with you: POST /v1/customers/{customer_id}/"
+        "payment_methods with the same payment method",
+        payment_method=payment_method_id,
+    )
+
+
+async def charge_target(
     session: AsyncSession, *, creator_id: str, customer_id: str, payment_method_id: str | None
 ) -> PaymentMethod:
+    """The method to charge off-session for this creator: the named one, which must be
+    granted to this customer, or the customer's default.
+
+    Raises:
+        CustomerNotFound, PaymentMethodNotFound, PaymentMethodNotGranted,
+        NoDefaultPaymentMethod.
+    """
     if payment_method_id is not None:
-        return await get_payment_method(
+        view = await get_payment_method(
             session,
             creator_id=creator_id,
             customer_id=customer_id,
             payment_method_id=payment_method_id,
         )
+        if not view.is_granted:
+            raise _not_granted(payment_method_id, customer_id=customer_id)
+        return view.method
     await accounts.get_customer(session, creator_id=creator_id, customer_id=customer_id)
     method = (
         await session.execute(
-            select(PaymentMethod).where(
-                PaymentMethod.customer_id == customer_id,
-                PaymentMethod.is_default,
+            select(PaymentMethod)
+            .join(PaymentMethodGrant, PaymentMethodGrant.payment_method_id == PaymentMethod.id)
+            .where(
+                PaymentMethodGrant.customer_id == customer_id,
+                PaymentMethodGrant.is_default,
                 PaymentMethod.detached_at.is_(None),
             )
         )
@@ -276,8 +454,9 @@ async def charge_saved_method(
     now: datetime,
     session: AsyncSession | None = None,
 ) -> PaymentAttempt:
-    """Charge a customer's saved method (its default when ``payment_method_id`` is None)
-    off-session, without the buyer: renewals, invoices, wallet top-ups. The three steps of
+    """Charge a saved method granted to the customer (its default when
+    ``payment_method_id`` is None) off-session, without the buyer: renewals, invoices,
+    wallet top-ups. The three steps of
     a charge; the outcome is recorded on ``session`` when given. A method that would need
     the buyer to authenticate fails with ``authentication_required``. Two charges of one
     purpose at once cannot both record attempt ``n`` (a unique constraint refuses the
@@ -287,7 +466,7 @@ async def charge_saved_method(
         CustomerNotFound, PaymentMethodNotFound, NoDefaultPaymentMethod, CreatorNotConnected.
     """
     async with database.unit_of_work() as starting:
-        method = await _charge_target(
+        method = await charge_target(
             starting,
             creator_id=creator_id,
             customer_id=customer_id,
@@ -308,6 +487,7 @@ async def charge_saved_method(
             now=now,
             gateway_customer=method.gateway_customer,
             saved_payment_method_id=method.id,
+            is_for_platform=purpose == "wallet_top_up",
         )
         call = gateway_call_for(attempt)
     result = await call_gateway(gateway, call)

@@ -67,18 +67,40 @@ Index(
 
 
 class PaymentMethod(Base):
-    """A payment method saved to a customer, reusable off-session (renewals, invoices).
+    """A payment method the buyer saved, reusable off-session (renewals, invoices, wallet
+    top-ups) by the creators it is granted to (ADR 0011).
 
-    ``gateway_reference`` is the gateway's own id (a sandbox token, a Stripe ``pm_…``)
-    and ``gateway_customer`` the gateway's customer it is attached to. A detached method
-    stays for the record and can no longer be charged. At most one attached method per
-    customer is the default.
+    It belongs to the buyer: ``creator_id`` and ``customer_id`` say through which
+    creator's customer it was saved (the first grant). ``gateway_reference`` is the
+    gateway's own id (a sandbox token, a Stripe ``pm_…``) and ``gateway_customer`` the
+    gateway's customer it is attached to, one per buyer (with Stripe, one platform
+    Customer). A detached method stays for the record and can no longer be charged.
     """
 
     __tablename__ = "payment_methods"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    buyer_id: Mapped[str] = mapped_column(ForeignKey("buyers.id"), index=True)
+    gateway: Mapped[str] = mapped_column(String(16))
+    gateway_customer: Mapped[str] = mapped_column(String(120))
+    gateway_reference: Mapped[str] = mapped_column(String(120))
+    type: Mapped[str] = mapped_column(String(16), default="card")
+    detached_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+
+
+class PaymentMethodGrant(Base):
+    """The buyer's consent that one creator (through its customer) may charge a saved
+    method off-session. Made when the buyer saves the method with that creator, or saves
+    the same method again there. At most one grant per customer is its default: the
+    default is per creator, since each creator bills the buyer on its own terms."""
+
+    __tablename__ = "payment_method_grants"
     __table_args__ = (
         Index(
-            "uq_payment_methods_default",
+            "uq_payment_method_grants_default",
             "customer_id",
             unique=True,
             postgresql_where=text("is_default"),
@@ -86,15 +108,12 @@ class PaymentMethod(Base):
         ),
     )
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), primary_key=True)
+    payment_method_id: Mapped[str] = mapped_column(
+        ForeignKey("payment_methods.id"), primary_key=True
+    )
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
-    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
-    gateway: Mapped[str] = mapped_column(String(16))
-    gateway_customer: Mapped[str] = mapped_column(String(120))
-    gateway_reference: Mapped[str] = mapped_column(String(120))
-    type: Mapped[str] = mapped_column(String(16), default="card")
     is_default: Mapped[bool] = mapped_column(default=False)
-    detached_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime]
 
 

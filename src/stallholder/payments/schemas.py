@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, HttpUrl
 
-from stallholder.kit.schemas import Input, Output
+from stallholder.kit.schemas import Input
+from stallholder.payments.methods import CustomerPaymentMethod
 from stallholder.payments.models import ConnectedAccount, PaymentAttempt
 
 
@@ -84,12 +85,31 @@ class PaymentMethodCreate(Input):
     )
 
 
-class PaymentMethodOut(Output):
+class PaymentMethodOut(BaseModel):
+    """A buyer's saved method as the creator's customer sees it. ``chargeable``: the buyer
+    saved it with this creator, so this creator may charge it off-session; a method saved
+    with another creator is listed (the card is the buyer's) but not chargeable here."""
+
     object: Literal["payment_method"] = "payment_method"
     id: str
-    customer: str = Field(validation_alias="customer_id")
+    customer: str
     type: str
     gateway: str
-    default: bool = Field(validation_alias="is_default")
-    created: datetime = Field(validation_alias="created_at")
-    detached: datetime | None = Field(validation_alias="detached_at")
+    default: bool
+    chargeable: bool
+    created: datetime
+    detached: datetime | None
+
+
+def payment_method_out(view: CustomerPaymentMethod) -> PaymentMethodOut:
+    method = view.method
+    return PaymentMethodOut(
+        id=method.id,
+        customer=view.customer_id,
+        type=method.type,
+        gateway=method.gateway,
+        default=view.is_default,
+        chargeable=view.is_granted,
+        created=method.created_at,
+        detached=method.detached_at,
+    )

@@ -257,6 +257,7 @@ async def begin_attempt(
     saved_payment_method_id: str | None = None,
     payee: Payee | None = None,
     latest_number: int | None = None,
+    is_for_platform: bool = False,
 ) -> PaymentAttempt:
     """Step 1: record a ``processing`` attempt; the gateway has not been called yet.
 
@@ -270,17 +271,21 @@ async def begin_attempt(
     A caller that has already read them passes ``payee`` (from ``get_payee`` with this
     gateway) and ``latest_number`` (the purpose's highest attempt number read under its
     lock, 0 for none; attempts are numbered 1, 2, … and never deleted, so it is their
-    count), and they are not read again.
+    count), and they are not read again. With ``is_for_platform`` (a wallet top-up: the
+    platform holds the buyer's money) the charge names no connected account, whatever the
+    gateway: nothing goes to the creator, who is only the one the buyer was with.
 
     Raises:
         CreatorNotConnected: the gateway pays creators directly and this one has no account.
     """
     connected_account = (
-        payee.connected_account
+        None
+        if is_for_platform
+        else payee.connected_account
         if payee is not None
         else await connected_account_for(session, gateway, creator_id=creator_id)
     )
-    if gateway.needs_connected_account and connected_account is None:
+    if gateway.needs_connected_account and connected_account is None and not is_for_platform:
         raise CreatorNotConnected(
             f"creator {creator_id} cannot take payments through {gateway.name} yet: the "
             f"platform admin connects an account with POST /v1/creators/{creator_id}/"
