@@ -4,6 +4,7 @@ from stallholder.accounts import models as accounts_models
 from stallholder.catalog import models as catalog_models
 from stallholder.checkout import models as checkout_models
 from stallholder.events import models as events_models
+from stallholder.inventory import models as inventory_models
 from stallholder.kit import idempotency, work
 from stallholder.kit.db import Base
 from stallholder.ledger import models as ledger_models
@@ -19,6 +20,7 @@ __all__ = [
     "checkout_models",
     "events_models",
     "idempotency",
+    "inventory_models",
     "ledger_models",
     "metadata",
     "notifications_models",

@@ -28,6 +28,7 @@ from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import present_session
 from stallholder.events import service as events
+from stallholder.inventory import reservations
 from stallholder.kit import work
 from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest, NotFound
@@ -225,10 +226,12 @@ async def create_session(
     now: datetime,
     checkout_link_id: str | None = None,
 ) -> CheckoutSession:
-    """An open session for ``lines``, priced now and held for ``ttl``.
+    """An open session for ``lines``, priced now and held for ``ttl``. The units of
+    tracked variants are held for the session until it expires, is cancelled or is paid
+    (``inventory.reservations``).
 
     Raises:
-        PriceNotPurchasable, InvalidLineItem, MixedCurrencies, CustomerNotFound.
+        PriceNotPurchasable, InvalidLineItem, MixedCurrencies, CustomerNotFound, OutOfStock.
     """
     if customer_id is not None:
         customer = await accounts.get_customer(
@@ -270,7 +273,23 @@ async def create_session(
         dedupe_key=checkout.id,
         creator_id=creator_id,
     )
+    # Last, so the hot stock rows stay locked for as short a time as the unit of work
+    # allows.
+    await _hold_stock(session, checkout=checkout, now=now)
     return checkout
+
+
+async def _hold_stock(session: AsyncSession, *, checkout: CheckoutSession, now: datetime) -> None:
+    await reservations.hold(
+        session,
+        creator_id=checkout.creator_id,
+        checkout_session_id=checkout.id,
+        wants=[
+            reservations.Want(variant_id=item.variant_id, sku=item.sku, quantity=item.quantity)
+            for item in checkout.line_items
+        ],
+        now=now,
+    )
 
 
 async def get_session_by_id(session: AsyncSession, *, session_id: str) -> CheckoutSession:
@@ -478,6 +497,9 @@ async def finish_confirm(
         checkout.last_error_code = attempt.decline_code
         checkout.last_error_message = attempt.failure_message
         await session.flush()
+        if checkout.status == "expired":
+            # It expired while this charge was in flight, keeping its stock for it.
+            await reservations.release(session, checkout_session_id=checkout.id, now=now)
         await events.emit(
             session,
             creator_id=checkout.creator_id,
@@ -539,6 +561,9 @@ async def _complete_sale(
             )
             for item in checkout.line_items
         ],
+    )
+    await reservations.allocate(
+        session, checkout_session_id=checkout.id, order_id=order.id, now=now
     )
     checkout.customer_id = customer_id
     checkout.status = "complete"
@@ -612,9 +637,14 @@ async def confirm_session(
 async def expire_session(
     session: AsyncSession, *, session_id: str, base_url: str, now: datetime
 ) -> bool:
-    """Mark the session ``expired`` if it is still open and past ``expires_at``, and emit
-    ``checkout.session.expired``. Returns whether it did; a session that completed, is
-    expired already or is not due yet is left alone (so running this twice is harmless).
+    """Mark the session ``expired`` if it is still open and past ``expires_at``, give back
+    the stock it holds, and emit ``checkout.session.expired``. Returns whether it did; a
+    session that completed, is expired already or is not due yet is left alone (so
+    running this twice is harmless).
+
+    A session whose charge is at the gateway (``processing``) or waiting for the buyer's
+    authentication (``requires_action``) keeps its stock: that charge may still complete
+    the sale. Its failure releases it (``finish_confirm``).
     """
     checkout = (
         await session.execute(
@@ -623,8 +653,51 @@ async def expire_session(
     ).scalar_one_or_none()
     if checkout is None or checkout.status != "open" or now < checkout.expires_at:
         return False
+    await _end_session(session, checkout=checkout, base_url=base_url, now=now)
+    return True
+
+
+class SessionNotOpen(Conflict):
+    slug = "checkout-session-not-open"
+    title = "The checkout session is not open"
+
+
+async def cancel_session(
+    session: AsyncSession, *, creator_id: str, session_id: str, base_url: str, now: datetime
+) -> CheckoutSession:
+    """Expire an open session now (the buyer left, or the creator withdrew it): its stock
+    goes back on sale at once and ``checkout.session.expired`` is emitted.
+
+    Raises:
+        SessionNotFound, SessionNotOpen (complete or expired already), PaymentInProgress
+        (a charge is at the gateway or waiting for the buyer's authentication).
+    """
+    checkout = await get_session(
+        session, creator_id=creator_id, session_id=session_id, for_update=True
+    )
+    if effective_status(checkout, now) != "open":
+        raise SessionNotOpen(
+            f"checkout session {session_id} is {effective_status(checkout, now)}; only an open "
+            "session can be expired",
+            status=effective_status(checkout, now),
+        )
+    if checkout.payment_status in ("processing", "requires_action"):
+        raise payments.PaymentInProgress(
+            f"checkout session {session_id} has a payment in progress "
+            f"({checkout.payment_status}); it cannot be expired until that payment ends",
+            retryable=True,
+        )
+    await _end_session(session, checkout=checkout, base_url=base_url, now=now)
+    return checkout
+
+
+async def _end_session(
+    session: AsyncSession, *, checkout: CheckoutSession, base_url: str, now: datetime
+) -> None:
     checkout.status = "expired"
     await session.flush()
+    if checkout.payment_status not in ("processing", "requires_action"):
+        await reservations.release(session, checkout_session_id=checkout.id, now=now)
     await events.emit(
         session,
         creator_id=checkout.creator_id,
@@ -634,7 +707,6 @@ async def expire_session(
             mode="json", exclude={"client_secret"}
         ),
     )
-    return True
 
 
 async def create_link(

@@ -16,6 +16,10 @@ EVENT_TYPES: dict[str, str] = {
     "dispute.created": "A buyer disputed an order's payment; data.object is the dispute.",
     "dispute.updated": "A dispute changed status (under review, won, lost…); data.object is "
     "the dispute.",
+    "inventory.low": "A SKU's available stock at a location fell to its low_stock_threshold "
+    "or below; data.object is the inventory level.",
+    "inventory.out_of_stock": "A SKU's available stock at a location reached 0; data.object "
+    "is the inventory level.",
 }
 
 
