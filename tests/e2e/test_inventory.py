@@ -315,3 +315,39 @@ async def test_low_and_out_of_stock_events(shop: Shop) -> None:
         if e["type"].startswith("inventory.")
     ]
     assert inventory == [("inventory.low", 1), ("inventory.out_of_stock", 0)]
+
+
+async def test_holds_draw_from_locations_in_creation_order_and_all_or_nothing(
+    shop: Shop, api: Api
+) -> None:
+    workshop = await shop.location("Workshop")
+    partner = await shop.location("Partner")
+    await shop.adjust(location=workshop, delta=2, kind="received", reason="kiln")
+    await shop.adjust(location=partner, delta=2, kind="received", reason="kiln")
+    other = await api.product(shop.sk, name="Saucer", variants=[{"sku": "SAUCER"}])
+    saucer = await api.price(shop.sk, product=other["id"], unit_amount=1200)
+    await shop.post(
+        "/v1/inventory/adjustments",
+        {"sku": "SAUCER", "location": partner, "delta": 1, "kind": "received", "reason": "k"},
+    )
+
+    split = await shop.session(quantity=3)
+    both = await shop.post(
+        "/v1/checkout/sessions",
+        {
+            "line_items": [
+                {"price": shop.price, "quantity": 1},
+                {"price": saucer["id"], "quantity": 2},
+            ],
+            "customer_email": "buyer@example.com",
+        },
+    )
+
+    assert split.status_code == 201
+    by_location = {level["location"]: level for level in (await shop.stock())["locations"]}
+    assert (by_location[workshop]["reserved"], by_location[partner]["reserved"]) == (2, 1)
+    assert (both.status_code, both.json()["sku"], both.json()["available"]) == (409, "SAUCER", 1)
+    # The mug of the refused session is not held.
+    assert await shop.totals() == (4, 3, 0, 1)
+    saucers = (await shop.get("/v1/inventory/SAUCER")).json()
+    assert (saucers["reserved"], saucers["available"]) == (0, 1)

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.catalog.models import Variant
 from stallholder.events import service as events
 from stallholder.inventory.models import Location, StockLevel, StockMovement
-from stallholder.inventory.quantities import Quantities, crossing
+from stallholder.inventory.quantities import Quantities, crossing, delta_for
 from stallholder.kit.db import is_unique_violation
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
@@ -403,7 +403,7 @@ async def adjust(
     level_id = await ensure_level(session, variant=variant, location_id=location_id, now=now)
     if set_to is not None:
         locked = (await lock_levels(session, [level_id]))[level_id]
-        delta = set_to - locked.on_hand
+        delta = delta_for(on_hand=locked.on_hand, delta=None, set_to=set_to)
     if delta:
         if reason is None:
             raise ValueError("a change of on hand needs its reason")
@@ -418,7 +418,7 @@ async def adjust(
         )
         if changed is None:
             level = (await lock_levels(session, [level_id]))[level_id]
-            committed = level.reserved + level.allocated
+            committed = quantities_of(level).committed
             raise StockCommitted(
                 f"{sku} at {location_id} has {level.on_hand} on hand and {committed} of them "
                 f"held in checkouts or paid for; on hand cannot go below {committed} "
