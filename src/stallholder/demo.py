@@ -20,6 +20,7 @@ from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Creator
 from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
+from stallholder.inventory import stock
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
 from stallholder.ledger.fees import FeeSchedule
@@ -48,6 +49,10 @@ class DemoCreator:
     email: str
     products: tuple[DemoProduct, ...]
     sales: tuple[tuple[int, int, str], ...] = field(default=())  # (product index, quantity, email)
+    # Stock received at a location: (location name, sku, quantity).
+    stock: tuple[tuple[str, str, int], ...] = field(default=())
+    # Checkout sessions left open (their stock held): (product index, quantity, email).
+    open_sessions: tuple[tuple[int, int, str], ...] = field(default=())
 
 
 USD = "usd"
@@ -111,6 +116,9 @@ CREATORS = (
             ),
         ),
         sales=((0, 1, "mug.lover@example.com"),),
+        # 20 pieces: one sold (allocated), one held in an open checkout, 18 available.
+        stock=(("Studio shelf", "KC-MOON-MUG", 20),),
+        open_sessions=((0, 1, "still.deciding@example.com"),),
     ),
     DemoCreator(
         slug="ink-fox",
@@ -201,6 +209,38 @@ async def seed(
                     now=now,
                 )
                 price_ids.append(price.id)
+            locations: dict[str, str] = {}
+            for location_name, sku, quantity in spec.stock:
+                if location_name not in locations:
+                    location = await stock.create_location(
+                        session, creator_id=creator.id, name=location_name, now=now
+                    )
+                    locations[location_name] = location.id
+                await stock.adjust(
+                    session,
+                    creator_id=creator.id,
+                    sku=sku,
+                    location_id=locations[location_name],
+                    delta=quantity,
+                    set_to=None,
+                    kind="received",
+                    reason="demo: the winter firing",
+                    actor="system",
+                    now=now,
+                )
+            for index, quantity, email in spec.open_sessions:
+                # Held until the session expires (30 minutes after seeding).
+                await checkout.create_session(
+                    session,
+                    creator_id=creator.id,
+                    customer_id=None,
+                    customer_email=email,
+                    lines=[checkout.LineRequest(price_id=price_ids[index], quantity=quantity)],
+                    success_url=None,
+                    cancel_url=None,
+                    ttl=timedelta(minutes=30),
+                    now=now,
+                )
             sales = []
             for index, quantity, email in spec.sales:
                 sale = await checkout.create_session(
