@@ -280,6 +280,7 @@ async def test_expiry_and_cancel_release_at_once(
     assert await shop.totals() == (2, 1, 0, 1)
     again = await shop.post(f"/v1/checkout/sessions/{cancelled['id']}/expire", {})
     assert (again.status_code, again.json()["type"]) == (409, PROBLEM + "checkout-session-not-open")
+    assert (again.json()["status"], again.json()["session_status"]) == (409, "expired")
     missing = await shop.post("/v1/checkout/sessions/cs_nope/expire", {})
     assert missing.status_code == 404
 

@@ -205,3 +205,51 @@ async def test_a_slow_gateway_does_not_stop_other_buyers_from_holding_stock(
     paid = await paying
     assert (paid.status_code, paid.json()["status"]) == (200, "complete")
     assert await _totals(api, sk) == (20, 19, 1, 0)
+
+
+async def test_50_buyers_with_one_email_and_a_limit_of_1_make_one_order(
+    api: Api, database: Database, clock: FrozenClock
+) -> None:
+    sk, price = await _stocked_shop(api, units=20)
+    created = await api.http.post(
+        "/v1/drops",
+        headers=bearer(sk),
+        json={
+            "name": "Winter mugs",
+            "opens_at": clock.now().isoformat(),
+            "closes_at": (clock.now() + timedelta(hours=1)).isoformat(),
+            "per_customer_limit": 1,
+            "items": [{"price": price, "quantity": 20}],
+        },
+    )
+    assert created.status_code == 201, created.text
+    # Five tabs each of ten spellings of one Gmail address.
+    spellings = [
+        f"{'Jane.Doe' if n % 2 else 'janedoe'}+tab{n}@{'gmail' if n % 3 else 'googlemail'}.com"
+        for n in range(10)
+    ]
+
+    async def buyer(number: int) -> tuple[int, str | None]:
+        opened = await api.http.post(
+            "/v1/checkout/sessions",
+            headers=bearer(sk),
+            json={
+                "line_items": [{"price": price, "quantity": 1}],
+                "customer_email": spellings[number % 10],
+            },
+        )
+        if opened.status_code != 201:
+            return opened.status_code, opened.json()["type"]
+        paid = await api.confirm(sk, opened.json()["id"])
+        return paid.status_code, paid.json()["status"]
+
+    outcomes = await asyncio.gather(*(buyer(n) for n in range(50)))
+
+    assert Counter(outcomes) == {
+        (200, "complete"): 1,
+        (409, "https://stallholder.dev/problems/drop-limit-reached"): 49,
+    }
+    assert await _count(database, select(func.count()).select_from(Order)) == 1
+    assert await _totals(api, sk) == (20, 0, 1, 19)
+    drop = (await api.http.get(f"/v1/drops/{created.json()['id']}", headers=bearer(sk))).json()
+    assert (drop["remaining"], drop["items"][0]["sold"], drop["items"][0]["held"]) == (19, 1, 0)

@@ -28,7 +28,7 @@ from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import present_session
 from stallholder.events import service as events
-from stallholder.inventory import reservations
+from stallholder.inventory import drops, reservations
 from stallholder.kit import work
 from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest, NotFound
@@ -230,8 +230,12 @@ async def create_session(
     tracked variants are held for the session until it expires, is cancelled or is paid
     (``inventory.reservations``).
 
+    A session for a drop's prices is held for at most the drop's ``reservation_minutes``
+    and claims its units of the drop (``inventory.drops``).
+
     Raises:
-        PriceNotPurchasable, InvalidLineItem, MixedCurrencies, CustomerNotFound, OutOfStock.
+        PriceNotPurchasable, InvalidLineItem, MixedCurrencies, CustomerNotFound, OutOfStock,
+        DropNotOpen, DropClosed, DropLimitReached, DropBuyerEmailRequired.
     """
     if customer_id is not None:
         customer = await accounts.get_customer(
@@ -240,6 +244,11 @@ async def create_session(
         customer_email = customer_email or customer.email
     built = await _build_lines(session, creator_id=creator_id, lines=lines)
     items = built.items
+    drop = await drops.drop_for_prices(
+        session, price_ids=[item.price_id for item in items], now=now
+    )
+    if drop is not None:
+        ttl = min(ttl, timedelta(minutes=drop.reservation_minutes))
     total = sum(item.amount_total for item in items)
     if total > MAX_SESSION_TOTAL:
         raise InvalidLineItem(f"the session total {total} exceeds the maximum {MAX_SESSION_TOTAL}")
@@ -273,10 +282,30 @@ async def create_session(
         dedupe_key=checkout.id,
         creator_id=creator_id,
     )
-    # Last, so the hot stock rows stay locked for as short a time as the unit of work
-    # allows.
+    # Last, so the hot rows stay locked for as short a time as the unit of work allows;
+    # the drop's rows before the stock's (the lock order, ADR 0012).
+    if drop is not None:
+        await drops.claim(
+            session,
+            drop=drop,
+            checkout_session_id=checkout.id,
+            email=customer_email,
+            lines=[
+                drops.ClaimLine(price_id=item.price_id, sku=item.sku, quantity=item.quantity)
+                for item in items
+            ],
+            now=now,
+        )
     await _hold_stock(session, checkout=checkout, now=now)
     return checkout
+
+
+async def _release_holds(
+    session: AsyncSession, *, checkout: CheckoutSession, now: datetime
+) -> None:
+    """Give back what the session holds: drop units, then stock (the lock order)."""
+    await drops.release(session, checkout_session_id=checkout.id, now=now)
+    await reservations.release(session, checkout_session_id=checkout.id, now=now)
 
 
 async def _hold_stock(session: AsyncSession, *, checkout: CheckoutSession, now: datetime) -> None:
@@ -499,7 +528,7 @@ async def finish_confirm(
         await session.flush()
         if checkout.status == "expired":
             # It expired while this charge was in flight, keeping its stock for it.
-            await reservations.release(session, checkout_session_id=checkout.id, now=now)
+            await _release_holds(session, checkout=checkout, now=now)
         await events.emit(
             session,
             creator_id=checkout.creator_id,
@@ -562,6 +591,7 @@ async def _complete_sale(
             for item in checkout.line_items
         ],
     )
+    await drops.sell(session, checkout_session_id=checkout.id, now=now)
     await reservations.allocate(
         session, checkout_session_id=checkout.id, order_id=order.id, now=now
     )
@@ -679,7 +709,7 @@ async def cancel_session(
         raise SessionNotOpen(
             f"checkout session {session_id} is {effective_status(checkout, now)}; only an open "
             "session can be expired",
-            status=effective_status(checkout, now),
+            session_status=effective_status(checkout, now),
         )
     if checkout.payment_status in ("processing", "requires_action"):
         raise payments.PaymentInProgress(
@@ -697,7 +727,7 @@ async def _end_session(
     checkout.status = "expired"
     await session.flush()
     if checkout.payment_status not in ("processing", "requires_action"):
-        await reservations.release(session, checkout_session_id=checkout.id, now=now)
+        await _release_holds(session, checkout=checkout, now=now)
     await events.emit(
         session,
         creator_id=checkout.creator_id,

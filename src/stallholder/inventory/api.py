@@ -6,15 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from stallholder.accounts.auth import SecretCreatorDep
-from stallholder.inventory import stock
+from stallholder.accounts.auth import AnyCreatorDep, SecretCreatorDep
+from stallholder.inventory import drops, stock
 from stallholder.inventory.reservations import OutOfStock
 from stallholder.inventory.schemas import (
     AdjustmentCreate,
+    DropCreate,
+    DropOut,
     InventoryOut,
     LocationCreate,
     LocationOut,
     TransferCreate,
+    drop_out,
     inventory_out,
     location_out,
     movement_out,
@@ -30,10 +33,17 @@ LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 API_ACTOR = "secret_key"
 
 
-@documents(OutOfStock)
+@documents(
+    OutOfStock,
+    drops.DropNotOpen,
+    drops.DropClosed,
+    drops.DropLimitReached,
+    drops.DropBuyerEmailRequired,
+)
 def holds_stock() -> None:
-    """Documents the 409 ``out-of-stock`` of a route that holds stock (creating a checkout
-    session): the problem names the SKU and what it has left."""
+    """Documents the problems of a route that holds stock (creating a checkout session):
+    409 ``out-of-stock`` names the SKU and what it has left; a drop's price adds the
+    drop's window and per-customer limit."""
 
 
 @documents(stock.SkuNotFound, stock.LocationNotFound)
@@ -163,3 +173,42 @@ async def list_movements(
         session, creator_id=creator_id, sku=sku, limit=limit, starting_after=starting_after
     )
     return ListOut(data=[movement_out(m) for m in page.data], has_more=page.has_more)
+
+
+@documents(drops.InvalidDropItem, drops.PriceInAnotherDrop)
+def creates_a_drop() -> None:
+    """Documents the problems of creating a drop."""
+
+
+@router.post(
+    "/drops", status_code=201, response_model=DropOut, dependencies=[Depends(creates_a_drop)]
+)
+async def create_drop(
+    body: DropCreate, creator_id: SecretCreatorDep, session: SessionDep, now: NowDep
+) -> DropOut:
+    """Release a few one-time prices in a window ``[opens_at, closes_at)``: each sells at
+    most its ``quantity``, first come first served; a checkout session holds its units for
+    ``reservation_minutes``; ``per_customer_limit`` counts a buyer's open sessions and
+    orders by normalised email. Outside the window the prices cannot be bought."""
+    view = await drops.create_drop(
+        session,
+        creator_id=creator_id,
+        name=body.name,
+        mode=body.mode,
+        opens_at=body.opens_at,
+        closes_at=body.closes_at,
+        per_customer_limit=body.per_customer_limit,
+        reservation_minutes=body.reservation_minutes,
+        items=[drops.ItemSpec(price_id=item.price, quantity=item.quantity) for item in body.items],
+        now=now,
+    )
+    return drop_out(view, now=now)
+
+
+@router.get("/drops/{drop_id}", response_model=DropOut)
+async def get_drop(
+    drop_id: str, creator_id: AnyCreatorDep, session: SessionDep, now: NowDep
+) -> DropOut:
+    """The drop's state (``scheduled`` → ``open`` → ``sold_out`` | ``closed``) and what is
+    left (secret or publishable key)."""
+    return drop_out(await drops.get_drop(session, creator_id=creator_id, drop_id=drop_id), now=now)

@@ -102,3 +102,81 @@ class StockReservation(Base):
     order_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class Drop(Base):
+    """A release window for a few prices: each sells at most its quantity, only in
+    ``[opens_at, closes_at)``, with a short hold and an optional limit per buyer
+    (``inventory.drops``, ``docs/inventory.md``)."""
+
+    __tablename__ = "drops"
+    __table_args__ = (CheckConstraint("opens_at < closes_at", name="window"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    mode: Mapped[str] = mapped_column(String(16))  # first_come
+    opens_at: Mapped[datetime]
+    closes_at: Mapped[datetime]
+    per_customer_limit: Mapped[int | None] = mapped_column(default=None)
+    reservation_minutes: Mapped[int]
+    created_at: Mapped[datetime]
+
+
+class DropItem(Base):
+    """A price in a drop, and how many of its units are held by open checkouts and sold.
+    ``held`` and ``sold`` change only by conditional atomic updates."""
+
+    __tablename__ = "drop_items"
+    __table_args__ = (
+        UniqueConstraint("price_id"),
+        CheckConstraint("held >= 0 AND sold >= 0 AND held + sold <= quantity", name="counts"),
+    )
+
+    id: Mapped[SerialPK]
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    drop_id: Mapped[str] = mapped_column(ForeignKey("drops.id"), index=True)
+    price_id: Mapped[str] = mapped_column(ForeignKey("prices.id"))
+    position: Mapped[int]
+    quantity: Mapped[int]
+    held: Mapped[int] = mapped_column(default=0)
+    sold: Mapped[int] = mapped_column(default=0)
+
+
+class DropBuyer(Base):
+    """The units one buyer (``drop_rules.buyer_key``) holds in open checkouts of a drop
+    or has bought in it: the per-customer limit is a conditional update of this row."""
+
+    __tablename__ = "drop_buyers"
+    __table_args__ = (
+        UniqueConstraint("drop_id", "buyer_key"),
+        CheckConstraint("units >= 0", name="units"),
+    )
+
+    id: Mapped[SerialPK]
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    drop_id: Mapped[str] = mapped_column(ForeignKey("drops.id"))
+    buyer_key: Mapped[str] = mapped_column(String(320))
+    units: Mapped[int] = mapped_column(default=0)
+
+
+class DropClaim(Base):
+    """Units of a drop item a checkout session holds (``held``), bought (``sold``) or gave
+    back when it expired (``released``)."""
+
+    __tablename__ = "drop_claims"
+    __table_args__ = (
+        UniqueConstraint("checkout_session_id", "drop_item_id"),
+        CheckConstraint("quantity > 0", name="positive"),
+    )
+
+    id: Mapped[SerialPK]
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    drop_id: Mapped[str] = mapped_column(ForeignKey("drops.id"), index=True)
+    drop_item_id: Mapped[int] = mapped_column(ForeignKey("drop_items.id"))
+    checkout_session_id: Mapped[str] = mapped_column(ForeignKey("checkout_sessions.id"))
+    buyer_key: Mapped[str] = mapped_column(String(320))
+    quantity: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))  # held | sold | released
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -3,8 +3,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import BaseModel, Field, StrictInt, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, StrictInt, model_validator
 
+from stallholder.inventory.drops import DropView
 from stallholder.inventory.models import Location, StockMovement
 from stallholder.inventory.stock import AdjustmentKind, SkuStock
 from stallholder.kit.schemas import Input
@@ -153,4 +154,72 @@ def movement_out(movement: StockMovement) -> MovementOut:
         actor=movement.actor,
         reference=movement.reference,
         created=movement.created_at,
+    )
+
+
+class DropItemIn(Input):
+    price: str = Field(min_length=1, max_length=40)
+    quantity: StrictInt = Field(ge=1, le=1_000_000)
+
+
+class DropCreate(Input):
+    name: str = Field(min_length=1, max_length=200)
+    opens_at: AwareDatetime
+    closes_at: AwareDatetime
+    mode: Literal["first_come"] = Field(
+        default="first_come",
+        description="first_come: units go to buyers in the order they "
+        "open checkout sessions (raffles come later).",
+    )
+    per_customer_limit: StrictInt | None = Field(default=None, ge=1, le=1_000)
+    reservation_minutes: StrictInt = Field(default=10, ge=1, le=60)
+    items: list[DropItemIn] = Field(min_length=1, max_length=20)
+
+
+class DropItemOut(BaseModel):
+    price: str
+    quantity: int
+    held: int
+    sold: int
+    remaining: int
+
+
+class DropOut(BaseModel):
+    object: Literal["drop"] = "drop"
+    id: str
+    name: str
+    status: Literal["scheduled", "open", "sold_out", "closed"]
+    mode: str
+    opens_at: datetime
+    closes_at: datetime
+    per_customer_limit: int | None
+    reservation_minutes: int
+    remaining: int
+    items: list[DropItemOut]
+    created: datetime
+
+
+def drop_out(view: DropView, *, now: datetime) -> DropOut:
+    drop = view.drop
+    return DropOut(
+        id=drop.id,
+        name=drop.name,
+        status=view.state(now),
+        mode=drop.mode,
+        opens_at=drop.opens_at,
+        closes_at=drop.closes_at,
+        per_customer_limit=drop.per_customer_limit,
+        reservation_minutes=drop.reservation_minutes,
+        remaining=view.remaining,
+        items=[
+            DropItemOut(
+                price=item.price_id,
+                quantity=item.quantity,
+                held=item.held,
+                sold=item.sold,
+                remaining=item.quantity - item.held - item.sold,
+            )
+            for item in view.items
+        ],
+        created=drop.created_at,
     )
