@@ -253,3 +253,73 @@ async def test_50_buyers_with_one_email_and_a_limit_of_1_make_one_order(
     assert await _totals(api, sk) == (20, 0, 1, 19)
     drop = (await api.http.get(f"/v1/drops/{created.json()['id']}", headers=bearer(sk))).json()
     assert (drop["remaining"], drop["items"][0]["sold"], drop["items"][0]["held"]) == (19, 1, 0)
+
+
+async def test_holds_of_two_skus_in_opposite_orders_never_deadlock(api: Api) -> None:
+    """Half the buyers list the mug first, half the saucer: the levels are locked in key
+    order whatever the order of the lines, so no two holds wait on each other."""
+    sk, mug = await _stocked_shop(api, units=15)
+    product = await api.product(sk, name="Saucer", variants=[{"sku": "SAUCER"}])
+    saucer = (await api.price(sk, product=product["id"], unit_amount=1200))["id"]
+    location = (await api.http.get("/v1/locations", headers=bearer(sk))).json()["data"][0]["id"]
+    await api.http.post(
+        "/v1/inventory/adjustments",
+        headers=bearer(sk),
+        json={"sku": "SAUCER", "location": location, "delta": 15, "reason": "firing"},
+    )
+
+    async def buyer(number: int) -> int:
+        lines = [{"price": mug, "quantity": 1}, {"price": saucer, "quantity": 1}]
+        response = await api.http.post(
+            "/v1/checkout/sessions",
+            headers=bearer(sk),
+            json={
+                "line_items": lines if number % 2 else lines[::-1],
+                "customer_email": f"buyer{number}@example.com",
+            },
+        )
+        return response.status_code
+
+    statuses = Counter(await asyncio.gather(*(buyer(n) for n in range(40))))
+
+    assert statuses == {201: 15, 409: 25}
+    assert await _totals(api, sk) == (15, 15, 0, 0)
+    saucers = (await api.http.get("/v1/inventory/SAUCER", headers=bearer(sk))).json()
+    assert (saucers["reserved"], saucers["available"]) == (15, 0)
+
+
+async def test_200_buyers_for_a_drop_of_10_make_exactly_10_orders(
+    api: Api, database: Database, clock: FrozenClock
+) -> None:
+    """The drop's own quantity is the cap (the mug is not tracked here)."""
+    creator, price = await api.shop(unit_amount=4800)
+    sk = creator["secret_key"]
+    created = await api.http.post(
+        "/v1/drops",
+        headers=bearer(sk),
+        json={
+            "name": "Ten mugs",
+            "opens_at": clock.now().isoformat(),
+            "closes_at": (clock.now() + timedelta(hours=1)).isoformat(),
+            "items": [{"price": price["id"], "quantity": 10}],
+        },
+    )
+    drop_id = created.json()["id"]
+
+    async def buyer(number: int) -> tuple[int, str | None]:
+        opened = await _open_session(api, sk, price["id"], number)
+        if opened.status_code != 201:
+            return opened.status_code, opened.json()["type"]
+        paid = await api.confirm(sk, opened.json()["id"])
+        return paid.status_code, paid.json()["status"]
+
+    outcomes = await asyncio.gather(*(buyer(n) for n in range(200)))
+
+    assert Counter(outcomes) == {(200, "complete"): 10, (409, OUT_OF_STOCK): 190}
+    assert await _count(database, select(func.count()).select_from(Order)) == 10
+    drop = (await api.http.get(f"/v1/drops/{drop_id}", headers=bearer(sk))).json()
+    assert (drop["status"], drop["items"][0]["sold"], drop["items"][0]["held"]) == (
+        "sold_out",
+        10,
+        0,
+    )
