@@ -1,8 +1,9 @@
 """Property (stateful): over any interleaving of holds, expiries, payments, refunds with
-restock, adjustments and transfers, on SQLite and PostgreSQL, no level's ``available``
-is ever negative (``on_hand ≥ reserved + allocated``), the movement ledger sums to each
-level's ``on_hand``, ``reserved`` and ``allocated`` are exactly what the reservations
-say, and every count matches a model kept beside the services."""
+restock, adjustments, transfers and sessions in a drop, on SQLite and PostgreSQL, no
+level's ``available`` is ever negative (``on_hand ≥ reserved + allocated``), the movement
+ledger sums to each level's ``on_hand``, ``reserved`` and ``allocated`` are exactly what
+the reservations say, a drop never sells past its quantity or a buyer past the limit, and
+every count matches a model kept beside the services."""
 
 from __future__ import annotations
 
@@ -30,8 +31,16 @@ from sqlalchemy import func, select
 
 from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
-from stallholder.inventory import stock
-from stallholder.inventory.models import StockLevel, StockMovement, StockReservation
+from stallholder.inventory import drops, stock
+from stallholder.inventory.drop_rules import buyer_key
+from stallholder.inventory.models import (
+    DropBuyer,
+    DropClaim,
+    DropItem,
+    StockLevel,
+    StockMovement,
+    StockReservation,
+)
 from stallholder.inventory.reservations import OutOfStock
 from stallholder.kit.db import Database
 from stallholder.ledger.fees import FeeSchedule
@@ -44,6 +53,11 @@ T = TypeVar("T")
 SKUS = ("MUG-A", "MUG-B")
 LOCATIONS = ("Workshop", "Partner")
 TTL = timedelta(minutes=30)
+# The saucer sells only in a drop of 4, at most 3 per buyer; two buyers, one of them
+# spelling the address two ways.
+DROP_QUANTITY = 4
+DROP_LIMIT = 3
+BUYERS = ("ada@gmail.com", "A.D.A+tab@gmail.com", "grace@example.com")
 
 
 class InventoryMachine(RuleBasedStateMachine):
@@ -64,6 +78,9 @@ class InventoryMachine(RuleBasedStateMachine):
         self.on_hand: dict[tuple[str, int], int] = defaultdict(int)
         self.held: dict[str, dict[tuple[str, int], int]] = {}
         self.allocated: dict[str, dict[tuple[str, int], int]] = {}
+        # Drop claims by session: (buyer key, units), and whether they are sold.
+        self.claims: dict[str, tuple[str, int]] = {}
+        self.sold_claims: list[tuple[str, int]] = []
         self.run(self._set_up())
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -96,6 +113,37 @@ class InventoryMachine(RuleBasedStateMachine):
                 spec=catalog.PriceSpec(currency="usd", unit_amount=1000),
             )
             self.price_id = price.id
+            saucer = await catalog.create_product(
+                session,
+                creator_id=creator.id,
+                kind="physical",
+                name="Saucer",
+                description="",
+                status="published",
+                variants=[catalog.VariantSpec(sku="SAUCER")],
+                now=T0,
+            )
+            saucer_price = await catalog.create_price(
+                session,
+                creator_id=creator.id,
+                product_id=saucer.id,
+                now=T0,
+                spec=catalog.PriceSpec(currency="usd", unit_amount=900),
+            )
+            self.drop_price_id = saucer_price.id
+            view = await drops.create_drop(
+                session,
+                creator_id=creator.id,
+                name="Saucers",
+                mode="first_come",
+                opens_at=T0,
+                closes_at=T0 + timedelta(days=1),
+                per_customer_limit=DROP_LIMIT,
+                reservation_minutes=10,
+                items=[drops.ItemSpec(price_id=saucer_price.id, quantity=DROP_QUANTITY)],
+                now=T0,
+            )
+            self.drop_id = view.drop.id
             self.locations = [
                 (await stock.create_location(session, creator_id=creator.id, name=name, now=T0)).id
                 for name in LOCATIONS
@@ -202,6 +250,49 @@ class InventoryMachine(RuleBasedStateMachine):
             )
             return created.id
 
+    @rule(target=sessions, buyer=st.integers(0, 2), quantity=st.integers(1, 3))
+    def reserve_in_drop(self, buyer: int, quantity: int) -> Any:
+        self._tick()
+        key = buyer_key(BUYERS[buyer])
+        units = sum(n for k, n in self.claims.values() if k == key) + sum(
+            n for k, n in self.sold_claims if k == key
+        )
+        left = (
+            DROP_QUANTITY
+            - sum(n for _, n in self.claims.values())
+            - sum(n for _, n in self.sold_claims)
+        )
+        try:
+            session_id = self.run(self._reserve_in_drop(BUYERS[buyer], quantity))
+        except drops.DropLimitReached:
+            assert units + quantity > DROP_LIMIT
+            return multiple()
+        except OutOfStock:
+            # The buyer's limit is checked first: the drop ran out.
+            assert units + quantity <= DROP_LIMIT
+            assert left < quantity
+            return multiple()
+        assert units + quantity <= DROP_LIMIT
+        assert quantity <= left
+        self.held[session_id] = {}
+        self.claims[session_id] = (key, quantity)
+        return session_id
+
+    async def _reserve_in_drop(self, email: str, quantity: int) -> str:
+        async with self.database.unit_of_work() as session:
+            created = await checkout.create_session(
+                session,
+                creator_id=self.creator_id,
+                lines=[checkout.LineRequest(price_id=self.drop_price_id, quantity=quantity)],
+                customer_id=None,
+                customer_email=email,
+                success_url=None,
+                cancel_url=None,
+                ttl=TTL,
+                now=self.now,
+            )
+            return created.id
+
     async def _held_by_level(self, session_id: str) -> dict[tuple[str, int], int]:
         async with self.database.unit_of_work() as session:
             rows = await session.execute(
@@ -219,6 +310,7 @@ class InventoryMachine(RuleBasedStateMachine):
         self._tick()
         self.run(self._expire(session_id, by_clock=by_clock))
         del self.held[session_id]
+        self.claims.pop(session_id, None)
 
     async def _expire(self, session_id: str, *, by_clock: bool) -> None:
         async with self.database.unit_of_work() as session:
@@ -244,6 +336,8 @@ class InventoryMachine(RuleBasedStateMachine):
         self._tick()
         order_id = self.run(self._pay(session_id))
         self.allocated[order_id] = self.held.pop(session_id)
+        if session_id in self.claims:
+            self.sold_claims.append(self.claims.pop(session_id))
         return order_id
 
     async def _pay(self, session_id: str) -> str:
@@ -285,6 +379,40 @@ class InventoryMachine(RuleBasedStateMachine):
         )
 
     # Invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def drop_adds_up(self) -> None:
+        self.run(self._check_drop())
+
+    async def _check_drop(self) -> None:
+        async with self.database.unit_of_work() as session:
+            item = (
+                await session.execute(select(DropItem).where(DropItem.drop_id == self.drop_id))
+            ).scalar_one()
+            held = sum(n for _, n in self.claims.values())
+            sold = sum(n for _, n in self.sold_claims)
+            assert (item.held, item.sold) == (held, sold)
+            assert item.held + item.sold <= item.quantity
+            for status, expected in (("held", held), ("sold", sold)):
+                claimed = (
+                    await session.execute(
+                        select(func.coalesce(func.sum(DropClaim.quantity), 0)).where(
+                            DropClaim.drop_id == self.drop_id, DropClaim.status == status
+                        )
+                    )
+                ).scalar_one()
+                assert claimed == expected
+            rows = await session.execute(
+                select(DropBuyer.buyer_key, DropBuyer.units).where(
+                    DropBuyer.drop_id == self.drop_id
+                )
+            )
+            buyers = {row.buyer_key: row.units for row in rows}
+            expected_units: dict[str, int] = defaultdict(int)
+            for key, n in [*self.claims.values(), *self.sold_claims]:
+                expected_units[key] += n
+            assert {k: v for k, v in buyers.items() if v} == dict(expected_units)
+            assert all(units <= DROP_LIMIT for units in buyers.values())
 
     @invariant()
     def stock_adds_up(self) -> None:
