@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.inventory.models import StockLevel, StockReservation
@@ -268,17 +268,3 @@ async def restock(session: AsyncSession, *, order_id: str, now: datetime) -> int
         now=now,
     )
     return await _move(session, moved, reserved=0, allocated=-1, now=now)
-
-
-async def held_units(session: AsyncSession, *, checkout_session_id: str) -> int:
-    """How many units the session holds now."""
-    return int(
-        (
-            await session.execute(
-                select(func.coalesce(func.sum(StockReservation.quantity), 0)).where(
-                    StockReservation.checkout_session_id == checkout_session_id,
-                    StockReservation.status == "held",
-                )
-            )
-        ).scalar_one()
-    )
