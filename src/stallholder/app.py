@@ -28,6 +28,7 @@ from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
 from stallholder.events.api import router as events_router
 from stallholder.fulfilment.api import router as shipping_router
+from stallholder.inventory.api import router as inventory_router
 from stallholder.jobs.worker import Worker
 from stallholder.kit import openapi
 from stallholder.kit.clock import Clock, SystemClock
@@ -292,6 +293,7 @@ def create_app(
         checkout_router,
         checkout_public_router,
         orders_router,
+        inventory_router,
         ledger_router,
         events_router,
         payments_router,

@@ -22,6 +22,7 @@ from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
 from stallholder.fulfilment import service as fulfilment
 from stallholder.fulfilment.addresses import ShippingAddress
+from stallholder.inventory import stock
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
 from stallholder.ledger.fees import FeeSchedule
@@ -54,6 +55,10 @@ class DemoCreator:
     # A creator with rates ships its physical goods; its demo sales go to ``ship_to``.
     shipping_rates: tuple[fulfilment.RateSpec, ...] = ()
     ship_to: ShippingAddress | None = None
+    # Stock received at a location: (location name, sku, quantity).
+    stock: tuple[tuple[str, str, int], ...] = field(default=())
+    # Checkout sessions left open (their stock held): (product index, quantity, email).
+    open_sessions: tuple[tuple[int, int, str], ...] = field(default=())
 
 
 USD = "usd"
@@ -145,6 +150,9 @@ CREATORS = (
             postal_code="10118",
             country="US",
         ),
+        # 20 pieces: one sold (allocated), one held in an open checkout, 18 available.
+        stock=(("Studio shelf", "KC-MOON-MUG", 20),),
+        open_sessions=((0, 1, "still.deciding@example.com"),),
     ),
     DemoCreator(
         slug="ink-fox",
@@ -237,6 +245,38 @@ async def seed(
                 price_ids.append(price.id)
             for rate in spec.shipping_rates:
                 await fulfilment.create_rate(session, creator_id=creator.id, spec=rate, now=now)
+            locations: dict[str, str] = {}
+            for location_name, sku, quantity in spec.stock:
+                if location_name not in locations:
+                    location = await stock.create_location(
+                        session, creator_id=creator.id, name=location_name, now=now
+                    )
+                    locations[location_name] = location.id
+                await stock.adjust(
+                    session,
+                    creator_id=creator.id,
+                    sku=sku,
+                    location_id=locations[location_name],
+                    delta=quantity,
+                    set_to=None,
+                    kind="received",
+                    reason="demo: the winter firing",
+                    actor="system",
+                    now=now,
+                )
+            for index, quantity, email in spec.open_sessions:
+                # Held until the session expires (30 minutes after seeding).
+                await checkout.create_session(
+                    session,
+                    creator_id=creator.id,
+                    customer_id=None,
+                    customer_email=email,
+                    lines=[checkout.LineRequest(price_id=price_ids[index], quantity=quantity)],
+                    success_url=None,
+                    cancel_url=None,
+                    ttl=timedelta(minutes=30),
+                    now=now,
+                )
             sales = []
             for index, quantity, email in spec.sales:
                 sale = await checkout.create_session(

@@ -6,6 +6,7 @@ from stallholder.catalog import models as catalog_models
 from stallholder.checkout import models as checkout_models
 from stallholder.events import models as events_models
 from stallholder.fulfilment import models as fulfilment_models
+from stallholder.inventory import models as inventory_models
 from stallholder.kit import idempotency, work
 from stallholder.kit.db import Base
 from stallholder.ledger import models as ledger_models
@@ -24,6 +25,7 @@ __all__ = [
     "events_models",
     "fulfilment_models",
     "idempotency",
+    "inventory_models",
     "ledger_models",
     "metadata",
     "notifications_models",

@@ -113,6 +113,7 @@ async def test_a_creator_lists_its_refunds_newest_first_and_filters_by_order(api
         "order": zines,
         "amount": 700,
         "currency": "usd",
+        "restock": False,
         "reason": None,
         "status": "succeeded",
         "created": second["created"],

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from stallholder.accounts.models import Buyer, Creator
 from stallholder.cli import app, run_worker
+from stallholder.inventory.models import StockLevel
 from stallholder.kit import work
 from stallholder.kit.clock import SystemClock
 from stallholder.kit.db import Database
@@ -75,6 +76,21 @@ def _corrupt_one_line(url: str) -> None:
     asyncio.run(corrupt())
 
 
+def _mug_stock(url: str) -> tuple[int, int, int]:
+    async def read() -> tuple[int, int, int]:
+        database = Database(url)
+        try:
+            async with database.unit_of_work() as session:
+                level = (
+                    await session.execute(select(StockLevel).where(StockLevel.sku == "KC-MOON-MUG"))
+                ).scalar_one()
+                return (level.on_hand, level.reserved, level.allocated)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
+
+
 def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("STALLHOLDER_DATABASE_URL", url)
@@ -92,6 +108,8 @@ def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.Monke
     # The zine's first reader: a buyer with a saved card and $5 in a wallet.
     assert _wallet_balances(url) == [("reader@example.com", "usd", 500)]
     assert (tmp_path / "var" / "admin-key").read_text().strip() in second.output
+    # The winter mug: 20 pieces, one sold (allocated), one held in an open checkout.
+    assert _mug_stock(url) == (20, 1, 1)
 
     clean = runner.invoke(app, ["ledger", "verify"])
     assert clean.exit_code == 0, clean.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse
 
 from stallholder.accounts.auth import AnyCreatorDep, PrincipalDep, SecretCreatorDep
@@ -23,6 +23,7 @@ from stallholder.checkout.schemas import (
     link_out,
     present_session,
 )
+from stallholder.inventory.api import holds_stock
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep, problem_response
 from stallholder.ledger import service as ledger
 from stallholder.settings import Settings
@@ -46,7 +47,12 @@ def _lines(items: list[LineItemIn]) -> list[service.LineRequest]:
     ]
 
 
-@router.post("/checkout/sessions", status_code=201, response_model=SessionOut)
+@router.post(
+    "/checkout/sessions",
+    status_code=201,
+    response_model=SessionOut,
+    dependencies=[Depends(holds_stock)],
+)
 async def create_session(
     body: SessionCreate,
     creator_id: AnyCreatorDep,
@@ -54,7 +60,9 @@ async def create_session(
     settings: SettingsDep,
     now: NowDep,
 ) -> SessionOut:
-    """Open a checkout session (secret or publishable key). It expires after 30 minutes."""
+    """Open a checkout session (secret or publishable key). It expires after 30 minutes.
+    The stock of tracked items is held for it until then (409 ``out-of-stock`` names the
+    SKU and what is left)."""
     checkout = await service.create_session(
         session,
         creator_id=creator_id,
@@ -176,6 +184,29 @@ async def confirm_session(
     return session_out(outcome.session, settings=settings, now=now)
 
 
+@router.post(
+    "/checkout/sessions/{session_id}/expire",
+    response_model=SessionOut,
+    responses={409: {"description": "The session is not open, or its payment is in progress"}},
+)
+async def expire_session(
+    session_id: str,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+) -> SessionOut:
+    """Expire an open session now: the stock it holds goes back on sale at once."""
+    checkout = await service.cancel_session(
+        session,
+        creator_id=creator_id,
+        session_id=session_id,
+        base_url=settings.base_url,
+        now=now,
+    )
+    return session_out(checkout, settings=settings, now=now)
+
+
 @router.post("/checkout/links", status_code=201, response_model=LinkOut)
 async def create_link(
     body: LinkCreate,
@@ -220,7 +251,12 @@ async def update_link(
     return link_out(link, base_url=settings.base_url)
 
 
-@public_router.get("/l/{link_id}", status_code=303, response_class=RedirectResponse)
+@public_router.get(
+    "/l/{link_id}",
+    status_code=303,
+    response_class=RedirectResponse,
+    dependencies=[Depends(holds_stock)],
+)
 async def visit_link(
     link_id: str, session: SessionDep, settings: SettingsDep, now: NowDep
 ) -> RedirectResponse:

@@ -30,6 +30,7 @@ from stallholder.checkout.schemas import present_session
 from stallholder.events import service as events
 from stallholder.fulfilment import service as fulfilment
 from stallholder.fulfilment.addresses import ShippingAddress, validate_address
+from stallholder.inventory import drops, reservations
 from stallholder.kit import work
 from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import (
@@ -266,14 +267,20 @@ async def create_session(
     checkout_link_id: str | None = None,
     shipping_address: ShippingAddress | None = None,
 ) -> CheckoutSession:
-    """An open session for ``lines``, priced now and held for ``ttl``.
+    """An open session for ``lines``, priced now and held for ``ttl``. The units of
+    tracked variants are held for the session until it expires, is cancelled or is paid
+    (``inventory.reservations``).
+
+    A session for a drop's prices is held for at most the drop's ``reservation_minutes``
+    and claims its units of the drop (``inventory.drops``).
 
     A session with physical items from a creator who ships (has an active shipping rate)
     ``requires_shipping``: it is paid only once it has an address, given here or at
     confirm; the rate for the address is chosen and priced when the address is set.
 
     Raises:
-        PriceNotPurchasable, InvalidLineItem, MixedCurrencies, CustomerNotFound,
+        PriceNotPurchasable, InvalidLineItem, MixedCurrencies, CustomerNotFound, OutOfStock,
+        DropNotOpen, DropClosed, DropLimitReached, DropBuyerEmailRequired,
         InvalidShippingAddress, ShippingUnavailable, ShippingNotRequired.
     """
     if customer_id is not None:
@@ -283,6 +290,11 @@ async def create_session(
         customer_email = customer_email or customer.email
     built = await _build_lines(session, creator_id=creator_id, lines=lines)
     items = built.items
+    drop = await drops.drop_for_prices(
+        session, price_ids=[item.price_id for item in items], now=now
+    )
+    if drop is not None:
+        ttl = min(ttl, timedelta(minutes=drop.reservation_minutes))
     total = sum(item.amount_total for item in items)
     if total > MAX_SESSION_TOTAL:
         raise InvalidLineItem(f"the session total {total} exceeds the maximum {MAX_SESSION_TOTAL}")
@@ -322,6 +334,21 @@ async def create_session(
         dedupe_key=checkout.id,
         creator_id=creator_id,
     )
+    # Last, so the hot rows stay locked for as short a time as the unit of work allows;
+    # the drop's rows before the stock's (the lock order, ADR 0012).
+    if drop is not None:
+        await drops.claim(
+            session,
+            drop=drop,
+            checkout_session_id=checkout.id,
+            email=customer_email,
+            lines=[
+                drops.ClaimLine(price_id=item.price_id, sku=item.sku, quantity=item.quantity)
+                for item in items
+            ],
+            now=now,
+        )
+    await _hold_stock(session, checkout=checkout, now=now)
     return checkout
 
 
@@ -356,6 +383,27 @@ async def _set_shipping(
     checkout.shipping_rate_name = quote.display_name
     checkout.amount_shipping = quote.amount
     checkout.amount_total = total
+
+
+async def _release_holds(
+    session: AsyncSession, *, checkout: CheckoutSession, now: datetime
+) -> None:
+    """Give back what the session holds: drop units, then stock (the lock order)."""
+    await drops.release(session, checkout_session_id=checkout.id, now=now)
+    await reservations.release(session, checkout_session_id=checkout.id, now=now)
+
+
+async def _hold_stock(session: AsyncSession, *, checkout: CheckoutSession, now: datetime) -> None:
+    await reservations.hold(
+        session,
+        creator_id=checkout.creator_id,
+        checkout_session_id=checkout.id,
+        wants=[
+            reservations.Want(variant_id=item.variant_id, sku=item.sku, quantity=item.quantity)
+            for item in checkout.line_items
+        ],
+        now=now,
+    )
 
 
 async def get_session_by_id(session: AsyncSession, *, session_id: str) -> CheckoutSession:
@@ -645,6 +693,9 @@ async def finish_confirm(
         checkout.last_error_code = attempt.decline_code
         checkout.last_error_message = attempt.failure_message
         await session.flush()
+        if checkout.status == "expired":
+            # It expired while this charge was in flight, keeping its stock for it.
+            await _release_holds(session, checkout=checkout, now=now)
         await events.emit(
             session,
             creator_id=checkout.creator_id,
@@ -714,6 +765,10 @@ async def _complete_sale(
             rate_name=checkout.shipping_rate_name,
             amount=checkout.amount_shipping,
         ),
+    )
+    await drops.sell(session, checkout_session_id=checkout.id, now=now)
+    await reservations.allocate(
+        session, checkout_session_id=checkout.id, order_id=order.id, now=now
     )
     checkout.customer_id = customer_id
     checkout.status = "complete"
@@ -790,9 +845,14 @@ async def confirm_session(
 async def expire_session(
     session: AsyncSession, *, session_id: str, base_url: str, now: datetime
 ) -> bool:
-    """Mark the session ``expired`` if it is still open and past ``expires_at``, and emit
-    ``checkout.session.expired``. Returns whether it did; a session that completed, is
-    expired already or is not due yet is left alone (so running this twice is harmless).
+    """Mark the session ``expired`` if it is still open and past ``expires_at``, give back
+    the stock it holds, and emit ``checkout.session.expired``. Returns whether it did; a
+    session that completed, is expired already or is not due yet is left alone (so
+    running this twice is harmless).
+
+    A session whose charge is at the gateway (``processing``) or waiting for the buyer's
+    authentication (``requires_action``) keeps its stock: that charge may still complete
+    the sale. Its failure releases it (``finish_confirm``).
     """
     checkout = (
         await session.execute(
@@ -801,8 +861,51 @@ async def expire_session(
     ).scalar_one_or_none()
     if checkout is None or checkout.status != "open" or now < checkout.expires_at:
         return False
+    await _end_session(session, checkout=checkout, base_url=base_url, now=now)
+    return True
+
+
+class SessionNotOpen(Conflict):
+    slug = "checkout-session-not-open"
+    title = "The checkout session is not open"
+
+
+async def cancel_session(
+    session: AsyncSession, *, creator_id: str, session_id: str, base_url: str, now: datetime
+) -> CheckoutSession:
+    """Expire an open session now (the buyer left, or the creator withdrew it): its stock
+    goes back on sale at once and ``checkout.session.expired`` is emitted.
+
+    Raises:
+        SessionNotFound, SessionNotOpen (complete or expired already), PaymentInProgress
+        (a charge is at the gateway or waiting for the buyer's authentication).
+    """
+    checkout = await get_session(
+        session, creator_id=creator_id, session_id=session_id, for_update=True
+    )
+    if effective_status(checkout, now) != "open":
+        raise SessionNotOpen(
+            f"checkout session {session_id} is {effective_status(checkout, now)}; only an open "
+            "session can be expired",
+            session_status=effective_status(checkout, now),
+        )
+    if checkout.payment_status in ("processing", "requires_action"):
+        raise payments.PaymentInProgress(
+            f"checkout session {session_id} has a payment in progress "
+            f"({checkout.payment_status}); it cannot be expired until that payment ends",
+            retryable=True,
+        )
+    await _end_session(session, checkout=checkout, base_url=base_url, now=now)
+    return checkout
+
+
+async def _end_session(
+    session: AsyncSession, *, checkout: CheckoutSession, base_url: str, now: datetime
+) -> None:
     checkout.status = "expired"
     await session.flush()
+    if checkout.payment_status not in ("processing", "requires_action"):
+        await _release_holds(session, checkout=checkout, now=now)
     await events.emit(
         session,
         creator_id=checkout.creator_id,
@@ -812,7 +915,6 @@ async def expire_session(
             mode="json", exclude={"client_secret"}
         ),
     )
-    return True
 
 
 async def create_link(

@@ -32,6 +32,10 @@ EVENT_TYPES: dict[str, str] = {
     "with its next_payment_attempt.",
     "invoice.upcoming": "A renewal is coming (30 days before a yearly one, once a year for "
     "monthly plans); data.object is the upcoming invoice's amount and date.",
+    "inventory.low": "A SKU's available stock at a location fell to its low_stock_threshold "
+    "or below; data.object is the inventory level.",
+    "inventory.out_of_stock": "A SKU's available stock at a location reached 0; data.object "
+    "is the inventory level.",
 }
 
 

@@ -86,7 +86,8 @@ async def create_refund(
 ) -> Any:
     """Refund an order in full (no ``amount``) or in part. Never more than was captured:
     refunds still waiting for the gateway count against what remains. No transaction is
-    open while the gateway is called."""
+    open while the gateway is called. ``restock: true`` puts the order's units back on
+    sale when the refund succeeds."""
     refund = await service.create_refund(
         request.app.state.database,
         request.app.state.gateway,
@@ -98,6 +99,7 @@ async def create_refund(
         now=now,
         session=session,
         request_key=request_key,
+        restock=body.restock,
     )
     if refund.status == "failed":
         # Returned, not raised: the unit of work commits the refund as failed.

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String
+from sqlalchemy import JSON, ForeignKey, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from stallholder.kit.db import Base, SerialPK
@@ -69,6 +69,8 @@ class Refund(Base):
     amount: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3))
     reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Whether the order's allocated stock goes back on sale when the refund succeeds.
+    restock: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     # pending (recorded before the gateway is called) | succeeded | failed
     status: Mapped[str] = mapped_column(String(16))
     gateway_reference: Mapped[str | None] = mapped_column(String(120), default=None)

@@ -15,6 +15,11 @@ class RefundCreate(Input):
     order: str = Field(min_length=1, max_length=40)
     amount: StrictInt | None = Field(default=None, gt=0, le=99_999_999_999)
     reason: Literal["requested_by_customer", "duplicate", "fraudulent", "other"] | None = None
+    restock: bool = Field(
+        default=False,
+        description="Put the order's units back on sale when the refund succeeds (every "
+        "unit the order still has allocated).",
+    )
 
 
 class RefundOut(BaseModel):
@@ -24,6 +29,7 @@ class RefundOut(BaseModel):
     amount: int
     currency: str
     reason: str | None
+    restock: bool
     status: str
     created: datetime
 
@@ -95,6 +101,7 @@ def refund_out(refund: Refund) -> RefundOut:
         amount=refund.amount,
         currency=refund.currency,
         reason=refund.reason,
+        restock=refund.restock,
         status=refund.status,
         created=refund.created_at,
     )

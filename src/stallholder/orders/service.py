@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Creator
 from stallholder.events import service as events
+from stallholder.inventory import reservations
 from stallholder.kit import work
 from stallholder.kit.db import Database, is_unique_violation, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
@@ -289,6 +290,7 @@ async def begin_refund(
     resolve_after: datetime,
     now: datetime,
     request_key: str | None = None,
+    restock: bool = False,
 ) -> RefundCall:
     """Step 1: record a ``pending`` refund of all that remains, or ``amount`` of it.
 
@@ -336,6 +338,7 @@ async def begin_refund(
         amount=amount,
         currency=order.currency,
         reason=reason,
+        restock=restock,
         status="pending",
         idempotency_key=f"{order.id}:refund:{refund_number}",
         request_key=request_key,
@@ -479,6 +482,8 @@ async def finish_refund(
         description=f"Refund {refund.id} of order {order.receipt_number}",
         now=now,
     )
+    if refund.restock:
+        await reservations.restock(session, order_id=order.id, now=now)
     await events.emit(
         session,
         creator_id=order.creator_id,
@@ -533,6 +538,7 @@ async def create_refund(
     now: datetime,
     session: AsyncSession | None = None,
     request_key: str | None = None,
+    restock: bool = False,
 ) -> Refund:
     """Refund all that remains, or ``amount`` of it, and reverse the ledger in proportion.
     The three steps; the outcome is recorded on ``session`` when given (the request's
@@ -540,7 +546,8 @@ async def create_refund(
     already begun under that key is carried on, or returned if it is settled, so a retry
     after a crash between the steps never refunds twice. A refund the gateway refuses
     comes back ``failed`` (the caller reports it); one the gateway could not be reached
-    for stays ``pending`` and the worker finishes it after ``resolve_after``.
+    for stays ``pending`` and the worker finishes it after ``resolve_after``. With
+    ``restock`` the order's allocated units go back on sale when the refund succeeds.
 
     Raises:
         OrderNotFound, OrderFullyRefunded, RefundTooLarge, GatewayUnavailable.
@@ -563,6 +570,7 @@ async def create_refund(
                 resolve_after=resolve_after,
                 now=now,
                 request_key=request_key,
+                restock=restock,
             )
     result = await call_refund(gateway, call)
     async with session_or_unit_of_work(database, session) as finishing:

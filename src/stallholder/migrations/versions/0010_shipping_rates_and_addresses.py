@@ -1,7 +1,7 @@
 """shipping rates and addresses
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-11-30 13:33:04.803354
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import stallholder.kit.db
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

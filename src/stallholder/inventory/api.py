@@ -1,0 +1,214 @@
+"""HTTP routes for locations and stock."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from stallholder.accounts.auth import AnyCreatorDep, SecretCreatorDep
+from stallholder.inventory import drops, stock
+from stallholder.inventory.reservations import OutOfStock
+from stallholder.inventory.schemas import (
+    AdjustmentCreate,
+    DropCreate,
+    DropOut,
+    InventoryOut,
+    LocationCreate,
+    LocationOut,
+    TransferCreate,
+    drop_out,
+    inventory_out,
+    location_out,
+    movement_out,
+)
+from stallholder.kit.http import NowDep, SessionDep
+from stallholder.kit.openapi import documents
+from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from stallholder.kit.schemas import ListOut
+
+router = APIRouter(prefix="/v1", tags=["inventory"])
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+# Who a movement made through the API is recorded as.
+API_ACTOR = "secret_key"
+
+
+@documents(
+    OutOfStock,
+    drops.DropNotOpen,
+    drops.DropClosed,
+    drops.DropLimitReached,
+    drops.DropBuyerEmailRequired,
+)
+def holds_stock() -> None:
+    """Documents the problems of a route that holds stock (creating a checkout session):
+    409 ``out-of-stock`` names the SKU and what it has left; a drop's price adds the
+    drop's window and per-customer limit."""
+
+
+@documents(stock.SkuNotFound, stock.LocationNotFound)
+def names_stock() -> None:
+    """Documents the problems of a route that names a SKU and a location."""
+
+
+@documents(stock.StockCommitted)
+def adjusts_stock() -> None:
+    """Documents the problems of an adjustment."""
+
+
+@documents(stock.SameLocation, stock.InsufficientStock)
+def transfers_stock() -> None:
+    """Documents the problems of a transfer."""
+
+
+@documents(stock.LocationNameTaken)
+def names_a_location() -> None:
+    """Documents the 409 of a location whose name is taken."""
+
+
+@router.post(
+    "/locations",
+    status_code=201,
+    response_model=LocationOut,
+    dependencies=[Depends(names_a_location)],
+)
+async def create_location(
+    body: LocationCreate, creator_id: SecretCreatorDep, session: SessionDep, now: NowDep
+) -> LocationOut:
+    """A place stock is kept (a workshop, a fulfilment partner). Holds draw from your
+    locations in the order you created them."""
+    location = await stock.create_location(session, creator_id=creator_id, name=body.name, now=now)
+    return location_out(location)
+
+
+@router.get("/locations", response_model=ListOut)
+async def list_locations(
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> ListOut:
+    page = await stock.list_locations(
+        session, creator_id=creator_id, limit=limit, starting_after=starting_after
+    )
+    return ListOut(data=[location_out(loc) for loc in page.data], has_more=page.has_more)
+
+
+@router.get("/inventory/{sku}", response_model=InventoryOut, dependencies=[Depends(names_stock)])
+async def get_inventory(
+    sku: str, creator_id: SecretCreatorDep, session: SessionDep
+) -> InventoryOut:
+    """The SKU's stock at each location and in total. ``tracked`` is false until the
+    variant has stock somewhere: an untracked variant is sold without limit."""
+    return inventory_out(await stock.stock_for_sku(session, creator_id=creator_id, sku=sku))
+
+
+@router.post(
+    "/inventory/adjustments",
+    response_model=InventoryOut,
+    dependencies=[Depends(names_stock), Depends(adjusts_stock)],
+)
+async def adjust_inventory(
+    body: AdjustmentCreate, creator_id: SecretCreatorDep, session: SessionDep, now: NowDep
+) -> InventoryOut:
+    """Change on-hand stock by ``delta`` or ``set`` it to a count, with a ``reason``; and
+    optionally the ``safety_stock`` kept back from sale and the ``low_stock_threshold``
+    of ``inventory.low``. On hand never goes below the units held in checkouts or paid
+    for (409 ``stock-committed``)."""
+    return inventory_out(
+        await stock.adjust(
+            session,
+            creator_id=creator_id,
+            sku=body.sku,
+            location_id=body.location,
+            delta=body.delta,
+            set_to=body.set_to,
+            kind=body.kind,
+            reason=body.reason,
+            actor=API_ACTOR,
+            now=now,
+            safety_stock=body.safety_stock,
+            low_stock_threshold=body.low_stock_threshold,
+        )
+    )
+
+
+@router.post(
+    "/inventory/transfers",
+    response_model=InventoryOut,
+    dependencies=[Depends(names_stock), Depends(transfers_stock)],
+)
+async def transfer_inventory(
+    body: TransferCreate, creator_id: SecretCreatorDep, session: SessionDep, now: NowDep
+) -> InventoryOut:
+    """Move available units between two of your locations."""
+    return inventory_out(
+        await stock.transfer(
+            session,
+            creator_id=creator_id,
+            sku=body.sku,
+            from_location_id=body.from_location,
+            to_location_id=body.to_location,
+            quantity=body.quantity,
+            reason=body.reason,
+            actor=API_ACTOR,
+            now=now,
+        )
+    )
+
+
+@router.get(
+    "/inventory/{sku}/movements", response_model=ListOut, dependencies=[Depends(names_stock)]
+)
+async def list_movements(
+    sku: str,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> ListOut:
+    """The SKU's movement ledger, newest first: every change of on-hand stock with its
+    kind, reason, who made it and the on-hand count after it."""
+    page = await stock.list_movements(
+        session, creator_id=creator_id, sku=sku, limit=limit, starting_after=starting_after
+    )
+    return ListOut(data=[movement_out(m) for m in page.data], has_more=page.has_more)
+
+
+@documents(drops.InvalidDropItem, drops.PriceInAnotherDrop)
+def creates_a_drop() -> None:
+    """Documents the problems of creating a drop."""
+
+
+@router.post(
+    "/drops", status_code=201, response_model=DropOut, dependencies=[Depends(creates_a_drop)]
+)
+async def create_drop(
+    body: DropCreate, creator_id: SecretCreatorDep, session: SessionDep, now: NowDep
+) -> DropOut:
+    """Release a few one-time prices in a window ``[opens_at, closes_at)``: each sells at
+    most its ``quantity``, first come first served; a checkout session holds its units for
+    ``reservation_minutes``; ``per_customer_limit`` counts a buyer's open sessions and
+    orders by normalised email. Outside the window the prices cannot be bought."""
+    view = await drops.create_drop(
+        session,
+        creator_id=creator_id,
+        name=body.name,
+        mode=body.mode,
+        opens_at=body.opens_at,
+        closes_at=body.closes_at,
+        per_customer_limit=body.per_customer_limit,
+        reservation_minutes=body.reservation_minutes,
+        items=[drops.ItemSpec(price_id=item.price, quantity=item.quantity) for item in body.items],
+        now=now,
+    )
+    return drop_out(view, now=now)
+
+
+@router.get("/drops/{drop_id}", response_model=DropOut)
+async def get_drop(
+    drop_id: str, creator_id: AnyCreatorDep, session: SessionDep, now: NowDep
+) -> DropOut:
+    """The drop's state (``scheduled`` → ``open`` → ``sold_out`` | ``closed``) and what is
+    left (secret or publishable key)."""
+    return drop_out(await drops.get_drop(session, creator_id=creator_id, drop_id=drop_id), now=now)

@@ -1,0 +1,420 @@
+"""Drops: a few prices released in a window, each up to its quantity, first come first
+served, with a short hold and an optional limit per buyer.
+
+A checkout session for a drop's price claims its units (``claim``) when it is created,
+in the same transaction as its stock hold and before it: the buyer's row in
+``drop_buyers`` grows by one conditional upsert (``… WHERE units + n <= limit``), then
+each drop item's ``held`` by a conditional update (``… WHERE quantity − held − sold >=
+n``). Expiry releases the claims, payment sells them. Lock order: the buyer's row, the
+drop items in key order, then stock levels (ADR 0012).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stallholder.catalog.models import Price
+from stallholder.inventory.drop_rules import DropState, buyer_key, drop_state
+from stallholder.inventory.models import Drop, DropBuyer, DropClaim, DropItem
+from stallholder.inventory.reservations import OutOfStock
+from stallholder.kit.db import is_unique_violation
+from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
+from stallholder.kit.ids import new_id
+
+
+class DropNotFound(NotFound):
+    slug = "drop-not-found"
+    title = "No such drop"
+
+
+class DropNotOpen(Conflict):
+    slug = "drop-not-open"
+    title = "The drop has not opened yet"
+
+
+class DropClosed(Conflict):
+    slug = "drop-closed"
+    title = "The drop has closed"
+
+
+class DropLimitReached(Conflict):
+    slug = "drop-limit-reached"
+    title = "The buyer has reached the drop's per-customer limit"
+
+
+class InvalidDropItem(InvalidRequest):
+    slug = "invalid-drop-item"
+    title = "A drop item's price cannot be sold in a drop"
+
+
+class PriceInAnotherDrop(Conflict):
+    slug = "price-in-another-drop"
+    title = "The price is sold in another drop"
+
+
+class DropBuyerEmailRequired(InvalidRequest):
+    slug = "customer-email-required"
+    title = "The buyer's email is needed"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSpec:
+    price_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class DropView:
+    drop: Drop
+    items: list[DropItem]
+
+    @property
+    def remaining(self) -> int:
+        return sum(item.quantity - item.held - item.sold for item in self.items)
+
+    def state(self, now: datetime) -> DropState:
+        return drop_state(
+            now=now,
+            opens_at=self.drop.opens_at,
+            closes_at=self.drop.closes_at,
+            remaining=self.remaining,
+        )
+
+
+async def create_drop(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    name: str,
+    mode: str,
+    opens_at: datetime,
+    closes_at: datetime,
+    per_customer_limit: int | None,
+    reservation_minutes: int,
+    items: Sequence[ItemSpec],
+    now: datetime,
+) -> DropView:
+    """A drop of one-time prices, each in at most one drop.
+
+    Raises:
+        InvalidRequest (``closes_at`` not after ``opens_at``), InvalidDropItem,
+        PriceInAnotherDrop.
+    """
+    if closes_at <= opens_at:
+        raise InvalidRequest(
+            f"closes_at ({closes_at.isoformat()}) must be after opens_at ({opens_at.isoformat()})"
+        )
+    seen: set[str] = set()
+    for position, spec in enumerate(items):
+        if spec.price_id in seen:
+            raise InvalidDropItem(f"items[{position}]: price {spec.price_id} is listed twice")
+        seen.add(spec.price_id)
+        price = await session.get(Price, spec.price_id)
+        if price is None or price.creator_id != creator_id:
+            raise InvalidDropItem(f"items[{position}]: no price {spec.price_id!r}")
+        if not price.is_active or price.type == "recurring":
+            raise InvalidDropItem(
+                f"items[{position}]: price {price.id} is "
+                f"{'archived' if not price.is_active else 'recurring'}; a drop sells "
+                "active one-time prices"
+            )
+    drop = Drop(
+        id=new_id("drop"),
+        creator_id=creator_id,
+        name=name,
+        mode=mode,
+        opens_at=opens_at,
+        closes_at=closes_at,
+        per_customer_limit=per_customer_limit,
+        reservation_minutes=reservation_minutes,
+        created_at=now,
+    )
+    rows = [
+        DropItem(
+            creator_id=creator_id,
+            drop_id=drop.id,
+            price_id=spec.price_id,
+            position=position,
+            quantity=spec.quantity,
+            held=0,
+            sold=0,
+        )
+        for position, spec in enumerate(items)
+    ]
+    session.add(drop)
+    session.add_all(rows)
+    try:
+        await session.flush()
+    except IntegrityError as error:
+        if not is_unique_violation(error, "uq_drop_items_price_id"):
+            raise
+        raise PriceInAnotherDrop(
+            "a price of this drop is sold in another drop already; each price is in one drop"
+        ) from error
+    return DropView(drop=drop, items=rows)
+
+
+async def get_drop(session: AsyncSession, *, creator_id: str, drop_id: str) -> DropView:
+    drop = await session.get(Drop, drop_id, populate_existing=True)
+    if drop is None or drop.creator_id != creator_id:
+        raise DropNotFound(f"no drop {drop_id!r}")
+    return DropView(drop=drop, items=await _items(session, drop_id=drop.id))
+
+
+async def _items(session: AsyncSession, *, drop_id: str) -> list[DropItem]:
+    return list(
+        (
+            await session.execute(
+                select(DropItem)
+                .where(DropItem.drop_id == drop_id)
+                .order_by(DropItem.position)
+                .execution_options(populate_existing=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+
+
+async def drop_for_prices(
+    session: AsyncSession, *, price_ids: Sequence[str], now: datetime
+) -> Drop | None:
+    """The drop a checkout session for ``price_ids`` buys from, if any of them is in one.
+    Its prices sell only through the drop's window.
+
+    Raises:
+        DropNotOpen, DropClosed, InvalidRequest (prices of two drops in one session).
+    """
+    drops = (
+        (
+            await session.execute(
+                select(Drop)
+                .join(DropItem, DropItem.drop_id == Drop.id)
+                .where(DropItem.price_id.in_(sorted(set(price_ids))))
+                .distinct()
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not drops:
+        return None
+    if len(drops) > 1:
+        raise InvalidRequest(
+            f"the line items come from {len(drops)} drops; buy from one drop per session"
+        )
+    (drop,) = drops
+    if now < drop.opens_at:
+        raise DropNotOpen(
+            f"drop {drop.id} opens at {drop.opens_at.isoformat()}",
+            drop=drop.id,
+            opens_at=drop.opens_at.isoformat(),
+        )
+    if now >= drop.closes_at:
+        raise DropClosed(
+            f"drop {drop.id} closed at {drop.closes_at.isoformat()}",
+            drop=drop.id,
+            closed_at=drop.closes_at.isoformat(),
+        )
+    return drop
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimLine:
+    price_id: str
+    sku: str
+    quantity: int
+
+
+async def claim(
+    session: AsyncSession,
+    *,
+    drop: Drop,
+    checkout_session_id: str,
+    email: str | None,
+    lines: Sequence[ClaimLine],
+    now: datetime,
+) -> None:
+    """Claim the session's units of the drop: the buyer's count first (when the drop has
+    a per-customer limit), then each drop item's, by conditional updates. The first that
+    finds too little raises, and the caller's unit of work rolls back.
+
+    Raises:
+        DropBuyerEmailRequired (a limited drop and no email), DropLimitReached,
+        OutOfStock (naming the SKU and what the drop has left of it).
+    """
+    items = {item.price_id: item for item in await _items(session, drop_id=drop.id)}
+    wanted: dict[int, int] = defaultdict(int)
+    skus: dict[int, str] = {}
+    for line in lines:
+        item = items.get(line.price_id)
+        if item is not None:
+            wanted[item.id] += line.quantity
+            skus.setdefault(item.id, line.sku)
+    if not wanted:
+        return
+    if email is None and drop.per_customer_limit is not None:
+        raise DropBuyerEmailRequired(
+            f"drop {drop.id} limits units per customer, so it needs the buyer's email when "
+            "the session is created: send customer_email or customer"
+        )
+    key = "" if email is None else buyer_key(email)
+    total = sum(wanted.values())
+    if drop.per_customer_limit is not None:
+        await _count_buyer(session, drop=drop, key=key, units=total)
+    for item_id in sorted(wanted):
+        n = wanted[item_id]
+        taken = (
+            await session.execute(
+                update(DropItem)
+                .where(
+                    DropItem.id == item_id, DropItem.quantity - DropItem.held - DropItem.sold >= n
+                )
+                .values(held=DropItem.held + n)
+                .returning(DropItem.id)
+                .execution_options(synchronize_session=False)
+            )
+        ).scalar_one_or_none()
+        if taken is None:
+            left = (
+                await session.execute(
+                    select(DropItem.quantity - DropItem.held - DropItem.sold).where(
+                        DropItem.id == item_id
+                    )
+                )
+            ).scalar_one()
+            raise OutOfStock(
+                f"{skus[item_id]} has {left} left in drop {drop.id}; {n} asked for"
+                if left
+                else f"{skus[item_id]} is sold out in drop {drop.id} ({n} asked for)",
+                sku=skus[item_id],
+                available=int(left),
+                requested=n,
+                drop=drop.id,
+            )
+    session.add_all(
+        DropClaim(
+            creator_id=drop.creator_id,
+            drop_id=drop.id,
+            drop_item_id=item_id,
+            checkout_session_id=checkout_session_id,
+            buyer_key=key,
+            quantity=wanted[item_id],
+            status="held",
+            created_at=now,
+            updated_at=now,
+        )
+        for item_id in sorted(wanted)
+    )
+    await session.flush()
+
+
+async def _count_buyer(session: AsyncSession, *, drop: Drop, key: str, units: int) -> None:
+    """``units`` more for the buyer, if that stays within the limit: an insert of the
+    buyer's first units, or an update whose ``WHERE`` is the limit (one statement)."""
+    limit = drop.per_customer_limit
+    assert limit is not None
+    counted = None
+    if units <= limit:
+        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        statement = insert(DropBuyer).values(
+            creator_id=drop.creator_id, drop_id=drop.id, buyer_key=key, units=units
+        )
+        counted = (
+            await session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[DropBuyer.drop_id, DropBuyer.buyer_key],
+                    set_={"units": DropBuyer.units + units},
+                    where=DropBuyer.units + units <= limit,
+                ).returning(DropBuyer.units)
+            )
+        ).scalar_one_or_none()
+    if counted is None:
+        already = (
+            await session.execute(
+                select(DropBuyer.units).where(
+                    DropBuyer.drop_id == drop.id, DropBuyer.buyer_key == key
+                )
+            )
+        ).scalar_one_or_none() or 0
+        raise DropLimitReached(
+            f"drop {drop.id} sells at most {limit} per customer; this buyer holds or has "
+            f"bought {already}, and asked for {units} more",
+            drop=drop.id,
+            per_customer_limit=limit,
+            already=already,
+        )
+
+
+async def release(session: AsyncSession, *, checkout_session_id: str, now: datetime) -> int:
+    """Give the session's held drop units back (it expired or was cancelled), and take
+    them off the buyer's count. Returns how many."""
+    moved = list(
+        await session.execute(
+            update(DropClaim)
+            .where(DropClaim.checkout_session_id == checkout_session_id, DropClaim.status == "held")
+            .values(status="released", updated_at=now)
+            .returning(
+                DropClaim.drop_id, DropClaim.drop_item_id, DropClaim.buyer_key, DropClaim.quantity
+            )
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if not moved:
+        return 0
+    per_buyer: dict[tuple[str, str], int] = defaultdict(int)
+    per_item: dict[int, int] = defaultdict(int)
+    for row in moved:
+        per_buyer[(row.drop_id, row.buyer_key)] += row.quantity
+        per_item[row.drop_item_id] += row.quantity
+    for (drop_id, key), n in sorted(per_buyer.items()):
+        # No row when the drop has no per-customer limit: nothing to take off.
+        await session.execute(
+            update(DropBuyer)
+            .where(DropBuyer.drop_id == drop_id, DropBuyer.buyer_key == key)
+            .values(units=DropBuyer.units - n)
+            .execution_options(synchronize_session=False)
+        )
+    for item_id in sorted(per_item):
+        await session.execute(
+            update(DropItem)
+            .where(DropItem.id == item_id)
+            .values(held=DropItem.held - per_item[item_id])
+            .execution_options(synchronize_session=False)
+        )
+    return sum(per_item.values())
+
+
+async def sell(session: AsyncSession, *, checkout_session_id: str, now: datetime) -> int:
+    """The session was paid: its held drop units are sold (they stay on the buyer's
+    count). Returns how many."""
+    moved = list(
+        await session.execute(
+            update(DropClaim)
+            .where(DropClaim.checkout_session_id == checkout_session_id, DropClaim.status == "held")
+            .values(status="sold", updated_at=now)
+            .returning(DropClaim.drop_item_id, DropClaim.quantity)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    per_item: dict[int, int] = defaultdict(int)
+    for row in moved:
+        per_item[row.drop_item_id] += row.quantity
+    for item_id in sorted(per_item):
+        n = per_item[item_id]
+        await session.execute(
+            update(DropItem)
+            .where(DropItem.id == item_id)
+            .values(held=DropItem.held - n, sold=DropItem.sold + n)
+            .execution_options(synchronize_session=False)
+        )
+    return sum(per_item.values())

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, Self
+
+from pydantic import AwareDatetime, BaseModel, Field, StrictInt, model_validator
+
+from stallholder.inventory.drops import DropView
+from stallholder.inventory.models import Location, StockMovement
+from stallholder.inventory.stock import AdjustmentKind, SkuStock
+from stallholder.kit.schemas import Input
+
+# A count or change of stock: far above any small-batch run, far below BIGINT.
+MAX_UNITS = 1_000_000_000
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
+Sku = Field(min_length=1, max_length=64, pattern=SKU_PATTERN)
+LocationId = Field(min_length=1, max_length=40)
+
+
+class LocationCreate(Input):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class LocationOut(BaseModel):
+    object: Literal["location"] = "location"
+    id: str
+    name: str
+    created: datetime
+
+
+def location_out(location: Location) -> LocationOut:
+    return LocationOut(id=location.id, name=location.name, created=location.created_at)
+
+
+class AdjustmentCreate(Input):
+    sku: str = Sku
+    location: str = LocationId
+    delta: StrictInt | None = Field(default=None, ge=-MAX_UNITS, le=MAX_UNITS)
+    set_to: StrictInt | None = Field(default=None, alias="set", ge=0, le=MAX_UNITS)
+    kind: AdjustmentKind = Field(
+        default="adjusted",
+        description="What happened: received (new stock), returned (a buyer sent goods "
+        "back), damaged (broken or lost), adjusted (a correction or a count).",
+    )
+    reason: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="Why on hand changed (kept on the movement); needed with delta or set.",
+    )
+    safety_stock: StrictInt | None = Field(default=None, ge=0, le=MAX_UNITS)
+    low_stock_threshold: StrictInt | None = Field(default=None, ge=0, le=MAX_UNITS)
+
+    @model_validator(mode="after")
+    def _one_change(self) -> Self:
+        if self.delta is not None and self.set_to is not None:
+            raise ValueError("send delta (a change) or set (a count), not both")
+        if self.delta == 0:
+            raise ValueError("delta must not be 0")
+        if (
+            self.delta is None
+            and self.set_to is None
+            and self.safety_stock is None
+            and self.low_stock_threshold is None
+        ):
+            raise ValueError("send delta or set (or safety_stock / low_stock_threshold)")
+        if (self.delta is not None or self.set_to is not None) and self.reason is None:
+            raise ValueError("say why on hand changes: send a reason with delta or set")
+        return self
+
+
+class TransferCreate(Input):
+    sku: str = Sku
+    from_location: str = LocationId
+    to_location: str = LocationId
+    quantity: StrictInt = Field(ge=1, le=MAX_UNITS)
+    reason: str = Field(default="transfer", min_length=1, max_length=500)
+
+
+class InventoryLevelOut(BaseModel):
+    location: str
+    location_name: str
+    on_hand: int
+    reserved: int
+    allocated: int
+    safety_stock: int
+    available: int
+    low_stock_threshold: int | None
+
+
+class InventoryOut(BaseModel):
+    object: Literal["inventory"] = "inventory"
+    sku: str
+    variant: str
+    tracked: bool
+    on_hand: int
+    reserved: int
+    allocated: int
+    safety_stock: int
+    available: int
+    locations: list[InventoryLevelOut]
+
+
+def inventory_out(stock: SkuStock) -> InventoryOut:
+    total = stock.total
+    return InventoryOut(
+        sku=stock.sku,
+        variant=stock.variant_id,
+        tracked=stock.is_tracked,
+        on_hand=total.on_hand,
+        reserved=total.reserved,
+        allocated=total.allocated,
+        safety_stock=total.safety_stock,
+        available=stock.available,
+        locations=[
+            InventoryLevelOut(
+                location=view.level.location_id,
+                location_name=view.location_name,
+                on_hand=view.level.on_hand,
+                reserved=view.level.reserved,
+                allocated=view.level.allocated,
+                safety_stock=view.level.safety_stock,
+                available=view.quantities.available,
+                low_stock_threshold=view.level.low_stock_threshold,
+            )
+            for view in stock.levels
+        ],
+    )
+
+
+class MovementOut(BaseModel):
+    object: Literal["inventory_movement"] = "inventory_movement"
+    id: str
+    sku: str
+    location: str
+    kind: str
+    quantity: int
+    on_hand_after: int
+    reason: str
+    actor: str
+    reference: str | None
+    created: datetime
+
+
+def movement_out(movement: StockMovement) -> MovementOut:
+    return MovementOut(
+        id=movement.id,
+        sku=movement.sku,
+        location=movement.location_id,
+        kind=movement.kind,
+        quantity=movement.quantity,
+        on_hand_after=movement.on_hand_after,
+        reason=movement.reason,
+        actor=movement.actor,
+        reference=movement.reference,
+        created=movement.created_at,
+    )
+
+
+class DropItemIn(Input):
+    price: str = Field(min_length=1, max_length=40)
+    quantity: StrictInt = Field(ge=1, le=1_000_000)
+
+
+class DropCreate(Input):
+    name: str = Field(min_length=1, max_length=200)
+    opens_at: AwareDatetime
+    closes_at: AwareDatetime
+    mode: Literal["first_come"] = Field(
+        default="first_come",
+        description="first_come: units go to buyers in the order they "
+        "open checkout sessions (raffles come later).",
+    )
+    per_customer_limit: StrictInt | None = Field(default=None, ge=1, le=1_000)
+    reservation_minutes: StrictInt = Field(default=10, ge=1, le=60)
+    items: list[DropItemIn] = Field(min_length=1, max_length=20)
+
+
+class DropItemOut(BaseModel):
+    price: str
+    quantity: int
+    held: int
+    sold: int
+    remaining: int
+
+
+class DropOut(BaseModel):
+    object: Literal["drop"] = "drop"
+    id: str
+    name: str
+    status: Literal["scheduled", "open", "sold_out", "closed"]
+    mode: str
+    opens_at: datetime
+    closes_at: datetime
+    per_customer_limit: int | None
+    reservation_minutes: int
+    remaining: int
+    items: list[DropItemOut]
+    created: datetime
+
+
+def drop_out(view: DropView, *, now: datetime) -> DropOut:
+    drop = view.drop
+    return DropOut(
+        id=drop.id,
+        name=drop.name,
+        status=view.state(now),
+        mode=drop.mode,
+        opens_at=drop.opens_at,
+        closes_at=drop.closes_at,
+        per_customer_limit=drop.per_customer_limit,
+        reservation_minutes=drop.reservation_minutes,
+        remaining=view.remaining,
+        items=[
+            DropItemOut(
+                price=item.price_id,
+                quantity=item.quantity,
+                held=item.held,
+                sold=item.sold,
+                remaining=item.quantity - item.held - item.sold,
+            )
+            for item in view.items
+        ],
+        created=drop.created_at,
+    )
