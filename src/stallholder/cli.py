@@ -169,6 +169,10 @@ def _serve_processes(
             port=port,
             log_level="info",
             access_log=False,
+            # A spawned server process imports the whole app before it can answer
+            # uvicorn's health check; on a loaded machine that takes longer than the
+            # default 5 s, and uvicorn would kill and respawn it forever.
+            timeout_worker_healthcheck=60,
         )
     finally:
         if worker_process is not None:
