@@ -10,7 +10,7 @@ several levels are changed in primary-key order (``lock_levels``, ``in_key_order
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.catalog.models import Variant
 from stallholder.events import service as events
-from stallholder.inventory.models import Location, StockLevel, StockMovement
+from stallholder.inventory.models import IncomingBatch, Location, StockLevel, StockMovement
 from stallholder.inventory.quantities import Quantities, crossing, delta_for
 from stallholder.kit.db import is_unique_violation
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
@@ -330,10 +330,20 @@ class LevelView:
 
 
 @dataclass(frozen=True, slots=True)
+class IncomingView:
+    """A production batch of the SKU not received yet, with its location's name."""
+
+    batch: IncomingBatch
+    location_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class SkuStock:
     sku: str
     variant_id: str
     levels: list[LevelView]
+    # Batches being made, soonest first (``inventory.batches``); not part of any count.
+    incoming: list[IncomingView] = field(default_factory=list)
 
     @property
     def is_tracked(self) -> bool:
@@ -366,10 +376,18 @@ async def stock_for_sku(session: AsyncSession, *, creator_id: str, sku: str) -> 
         .order_by(StockLevel.location_id)
         .execution_options(populate_existing=True)
     )
+    levels = [LevelView(level=level, location_name=name) for level, name in rows]
+    incoming = await session.execute(
+        select(IncomingBatch, Location.name)
+        .join(Location, Location.id == IncomingBatch.location_id)
+        .where(IncomingBatch.variant_id == variant.id, IncomingBatch.status == "incoming")
+        .order_by(IncomingBatch.expected_on, IncomingBatch.id)
+    )
     return SkuStock(
         sku=variant.sku,
         variant_id=variant.id,
-        levels=[LevelView(level=level, location_name=name) for level, name in rows],
+        levels=levels,
+        incoming=[IncomingView(batch=batch, location_name=name) for batch, name in incoming],
     )
 
 
@@ -387,12 +405,13 @@ async def adjust(
     now: datetime,
     safety_stock: int | None = None,
     low_stock_threshold: int | None = None,
+    reference: str | None = None,
 ) -> SkuStock:
     """Change the SKU's ``on_hand`` at a location by ``delta``, or ``set_to`` a count, and
     optionally its ``safety_stock`` and ``low_stock_threshold``. The level is created at
     its first adjustment (from then on the variant is tracked). A count (``set_to``) is
     turned into a delta under the level's lock, so a sale between reading and writing is
-    never lost.
+    never lost. ``reference`` is kept on the movement (a received batch's id).
 
     Raises:
         SkuNotFound, LocationNotFound, StockCommitted (``on_hand`` would fall below the
@@ -415,6 +434,7 @@ async def adjust(
             reason=reason,
             actor=actor,
             now=now,
+            reference=reference,
         )
         if changed is None:
             level = (await lock_levels(session, [level_id]))[level_id]
