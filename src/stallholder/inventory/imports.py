@@ -7,8 +7,8 @@ once as ``InvalidSpreadsheet`` (422, ``rows.<n>.<column>``) before anything is c
 and the caller's unit of work rolls back whatever a later failure leaves behind, so an
 import changes everything or nothing (``docs/spreadsheets.md``).
 
-Stock counts set on-hand through ``stock.adjust`` (an ``adjusted`` movement whose reason
-is ``import <file name>``); production batches become ``IncomingBatch`` rows, shown as
+Stock counts set on-hand through ``stock.set_counted`` (an ``adjusted`` movement whose
+reason is ``import <file name>``); production batches become ``IncomingBatch`` rows, shown as
 ``incoming`` on the SKU until ``receive_batch`` turns one into stock (a ``received``
 movement referencing the batch).
 """
@@ -176,11 +176,15 @@ async def apply_stock_counts(
         errors=errors,
     )
     # Levels made here for a file that is then refused go with the rolled-back unit of work.
-    level_ids: dict[int, int] = {}
-    for number, target in resolved.items():
-        level_ids[number] = await stock.ensure_level(
-            session, variant=target.variant, location_id=target.location.id, now=now
-        )
+    by_pair = await stock.ensure_levels(
+        session,
+        wanted=[(target.variant, target.location.id) for target in resolved.values()],
+        now=now,
+    )
+    level_ids = {
+        number: by_pair[(target.variant.id, target.location.id)]
+        for number, target in resolved.items()
+    }
     levels = await stock.lock_levels(session, list(level_ids.values()))
     for number, row in numbered:
         if number not in level_ids:
@@ -198,20 +202,14 @@ async def apply_stock_counts(
     _refuse(errors)
     changed = 0
     for number, row in numbered:
-        target = resolved[number]
-        if levels[level_ids[number]].on_hand != row.on_hand:
-            await stock.adjust(
-                session,
-                creator_id=creator_id,
-                sku=target.variant.sku,
-                location_id=target.location.id,
-                delta=None,
-                set_to=row.on_hand,
-                kind="adjusted",
-                reason=import_reason(file_name, row.note),
-                actor=actor,
-                now=now,
-            )
+        if await stock.set_counted(
+            session,
+            level=levels[level_ids[number]],
+            count=row.on_hand,
+            reason=import_reason(file_name, row.note),
+            actor=actor,
+            now=now,
+        ):
             changed += 1
         if advance is not None:
             advance()

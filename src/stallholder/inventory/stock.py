@@ -35,6 +35,10 @@ MovementKind = Literal["received", "sold", "adjusted", "returned", "damaged", "t
 AdjustmentKind = Literal["received", "adjusted", "returned", "damaged"]
 
 
+# Rows per statement of a bulk change: far under every database's parameter limit.
+_LEVEL_CHUNK = 200
+
+
 class LocationNotFound(NotFound):
     slug = "location-not-found"
     title = "No such location"
@@ -146,6 +150,47 @@ async def ensure_level(
             )
         )
     ).scalar_one()
+
+
+async def ensure_levels(
+    session: AsyncSession, *, wanted: Sequence[tuple[Variant, str]], now: datetime
+) -> dict[tuple[str, str], int]:
+    """``ensure_level`` for many (variant, location id) pairs in a few statements: the
+    level ids by (variant id, location id)."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    pairs = sorted({(variant.id, location_id): variant for variant, location_id in wanted}.items())
+    for start in range(0, len(pairs), _LEVEL_CHUNK):
+        await session.execute(
+            insert(StockLevel)
+            .values(
+                [
+                    {
+                        "creator_id": variant.creator_id,
+                        "variant_id": variant.id,
+                        "sku": variant.sku,
+                        "location_id": location_id,
+                        "on_hand": 0,
+                        "reserved": 0,
+                        "allocated": 0,
+                        "safety_stock": 0,
+                        "updated_at": now,
+                    }
+                    for (_, location_id), variant in pairs[start : start + _LEVEL_CHUNK]
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["variant_id", "location_id"])
+        )
+    ids: dict[tuple[str, str], int] = {}
+    variant_ids = sorted({variant_id for (variant_id, _), _ in pairs})
+    for start in range(0, len(variant_ids), _LEVEL_CHUNK):
+        rows = await session.execute(
+            select(StockLevel.id, StockLevel.variant_id, StockLevel.location_id).where(
+                StockLevel.variant_id.in_(variant_ids[start : start + _LEVEL_CHUNK])
+            )
+        )
+        for level_id, variant_id, location_id in rows:
+            ids[(variant_id, location_id)] = level_id
+    return {key: ids[key] for key, _ in pairs}
 
 
 async def lock_levels(session: AsyncSession, level_ids: Sequence[int]) -> dict[int, StockLevel]:
@@ -460,6 +505,47 @@ async def adjust(
             .execution_options(synchronize_session=False)
         )
     return await stock_for_sku(session, creator_id=creator_id, sku=sku)
+
+
+async def set_counted(
+    session: AsyncSession,
+    *,
+    level: StockLevel,
+    count: int,
+    reason: str,
+    actor: str,
+    now: datetime,
+) -> bool:
+    """Set a level the caller locked (``lock_levels``, so its ``on_hand`` is current) to a
+    counted ``on_hand``: one ``adjusted`` movement, or none when the count is what the
+    books say. For many levels at once (an import) without ``adjust``'s look-ups per row.
+    Returns whether on hand changed.
+
+    Raises:
+        StockCommitted: the count is below the units held or paid for.
+    """
+    delta = count - level.on_hand
+    if not delta:
+        return False
+    changed = await _change_on_hand(
+        session,
+        level_id=level.id,
+        delta=delta,
+        kind="adjusted",
+        reason=reason,
+        actor=actor,
+        now=now,
+    )
+    if changed is None:
+        committed = quantities_of(level).committed
+        raise StockCommitted(
+            f"{level.sku} at {level.location_id} has {committed} units held in checkouts or "
+            f"paid for; on hand cannot be counted as {count}",
+            sku=level.sku,
+            on_hand=level.on_hand,
+            committed=committed,
+        )
+    return True
 
 
 async def transfer(
