@@ -1,4 +1,5 @@
-"""The ``stallholder`` command: serve, worker, migrate, demo, creators, ledger, jobs."""
+"""The ``stallholder`` command: serve, worker, migrate, demo, creators, ledger, jobs,
+inventory."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Sequence
+from enum import StrEnum
 from multiprocessing.process import BaseProcess
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -40,6 +44,11 @@ jobs_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(jobs_app, name="jobs")
+inventory_app = typer.Typer(
+    help="Stock from spreadsheets: import counts and production batches, download templates.",
+    no_args_is_help=True,
+)
+app.add_typer(inventory_app, name="inventory")
 console = Console()
 
 
@@ -429,6 +438,138 @@ def retry_job(work_id: Annotated[str, typer.Argument(help="The dead item's id (w
         console.print(f"[red]{error}; only dead work can be retried[/red]")
         raise typer.Exit(code=1) from error
     console.print(f"[green]{item.id}[/green] ({item.kind}) is due again")
+
+
+class ImportKind(StrEnum):
+    """The CLI's short names of the two templates."""
+
+    STOCK = "stock"
+    BATCHES = "batches"
+
+
+_TEMPLATE_KINDS = {"stock": "stock_counts", "batches": "production_batches"}
+
+
+def _print_sheet_problems(errors: Sequence[dict[str, Any]]) -> None:
+    table = Table(title=f"[red]{len(errors)} problem(s); nothing was imported[/red]")
+    for column in ("row", "column", "problem"):
+        table.add_column(column, overflow="fold")
+    for error in errors:
+        table.add_row(str(error["row"]), error["column"] or "", error["msg"])
+    console.print(table)
+
+
+@inventory_app.command("import")
+def import_inventory(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="A filled-in .csv or .xlsx."
+        ),
+    ],
+    creator: Annotated[str, typer.Option("--creator", help="The creator's id (cr_…).")],
+    kind: Annotated[
+        ImportKind, typer.Option(help="stock (stock counts) or batches (production batches).")
+    ] = ImportKind.STOCK,
+) -> None:
+    """Import a stock-count or production-batch file, all rows or none. Any problem (a bad
+    cell, an unknown SKU or location, a count below what buyers hold) is listed by row and
+    column, and nothing changes (exit 1)."""
+    from stallholder.accounts.service import CreatorNotFound, get_creator
+    from stallholder.inventory import imports
+    from stallholder.spreadsheets.inventory import parse_production_batches, parse_stock_counts
+    from stallholder.spreadsheets.sheets import InvalidSpreadsheet, detect_format
+
+    settings = _settings()
+    try:
+        file_format = detect_format(file.name)
+    except InvalidSpreadsheet as error:
+        _print_sheet_problems(error.extensions["errors"])
+        raise typer.Exit(code=1) from error
+    data = file.read_bytes()
+    with console.status(f"Reading {file.name}…"):
+        if kind is ImportKind.STOCK:
+            counts = parse_stock_counts(data, file_format=file_format)
+            errors, total = counts.errors, len(counts.rows)
+        else:
+            batches = parse_production_batches(data, file_format=file_format)
+            errors, total = batches.errors, len(batches.rows)
+    if errors:
+        _print_sheet_problems(InvalidSpreadsheet.from_errors(errors).extensions["errors"])
+        raise typer.Exit(code=1)
+
+    async def main(advance: imports.Advance) -> imports.ImportSummary:
+        database = Database(settings.resolved_database_url())
+        try:
+            async with database.unit_of_work() as session:
+                await get_creator(session, creator)
+                now = SystemClock().now()
+                if kind is ImportKind.STOCK:
+                    return await imports.apply_stock_counts(
+                        session,
+                        creator_id=creator,
+                        sheet=counts,
+                        file_name=file.name,
+                        actor="cli",
+                        now=now,
+                        advance=advance,
+                    )
+                return await imports.apply_production_batches(
+                    session,
+                    creator_id=creator,
+                    sheet=batches,
+                    file_name=file.name,
+                    now=now,
+                    advance=advance,
+                )
+        finally:
+            await database.dispose()
+
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"Importing {file.name}", total=total)
+            summary = asyncio.run(main(lambda: progress.update(task, advance=1)))
+    except CreatorNotFound as error:
+        console.print(f"[red]{error.detail}[/red]")
+        raise typer.Exit(code=1) from error
+    except InvalidSpreadsheet as error:
+        _print_sheet_problems(error.extensions["errors"])
+        raise typer.Exit(code=1) from error
+    if summary.kind.value == "stock_counts":
+        console.print(
+            f"[green]Imported {summary.rows} count(s)[/green] from {file.name}: "
+            f"{summary.changed} changed, {summary.unchanged} unchanged"
+        )
+    else:
+        console.print(
+            f"[green]Imported {summary.rows} batch row(s)[/green] from {file.name}: "
+            f"{summary.created} new, {summary.updated} updated"
+        )
+
+
+@inventory_app.command("template")
+def inventory_template(
+    kind: Annotated[
+        ImportKind, typer.Option(help="stock (stock counts) or batches (production batches).")
+    ],
+    file_format: Annotated[str, typer.Option("--format", help="csv or xlsx.")] = "csv",
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where to write it (default: stock_counts.csv etc. here)."),
+    ] = None,
+) -> None:
+    """Write the empty stock-count or production-batch template."""
+    from stallholder.spreadsheets.inventory import TemplateKind, template_file
+
+    if file_format not in ("csv", "xlsx"):
+        console.print(f"[red]--format must be csv or xlsx, not {file_format!r}[/red]")
+        raise typer.Exit(code=2)
+    template = template_file(
+        TemplateKind(_TEMPLATE_KINDS[kind.value]), "csv" if file_format == "csv" else "xlsx"
+    )
+    target = output if output is not None else Path(template.filename)
+    target.write_bytes(template.content)
+    console.print(f"Wrote {target}")
 
 
 def _redact(url: str) -> str:

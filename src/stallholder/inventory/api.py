@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from stallholder.accounts.auth import AnyCreatorDep, SecretCreatorDep
-from stallholder.inventory import drops, stock
+from stallholder.inventory import drops, imports, stock
 from stallholder.inventory.reservations import OutOfStock
 from stallholder.inventory.schemas import (
     AdjustmentCreate,
+    BatchOut,
+    BatchReceive,
     DropCreate,
     DropOut,
+    ImportOut,
     InventoryOut,
     LocationCreate,
     LocationOut,
     TransferCreate,
+    batch_out,
     drop_out,
+    import_out,
     inventory_out,
     location_out,
     movement_out,
@@ -26,6 +31,18 @@ from stallholder.kit.http import NowDep, SessionDep
 from stallholder.kit.openapi import documents
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
+from stallholder.spreadsheets.inventory import (
+    TemplateKind,
+    parse_production_batches,
+    parse_stock_counts,
+    template_file,
+)
+from stallholder.spreadsheets.sheets import (
+    XLSX_MEDIA_TYPE,
+    FileFormat,
+    InvalidSpreadsheet,
+    detect_format,
+)
 
 router = APIRouter(prefix="/v1", tags=["inventory"])
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
@@ -212,3 +229,124 @@ async def get_drop(
     """The drop's state (``scheduled`` → ``open`` → ``sold_out`` | ``closed``) and what is
     left (secret or publishable key)."""
     return drop_out(await drops.get_drop(session, creator_id=creator_id, drop_id=drop_id), now=now)
+
+
+# Imports and production batches ----------------------------------------------------------
+
+_CSV_TYPES = {"text/csv", "application/csv", "text/plain"}
+_IMPORT_BODY = {
+    "required": True,
+    "content": {
+        "text/csv": {"schema": {"type": "string"}},
+        XLSX_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+def _file_format(content_type: str, file_name: str) -> FileFormat:
+    """CSV or XLSX by the body's content type, else by the file name's extension."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type in _CSV_TYPES:
+        return "csv"
+    if media_type == XLSX_MEDIA_TYPE:
+        return "xlsx"
+    return detect_format(file_name)
+
+
+@documents(InvalidSpreadsheet)
+def imports_a_spreadsheet() -> None:
+    """Documents the 422 of an import: every bad row and column, nothing imported."""
+
+
+@router.post(
+    "/inventory/imports",
+    response_model=ImportOut,
+    dependencies=[Depends(imports_a_spreadsheet)],
+    openapi_extra={"requestBody": _IMPORT_BODY},
+)
+async def import_inventory(
+    request: Request,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    now: NowDep,
+    kind: TemplateKind,
+    file_name: Annotated[str, Query(min_length=1, max_length=200)] = "upload",
+) -> ImportOut:
+    """Import a filled-in template, sent as the raw request body: ``Content-Type:
+    text/csv`` or the XLSX media type (or any type, with ``file_name`` ending in ``.csv``
+    or ``.xlsx``). ``kind`` is ``stock_counts`` (sets on-hand per SKU and location; the
+    movements' reason is ``import <file_name>``) or ``production_batches`` (shown as
+    ``incoming`` on each SKU). All rows or none: any problem is a 422
+    ``invalid-spreadsheet`` listing every row and column (``rows.<n>.<column>``)."""
+    data = await request.body()
+    file_format = _file_format(request.headers.get("content-type", ""), file_name)
+    if kind is TemplateKind.STOCK_COUNTS:
+        summary = await imports.apply_stock_counts(
+            session,
+            creator_id=creator_id,
+            sheet=parse_stock_counts(data, file_format=file_format),
+            file_name=file_name,
+            actor=API_ACTOR,
+            now=now,
+        )
+    else:
+        summary = await imports.apply_production_batches(
+            session,
+            creator_id=creator_id,
+            sheet=parse_production_batches(data, file_format=file_format),
+            file_name=file_name,
+            now=now,
+        )
+    return import_out(summary)
+
+
+@router.get(
+    "/inventory/templates/{kind}.{file_format}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The empty template.",
+            "content": {"text/csv": {}, XLSX_MEDIA_TYPE: {}},
+        }
+    },
+)
+async def download_template(kind: TemplateKind, file_format: Literal["csv", "xlsx"]) -> Response:
+    """The empty stock-count or production-batch template, as CSV (header row) or XLSX
+    (with data validation and a Help sheet). Public: it holds nothing of yours."""
+    template = template_file(kind, file_format)
+    return Response(
+        content=template.content,
+        media_type=template.media_type,
+        headers={"Content-Disposition": f'attachment; filename="{template.filename}"'},
+    )
+
+
+@documents(imports.BatchNotFound, imports.BatchAlreadyReceived, stock.StockCommitted)
+def receives_a_batch() -> None:
+    """Documents the problems of receiving a production batch."""
+
+
+@router.post(
+    "/inventory/batches/{batch_id}/receive",
+    response_model=BatchOut,
+    dependencies=[Depends(receives_a_batch)],
+)
+async def receive_batch(
+    batch_id: str,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    now: NowDep,
+    body: BatchReceive | None = None,
+) -> BatchOut:
+    """The batch's pieces arrived: they become on-hand stock at its location with a
+    ``received`` movement (its ``reference`` is the batch), and the batch leaves the SKU's
+    ``incoming``. ``quantity`` says how many arrived (default: the batch's quantity)."""
+    batch = await imports.receive_batch(
+        session,
+        creator_id=creator_id,
+        batch_id=batch_id,
+        quantity=body.quantity if body is not None else None,
+        actor=API_ACTOR,
+        now=now,
+    )
+    return batch_out(batch)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -178,5 +178,35 @@ class DropClaim(Base):
     buyer_key: Mapped[str] = mapped_column(String(320))
     quantity: Mapped[int]
     status: Mapped[str] = mapped_column(String(16))  # held | sold | released
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class IncomingBatch(Base):
+    """Pieces being made: one SKU of a maker's production batch (a kiln firing, a print
+    run), expected at a location on a date. Imported from the production-batch template
+    (``inventory.imports``); ``incoming`` until received, when its units become on-hand
+    stock with a ``received`` movement (``inventory.batches``)."""
+
+    __tablename__ = "incoming_batches"
+    __table_args__ = (
+        UniqueConstraint("creator_id", "batch_ref", "variant_id"),
+        Index("ix_incoming_batches_variant_status", "variant_id", "status"),
+        CheckConstraint("quantity > 0", name="positive"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    # The maker's own name for the batch (the template's ``batch_id``).
+    batch_ref: Mapped[str] = mapped_column(String(64))
+    variant_id: Mapped[str] = mapped_column(ForeignKey("variants.id"))
+    sku: Mapped[str] = mapped_column(String(64))
+    location_id: Mapped[str] = mapped_column(ForeignKey("locations.id"))
+    quantity: Mapped[int]
+    expected_on: Mapped[date]
+    status: Mapped[str] = mapped_column(String(16))  # incoming | received
+    # How many pieces arrived (a firing can yield fewer than planned); set when received.
+    received_quantity: Mapped[int | None] = mapped_column(default=None)
+    received_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

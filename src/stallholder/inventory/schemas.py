@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, Field, StrictInt, model_validator
 
 from stallholder.inventory.drops import DropView
-from stallholder.inventory.models import Location, StockMovement
+from stallholder.inventory.imports import ImportSummary
+from stallholder.inventory.models import IncomingBatch, Location, StockMovement
 from stallholder.inventory.stock import AdjustmentKind, SkuStock
 from stallholder.kit.schemas import Input
+from stallholder.spreadsheets.inventory import TemplateKind
 
 # A count or change of stock: far above any small-batch run, far below BIGINT.
 MAX_UNITS = 1_000_000_000
@@ -88,6 +90,18 @@ class InventoryLevelOut(BaseModel):
     low_stock_threshold: int | None
 
 
+class IncomingOut(BaseModel):
+    """A production batch of the SKU not received yet (``POST
+    /v1/inventory/batches/{id}/receive`` turns it into stock)."""
+
+    id: str
+    batch: str
+    quantity: int
+    expected_on: date
+    location: str
+    location_name: str
+
+
 class InventoryOut(BaseModel):
     object: Literal["inventory"] = "inventory"
     sku: str
@@ -99,6 +113,7 @@ class InventoryOut(BaseModel):
     safety_stock: int
     available: int
     locations: list[InventoryLevelOut]
+    incoming: list[IncomingOut]
 
 
 def inventory_out(stock: SkuStock) -> InventoryOut:
@@ -125,6 +140,79 @@ def inventory_out(stock: SkuStock) -> InventoryOut:
             )
             for view in stock.levels
         ],
+        incoming=[
+            IncomingOut(
+                id=view.batch.id,
+                batch=view.batch.batch_ref,
+                quantity=view.batch.quantity,
+                expected_on=view.batch.expected_on,
+                location=view.batch.location_id,
+                location_name=view.location_name,
+            )
+            for view in stock.incoming
+        ],
+    )
+
+
+class ImportOut(BaseModel):
+    """What an applied import did: stock counts ``changed`` / ``unchanged``; production
+    batches ``created`` / ``updated``."""
+
+    object: Literal["inventory_import"] = "inventory_import"
+    kind: TemplateKind
+    file_name: str
+    rows: int
+    changed: int
+    unchanged: int
+    created: int
+    updated: int
+
+
+def import_out(summary: ImportSummary) -> ImportOut:
+    return ImportOut(
+        kind=summary.kind,
+        file_name=summary.file_name,
+        rows=summary.rows,
+        changed=summary.changed,
+        unchanged=summary.unchanged,
+        created=summary.created,
+        updated=summary.updated,
+    )
+
+
+class BatchReceive(Input):
+    quantity: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_UNITS,
+        description="How many pieces arrived; the batch's quantity when left out.",
+    )
+
+
+class BatchOut(BaseModel):
+    object: Literal["inventory_batch"] = "inventory_batch"
+    id: str
+    batch: str
+    sku: str
+    quantity: int
+    expected_on: date
+    location: str
+    status: Literal["incoming", "received"]
+    received_quantity: int | None
+    received_at: datetime | None
+
+
+def batch_out(batch: IncomingBatch) -> BatchOut:
+    return BatchOut(
+        id=batch.id,
+        batch=batch.batch_ref,
+        sku=batch.sku,
+        quantity=batch.quantity,
+        expected_on=batch.expected_on,
+        location=batch.location_id,
+        status="received" if batch.status == "received" else "incoming",
+        received_quantity=batch.received_quantity,
+        received_at=batch.received_at,
     )
 
 

@@ -10,7 +10,7 @@ several levels are changed in primary-key order (``lock_levels``, ``in_key_order
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.catalog.models import Variant
 from stallholder.events import service as events
-from stallholder.inventory.models import Location, StockLevel, StockMovement
+from stallholder.inventory.models import IncomingBatch, Location, StockLevel, StockMovement
 from stallholder.inventory.quantities import Quantities, crossing, delta_for
 from stallholder.kit.db import is_unique_violation
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
@@ -33,6 +33,10 @@ MovementKind = Literal["received", "sold", "adjusted", "returned", "damaged", "t
 # What an adjustment may say happened; ``transferred`` is written by transfers only and
 # ``sold`` by shipping an allocation (the fulfilment domain, ``docs/inventory.md``).
 AdjustmentKind = Literal["received", "adjusted", "returned", "damaged"]
+
+
+# Rows per statement of a bulk change: far under every database's parameter limit.
+_LEVEL_CHUNK = 200
 
 
 class LocationNotFound(NotFound):
@@ -146,6 +150,47 @@ async def ensure_level(
             )
         )
     ).scalar_one()
+
+
+async def ensure_levels(
+    session: AsyncSession, *, wanted: Sequence[tuple[Variant, str]], now: datetime
+) -> dict[tuple[str, str], int]:
+    """``ensure_level`` for many (variant, location id) pairs in a few statements: the
+    level ids by (variant id, location id)."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    pairs = sorted({(variant.id, location_id): variant for variant, location_id in wanted}.items())
+    for start in range(0, len(pairs), _LEVEL_CHUNK):
+        await session.execute(
+            insert(StockLevel)
+            .values(
+                [
+                    {
+                        "creator_id": variant.creator_id,
+                        "variant_id": variant.id,
+                        "sku": variant.sku,
+                        "location_id": location_id,
+                        "on_hand": 0,
+                        "reserved": 0,
+                        "allocated": 0,
+                        "safety_stock": 0,
+                        "updated_at": now,
+                    }
+                    for (_, location_id), variant in pairs[start : start + _LEVEL_CHUNK]
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["variant_id", "location_id"])
+        )
+    ids: dict[tuple[str, str], int] = {}
+    variant_ids = sorted({variant_id for (variant_id, _), _ in pairs})
+    for start in range(0, len(variant_ids), _LEVEL_CHUNK):
+        rows = await session.execute(
+            select(StockLevel.id, StockLevel.variant_id, StockLevel.location_id).where(
+                StockLevel.variant_id.in_(variant_ids[start : start + _LEVEL_CHUNK])
+            )
+        )
+        for level_id, variant_id, location_id in rows:
+            ids[(variant_id, location_id)] = level_id
+    return {key: ids[key] for key, _ in pairs}
 
 
 async def lock_levels(session: AsyncSession, level_ids: Sequence[int]) -> dict[int, StockLevel]:
@@ -330,10 +375,20 @@ class LevelView:
 
 
 @dataclass(frozen=True, slots=True)
+class IncomingView:
+    """A production batch of the SKU not received yet, with its location's name."""
+
+    batch: IncomingBatch
+    location_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class SkuStock:
     sku: str
     variant_id: str
     levels: list[LevelView]
+    # Batches being made, soonest first (``inventory.batches``); not part of any count.
+    incoming: list[IncomingView] = field(default_factory=list)
 
     @property
     def is_tracked(self) -> bool:
@@ -366,10 +421,18 @@ async def stock_for_sku(session: AsyncSession, *, creator_id: str, sku: str) -> 
         .order_by(StockLevel.location_id)
         .execution_options(populate_existing=True)
     )
+    levels = [LevelView(level=level, location_name=name) for level, name in rows]
+    incoming = await session.execute(
+        select(IncomingBatch, Location.name)
+        .join(Location, Location.id == IncomingBatch.location_id)
+        .where(IncomingBatch.variant_id == variant.id, IncomingBatch.status == "incoming")
+        .order_by(IncomingBatch.expected_on, IncomingBatch.id)
+    )
     return SkuStock(
         sku=variant.sku,
         variant_id=variant.id,
-        levels=[LevelView(level=level, location_name=name) for level, name in rows],
+        levels=levels,
+        incoming=[IncomingView(batch=batch, location_name=name) for batch, name in incoming],
     )
 
 
@@ -387,12 +450,13 @@ async def adjust(
     now: datetime,
     safety_stock: int | None = None,
     low_stock_threshold: int | None = None,
+    reference: str | None = None,
 ) -> SkuStock:
     """Change the SKU's ``on_hand`` at a location by ``delta``, or ``set_to`` a count, and
     optionally its ``safety_stock`` and ``low_stock_threshold``. The level is created at
     its first adjustment (from then on the variant is tracked). A count (``set_to``) is
     turned into a delta under the level's lock, so a sale between reading and writing is
-    never lost.
+    never lost. ``reference`` is kept on the movement (a received batch's id).
 
     Raises:
         SkuNotFound, LocationNotFound, StockCommitted (``on_hand`` would fall below the
@@ -415,6 +479,7 @@ async def adjust(
             reason=reason,
             actor=actor,
             now=now,
+            reference=reference,
         )
         if changed is None:
             level = (await lock_levels(session, [level_id]))[level_id]
@@ -440,6 +505,47 @@ async def adjust(
             .execution_options(synchronize_session=False)
         )
     return await stock_for_sku(session, creator_id=creator_id, sku=sku)
+
+
+async def set_counted(
+    session: AsyncSession,
+    *,
+    level: StockLevel,
+    count: int,
+    reason: str,
+    actor: str,
+    now: datetime,
+) -> bool:
+    """Set a level the caller locked (``lock_levels``, so its ``on_hand`` is current) to a
+    counted ``on_hand``: one ``adjusted`` movement, or none when the count is what the
+    books say. For many levels at once (an import) without ``adjust``'s look-ups per row.
+    Returns whether on hand changed.
+
+    Raises:
+        StockCommitted: the count is below the units held or paid for.
+    """
+    delta = count - level.on_hand
+    if not delta:
+        return False
+    changed = await _change_on_hand(
+        session,
+        level_id=level.id,
+        delta=delta,
+        kind="adjusted",
+        reason=reason,
+        actor=actor,
+        now=now,
+    )
+    if changed is None:
+        committed = quantities_of(level).committed
+        raise StockCommitted(
+            f"{level.sku} at {level.location_id} has {committed} units held in checkouts or "
+            f"paid for; on hand cannot be counted as {count}",
+            sku=level.sku,
+            on_hand=level.on_hand,
+            committed=committed,
+        )
+    return True
 
 
 async def transfer(
