@@ -595,3 +595,73 @@ async def test_a_price_change_is_announced_and_one_inside_seven_days_is_refused(
     assert len(subjects) == 1
     assert subjects[0][0] == "The price of your Paper Lantern Zines subscription is changing"
     assert "costs $4.00 instead of $3.00" in subjects[0][1]
+
+
+BOX = {
+    "charge_day": 1,
+    "ship_days_after_charge": 14,
+    "cutoff_days_before_ship": 5,
+    "signup_after_cutoff": "next_cycle",
+}
+
+
+async def test_a_box_with_a_delivery_calendar_before_and_after_the_cutoff(api: Api) -> None:
+    billing = await Billing.start(api, unit_amount=3000, delivery=BOX)
+    price = await billing.get(f"/v1/prices/{billing.price}")
+    assert price["recurring"]["delivery"] == BOX
+
+    early_clock = await billing.clock("2026-03-05T12:00:00Z")
+    early, method = await billing.customer(test_clock=early_clock)
+    joined = await billing.subscribe(early, default_payment_method=method)
+    assert (joined["status"], joined["billing_cycle_anchor"]) == (
+        "active",
+        "2026-03-01T00:00:00Z",
+    )
+    assert joined["current_cycle"] == {
+        "charge_date": "2026-03-01T00:00:00Z",
+        "amount": 3000,
+        "cutoff": "2026-03-10T00:00:00Z",
+        "ships_on": "2026-03-15",
+    }
+    (paid,) = await billing.invoices(joined["id"])
+    assert (paid["status"], paid["period_start"], paid["period_end"]) == (
+        "paid",
+        "2026-03-01T00:00:00Z",
+        "2026-04-01T00:00:00Z",
+    )
+
+    late_clock = await billing.clock("2026-03-12T12:00:00Z")
+    late, method = await billing.customer(test_clock=late_clock)
+    waiting = await billing.subscribe(late, default_payment_method=method)
+    assert (waiting["status"], waiting["current_cycle"]) == ("active", None)
+    assert waiting["next_cycle"] == {
+        "charge_date": "2026-04-01T00:00:00Z",
+        "amount": 3000,
+        "cutoff": "2026-04-10T00:00:00Z",
+        "ships_on": "2026-04-15",
+    }
+    assert await billing.invoices(waiting["id"]) == []
+    await billing.advance(late_clock, "2026-04-02T00:00:00Z")
+    (first,) = await billing.invoices(waiting["id"])
+    assert (first["status"], first["period_start"], first["amount_paid"]) == (
+        "paid",
+        "2026-04-01T00:00:00Z",
+        3000,
+    )
+
+
+async def test_a_charge_day_is_for_monthly_prices(api: Api) -> None:
+    creator = await api.creator()
+    product = await api.product(creator["secret_key"])
+    response = await api.http.post(
+        "/v1/prices",
+        headers=bearer(creator["secret_key"]),
+        json={
+            "product": product["id"],
+            "currency": "usd",
+            "unit_amount": 500,
+            "recurring": {"interval": "week", "delivery": {"charge_day": 3}},
+        },
+    )
+    assert response.status_code == 422
+    assert "monthly" in response.text

@@ -23,6 +23,13 @@ def plan_of(subscription: Subscription) -> Plan:
     return Plan(subscription.interval, subscription.interval_count)  # type: ignore[arg-type]
 
 
+def calendar_of(subscription: Subscription) -> delivery.DeliveryCalendar | None:
+    """The delivery calendar the subscription was sold with, if any."""
+    if subscription.delivery_calendar is None:
+        return None
+    return delivery.DeliveryCalendar(**subscription.delivery_calendar)
+
+
 def amount_of(subscription: Subscription) -> int:
     """What one period costs: the sum of its items."""
     return sum(item.unit_amount * item.quantity for item in subscription.items)
@@ -151,7 +158,7 @@ class SubscriptionOut(Output):
 
 def _cycle(subscription: Subscription, index: int, *, amount: int) -> CycleOut:
     found = delivery.cycle(
-        None,
+        calendar_of(subscription),
         plan_of(subscription),
         anchor=subscription.billing_anchor,
         zone_name=subscription.time_zone,
@@ -228,7 +235,9 @@ def subscription_out(subscription: Subscription, *, now: datetime) -> Subscripti
         ended_at=subscription.ended_at,
         paused_at=subscription.paused_at,
         skipped_cycle_charge_date=skipped_at,
-        current_cycle=_cycle(subscription, index, amount=amount) if index >= 0 else None,
+        current_cycle=_cycle(subscription, index, amount=amount)
+        if index >= subscription.first_period_index
+        else None,
         next_cycle=None if is_ending else _cycle(subscription, following, amount=next_amount),
         cancellation=cancellation,
         pending_update=PendingUpdateOut(
