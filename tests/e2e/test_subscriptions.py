@@ -665,3 +665,44 @@ async def test_a_charge_day_is_for_monthly_prices(api: Api) -> None:
     )
     assert response.status_code == 422
     assert "monthly" in response.text
+
+
+async def test_a_plan_change_now_charges_or_refunds_the_rest_of_the_period(api: Api) -> None:
+    billing = await Billing.start(api, unit_amount=300)
+    product = await api.product(billing.key, kind="digital", name="Zine club plus")
+    bigger = await api.price(
+        billing.key, product=product["id"], unit_amount=900, recurring={"interval": "month"}
+    )
+    clock = await billing.clock("2026-03-01T12:00:00Z")
+    customer, method = await billing.customer(test_clock=clock)
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    path = f"/v1/subscriptions/{subscription['id']}"
+    await billing.advance(clock, "2026-03-16T12:00:00Z")  # 16 of 31 days left
+
+    upgraded = await billing.ok(
+        path,
+        {"items": [{"price": bigger["id"]}], "proration_behavior": "create_prorations"},
+    )
+    assert (upgraded["amount"], upgraded["items"][0]["price"]) == (900, bigger["id"])
+    invoices = await billing.invoices(subscription["id"])
+    change = invoices[-1]
+    assert {k: change[k] for k in ("billing_reason", "status", "amount_due", "amount_paid")} == {
+        "billing_reason": "subscription_update",
+        "status": "paid",
+        "amount_due": 310,  # as the preview said: 464 for the new items less 154 unused
+        "amount_paid": 310,
+    }
+    assert change["lines"][0]["proration"] is True
+
+    downgraded = await billing.ok(
+        path,
+        {"items": [{"price": billing.price}], "proration_behavior": "create_prorations"},
+    )
+    assert downgraded["amount"] == 300
+    # Back again: 16/31 of 900 unused (464) less 16/31 of 300 (154) is a credit of 310,
+    # refunded from the period's latest payment (the upgrade's).
+    upgrade_order = await billing.get(f"/v1/orders/{change['order']}")
+    assert (upgrade_order["amount_refunded"], upgrade_order["status"]) == (310, "refunded")
+    await billing.advance(clock, "2026-04-02T00:00:00Z")
+    renewal = (await billing.invoices(subscription["id"]))[-1]
+    assert (renewal["billing_reason"], renewal["amount_paid"]) == ("subscription_cycle", 300)

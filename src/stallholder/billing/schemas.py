@@ -61,6 +61,8 @@ class SubscriptionUpdate(Input):
     default_payment_method: str | None = Field(default=None, max_length=40)
     items: list[ItemIn] | None = Field(default=None, min_length=1, max_length=20)
     metadata: Metadata | None = None
+    # none: new items from the next period on; create_prorations: now, prorated.
+    proration_behavior: Literal["none", "create_prorations"] = "none"
 
 
 class CancelIn(Input):
