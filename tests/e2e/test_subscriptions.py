@@ -706,3 +706,17 @@ async def test_a_plan_change_now_charges_or_refunds_the_rest_of_the_period(api: 
     await billing.advance(clock, "2026-04-02T00:00:00Z")
     renewal = (await billing.invoices(subscription["id"]))[-1]
     assert (renewal["billing_reason"], renewal["amount_paid"]) == ("subscription_cycle", 300)
+
+
+async def test_a_test_clock_stays_in_range_and_advances_in_bounded_steps(api: Api) -> None:
+    billing = await Billing.start(api)
+    response = await billing.post("/v1/test_clocks", {"frozen_time": "1999-12-31T00:00:00Z"})
+    assert response.status_code == 422
+    clock = await billing.clock("2026-01-01T00:00:00Z")
+    response = await billing.post(
+        f"/v1/test_clocks/{clock}/advance", {"frozen_time": "2033-01-01T00:00:00Z"}
+    )
+    assert response.status_code == 400
+    assert response.json()["type"] == PROBLEMS + "test-clock-advance-too-far"
+    advanced = await billing.advance(clock, "2031-12-31T00:00:00Z")
+    assert advanced["frozen_time"] == "2031-12-31T00:00:00Z"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StrictInt
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StrictBool, StrictInt
 
 from stallholder.accounts.models import TestClock
 from stallholder.billing import delivery
@@ -76,15 +76,27 @@ class PreviewIn(Input):
     proration_date: AwareDatetime | None = None
 
 
+def _within_clock_range(value: datetime) -> datetime:
+    if not CLOCK_EARLIEST <= value.astimezone(UTC) < CLOCK_LATEST:
+        raise ValueError("a test clock's time must be in the years 2000 to 2099")
+    return value
+
+
+# Test clocks live in years any zone's calendar can reach both sides of.
+CLOCK_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+CLOCK_LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+ClockTime = Annotated[AwareDatetime, AfterValidator(_within_clock_range)]
+
+
 class TestClockCreate(Input):
     __test__ = False
-    frozen_time: AwareDatetime
+    frozen_time: ClockTime
     name: str | None = Field(default=None, max_length=200)
 
 
 class TestClockAdvance(Input):
     __test__ = False
-    frozen_time: AwareDatetime
+    frozen_time: ClockTime
 
 
 class ItemOut(BaseModel):
