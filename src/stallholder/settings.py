@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # A price change must be announced at least this many days ahead (and is refused
     # sooner), as automatic-renewal laws ask.
     billing_price_change_notice_days: int = Field(default=7, ge=0, le=90)
+    # How long a worker holds a renewal or charge before another may take it over (it
+    # died). Longer than any gateway call; a takeover is safe (ADR 0010), only wasteful.
+    billing_work_lease_seconds: float = Field(default=300.0, gt=0)
 
     def payment_resolve_after(self) -> timedelta:
         return timedelta(seconds=self.payment_resolve_after_seconds)

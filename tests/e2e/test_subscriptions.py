@@ -595,3 +595,128 @@ async def test_a_price_change_is_announced_and_one_inside_seven_days_is_refused(
     assert len(subjects) == 1
     assert subjects[0][0] == "The price of your Paper Lantern Zines subscription is changing"
     assert "costs $4.00 instead of $3.00" in subjects[0][1]
+
+
+BOX = {
+    "charge_day": 1,
+    "ship_days_after_charge": 14,
+    "cutoff_days_before_ship": 5,
+    "signup_after_cutoff": "next_cycle",
+}
+
+
+async def test_a_box_with_a_delivery_calendar_before_and_after_the_cutoff(api: Api) -> None:
+    billing = await Billing.start(api, unit_amount=3000, delivery=BOX)
+    price = await billing.get(f"/v1/prices/{billing.price}")
+    assert price["recurring"]["delivery"] == BOX
+
+    early_clock = await billing.clock("2026-03-05T12:00:00Z")
+    early, method = await billing.customer(test_clock=early_clock)
+    joined = await billing.subscribe(early, default_payment_method=method)
+    assert (joined["status"], joined["billing_cycle_anchor"]) == (
+        "active",
+        "2026-03-01T00:00:00Z",
+    )
+    assert joined["current_cycle"] == {
+        "charge_date": "2026-03-01T00:00:00Z",
+        "amount": 3000,
+        "cutoff": "2026-03-10T00:00:00Z",
+        "ships_on": "2026-03-15",
+    }
+    (paid,) = await billing.invoices(joined["id"])
+    assert (paid["status"], paid["period_start"], paid["period_end"]) == (
+        "paid",
+        "2026-03-01T00:00:00Z",
+        "2026-04-01T00:00:00Z",
+    )
+
+    late_clock = await billing.clock("2026-03-12T12:00:00Z")
+    late, method = await billing.customer(test_clock=late_clock)
+    waiting = await billing.subscribe(late, default_payment_method=method)
+    assert (waiting["status"], waiting["current_cycle"]) == ("active", None)
+    assert waiting["next_cycle"] == {
+        "charge_date": "2026-04-01T00:00:00Z",
+        "amount": 3000,
+        "cutoff": "2026-04-10T00:00:00Z",
+        "ships_on": "2026-04-15",
+    }
+    assert await billing.invoices(waiting["id"]) == []
+    await billing.advance(late_clock, "2026-04-02T00:00:00Z")
+    (first,) = await billing.invoices(waiting["id"])
+    assert (first["status"], first["period_start"], first["amount_paid"]) == (
+        "paid",
+        "2026-04-01T00:00:00Z",
+        3000,
+    )
+
+
+async def test_a_charge_day_is_for_monthly_prices(api: Api) -> None:
+    creator = await api.creator()
+    product = await api.product(creator["secret_key"])
+    response = await api.http.post(
+        "/v1/prices",
+        headers=bearer(creator["secret_key"]),
+        json={
+            "product": product["id"],
+            "currency": "usd",
+            "unit_amount": 500,
+            "recurring": {"interval": "week", "delivery": {"charge_day": 3}},
+        },
+    )
+    assert response.status_code == 422
+    assert "monthly" in response.text
+
+
+async def test_a_plan_change_now_charges_or_refunds_the_rest_of_the_period(api: Api) -> None:
+    billing = await Billing.start(api, unit_amount=300)
+    product = await api.product(billing.key, kind="digital", name="Zine club plus")
+    bigger = await api.price(
+        billing.key, product=product["id"], unit_amount=900, recurring={"interval": "month"}
+    )
+    clock = await billing.clock("2026-03-01T12:00:00Z")
+    customer, method = await billing.customer(test_clock=clock)
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    path = f"/v1/subscriptions/{subscription['id']}"
+    await billing.advance(clock, "2026-03-16T12:00:00Z")  # 16 of 31 days left
+
+    upgraded = await billing.ok(
+        path,
+        {"items": [{"price": bigger["id"]}], "proration_behavior": "create_prorations"},
+    )
+    assert (upgraded["amount"], upgraded["items"][0]["price"]) == (900, bigger["id"])
+    invoices = await billing.invoices(subscription["id"])
+    change = invoices[-1]
+    assert {k: change[k] for k in ("billing_reason", "status", "amount_due", "amount_paid")} == {
+        "billing_reason": "subscription_update",
+        "status": "paid",
+        "amount_due": 310,  # as the preview said: 464 for the new items less 154 unused
+        "amount_paid": 310,
+    }
+    assert change["lines"][0]["proration"] is True
+
+    downgraded = await billing.ok(
+        path,
+        {"items": [{"price": billing.price}], "proration_behavior": "create_prorations"},
+    )
+    assert downgraded["amount"] == 300
+    # Back again: 16/31 of 900 unused (464) less 16/31 of 300 (154) is a credit of 310,
+    # refunded from the period's latest payment (the upgrade's).
+    upgrade_order = await billing.get(f"/v1/orders/{change['order']}")
+    assert (upgrade_order["amount_refunded"], upgrade_order["status"]) == (310, "refunded")
+    await billing.advance(clock, "2026-04-02T00:00:00Z")
+    renewal = (await billing.invoices(subscription["id"]))[-1]
+    assert (renewal["billing_reason"], renewal["amount_paid"]) == ("subscription_cycle", 300)
+
+
+async def test_a_test_clock_stays_in_range_and_advances_in_bounded_steps(api: Api) -> None:
+    billing = await Billing.start(api)
+    response = await billing.post("/v1/test_clocks", {"frozen_time": "1999-12-31T00:00:00Z"})
+    assert response.status_code == 422
+    clock = await billing.clock("2026-01-01T00:00:00Z")
+    response = await billing.post(
+        f"/v1/test_clocks/{clock}/advance", {"frozen_time": "2033-01-01T00:00:00Z"}
+    )
+    assert response.status_code == 400
+    assert response.json()["type"] == PROBLEMS + "test-clock-advance-too-far"
+    advanced = await billing.advance(clock, "2031-12-31T00:00:00Z")
+    assert advanced["frozen_time"] == "2031-12-31T00:00:00Z"

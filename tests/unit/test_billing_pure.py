@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from stallholder.billing import delivery, lifecycle, periods, proration, schedule
+from stallholder.billing import delivery, dunning, lifecycle, periods, proration, schedule
 from stallholder.billing.delivery import Cycle, DeliveryCalendar
 from stallholder.billing.periods import Plan
 
@@ -301,3 +301,17 @@ def test_a_year_of_a_monthly_plan_with_a_trial_a_pause_a_skip_and_a_cancellation
         # canceled at the end of the period that ends on 31 October.
     ]
     assert {invoice.amount for invoice in due} == {300}
+
+
+# Dunning ---------------------------------------------------------------------------------
+
+
+def test_retries_follow_the_schedule_from_the_first_attempt_then_stop() -> None:
+    first = utc(2026, 5, 1, 12)
+    assert [
+        dunning.next_attempt_at(first_attempt_at=first, failed_attempts=n, retry_days=(1, 3, 5, 7))
+        for n in range(1, 6)
+    ] == [utc(2026, 5, 2, 12), utc(2026, 5, 4, 12), utc(2026, 5, 6, 12), utc(2026, 5, 8, 12), None]
+    with pytest.raises(ValueError, match="from 1"):
+        dunning.next_attempt_at(first_attempt_at=first, failed_attempts=0, retry_days=(1,))
+    assert dunning.next_attempt_at(first_attempt_at=first, failed_attempts=1, retry_days=()) is None

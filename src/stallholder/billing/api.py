@@ -7,6 +7,7 @@ made in a unit of work of its own, the gateway is called, and the request's unit
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
@@ -21,7 +22,15 @@ from stallholder.accounts.auth import (
     SecretCreatorDep,
 )
 from stallholder.accounts.service import PublishableKeyNotAllowed
-from stallholder.billing import cancellation, clocks, invoices, renewal, subscriptions, tasks
+from stallholder.billing import (
+    cancellation,
+    clocks,
+    invoices,
+    plan_change,
+    renewal,
+    subscriptions,
+    tasks,
+)
 from stallholder.billing.models import Subscription
 from stallholder.billing.schemas import (
     CancelIn,
@@ -46,6 +55,7 @@ from stallholder.kit.http import NowDep, RequestKeyDep, SessionDep, SettingsDep
 from stallholder.kit.openapi import documents
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import Input, ListOut
+from stallholder.orders import service as orders
 
 router = APIRouter(prefix="/v1", tags=["billing"])
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
@@ -198,20 +208,68 @@ async def list_subscriptions(
 async def update_subscription(
     subscription_id: str,
     body: SubscriptionUpdate,
+    request: Request,
     creator_id: SecretCreatorDep,
     session: SessionDep,
+    settings: SettingsDep,
     now: NowDep,
 ) -> SubscriptionOut:
     """Change the default payment method (a failed invoice is retried with it at once),
-    the items (from the next period on) or the metadata (merged; "" removes a key)."""
+    the items or the metadata (merged; "" removes a key). New items apply from the next
+    period on, or now with ``proration_behavior: create_prorations``: the rest of the
+    period is charged at once (a ``subscription_update`` invoice) or, for a cheaper plan,
+    refunded, as ``POST …/preview`` shows."""
+    requested = (
+        None
+        if body.items is None
+        else [subscriptions.ItemRequest(item.price, item.quantity) for item in body.items]
+    )
+    if requested is not None and body.proration_behavior == "create_prorations":
+        database = _database(request)
+        async with database.unit_of_work() as changing:
+            change = await plan_change.change_items_now(
+                changing,
+                creator_id=creator_id,
+                subscription_id=subscription_id,
+                items=requested,
+                now=now,
+            )
+        if change.invoice_id is not None:
+            await renewal.charge_invoice(
+                database,
+                request.app.state.gateway,
+                invoice_id=change.invoice_id,
+                attempt=1,
+                policy=tasks.policy_from(settings),
+                now=now,
+            )
+        if change.refund_order_id is not None:
+            await orders.create_refund(
+                database,
+                request.app.state.gateway,
+                creator_id=creator_id,
+                order_id=change.refund_order_id,
+                amount=change.refund_amount,
+                reason="requested_by_customer",
+                resolve_after=now + timedelta(seconds=settings.payment_resolve_after_seconds),
+                now=now,
+                # The refund's own key (64 characters, as request keys are).
+                request_key=hashlib.sha256(
+                    f"plan_change:{subscription_id}:{now.isoformat()}".encode()
+                ).hexdigest(),
+            )
+        if body.default_payment_method is None and body.metadata is None:
+            subscription = await _read(
+                session, creator_id=creator_id, subscription_id=subscription_id
+            )
+            return subscription_out(subscription, now=now)
+        requested = None
     subscription = await subscriptions.update_subscription(
         session,
         creator_id=creator_id,
         subscription_id=subscription_id,
         default_payment_method_id=body.default_payment_method,
-        items=None
-        if body.items is None
-        else [subscriptions.ItemRequest(item.price, item.quantity) for item in body.items],
+        items=requested,
         metadata=body.metadata,
         now=now,
     )

@@ -11,7 +11,7 @@ with the clock set to each item's due time: renewals, charges and retries, remin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,6 +34,15 @@ class ClockAdvancing(Conflict):
     slug = "test-clock-advancing"
     title = "The test clock is advancing"
     retry_after_seconds = 2
+
+
+class ClockAdvanceTooFar(InvalidRequest):
+    slug = "test-clock-advance-too-far"
+    title = "A test clock advances at most six years at a time"
+
+
+# One advance runs every renewal on the way; this bounds how much one request does.
+MAX_ADVANCE = timedelta(days=6 * 366)
 
 
 class ClockCannotGoBack(InvalidRequest):
@@ -128,7 +137,7 @@ async def advance(
     conditional update).
 
     Raises:
-        TestClockNotFound, ClockCannotGoBack, ClockAdvancing.
+        TestClockNotFound, ClockCannotGoBack, ClockAdvanceTooFar, ClockAdvancing.
     """
     async with database.unit_of_work() as session:
         clock = await get_clock(session, creator_id=creator_id, clock_id=clock_id)
@@ -136,6 +145,11 @@ async def advance(
             raise ClockCannotGoBack(
                 f"frozen_time {frozen_time.isoformat()} is before the clock's "
                 f"{clock.frozen_time.isoformat()}"
+            )
+        if frozen_time - clock.frozen_time > MAX_ADVANCE:
+            raise ClockAdvanceTooFar(
+                f"advance to {(clock.frozen_time + MAX_ADVANCE).isoformat()} or sooner; "
+                "then advance again"
             )
         claimed = await session.execute(
             update(TestClock)

@@ -44,6 +44,10 @@ class Subscription(Base):
         ForeignKey("test_clocks.id"), index=True, default=None
     )
     billing_anchor: Mapped[datetime]
+    # The first period billed (a price's delivery calendar may count periods from an
+    # earlier charge day), and that calendar, copied from the price at signup.
+    first_period_index: Mapped[int] = mapped_column(default=0)
+    delivery_calendar: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     current_period_index: Mapped[int]
     current_period_start: Mapped[datetime]
     current_period_end: Mapped[datetime]

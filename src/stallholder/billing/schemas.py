@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StrictInt
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StrictBool, StrictInt
 
 from stallholder.accounts.models import TestClock
 from stallholder.billing import delivery
@@ -21,6 +21,13 @@ Metadata = Annotated[
 
 def plan_of(subscription: Subscription) -> Plan:
     return Plan(subscription.interval, subscription.interval_count)  # type: ignore[arg-type]
+
+
+def calendar_of(subscription: Subscription) -> delivery.DeliveryCalendar | None:
+    """The delivery calendar the subscription was sold with, if any."""
+    if subscription.delivery_calendar is None:
+        return None
+    return delivery.DeliveryCalendar(**subscription.delivery_calendar)
 
 
 def amount_of(subscription: Subscription) -> int:
@@ -54,6 +61,8 @@ class SubscriptionUpdate(Input):
     default_payment_method: str | None = Field(default=None, max_length=40)
     items: list[ItemIn] | None = Field(default=None, min_length=1, max_length=20)
     metadata: Metadata | None = None
+    # none: new items from the next period on; create_prorations: now, prorated.
+    proration_behavior: Literal["none", "create_prorations"] = "none"
 
 
 class CancelIn(Input):
@@ -67,15 +76,27 @@ class PreviewIn(Input):
     proration_date: AwareDatetime | None = None
 
 
+def _within_clock_range(value: datetime) -> datetime:
+    if not CLOCK_EARLIEST <= value.astimezone(UTC) < CLOCK_LATEST:
+        raise ValueError("a test clock's time must be in the years 2000 to 2099")
+    return value
+
+
+# Test clocks live in years any zone's calendar can reach both sides of.
+CLOCK_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+CLOCK_LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+ClockTime = Annotated[AwareDatetime, AfterValidator(_within_clock_range)]
+
+
 class TestClockCreate(Input):
     __test__ = False
-    frozen_time: AwareDatetime
+    frozen_time: ClockTime
     name: str | None = Field(default=None, max_length=200)
 
 
 class TestClockAdvance(Input):
     __test__ = False
-    frozen_time: AwareDatetime
+    frozen_time: ClockTime
 
 
 class ItemOut(BaseModel):
@@ -151,7 +172,7 @@ class SubscriptionOut(Output):
 
 def _cycle(subscription: Subscription, index: int, *, amount: int) -> CycleOut:
     found = delivery.cycle(
-        None,
+        calendar_of(subscription),
         plan_of(subscription),
         anchor=subscription.billing_anchor,
         zone_name=subscription.time_zone,
@@ -228,7 +249,9 @@ def subscription_out(subscription: Subscription, *, now: datetime) -> Subscripti
         ended_at=subscription.ended_at,
         paused_at=subscription.paused_at,
         skipped_cycle_charge_date=skipped_at,
-        current_cycle=_cycle(subscription, index, amount=amount) if index >= 0 else None,
+        current_cycle=_cycle(subscription, index, amount=amount)
+        if index >= subscription.first_period_index
+        else None,
         next_cycle=None if is_ending else _cycle(subscription, following, amount=next_amount),
         cancellation=cancellation,
         pending_update=PendingUpdateOut(

@@ -386,6 +386,8 @@ async def create_subscription(
         time_zone=zone_name,
         test_clock_id=customer.test_clock_id,
         billing_anchor=joining.anchor,
+        first_period_index=joining.first_index,
+        delivery_calendar=dict(first.delivery_calendar) if first.delivery_calendar else None,
         trial_start=at if trial_end is not None else None,
         trial_end=trial_end,
         reminders_sent=[],
@@ -448,7 +450,9 @@ async def create_subscription(
 
 def calendar_of(price: Price) -> delivery.DeliveryCalendar | None:
     """The price's delivery calendar, if it has one."""
-    return None
+    if price.delivery_calendar is None:
+        return None
+    return delivery.DeliveryCalendar(**price.delivery_calendar)
 
 
 async def get_subscription(

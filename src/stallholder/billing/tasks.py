@@ -7,6 +7,7 @@ the same handlers under a clock's own kind names, which only advancing that cloc
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Protocol
 
 from stallholder.billing import reminders, renewal
@@ -69,14 +70,21 @@ async def remind(context: work.Context[BillingResources], item: work.Claimed) ->
         )
 
 
-def kinds(*, test_clock_id: str | None = None) -> list[work.Kind[BillingResources]]:
+def kinds(
+    *, test_clock_id: str | None = None, lease: timedelta = timedelta(minutes=5)
+) -> list[work.Kind[BillingResources]]:
     """Billing's kinds: real-time, or bound to one test clock."""
     return [
-        work.Kind(name=kind_for(RENEW_KIND, test_clock_id=test_clock_id), handler=renew),
+        work.Kind(
+            name=kind_for(RENEW_KIND, test_clock_id=test_clock_id), handler=renew, lease=lease
+        ),
         work.Kind(
             name=kind_for(CHARGE_KIND, test_clock_id=test_clock_id),
             handler=charge_invoice,
             concurrency=8,
+            lease=lease,
         ),
-        work.Kind(name=kind_for(REMIND_KIND, test_clock_id=test_clock_id), handler=remind),
+        work.Kind(
+            name=kind_for(REMIND_KIND, test_clock_id=test_clock_id), handler=remind, lease=lease
+        ),
     ]

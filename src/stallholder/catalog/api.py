@@ -127,6 +127,9 @@ async def create_price(
         recurring_interval=recurring.interval if recurring else None,
         recurring_interval_count=recurring.interval_count if recurring else None,
         trial_days=recurring.trial_days if recurring else None,
+        delivery_calendar=recurring.delivery.model_dump()
+        if recurring is not None and recurring.delivery is not None
+        else None,
         nickname=body.nickname,
     )
     return price_out(

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from stallholder.kit.db import Base
@@ -60,6 +61,9 @@ class Price(Base):
     recurring_interval: Mapped[str | None] = mapped_column(String(8), default=None)
     recurring_interval_count: Mapped[int | None] = mapped_column(default=None)
     trial_days: Mapped[int | None] = mapped_column(default=None)
+    # A recurring price's delivery calendar (billing/delivery.py): charge_day,
+    # ship_days_after_charge, cutoff_days_before_ship, signup_after_cutoff.
+    delivery_calendar: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     nickname: Mapped[str | None] = mapped_column(String(200), default=None)
     is_active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime]

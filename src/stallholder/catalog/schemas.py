@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, StrictInt, model_validator
 
@@ -74,10 +74,21 @@ class ProductOut(Output):
     updated: datetime = Field(validation_alias="updated_at")
 
 
+class Delivery(Input):
+    """When each cycle is charged, closes for changes and ships (docs/billing.md)."""
+
+    # Monthly plans: every subscriber is charged on this day of the month (clamped).
+    charge_day: StrictInt | None = Field(default=None, ge=1, le=31)
+    ship_days_after_charge: StrictInt = Field(default=0, ge=0, le=366)
+    cutoff_days_before_ship: StrictInt = Field(default=0, ge=0, le=366)
+    signup_after_cutoff: Literal["this_cycle", "next_cycle"] = "next_cycle"
+
+
 class Recurring(Input):
     interval: Interval
     interval_count: StrictInt = Field(default=1, ge=1, le=365)
     trial_days: StrictInt = Field(default=0, ge=0, le=730)
+    delivery: Delivery | None = None
 
     @model_validator(mode="after")
     def _at_most_a_year(self) -> Self:
@@ -86,6 +97,11 @@ class Recurring(Input):
             raise ValueError(
                 f"interval_count for {self.interval!r} may be at most {limit} (one year)"
             )
+        if self.delivery is not None and self.delivery.charge_day is not None:
+            if self.interval != "month":
+                raise ValueError("delivery.charge_day is for monthly prices only")
+            if self.trial_days:
+                raise ValueError("a price with delivery.charge_day cannot have a trial")
         return self
 
 
@@ -133,6 +149,7 @@ class RecurringOut(BaseModel):
     interval: str
     interval_count: int
     trial_days: int
+    delivery: dict[str, Any] | None = None
 
 
 class CustomUnitAmountOut(BaseModel):
@@ -199,6 +216,7 @@ def price_out(price: Price) -> PriceOut:
             interval=price.recurring_interval,
             interval_count=price.recurring_interval_count or 1,
             trial_days=price.trial_days or 0,
+            delivery=price.delivery_calendar,
         ),
         nickname=price.nickname,
         active=price.is_active,

@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -70,6 +71,7 @@ class PriceSpec:
     recurring_interval_count: int | None = None
     trial_days: int | None = None
     nickname: str | None = None
+    delivery_calendar: dict[str, Any] | None = None
 
     @property
     def type(self) -> str:
@@ -231,6 +233,7 @@ async def create_price(
         recurring_interval=spec.recurring_interval,
         recurring_interval_count=spec.recurring_interval_count,
         trial_days=spec.trial_days,
+        delivery_calendar=spec.delivery_calendar,
         nickname=spec.nickname,
         is_active=True,
         created_at=now,

@@ -10,6 +10,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 import psycopg
@@ -103,7 +104,7 @@ def kinds_for(settings: Settings, gateway: Gateway) -> list[work.Kind[Resources]
         PRUNE_KEYS,
         AUTO_TOP_UP,
         *_settlement_kinds(settings),
-        *billing.kinds(),
+        *billing.kinds(lease=timedelta(seconds=settings.billing_work_lease_seconds)),
     ]
     inbox_kind = INBOX_KINDS.get(gateway.name)
     if inbox_kind is not None:
