@@ -349,6 +349,7 @@ def test_serve_workers_on_postgres_runs_server_processes_and_one_worker_process(
             "port": 8123,
             "log_level": "info",
             "access_log": False,
+            "timeout_worker_healthcheck": 60,
             "environment": {
                 "STALLHOLDER_EMBEDDED_WORKER": "0",
                 "STALLHOLDER_BASE_URL": "http://127.0.0.1:8123",
