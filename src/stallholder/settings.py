@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     embedded_worker: bool = True
     # The longest an idle worker sleeps. It wakes sooner when work comes due, and at once
     # when work is enqueued (in-process, or LISTEN/NOTIFY on PostgreSQL); this only
-    # bounds a missed wake-up.
+    # bounds a missed wake-up. Capped at ``kit.work.WAKE_HORIZON`` (60 s): work due later
+    # than that is enqueued without a wake-up.
     worker_poll_seconds: float = Field(default=30.0, gt=0)
     # Each retry waits its backoff plus up to this fraction more, at random (ADR 0008).
     worker_retry_jitter: float = Field(default=0.1, ge=0, le=1)

@@ -392,6 +392,55 @@ async def test_an_idle_worker_wakes_when_work_is_enqueued(
     assert ran == ["first", "second"]
 
 
+async def test_work_due_beyond_the_wake_horizon_wakes_no_one(database: Database) -> None:
+    """A session's expiry or a charge's settlement is due long after it is enqueued: the
+    worker's next look (at most ``WAKE_HORIZON`` away) finds it, so no signal is sent."""
+    with work.Wakeup() as wakeup:
+        await _enqueue(database, due_at=T0 + work.WAKE_HORIZON + timedelta(seconds=1))
+        await asyncio.sleep(0)  # a ring is delivered with call_soon_threadsafe
+        assert not wakeup._event.is_set()
+        await _enqueue(database, due_at=T0 + work.WAKE_HORIZON)
+        await asyncio.sleep(0)
+        assert wakeup._event.is_set()
+    assert len(await _items(database)) == 2
+
+
+async def test_a_worker_never_sleeps_past_the_wake_horizon(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    await _enqueue(database, due_at=T0 + timedelta(hours=24))
+    worker = _worker(
+        database,
+        clock,
+        settings.model_copy(update={"worker_poll_seconds": 3600.0}),
+        _kind("test.k", []),
+    )
+    assert await worker._seconds_until_due() == work.WAKE_HORIZON.total_seconds()
+
+
+@pytest.mark.postgres
+async def test_work_due_beyond_the_wake_horizon_sends_no_notify(postgres_url: str) -> None:
+    database = Database(postgres_url)
+    try:
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as listener:
+            await listener.execute(f"LISTEN {work.NOTIFY_CHANNEL}")
+            async with database.unit_of_work() as session:
+                await work.enqueue(
+                    session,
+                    kind="test.k",
+                    payload={},
+                    due_at=T0 + work.WAKE_HORIZON + timedelta(seconds=1),
+                    now=T0,
+                )
+            # Notifications arrive in commit order: a marker sent after the enqueue comes
+            # first only if the enqueue sent none.
+            await listener.execute(f"NOTIFY {work.NOTIFY_CHANNEL}, 'marker'")
+            received = [n.payload async for n in listener.notifies(timeout=30, stop_after=1)]
+        assert received == ["marker"]
+    finally:
+        await database.dispose()
+
+
 async def _enqueue_then_roll_back(database: Database) -> None:
     async with database.unit_of_work() as session:
         await work.enqueue(session, kind="test.k", payload={}, due_at=T0, now=T0)

@@ -227,7 +227,8 @@ class Worker:
     async def _seconds_until_due(self) -> float:
         async with self.database.unit_of_work() as session:
             due = await work.next_due(session, kinds=self.registry.names)
-        cap = self.settings.worker_poll_seconds
+        # Never past the horizon: work due later than that was enqueued without a wake-up.
+        cap = min(self.settings.worker_poll_seconds, work.WAKE_HORIZON.total_seconds())
         if due is None:
             return cap
         return min(cap, max(0.0, (due - self.clock.now()).total_seconds()))
@@ -235,7 +236,7 @@ class Worker:
     async def run(self) -> None:
         """Run until ``stop``: work while anything is due; otherwise sleep until the next
         item comes due, work is enqueued (in this process, or NOTIFY on PostgreSQL), or
-        ``worker_poll_seconds`` pass."""
+        ``worker_poll_seconds`` (at most ``work.WAKE_HORIZON``) pass."""
         log.info("worker started with %s", ", ".join(self.registry.names))
         with work.Wakeup() as wakeup:
             self._wakeup = wakeup
