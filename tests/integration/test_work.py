@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.checkout.models import CheckoutSession
+from stallholder.events import service as events
 from stallholder.events.models import Event
 from stallholder.events.tasks import dispatch_events
 from stallholder.jobs.worker import Resources, Worker
@@ -403,6 +404,38 @@ async def test_work_due_beyond_the_wake_horizon_wakes_no_one(database: Database)
         await asyncio.sleep(0)
         assert wakeup._event.is_set()
     assert len(await _items(database)) == 2
+
+
+async def test_the_work_a_worker_enqueues_itself_is_done_in_the_same_pass_and_wakes_no_one(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    """Dispatching an event queues its email and the work that sends it: the worker finds
+    that work in the same pass, so neither a NOTIFY nor an in-process signal is sent (they
+    would only bring it round again for an empty pass)."""
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0)
+        await events.emit(
+            session,
+            creator_id=creator.id,
+            type="webhook_endpoint.disabled",
+            data={"id": "we_1", "object": "webhook_endpoint", "url": "https://hooks.example/a"},
+            now=T0,
+        )
+    sent: list[str] = []
+
+    class Mail:
+        async def send(self, message: Any) -> None:
+            sent.append(str(message["To"]))
+
+    worker = Worker(database, clock, settings=settings, mail=Mail())
+    with work.Wakeup() as wakeup:
+        assert await worker.run_once() == 2  # the event dispatched, its email sent
+        await asyncio.sleep(0)
+        assert not wakeup._event.is_set()
+    assert sent == [creator.email]
+    assert await _items(database) == []
+    assert await worker.run_once() == 0  # idle: it read when work next comes due (none)
+    assert await worker._seconds_until_due() == settings.worker_poll_seconds == 30.0
 
 
 async def test_a_worker_never_sleeps_past_the_wake_horizon(

@@ -10,6 +10,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
 import psycopg
@@ -147,6 +148,8 @@ class Worker:
         self._http: httpx.AsyncClient | None = None
         self._stopping = asyncio.Event()
         self._wakeup: work.Wakeup | None = None
+        # When the next work comes due, as the last pass found it idle (None: not known).
+        self._next_due: tuple[datetime | None] | None = None
         # Set once this worker LISTENs for other processes' NOTIFY (PostgreSQL).
         self.listening = asyncio.Event()
 
@@ -170,15 +173,34 @@ class Worker:
     async def _dispatch(self) -> int:
         try:
             async with self.database.unit_of_work() as session:
+                work.without_wake(session)
                 return await dispatch_events(session, self.clock.now(), consumers=CONSUMERS)
         except Exception:
             log.exception("dispatching the outbox failed")
             return 0
 
-    async def _pass(self, http: httpx.AsyncClient) -> int:
-        dispatched = await self._dispatch()
+    async def _look(self) -> tuple[int, set[str]]:
+        """Dispatch the outbox and see which kinds have work due, in one transaction (the
+        work the dispatch enqueued is due in this same pass, so it wakes no one). When
+        there is nothing to do, also note when the next work comes due, for the sleep."""
+        names = self.registry.names
+        try:
+            async with self.database.unit_of_work() as session:
+                work.without_wake(session)
+                now = self.clock.now()
+                dispatched = await dispatch_events(session, now, consumers=CONSUMERS)
+                due = await work.due_kinds(session, kinds=names, now=now)
+                if not dispatched and not due:
+                    self._next_due = (await work.next_due(session, kinds=names),)
+                return dispatched, due
+        except Exception:
+            log.exception("dispatching the outbox failed")
         async with self.database.unit_of_work() as session:
-            due = await work.due_kinds(session, kinds=self.registry.names, now=self.clock.now())
+            return 0, await work.due_kinds(session, kinds=names, now=self.clock.now())
+
+    async def _pass(self, http: httpx.AsyncClient) -> int:
+        self._next_due = None
+        dispatched, due = await self._look()
         context = work.Context(
             database=self.database,
             clock=self.clock,
@@ -225,8 +247,11 @@ class Worker:
         return len(items)
 
     async def _seconds_until_due(self) -> float:
-        async with self.database.unit_of_work() as session:
-            due = await work.next_due(session, kinds=self.registry.names)
+        if self._next_due is not None:  # the idle pass just now read it
+            (due,) = self._next_due
+        else:
+            async with self.database.unit_of_work() as session:
+                due = await work.next_due(session, kinds=self.registry.names)
         # Never past the horizon: work due later than that was enqueued without a wake-up.
         cap = min(self.settings.worker_poll_seconds, work.WAKE_HORIZON.total_seconds())
         if due is None:

@@ -79,6 +79,7 @@ STATES = (PENDING, RUNNING, DEAD)
 NOTIFY_CHANNEL = "stallholder_work"
 _MAX_ERROR_LENGTH = 2000
 _WAKE = "stallholder.work.wake"
+_QUIET = "stallholder.work.quiet"
 # The longest a worker sleeps between looks at the queue, and so how far ahead work may be
 # due and still not wake anyone when it is enqueued (it is found by the next look).
 WAKE_HORIZON = timedelta(seconds=60)
@@ -604,8 +605,18 @@ async def retry(session: AsyncSession, *, work_id: str, now: datetime) -> WorkIt
 
 
 def wake_after_commit(session: AsyncSession) -> None:
-    """Wake the workers once this transaction commits (nothing happens on a rollback)."""
-    session.sync_session.info[_WAKE] = True
+    """Wake the workers once this transaction commits (nothing happens on a rollback),
+    unless the transaction is a worker's own (``without_wake``)."""
+    info = session.sync_session.info
+    if not info.get(_QUIET):
+        info[_WAKE] = True
+
+
+def without_wake(session: AsyncSession) -> None:
+    """This transaction wakes no worker: it is a worker's own, and the work it enqueues
+    is found by that worker's next look, due in the same pass (a NOTIFY and a wake-up
+    would only bring the worker round for an empty pass)."""
+    session.sync_session.info[_QUIET] = True
 
 
 class Wakeup:
@@ -653,6 +664,7 @@ def _notify_other_processes(session: Session) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _wake_this_process(session: Session) -> None:
+    session.info.pop(_QUIET, None)
     if session.info.pop(_WAKE, False):
         Wakeup.ring_all()
 
@@ -660,3 +672,4 @@ def _wake_this_process(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _forget_wake(session: Session) -> None:
     session.info.pop(_WAKE, None)
+    session.info.pop(_QUIET, None)
