@@ -19,10 +19,12 @@ from stallholder.checkout.models import CheckoutSession
 from stallholder.events import service as events
 from stallholder.events.models import Event
 from stallholder.events.tasks import dispatch_events
+from stallholder.jobs import worker as worker_module
 from stallholder.jobs.worker import Resources, Worker
 from stallholder.kit import work
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
+from stallholder.payments import service as payments
 from stallholder.settings import Settings
 from tests import factories
 from tests.conftest import T0, Api
@@ -553,3 +555,33 @@ async def test_a_worker_on_postgresql_wakes_on_notify_from_another_process(
         worker.stop()
         await asyncio.wait_for(task, timeout=60)
         await database.dispose()
+
+
+@pytest.mark.parametrize(("looks", "found"), [(1, [0]), (2, [20, 3]), (3, [20, 20, 20])])
+async def test_a_batch_of_settlement_items_looks_at_the_gateway_once_per_full_batch(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    looks: int,
+    found: list[int],
+) -> None:
+    """Each sale enqueues an item to settle its charge should its request die; when they
+    come due (the sales long settled), a claimed batch looks for due charges once, and
+    again only while a look finds a full batch, never more often than it has items."""
+    answers = iter(found)
+    calls: list[int] = []
+
+    async def resolve(*_args: Any, batch: int, **_kwargs: Any) -> int:
+        calls.append(batch)
+        return next(answers)
+
+    monkeypatch.setattr(worker_module, "resolve_stale_attempts", resolve)
+    async with database.unit_of_work() as session:
+        for n in range(3):
+            await payments.schedule_settlement(
+                session, attempt_id=f"pay_{n}", creator_id="cr_1", due_at=T0, now=T0
+            )
+    assert await Worker(database, clock, settings=settings).run_once() == 3
+    assert calls == [worker_module.SETTLE_BATCH] * looks
+    assert await _items(database) == []
