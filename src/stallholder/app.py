@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stallholder import __version__
 from stallholder.accounts.api import router as accounts_router
 from stallholder.accounts.auth import SECURITY_SCHEMES, authenticate_header
-from stallholder.accounts.service import Principal, resolve_admin_key
+from stallholder.accounts.service import KeyCache, Principal, resolve_admin_key
 from stallholder.billing.api import router as billing_router
 from stallholder.catalog.api import router as catalog_router
 from stallholder.checkout.api import public_router as checkout_public_router
@@ -286,6 +286,7 @@ def create_app(
     app.state.clock = clock
     app.state.gateway = payments
     app.state.admin_key = admin_key
+    app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
 
     for router in (
         accounts_router,
@@ -312,7 +313,10 @@ def create_app(
 
     async def authenticate(session: AsyncSession, authorization: str) -> Principal:
         return await authenticate_header(
-            session, authorization=authorization, admin_key=app.state.admin_key
+            session,
+            authorization=authorization,
+            admin_key=app.state.admin_key,
+            cache=app.state.key_cache,
         )
 
     app.add_middleware(

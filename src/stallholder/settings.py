@@ -60,10 +60,15 @@ class Settings(BaseSettings):
     # A request holding an Idempotency-Key longer than this is taken to have died, and a
     # retry with the key takes it over (docs/adr/0004-idempotency-keys.md).
     idempotency_lock_seconds: int = Field(default=60, ge=1, le=3600)
+    # How long a server process trusts an API key it has checked before reading it again:
+    # a key rolled by another process keeps working here for at most this long (ADR 0015).
+    # 0 reads the key on every request.
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
     embedded_worker: bool = True
     # The longest an idle worker sleeps. It wakes sooner when work comes due, and at once
     # when work is enqueued (in-process, or LISTEN/NOTIFY on PostgreSQL); this only
-    # bounds a missed wake-up.
+    # bounds a missed wake-up. Capped at ``kit.work.WAKE_HORIZON`` (60 s): work due later
+    # than that is enqueued without a wake-up.
     worker_poll_seconds: float = Field(default=30.0, gt=0)
     # Each retry waits its backoff plus up to this fraction more, at random (ADR 0008).
     worker_retry_jitter: float = Field(default=0.1, ge=0, le=1)

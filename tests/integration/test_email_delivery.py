@@ -470,3 +470,67 @@ async def test_a_malformed_endpoint_payload_is_logged_and_does_not_hold_up_the_o
         dispatched = await session.get(Event, event.id)
         assert dispatched is not None
         assert dispatched.dispatched_at == T0
+
+
+async def test_in_one_batch_each_email_keeps_its_own_outcome(
+    database: Database, clock: FrozenClock, smtp: SmtpServer, mail_settings: Settings
+) -> None:
+    """Emails are sent and recorded a batch at a time: one that fails for now is retried
+    on its schedule, one refused for good is failed at once, and the rest are sent."""
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0)
+        for who in ("later", "never", "now"):
+            await notifications.queue_magic_link(
+                session,
+                creator_id=creator.id,
+                email=f"{who}@example.com",
+                url=f"https://s.example/{who}",
+                now=T0,
+            )
+    smtp.inbox.refused.add("never@example.com")
+    smtp_transport = SmtpTransport(parse_smtp_url(mail_settings.smtp_url))
+
+    class DownFor:
+        """The server is unreachable for one recipient's message."""
+
+        def __init__(self, to: str) -> None:
+            self.to = to
+
+        async def send(self, message: EmailMessage) -> None:
+            if str(message["To"]) == self.to:
+                raise ConnectionRefusedError("connection refused")
+            await smtp_transport.send(message)
+
+    assert (
+        await send_due_emails(
+            database, clock, transport=DownFor("later@example.com"), sender=SENDER
+        )
+        == 3
+    )
+    by_address = {e.to_address: e for e in await _emails(database)}
+    assert [
+        (by_address[a].status, by_address[a].attempts)
+        for a in ("later@example.com", "never@example.com", "now@example.com")
+    ] == [("pending", 1), ("failed", 1), ("sent", 1)]
+    assert by_address["later@example.com"].last_error == (
+        "ConnectionRefusedError('connection refused')"
+    )
+    assert [str(r.message["To"]) for r in smtp.received] == ["now@example.com"]
+    async with database.unit_of_work() as session:
+        waiting = await work.list_work(session, now=T0 + timedelta(days=3))
+    assert sorted((w.state, w.attempts, w.due_at) for w in waiting) == [
+        ("dead", 1, T0 + SEND_EMAIL.lease),  # dead where its lease left it
+        ("pending", 1, T0 + notifications.RETRY_DELAYS[0]),
+    ]
+
+    clock.set(T0 + notifications.RETRY_DELAYS[0])
+    assert await send_due_emails(database, clock, transport=smtp_transport, sender=SENDER) == 1
+    by_address = {e.to_address: e for e in await _emails(database)}
+    assert (by_address["later@example.com"].status, by_address["later@example.com"].attempts) == (
+        "sent",
+        2,
+    )
+    assert sorted(str(r.message["To"]) for r in smtp.received) == [
+        "later@example.com",
+        "now@example.com",
+    ]

@@ -16,12 +16,15 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.checkout.models import CheckoutSession
+from stallholder.events import service as events
 from stallholder.events.models import Event
 from stallholder.events.tasks import dispatch_events
+from stallholder.jobs import worker as worker_module
 from stallholder.jobs.worker import Resources, Worker
 from stallholder.kit import work
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
+from stallholder.payments import service as payments
 from stallholder.settings import Settings
 from tests import factories
 from tests.conftest import T0, Api
@@ -392,6 +395,87 @@ async def test_an_idle_worker_wakes_when_work_is_enqueued(
     assert ran == ["first", "second"]
 
 
+async def test_work_due_beyond_the_wake_horizon_wakes_no_one(database: Database) -> None:
+    """A session's expiry or a charge's settlement is due long after it is enqueued: the
+    worker's next look (at most ``WAKE_HORIZON`` away) finds it, so no signal is sent."""
+    with work.Wakeup() as wakeup:
+        await _enqueue(database, due_at=T0 + work.WAKE_HORIZON + timedelta(seconds=1))
+        await asyncio.sleep(0)  # a ring is delivered with call_soon_threadsafe
+        assert not wakeup._event.is_set()
+        await _enqueue(database, due_at=T0 + work.WAKE_HORIZON)
+        await asyncio.sleep(0)
+        assert wakeup._event.is_set()
+    assert len(await _items(database)) == 2
+
+
+async def test_the_work_a_worker_enqueues_itself_is_done_in_the_same_pass_and_wakes_no_one(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    """Dispatching an event queues its email and the work that sends it: the worker finds
+    that work in the same pass, so neither a NOTIFY nor an in-process signal is sent (they
+    would only bring it round again for an empty pass)."""
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0)
+        await events.emit(
+            session,
+            creator_id=creator.id,
+            type="webhook_endpoint.disabled",
+            data={"id": "we_1", "object": "webhook_endpoint", "url": "https://hooks.example/a"},
+            now=T0,
+        )
+    sent: list[str] = []
+
+    class Mail:
+        async def send(self, message: Any) -> None:
+            sent.append(str(message["To"]))
+
+    worker = Worker(database, clock, settings=settings, mail=Mail())
+    with work.Wakeup() as wakeup:
+        assert await worker.run_once() == 2  # the event dispatched, its email sent
+        await asyncio.sleep(0)
+        assert not wakeup._event.is_set()
+    assert sent == [creator.email]
+    assert await _items(database) == []
+    assert await worker.run_once() == 0  # idle: it read when work next comes due (none)
+    assert await worker._seconds_until_due() == settings.worker_poll_seconds == 30.0
+
+
+async def test_a_worker_never_sleeps_past_the_wake_horizon(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    await _enqueue(database, due_at=T0 + timedelta(hours=24))
+    worker = _worker(
+        database,
+        clock,
+        settings.model_copy(update={"worker_poll_seconds": 3600.0}),
+        _kind("test.k", []),
+    )
+    assert await worker._seconds_until_due() == work.WAKE_HORIZON.total_seconds()
+
+
+@pytest.mark.postgres
+async def test_work_due_beyond_the_wake_horizon_sends_no_notify(postgres_url: str) -> None:
+    database = Database(postgres_url)
+    try:
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as listener:
+            await listener.execute(f"LISTEN {work.NOTIFY_CHANNEL}")
+            async with database.unit_of_work() as session:
+                await work.enqueue(
+                    session,
+                    kind="test.k",
+                    payload={},
+                    due_at=T0 + work.WAKE_HORIZON + timedelta(seconds=1),
+                    now=T0,
+                )
+            # Notifications arrive in commit order: a marker sent after the enqueue comes
+            # first only if the enqueue sent none.
+            await listener.execute(f"NOTIFY {work.NOTIFY_CHANNEL}, 'marker'")
+            received = [n.payload async for n in listener.notifies(timeout=30, stop_after=1)]
+        assert received == ["marker"]
+    finally:
+        await database.dispose()
+
+
 async def _enqueue_then_roll_back(database: Database) -> None:
     async with database.unit_of_work() as session:
         await work.enqueue(session, kind="test.k", payload={}, due_at=T0, now=T0)
@@ -471,3 +555,33 @@ async def test_a_worker_on_postgresql_wakes_on_notify_from_another_process(
         worker.stop()
         await asyncio.wait_for(task, timeout=60)
         await database.dispose()
+
+
+@pytest.mark.parametrize(("looks", "found"), [(1, [0]), (2, [20, 3]), (3, [20, 20, 20])])
+async def test_a_batch_of_settlement_items_looks_at_the_gateway_once_per_full_batch(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    looks: int,
+    found: list[int],
+) -> None:
+    """Each sale enqueues an item to settle its charge should its request die; when they
+    come due (the sales long settled), a claimed batch looks for due charges once, and
+    again only while a look finds a full batch, never more often than it has items."""
+    answers = iter(found)
+    calls: list[int] = []
+
+    async def resolve(*_args: Any, batch: int, **_kwargs: Any) -> int:
+        calls.append(batch)
+        return next(answers)
+
+    monkeypatch.setattr(worker_module, "resolve_stale_attempts", resolve)
+    async with database.unit_of_work() as session:
+        for n in range(3):
+            await payments.schedule_settlement(
+                session, attempt_id=f"pay_{n}", creator_id="cr_1", due_at=T0, now=T0
+            )
+    assert await Worker(database, clock, settings=settings).run_once() == 3
+    assert calls == [worker_module.SETTLE_BATCH] * looks
+    assert await _items(database) == []

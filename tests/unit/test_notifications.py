@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -246,7 +247,7 @@ def test_message_has_headers_and_both_parts() -> None:
         "Message-ID": "<em_0abc@kiln.example>",
         "Auto-Submitted": "auto-generated",
         "MIME-Version": "1.0",
-        "Content-Type": "multipart/alternative",
+        "Content-Type": 'multipart/alternative; boundary="=_em_0abc"',
     }
     parsed = message_from_bytes(message.as_bytes(), policy=default)
     assert isinstance(parsed, EmailMessage)
@@ -260,6 +261,26 @@ def test_message_has_headers_and_both_parts() -> None:
     ]
     # Quoted-printable: the wire form is 7-bit, whatever the text holds.
     assert message.as_bytes().isascii()
+    # A resend is the same message byte for byte (the boundary comes from the email's id).
+    again = build_message(OUTGOING, sender="Kiln & Clay <shop@kiln.example>")
+    assert again.as_bytes() == message.as_bytes()
+
+
+def test_a_subject_beyond_ascii_is_encoded_and_reads_back_the_same() -> None:
+    outgoing = replace(OUTGOING, subject="Your receipt from Café Ñandú [CAFE-000001]")
+    message = build_message(outgoing, sender="Café Ñandú <shop@cafe.example>")
+
+    wire = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+    assert wire.isascii()
+    parsed = message_from_bytes(wire, policy=default)
+    assert (str(parsed["Subject"]), str(parsed["From"])) == (
+        "Your receipt from Café Ñandú [CAFE-000001]",
+        "Café Ñandú <shop@cafe.example>",
+    )
+    assert [part.get_content().replace("\r\n", "\n") for part in parsed.iter_parts()] == [
+        "Thank you × 2\n",
+        "<p>Thank you &times; 2</p>\n",
+    ]
 
 
 def test_recipient_refusals_with_5xx_are_permanent() -> None:
@@ -285,7 +306,7 @@ async def test_eml_files_are_named_by_date_and_email_and_rewritten_on_resend(
 
     path = tmp_path / "mail" / "20260301T120000Z-em_0abc.eml"
     assert sorted(p.name for p in (tmp_path / "mail").iterdir()) == [path.name]
-    assert path.read_bytes() == message.as_bytes(policy=default.clone(linesep="\r\n"))
+    assert path.read_bytes() == message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
 
 
 def test_a_shipped_receipt_shows_the_shipping_line_and_the_address() -> None:

@@ -7,7 +7,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.accounts.service import Principal, PublishableKeyNotAllowed, authenticate
+from stallholder.accounts.service import (
+    KeyCache,
+    Principal,
+    PublishableKeyNotAllowed,
+    authenticate,
+)
 from stallholder.kit.errors import Forbidden, Unauthenticated
 from stallholder.kit.http import PRINCIPAL_SCOPE_KEY, get_database
 from stallholder.kit.openapi import documents
@@ -40,7 +45,11 @@ SECURITY_SCHEMES = {
 
 
 async def authenticate_header(
-    session: AsyncSession, *, authorization: str, admin_key: str
+    session: AsyncSession,
+    *,
+    authorization: str,
+    admin_key: str,
+    cache: KeyCache | None = None,
 ) -> Principal:
     """The principal behind an ``Authorization: Bearer <key>`` header.
 
@@ -49,7 +58,7 @@ async def authenticate_header(
     """
     scheme, _, token = authorization.partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else None
-    return await authenticate(session, token=bearer, admin_key=admin_key)
+    return await authenticate(session, token=bearer, admin_key=admin_key, cache=cache)
 
 
 @documents(Unauthenticated, accepts=(ADMIN_KEY_SCHEME, SECRET_KEY_SCHEME, PUBLISHABLE_KEY_SCHEME))
@@ -64,6 +73,7 @@ async def get_principal(request: Request) -> Principal:
                 session,
                 authorization=request.headers.get("authorization", ""),
                 admin_key=request.app.state.admin_key,
+                cache=getattr(request.app.state, "key_cache", None),
             )
     request.state.principal = principal
     return principal

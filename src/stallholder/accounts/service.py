@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Mapping
+import time
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from stallholder.accounts.emails import buyer_key
 from stallholder.accounts.models import ApiKey, Buyer, Creator, Customer, TestClock
@@ -37,6 +40,73 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.kind == "admin"
+
+
+class KeyCache:
+    """The principals of API keys this process has seen lately, each for at most
+    ``ttl_seconds`` (ADR 0015): a request with a cached key needs no database read to
+    authenticate.
+
+    A key revoked by this process (``roll_keys``) is forgotten when that transaction
+    commits; one revoked by another process keeps working here for at most
+    ``ttl_seconds``. Only keys that matched a live row are cached, never a failure.
+    ``ttl_seconds`` of 0 turns caching off. ``clock`` is monotonic seconds (tests)."""
+
+    _live: weakref.WeakSet[KeyCache] = weakref.WeakSet()
+
+    def __init__(
+        self,
+        ttl_seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 10_000,
+    ) -> None:
+        self.ttl = ttl_seconds
+        self._clock = clock
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        KeyCache._live.add(self)
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        principal, expires = entry
+        if self._clock() >= expires:
+            del self._entries[key_hash]
+            return None
+        return principal
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()  # bounded memory; the next requests read again
+        self._entries[key_hash] = (principal, self._clock() + self.ttl)
+
+    def forget_creator(self, creator_id: str) -> None:
+        for key_hash, (principal, _) in list(self._entries.items()):
+            if principal.creator_id == creator_id:
+                del self._entries[key_hash]
+
+    @classmethod
+    def forget_creator_everywhere(cls, creator_id: str) -> None:
+        for cache in list(cls._live):
+            cache.forget_creator(creator_id)
+
+
+_ROLLED = "stallholder.accounts.rolled_keys"
+
+
+@event.listens_for(Session, "after_commit")
+def _forget_rolled_keys(session: Session) -> None:
+    for creator_id in session.info.pop(_ROLLED, ()):
+        KeyCache.forget_creator_everywhere(creator_id)
+
+
+@event.listens_for(Session, "after_rollback")
+def _keep_keys(session: Session) -> None:
+    session.info.pop(_ROLLED, None)
 
 
 class SlugTaken(Conflict):
@@ -85,8 +155,10 @@ def resolve_admin_key(configured: str, data_dir: Path) -> tuple[str, bool]:
     return key, True
 
 
-async def authenticate(session: AsyncSession, *, token: str | None, admin_key: str) -> Principal:
-    """The principal behind a bearer token.
+async def authenticate(
+    session: AsyncSession, *, token: str | None, admin_key: str, cache: KeyCache | None = None
+) -> Principal:
+    """The principal behind a bearer token; from ``cache`` when it has the key.
 
     Raises:
         Unauthenticated: no token, or one that matches no live key.
@@ -95,17 +167,25 @@ async def authenticate(session: AsyncSession, *, token: str | None, admin_key: s
         raise Unauthenticated("send your API key as 'Authorization: Bearer <key>'")
     if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
         return Principal(kind="admin")
+    key_hash = hash_secret(token)
+    if cache is not None and (cached := cache.get(key_hash)) is not None:
+        return cached
     row = (
         await session.execute(
             select(ApiKey.kind, ApiKey.creator_id).where(
-                ApiKey.key_hash == hash_secret(token), ApiKey.revoked_at.is_(None)
+                ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)
             )
         )
     ).first()
     if row is None:
         raise Unauthenticated("this API key is not valid; it may have been rolled")
     kind, creator_id = row
-    return Principal(kind="secret" if kind == "secret" else "publishable", creator_id=creator_id)
+    principal = Principal(
+        kind="secret" if kind == "secret" else "publishable", creator_id=creator_id
+    )
+    if cache is not None:
+        cache.put(key_hash, principal)
+    return principal
 
 
 async def _issue_keys(session: AsyncSession, *, creator_id: str, now: datetime) -> tuple[str, str]:
@@ -194,13 +274,16 @@ async def get_creator(session: AsyncSession, creator_id: str) -> Creator:
 
 
 async def roll_keys(session: AsyncSession, *, creator_id: str, now: datetime) -> tuple[str, str]:
-    """Revoke the creator's live keys and issue a new pair. Old keys stop working at once."""
+    """Revoke the creator's live keys and issue a new pair. Old keys stop working when
+    this commits: at once in this process (its ``KeyCache``s forget the creator's keys),
+    within ``STALLHOLDER_API_KEY_CACHE_SECONDS`` in other server processes (ADR 0015)."""
     await get_creator(session, creator_id)
     await session.execute(
         update(ApiKey)
         .where(ApiKey.creator_id == creator_id, ApiKey.revoked_at.is_(None))
         .values(revoked_at=now)
     )
+    session.sync_session.info.setdefault(_ROLLED, set()).add(creator_id)
     return await _issue_keys(session, creator_id=creator_id, now=now)
 
 

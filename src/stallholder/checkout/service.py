@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
@@ -445,6 +445,14 @@ def effective_status(checkout: CheckoutSession, now: datetime) -> str:
     return checkout.status
 
 
+def _locking(statement: Select[CheckoutSession]) -> Select[CheckoutSession]:
+    """The session row locked (``FOR UPDATE OF checkout_sessions``) with its line items
+    read in the same statement, joined, rather than by a second ``SELECT``."""
+    return statement.options(joinedload(CheckoutSession.line_items)).with_for_update(
+        of=CheckoutSession
+    )
+
+
 async def get_session(
     session: AsyncSession,
     *,
@@ -458,8 +466,8 @@ async def get_session(
         CheckoutSession.id == session_id, CheckoutSession.creator_id == creator_id
     )
     if for_update:
-        statement = statement.with_for_update()
-    checkout = (await session.execute(statement)).scalar_one_or_none()
+        statement = _locking(statement)
+    checkout = (await session.execute(statement)).unique().scalar_one_or_none()
     if checkout is None or (client_secret is not None and client_secret != checkout.client_secret):
         raise SessionNotFound(f"no checkout session {session_id!r}")
     return checkout
@@ -672,10 +680,14 @@ async def finish_confirm(
     attempt and its event commit with the unit of work.
     """
     checkout = (
-        await session.execute(
-            select(CheckoutSession).where(CheckoutSession.id == call.purpose_id).with_for_update()
+        (
+            await session.execute(
+                _locking(select(CheckoutSession).where(CheckoutSession.id == call.purpose_id))
+            )
         )
-    ).scalar_one()
+        .unique()
+        .scalar_one()
+    )
     attempt = await payments.record_outcome(session, call=call, result=result)
     if attempt is None:
         return await _outcome_as_it_stands(session, checkout)

@@ -8,9 +8,9 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import psycopg
@@ -49,6 +49,8 @@ ERROR_PAUSE_SECONDS = 5.0
 # After a wake-up, wait this long before the pass, so a burst of commits (every sale
 # writes events) is handled by one pass rather than one pass each.
 COALESCE_SECONDS = 0.05
+# Half-done charges or refunds resolved per look at the gateway.
+SETTLE_BATCH = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,22 +76,42 @@ def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
         "wallet_top_up": settle_top_up_attempt,
     }
 
-    async def settle_attempts(context: work.Context[Resources], item: work.Claimed) -> None:
-        await resolve_stale_attempts(
-            context.database,
-            context.clock,
-            gateway=context.resources.gateway,
-            completers=completers,
-        )
+    # Each look resolves up to SETTLE_BATCH of whatever is due, whichever item asked for
+    # it: a claimed batch looks again only while a look finds a full batch (at most once
+    # per item, as when each item looked on its own), so a sale's settlement item, due
+    # after the sale has long settled, costs a share of one read instead of a read each.
+    async def settle_attempts(
+        context: work.Context[Resources], items: Sequence[work.Claimed]
+    ) -> dict[str, BaseException | None]:
+        for _ in items:
+            due = await resolve_stale_attempts(
+                context.database,
+                context.clock,
+                gateway=context.resources.gateway,
+                completers=completers,
+                batch=SETTLE_BATCH,
+            )
+            if due < SETTLE_BATCH:
+                break
+        return {}
 
-    async def settle_refunds(context: work.Context[Resources], item: work.Claimed) -> None:
-        await resolve_stale_refunds(
-            context.database, context.clock, gateway=context.resources.gateway
-        )
+    async def settle_refunds(
+        context: work.Context[Resources], items: Sequence[work.Claimed]
+    ) -> dict[str, BaseException | None]:
+        for _ in items:
+            due = await resolve_stale_refunds(
+                context.database,
+                context.clock,
+                gateway=context.resources.gateway,
+                batch=SETTLE_BATCH,
+            )
+            if due < SETTLE_BATCH:
+                break
+        return {}
 
     return [
-        work.Kind(name=payments.SETTLE_KIND, handler=settle_attempts),
-        work.Kind(name=orders.SETTLE_KIND, handler=settle_refunds),
+        work.Kind(name=payments.SETTLE_KIND, batch_handler=settle_attempts),
+        work.Kind(name=orders.SETTLE_KIND, batch_handler=settle_refunds),
     ]
 
 
@@ -157,6 +179,8 @@ class Worker:
         self._http: httpx.AsyncClient | None = None
         self._stopping = asyncio.Event()
         self._wakeup: work.Wakeup | None = None
+        # When the next work comes due, as the last pass found it idle (None: not known).
+        self._next_due: tuple[datetime | None] | None = None
         # Set once this worker LISTENs for other processes' NOTIFY (PostgreSQL).
         self.listening = asyncio.Event()
 
@@ -180,15 +204,34 @@ class Worker:
     async def _dispatch(self) -> int:
         try:
             async with self.database.unit_of_work() as session:
+                work.without_wake(session)
                 return await dispatch_events(session, self.clock.now(), consumers=CONSUMERS)
         except Exception:
             log.exception("dispatching the outbox failed")
             return 0
 
-    async def _pass(self, http: httpx.AsyncClient) -> int:
-        dispatched = await self._dispatch()
+    async def _look(self) -> tuple[int, set[str]]:
+        """Dispatch the outbox and see which kinds have work due, in one transaction (the
+        work the dispatch enqueued is due in this same pass, so it wakes no one). When
+        there is nothing to do, also note when the next work comes due, for the sleep."""
+        names = self.registry.names
+        try:
+            async with self.database.unit_of_work() as session:
+                work.without_wake(session)
+                now = self.clock.now()
+                dispatched = await dispatch_events(session, now, consumers=CONSUMERS)
+                due = await work.due_kinds(session, kinds=names, now=now)
+                if not dispatched and not due:
+                    self._next_due = (await work.next_due(session, kinds=names),)
+                return dispatched, due
+        except Exception:
+            log.exception("dispatching the outbox failed")
         async with self.database.unit_of_work() as session:
-            due = await work.due_kinds(session, kinds=self.registry.names, now=self.clock.now())
+            return 0, await work.due_kinds(session, kinds=names, now=self.clock.now())
+
+    async def _pass(self, http: httpx.AsyncClient) -> int:
+        self._next_due = None
+        dispatched, due = await self._look()
         context = work.Context(
             database=self.database,
             clock=self.clock,
@@ -235,9 +278,13 @@ class Worker:
         return len(items)
 
     async def _seconds_until_due(self) -> float:
-        async with self.database.unit_of_work() as session:
-            due = await work.next_due(session, kinds=self.registry.names)
-        cap = self.settings.worker_poll_seconds
+        if self._next_due is not None:  # the idle pass just now read it
+            (due,) = self._next_due
+        else:
+            async with self.database.unit_of_work() as session:
+                due = await work.next_due(session, kinds=self.registry.names)
+        # Never past the horizon: work due later than that was enqueued without a wake-up.
+        cap = min(self.settings.worker_poll_seconds, work.WAKE_HORIZON.total_seconds())
         if due is None:
             return cap
         return min(cap, max(0.0, (due - self.clock.now()).total_seconds()))
@@ -245,7 +292,7 @@ class Worker:
     async def run(self) -> None:
         """Run until ``stop``: work while anything is due; otherwise sleep until the next
         item comes due, work is enqueued (in this process, or NOTIFY on PostgreSQL), or
-        ``worker_poll_seconds`` pass."""
+        ``worker_poll_seconds`` (at most ``work.WAKE_HORIZON``) pass."""
         log.info("worker started with %s", ", ".join(self.registry.names))
         with work.Wakeup() as wakeup:
             self._wakeup = wakeup

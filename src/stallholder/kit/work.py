@@ -34,7 +34,10 @@ States of a work item::
   put back with ``stallholder jobs retry``.
 - **Waking the worker.** ``enqueue`` (and ``wake_after_commit``) mark the session; when it
   commits, in-process workers are signalled and, on PostgreSQL, ``NOTIFY stallholder_work``
-  is sent in the same transaction, so workers elsewhere wake too (``Wakeup``).
+  is sent in the same transaction, so workers elsewhere wake too (``Wakeup``). Work due
+  more than ``WAKE_HORIZON`` after it is enqueued (a session's expiry, a charge's
+  settlement) wakes no one: a worker never sleeps longer than ``WAKE_HORIZON``, so it
+  looks again before that work is due.
 """
 
 from __future__ import annotations
@@ -76,6 +79,10 @@ STATES = (PENDING, RUNNING, DEAD)
 NOTIFY_CHANNEL = "stallholder_work"
 _MAX_ERROR_LENGTH = 2000
 _WAKE = "stallholder.work.wake"
+_QUIET = "stallholder.work.quiet"
+# The longest a worker sleeps between looks at the queue, and so how far ahead work may be
+# due and still not wake anyone when it is enqueued (it is found by the next look).
+WAKE_HORIZON = timedelta(seconds=60)
 # The partial unique index's predicate, as literal SQL: PostgreSQL matches an ON CONFLICT
 # target to a partial index only when the WHERE is the same expression, not parameters.
 _LIVE_SQL = "state IN ('pending', 'running')"
@@ -330,7 +337,8 @@ async def enqueue(
 
     Returns the new item's id, or None when a live item with ``dedupe_key`` exists already
     (``INSERT … ON CONFLICT DO NOTHING`` on both databases, so the caller's transaction is
-    unharmed). Workers are woken when the transaction commits."""
+    unharmed). Workers are woken when the transaction commits, unless the work is due
+    more than ``WAKE_HORIZON`` from ``now``."""
     ids = await enqueue_many(
         session,
         [
@@ -376,7 +384,10 @@ async def enqueue_many(
         .returning(WorkItem.__table__.c.id)
     )
     inserted = list((await session.execute(statement, rows)).scalars())
-    if inserted:
+    # Work due later than a sleeping worker's next look needs no wake-up (no NOTIFY, no
+    # pass): that look finds it. Woken for nothing, a worker makes a pass of several
+    # round trips; a sale enqueues two such items (its expiry, its settlement).
+    if inserted and min(item.due_at for item in items) <= now + WAKE_HORIZON:
         wake_after_commit(session)
     return inserted
 
@@ -635,8 +646,18 @@ async def retry(session: AsyncSession, *, work_id: str, now: datetime) -> WorkIt
 
 
 def wake_after_commit(session: AsyncSession) -> None:
-    """Wake the workers once this transaction commits (nothing happens on a rollback)."""
-    session.sync_session.info[_WAKE] = True
+    """Wake the workers once this transaction commits (nothing happens on a rollback),
+    unless the transaction is a worker's own (``without_wake``)."""
+    info = session.sync_session.info
+    if not info.get(_QUIET):
+        info[_WAKE] = True
+
+
+def without_wake(session: AsyncSession) -> None:
+    """This transaction wakes no worker: it is a worker's own, and the work it enqueues
+    is found by that worker's next look, due in the same pass (a NOTIFY and a wake-up
+    would only bring the worker round for an empty pass)."""
+    session.sync_session.info[_QUIET] = True
 
 
 class Wakeup:
@@ -684,6 +705,7 @@ def _notify_other_processes(session: Session) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _wake_this_process(session: Session) -> None:
+    session.info.pop(_QUIET, None)
     if session.info.pop(_WAKE, False):
         Wakeup.ring_all()
 
@@ -691,3 +713,4 @@ def _wake_this_process(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _forget_wake(session: Session) -> None:
     session.info.pop(_WAKE, None)
+    session.info.pop(_QUIET, None)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from babel.dates import format_date
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
 
 from stallholder.kit.money import Money
 
@@ -55,6 +55,17 @@ _environment.filters["money"] = format_money
 _environment.filters["long_date"] = format_long_date
 
 
+_subjects: dict[str, Template] = {}
+
+
+def _subject_template(kind: str) -> Template:
+    """The subject's template, compiled once (compiling costs more than rendering)."""
+    template = _subjects.get(kind)
+    if template is None:
+        template = _subjects[kind] = _environment.from_string(SUBJECTS[kind])
+    return template
+
+
 @dataclass(frozen=True, slots=True)
 class Rendered:
     subject: str
@@ -69,7 +80,7 @@ def render(kind: str, context: Mapping[str, Any]) -> Rendered:
         KeyError: ``kind`` has no template.
         jinja2.UndefinedError: the context lacks a value the template uses.
     """
-    subject_template = _environment.from_string(SUBJECTS[kind])
+    subject_template = _subject_template(kind)
     # A subject is one header line, whatever a merchant name or URL contains.
     subject = " ".join(subject_template.render(context).split())
     return Rendered(

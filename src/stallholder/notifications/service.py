@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Executable
+from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,9 +25,9 @@ from stallholder.accounts.models import Customer
 from stallholder.checkout.models import CheckoutSession
 from stallholder.fulfilment.addresses import ShippingAddress, address_lines
 from stallholder.kit.ids import new_id
-from stallholder.kit.work import enqueue
+from stallholder.kit.work import NewWork, enqueue_many
 from stallholder.notifications.models import Email
-from stallholder.notifications.rendering import render
+from stallholder.notifications.rendering import Rendered, render
 from stallholder.notifications.transport import OutgoingEmail
 from stallholder.orders import service as orders
 from stallholder.orders.schemas import OrderOut, RefundOut
@@ -54,21 +55,85 @@ _REFUND_REASONS = {
 }
 
 
-def _insert_unless_duplicate(session: AsyncSession, values: dict[str, Any]) -> Executable:
-    """``INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id`` in either dialect."""
-    if session.get_bind().dialect.name == "postgresql":
-        return (
-            postgresql.insert(Email)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=[Email.dedupe_key])
-            .returning(Email.id)
-        )
-    return (
-        sqlite.insert(Email)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=[Email.dedupe_key])
-        .returning(Email.id)
+@dataclass(frozen=True, slots=True)
+class NewEmail:
+    """An email rendered and ready to queue (``queue_many``)."""
+
+    creator_id: str
+    kind: str
+    to: str
+    dedupe_key: str
+    rendered: Rendered
+
+
+def compose(
+    *, creator_id: str, kind: str, to: str, context: Mapping[str, Any], dedupe_key: str
+) -> NewEmail:
+    """Render an email now: what is sent is fixed when it is queued."""
+    return NewEmail(
+        creator_id=creator_id,
+        kind=kind,
+        to=to,
+        dedupe_key=dedupe_key,
+        rendered=render(kind, {**context, "to": to}),
     )
+
+
+async def queue_many(
+    session: AsyncSession, emails: Sequence[NewEmail], *, now: datetime
+) -> list[str]:
+    """Queue ``emails`` and the work that sends each, skipping any whose ``dedupe_key``
+    exists already; returns the ids of those queued.
+
+    One multi-row ``INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING`` on both
+    databases (a duplicate does not fail the caller's transaction) and one for the work.
+    """
+    if not emails:
+        return []
+    rows = [
+        {
+            "id": new_id("em"),
+            "creator_id": email.creator_id,
+            "kind": email.kind,
+            "to_address": email.to,
+            "subject": email.rendered.subject,
+            "text_body": email.rendered.text,
+            "html_body": email.rendered.html,
+            "dedupe_key": email.dedupe_key,
+            "status": "pending",
+            "attempts": 0,
+            "message_id": None,
+            "last_error": None,
+            "created_at": now,
+            "sent_at": None,
+        }
+        for email in emails
+    ]
+    table: Table = Email.__table__  # type: ignore[assignment]
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(table)
+        .on_conflict_do_nothing(index_elements=[table.c.dedupe_key])
+        .returning(table.c.id, table.c.creator_id)
+    )
+    inserted = (await session.execute(statement, rows)).all()
+    if len(inserted) < len(rows):
+        log.info("%d of %d emails were queued already", len(rows) - len(inserted), len(rows))
+    await enqueue_many(
+        session,
+        [
+            NewWork(
+                kind=SEND_KIND,
+                payload={"email_id": email_id},
+                due_at=now,
+                dedupe_key=email_id,
+                creator_id=creator_id,
+            )
+            for email_id, creator_id in inserted
+        ],
+        now=now,
+    )
+    return [email_id for email_id, _ in inserted]
 
 
 async def queue_email(
@@ -86,35 +151,19 @@ async def queue_email(
     Returns the new email's id, or None when it was a duplicate. A duplicate does not
     fail the caller's transaction: the insert ignores the conflict on both databases.
     """
-    rendered = render(kind, {**context, "to": to})
-    values = {
-        "id": new_id("em"),
-        "creator_id": creator_id,
-        "kind": kind,
-        "to_address": to,
-        "subject": rendered.subject,
-        "text_body": rendered.text,
-        "html_body": rendered.html,
-        "dedupe_key": dedupe_key,
-        "status": "pending",
-        "attempts": 0,
-        "created_at": now,
-    }
-    inserted = await session.execute(_insert_unless_duplicate(session, values))
-    email_id: str | None = inserted.scalar_one_or_none()
-    if email_id is None:
-        log.info("email %s already queued; not queueing it again", dedupe_key)
-        return None
-    await enqueue(
-        session,
-        kind=SEND_KIND,
-        payload={"email_id": email_id},
-        due_at=now,
-        now=now,
-        dedupe_key=email_id,
-        creator_id=creator_id,
-    )
-    return email_id
+    email = compose(creator_id=creator_id, kind=kind, to=to, context=context, dedupe_key=dedupe_key)
+    queued = await queue_many(session, [email], now=now)
+    return queued[0] if queued else None
+
+
+async def load_customers(session: AsyncSession, customer_ids: Iterable[str]) -> list[Customer]:
+    """Read these customers in one query, so the ``session.get`` of each that follows
+    needs no round trip (hold the returned list while they are used: the session's
+    identity map keeps only objects someone references)."""
+    wanted = sorted(set(customer_ids))
+    if not wanted:
+        return []
+    return list((await session.execute(select(Customer).where(Customer.id.in_(wanted)))).scalars())
 
 
 async def _local_date(session: AsyncSession, *, customer_id: str, at: datetime) -> date:
@@ -124,17 +173,15 @@ async def _local_date(session: AsyncSession, *, customer_id: str, at: datetime) 
     return at.astimezone(zone).date()
 
 
-async def queue_receipt(
-    session: AsyncSession, *, event_id: str, creator_id: str, order: OrderOut, now: datetime
-) -> str | None:
+async def receipt(
+    session: AsyncSession, *, event_id: str, creator_id: str, order: OrderOut
+) -> NewEmail:
     """The buyer's receipt for a paid order (``order.paid``)."""
-    return await queue_email(
-        session,
+    return compose(
         creator_id=creator_id,
         kind="receipt",
         to=order.customer_email,
         dedupe_key=f"{event_id}:receipt",
-        now=now,
         context={
             "merchant": order.receipt.merchant,
             "number": order.receipt.number,
@@ -157,19 +204,17 @@ async def queue_receipt(
     )
 
 
-async def queue_refund_notice(
-    session: AsyncSession, *, event_id: str, creator_id: str, refund: RefundOut, now: datetime
-) -> str | None:
+async def refund_notice(
+    session: AsyncSession, *, event_id: str, creator_id: str, refund: RefundOut
+) -> NewEmail:
     """Tell the buyer about a refund (``refund.created``)."""
     order = await orders.get_order(session, creator_id=creator_id, order_id=refund.order)
     creator = await accounts.get_creator(session, creator_id)
-    return await queue_email(
-        session,
+    return compose(
         creator_id=creator_id,
         kind="refund",
         to=order.customer_email,
         dedupe_key=f"{event_id}:refund",
-        now=now,
         context={
             "merchant": creator.display_name,
             "number": order.receipt_number,
@@ -183,14 +228,9 @@ async def queue_refund_notice(
     )
 
 
-async def queue_payment_failed(
-    session: AsyncSession,
-    *,
-    event_id: str,
-    creator_id: str,
-    attempt: Mapping[str, Any],
-    now: datetime,
-) -> str | None:
+async def payment_failed(
+    session: AsyncSession, *, event_id: str, creator_id: str, attempt: Mapping[str, Any]
+) -> NewEmail | None:
     """Tell the buyer a payment failed (``payment.failed``); skipped, and logged, when the
     checkout session has no email address."""
     checkout_id = attempt.get("checkout_session")
@@ -203,13 +243,11 @@ async def queue_payment_failed(
         )
         return None
     creator = await accounts.get_creator(session, creator_id)
-    return await queue_email(
-        session,
+    return compose(
         creator_id=creator_id,
         kind="payment_failed",
         to=checkout.customer_email,
         dedupe_key=f"{event_id}:payment_failed",
-        now=now,
         context={
             "merchant": creator.display_name,
             "amount": attempt["amount"],
@@ -220,14 +258,9 @@ async def queue_payment_failed(
     )
 
 
-async def queue_webhook_endpoint_disabled(
-    session: AsyncSession,
-    *,
-    event_id: str,
-    creator_id: str,
-    endpoint: Mapping[str, Any],
-    now: datetime,
-) -> str | None:
+async def webhook_endpoint_disabled(
+    session: AsyncSession, *, event_id: str, creator_id: str, endpoint: Mapping[str, Any]
+) -> NewEmail | None:
     """Tell the creator that a webhook endpoint was disabled (``webhook_endpoint.disabled``).
 
     An endpoint payload without an id or URL is logged as an error and skipped rather than
@@ -237,13 +270,11 @@ async def queue_webhook_endpoint_disabled(
         log.error("event %s has no endpoint id or url; no email sent: %r", event_id, endpoint)
         return None
     creator = await accounts.get_creator(session, creator_id)
-    return await queue_email(
-        session,
+    return compose(
         creator_id=creator_id,
         kind="webhook_endpoint_disabled",
         to=creator.email,
         dedupe_key=f"{event_id}:webhook_endpoint_disabled",
-        now=now,
         context={
             "creator": creator.display_name,
             "endpoint_id": endpoint["id"],
@@ -293,23 +324,37 @@ async def queue_magic_link(
     )
 
 
-async def load_unsent(session: AsyncSession, *, email_id: str) -> OutgoingEmail | None:
-    """The email to send, or None when there is nothing to send: it was sent already, or
-    it failed and its body was a credential that is gone now. (A failed email is sent
-    again when its dead work is retried: ``stallholder jobs retry``.)"""
-    email = await session.get(Email, email_id)
-    if email is None or email.status == "sent":
-        return None
-    if email.status == "failed" and email.kind in SENSITIVE_KINDS:
-        return None
-    return OutgoingEmail(
-        id=email.id,
-        to=email.to_address,
-        subject=email.subject,
-        text=email.text_body,
-        html=email.html_body,
-        created_at=email.created_at,
-    )
+async def load_unsent(session: AsyncSession, *, email_ids: Sequence[str]) -> list[OutgoingEmail]:
+    """The emails to send among ``email_ids``, in one query, by id. Left out: one sent
+    already, or one that failed and whose body was a credential that is gone now. (A
+    failed email is sent again when its dead work is retried: ``stallholder jobs retry``.)"""
+    if not email_ids:
+        return []
+    emails = (
+        await session.execute(select(Email).where(Email.id.in_(email_ids)).order_by(Email.id))
+    ).scalars()
+    return [
+        OutgoingEmail(
+            id=email.id,
+            to=email.to_address,
+            subject=email.subject,
+            text=email.text_body,
+            html=email.html_body,
+            created_at=email.created_at,
+        )
+        for email in emails
+        if email.status != "sent"
+        and not (email.status == "failed" and email.kind in SENSITIVE_KINDS)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A send that failed; ``is_final`` (a permanent refusal, or the last attempt) marks
+    the email failed for good."""
+
+    error: str
+    is_final: bool
 
 
 def _redact_if_sensitive(email: Email) -> None:
@@ -317,41 +362,47 @@ def _redact_if_sensitive(email: Email) -> None:
         email.text_body = email.html_body = REDACTED
 
 
-async def record_sent(
-    session: AsyncSession, *, email_id: str, message_id: str, now: datetime
+async def record_outcomes(
+    session: AsyncSession,
+    *,
+    sent: Mapping[str, str],
+    failed: Mapping[str, Failure],
+    now: datetime,
 ) -> None:
-    """Mark an email sent (once: a second report after a resend changes nothing)."""
-    email = await session.get(Email, email_id, with_for_update=True)
-    if email is None or email.status == "sent":
+    """Record what sending did, for a batch at once: ``sent`` maps an email's id to the
+    Message-ID it went with, ``failed`` to its failure. One locked read and the updates
+    in one flush. An email recorded as sent already stays as it is (a second report after
+    a resend changes nothing); the work engine schedules the next attempt of a failure."""
+    ids = sorted({*sent, *failed})
+    if not ids:
         return
-    email.status = "sent"
-    email.attempts += 1
-    email.sent_at = now
-    email.message_id = message_id
-    email.last_error = None
-    _redact_if_sensitive(email)
-    await session.flush()
-
-
-async def record_failure(
-    session: AsyncSession, *, email_id: str, error: str, is_final: bool, now: datetime
-) -> None:
-    """Count a failed attempt; ``is_final`` (a permanent refusal, or the last attempt)
-    marks the email failed for good. The work engine schedules the next attempt."""
-    email = await session.get(Email, email_id, with_for_update=True)
-    if email is None or email.status == "sent":
-        return
-    email.attempts += 1
-    email.last_error = error[:2000]
-    if is_final:
-        email.status = "failed"
-        _redact_if_sensitive(email)
-        log.error(
-            "email %s (%s to %s) failed after %d attempts; giving up: %s",
-            email.id,
-            email.kind,
-            email.to_address,
-            email.attempts,
-            error,
+    emails = (
+        await session.execute(
+            select(Email).where(Email.id.in_(ids)).order_by(Email.id).with_for_update()
         )
+    ).scalars()
+    for email in emails:
+        if email.status == "sent":
+            continue
+        email.attempts += 1
+        if email.id in sent:
+            email.status = "sent"
+            email.sent_at = now
+            email.message_id = sent[email.id]
+            email.last_error = None
+            _redact_if_sensitive(email)
+            continue
+        failure = failed[email.id]
+        email.last_error = failure.error[:2000]
+        if failure.is_final:
+            email.status = "failed"
+            _redact_if_sensitive(email)
+            log.error(
+                "email %s (%s to %s) failed after %d attempts; giving up: %s",
+                email.id,
+                email.kind,
+                email.to_address,
+                email.attempts,
+                failure.error,
+            )
     await session.flush()

@@ -37,37 +37,50 @@ async def queue_emails(session: AsyncSession, batch: Sequence[Event], now: datet
     """The outbox consumer: queue the emails the events call for. Only writes rows.
 
     Runs in the dispatch transaction, so the emails are queued exactly once per event.
+    The whole batch is queued at once: the receipts' customers read in one query, the
+    emails and their sending work in one multi-row insert each.
     """
-    for event in batch:
-        await _queue_emails_for_event(session, event, now)
+    # Held while the receipts are built: their time zones are read from these.
+    customers = await service.load_customers(
+        session,
+        (
+            str(event.data["customer"])
+            for event in batch
+            if event.type == "order.paid" and event.data.get("customer")
+        ),
+    )
+    emails = [
+        email for event in batch if (email := await _email_for_event(session, event)) is not None
+    ]
+    del customers
+    await service.queue_many(session, emails, now=now)
 
 
-async def _queue_emails_for_event(session: AsyncSession, event: Event, now: datetime) -> None:
+async def _email_for_event(session: AsyncSession, event: Event) -> service.NewEmail | None:
     data = event.data
     if event.type == "order.paid":
-        await service.queue_receipt(
+        return await service.receipt(
             session,
             event_id=event.id,
             creator_id=event.creator_id,
             order=OrderOut.model_validate(data),
-            now=now,
         )
-    elif event.type == "refund.created":
-        await service.queue_refund_notice(
+    if event.type == "refund.created":
+        return await service.refund_notice(
             session,
             event_id=event.id,
             creator_id=event.creator_id,
             refund=RefundOut.model_validate(data),
-            now=now,
         )
-    elif event.type == "payment.failed":
-        await service.queue_payment_failed(
-            session, event_id=event.id, creator_id=event.creator_id, attempt=data, now=now
+    if event.type == "payment.failed":
+        return await service.payment_failed(
+            session, event_id=event.id, creator_id=event.creator_id, attempt=data
         )
-    elif event.type == "webhook_endpoint.disabled":
-        await service.queue_webhook_endpoint_disabled(
-            session, event_id=event.id, creator_id=event.creator_id, endpoint=data, now=now
+    if event.type == "webhook_endpoint.disabled":
+        return await service.webhook_endpoint_disabled(
+            session, event_id=event.id, creator_id=event.creator_id, endpoint=data
         )
+    return None
 
 
 class MailResources(Protocol):
@@ -80,48 +93,47 @@ class MailResources(Protocol):
     def mail(self) -> Transport: ...
 
 
-async def send_email(context: Context[MailResources], item: Claimed) -> None:
-    """The handler of ``notifications.send_email``: read the email in one short
-    transaction, send it with no transaction open, record the outcome in another.
+async def send_emails(
+    context: Context[MailResources], items: Sequence[Claimed]
+) -> dict[str, BaseException | None]:
+    """The handler of ``notifications.send_email``, for a claimed batch: read the emails
+    in one short transaction, send them one by one with no transaction open, and record
+    every outcome in one more.
 
     A failed send is retried on ``service.RETRY_DELAYS``; a recipient the server refuses
     for good, or a failure on the last attempt, marks the email failed and the work dead
-    (``stallholder jobs retry`` sends it again).
+    (``stallholder jobs retry`` sends it again). A worker that dies before recording sends
+    the batch's emails again when the lease ends, with the same Message-ID and Date.
     """
-    email_id = str(item.payload["email_id"])
     sender = context.resources.settings.mail_from
+    work_by_email = {str(item.payload["email_id"]): item for item in items}
     async with context.database.unit_of_work() as session:
-        email = await service.load_unsent(session, email_id=email_id)
-    if email is None:
-        return
-    try:
-        await context.resources.mail.send(build_message(email, sender=sender))
-    except Exception as error:
-        log.warning("sending email %s to %s failed: %r", email.id, email.to, error)
-        is_final = is_permanent_failure(error) or item.is_last_attempt
+        unsent = await service.load_unsent(session, email_ids=list(work_by_email))
+    outcomes: dict[str, BaseException | None] = {}
+    sent: dict[str, str] = {}
+    failed: dict[str, service.Failure] = {}
+    for email in unsent:
+        item = work_by_email[email.id]
+        try:
+            await context.resources.mail.send(build_message(email, sender=sender))
+        except Exception as error:
+            log.warning("sending email %s to %s failed: %r", email.id, email.to, error)
+            is_final = is_permanent_failure(error) or item.is_last_attempt
+            failed[email.id] = service.Failure(error=repr(error), is_final=is_final)
+            outcomes[item.id] = GiveUp(repr(error)) if is_final else error
+            continue
+        sent[email.id] = message_id_for(email.id, sender)
+    if sent or failed:
         async with context.database.unit_of_work() as session:
-            await service.record_failure(
-                session,
-                email_id=email.id,
-                error=repr(error),
-                is_final=is_final,
-                now=context.clock.now(),
+            await service.record_outcomes(
+                session, sent=sent, failed=failed, now=context.clock.now()
             )
-        if is_final:
-            raise GiveUp(repr(error)) from error
-        raise
-    async with context.database.unit_of_work() as session:
-        await service.record_sent(
-            session,
-            email_id=email.id,
-            message_id=message_id_for(email.id, sender),
-            now=context.clock.now(),
-        )
+    return outcomes
 
 
 SEND_EMAIL: Kind[MailResources] = Kind(
     name=service.SEND_KIND,
-    handler=send_email,
+    batch_handler=send_emails,
     retry=Schedule(service.RETRY_DELAYS),
     max_attempts=len(service.RETRY_DELAYS) + 1,
     lease=timedelta(minutes=10),

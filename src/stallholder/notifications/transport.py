@@ -18,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import quopri
 import smtplib
 import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
-from email.utils import parseaddr
+from email.policy import compat32
+from email.utils import format_datetime, parseaddr, parsedate_to_datetime
 from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import unquote, urlsplit
@@ -106,8 +107,19 @@ def message_id_for(email_id: str, sender: str) -> str:
 def build_message(email: OutgoingEmail, *, sender: str) -> EmailMessage:
     """A multipart/alternative message (text, then HTML) with the headers mail needs.
 
-    ``Date`` is when the email was queued, so a resend is the same message byte for byte.
+    ``Date`` is when the email was queued and the MIME boundary derives from the email's
+    id, so a resend is the same message byte for byte.
+
+    Headers that are plain ASCII on one line (the usual case) are written as they are,
+    with ``compat32``, and the bodies quoted-printable encoded directly: the standard
+    library's default policy parses every header it is given into an object, which cost
+    more than the rest of sending a receipt (about 3 ms against 0.1 ms). Anything else (a
+    merchant name with an accent in the subject) goes through that policy, which encodes
+    it (RFC 2047).
     """
+    headers = (sender, email.to, email.subject)
+    if all(value.isascii() and "\r" not in value and "\n" not in value for value in headers):
+        return _plain_message(email, sender=sender)
     message = EmailMessage()
     message["From"] = sender
     message["To"] = email.to
@@ -120,6 +132,29 @@ def build_message(email: OutgoingEmail, *, sender: str) -> EmailMessage:
     message.set_content(email.text, cte="quoted-printable")
     message.add_alternative(email.html, subtype="html", cte="quoted-printable")
     return message
+
+
+def _plain_message(email: OutgoingEmail, *, sender: str) -> EmailMessage:
+    message = EmailMessage(policy=compat32)
+    message["From"] = sender
+    message["To"] = email.to
+    message["Subject"] = email.subject
+    message["Date"] = format_datetime(email.created_at)
+    message["Message-ID"] = message_id_for(email.id, sender)
+    message["Auto-Submitted"] = "auto-generated"
+    message["MIME-Version"] = "1.0"
+    # Quoted-printable bodies hold no "=_" line, so the boundary cannot occur in them.
+    message["Content-Type"] = f'multipart/alternative; boundary="=_{email.id}"'
+    message.set_payload([_plain_part(email.text, "plain"), _plain_part(email.html, "html")])
+    return message
+
+
+def _plain_part(content: str, subtype: str) -> EmailMessage:
+    part = EmailMessage(policy=compat32)
+    part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
+    part["Content-Transfer-Encoding"] = "quoted-printable"
+    part.set_payload(quopri.encodestring(content.encode("utf-8")).decode("ascii"))
+    return part
 
 
 class Transport(Protocol):
@@ -182,13 +217,14 @@ class FileTransport:
         self.directory = directory
 
     def path_for(self, message: EmailMessage) -> Path:
-        sent: datetime = message["Date"].datetime
+        sent = parsedate_to_datetime(str(message["Date"]))
         local_part = str(message["Message-ID"]).strip("<>").partition("@")[0]
         return self.directory / f"{sent:%Y%m%dT%H%M%SZ}-{local_part}.eml"
 
     async def send(self, message: EmailMessage) -> None:
         path = self.path_for(message)
-        await asyncio.to_thread(self._write, path, message.as_bytes(policy=SMTP_POLICY))
+        content = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+        await asyncio.to_thread(self._write, path, content)
         log.info("email %r to %s written to %s", str(message["Subject"]), message["To"], path)
 
     @staticmethod
