@@ -154,7 +154,7 @@ async def test_drop_errors_name_what_to_fix(shop: DropShop, api: Api) -> None:
     twice = await shop.drop(
         items=[{"price": shop.price, "quantity": 1}, {"price": shop.price, "quantity": 2}]
     )
-    raffle = await shop.drop(mode="raffle")
+    raffle = await shop.drop(mode="lottery")
     no_items = await shop.drop(items=[])
     first = await shop.drop()
     again = await shop.drop()

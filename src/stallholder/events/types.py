@@ -32,6 +32,9 @@ EVENT_TYPES: dict[str, str] = {
     "with its next_payment_attempt.",
     "invoice.upcoming": "A renewal is coming (30 days before a yearly one, once a year for "
     "monthly plans); data.object is the upcoming invoice's amount and date.",
+    "drop.raffle_offer": "A raffle drop's entrant may buy one unit until expires_at (a winner "
+    "of the draw, or the next entrant when a winner did not buy in time); data.object is "
+    "the offer: drop, entry, email, rank, expires_at. The entrant is emailed too.",
     "inventory.low": "A SKU's available stock at a location fell to its low_stock_threshold "
     "or below; data.object is the inventory level.",
     "inventory.out_of_stock": "A SKU's available stock at a location reached 0; data.object "
