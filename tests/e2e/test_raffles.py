@@ -8,10 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
+from stallholder.notifications.models import Email
 from tests.conftest import Api, bearer
 from tests.e2e.test_drops import CLOSES, OPENS, PROBLEM, DropShop
 
@@ -105,6 +107,16 @@ async def test_a_raffle_is_drawn_from_its_committed_seed_and_anyone_can_redraw_i
     assert record["offered"] == order[:2]
     assert (record["algorithm"], record["units"]) == ("sha256-rank-v1", 2)
     first, second, third, *losers = (by_entrant[entrant] for entrant in order)
+    # Each winner is emailed (the outbox is dispatched on the worker's next pass).
+    await Worker(database, clock).run_once()
+    async with database.unit_of_work() as session:
+        emails = (
+            await session.execute(select(Email).where(Email.kind == "raffle_offer"))
+        ).scalars()
+        sent = sorted((email.to_address, email.subject) for email in emails)
+    assert sent == sorted(
+        (winner, "You can buy from Kiln & Clay's Winter mugs") for winner in (first, second)
+    )
 
     lost = await shop.session(losers[0])
     assert (lost.status_code, lost.json()["type"]) == (409, PROBLEM + "raffle-offer-required")

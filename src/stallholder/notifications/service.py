@@ -220,6 +220,32 @@ async def queue_payment_failed(
     )
 
 
+async def queue_raffle_offer(
+    session: AsyncSession,
+    *,
+    event_id: str,
+    creator_id: str,
+    offer: Mapping[str, Any],
+    now: datetime,
+) -> str | None:
+    """Tell a raffle entrant they may buy one unit until the offer expires
+    (``drop.raffle_offer``)."""
+    creator = await accounts.get_creator(session, creator_id)
+    return await queue_email(
+        session,
+        creator_id=creator_id,
+        kind="raffle_offer",
+        to=str(offer["email"]),
+        dedupe_key=f"{event_id}:raffle_offer",
+        now=now,
+        context={
+            "merchant": creator.display_name,
+            "drop_name": offer["drop_name"],
+            "expires_at": str(offer["expires_at"]),
+        },
+    )
+
+
 async def queue_webhook_endpoint_disabled(
     session: AsyncSession,
     *,

@@ -64,6 +64,10 @@ async def _queue_emails_for_event(session: AsyncSession, event: Event, now: date
         await service.queue_payment_failed(
             session, event_id=event.id, creator_id=event.creator_id, attempt=data, now=now
         )
+    elif event.type == "drop.raffle_offer":
+        await service.queue_raffle_offer(
+            session, event_id=event.id, creator_id=event.creator_id, offer=data, now=now
+        )
     elif event.type == "webhook_endpoint.disabled":
         await service.queue_webhook_endpoint_disabled(
             session, event_id=event.id, creator_id=event.creator_id, endpoint=data, now=now
