@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.catalog.models import Price
-from stallholder.inventory import raffles
+from stallholder.inventory import drop_events, raffles
 from stallholder.inventory.drop_rules import DropState, buyer_key, drop_state
 from stallholder.inventory.models import Drop, DropBuyer, DropClaim, DropItem
 from stallholder.inventory.reservations import OutOfStock
@@ -156,7 +156,7 @@ async def create_drop(
     session.add(drop)
     session.add_all(rows)
     if mode == "raffle":
-        await raffles.schedule_draw(session, drop=drop, now=now)
+        raffles.commit_seed(drop)
     try:
         await session.flush()
     except IntegrityError as error:
@@ -165,6 +165,10 @@ async def create_drop(
         raise PriceInAnotherDrop(
             "a price of this drop is sold in another drop already; each price is in one drop"
         ) from error
+    # After the flush that finds a price in another drop (enqueueing flushes too).
+    await drop_events.schedule(session, drop=drop, now=now)
+    if mode == "raffle":
+        await raffles.schedule_draw(session, drop=drop, now=now)
     return DropView(drop=drop, items=rows)
 
 
@@ -286,20 +290,22 @@ async def claim(
     total = sum(wanted.values())
     if drop.per_customer_limit is not None and drop.mode != "raffle":
         await _count_buyer(session, drop=drop, key=key, units=total)
+    emptied = False
     for item_id in sorted(wanted):
         n = wanted[item_id]
-        taken = (
+        left_after = (
             await session.execute(
                 update(DropItem)
                 .where(
                     DropItem.id == item_id, DropItem.quantity - DropItem.held - DropItem.sold >= n
                 )
                 .values(held=DropItem.held + n)
-                .returning(DropItem.id)
+                .returning(DropItem.quantity - DropItem.held - DropItem.sold)
                 .execution_options(synchronize_session=False)
             )
         ).scalar_one_or_none()
-        if taken is None:
+        emptied = emptied or left_after == 0
+        if left_after is None:
             left = (
                 await session.execute(
                     select(DropItem.quantity - DropItem.held - DropItem.sold).where(
@@ -331,6 +337,8 @@ async def claim(
         for item_id in sorted(wanted)
     )
     await session.flush()
+    if emptied:
+        await drop_events.after_claim(session, drop=drop, now=now)
 
 
 async def _count_buyer(session: AsyncSession, *, drop: Drop, key: str, units: int) -> None:
@@ -408,6 +416,7 @@ async def release(session: AsyncSession, *, checkout_session_id: str, now: datet
             .values(held=DropItem.held - per_item[item_id])
             .execution_options(synchronize_session=False)
         )
+    await drop_events.after_release(session, drop_ids={row.drop_id for row in moved})
     return sum(per_item.values())
 
 

@@ -126,6 +126,10 @@ class Drop(Base):
     seed_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     drawn_at: Mapped[datetime | None] = mapped_column(default=None)
     claim_minutes: Mapped[int] = mapped_column(default=60, server_default="60")
+    # The last state announced by a ``drop.*`` event (``open``, ``sold_out``, ``closed``;
+    # None before opening): each announcement is a conditional update of it, so each is
+    # emitted once however often the work runs (``inventory.drop_events``).
+    announced: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[datetime]
 
 

@@ -79,11 +79,14 @@ def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
-async def schedule_draw(session: AsyncSession, *, drop: Drop, now: datetime) -> None:
-    """Give a new raffle drop its seed (only its hash is shown until the draw) and queue
-    its draw at ``closes_at``."""
+def commit_seed(drop: Drop) -> None:
+    """Give a new raffle drop its seed (only its hash is shown until the draw)."""
     drop.seed = raffle_draw.new_seed()
     drop.seed_hash = raffle_draw.commitment(drop.seed)
+
+
+async def schedule_draw(session: AsyncSession, *, drop: Drop, now: datetime) -> None:
+    """Queue the raffle's draw at ``closes_at``."""
     await work.enqueue(
         session,
         kind=DRAW_KIND,
