@@ -195,7 +195,8 @@ async def test_a_limited_drop_needs_the_buyers_email_and_shows_to_publishable_ke
 async def test_drop_events_announce_opening_sell_out_and_closing_once(
     shop: DropShop, clock: FrozenClock, api: Api, database: Database
 ) -> None:
-    drop = (await shop.drop(per_customer_limit=None)).json()
+    created = await shop.drop(per_customer_limit=None)
+    assert created.status_code == 201, created.text
     worker = Worker(database, clock)
     clock.set(OPENS)
     await worker.run_once()
