@@ -91,7 +91,7 @@ class Connection:
 @dataclass(frozen=True)
 class Spec:
     port: int
-    scenario: str  # "stallholder_sale" | "floor_sale" | "bare"
+    scenario: str  # a name in SCENARIOS
     concurrency: int
     duration: float
     max_iterations: int
@@ -126,6 +126,46 @@ async def _stallholder_sale(connection: Connection, spec: Spec, n: int, run: str
     )
 
 
+async def _drop_attempt(connection: Connection, spec: Spec, n: int, run: str) -> None:
+    """One buyer's reservation attempt in a drop: a checkout session for one unit, under
+    the buyer's own email. 409 (sold out) is an answer, not an error."""
+    try:
+        await connection.post(
+            "/v1/checkout/sessions",
+            {
+                "line_items": [{"price": spec.price, "quantity": 1}],
+                "customer_email": f"{run}-{n}@ex.com",
+            },
+            {"Authorization": f"Bearer {spec.secret_key}", "Idempotency-Key": f"{run}-drop-{n}"},
+        )
+    except HTTPStatusError as error:
+        if not str(error).startswith("409"):
+            raise
+
+
+async def _drop_buy(connection: Connection, spec: Spec, n: int, run: str) -> None:
+    """A reservation attempt, then paying with ``tok_visa`` when it held a unit."""
+    auth = f"Bearer {spec.secret_key}"
+    try:
+        created = await connection.post(
+            "/v1/checkout/sessions",
+            {
+                "line_items": [{"price": spec.price, "quantity": 1}],
+                "customer_email": f"{run}-{n}@ex.com",
+            },
+            {"Authorization": auth, "Idempotency-Key": f"{run}-buy-{n}"},
+        )
+    except HTTPStatusError as error:
+        if not str(error).startswith("409"):
+            raise
+        return
+    await connection.post(
+        f"/v1/checkout/sessions/{json.loads(created)['id']}/confirm",
+        {"payment_method": "tok_visa"},
+        {"Authorization": auth, "Idempotency-Key": f"{run}-pay-{n}"},
+    )
+
+
 async def _floor_sale(connection: Connection, spec: Spec, n: int, run: str) -> None:
     await connection.post(
         "/v1/sales", {"price": spec.price, "quantity": 2, "customer_email": f"b{n}@ex.com"}, {}
@@ -136,7 +176,13 @@ async def _bare(connection: Connection, spec: Spec, n: int, run: str) -> None:
     await connection.post("/echo", {"n": n, "customer": "a@example.com"}, {})
 
 
-SCENARIOS = {"stallholder_sale": _stallholder_sale, "floor_sale": _floor_sale, "bare": _bare}
+SCENARIOS = {
+    "stallholder_sale": _stallholder_sale,
+    "floor_sale": _floor_sale,
+    "bare": _bare,
+    "drop_attempt": _drop_attempt,
+    "drop_buy": _drop_buy,
+}
 
 
 async def run(spec: Spec) -> Result:

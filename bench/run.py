@@ -1,6 +1,7 @@
 """``make bench``: run the benchmarks, print a table each, write ``bench/results/<name>.json``.
 
-python -m bench.run [--only checkout] [--duration 20] [--clients 8 --clients 64] [--quick]
+python -m bench.run [--only checkout|drops|webhooks] [--duration 20] [--quick]
+                   [--clients 8 --clients 64]
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import checkout, harness, webhooks
+from bench import checkout, drops, harness, webhooks
 
 RESULTS = harness.ROOT / "bench" / "results"
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     checkout.NAME: checkout.run,
+    drops.NAME: drops.run,
     webhooks.NAME: webhooks.run,
 }
 COLUMNS = ("completed", "errors", "per_second", "p50_ms", "p99_ms")
@@ -76,7 +78,12 @@ def main() -> None:
                     concurrency=arguments.concurrency, warmup=warmup, duration=duration
                 )
         results = {"benchmark": name, "machine": harness.machine(), **results}
-        console.print(checkout.table(results) if name == checkout.NAME else _table(name, results))
+        if name == checkout.NAME:
+            console.print(checkout.table(results))
+        elif name == drops.NAME:
+            console.print(drops.table(results))
+        else:
+            console.print(_table(name, results))
         console.print(results["machine"])
         path = RESULTS / f"{name}.json"
         path.write_text(json.dumps(results, indent=2) + "\n")

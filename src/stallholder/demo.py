@@ -22,7 +22,7 @@ from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
 from stallholder.fulfilment import service as fulfilment
 from stallholder.fulfilment.addresses import ShippingAddress
-from stallholder.inventory import stock
+from stallholder.inventory import drops, stock
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
 from stallholder.ledger.fees import FeeSchedule
@@ -34,6 +34,8 @@ from stallholder.wallets import service as wallets
 KEYS_FILE = "demo-keys.json"
 # A demo sale left half done by a crash is resolved by the worker after this long.
 RESOLVE_AFTER = timedelta(minutes=2)
+# How long a demo drop stays open after seeding.
+DROP_OPEN_FOR = timedelta(days=3)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class DemoCreator:
     ship_to: ShippingAddress | None = None
     # Stock received at a location: (location name, sku, quantity).
     stock: tuple[tuple[str, str, int], ...] = field(default=())
+    # A first-come drop of one product, open from seeding for a few days:
+    # (name, product index, units, per-customer limit).
+    drop: tuple[str, int, int, int] | None = None
     # Checkout sessions left open (their stock held): (product index, quantity, email).
     open_sessions: tuple[tuple[int, int, str], ...] = field(default=())
 
@@ -152,6 +157,9 @@ CREATORS = (
         ),
         # 20 pieces: one sold (allocated), one held in an open checkout, 18 available.
         stock=(("Studio shelf", "KC-MOON-MUG", 20),),
+        # The mug sells only through its drop: open from seeding for three days, at most
+        # two per buyer, each checkout held for 10 minutes.
+        drop=("Winter mug drop", 0, 20, 2),
         open_sessions=((0, 1, "still.deciding@example.com"),),
     ),
     DemoCreator(
@@ -264,8 +272,22 @@ async def seed(
                     actor="system",
                     now=now,
                 )
+            if spec.drop is not None:
+                drop_name, index, units, limit = spec.drop
+                await drops.create_drop(
+                    session,
+                    creator_id=creator.id,
+                    name=drop_name,
+                    mode="first_come",
+                    opens_at=now,
+                    closes_at=now + DROP_OPEN_FOR,
+                    per_customer_limit=limit,
+                    reservation_minutes=10,
+                    items=[drops.ItemSpec(price_id=price_ids[index], quantity=units)],
+                    now=now,
+                )
             for index, quantity, email in spec.open_sessions:
-                # Held until the session expires (30 minutes after seeding).
+                # Held until the session expires (30 minutes after seeding; 10 in a drop).
                 await checkout.create_session(
                     session,
                     creator_id=creator.id,

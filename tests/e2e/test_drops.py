@@ -8,7 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from stallholder.events.models import Event
 from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
@@ -154,7 +156,7 @@ async def test_drop_errors_name_what_to_fix(shop: DropShop, api: Api) -> None:
     twice = await shop.drop(
         items=[{"price": shop.price, "quantity": 1}, {"price": shop.price, "quantity": 2}]
     )
-    raffle = await shop.drop(mode="raffle")
+    raffle = await shop.drop(mode="lottery")
     no_items = await shop.drop(items=[])
     first = await shop.drop()
     again = await shop.drop()
@@ -188,3 +190,41 @@ async def test_a_limited_drop_needs_the_buyers_email_and_shows_to_publishable_ke
     )
     assert response.status_code == 404
     assert (await shop.get(drop["id"], key=shop.pk))["status"] == "open"
+
+
+async def test_drop_events_announce_opening_sell_out_and_closing_once(
+    shop: DropShop, clock: FrozenClock, api: Api, database: Database
+) -> None:
+    created = await shop.drop(per_customer_limit=None)
+    assert created.status_code == 201, created.text
+    worker = Worker(database, clock)
+    clock.set(OPENS)
+    await worker.run_once()
+    await worker.run_once()
+    taken = [await shop.session(f"fan{n}@example.com") for n in range(3)]
+    assert [response.status_code for response in taken] == [201, 201, 201]
+    assert (await api.confirm(shop.sk, taken[0].json()["id"])).status_code == 200
+    # Two unpaid holds expire and the drop is open again; selling out again is announced again.
+    clock.advance(timedelta(minutes=10))
+    await worker.run_once()
+    again = [await shop.session(f"fan{n}@example.com") for n in (8, 9)]
+    assert [response.status_code for response in again] == [201, 201]
+    for response in again:
+        assert (await api.confirm(shop.sk, response.json()["id"])).status_code == 200
+    clock.set(CLOSES)
+    await worker.run_once()
+    await worker.run_once()
+
+    async with database.unit_of_work() as session:
+        events = (
+            await session.execute(
+                select(Event).where(Event.type.like("drop.%")).order_by(Event.created_at, Event.id)
+            )
+        ).scalars()
+        seen = [(event.type, event.data["status"], event.data["remaining"]) for event in events]
+    assert seen == [
+        ("drop.opened", "open", 3),
+        ("drop.sold_out", "sold_out", 0),
+        ("drop.sold_out", "sold_out", 0),
+        ("drop.closed", "closed", 0),
+    ]

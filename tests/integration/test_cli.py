@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from stallholder.accounts.models import Buyer, Creator
 from stallholder.cli import app, run_worker
-from stallholder.inventory.models import StockLevel
+from stallholder.inventory.models import Drop, DropItem, StockLevel
 from stallholder.kit import work
 from stallholder.kit.clock import SystemClock
 from stallholder.kit.db import Database
@@ -91,6 +91,27 @@ def _mug_stock(url: str) -> tuple[int, int, int]:
     return asyncio.run(read())
 
 
+def _mug_drop(url: str) -> tuple[str, str, int, int, int, int | None]:
+    async def read() -> tuple[str, str, int, int, int, int | None]:
+        database = Database(url)
+        try:
+            async with database.unit_of_work() as session:
+                drop = (await session.execute(select(Drop))).scalar_one()
+                item = (await session.execute(select(DropItem))).scalar_one()
+                return (
+                    drop.name,
+                    drop.mode,
+                    item.quantity,
+                    item.held,
+                    item.sold,
+                    drop.per_customer_limit,
+                )
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
+
+
 def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("STALLHOLDER_DATABASE_URL", url)
@@ -110,6 +131,8 @@ def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.Monke
     assert (tmp_path / "var" / "admin-key").read_text().strip() in second.output
     # The winter mug: 20 pieces, one sold (allocated), one held in an open checkout.
     assert _mug_stock(url) == (20, 1, 1)
+    # … sold through a first-come drop of 20, open from seeding, the open checkout in it.
+    assert _mug_drop(url) == ("Winter mug drop", "first_come", 20, 1, 1, 2)
 
     clean = runner.invoke(app, ["ledger", "verify"])
     assert clean.exit_code == 0, clean.output

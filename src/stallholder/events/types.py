@@ -32,6 +32,15 @@ EVENT_TYPES: dict[str, str] = {
     "with its next_payment_attempt.",
     "invoice.upcoming": "A renewal is coming (30 days before a yearly one, once a year for "
     "monthly plans); data.object is the upcoming invoice's amount and date.",
+    "drop.opened": "A drop reached its opens_at; data.object is the drop: id, name, mode, "
+    "status, opens_at, closes_at, remaining.",
+    "drop.sold_out": "A drop's last unit was taken by a checkout session (it is announced "
+    "again if expired holds bring units back and it sells out again); data.object is the drop.",
+    "drop.closed": "A drop reached its closes_at (for a raffle: entries closed, the draw "
+    "follows); data.object is the drop.",
+    "drop.raffle_offer": "A raffle drop's entrant may buy one unit until expires_at (a winner "
+    "of the draw, or the next entrant when a winner did not buy in time); data.object is "
+    "the offer: drop, entry, email, rank, expires_at. The entrant is emailed too.",
     "inventory.low": "A SKU's available stock at a location fell to its low_stock_threshold "
     "or below; data.object is the inventory level.",
     "inventory.out_of_stock": "A SKU's available stock at a location reached 0; data.object "

@@ -7,21 +7,26 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from stallholder.accounts.auth import AnyCreatorDep, SecretCreatorDep
-from stallholder.inventory import drops, imports, stock
+from stallholder.inventory import drops, imports, raffles, stock
 from stallholder.inventory.reservations import OutOfStock
 from stallholder.inventory.schemas import (
     AdjustmentCreate,
     BatchOut,
     BatchReceive,
+    DrawOut,
     DropCreate,
     DropOut,
+    EntryCreate,
+    EntryOut,
     ImportOut,
     InventoryOut,
     LocationCreate,
     LocationOut,
     TransferCreate,
     batch_out,
+    draw_out,
     drop_out,
+    entry_out,
     import_out,
     inventory_out,
     location_out,
@@ -56,6 +61,9 @@ API_ACTOR = "secret_key"
     drops.DropClosed,
     drops.DropLimitReached,
     drops.DropBuyerEmailRequired,
+    raffles.RaffleNotDrawn,
+    raffles.NoRaffleOffer,
+    raffles.RaffleOneUnit,
 )
 def holds_stock() -> None:
     """Documents the problems of a route that holds stock (creating a checkout session):
@@ -216,6 +224,7 @@ async def create_drop(
         closes_at=body.closes_at,
         per_customer_limit=body.per_customer_limit,
         reservation_minutes=body.reservation_minutes,
+        claim_minutes=body.claim_minutes,
         items=[drops.ItemSpec(price_id=item.price, quantity=item.quantity) for item in body.items],
         now=now,
     )
@@ -229,6 +238,42 @@ async def get_drop(
     """The drop's state (``scheduled`` → ``open`` → ``sold_out`` | ``closed``) and what is
     left (secret or publishable key)."""
     return drop_out(await drops.get_drop(session, creator_id=creator_id, drop_id=drop_id), now=now)
+
+
+@documents(raffles.DrawNotFound, raffles.DropNotARaffle, raffles.EntriesNotOpen)
+def enters_a_raffle() -> None:
+    """Documents the problems of entering a raffle."""
+
+
+@documents(raffles.DrawNotFound, raffles.DropNotARaffle)
+def reads_a_draw() -> None:
+    """Documents the problems of reading a raffle's draw."""
+
+
+@router.post(
+    "/drops/{drop_id}/entries",
+    status_code=201,
+    response_model=EntryOut,
+    dependencies=[Depends(enters_a_raffle)],
+)
+async def enter_raffle(
+    drop_id: str, body: EntryCreate, creator_id: AnyCreatorDep, session: SessionDep, now: NowDep
+) -> EntryOut:
+    """Enter a raffle drop during its window (secret or publishable key). One entry per
+    person by normalised email: entering again returns the same entry. At ``closes_at``
+    the draw offers one unit each to as many entrants as there are units."""
+    entry = await raffles.enter(
+        session, creator_id=creator_id, drop_id=drop_id, email=body.email, now=now
+    )
+    return entry_out(entry)
+
+
+@router.get("/drops/{drop_id}/draw", response_model=DrawOut, dependencies=[Depends(reads_a_draw)])
+async def get_draw(drop_id: str, creator_id: AnyCreatorDep, session: SessionDep) -> DrawOut:
+    """The raffle's public record: the seed's SHA-256 from creation on, every entrant's
+    pseudonym, and once drawn the seed, the winners and everyone units passed to. Anyone
+    can repeat the draw from it (docs/raffles.md)."""
+    return draw_out(await raffles.get_draw(session, creator_id=creator_id, drop_id=drop_id))
 
 
 # Imports and production batches ----------------------------------------------------------

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.catalog.models import Price
+from stallholder.inventory import drop_events, raffles
 from stallholder.inventory.drop_rules import DropState, buyer_key, drop_state
 from stallholder.inventory.models import Drop, DropBuyer, DropClaim, DropItem
 from stallholder.inventory.reservations import OutOfStock
@@ -102,6 +103,7 @@ async def create_drop(
     reservation_minutes: int,
     items: Sequence[ItemSpec],
     now: datetime,
+    claim_minutes: int = 60,
 ) -> DropView:
     """A drop of one-time prices, each in at most one drop.
 
@@ -136,6 +138,7 @@ async def create_drop(
         closes_at=closes_at,
         per_customer_limit=per_customer_limit,
         reservation_minutes=reservation_minutes,
+        claim_minutes=claim_minutes,
         created_at=now,
     )
     rows = [
@@ -152,6 +155,8 @@ async def create_drop(
     ]
     session.add(drop)
     session.add_all(rows)
+    if mode == "raffle":
+        raffles.commit_seed(drop)
     try:
         await session.flush()
     except IntegrityError as error:
@@ -160,6 +165,10 @@ async def create_drop(
         raise PriceInAnotherDrop(
             "a price of this drop is sold in another drop already; each price is in one drop"
         ) from error
+    # After the flush that finds a price in another drop (enqueueing flushes too).
+    await drop_events.schedule(session, drop=drop, now=now)
+    if mode == "raffle":
+        await raffles.schedule_draw(session, drop=drop, now=now)
     return DropView(drop=drop, items=rows)
 
 
@@ -219,7 +228,8 @@ async def drop_for_prices(
             drop=drop.id,
             opens_at=drop.opens_at.isoformat(),
         )
-    if now >= drop.closes_at:
+    # A raffle's window is for entries; its winners buy after the draw (``claim``).
+    if now >= drop.closes_at and drop.mode != "raffle":
         raise DropClosed(
             f"drop {drop.id} closed at {drop.closes_at.isoformat()}",
             drop=drop.id,
@@ -262,29 +272,40 @@ async def claim(
             skus.setdefault(item.id, line.sku)
     if not wanted:
         return
-    if email is None and drop.per_customer_limit is not None:
+    if drop.mode == "raffle":
+        await raffles.claim_offer(
+            session,
+            drop=drop,
+            checkout_session_id=checkout_session_id,
+            email=email,
+            units=sum(wanted.values()),
+            now=now,
+        )
+    elif email is None and drop.per_customer_limit is not None:
         raise DropBuyerEmailRequired(
             f"drop {drop.id} limits units per customer, so it needs the buyer's email when "
             "the session is created: send customer_email or customer"
         )
     key = "" if email is None else buyer_key(email)
     total = sum(wanted.values())
-    if drop.per_customer_limit is not None:
+    if drop.per_customer_limit is not None and drop.mode != "raffle":
         await _count_buyer(session, drop=drop, key=key, units=total)
+    emptied = False
     for item_id in sorted(wanted):
         n = wanted[item_id]
-        taken = (
+        left_after = (
             await session.execute(
                 update(DropItem)
                 .where(
                     DropItem.id == item_id, DropItem.quantity - DropItem.held - DropItem.sold >= n
                 )
                 .values(held=DropItem.held + n)
-                .returning(DropItem.id)
+                .returning(DropItem.quantity - DropItem.held - DropItem.sold)
                 .execution_options(synchronize_session=False)
             )
         ).scalar_one_or_none()
-        if taken is None:
+        emptied = emptied or left_after == 0
+        if left_after is None:
             left = (
                 await session.execute(
                     select(DropItem.quantity - DropItem.held - DropItem.sold).where(
@@ -316,6 +337,8 @@ async def claim(
         for item_id in sorted(wanted)
     )
     await session.flush()
+    if emptied:
+        await drop_events.after_claim(session, drop=drop, now=now)
 
 
 async def _count_buyer(session: AsyncSession, *, drop: Drop, key: str, units: int) -> None:
@@ -357,7 +380,9 @@ async def _count_buyer(session: AsyncSession, *, drop: Drop, key: str, units: in
 
 async def release(session: AsyncSession, *, checkout_session_id: str, now: datetime) -> int:
     """Give the session's held drop units back (it expired or was cancelled), and take
-    them off the buyer's count. Returns how many."""
+    them off the buyer's count; a raffle winner's offer is theirs again while it runs, or
+    passes on. Returns how many."""
+    await raffles.release_offer(session, checkout_session_id=checkout_session_id, now=now)
     moved = list(
         await session.execute(
             update(DropClaim)
@@ -391,6 +416,7 @@ async def release(session: AsyncSession, *, checkout_session_id: str, now: datet
             .values(held=DropItem.held - per_item[item_id])
             .execution_options(synchronize_session=False)
         )
+    await drop_events.after_release(session, drop_ids={row.drop_id for row in moved})
     return sum(per_item.values())
 
 

@@ -115,11 +115,21 @@ class Drop(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
-    mode: Mapped[str] = mapped_column(String(16))  # first_come
+    mode: Mapped[str] = mapped_column(String(16))  # first_come | raffle
     opens_at: Mapped[datetime]
     closes_at: Mapped[datetime]
     per_customer_limit: Mapped[int | None] = mapped_column(default=None)
     reservation_minutes: Mapped[int]
+    # Raffles (``inventory.raffles``): the seed committed to at creation (its SHA-256 is
+    # public, the seed only once drawn), when the draw ran, and how long a winner has to buy.
+    seed: Mapped[str | None] = mapped_column(String(64), default=None)
+    seed_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    drawn_at: Mapped[datetime | None] = mapped_column(default=None)
+    claim_minutes: Mapped[int] = mapped_column(default=60, server_default="60")
+    # The last state announced by a ``drop.*`` event (``open``, ``sold_out``, ``closed``;
+    # None before opening): each announcement is a conditional update of it, so each is
+    # emitted once however often the work runs (``inventory.drop_events``).
+    announced: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[datetime]
 
 
@@ -208,5 +218,32 @@ class IncomingBatch(Base):
     # How many pieces arrived (a firing can yield fewer than planned); set when received.
     received_quantity: Mapped[int | None] = mapped_column(default=None)
     received_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class DropEntry(Base):
+    """One buyer's entry in a raffle drop (one per normalised email). ``rank`` is its
+    place in the draw order (1 first) once drawn. Status: ``entered`` → ``offered`` (may
+    buy one unit until ``offer_expires_at``) → ``claimed`` (a checkout session holds or
+    bought the unit) | ``passed`` (did not buy in time; the unit went to the next entrant)."""
+
+    __tablename__ = "drop_entries"
+    __table_args__ = (
+        UniqueConstraint("drop_id", "buyer_key"),
+        Index("ix_drop_entries_drop_status_rank", "drop_id", "status", "rank"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    drop_id: Mapped[str] = mapped_column(ForeignKey("drops.id"))
+    buyer_key: Mapped[str] = mapped_column(String(320))
+    email: Mapped[str] = mapped_column(String(320))
+    # SHA-256 of "<drop id>\n<buyer key>": how the entry is published (raffle_draw).
+    entrant: Mapped[str] = mapped_column(String(64))
+    rank: Mapped[int | None] = mapped_column(default=None)
+    status: Mapped[str] = mapped_column(String(16))
+    offer_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    checkout_session_id: Mapped[str | None] = mapped_column(String(40), default=None)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -5,11 +5,13 @@ from typing import Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, Field, StrictInt, model_validator
 
+from stallholder.inventory import raffle_draw
 from stallholder.inventory.drops import DropView
 from stallholder.inventory.imports import ImportSummary
-from stallholder.inventory.models import IncomingBatch, Location, StockMovement
+from stallholder.inventory.models import DropEntry, IncomingBatch, Location, StockMovement
+from stallholder.inventory.raffles import DrawView
 from stallholder.inventory.stock import AdjustmentKind, SkuStock
-from stallholder.kit.schemas import Input
+from stallholder.kit.schemas import Email, Input
 from stallholder.spreadsheets.inventory import TemplateKind
 
 # A count or change of stock: far above any small-batch run, far below BIGINT.
@@ -254,10 +256,17 @@ class DropCreate(Input):
     name: str = Field(min_length=1, max_length=200)
     opens_at: AwareDatetime
     closes_at: AwareDatetime
-    mode: Literal["first_come"] = Field(
+    mode: Literal["first_come", "raffle"] = Field(
         default="first_come",
-        description="first_come: units go to buyers in the order they "
-        "open checkout sessions (raffles come later).",
+        description="first_come: units go to buyers in the order they open checkout "
+        "sessions. raffle: buyers enter during the window; at closes_at a public draw "
+        "offers one unit each to as many entrants as there are units (docs/raffles.md).",
+    )
+    claim_minutes: StrictInt = Field(
+        default=60,
+        ge=5,
+        le=10_080,
+        description="raffle: how long a winner has to open a checkout session for their unit",
     )
     per_customer_limit: StrictInt | None = Field(default=None, ge=1, le=1_000)
     reservation_minutes: StrictInt = Field(default=10, ge=1, le=60)
@@ -284,7 +293,69 @@ class DropOut(BaseModel):
     reservation_minutes: int
     remaining: int
     items: list[DropItemOut]
+    # Raffles: the SHA-256 of the committed seed, when the draw ran, a winner's window.
+    seed_hash: str | None
+    drawn_at: datetime | None
+    claim_minutes: int
     created: datetime
+
+
+class EntryCreate(Input):
+    email: Email
+
+
+class EntryOut(BaseModel):
+    object: Literal["drop_entry"] = "drop_entry"
+    id: str
+    drop: str
+    entrant: str = Field(description="how the entry is published in the draw")
+    status: Literal["entered", "offered", "claimed", "passed"]
+    rank: int | None
+    offer_expires_at: datetime | None
+    created: datetime
+
+
+class DrawOut(BaseModel):
+    object: Literal["raffle_draw"] = "raffle_draw"
+    drop: str
+    algorithm: str
+    seed_hash: str
+    seed: str | None = Field(description="revealed once drawn")
+    drawn_at: datetime | None
+    units: int
+    entrants: list[str] = Field(description="every entry's pseudonym, ascending")
+    winners: list[str] = Field(description="offered a unit at the draw, in draw order")
+    offered: list[str] = Field(
+        description="everyone offered a unit so far (winners and those units passed to)"
+    )
+
+
+def entry_out(entry: DropEntry) -> EntryOut:
+    return EntryOut(
+        id=entry.id,
+        drop=entry.drop_id,
+        entrant=entry.entrant,
+        status=entry.status,
+        rank=entry.rank,
+        offer_expires_at=entry.offer_expires_at,
+        created=entry.created_at,
+    )
+
+
+def draw_out(view: DrawView) -> DrawOut:
+    drop = view.drop
+    assert drop.seed_hash is not None
+    return DrawOut(
+        drop=drop.id,
+        algorithm=raffle_draw.ALGORITHM,
+        seed_hash=drop.seed_hash,
+        seed=drop.seed if drop.drawn_at is not None else None,
+        drawn_at=drop.drawn_at,
+        units=view.units,
+        entrants=view.entrants,
+        winners=view.winners,
+        offered=view.offered,
+    )
 
 
 def drop_out(view: DropView, *, now: datetime) -> DropOut:
@@ -309,5 +380,8 @@ def drop_out(view: DropView, *, now: datetime) -> DropOut:
             )
             for item in view.items
         ],
+        seed_hash=drop.seed_hash,
+        drawn_at=drop.drawn_at,
+        claim_minutes=drop.claim_minutes,
         created=drop.created_at,
     )

@@ -25,6 +25,7 @@ from stallholder.checkout.tasks import (
 )
 from stallholder.events.tasks import DISPATCH_BATCH, Consumer, dispatch_events, webhook_kind
 from stallholder.events.webhooks import queue_deliveries
+from stallholder.inventory import tasks as inventory_tasks
 from stallholder.kit import work
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database, async_url
@@ -127,6 +128,7 @@ def kinds_for(settings: Settings, gateway: Gateway) -> list[work.Kind[Resources]
         AUTO_TOP_UP,
         *_settlement_kinds(settings),
         *billing.kinds(lease=timedelta(seconds=settings.billing_work_lease_seconds)),
+        *inventory_tasks.kinds(),
     ]
     inbox_kind = INBOX_KINDS.get(gateway.name)
     if inbox_kind is not None:

@@ -30,6 +30,7 @@ SUBJECTS: dict[str, str] = {
     "invoice_payment_failed": "Your {{ merchant }} subscription payment did not go through",
     "subscription_reminder": "{{ headline }}",
     "subscription_canceled": "Your {{ merchant }} subscription is canceled",
+    "raffle_offer": "You can buy from {{ merchant }}'s {{ drop_name }}",
 }
 
 

@@ -258,6 +258,25 @@ async def payment_failed(
     )
 
 
+async def raffle_offer(
+    session: AsyncSession, *, event_id: str, creator_id: str, offer: Mapping[str, Any]
+) -> NewEmail:
+    """Tell a raffle entrant they may buy one unit until the offer expires
+    (``drop.raffle_offer``)."""
+    creator = await accounts.get_creator(session, creator_id)
+    return compose(
+        creator_id=creator_id,
+        kind="raffle_offer",
+        to=str(offer["email"]),
+        dedupe_key=f"{event_id}:raffle_offer",
+        context={
+            "merchant": creator.display_name,
+            "drop_name": offer["drop_name"],
+            "expires_at": str(offer["expires_at"]),
+        },
+    )
+
+
 async def webhook_endpoint_disabled(
     session: AsyncSession, *, event_id: str, creator_id: str, endpoint: Mapping[str, Any]
 ) -> NewEmail | None:

@@ -76,6 +76,10 @@ async def _email_for_event(session: AsyncSession, event: Event) -> service.NewEm
         return await service.payment_failed(
             session, event_id=event.id, creator_id=event.creator_id, attempt=data
         )
+    if event.type == "drop.raffle_offer":
+        return await service.raffle_offer(
+            session, event_id=event.id, creator_id=event.creator_id, offer=data
+        )
     if event.type == "webhook_endpoint.disabled":
         return await service.webhook_endpoint_disabled(
             session, event_id=event.id, creator_id=event.creator_id, endpoint=data
