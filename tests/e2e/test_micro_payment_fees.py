@@ -12,7 +12,9 @@ import pytest
 from sqlalchemy import func, select
 
 from stallholder.kit.db import Database
+from stallholder.ledger import service as ledger
 from stallholder.payments.models import SandboxCharge
+from stallholder.wallets import service as wallets
 from tests.conftest import ADMIN_KEY, Api, bearer
 
 pytestmark = pytest.mark.anyio
@@ -227,3 +229,42 @@ async def test_a_publishable_key_cannot_read_the_fee_report(api: Api) -> None:
     response = await api.http.get("/v1/reports/fees", headers=bearer(creator["publishable_key"]))
     assert response.status_code == 403
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_cancelling_at_once_in_the_cooling_off_window_refunds_to_the_wallet(
+    api: Api, database: Database
+) -> None:
+    plans = await ThreePlans(api).start()
+    await _ok(
+        api,
+        f"/v1/customers/{plans.customers[0]}/wallet/top_ups",
+        plans.keys[0],
+        {"amount": 2000, "currency": "usd"},
+    )
+    subscriptions = await plans.subscribe_all()  # 900 from the wallet: 1100 left
+    await plans.advance("2026-03-04T12:00:00Z")  # 3 of 31 days used
+    ended = await _ok(
+        api,
+        f"/v1/subscriptions/{subscriptions[1]}/cancel",
+        plans.keys[1],
+        {"at_period_end": False},
+        status=200,
+    )
+    # 28 of 31 days unused: 300 × 28 ÷ 31 = 270 (rounded down), back to the wallet.
+    assert (ended["status"], ended["cancellation"]["refunded_amount"]) == ("canceled", 270)
+    wallet = await api.http.get(
+        f"/v1/customers/{plans.customers[1]}/wallet", headers=bearer(plans.keys[1])
+    )
+    body = wallet.json()
+    assert body["balances"] == [{"currency": "usd", "amount": 1370, "auto_top_up": None}]
+    refund = body["transactions"]["data"][0]
+    assert {k: refund[k] for k in ("type", "amount", "purpose", "balance_after")} == {
+        "type": "refund",
+        "amount": 270,
+        "purpose": "invoice",
+        "balance_after": 1370,
+    }
+    assert await _charges(database) == 1  # the top-up; nothing went through a card
+    async with database.unit_of_work() as session:
+        assert (await ledger.verify(session)).is_clean
+        assert (await wallets.mismatched_wallets(session))[1] == []

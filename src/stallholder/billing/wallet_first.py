@@ -59,3 +59,13 @@ async def pay_invoice(
         return None
     invoice.wallet_transaction_id = payment.transaction.id
     return payment
+
+
+async def refund_invoice(
+    session: AsyncSession, *, invoice: Invoice, amount: int, at: datetime
+) -> None:
+    """Give ``amount`` of a wallet-paid invoice back to the buyer's wallet (an immediate
+    cancellation inside the cooling-off window), once per invoice."""
+    await wallets.refund_to_wallet(
+        session, purpose=PURPOSE, purpose_id=invoice.id, amount=amount, now=at
+    )
