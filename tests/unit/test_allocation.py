@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stallholder.billing.allocation import allocate
+from stallholder.billing.fees_report import percent_of
 
 
 def test_three_equal_invoices_share_a_fee_that_does_not_divide_by_three() -> None:
@@ -76,3 +77,14 @@ def test_a_larger_weight_never_gets_less(total: int, weights: list[int]) -> None
         for j, weight_j in enumerate(weights):
             if weight_i > weight_j:
                 assert parts[i] >= parts[j]
+
+
+def test_fee_percentages_are_two_decimals_rounded_half_up_from_integers() -> None:
+    assert percent_of(26, 600) == "4.33"
+    assert percent_of(78, 600) == "13.00"
+    assert percent_of(65, 900) == "7.22"
+    assert percent_of(1, 8) == "12.50"
+    assert percent_of(1, 200) == "0.50"
+    assert percent_of(1, 3) == "33.33"
+    assert percent_of(2, 3) == "66.67"
+    assert percent_of(5, 0) == "0.00"
