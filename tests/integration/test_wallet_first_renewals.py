@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import select
 
 from stallholder.billing import renewal, tasks
-from stallholder.billing.models import Invoice
+from stallholder.billing.models import Invoice, Subscription
 from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
 from stallholder.orders.models import Order
+from stallholder.payments import methods
 from stallholder.payments.gateway import SandboxGateway
 from stallholder.payments.models import SandboxCharge
 from stallholder.payments.sandbox import DatabaseChargeStore
@@ -147,4 +148,54 @@ async def test_a_wallet_that_holds_less_pays_nothing_and_the_card_pays_it_all(
         keys = (await session.execute(select(SandboxCharge.idempotency_key))).scalars().all()
         assert f"{invoice_id}:attempt:1" in keys
         assert len(keys) == 2
+    await _books_are_exact(database)
+
+
+async def test_a_top_up_after_a_failed_charge_pays_the_dunning_retry_from_the_wallet(
+    database: Database, gateway: SandboxGateway, settings: Settings
+) -> None:
+    subscription_id, invoice_id = await _subscribed(
+        database, gateway, token="tok_chargeCustomerFail"
+    )
+    policy = tasks.policy_from(settings)
+    await renewal.charge_invoice(
+        database, gateway, invoice_id=invoice_id, attempt=1, policy=policy, now=T0
+    )
+    async with database.unit_of_work() as session:
+        invoice = await session.get(Invoice, invoice_id)
+        assert invoice is not None
+        assert (invoice.status, invoice.attempt_count) == ("open", 1)
+        assert invoice.next_payment_attempt is not None
+        creator_id, customer_id = invoice.creator_id, invoice.customer_id
+    # The buyer tops the wallet up with another card.
+    card = await methods.save_payment_method(
+        database, gateway, creator_id=creator_id, customer_id=customer_id, token="tok_visa", now=T0
+    )
+    outcome = await wallets.top_up(
+        database,
+        gateway,
+        creator_id=creator_id,
+        customer_id=customer_id,
+        amount=1000,
+        currency="usd",
+        payment_method_id=card.method.id,
+        request_key=None,
+        resolve_after=T0 + timedelta(minutes=5),
+        now=T0,
+    )
+    assert outcome.error is None
+    await renewal.charge_invoice(
+        database, gateway, invoice_id=invoice_id, attempt=2, policy=policy, now=T0
+    )
+    async with database.unit_of_work() as session:
+        invoice = await session.get(Invoice, invoice_id)
+        subscription = await session.get(Subscription, subscription_id)
+        assert invoice is not None
+        assert subscription is not None
+        assert (invoice.status, invoice.amount_paid, invoice.attempt_count) == ("paid", 300, 1)
+        assert invoice.wallet_transaction_id is not None
+        assert invoice.next_payment_attempt is None
+        assert subscription.status == "active"
+        keys = (await session.execute(select(SandboxCharge.idempotency_key))).scalars().all()
+        assert f"{invoice_id}:attempt:2" not in keys
     await _books_are_exact(database)
