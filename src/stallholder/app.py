@@ -23,6 +23,7 @@ from stallholder.accounts.api import router as accounts_router
 from stallholder.accounts.auth import SECURITY_SCHEMES, authenticate_header
 from stallholder.accounts.service import KeyCache, Principal, resolve_admin_key
 from stallholder.billing.api import router as billing_router
+from stallholder.billing.fees_api import router as fees_router
 from stallholder.catalog.api import router as catalog_router
 from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
@@ -300,6 +301,7 @@ def create_app(
         payments_router,
         shipping_router,
         billing_router,
+        fees_router,
         wallets_router,
     ):
         app.include_router(router)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.billing import lifecycle, proration, reminders
+from stallholder.billing import lifecycle, proration, reminders, wallet_first
 from stallholder.billing.models import Invoice, Subscription
 from stallholder.billing.renewal import end_subscription
 from stallholder.billing.schemas import amount_of
@@ -114,6 +114,19 @@ async def cancel(
             )
             refund_order_id = paid.order_id if refund_amount > 0 else None
             subscription.refunded_amount = refund_amount if refund_order_id else 0
+        elif paid is not None and paid.wallet_transaction_id is not None and is_cooling_off:
+            # Paid from the wallet: refunded to the wallet, here and now (ADR 0016).
+            refund_amount = proration.prorated_refund(
+                period_start=paid.period_start,
+                period_end=paid.period_end,
+                at=at,
+                amount_paid=paid.amount_paid,
+            )
+            if refund_amount > 0:
+                await wallet_first.refund_invoice(
+                    session, invoice=paid, amount=refund_amount, at=at
+                )
+            subscription.refunded_amount = refund_amount
         for invoice in await _open_invoices(session, subscription.id):
             invoice.status = "void"
             invoice.voided_at = at

@@ -133,6 +133,8 @@ class Invoice(Base):
         ForeignKey("payment_attempts.id"), default=None
     )
     order_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # Paid from the buyer's wallet (ADR 0016): the wallet movement, and no charge.
+    wallet_transaction_id: Mapped[str | None] = mapped_column(String(40), default=None)
     last_failure: Mapped[str | None] = mapped_column(String(500), default=None)
     paid_at: Mapped[datetime | None] = mapped_column(default=None)
     voided_at: Mapped[datetime | None] = mapped_column(default=None)

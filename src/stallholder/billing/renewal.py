@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Customer
-from stallholder.billing import dunning, lifecycle, periods, reminders, schedule
+from stallholder.billing import dunning, lifecycle, periods, reminders, schedule, wallet_first
 from stallholder.billing.models import Invoice, Subscription
 from stallholder.billing.schemas import plan_of
 from stallholder.billing.subscriptions import (
@@ -233,6 +233,15 @@ async def _begin(
     subscription = await session.get(Subscription, invoice.subscription_id)
     assert subscription is not None
     at = await billing_now(session, test_clock_id=subscription.test_clock_id, now=now)
+    # The buyer's wallet first, when it holds the whole amount (ADR 0016).
+    paid = await wallet_first.pay_invoice(session, invoice=invoice, fees=policy.fees, at=at)
+    if paid is not None:
+        locked = await session.get(Subscription, subscription.id, with_for_update=True)
+        assert locked is not None
+        await _settle_paid(
+            session, invoice=invoice, subscription=locked, amount=paid.split.gross, at=at
+        )
+        return None
     method = await _method_for(session, subscription)
     if method is None:
         invoice.attempt_count = number
@@ -388,10 +397,25 @@ async def _paid(
         now=at,
         invoice_id=invoice.id,
     )
-    invoice.status = "paid"
-    invoice.amount_paid = attempt.amount
     invoice.payment_attempt_id = attempt.id
     invoice.order_id = order.id
+    await _settle_paid(
+        session, invoice=invoice, subscription=subscription, amount=attempt.amount, at=at
+    )
+
+
+async def _settle_paid(
+    session: AsyncSession,
+    *,
+    invoice: Invoice,
+    subscription: Subscription,
+    amount: int,
+    at: datetime,
+) -> None:
+    """The invoice is paid in full (by a charge or from the wallet): say so, and bring a
+    subscription that waited for it back to active."""
+    invoice.status = "paid"
+    invoice.amount_paid = amount
     invoice.paid_at = at
     invoice.next_payment_attempt = None
     invoice.updated_at = at

@@ -295,6 +295,8 @@ class InvoiceOut(Output):
     last_payment_error: str | None
     charge: str | None
     order: str | None
+    # The wallet movement that paid it, when the buyer's wallet did (no charge then).
+    wallet_transaction: str | None
     lines: list[InvoiceLineOut]
     paid_at: datetime | None
     created: datetime
@@ -320,6 +322,7 @@ def invoice_out(invoice: Invoice) -> InvoiceOut:
         last_payment_error=invoice.last_failure,
         charge=invoice.payment_attempt_id,
         order=invoice.order_id,
+        wallet_transaction=invoice.wallet_transaction_id,
         lines=[
             InvoiceLineOut(
                 price=line.price_id,

@@ -72,7 +72,8 @@ class WalletTopUp(Base):
 
 
 class WalletTransaction(Base):
-    """One movement of a wallet's balance: ``top_up`` (+) or ``payment`` (−) to a creator.
+    """One movement of a wallet's balance: ``top_up`` (+), ``payment`` (−) to a creator, or
+    ``refund`` (+) of such a payment (an immediate cancellation in the cooling-off window).
     At most one per (type, purpose, reference): a top-up credits once, and a purpose (an
     invoice) is paid from the wallet once. ``creator_id`` is the creator paid, or whose
     customer asked for the top-up; a creator is shown only its own payments."""

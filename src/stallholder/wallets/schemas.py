@@ -64,11 +64,12 @@ class BalanceOut(BaseModel):
 class WalletTransactionOut(BaseModel):
     object: Literal["wallet_transaction"] = "wallet_transaction"
     id: str
-    type: Literal["top_up", "payment"]
+    type: Literal["top_up", "payment", "refund"]
     amount: int
     currency: str
     balance_after: int
-    # What a payment paid for (purpose and its id); None for a top-up.
+    # What a payment paid for, or a refund gave back (purpose and its id); None for a
+    # top-up.
     purpose: str | None
     reference: str | None
     created: datetime
@@ -116,14 +117,21 @@ def balance_out(wallet: Wallet) -> BalanceOut:
 
 
 def transaction_out(transaction: WalletTransaction) -> WalletTransactionOut:
-    is_payment = transaction.type == "payment"
+    kind: Literal["top_up", "payment", "refund"] = (
+        "payment"
+        if transaction.type == "payment"
+        else "refund"
+        if transaction.type == "refund"
+        else "top_up"
+    )
+    is_for_purpose = kind != "top_up"
     return WalletTransactionOut(
         id=transaction.id,
-        type="payment" if is_payment else "top_up",
+        type=kind,
         amount=transaction.amount,
         currency=transaction.currency,
         balance_after=transaction.balance_after,
-        purpose=transaction.purpose if is_payment else None,
-        reference=transaction.reference_id if is_payment else None,
+        purpose=transaction.purpose if is_for_purpose else None,
+        reference=transaction.reference_id if is_for_purpose else None,
         created=transaction.created_at,
     )

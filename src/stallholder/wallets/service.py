@@ -31,7 +31,8 @@ from stallholder.kit.errors import Conflict, DomainError, InvalidRequest
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
 from stallholder.ledger import service as ledger
-from stallholder.ledger.fees import FeePolicy, Split, payment_split, platform_fee
+from stallholder.ledger.fees import FeePolicy, Split, payment_split, platform_fee, refund_split
+from stallholder.ledger.models import JournalLine, JournalTransaction
 from stallholder.payments import methods
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import ChargeResult, Gateway
@@ -418,6 +419,94 @@ async def pay_from_wallet(
     assert wallet is not None
     await _top_up_if_low(session, wallet=wallet, balance=balance, now=now)
     return WalletPayment(transaction=transaction, split=split)
+
+
+async def _paid_split(session: AsyncSession, *, purpose_id: str, amount: int) -> Split:
+    """How the wallet payment for ``purpose_id`` split when it was made, read back from its
+    journal transaction (the creator's terms may have changed since)."""
+    lines = (
+        await session.execute(
+            select(JournalLine.account, JournalLine.amount)
+            .join(JournalTransaction, JournalTransaction.id == JournalLine.transaction_id)
+            .where(
+                JournalTransaction.kind == "wallet_payment",
+                JournalTransaction.reference_id == purpose_id,
+            )
+        )
+    ).all()
+    fee = sum(line.amount for line in lines if line.account == ledger.PLATFORM_FEES)
+    return payment_split(amount, platform_fee=fee, processor_fee=0)
+
+
+async def refund_to_wallet(
+    session: AsyncSession, *, purpose: str, purpose_id: str, amount: int, now: datetime
+) -> WalletTransaction:
+    """Give ``amount`` of what the wallet paid for ``purpose_id`` back to the wallet, in
+    the caller's transaction: the balance grows by an atomic update and the ledger moves
+    the creator's share and the platform's fee back to the wallet liability, pro rata
+    (``refund_split``). Once per purpose: asking again returns the first refund.
+
+    Raises:
+        ValueError: nothing was paid from the wallet for it, or ``amount`` is not within
+            (0, what was paid] (a programming error).
+    """
+    existing = (
+        await session.execute(
+            select(WalletTransaction).where(
+                WalletTransaction.type.in_(("payment", "refund")),
+                WalletTransaction.purpose == purpose,
+                WalletTransaction.reference_id == purpose_id,
+            )
+        )
+    ).scalars()
+    by_type = {transaction.type: transaction for transaction in existing}
+    if "refund" in by_type:
+        return by_type["refund"]
+    payment = by_type.get("payment")
+    if payment is None:
+        raise ValueError(f"{purpose} {purpose_id} was not paid from a wallet")
+    paid = -payment.amount
+    split = refund_split(
+        await _paid_split(session, purpose_id=purpose_id, amount=paid),
+        refunded_before=0,
+        amount=amount,
+    )
+    buyer_id, balance = (
+        await session.execute(
+            update(Wallet)
+            .where(Wallet.id == payment.wallet_id)
+            .values(balance=Wallet.balance + amount, updated_at=now)
+            .returning(Wallet.buyer_id, Wallet.balance)
+        )
+    ).one()
+    refund = WalletTransaction(
+        id=new_id("wtx"),
+        wallet_id=payment.wallet_id,
+        creator_id=payment.creator_id,
+        type="refund",
+        amount=amount,
+        currency=payment.currency,
+        purpose=purpose,
+        reference_id=purpose_id,
+        balance_after=balance,
+        created_at=now,
+    )
+    session.add(refund)
+    await session.flush()
+    await ledger.post(
+        session,
+        creator_id=payment.creator_id,
+        kind="wallet_refund",
+        reference_id=purpose_id,
+        currency=payment.currency,
+        lines=[
+            ledger.Line(line.account, -line.amount)
+            for line in ledger.wallet_payment_lines(buyer_id, payment.creator_id, split)
+        ],
+        description=f"{purpose} {purpose_id} refunded to the wallet",
+        now=now,
+    )
+    return refund
 
 
 async def _top_up_if_low(

@@ -1,0 +1,270 @@
+"""The $3 case over HTTP with a test clock, on SQLite and PostgreSQL (ADR 0016): one
+buyer with three creators' $3/month plans. Charged by card, every invoice is a charge of
+its own and the fee report shows 13% beside the same per-charge figure; with a $20 wallet
+top-up the renewals are paid from the wallet, one card charge in all, and the effective
+fee is 4.33% beside 13% — until the wallet runs short and the card pays again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from stallholder.kit.db import Database
+from stallholder.ledger import service as ledger
+from stallholder.payments.models import SandboxCharge
+from stallholder.wallets import service as wallets
+from tests.conftest import ADMIN_KEY, Api, bearer
+
+pytestmark = pytest.mark.anyio
+
+CREATORS = ("Paper Lantern Zines", "Kiln and Clay", "Seed Library")
+
+
+@pytest.fixture
+def database_url(any_database_url: str) -> str:
+    return any_database_url
+
+
+async def _ok(api: Api, path: str, key: str, body: dict[str, Any], status: int = 201) -> Any:
+    response = await api.http.post(path, headers=bearer(key), json=body)
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+async def _charges(database: Database) -> int:
+    async with database.unit_of_work() as session:
+        return int(
+            (await session.execute(select(func.count()).select_from(SandboxCharge))).scalar_one()
+        )
+
+
+async def _report(api: Api, key: str) -> list[dict[str, Any]]:
+    response = await api.http.get("/v1/reports/fees", headers=bearer(key))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "fee_report"
+    rows: list[dict[str, Any]] = body["data"]
+    return rows
+
+
+class ThreePlans:
+    """Three creators with a $3/month plan each, and one buyer (one email) behind a
+    customer of each, on an admin test clock."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.keys: list[str] = []
+        self.creators: list[str] = []
+        self.prices: list[str] = []
+        self.customers: list[str] = []
+        self.methods: list[str] = []
+        self.clock = ""
+
+    async def start(self) -> ThreePlans:
+        clock = await _ok(
+            self.api,
+            "/v1/test_clocks",
+            ADMIN_KEY,
+            {"frozen_time": "2026-03-01T12:00:00Z", "name": "three plans"},
+        )
+        self.clock = clock["id"]
+        for name in CREATORS:
+            creator = await self.api.creator(
+                name=name, email=f"{name.split()[0].lower()}@example.com"
+            )
+            key = creator["secret_key"]
+            product = await self.api.product(key, kind="digital", name=f"{name} club")
+            price = await self.api.price(
+                key, product=product["id"], unit_amount=300, recurring={"interval": "month"}
+            )
+            customer = await _ok(
+                self.api,
+                "/v1/customers",
+                key,
+                {"email": "reader@example.com", "time_zone": "UTC", "test_clock": self.clock},
+            )
+            method = await _ok(
+                self.api,
+                f"/v1/customers/{customer['id']}/payment_methods",
+                key,
+                {"token": "tok_visa"},
+            )
+            self.keys.append(key)
+            self.creators.append(creator["id"])
+            self.prices.append(price["id"])
+            self.customers.append(customer["id"])
+            self.methods.append(method["id"])
+        return self
+
+    async def subscribe_all(self) -> list[str]:
+        subscriptions = []
+        for key, price, customer, method in zip(
+            self.keys, self.prices, self.customers, self.methods, strict=True
+        ):
+            subscription = await _ok(
+                self.api,
+                "/v1/subscriptions",
+                key,
+                {
+                    "customer": customer,
+                    "items": [{"price": price, "quantity": 1}],
+                    "default_payment_method": method,
+                },
+            )
+            assert subscription["status"] == "active"
+            subscriptions.append(subscription["id"])
+        return subscriptions
+
+    async def advance(self, frozen_time: str) -> None:
+        await _ok(
+            self.api,
+            f"/v1/test_clocks/{self.clock}/advance",
+            ADMIN_KEY,
+            {"frozen_time": frozen_time},
+            status=200,
+        )
+
+    async def invoices(self, index: int, subscription: str) -> list[tuple[str, Any, Any]]:
+        response = await self.api.http.get(
+            "/v1/invoices",
+            headers=bearer(self.keys[index]),
+            params={"subscription": subscription, "limit": 100},
+        )
+        assert response.status_code == 200, response.text
+        return [
+            (invoice["status"], invoice["charge"] is not None, invoice["wallet_transaction"])
+            for invoice in reversed(response.json()["data"])
+        ]
+
+
+def _row(creator: str, **figures: Any) -> dict[str, Any]:
+    return {"object": "creator_fees", "creator": creator, "currency": "usd", **figures}
+
+
+async def test_by_card_every_3_dollar_renewal_is_a_charge_that_loses_13_percent(
+    api: Api, database: Database
+) -> None:
+    plans = await ThreePlans(api).start()
+    await plans.subscribe_all()
+    await plans.advance("2026-04-01T12:00:00Z")
+    assert await _charges(database) == 6  # 3 signups and 3 renewals, one charge each
+
+    expected = [
+        _row(
+            creator,
+            invoices_paid=2,
+            paid_by_card=2,
+            paid_from_wallet=0,
+            gross=600,
+            processing_fees=78,  # 2 × (2.9% of 300 + 30) = 2 × 39
+            effective_fee_percent="13.00",
+            separate_charges_fees=78,
+            separate_charges_percent="13.00",
+            saved=0,
+        )
+        for creator in sorted(plans.creators)
+    ]
+    assert await _report(api, ADMIN_KEY) == expected
+
+
+async def test_the_3_dollar_case_with_a_20_dollar_wallet_costs_under_5_percent(
+    api: Api, database: Database
+) -> None:
+    plans = await ThreePlans(api).start()
+    top_up = await _ok(
+        api,
+        f"/v1/customers/{plans.customers[0]}/wallet/top_ups",
+        plans.keys[0],
+        {"amount": 2000, "currency": "usd"},
+    )
+    assert top_up["status"] == "succeeded"
+    subscriptions = await plans.subscribe_all()
+    await plans.advance("2026-04-01T12:00:00Z")
+
+    # Six invoices (three signups, three renewals) and one card charge: the top-up.
+    assert await _charges(database) == 1
+    for index, subscription in enumerate(subscriptions):
+        paid = await plans.invoices(index, subscription)
+        assert [(status, charged) for status, charged, _ in paid] == [("paid", False)] * 2
+        assert all(movement is not None for _, _, movement in paid)
+    # The top-up's fee (2.9% of 2000 + 30 = 88) falls on the $18 spent at 4.4%: 13 per
+    # $3 invoice, 26 of each creator's 600 (4.33%), beside 78 (13%) charged one by one.
+    expected = {
+        creator: _row(
+            creator,
+            invoices_paid=2,
+            paid_by_card=0,
+            paid_from_wallet=2,
+            gross=600,
+            processing_fees=26,
+            effective_fee_percent="4.33",
+            separate_charges_fees=78,
+            separate_charges_percent="13.00",
+            saved=52,
+        )
+        for creator in plans.creators
+    }
+    assert await _report(api, ADMIN_KEY) == [expected[c] for c in sorted(plans.creators)]
+    # A creator's key sees its own row only.
+    assert await _report(api, plans.keys[1]) == [expected[plans.creators[1]]]
+    wallet = await api.http.get(
+        f"/v1/customers/{plans.customers[2]}/wallet", headers=bearer(plans.keys[2])
+    )
+    assert wallet.json()["balances"] == [{"currency": "usd", "amount": 200, "auto_top_up": None}]
+
+    # The wallet holds 200, less than a $3 renewal: the cards pay May's three in full.
+    await plans.advance("2026-05-01T12:00:00Z")
+    assert await _charges(database) == 4
+    for index, subscription in enumerate(subscriptions):
+        paid = await plans.invoices(index, subscription)
+        assert [(status, charged) for status, charged, _ in paid][-1] == ("paid", True)
+    assert [row["processing_fees"] for row in await _report(api, ADMIN_KEY)] == [65, 65, 65]
+    assert [row["effective_fee_percent"] for row in await _report(api, ADMIN_KEY)] == ["7.22"] * 3
+
+
+async def test_a_publishable_key_cannot_read_the_fee_report(api: Api) -> None:
+    creator = await api.creator()
+    response = await api.http.get("/v1/reports/fees", headers=bearer(creator["publishable_key"]))
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_cancelling_at_once_in_the_cooling_off_window_refunds_to_the_wallet(
+    api: Api, database: Database
+) -> None:
+    plans = await ThreePlans(api).start()
+    await _ok(
+        api,
+        f"/v1/customers/{plans.customers[0]}/wallet/top_ups",
+        plans.keys[0],
+        {"amount": 2000, "currency": "usd"},
+    )
+    subscriptions = await plans.subscribe_all()  # 900 from the wallet: 1100 left
+    await plans.advance("2026-03-04T12:00:00Z")  # 3 of 31 days used
+    ended = await _ok(
+        api,
+        f"/v1/subscriptions/{subscriptions[1]}/cancel",
+        plans.keys[1],
+        {"at_period_end": False},
+        status=200,
+    )
+    # 28 of 31 days unused: 300 × 28 ÷ 31 = 270 (rounded down), back to the wallet.
+    assert (ended["status"], ended["cancellation"]["refunded_amount"]) == ("canceled", 270)
+    wallet = await api.http.get(
+        f"/v1/customers/{plans.customers[1]}/wallet", headers=bearer(plans.keys[1])
+    )
+    body = wallet.json()
+    assert body["balances"] == [{"currency": "usd", "amount": 1370, "auto_top_up": None}]
+    refund = body["transactions"]["data"][0]
+    assert {k: refund[k] for k in ("type", "amount", "purpose", "balance_after")} == {
+        "type": "refund",
+        "amount": 270,
+        "purpose": "invoice",
+        "balance_after": 1370,
+    }
+    assert await _charges(database) == 1  # the top-up; nothing went through a card
+    async with database.unit_of_work() as session:
+        assert (await ledger.verify(session)).is_clean
+        assert (await wallets.mismatched_wallets(session))[1] == []
