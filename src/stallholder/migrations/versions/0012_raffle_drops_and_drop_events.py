@@ -1,7 +1,7 @@
 """raffle drops: seed, draw and entries; announced drop states
 
-Revision ID: 0013
-Revises: 0014
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-11-30 14:58:18.148175
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import stallholder.kit.db
 
-revision: str = "0013"
-down_revision: str | None = "0014"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

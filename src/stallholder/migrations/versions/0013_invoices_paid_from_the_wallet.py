@@ -1,7 +1,7 @@
 """invoices paid from the wallet
 
-Revision ID: 0012
-Revises: 0013
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-11-30 14:45:28.502358
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0012"
-down_revision: str | None = "0013"
+revision: str = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,6 +1,6 @@
 """incoming production batches
 
-Revision ID: 0014
+Revision ID: 0011
 Revises: 0010
 Create Date: 2026-11-30 14:42:57.062638
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 import stallholder.kit.db
 
-revision: str = "0014"
+revision: str = "0011"
 down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
