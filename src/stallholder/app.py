@@ -22,7 +22,9 @@ from stallholder import __version__
 from stallholder.accounts.api import router as accounts_router
 from stallholder.accounts.auth import SECURITY_SCHEMES, authenticate_header
 from stallholder.accounts.service import Principal, resolve_admin_key
+from stallholder.billing import checkout as billing_checkout
 from stallholder.billing.api import router as billing_router
+from stallholder.billing.tasks import policy_from
 from stallholder.catalog.api import router as catalog_router
 from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
@@ -286,6 +288,9 @@ def create_app(
     app.state.clock = clock
     app.state.gateway = payments
     app.state.admin_key = admin_key
+    # The checkout API confirms subscription-mode sessions through this port (billing sits
+    # above checkout; docs/architecture.md, "Subscription checkout").
+    app.state.subscription_confirmer = billing_checkout.confirmer(policy_from(settings))
 
     for router in (
         accounts_router,
