@@ -6,14 +6,21 @@ charges the first invoice once, however the confirm is retried; and the hosted p
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from stallholder import demo
 from stallholder.billing.models import Subscription
+from stallholder.catalog.models import Price
+from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
+from stallholder.ledger.service import platform_fee_policy
+from stallholder.payments.config import gateway_from_settings
 from stallholder.payments.models import PaymentMethodGrant, SandboxCharge
+from stallholder.settings import Settings
 from tests.conftest import Api, bearer
 
 pytestmark = pytest.mark.anyio
@@ -207,3 +214,28 @@ async def test_subscribe_on_the_hosted_page(api: Api, database: Database) -> Non
     assert "You are subscribed" in twice.text
     assert await _count(database, select(func.count()).select_from(SandboxCharge)) == 1
     assert await _count(database, select(func.count()).select_from(Subscription)) == 1
+
+
+async def test_the_demo_zine_plan_is_subscribable(
+    client: Any, database: Database, settings: Settings, clock: FrozenClock, tmp_path: Path
+) -> None:
+    await demo.seed(
+        database,
+        clock=clock,
+        gateway=gateway_from_settings(settings, database=database),
+        data_dir=tmp_path,
+        fees=platform_fee_policy(settings),
+        base_url=settings.base_url,
+    )
+    index = await client.get("/")
+    assert "subscriptions open soon" not in index.text
+    async with database.unit_of_work() as session:
+        price = (
+            await session.execute(
+                select(Price.id).where(Price.nickname == "$3 / month", Price.unit_amount == 300)
+            )
+        ).scalar_one()
+    assert f'href="/buy/{price}">Subscribe</a>' in index.text
+    page = await client.get((await client.get(f"/buy/{price}")).headers["location"])
+    assert "$3.00 every month, first charged today" in page.text
+    assert 'name="consent"' in page.text
