@@ -5,6 +5,7 @@ charges the first invoice once, however the confirm is retried; and the hosted p
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,24 @@ async def test_the_demo_zine_plan_is_subscribable(
     page = await client.get((await client.get(f"/buy/{price}")).headers["location"])
     assert "$3.00 every month, first charged today" in page.text
     assert 'name="consent"' in page.text
+
+
+async def test_racing_confirms_subscribe_and_charge_once(api: Api, database: Database) -> None:
+    key, price = await _plan(api)
+    opened = await _open(api, key, price)
+    url = f"/v1/checkout/sessions/{opened['id']}/confirm"
+    body = {"payment_method": "tok_visa", "consent": True}
+    answers = await asyncio.gather(
+        *(api.http.post(url, headers=bearer(key), json=body) for _ in range(3))
+    )
+    # Each answer is the complete session, or the first invoice's charge still at the
+    # gateway (409, retry for the outcome); never a second subscription or charge.
+    assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers]
+    final = await api.http.post(url, headers=bearer(key), json=body)
+    assert final.status_code == 200, final.text
+    assert final.json()["status"] == "complete"
+    assert {a.json()["subscription"] for a in answers if a.status_code == 200} <= {
+        final.json()["subscription"]
+    }
+    assert await _count(database, select(func.count()).select_from(SandboxCharge)) == 1
+    assert await _count(database, select(func.count()).select_from(Subscription)) == 1
