@@ -22,8 +22,10 @@ from stallholder import __version__
 from stallholder.accounts.api import router as accounts_router
 from stallholder.accounts.auth import SECURITY_SCHEMES, authenticate_header
 from stallholder.accounts.service import KeyCache, Principal, resolve_admin_key
+from stallholder.billing import checkout as billing_checkout
 from stallholder.billing.api import router as billing_router
 from stallholder.billing.fees_api import router as fees_router
+from stallholder.billing.tasks import policy_from
 from stallholder.catalog.api import router as catalog_router
 from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
@@ -288,6 +290,9 @@ def create_app(
     app.state.gateway = payments
     app.state.admin_key = admin_key
     app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
+    # The checkout API confirms subscription-mode sessions through this port (billing sits
+    # above checkout; docs/architecture.md, "Subscription checkout").
+    app.state.subscription_confirmer = billing_checkout.confirmer(policy_from(settings))
 
     for router in (
         accounts_router,

@@ -140,8 +140,9 @@ async def update_session(
         402: {"description": "The payment was declined or failed"},
         409: {"description": "The session expired, or its payment is still in progress"},
         422: {
-            "description": "A field is invalid, or the session ships physical items and "
-            "has no shipping_address yet (`shipping-address-required`)"
+            "description": "A field is invalid, the session ships physical items and "
+            "has no shipping_address yet (`shipping-address-required`), or it subscribes "
+            "and `consent` is not true (`consent-required`)"
         },
     },
 )
@@ -164,13 +165,39 @@ async def confirm_session(
     for the outcome, after the gateway answered."""
     if principal.kind == "publishable" and not body.client_secret:
         raise service.SessionNotFound(f"no checkout session {session_id!r}")
+    client_secret = body.client_secret if principal.kind == "publishable" else None
+    # Read in a unit of work of its own: the request's ``session`` is first used after the
+    # gateway answered (below), so it never reads a snapshot older than the outcome.
+    async with request.app.state.database.unit_of_work() as reading:
+        found = await service.get_session(
+            reading, creator_id=creator_id, session_id=session_id, client_secret=client_secret
+        )
+    if found.mode == "subscription":
+        confirmer: service.SubscriptionConfirmer = request.app.state.subscription_confirmer
+        outcome = await confirmer(
+            request.app.state.database,
+            request.app.state.gateway,
+            creator_id=creator_id,
+            session_id=session_id,
+            payment_method=body.payment_method,
+            client_secret=client_secret,
+            customer_email=body.customer_email,
+            consent=body.consent is True,
+            ip_address=request.client.host if request.client else None,
+            user_agent=request.headers.get("user-agent"),
+            base_url=settings.base_url,
+            now=now,
+        )
+        if outcome.error is not None:
+            return problem_response(outcome.error, instance=f"/v1/checkout/sessions/{session_id}")
+        return session_out(outcome.session, settings=settings, now=now)
     outcome = await service.confirm_session(
         request.app.state.database,
         request.app.state.gateway,
         creator_id=creator_id,
         session_id=session_id,
         payment_method=body.payment_method,
-        client_secret=body.client_secret if principal.kind == "publishable" else None,
+        client_secret=client_secret,
         customer_email=body.customer_email,
         default_fees=ledger.platform_fee_policy(settings),
         base_url=settings.base_url,

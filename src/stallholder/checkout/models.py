@@ -16,6 +16,12 @@ class CheckoutSession(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
     status: Mapped[str] = mapped_column(String(16))  # open | complete | expired
+    # payment (one-time prices) | subscription (recurring prices: confirming subscribes)
+    mode: Mapped[str] = mapped_column(String(16), default="payment", server_default="payment")
+    # Subscription mode: the renewal terms shown to the buyer, word for word (what the
+    # consent record keeps), and the subscription the confirm created.
+    renewal_terms: Mapped[str | None] = mapped_column(String(1000), default=None)
+    subscription_id: Mapped[str | None] = mapped_column(String(40), default=None)
     # unpaid | processing (the gateway is being asked) | requires_action | paid
     payment_status: Mapped[str] = mapped_column(String(24), default="unpaid")
     client_secret: Mapped[str] = mapped_column(String(100))

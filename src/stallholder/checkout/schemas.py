@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, Field, StrictInt
+from pydantic import AnyHttpUrl, BaseModel, Field, StrictBool, StrictInt
 
 from stallholder.checkout.models import CheckoutLink, CheckoutSession
 from stallholder.fulfilment.schemas import ShippingAddressIn
@@ -37,6 +37,8 @@ class ConfirmIn(Input):
     customer_email: Email | None = None
     # Sets or replaces the session's shipping address (and so its shipping line).
     shipping_address: ShippingAddressIn | None = None
+    # Subscription mode: the buyer agrees to the session's ``renewal_terms`` (required).
+    consent: StrictBool | None = None
 
 
 class SessionUpdate(Input):
@@ -91,6 +93,8 @@ class SessionOut(BaseModel):
     object: Literal["checkout.session"] = "checkout.session"
     id: str
     status: str
+    # payment | subscription (recurring prices: confirming subscribes the buyer)
+    mode: str
     payment_status: str
     client_secret: str
     url: str
@@ -107,6 +111,9 @@ class SessionOut(BaseModel):
     success_url: str | None
     cancel_url: str | None
     order: str | None
+    # Subscription mode: the terms the buyer agrees to, and the subscription once complete.
+    renewal_terms: str | None
+    subscription: str | None
     next_action: NextAction | None
     last_payment_error: PaymentErrorOut | None
     expires_at: datetime
@@ -146,6 +153,7 @@ def present_session(checkout: CheckoutSession, *, base_url: str, status: str) ->
     return SessionOut(
         id=checkout.id,
         status=status,
+        mode=checkout.mode,
         payment_status=checkout.payment_status,
         client_secret=checkout.client_secret,
         url=f"{base_url}/checkout/{checkout.id}",
@@ -181,6 +189,8 @@ def present_session(checkout: CheckoutSession, *, base_url: str, status: str) ->
         success_url=checkout.success_url,
         cancel_url=checkout.cancel_url,
         order=checkout.order_id,
+        renewal_terms=checkout.renewal_terms,
+        subscription=checkout.subscription_id,
         next_action=_next_action(checkout)
         if checkout.payment_status == "requires_action" and checkout.status == "open"
         else None,

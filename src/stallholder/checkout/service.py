@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,6 +42,7 @@ from stallholder.kit.errors import (
     ValidationFailed,
 )
 from stallholder.kit.ids import new_id, new_secret
+from stallholder.kit.money import Money
 from stallholder.ledger.fees import FeeSchedule, fees_before_charge
 from stallholder.orders import service as orders
 from stallholder.payments import service as payments
@@ -182,6 +184,10 @@ class _BuiltLines:
     # without a weight counts as 0 g).
     has_physical: bool = False
     weight_grams: int = 0
+    # Recurring prices (a subscription-mode session): their (interval, count) and the
+    # first price's trial.
+    plan: tuple[str, int] | None = None
+    trial_days: int = 0
 
 
 async def _build_lines(
@@ -191,6 +197,9 @@ async def _build_lines(
     currencies: set[str] = set()
     has_physical, weight_grams = False, 0
     found: dict[str, tuple[Price, Product] | None] = {}
+    recurring = False
+    first_plan: tuple[str, int] | None = None
+    trial_days = 0
     for position, line in enumerate(lines):
         if line.price_id not in found:
             found[line.price_id] = await _price_with_product(session, price_id=line.price_id)
@@ -198,6 +207,13 @@ async def _build_lines(
         if pair is None or pair[0].creator_id != creator_id:
             raise PriceNotPurchasable(f"line_items[{position}]: no price {line.price_id!r}")
         price, product = pair
+        if position == 0:
+            recurring = price.type == "recurring"
+        elif recurring and line.price_id in {item.price_id for item in items}:
+            raise InvalidLineItem(
+                f"line_items[{position}]: price {line.price_id} appears twice; a subscription "
+                "has each price once, use quantity instead"
+            )
         if not price.is_active:
             raise PriceNotPurchasable(f"line_items[{position}]: price {price.id} is archived")
         if product.status != "published":
@@ -205,11 +221,22 @@ async def _build_lines(
                 f"line_items[{position}]: product {product.id} is {product.status}; "
                 "publish it first"
             )
-        if price.type == "recurring":
-            raise PriceNotPurchasable(
-                f"line_items[{position}]: price {price.id} is recurring; subscriptions are not "
-                "sold through one-time checkout sessions yet, use a one-time price"
+        if recurring != (price.type == "recurring"):
+            raise InvalidLineItem(
+                f"line_items[{position}]: price {price.id} is "
+                f"{'recurring' if price.type == 'recurring' else 'one-time'} and "
+                f"line_items[0] is {'recurring' if recurring else 'one-time'}; a session "
+                "either subscribes (recurring prices only) or sells once (one-time prices "
+                "only)"
             )
+        if recurring and first_plan is not None and _plan_of(price) != first_plan:
+            raise InvalidLineItem(
+                f"line_items[{position}]: price {price.id} bills on another cycle than "
+                "line_items[0]; one subscription has one billing cycle"
+            )
+        if recurring and first_plan is None:
+            first_plan = _plan_of(price)
+            trial_days = price.trial_days or 0
         currencies.add(price.currency)
         variant = _pick_variant(product, line.variant_id, position)
         unit_amount = _unit_amount(price, line, position)
@@ -238,7 +265,41 @@ async def _build_lines(
         )
     (currency,) = currencies
     return _BuiltLines(
-        items=items, currency=currency, has_physical=has_physical, weight_grams=weight_grams
+        items=items,
+        currency=currency,
+        has_physical=has_physical,
+        weight_grams=weight_grams,
+        plan=first_plan,
+        trial_days=trial_days,
+    )
+
+
+def _plan_of(price: Price) -> tuple[str, int]:
+    assert price.recurring_interval is not None
+    return price.recurring_interval, price.recurring_interval_count or 1
+
+
+def renewal_terms(
+    *, amount: int, currency: str, plan: tuple[str, int], trial_days: int, now: datetime
+) -> str:
+    """The renewal terms a subscription-mode session shows, in plain words: what is
+    charged, how often, when first (after any trial), and how to cancel. Dates are UTC
+    calendar dates."""
+    interval, count = plan
+    price = Money(amount, currency).format()
+    every = f"every {interval}" if count == 1 else f"every {count} {interval}s"
+    if trial_days > 0:
+        first = (now + timedelta(days=trial_days)).strftime("%-d %B %Y")
+        start = (
+            f"Free for {trial_days} day{'s' if trial_days != 1 else ''}; then {price} "
+            f"{every}, first charged on {first}"
+        )
+    else:
+        start = f"{price} {every}, first charged today ({now.strftime('%-d %B %Y')})"
+    return (
+        f"{start}, renewing automatically until you cancel. Cancel any time before a "
+        "renewal and you are not charged again; the subscription then ends at the end of "
+        "the period you have paid for."
     )
 
 
@@ -298,10 +359,21 @@ async def create_session(
     total = sum(item.amount_total for item in items)
     if total > MAX_SESSION_TOTAL:
         raise InvalidLineItem(f"the session total {total} exceeds the maximum {MAX_SESSION_TOTAL}")
+    subscribing = built.plan is not None
     checkout = CheckoutSession(
         id=new_id("cs"),
         creator_id=creator_id,
         status="open",
+        mode="subscription" if subscribing else "payment",
+        renewal_terms=None
+        if built.plan is None
+        else renewal_terms(
+            amount=total,
+            currency=built.currency,
+            plan=built.plan,
+            trial_days=built.trial_days,
+            now=now,
+        ),
         payment_status="unpaid",
         client_secret="",
         customer_id=customer_id,
@@ -309,7 +381,10 @@ async def create_session(
         currency=built.currency,
         amount_subtotal=total,
         amount_total=total,
-        requires_shipping=built.has_physical
+        # Each renewal's shipping is the subscription's business (its delivery calendar),
+        # not the session's.
+        requires_shipping=not subscribing
+        and built.has_physical
         and await fulfilment.creator_ships(session, creator_id=creator_id),
         shipping_weight_grams=built.weight_grams,
         amount_shipping=0,
@@ -334,6 +409,9 @@ async def create_session(
         dedupe_key=checkout.id,
         creator_id=creator_id,
     )
+    if subscribing:
+        # A subscription sells no stock now: nothing to hold, no drop to claim.
+        return checkout
     # Last, so the hot rows stay locked for as short a time as the unit of work allows;
     # the drop's rows before the stock's (the lock order, ADR 0012).
     if drop is not None:
@@ -537,6 +615,69 @@ class ConfirmStart:
 PURPOSE: payments.Purpose = "checkout_session"
 
 
+class SubscriptionCheckoutUnavailable(Conflict):
+    """A subscription-mode session reached the one-time confirm (a wiring fault of the
+    caller: subscription sessions are confirmed by ``SubscriptionConfirmer``)."""
+
+    slug = "subscription-checkout-unavailable"
+    title = "This session subscribes and is confirmed through the subscription checkout"
+
+
+class SubscriptionConfirmer(Protocol):
+    """The port through which the checkout API confirms a subscription-mode session.
+
+    Billing sits above checkout (it may import checkout, never the reverse), so the use
+    case lives in ``billing.checkout`` and the app hands it to the checkout API on
+    ``app.state.subscription_confirmer`` (docs/architecture.md, "Subscription checkout").
+    """
+
+    async def __call__(
+        self,
+        database: Database,
+        gateway: Gateway,
+        *,
+        creator_id: str,
+        session_id: str,
+        payment_method: str,
+        client_secret: str | None,
+        customer_email: str | None,
+        consent: bool,
+        ip_address: str | None,
+        user_agent: str | None,
+        base_url: str,
+        now: datetime,
+    ) -> ConfirmOutcome: ...
+
+
+async def complete_subscription(
+    session: AsyncSession,
+    *,
+    checkout: CheckoutSession,
+    subscription_id: str,
+    paid: bool,
+    base_url: str,
+    now: datetime,
+) -> None:
+    """Mark a subscription-mode session ``complete`` with its subscription (``paid``, or
+    ``no_payment_required`` when a trial starts) and emit ``checkout.session.completed``.
+    The caller holds the session's lock and has checked it is not complete yet."""
+    checkout.status = "complete"
+    checkout.payment_status = "paid" if paid else "no_payment_required"
+    checkout.subscription_id = subscription_id
+    checkout.completed_at = now
+    checkout.last_error_code, checkout.last_error_message = None, None
+    await session.flush()
+    await events.emit(
+        session,
+        creator_id=checkout.creator_id,
+        type="checkout.session.completed",
+        now=now,
+        data=present_session(checkout, base_url=base_url, status="complete").model_dump(
+            mode="json", exclude={"client_secret"}
+        ),
+    )
+
+
 async def begin_confirm(
     session: AsyncSession,
     gateway: Gateway,
@@ -577,6 +718,11 @@ async def begin_confirm(
     )
     if checkout.status == "complete":
         return ConfirmStart(checkout, None)
+    if checkout.mode == "subscription":
+        raise SubscriptionCheckoutUnavailable(
+            f"checkout session {checkout.id} subscribes (mode 'subscription'); confirm it "
+            "through POST /v1/checkout/sessions/{id}/confirm with consent: true"
+        )
     latest = await payments.latest_attempt(session, purpose=PURPOSE, purpose_id=checkout.id)
     if latest is not None and latest.status == "processing":
         raise payments.in_progress_error(latest)

@@ -56,13 +56,13 @@ async def index(request: Request, session: SessionDep, settings: SettingsDep) ->
     for offer in offers:
         creator = creators[offer.creator_id]
         entry = grouped.setdefault(creator.id, {"display_name": creator.display_name, "offers": []})
-        buyable = offer.price.type != "recurring"
         entry["offers"].append(
             {
                 "name": offer.name,
                 "kind": offer.kind,
                 "price_label": _price_label(offer.price),
-                "buy_url": f"/buy/{offer.price.id}" if buyable else None,
+                "buy_url": f"/buy/{offer.price.id}",
+                "subscribes": offer.price.type == "recurring",
             }
         )
     return templates.TemplateResponse(
@@ -106,6 +106,9 @@ async def _render(
             "merchant": creator.display_name,
             "session_id": current.id,
             "status": checkout.effective_status(current, now),
+            "subscribes": current.mode == "subscription",
+            "renewal_terms": current.renewal_terms,
+            "subscription_id": current.subscription_id,
             "lines": current.line_items,
             "subtotal": current.amount_subtotal,
             "shipping_amount": current.amount_shipping,
@@ -223,8 +226,10 @@ async def pay(
     client_secret: Annotated[str, Form(max_length=100)],
     payment_method: Annotated[str, Form(max_length=100)],
     customer_email: Annotated[str | None, Form(max_length=320)] = None,
+    consent: Annotated[str | None, Form(max_length=10)] = None,
 ) -> Response:
     """The hosted page's form: the same confirm the API runs, with the client secret.
+    A subscription-mode session needs the consent checkbox ticked (``consent=yes``).
 
     The form is checked by the API's own confirm schema, so the page accepts exactly what
     ``POST /v1/checkout/sessions/{id}/confirm`` does. Each step of the confirm runs in a
@@ -244,19 +249,36 @@ async def pay(
             request, session, session_id, now, error=_form_errors(error), status_code=422
         )
     try:
-        outcome = await checkout.confirm_session(
-            database,
-            request.app.state.gateway,
-            creator_id=current.creator_id,
-            session_id=session_id,
-            payment_method=form.payment_method,
-            client_secret=form.client_secret,
-            customer_email=form.customer_email,
-            default_fees=ledger.platform_fee_policy(settings),
-            base_url=settings.base_url,
-            resolve_after=now + settings.payment_resolve_after(),
-            now=now,
-        )
+        if current.mode == "subscription":
+            confirmer: checkout.SubscriptionConfirmer = request.app.state.subscription_confirmer
+            outcome = await confirmer(
+                database,
+                request.app.state.gateway,
+                creator_id=current.creator_id,
+                session_id=session_id,
+                payment_method=form.payment_method,
+                client_secret=form.client_secret,
+                customer_email=form.customer_email,
+                consent=consent == "yes",
+                ip_address=request.client.host if request.client else None,
+                user_agent=request.headers.get("user-agent"),
+                base_url=settings.base_url,
+                now=now,
+            )
+        else:
+            outcome = await checkout.confirm_session(
+                database,
+                request.app.state.gateway,
+                creator_id=current.creator_id,
+                session_id=session_id,
+                payment_method=form.payment_method,
+                client_secret=form.client_secret,
+                customer_email=form.customer_email,
+                default_fees=ledger.platform_fee_policy(settings),
+                base_url=settings.base_url,
+                resolve_after=now + settings.payment_resolve_after(),
+                now=now,
+            )
     except DomainError as error:
         return await _render(
             request, session, session_id, now, error=error.detail, status_code=error.status
