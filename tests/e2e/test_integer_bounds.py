@@ -1,6 +1,7 @@
 """Every integer field of every POST and PATCH body is bounded: 2**63 (past BIGINT) and -1
-are a 422 naming the field, never a 500. The fields come from /openapi.json, so a field
-added later is covered without touching this test."""
+(or, where a field documents a negative minimum, as a stock adjustment's ``delta`` does,
+one below it) are a 422 naming the field, never a 500. The fields come from /openapi.json,
+so a field added later is covered without touching this test."""
 
 from __future__ import annotations
 
@@ -26,12 +27,16 @@ def _resolve(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
 
 def _integer_paths(
     schema: dict[str, Any], spec: dict[str, Any], path: tuple[str | int, ...] = ()
-) -> list[tuple[str | int, ...]]:
-    """Where in a body of ``schema`` an integer can go: ('line_items', 0, 'quantity')."""
+) -> list[tuple[tuple[str | int, ...], int]]:
+    """Where in a body of ``schema`` an integer can go, with the least value it must
+    refuse: (('line_items', 0, 'quantity'), -1)."""
     schema = _resolve(schema, spec)
     if schema.get("type") == "integer":
-        return [path]
-    found: list[tuple[str | int, ...]] = []
+        minimum = schema.get("minimum")
+        # FastAPI's document writes bounds as numbers (-1000000000.0).
+        too_small = int(minimum) - 1 if isinstance(minimum, int | float) and minimum < 0 else -1
+        return [(path, too_small)]
+    found: list[tuple[tuple[str | int, ...], int]] = []
     for option in schema.get("anyOf", []) + schema.get("oneOf", []) + schema.get("allOf", []):
         found += _integer_paths(option, spec, path)
     for name, child in schema.get("properties", {}).items():
@@ -63,9 +68,9 @@ def cases(spec: dict[str, Any]) -> list[Case]:
             if schema is None:
                 continue
             url = route.replace("{", "").replace("}", "")  # any id: the body fails first
-            for path in _integer_paths(schema, spec):
+            for path, too_small in _integer_paths(schema, spec):
                 loc = ".".join(str(part) for part in path)
-                for value in (2**63, -1):
+                for value in (2**63, too_small):
                     found.append((method.upper(), url, _body_with(path, value), loc))
     return found
 
