@@ -53,7 +53,7 @@ CUSTOMERS = 10
 FAILING_EVERY = 5  # customers 0 and 5 of 10 save a card that always fails
 ATTEMPTS_UNTIL_CANCELED = 5  # the first attempt and the default retries at +1, +3, +5, +7 days
 # Each worker is killed this long (seconds, uniform) after its first effect.
-KILL_AFTER = (0.0, 0.4)
+KILL_AFTER = (0.0, 0.3)
 STALLHOLDER = Path(sys.executable).with_name("stallholder")
 
 
