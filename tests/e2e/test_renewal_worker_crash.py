@@ -48,12 +48,12 @@ pytestmark = pytest.mark.anyio
 
 SEED = int(os.environ.get("STALLHOLDER_KILL_SEED", "20261130"))
 KILLS = 20
-SUBSCRIPTIONS = 200
+SUBSCRIPTIONS = 250
 CUSTOMERS = 10
 FAILING_EVERY = 5  # customers 0 and 5 of 10 save a card that always fails
 ATTEMPTS_UNTIL_CANCELED = 5  # the first attempt and the default retries at +1, +3, +5, +7 days
 # Each worker is killed this long (seconds, uniform) after its first effect.
-KILL_AFTER = (0.0, 0.3)
+KILL_AFTER = (0.0, 0.2)
 STALLHOLDER = Path(sys.executable).with_name("stallholder")
 
 
