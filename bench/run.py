@@ -1,7 +1,7 @@
 """``make bench``: run the benchmarks, print a table each, write ``bench/results/<name>.json``.
 
-python -m bench.run [--only checkout|drops|webhooks] [--duration 20] [--quick]
-                   [--clients 8 --clients 64]
+python -m bench.run [--only checkout|drops|renewals|webhooks] [--duration 20] [--quick]
+                   [--clients 8 --clients 64] [--subscriptions 1000]
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import checkout, drops, harness, webhooks
+from bench import checkout, drops, harness, renewals, webhooks
 
 RESULTS = harness.ROOT / "bench" / "results"
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     checkout.NAME: checkout.run,
     drops.NAME: drops.run,
     webhooks.NAME: webhooks.run,
+    renewals.NAME: renewals.run,
 }
 COLUMNS = ("completed", "errors", "per_second", "p50_ms", "p99_ms")
 
@@ -57,7 +58,17 @@ def main() -> None:
         help="checkout: 'stallholder serve' options for one database instead of the best "
         "measured ones, e.g. --serve 'postgresql=--workers 1'",
     )
-    parser.add_argument("--quick", action="store_true", help="3 s runs, for trying it out")
+    parser.add_argument(
+        "--subscriptions",
+        type=int,
+        help=f"renewals: subscriptions due (default {renewals.FULL_SIZE:,}; "
+        f"{renewals.QUICK_SIZE:,} with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"3 s runs and {renewals.QUICK_SIZE:,} renewals, for trying it out",
+    )
     arguments = parser.parse_args()
     duration = 3.0 if arguments.quick else arguments.duration
     warmup = 1.0 if arguments.quick else arguments.warmup
@@ -72,6 +83,11 @@ def main() -> None:
                     warmup=warmup,
                     duration=duration,
                     serve_options={db: options.split() for db, options in serve.items()},
+                )
+            elif name == renewals.NAME:
+                results = renewals.run(
+                    count=arguments.subscriptions
+                    or (renewals.QUICK_SIZE if arguments.quick else renewals.FULL_SIZE)
                 )
             else:
                 results = BENCHMARKS[name](

@@ -1,0 +1,349 @@
+"""Renewal throughput: how fast one worker renews subscriptions that are due and charges
+their invoices, on SQLite and PostgreSQL, with exactly-once charging checked afterwards.
+
+N monthly $3 subscriptions are bulk-seeded by SQL (``seed_due_renewals``: the creator,
+its price, the customers and their saved cards go through the services; the
+subscriptions, their items and their renewal work are multi-row INSERTs), each with its
+renewal due now. Then one worker (the same ``Worker`` that ``stallholder worker`` runs,
+with the sandbox gateway remembering charges in ``sandbox_charges``) runs passes until no
+billing work is due. Renewals/s is N over that time. Afterwards: one invoice per
+subscription, one gateway charge per invoice (key ``<invoice>:attempt:1``), one order per
+paid invoice, and a clean ``ledger.verify``.
+
+``tests/e2e/test_renewal_worker_crash.py`` seeds its subscriptions with the same
+function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select
+
+from bench.checkout import _create_postgres_database, _drop_postgres_database
+from stallholder.accounts import service as accounts
+from stallholder.billing import periods
+from stallholder.billing import subscriptions as billing
+from stallholder.billing.kinds import CHARGE_KIND, RENEW_KIND
+from stallholder.billing.models import Invoice, Subscription, SubscriptionItem
+from stallholder.catalog import service as catalog
+from stallholder.jobs.worker import Worker
+from stallholder.kit import work
+from stallholder.kit.clock import SystemClock
+from stallholder.kit.db import Database
+from stallholder.kit.ids import new_id
+from stallholder.ledger import service as ledger
+from stallholder.migrations import upgrade
+from stallholder.orders.models import Order
+from stallholder.payments import methods
+from stallholder.payments.gateway import CUSTOMER_FAIL_TOKEN, Gateway, SandboxGateway
+from stallholder.payments.models import SandboxCharge
+from stallholder.payments.sandbox import DatabaseChargeStore
+from stallholder.settings import Settings
+
+NAME = "renewals"
+# The issue asks for a run over 100,000 (`--subscriptions 100000`); at today's rate that
+# takes hours, so `make bench` renews 1,000 until the renewal path is batched.
+FULL_SIZE = 1_000
+QUICK_SIZE = 200
+UNIT_AMOUNT = 300
+SUCCESS_TOKEN = "tok_visa"  # noqa: S105 - a sandbox test token, no secret
+ZONE = "UTC"
+# Rows per multi-row INSERT statement batch while seeding.
+SEED_CHUNK = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Seeded:
+    creator_id: str
+    # Subscription ids, and which of them charge a card that always fails.
+    subscription_ids: list[str]
+    failing_ids: frozenset[str]
+
+
+async def seed_due_renewals(
+    database: Database,
+    gateway: Gateway,
+    *,
+    count: int,
+    now: datetime,
+    customers: int = 20,
+    failing_every: int = 0,
+    failing_overdue: timedelta = timedelta(days=8),
+) -> Seeded:
+    """``count`` active monthly subscriptions of one creator's $3 plan whose renewal into
+    period 1 is due (their period 0 ended a minute before ``now``), spread over
+    ``customers`` customers in UTC. With ``failing_every`` = k, every k-th customer (the
+    first included) saved ``tok_chargeCustomerFail``; their subscriptions' period 0
+    ended ``failing_overdue`` ago, so with the default dunning every retry of the renewal
+    invoice is due at once and the run takes them through dunning to the end. The
+    creator, price, customers and cards go through the services; the subscriptions,
+    their items and their renewal work are inserted by SQL in bulk."""
+    async with database.unit_of_work() as session:
+        creator, _, _ = await accounts.create_creator(
+            session,
+            display_name="Bench Zines",
+            email="zines@example.com",
+            slug=None,
+            platform_fee_bps=None,
+            platform_fee_fixed=None,
+            now=now,
+        )
+        product = await catalog.create_product(
+            session,
+            creator_id=creator.id,
+            kind="digital",
+            name="Zine club",
+            description="",
+            status="published",
+            variants=[],
+            now=now,
+        )
+        price = await catalog.create_price(
+            session,
+            creator_id=creator.id,
+            product_id=product.id,
+            now=now,
+            spec=catalog.PriceSpec(
+                currency="usd", unit_amount=UNIT_AMOUNT, recurring_interval="month"
+            ),
+        )
+        customer_ids = []
+        for n in range(customers):
+            customer = await accounts.create_customer(
+                session,
+                creator_id=creator.id,
+                email=f"reader{n}@example.com",
+                name=None,
+                time_zone=ZONE,
+                now=now,
+            )
+            customer_ids.append(customer.id)
+        priced = await billing.priced_items(
+            session, creator_id=creator.id, items=[billing.ItemRequest(price.id, 1)]
+        )
+        (template,) = billing.item_rows(priced, creator_id=creator.id, now=now)
+    failing_customers = set()
+    for n, customer_id in enumerate(customer_ids):
+        is_failing = failing_every > 0 and n % failing_every == 0
+        if is_failing:
+            failing_customers.add(customer_id)
+        await methods.save_payment_method(
+            database,
+            gateway,
+            creator_id=creator.id,
+            customer_id=customer_id,
+            token=CUSTOMER_FAIL_TOKEN if is_failing else SUCCESS_TOKEN,
+            now=now,
+        )
+    plan = periods.Plan("month", 1)
+    schedules = {}
+    for is_failing in (False, True):
+        # A month before the end of period 0, plus the overdue time.
+        end = now - (failing_overdue if is_failing else timedelta(minutes=1))
+        anchor = (
+            end.replace(month=end.month - 1)
+            if end.month > 1
+            else end.replace(year=end.year - 1, month=12)
+        )
+        first = periods.period(anchor=anchor, zone_name=ZONE, plan=plan, n=0)
+        schedules[is_failing] = (anchor, first)
+    subscription_ids: list[str] = []
+    failing_ids: set[str] = set()
+    for chunk_start in range(0, count, SEED_CHUNK):
+        subscription_rows: list[dict[str, Any]] = []
+        item_rows: list[dict[str, Any]] = []
+        work_rows: list[dict[str, Any]] = []
+        for n in range(chunk_start, min(count, chunk_start + SEED_CHUNK)):
+            customer_id = customer_ids[n % len(customer_ids)]
+            is_failing = customer_id in failing_customers
+            anchor, first = schedules[is_failing]
+            subscription_id = new_id("sub")
+            subscription_ids.append(subscription_id)
+            if is_failing:
+                failing_ids.add(subscription_id)
+            subscription_rows.append(
+                {
+                    "id": subscription_id,
+                    "creator_id": creator.id,
+                    "customer_id": customer_id,
+                    "status": "active",
+                    "currency": "usd",
+                    "interval": "month",
+                    "interval_count": 1,
+                    "time_zone": ZONE,
+                    "billing_anchor": anchor,
+                    "current_period_index": 0,
+                    "current_period_start": first.start,
+                    "current_period_end": first.end,
+                    "cancel_at_period_end": False,
+                    "refunded_amount": 0,
+                    "reminders_sent": [],
+                    "metadata": {},
+                    "created_at": anchor,
+                    "updated_at": anchor,
+                }
+            )
+            item_rows.append(
+                {
+                    "id": new_id("si"),
+                    "creator_id": creator.id,
+                    "subscription_id": subscription_id,
+                    "price_id": template.price_id,
+                    "product_id": template.product_id,
+                    "variant_id": template.variant_id,
+                    "sku": template.sku,
+                    "description": template.description,
+                    "quantity": 1,
+                    "unit_amount": template.unit_amount,
+                    "created_at": anchor,
+                }
+            )
+            work_rows.append(
+                {
+                    "id": new_id("wrk"),
+                    "kind": RENEW_KIND,
+                    "payload": {"subscription": subscription_id, "period": 1},
+                    "creator_id": creator.id,
+                    "dedupe_key": f"renew:{subscription_id}:1",
+                    "state": work.PENDING,
+                    "due_at": first.end,
+                    "attempts": 0,
+                    "created_at": anchor,
+                    "updated_at": anchor,
+                }
+            )
+        async with database.unit_of_work() as session:
+            await session.execute(insert(Subscription), subscription_rows)
+            await session.execute(insert(SubscriptionItem), item_rows)
+            await session.execute(insert(work.WorkItem), work_rows)
+    return Seeded(
+        creator_id=creator.id,
+        subscription_ids=subscription_ids,
+        failing_ids=frozenset(failing_ids),
+    )
+
+
+async def billing_work_due(database: Database, *, now: datetime) -> int:
+    """Renewal and charge work due by ``now`` or under way (leased: a running item's
+    ``due_at`` is when its lease ends)."""
+    async with database.unit_of_work() as session:
+        return int(
+            (
+                await session.execute(
+                    select(func.count())
+                    .select_from(work.WorkItem)
+                    .where(
+                        work.WorkItem.kind.in_((RENEW_KIND, CHARGE_KIND)),
+                        or_(
+                            work.WorkItem.state == work.RUNNING,
+                            and_(work.WorkItem.state == work.PENDING, work.WorkItem.due_at <= now),
+                        ),
+                    )
+                )
+            ).scalar_one()
+        )
+
+
+async def _exactly_once(database: Database, *, subscriptions: int) -> dict[str, Any]:
+    """What the run made, checked: raises AssertionError when anything is off."""
+    async with database.unit_of_work() as session:
+        invoices = int((await session.execute(select(func.count(Invoice.id)))).scalar_one())
+        paid = int(
+            (
+                await session.execute(
+                    select(func.count(Invoice.id)).where(Invoice.status == "paid")
+                )
+            ).scalar_one()
+        )
+        charges = int(
+            (await session.execute(select(func.count(SandboxCharge.idempotency_key)))).scalar_one()
+        )
+        attempts = (await session.execute(select(Invoice.id, Invoice.attempt_count))).all()
+        keys = set((await session.execute(select(SandboxCharge.idempotency_key))).scalars())
+        succeeded = (
+            (
+                await session.execute(
+                    select(SandboxCharge.idempotency_key).where(SandboxCharge.status == "succeeded")
+                )
+            )
+            .scalars()
+            .all()
+        )
+        orders = int((await session.execute(select(func.count(Order.id)))).scalar_one())
+        report = await ledger.verify(session)
+    checked = {
+        "invoices": invoices,
+        "paid": paid,
+        "gateway_charges": charges,
+        "orders": orders,
+        "ledger_transactions": report.transactions_checked,
+    }
+    assert invoices == subscriptions, checked
+    assert charges == invoices, checked
+    # Every gateway charge is an attempt some invoice made, under that attempt's key.
+    expected = {f"{id_}:attempt:{n}" for id_, count in attempts for n in range(1, count + 1)}
+    assert keys == expected, sorted(keys ^ expected)[:10]
+    # At most one successful charge per invoice, and one for each paid invoice.
+    paid_by_gateway = {key.rsplit(":attempt:", 1)[0] for key in succeeded}
+    assert len(paid_by_gateway) == len(succeeded) == paid, checked
+    assert orders == paid, checked
+    assert report.is_clean, report
+    return checked
+
+
+async def _measure(url: str, workdir: Path, *, count: int) -> dict[str, Any]:
+    upgrade(url)
+    database = Database(url)
+    clock = SystemClock()
+    try:
+        gateway = SandboxGateway(DatabaseChargeStore(database))
+        seeding = time.monotonic()
+        await seed_due_renewals(database, gateway, count=count, now=clock.now(), failing_every=0)
+        seeded_in = time.monotonic() - seeding
+        settings = Settings(data_dir=workdir / "var", database_url=url)
+        worker = Worker(database, clock, settings=settings, gateway=gateway)
+        started, cpu_started = time.monotonic(), time.process_time()
+        passes = 0
+        while await billing_work_due(database, now=clock.now()):
+            passes += 1
+            await worker.run_once()
+        elapsed = time.monotonic() - started
+        cpu = time.process_time() - cpu_started
+        checked = await _exactly_once(database, subscriptions=count)
+    finally:
+        await database.dispose()
+    return {
+        "completed": count,
+        "errors": 0,
+        "per_second": round(count / elapsed, 1),
+        "seconds": round(elapsed, 1),
+        "worker_cpu_seconds": round(cpu, 1),
+        "seed_seconds": round(seeded_in, 1),
+        "passes": passes,
+        **checked,
+    }
+
+
+def run(*, count: int = FULL_SIZE, **_: Any) -> dict[str, Any]:
+    """Renewals/s of one worker on SQLite and on PostgreSQL (when configured)."""
+    results: dict[str, Any] = {"concurrency": "1 worker", "subscriptions": count}
+    with tempfile.TemporaryDirectory(prefix="bench-renewals-") as directory:
+        workdir = Path(directory)
+        results["sqlite"] = asyncio.run(
+            _measure(f"sqlite:///{workdir / 'bench.db'}", workdir, count=count)
+        )
+        created = _create_postgres_database()
+        if created is not None:
+            url, name = created
+            try:
+                results["postgresql"] = asyncio.run(_measure(url, workdir, count=count))
+            finally:
+                _drop_postgres_database(name)
+    return results
