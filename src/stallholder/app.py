@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -121,6 +122,18 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    if isinstance(error, PoolTimeout):
+        # Every database connection stayed busy for the pool's whole timeout: the server is
+        # overloaded (a drop storm), not broken. Nothing was written; the client may retry.
+        log.warning("database pool exhausted on %s %s", request.method, request.url.path)
+        response = _problem(
+            503,
+            "service-busy",
+            "Service busy",
+            "every database connection stayed busy; nothing was changed, retry shortly",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return _problem(
         500,

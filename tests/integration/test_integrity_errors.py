@@ -9,6 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.sql.expression import Executable
 
 from stallholder.accounts import service as accounts
@@ -133,3 +134,26 @@ async def test_an_unexpected_integrity_error_is_a_logged_500_not_a_409(
     assert [r.message for r in caplog.records if r.levelno == logging.ERROR] == [
         "unhandled error on POST /v1/customers"
     ]
+
+
+async def test_a_database_pool_that_stays_busy_is_a_503_with_retry_after_not_a_500(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = await client.post(
+        "/v1/creators",
+        json={"display_name": "Kiln", "email": "k@example.com"},
+        headers=bearer(ADMIN_KEY),
+    )
+    secret = created.json()["secret_key"]
+
+    async def pool_exhausted(*_: object, **__: object) -> Customer:
+        raise PoolTimeout("QueuePool limit of size 5 overflow 10 reached")
+
+    monkeypatch.setattr(accounts, "create_customer", pool_exhausted)
+    response = await client.post(
+        "/v1/customers", json={"email": "b@example.com"}, headers=bearer(secret)
+    )
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["type"] == "https://stallholder.dev/problems/service-busy"
