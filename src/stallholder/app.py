@@ -124,13 +124,15 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     if isinstance(error, PoolTimeout):
         # Every database connection stayed busy for the pool's whole timeout: the server is
-        # overloaded (a drop storm), not broken. Nothing was written; the client may retry.
+        # overloaded (a drop storm), not broken. The step that waited wrote nothing; an
+        # earlier step's work (a charge begun) is finished by the worker or by a retry with
+        # the same Idempotency-Key.
         log.warning("database pool exhausted on %s %s", request.method, request.url.path)
         response = _problem(
             503,
             "service-busy",
             "Service busy",
-            "every database connection stayed busy; nothing was changed, retry shortly",
+            "every database connection stayed busy; retry shortly with the same Idempotency-Key",
         )
         response.headers["Retry-After"] = "1"
         return response
