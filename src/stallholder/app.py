@@ -46,7 +46,8 @@ from stallholder.payments.config import gateway_from_settings
 from stallholder.payments.gateway import Gateway
 from stallholder.settings import Settings
 from stallholder.wallets.api import router as wallets_router
-from stallholder.web.pages import router as pages_router
+from stallholder.web.checkout_pages import router as checkout_pages_router
+from stallholder.web.store import router as store_router
 from stallholder.web.templating import STATIC_DIR
 
 log = logging.getLogger("stallholder")
@@ -325,7 +326,8 @@ def create_app(
         wallets_router,
     ):
         app.include_router(router)
-    app.include_router(pages_router)
+    app.include_router(store_router)
+    app.include_router(checkout_pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     openapi.install(app, security_schemes=SECURITY_SCHEMES)
     app.add_exception_handler(DomainError, _domain_error)
