@@ -1,9 +1,10 @@
-"""Property (stateful): over any interleaving of holds, expiries, payments, refunds with
-restock, adjustments, transfers and sessions in a drop, on SQLite and PostgreSQL, no
-level's ``available`` is ever negative (``on_hand ≥ reserved + allocated``), the movement
-ledger sums to each level's ``on_hand``, ``reserved`` and ``allocated`` are exactly what
-the reservations say, a drop never sells past its quantity or a buyer past the limit, and
-every count matches a model kept beside the services."""
+"""Property (stateful): over any interleaving of holds, expiries, payments, shipments,
+refunds with restock (before and after shipping), adjustments, transfers and sessions in a
+drop, on SQLite and PostgreSQL, no level's ``available`` is ever negative (``on_hand ≥
+reserved + allocated``), the movement ledger sums to each level's ``on_hand``, ``reserved``
+and ``allocated`` are exactly what the reservations say, a drop never sells past its
+quantity or a buyer past the limit, and every count matches a model kept beside the
+services."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from sqlalchemy import func, select
 
 from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
+from stallholder.fulfilment import shipments
 from stallholder.inventory import drops, stock
 from stallholder.inventory.drop_rules import buyer_key
 from stallholder.inventory.models import (
@@ -67,6 +69,7 @@ class InventoryMachine(RuleBasedStateMachine):
 
     sessions = Bundle("sessions")
     orders = Bundle("orders")
+    shipped = Bundle("shipped")
 
     def __init__(self) -> None:
         super().__init__()
@@ -78,6 +81,8 @@ class InventoryMachine(RuleBasedStateMachine):
         self.on_hand: dict[tuple[str, int], int] = defaultdict(int)
         self.held: dict[str, dict[tuple[str, int], int]] = {}
         self.allocated: dict[str, dict[tuple[str, int], int]] = {}
+        # Units that left with each shipped order, until a refund brings them back.
+        self.gone: dict[str, dict[tuple[str, int], int]] = {}
         # Drop claims by session: (buyer key, units), and whether they are sold.
         self.claims: dict[str, tuple[str, int]] = {}
         self.sold_claims: list[tuple[str, int]] = []
@@ -377,6 +382,41 @@ class InventoryMachine(RuleBasedStateMachine):
             now=self.now,
             restock=True,
         )
+
+    @rule(target=shipped, order_id=consumes(orders))
+    def ship(self, order_id: str) -> Any:
+        self._tick()
+        units = self.allocated.pop(order_id)
+        try:
+            self.run(self._ship(order_id))
+        except shipments.NothingToShip:
+            assert not units
+            return multiple()
+        for key, n in units.items():
+            self.on_hand[key] -= n
+        self.gone[order_id] = units
+        return order_id
+
+    async def _ship(self, order_id: str) -> None:
+        async with self.database.unit_of_work() as session:
+            await shipments.ship_order(
+                session,
+                creator_id=self.creator_id,
+                order_id=order_id,
+                carrier=None,
+                tracking_number=None,
+                tracking_url=None,
+                actor="test",
+                now=self.now,
+            )
+
+    @rule(order_id=consumes(shipped))
+    def refund_shipped_with_restock(self, order_id: str) -> None:
+        self._tick()
+        refund = self.run(self._refund(order_id))
+        assert refund.status == "succeeded"
+        for key, n in self.gone.pop(order_id).items():
+            self.on_hand[key] += n
 
     # Invariants ----------------------------------------------------------------------------
 

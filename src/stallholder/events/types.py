@@ -10,6 +10,8 @@ EVENT_TYPES: dict[str, str] = {
     "data.object is the session.",
     "order.paid": "An order was created from a successful payment; data.object is the order.",
     "refund.created": "An order was refunded in full or in part; data.object is the refund.",
+    "order.shipped": "An order's parcel left (every unit of the order); data.object is the "
+    "shipment: order, customer_email, carrier, tracking_number, tracking_url, items.",
     "payment.failed": "A payment attempt was declined or failed; data.object is the attempt.",
     "webhook_endpoint.disabled": "A webhook endpoint was disabled after repeated failures; "
     "data.object is the endpoint.",

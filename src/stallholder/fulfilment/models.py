@@ -32,3 +32,22 @@ class ShippingRate(Base):
     is_active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class Shipment(Base):
+    """An order's parcel leaving the creator: every allocated unit of the order at once.
+    Shipping turns the allocation into a ``sold`` movement (``on_hand`` and ``allocated``
+    fall together), so the stock ledger says what left the shelf and when."""
+
+    __tablename__ = "shipments"
+    __table_args__ = (Index("ix_shipments_creator_order", "creator_id", "order_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), unique=True)
+    carrier: Mapped[str | None] = mapped_column(String(80), default=None)
+    tracking_number: Mapped[str | None] = mapped_column(String(120), default=None)
+    tracking_url: Mapped[str | None] = mapped_column(String(500), default=None)
+    # What left, per SKU: [{"sku", "quantity"}].
+    items: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime]

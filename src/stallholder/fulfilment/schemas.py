@@ -3,10 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, Field, StrictInt, model_validator
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, Field, StrictInt, model_validator
 
 from stallholder.fulfilment.addresses import ShippingAddress, is_country
-from stallholder.fulfilment.models import ShippingRate
+from stallholder.fulfilment.models import Shipment, ShippingRate
 from stallholder.kit.schemas import Amount, Currency, Input
 
 
@@ -159,4 +159,49 @@ def shipping_rate_out(rate: ShippingRate) -> ShippingRateOut:
         free_shipping_threshold=rate.free_shipping_threshold,
         created=rate.created_at,
         updated=rate.updated_at,
+    )
+
+
+class ShipmentCreate(Input):
+    """How the parcel travels; every field is optional (a hand delivery has none)."""
+
+    carrier: str | None = Field(default=None, min_length=1, max_length=80)
+    tracking_number: str | None = Field(default=None, min_length=1, max_length=120)
+    tracking_url: AnyHttpUrl | None = Field(
+        default=None, description="Where the buyer follows the parcel (http or https)."
+    )
+
+    @model_validator(mode="after")
+    def _url_fits(self) -> Self:
+        if self.tracking_url is not None and len(str(self.tracking_url)) > 500:
+            raise ValueError("tracking_url is longer than 500 characters")
+        return self
+
+
+class ShipmentItemOut(BaseModel):
+    sku: str
+    description: str
+    quantity: int
+
+
+class ShipmentOut(BaseModel):
+    object: Literal["shipment"] = "shipment"
+    id: str
+    order: str
+    carrier: str | None
+    tracking_number: str | None
+    tracking_url: str | None
+    items: list[ShipmentItemOut]
+    created: datetime
+
+
+def shipment_out(shipment: Shipment) -> ShipmentOut:
+    return ShipmentOut(
+        id=shipment.id,
+        order=shipment.order_id,
+        carrier=shipment.carrier,
+        tracking_number=shipment.tracking_number,
+        tracking_url=shipment.tracking_url,
+        items=[ShipmentItemOut.model_validate(item) for item in shipment.items],
+        created=shipment.created_at,
     )

@@ -82,9 +82,10 @@ class StockMovement(Base):
 class StockReservation(Base):
     """Units of one stock level promised to one checkout session: ``held`` while the
     session is open, ``allocated`` once paid (with the order), ``released`` when the
-    session expired or was cancelled, ``restocked`` when a refund returned them. Each
-    change of status is a conditional update on the status, so the level's counts move
-    exactly once."""
+    session expired or was cancelled, ``shipped`` once the order's parcel left (a ``sold``
+    movement), ``restocked`` when a refund returned them before shipping and ``returned``
+    after (a ``returned`` movement). Each change of status is a conditional update on the
+    status, so the level's counts move exactly once."""
 
     __tablename__ = "stock_reservations"
     __table_args__ = (
@@ -98,7 +99,8 @@ class StockReservation(Base):
     stock_level_id: Mapped[int] = mapped_column(ForeignKey("stock_levels.id"), index=True)
     sku: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int]
-    status: Mapped[str] = mapped_column(String(16))  # held | allocated | released | restocked
+    # held | allocated | released | shipped | restocked | returned
+    status: Mapped[str] = mapped_column(String(16))
     order_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

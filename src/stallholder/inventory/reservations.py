@@ -1,11 +1,13 @@
-"""Holds on stock for checkout sessions: held → allocated → restocked, or held → released.
+"""Holds on stock for checkout sessions: held → allocated → shipped, or held → released;
+a refund with restock turns allocated into restocked and shipped into returned.
 
 A checkout session with tracked items holds their units from the moment it is created
 (``hold``); expiring or cancelling it gives them back (``release``); paying for it turns
 the hold into an allocation (``allocate``); a refund with ``restock`` returns the
-allocation (``restock``). Each step is a conditional update of the reservations' status
-(only the caller that moves a reservation moves its units) followed by atomic updates of
-the stock levels in primary-key order (ADR 0012, ``docs/inventory.md``).
+allocation, or takes shipped units back (``restock``); shipping the order turns the
+allocation into a ``sold`` movement (``ship``). Each step is a conditional update of the
+reservations' status (only the caller that moves a reservation moves its units) followed
+by atomic updates of the stock levels in primary-key order (ADR 0012, ``docs/inventory.md``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from stallholder.inventory.quantities import (
     plan_takes,
     total_available,
 )
-from stallholder.inventory.stock import LEVEL_COLUMNS, report_crossing, state_of
+from stallholder.inventory.stock import (
+    LEVEL_COLUMNS,
+    MovementKind,
+    record_movement,
+    report_crossing,
+    state_of,
+)
 from stallholder.kit.errors import Conflict
 
 
@@ -222,7 +230,9 @@ async def _set_status(
             update(StockReservation)
             .where(*where, StockReservation.status == from_status)
             .values(**values)
-            .returning(StockReservation.stock_level_id, StockReservation.quantity)
+            .returning(
+                StockReservation.stock_level_id, StockReservation.quantity, StockReservation.sku
+            )
             .execution_options(synchronize_session=False)
         )
     )
@@ -257,14 +267,108 @@ async def allocate(
     return await _move(session, moved, reserved=-1, allocated=+1, now=now)
 
 
-async def restock(session: AsyncSession, *, order_id: str, now: datetime) -> int:
-    """A refund returns the order's allocated units to sale. Returns how many; 0 when the
-    order holds none (untracked items, or restocked already)."""
-    moved = await _set_status(
+async def restock(session: AsyncSession, *, order_id: str, refund_id: str, now: datetime) -> int:
+    """A refund returns the order's units to sale. Units not shipped yet leave the
+    allocation at once; shipped units come back with a ``returned`` movement (``on_hand``
+    rises; its reference is the refund), as a restock on a refund of fulfilled items does on
+    Shopify. Returns how many; 0 when the order holds none (untracked items, or restocked
+    already)."""
+    unshipped = await _set_status(
         session,
         where=[StockReservation.order_id == order_id],
         from_status="allocated",
         to_status="restocked",
         now=now,
     )
-    return await _move(session, moved, reserved=0, allocated=-1, now=now)
+    count = await _move(session, unshipped, reserved=0, allocated=-1, now=now)
+    returned = await _set_status(
+        session,
+        where=[StockReservation.order_id == order_id],
+        from_status="shipped",
+        to_status="returned",
+        now=now,
+    )
+    moved = await _change_on_hand_of(
+        session,
+        returned,
+        sign=+1,
+        kind="returned",
+        reason="refund with restock",
+        actor="system",
+        reference=refund_id,
+        now=now,
+    )
+    return count + sum(moved.values())
+
+
+async def ship(
+    session: AsyncSession, *, order_id: str, shipment_id: str, actor: str, now: datetime
+) -> dict[str, int]:
+    """The order's allocated units left the shelf: each level's ``on_hand`` and
+    ``allocated`` fall together, with a ``sold`` movement whose reference is the shipment.
+    Returns the units per SKU; empty when nothing was allocated (untracked items, or
+    shipped or restocked already)."""
+    moved = await _set_status(
+        session,
+        where=[StockReservation.order_id == order_id],
+        from_status="allocated",
+        to_status="shipped",
+        now=now,
+    )
+    return await _change_on_hand_of(
+        session,
+        moved,
+        sign=-1,
+        kind="sold",
+        reason="shipped",
+        actor=actor,
+        reference=shipment_id,
+        now=now,
+    )
+
+
+async def _change_on_hand_of(
+    session: AsyncSession,
+    moved: Sequence[Row[Any]],
+    *,
+    sign: int,
+    kind: MovementKind,
+    reason: str,
+    actor: str,
+    reference: str,
+    now: datetime,
+) -> dict[str, int]:
+    """``on_hand`` of the reservations just moved changes by ``sign`` per unit, in
+    primary-key order, with one movement per level. Shipping (``sign`` −1) takes the units
+    from the allocation as well; a return (+1) puts them on the shelf, free."""
+    per_level: dict[int, int] = defaultdict(int)
+    per_sku: dict[str, int] = defaultdict(int)
+    for reservation in moved:
+        per_level[reservation.stock_level_id] += reservation.quantity
+        per_sku[reservation.sku] += reservation.quantity
+    for level_id in sorted(per_level):
+        delta = sign * per_level[level_id]
+        values: dict[str, Any] = {"on_hand": StockLevel.on_hand + delta, "updated_at": now}
+        if sign < 0:
+            values["allocated"] = StockLevel.allocated + delta
+        row = (
+            await session.execute(
+                update(StockLevel)
+                .where(StockLevel.id == level_id)
+                .values(**values)
+                .returning(*LEVEL_COLUMNS, StockLevel.variant_id)
+                .execution_options(synchronize_session=False)
+            )
+        ).one()
+        record_movement(
+            session,
+            level=state_of(row),
+            variant_id=row.variant_id,
+            kind=kind,
+            delta=delta,
+            reason=reason,
+            actor=actor,
+            reference=reference,
+            now=now,
+        )
+    return dict(per_sku)

@@ -294,6 +294,39 @@ async def report_crossing(
     )
 
 
+def record_movement(
+    session: AsyncSession,
+    *,
+    level: LevelState,
+    variant_id: str,
+    kind: MovementKind,
+    delta: int,
+    reason: str,
+    actor: str,
+    now: datetime,
+    reference: str | None = None,
+) -> None:
+    """Add the movement-ledger line of a change of ``on_hand`` by ``delta`` that has just
+    been applied to ``level`` (its counts are those after the change)."""
+    session.add(
+        StockMovement(
+            id=new_id("mov"),
+            creator_id=level.creator_id,
+            stock_level_id=level.id,
+            variant_id=variant_id,
+            sku=level.sku,
+            location_id=level.location_id,
+            kind=kind,
+            quantity=delta,
+            on_hand_after=level.quantities.on_hand,
+            reason=reason,
+            actor=actor,
+            reference=reference,
+            created_at=now,
+        )
+    )
+
+
 async def _change_on_hand(
     session: AsyncSession,
     *,
@@ -330,22 +363,16 @@ async def _change_on_hand(
     if row is None:
         return None
     level = state_of(row)
-    session.add(
-        StockMovement(
-            id=new_id("mov"),
-            creator_id=level.creator_id,
-            stock_level_id=level.id,
-            variant_id=row.variant_id,
-            sku=level.sku,
-            location_id=level.location_id,
-            kind=kind,
-            quantity=delta,
-            on_hand_after=level.quantities.on_hand,
-            reason=reason,
-            actor=actor,
-            reference=reference,
-            created_at=now,
-        )
+    record_movement(
+        session,
+        level=level,
+        variant_id=row.variant_id,
+        kind=kind,
+        delta=delta,
+        reason=reason,
+        actor=actor,
+        reference=reference,
+        now=now,
     )
     before = level.quantities
     await report_crossing(

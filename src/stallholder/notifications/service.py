@@ -228,6 +228,31 @@ async def refund_notice(
     )
 
 
+async def shipped_notice(
+    session: AsyncSession, *, event_id: str, creator_id: str, shipment: Mapping[str, Any]
+) -> NewEmail:
+    """Tell the buyer their parcel left, with its tracking (``order.shipped``)."""
+    order = await orders.get_order(session, creator_id=creator_id, order_id=str(shipment["order"]))
+    creator = await accounts.get_creator(session, creator_id)
+    return compose(
+        creator_id=creator_id,
+        kind="shipped",
+        to=order.customer_email,
+        dedupe_key=f"{event_id}:shipped",
+        context={
+            "merchant": creator.display_name,
+            "number": order.receipt_number,
+            "items": list(shipment["items"]),
+            "carrier": shipment.get("carrier"),
+            "tracking_number": shipment.get("tracking_number"),
+            "tracking_url": shipment.get("tracking_url"),
+            "address_lines": []
+            if order.shipping_address is None
+            else address_lines(ShippingAddress.from_dict(order.shipping_address)),
+        },
+    )
+
+
 async def payment_failed(
     session: AsyncSession, *, event_id: str, creator_id: str, attempt: Mapping[str, Any]
 ) -> NewEmail | None:

@@ -72,6 +72,10 @@ async def _email_for_event(session: AsyncSession, event: Event) -> service.NewEm
             creator_id=event.creator_id,
             refund=RefundOut.model_validate(data),
         )
+    if event.type == "order.shipped":
+        return await service.shipped_notice(
+            session, event_id=event.id, creator_id=event.creator_id, shipment=data
+        )
     if event.type == "payment.failed":
         return await service.payment_failed(
             session, event_id=event.id, creator_id=event.creator_id, attempt=data

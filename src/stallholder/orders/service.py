@@ -483,7 +483,7 @@ async def finish_refund(
         now=now,
     )
     if refund.restock:
-        await reservations.restock(session, order_id=order.id, now=now)
+        await reservations.restock(session, order_id=order.id, refund_id=refund.id, now=now)
     await events.emit(
         session,
         creator_id=order.creator_id,
