@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.console import Console
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -107,9 +108,11 @@ def database_url(sqlite_url: str) -> str:
 @pytest.fixture(autouse=True)
 def _hermetic_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings read from the environment (a ``Worker`` built without settings) keep their
-    files in the test's folder and never reach a real mail server."""
+    files in the test's folder and never reach a real mail server; the CLI's tables are laid
+    out for a wide terminal, whatever terminal (or none, under pytest-xdist) runs the tests."""
     monkeypatch.setenv("STALLHOLDER_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.delenv("STALLHOLDER_SMTP_URL", raising=False)
+    monkeypatch.setattr("stallholder.cli.console", Console(width=200))
 
 
 @pytest.fixture
