@@ -26,6 +26,7 @@ from stallholder.settings import Settings
 from stallholder.tables import metadata
 from tests.doubles.stripe_api import StripeDouble
 from tests.doubles.stripe_api import serve as serve_stripe_double
+from tests.smtp_server import Inbox, SmtpServer
 
 POSTGRES_URL_VARIABLE = "STALLHOLDER_TEST_POSTGRES_URL"
 ADMIN_KEY = "admin_test_key"
@@ -113,6 +114,16 @@ def _hermetic_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("STALLHOLDER_DATA_DIR", str(tmp_path / "var"))
     monkeypatch.delenv("STALLHOLDER_SMTP_URL", raising=False)
     monkeypatch.setattr("stallholder.cli.console", Console(width=200))
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free local port; ``smtp.received`` holds what it
+    was sent."""
+    server = SmtpServer(Inbox())
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -23,7 +22,7 @@ from stallholder.notifications.models import Email
 from stallholder.notifications.rendering import render
 from stallholder.settings import Settings
 from tests.conftest import T0, Api, bearer
-from tests.smtp_server import Inbox, Received, SmtpServer
+from tests.smtp_server import Received, SmtpServer
 
 pytestmark = pytest.mark.anyio
 
@@ -42,14 +41,6 @@ SENDER = "Stallholder Receipts <receipts@shop.example>"
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(Inbox())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ mistake is a clear 4xx."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
 from stallholder.settings import Settings
 from tests.conftest import Api, bearer
-from tests.smtp_server import Inbox, SmtpServer
+from tests.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.anyio
 PROBLEM = "https://stallholder.dev/problems/"
@@ -25,14 +24,6 @@ PROBLEM = "https://stallholder.dev/problems/"
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(Inbox())
-    server.start()
-    yield server
-    server.stop()
 
 
 class Workshop:

@@ -4,7 +4,6 @@ and crashes lose nothing, TLS and AUTH, magic links, and the creator-facing emai
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -59,14 +58,6 @@ class ProcessDied(BaseException):
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(Inbox())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
