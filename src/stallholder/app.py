@@ -48,6 +48,8 @@ from stallholder.settings import Settings
 from stallholder.wallets.api import router as wallets_router
 from stallholder.web.checkout_pages import router as checkout_pages_router
 from stallholder.web.error_pages import error_page, is_page_request
+from stallholder.web.portal import router as portal_router
+from stallholder.web.portal_auth import router as portal_auth_router
 from stallholder.web.security import SessionMiddleware, resolve_session_secret
 from stallholder.web.store import router as store_router
 from stallholder.web.templating import STATIC_DIR
@@ -367,6 +369,8 @@ def create_app(
         app.include_router(router)
     app.include_router(store_router)
     app.include_router(checkout_pages_router)
+    app.include_router(portal_auth_router)
+    app.include_router(portal_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     openapi.install(app, security_schemes=SECURITY_SCHEMES)
     app.add_exception_handler(DomainError, _domain_error)

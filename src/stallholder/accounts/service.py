@@ -396,3 +396,30 @@ async def creators_by_id(session: AsyncSession, creator_ids: list[str]) -> dict[
         return {}
     rows = await session.execute(select(Creator).where(Creator.id.in_(creator_ids)))
     return {creator.id: creator for creator in rows.scalars()}
+
+
+class BuyerNotFound(NotFound):
+    slug = "buyer-not-found"
+    title = "No such buyer"
+
+
+async def get_buyer(session: AsyncSession, buyer_id: str) -> Buyer:
+    """The platform's buyer (the portal's signed-in person). Raises ``BuyerNotFound``."""
+    buyer = await session.get(Buyer, buyer_id)
+    if buyer is None:
+        raise BuyerNotFound(f"no buyer {buyer_id!r}")
+    return buyer
+
+
+async def customers_of_buyer(session: AsyncSession, *, buyer_id: str) -> list[Customer]:
+    """Every creator's customer record of this buyer, oldest first: what the buyer's own
+    portal shows across creators (never a creator's view)."""
+    return list(
+        (
+            await session.execute(
+                select(Customer)
+                .where(Customer.buyer_id == buyer_id)
+                .order_by(Customer.created_at, Customer.id)
+            )
+        ).scalars()
+    )
