@@ -115,9 +115,18 @@ async def test_errors_are_pages_in_a_browser_and_problems_in_the_api(
     assert "<h1>No such checkout session</h1>" in page.text
     assert 'href="/"' in page.text
 
-    missing = await client.get("/no-such-page")
+    # Elsewhere (an unknown path, a checkout link) a browser gets a page, a client a problem.
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    missing = await client.get("/no-such-page", headers=browser)
     assert missing.status_code == 404
     assert "there is no page at /no-such-page" in missing.text
+    link = await client.get("/l/link_missing", headers=browser)
+    assert (link.status_code, link.headers["content-type"]) == (404, "text/html; charset=utf-8")
+    problem = await client.get("/l/link_missing")
+    assert (problem.status_code, problem.headers["content-type"]) == (
+        404,
+        "application/problem+json",
+    )
 
     api = await client.get("/v1/checkout/sessions/cs_missing")
     assert api.status_code == 401

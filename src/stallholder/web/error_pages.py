@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
 
 from stallholder.web.templating import templates
 
@@ -13,8 +14,16 @@ API_PATHS = ("/v1/", "/openapi.json", "/docs", "/redoc", "/healthz")
 
 
 def is_page_request(request: Request) -> bool:
+    """Whether an error should be a page: always on the pages (routes left out of the
+    OpenAPI document), never on the API (``/v1``, the docs); elsewhere (a checkout link,
+    an unknown path) when the client asks for HTML, as a browser does."""
     path = request.url.path
-    return not (path == "/v1" or path.startswith(API_PATHS))
+    if path == "/v1" or path.startswith(API_PATHS):
+        return False
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute) and not route.include_in_schema:
+        return True
+    return "text/html" in request.headers.get("accept", "")
 
 
 def error_page(
