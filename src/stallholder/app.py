@@ -26,6 +26,7 @@ from stallholder.accounts.service import KeyCache, Principal, resolve_admin_key
 from stallholder.billing import checkout as billing_checkout
 from stallholder.billing.api import router as billing_router
 from stallholder.billing.fees_api import router as fees_router
+from stallholder.billing.retention_api import router as retention_router
 from stallholder.billing.tasks import policy_from
 from stallholder.catalog.api import router as catalog_router
 from stallholder.checkout.api import public_router as checkout_public_router
@@ -364,6 +365,7 @@ def create_app(
         shipping_router,
         billing_router,
         fees_router,
+        retention_router,
         wallets_router,
     ):
         app.include_router(router)

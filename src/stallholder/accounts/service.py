@@ -313,6 +313,7 @@ async def create_customer(
     time_zone: str,
     now: datetime,
     test_clock_id: str | None = None,
+    country: str | None = None,
 ) -> Customer:
     """A new customer of the creator, linked to the buyer with this email (created when
     the platform has none yet).
@@ -331,6 +332,7 @@ async def create_customer(
         email=email,
         name=name,
         time_zone=time_zone,
+        country=country,
         test_clock_id=test_clock_id,
         created_at=now,
     )
@@ -422,4 +424,16 @@ async def customers_of_buyer(session: AsyncSession, *, buyer_id: str) -> list[Cu
                 .order_by(Customer.created_at, Customer.id)
             )
         ).scalars()
+    )
+
+
+async def note_country(session: AsyncSession, *, customer_id: str, country: str | None) -> None:
+    """Record where the customer lives from an address they gave (a shipping address),
+    unless it is known already: the creator's own value is never overwritten."""
+    if country is None:
+        return
+    await session.execute(
+        update(Customer)
+        .where(Customer.id == customer_id, Customer.country.is_(None))
+        .values(country=country.upper())
     )
