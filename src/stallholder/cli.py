@@ -234,7 +234,7 @@ def run_worker() -> None:
 @app.command()
 def demo() -> None:
     """Seed the demo platform (idempotent) and print its URLs and keys."""
-    from stallholder.demo import CREATORS, seed
+    from stallholder.demo import CREATORS, DEMO_BUYER, seed
 
     settings = _settings()
     admin_key, _ = resolve_admin_key(settings.admin_key, settings.data_dir)
@@ -268,6 +268,12 @@ def demo() -> None:
         console.print(f"  secret key:      {entry['secret_key']}", soft_wrap=True)
         console.print(f"  publishable key: {entry['publishable_key']}", soft_wrap=True)
     console.print(f"Store:         {base}/")
+    console.print(
+        f"Buyer portal:  {base}/portal  (sign in as {DEMO_BUYER}; without a mail server the "
+        f"link is written to {settings.data_dir / 'mail'}: "
+        f".venv/bin/stallholder mail latest --to {DEMO_BUYER})",
+        soft_wrap=True,
+    )
     console.print(f"API docs:      {base}/docs  (works offline; Authorize with a key below)")
     console.print(f"OpenAPI:       {base}/openapi.json")
     console.print(f"Admin key:     {admin_key}", soft_wrap=True)

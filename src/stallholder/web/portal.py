@@ -28,6 +28,7 @@ from stallholder.billing import buyers, cancellation, renewal, retention, subscr
 from stallholder.billing.models import Subscription
 from stallholder.billing.schemas import subscription_out
 from stallholder.billing.tasks import policy_from
+from stallholder.catalog import service as catalog
 from stallholder.kit.db import Database
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
@@ -104,10 +105,24 @@ def _status(subscription: Subscription, zone: str) -> str:
     }.get(subscription.status, subscription.status)
 
 
-def _subscription_view(
-    subscription: Subscription, *, creator: Creator, customer: Customer, now: datetime
+async def _subscription_view(
+    session: AsyncSession,
+    subscription: Subscription,
+    *,
+    creator: Creator,
+    customer: Customer,
+    now: datetime,
 ) -> dict[str, Any]:
-    """What a subscription's card on the list and its pages show, in the buyer's zone."""
+    """What a subscription's card on the list and its pages show, in the buyer's zone:
+    the products by name (an item's own description is the price's nickname)."""
+    names = [
+        (
+            await catalog.get_product(
+                session, creator_id=subscription.creator_id, product_id=item.product_id
+            )
+        ).name
+        for item in subscription.items
+    ]
     zone = customer.time_zone
     out = subscription_out(subscription, now=now)
     currency = subscription.currency
@@ -118,8 +133,8 @@ def _subscription_view(
         "id": subscription.id,
         "merchant": creator.display_name,
         "description": ", ".join(
-            item.description if item.quantity == 1 else f"{item.quantity} × {item.description}"
-            for item in subscription.items
+            name if item.quantity == 1 else f"{item.quantity} × {name}"
+            for item, name in zip(subscription.items, names, strict=True)
         ),
         "price": f"{_money(out.amount, currency)} {_every(subscription)}",
         "status": subscription.status,
@@ -172,7 +187,8 @@ async def home(request: Request, session: SessionDep, now: NowDep) -> Response:
     )
     found = await buyers.subscriptions_of_buyer(session, buyer_id=buyer_id)
     views = [
-        _subscription_view(
+        await _subscription_view(
+            session,
             subscription,
             creator=creators[subscription.creator_id],
             customer=customers[subscription.customer_id],
@@ -241,7 +257,7 @@ async def skip(
         now=now,
     )
     creator, customer = await _people(session, changed)
-    view = _subscription_view(changed, creator=creator, customer=customer, now=now)
+    view = await _subscription_view(session, changed, creator=creator, customer=customer, now=now)
     if skip == "yes":
         _notice(
             request,
@@ -319,8 +335,8 @@ async def confirm_cancel(
         "portal_cancel.html",
         {
             "email": await _email(request, session),
-            "subscription": _subscription_view(
-                subscription, creator=creator, customer=customer, now=now
+            "subscription": await _subscription_view(
+                session, subscription, creator=creator, customer=customer, now=now
             ),
             "ends_on": _day(subscription.current_period_end, customer.time_zone),
             "offer": None if offer is None else retention.describe(offer),
@@ -394,8 +410,8 @@ async def cancellation_receipt(
         {
             "email": await _email(request, session),
             "merchant": creator.display_name,
-            "subscription": _subscription_view(
-                subscription, creator=creator, customer=customer, now=now
+            "subscription": await _subscription_view(
+                session, subscription, creator=creator, customer=customer, now=now
             ),
             "requested_on": _day(subscription.cancel_requested_at, zone),
             "ends_on": _day(subscription.cancel_at, zone)
@@ -465,8 +481,8 @@ async def _payment_page(
         "portal_payment.html",
         {
             "email": await _email(request, session),
-            "subscription": _subscription_view(
-                subscription, creator=creator, customer=customer, now=now
+            "subscription": await _subscription_view(
+                session, subscription, creator=creator, customer=customer, now=now
             ),
             "cards": cards,
             "failed": None
