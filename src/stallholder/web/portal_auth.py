@@ -34,9 +34,10 @@ def signed_in_buyer(request: Request) -> str | None:
 
 
 def sign_in_redirect(request: Request) -> RedirectResponse:
-    """To the sign-in page, remembering where the buyer was going (a portal path only)."""
+    """To the sign-in page, remembering where the buyer was going (a portal page they
+    opened; not a form's target, which is no page to land on)."""
     path = request.url.path
-    if path.startswith("/portal/") or path == "/portal":
+    if request.method == "GET" and (path.startswith("/portal/") or path == "/portal"):
         request.session[NEXT_KEY] = path
     return RedirectResponse("/portal/sign-in", status_code=303)
 
