@@ -436,3 +436,35 @@ async def test_another_buyers_subscription_is_not_found(
         )
         assert forged.status_code == 404
     assert (await zines.call("GET", f"/v1/subscriptions/{theirs}"))["status"] == "active"
+
+
+async def test_a_renewal_paid_from_the_wallet_is_a_receipt_too(
+    api: Api, mail_settings: Settings, database: Database, clock: FrozenClock, smtp: SmtpServer
+) -> None:
+    zines = await _shop(api, "Paper Lantern Zines")
+    test_clock = await _clock(api)
+    first = await zines.subscribe(test_clock)
+    customer = (await zines.call("GET", f"/v1/subscriptions/{first}"))["customer"]
+    await zines.call(
+        "POST",
+        f"/v1/customers/{customer}/wallet/top_ups",
+        {"amount": 1000, "currency": "usd"},
+        status=201,
+    )
+    await _advance(api, test_clock, "2026-04-01T12:00:01Z")  # April's $3 from the wallet
+    invoices = await zines.call("GET", f"/v1/invoices?subscription={first}")
+    april = invoices["data"][0]
+    assert (april["amount_paid"], april["order"]) == (300, None)
+    assert april["wallet_transaction"] is not None
+
+    worker = Worker(database, clock, settings=mail_settings)
+    async with browser(mail_settings, database, clock) as phone:
+        await sign_in(phone, email=BUYER, smtp=smtp, worker=worker)
+        page = (await phone.get("/portal")).text
+        assert f'href="/portal/invoices/{april["id"]}"' in page
+        assert f"{april['id']} · paid from your wallet" in page
+        assert page.count('href="/portal/orders/ord_') == 1  # March's charge (a top-up is none)
+        receipt = await phone.get(f"/portal/invoices/{april['id']}")
+        assert receipt.status_code == 200
+        assert "Zine club (April 1, 2026 to May 1, 2026)" in receipt.text
+        assert "paid from your wallet" in receipt.text

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Customer
+from stallholder.billing.invoices import InvoiceNotFound
 from stallholder.billing.models import Invoice, Subscription
 from stallholder.billing.subscriptions import SubscriptionNotFound
 
@@ -77,3 +78,43 @@ async def failed_invoice(session: AsyncSession, *, subscription_id: str) -> Invo
             .limit(1)
         )
     ).scalar_one_or_none()
+
+
+async def wallet_paid_invoices(
+    session: AsyncSession, *, buyer_id: str, limit: int = 100
+) -> list[Invoice]:
+    """The buyer's invoices paid from their wallet (no charge, so no order: ADR 0016),
+    newest first: the portal lists them beside the orders as receipts."""
+    return list(
+        (
+            await session.execute(
+                select(Invoice)
+                .join(Customer, Customer.id == Invoice.customer_id)
+                .where(
+                    Customer.buyer_id == buyer_id,
+                    Invoice.status == "paid",
+                    Invoice.wallet_transaction_id.is_not(None),
+                )
+                .order_by(Invoice.created_at.desc(), Invoice.id.desc())
+                .limit(limit)
+            )
+        ).scalars()
+    )
+
+
+async def invoice_of_buyer(session: AsyncSession, *, buyer_id: str, invoice_id: str) -> Invoice:
+    """One of the buyer's invoices (any creator's).
+
+    Raises:
+        InvoiceNotFound: no such invoice, or another buyer's.
+    """
+    invoice = (
+        await session.execute(
+            select(Invoice)
+            .join(Customer, Customer.id == Invoice.customer_id)
+            .where(Invoice.id == invoice_id, Customer.buyer_id == buyer_id)
+        )
+    ).scalar_one_or_none()
+    if invoice is None:
+        raise InvoiceNotFound(f"you have no invoice {invoice_id!r}")
+    return invoice

@@ -197,9 +197,10 @@ async def home(request: Request, session: SessionDep, now: NowDep) -> Response:
         for subscription in found
     ]
     bought = await orders.orders_of_customers(session, customer_ids=list(customers))
-    order_views = [
+    order_views: list[dict[str, Any]] = [
         {
-            "id": order.id,
+            "url": f"/portal/orders/{order.id}",
+            "at": order.created_at,
             "merchant": creators[order.creator_id].display_name,
             "date": _day(order.created_at, customers[order.customer_id].time_zone),
             "number": order.receipt_number,
@@ -208,6 +209,22 @@ async def home(request: Request, session: SessionDep, now: NowDep) -> Response:
         }
         for order in bought
     ]
+    # Renewals paid from the wallet make no order (ADR 0016); they are receipts too.
+    order_views += [
+        {
+            "url": f"/portal/invoices/{invoice.id}",
+            "at": invoice.paid_at or invoice.created_at,
+            "merchant": creators[invoice.creator_id].display_name,
+            "date": _day(
+                invoice.paid_at or invoice.created_at, customers[invoice.customer_id].time_zone
+            ),
+            "number": f"{invoice.id} · paid from your wallet",
+            "total": _money(invoice.amount_paid, invoice.currency),
+            "status": "paid",
+        }
+        for invoice in await buyers.wallet_paid_invoices(session, buyer_id=buyer_id)
+    ]
+    order_views.sort(key=lambda row: row["at"], reverse=True)
     return templates.TemplateResponse(
         request,
         "portal.html",
@@ -647,5 +664,44 @@ async def receipt(order_id: str, request: Request, session: SessionDep) -> Respo
             "total": _money(order.amount_total, currency),
             "refunded": _money(order.amount_refunded, currency) if order.amount_refunded else None,
             "status": order.status.replace("_", " "),
+        },
+    )
+
+
+@router.get("/portal/invoices/{invoice_id}", response_class=HTMLResponse)
+async def invoice_receipt(invoice_id: str, request: Request, session: SessionDep) -> Response:
+    """The receipt of an invoice paid from the wallet (it has no order)."""
+    buyer_id = signed_in_buyer(request)
+    if buyer_id is None:
+        return sign_in_redirect(request)
+    invoice = await buyers.invoice_of_buyer(session, buyer_id=buyer_id, invoice_id=invoice_id)
+    creator = await accounts.get_creator(session, invoice.creator_id)
+    customer = await accounts.get_customer(
+        session, creator_id=invoice.creator_id, customer_id=invoice.customer_id
+    )
+    currency = invoice.currency
+    zone = customer.time_zone
+    return templates.TemplateResponse(
+        request,
+        "portal_receipt.html",
+        {
+            "email": await _email(request, session),
+            "merchant": creator.display_name,
+            "number": invoice.id,
+            "date": _day(invoice.paid_at or invoice.created_at, zone),
+            "lines": [
+                {
+                    "description": f"{line.description} ({_day(line.period_start, zone)} to "
+                    f"{_day(line.period_end, zone)})",
+                    "quantity": line.quantity,
+                    "amount": _money(line.amount, currency),
+                }
+                for line in invoice.lines
+            ],
+            "subtotal": _money(invoice.amount_due, currency),
+            "shipping": None,
+            "total": _money(invoice.amount_paid, currency),
+            "refunded": None,
+            "status": invoice.status if invoice.status != "paid" else "paid from your wallet",
         },
     )
