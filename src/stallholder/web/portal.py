@@ -356,6 +356,8 @@ async def confirm_cancel(
                 session, subscription, creator=creator, customer=customer, now=now
             ),
             "ends_on": _day(subscription.current_period_end, customer.time_zone),
+            # A subscription whose first payment never went through ends at once.
+            "ends_at_once": subscription.status == "incomplete",
             "offer": None if offer is None else retention.describe(offer),
             "offer_kind": None if offer is None else offer.kind,
             "withdrawal_refund": None if refund is None else _money(refund, subscription.currency),
