@@ -3,6 +3,7 @@ embedded default wrote to a file: services and the CLI, on SQLite and PostgreSQL
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,38 @@ async def test_the_cli_prints_the_newest_link_written_to_a_file(
     missing = CliRunner().invoke(app, ["mail", "latest", "--to", "nobody@example.com"])
     assert missing.exit_code == 1
     assert "no email to nobody@example.com" in missing.output
+
+
+async def test_two_clicks_racing_on_one_link_sign_in_once(database: Database) -> None:
+    async with database.unit_of_work() as session:
+        creator, _, _ = await accounts.create_creator(
+            session,
+            display_name="Kiln & Clay",
+            email="studio@example.com",
+            slug=None,
+            platform_fee_bps=None,
+            platform_fee_fixed=None,
+            now=T0,
+        )
+        await accounts.create_customer(
+            session,
+            creator_id=creator.id,
+            email="ana@example.com",
+            name=None,
+            time_zone="UTC",
+            now=T0,
+        )
+        [link] = await sign_in.request_link(
+            session, audience="buyer", email="ana@example.com", ip_address=None, now=T0
+        )
+
+    async def click() -> str | None:
+        try:
+            async with database.unit_of_work() as session:
+                return await sign_in.redeem(session, audience="buyer", token=link.token, now=T0)
+        except sign_in.SignInLinkInvalid:
+            return None
+
+    outcomes = await asyncio.gather(*(click() for _ in range(5)))
+    assert [outcome for outcome in outcomes if outcome is not None] == [link.subject_id]
+    assert outcomes.count(None) == 4
