@@ -49,6 +49,11 @@ inventory_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(inventory_app, name="inventory")
+mail_app = typer.Typer(
+    help="Emails written to files (the embedded default, without STALLHOLDER_SMTP_URL).",
+    no_args_is_help=True,
+)
+app.add_typer(mail_app, name="mail")
 console = Console()
 
 
@@ -229,7 +234,7 @@ def run_worker() -> None:
 @app.command()
 def demo() -> None:
     """Seed the demo platform (idempotent) and print its URLs and keys."""
-    from stallholder.demo import CREATORS, seed
+    from stallholder.demo import CREATORS, DEMO_BUYER, seed
 
     settings = _settings()
     admin_key, _ = resolve_admin_key(settings.admin_key, settings.data_dir)
@@ -263,6 +268,12 @@ def demo() -> None:
         console.print(f"  secret key:      {entry['secret_key']}", soft_wrap=True)
         console.print(f"  publishable key: {entry['publishable_key']}", soft_wrap=True)
     console.print(f"Store:         {base}/")
+    console.print(
+        f"Buyer portal:  {base}/portal  (sign in as {DEMO_BUYER}; without a mail server the "
+        f"link is written to {settings.data_dir / 'mail'}: "
+        f".venv/bin/stallholder mail latest --to {DEMO_BUYER})",
+        soft_wrap=True,
+    )
     console.print(f"API docs:      {base}/docs  (works offline; Authorize with a key below)")
     console.print(f"OpenAPI:       {base}/openapi.json")
     console.print(f"Admin key:     {admin_key}", soft_wrap=True)
@@ -361,6 +372,34 @@ def verify_ledger() -> None:
 
 # What ``stallholder jobs --state`` shows: due (pending and due now), running, dead.
 _JOB_STATES = {"due": "pending", "running": "running", "dead": "dead"}
+
+
+@mail_app.command("latest")
+def latest_mail(
+    to: Annotated[
+        str | None, typer.Option(help="Only emails to this address (e.g. a sign-in link's).")
+    ] = None,
+) -> None:
+    """Print the newest email written to <data_dir>/mail: its headers and its text, with
+    any link in full (a portal sign-in link works once, for 15 minutes)."""
+    from stallholder.notifications.transport import latest_written
+
+    settings = _settings()
+    if settings.smtp_url:
+        console.print("STALLHOLDER_SMTP_URL is set: emails go to that server, not to files.")
+        raise typer.Exit(code=1)
+    message = latest_written(settings.data_dir / "mail", to=to)
+    if message is None:
+        wanted = f" to {to}" if to else ""
+        console.print(f"no email{wanted} in {settings.data_dir / 'mail'}")
+        raise typer.Exit(code=1)
+    for header in ("Date", "To", "Subject"):
+        console.print(f"{header}: {message[header]}", soft_wrap=True, highlight=False)
+    body = message.get_body(preferencelist=("plain",))
+    text = body.get_content() if body is not None else ""
+    console.print()
+    # Plain print: a URL must not be wrapped or styled, so it can be copied whole.
+    print(str(text).replace("\r\n", "\n"))
 
 
 @jobs_app.callback()

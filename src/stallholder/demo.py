@@ -11,13 +11,14 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Creator
+from stallholder.billing import renewal, retention, subscriptions
 from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
 from stallholder.fulfilment import service as fulfilment
@@ -34,6 +35,8 @@ from stallholder.wallets import service as wallets
 KEYS_FILE = "demo-keys.json"
 # A demo sale left half done by a crash is resolved by the worker after this long.
 RESOLVE_AFTER = timedelta(minutes=2)
+# The buyer a newcomer signs in to the portal as (make run prints it).
+DEMO_BUYER = "reader@example.com"
 # How long a demo drop stays open after seeding.
 DROP_OPEN_FOR = timedelta(days=3)
 
@@ -64,6 +67,11 @@ class DemoCreator:
     drop: tuple[str, int, int, int] | None = None
     # Checkout sessions left open (their stock held): (product index, quantity, email).
     open_sessions: tuple[tuple[int, int, str], ...] = field(default=())
+    # A buyer subscribed to a recurring product with a saved card: (product index, email).
+    subscriber: tuple[int, str] | None = None
+    # The plan's retention offer, shown once to a buyer canceling in the portal:
+    # (product index, percent off, invoices).
+    retention_offer: tuple[int, int, int] | None = None
 
 
 USD = "usd"
@@ -104,6 +112,9 @@ CREATORS = (
             ),
         ),
         sales=((1, 2, "reader@example.com"),),
+        # The portal's demo buyer: subscribed here and to Ink Fox's sketchbook club.
+        subscriber=(0, DEMO_BUYER),
+        retention_offer=(0, 50, 3),
     ),
     DemoCreator(
         slug="kiln-and-clay",
@@ -179,8 +190,22 @@ CREATORS = (
                 "Six 5K wallpapers. Pay what you like, from $2.",
                 catalog.PriceSpec(currency=USD, minimum_amount=200, preset_amount=500),
             ),
+            DemoProduct(
+                "digital",
+                "Sketchbook club",
+                "A new sketchbook spread every month, as a print-ready PDF.",
+                catalog.PriceSpec(
+                    currency=USD,
+                    unit_amount=400,
+                    recurring_interval="month",
+                    recurring_interval_count=1,
+                    trial_days=0,
+                    nickname="$4 / month",
+                ),
+            ),
         ),
         sales=((0, 1, "painter@example.com"),),
+        subscriber=(2, DEMO_BUYER),
     ),
 )
 
@@ -199,6 +224,59 @@ def _save_keys(data_dir: Path, keys: dict[str, dict[str, str]]) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         json.dump(keys, handle, indent=2)
+
+
+async def _subscribe(
+    database: Database,
+    gateway: Gateway,
+    *,
+    creator_id: str,
+    price_id: str,
+    email: str,
+    fees: FeeSchedule,
+    now: datetime,
+) -> None:
+    """Subscribe ``email`` to the price with a saved test card and pay the first invoice,
+    as the API's ``POST /v1/subscriptions`` does (the charge with no transaction open)."""
+    async with database.unit_of_work() as session:
+        customer = await accounts.customer_for_email(
+            session, creator_id=creator_id, email=email, now=now
+        )
+    saved = await payment_methods.save_payment_method(
+        database,
+        gateway,
+        creator_id=creator_id,
+        customer_id=customer.id,
+        token="tok_visa",  # noqa: S106 (a sandbox test token, not a secret)
+        now=now,
+    )
+    async with database.unit_of_work() as session:
+        created = await subscriptions.create_subscription(
+            session,
+            creator_id=creator_id,
+            customer_id=customer.id,
+            items=[subscriptions.ItemRequest(price_id, 1)],
+            default_payment_method_id=saved.method.id,
+            metadata={"seeded_by": "demo"},
+            consent=subscriptions.ConsentRequest(
+                terms="Seeded by the demo: renews every month until canceled in the portal."
+            ),
+            now=now,
+        )
+    if created.invoice is not None:
+        await renewal.charge_invoice(
+            database,
+            gateway,
+            invoice_id=created.invoice.id,
+            attempt=1,
+            policy=renewal.BillingPolicy(
+                fees=fees,
+                retry_days=(1, 3, 5, 7),
+                after_last_retry="cancel",
+                resolve_after_seconds=int(RESOLVE_AFTER.total_seconds()),
+            ),
+            now=now,
+        )
 
 
 async def seed(
@@ -299,6 +377,17 @@ async def seed(
                     ttl=timedelta(minutes=30),
                     now=now,
                 )
+            if spec.retention_offer is not None:
+                index, percent_off, cycles = spec.retention_offer
+                await retention.set_offer(
+                    session,
+                    creator_id=creator.id,
+                    price_id=price_ids[index],
+                    terms=retention.OfferTerms(
+                        kind="discount", percent_off=percent_off, duration_cycles=cycles
+                    ),
+                    now=now,
+                )
             sales = []
             for index, quantity, email in spec.sales:
                 sale = await checkout.create_session(
@@ -315,6 +404,16 @@ async def seed(
                 )
                 sales.append(sale.id)
         # Paying calls the gateway, which happens with no transaction open (ADR 0007).
+        if spec.subscriber is not None:
+            await _subscribe(
+                database,
+                gateway,
+                creator_id=creator.id,
+                price_id=price_ids[spec.subscriber[0]],
+                email=spec.subscriber[1],
+                fees=fees,
+                now=now,
+            )
         for sale_id in sales:
             outcome = await checkout.confirm_session(
                 database,

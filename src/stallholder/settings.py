@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str = ""
     admin_key: str = ""
+    # Signs the pages' session cookies (portal sign-in, CSRF tokens). Empty: generated once
+    # and kept in data_dir/session-secret. Changing it signs every browser out.
+    session_secret: str = ""
     base_url: str = "http://127.0.0.1:8000"
     payment_gateway: Literal["sandbox", "stripe"] = "sandbox"
     # Stripe (payment_gateway="stripe"): the secret key, the webhook endpoint's signing
@@ -99,8 +102,9 @@ class Settings(BaseSettings):
         default_factory=lambda: [1, 3, 5, 7], max_length=10
     )
     billing_after_last_retry: Literal["cancel", "mark_unpaid"] = "cancel"
-    # Where a buyer whose payment failed updates the card: the creator's portal. {invoice}
-    # and {customer} are filled in. Empty: the email asks the buyer to contact the creator.
+    # Where a buyer whose payment failed updates the card. {invoice}, {customer} and
+    # {subscription} are filled in. Empty: the buyer portal's payment-update page,
+    # <base_url>/portal/subscriptions/{subscription}/payment-method.
     billing_update_payment_url: str = ""
     # A price change must be announced at least this many days ahead (and is refused
     # sooner), as automatic-renewal laws ask.

@@ -83,7 +83,13 @@ class ThreePlans:
                 self.api,
                 "/v1/customers",
                 key,
-                {"email": "reader@example.com", "time_zone": "UTC", "test_clock": self.clock},
+                {
+                    "email": "reader@example.com",
+                    "time_zone": "UTC",
+                    "test_clock": self.clock,
+                    # In the EU: the right of withdrawal applies (the cooling-off test).
+                    "country": "IE",
+                },
             )
             method = await _ok(
                 self.api,

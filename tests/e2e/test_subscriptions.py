@@ -61,9 +61,16 @@ class Billing:
         return response.json()
 
     async def customer(
-        self, *, token: str = "tok_visa", time_zone: str = "UTC", test_clock: str | None = None
+        self,
+        *,
+        token: str = "tok_visa",
+        time_zone: str = "UTC",
+        test_clock: str | None = None,
+        country: str | None = None,
     ) -> tuple[str, str]:
         body: dict[str, Any] = {"email": "reader@example.com", "time_zone": time_zone}
+        if country is not None:
+            body["country"] = country
         if test_clock is not None:
             body["test_clock"] = test_clock
         customer = await self.ok("/v1/customers", body, status=201)
@@ -356,9 +363,10 @@ async def test_cancel_at_period_end_undo_and_cancel_again(api: Api, database: Da
 async def test_an_immediate_cancellation_in_the_cooling_off_window_refunds_pro_rata(
     api: Api, database: Database
 ) -> None:
+    """A buyer in the EU (or UK) has the 14-day right of withdrawal."""
     billing = await Billing.start(api, unit_amount=3000)
     clock = await billing.clock("2026-04-01T00:00:00Z")
-    customer, method = await billing.customer(test_clock=clock)
+    customer, method = await billing.customer(test_clock=clock, country="de")
     subscription = await billing.subscribe(customer, default_payment_method=method)
     await billing.advance(clock, "2026-04-07T00:00:00Z")  # 6 of 30 days used
     ended = await billing.ok(
@@ -372,10 +380,32 @@ async def test_an_immediate_cancellation_in_the_cooling_off_window_refunds_pro_r
     assert "customer.subscription.deleted" in await _event_types(database)
 
 
+@pytest.mark.parametrize("country", [None, "US", "CH"])
+async def test_outside_the_eu_and_uk_an_immediate_cancellation_refunds_nothing(
+    api: Api, country: str | None
+) -> None:
+    """No statutory right of withdrawal outside the EU and UK (or where the buyer's country
+    is not known): cancelling at once ends the subscription with no refund, as Stripe's
+    API does."""
+    billing = await Billing.start(api, unit_amount=3000)
+    clock = await billing.clock("2026-04-01T00:00:00Z")
+    customer, method = await billing.customer(test_clock=clock, country=country)
+    assert (await billing.get(f"/v1/customers/{customer}"))["country"] == country
+    subscription = await billing.subscribe(customer, default_payment_method=method)
+    await billing.advance(clock, "2026-04-07T00:00:00Z")  # 6 of 30 days used
+    ended = await billing.ok(
+        f"/v1/subscriptions/{subscription['id']}/cancel", {"at_period_end": False}
+    )
+    assert (ended["status"], ended["cancellation"]["refunded_amount"]) == ("canceled", 0)
+    (invoice,) = await billing.invoices(subscription["id"])
+    order = await billing.get(f"/v1/orders/{invoice['order']}")
+    assert (order["amount_refunded"], order["status"]) == (0, "paid")
+
+
 async def test_an_immediate_cancellation_after_the_window_refunds_nothing(api: Api) -> None:
     billing = await Billing.start(api)
     clock = await billing.clock("2026-04-01T00:00:00Z")
-    customer, method = await billing.customer(test_clock=clock)
+    customer, method = await billing.customer(test_clock=clock, country="GB")
     subscription = await billing.subscribe(customer, default_payment_method=method)
     await billing.advance(clock, "2026-05-20T00:00:00Z")
     ended = await billing.ok(

@@ -229,7 +229,6 @@ async def _run(url: str, story: Story) -> None:
                             subscription_id=subscription_id,
                             at_period_end=True,
                             reason=None,
-                            cooling_off_days=14,
                             now=at,
                         )
                     else:

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from stallholder.accounts.models import Buyer, Creator
+from stallholder.billing.models import Invoice, Subscription, SubscriptionItem
 from stallholder.cli import app, run_worker
 from stallholder.inventory.models import Drop, DropItem, StockLevel
 from stallholder.kit import work
@@ -59,6 +60,26 @@ def _count_creators(url: str) -> int:
             await database.dispose()
 
     return asyncio.run(count())
+
+
+def _subscriptions(url: str) -> list[tuple[str, str, int]]:
+    """(plan, status, first invoice's amount paid) of every subscription."""
+
+    async def read() -> list[tuple[str, str, int]]:
+        database = Database(url)
+        try:
+            async with database.unit_of_work() as session:
+                rows = await session.execute(
+                    select(SubscriptionItem.description, Subscription.status, Invoice.amount_paid)
+                    .join(Subscription, Subscription.id == SubscriptionItem.subscription_id)
+                    .join(Invoice, Invoice.subscription_id == Subscription.id)
+                    .order_by(SubscriptionItem.description)
+                )
+                return [(str(a), str(b), int(c)) for a, b, c in rows.all()]
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
 
 
 def _corrupt_one_line(url: str) -> None:
@@ -126,8 +147,18 @@ def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.Monke
     second = runner.invoke(app, ["demo"])
     assert second.exit_code == 0, second.output
     assert _count_creators(url) == 3
-    # The zine's first reader: a buyer with a saved card and $5 in a wallet.
-    assert _wallet_balances(url) == [("reader@example.com", "usd", 500)]
+    # The zine's first reader: a buyer with a saved card and $5 in a wallet, from which
+    # Ink Fox's $4 sketchbook club took its first month (renewals use the wallet first).
+    assert _wallet_balances(url) == [("reader@example.com", "usd", 100)]
+    # … subscribed with two creators, the portal's demo buyer.
+    assert _subscriptions(url) == [
+        ("$3 / month", "active", 300),
+        ("$4 / month", "active", 400),
+    ]
+    assert "Buyer portal:  http://127.0.0.1:8000/portal  (sign in as reader@example.com" in (
+        first.output
+    )
+    assert "stallholder mail latest --to reader@example.com" in first.output
     assert (tmp_path / "var" / "admin-key").read_text().strip() in second.output
     # The winter mug: 20 pieces, one sold (allocated), one held in an open checkout.
     assert _mug_stock(url) == (20, 1, 1)

@@ -100,6 +100,7 @@ async def create_customer(
         time_zone=body.time_zone,
         now=now,
         test_clock_id=body.test_clock,
+        country=body.country,
     )
     return CustomerOut.model_validate(customer)
 

@@ -63,6 +63,9 @@ class Customer(Base):
     email: Mapped[str] = mapped_column(String(320))
     name: Mapped[str | None] = mapped_column(String(200), default=None)
     time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # Where the buyer lives (ISO 3166-1 alpha-2), when known: given by the creator or taken
+    # from a shipping address. The EU/UK right of withdrawal depends on it (docs/billing.md).
+    country: Mapped[str | None] = mapped_column(String(2), default=None)
     # A customer created on a test clock is billed at the clock's time (billing/clocks.py).
     test_clock_id: Mapped[str | None] = mapped_column(
         ForeignKey("test_clocks.id"), index=True, default=None
@@ -89,3 +92,33 @@ class TestClock(Base):
     # ready | advancing
     status: Mapped[str] = mapped_column(String(16), default="ready")
     created_at: Mapped[datetime]
+
+
+class SignInLink(Base):
+    """A magic sign-in link: single use, expiring, stored as the SHA-256 of its token.
+
+    ``audience`` says who it signs in: a ``buyer`` (the portal, ``subject_id`` a buyer
+    id) or a ``creator`` (the dashboard, ``subject_id`` and ``creator_id`` the creator).
+    Every request is a row, also one for an address nobody has (``subject_id`` None, no
+    email sent), so the per-address and per-IP limits count what was asked, and the
+    answer never tells whether an address is known (docs/portal.md).
+    """
+
+    __tablename__ = "sign_in_links"
+    __table_args__ = (
+        Index("ix_sign_in_links_email_created", "email_key", "created_at"),
+        Index("ix_sign_in_links_ip_created", "requested_ip", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    audience: Mapped[str] = mapped_column(String(16))  # buyer | creator
+    email_key: Mapped[str] = mapped_column(String(320))
+    subject_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # The creator a dashboard link signs in to (the distribution key); None for buyers,
+    # who belong to the platform.
+    creator_id: Mapped[str | None] = mapped_column(ForeignKey("creators.id"), default=None)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    requested_ip: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -53,6 +53,24 @@ def _zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
+@cache
+def _countries() -> frozenset[str]:
+    from babel import Locale
+
+    codes = (str(code) for code in Locale("en").territories)
+    return frozenset(code for code in codes if len(code) == 2 and code != "ZZ")
+
+
+def check_country(value: str | None) -> str | None:
+    """An ISO 3166-1 alpha-2 code, upper-cased."""
+    if value is None:
+        return None
+    code = value.upper()
+    if code not in _countries():
+        raise ValueError(f"unknown country {value!r}; use an ISO 3166-1 alpha-2 code such as 'DE'")
+    return code
+
+
 def check_time_zone(value: str) -> str:
     if value not in _zones():
         raise ValueError(f"unknown IANA time zone {value!r}; use a name such as 'Europe/Berlin'")
@@ -63,6 +81,9 @@ class CustomerCreate(Input):
     email: Email
     name: str | None = Field(default=None, max_length=200)
     time_zone: str = "UTC"
+    # Where the buyer lives (ISO 3166-1 alpha-2): a buyer in the EU or UK has the 14-day
+    # right of withdrawal (docs/billing.md, "Cooling-off").
+    country: str | None = Field(default=None, min_length=2, max_length=2)
     # A billing test clock (``clock_…``): the customer is billed at the clock's time.
     test_clock: str | None = Field(default=None, max_length=40)
 
@@ -71,6 +92,11 @@ class CustomerCreate(Input):
     def _valid_zone(cls, value: str) -> str:
         return check_time_zone(value)
 
+    @field_validator("country")
+    @classmethod
+    def _valid_country(cls, value: str | None) -> str | None:
+        return check_country(value)
+
 
 class CustomerOut(Output):
     object: Literal["customer"] = "customer"
@@ -78,6 +104,7 @@ class CustomerOut(Output):
     email: str
     name: str | None
     time_zone: str
+    country: str | None = None
     test_clock: str | None = Field(default=None, validation_alias="test_clock_id")
     created: datetime = Field(validation_alias="created_at")
 

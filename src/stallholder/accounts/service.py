@@ -313,6 +313,7 @@ async def create_customer(
     time_zone: str,
     now: datetime,
     test_clock_id: str | None = None,
+    country: str | None = None,
 ) -> Customer:
     """A new customer of the creator, linked to the buyer with this email (created when
     the platform has none yet).
@@ -331,6 +332,7 @@ async def create_customer(
         email=email,
         name=name,
         time_zone=time_zone,
+        country=country,
         test_clock_id=test_clock_id,
         created_at=now,
     )
@@ -396,3 +398,42 @@ async def creators_by_id(session: AsyncSession, creator_ids: list[str]) -> dict[
         return {}
     rows = await session.execute(select(Creator).where(Creator.id.in_(creator_ids)))
     return {creator.id: creator for creator in rows.scalars()}
+
+
+class BuyerNotFound(NotFound):
+    slug = "buyer-not-found"
+    title = "No such buyer"
+
+
+async def get_buyer(session: AsyncSession, buyer_id: str) -> Buyer:
+    """The platform's buyer (the portal's signed-in person). Raises ``BuyerNotFound``."""
+    buyer = await session.get(Buyer, buyer_id)
+    if buyer is None:
+        raise BuyerNotFound(f"no buyer {buyer_id!r}")
+    return buyer
+
+
+async def customers_of_buyer(session: AsyncSession, *, buyer_id: str) -> list[Customer]:
+    """Every creator's customer record of this buyer, oldest first: what the buyer's own
+    portal shows across creators (never a creator's view)."""
+    return list(
+        (
+            await session.execute(
+                select(Customer)
+                .where(Customer.buyer_id == buyer_id)
+                .order_by(Customer.created_at, Customer.id)
+            )
+        ).scalars()
+    )
+
+
+async def note_country(session: AsyncSession, *, customer_id: str, country: str | None) -> None:
+    """Record where the customer lives from an address they gave (a shipping address),
+    unless it is known already: the creator's own value is never overwritten."""
+    if country is None:
+        return
+    await session.execute(
+        update(Customer)
+        .where(Customer.id == customer_id, Customer.country.is_(None))
+        .values(country=country.upper())
+    )

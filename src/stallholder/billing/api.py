@@ -63,9 +63,6 @@ SubscriptionStatus = Literal[
     "incomplete", "trialing", "active", "past_due", "unpaid", "paused", "canceled"
 ]
 InvoiceStatus = Literal["draft", "open", "paid", "void", "uncollectible"]
-# An immediate cancellation refunds pro rata within this many days of the signup (the
-# EU/UK right of withdrawal is 14 days); applied to every buyer.
-COOLING_OFF_DAYS = 14
 
 
 class ConsentMissing(NotFound):
@@ -287,8 +284,9 @@ async def cancel_subscription(
     now: NowDep,
 ) -> SubscriptionOut:
     """Cancel at the end of the period (default) or at once (``at_period_end: false``;
-    within 14 days of the signup the unused part of the period is refunded). The buyer
-    gets a cancellation receipt; the subscription shows what ends when."""
+    for a customer in the EU or UK, within 14 days of the signup the unused part of the
+    period is refunded: the right of withdrawal). The buyer gets a cancellation receipt;
+    the subscription shows what ends when."""
     database = _database(request)
     async with database.unit_of_work() as canceling:
         done = await cancellation.cancel(
@@ -297,7 +295,6 @@ async def cancel_subscription(
             subscription_id=subscription_id,
             at_period_end=body.at_period_end,
             reason=body.reason,
-            cooling_off_days=COOLING_OFF_DAYS,
             now=now,
         )
     await cancellation.refund_cancellation(

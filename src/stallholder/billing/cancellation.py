@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.billing import lifecycle, proration, reminders, wallet_first
+from stallholder.accounts.models import Customer
+from stallholder.billing import cooling_off, lifecycle, proration, reminders, wallet_first
 from stallholder.billing.models import Invoice, Subscription
 from stallholder.billing.renewal import end_subscription
 from stallholder.billing.schemas import amount_of
@@ -74,13 +75,13 @@ async def cancel(
     subscription_id: str,
     at_period_end: bool,
     reason: str | None,
-    cooling_off_days: int,
     now: datetime,
 ) -> Cancellation:
     """Cancel at the end of the current period (the default: the buyer keeps what was
-    paid for) or at once. At once inside the cooling-off window (days since the
-    subscription started) the unused part of the current period is refunded pro rata.
-    Asking again changes nothing but the reason; a cancellation receipt is emailed.
+    paid for) or at once. At once inside the cooling-off window (14 days since the
+    subscription started, for a buyer in the EU or UK: ``cooling_off.py``) the unused
+    part of the current period is refunded pro rata. Asking again changes nothing but the
+    reason; a cancellation receipt is emailed.
 
     Raises:
         SubscriptionNotFound, SubscriptionCanceled.
@@ -104,7 +105,7 @@ async def cancel(
         subscription.cancel_at_period_end = False
         subscription.cancel_at = at
         paid = await _latest_paid_invoice(session, subscription)
-        is_cooling_off = at - subscription.created_at <= timedelta(days=cooling_off_days)
+        is_cooling_off = await in_cooling_off(session, subscription, at=at)
         if paid is not None and paid.order_id is not None and is_cooling_off:
             refund_amount = proration.prorated_refund(
                 period_start=paid.period_start,
@@ -136,6 +137,34 @@ async def cancel(
     await reminders.cancellation_receipt(session, subscription=subscription, at=at)
     return Cancellation(
         subscription=subscription, refund_order_id=refund_order_id, refund_amount=refund_amount
+    )
+
+
+async def in_cooling_off(
+    session: AsyncSession, subscription: Subscription, *, at: datetime
+) -> bool:
+    """Whether the buyer may still withdraw (cancel at once with a pro-rata refund): a
+    buyer in the EU or UK within 14 days of the signup."""
+    customer = await session.get(Customer, subscription.customer_id)
+    days = cooling_off.cooling_off_days(customer.country if customer is not None else None)
+    return days > 0 and at - subscription.created_at <= timedelta(days=days)
+
+
+async def withdrawal_refund(
+    session: AsyncSession, subscription: Subscription, *, at: datetime
+) -> int | None:
+    """What cancelling at once would refund now, or None when the buyer has no right of
+    withdrawal left (outside the EU/UK, or past the window): the portal's offer."""
+    if subscription.status == "canceled" or not await in_cooling_off(session, subscription, at=at):
+        return None
+    paid = await _latest_paid_invoice(session, subscription)
+    if paid is None:
+        return 0
+    return proration.prorated_refund(
+        period_start=paid.period_start,
+        period_end=paid.period_end,
+        at=at,
+        amount_paid=paid.amount_paid,
     )
 
 

@@ -67,6 +67,14 @@ class Subscription(Base):
     canceled_at: Mapped[datetime | None] = mapped_column(default=None)
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
     refunded_amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The plan's retention offer (retention.py): shown in one cancellation and never again
+    # once the buyer took it ("accepted") or canceled anyway ("declined").
+    retention_offer_outcome: Mapped[str | None] = mapped_column(String(16), default=None)
+    retention_offer_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A discount taken as a retention offer: this percentage off the next invoices, for
+    # this many more of them.
+    discount_percent_off: Mapped[int | None] = mapped_column(default=None)
+    discount_cycles_remaining: Mapped[int] = mapped_column(default=0)
     # Reminders sent, by key (``trial_will_end:<trial_end>``, ``upcoming:<period>``).
     reminders_sent: Mapped[list[str]] = mapped_column(JSON, default=list)
     # A scheduled price change: these items ([{price, quantity}]) replace the current ones
@@ -179,3 +187,21 @@ class SubscriptionConsent(Base):
     ip_address: Mapped[str | None] = mapped_column(String(64), default=None)
     user_agent: Mapped[str | None] = mapped_column(String(500), default=None)
     created_at: Mapped[datetime]
+
+
+class RetentionOffer(Base):
+    """What a buyer about to cancel is offered instead, at most one per plan (price):
+    ``discount`` (``percent_off`` for ``duration_cycles`` invoices) or ``pause``. Set by
+    the creator (``POST /v1/prices/{id}/retention_offer``); shown once, never blocking."""
+
+    __tablename__ = "retention_offers"
+    __table_args__ = (UniqueConstraint("price_id", name="uq_retention_offers_price"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
+    price_id: Mapped[str] = mapped_column(ForeignKey("prices.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # discount | pause
+    percent_off: Mapped[int | None] = mapped_column(default=None)
+    duration_cycles: Mapped[int | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

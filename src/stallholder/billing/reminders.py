@@ -214,7 +214,9 @@ async def payment_failed_email(
     """One email per failed attempt, with when it is tried again (the buyer's date)."""
     creator, customer = await _people(session, subscription)
     update_url = (
-        update_url_template.format(invoice=invoice.id, customer=customer.id)
+        update_url_template.format(
+            invoice=invoice.id, customer=customer.id, subscription=subscription.id
+        )
         if update_url_template
         else ""
     )

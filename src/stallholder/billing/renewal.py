@@ -33,7 +33,15 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Customer
-from stallholder.billing import dunning, lifecycle, periods, reminders, schedule, wallet_first
+from stallholder.billing import (
+    discounts,
+    dunning,
+    lifecycle,
+    periods,
+    reminders,
+    schedule,
+    wallet_first,
+)
 from stallholder.billing.models import Invoice, Subscription
 from stallholder.billing.schemas import plan_of
 from stallholder.billing.subscriptions import (
@@ -145,6 +153,7 @@ async def renew(
             billing_reason="subscription_create" if was_trialing else "subscription_cycle",
             now=period.start,
         )
+        discounts.apply_discount(subscription, invoice)
         session.add(invoice)
         await emit_invoice(session, invoice, "invoice.created", now=now)
         await schedule_charge(

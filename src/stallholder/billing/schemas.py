@@ -5,11 +5,24 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StrictBool, StrictInt
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
 
 from stallholder.accounts.models import TestClock
-from stallholder.billing import delivery
-from stallholder.billing.models import Invoice, Subscription, SubscriptionConsent
+from stallholder.billing import delivery, discounts
+from stallholder.billing.models import (
+    Invoice,
+    RetentionOffer,
+    Subscription,
+    SubscriptionConsent,
+)
 from stallholder.billing.periods import Plan
 from stallholder.kit.schemas import Input, Output
 
@@ -130,6 +143,67 @@ class PriceChangeIn(Input):
     effective_at: AwareDatetime
 
 
+class DiscountOut(BaseModel):
+    """A retention discount the buyer took: ``percent_off`` off the next
+    ``cycles_remaining`` invoices."""
+
+    percent_off: int
+    cycles_remaining: int
+
+
+class RetentionOutcomeOut(BaseModel):
+    """The plan's retention offer was shown in a cancellation and ``accepted`` or
+    ``declined`` (it is not offered again)."""
+
+    outcome: Literal["accepted", "declined"]
+    at: datetime
+
+
+class RetentionOfferIn(Input):
+    """A plan's retention offer: ``discount`` needs ``percent_off`` (1–100) and
+    ``duration_cycles`` (1–24 invoices); ``pause`` takes neither."""
+
+    kind: Literal["discount", "pause"]
+    percent_off: StrictInt | None = Field(default=None, ge=1, le=100)
+    duration_cycles: StrictInt | None = Field(default=None, ge=1, le=24)
+
+    @model_validator(mode="after")
+    def _fits_the_kind(self) -> RetentionOfferIn:
+        if self.kind == "discount" and (self.percent_off is None or self.duration_cycles is None):
+            raise ValueError("a discount offer needs percent_off and duration_cycles")
+        if self.kind == "pause" and (
+            self.percent_off is not None or self.duration_cycles is not None
+        ):
+            raise ValueError("a pause offer takes no percent_off or duration_cycles")
+        return self
+
+
+class RetentionOfferOut(Output):
+    object: Literal["retention_offer"] = "retention_offer"
+    id: str
+    price: str
+    kind: str
+    percent_off: int | None
+    duration_cycles: int | None
+    # The offer in plain words, as the buyer's confirmation page shows it.
+    description: str
+    created: datetime
+    updated: datetime
+
+
+def retention_offer_out(offer: RetentionOffer, *, description: str) -> RetentionOfferOut:
+    return RetentionOfferOut(
+        id=offer.id,
+        price=offer.price_id,
+        kind=offer.kind,
+        percent_off=offer.percent_off,
+        duration_cycles=offer.duration_cycles,
+        description=description,
+        created=offer.created_at,
+        updated=offer.updated_at,
+    )
+
+
 class CancellationOut(BaseModel):
     requested_at: datetime | None
     effective_at: datetime | None
@@ -165,6 +239,8 @@ class SubscriptionOut(Output):
     next_cycle: CycleOut | None
     cancellation: CancellationOut | None
     pending_update: PendingUpdateOut | None
+    discount: DiscountOut | None
+    retention_offer: RetentionOutcomeOut | None
     test_clock: str | None
     metadata: dict[str, str]
     created: datetime
@@ -200,7 +276,7 @@ def subscription_out(subscription: Subscription, *, now: datetime) -> Subscripti
     next_amount = (
         0
         if subscription.skip_period_index == following or subscription.status == "paused"
-        else amount
+        else discounts.discounted_total(subscription)
     )
     skipped_at = (
         _cycle(subscription, subscription.skip_period_index, amount=0).charge_date
@@ -258,6 +334,20 @@ def subscription_out(subscription: Subscription, *, now: datetime) -> Subscripti
             effective_at=subscription.pending_items_at, items=list(subscription.pending_items)
         )
         if subscription.pending_items_at is not None and subscription.pending_items is not None
+        else None,
+        discount=DiscountOut(
+            percent_off=subscription.discount_percent_off,
+            cycles_remaining=subscription.discount_cycles_remaining,
+        )
+        if subscription.discount_percent_off is not None
+        and subscription.discount_cycles_remaining > 0
+        else None,
+        retention_offer=RetentionOutcomeOut(
+            outcome=subscription.retention_offer_outcome,
+            at=subscription.retention_offer_at,
+        )
+        if subscription.retention_offer_outcome is not None
+        and subscription.retention_offer_at is not None
         else None,
         test_clock=subscription.test_clock_id,
         metadata=dict(subscription.metadata_),

@@ -34,7 +34,9 @@ def policy_from(settings: Settings) -> renewal.BillingPolicy:
         retry_days=tuple(settings.billing_retry_days),
         after_last_retry=settings.billing_after_last_retry,
         resolve_after_seconds=settings.payment_resolve_after_seconds,
-        update_payment_url=settings.billing_update_payment_url,
+        # By default the buyer portal's payment-update page (docs/portal.md).
+        update_payment_url=settings.billing_update_payment_url
+        or f"{settings.base_url}/portal/subscriptions/{{subscription}}/payment-method",
     )
 
 

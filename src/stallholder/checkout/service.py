@@ -924,6 +924,10 @@ async def _complete_sale(
             amount=checkout.amount_shipping,
         ),
     )
+    if checkout.shipping_address is not None:
+        await accounts.note_country(
+            session, customer_id=customer_id, country=checkout.shipping_address.get("country")
+        )
     await drops.sell(session, checkout_session_id=checkout.id, now=now)
     await reservations.allocate(
         session, checkout_session_id=checkout.id, order_id=order.id, now=now

@@ -26,6 +26,9 @@ EVENT_TYPES: dict[str, str] = {
     "customer.subscription.paused": "A subscription was paused; data.object is the subscription.",
     "customer.subscription.resumed": "A paused subscription was resumed; data.object is the "
     "subscription.",
+    "customer.subscription.retention_offer_accepted": "A buyer about to cancel took the "
+    "plan's retention offer instead (a discount on the next invoices, or a pause); "
+    "data.object is the subscription with its discount and retention_offer.",
     "customer.subscription.trial_will_end": "A trial ends in 3 days (7 for trials over 31 "
     "days); data.object is the subscription.",
     "invoice.created": "A subscription invoice was created; data.object is the invoice.",

@@ -22,7 +22,9 @@ class Email(Base):
     __tablename__ = "emails"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
+    # None for the platform's own emails to a buyer (a portal sign-in link), which no one
+    # creator sends.
+    creator_id: Mapped[str | None] = mapped_column(ForeignKey("creators.id"), index=True)
     kind: Mapped[str] = mapped_column(String(64))  # the template: receipt, refund, …
     to_address: Mapped[str] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(String(300))

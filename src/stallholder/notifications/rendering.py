@@ -26,6 +26,7 @@ SUBJECTS: dict[str, str] = {
     "refund": "{{ merchant }} refunded {{ amount | money(currency) }} [{{ number }}]",
     "payment_failed": "Your payment to {{ merchant }} did not go through",
     "magic_link": "Your sign-in link for {{ merchant }}",
+    "sign_in_link": "{{ headline }}",
     "webhook_endpoint_disabled": "Webhook endpoint disabled: {{ url }}",
     "invoice_payment_failed": "Your {{ merchant }} subscription payment did not go through",
     "subscription_reminder": "{{ headline }}",

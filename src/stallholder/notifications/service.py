@@ -46,7 +46,8 @@ RETRY_DELAYS = (
     timedelta(hours=24),
 )
 # Emails whose body is a credential: blanked once sent or given up on.
-SENSITIVE_KINDS = frozenset({"magic_link"})
+SENSITIVE_KINDS = frozenset({"magic_link", "sign_in_link"})
+PLATFORM_NAME = "Stallholder"
 REDACTED = "[removed after sending]"
 
 _REFUND_REASONS = {
@@ -57,9 +58,10 @@ _REFUND_REASONS = {
 
 @dataclass(frozen=True, slots=True)
 class NewEmail:
-    """An email rendered and ready to queue (``queue_many``)."""
+    """An email rendered and ready to queue (``queue_many``); ``creator_id`` None for
+    the platform's own emails (a portal sign-in link)."""
 
-    creator_id: str
+    creator_id: str | None
     kind: str
     to: str
     dedupe_key: str
@@ -67,7 +69,7 @@ class NewEmail:
 
 
 def compose(
-    *, creator_id: str, kind: str, to: str, context: Mapping[str, Any], dedupe_key: str
+    *, creator_id: str | None, kind: str, to: str, context: Mapping[str, Any], dedupe_key: str
 ) -> NewEmail:
     """Render an email now: what is sent is fixed when it is queued."""
     return NewEmail(
@@ -139,7 +141,7 @@ async def queue_many(
 async def queue_email(
     session: AsyncSession,
     *,
-    creator_id: str,
+    creator_id: str | None,
     kind: str,
     to: str,
     context: Mapping[str, Any],
@@ -365,6 +367,50 @@ async def queue_magic_link(
         dedupe_key=f"magic_link:{digest}",
         now=now,
         context={"merchant": creator.display_name, "url": url},
+    )
+
+
+async def queue_sign_in_link(
+    session: AsyncSession,
+    *,
+    audience: str,
+    to: str,
+    url: str,
+    expires_in: timedelta,
+    creator_id: str | None,
+    now: datetime,
+) -> str | None:
+    """Email a sign-in link: to a buyer for the portal (a platform email, no creator) or
+    to a creator for its dashboard. Its body is blanked once sent, as a magic link's is.
+
+    Raises:
+        CreatorNotFound: ``creator_id`` names no creator.
+    """
+    if audience == "creator":
+        assert creator_id is not None
+        creator = await accounts.get_creator(session, creator_id)
+        headline = f"Sign in to the {creator.display_name} dashboard"
+        lead = f"Use this link to sign in to {creator.display_name}'s dashboard on {PLATFORM_NAME}:"
+    else:
+        headline = f"Your {PLATFORM_NAME} sign-in link"
+        lead = (
+            "Use this link to sign in and manage your subscriptions, orders and receipts "
+            f"with every creator you buy from on {PLATFORM_NAME}:"
+        )
+    return await queue_email(
+        session,
+        creator_id=creator_id,
+        kind="sign_in_link",
+        to=to,
+        dedupe_key=f"sign_in_link:{hashlib.sha256(url.encode()).hexdigest()}",
+        now=now,
+        context={
+            "headline": headline,
+            "lead": lead,
+            "url": url,
+            "minutes": int(expires_in.total_seconds() // 60),
+            "platform": PLATFORM_NAME,
+        },
     )
 
 

@@ -23,9 +23,10 @@ import smtplib
 import ssl
 from dataclasses import dataclass, field
 from datetime import datetime
+from email import message_from_bytes
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import compat32
+from email.policy import compat32, default
 from email.utils import format_datetime, parseaddr, parsedate_to_datetime
 from pathlib import Path
 from typing import Literal, Protocol
@@ -233,6 +234,21 @@ class FileTransport:
         partial = path.with_suffix(".eml.partial")
         partial.write_bytes(content)
         os.replace(partial, path)  # readers never see half a file
+
+
+def latest_written(directory: Path, *, to: str | None = None) -> EmailMessage | None:
+    """The newest ``.eml`` file ``FileTransport`` wrote under ``directory`` (to ``to``,
+    case-insensitively, when given), parsed; None when there is none. For reading a sign-in
+    link in the embedded default: ``stallholder mail latest --to you@example.com``."""
+    if not directory.is_dir():
+        return None
+    # File names start with the send time (UTC, sortable); the newest is last.
+    for path in sorted(directory.glob("*.eml"), reverse=True):
+        message = message_from_bytes(path.read_bytes(), policy=default)
+        assert isinstance(message, EmailMessage)
+        if to is None or str(message["To"]).strip().lower() == to.strip().lower():
+            return message
+    return None
 
 
 def transport_for(

@@ -246,6 +246,35 @@ async def list_orders(
     )
 
 
+async def orders_of_customers(
+    session: AsyncSession, *, customer_ids: Sequence[str], limit: int = 100
+) -> list[Order]:
+    """The newest orders of these customers (one buyer's, across creators: the buyer
+    portal), newest first."""
+    if not customer_ids:
+        return []
+    return list(
+        (
+            await session.execute(
+                select(Order)
+                .where(Order.customer_id.in_(sorted(set(customer_ids))))
+                .order_by(Order.created_at.desc(), Order.id.desc())
+                .limit(limit)
+            )
+        ).scalars()
+    )
+
+
+async def order_of_customers(
+    session: AsyncSession, *, customer_ids: Sequence[str], order_id: str
+) -> Order:
+    """One order of these customers. Raises ``OrderNotFound`` for anyone else's."""
+    order = await session.get(Order, order_id)
+    if order is None or order.customer_id not in customer_ids:
+        raise OrderNotFound(f"you have no order {order_id!r}")
+    return order
+
+
 async def list_refunds(
     session: AsyncSession,
     *,
