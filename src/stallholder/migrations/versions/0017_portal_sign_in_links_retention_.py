@@ -1,7 +1,7 @@
 """portal: sign-in links, retention offers, customer country, platform emails
 
 Revision ID: 0017
-Revises: 0014
+Revises: 0021
 Create Date: 2026-11-30 16:45:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import stallholder.kit.db
 
 revision: str = "0017"
-down_revision: str | None = "0014"
+down_revision: str | None = "0021"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
