@@ -45,6 +45,9 @@ from stallholder.settings import Settings
 from tests.conftest import ADMIN_KEY, T0, Api, bearer
 
 EXAMPLES = int(os.environ.get("STALLHOLDER_FUZZ_EXAMPLES", "25"))
+# Seconds one in-process call may take: Schemathesis's default (10) is exceeded by a call on
+# PostgreSQL when the suite's other processes keep both cores busy.
+CALL_TIMEOUT = 60
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -170,6 +173,10 @@ class Target:
     app: Any
     seeded: Seeded
 
+    @property
+    def transport(self) -> dict[str, Any]:
+        return {"app": self.app, "timeout": CALL_TIMEOUT}
+
 
 @pytest.fixture
 def target(settings: Settings) -> Iterator[Target]:
@@ -199,9 +206,9 @@ def test_every_operation_answers_as_documented(
     if real_ids:
         target.seeded.name_real_objects(case)
     headers = target.seeded.authorization(case.operation, choice)
-    response = case.call(app=target.app, headers=headers)
+    response = case.call(app=target.app, headers=headers, timeout=CALL_TIMEOUT)
     # ``app`` also carries ``ignored_auth``'s probes (the same request without a key).
-    case.validate_response(response, checks=CHECKS, transport_kwargs={"app": target.app})
+    case.validate_response(response, checks=CHECKS, transport_kwargs=target.transport)
 
 
 def test_sequences_of_calls_answer_as_documented(target: Target) -> None:
@@ -232,7 +239,11 @@ def test_sequences_of_calls_answer_as_documented(target: Target) -> None:
             )
 
         def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
-            return {"app": target.app, "headers": self.keys.authorization(case.operation, 0)}
+            return {
+                "app": target.app,
+                "headers": self.keys.authorization(case.operation, 0),
+                "timeout": CALL_TIMEOUT,
+            }
 
         def validate_response(
             self,
@@ -241,7 +252,7 @@ def test_sequences_of_calls_answer_as_documented(target: Target) -> None:
             additional_checks: Any = None,
             **kwargs: Any,
         ) -> None:
-            case.validate_response(response, checks=CHECKS, transport_kwargs={"app": target.app})
+            case.validate_response(response, checks=CHECKS, transport_kwargs=target.transport)
 
     Chains.run(
         settings=hypothesis_settings(

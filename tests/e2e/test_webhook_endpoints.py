@@ -90,7 +90,7 @@ async def test_an_endpoint_is_created_with_a_standard_webhooks_secret_shown_once
         ({"url": "http://[64:ff9b::a9fe:a9fe]/", "events": ["*"]}, 400, "private-webhook-target"),
         ({"url": "https://93.184.215.14:0/", "events": ["*"]}, 400, "invalid-webhook-url"),
         (
-            {"url": "https://93.184.215.14/", "events": ["order.shipped"]},
+            {"url": "https://93.184.215.14/", "events": ["order.teleported"]},
             400,
             "unknown-event-type",
         ),
