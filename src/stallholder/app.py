@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -49,6 +49,8 @@ from stallholder.wallets.api import router as wallets_router
 from stallholder.web.checkout_pages import router as checkout_pages_router
 from stallholder.web.embed import BrowserCheckoutCors
 from stallholder.web.embed import router as embed_router
+from stallholder.web.error_pages import error_page, is_page_request
+from stallholder.web.security import SessionMiddleware, resolve_session_secret
 from stallholder.web.store import router as store_router
 from stallholder.web.templating import STATIC_DIR
 
@@ -63,10 +65,14 @@ def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> J
     )
 
 
-async def _domain_error(request: Request, error: Exception) -> JSONResponse:
+async def _domain_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, DomainError)
     # RFC 6750: a 401 names the scheme the client should use.
     headers = error.headers()
+    if is_page_request(request):
+        return error_page(
+            request, status=error.status, title=error.title, detail=error.detail, headers=headers
+        )
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="stallholder"'
     return JSONResponse(
@@ -82,9 +88,21 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+async def _validation_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
     errors = list(error.errors())
+    if is_page_request(request):
+        fields = "; ".join(
+            f"{_location(tuple(item.get('loc', ())))}: "
+            + str(item.get("msg", "")).removeprefix("Value error, ")
+            for item in errors[:5]
+        )
+        return error_page(
+            request,
+            status=422,
+            title="Some of what was sent is not valid",
+            detail=f"{fields}. Go back, correct the form and send it again.",
+        )
     if any(item.get("type") == "json_invalid" for item in errors):
         return _problem(
             400,
@@ -110,7 +128,7 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(request: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, StarletteHTTPException)
     slugs = {
         404: ("not-found", "Not found"),
@@ -121,25 +139,46 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
     detail = error.detail if isinstance(error.detail, str) else title
     if error.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.method} {request.url.path}"
+        if is_page_request(request):
+            detail = f"there is no page at {request.url.path}"
+    if is_page_request(request):
+        return error_page(request, status=error.status_code, title=title, detail=detail)
     return _problem(error.status_code, slug, title, detail)
 
 
-async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+async def _unexpected_error(request: Request, error: Exception) -> Response:
     if isinstance(error, PoolTimeout):
         # Every database connection stayed busy for the pool's whole timeout: the server is
         # overloaded (a drop storm), not broken. The step that waited wrote nothing; an
         # earlier step's work (a charge begun) is finished by the worker or by a retry with
         # the same Idempotency-Key.
         log.warning("database pool exhausted on %s %s", request.method, request.url.path)
-        response = _problem(
-            503,
-            "service-busy",
-            "Service busy",
-            "every database connection stayed busy; retry shortly with the same Idempotency-Key",
+        busy: Response = (
+            error_page(
+                request,
+                status=503,
+                title="Service busy",
+                detail="the shop is very busy right now; wait a moment and try again",
+            )
+            if is_page_request(request)
+            else _problem(
+                503,
+                "service-busy",
+                "Service busy",
+                "every database connection stayed busy; retry shortly with the same "
+                "Idempotency-Key",
+            )
         )
-        response.headers["Retry-After"] = "1"
-        return response
+        busy.headers["Retry-After"] = "1"
+        return busy
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    if is_page_request(request):
+        return error_page(
+            request,
+            status=500,
+            title="Something went wrong",
+            detail="something went wrong on our side; it has been logged. Try again shortly.",
+        )
     return _problem(
         500,
         "internal-error",
@@ -352,6 +391,13 @@ def create_app(
         clock=lambda: app.state.clock,
         authenticate=authenticate,
         lock_seconds=settings.idempotency_lock_seconds,
+    )
+    # Pages keep their session (sign-in, CSRF token) in a signed cookie (web/security.py).
+    app.add_middleware(
+        SessionMiddleware,
+        secret=resolve_session_secret(settings.session_secret, settings.data_dir),
+        is_secure=settings.base_url.startswith("https://"),
+        clock=lambda: app.state.clock,
     )
     app.add_middleware(
         BodyLimitMiddleware,

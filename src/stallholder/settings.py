@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str = ""
     admin_key: str = ""
+    # Signs the pages' session cookies (portal sign-in, CSRF tokens). Empty: generated once
+    # and kept in data_dir/session-secret. Changing it signs every browser out.
+    session_secret: str = ""
     base_url: str = "http://127.0.0.1:8000"
     payment_gateway: Literal["sandbox", "stripe"] = "sandbox"
     # Stripe (payment_gateway="stripe"): the secret key, the webhook endpoint's signing

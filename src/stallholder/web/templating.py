@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi.templating import Jinja2Templates
 
 from stallholder.kit.money import Money
+from stallholder.web.security import csrf_field
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -18,3 +19,4 @@ def format_money(amount: int, currency: str) -> str:
 
 
 templates.env.filters["money"] = format_money
+templates.env.globals["csrf_field"] = csrf_field
