@@ -23,6 +23,7 @@ from stallholder.payments.config import gateway_from_settings
 from stallholder.payments.models import PaymentMethodGrant, SandboxCharge
 from stallholder.settings import Settings
 from tests.conftest import Api, bearer
+from tests.e2e.test_pages import csrf_token
 
 pytestmark = pytest.mark.anyio
 
@@ -204,6 +205,7 @@ async def test_subscribe_on_the_hosted_page(api: Api, database: Database) -> Non
         "client_secret": secret.group(1),
         "customer_email": "reader@example.com",
         "payment_method": "tok_visa",
+        "csrf_token": csrf_token(page.text),
     }
     unticked = await api.http.post(f"{page_url}/pay", data=form)
     assert unticked.status_code == 422

@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -38,6 +38,7 @@ from stallholder.kit.money import exponent
 from stallholder.ledger import service as ledger
 from stallholder.orders import service as orders
 from stallholder.settings import Settings
+from stallholder.web.security import verify_csrf
 from stallholder.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -90,6 +91,24 @@ def _refusal_of_form(error: ValidationError, typed: dict[str, str]) -> Refusal:
         message = str(item["msg"]).removeprefix("Value error, ")
         fields.setdefault(name, f"{name.replace('_', ' ')}: {message}")
     return Refusal(status=422, fields=fields, typed=typed)
+
+
+async def checkout_csrf(request: Request) -> None:
+    """The checkout's forms carry the session's client secret, which no cookie holds, so a
+    forged cross-site post cannot send it. On the platform's own page they also carry the
+    cookie session's CSRF token. Inside embed.js's overlay on another site the browser
+    withholds the platform's cookies from the iframe (SameSite), so there the client
+    secret is the token.
+
+    Raises:
+        CsrfTokenInvalid: a hosted-mode form without this browser's token.
+    """
+    if request.query_params.get("embed") == "1":
+        return
+    await verify_csrf(request)
+
+
+CsrfChecked = Depends(checkout_csrf)
 
 
 def page_url(session_id: str, *, embed_origin: str | None, suffix: str = "", **query: str) -> str:
@@ -300,7 +319,7 @@ async def authenticate(
     return _framing(response, embed_origin)
 
 
-@router.post("/pay/{session_id}/shipping", response_class=HTMLResponse)
+@router.post("/pay/{session_id}/shipping", response_class=HTMLResponse, dependencies=[CsrfChecked])
 async def shipping(
     session_id: str,
     request: Request,
@@ -395,7 +414,7 @@ def minor_units(typed: str, currency: str) -> int:
     return int(scaled)
 
 
-@router.post("/pay/{session_id}/pay", response_class=HTMLResponse)
+@router.post("/pay/{session_id}/pay", response_class=HTMLResponse, dependencies=[CsrfChecked])
 async def pay(
     session_id: str,
     request: Request,
