@@ -209,7 +209,7 @@ async def test_subscribe_on_the_hosted_page(api: Api, database: Database) -> Non
     }
     unticked = await api.http.post(f"{page_url}/pay", data=form)
     assert unticked.status_code == 422
-    assert "consent: send consent: true" in unticked.text
+    assert "Tick the box to agree to the renewal terms before you subscribe." in unticked.text
     subscribed = await api.http.post(f"{page_url}/pay", data={**form, "consent": "yes"})
     assert (subscribed.status_code, subscribed.headers["location"]) == (303, page_url)
     assert "You are subscribed" in (await api.http.get(page_url)).text

@@ -67,6 +67,13 @@ FIELD_OF_PROBLEM = {
 }
 
 
+# The buyer reads these instead of the API's wording, which speaks to a developer.
+BUYER_MESSAGES = {
+    "consent-required": "Tick the box to agree to the renewal terms before you subscribe.",
+    "customer-email-required": "Enter the email address your receipt should go to.",
+}
+
+
 @dataclass
 class Refusal:
     """What the page shows after a refused form: messages by field, and what was typed."""
@@ -79,9 +86,10 @@ class Refusal:
 
 def _refusal_of(error: DomainError, typed: dict[str, str]) -> Refusal:
     where = FIELD_OF_PROBLEM.get(error.slug)
+    message = BUYER_MESSAGES.get(error.slug, error.detail)
     if where is None:
-        return Refusal(status=error.status, general=error.detail, typed=typed)
-    return Refusal(status=error.status, fields={where: error.detail}, typed=typed)
+        return Refusal(status=error.status, general=message, typed=typed)
+    return Refusal(status=error.status, fields={where: message}, typed=typed)
 
 
 def _refusal_of_form(error: ValidationError, typed: dict[str, str]) -> Refusal:
