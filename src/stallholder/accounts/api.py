@@ -86,10 +86,11 @@ async def get_creator(creator_id: AccountDep, session: SessionDep) -> CreatorOut
 async def update_creator(
     creator_id: AccountDep, body: CreatorUpdate, session: SessionDep
 ) -> CreatorOut:
-    """Set ``allowed_origins``: the sites (``https://shop.example``) that may embed the
-    creator's checkout in an iframe and open sessions from a browser with the publishable
-    key (admin key, or the creator's secret key). The list replaces the old one."""
-    creator = await service.set_allowed_origins(
+    """Change the creator's settings (admin key, or the creator's secret key); a field
+    left out keeps its value. ``allowed_origins``: the sites (``https://shop.example``)
+    that may embed the creator's checkout in an iframe and open sessions from a browser
+    with the publishable key; the list replaces the old one."""
+    creator = await service.update_creator(
         session, creator_id=creator_id, allowed_origins=body.allowed_origins
     )
     return CreatorOut.model_validate(creator)

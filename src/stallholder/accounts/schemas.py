@@ -27,16 +27,17 @@ class CreatorCreate(Input):
 
 
 class CreatorUpdate(Input):
-    """The fields a creator may change. ``allowed_origins`` replaces the whole list."""
+    """The fields a creator may change; a field left out keeps its value.
+    ``allowed_origins`` replaces the whole list."""
 
-    allowed_origins: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        max_length=MAX_ORIGINS
+    allowed_origins: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=MAX_ORIGINS
     )
 
     @field_validator("allowed_origins")
     @classmethod
-    def _origins(cls, values: list[str]) -> list[str]:
-        return sorted({normalise_origin(value) for value in values})
+    def _origins(cls, values: list[str] | None) -> list[str] | None:
+        return None if values is None else sorted({normalise_origin(value) for value in values})
 
 
 class CreatorOut(Output):

@@ -300,12 +300,18 @@ async def check_browser_origin(
         )
 
 
-async def set_allowed_origins(
-    session: AsyncSession, *, creator_id: str, allowed_origins: list[str]
+async def update_creator(
+    session: AsyncSession, *, creator_id: str, allowed_origins: list[str] | None = None
 ) -> Creator:
-    """Replace the sites that may embed the creator's checkout (normalised origins)."""
+    """Change the creator's settings; None leaves a setting as it is. ``allowed_origins``
+    (normalised origins) replaces the sites that may embed the creator's checkout.
+
+    Raises:
+        CreatorNotFound.
+    """
     creator = await get_creator(session, creator_id)
-    creator.allowed_origins = list(allowed_origins)
+    if allowed_origins is not None:
+        creator.allowed_origins = list(allowed_origins)
     await session.flush()
     return creator
 
