@@ -28,6 +28,12 @@ PROBLEMS = "https://stallholder.dev/problems/"
 SITE = "https://zines.example"
 
 
+@pytest.fixture
+def database_url(any_database_url: str) -> str:
+    """On SQLite and PostgreSQL: ``allowed_origins`` is a JSON column on both."""
+    return any_database_url
+
+
 def _field(page: str, name: str) -> str:
     found = re.search(rf'name="{name}" value="([^"]*)"', page)
     assert found is not None, name
@@ -347,3 +353,42 @@ async def test_the_demo_embed_page_sells_with_one_script_tag(client: httpx.Async
     assert page.status_code == 200
     assert '<script src="/embed.js" data-publishable-key="pk_demo"></script>' in page.text
     assert '<button type="button" data-stallholder-price="price_demo" id="embed-buy">' in page.text
+
+
+async def test_a_buyer_who_does_not_approve_3d_secure_can_pay_with_another_card(
+    api: Api,
+) -> None:
+    creator, price = await api.shop(unit_amount=1800)
+    url, page = await _page(api, price["id"])
+    form = {
+        "client_secret": _field(page.text, "client_secret"),
+        "csrf_token": csrf_token(page.text),
+        "customer_email": "careful@example.com",
+        "payment_method": "tok_authenticationRequired",
+    }
+
+    challenged = await api.http.post(f"{url}/pay", data=form)
+    assert (challenged.status_code, challenged.headers["location"]) == (303, f"{url}/authenticate")
+    challenge = await api.http.get(f"{url}/authenticate")
+    assert "Paper Lantern Zines asks to charge <strong>$18.00</strong> to your card." in (
+        challenge.text
+    )
+    assert 'name="payment_method" value="tok_visa_3ds_confirmed"' in challenge.text
+    assert challenge.headers["content-security-policy"] == "frame-ancestors 'none'"
+
+    back = await api.http.get(url)  # "Do not approve"
+    assert f'<a href="{url}/authenticate">Confirm it now</a>, or pay with another card' in (
+        back.text
+    )
+    paid = await api.http.post(f"{url}/pay", data={**form, "payment_method": "tok_visa"})
+    assert (paid.status_code, paid.headers["location"]) == (303, url)
+    session_id = url.rsplit("/", 1)[1]
+    session = (
+        await api.http.get(
+            f"/v1/checkout/sessions/{session_id}", headers=bearer(creator["secret_key"])
+        )
+    ).json()
+    assert (session["status"], session["amount_total"]) == ("complete", 1800)
+    # Once paid, the challenge page only leads back to the receipt.
+    after = await api.http.get(f"{url}/authenticate")
+    assert (after.status_code, after.headers["location"]) == (303, url)

@@ -255,6 +255,9 @@ async def _render(
             "action": page_url(current.id, embed_origin=embed_origin, suffix="/pay"),
             "shipping_action": page_url(current.id, embed_origin=embed_origin, suffix="/shipping"),
             "order_id": current.order_id,
+            "authenticate_url": page_url(
+                current.id, embed_origin=embed_origin, suffix="/authenticate"
+            ),
         },
     )
     return _framing(response, embed_origin)
