@@ -11,13 +11,16 @@ as green. Playwright's own browser download is never used.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,10 @@ CHROMIUM_FLAGS = [
 ]
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 STALLHOLDER = Path(sys.executable).with_name("stallholder")
+# A 1x1 PNG, as a product image served from another origin.
+PIXEL = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 
 
 def _unavailable(reason: str) -> None:
@@ -170,6 +177,7 @@ class Server:
         name: str,
         description: str = "",
         kind: str = "digital",
+        images: list[str] | None = None,
         **price: Any,
     ) -> str:
         """A published product with one price; returns the price's id."""
@@ -177,11 +185,56 @@ class Server:
             "POST",
             "/v1/products",
             key,
-            json={"kind": kind, "name": name, "description": description, "status": "published"},
+            json={
+                "kind": kind,
+                "name": name,
+                "description": description,
+                "status": "published",
+                "images": images or [],
+            },
         )
         created = self.api("POST", "/v1/prices", key, json={"product": product["id"], **price})
         price_id: str = created["id"]
         return price_id
+
+
+class Site:
+    """A second origin (http://127.0.0.1:<another port>): ``html`` at every path, and
+    ``PIXEL`` (a PNG) at ``/pixel.png``."""
+
+    def __init__(self) -> None:
+        self.html = ""
+        self.port = free_port()
+        self.origin = f"http://127.0.0.1:{self.port}"
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                is_image = self.path == "/pixel.png"
+                body = PIXEL if is_image else site.html.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png" if is_image else "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    running = Site()
+    yield running
+    running.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Server, Shots, wait_for_mail
+from tests.browser.conftest import Server, Shots, Site, wait_for_mail
 from tests.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.browser
@@ -20,13 +20,14 @@ UNLABELLED = """() => Array.from(document.querySelectorAll('input, select, texta
 
 
 def test_buy_a_one_time_product_on_a_phone(
-    server: Server, smtp: SmtpServer, page: Any, shots: Shots
+    server: Server, smtp: SmtpServer, site: Site, page: Any, shots: Shots
 ) -> None:
     creator = server.shop()
     server.offer(
         creator["secret_key"],
         name="Riso zine",
         description="24 risograph pages about night markets.",
+        images=[f"{site.origin}/pixel.png"],
         unit_amount=600,
         currency="usd",
     )
@@ -37,6 +38,9 @@ def test_buy_a_one_time_product_on_a_phone(
     page.wait_for_url(re.compile(r"/pay/cs_"))
     assert page.locator("#merchant").inner_text() == "Paper Lantern Zines"
     assert page.get_by_text("24 risograph pages about night markets.").is_visible()
+    image = page.locator("img.thumb")
+    assert image.get_attribute("src") == f"{site.origin}/pixel.png"
+    assert image.evaluate("img => img.complete && img.naturalWidth") == 1
     assert page.get_by_role("link", name="← Back to Paper Lantern Zines").is_visible()
     assert page.evaluate(UNLABELLED) == []
     # Nothing wider than the phone: no sideways scrolling.

@@ -3,15 +3,11 @@ the overlay checkout, CORS with the publishable key, frame-ancestors, postMessag
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Server, Shots
-from tests.smtp_server import free_port
+from tests.browser.conftest import Server, Shots, Site
 
 pytestmark = pytest.mark.browser
 
@@ -43,43 +39,6 @@ FORGED_COMPLETE = """() => new Promise(resolve => {
   window.postMessage({type: "stallholder:complete", order: "ord_forged"}, "*");
   window.postMessage("sentinel", "*");
 })"""
-
-
-class Site:
-    """A static page on its own origin (http://127.0.0.1:<another port>)."""
-
-    def __init__(self) -> None:
-        self.html = ""
-        self.port = free_port()
-        self.origin = f"http://127.0.0.1:{self.port}"
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = site.html.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def site() -> Iterator[Site]:
-    running = Site()
-    yield running
-    running.stop()
 
 
 def test_embed_on_another_origin_and_buy_there(

@@ -392,3 +392,26 @@ async def test_a_buyer_who_does_not_approve_3d_secure_can_pay_with_another_card(
     # Once paid, the challenge page only leads back to the receipt.
     after = await api.http.get(f"{url}/authenticate")
     assert (after.status_code, after.headers["location"]) == (303, url)
+
+
+async def test_the_page_shows_the_products_image(api: Api) -> None:
+    creator = await api.creator()
+    product = await api.product(
+        creator["secret_key"], kind="digital", name="Poster", images=["https://cdn.example/p.png"]
+    )
+    assert product["images"] == ["https://cdn.example/p.png"]
+    price = await api.price(creator["secret_key"], product=product["id"], unit_amount=900)
+    _, page = await _page(api, price["id"])
+    assert '<img class="thumb" src="https://cdn.example/p.png" alt="" width="48"' in page.text
+    assert page.headers["referrer-policy"] == "same-origin"  # the session id stays here
+
+    bad = await api.http.patch(
+        f"/v1/products/{product['id']}",
+        headers=bearer(creator["secret_key"]),
+        json={"images": ["javascript:alert(1)"]},
+    )
+    assert bad.status_code == 422
+    cleared = await api.http.patch(
+        f"/v1/products/{product['id']}", headers=bearer(creator["secret_key"]), json={"images": []}
+    )
+    assert cleared.json()["images"] == []

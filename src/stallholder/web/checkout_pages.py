@@ -207,6 +207,7 @@ async def _render(
                     "amount_total": line.amount_total,
                     "details": products[line.product_id].description,
                     "kind": products[line.product_id].kind,
+                    "image": next(iter(products[line.product_id].images), None),
                 }
                 for line in current.line_items
             ],

@@ -1,4 +1,5 @@
-"""creators.allowed_origins: the sites that may embed the creator's checkout
+"""creators.allowed_origins (the sites that may embed the creator's checkout) and
+products.images (shown on the checkout page)
 
 Revision ID: 0018
 Revises: 0014
@@ -21,8 +22,14 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("allowed_origins", sa.JSON(), server_default=sa.text("'[]'"), nullable=False)
         )
+    with op.batch_alter_table("products", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("images", sa.JSON(), server_default=sa.text("'[]'"), nullable=False)
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("products", schema=None) as batch_op:
+        batch_op.drop_column("images")
     with op.batch_alter_table("creators", schema=None) as batch_op:
         batch_op.drop_column("allowed_origins")
