@@ -99,8 +99,13 @@ def test_subscribe_with_consent(server: Server, smtp: SmtpServer, page: Any, sho
     assert page.get_by_label("Email for your receipt").input_value() == "subscriber@example.com"
     shots(page, "consent-missing")
 
-    page.get_by_label(re.compile("I agree to the renewal terms")).check()
-    page.get_by_role("button", name="Subscribe").click()
+    # By keyboard alone: Space ticks the box, Enter on the button sends the form.
+    page.get_by_label(re.compile("I agree to the renewal terms")).focus()
+    page.keyboard.press("Space")
+    assert page.get_by_label(re.compile("I agree to the renewal terms")).is_checked()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "pay-button"
+    page.keyboard.press("Enter")
     page.wait_for_selector("#success")
     subscription = page.locator("body").get_attribute("data-subscription")
     assert subscription is not None
@@ -134,7 +139,8 @@ def test_three_d_secure(server: Server, page: Any, shots: Shots) -> None:
     assert "Paper Lantern Zines asks to charge $18.00 to your card." in page.inner_text("main")
     shots(page, "challenge")
 
-    page.get_by_role("button", name="Approve payment").click()
+    page.get_by_role("button", name="Approve payment").focus()
+    page.keyboard.press("Enter")
     page.wait_for_selector("#success")
     assert page.locator("#success").inner_text() == (
         "Paid. Your receipt number is PAPER-LANTERN-000001. "
