@@ -48,6 +48,8 @@ from stallholder.payments.gateway import Gateway
 from stallholder.settings import Settings
 from stallholder.wallets.api import router as wallets_router
 from stallholder.web.checkout_pages import router as checkout_pages_router
+from stallholder.web.embed import BrowserCheckoutCors
+from stallholder.web.embed import router as embed_router
 from stallholder.web.error_pages import error_page, is_page_request
 from stallholder.web.portal import router as portal_router
 from stallholder.web.portal_auth import router as portal_auth_router
@@ -373,6 +375,7 @@ def create_app(
     app.include_router(checkout_pages_router)
     app.include_router(portal_auth_router)
     app.include_router(portal_router)
+    app.include_router(embed_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     openapi.install(app, security_schemes=SECURITY_SCHEMES)
     app.add_exception_handler(DomainError, _domain_error)
@@ -407,6 +410,8 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         timeout_seconds=settings.body_timeout_seconds,
     )
+    # Outermost: a preflight is answered before anything reads a body or a key.
+    app.add_middleware(BrowserCheckoutCors)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

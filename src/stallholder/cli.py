@@ -274,6 +274,13 @@ def demo() -> None:
         f".venv/bin/stallholder mail latest --to {DEMO_BUYER})",
         soft_wrap=True,
     )
+    embeddable = [entry for entry in keys.values() if entry.get("embed_price")]
+    if embeddable:
+        console.print(
+            f"Embed demo:    {base}/demo/embed?key={embeddable[0]['publishable_key']}"
+            f"&price={embeddable[0]['embed_price']}",
+            soft_wrap=True,
+        )
     console.print(f"API docs:      {base}/docs  (works offline; Authorize with a key below)")
     console.print(f"OpenAPI:       {base}/openapi.json")
     console.print(f"Admin key:     {admin_key}", soft_wrap=True)

@@ -468,6 +468,8 @@ async def seed(
             "display_name": spec.display_name,
             "secret_key": secret,
             "publishable_key": publishable,
+            # The price /demo/embed sells with embed.js (docs/checkout-pages.md).
+            "embed_price": price_ids[0],
         }
         _save_keys(data_dir, keys)
     return keys

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # for tests only, another API base.
     stripe_secret_key: str = ""
     stripe_webhook_secret: str = ""
+    # The platform account's publishable key (pk_…): the hosted checkout page loads
+    # Stripe.js with it for the Payment Element and 3-D Secure.
+    stripe_publishable_key: str = ""
     stripe_api_base: str = ""
     stripe_fee_bps: int = Field(default=290, ge=0, le=10_000)
     # Fixed parts are per currency, in minor units of that currency (a JSON object such as

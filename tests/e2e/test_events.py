@@ -41,7 +41,7 @@ async def test_sale_decline_and_refund_emit_versioned_events(
     assert order_event["data"]["object"]["id"] == order_id
     assert order_event["data"]["object"]["amount_total"] == 3000
     assert session_event["data"]["object"]["status"] == "complete"
-    assert session_event["data"]["object"]["url"] == f"http://testserver/checkout/{session['id']}"
+    assert session_event["data"]["object"]["url"] == f"http://testserver/pay/{session['id']}"
     assert "client_secret" not in session_event["data"]["object"]
     assert failed_event["data"]["object"]["decline_code"] == "generic_decline"
 

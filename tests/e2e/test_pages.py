@@ -18,6 +18,13 @@ from tests.conftest import Api, bearer
 pytestmark = pytest.mark.anyio
 
 
+def csrf_token(page: str) -> str:
+    """The CSRF token a page's form carries (the client's cookie holds its session)."""
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found is not None
+    return found.group(1)
+
+
 async def test_index_has_an_empty_state(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     assert response.status_code == 200
@@ -38,7 +45,11 @@ async def test_buy_on_the_hosted_page_declined_then_paid(api: Api) -> None:
     assert "$6.00" in page.text
     secret_match = re.search(r'name="client_secret" value="([^"]+)"', page.text)
     assert secret_match is not None
-    form = {"client_secret": secret_match.group(1), "customer_email": "reader@example.com"}
+    form = {
+        "client_secret": secret_match.group(1),
+        "customer_email": "reader@example.com",
+        "csrf_token": csrf_token(page.text),
+    }
 
     declined = await api.http.post(
         f"{page_url}/pay", data={**form, "payment_method": "tok_chargeDeclined"}
@@ -52,9 +63,13 @@ async def test_buy_on_the_hosted_page_declined_then_paid(api: Api) -> None:
     assert wrong_secret.status_code == 404
 
     paid = await api.http.post(f"{page_url}/pay", data={**form, "payment_method": "tok_visa"})
-    assert paid.status_code == 200
-    assert "Thank you" in paid.text
-    assert "PAPER-LANTERN-ZINES-000001" in paid.text
+    assert (paid.status_code, paid.headers["location"]) == (303, page_url)
+    done = await api.http.get(page_url)
+    assert "Thank you" in done.text
+    assert "PAPER-LANTERN-ZINES-000001" in done.text
+    assert 'We sent the receipt to <strong id="receipt-email">reader@example.com</strong>' in (
+        done.text
+    )
 
 
 async def _open_page(api: Api) -> tuple[str, str, dict[str, str]]:
@@ -65,7 +80,11 @@ async def _open_page(api: Api) -> tuple[str, str, dict[str, str]]:
     page = await api.http.get(page_url)
     secret_match = re.search(r'name="client_secret" value="([^"]+)"', page.text)
     assert secret_match is not None
-    form = {"client_secret": secret_match.group(1), "payment_method": "tok_visa"}
+    form = {
+        "client_secret": secret_match.group(1),
+        "payment_method": "tok_visa",
+        "csrf_token": csrf_token(page.text),
+    }
     return creator["secret_key"], page_url, form
 
 
@@ -101,7 +120,7 @@ async def test_the_page_stores_the_address_as_the_api_does(api: Api) -> None:
         f"{page_url}/pay", data={**form, "customer_email": "Reader@Example.COM"}
     )
 
-    assert paid.status_code == 200
+    assert paid.status_code == 303
     session = await _session_as_the_creator_sees_it(api, secret, page_url)
     assert (session["status"], session["customer_email"]) == ("complete", "Reader@example.com")
 

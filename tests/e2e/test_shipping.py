@@ -22,6 +22,7 @@ from stallholder.payments.stripe_gateway import StripeGateway
 from stallholder.settings import Settings
 from tests.conftest import ADMIN_KEY, Api, bearer
 from tests.doubles.stripe_api import StripeDouble
+from tests.e2e.test_pages import csrf_token
 
 pytestmark = pytest.mark.anyio
 
@@ -566,7 +567,7 @@ async def test_the_hosted_page_asks_for_the_address_and_shows_shipping_before_pa
     assert '<option value="GB">United Kingdom</option>' in page.text
     secret = re.search(r'name="client_secret" value="([^"]+)"', page.text)
     assert secret is not None
-    address = {**LONDON, "client_secret": secret.group(1)}
+    address = {**LONDON, "client_secret": secret.group(1), "csrf_token": csrf_token(page.text)}
 
     bad = await api.http.post(f"{page_url}/shipping", data={**address, "postal_code": "12345"})
     assert bad.status_code == 422
@@ -595,10 +596,11 @@ async def test_the_hosted_page_asks_for_the_address_and_shows_shipping_before_pa
             "client_secret": secret.group(1),
             "customer_email": "reader@example.com",
             "payment_method": "tok_visa",
+            "csrf_token": csrf_token(page.text),
         },
     )
-    assert paid.status_code == 200, paid.text
-    assert "Thank you" in paid.text
+    assert (paid.status_code, paid.headers["location"]) == (303, page_url)
+    assert "Thank you" in (await api.http.get(page_url)).text
     session_id = page_url.rsplit("/", 1)[1]
     session = (await api.http.get(f"/v1/checkout/sessions/{session_id}", headers=bearer(sk))).json()
     assert (session["status"], session["amount_total"], session["shipping_address"]["city"]) == (

@@ -23,6 +23,7 @@ from stallholder.payments.config import gateway_from_settings
 from stallholder.payments.models import PaymentMethodGrant, SandboxCharge
 from stallholder.settings import Settings
 from tests.conftest import Api, bearer
+from tests.e2e.test_pages import csrf_token
 
 pytestmark = pytest.mark.anyio
 
@@ -204,15 +205,16 @@ async def test_subscribe_on_the_hosted_page(api: Api, database: Database) -> Non
         "client_secret": secret.group(1),
         "customer_email": "reader@example.com",
         "payment_method": "tok_visa",
+        "csrf_token": csrf_token(page.text),
     }
     unticked = await api.http.post(f"{page_url}/pay", data=form)
     assert unticked.status_code == 422
-    assert "consent: send consent: true" in unticked.text
+    assert "Tick the box to agree to the renewal terms before you subscribe." in unticked.text
     subscribed = await api.http.post(f"{page_url}/pay", data={**form, "consent": "yes"})
-    assert subscribed.status_code == 200, subscribed.text
-    assert "You are subscribed" in subscribed.text
+    assert (subscribed.status_code, subscribed.headers["location"]) == (303, page_url)
+    assert "You are subscribed" in (await api.http.get(page_url)).text
     twice = await api.http.post(f"{page_url}/pay", data={**form, "consent": "yes"})
-    assert "You are subscribed" in twice.text
+    assert (twice.status_code, twice.headers["location"]) == (303, page_url)
     assert await _count(database, select(func.count()).select_from(SandboxCharge)) == 1
     assert await _count(database, select(func.count()).select_from(Subscription)) == 1
 

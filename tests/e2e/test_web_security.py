@@ -109,7 +109,7 @@ async def test_an_expired_session_is_dropped(
 async def test_errors_are_pages_in_a_browser_and_problems_in_the_api(
     client: httpx.AsyncClient,
 ) -> None:
-    page = await client.get("/checkout/cs_missing")
+    page = await client.get("/pay/cs_missing")
     assert page.status_code == 404
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert "<h1>No such checkout session</h1>" in page.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -144,6 +145,9 @@ def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.Monke
     first = runner.invoke(app, ["demo"])
     assert first.exit_code == 0, first.output
     assert "Kiln & Clay" in first.output
+    assert re.search(
+        r"Embed demo: +http://\S+/demo/embed\?key=pk_\S+&price=price_\w+", first.output
+    )
     second = runner.invoke(app, ["demo"])
     assert second.exit_code == 0, second.output
     assert _count_creators(url) == 3

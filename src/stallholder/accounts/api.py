@@ -17,6 +17,7 @@ from stallholder.accounts.auth import (
 from stallholder.accounts.schemas import (
     CreatorCreate,
     CreatorOut,
+    CreatorUpdate,
     CreatorWithKeys,
     CustomerCreate,
     CustomerOut,
@@ -79,6 +80,20 @@ async def list_creators(
 async def get_creator(creator_id: AccountDep, session: SessionDep) -> CreatorOut:
     """The admin sees any creator; a creator's secret key sees only its own."""
     return CreatorOut.model_validate(await service.get_creator(session, creator_id))
+
+
+@router.patch("/creators/{creator_id}", response_model=CreatorOut)
+async def update_creator(
+    creator_id: AccountDep, body: CreatorUpdate, session: SessionDep
+) -> CreatorOut:
+    """Change the creator's settings (admin key, or the creator's secret key); a field
+    left out keeps its value. ``allowed_origins``: the sites (``https://shop.example``)
+    that may embed the creator's checkout in an iframe and open sessions from a browser
+    with the publishable key; the list replaces the old one."""
+    creator = await service.update_creator(
+        session, creator_id=creator_id, allowed_origins=body.allowed_origins
+    )
+    return CreatorOut.model_validate(creator)
 
 
 @router.post("/creators/{creator_id}/keys/roll", response_model=KeysOut)

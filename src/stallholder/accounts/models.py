@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, String
+from sqlalchemy import JSON, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from stallholder.kit.db import Base
@@ -21,6 +21,11 @@ class Creator(Base):
     # keep the platform's fixed part (ADR 0006).
     platform_fee_fixed_amounts: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
     receipt_counter: Mapped[int] = mapped_column(default=0)
+    # The sites (``https://shop.example``) that may embed this creator's checkout and
+    # open sessions from a browser with the publishable key (docs/checkout-pages.md).
+    allowed_origins: Mapped[list[str]] = mapped_column(
+        JSON, default=list, server_default=text("'[]'")
+    )
     created_at: Mapped[datetime]
 
 

@@ -9,6 +9,7 @@ from zoneinfo import available_timezones
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from stallholder.accounts.models import Creator
+from stallholder.accounts.origins import MAX_ORIGINS, normalise_origin
 from stallholder.kit.money import MAX_FIXED_FEE
 from stallholder.kit.schemas import Currency, Email, Input, Output
 
@@ -25,6 +26,20 @@ class CreatorCreate(Input):
     platform_fee_fixed: dict[Currency, FixedFee] | None = Field(default=None, max_length=50)
 
 
+class CreatorUpdate(Input):
+    """The fields a creator may change; a field left out keeps its value.
+    ``allowed_origins`` replaces the whole list."""
+
+    allowed_origins: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=MAX_ORIGINS
+    )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, values: list[str] | None) -> list[str] | None:
+        return None if values is None else sorted({normalise_origin(value) for value in values})
+
+
 class CreatorOut(Output):
     object: Literal["creator"] = "creator"
     id: str
@@ -33,6 +48,8 @@ class CreatorOut(Output):
     email: str
     platform_fee_bps: int | None
     platform_fee_fixed: dict[str, int] | None = Field(validation_alias="platform_fee_fixed_amounts")
+    # The sites that may embed this creator's checkout (docs/checkout-pages.md).
+    allowed_origins: list[str]
     created: datetime = Field(validation_alias="created_at")
 
 

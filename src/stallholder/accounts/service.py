@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from stallholder.accounts.emails import buyer_key
 from stallholder.accounts.models import ApiKey, Buyer, Creator, Customer, TestClock
+from stallholder.accounts.origins import is_origin_allowed
 from stallholder.accounts.schemas import slugify
 from stallholder.kit.db import is_unique_violation
 from stallholder.kit.errors import Conflict, Forbidden, NotFound, Unauthenticated
@@ -270,6 +271,48 @@ async def get_creator(session: AsyncSession, creator_id: str) -> Creator:
     creator = await session.get(Creator, creator_id)
     if creator is None:
         raise CreatorNotFound(f"no creator {creator_id!r}")
+    return creator
+
+
+class OriginNotAllowed(Forbidden):
+    slug = "origin-not-allowed"
+    title = "This site may not use the publishable key"
+
+
+async def check_browser_origin(
+    session: AsyncSession, *, creator_id: str, origin: str | None, own_origin: str
+) -> None:
+    """A browser call with the publishable key from another site is refused unless the
+    creator lists that site in ``allowed_origins`` (a call without ``Origin``, from a
+    server, is not a browser's and passes).
+
+    Raises:
+        OriginNotAllowed.
+    """
+    if origin is None:
+        return
+    creator = await get_creator(session, creator_id)
+    if not is_origin_allowed(origin, allowed=creator.allowed_origins, own_origin=own_origin):
+        raise OriginNotAllowed(
+            f"the page at {origin} may not open checkout sessions for this creator; add it "
+            f"to allowed_origins with PATCH /v1/creators/{creator_id}",
+            origin=origin,
+        )
+
+
+async def update_creator(
+    session: AsyncSession, *, creator_id: str, allowed_origins: list[str] | None = None
+) -> Creator:
+    """Change the creator's settings; None leaves a setting as it is. ``allowed_origins``
+    (normalised origins) replaces the sites that may embed the creator's checkout.
+
+    Raises:
+        CreatorNotFound.
+    """
+    creator = await get_creator(session, creator_id)
+    if allowed_origins is not None:
+        creator.allowed_origins = list(allowed_origins)
+    await session.flush()
     return creator
 
 

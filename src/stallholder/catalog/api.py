@@ -41,6 +41,7 @@ async def create_product(
         kind=body.kind,
         name=body.name,
         description=body.description,
+        images=[str(url) for url in body.images],
         status=body.status,
         now=now,
         variants=[
@@ -98,7 +99,8 @@ async def update_product(
     session: SessionDep,
     now: NowDep,
 ) -> ProductOut:
-    """Change name or description, or publish (``status: published``) and archive."""
+    """Change name, description or images, or publish (``status: published``) and
+    archive."""
     return ProductOut.model_validate(
         await service.update_product(
             session,
@@ -106,6 +108,7 @@ async def update_product(
             product_id=product_id,
             name=body.name,
             description=body.description,
+            images=None if body.images is None else [str(url) for url in body.images],
             status=body.status,
             now=now,
         )

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from stallholder.kit.db import Base
@@ -17,6 +17,8 @@ class Product(Base):
     kind: Mapped[str] = mapped_column(String(16))  # digital | physical | service
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
+    # Image URLs, the first shown on the checkout page (as Stripe's product ``images``).
+    images: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
     status: Mapped[str] = mapped_column(String(16))  # draft | published | archived
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

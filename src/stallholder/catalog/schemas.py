@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, Field, StrictInt, model_validator
+from pydantic import AnyHttpUrl, BaseModel, Field, StrictInt, UrlConstraints, model_validator
 
 from stallholder.accounts.schemas import SLUG_PATTERN
 from stallholder.catalog.models import Collection, Price
@@ -29,10 +29,15 @@ class VariantIn(Input):
     dimensions: Dimensions | None = None
 
 
+ImageUrl = Annotated[AnyHttpUrl, UrlConstraints(max_length=2000)]
+
+
 class ProductCreate(Input):
     kind: ProductKind
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=20_000)
+    # Up to 8 image URLs (http/https); the checkout page shows the first.
+    images: list[ImageUrl] = Field(default_factory=list, max_length=8)
     status: ProductStatus = "draft"
     variants: list[VariantIn] = Field(default_factory=list, max_length=100)
 
@@ -47,6 +52,7 @@ class ProductCreate(Input):
 class ProductUpdate(Input):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=20_000)
+    images: list[ImageUrl] | None = Field(default=None, max_length=8)
     status: ProductStatus | None = None
 
 
@@ -68,6 +74,7 @@ class ProductOut(Output):
     kind: str
     name: str
     description: str
+    images: list[str]
     status: str
     variants: list[VariantOut]
     created: datetime = Field(validation_alias="created_at")

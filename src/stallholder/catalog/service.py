@@ -111,6 +111,7 @@ async def create_product(
     status: str,
     variants: Sequence[VariantSpec],
     now: datetime,
+    images: Sequence[str] = (),
 ) -> Product:
     """A product with its variants; one default variant (generated SKU) when none is given.
 
@@ -126,6 +127,7 @@ async def create_product(
         kind=kind,
         name=name,
         description=description,
+        images=list(images),
         status=status,
         created_at=now,
         updated_at=now,
@@ -184,10 +186,13 @@ async def update_product(
     description: str | None,
     status: str | None,
     now: datetime,
+    images: Sequence[str] | None = None,
 ) -> Product:
     product = await get_product(session, creator_id=creator_id, product_id=product_id)
     if name is not None:
         product.name = name
+    if images is not None:
+        product.images = list(images)
     if description is not None:
         product.description = description
     if status is not None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse
 
+from stallholder.accounts import service as accounts
 from stallholder.accounts.auth import AnyCreatorDep, PrincipalDep, SecretCreatorDep
+from stallholder.accounts.origins import origin_of
 from stallholder.checkout import service
 from stallholder.checkout.models import CheckoutSession
 from stallholder.checkout.schemas import (
@@ -52,9 +55,17 @@ def _lines(items: list[LineItemIn]) -> list[service.LineRequest]:
     status_code=201,
     response_model=SessionOut,
     dependencies=[Depends(holds_stock)],
+    responses={
+        403: {
+            "description": "A browser on a site the creator does not list in "
+            "`allowed_origins` used the publishable key (`origin-not-allowed`)"
+        }
+    },
 )
 async def create_session(
     body: SessionCreate,
+    request: Request,
+    principal: PrincipalDep,
     creator_id: AnyCreatorDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -62,7 +73,17 @@ async def create_session(
 ) -> SessionOut:
     """Open a checkout session (secret or publishable key). It expires after 30 minutes.
     The stock of tracked items is held for it until then (409 ``out-of-stock`` names the
-    SKU and what is left)."""
+    SKU and what is left).
+
+    From a browser (CORS) with the publishable key, the page's origin must be the
+    platform's own or one of the creator's ``allowed_origins``."""
+    if principal.kind == "publishable":
+        await accounts.check_browser_origin(
+            session,
+            creator_id=creator_id,
+            origin=request.headers.get("origin"),
+            own_origin=origin_of(settings.base_url),
+        )
     checkout = await service.create_session(
         session,
         creator_id=creator_id,
@@ -105,7 +126,10 @@ async def get_session(
     response_model=SessionOut,
     responses={
         409: {"description": "The session expired, or is paid or being paid"},
-        422: {"description": "The address is invalid or the seller does not ship there"},
+        422: {
+            "description": "The address is invalid or the seller does not ship there, or "
+            "the amount is outside the pay-what-you-want price's bounds"
+        },
     },
 )
 async def update_session(
@@ -117,19 +141,34 @@ async def update_session(
     settings: SettingsDep,
     now: NowDep,
 ) -> SessionOut:
-    """Set or replace the shipping address of an open session (secret key, or publishable
-    key with the ``client_secret``): the rate is chosen and ``amount_shipping`` and
-    ``amount_total`` change, so the buyer sees them before confirming."""
+    """Change an open session before it is paid (secret key, or publishable key with the
+    ``client_secret``), so the buyer sees the new total before confirming:
+    ``shipping_address`` sets or replaces the address (the rate is chosen and
+    ``amount_shipping`` changes); ``amount`` is the buyer's own unit amount for a
+    pay-what-you-want item, within the price's minimum and maximum."""
     if principal.kind == "publishable" and not body.client_secret:
         raise service.SessionNotFound(f"no checkout session {session_id!r}")
-    checkout = await service.set_shipping_address(
-        session,
-        creator_id=creator_id,
-        session_id=session_id,
-        client_secret=body.client_secret if principal.kind == "publishable" else None,
-        address=body.shipping_address.to_address(),
-        now=now,
-    )
+    client_secret = body.client_secret if principal.kind == "publishable" else None
+    checkout = None
+    if body.amount is not None:
+        checkout = await service.set_chosen_amount(
+            session,
+            creator_id=creator_id,
+            session_id=session_id,
+            client_secret=client_secret,
+            amount=body.amount,
+            now=now,
+        )
+    if body.shipping_address is not None:
+        checkout = await service.set_shipping_address(
+            session,
+            creator_id=creator_id,
+            session_id=session_id,
+            client_secret=client_secret,
+            address=body.shipping_address.to_address(),
+            now=now,
+        )
+    assert checkout is not None
     return session_out(checkout, settings=settings, now=now)
 
 
@@ -285,13 +324,20 @@ async def update_link(
     dependencies=[Depends(holds_stock)],
 )
 async def visit_link(
-    link_id: str, session: SessionDep, settings: SettingsDep, now: NowDep
+    link_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    embed: bool = False,
+    origin: Annotated[str | None, Query(max_length=200)] = None,
 ) -> RedirectResponse:
-    """Open a new session for a checkout link and send the buyer to its hosted page."""
+    """Open a new session for a checkout link and send the buyer to its hosted page
+    (``embed=true&origin=…``: the page in its embedded mode, for embed.js)."""
     checkout = await service.open_session_from_link(
         session,
         link_id=link_id,
         ttl=timedelta(seconds=settings.checkout_session_ttl_seconds),
         now=now,
     )
-    return RedirectResponse(f"{settings.base_url}/checkout/{checkout.id}", status_code=303)
+    query = "" if not embed else "?" + urlencode({"embed": "1", "origin": origin or ""})
+    return RedirectResponse(f"{settings.base_url}/pay/{checkout.id}{query}", status_code=303)

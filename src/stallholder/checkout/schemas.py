@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, Field, StrictBool, StrictInt
+from pydantic import AnyHttpUrl, BaseModel, Field, StrictBool, StrictInt, model_validator
 
 from stallholder.checkout.models import CheckoutLink, CheckoutSession
 from stallholder.fulfilment.schemas import ShippingAddressIn
@@ -42,9 +42,17 @@ class ConfirmIn(Input):
 
 
 class SessionUpdate(Input):
-    shipping_address: ShippingAddressIn
+    shipping_address: ShippingAddressIn | None = None
+    # Pay-what-you-want: the buyer's unit amount for the session's pay-what-you-want item.
+    amount: Amount | None = None
     # With a publishable key, the session's client secret proves the caller is its buyer.
     client_secret: str | None = Field(default=None, max_length=100)
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> SessionUpdate:
+        if self.shipping_address is None and self.amount is None:
+            raise ValueError("send shipping_address, amount or both")
+        return self
 
 
 class LinkCreate(Input):
@@ -156,7 +164,7 @@ def present_session(checkout: CheckoutSession, *, base_url: str, status: str) ->
         mode=checkout.mode,
         payment_status=checkout.payment_status,
         client_secret=checkout.client_secret,
-        url=f"{base_url}/checkout/{checkout.id}",
+        url=f"{base_url}/pay/{checkout.id}",
         currency=checkout.currency,
         amount_subtotal=checkout.amount_subtotal,
         amount_shipping=checkout.amount_shipping,

@@ -594,6 +594,108 @@ async def set_shipping_address(
     return checkout
 
 
+@dataclass(frozen=True, slots=True)
+class PayWhatYouWant:
+    """The session's pay-what-you-want item as the buyer's amount field shows it."""
+
+    minimum: int
+    maximum: int | None
+    chosen: int
+
+
+async def pay_what_you_want_bounds(
+    session: AsyncSession, *, checkout: CheckoutSession
+) -> PayWhatYouWant | None:
+    """The bounds and current unit amount of the session's (first) pay-what-you-want
+    item, or None when every price is fixed."""
+    for item in checkout.line_items:
+        price = await session.get(Price, item.price_id)
+        if price is not None and price.type == "pay_what_you_want":
+            assert price.minimum_amount is not None
+            return PayWhatYouWant(
+                minimum=price.minimum_amount, maximum=price.maximum_amount, chosen=item.unit_amount
+            )
+    return None
+
+
+class AmountLocked(Conflict):
+    slug = "amount-locked"
+    title = "The amount cannot change now"
+
+
+class NotPayWhatYouWant(ValidationFailed):
+    slug = "not-pay-what-you-want"
+    title = "The session has no pay-what-you-want item"
+
+
+async def set_chosen_amount(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    session_id: str,
+    client_secret: str | None,
+    amount: int,
+    now: datetime,
+) -> CheckoutSession:
+    """The buyer's own unit amount for the session's pay-what-you-want line (the first
+    one), checked against the price's minimum and maximum exactly as ``line_items[].amount``
+    is when the session is created. The total (and a shipping rate that depends on the
+    subtotal) follows.
+
+    Raises:
+        SessionNotFound, SessionExpired, PaymentInProgress, AmountLocked (paid, or a charge
+        waits for authentication), NotPayWhatYouWant, InvalidLineItem (outside the bounds).
+    """
+    checkout = await get_session(
+        session,
+        creator_id=creator_id,
+        session_id=session_id,
+        client_secret=client_secret,
+        for_update=True,
+    )
+    if checkout.status == "complete":
+        raise AmountLocked(f"checkout session {checkout.id} is paid; its amount cannot change")
+    latest = await payments.latest_attempt(session, purpose=PURPOSE, purpose_id=checkout.id)
+    if latest is not None and latest.status == "processing":
+        raise payments.in_progress_error(latest)
+    if _is_waiting(latest):
+        raise AmountLocked(
+            f"checkout session {checkout.id} has a payment waiting for authentication for "
+            "the amount it has; the amount cannot change until that is settled"
+        )
+    if effective_status(checkout, now) == "expired":
+        raise _expired(checkout)
+    for item in checkout.line_items:
+        price = await session.get(Price, item.price_id)
+        assert price is not None
+        if price.type != "pay_what_you_want":
+            continue
+        unit_amount = _unit_amount(
+            price,
+            LineRequest(price_id=price.id, quantity=item.quantity, amount=amount),
+            item.position,
+        )
+        subtotal = checkout.amount_subtotal - item.amount_total + unit_amount * item.quantity
+        if subtotal > MAX_SESSION_TOTAL:
+            raise InvalidLineItem(
+                f"the session total {subtotal} exceeds the maximum {MAX_SESSION_TOTAL}"
+            )
+        item.unit_amount = unit_amount
+        item.amount_total = unit_amount * item.quantity
+        checkout.amount_subtotal = subtotal
+        checkout.amount_total = subtotal + checkout.amount_shipping
+        if checkout.shipping_address is not None:
+            # The rate may depend on the subtotal (free shipping over an amount).
+            await _set_shipping(session, checkout, ShippingAddress(**checkout.shipping_address))
+        await session.flush()
+        return checkout
+    raise _field_error(
+        NotPayWhatYouWant,
+        "amount",
+        "this session has no pay-what-you-want item; its prices are fixed, leave it out",
+    )
+
+
 def _is_waiting(latest: PaymentAttempt | None) -> bool:
     """A charge at the gateway waits for the buyer to authenticate: its amount is fixed."""
     return (

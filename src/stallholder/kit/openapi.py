@@ -195,10 +195,20 @@ def _describe(problems: list[Problem], declared: str | None) -> str:
     return text or "A problem"
 
 
+# A route outside ``/v1`` is one a browser visits (``/l/{link}``): its errors are pages,
+# except what the transport refuses before routing (a NUL in the URL, a body too large).
+PAGE_ERROR_CONTENT = {
+    "text/html": {"schema": {"type": "string"}},
+    PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF},
+}
+
+
 def _document_operation(
     operation: dict[str, Any],
     problems: list[Problem],
     security: list[str] | None,
+    *,
+    is_page: bool = False,
 ) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
     by_status: dict[int, list[Problem]] = {}
@@ -211,7 +221,9 @@ def _document_operation(
         declared = None if status == 422 else responses.get(str(status), {}).get("description")
         response: dict[str, Any] = {
             "description": _describe(by_status.get(status, []), declared),
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}},
+            "content": PAGE_ERROR_CONTENT
+            if is_page
+            else {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}},
         }
         if status == 401:
             response["headers"] = {
@@ -256,7 +268,12 @@ def install(app: FastAPI, *, security_schemes: Mapping[str, dict[str, Any]]) -> 
                 path = document["paths"].get(route.path_format, {})
                 operation = path.get(method.lower())
                 if operation is not None:
-                    _document_operation(operation, route_problems(route, method), security)
+                    _document_operation(
+                        operation,
+                        route_problems(route, method),
+                        security,
+                        is_page=not str(route.path_format).startswith("/v1"),
+                    )
         components = document.setdefault("components", {})
         components.setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
         components["securitySchemes"] = dict(security_schemes)

@@ -22,12 +22,13 @@ def check_gateway_settings(settings: Settings) -> None:
         for variable, value in (
             ("STALLHOLDER_STRIPE_SECRET_KEY", settings.stripe_secret_key),
             ("STALLHOLDER_STRIPE_WEBHOOK_SECRET", settings.stripe_webhook_secret),
+            ("STALLHOLDER_STRIPE_PUBLISHABLE_KEY", settings.stripe_publishable_key),
         )
         if not value
     ]
     if missing:
         raise GatewayMisconfigured(
-            f"STALLHOLDER_PAYMENT_GATEWAY=stripe needs {' and '.join(missing)} "
+            f"STALLHOLDER_PAYMENT_GATEWAY=stripe needs {', '.join(missing)} "
             "(see docs/integrations.md, 'Switching to Stripe')"
         )
 

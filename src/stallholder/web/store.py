@@ -37,7 +37,9 @@ async def index(request: Request, session: SessionDep, settings: SettingsDep) ->
     grouped: dict[str, dict[str, Any]] = {}
     for offer in offers:
         creator = creators[offer.creator_id]
-        entry = grouped.setdefault(creator.id, {"display_name": creator.display_name, "offers": []})
+        entry = grouped.setdefault(
+            creator.id, {"display_name": creator.display_name, "slug": creator.slug, "offers": []}
+        )
         entry["offers"].append(
             {
                 "name": offer.name,

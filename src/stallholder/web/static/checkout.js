@@ -1,0 +1,70 @@
+// The hosted checkout page's enhancements. The page works without them in the sandbox.
+// 1. Embedded (?embed=1): tell the embedding page (and only its origin) that the buyer
+//    paid or closed the overlay.
+// 2. Stripe: mount the Payment Element, create the payment method, and run next_action.
+(function () {
+  "use strict";
+  var body = document.body;
+  var parentOrigin = body.getAttribute("data-embed-origin");
+
+  function tell(type) {
+    if (!parentOrigin || window.parent === window) return;
+    var message = { type: type, session: body.getAttribute("data-session") };
+    if (body.getAttribute("data-order")) message.order = body.getAttribute("data-order");
+    if (body.getAttribute("data-subscription")) message.subscription = body.getAttribute("data-subscription");
+    // The exact origin: the browser drops the message if the parent is anything else.
+    window.parent.postMessage(message, parentOrigin);
+  }
+
+  if (parentOrigin) {
+    if (body.getAttribute("data-status") === "complete") tell("stallholder:complete");
+    Array.prototype.forEach.call(document.querySelectorAll("[data-close]"), function (button) {
+      button.addEventListener("click", function (event) {
+        event.preventDefault();
+        tell("stallholder:close");
+      });
+    });
+    document.addEventListener("keydown", function (event) {
+      if (event.key === "Escape") tell("stallholder:close");
+    });
+  }
+
+  var form = document.getElementById("pay-form");
+  if (!form || !form.getAttribute("data-stripe-key") || typeof window.Stripe !== "function") return;
+  var stripe = window.Stripe(form.getAttribute("data-stripe-key"));
+  var errorBox = document.getElementById("payment_method-error");
+  var method = form.querySelector("input[name=payment_method]");
+  function fail(message) { errorBox.textContent = message; }
+
+  var actionSecret = form.getAttribute("data-action-secret");
+  if (actionSecret) {
+    // 3-D Secure: Stripe.js shows the bank's challenge; then the same form confirms
+    // again and the server reads the PaymentIntent's outcome.
+    stripe.handleNextAction({ clientSecret: actionSecret }).then(function (result) {
+      if (result.error) fail(result.error.message);
+      form.submit();
+    });
+    return;
+  }
+  var options = {
+    mode: "payment",
+    amount: parseInt(form.getAttribute("data-amount"), 10),
+    currency: form.getAttribute("data-currency"),
+    paymentMethodCreation: "manual"
+  };
+  if (form.getAttribute("data-mode") === "subscription") options.setupFutureUsage = "off_session";
+  var elements = stripe.elements(options);
+  elements.create("payment").mount("#payment-element");
+  form.addEventListener("submit", function (event) {
+    if (method.value) return;
+    event.preventDefault();
+    elements.submit().then(function (submitted) {
+      if (submitted.error) return fail(submitted.error.message);
+      return stripe.createPaymentMethod({ elements: elements }).then(function (created) {
+        if (created.error) return fail(created.error.message);
+        method.value = created.paymentMethod.id;
+        form.submit();
+      });
+    });
+  });
+})();
