@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Protocol
 
-from stallholder.billing import reminders, renewal
+from stallholder.billing import consolidation, reminders, renewal
 from stallholder.billing.kinds import CHARGE_KIND, REMIND_KIND, RENEW_KIND, kind_for
 from stallholder.kit import work
 from stallholder.ledger.service import platform_fee_policy
@@ -49,7 +49,7 @@ async def renew(context: work.Context[BillingResources], item: work.Claimed) -> 
 
 
 async def charge_invoice(context: work.Context[BillingResources], item: work.Claimed) -> None:
-    await renewal.charge_invoice(
+    await consolidation.charge_invoice(
         context.database,
         context.resources.gateway,
         invoice_id=item.payload["invoice"],

@@ -16,7 +16,7 @@ import httpx
 import psycopg
 from sqlalchemy.engine import make_url
 
-from stallholder.billing import renewal
+from stallholder.billing import consolidation, renewal
 from stallholder.billing import tasks as billing
 from stallholder.checkout.tasks import (
     EXPIRE_SESSION,
@@ -75,6 +75,9 @@ def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
             renewal.complete_invoice_attempt, policy=billing.policy_from(settings)
         ),
         "wallet_top_up": settle_top_up_attempt,
+        consolidation.PURPOSE: functools.partial(
+            consolidation.complete_attempt, policy=billing.policy_from(settings)
+        ),
     }
 
     # Each look resolves up to SETTLE_BATCH of whatever is due, whichever item asked for

@@ -19,7 +19,9 @@ class Order(Base):
     # What was sold: a checkout session or an invoice (one of them).
     checkout_session_id: Mapped[str | None] = mapped_column(String(40), unique=True, default=None)
     invoice_id: Mapped[str | None] = mapped_column(String(40), unique=True, default=None)
-    payment_attempt_id: Mapped[str] = mapped_column(ForeignKey("payment_attempts.id"), unique=True)
+    # The charge that paid it. Several orders share one when a consolidated charge paid a
+    # buyer's invoices across creators at once (ADR 0019); otherwise one charge, one order.
+    payment_attempt_id: Mapped[str] = mapped_column(ForeignKey("payment_attempts.id"), index=True)
     status: Mapped[str] = mapped_column(String(24))  # paid | partially_refunded | refunded
     currency: Mapped[str] = mapped_column(String(3))
     amount_subtotal: Mapped[int]

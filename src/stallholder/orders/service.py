@@ -77,6 +77,28 @@ class ShippingSpec:
     amount: int
 
 
+@dataclass(frozen=True, slots=True)
+class PaymentShare:
+    """The part of one charge that pays one order. A consolidated charge pays several
+    creators' invoices (ADR 0019): each order takes its amount, the platform's fee on it,
+    and its part of the processor's fee, estimated before charging and actual after."""
+
+    amount: int
+    platform_fee: int
+    estimated_processor_fee: int
+    processor_fee: int
+
+    @classmethod
+    def whole(cls, attempt: PaymentAttempt) -> PaymentShare:
+        """All of a charge that pays one order."""
+        return cls(
+            amount=attempt.amount,
+            platform_fee=attempt.platform_fee,
+            estimated_processor_fee=attempt.estimated_processor_fee,
+            processor_fee=attempt.processor_fee,
+        )
+
+
 def fee_policy_for(creator: Creator, default: FeeSchedule, *, currency: str) -> FeePolicy:
     """The fee on a charge in ``currency``: the platform default, overridden where the
     creator has its own terms (basis points, or a fixed part in that currency)."""
@@ -120,6 +142,7 @@ async def create_paid_order(
     checkout_session_id: str | None = None,
     invoice_id: str | None = None,
     shipping: ShippingSpec | None = None,
+    share: PaymentShare | None = None,
 ) -> Order:
     """The order for a successful payment, with the payment posted to the ledger. It was
     sold through a checkout session or an invoice: exactly one of the two is given.
@@ -130,21 +153,23 @@ async def create_paid_order(
     The split is the one fixed before charging (``attempt.platform_fee`` and the processor
     fee the creator bears), so the creator's share is what the gateway paid the creator.
     When the processor's actual fee differs from that estimate, the platform absorbs the
-    difference in a transaction of its own.
+    difference in a transaction of its own. ``share`` is the part of the charge that pays
+    this order when the charge paid several (a consolidated charge); by default all of it.
     """
     if (checkout_session_id is None) == (invoice_id is None):
         raise ValueError("an order comes from one checkout session or one invoice")
+    paid = share or PaymentShare.whole(attempt)
     subtotal = sum(line.amount_total for line in lines)
     amount_shipping = 0 if shipping is None else shipping.amount
-    if subtotal + amount_shipping != attempt.amount:
+    if subtotal + amount_shipping != paid.amount:
         raise ValueError(
             f"order lines total {subtotal} and shipping {amount_shipping} but the payment "
-            f"captured {attempt.amount}"
+            f"captured {paid.amount}"
         )
     split = payment_split(
-        attempt.amount,
-        platform_fee=attempt.platform_fee,
-        processor_fee=attempt.estimated_processor_fee,
+        paid.amount,
+        platform_fee=paid.platform_fee,
+        processor_fee=paid.estimated_processor_fee,
     )
     receipt = await _next_receipt(session, creator_id=creator_id)
     order = Order(
@@ -162,7 +187,7 @@ async def create_paid_order(
         shipping_address=None if shipping is None else shipping.address,
         shipping_rate_id=None if shipping is None else shipping.rate_id,
         shipping_rate_name=None if shipping is None else shipping.rate_name,
-        amount_total=attempt.amount,
+        amount_total=paid.amount,
         amount_refunded=0,
         platform_fee=split.platform_fee,
         processor_fee=split.processor_fee,
@@ -198,7 +223,7 @@ async def create_paid_order(
         + (f" (shipping {amount_shipping} included)" if amount_shipping else ""),
         now=now,
     )
-    if attempt.processor_fee != attempt.estimated_processor_fee:
+    if paid.processor_fee != paid.estimated_processor_fee:
         await ledger.post(
             session,
             creator_id=creator_id,
@@ -206,10 +231,10 @@ async def create_paid_order(
             reference_id=order.id,
             currency=order.currency,
             lines=ledger.processor_fee_adjustment_lines(
-                attempt.processor_fee - attempt.estimated_processor_fee
+                paid.processor_fee - paid.estimated_processor_fee
             ),
             description=f"Processor fee of order {order.receipt_number}: "
-            f"{attempt.processor_fee} charged, {attempt.estimated_processor_fee} expected",
+            f"{paid.processor_fee} charged, {paid.estimated_processor_fee} expected",
             now=now,
         )
     await events.emit(

@@ -33,6 +33,9 @@ class ChargeRequest:
     application_fee_amount: int = 0
     connected_account: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # A platform charge whose money goes to creators by transfers afterwards (a
+    # consolidated charge, ADR 0019): Stripe's ``transfer_group`` ties them together.
+    transfer_group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
