@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.accounts.models import Customer
 from stallholder.billing import renewal, wallet_first
 from stallholder.billing.allocation import allocate
+from stallholder.billing.kinds import TRANSFER_KIND
 from stallholder.billing.models import (
     ConsolidatedCharge,
     ConsolidatedChargePart,
@@ -45,10 +46,12 @@ from stallholder.billing.models import (
     Subscription,
 )
 from stallholder.billing.subscriptions import billing_now
+from stallholder.kit import work
 from stallholder.kit.db import Database
 from stallholder.kit.ids import new_id
 from stallholder.ledger.fees import fees_before_charge
 from stallholder.orders import service as orders
+from stallholder.orders.models import Order
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import ChargeResult, Gateway
 from stallholder.payments.models import PaymentAttempt
@@ -130,12 +133,20 @@ async def _resume(
     session: AsyncSession, *, invoice: Invoice, policy: renewal.BillingPolicy, now: datetime
 ) -> payments.GatewayCall | None:
     """An invoice already in a consolidated charge: the call to make again when its
-    attempt is still ``processing`` (a crash), else apply the recorded outcome."""
+    attempt is still ``processing`` past its ``resolve_after`` (a crash), else apply the
+    recorded outcome. Before then the job that made the charge is still calling the
+    gateway (the other invoices' jobs come due at the same moment) and, should it die,
+    the payments settler takes the attempt over at ``resolve_after``."""
     charge = await session.get(ConsolidatedCharge, invoice.consolidated_charge_id)
     assert charge is not None
     assert charge.payment_attempt_id is not None
     attempt = await payments.get_attempt(session, attempt_id=charge.payment_attempt_id)
     if attempt.status == "processing":
+        subscription = await session.get(Subscription, invoice.subscription_id)
+        assert subscription is not None
+        at = await billing_now(session, test_clock_id=subscription.test_clock_id, now=now)
+        if attempt.resolve_after is not None and at < attempt.resolve_after:
+            return None
         return payments.gateway_call_for(attempt)
     await _apply(session, charge=charge, attempt=attempt, policy=policy, now=now)
     return None
@@ -358,6 +369,18 @@ async def _record(
         ),
     )
     charge.payment_attempt_id = attempt.id
+    if gateway.needs_connected_account:
+        # Separate charges and transfers: each creator is paid its part once the charge
+        # has succeeded (a job that finds it still waiting tries again later).
+        await work.enqueue(
+            session,
+            kind=TRANSFER_KIND,
+            payload={"charge": charge.id},
+            due_at=at,
+            now=at,
+            dedupe_key=f"{TRANSFER_KIND}:{charge.id}",
+            creator_id=first_creator,
+        )
     await session.flush()
     return payments.gateway_call_for(attempt)
 
@@ -460,3 +483,88 @@ async def charge_invoice(
     await renewal.charge_invoice(
         database, gateway, invoice_id=invoice_id, attempt=attempt, policy=policy, now=now
     )
+
+
+# Transfers (Stripe) ------------------------------------------------------------------------
+
+# How long a transfer job waits for a charge that has no outcome yet.
+TRANSFER_WAIT = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class _Transfer:
+    order_id: str
+    amount: int
+    destination: str
+    idempotency_key: str
+    metadata: dict[str, str]
+
+
+async def transfer_parts(
+    database: Database, gateway: Gateway, *, charge_id: str, now: datetime
+) -> int:
+    """Pay each creator its part of a succeeded consolidated charge by a transfer to its
+    connected account, keyed ``<charge>:transfer:<invoice>`` (a repeat gets the same
+    transfer), each recorded on the invoice's order; returns how many were made now. The
+    creator's part is what a destination charge would have paid it: its amount less the
+    platform's fee and the processor's estimated fee, as in the ledger. A gateway that
+    pays creators from the ledger (the sandbox) makes none.
+
+    Raises:
+        work.Retry: the charge has no outcome yet, or an invoice has no order yet.
+        GatewayRefused, GatewayUnavailable: a transfer was not made (the job is retried).
+    """
+    if not gateway.needs_connected_account:
+        return 0
+    async with database.unit_of_work() as session:
+        charge = await session.get(ConsolidatedCharge, charge_id)
+        assert charge is not None, charge_id
+        assert charge.payment_attempt_id is not None
+        attempt = await payments.get_attempt(session, attempt_id=charge.payment_attempt_id)
+        if attempt.status == "processing":
+            raise work.Retry(f"charge {charge_id} has no outcome yet", delay=TRANSFER_WAIT)
+        if attempt.status != "succeeded":
+            return 0
+        rows = (
+            await session.execute(
+                select(ConsolidatedChargePart, Order.id, Order.transfer_reference)
+                .join(Invoice, Invoice.id == ConsolidatedChargePart.invoice_id)
+                .outerjoin(Order, Order.id == Invoice.order_id)
+                .where(ConsolidatedChargePart.charge_id == charge_id)
+                .order_by(ConsolidatedChargePart.invoice_id)
+            )
+        ).all()
+        transfers = []
+        for part, order_id, transferred in rows:
+            if order_id is None:
+                raise work.Retry(f"invoice {part.invoice_id} is not paid yet", delay=TRANSFER_WAIT)
+            if transferred is not None:
+                continue
+            destination = await payments.connected_account_for(
+                session, gateway, creator_id=part.creator_id
+            )
+            assert destination is not None, part.creator_id  # gathered only with one
+            transfers.append(
+                _Transfer(
+                    order_id=order_id,
+                    amount=part.amount - part.platform_fee - part.estimated_processor_fee,
+                    destination=destination,
+                    idempotency_key=f"{charge_id}:transfer:{part.invoice_id}",
+                    metadata={"invoice": part.invoice_id, "creator": part.creator_id},
+                )
+            )
+        currency = charge.currency
+    for transfer in transfers:
+        reference = await gateway.transfer(
+            amount=transfer.amount,
+            currency=currency,
+            destination=transfer.destination,
+            transfer_group=charge_id,
+            idempotency_key=transfer.idempotency_key,
+            metadata=transfer.metadata,
+        )
+        async with database.unit_of_work() as session:
+            await orders.record_transfer(
+                session, order_id=transfer.order_id, transfer_reference=reference
+            )
+    return len(transfers)

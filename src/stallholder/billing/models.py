@@ -218,7 +218,8 @@ class ConsolidatedChargePart(Base):
     """One creator's invoice paid by a consolidated charge, with its exact share of the
     charge: its amount, the platform's fee on it, and its part of the processor's fee
     (estimated before charging and actual after, both split with ``allocation.allocate``).
-    With Stripe the part is paid to the creator by a transfer of its own."""
+    With Stripe the part is paid to the creator by a transfer of its own, recorded on the
+    invoice's order (``orders.transfer_reference``)."""
 
     __tablename__ = "consolidated_charge_parts"
 
@@ -230,5 +231,3 @@ class ConsolidatedChargePart(Base):
     estimated_processor_fee: Mapped[int] = mapped_column(BigInteger)
     # The processor's actual fee allocated to this part (set when the charge succeeds).
     processor_fee: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    # With a gateway that pays creators by transfer (Stripe): the transfer, once made.
-    transfer_reference: Mapped[str | None] = mapped_column(String(120), default=None)

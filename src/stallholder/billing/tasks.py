@@ -11,7 +11,13 @@ from datetime import timedelta
 from typing import Protocol
 
 from stallholder.billing import consolidation, reminders, renewal
-from stallholder.billing.kinds import CHARGE_KIND, REMIND_KIND, RENEW_KIND, kind_for
+from stallholder.billing.kinds import (
+    CHARGE_KIND,
+    REMIND_KIND,
+    RENEW_KIND,
+    TRANSFER_KIND,
+    kind_for,
+)
 from stallholder.kit import work
 from stallholder.ledger.service import platform_fee_policy
 from stallholder.payments.gateway import Gateway
@@ -59,6 +65,17 @@ async def charge_invoice(context: work.Context[BillingResources], item: work.Cla
     )
 
 
+async def transfer_consolidated(
+    context: work.Context[BillingResources], item: work.Claimed
+) -> None:
+    await consolidation.transfer_parts(
+        context.database,
+        context.resources.gateway,
+        charge_id=item.payload["charge"],
+        now=context.clock.now(),
+    )
+
+
 async def remind(context: work.Context[BillingResources], item: work.Claimed) -> None:
     async with context.database.unit_of_work() as session:
         await reminders.send_reminder(
@@ -73,8 +90,15 @@ async def remind(context: work.Context[BillingResources], item: work.Claimed) ->
 def kinds(
     *, test_clock_id: str | None = None, lease: timedelta = timedelta(minutes=5)
 ) -> list[work.Kind[BillingResources]]:
-    """Billing's kinds: real-time, or bound to one test clock."""
+    """Billing's kinds: real-time, or bound to one test clock (transfers to creators are
+    real-time only: they move money now, whatever clock the charge was made on)."""
+    transfers: list[work.Kind[BillingResources]] = (
+        [work.Kind(name=TRANSFER_KIND, handler=transfer_consolidated, lease=lease)]
+        if test_clock_id is None
+        else []
+    )
     return [
+        *transfers,
         work.Kind(
             name=kind_for(RENEW_KIND, test_clock_id=test_clock_id), handler=renew, lease=lease
         ),

@@ -33,7 +33,7 @@ from stallholder.ledger.fees import FeePolicy, FeeSchedule, payment_split, refun
 from stallholder.orders.models import Order, OrderLineItem, Refund
 from stallholder.orders.schemas import order_out, refund_out
 from stallholder.payments import service as payments
-from stallholder.payments.gateway import Gateway, GatewayRefused, RefundResult
+from stallholder.payments.gateway import Gateway, GatewayRefused, RefundResult, TransferReversal
 from stallholder.payments.models import PaymentAttempt
 
 
@@ -303,6 +303,9 @@ class RefundCall:
     amount: int
     currency: str
     idempotency_key: str
+    # The transfer that paid the creator and the part of this refund to take back from
+    # it, when the charge was a platform charge (a consolidated charge with Stripe).
+    transfer_reversal: TransferReversal | None = None
 
 
 async def begin_refund(
@@ -356,6 +359,19 @@ async def begin_refund(
             )
         ).scalar_one()
     )
+    transfer_reversal_amount = None
+    if order.transfer_reference is not None:
+        # The creator's part of this refund, as the ledger will reverse it (cumulative,
+        # counting refunds still pending as made first).
+        original = payment_split(
+            order.amount_total, platform_fee=order.platform_fee, processor_fee=order.processor_fee
+        )
+        reversed_split = refund_split(
+            original, refunded_before=order.amount_refunded + int(pending), amount=amount
+        )
+        transfer_reversal_amount = (
+            reversed_split.gross - reversed_split.platform_fee - reversed_split.processor_fee
+        )
     refund = Refund(
         id=new_id("re"),
         creator_id=creator_id,
@@ -364,6 +380,7 @@ async def begin_refund(
         currency=order.currency,
         reason=reason,
         restock=restock,
+        transfer_reversal_amount=transfer_reversal_amount,
         status="pending",
         idempotency_key=f"{order.id}:refund:{refund_number}",
         request_key=request_key,
@@ -386,7 +403,11 @@ async def begin_refund(
     await schedule_settlement(
         session, refund_id=refund.id, creator_id=creator_id, due_at=resolve_after, now=now
     )
-    return _refund_call(refund, charge_reference=attempt.gateway_reference)
+    return _refund_call(
+        refund,
+        charge_reference=attempt.gateway_reference,
+        transfer_reference=order.transfer_reference,
+    )
 
 
 # The due work that settles refunds a crash left ``pending`` (``orders.tasks``).
@@ -411,13 +432,14 @@ async def schedule_settlement(
 
 async def _refund_for_request(
     session: AsyncSession, *, creator_id: str, request_key: str | None
-) -> tuple[Refund, str] | None:
-    """The refund begun under ``request_key``, with its charge's gateway reference."""
+) -> tuple[Refund, str, str | None] | None:
+    """The refund begun under ``request_key``, with its charge's gateway reference and the
+    order's transfer, if the creator was paid by one."""
     if request_key is None:
         return None
     row = (
         await session.execute(
-            select(Refund, PaymentAttempt.gateway_reference)
+            select(Refund, PaymentAttempt.gateway_reference, Order.transfer_reference)
             .join(Order, Order.id == Refund.order_id)
             .join(PaymentAttempt, PaymentAttempt.id == Order.payment_attempt_id)
             .where(Refund.creator_id == creator_id, Refund.request_key == request_key)
@@ -425,12 +447,14 @@ async def _refund_for_request(
     ).one_or_none()
     if row is None:
         return None
-    refund, reference = row
+    refund, reference, transfer = row
     assert reference is not None
-    return refund, reference
+    return refund, reference, transfer
 
 
-def _refund_call(refund: Refund, *, charge_reference: str) -> RefundCall:
+def _refund_call(
+    refund: Refund, *, charge_reference: str, transfer_reference: str | None
+) -> RefundCall:
     assert refund.idempotency_key is not None
     return RefundCall(
         refund_id=refund.id,
@@ -439,13 +463,18 @@ def _refund_call(refund: Refund, *, charge_reference: str) -> RefundCall:
         amount=refund.amount,
         currency=refund.currency,
         idempotency_key=refund.idempotency_key,
+        transfer_reversal=TransferReversal(
+            transfer_reference=transfer_reference, amount=refund.transfer_reversal_amount
+        )
+        if transfer_reference is not None and refund.transfer_reversal_amount
+        else None,
     )
 
 
 async def refund_calls_due(session: AsyncSession, *, now: datetime, limit: int) -> list[RefundCall]:
     """Pending refunds past their ``resolve_after``: a crash left them half done."""
     rows = await session.execute(
-        select(Refund, PaymentAttempt.gateway_reference)
+        select(Refund, PaymentAttempt.gateway_reference, Order.transfer_reference)
         .join(Order, Order.id == Refund.order_id)
         .join(PaymentAttempt, PaymentAttempt.id == Order.payment_attempt_id)
         .where(Refund.status == "pending", Refund.resolve_after <= now)
@@ -453,8 +482,8 @@ async def refund_calls_due(session: AsyncSession, *, now: datetime, limit: int) 
         .limit(limit)
     )
     return [
-        _refund_call(refund, charge_reference=reference)
-        for refund, reference in rows
+        _refund_call(refund, charge_reference=reference, transfer_reference=transfer)
+        for refund, reference, transfer in rows
         if reference is not None
     ]
 
@@ -546,6 +575,7 @@ async def call_refund(gateway: Gateway, call: RefundCall) -> RefundResult | Gate
             amount=call.amount,
             currency=call.currency,
             idempotency_key=call.idempotency_key,
+            transfer_reversal=call.transfer_reversal,
         )
     except GatewayRefused as refused:
         return refused
@@ -584,7 +614,9 @@ async def create_refund(
         if earlier is not None and earlier[0].status != "pending":
             return earlier[0]
         if earlier is not None:
-            call = _refund_call(earlier[0], charge_reference=earlier[1])
+            call = _refund_call(
+                earlier[0], charge_reference=earlier[1], transfer_reference=earlier[2]
+            )
         else:
             call = await begin_refund(
                 starting,
@@ -600,3 +632,16 @@ async def create_refund(
     result = await call_refund(gateway, call)
     async with session_or_unit_of_work(database, session) as finishing:
         return await finish_refund(finishing, call=call, result=result, now=now)
+
+
+async def record_transfer(session: AsyncSession, *, order_id: str, transfer_reference: str) -> bool:
+    """The creator was paid its share of the order by ``transfer_reference`` (a platform
+    charge, ADR 0019); False when a transfer was recorded for it already."""
+    changed = await session.execute(
+        update(Order)
+        .where(Order.id == order_id, Order.transfer_reference.is_(None))
+        .values(transfer_reference=transfer_reference)
+        .returning(Order.id)
+        .execution_options(synchronize_session=False)
+    )
+    return changed.scalar_one_or_none() is not None

@@ -33,7 +33,13 @@ from stallholder.kit import work
 from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest
 from stallholder.kit.ids import new_id
-from stallholder.payments.gateway import ChargeRequest, ChargeResult, Gateway, RefundResult
+from stallholder.payments.gateway import (
+    ChargeRequest,
+    ChargeResult,
+    Gateway,
+    RefundResult,
+    TransferReversal,
+)
 from stallholder.payments.models import ConnectedAccount, PaymentAttempt
 
 Purpose = Literal["checkout_session", "invoice", "wallet_top_up", "consolidated_charge"]
@@ -458,13 +464,20 @@ async def mark_for_resolution(session: AsyncSession, *, attempt_id: str, now: da
 
 
 async def refund(
-    gateway: Gateway, *, charge_reference: str, amount: int, currency: str, idempotency_key: str
+    gateway: Gateway,
+    *,
+    charge_reference: str,
+    amount: int,
+    currency: str,
+    idempotency_key: str,
+    transfer_reversal: TransferReversal | None = None,
 ) -> RefundResult:
     return await gateway.refund(
         charge_reference=charge_reference,
         amount=amount,
         currency=currency,
         idempotency_key=idempotency_key,
+        transfer_reversal=transfer_reversal,
     )
 
 

@@ -62,7 +62,6 @@ def upgrade() -> None:
         sa.Column("platform_fee", sa.BigInteger(), nullable=False),
         sa.Column("estimated_processor_fee", sa.BigInteger(), nullable=False),
         sa.Column("processor_fee", sa.BigInteger(), nullable=True),
-        sa.Column("transfer_reference", sa.String(length=120), nullable=True),
         sa.ForeignKeyConstraint(
             ["charge_id"],
             ["consolidated_charges.id"],
@@ -106,10 +105,16 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_orders_payment_attempt_id"), ["payment_attempt_id"], unique=False
         )
+        batch_op.add_column(sa.Column("transfer_reference", sa.String(length=120), nullable=True))
+    with op.batch_alter_table("refunds", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("transfer_reversal_amount", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("refunds", schema=None) as batch_op:
+        batch_op.drop_column("transfer_reversal_amount")
     with op.batch_alter_table("orders", schema=None) as batch_op:
+        batch_op.drop_column("transfer_reference")
         batch_op.drop_index(batch_op.f("ix_orders_payment_attempt_id"))
         batch_op.create_unique_constraint(
             batch_op.f("uq_orders_payment_attempt_id"), ["payment_attempt_id"]
