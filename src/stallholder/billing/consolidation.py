@@ -27,6 +27,9 @@ both re-asking the gateway with the same key.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Final
@@ -57,6 +60,7 @@ from stallholder.payments.gateway import ChargeResult, Gateway
 from stallholder.payments.models import PaymentAttempt
 
 PURPOSE: Final = "consolidated_charge"
+log = logging.getLogger("stallholder.billing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +461,43 @@ async def _apply(
         )
 
 
+async def begin_charge(
+    session: AsyncSession,
+    gateway: Gateway,
+    *,
+    invoice_id: str,
+    attempt: int,
+    policy: renewal.BillingPolicy,
+    now: datetime,
+) -> payments.GatewayCall | None:
+    """Step 1 of attempt ``attempt`` of the invoice's charge, in the caller's transaction:
+    the first attempt of a renewal joins a consolidated charge with the buyer's other
+    renewals of the day when there are any (module doc); anything else is the invoice's
+    own attempt (``renewal``). The gateway call to make, or None."""
+    if attempt == 1:
+        step = await begin(session, gateway, invoice_id=invoice_id, policy=policy, now=now)
+        if not isinstance(step, _NotConsolidated):
+            return step
+    return await renewal.begin_invoice_attempt(
+        session, gateway, invoice_id=invoice_id, number=attempt, policy=policy, now=now
+    )
+
+
+async def complete_charge(
+    session: AsyncSession,
+    call: payments.GatewayCall,
+    result: ChargeResult,
+    now: datetime,
+    *,
+    policy: renewal.BillingPolicy,
+) -> None:
+    """Step 3 for a call ``begin_charge`` returned, in the caller's transaction."""
+    if call.purpose == PURPOSE:
+        await complete_attempt(session, call, result, now, policy=policy)
+    else:
+        await renewal.complete_invoice_attempt(session, call, result, now, policy=policy)
+
+
 async def charge_invoice(
     database: Database,
     gateway: Gateway,
@@ -466,23 +507,126 @@ async def charge_invoice(
     policy: renewal.BillingPolicy,
     now: datetime,
 ) -> None:
-    """Attempt ``attempt`` of the invoice's charge: the first attempt of a renewal joins a
-    consolidated charge with the buyer's other renewals of the day when there are any
-    (module doc); anything else is ``renewal.charge_invoice``. Safe to run any number of
+    """Attempt ``attempt`` of the invoice's charge in three steps (``begin_charge``, the
+    gateway with no transaction open, ``complete_charge``). Safe to run any number of
     times, concurrently too."""
-    if attempt == 1:
+    async with database.unit_of_work() as session:
+        call = await begin_charge(
+            session, gateway, invoice_id=invoice_id, attempt=attempt, policy=policy, now=now
+        )
+    if call is None:
+        return
+    result = await payments.call_gateway(gateway, call)
+    async with database.unit_of_work() as session:
+        await complete_charge(session, call, result, now, policy=policy)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    """One claimed charge job: attempt ``attempt`` of invoice ``invoice_id``."""
+
+    key: str
+    invoice_id: str
+    attempt: int
+
+
+async def charge_invoices(
+    database: Database,
+    gateway: Gateway,
+    *,
+    requests: Sequence[ChargeRequest],
+    policy: renewal.BillingPolicy,
+    now: datetime,
+    concurrency: int,
+) -> dict[str, BaseException | None]:
+    """Many charge jobs at once, in the same three steps as ``charge_invoice``: every
+    step 1 in one transaction, the gateway calls with none open (``concurrency`` at a
+    time), every step 3 in one transaction. Each step is idempotent per invoice, so
+    exactly-once holds as for one job; what a batch saves is the transactions. A step
+    that fails for the batch as a whole is run again job by job, so one bad invoice holds
+    up only itself. Returns each request's failure (None: done)."""
+    ordered = sorted(requests, key=lambda request: (request.invoice_id, request.attempt))
+    calls: dict[str, payments.GatewayCall] = {}
+    try:
         async with database.unit_of_work() as session:
-            step = await begin(session, gateway, invoice_id=invoice_id, policy=policy, now=now)
-        if not isinstance(step, _NotConsolidated):
-            if step is None:
-                return
-            result = await payments.call_gateway(gateway, step)
-            async with database.unit_of_work() as session:
-                await complete_attempt(session, step, result, now, policy=policy)
-            return
-    await renewal.charge_invoice(
-        database, gateway, invoice_id=invoice_id, attempt=attempt, policy=policy, now=now
+            for request in ordered:
+                call = await begin_charge(
+                    session,
+                    gateway,
+                    invoice_id=request.invoice_id,
+                    attempt=request.attempt,
+                    policy=policy,
+                    now=now,
+                )
+                if call is not None:
+                    calls[request.key] = call
+    except Exception:
+        log.exception("a batch of %d charges failed to begin; charging one by one", len(ordered))
+        return await _one_by_one(database, gateway, ordered, policy=policy, now=now)
+    gate = asyncio.Semaphore(max(1, concurrency))
+    unique = {call.attempt_id: call for call in calls.values()}
+
+    async def ask(call: payments.GatewayCall) -> ChargeResult | BaseException:
+        async with gate:
+            try:
+                return await payments.call_gateway(gateway, call)
+            except Exception as error:
+                return error
+
+    answers = dict(
+        zip(unique, await asyncio.gather(*(ask(call) for call in unique.values())), strict=True)
     )
+    outcomes: dict[str, BaseException | None] = {request.key: None for request in ordered}
+    for key, call in calls.items():
+        answer = answers[call.attempt_id]
+        if isinstance(answer, BaseException):
+            outcomes[key] = answer  # the attempt stays processing: retried, or settled
+    recorded = [
+        (call, answer)
+        for call_id, call in unique.items()
+        if isinstance(answer := answers[call_id], ChargeResult)
+    ]
+    try:
+        async with database.unit_of_work() as session:
+            for call, result in recorded:
+                await complete_charge(session, call, result, now, policy=policy)
+    except Exception:
+        log.exception("recording a batch of %d outcomes failed; one by one", len(recorded))
+        for call, result in recorded:
+            try:
+                async with database.unit_of_work() as session:
+                    await complete_charge(session, call, result, now, policy=policy)
+            except Exception as error:
+                for key, made in calls.items():
+                    if made.attempt_id == call.attempt_id:
+                        outcomes[key] = error
+    return outcomes
+
+
+async def _one_by_one(
+    database: Database,
+    gateway: Gateway,
+    requests: Sequence[ChargeRequest],
+    *,
+    policy: renewal.BillingPolicy,
+    now: datetime,
+) -> dict[str, BaseException | None]:
+    outcomes: dict[str, BaseException | None] = {}
+    for request in requests:
+        try:
+            await charge_invoice(
+                database,
+                gateway,
+                invoice_id=request.invoice_id,
+                attempt=request.attempt,
+                policy=policy,
+                now=now,
+            )
+        except Exception as error:
+            outcomes[request.key] = error
+        else:
+            outcomes[request.key] = None
+    return outcomes
 
 
 # Transfers (Stripe) ------------------------------------------------------------------------

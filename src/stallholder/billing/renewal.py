@@ -288,6 +288,22 @@ async def _begin(
     return payments.gateway_call_for(attempt)
 
 
+async def begin_invoice_attempt(
+    session: AsyncSession,
+    gateway: Gateway,
+    *,
+    invoice_id: str,
+    number: int,
+    policy: BillingPolicy,
+    now: datetime,
+) -> payments.GatewayCall | None:
+    """Step 1 of attempt ``number`` in the caller's transaction (module doc): the gateway
+    call to make, or None when there is nothing to call."""
+    return await _begin(
+        session, gateway, invoice_id=invoice_id, number=number, policy=policy, now=now
+    )
+
+
 async def charge_invoice(
     database: Database,
     gateway: Gateway,

@@ -28,7 +28,7 @@ from stallholder.events.webhooks import queue_deliveries
 from stallholder.inventory import tasks as inventory_tasks
 from stallholder.kit import work
 from stallholder.kit.clock import Clock
-from stallholder.kit.db import Database, async_url
+from stallholder.kit.db import Database, async_url, is_sqlite
 from stallholder.kit.idempotency import PRUNE_KEYS
 from stallholder.kit.outbound import ShardedTransport
 from stallholder.notifications.tasks import SEND_EMAIL, check_sender, queue_emails
@@ -130,7 +130,12 @@ def kinds_for(settings: Settings, gateway: Gateway) -> list[work.Kind[Resources]
         PRUNE_KEYS,
         AUTO_TOP_UP,
         *_settlement_kinds(settings),
-        *billing.kinds(lease=timedelta(seconds=settings.billing_work_lease_seconds)),
+        *billing.kinds(
+            lease=timedelta(seconds=settings.billing_work_lease_seconds),
+            parallel_batches=1
+            if is_sqlite(settings.database_url)
+            else billing.POSTGRES_PARALLEL_BATCHES,
+        ),
         *inventory_tasks.kinds(),
     ]
     inbox_kind = INBOX_KINDS.get(gateway.name)
