@@ -30,9 +30,10 @@ log = logging.getLogger("stallholder.billing")
 # once on PostgreSQL.
 BATCH_SIZE = 100
 CHARGE_CONCURRENCY = 8
-# Batches one worker runs side by side on PostgreSQL, where each waits mostly on round
-# trips to the server; on SQLite one (a single writer: parallel batches only queue).
-POSTGRES_PARALLEL_BATCHES = 4
+# On PostgreSQL each batch waits mostly on round trips to the server, so a worker runs
+# smaller batches side by side; on SQLite one (a single writer: parallel batches queue).
+POSTGRES_PARALLEL_BATCHES = 8
+POSTGRES_BATCH_SIZE = 25
 
 
 class BillingResources(Protocol):
@@ -141,6 +142,7 @@ def kinds(
     test_clock_id: str | None = None,
     lease: timedelta = timedelta(minutes=5),
     parallel_batches: int = 1,
+    batch_size: int = BATCH_SIZE,
 ) -> list[work.Kind[BillingResources]]:
     """Billing's kinds: real-time, or bound to one test clock (transfers to creators are
     real-time only: they move money now, whatever clock the charge was made on). With
@@ -156,14 +158,14 @@ def kinds(
         work.Kind(
             name=kind_for(RENEW_KIND, test_clock_id=test_clock_id),
             batch_handler=renew,
-            batch_size=BATCH_SIZE,
+            batch_size=batch_size,
             parallel_batches=parallel_batches,
             lease=lease,
         ),
         work.Kind(
             name=kind_for(CHARGE_KIND, test_clock_id=test_clock_id),
             batch_handler=charge_invoice,
-            batch_size=BATCH_SIZE,
+            batch_size=batch_size,
             parallel_batches=parallel_batches,
             lease=lease,
         ),

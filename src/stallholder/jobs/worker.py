@@ -130,11 +130,14 @@ def kinds_for(settings: Settings, gateway: Gateway) -> list[work.Kind[Resources]
         PRUNE_KEYS,
         AUTO_TOP_UP,
         *_settlement_kinds(settings),
-        *billing.kinds(
-            lease=timedelta(seconds=settings.billing_work_lease_seconds),
-            parallel_batches=1
+        *(
+            billing.kinds(lease=timedelta(seconds=settings.billing_work_lease_seconds))
             if is_sqlite(settings.database_url)
-            else billing.POSTGRES_PARALLEL_BATCHES,
+            else billing.kinds(
+                lease=timedelta(seconds=settings.billing_work_lease_seconds),
+                parallel_batches=billing.POSTGRES_PARALLEL_BATCHES,
+                batch_size=billing.POSTGRES_BATCH_SIZE,
+            )
         ),
         *inventory_tasks.kinds(),
     ]
