@@ -368,3 +368,71 @@ async def test_cancelling_at_once_in_the_cooling_off_window_refunds_to_the_walle
     async with database.unit_of_work() as session:
         assert (await ledger.verify(session)).is_clean
         assert (await wallets.mismatched_wallets(session))[1] == []
+
+
+async def test_a_declined_consolidated_charge_puts_every_invoice_into_its_own_dunning(
+    api: Api, database: Database
+) -> None:
+    plans = await ThreePlans(api).start()
+    subscriptions = await plans.subscribe_all()
+    # The buyer's card stops working: each creator now renews on a failing card.
+    for index, subscription in enumerate(subscriptions):
+        failing = await _ok(
+            api,
+            f"/v1/customers/{plans.customers[index]}/payment_methods",
+            plans.keys[index],
+            {"token": "tok_chargeCustomerFail"},
+        )
+        await _ok(
+            api,
+            f"/v1/subscriptions/{subscription}",
+            plans.keys[index],
+            {"default_payment_method": failing["id"]},
+            status=200,
+        )
+    await plans.advance("2026-04-01T12:00:00Z")
+
+    async with database.unit_of_work() as session:
+        buyer = (
+            await session.execute(
+                select(Customer.buyer_id).where(Customer.id == plans.customers[0])
+            )
+        ).scalar_one()
+    april = f"{buyer}:2026-04-01:usd:1:attempt:1"
+    keys = await _charge_keys(database)
+    assert len(keys) == 4  # three signups and one consolidated charge, declined
+    assert [row[:2] for row in keys if row[0] == april] == [(april, 900)]
+    renewals = []
+    for index, subscription in enumerate(subscriptions):
+        response = await api.http.get(
+            f"/v1/subscriptions/{subscription}", headers=bearer(plans.keys[index])
+        )
+        assert response.json()["status"] == "past_due"
+        invoices = await api.http.get(
+            "/v1/invoices",
+            headers=bearer(plans.keys[index]),
+            params={"subscription": subscription, "limit": 100},
+        )
+        renewal = invoices.json()["data"][0]
+        assert (
+            renewal["status"],
+            renewal["attempt_count"],
+            renewal["next_payment_attempt"],
+            renewal["order"],
+        ) == ("open", 1, "2026-04-02T12:00:00Z", None)
+        assert renewal["consolidated_charge"].startswith("cc_")
+        assert "declined" in renewal["last_payment_error"]
+        renewals.append(renewal["id"])
+
+    # The first retry, a day later, charges each invoice on its own.
+    await plans.advance("2026-04-02T12:00:00Z")
+    keys = await _charge_keys(database)
+    assert len(keys) == 7
+    assert {key for key, _, _ in keys if ":attempt:2" in key} == {
+        f"{invoice}:attempt:2" for invoice in renewals
+    }
+    async with database.unit_of_work() as session:
+        assert (await ledger.verify(session)).is_clean
+        assert (
+            await session.execute(select(func.count()).select_from(Order))
+        ).scalar_one() == 3  # the signups only
