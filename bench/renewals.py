@@ -1,17 +1,15 @@
 """Renewal throughput: how fast one worker renews subscriptions that are due and charges
 their invoices, on SQLite and PostgreSQL, with exactly-once charging checked afterwards.
 
-N monthly $3 subscriptions are bulk-seeded by SQL (``seed_due_renewals``: the creator,
-its price, the customers and their saved cards go through the services; the
-subscriptions, their items and their renewal work are multi-row INSERTs), each with its
-renewal due now. Then one worker (the same ``Worker`` that ``stallholder worker`` runs,
-with the sandbox gateway remembering charges in ``sandbox_charges``) runs passes until no
-billing work is due. Renewals/s is N over that time. Afterwards: one invoice per
-subscription, one gateway charge per invoice (key ``<invoice>:attempt:1``), one order per
-paid invoice, and a clean ``ledger.verify``.
-
-``tests/e2e/test_renewal_worker_crash.py`` seeds its subscriptions with the same
-function.
+N monthly $3 subscriptions are bulk-seeded by SQL (``seed_due_renewals``: the creator
+and its price go through the services; one buyer per subscription with its customer,
+saved card and grant, the subscriptions, their items and their renewal work are
+multi-row INSERTs), each with its renewal due now. One buyer each, so every renewal is a
+charge of its own (none is consolidated, ADR 0019). Then one worker (the same ``Worker``
+that ``stallholder worker`` runs, with the sandbox gateway remembering charges in
+``sandbox_charges``) runs passes until no billing work is due. Renewals/s is N over that
+time. Afterwards: one invoice per subscription, one gateway charge per invoice (key
+``<invoice>:attempt:1``), one order per paid invoice, and a clean ``ledger.verify``.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from sqlalchemy import and_, func, insert, or_, select
 
 from bench.checkout import _create_postgres_database, _drop_postgres_database
 from stallholder.accounts import service as accounts
+from stallholder.accounts.models import Buyer, Customer
 from stallholder.billing import periods
 from stallholder.billing import subscriptions as billing
 from stallholder.billing.kinds import CHARGE_KIND, RENEW_KIND
@@ -41,9 +40,8 @@ from stallholder.kit.ids import new_id
 from stallholder.ledger import service as ledger
 from stallholder.migrations import upgrade
 from stallholder.orders.models import Order
-from stallholder.payments import methods
 from stallholder.payments.gateway import CUSTOMER_FAIL_TOKEN, Gateway, SandboxGateway
-from stallholder.payments.models import SandboxCharge
+from stallholder.payments.models import PaymentMethod, PaymentMethodGrant, SandboxCharge
 from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.settings import Settings
 
@@ -73,18 +71,19 @@ async def seed_due_renewals(
     *,
     count: int,
     now: datetime,
-    customers: int = 20,
     failing_every: int = 0,
     failing_overdue: timedelta = timedelta(days=8),
 ) -> Seeded:
     """``count`` active monthly subscriptions of one creator's $3 plan whose renewal into
-    period 1 is due (their period 0 ended a minute before ``now``), spread over
-    ``customers`` customers in UTC. With ``failing_every`` = k, every k-th customer (the
-    first included) saved ``tok_chargeCustomerFail``; their subscriptions' period 0
-    ended ``failing_overdue`` ago, so with the default dunning every retry of the renewal
-    invoice is due at once and the run takes them through dunning to the end. The
-    creator, price, customers and cards go through the services; the subscriptions,
-    their items and their renewal work are inserted by SQL in bulk."""
+    period 1 is due (their period 0 ended a minute before ``now``), each of its own buyer
+    in UTC with a saved sandbox card: every renewal is a charge of its own (one buyer per
+    subscription, so no two are consolidated, ADR 0019), the worst case for exactly-once
+    charging. With ``failing_every`` = k, every k-th subscription (the first included)
+    renews on ``tok_chargeCustomerFail``; its period 0 ended ``failing_overdue`` ago, so
+    with the default dunning every retry of the renewal invoice is due at once and the run
+    takes it through dunning to the end. The creator and price go through the services;
+    the buyers, customers, cards, grants, subscriptions, items and renewal work are
+    inserted by SQL in bulk."""
     async with database.unit_of_work() as session:
         creator, _, _ = await accounts.create_creator(
             session,
@@ -114,34 +113,10 @@ async def seed_due_renewals(
                 currency="usd", unit_amount=UNIT_AMOUNT, recurring_interval="month"
             ),
         )
-        customer_ids = []
-        for n in range(customers):
-            customer = await accounts.create_customer(
-                session,
-                creator_id=creator.id,
-                email=f"reader{n}@example.com",
-                name=None,
-                time_zone=ZONE,
-                now=now,
-            )
-            customer_ids.append(customer.id)
         priced = await billing.priced_items(
             session, creator_id=creator.id, items=[billing.ItemRequest(price.id, 1)]
         )
         (template,) = billing.item_rows(priced, creator_id=creator.id, now=now)
-    failing_customers = set()
-    for n, customer_id in enumerate(customer_ids):
-        is_failing = failing_every > 0 and n % failing_every == 0
-        if is_failing:
-            failing_customers.add(customer_id)
-        await methods.save_payment_method(
-            database,
-            gateway,
-            creator_id=creator.id,
-            customer_id=customer_id,
-            token=CUSTOMER_FAIL_TOKEN if is_failing else SUCCESS_TOKEN,
-            now=now,
-        )
     plan = periods.Plan("month", 1)
     schedules = {}
     for is_failing in (False, True):
@@ -157,18 +132,61 @@ async def seed_due_renewals(
     subscription_ids: list[str] = []
     failing_ids: set[str] = set()
     for chunk_start in range(0, count, SEED_CHUNK):
-        subscription_rows: list[dict[str, Any]] = []
-        item_rows: list[dict[str, Any]] = []
-        work_rows: list[dict[str, Any]] = []
+        rows: dict[Any, list[dict[str, Any]]] = {
+            table: []
+            for table in (
+                Buyer,
+                Customer,
+                PaymentMethod,
+                PaymentMethodGrant,
+                Subscription,
+                SubscriptionItem,
+                work.WorkItem,
+            )
+        }
         for n in range(chunk_start, min(count, chunk_start + SEED_CHUNK)):
-            customer_id = customer_ids[n % len(customer_ids)]
-            is_failing = customer_id in failing_customers
+            is_failing = failing_every > 0 and n % failing_every == 0
             anchor, first = schedules[is_failing]
+            buyer_id, customer_id, method_id = new_id("byr"), new_id("cus"), new_id("pm")
             subscription_id = new_id("sub")
             subscription_ids.append(subscription_id)
             if is_failing:
                 failing_ids.add(subscription_id)
-            subscription_rows.append(
+            email = f"reader{n}@example.com"
+            rows[Buyer].append({"id": buyer_id, "email_key": email, "created_at": anchor})
+            rows[Customer].append(
+                {
+                    "id": customer_id,
+                    "creator_id": creator.id,
+                    "buyer_id": buyer_id,
+                    "email": email,
+                    "time_zone": ZONE,
+                    "created_at": anchor,
+                }
+            )
+            rows[PaymentMethod].append(
+                {
+                    "id": method_id,
+                    "creator_id": creator.id,
+                    "customer_id": customer_id,
+                    "buyer_id": buyer_id,
+                    "gateway": gateway.name,
+                    "gateway_customer": f"sbx_cus_{n}",
+                    "gateway_reference": CUSTOMER_FAIL_TOKEN if is_failing else SUCCESS_TOKEN,
+                    "type": "card",
+                    "created_at": anchor,
+                }
+            )
+            rows[PaymentMethodGrant].append(
+                {
+                    "customer_id": customer_id,
+                    "payment_method_id": method_id,
+                    "creator_id": creator.id,
+                    "is_default": True,
+                    "created_at": anchor,
+                }
+            )
+            rows[Subscription].append(
                 {
                     "id": subscription_id,
                     "creator_id": creator.id,
@@ -190,7 +208,7 @@ async def seed_due_renewals(
                     "updated_at": anchor,
                 }
             )
-            item_rows.append(
+            rows[SubscriptionItem].append(
                 {
                     "id": new_id("si"),
                     "creator_id": creator.id,
@@ -205,7 +223,7 @@ async def seed_due_renewals(
                     "created_at": anchor,
                 }
             )
-            work_rows.append(
+            rows[work.WorkItem].append(
                 {
                     "id": new_id("wrk"),
                     "kind": RENEW_KIND,
@@ -220,9 +238,8 @@ async def seed_due_renewals(
                 }
             )
         async with database.unit_of_work() as session:
-            await session.execute(insert(Subscription), subscription_rows)
-            await session.execute(insert(SubscriptionItem), item_rows)
-            await session.execute(insert(work.WorkItem), work_rows)
+            for table, values in rows.items():
+                await session.execute(insert(table), values)
     return Seeded(
         creator_id=creator.id,
         subscription_ids=subscription_ids,

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     # How long a worker holds a renewal or charge before another may take it over (it
     # died). Longer than any gateway call; a takeover is safe (ADR 0010), only wasteful.
     billing_work_lease_seconds: float = Field(default=300.0, gt=0)
+    # The platform billing day (1 to 28; 0: off). A new monthly subscription without a
+    # trial or delivery calendar renews at the start of this day of the month in the
+    # buyer's zone, its first period prorated, so a buyer's renewals across creators fall
+    # due together and are one consolidated charge (ADR 0020).
+    billing_day: int = Field(default=0, ge=0, le=28)
 
     def payment_resolve_after(self) -> timedelta:
         return timedelta(seconds=self.payment_resolve_after_seconds)

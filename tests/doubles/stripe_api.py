@@ -11,12 +11,15 @@ signs them. It is served by uvicorn on 127.0.0.1 and the real ``stripe`` SDK tal
 
 Endpoints: POST /v1/accounts, POST /v1/account_links, POST /v1/customers,
 POST /v1/payment_methods/{id}/attach, POST /v1/payment_methods/{id}/detach,
-POST /v1/payment_intents, POST /v1/refunds, GET /v1/disputes/{id}.
+POST /v1/payment_intents, POST /v1/refunds, GET /v1/disputes/{id}, POST /v1/transfers,
+POST /v1/transfers/{id}/reversals.
 
 Money at the connected accounts is tracked the way destination charges move it: the
 charge's amount is transferred, the application fee comes back to the platform, and a
 refund with ``reverse_transfer`` and ``refund_application_fee`` reverses both in
-proportion. ``connected_balance`` shows the result.
+proportion. Separate charges and transfers move it the other way: a platform charge (with
+a ``transfer_group``) stays on the platform, a Transfer adds to the connected account and a
+transfer reversal takes back from it. ``connected_balance`` shows the result.
 """
 
 from __future__ import annotations
@@ -235,6 +238,12 @@ class StripeDouble:
                     methods=["GET"],
                 ),
                 Route("/v1/refunds", self._endpoint(self._create_refund), methods=["POST"]),
+                Route("/v1/transfers", self._endpoint(self._create_transfer), methods=["POST"]),
+                Route(
+                    "/v1/transfers/{id}/reversals",
+                    self._endpoint(self._create_transfer_reversal),
+                    methods=["POST"],
+                ),
                 Route("/v1/disputes/{id}", self._endpoint(self._retrieve_dispute), methods=["GET"]),
                 Route("/{path:path}", self._unrecognized, methods=["GET", "POST", "DELETE"]),
             ]
@@ -742,6 +751,7 @@ class StripeDouble:
             "payment_method_types": params.get("allowed_payment_method_types", ["card"]),
             "status": "requires_payment_method",
             "transfer_data": None if destination is None else {"destination": destination},
+            "transfer_group": params.get("transfer_group"),
         }
         intent["client_secret"] = f"{intent['id']}_secret_{new_id('s')[2:]}"
         if stored is None and payment_method is not None:
@@ -805,6 +815,7 @@ class StripeDouble:
             "refunded": False,
             "status": status,
             "transfer_data": intent["transfer_data"],
+            "transfer_group": intent["transfer_group"],
         }
         self.objects[charge["id"]] = charge
         intent["latest_charge"] = charge["id"]
@@ -944,6 +955,116 @@ class StripeDouble:
         }
         self.objects[refund["id"]] = refund
         return refund
+
+    def _create_transfer(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Stripe's "Create a transfer": ``amount``, ``currency`` and ``destination`` (a
+        connected account with the ``transfers`` capability) are required;
+        ``transfer_group``, ``metadata`` and ``description`` are kept."""
+        amount = _integer(params, "amount")
+        assert amount is not None
+        if amount < 1:
+            raise StripeApiError(
+                400, "This value must be greater than or equal to 1.", param="amount"
+            )
+        currency = params.get("currency")
+        if not isinstance(currency, str) or not re.fullmatch(r"[a-z]{3}", currency):
+            raise StripeApiError(
+                400, "Missing required param: currency.", code="parameter_missing", param="currency"
+            )
+        destination = params.get("destination")
+        if destination is None:
+            raise StripeApiError(
+                400,
+                "Missing required param: destination.",
+                code="parameter_missing",
+                param="destination",
+            )
+        account = self.objects.get(destination)
+        if account is None or account["object"] != "account":
+            raise StripeApiError(
+                400,
+                f"No such destination: '{destination}'",
+                code="resource_missing",
+                param="destination",
+            )
+        if account["capabilities"].get("transfers") != "active":
+            raise StripeApiError(
+                400,
+                "Your destination account needs to have at least one of the following "
+                "capabilities enabled: transfers, crypto_transfers, legacy_payments",
+                code="insufficient_capabilities_for_transfer",
+                param="destination",
+            )
+        transfer: dict[str, Any] = {
+            "id": new_id("tr"),
+            "object": "transfer",
+            "amount": amount,
+            "amount_reversed": 0,
+            "balance_transaction": new_id("txn"),
+            "created": int(time.time()),
+            "currency": currency,
+            "description": params.get("description"),
+            "destination": destination,
+            "destination_payment": new_id("py"),
+            "livemode": False,
+            "metadata": params.get("metadata", {}),
+            "reversals": {
+                "object": "list",
+                "data": [],
+                "has_more": False,
+                "total_count": 0,
+                "url": "",
+            },
+            "reversed": False,
+            "source_transaction": params.get("source_transaction"),
+            "source_type": "card",
+            "transfer_group": params.get("transfer_group"),
+        }
+        transfer["reversals"]["url"] = f"/v1/transfers/{transfer['id']}/reversals"
+        self.objects[transfer["id"]] = transfer
+        self.connected_balances[destination] = self.connected_balance(destination) + amount
+        return transfer
+
+    def _create_transfer_reversal(self, params: dict[str, Any], id: str) -> dict[str, Any]:
+        """Stripe's "Create a transfer reversal": all that is left of the transfer, or
+        ``amount`` of it; more than is left is refused."""
+        transfer = self._get(id, "transfer", param="id")
+        left = transfer["amount"] - transfer["amount_reversed"]
+        amount = _integer(params, "amount", required=False)
+        amount = left if amount is None else amount
+        if left == 0:
+            raise StripeApiError(
+                400,
+                f"Transfer {id} has already been fully reversed.",
+                code="transfer_already_reversed",
+            )
+        if not 0 < amount <= left:
+            raise StripeApiError(
+                400,
+                f"Amount ({amount}) is greater than the amount left to reverse ({left}).",
+                code="amount_too_large",
+                param="amount",
+            )
+        reversal = {
+            "id": new_id("trr"),
+            "object": "transfer_reversal",
+            "amount": amount,
+            "balance_transaction": new_id("txn"),
+            "created": int(time.time()),
+            "currency": transfer["currency"],
+            "destination_payment_refund": new_id("pyr"),
+            "metadata": params.get("metadata", {}),
+            "source_refund": None,
+            "transfer": id,
+        }
+        self.objects[reversal["id"]] = reversal
+        transfer["amount_reversed"] += amount
+        transfer["reversed"] = transfer["amount_reversed"] == transfer["amount"]
+        transfer["reversals"]["data"].insert(0, reversal)
+        transfer["reversals"]["total_count"] += 1
+        destination = transfer["destination"]
+        self.connected_balances[destination] = self.connected_balance(destination) - amount
+        return reversal
 
     def _retrieve_payment_intent(self, params: dict[str, Any], id: str) -> dict[str, Any]:
         return self._expanded(self._get(id, "payment_intent", param="id"), params.get("expand", []))

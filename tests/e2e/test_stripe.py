@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import func, select
 
 from stallholder.app import create_app
+from stallholder.billing import consolidation
 from stallholder.events import inbox
 from stallholder.events.models import Event, InboxEvent
 from stallholder.jobs.worker import Worker
@@ -28,7 +29,7 @@ from stallholder.ledger import service as ledger
 from stallholder.orders import service as orders
 from stallholder.orders.models import Order
 from stallholder.payments import methods
-from stallholder.payments.models import ConnectedAccount, Dispute, PaymentAttempt
+from stallholder.payments.models import ConnectedAccount, Dispute, PaymentAttempt, PaymentMethod
 from stallholder.payments.stripe_gateway import StripeGateway
 from stallholder.settings import Settings
 from tests.conftest import ADMIN_KEY, T0, Api, bearer
@@ -1030,3 +1031,140 @@ async def test_stripe_webhooks_are_not_found_on_a_sandbox_platform(
         response = await http.post("/v1/stripe/webhooks", content=b"{}")
     assert response.status_code == 404
     assert response.json()["type"] == PROBLEMS + "stripe-not-enabled"
+
+
+# Consolidated charges: separate charges and transfers (ADR 0019) ------------------------
+
+
+async def test_a_consolidated_renewal_is_one_platform_charge_and_a_transfer_per_creator(
+    api: Api, database: Database, stripe_double: StripeDouble, stripe_gateway: StripeGateway
+) -> None:
+    """One buyer's two $3 renewals with two creators are one PaymentIntent on the platform
+    with a ``transfer_group``, then one Transfer per creator of exactly its ledger share; a
+    refund of one creator's part refunds the PaymentIntent without Connect flags and
+    reverses that creator's transfer by its share of the refund."""
+    clock = await api.http.post(
+        "/v1/test_clocks", headers=bearer(ADMIN_KEY), json={"frozen_time": T0.isoformat()}
+    )
+    clock_id = clock.json()["id"]
+    shops = []
+    # The buyer's card, saved with the first creator; the second creator is granted the
+    # same card (the buyer picks it again), as a consolidated charge needs one card.
+    token = "pm_card_visa"
+    for name in ("Kiln and Clay", "Seed Library"):
+        creator = await api.creator(name=name, email=f"{name.split()[0].lower()}@example.com")
+        key = creator["secret_key"]
+        product = await api.product(key, kind="digital", name=f"{name} club")
+        price = await api.price(
+            key, product=product["id"], unit_amount=300, recurring={"interval": "month"}
+        )
+        connected = await api.http.post(
+            f"/v1/creators/{creator['id']}/stripe_account", headers=bearer(ADMIN_KEY)
+        )
+        stripe_double.activate_account(connected.json()["account"])
+        customer = await api.http.post(
+            "/v1/customers",
+            headers=bearer(key),
+            json={"email": "reader@example.com", "time_zone": "UTC", "test_clock": clock_id},
+        )
+        saved = await api.http.post(
+            f"/v1/customers/{customer.json()['id']}/payment_methods",
+            headers=bearer(key),
+            json={"token": token},
+        )
+        assert saved.status_code == 201, saved.text
+        async with database.unit_of_work() as session:
+            method = await session.get(PaymentMethod, saved.json()["id"])
+            assert method is not None
+            token = method.gateway_reference
+        subscribed = await api.http.post(
+            "/v1/subscriptions",
+            headers=bearer(key),
+            json={
+                "customer": customer.json()["id"],
+                "items": [{"price": price["id"], "quantity": 1}],
+                "default_payment_method": saved.json()["id"],
+            },
+        )
+        assert subscribed.json()["status"] == "active", subscribed.text
+        shops.append(
+            Shop(creator["id"], key, connected.json()["account"], price["id"]),
+        )
+    signups = {shop.account: stripe_double.connected_balance(shop.account) for shop in shops}
+    assert len(stripe_double.requests_to("POST", "/v1/payment_intents")) == 2
+
+    advanced = await api.http.post(
+        f"/v1/test_clocks/{clock_id}/advance",
+        headers=bearer(ADMIN_KEY),
+        json={"frozen_time": (T0 + timedelta(days=31)).isoformat()},
+    )
+    assert advanced.status_code == 200, advanced.text
+
+    # One more PaymentIntent: 600 for both renewals, on the platform, in a transfer group.
+    creates = stripe_double.requests_to("POST", "/v1/payment_intents")
+    assert len(creates) == 3
+    renewal = creates[-1].params
+    assert (renewal["amount"], "transfer_data" in renewal, "application_fee_amount" in renewal) == (
+        "600",
+        False,
+        False,
+    )
+    group = renewal["transfer_group"]
+    assert group.startswith("cc_")
+    assert str(creates[-1].idempotency_key).endswith(":2026-04-01:usd:1:attempt:1")
+
+    # The transfers are the ordinary worker's work; run it as the worker would.
+    assert (
+        await consolidation.transfer_parts(
+            database, stripe_gateway, charge_id=group, now=T0 + timedelta(days=31)
+        )
+        == 2
+    )
+    # Run again (a retried job): the same keys, no new transfer.
+    assert (
+        await consolidation.transfer_parts(
+            database, stripe_gateway, charge_id=group, now=T0 + timedelta(days=31)
+        )
+        == 0
+    )
+    transfers = stripe_double.of_type("transfer")
+    assert sorted(t["destination"] for t in transfers) == sorted(s.account for s in shops)
+    assert {t["transfer_group"] for t in transfers} == {group}
+    for shop in shops:
+        # Each connected account holds exactly the creator's ledger balance.
+        [available] = await _balance(api, shop)
+        assert stripe_double.connected_balance(shop.account) == available["amount"]
+        assert available["amount"] > signups[shop.account]
+
+    # Refund one creator's renewal order in full: the PaymentIntent is refunded (no
+    # reverse_transfer on a platform charge) and that creator's transfer reversed.
+    async with database.unit_of_work() as session:
+        order = (
+            await session.execute(
+                select(Order).where(
+                    Order.creator_id == shops[0].creator, Order.transfer_reference.is_not(None)
+                )
+            )
+        ).scalar_one()
+    refunded = await api.http.post(
+        "/v1/refunds", headers=bearer(shops[0].secret_key), json={"order": order.id}
+    )
+    assert refunded.status_code == 201, refunded.text
+    [refund] = stripe_double.requests_to("POST", "/v1/refunds")
+    assert refund.params == {
+        "payment_intent": renewal_intent(stripe_double, group),
+        "amount": "300",
+    }
+    [reversal] = stripe_double.of_type("transfer_reversal")
+    [transferred] = [t for t in transfers if t["id"] == order.transfer_reference]
+    assert (reversal["transfer"], reversal["amount"]) == (transferred["id"], transferred["amount"])
+    assert stripe_double.connected_balance(shops[0].account) == signups[shops[0].account]
+    for shop in shops:
+        [available] = await _balance(api, shop)
+        assert stripe_double.connected_balance(shop.account) == available["amount"]
+    assert (await _verify(database)).is_clean
+
+
+def renewal_intent(double: StripeDouble, group: str) -> str:
+    [intent] = [i for i in double.of_type("payment_intent") if i["transfer_group"] == group]
+    return str(intent["id"])

@@ -28,6 +28,7 @@ from stallholder.payments.gateway import (
     MemoryChargeStore,
     RefundResult,
     SandboxGateway,
+    TransferReversal,
 )
 from stallholder.payments.models import PaymentAttempt
 from stallholder.settings import Settings
@@ -59,7 +60,13 @@ class HeldGateway(SandboxGateway):
         return await super().charge(request)
 
     async def refund(
-        self, *, charge_reference: str, amount: int, currency: str, idempotency_key: str
+        self,
+        *,
+        charge_reference: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        transfer_reversal: TransferReversal | None = None,
     ) -> RefundResult:
         self.refunds.append(idempotency_key)
         await self._wait_if_held()
@@ -68,6 +75,7 @@ class HeldGateway(SandboxGateway):
             amount=amount,
             currency=currency,
             idempotency_key=idempotency_key,
+            transfer_reversal=transfer_reversal,
         )
 
 

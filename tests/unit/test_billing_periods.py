@@ -248,3 +248,55 @@ def test_invalid_input_is_refused() -> None:
         periods.local_wall_time(datetime(2026, 1, 1), "UTC")  # noqa: DTZ001
     with pytest.raises(ValueError, match="0 or more"):
         periods.period(anchor=utc(2026, 1, 1), zone_name="UTC", plan=Plan("day"), n=-1)
+
+
+@pytest.mark.parametrize(
+    ("at", "zone_name", "day", "expected"),
+    [
+        # Later in the month: next month's day, at local midnight.
+        (datetime(2026, 3, 10, 12, tzinfo=UTC), "UTC", 1, datetime(2026, 4, 1, tzinfo=UTC)),
+        # Exactly the day's start: that instant (nothing to prorate).
+        (datetime(2026, 3, 1, tzinfo=UTC), "UTC", 1, datetime(2026, 3, 1, tzinfo=UTC)),
+        # A second into the day: next month.
+        (datetime(2026, 3, 1, 0, 0, 1, tzinfo=UTC), "UTC", 1, datetime(2026, 4, 1, tzinfo=UTC)),
+        # Earlier in the month: this month's day.
+        (datetime(2026, 3, 10, 12, tzinfo=UTC), "UTC", 15, datetime(2026, 3, 15, tzinfo=UTC)),
+        # December rolls into January of the next year.
+        (datetime(2026, 12, 20, tzinfo=UTC), "UTC", 1, datetime(2027, 1, 1, tzinfo=UTC)),
+        # Auckland (UTC+13 in its summer): 10 Dec 12:00 UTC is 11 Dec local; 1 Jan 00:00
+        # NZDT is 31 Dec 11:00 UTC.
+        (
+            datetime(2026, 12, 10, 12, tzinfo=UTC),
+            "Pacific/Auckland",
+            1,
+            datetime(2026, 12, 31, 11, tzinfo=UTC),
+        ),
+        # Kiritimati (UTC+14): already 1 April locally at 10:00 UTC on 31 March, so May.
+        (
+            datetime(2026, 3, 31, 10, 30, tzinfo=UTC),
+            "Pacific/Kiritimati",
+            1,
+            datetime(2026, 4, 30, 10, tzinfo=UTC),
+        ),
+        # A day whose midnight does not exist (Santiago springs forward at 00:00 on
+        # 6 Sep 2026): the first instant after the gap, 01:00 local = 04:00 UTC.
+        (
+            datetime(2026, 8, 20, tzinfo=UTC),
+            "America/Santiago",
+            6,
+            datetime(2026, 9, 6, 4, tzinfo=UTC),
+        ),
+    ],
+)
+def test_the_billing_day_is_the_next_start_of_that_local_day(
+    at: datetime, zone_name: str, day: int, expected: datetime
+) -> None:
+    assert periods.next_billing_day(at=at, zone_name=zone_name, day_of_month=day) == expected
+
+
+@pytest.mark.parametrize("day", [0, 29, 31])
+def test_a_billing_day_every_month_does_not_have_is_refused(day: int) -> None:
+    with pytest.raises(ValueError, match="1 to 28"):
+        periods.next_billing_day(
+            at=datetime(2026, 3, 1, tzinfo=UTC), zone_name="UTC", day_of_month=day
+        )

@@ -25,6 +25,9 @@ PLATFORM_WIDE = {
     # A buyer's prepaid balance per currency: the platform holds it for the buyer and any
     # creator the buyer supports is paid from it.
     "wallets": "the buyer's money held by the platform, spent with any creator",
+    # One card charge for a buyer's invoices across creators (ADR 0019); each creator's
+    # share is a consolidated_charge_parts row, which carries creator_id.
+    "consolidated_charges": "the buyer's charge across creators, split in its parts",
     # The creators themselves: their id is the distribution key.
     "creators": "one row per creator; its id is the key",
 }

@@ -146,6 +146,7 @@ async def create_subscription(
                 ),
                 trial_days=body.trial_period_days,
                 request_key=request_key,
+                billing_day=settings.billing_day or None,
                 now=now,
             )
             begun = (

@@ -4,6 +4,8 @@ invoice on its own would have cost (``GET /v1/reports/fees``, ADR 0016).
 For every paid invoice, the processing fee it bore is:
 
 - paid by a card charge: the processor's fee on that charge (the attempt's actual fee);
+- paid by a consolidated charge with the buyer's other invoices of the day (ADR 0019):
+  its part of that charge's actual fee, split pro rata by ``allocation.allocate``;
 - paid from the buyer's wallet: its share of the fees on the buyer's top-ups in that
   currency, at the rate those top-ups cost (fees ÷ amount topped up), rounded down. The
   platform pays that fee (ADR 0011), but it is what card processing cost the money.
@@ -23,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Customer
-from stallholder.billing.models import Invoice
+from stallholder.billing.models import ConsolidatedChargePart, Invoice
 from stallholder.payments.models import PaymentAttempt
 from stallholder.wallets.models import Wallet, WalletTopUp
 
@@ -103,11 +105,18 @@ async def fee_report(
             Invoice.currency,
             Invoice.amount_paid,
             Invoice.wallet_transaction_id,
-            PaymentAttempt.processor_fee,
+            func.coalesce(ConsolidatedChargePart.processor_fee, PaymentAttempt.processor_fee).label(
+                "processor_fee"
+            ),
             Customer.buyer_id,
         )
         .join(Customer, Customer.id == Invoice.customer_id)
         .outerjoin(PaymentAttempt, PaymentAttempt.id == Invoice.payment_attempt_id)
+        .outerjoin(
+            ConsolidatedChargePart,
+            (ConsolidatedChargePart.invoice_id == Invoice.id)
+            & (ConsolidatedChargePart.charge_id == Invoice.consolidated_charge_id),
+        )
         .where(Invoice.status == "paid", Invoice.amount_paid > 0)
     )
     if creator_id is not None:

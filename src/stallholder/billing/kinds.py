@@ -5,6 +5,9 @@ from __future__ import annotations
 RENEW_KIND = "billing.renew"
 CHARGE_KIND = "billing.charge_invoice"
 REMIND_KIND = "billing.remind"
+# Paying each creator its part of a consolidated charge by transfer (Stripe, ADR 0019):
+# real-time work for the ordinary worker, whatever clock the buyer is billed on.
+TRANSFER_KIND = "billing.transfer_consolidated"
 BASE_KINDS = (RENEW_KIND, CHARGE_KIND, REMIND_KIND)
 _CLOCK_SEPARATOR = "@"
 

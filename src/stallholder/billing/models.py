@@ -141,6 +141,10 @@ class Invoice(Base):
         ForeignKey("payment_attempts.id"), default=None
     )
     order_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # Paid with the buyer's other invoices of the day by one card charge (ADR 0019).
+    consolidated_charge_id: Mapped[str | None] = mapped_column(
+        ForeignKey("consolidated_charges.id"), default=None, index=True
+    )
     # Paid from the buyer's wallet (ADR 0016): the wallet movement, and no charge.
     wallet_transaction_id: Mapped[str | None] = mapped_column(String(40), default=None)
     last_failure: Mapped[str | None] = mapped_column(String(500), default=None)
@@ -205,3 +209,51 @@ class RetentionOffer(Base):
     duration_cycles: Mapped[int | None] = mapped_column(default=None)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class ConsolidatedCharge(Base):
+    """One card charge for several of a buyer's invoices (across creators) that came due
+    on the same local day, in one currency (ADR 0019). The buyer's, not a creator's: each
+    creator's part is a ``ConsolidatedChargePart``. ``sequence`` counts the buyer's
+    consolidated charges of that day and currency (a renewal due later the same day, after
+    one was made, starts the next); with the attempt number it makes the gateway key
+    ``<buyer>:<day>:<currency>:<sequence>:attempt:<n>``."""
+
+    __tablename__ = "consolidated_charges"
+    __table_args__ = (UniqueConstraint("buyer_id", "currency", "charge_day", "sequence"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    buyer_id: Mapped[str] = mapped_column(ForeignKey("buyers.id"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    # The local date (``YYYY-MM-DD``, the charging customer's zone) the invoices fell due.
+    charge_day: Mapped[str] = mapped_column(String(10))
+    sequence: Mapped[int]
+    amount: Mapped[int] = mapped_column(BigInteger)
+    # The payment attempt (purpose ``consolidated_charge``) that charged the card.
+    payment_attempt_id: Mapped[str | None] = mapped_column(
+        ForeignKey("payment_attempts.id"), default=None
+    )
+    created_at: Mapped[datetime]
+
+    parts: Mapped[list[ConsolidatedChargePart]] = relationship(
+        order_by="ConsolidatedChargePart.invoice_id", lazy="selectin"
+    )
+
+
+class ConsolidatedChargePart(Base):
+    """One creator's invoice paid by a consolidated charge, with its exact share of the
+    charge: its amount, the platform's fee on it, and its part of the processor's fee
+    (estimated before charging and actual after, both split with ``allocation.allocate``).
+    With Stripe the part is paid to the creator by a transfer of its own, recorded on the
+    invoice's order (``orders.transfer_reference``)."""
+
+    __tablename__ = "consolidated_charge_parts"
+
+    charge_id: Mapped[str] = mapped_column(ForeignKey("consolidated_charges.id"), primary_key=True)
+    invoice_id: Mapped[str] = mapped_column(ForeignKey("invoices.id"), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    platform_fee: Mapped[int] = mapped_column(BigInteger)
+    estimated_processor_fee: Mapped[int] = mapped_column(BigInteger)
+    # The processor's actual fee allocated to this part (set when the charge succeeds).
+    processor_fee: Mapped[int | None] = mapped_column(BigInteger, default=None)

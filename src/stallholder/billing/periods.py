@@ -205,3 +205,20 @@ def start_of_local_day(day: date, zone_name: str) -> datetime:
     """The first instant of ``day`` in the zone (midnight, or the first time after a gap
     at midnight)."""
     return to_instant(datetime.combine(day, time()), zone_name)
+
+
+def next_billing_day(*, at: datetime, zone_name: str, day_of_month: int) -> datetime:
+    """The start of the first local day ``day_of_month`` (1 to 28, a day every month has)
+    at or after ``at``: where the platform billing day anchors a new subscription, so a
+    buyer's subscriptions across creators renew at the same instant (ADR 0020).
+
+    Raises ValueError for a day outside 1 to 28."""
+    if not 1 <= day_of_month <= 28:
+        raise ValueError("the billing day is a day of the month from 1 to 28")
+    _require_aware("at", at)
+    today = local_date(at, zone_name)
+    candidate = start_of_local_day(date(today.year, today.month, day_of_month), zone_name)
+    if candidate < at:
+        following = add_months(date(today.year, today.month, 1), 1, anchor_day=day_of_month)
+        candidate = start_of_local_day(following, zone_name)
+    return candidate

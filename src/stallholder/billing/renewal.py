@@ -191,7 +191,7 @@ async def _attempt(session: AsyncSession, *, invoice_id: str, number: int) -> Pa
     ).scalar_one_or_none()
 
 
-async def _method_for(session: AsyncSession, subscription: Subscription) -> PaymentMethod | None:
+async def method_for(session: AsyncSession, subscription: Subscription) -> PaymentMethod | None:
     """The subscription's payment method while it is attached and granted to the
     customer, or else the customer's default; None when there is neither."""
     if subscription.default_payment_method_id is not None:
@@ -247,11 +247,11 @@ async def _begin(
     if paid is not None:
         locked = await session.get(Subscription, subscription.id, with_for_update=True)
         assert locked is not None
-        await _settle_paid(
+        await settle_paid(
             session, invoice=invoice, subscription=locked, amount=paid.split.gross, at=at
         )
         return None
-    method = await _method_for(session, subscription)
+    method = await method_for(session, subscription)
     if method is None:
         invoice.attempt_count = number
         invoice.updated_at = at
@@ -295,6 +295,22 @@ async def _begin(
     invoice.updated_at = at
     await session.flush()
     return payments.gateway_call_for(attempt)
+
+
+async def begin_invoice_attempt(
+    session: AsyncSession,
+    gateway: Gateway,
+    *,
+    invoice_id: str,
+    number: int,
+    policy: BillingPolicy,
+    now: datetime,
+) -> payments.GatewayCall | None:
+    """Step 1 of attempt ``number`` in the caller's transaction (module doc): the gateway
+    call to make, or None when there is nothing to call."""
+    return await _begin(
+        session, gateway, invoice_id=invoice_id, number=number, policy=policy, now=now
+    )
 
 
 async def charge_invoice(
@@ -343,9 +359,11 @@ async def apply_outcome(
     attempt: PaymentAttempt,
     policy: BillingPolicy,
     now: datetime,
+    share: orders.PaymentShare | None = None,
 ) -> None:
     """Apply a recorded attempt to its (locked) invoice, once: only the invoice's latest
-    attempt, only while the invoice is open and not yet told of this attempt's failure."""
+    attempt, only while the invoice is open and not yet told of this attempt's failure.
+    ``share`` is the invoice's part of a charge that paid several (ADR 0019)."""
     if invoice.status != "open" or attempt.status == "processing":
         return
     if attempt.attempt_number != invoice.attempt_count:
@@ -354,7 +372,14 @@ async def apply_outcome(
     assert subscription is not None
     at = await billing_now(session, test_clock_id=subscription.test_clock_id, now=now)
     if attempt.status == "succeeded":
-        await _paid(session, invoice=invoice, subscription=subscription, attempt=attempt, at=at)
+        await _paid(
+            session,
+            invoice=invoice,
+            subscription=subscription,
+            attempt=attempt,
+            at=at,
+            share=share,
+        )
         return
     if invoice.next_payment_attempt is not None or invoice.last_failure == _failure_key(attempt):
         return  # this failure was handled already
@@ -382,6 +407,7 @@ async def _paid(
     subscription: Subscription,
     attempt: PaymentAttempt,
     at: datetime,
+    share: orders.PaymentShare | None = None,
 ) -> None:
     customer = await session.get(Customer, invoice.customer_id)
     assert customer is not None
@@ -405,15 +431,16 @@ async def _paid(
         ],
         now=at,
         invoice_id=invoice.id,
+        share=share,
     )
     invoice.payment_attempt_id = attempt.id
     invoice.order_id = order.id
-    await _settle_paid(
-        session, invoice=invoice, subscription=subscription, amount=attempt.amount, at=at
+    await settle_paid(
+        session, invoice=invoice, subscription=subscription, amount=order.amount_total, at=at
     )
 
 
-async def _settle_paid(
+async def settle_paid(
     session: AsyncSession,
     *,
     invoice: Invoice,

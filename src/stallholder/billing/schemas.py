@@ -384,6 +384,9 @@ class InvoiceOut(Output):
     next_payment_attempt: datetime | None
     last_payment_error: str | None
     charge: str | None
+    # The consolidated charge (``cc_…``) that paid it with the buyer's other invoices of
+    # the day, when one did; ``charge`` is then that charge's payment attempt.
+    consolidated_charge: str | None = None
     order: str | None
     # The wallet movement that paid it, when the buyer's wallet did (no charge then).
     wallet_transaction: str | None
@@ -411,6 +414,7 @@ def invoice_out(invoice: Invoice) -> InvoiceOut:
         next_payment_attempt=invoice.next_payment_attempt,
         last_payment_error=invoice.last_failure,
         charge=invoice.payment_attempt_id,
+        consolidated_charge=invoice.consolidated_charge_id,
         order=invoice.order_id,
         wallet_transaction=invoice.wallet_transaction_id,
         lines=[

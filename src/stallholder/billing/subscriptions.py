@@ -18,7 +18,7 @@ from sqlalchemy.orm import joinedload
 
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Customer, TestClock
-from stallholder.billing import delivery, lifecycle, periods, reminders
+from stallholder.billing import delivery, lifecycle, periods, proration, reminders
 from stallholder.billing.kinds import CHARGE_KIND, RENEW_KIND, kind_for
 from stallholder.billing.models import (
     Invoice,
@@ -333,13 +333,17 @@ async def create_subscription(
     now: datetime,
     trial_days: int | None = None,
     request_key: str | None = None,
+    billing_day: int | None = None,
 ) -> Created:
     """A new subscription, at the customer's billing time (its test clock's, if any).
 
     With a trial (the price's ``trial_days``, or ``trial_days`` given) it is ``trialing``
     and nothing is charged until the trial ends; otherwise it is ``incomplete`` with its
     first invoice open, which the caller charges next (outside this transaction). A
-    price's delivery calendar may put the first charge at the next cycle's start.
+    price's delivery calendar may put the first charge at the next cycle's start. With
+    ``billing_day`` (the platform billing day, ADR 0020) a monthly plan with neither trial
+    nor delivery calendar is anchored at the next start of that local day of the month,
+    and the first invoice is the time until then, prorated by the second.
 
     Raises:
         CustomerNotFound, InvalidSubscriptionItems, PaymentMethodNotFound,
@@ -370,7 +374,12 @@ async def create_subscription(
         joining = delivery.Joining(anchor=trial_end, first_index=0, is_charged_now=False)
     else:
         trial_end = None
-        joining = delivery.join(calendar_of(first), plan, signup_at=at, zone_name=zone_name)
+        calendar = calendar_of(first)
+        if billing_day and calendar is None and plan.interval == "month":
+            aligned = periods.next_billing_day(at=at, zone_name=zone_name, day_of_month=billing_day)
+            joining = delivery.Joining(anchor=aligned, first_index=0, is_charged_now=aligned == at)
+        else:
+            joining = delivery.join(calendar, plan, signup_at=at, zone_name=zone_name)
     first_period = periods.period(
         anchor=joining.anchor, zone_name=zone_name, plan=plan, n=joining.first_index
     )
@@ -416,6 +425,13 @@ async def create_subscription(
         subscription.status = (
             lifecycle.transition("incomplete", "start_trial") if trial_end else "active"
         )
+        if billing_day and trial_end is None and subscription.delivery_calendar is None:
+            # Aligned to the billing day: the time until then is a prorated first invoice.
+            invoice = _until_billing_day(
+                subscription, at=at, anchor=joining.anchor, zone_name=zone_name, plan=plan
+            )
+            if invoice is not None:
+                subscription.status = "incomplete"
     session.add(subscription)
     if consent is not None:
         session.add(
@@ -446,6 +462,34 @@ async def create_subscription(
     await schedule_renewal(session, subscription, now=at)
     await reminders.schedule(session, subscription, now=at)
     return Created(subscription=subscription, invoice=invoice)
+
+
+def _until_billing_day(
+    subscription: Subscription, *, at: datetime, anchor: datetime, zone_name: str, plan: Plan
+) -> Invoice | None:
+    """The first invoice of a subscription aligned to the billing day: ``[at, anchor)``,
+    each line's unit amount prorated by the second over the full period that ends at
+    ``anchor`` (rounded down, as every proration); None when that comes to nothing."""
+    full_start = periods.boundary(anchor=anchor, zone_name=zone_name, plan=plan, n=-1)
+    invoice = new_invoice(
+        subscription,
+        period=periods.Period(index=-1, start=at, end=anchor),
+        billing_reason="subscription_create",
+        now=at,
+    )
+    for line in invoice.lines:
+        # By the unit, so the line is still its unit amount × its quantity (as its order's).
+        line.unit_amount = proration.prorate_change(
+            period_start=full_start,
+            period_end=anchor,
+            at=at,
+            old_amount=0,
+            new_amount=line.unit_amount,
+        ).charge
+        line.amount = line.unit_amount * line.quantity
+        line.is_proration = True
+    invoice.amount_due = sum(line.amount for line in invoice.lines)
+    return invoice if invoice.amount_due > 0 else None
 
 
 def calendar_of(price: Price) -> delivery.DeliveryCalendar | None:

@@ -16,7 +16,7 @@ import httpx
 import psycopg
 from sqlalchemy.engine import make_url
 
-from stallholder.billing import renewal
+from stallholder.billing import consolidation, renewal
 from stallholder.billing import tasks as billing
 from stallholder.checkout.tasks import (
     EXPIRE_SESSION,
@@ -28,7 +28,7 @@ from stallholder.events.webhooks import queue_deliveries
 from stallholder.inventory import tasks as inventory_tasks
 from stallholder.kit import work
 from stallholder.kit.clock import Clock
-from stallholder.kit.db import Database, async_url
+from stallholder.kit.db import Database, async_url, is_sqlite
 from stallholder.kit.idempotency import PRUNE_KEYS
 from stallholder.kit.outbound import ShardedTransport
 from stallholder.notifications.tasks import SEND_EMAIL, check_sender, queue_emails
@@ -75,6 +75,9 @@ def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
             renewal.complete_invoice_attempt, policy=billing.policy_from(settings)
         ),
         "wallet_top_up": settle_top_up_attempt,
+        consolidation.PURPOSE: functools.partial(
+            consolidation.complete_attempt, policy=billing.policy_from(settings)
+        ),
     }
 
     # Each look resolves up to SETTLE_BATCH of whatever is due, whichever item asked for
@@ -127,7 +130,15 @@ def kinds_for(settings: Settings, gateway: Gateway) -> list[work.Kind[Resources]
         PRUNE_KEYS,
         AUTO_TOP_UP,
         *_settlement_kinds(settings),
-        *billing.kinds(lease=timedelta(seconds=settings.billing_work_lease_seconds)),
+        *(
+            billing.kinds(lease=timedelta(seconds=settings.billing_work_lease_seconds))
+            if is_sqlite(settings.database_url)
+            else billing.kinds(
+                lease=timedelta(seconds=settings.billing_work_lease_seconds),
+                parallel_batches=billing.POSTGRES_PARALLEL_BATCHES,
+                batch_size=billing.POSTGRES_BATCH_SIZE,
+            )
+        ),
         *inventory_tasks.kinds(),
     ]
     inbox_kind = INBOX_KINDS.get(gateway.name)

@@ -13,6 +13,7 @@ names) to the ledger, and ``payments`` may not import ``ledger``.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from sqlalchemy import select
@@ -25,6 +26,8 @@ from stallholder.orders.models import Order
 from stallholder.orders.schemas import dispute_payload
 from stallholder.payments.gateway import DisputeSnapshot
 from stallholder.payments.models import Dispute, PaymentAttempt
+
+log = logging.getLogger("stallholder.orders.disputes")
 
 # Statuses in which the disputed funds are withdrawn from the platform (Stripe's
 # dispute lifecycle): inquiries (warning_*) and prevented disputes hold nothing, a won
@@ -51,9 +54,21 @@ async def _order_paid_by(
         )
         .scalar_subquery()
     )
-    return (
-        await session.execute(select(Order).where(Order.payment_attempt_id == attempt_id))
-    ).scalar_one_or_none()
+    orders = (
+        (await session.execute(select(Order).where(Order.payment_attempt_id == attempt_id)))
+        .scalars()
+        .all()
+    )
+    if len(orders) > 1:
+        # A consolidated charge paid several creators' orders (ADR 0019); which of them a
+        # dispute of the whole charge takes back from is not decided yet.
+        log.warning(
+            "dispute of %s: the payment paid %d orders (a consolidated charge); not synced",
+            payment_reference,
+            len(orders),
+        )
+        return None
+    return orders[0] if orders else None
 
 
 async def sync_dispute(

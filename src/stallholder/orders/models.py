@@ -19,7 +19,9 @@ class Order(Base):
     # What was sold: a checkout session or an invoice (one of them).
     checkout_session_id: Mapped[str | None] = mapped_column(String(40), unique=True, default=None)
     invoice_id: Mapped[str | None] = mapped_column(String(40), unique=True, default=None)
-    payment_attempt_id: Mapped[str] = mapped_column(ForeignKey("payment_attempts.id"), unique=True)
+    # The charge that paid it. Several orders share one when a consolidated charge paid a
+    # buyer's invoices across creators at once (ADR 0019); otherwise one charge, one order.
+    payment_attempt_id: Mapped[str] = mapped_column(ForeignKey("payment_attempts.id"), index=True)
     status: Mapped[str] = mapped_column(String(24))  # paid | partially_refunded | refunded
     currency: Mapped[str] = mapped_column(String(3))
     amount_subtotal: Mapped[int]
@@ -35,6 +37,9 @@ class Order(Base):
     platform_fee: Mapped[int]
     processor_fee: Mapped[int]
     receipt_number: Mapped[str] = mapped_column(String(80))
+    # A platform charge that paid the creator afterwards by a transfer (a consolidated
+    # charge with Stripe, ADR 0019): that transfer, once made. A refund reverses from it.
+    transfer_reference: Mapped[str | None] = mapped_column(String(120), default=None)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -82,6 +87,9 @@ class Refund(Base):
     failure_message: Mapped[str | None] = mapped_column(String(500), default=None)
     # While pending: when the worker may take over and ask the gateway itself.
     resolve_after: Mapped[datetime | None] = mapped_column(default=None)
+    # The creator's part of the refund taken back from the order's transfer, when the
+    # creator was paid by one (fixed when the refund is begun, ADR 0019).
+    transfer_reversal_amount: Mapped[int | None] = mapped_column(default=None)
     # Set when the refund succeeds (the split of what is reversed).
     platform_fee_reversed: Mapped[int]
     processor_fee_reversed: Mapped[int]

@@ -33,7 +33,7 @@ from stallholder.ledger.fees import FeePolicy, FeeSchedule, payment_split, refun
 from stallholder.orders.models import Order, OrderLineItem, Refund
 from stallholder.orders.schemas import order_out, refund_out
 from stallholder.payments import service as payments
-from stallholder.payments.gateway import Gateway, GatewayRefused, RefundResult
+from stallholder.payments.gateway import Gateway, GatewayRefused, RefundResult, TransferReversal
 from stallholder.payments.models import PaymentAttempt
 
 
@@ -75,6 +75,28 @@ class ShippingSpec:
     rate_id: str | None
     rate_name: str | None
     amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentShare:
+    """The part of one charge that pays one order. A consolidated charge pays several
+    creators' invoices (ADR 0019): each order takes its amount, the platform's fee on it,
+    and its part of the processor's fee, estimated before charging and actual after."""
+
+    amount: int
+    platform_fee: int
+    estimated_processor_fee: int
+    processor_fee: int
+
+    @classmethod
+    def whole(cls, attempt: PaymentAttempt) -> PaymentShare:
+        """All of a charge that pays one order."""
+        return cls(
+            amount=attempt.amount,
+            platform_fee=attempt.platform_fee,
+            estimated_processor_fee=attempt.estimated_processor_fee,
+            processor_fee=attempt.processor_fee,
+        )
 
 
 def fee_policy_for(creator: Creator, default: FeeSchedule, *, currency: str) -> FeePolicy:
@@ -120,6 +142,7 @@ async def create_paid_order(
     checkout_session_id: str | None = None,
     invoice_id: str | None = None,
     shipping: ShippingSpec | None = None,
+    share: PaymentShare | None = None,
 ) -> Order:
     """The order for a successful payment, with the payment posted to the ledger. It was
     sold through a checkout session or an invoice: exactly one of the two is given.
@@ -130,21 +153,23 @@ async def create_paid_order(
     The split is the one fixed before charging (``attempt.platform_fee`` and the processor
     fee the creator bears), so the creator's share is what the gateway paid the creator.
     When the processor's actual fee differs from that estimate, the platform absorbs the
-    difference in a transaction of its own.
+    difference in a transaction of its own. ``share`` is the part of the charge that pays
+    this order when the charge paid several (a consolidated charge); by default all of it.
     """
     if (checkout_session_id is None) == (invoice_id is None):
         raise ValueError("an order comes from one checkout session or one invoice")
+    paid = share or PaymentShare.whole(attempt)
     subtotal = sum(line.amount_total for line in lines)
     amount_shipping = 0 if shipping is None else shipping.amount
-    if subtotal + amount_shipping != attempt.amount:
+    if subtotal + amount_shipping != paid.amount:
         raise ValueError(
             f"order lines total {subtotal} and shipping {amount_shipping} but the payment "
-            f"captured {attempt.amount}"
+            f"captured {paid.amount}"
         )
     split = payment_split(
-        attempt.amount,
-        platform_fee=attempt.platform_fee,
-        processor_fee=attempt.estimated_processor_fee,
+        paid.amount,
+        platform_fee=paid.platform_fee,
+        processor_fee=paid.estimated_processor_fee,
     )
     receipt = await _next_receipt(session, creator_id=creator_id)
     order = Order(
@@ -162,7 +187,7 @@ async def create_paid_order(
         shipping_address=None if shipping is None else shipping.address,
         shipping_rate_id=None if shipping is None else shipping.rate_id,
         shipping_rate_name=None if shipping is None else shipping.rate_name,
-        amount_total=attempt.amount,
+        amount_total=paid.amount,
         amount_refunded=0,
         platform_fee=split.platform_fee,
         processor_fee=split.processor_fee,
@@ -198,7 +223,7 @@ async def create_paid_order(
         + (f" (shipping {amount_shipping} included)" if amount_shipping else ""),
         now=now,
     )
-    if attempt.processor_fee != attempt.estimated_processor_fee:
+    if paid.processor_fee != paid.estimated_processor_fee:
         await ledger.post(
             session,
             creator_id=creator_id,
@@ -206,10 +231,10 @@ async def create_paid_order(
             reference_id=order.id,
             currency=order.currency,
             lines=ledger.processor_fee_adjustment_lines(
-                attempt.processor_fee - attempt.estimated_processor_fee
+                paid.processor_fee - paid.estimated_processor_fee
             ),
             description=f"Processor fee of order {order.receipt_number}: "
-            f"{attempt.processor_fee} charged, {attempt.estimated_processor_fee} expected",
+            f"{paid.processor_fee} charged, {paid.estimated_processor_fee} expected",
             now=now,
         )
     await events.emit(
@@ -307,6 +332,9 @@ class RefundCall:
     amount: int
     currency: str
     idempotency_key: str
+    # The transfer that paid the creator and the part of this refund to take back from
+    # it, when the charge was a platform charge (a consolidated charge with Stripe).
+    transfer_reversal: TransferReversal | None = None
 
 
 async def begin_refund(
@@ -360,6 +388,19 @@ async def begin_refund(
             )
         ).scalar_one()
     )
+    transfer_reversal_amount = None
+    if order.transfer_reference is not None:
+        # The creator's part of this refund, as the ledger will reverse it (cumulative,
+        # counting refunds still pending as made first).
+        original = payment_split(
+            order.amount_total, platform_fee=order.platform_fee, processor_fee=order.processor_fee
+        )
+        reversed_split = refund_split(
+            original, refunded_before=order.amount_refunded + int(pending), amount=amount
+        )
+        transfer_reversal_amount = (
+            reversed_split.gross - reversed_split.platform_fee - reversed_split.processor_fee
+        )
     refund = Refund(
         id=new_id("re"),
         creator_id=creator_id,
@@ -368,6 +409,7 @@ async def begin_refund(
         currency=order.currency,
         reason=reason,
         restock=restock,
+        transfer_reversal_amount=transfer_reversal_amount,
         status="pending",
         idempotency_key=f"{order.id}:refund:{refund_number}",
         request_key=request_key,
@@ -390,7 +432,11 @@ async def begin_refund(
     await schedule_settlement(
         session, refund_id=refund.id, creator_id=creator_id, due_at=resolve_after, now=now
     )
-    return _refund_call(refund, charge_reference=attempt.gateway_reference)
+    return _refund_call(
+        refund,
+        charge_reference=attempt.gateway_reference,
+        transfer_reference=order.transfer_reference,
+    )
 
 
 # The due work that settles refunds a crash left ``pending`` (``orders.tasks``).
@@ -415,13 +461,14 @@ async def schedule_settlement(
 
 async def _refund_for_request(
     session: AsyncSession, *, creator_id: str, request_key: str | None
-) -> tuple[Refund, str] | None:
-    """The refund begun under ``request_key``, with its charge's gateway reference."""
+) -> tuple[Refund, str, str | None] | None:
+    """The refund begun under ``request_key``, with its charge's gateway reference and the
+    order's transfer, if the creator was paid by one."""
     if request_key is None:
         return None
     row = (
         await session.execute(
-            select(Refund, PaymentAttempt.gateway_reference)
+            select(Refund, PaymentAttempt.gateway_reference, Order.transfer_reference)
             .join(Order, Order.id == Refund.order_id)
             .join(PaymentAttempt, PaymentAttempt.id == Order.payment_attempt_id)
             .where(Refund.creator_id == creator_id, Refund.request_key == request_key)
@@ -429,12 +476,14 @@ async def _refund_for_request(
     ).one_or_none()
     if row is None:
         return None
-    refund, reference = row
+    refund, reference, transfer = row
     assert reference is not None
-    return refund, reference
+    return refund, reference, transfer
 
 
-def _refund_call(refund: Refund, *, charge_reference: str) -> RefundCall:
+def _refund_call(
+    refund: Refund, *, charge_reference: str, transfer_reference: str | None
+) -> RefundCall:
     assert refund.idempotency_key is not None
     return RefundCall(
         refund_id=refund.id,
@@ -443,13 +492,18 @@ def _refund_call(refund: Refund, *, charge_reference: str) -> RefundCall:
         amount=refund.amount,
         currency=refund.currency,
         idempotency_key=refund.idempotency_key,
+        transfer_reversal=TransferReversal(
+            transfer_reference=transfer_reference, amount=refund.transfer_reversal_amount
+        )
+        if transfer_reference is not None and refund.transfer_reversal_amount
+        else None,
     )
 
 
 async def refund_calls_due(session: AsyncSession, *, now: datetime, limit: int) -> list[RefundCall]:
     """Pending refunds past their ``resolve_after``: a crash left them half done."""
     rows = await session.execute(
-        select(Refund, PaymentAttempt.gateway_reference)
+        select(Refund, PaymentAttempt.gateway_reference, Order.transfer_reference)
         .join(Order, Order.id == Refund.order_id)
         .join(PaymentAttempt, PaymentAttempt.id == Order.payment_attempt_id)
         .where(Refund.status == "pending", Refund.resolve_after <= now)
@@ -457,8 +511,8 @@ async def refund_calls_due(session: AsyncSession, *, now: datetime, limit: int) 
         .limit(limit)
     )
     return [
-        _refund_call(refund, charge_reference=reference)
-        for refund, reference in rows
+        _refund_call(refund, charge_reference=reference, transfer_reference=transfer)
+        for refund, reference, transfer in rows
         if reference is not None
     ]
 
@@ -550,6 +604,7 @@ async def call_refund(gateway: Gateway, call: RefundCall) -> RefundResult | Gate
             amount=call.amount,
             currency=call.currency,
             idempotency_key=call.idempotency_key,
+            transfer_reversal=call.transfer_reversal,
         )
     except GatewayRefused as refused:
         return refused
@@ -588,7 +643,9 @@ async def create_refund(
         if earlier is not None and earlier[0].status != "pending":
             return earlier[0]
         if earlier is not None:
-            call = _refund_call(earlier[0], charge_reference=earlier[1])
+            call = _refund_call(
+                earlier[0], charge_reference=earlier[1], transfer_reference=earlier[2]
+            )
         else:
             call = await begin_refund(
                 starting,
@@ -604,3 +661,16 @@ async def create_refund(
     result = await call_refund(gateway, call)
     async with session_or_unit_of_work(database, session) as finishing:
         return await finish_refund(finishing, call=call, result=result, now=now)
+
+
+async def record_transfer(session: AsyncSession, *, order_id: str, transfer_reference: str) -> bool:
+    """The creator was paid its share of the order by ``transfer_reference`` (a platform
+    charge, ADR 0019); False when a transfer was recorded for it already."""
+    changed = await session.execute(
+        update(Order)
+        .where(Order.id == order_id, Order.transfer_reference.is_(None))
+        .values(transfer_reference=transfer_reference)
+        .returning(Order.id)
+        .execution_options(synchronize_session=False)
+    )
+    return changed.scalar_one_or_none() is not None

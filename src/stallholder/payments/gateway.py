@@ -33,6 +33,9 @@ class ChargeRequest:
     application_fee_amount: int = 0
     connected_account: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # A platform charge whose money goes to creators by transfers afterwards (a
+    # consolidated charge, ADR 0019): Stripe's ``transfer_group`` ties them together.
+    transfer_group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,15 @@ class ChargeResult:
 @dataclass(frozen=True, slots=True)
 class RefundResult:
     reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferReversal:
+    """With a refund of a platform charge that paid the creator by a transfer (a
+    consolidated charge, ADR 0019): take ``amount`` back from that transfer."""
+
+    transfer_reference: str
+    amount: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +165,38 @@ class Gateway(Protocol):
         ...
 
     async def refund(
-        self, *, charge_reference: str, amount: int, currency: str, idempotency_key: str
+        self,
+        *,
+        charge_reference: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        transfer_reversal: TransferReversal | None = None,
     ) -> RefundResult:
-        """Raises GatewayRefused or GatewayUnavailable when the refund did not happen."""
+        """Refund ``amount`` of a charge. A destination charge takes the creator's part back
+        with it; a platform charge that paid the creator by a transfer names that transfer
+        and the creator's part in ``transfer_reversal`` (reversed after the refund).
+
+        Raises GatewayRefused or GatewayUnavailable when the refund did not happen."""
+        ...
+
+    async def transfer(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        destination: str,
+        transfer_group: str,
+        idempotency_key: str,
+        metadata: dict[str, str],
+    ) -> str:
+        """Pay ``amount`` of the platform's balance to a creator's connected account (the
+        creator's part of a consolidated charge); returns the transfer's reference.
+
+        Raises:
+            GatewayRefused: the gateway refused the transfer.
+            GatewayUnavailable: the gateway could not be reached; nothing changed.
+        """
         ...
 
     async def create_connected_account(
@@ -365,9 +406,28 @@ class SandboxGateway:
         return None
 
     async def refund(
-        self, *, charge_reference: str, amount: int, currency: str, idempotency_key: str
+        self,
+        *,
+        charge_reference: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        transfer_reversal: TransferReversal | None = None,
     ) -> RefundResult:
         return RefundResult(reference=_reference("sbx_re", idempotency_key))
+
+    async def transfer(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        destination: str,
+        transfer_group: str,
+        idempotency_key: str,
+        metadata: dict[str, str],
+    ) -> str:
+        # The sandbox pays creators from the platform's ledger; nothing moves anywhere.
+        return _reference("sbx_tr", idempotency_key)
 
     async def create_connected_account(
         self, *, email: str, country: str | None, metadata: dict[str, str], idempotency_key: str

@@ -33,11 +33,22 @@ from stallholder.kit import work
 from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest
 from stallholder.kit.ids import new_id
-from stallholder.payments.gateway import ChargeRequest, ChargeResult, Gateway, RefundResult
+from stallholder.payments.gateway import (
+    ChargeRequest,
+    ChargeResult,
+    Gateway,
+    RefundResult,
+    TransferReversal,
+)
 from stallholder.payments.models import ConnectedAccount, PaymentAttempt
 
-Purpose = Literal["checkout_session", "invoice", "wallet_top_up"]
-PURPOSES: tuple[Purpose, ...] = ("checkout_session", "invoice", "wallet_top_up")
+Purpose = Literal["checkout_session", "invoice", "wallet_top_up", "consolidated_charge"]
+PURPOSES: tuple[Purpose, ...] = (
+    "checkout_session",
+    "invoice",
+    "wallet_top_up",
+    "consolidated_charge",
+)
 
 # 13 to 19 digits, optionally grouped by spaces or dashes: the shape of a card number.
 _CARD_NUMBER = re.compile(r"^\s*\d(?:[ -]?\d){12,18}\s*$")
@@ -200,6 +211,8 @@ def gateway_call_for(attempt: PaymentAttempt) -> GatewayCall:
         application_fee_amount=attempt.platform_fee + attempt.estimated_processor_fee,
         connected_account=attempt.connected_account,
         metadata={attempt.purpose: attempt.purpose_id, "creator": attempt.creator_id},
+        # A consolidated charge pays creators by transfers tied to it (ADR 0019).
+        transfer_group=attempt.purpose_id if attempt.purpose == "consolidated_charge" else None,
     )
     if attempt.status == "requires_action" or (
         attempt.status == "processing" and attempt.gateway_reference is not None
@@ -258,6 +271,7 @@ async def begin_attempt(
     payee: Payee | None = None,
     latest_number: int | None = None,
     is_for_platform: bool = False,
+    idempotency_key: str | None = None,
 ) -> PaymentAttempt:
     """Step 1: record a ``processing`` attempt; the gateway has not been called yet.
 
@@ -274,6 +288,9 @@ async def begin_attempt(
     count), and they are not read again. With ``is_for_platform`` (a wallet top-up: the
     platform holds the buyer's money) the charge names no connected account, whatever the
     gateway: nothing goes to the creator, who is only the one the buyer was with.
+    ``idempotency_key`` replaces the default key where the purpose derives its own (a
+    consolidated charge: ``<buyer>:<day>:<currency>:<sequence>:attempt:<n>``, ADR 0019);
+    it must end with the attempt number so that each attempt has a key of its own.
 
     Raises:
         CreatorNotConnected: the gateway pays creators directly and this one has no account.
@@ -308,7 +325,7 @@ async def begin_attempt(
         purpose_id=purpose_id,
         attempt_number=attempt_number,
         gateway=gateway.name,
-        idempotency_key=f"{purpose_id}:attempt:{attempt_number}",
+        idempotency_key=idempotency_key or f"{purpose_id}:attempt:{attempt_number}",
         payment_method=payment_method,
         saved_payment_method_id=saved_payment_method_id,
         is_off_session=gateway_customer is not None,
@@ -447,13 +464,20 @@ async def mark_for_resolution(session: AsyncSession, *, attempt_id: str, now: da
 
 
 async def refund(
-    gateway: Gateway, *, charge_reference: str, amount: int, currency: str, idempotency_key: str
+    gateway: Gateway,
+    *,
+    charge_reference: str,
+    amount: int,
+    currency: str,
+    idempotency_key: str,
+    transfer_reversal: TransferReversal | None = None,
 ) -> RefundResult:
     return await gateway.refund(
         charge_reference=charge_reference,
         amount=amount,
         currency=currency,
         idempotency_key=idempotency_key,
+        transfer_reversal=transfer_reversal,
     )
 
 

@@ -15,6 +15,10 @@ Decisions (docs/integrations.md, "Switching to Stripe", says them for operators)
   ``latest_charge.balance_transaction``); only when Stripe has none yet, or it settled in
   another currency, the estimate (``fee_bps`` + ``fee_fixed`` of the charge's currency)
   stands in.
+- **Consolidated charges** (ADR 0019) are *separate charges and transfers*: one platform
+  PaymentIntent (no ``transfer_data``) with a ``transfer_group``, then one Transfer per
+  creator of the group; a refund of one creator's part refunds the PaymentIntent and
+  reverses that creator's transfer (``POST /v1/transfers/{id}/reversals``).
 - Every mutating call carries the idempotency key the caller derived from our own object
   and attempt; the SDK's network retries reuse it.
 """
@@ -42,6 +46,7 @@ from stallholder.payments.gateway import (
     PaymentMethodDeclined,
     RefundResult,
     SavedPaymentMethod,
+    TransferReversal,
     card_rate_fee,
 )
 
@@ -224,6 +229,8 @@ class StripeGateway:
         }
         if request.description:
             params["description"] = request.description
+        if request.transfer_group is not None:
+            params["transfer_group"] = request.transfer_group
         if request.connected_account is not None:
             params["transfer_data"] = {"destination": request.connected_account}
             if request.application_fee_amount:
@@ -354,19 +361,37 @@ class StripeGateway:
             _unavailable(error)
 
     async def refund(
-        self, *, charge_reference: str, amount: int, currency: str, idempotency_key: str
+        self,
+        *,
+        charge_reference: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        transfer_reversal: TransferReversal | None = None,
     ) -> RefundResult:
+        is_destination_charge = transfer_reversal is None
         try:
             refund = await self._stripe.v1.refunds.create_async(
                 {
                     "payment_intent": charge_reference,
                     "amount": amount,
-                    # The creator gives back its share, the platform its fee, in proportion.
-                    "refund_application_fee": True,
-                    "reverse_transfer": True,
+                    # A destination charge: the creator gives back its share, the platform
+                    # its fee, in proportion. (Only destination charges take these.)
+                    **(
+                        {"refund_application_fee": True, "reverse_transfer": True}
+                        if is_destination_charge
+                        else {}
+                    ),
                 },
                 {"idempotency_key": idempotency_key},
             )
+            if refund.status not in ("failed", "canceled") and transfer_reversal is not None:
+                # A platform charge paid the creator by a transfer: take its share back.
+                await self._stripe.v1.transfers.reversals.create_async(
+                    transfer_reversal.transfer_reference,
+                    {"amount": transfer_reversal.amount, "metadata": {"refund": refund.id}},
+                    {"idempotency_key": f"{idempotency_key}:reversal"},
+                )
         except (stripe.InvalidRequestError, stripe.CardError) as error:
             raise GatewayRefused(
                 error.user_message or "Stripe refused the refund.", gateway_code=error.code
@@ -379,6 +404,35 @@ class StripeGateway:
                 gateway_code=refund.failure_reason,
             )
         return RefundResult(reference=refund.id)
+
+    async def transfer(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        destination: str,
+        transfer_group: str,
+        idempotency_key: str,
+        metadata: dict[str, str],
+    ) -> str:
+        try:
+            transfer = await self._stripe.v1.transfers.create_async(
+                {
+                    "amount": amount,
+                    "currency": currency,
+                    "destination": destination,
+                    "transfer_group": transfer_group,
+                    "metadata": metadata,
+                },
+                {"idempotency_key": idempotency_key},
+            )
+        except stripe.InvalidRequestError as error:
+            raise GatewayRefused(
+                error.user_message or "Stripe refused the transfer.", gateway_code=error.code
+            ) from error
+        except _TRANSIENT as error:
+            _unavailable(error)
+        return transfer.id
 
     # Connect -------------------------------------------------------------------------
 
