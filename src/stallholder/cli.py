@@ -268,6 +268,22 @@ def demo() -> None:
         console.print(f"  secret key:      {entry['secret_key']}", soft_wrap=True)
         console.print(f"  publishable key: {entry['publishable_key']}", soft_wrap=True)
     console.print(f"Store:         {base}/")
+    console.print(f"Dashboard:     {base}/dashboard", soft_wrap=True)
+    console.print(
+        "  sign in with a demo creator's email: " + ", ".join(spec.email for spec in CREATORS),
+        soft_wrap=True,
+        highlight=False,
+    )
+    if settings.smtp_url:
+        console.print("  the sign-in link goes to the mail server in STALLHOLDER_SMTP_URL")
+    else:
+        console.print(
+            "  no mail server is set, so the link is written to "
+            f"{settings.data_dir / 'mail'}; print it with: "
+            f".venv/bin/stallholder mail latest --to {CREATORS[0].email}",
+            soft_wrap=True,
+            highlight=False,
+        )
     console.print(f"API docs:      {base}/docs  (works offline; Authorize with a key below)")
     console.print(f"OpenAPI:       {base}/openapi.json")
     console.print(f"Admin key:     {admin_key}", soft_wrap=True)

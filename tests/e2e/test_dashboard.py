@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select
 
+from stallholder import demo
 from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
+from stallholder.ledger.service import platform_fee_policy
 from stallholder.notifications.models import Email
+from stallholder.payments.config import gateway_from_settings
 from stallholder.settings import Settings
 from tests.conftest import Api, bearer
 from tests.e2e.portal_helpers import browser, csrf_of, submit
@@ -343,3 +347,83 @@ async def test_keys_page_rolls_the_keys_and_the_mail_outbox_shows_the_receipt(
     assert (await api.http.get("/v1/products", headers=bearer(old_key))).status_code == 401
     assert (await api.http.get("/v1/products", headers=bearer(new_secret))).status_code == 200
     assert new_publishable.startswith("pk_")
+
+
+async def test_every_page_shows_the_demo(
+    api: Api, settings: Settings, database: Database, clock: FrozenClock, tmp_path: Path
+) -> None:
+    keys = await demo.seed(
+        database,
+        clock=clock,
+        gateway=gateway_from_settings(settings, database=database),
+        data_dir=tmp_path,
+        fees=platform_fee_policy(settings),
+        base_url=settings.base_url,
+    )
+    zines = next(entry for entry in keys.values() if entry["display_name"] == "Paper Lantern Zines")
+    key = zines["secret_key"]
+    # A reader subscribes to the $3 zine through the API.
+    prices = (await api.http.get("/v1/prices", headers=bearer(key))).json()["data"]
+    [plan] = [price for price in prices if price["recurring"] is not None]
+    customer = await api.http.post(
+        "/v1/customers", headers=bearer(key), json={"email": "subscriber@example.com"}
+    )
+    assert customer.status_code == 201, customer.text
+    card = await api.http.post(
+        f"/v1/customers/{customer.json()['id']}/payment_methods",
+        headers=bearer(key),
+        json={"token": "tok_visa"},
+    )
+    assert card.status_code == 201, card.text
+    subscribed = await api.http.post(
+        "/v1/subscriptions",
+        headers=bearer(key),
+        json={
+            "customer": customer.json()["id"],
+            "items": [{"price": plan["id"], "quantity": 2}],
+            "default_payment_method": card.json()["id"],
+        },
+    )
+    assert subscribed.status_code == 201, subscribed.text
+    assert subscribed.json()["status"] == "active"
+
+    async with browser(settings, database, clock) as phone:
+        await _sign_in_from_outbox(phone, database, "hello@paperlantern.example")
+        overview = await phone.get("/dashboard")
+        assert '<strong class="mrr">$6.00</strong>' in overview.text
+        assert '<strong id="active-subscribers">1</strong>' in overview.text
+        for path, label in NAV_PAGES:
+            page = await phone.get(path)
+            assert page.status_code == 200, path
+            assert f'aria-current="page">{label}</a>' in page.text, path
+        subscribers = await phone.get("/dashboard/subscribers")
+        assert "subscriber@example.com" in subscribers.text
+        assert "$3 / month: $6.00" in subscribers.text
+        orders_page = await phone.get("/dashboard/orders")
+        assert "reader@example.com" in orders_page.text
+        for order_id in re.findall(
+            r'href="/dashboard/orders/(ord_[A-Za-z0-9]+)"', orders_page.text
+        ):
+            assert (await phone.get(f"/dashboard/orders/{order_id}")).status_code == 200
+
+    async with browser(settings, database, clock) as laptop:
+        await _sign_in_from_outbox(laptop, database, "studio@kilnandclay.example")
+        drops_page = await laptop.get("/dashboard/drops")
+        assert "<strong>Winter mug drop</strong>" in drops_page.text
+        assert '<td class="amount">18 of 20</td>' in drops_page.text
+        inventory = await laptop.get("/dashboard/inventory")
+        assert "<code>KC-MOON-MUG</code>" in inventory.text
+
+
+NAV_PAGES = [
+    ("/dashboard", "Overview"),
+    ("/dashboard/products", "Products"),
+    ("/dashboard/drops", "Drops"),
+    ("/dashboard/orders", "Orders"),
+    ("/dashboard/subscribers", "Subscribers"),
+    ("/dashboard/inventory", "Inventory"),
+    ("/dashboard/balance", "Balance"),
+    ("/dashboard/webhooks", "Webhooks"),
+    ("/dashboard/keys", "API keys"),
+    ("/dashboard/mail", "Mail outbox"),
+]
