@@ -427,3 +427,38 @@ NAV_PAGES = [
     ("/dashboard/keys", "API keys"),
     ("/dashboard/mail", "Mail outbox"),
 ]
+
+
+async def test_one_address_with_two_shops_gets_a_link_to_each_and_strangers_none(
+    api: Api, settings: Settings, database: Database, clock: FrozenClock
+) -> None:
+    await api.creator(name="Moth Press", email=STUDIO)
+    await api.creator(name="Moth Records", email=STUDIO)
+    async with browser(settings, database, clock) as phone:
+        stranger = await submit(
+            phone, "/dashboard/sign-in", "/dashboard/sign-in", {"email": "nobody@example.com"}
+        )
+        assert stranger.status_code == 200
+        assert "If a shop on this platform belongs to <strong>nobody@example.com</strong>" in (
+            stranger.text
+        )
+        # No mail server: the page says where the email is written and how to read it.
+        assert "stallholder mail latest --to nobody@example.com" in stranger.text
+        asked = await submit(phone, "/dashboard/sign-in", "/dashboard/sign-in", {"email": STUDIO})
+        assert asked.status_code == 200
+    async with database.unit_of_work() as session:
+        subjects = (
+            (
+                await session.execute(
+                    select(Email.subject)
+                    .where(Email.kind == "sign_in_link")
+                    .order_by(Email.subject)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert subjects == [
+        "Sign in to the Moth Press dashboard",
+        "Sign in to the Moth Records dashboard",
+    ]
