@@ -56,7 +56,6 @@ NAV = (
 
 async def _page(
     request: Request,
-    session: SessionDep,
     settings: SettingsDep,
     creator: Creator,
     name: str,
@@ -137,7 +136,6 @@ async def overview(
     )
     return await _page(
         request,
-        session,
         settings,
         creator,
         "dashboard_overview.html",
@@ -173,7 +171,6 @@ async def _products_page(
         by_product.setdefault(price.product_id, []).append(price)
     return await _page(
         request,
-        session,
         settings,
         creator,
         "dashboard_products.html",
@@ -313,7 +310,7 @@ async def drops_page(
         return sign_in_redirect(request)
     views = await drops.list_drops(session, creator_id=creator.id, limit=PAGE_SIZE)
     rows = [{"view": view, "state": view.state(now)} for view in views]
-    return await _page(request, session, settings, creator, "dashboard_drops.html", {"rows": rows})
+    return await _page(request, settings, creator, "dashboard_drops.html", {"rows": rows})
 
 
 @router.get("/dashboard/orders", response_class=HTMLResponse)
@@ -331,7 +328,6 @@ async def orders_page(
     )
     return await _page(
         request,
-        session,
         settings,
         creator,
         "dashboard_orders.html",
@@ -355,7 +351,6 @@ async def _order_page(
     await session.refresh(order, ["refunds"])
     return await _page(
         request,
-        session,
         settings,
         creator,
         "dashboard_order.html",
@@ -465,7 +460,6 @@ async def subscribers_page(
     emails = {customer_id: customer.email for customer_id, customer in customers.items()}
     return await _page(
         request,
-        session,
         settings,
         creator,
         "dashboard_subscribers.html",
@@ -479,9 +473,7 @@ async def inventory_page(request: Request, session: SessionDep, settings: Settin
     if creator is None:
         return sign_in_redirect(request)
     levels = await stock.list_levels(session, creator_id=creator.id, limit=PAGE_SIZE * 4)
-    return await _page(
-        request, session, settings, creator, "dashboard_inventory.html", {"levels": levels}
-    )
+    return await _page(request, settings, creator, "dashboard_inventory.html", {"levels": levels})
 
 
 @router.get("/dashboard/balance", response_class=HTMLResponse)
@@ -496,7 +488,6 @@ async def balance_page(request: Request, session: SessionDep, settings: Settings
     )
     return await _page(
         request,
-        session,
         settings,
         creator,
         "dashboard_balance.html",
@@ -523,9 +514,7 @@ async def webhooks_page(request: Request, session: SessionDep, settings: Setting
             starting_after=None,
         )
         rows.append({"endpoint": endpoint, "deliveries": deliveries.data})
-    return await _page(
-        request, session, settings, creator, "dashboard_webhooks.html", {"rows": rows}
-    )
+    return await _page(request, settings, creator, "dashboard_webhooks.html", {"rows": rows})
 
 
 async def _keys_page(
@@ -539,7 +528,6 @@ async def _keys_page(
     keys = await accounts.live_keys(session, creator_id=creator.id)
     return await _page(
         request,
-        session,
         settings,
         creator,
         "dashboard_keys.html",
@@ -578,7 +566,6 @@ async def mail_page(request: Request, session: SessionDep, settings: SettingsDep
     emails = await notifications.list_emails(session, creator_id=creator.id, limit=PAGE_SIZE)
     return await _page(
         request,
-        session,
         settings,
         creator,
         "dashboard_mail.html",
