@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
@@ -60,6 +61,40 @@ def _mailed_links(smtp: SmtpServer, to: str) -> list[str]:
             assert body is not None
             found.extend(LINK.findall(str(body.get_content())))
     return found
+
+
+class _Controls(HTMLParser):
+    """The form controls of a page and the labels that name them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.label_depth = 0
+        self.labelled_ids: set[str] = set()
+        self.controls: list[tuple[str | None, bool]] = []  # (id, inside a label)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "label":
+            self.label_depth += 1
+            if values.get("for"):
+                self.labelled_ids.add(str(values["for"]))
+        elif tag in {"input", "select", "textarea"} and values.get("type") != "hidden":
+            self.controls.append((values.get("id"), self.label_depth > 0))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "label":
+            self.label_depth -= 1
+
+
+def unlabelled_controls(page: str) -> list[str | None]:
+    """Ids of visible inputs, selects and text areas that no label names."""
+    parser = _Controls()
+    parser.feed(page)
+    return [
+        control_id
+        for control_id, inside in parser.controls
+        if not inside and control_id not in parser.labelled_ids
+    ]
 
 
 async def _outbox_link(database: Database, to: str) -> str:
@@ -396,6 +431,8 @@ async def test_every_page_shows_the_demo(
             page = await phone.get(path)
             assert page.status_code == 200, path
             assert f'aria-current="page">{label}</a>' in page.text, path
+            assert unlabelled_controls(page.text) == [], path
+            assert '<meta name="viewport" content="width=device-width' in page.text
         subscribers = await phone.get("/dashboard/subscribers")
         assert "subscriber@example.com" in subscribers.text
         assert "$3 / month: $6.00" in subscribers.text
@@ -404,7 +441,10 @@ async def test_every_page_shows_the_demo(
         for order_id in re.findall(
             r'href="/dashboard/orders/(ord_[A-Za-z0-9]+)"', orders_page.text
         ):
-            assert (await phone.get(f"/dashboard/orders/{order_id}")).status_code == 200
+            order_page = await phone.get(f"/dashboard/orders/{order_id}")
+            assert order_page.status_code == 200
+            assert 'id="refund-amount"' in order_page.text
+            assert unlabelled_controls(order_page.text) == []
 
     async with browser(settings, database, clock) as laptop:
         await _sign_in_from_outbox(laptop, database, "studio@kilnandclay.example")
@@ -446,6 +486,9 @@ async def test_one_address_with_two_shops_gets_a_link_to_each_and_strangers_none
         assert "stallholder mail latest --to nobody@example.com" in stranger.text
         asked = await submit(phone, "/dashboard/sign-in", "/dashboard/sign-in", {"email": STUDIO})
         assert asked.status_code == 200
+        assert unlabelled_controls(asked.text) == []
+        # The checker finds a control without a label.
+        assert unlabelled_controls('<label for="a">A</label><input id="a"><input id="b">') == ["b"]
     async with database.unit_of_work() as session:
         subjects = (
             (
