@@ -436,6 +436,13 @@ async def test_every_page_shows_the_demo(
         subscribers = await phone.get("/dashboard/subscribers")
         assert "subscriber@example.com" in subscribers.text
         assert "$3 / month: $6.00" in subscribers.text
+        canceled = await phone.get("/dashboard/subscribers?status=canceled")
+        assert 'id="no-subscribers"' in canceled.text
+        assert "No subscribers with status canceled yet" in canceled.text
+        assert (
+            "subscriber@example.com"
+            in (await phone.get("/dashboard/subscribers?status=active")).text
+        )
         orders_page = await phone.get("/dashboard/orders")
         assert "reader@example.com" in orders_page.text
         for order_id in re.findall(

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Creator
 from stallholder.analytics import service as analytics
-from stallholder.billing import subscriptions
+from stallholder.billing import lifecycle, subscriptions
 from stallholder.catalog import service as catalog
 from stallholder.catalog.schemas import PriceCreate, ProductCreate
 from stallholder.events import webhooks
@@ -463,7 +463,12 @@ async def subscribers_page(
         settings,
         creator,
         "dashboard_subscribers.html",
-        {"subscriptions": page.data, "emails": emails, "status": status},
+        {
+            "subscriptions": page.data,
+            "emails": emails,
+            "status": status,
+            "statuses": lifecycle.STATUSES,
+        },
     )
 
 
