@@ -268,6 +268,14 @@ def demo() -> None:
         console.print(f"  secret key:      {entry['secret_key']}", soft_wrap=True)
         console.print(f"  publishable key: {entry['publishable_key']}", soft_wrap=True)
     console.print(f"Store:         {base}/")
+    console.print(f"API docs:      {base}/docs  (works offline; Authorize with a key below)")
+    console.print(f"OpenAPI:       {base}/openapi.json")
+    console.print(f"Admin key:     {admin_key}", soft_wrap=True)
+    console.print(
+        f"Try:           curl -s {base}/v1/products -H 'Authorization: Bearer "
+        f"{next(iter(keys.values()))['secret_key'] if keys else 'sk_…'}'"
+    )
+    console.print("Due work:      .venv/bin/stallholder jobs  (emails, webhooks, expiries, …)")
     console.print(f"Dashboard:     {base}/dashboard", soft_wrap=True)
     console.print(
         "  sign in with a demo creator's email: " + ", ".join(spec.email for spec in CREATORS),
@@ -284,14 +292,6 @@ def demo() -> None:
             soft_wrap=True,
             highlight=False,
         )
-    console.print(f"API docs:      {base}/docs  (works offline; Authorize with a key below)")
-    console.print(f"OpenAPI:       {base}/openapi.json")
-    console.print(f"Admin key:     {admin_key}", soft_wrap=True)
-    console.print(
-        f"Try:           curl -s {base}/v1/products -H 'Authorization: Bearer "
-        f"{next(iter(keys.values()))['secret_key'] if keys else 'sk_…'}'"
-    )
-    console.print("Due work:      .venv/bin/stallholder jobs  (emails, webhooks, expiries, …)")
 
 
 @creators_app.command("create")
