@@ -323,6 +323,7 @@ async def test_mistakes_in_the_product_form_show_the_form_again(
             ("12.345", "usd", "price: &#39;12.345&#39; has more decimals than USD has (2)"),
             ("twelve", "usd", "price: &#39;twelve&#39; is not an amount; type it as 5 or 5.00"),
             ("5", "zzz", "unknown currency"),
+            ("-1", "usd", "price: Input should be greater than or equal to 0"),
         ]:
             shown = await submit(
                 phone,
@@ -334,6 +335,25 @@ async def test_mistakes_in_the_product_form_show_the_form_again(
             assert 'id="product-errors"' in shown.text
             assert message in shown.text, shown.text
             assert f'value="{amount}"' in shown.text  # what was typed stays
+        long_name = await submit(
+            phone,
+            "/dashboard/products",
+            "/dashboard/products",
+            {"name": "x" * 201, "kind": "digital", "amount": "5", "currency": "usd"},
+        )
+        assert long_name.status_code == 422
+        assert "name: String should have at most 200 characters" in long_name.text
+        odd_kind = await submit(
+            phone,
+            "/dashboard/products",
+            "/dashboard/products",
+            {"name": "Print", "kind": "vinyl", "amount": "5", "currency": "usd"},
+        )
+        assert odd_kind.status_code == 422
+        assert (
+            "kind: Input should be &#39;digital&#39;, &#39;physical&#39; or &#39;service&#39;"
+            in (odd_kind.text)
+        )
     products = await api.http.get("/v1/products", headers=bearer(creator["secret_key"]))
     assert products.json()["data"] == []
 

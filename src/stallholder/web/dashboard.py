@@ -198,7 +198,14 @@ async def products_page(
 
 
 def _validation_messages(error: ValidationError) -> list[str]:
-    names = {"unit_amount": "price", "name": "name", "currency": "currency", "kind": "kind"}
+    names = {
+        "unit_amount": "price",
+        "name": "name",
+        "currency": "currency",
+        "kind": "kind",
+        "description": "description",
+        "interval": "billing",
+    }
     messages = []
     for problem in error.errors():
         field = next((names[str(p)] for p in problem["loc"] if str(p) in names), None)
@@ -213,13 +220,15 @@ async def create_product(
     session: SessionDep,
     settings: SettingsDep,
     now: NowDep,
-    name: Annotated[str, Form(max_length=200)] = "",
-    kind: Annotated[str, Form(max_length=20)] = "digital",
-    description: Annotated[str, Form(max_length=20_000)] = "",
-    amount: Annotated[str, Form(max_length=30)] = "",
-    currency: Annotated[str, Form(max_length=3)] = "usd",
-    interval: Annotated[str, Form(max_length=10)] = "",
-    publish: Annotated[str, Form(max_length=10)] = "",
+    # Generous bounds here; the schemas say what is too long, on the form (a 422 page of
+    # FastAPI's own would lose what was typed).
+    name: Annotated[str, Form(max_length=1_000)] = "",
+    kind: Annotated[str, Form(max_length=100)] = "digital",
+    description: Annotated[str, Form(max_length=40_000)] = "",
+    amount: Annotated[str, Form(max_length=100)] = "",
+    currency: Annotated[str, Form(max_length=100)] = "usd",
+    interval: Annotated[str, Form(max_length=100)] = "",
+    publish: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
     """A product with one price, through the same schemas and services as
     ``POST /v1/products`` and ``POST /v1/prices``. A mistake shows the form again with
