@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 
 from markupsafe import Markup
 
-WIDTH = 600
-HEIGHT = 200
+WIDTH = 360
+HEIGHT = 180
 _TOP = 12
 _BOTTOM = 28  # room for the month labels
 _LEFT = 4
@@ -51,7 +51,7 @@ def bar_chart(
         )
     summary = ", ".join(f"{label} {describe(value)}" for label, value in points)
     return Markup(
-        '<svg class="chart" viewBox="0 0 {w} {h}" role="img" preserveAspectRatio="none" '
+        '<svg class="chart" viewBox="0 0 {w} {h}" role="img" '
         'aria-label="{title}"><title>{title}</title><desc>{summary}</desc>'
         '<line x1="0" y1="{base}" x2="{w}" y2="{base}"></line>{bars}</svg>'
     ).format(
