@@ -281,6 +281,11 @@ async def test_forms_without_the_csrf_token_are_refused(
         assert "This form has expired" in refused.text
         rolled = await phone.post("/dashboard/keys/roll", data={"csrf_token": "not-it"})
         assert rolled.status_code == 403
+        # Signing out ends the session: the dashboard asks to sign in again.
+        out = await submit(phone, "/dashboard", "/dashboard/sign-out")
+        assert (out.status_code, out.headers["location"]) == (303, "/dashboard/sign-in")
+        again = await phone.get("/dashboard")
+        assert (again.status_code, again.headers["location"]) == (303, "/dashboard/sign-in")
     products = await api.http.get("/v1/products", headers=bearer(creator["secret_key"]))
     assert products.json()["data"] == []
 
