@@ -376,7 +376,11 @@ async def test_keys_page_rolls_the_keys_and_the_mail_outbox_shows_the_receipt(
         assert f"<code>{old_key[:3]}…{old_key[-4:]}</code>" in keys.text
         assert old_key not in keys.text
 
-        rolled = await submit(phone, "/dashboard/keys", "/dashboard/keys/roll")
+        unconfirmed = await submit(phone, "/dashboard/keys", "/dashboard/keys/roll")
+        assert unconfirmed.status_code == 422
+        assert 'id="roll-error"' in unconfirmed.text
+        assert f"<code>{old_key[:3]}…{old_key[-4:]}</code>" in unconfirmed.text
+        rolled = await submit(phone, "/dashboard/keys", "/dashboard/keys/roll", {"confirm": "yes"})
         assert rolled.status_code == 200
         [new_secret] = re.findall(r'<code id="new-secret-key">(sk_[^<]+)</code>', rolled.text)
         [new_publishable] = re.findall(

@@ -538,6 +538,8 @@ async def _keys_page(
     creator: Creator,
     *,
     new_keys: tuple[str, str] | None = None,
+    error: str | None = None,
+    status_code: int = 200,
 ) -> Response:
     keys = await accounts.live_keys(session, creator_id=creator.id)
     return await _page(
@@ -545,7 +547,8 @@ async def _keys_page(
         settings,
         creator,
         "dashboard_keys.html",
-        {"keys": keys, "new_keys": new_keys},
+        {"keys": keys, "new_keys": new_keys, "error": error},
+        status_code=status_code,
     )
 
 
@@ -559,13 +562,26 @@ async def keys_page(request: Request, session: SessionDep, settings: SettingsDep
 
 @router.post("/dashboard/keys/roll", response_class=HTMLResponse)
 async def roll_keys(
-    request: Request, session: SessionDep, settings: SettingsDep, now: NowDep
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    confirm: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
     """New secret and publishable keys, shown once on this page; the old ones stop
     working (as ``POST /v1/creators/{id}/keys/roll``)."""
     creator = await _creator(request, session)
     if creator is None:
         return sign_in_redirect(request)
+    if not confirm:  # the old keys stop working at once: only when ticked
+        return await _keys_page(
+            request,
+            session,
+            settings,
+            creator,
+            error="Tick the box to confirm: your current keys stop working when you roll them.",
+            status_code=422,
+        )
     new_keys = await accounts.roll_keys(session, creator_id=creator.id, now=now)
     return await _keys_page(request, session, settings, creator, new_keys=new_keys)
 
