@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Creator
 from stallholder.analytics import service as analytics
+from stallholder.analytics.metrics import MonthPoint
 from stallholder.billing import lifecycle, subscriptions
 from stallholder.catalog import service as catalog
 from stallholder.catalog.schemas import PriceCreate, ProductCreate
@@ -91,8 +92,8 @@ async def _creator(request: Request, session: SessionDep) -> Creator | None:
         return None
 
 
-def _month_label(point: Any) -> str:
-    return str(point.month.strftime("%b"))
+def _month_label(point: MonthPoint) -> str:
+    return point.month.strftime("%b")
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
