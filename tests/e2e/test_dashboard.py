@@ -455,6 +455,10 @@ async def test_every_page_shows_the_demo(
         await _sign_in_from_outbox(phone, database, "hello@paperlantern.example")
         overview = await phone.get("/dashboard")
         assert '<strong class="mrr">$6.00</strong>' in overview.text
+        assert '<link rel="stylesheet" href="/static/dashboard.css">' in overview.text
+        styles = await phone.get("/static/dashboard.css")
+        assert styles.status_code == 200
+        assert "svg.chart" in styles.text
         assert '<strong id="active-subscribers">1</strong>' in overview.text
         for path, label in NAV_PAGES:
             page = await phone.get(path)
