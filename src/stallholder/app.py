@@ -48,6 +48,8 @@ from stallholder.payments.gateway import Gateway
 from stallholder.settings import Settings
 from stallholder.wallets.api import router as wallets_router
 from stallholder.web.checkout_pages import router as checkout_pages_router
+from stallholder.web.dashboard import router as dashboard_router
+from stallholder.web.dashboard_auth import router as dashboard_auth_router
 from stallholder.web.embed import BrowserCheckoutCors
 from stallholder.web.embed import router as embed_router
 from stallholder.web.error_pages import error_page, is_page_request
@@ -376,6 +378,8 @@ def create_app(
     app.include_router(portal_auth_router)
     app.include_router(portal_router)
     app.include_router(embed_router)
+    app.include_router(dashboard_auth_router)
+    app.include_router(dashboard_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     openapi.install(app, security_schemes=SECURITY_SCHEMES)
     app.add_exception_handler(DomainError, _domain_error)

@@ -289,6 +289,22 @@ def demo() -> None:
         f"{next(iter(keys.values()))['secret_key'] if keys else 'sk_…'}'"
     )
     console.print("Due work:      .venv/bin/stallholder jobs  (emails, webhooks, expiries, …)")
+    console.print(f"Dashboard:     {base}/dashboard", soft_wrap=True)
+    console.print(
+        "  sign in with a demo creator's email: " + ", ".join(spec.email for spec in CREATORS),
+        soft_wrap=True,
+        highlight=False,
+    )
+    if settings.smtp_url:
+        console.print("  the sign-in link goes to the mail server in STALLHOLDER_SMTP_URL")
+    else:
+        console.print(
+            "  no mail server is set, so the link is written to "
+            f"{settings.data_dir / 'mail'}; print it with: "
+            f".venv/bin/stallholder mail latest --to {CREATORS[0].email}",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 @creators_app.command("create")

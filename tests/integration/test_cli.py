@@ -148,6 +148,12 @@ def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.Monke
     assert re.search(
         r"Embed demo: +http://\S+/demo/embed\?key=pk_\S+&price=price_\w+", first.output
     )
+    # How to reach the dashboard and sign in as a demo creator without a mail server.
+    assert "/dashboard" in first.output
+    assert "hello@paperlantern.example, studio@kilnandclay.example, fox@inkfox.example" in (
+        first.output
+    )
+    assert "stallholder mail latest --to hello@paperlantern.example" in first.output
     second = runner.invoke(app, ["demo"])
     assert second.exit_code == 0, second.output
     assert _count_creators(url) == 3

@@ -6,7 +6,7 @@ import hmac
 import os
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -330,6 +330,17 @@ async def roll_keys(session: AsyncSession, *, creator_id: str, now: datetime) ->
     return await _issue_keys(session, creator_id=creator_id, now=now)
 
 
+async def live_keys(session: AsyncSession, *, creator_id: str) -> list[ApiKey]:
+    """The creator's keys in use (not revoked), secret first: only their redacted form
+    can be shown, as they are stored hashed."""
+    rows = await session.execute(
+        select(ApiKey)
+        .where(ApiKey.creator_id == creator_id, ApiKey.revoked_at.is_(None))
+        .order_by(ApiKey.kind.desc(), ApiKey.created_at)
+    )
+    return list(rows.scalars())
+
+
 async def buyer_id_for_email(session: AsyncSession, *, email: str, now: datetime) -> str:
     """The id of the buyer with this address (by ``buyer_key``), created when there is
     none, in one statement on both databases: ``INSERT … ON CONFLICT (email_key) DO UPDATE
@@ -421,6 +432,21 @@ async def list_customers(
         limit=limit,
         starting_after=starting_after,
     )
+
+
+async def customers_by_id(
+    session: AsyncSession, *, creator_id: str, customer_ids: Sequence[str]
+) -> dict[str, Customer]:
+    """The creator's customers among ``customer_ids``, by id (another creator's are left
+    out)."""
+    if not customer_ids:
+        return {}
+    rows = await session.execute(
+        select(Customer).where(
+            Customer.creator_id == creator_id, Customer.id.in_(sorted(set(customer_ids)))
+        )
+    )
+    return {customer.id: customer for customer in rows.scalars()}
 
 
 async def list_creators(

@@ -179,6 +179,23 @@ async def get_drop(session: AsyncSession, *, creator_id: str, drop_id: str) -> D
     return DropView(drop=drop, items=await _items(session, drop_id=drop.id))
 
 
+async def list_drops(session: AsyncSession, *, creator_id: str, limit: int) -> list[DropView]:
+    """The creator's newest ``limit`` drops with their items (the dashboard's list)."""
+    found = (
+        (
+            await session.execute(
+                select(Drop)
+                .where(Drop.creator_id == creator_id)
+                .order_by(Drop.id.desc())
+                .limit(limit)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    return [DropView(drop=drop, items=await _items(session, drop_id=drop.id)) for drop in found]
+
+
 async def _items(session: AsyncSession, *, drop_id: str) -> list[DropItem]:
     return list(
         (

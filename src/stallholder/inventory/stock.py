@@ -463,6 +463,19 @@ async def stock_for_sku(session: AsyncSession, *, creator_id: str, sku: str) -> 
     )
 
 
+async def list_levels(session: AsyncSession, *, creator_id: str, limit: int) -> list[LevelView]:
+    """The creator's stock levels (one per SKU and location), by SKU then location: the
+    dashboard's inventory page. At most ``limit``."""
+    rows = await session.execute(
+        select(StockLevel, Location.name)
+        .join(Location, Location.id == StockLevel.location_id)
+        .where(StockLevel.creator_id == creator_id)
+        .order_by(StockLevel.sku, StockLevel.location_id)
+        .limit(limit)
+    )
+    return [LevelView(level=level, location_name=name) for level, name in rows]
+
+
 async def adjust(
     session: AsyncSession,
     *,

@@ -6,7 +6,7 @@ Currency exponents and formatting come from babel; a float never touches an amou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from functools import cache
 
 from babel.numbers import format_currency, get_currency_precision, list_currencies
@@ -113,3 +113,22 @@ def prorate(part: int, whole: int, total: int) -> int:
     if not 0 <= part <= whole:
         raise ValueError("part must lie within [0, whole]")
     return total * part // whole
+
+
+def parse_major(text: str, currency: str) -> int:
+    """A typed amount in major units ("5", "5.00", "1,250.5") as minor units of
+    ``currency`` (500, 500, 125050 in usd). Raises ``ValueError`` for anything else, or
+    for more decimals than the currency has."""
+    cleaned = text.strip().replace(",", "")
+    try:
+        major = Decimal(cleaned)
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not an amount; type it as 5 or 5.00") from None
+    if not major.is_finite():
+        raise ValueError(f"{text!r} is not an amount; type it as 5 or 5.00")
+    minor = major.scaleb(exponent(currency))
+    if minor != minor.to_integral_value():
+        raise ValueError(
+            f"{text!r} has more decimals than {currency.upper()} has ({exponent(currency)})"
+        )
+    return int(minor)

@@ -496,3 +496,18 @@ async def record_outcomes(
                 failure.error,
             )
     await session.flush()
+
+
+async def list_emails(session: AsyncSession, *, creator_id: str, limit: int) -> list[Email]:
+    """The creator's newest ``limit`` emails, whatever their state: the dashboard's mail
+    outbox in the embedded default (a credential's body reads ``REDACTED`` once sent)."""
+    return list(
+        (
+            await session.execute(
+                select(Email)
+                .where(Email.creator_id == creator_id)
+                .order_by(Email.created_at.desc(), Email.id.desc())
+                .limit(limit)
+            )
+        ).scalars()
+    )

@@ -1,0 +1,608 @@
+"""The creator dashboard (``/dashboard``): a creator's business at a glance and the
+everyday tasks (add a product with its price, refund an order, roll the API keys) as
+server-rendered pages, no JavaScript. Every page calls the services the HTTP API calls;
+every form carries the session's CSRF token. Sign-in is in ``dashboard_auth.py``; a
+creator only ever reads its own rows (every service takes the signed-in ``creator_id``,
+and another creator's id is a 404 page).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from stallholder.accounts import service as accounts
+from stallholder.accounts.models import Creator
+from stallholder.analytics import service as analytics
+from stallholder.analytics.metrics import MonthPoint
+from stallholder.billing import lifecycle, subscriptions
+from stallholder.catalog import service as catalog
+from stallholder.catalog.schemas import PriceCreate, ProductCreate
+from stallholder.events import webhooks
+from stallholder.inventory import drops, stock
+from stallholder.kit.errors import DomainError
+from stallholder.kit.http import NowDep, SessionDep, SettingsDep
+from stallholder.kit.money import parse_major
+from stallholder.ledger import service as ledger
+from stallholder.notifications import service as notifications
+from stallholder.orders import service as orders
+from stallholder.web.charts import bar_chart
+from stallholder.web.dashboard_auth import sign_in_redirect, signed_in_creator
+from stallholder.web.security import CsrfProtected
+from stallholder.web.templating import format_money, templates
+
+router = APIRouter(include_in_schema=False, dependencies=[CsrfProtected])
+
+# Rows a list page shows (the API pages further with starting_after).
+PAGE_SIZE = 50
+RECENT_ORDERS = 5
+KINDS = ("digital", "physical", "service")
+INTERVALS = ("month", "year", "week", "day")
+
+NAV = (
+    ("/dashboard", "Overview"),
+    ("/dashboard/products", "Products"),
+    ("/dashboard/drops", "Drops"),
+    ("/dashboard/orders", "Orders"),
+    ("/dashboard/subscribers", "Subscribers"),
+    ("/dashboard/inventory", "Inventory"),
+    ("/dashboard/balance", "Balance"),
+    ("/dashboard/webhooks", "Webhooks"),
+    ("/dashboard/keys", "API keys"),
+)
+
+
+async def _page(
+    request: Request,
+    settings: SettingsDep,
+    creator: Creator,
+    name: str,
+    context: dict[str, Any],
+    *,
+    status_code: int = 200,
+) -> Response:
+    nav = list(NAV)
+    if not settings.smtp_url:  # the embedded default: emails stay here, show them
+        nav.append(("/dashboard/mail", "Mail outbox"))
+    return templates.TemplateResponse(
+        request,
+        name,
+        {
+            "creator": creator,
+            "nav": nav,
+            "current": request.url.path,
+            "store_url": f"{settings.base_url}/",
+            **context,
+        },
+        status_code=status_code,
+    )
+
+
+async def _creator(request: Request, session: SessionDep) -> Creator | None:
+    creator_id = signed_in_creator(request)
+    if creator_id is None:
+        return None
+    try:
+        return await accounts.get_creator(session, creator_id)
+    except accounts.CreatorNotFound:  # deleted since: sign in again
+        request.session.clear()
+        return None
+
+
+def _month_label(point: MonthPoint) -> str:
+    return point.month.strftime("%b")
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+async def overview(
+    request: Request, session: SessionDep, settings: SettingsDep, now: NowDep
+) -> Response:
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    figures = await analytics.overview(session, creator_id=creator.id, now=now)
+    balances = await ledger.balances_of(session, account=ledger.creator_account(creator.id))
+    recent = await orders.list_orders(
+        session, creator_id=creator.id, limit=RECENT_ORDERS, starting_after=None
+    )
+    charts = []
+    for series in figures.currencies:
+        code = series.currency
+
+        def money(amount: int, currency: str = code) -> str:
+            return format_money(amount, currency)
+
+        charts.append(
+            {
+                "series": series,
+                "revenue": bar_chart(
+                    [(_month_label(p), p.value) for p in series.revenue],
+                    title=f"Net revenue per month ({code.upper()}), last 12 months",
+                    describe=money,
+                ),
+                "mrr": bar_chart(
+                    [(_month_label(p), p.value) for p in series.mrr_history],
+                    title=f"MRR at each month's end ({code.upper()}), last 12 months",
+                    describe=money,
+                ),
+            }
+        )
+    subscribers_chart = bar_chart(
+        [(_month_label(p), p.value) for p in figures.subscribers_history],
+        title="Active subscribers at each month's end, last 12 months",
+        describe=str,
+    )
+    return await _page(
+        request,
+        settings,
+        creator,
+        "dashboard_overview.html",
+        {
+            "figures": figures,
+            "charts": charts,
+            "subscribers_chart": subscribers_chart,
+            "balances": sorted(balances.items()),
+            "recent": recent.data,
+        },
+    )
+
+
+async def _products_page(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    creator: Creator,
+    *,
+    form: dict[str, str] | None = None,
+    errors: list[str] | None = None,
+    created: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    products = await catalog.list_products(
+        session, creator_id=creator.id, status=None, limit=PAGE_SIZE, starting_after=None
+    )
+    prices = await catalog.list_prices(
+        session, creator_id=creator.id, product_id=None, limit=PAGE_SIZE * 2, starting_after=None
+    )
+    by_product: dict[str, list[Any]] = {}
+    for price in prices.data:
+        by_product.setdefault(price.product_id, []).append(price)
+    return await _page(
+        request,
+        settings,
+        creator,
+        "dashboard_products.html",
+        {
+            "products": products.data,
+            "prices": by_product,
+            "kinds": KINDS,
+            "intervals": INTERVALS,
+            "form": form or {"currency": "usd", "kind": "digital"},
+            "errors": errors or [],
+            "created": created,
+        },
+        status_code=status_code,
+    )
+
+
+@router.get("/dashboard/products", response_class=HTMLResponse)
+async def products_page(
+    request: Request, session: SessionDep, settings: SettingsDep, created: str | None = None
+) -> Response:
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    return await _products_page(request, session, settings, creator, created=created)
+
+
+def _validation_messages(error: ValidationError) -> list[str]:
+    names = {
+        "unit_amount": "price",
+        "name": "name",
+        "currency": "currency",
+        "kind": "kind",
+        "description": "description",
+        "interval": "billing",
+    }
+    messages = []
+    for problem in error.errors():
+        field = next((names[str(p)] for p in problem["loc"] if str(p) in names), None)
+        text = str(problem["msg"]).removeprefix("Value error, ")
+        messages.append(f"{field}: {text}" if field else text)
+    return messages
+
+
+@router.post("/dashboard/products", response_class=HTMLResponse)
+async def create_product(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    # Generous bounds here; the schemas say what is too long, on the form (a 422 page of
+    # FastAPI's own would lose what was typed).
+    name: Annotated[str, Form(max_length=1_000)] = "",
+    kind: Annotated[str, Form(max_length=100)] = "digital",
+    description: Annotated[str, Form(max_length=40_000)] = "",
+    amount: Annotated[str, Form(max_length=100)] = "",
+    currency: Annotated[str, Form(max_length=100)] = "usd",
+    interval: Annotated[str, Form(max_length=100)] = "",
+    publish: Annotated[str, Form(max_length=100)] = "",
+) -> Response:
+    """A product with one price, through the same schemas and services as
+    ``POST /v1/products`` and ``POST /v1/prices``. A mistake shows the form again with
+    what to fix (422) and creates nothing."""
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    typed = {
+        "name": name,
+        "kind": kind,
+        "description": description,
+        "amount": amount,
+        "currency": currency,
+        "interval": interval,
+        "publish": publish,
+    }
+    try:
+        product_in = ProductCreate.model_validate(
+            {
+                "kind": kind,
+                "name": name.strip(),
+                "description": description,
+                "status": "published" if publish else "draft",
+            }
+        )
+        unit_amount = parse_major(amount, currency)
+        price_in = PriceCreate.model_validate(
+            {
+                "product": "prod_pending",
+                "currency": currency,
+                "unit_amount": unit_amount,
+                "recurring": {"interval": interval} if interval else None,
+            }
+        )
+    except ValidationError as error:
+        return await _products_page(
+            request,
+            session,
+            settings,
+            creator,
+            form=typed,
+            errors=_validation_messages(error),
+            status_code=422,
+        )
+    except ValueError as error:  # the amount (parse_major says what is wrong)
+        return await _products_page(
+            request,
+            session,
+            settings,
+            creator,
+            form=typed,
+            errors=[f"price: {error}"],
+            status_code=422,
+        )
+    recurring = price_in.recurring
+    product = await catalog.create_product(
+        session,
+        creator_id=creator.id,
+        kind=product_in.kind,
+        name=product_in.name,
+        description=product_in.description,
+        status=product_in.status,
+        variants=[],
+        now=now,
+    )
+    await catalog.create_price(
+        session,
+        creator_id=creator.id,
+        product_id=product.id,
+        spec=catalog.PriceSpec(
+            currency=price_in.currency,
+            unit_amount=price_in.unit_amount,
+            recurring_interval=recurring.interval if recurring else None,
+            recurring_interval_count=recurring.interval_count if recurring else None,
+            trial_days=recurring.trial_days if recurring else None,
+        ),
+        now=now,
+    )
+    return RedirectResponse(f"/dashboard/products?created={product.id}", status_code=303)
+
+
+@router.get("/dashboard/drops", response_class=HTMLResponse)
+async def drops_page(
+    request: Request, session: SessionDep, settings: SettingsDep, now: NowDep
+) -> Response:
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    views = await drops.list_drops(session, creator_id=creator.id, limit=PAGE_SIZE)
+    rows = [{"view": view, "state": view.state(now)} for view in views]
+    return await _page(request, settings, creator, "dashboard_drops.html", {"rows": rows})
+
+
+@router.get("/dashboard/orders", response_class=HTMLResponse)
+async def orders_page(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    starting_after: str | None = None,
+) -> Response:
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    page = await orders.list_orders(
+        session, creator_id=creator.id, limit=PAGE_SIZE, starting_after=starting_after
+    )
+    return await _page(
+        request,
+        settings,
+        creator,
+        "dashboard_orders.html",
+        {"orders": page.data, "has_more": page.has_more},
+    )
+
+
+async def _order_page(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    creator: Creator,
+    order_id: str,
+    *,
+    error: str | None = None,
+    notice: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    # Another creator's order is OrderNotFound: a 404 page, as in the API.
+    order = await orders.get_order(session, creator_id=creator.id, order_id=order_id)
+    await session.refresh(order, ["refunds"])
+    return await _page(
+        request,
+        settings,
+        creator,
+        "dashboard_order.html",
+        {
+            "order": order,
+            "refundable": order.amount_total - order.amount_refunded,
+            "error": error,
+            "notice": notice,
+        },
+        status_code=status_code,
+    )
+
+
+@router.get("/dashboard/orders/{order_id}", response_class=HTMLResponse)
+async def order_page(
+    order_id: str, request: Request, session: SessionDep, settings: SettingsDep
+) -> Response:
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    return await _order_page(request, session, settings, creator, order_id)
+
+
+@router.post("/dashboard/orders/{order_id}/refund", response_class=HTMLResponse)
+async def refund_order(
+    order_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    amount: Annotated[str, Form(max_length=30)] = "",
+    restock: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    """Refund all that remains, or the amount typed, as ``POST /v1/refunds`` does. The
+    request's unit of work is not touched before the refund's own first step (on SQLite
+    it would hold the write lock that step needs); the order is read in a short read."""
+    creator_id = signed_in_creator(request)
+    if creator_id is None:
+        return sign_in_redirect(request)
+    database = request.app.state.database
+    async with database.read() as reading:
+        # Another creator's order: OrderNotFound, a 404 page.
+        order = await orders.get_order(reading, creator_id=creator_id, order_id=order_id)
+        currency = order.currency
+    try:
+        minor = parse_major(amount, currency) if amount.strip() else None
+    except ValueError as error:
+        creator = await accounts.get_creator(session, creator_id)
+        return await _order_page(
+            request, session, settings, creator, order_id, error=str(error), status_code=422
+        )
+    try:
+        refund = await orders.create_refund(
+            database,
+            request.app.state.gateway,
+            creator_id=creator_id,
+            order_id=order_id,
+            amount=minor,
+            reason="requested_by_customer",
+            resolve_after=now + settings.payment_resolve_after(),
+            now=now,
+            session=session,
+            restock=bool(restock),
+        )
+    except DomainError as error:
+        return await _order_page(
+            request,
+            session,
+            settings,
+            await accounts.get_creator(session, creator_id),
+            order_id,
+            error=error.detail,
+            status_code=error.status,
+        )
+    if refund.status == "failed":
+        creator = await accounts.get_creator(session, creator_id)
+        return await _order_page(
+            request,
+            session,
+            settings,
+            creator,
+            order_id,
+            error=refund.failure_message or "the payment gateway refused the refund",
+            status_code=402,
+        )
+    return RedirectResponse(f"/dashboard/orders/{order_id}", status_code=303)
+
+
+@router.get("/dashboard/subscribers", response_class=HTMLResponse)
+async def subscribers_page(
+    request: Request, session: SessionDep, settings: SettingsDep, status: str | None = None
+) -> Response:
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    page = await subscriptions.list_subscriptions(
+        session,
+        creator_id=creator.id,
+        customer_id=None,
+        status=status or None,
+        limit=PAGE_SIZE,
+        starting_after=None,
+    )
+    customers = await accounts.customers_by_id(
+        session, creator_id=creator.id, customer_ids=[s.customer_id for s in page.data]
+    )
+    emails = {customer_id: customer.email for customer_id, customer in customers.items()}
+    return await _page(
+        request,
+        settings,
+        creator,
+        "dashboard_subscribers.html",
+        {
+            "subscriptions": page.data,
+            "emails": emails,
+            "status": status,
+            "statuses": lifecycle.STATUSES,
+        },
+    )
+
+
+@router.get("/dashboard/inventory", response_class=HTMLResponse)
+async def inventory_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    levels = await stock.list_levels(session, creator_id=creator.id, limit=PAGE_SIZE * 4)
+    return await _page(request, settings, creator, "dashboard_inventory.html", {"levels": levels})
+
+
+@router.get("/dashboard/balance", response_class=HTMLResponse)
+async def balance_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    account = ledger.creator_account(creator.id)
+    balances = await ledger.balances_of(session, account=account)
+    entries = await ledger.list_transactions(
+        session, creator_id=creator.id, limit=PAGE_SIZE, starting_after=None
+    )
+    return await _page(
+        request,
+        settings,
+        creator,
+        "dashboard_balance.html",
+        {"balances": sorted(balances.items()), "entries": entries.data, "account": account},
+    )
+
+
+@router.get("/dashboard/webhooks", response_class=HTMLResponse)
+async def webhooks_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    endpoints = await webhooks.list_endpoints(
+        session, creator_id=creator.id, limit=PAGE_SIZE, starting_after=None
+    )
+    rows = []
+    for endpoint in endpoints.data:
+        deliveries = await webhooks.list_deliveries(
+            session,
+            creator_id=creator.id,
+            endpoint_id=endpoint.id,
+            event_id=None,
+            limit=10,
+            starting_after=None,
+        )
+        rows.append({"endpoint": endpoint, "deliveries": deliveries.data})
+    return await _page(request, settings, creator, "dashboard_webhooks.html", {"rows": rows})
+
+
+async def _keys_page(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    creator: Creator,
+    *,
+    new_keys: tuple[str, str] | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    keys = await accounts.live_keys(session, creator_id=creator.id)
+    return await _page(
+        request,
+        settings,
+        creator,
+        "dashboard_keys.html",
+        {"keys": keys, "new_keys": new_keys, "error": error},
+        status_code=status_code,
+    )
+
+
+@router.get("/dashboard/keys", response_class=HTMLResponse)
+async def keys_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    return await _keys_page(request, session, settings, creator)
+
+
+@router.post("/dashboard/keys/roll", response_class=HTMLResponse)
+async def roll_keys(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    confirm: Annotated[str, Form(max_length=100)] = "",
+) -> Response:
+    """New secret and publishable keys, shown once on this page; the old ones stop
+    working (as ``POST /v1/creators/{id}/keys/roll``)."""
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    if not confirm:  # the old keys stop working at once: only when ticked
+        return await _keys_page(
+            request,
+            session,
+            settings,
+            creator,
+            error="Tick the box to confirm: your current keys stop working when you roll them.",
+            status_code=422,
+        )
+    new_keys = await accounts.roll_keys(session, creator_id=creator.id, now=now)
+    return await _keys_page(request, session, settings, creator, new_keys=new_keys)
+
+
+@router.get("/dashboard/mail", response_class=HTMLResponse)
+async def mail_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    """The emails this creator's shop sent or will send, in the embedded default (no
+    SMTP server configured): receipts, refunds, sign-in links, as written."""
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    emails = await notifications.list_emails(session, creator_id=creator.id, limit=PAGE_SIZE)
+    return await _page(
+        request,
+        settings,
+        creator,
+        "dashboard_mail.html",
+        {
+            "emails": emails,
+            "smtp_configured": bool(settings.smtp_url),
+            "mail_folder": str(settings.data_dir / "mail"),
+        },
+    )
