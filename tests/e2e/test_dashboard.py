@@ -454,12 +454,12 @@ async def test_every_page_shows_the_demo(
     async with browser(settings, database, clock) as phone:
         await _sign_in_from_outbox(phone, database, "hello@paperlantern.example")
         overview = await phone.get("/dashboard")
-        assert '<strong class="mrr">$6.00</strong>' in overview.text
+        assert '<strong class="mrr">$9.00</strong>' in overview.text  # + the demo reader's $3 zine
         assert '<link rel="stylesheet" href="/static/dashboard.css">' in overview.text
         styles = await phone.get("/static/dashboard.css")
         assert styles.status_code == 200
         assert "svg.chart" in styles.text
-        assert '<strong id="active-subscribers">1</strong>' in overview.text
+        assert '<strong id="active-subscribers">2</strong>' in overview.text
         for path, label in NAV_PAGES:
             page = await phone.get(path)
             assert page.status_code == 200, path
