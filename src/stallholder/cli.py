@@ -280,12 +280,15 @@ def create_creator(
     slug: Annotated[
         str | None, typer.Option(help="URL slug; derived from the name if left out.")
     ] = None,
+    listed: Annotated[
+        bool, typer.Option("--listed/--unlisted", help="List the creator in the store index.")
+    ] = False,
 ) -> None:
     """Create a creator and print its keys (shown once)."""
     from stallholder.accounts.schemas import CreatorCreate
 
     try:
-        body = CreatorCreate(display_name=name, email=email, slug=slug)
+        body = CreatorCreate(display_name=name, email=email, slug=slug, listed=listed)
     except ValidationError as error:
         for problem in error.errors():
             field = ".".join(str(part) for part in problem["loc"])
@@ -304,6 +307,7 @@ def create_creator(
                     slug=body.slug,
                     platform_fee_bps=None,
                     platform_fee_fixed=None,
+                    listed=body.listed,
                     now=SystemClock().now(),
                 )
                 return creator.id, creator.slug, secret, publishable

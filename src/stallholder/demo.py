@@ -229,6 +229,7 @@ async def seed(
                 slug=spec.slug,
                 platform_fee_bps=None,
                 platform_fee_fixed=None,
+                listed=True,
                 now=now,
             )
             price_ids = []

@@ -66,6 +66,7 @@ async def test_the_admin_lists_every_creator_newest_first_a_page_at_a_time(api: 
         "email": "fox@example.com",
         "platform_fee_bps": None,
         "platform_fee_fixed": None,
+        "listed": False,
         "created": third["created"],
     }
 

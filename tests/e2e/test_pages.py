@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 async def test_index_has_an_empty_state(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     assert response.status_code == 200
-    assert "No creators yet." in response.text
+    assert "No listed creators yet." in response.text
 
 
 async def test_buy_on_the_hosted_page_declined_then_paid(api: Api) -> None:

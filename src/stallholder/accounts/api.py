@@ -17,6 +17,7 @@ from stallholder.accounts.auth import (
 from stallholder.accounts.schemas import (
     CreatorCreate,
     CreatorOut,
+    CreatorUpdate,
     CreatorWithKeys,
     CustomerCreate,
     CustomerOut,
@@ -58,6 +59,7 @@ async def create_creator(
         slug=body.slug,
         platform_fee_bps=body.platform_fee_bps,
         platform_fee_fixed=body.platform_fee_fixed,
+        listed=body.listed,
         now=now,
     )
     return creator_with_keys(creator, secret_key=secret, publishable_key=publishable)
@@ -79,6 +81,20 @@ async def list_creators(
 async def get_creator(creator_id: AccountDep, session: SessionDep) -> CreatorOut:
     """The admin sees any creator; a creator's secret key sees only its own."""
     return CreatorOut.model_validate(await service.get_creator(session, creator_id))
+
+
+@router.patch("/creators/{creator_id}", response_model=CreatorOut)
+async def update_creator(
+    creator_id: AccountDep, body: CreatorUpdate, session: SessionDep
+) -> CreatorOut:
+    """Change the creator's display name, or whether the public store index lists it
+    (``listed``; an unlisted creator's store pages answer 404). Admin key, or the
+    creator's secret key."""
+    return CreatorOut.model_validate(
+        await service.update_creator(
+            session, creator_id=creator_id, display_name=body.display_name, listed=body.listed
+        )
+    )
 
 
 @router.post("/creators/{creator_id}/keys/roll", response_model=KeysOut)

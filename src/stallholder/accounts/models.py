@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, String
+from sqlalchemy import JSON, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from stallholder.kit.db import Base
@@ -21,6 +21,10 @@ class Creator(Base):
     # keep the platform's fixed part (ADR 0006).
     platform_fee_fixed_amounts: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
     receipt_counter: Mapped[int] = mapped_column(default=0)
+    # Whether the public store index shows the creator and its store pages exist
+    # (docs/store.md): opt-in for new creators; creators from before the setting keep
+    # the listing they had.
+    listed: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     created_at: Mapped[datetime]
 
 

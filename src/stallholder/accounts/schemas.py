@@ -6,7 +6,7 @@ from functools import cache
 from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
-from pydantic import BaseModel, Field, StrictInt, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictInt, field_validator
 
 from stallholder.accounts.models import Creator
 from stallholder.kit.money import MAX_FIXED_FEE
@@ -23,6 +23,13 @@ class CreatorCreate(Input):
     platform_fee_bps: StrictInt | None = Field(default=None, ge=0, le=10_000)
     # Per currency, in minor units of that currency: {"usd": 30, "jpy": 0}.
     platform_fee_fixed: dict[Currency, FixedFee] | None = Field(default=None, max_length=50)
+    # Whether the public store index lists the creator (docs/store.md); opt-in.
+    listed: StrictBool = False
+
+
+class CreatorUpdate(Input):
+    display_name: str | None = Field(default=None, min_length=1, max_length=200)
+    listed: StrictBool | None = None
 
 
 class CreatorOut(Output):
@@ -33,6 +40,7 @@ class CreatorOut(Output):
     email: str
     platform_fee_bps: int | None
     platform_fee_fixed: dict[str, int] | None = Field(validation_alias="platform_fee_fixed_amounts")
+    listed: bool
     created: datetime = Field(validation_alias="created_at")
 
 

@@ -229,6 +229,7 @@ async def create_creator(
     platform_fee_bps: int | None,
     platform_fee_fixed: Mapping[str, int] | None,
     now: datetime,
+    listed: bool = False,
 ) -> tuple[Creator, str, str]:
     """A new creator with a fresh secret and publishable key (shown once, stored hashed).
 
@@ -248,6 +249,7 @@ async def create_creator(
         email=email,
         platform_fee_bps=platform_fee_bps,
         platform_fee_fixed_amounts=None if platform_fee_fixed is None else dict(platform_fee_fixed),
+        listed=listed,
         created_at=now,
     )
     session.add(creator)
@@ -270,6 +272,42 @@ async def get_creator(session: AsyncSession, creator_id: str) -> Creator:
     creator = await session.get(Creator, creator_id)
     if creator is None:
         raise CreatorNotFound(f"no creator {creator_id!r}")
+    return creator
+
+
+async def update_creator(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    display_name: str | None = None,
+    listed: bool | None = None,
+) -> Creator:
+    """Change what a creator shows the public: its name, and whether the store index lists
+    it (``listed``; an unlisted creator's store pages are not found).
+
+    Raises:
+        CreatorNotFound.
+    """
+    creator = await get_creator(session, creator_id)
+    if display_name is not None:
+        creator.display_name = display_name
+    if listed is not None:
+        creator.listed = listed
+    await session.flush()
+    return creator
+
+
+async def listed_creator(session: AsyncSession, *, slug: str) -> Creator:
+    """The creator whose store is at ``slug``, if it chose to be listed.
+
+    Raises:
+        CreatorNotFound: no creator has the slug, or it is unlisted.
+    """
+    creator = (
+        await session.execute(select(Creator).where(Creator.slug == slug, Creator.listed))
+    ).scalar_one_or_none()
+    if creator is None:
+        raise CreatorNotFound(f"no store {slug!r}")
     return creator
 
 
@@ -391,8 +429,14 @@ async def list_creators(
     )
 
 
-async def creators_by_id(session: AsyncSession, creator_ids: list[str]) -> dict[str, Creator]:
+async def creators_by_id(
+    session: AsyncSession, creator_ids: list[str], *, listed_only: bool = False
+) -> dict[str, Creator]:
+    """These creators by id; with ``listed_only``, only those that chose to be listed."""
     if not creator_ids:
         return {}
-    rows = await session.execute(select(Creator).where(Creator.id.in_(creator_ids)))
+    statement = select(Creator).where(Creator.id.in_(creator_ids))
+    if listed_only:
+        statement = statement.where(Creator.listed)
+    rows = await session.execute(statement)
     return {creator.id: creator for creator in rows.scalars()}

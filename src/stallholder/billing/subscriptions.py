@@ -365,12 +365,15 @@ async def create_subscription(
             "default_payment_method"
         )
     zone_name = customer.time_zone
-    if trial > 0:
-        trial_end = periods.trial_end(start=at, zone_name=zone_name, trial_days=trial)
-        joining = delivery.Joining(anchor=trial_end, first_index=0, is_charged_now=False)
-    else:
-        trial_end = None
-        joining = delivery.join(calendar_of(first), plan, signup_at=at, zone_name=zone_name)
+    starting = delivery.signup(
+        calendar_of(first),
+        plan,
+        signup_at=at,
+        zone_name=zone_name,
+        trial_days=trial,
+        amount=sum((item.price.unit_amount or 0) * item.quantity for item in priced),
+    )
+    joining, trial_end = starting.joining, starting.trial_end
     first_period = periods.period(
         anchor=joining.anchor, zone_name=zone_name, plan=plan, n=joining.first_index
     )
