@@ -230,6 +230,7 @@ def run_worker() -> None:
 def demo() -> None:
     """Seed the demo platform (idempotent) and print its URLs and keys."""
     from stallholder.demo import CREATORS, seed
+    from stallholder.digital.config import storage_from_settings
 
     settings = _settings()
     admin_key, _ = resolve_admin_key(settings.admin_key, settings.data_dir)
@@ -251,6 +252,7 @@ def demo() -> None:
                     base_url=settings.base_url,
                     advance=advance,
                     fees=ledger.platform_fee_policy(settings),
+                    storage=storage_from_settings(settings),
                 )
         finally:
             await database.dispose()
@@ -263,6 +265,10 @@ def demo() -> None:
         console.print(f"  secret key:      {entry['secret_key']}", soft_wrap=True)
         console.print(f"  publishable key: {entry['publishable_key']}", soft_wrap=True)
     console.print(f"Store:         {base}/")
+    for entry in keys.values():
+        slug = next((c.slug for c in CREATORS if c.display_name == entry["display_name"]), None)
+        if slug is not None:
+            console.print(f"  {entry['display_name']}: {base}/s/{slug}")
     console.print(f"API docs:      {base}/docs  (works offline; Authorize with a key below)")
     console.print(f"OpenAPI:       {base}/openapi.json")
     console.print(f"Admin key:     {admin_key}", soft_wrap=True)

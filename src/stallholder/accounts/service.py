@@ -230,6 +230,7 @@ async def create_creator(
     platform_fee_fixed: Mapping[str, int] | None,
     now: datetime,
     listed: bool = False,
+    creator_id: str | None = None,
 ) -> tuple[Creator, str, str]:
     """A new creator with a fresh secret and publishable key (shown once, stored hashed).
 
@@ -243,7 +244,7 @@ async def create_creator(
     else:
         slug = await _free_slug(session, slugify(display_name))
     creator = Creator(
-        id=new_id("cr"),
+        id=creator_id or new_id("cr"),
         slug=slug,
         display_name=display_name,
         email=email,
