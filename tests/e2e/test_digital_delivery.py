@@ -16,12 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from stallholder import demo
 from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
-from stallholder.ledger.service import platform_fee_policy
-from stallholder.payments.config import gateway_from_settings
 from stallholder.settings import Settings
 from tests.conftest import T0, Api, bearer
 from tests.smtp_server import Inbox, SmtpServer
@@ -82,6 +79,13 @@ async def _digital_shop(api: Api) -> tuple[str, dict[str, Any], dict[str, Any]]:
 async def _buy(api: Api, sk: str, price_id: str, *, quantity: int = 1) -> httpx.Response:
     session = await api.session(sk, price=price_id, quantity=quantity)
     return await api.confirm(sk, session["id"])
+
+
+async def _order(api: Api, sk: str, order_id: str) -> dict[str, Any]:
+    response = await api.http.get(f"/v1/orders/{order_id}", headers=bearer(sk))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def _local(url: str) -> str:
@@ -266,70 +270,47 @@ async def test_license_keys_are_issued_once_each_under_concurrent_purchases(api:
     assert [c.status_code for c in confirmed] == [200] * 7
     issued: list[str] = []
     missing = 0
+    orders = {}
     for response in confirmed:
-        order = (
-            await api.http.get(f"/v1/orders/{response.json()['order']}", headers=bearer(sk))
-        ).json()
+        order = await _order(api, sk, response.json()["order"])
+        orders[order["id"]] = order
         issued += [k["key"] for k in order["license_keys"]]
         missing += order["license_keys_missing"]
     assert sorted(issued) == pool  # every key once, none twice
     assert missing == 1
 
+    def _keys(response: httpx.Response) -> list[dict[str, Any]]:
+        keys: list[dict[str, Any]] = orders[response.json()["order"]]["license_keys"]
+        return keys
+
+    # The order owed a key gets the first key added; then a 2-unit order is owed both of
+    # its keys until the next refill.
+    owed = next(r for r in confirmed if not _keys(r))
     two = await _buy(api, sk, price["id"], quantity=2)
     refill = await api.http.post(
         f"/v1/products/{product['id']}/license_keys",
         headers=bearer(sk),
         json={"keys": ["BRUSH-0100-KEY", "BRUSH-0101-KEY", "BRUSH-0000-KEY"]},
     )
-    assert (refill.json()["added"], refill.json()["available"]) == (2, 2)
-    order = (await api.http.get(f"/v1/orders/{two.json()['order']}", headers=bearer(sk))).json()
-    assert (order["license_keys"], order["license_keys_missing"]) == ([], 2)
+    assert refill.json() == {
+        "object": "license_key_pool",
+        "product": product["id"],
+        "added": 2,
+        "available": 0,
+        "issued": 8,
+    }
+    first_owed = await _order(api, sk, owed.json()["order"])
+    assert ([k["key"] for k in first_owed["license_keys"]], first_owed["license_keys_missing"]) == (
+        ["BRUSH-0100-KEY"],
+        0,
+    )
+    pair = await _order(api, sk, two.json()["order"])
+    assert ([k["key"] for k in pair["license_keys"]], pair["license_keys_missing"]) == (
+        ["BRUSH-0101-KEY"],
+        1,
+    )
     listed = await api.http.get(
         f"/v1/products/{product['id']}/license_keys", headers=bearer(sk), params={"limit": 100}
     )
     statuses = sorted(k["status"] for k in listed.json()["data"])
-    assert statuses == ["available"] * 2 + ["issued"] * 6
-
-
-async def test_the_demo_delivers_its_mini_zine_and_a_brush_licence(
-    client: httpx.AsyncClient,
-    database: Database,
-    settings: Settings,
-    clock: FrozenClock,
-) -> None:
-    keys = await demo.seed(
-        database,
-        clock=clock,
-        gateway=gateway_from_settings(settings, database=database),
-        data_dir=settings.data_dir,
-        fees=platform_fee_policy(settings),
-        base_url=settings.base_url,
-    )
-    sk = keys["ink-fox"]["secret_key"]
-    store = await client.get("/s/ink-fox")
-    assert store.status_code == 200
-    assert "Mini zine: drawing plants from life" in store.text
-    orders = (await client.get("/v1/orders", headers=bearer(sk))).json()["data"]
-    details = [
-        (await client.get(f"/v1/orders/{order['id']}", headers=bearer(sk))).json()
-        for order in orders
-    ]
-    by_product = {detail["line_items"][0]["description"]: detail for detail in details}
-    brushes = by_product["Botanical brush pack"]
-    assert [k["key"] for k in brushes["license_keys"]] == ["INKFOX-BRUSH-0001"]
-    zine = by_product["Mini zine: drawing plants from life"]
-    [download] = zine["downloads"]
-    assert download["filename"] == "ink-fox-mini-zine.txt"
-    got = await client.get(_local(download["url"]))
-    assert got.content == demo.mini_zine()
-    # Seeding again changes nothing and stores no second copy.
-    await demo.seed(
-        database,
-        clock=clock,
-        gateway=gateway_from_settings(settings, database=database),
-        data_dir=settings.data_dir,
-        fees=platform_fee_policy(settings),
-        base_url=settings.base_url,
-    )
-    stored = list((settings.data_dir / "files").rglob("*"))
-    assert [p.name for p in stored if p.is_file()] == [download["file"]]
+    assert statuses == ["issued"] * 8

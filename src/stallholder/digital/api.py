@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from stallholder.accounts.auth import SecretCreatorDep
 from stallholder.catalog import service as catalog
 from stallholder.catalog.service import ProductNotFound
-from stallholder.digital import service
+from stallholder.digital import delivery, service
 from stallholder.digital.links import Links
 from stallholder.digital.schemas import (
     AttachFile,
@@ -207,10 +207,13 @@ async def add_license_keys(
     now: NowDep,
 ) -> KeyPoolOut:
     """Add keys to the product's pool (at most 1,000 a request; a key already in the pool
-    is skipped). Each unit sold gets one key, each key is issued once."""
-    pool = await service.add_license_keys(
+    is skipped). Each unit sold gets one key, each key is issued once. Order lines paid
+    while the pool was empty get theirs from these first, oldest first."""
+    added = await service.add_license_keys(
         session, creator_id=creator_id, product_id=product_id, keys=body.keys, now=now
     )
+    await delivery.give_owed_keys(session, creator_id=creator_id, product_id=product_id, now=now)
+    pool = await service.key_pool(session, product_id=product_id, added=added.added)
     return KeyPoolOut(
         product=product_id, added=pool.added, available=pool.available, issued=pool.issued
     )

@@ -40,13 +40,19 @@ def signing_key(settings: Settings) -> bytes:
     path = settings.data_dir / SIGNING_KEY_FILE
     if not path.exists():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Written whole under a temporary name, then linked into place: a process that
+        # starts at the same moment (``serve --workers``) reads a complete key or makes
+        # its own link fail and reads the first one's.
+        partial = path.with_name(f"{SIGNING_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(partial, path)
         except FileExistsError:
             pass  # another process made it first: use theirs
-        else:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(secrets.token_urlsafe(32) + "\n")
+        finally:
+            partial.unlink()
     return path.read_text().strip().encode()
 
 

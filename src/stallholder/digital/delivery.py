@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.digital import links as signing
-from stallholder.digital.models import Download, File, LicenseKey, ProductFile
+from stallholder.digital.models import Download, File, LicenseKey, OwedLicenseKeys, ProductFile
 from stallholder.digital.service import FileNotFound, insert_for
 from stallholder.kit.errors import DomainError
 
@@ -42,16 +42,44 @@ class OrderedLine:
     quantity: int
 
 
+async def _take_keys(
+    session: AsyncSession, *, order_id: str, line: OrderedLine, now: datetime
+) -> int:
+    """Issue up to ``line.quantity`` unissued keys of its product to the line; returns how
+    many it got."""
+    # A materialized CTE, evaluated once: PostgreSQL may run a ``LIMIT … FOR UPDATE
+    # SKIP LOCKED`` subquery in ``WHERE id IN (…)`` more than once and so update more
+    # rows than the limit.
+    free = (
+        select(LicenseKey.id)
+        .where(LicenseKey.product_id == line.product_id, LicenseKey.order_line_id.is_(None))
+        .order_by(LicenseKey.id)
+        .limit(line.quantity)
+        .with_for_update(skip_locked=True)
+        .cte("free_keys")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    taken = await session.execute(
+        update(LicenseKey)
+        .where(LicenseKey.id.in_(select(free.c.id)), LicenseKey.order_line_id.is_(None))
+        .values(order_id=order_id, order_line_id=line.line_id, issued_at=now)
+        .returning(LicenseKey.id)
+        .execution_options(synchronize_session=False)
+    )
+    return len(taken.all())
+
+
 async def issue_license_keys(
     session: AsyncSession,
     *,
+    creator_id: str,
     order_id: str,
     lines: Sequence[OrderedLine],
     now: datetime,
 ) -> int:
     """Give each line of a product with a key pool one key per unit, from the pool, in
     key order. Returns how many keys were issued; a line whose pool runs short gets what
-    is left (``Deliverables.license_keys_missing`` says how many are owed)."""
+    is left and is owed the rest (``give_owed_keys`` gives them when keys are added)."""
     product_ids = sorted({line.product_id for line in lines})
     if not product_ids:
         return 0
@@ -68,27 +96,63 @@ async def issue_license_keys(
     for line in sorted(lines, key=lambda line: line.line_id):
         if line.product_id not in with_pools:
             continue
-        # A materialized CTE, evaluated once: PostgreSQL may run a ``LIMIT … FOR UPDATE
-        # SKIP LOCKED`` subquery in ``WHERE id IN (…)`` more than once and so update more
-        # rows than the limit.
-        free = (
-            select(LicenseKey.id)
-            .where(LicenseKey.product_id == line.product_id, LicenseKey.order_line_id.is_(None))
-            .order_by(LicenseKey.id)
-            .limit(line.quantity)
-            .with_for_update(skip_locked=True)
-            .cte("free_keys")
-            .prefix_with("MATERIALIZED", dialect="postgresql")
-        )
-        taken = await session.execute(
-            update(LicenseKey)
-            .where(LicenseKey.id.in_(select(free.c.id)), LicenseKey.order_line_id.is_(None))
-            .values(order_id=order_id, order_line_id=line.line_id, issued_at=now)
-            .returning(LicenseKey.id)
-            .execution_options(synchronize_session=False)
-        )
-        issued += len(taken.all())
+        count = await _take_keys(session, order_id=order_id, line=line, now=now)
+        issued += count
+        if count < line.quantity:
+            session.add(
+                OwedLicenseKeys(
+                    order_line_id=line.line_id,
+                    order_id=order_id,
+                    creator_id=creator_id,
+                    product_id=line.product_id,
+                    quantity=line.quantity - count,
+                    created_at=now,
+                )
+            )
+    await session.flush()
     return issued
+
+
+async def give_owed_keys(
+    session: AsyncSession, *, creator_id: str, product_id: str, now: datetime
+) -> int:
+    """Give keys from the product's pool to the order lines owed some, oldest first (run
+    after keys are added, in that transaction); returns how many were given. The owed
+    rows are locked in key order, so two concurrent refills never give one line twice."""
+    owed = (
+        (
+            await session.execute(
+                select(OwedLicenseKeys)
+                .where(
+                    OwedLicenseKeys.creator_id == creator_id,
+                    OwedLicenseKeys.product_id == product_id,
+                )
+                .order_by(OwedLicenseKeys.order_line_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    given = 0
+    for debt in owed:
+        count = await _take_keys(
+            session,
+            order_id=debt.order_id,
+            line=OrderedLine(
+                line_id=debt.order_line_id, product_id=product_id, quantity=debt.quantity
+            ),
+            now=now,
+        )
+        given += count
+        if count == debt.quantity:
+            await session.delete(debt)
+        else:
+            debt.quantity -= count
+            break  # the pool is empty again
+    await session.flush()
+    return given
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +183,7 @@ class IssuedKey:
 class Deliverables:
     downloads: list[DownloadView]
     license_keys: list[IssuedKey]
-    # Units bought of products with a key pool that had no key left for them.
+    # Units bought of products with a key pool that had no key left for them yet.
     license_keys_missing: int
 
     @property
@@ -199,23 +263,14 @@ async def deliverables(
         )
         for key in keys
     ]
-    with_pools = (
-        set(
-            (
-                await session.execute(
-                    select(LicenseKey.product_id)
-                    .where(LicenseKey.product_id.in_(product_ids))
-                    .distinct()
-                )
-            ).scalars()
+    owed = (
+        await session.execute(
+            select(func.coalesce(func.sum(OwedLicenseKeys.quantity), 0)).where(
+                OwedLicenseKeys.order_id == order_id
+            )
         )
-        if product_ids
-        else set()
-    )
-    owed = sum(line.quantity for line in lines if line.product_id in with_pools)
-    return Deliverables(
-        downloads=downloads, license_keys=issued, license_keys_missing=max(0, owed - len(issued))
-    )
+    ).scalar_one()
+    return Deliverables(downloads=downloads, license_keys=issued, license_keys_missing=int(owed))
 
 
 async def count_download(

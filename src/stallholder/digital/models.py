@@ -69,3 +69,18 @@ class Download(Base):
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
     count: Mapped[int] = mapped_column(default=0)
     last_downloaded_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class OwedLicenseKeys(Base):
+    """Keys an order line paid for that its product's pool did not have; given from the
+    pool as keys are added, oldest first (``digital.service.add_license_keys``)."""
+
+    __tablename__ = "license_keys_owed"
+    __table_args__ = (CheckConstraint("quantity > 0", name="quantity"),)
+
+    order_line_id: Mapped[int] = mapped_column(ForeignKey("order_line_items.id"), primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
+    product_id: Mapped[str] = mapped_column(ForeignKey("products.id"), index=True)
+    quantity: Mapped[int]
+    created_at: Mapped[datetime]

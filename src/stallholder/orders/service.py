@@ -192,6 +192,7 @@ async def create_paid_order(
     # sale (docs/digital-delivery.md).
     await digital.issue_license_keys(
         session,
+        creator_id=creator_id,
         order_id=order.id,
         lines=[
             digital.OrderedLine(line_id=li.id, product_id=li.product_id, quantity=li.quantity)

@@ -1,8 +1,8 @@
-"""creators listed (store index opt-in); files, product files, license keys, downloads
+"""creators listed (store index opt-in); files, product files, license keys (and those owed), downloads
 
 Revision ID: 0019
 Revises: 0014
-Create Date: 2026-11-30 16:39:13.649900
+Create Date: 2026-11-30 17:14:34.867955
 """
 
 from collections.abc import Sequence
@@ -120,6 +120,44 @@ def upgrade() -> None:
             "ix_license_keys_product_unissued", ["product_id", "order_line_id", "id"], unique=False
         )
 
+    op.create_table(
+        "license_keys_owed",
+        sa.Column(
+            "order_line_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("order_id", sa.String(length=40), nullable=False),
+        sa.Column("creator_id", sa.String(length=40), nullable=False),
+        sa.Column("product_id", sa.String(length=40), nullable=False),
+        sa.Column("quantity", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", stallholder.kit.db.UTCDateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("quantity > 0", name=op.f("ck_license_keys_owed_quantity")),
+        sa.ForeignKeyConstraint(
+            ["creator_id"], ["creators.id"], name=op.f("fk_license_keys_owed_creator_id_creators")
+        ),
+        sa.ForeignKeyConstraint(
+            ["order_id"], ["orders.id"], name=op.f("fk_license_keys_owed_order_id_orders")
+        ),
+        sa.ForeignKeyConstraint(
+            ["order_line_id"],
+            ["order_line_items.id"],
+            name=op.f("fk_license_keys_owed_order_line_id_order_line_items"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["product_id"], ["products.id"], name=op.f("fk_license_keys_owed_product_id_products")
+        ),
+        sa.PrimaryKeyConstraint("order_line_id", name=op.f("pk_license_keys_owed")),
+    )
+    with op.batch_alter_table("license_keys_owed", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_license_keys_owed_creator_id"), ["creator_id"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_license_keys_owed_order_id"), ["order_id"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_license_keys_owed_product_id"), ["product_id"], unique=False
+        )
+
     with op.batch_alter_table("creators", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("listed", sa.Boolean(), server_default=sa.false(), nullable=False)
@@ -136,6 +174,12 @@ def downgrade() -> None:
     with op.batch_alter_table("creators", schema=None) as batch_op:
         batch_op.drop_column("listed")
 
+    with op.batch_alter_table("license_keys_owed", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_license_keys_owed_product_id"))
+        batch_op.drop_index(batch_op.f("ix_license_keys_owed_order_id"))
+        batch_op.drop_index(batch_op.f("ix_license_keys_owed_creator_id"))
+
+    op.drop_table("license_keys_owed")
     with op.batch_alter_table("license_keys", schema=None) as batch_op:
         batch_op.drop_index("ix_license_keys_product_unissued")
         batch_op.drop_index(batch_op.f("ix_license_keys_order_id"))
