@@ -265,10 +265,8 @@ def demo() -> None:
         console.print(f"  secret key:      {entry['secret_key']}", soft_wrap=True)
         console.print(f"  publishable key: {entry['publishable_key']}", soft_wrap=True)
     console.print(f"Store:         {base}/")
-    for entry in keys.values():
-        slug = next((c.slug for c in CREATORS if c.display_name == entry["display_name"]), None)
-        if slug is not None:
-            console.print(f"  {entry['display_name']}: {base}/s/{slug}")
+    for slug, entry in keys.items():
+        console.print(f"  {entry['display_name']}: {base}/s/{slug}")
     console.print(f"API docs:      {base}/docs  (works offline; Authorize with a key below)")
     console.print(f"OpenAPI:       {base}/openapi.json")
     console.print(f"Admin key:     {admin_key}", soft_wrap=True)

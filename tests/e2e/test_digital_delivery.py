@@ -16,9 +16,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from stallholder import demo
 from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
+from stallholder.ledger.service import platform_fee_policy
+from stallholder.payments.config import gateway_from_settings
 from stallholder.settings import Settings
 from tests.conftest import T0, Api, bearer
 from tests.smtp_server import Inbox, SmtpServer
@@ -314,3 +317,56 @@ async def test_license_keys_are_issued_once_each_under_concurrent_purchases(api:
     )
     statuses = sorted(k["status"] for k in listed.json()["data"])
     assert statuses == ["issued"] * 8
+
+
+async def test_the_demo_delivers_its_mini_zine_and_a_brush_licence(
+    client: httpx.AsyncClient,
+    database: Database,
+    settings: Settings,
+    clock: FrozenClock,
+) -> None:
+    keys = await demo.seed(
+        database,
+        clock=clock,
+        gateway=gateway_from_settings(settings, database=database),
+        data_dir=settings.data_dir,
+        fees=platform_fee_policy(settings),
+        base_url=settings.base_url,
+    )
+    sk = keys["ink-fox"]["secret_key"]
+    store = await client.get("/s/ink-fox")
+    assert store.status_code == 200
+    assert "Mini zine: drawing plants from life" in store.text
+    orders = (await client.get("/v1/orders", headers=bearer(sk))).json()["data"]
+    details = [
+        (await client.get(f"/v1/orders/{order['id']}", headers=bearer(sk))).json()
+        for order in orders
+    ]
+    by_product = {detail["line_items"][0]["description"]: detail for detail in details}
+    brushes = by_product["Botanical brush pack"]
+    assert [k["key"] for k in brushes["license_keys"]] == ["INKFOX-BRUSH-0001"]
+    zine = by_product["Mini zine: drawing plants from life"]
+    [download] = zine["downloads"]
+    assert download["filename"] == "ink-fox-mini-zine.txt"
+    got = await client.get(_local(download["url"]))
+    assert got.content == demo.mini_zine()
+    zine_page = await client.get(f"/s/ink-fox/{zine['line_items'][0]['product']}")
+    size = len(demo.mini_zine())
+    assert size < 1000
+    assert (
+        f"<li>ink-fox-mini-zine.txt ({size} bytes), a download link in your receipt</li>"
+        in zine_page.text
+    )
+    brush_page = await client.get(f"/s/ink-fox/{brushes['line_items'][0]['product']}")
+    assert "<li>A license key, in your receipt</li>" in brush_page.text
+    # Seeding again changes nothing and stores no second copy.
+    await demo.seed(
+        database,
+        clock=clock,
+        gateway=gateway_from_settings(settings, database=database),
+        data_dir=settings.data_dir,
+        fees=platform_fee_policy(settings),
+        base_url=settings.base_url,
+    )
+    stored = list((settings.data_dir / "files").rglob("*"))
+    assert [p.name for p in stored if p.is_file()] == [download["file"]]

@@ -190,6 +190,14 @@ async def product_files(session: AsyncSession, *, product_id: str) -> list[File]
     )
 
 
+async def has_key_pool(session: AsyncSession, *, product_id: str) -> bool:
+    """Whether the product delivers license keys (it has a pool, empty or not)."""
+    found = await session.execute(
+        select(LicenseKey.id).where(LicenseKey.product_id == product_id).limit(1)
+    )
+    return found.first() is not None
+
+
 @dataclass(frozen=True, slots=True)
 class KeyPool:
     product_id: str

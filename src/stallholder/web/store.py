@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from babel.dates import format_date, format_datetime
+from babel.units import format_unit
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import TypeAdapter, ValidationError
@@ -22,6 +24,7 @@ from stallholder.billing.periods import Plan
 from stallholder.billing.subscriptions import calendar_of
 from stallholder.catalog import service as catalog
 from stallholder.catalog.models import Price
+from stallholder.digital import service as digital
 from stallholder.inventory import drops, raffles
 from stallholder.inventory import stock as inventory
 from stallholder.inventory.drops import DropView
@@ -65,6 +68,26 @@ def _moment(moment: datetime) -> str:
     """``March 1, 2026 at 14:00 UTC``."""
     when = format_datetime(moment, "MMMM d, y 'at' HH:mm", tzinfo=UTC, locale=LOCALE)
     return f"{when} UTC"
+
+
+def format_size(size: int) -> str:
+    """``1.2 MB``, ``340 kB``, ``52 bytes``: a file's size in decimal units, as babel
+    writes them."""
+    unit, scale = next(
+        (
+            (name, factor)
+            for name, factor in (
+                ("digital-gigabyte", 10**9),
+                ("digital-megabyte", 10**6),
+                ("digital-kilobyte", 10**3),
+            )
+            if size >= factor
+        ),
+        ("digital-byte", 1),
+    )
+    amount = (Decimal(size) / scale).quantize(Decimal("1") if scale == 1 else Decimal("0.1"))
+    # "52 bytes", not "52 byte"
+    return str(format_unit(amount, unit, length="long" if scale == 1 else "short", locale=LOCALE))
 
 
 def _until(moment: datetime, now: datetime) -> str:
@@ -191,8 +214,11 @@ async def _offers(
                     "drop": None if drop is None else _drop_context(drop, now=now),
                 }
             )
+        files = await digital.product_files(session, product_id=product.id)
         products.append(
             {
+                "files": [{"filename": f.filename, "size": format_size(f.size)} for f in files],
+                "has_license_key": await digital.has_key_pool(session, product_id=product.id),
                 "id": product.id,
                 "name": product.name,
                 "description": product.description,
