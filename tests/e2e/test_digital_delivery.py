@@ -318,6 +318,18 @@ async def test_license_keys_are_issued_once_each_under_concurrent_purchases(api:
     statuses = sorted(k["status"] for k in listed.json()["data"])
     assert statuses == ["issued"] * 8
 
+    # Refunded in full, the pair's order is owed nothing more: the next key stays in the pool.
+    refunded = await api.http.post(
+        "/v1/refunds", headers=bearer(sk), json={"order": two.json()["order"]}
+    )
+    assert refunded.status_code in (200, 201), refunded.text
+    last = await api.http.post(
+        f"/v1/products/{product['id']}/license_keys",
+        headers=bearer(sk),
+        json={"keys": ["BRUSH-0102-KEY"]},
+    )
+    assert (last.json()["available"], last.json()["issued"]) == (1, 8)
+
 
 async def test_the_demo_delivers_its_mini_zine_and_a_brush_licence(
     client: httpx.AsyncClient,

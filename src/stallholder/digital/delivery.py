@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.digital import links as signing
@@ -153,6 +153,11 @@ async def give_owed_keys(
             break  # the pool is empty again
     await session.flush()
     return given
+
+
+async def forget_owed_keys(session: AsyncSession, *, order_id: str) -> None:
+    """The order was refunded in full: it is owed no more keys."""
+    await session.execute(delete(OwedLicenseKeys).where(OwedLicenseKeys.order_id == order_id))
 
 
 @dataclass(frozen=True, slots=True)

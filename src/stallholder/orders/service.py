@@ -497,6 +497,9 @@ async def finish_refund(
     )
     if refund.restock:
         await reservations.restock(session, order_id=order.id, now=now)
+    if order.status == "refunded":
+        # A refunded order is owed no more license keys (docs/digital-delivery.md).
+        await digital.forget_owed_keys(session, order_id=order.id)
     await events.emit(
         session,
         creator_id=order.creator_id,
