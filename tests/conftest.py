@@ -243,8 +243,9 @@ class Api:
         )
 
     async def shop(self, *, unit_amount: int = 1500) -> tuple[dict[str, Any], dict[str, Any]]:
-        """A creator with one published product and price: (creator, price)."""
-        creator = await self.creator()
+        """A creator listed in the store, with one published product and price:
+        (creator, price)."""
+        creator = await self.creator(listed=True)
         product = await self.product(creator["secret_key"])
         price = await self.price(
             creator["secret_key"], product=product["id"], unit_amount=unit_amount

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +31,8 @@ from stallholder.billing.tasks import policy_from
 from stallholder.catalog.api import router as catalog_router
 from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
+from stallholder.digital.api import router as digital_router
+from stallholder.digital.config import links_from_settings, storage_from_settings
 from stallholder.events.api import router as events_router
 from stallholder.fulfilment.api import router as shipping_router
 from stallholder.inventory.api import router as inventory_router
@@ -50,6 +52,7 @@ from stallholder.wallets.api import router as wallets_router
 from stallholder.web.checkout_pages import router as checkout_pages_router
 from stallholder.web.dashboard import router as dashboard_router
 from stallholder.web.dashboard_auth import router as dashboard_auth_router
+from stallholder.web.downloads import router as downloads_router
 from stallholder.web.embed import BrowserCheckoutCors
 from stallholder.web.embed import router as embed_router
 from stallholder.web.error_pages import error_page, is_page_request
@@ -201,10 +204,19 @@ class BodyLimitMiddleware:
     ``Content-Length: 100`` and sends nothing, or drips a byte at a time, holds a
     connection for at most ``timeout_seconds``."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        timeout_seconds: float,
+        upload_paths: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_seconds = timeout_seconds
+        # POSTs to these paths are uploads and may be as large as their limit.
+        self.upload_paths = dict(upload_paths or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -222,9 +234,12 @@ class BodyLimitMiddleware:
                 ),
             )
             return
+        max_bytes = self.max_bytes
+        if scope["method"] == "POST" and scope["path"] in self.upload_paths:
+            max_bytes = self.upload_paths[scope["path"]]
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._too_large(send)
+            if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
+                await self._too_large(send, max_bytes)
                 return
         received = 0
         chunks: list[Message] = []
@@ -236,8 +251,8 @@ class BodyLimitMiddleware:
                     if message["type"] != "http.request":
                         break
                     received += len(message.get("body", b""))
-                    if received > self.max_bytes:
-                        await self._too_large(send)
+                    if received > max_bytes:
+                        await self._too_large(send, max_bytes)
                         return
                     if not message.get("more_body", False):
                         break
@@ -263,14 +278,14 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, max_bytes: int) -> None:
         await self._refuse(
             send,
             _problem(
                 413,
                 "payload-too-large",
                 "Request body too large",
-                f"the body exceeds {self.max_bytes} bytes",
+                f"the body exceeds {max_bytes} bytes",
             ),
         )
 
@@ -355,6 +370,9 @@ def create_app(
     # The checkout API confirms subscription-mode sessions through this port (billing sits
     # above checkout; docs/architecture.md, "Subscription checkout").
     app.state.subscription_confirmer = billing_checkout.confirmer(policy_from(settings))
+    # Digital delivery (docs/digital-delivery.md): where files live, how links are signed.
+    app.state.file_storage = storage_from_settings(settings)
+    app.state.download_links = links_from_settings(settings)
 
     for router in (
         accounts_router,
@@ -371,6 +389,7 @@ def create_app(
         fees_router,
         retention_router,
         wallets_router,
+        digital_router,
     ):
         app.include_router(router)
     app.include_router(store_router)
@@ -380,6 +399,7 @@ def create_app(
     app.include_router(embed_router)
     app.include_router(dashboard_auth_router)
     app.include_router(dashboard_router)
+    app.include_router(downloads_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     openapi.install(app, security_schemes=SECURITY_SCHEMES)
     app.add_exception_handler(DomainError, _domain_error)
@@ -413,6 +433,8 @@ def create_app(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         timeout_seconds=settings.body_timeout_seconds,
+        # Multipart overhead (boundaries, part headers) on top of the file itself.
+        upload_paths={"/v1/files": settings.file_max_bytes + 16 * 1024},
     )
     # Outermost: a preflight is answered before anything reads a body or a key.
     app.add_middleware(BrowserCheckoutCors)

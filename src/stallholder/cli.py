@@ -235,6 +235,7 @@ def run_worker() -> None:
 def demo() -> None:
     """Seed the demo platform (idempotent) and print its URLs and keys."""
     from stallholder.demo import CREATORS, DEMO_BUYER, seed
+    from stallholder.digital.config import storage_from_settings
 
     settings = _settings()
     admin_key, _ = resolve_admin_key(settings.admin_key, settings.data_dir)
@@ -256,6 +257,7 @@ def demo() -> None:
                     base_url=settings.base_url,
                     advance=advance,
                     fees=ledger.platform_fee_policy(settings),
+                    storage=storage_from_settings(settings),
                 )
         finally:
             await database.dispose()
@@ -268,6 +270,8 @@ def demo() -> None:
         console.print(f"  secret key:      {entry['secret_key']}", soft_wrap=True)
         console.print(f"  publishable key: {entry['publishable_key']}", soft_wrap=True)
     console.print(f"Store:         {base}/")
+    for slug, entry in keys.items():
+        console.print(f"  {entry['display_name']}: {base}/s/{slug}")
     console.print(
         f"Buyer portal:  {base}/portal  (sign in as {DEMO_BUYER}; without a mail server the "
         f"link is written to {settings.data_dir / 'mail'}: "
@@ -314,12 +318,15 @@ def create_creator(
     slug: Annotated[
         str | None, typer.Option(help="URL slug; derived from the name if left out.")
     ] = None,
+    listed: Annotated[
+        bool, typer.Option("--listed/--unlisted", help="List the creator in the store index.")
+    ] = False,
 ) -> None:
     """Create a creator and print its keys (shown once)."""
     from stallholder.accounts.schemas import CreatorCreate
 
     try:
-        body = CreatorCreate(display_name=name, email=email, slug=slug)
+        body = CreatorCreate(display_name=name, email=email, slug=slug, listed=listed)
     except ValidationError as error:
         for problem in error.errors():
             field = ".".join(str(part) for part in problem["loc"])
@@ -338,6 +345,7 @@ def create_creator(
                     slug=body.slug,
                     platform_fee_bps=None,
                     platform_fee_fixed=None,
+                    listed=body.listed,
                     now=SystemClock().now(),
                 )
                 return creator.id, creator.slug, secret, publishable

@@ -7,6 +7,7 @@ slug exists is left as it is. Demo keys are kept in ``<data_dir>/demo-keys.json`
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable
@@ -21,11 +22,15 @@ from stallholder.accounts.models import Creator
 from stallholder.billing import renewal, retention, subscriptions
 from stallholder.catalog import service as catalog
 from stallholder.checkout import service as checkout
+from stallholder.digital import service as files
+from stallholder.digital.models import File
+from stallholder.digital.storage import LocalStorage, Storage
 from stallholder.fulfilment import service as fulfilment
 from stallholder.fulfilment.addresses import ShippingAddress
 from stallholder.inventory import drops, stock
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
+from stallholder.kit.ids import new_id
 from stallholder.ledger.fees import FeeSchedule
 from stallholder.orders import service as orders
 from stallholder.payments import methods as payment_methods
@@ -42,12 +47,40 @@ DROP_OPEN_FOR = timedelta(days=3)
 
 
 @dataclass(frozen=True)
+class DemoFile:
+    """A file generated at seed time and delivered with a product."""
+
+    filename: str
+    content_type: str
+    content: Callable[[], bytes]
+
+
+@dataclass(frozen=True)
 class DemoProduct:
     kind: str
     name: str
     description: str
     price: catalog.PriceSpec
     variants: tuple[catalog.VariantSpec, ...] = ()
+    files: tuple[DemoFile, ...] = ()
+    # A pool of license keys, one issued per unit sold.
+    license_keys: tuple[str, ...] = ()
+
+
+def mini_zine() -> bytes:
+    """Ink Fox's eight-page mini zine as plain text: the demo's digital download."""
+    pages = [
+        "INK FOX MINI ZINE #1 - Drawing plants from life",
+        "1. Sit with one plant for ten minutes before you draw anything.",
+        "2. Draw the negative space between the leaves first.",
+        "3. Ink the veins last, with the lightest brush you own.",
+        "4. A leaf is never flat: look for where it turns away from you.",
+        "5. Draw the same stem every day for a week.",
+        "6. Colour comes from the shadows, not the leaf.",
+        "Thank you for buying this zine. Share it with a friend who draws.",
+    ]
+    body = "\n\n".join(f"[page {n}]\n{text}" for n, text in enumerate(pages, start=1))
+    return (body + "\n").encode()
 
 
 @dataclass(frozen=True)
@@ -181,8 +214,9 @@ CREATORS = (
             DemoProduct(
                 "digital",
                 "Botanical brush pack",
-                "42 Procreate brushes drawn from life.",
+                "42 Procreate brushes drawn from life. Comes with a licence key.",
                 catalog.PriceSpec(currency=USD, unit_amount=1200),
+                license_keys=tuple(f"INKFOX-BRUSH-{n:04d}" for n in range(1, 21)),
             ),
             DemoProduct(
                 "digital",
@@ -203,8 +237,15 @@ CREATORS = (
                     nickname="$4 / month",
                 ),
             ),
+            DemoProduct(
+                "digital",
+                "Mini zine: drawing plants from life",
+                "Eight pages of drawing exercises, delivered as a download.",
+                catalog.PriceSpec(currency=USD, unit_amount=400),
+                files=(DemoFile("ink-fox-mini-zine.txt", "text/plain", mini_zine),),
+            ),
         ),
-        sales=((0, 1, "painter@example.com"),),
+        sales=((0, 1, "painter@example.com"), (3, 1, "painter@example.com")),
         subscriber=(2, DEMO_BUYER),
     ),
 )
@@ -288,8 +329,11 @@ async def seed(
     fees: FeeSchedule,
     base_url: str,
     advance: Callable[[str], None] = lambda _: None,
+    storage: Storage | None = None,
 ) -> dict[str, dict[str, str]]:
-    """Create the demo creators that do not exist yet; returns every demo creator's keys."""
+    """Create the demo creators that do not exist yet; returns every demo creator's keys.
+    Demo files go to ``storage`` (default: the embedded one, ``<data_dir>/files``)."""
+    storage = storage or LocalStorage(data_dir / "files")
     keys = load_keys(data_dir)
     for spec in CREATORS:
         advance(spec.display_name)
@@ -297,8 +341,23 @@ async def seed(
             exists = (
                 await session.execute(select(Creator.id).where(Creator.slug == spec.slug))
             ).first()
-            if exists:
-                continue
+        if exists:
+            continue
+        # The demo's files are stored first, with no transaction open (as uploads are).
+        stored_files: dict[str, File] = {}
+        creator_id = new_id("cr")
+        for product in spec.products:
+            for demo_file in product.files:
+                stored_files[demo_file.filename] = await files.store_upload(
+                    storage,
+                    creator_id=creator_id,
+                    upload=files.Received(
+                        source=io.BytesIO(demo_file.content()),
+                        filename=demo_file.filename,
+                        content_type=demo_file.content_type,
+                    ),
+                )
+        async with database.unit_of_work() as session:
             now = clock.now()
             creator, secret, publishable = await accounts.create_creator(
                 session,
@@ -307,7 +366,9 @@ async def seed(
                 slug=spec.slug,
                 platform_fee_bps=None,
                 platform_fee_fixed=None,
+                listed=True,
                 now=now,
+                creator_id=creator_id,
             )
             price_ids = []
             for product in spec.products:
@@ -329,6 +390,25 @@ async def seed(
                     now=now,
                 )
                 price_ids.append(price.id)
+                for demo_file in product.files:
+                    stored = await files.record_file(
+                        session, stored_files[demo_file.filename], now=now
+                    )
+                    await files.attach_file(
+                        session,
+                        creator_id=creator.id,
+                        product_id=created.id,
+                        file_id=stored.id,
+                        now=now,
+                    )
+                if product.license_keys:
+                    await files.add_license_keys(
+                        session,
+                        creator_id=creator.id,
+                        product_id=created.id,
+                        keys=product.license_keys,
+                        now=now,
+                    )
             for rate in spec.shipping_rates:
                 await fulfilment.create_rate(session, creator_id=creator.id, spec=rate, now=now)
             locations: dict[str, str] = {}

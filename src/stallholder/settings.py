@@ -121,6 +121,28 @@ class Settings(BaseSettings):
     # due together and are one consolidated charge (ADR 0020).
     billing_day: int = Field(default=0, ge=0, le=28)
 
+    # Digital delivery (docs/digital-delivery.md). Uploaded files are kept on local disk
+    # under files_dir (default <data_dir>/files), or in S3-compatible object storage when
+    # file_storage="s3" (AWS S3, MinIO, Cloudflare R2, Ceph, ...).
+    file_storage: Literal["local", "s3"] = "local"
+    files_dir: Path | None = None
+    # The largest upload POST /v1/files takes; larger is a 413.
+    file_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024, le=5 * 1024**3)
+    s3_bucket: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_prefix: str = "files/"
+    # Download links are signed with this key (HMAC-SHA256); without one a key is
+    # generated once and kept in <data_dir>/download-signing-key. Servers that share a
+    # database must share the key.
+    download_signing_key: str = ""
+    # How long a download link works after it was issued, and how many downloads of each
+    # file an order gets.
+    download_link_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, le=366 * 24 * 3600)
+    download_limit: int = Field(default=5, ge=1, le=1000)
+
     def payment_resolve_after(self) -> timedelta:
         return timedelta(seconds=self.payment_resolve_after_seconds)
 

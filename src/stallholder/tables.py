@@ -4,6 +4,7 @@ from stallholder.accounts import models as accounts_models
 from stallholder.billing import models as billing_models
 from stallholder.catalog import models as catalog_models
 from stallholder.checkout import models as checkout_models
+from stallholder.digital import models as digital_models
 from stallholder.events import models as events_models
 from stallholder.fulfilment import models as fulfilment_models
 from stallholder.inventory import models as inventory_models
@@ -22,6 +23,7 @@ __all__ = [
     "billing_models",
     "catalog_models",
     "checkout_models",
+    "digital_models",
     "events_models",
     "fulfilment_models",
     "idempotency",

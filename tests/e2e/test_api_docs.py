@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stallholder.settings import Settings
 from tests.conftest import ADMIN_KEY, Api, bearer
 
 pytestmark = pytest.mark.anyio
@@ -121,7 +122,7 @@ async def test_the_keys_an_operation_names_are_the_keys_it_takes(api: Api) -> No
         for method, path, operation in operations(doc)
         if method == "GET" and "{" not in path and "security" in operation
     ]
-    assert len(reads) == 17  # + the fee report
+    assert len(reads) == 18  # + the uploaded files
 
     for path, operation in reads:
         named = {name for requirement in operation["security"] for name in requirement}
@@ -183,9 +184,12 @@ async def test_problems_follow_from_each_routes_shape(client: httpx.AsyncClient)
     )
 
 
-async def test_the_middlewares_problems_are_documented_on_every_write(api: Api) -> None:
+async def test_the_middlewares_problems_are_documented_on_every_write(
+    api: Api, settings: Settings
+) -> None:
     """The body limit, the NUL guard and ``Idempotency-Key`` answer before any route runs;
-    the statuses they answer with are in the document for every operation they reach."""
+    the statuses they answer with are in the document for every operation they reach.
+    An upload's limit is the file limit, not the JSON body limit."""
     creator = await api.creator()
     sk = creator["secret_key"]
     doc = await document(api.http)
@@ -195,8 +199,9 @@ async def test_the_middlewares_problems_are_documented_on_every_write(api: Api) 
     for method, path, operation in writes:
         url = path.replace("{", "x_").replace("}", "")
         documented = operation["responses"]
+        size = settings.file_max_bytes + 20_000 if path == "/v1/files" else 300_000
         too_large = await api.http.request(
-            method, url, headers=bearer(sk), content=b"{" + b" " * 300_000 + b"}"
+            method, url, headers=bearer(sk), content=b"{" + b" " * size + b"}"
         )
         assert too_large.status_code == 413, (method, path)
         assert "413" in documented, (method, path)

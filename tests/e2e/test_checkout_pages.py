@@ -277,7 +277,7 @@ async def test_an_expired_session_links_back_to_the_store(api: Api, clock: Froze
     assert page.status_code == 200
     assert "This checkout is no longer open" in page.text
     assert "This checkout expired or was cancelled, so nothing was charged." in page.text
-    assert f'href="/#{creator["slug"]}"' in page.text
+    assert f'href="/s/{creator["slug"]}"' in page.text
     assert 'id="pay-form"' not in page.text
 
 

@@ -67,6 +67,7 @@ async def test_the_admin_lists_every_creator_newest_first_a_page_at_a_time(api: 
         "platform_fee_bps": None,
         "platform_fee_fixed": None,
         "allowed_origins": [],
+        "listed": False,
         "created": third["created"],
     }
 

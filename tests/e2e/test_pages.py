@@ -28,7 +28,7 @@ def csrf_token(page: str) -> str:
 async def test_index_has_an_empty_state(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     assert response.status_code == 200
-    assert "No creators yet." in response.text
+    assert "No listed creators yet." in response.text
 
 
 async def test_buy_on_the_hosted_page_declined_then_paid(api: Api) -> None:

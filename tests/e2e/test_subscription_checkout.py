@@ -41,8 +41,8 @@ def database_url(any_database_url: str) -> str:
 
 
 async def _plan(api: Api, **recurring: Any) -> tuple[str, str]:
-    """A creator with a published $3/month zine plan: (secret key, price id)."""
-    creator = await api.creator()
+    """A listed creator with a published $3/month zine plan: (secret key, price id)."""
+    creator = await api.creator(listed=True)
     key = creator["secret_key"]
     product = await api.product(key, kind="digital", name="Zine club")
     price = await api.price(

@@ -17,7 +17,7 @@ from stallholder.checkout import service as checkout
 from stallholder.events import service as events
 from stallholder.events.models import Event
 from stallholder.events.tasks import dispatch_events
-from stallholder.jobs.worker import CONSUMERS, Worker
+from stallholder.jobs.worker import Worker, consumers_for
 from stallholder.kit import work
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
@@ -127,7 +127,7 @@ async def test_a_restart_between_queueing_and_sending_loses_nothing(
             now=T0,
         )
     async with first.unit_of_work() as session:
-        assert await dispatch_events(session, T0, consumers=CONSUMERS) == 1
+        assert await dispatch_events(session, T0, consumers=consumers_for(mail_settings)) == 1
     await first.dispose()  # the process stops before the worker sent anything
     assert smtp.received == []
 

@@ -59,6 +59,7 @@ async def create_creator(
         slug=body.slug,
         platform_fee_bps=body.platform_fee_bps,
         platform_fee_fixed=body.platform_fee_fixed,
+        listed=body.listed,
         now=now,
     )
     return creator_with_keys(creator, secret_key=secret, publishable_key=publishable)
@@ -87,11 +88,17 @@ async def update_creator(
     creator_id: AccountDep, body: CreatorUpdate, session: SessionDep
 ) -> CreatorOut:
     """Change the creator's settings (admin key, or the creator's secret key); a field
-    left out keeps its value. ``allowed_origins``: the sites (``https://shop.example``)
-    that may embed the creator's checkout in an iframe and open sessions from a browser
-    with the publishable key; the list replaces the old one."""
+    left out keeps its value. ``display_name``; ``listed``: whether the public store index
+    lists the creator (an unlisted creator's store pages answer 404); ``allowed_origins``:
+    the sites (``https://shop.example``) that may embed the creator's checkout in an
+    iframe and open sessions from a browser with the publishable key (the list replaces
+    the old one)."""
     creator = await service.update_creator(
-        session, creator_id=creator_id, allowed_origins=body.allowed_origins
+        session,
+        creator_id=creator_id,
+        display_name=body.display_name,
+        listed=body.listed,
+        allowed_origins=body.allowed_origins,
     )
     return CreatorOut.model_validate(creator)
 

@@ -26,6 +26,10 @@ class Creator(Base):
     allowed_origins: Mapped[list[str]] = mapped_column(
         JSON, default=list, server_default=text("'[]'")
     )
+    # Whether the public store index shows the creator and its store pages exist
+    # (docs/store.md): opt-in for new creators; creators from before the setting keep
+    # the listing they had.
+    listed: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     created_at: Mapped[datetime]
 
 

@@ -6,7 +6,7 @@ from functools import cache
 from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
-from pydantic import BaseModel, Field, StrictInt, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictInt, field_validator
 
 from stallholder.accounts.models import Creator
 from stallholder.accounts.origins import MAX_ORIGINS, normalise_origin
@@ -24,12 +24,16 @@ class CreatorCreate(Input):
     platform_fee_bps: StrictInt | None = Field(default=None, ge=0, le=10_000)
     # Per currency, in minor units of that currency: {"usd": 30, "jpy": 0}.
     platform_fee_fixed: dict[Currency, FixedFee] | None = Field(default=None, max_length=50)
+    # Whether the public store index lists the creator (docs/store.md); opt-in.
+    listed: StrictBool = False
 
 
 class CreatorUpdate(Input):
     """The fields a creator may change; a field left out keeps its value.
     ``allowed_origins`` replaces the whole list."""
 
+    display_name: str | None = Field(default=None, min_length=1, max_length=200)
+    listed: StrictBool | None = None
     allowed_origins: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
         default=None, max_length=MAX_ORIGINS
     )
@@ -50,6 +54,7 @@ class CreatorOut(Output):
     platform_fee_fixed: dict[str, int] | None = Field(validation_alias="platform_fee_fixed_amounts")
     # The sites that may embed this creator's checkout (docs/checkout-pages.md).
     allowed_origins: list[str]
+    listed: bool
     created: datetime = Field(validation_alias="created_at")
 
 

@@ -230,6 +230,8 @@ async def create_creator(
     platform_fee_bps: int | None,
     platform_fee_fixed: Mapping[str, int] | None,
     now: datetime,
+    listed: bool = False,
+    creator_id: str | None = None,
 ) -> tuple[Creator, str, str]:
     """A new creator with a fresh secret and publishable key (shown once, stored hashed).
 
@@ -243,12 +245,13 @@ async def create_creator(
     else:
         slug = await _free_slug(session, slugify(display_name))
     creator = Creator(
-        id=new_id("cr"),
+        id=creator_id or new_id("cr"),
         slug=slug,
         display_name=display_name,
         email=email,
         platform_fee_bps=platform_fee_bps,
         platform_fee_fixed_amounts=None if platform_fee_fixed is None else dict(platform_fee_fixed),
+        listed=listed,
         created_at=now,
     )
     session.add(creator)
@@ -301,10 +304,17 @@ async def check_browser_origin(
 
 
 async def update_creator(
-    session: AsyncSession, *, creator_id: str, allowed_origins: list[str] | None = None
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    display_name: str | None = None,
+    listed: bool | None = None,
+    allowed_origins: list[str] | None = None,
 ) -> Creator:
-    """Change the creator's settings; None leaves a setting as it is. ``allowed_origins``
-    (normalised origins) replaces the sites that may embed the creator's checkout.
+    """Change the creator's settings; None leaves a setting as it is: its name, whether
+    the store index lists it (``listed``; an unlisted creator's store pages are not
+    found), and ``allowed_origins`` (normalised origins), which replaces the sites that
+    may embed the creator's checkout.
 
     Raises:
         CreatorNotFound.
@@ -312,7 +322,25 @@ async def update_creator(
     creator = await get_creator(session, creator_id)
     if allowed_origins is not None:
         creator.allowed_origins = list(allowed_origins)
+    if display_name is not None:
+        creator.display_name = display_name
+    if listed is not None:
+        creator.listed = listed
     await session.flush()
+    return creator
+
+
+async def listed_creator(session: AsyncSession, *, slug: str) -> Creator:
+    """The creator whose store is at ``slug``, if it chose to be listed.
+
+    Raises:
+        CreatorNotFound: no creator has the slug, or it is unlisted.
+    """
+    creator = (
+        await session.execute(select(Creator).where(Creator.slug == slug, Creator.listed))
+    ).scalar_one_or_none()
+    if creator is None:
+        raise CreatorNotFound(f"no store {slug!r}")
     return creator
 
 
@@ -462,10 +490,16 @@ async def list_creators(
     )
 
 
-async def creators_by_id(session: AsyncSession, creator_ids: list[str]) -> dict[str, Creator]:
+async def creators_by_id(
+    session: AsyncSession, creator_ids: list[str], *, listed_only: bool = False
+) -> dict[str, Creator]:
+    """These creators by id; with ``listed_only``, only those that chose to be listed."""
     if not creator_ids:
         return {}
-    rows = await session.execute(select(Creator).where(Creator.id.in_(creator_ids)))
+    statement = select(Creator).where(Creator.id.in_(creator_ids))
+    if listed_only:
+        statement = statement.where(Creator.listed)
+    rows = await session.execute(statement)
     return {creator.id: creator for creator in rows.scalars()}
 
 

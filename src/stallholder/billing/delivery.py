@@ -166,3 +166,50 @@ def current_and_next(
         amount=amount if next_amount is None else next_amount,
     )
     return current, following
+
+
+@dataclass(frozen=True, slots=True)
+class Signup:
+    """What subscribing at ``signup_at`` means on a price's calendar: where the
+    subscription joins it, the trial's end (if any), and its first two cycles, the
+    first paid at signup when ``joining.is_charged_now`` and otherwise at its start."""
+
+    joining: Joining
+    trial_end: datetime | None
+    first: Cycle
+    following: Cycle
+
+
+def signup(
+    calendar: DeliveryCalendar | None,
+    plan: Plan,
+    *,
+    signup_at: datetime,
+    zone_name: str,
+    trial_days: int,
+    amount: int,
+) -> Signup:
+    """Where a subscription begun at ``signup_at`` starts: after a trial, billing anchors
+    at the trial's end and nothing is charged now; otherwise as ``join`` says. The same
+    answer a new subscription is created with and a store page shows before it."""
+    if trial_days > 0:
+        trial_end: datetime | None = periods.trial_end(
+            start=signup_at, zone_name=zone_name, trial_days=trial_days
+        )
+        assert trial_end is not None
+        joining = Joining(anchor=trial_end, first_index=0, is_charged_now=False)
+    else:
+        trial_end = None
+        joining = join(calendar, plan, signup_at=signup_at, zone_name=zone_name)
+    first, following = (
+        cycle(
+            calendar,
+            plan,
+            anchor=joining.anchor,
+            zone_name=zone_name,
+            n=joining.first_index + step,
+            amount=amount,
+        )
+        for step in (0, 1)
+    )
+    return Signup(joining=joining, trial_end=trial_end, first=first, following=following)

@@ -369,17 +369,22 @@ async def create_subscription(
             "default_payment_method"
         )
     zone_name = customer.time_zone
-    if trial > 0:
-        trial_end = periods.trial_end(start=at, zone_name=zone_name, trial_days=trial)
-        joining = delivery.Joining(anchor=trial_end, first_index=0, is_charged_now=False)
-    else:
+    calendar = calendar_of(first)
+    if trial <= 0 and billing_day and calendar is None and plan.interval == "month":
+        # The platform billing day (ADR 0020) aligns a plain monthly plan's renewals.
         trial_end = None
-        calendar = calendar_of(first)
-        if billing_day and calendar is None and plan.interval == "month":
-            aligned = periods.next_billing_day(at=at, zone_name=zone_name, day_of_month=billing_day)
-            joining = delivery.Joining(anchor=aligned, first_index=0, is_charged_now=aligned == at)
-        else:
-            joining = delivery.join(calendar, plan, signup_at=at, zone_name=zone_name)
+        aligned = periods.next_billing_day(at=at, zone_name=zone_name, day_of_month=billing_day)
+        joining = delivery.Joining(anchor=aligned, first_index=0, is_charged_now=aligned == at)
+    else:
+        starting = delivery.signup(
+            calendar,
+            plan,
+            signup_at=at,
+            zone_name=zone_name,
+            trial_days=trial,
+            amount=sum((item.price.unit_amount or 0) * item.quantity for item in priced),
+        )
+        joining, trial_end = starting.joining, starting.trial_end
     first_period = periods.period(
         anchor=joining.anchor, zone_name=zone_name, plan=plan, n=joining.first_index
     )

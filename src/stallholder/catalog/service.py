@@ -454,3 +454,41 @@ async def published_offers(session: AsyncSession, *, limit: int = 200) -> list[O
         )
         for product, price in rows
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A published product with its active prices, as a public store page shows it."""
+
+    product: Product
+    prices: list[Price]
+
+
+async def store_listings(
+    session: AsyncSession, *, creator_id: str, product_id: str | None = None, limit: int = 200
+) -> list[Listing]:
+    """The creator's published products that have an active price, oldest first, each
+    with its active prices (cheapest first); one product with ``product_id``."""
+    statement = (
+        select(Product, Price)
+        .join(Price, Price.product_id == Product.id)
+        .where(
+            Product.creator_id == creator_id,
+            Product.status == "published",
+            Price.is_active.is_(True),
+        )
+        .order_by(Product.created_at, Product.id, Price.id)
+    )
+    if product_id is not None:
+        statement = statement.where(Product.id == product_id)
+    listings: dict[str, Listing] = {}
+    for product, price in await session.execute(statement):
+        listing = listings.get(product.id)
+        if listing is None:
+            if len(listings) == limit:
+                break
+            listing = listings[product.id] = Listing(product=product, prices=[])
+        listing.prices.append(price)
+    for listing in listings.values():
+        listing.prices.sort(key=lambda p: (p.unit_amount or p.minimum_amount or 0, p.id))
+    return list(listings.values())

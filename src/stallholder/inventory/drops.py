@@ -461,3 +461,39 @@ async def sell(session: AsyncSession, *, checkout_session_id: str, now: datetime
             .execution_options(synchronize_session=False)
         )
     return sum(per_item.values())
+
+
+async def drops_by_price(session: AsyncSession, *, price_ids: Sequence[str]) -> dict[str, DropView]:
+    """The drop each of ``price_ids`` is sold through, for prices in one (a read for
+    store pages: nothing is claimed)."""
+    if not price_ids:
+        return {}
+    items = (
+        (
+            await session.execute(
+                select(DropItem)
+                .where(
+                    DropItem.drop_id.in_(
+                        select(DropItem.drop_id).where(
+                            DropItem.price_id.in_(sorted(set(price_ids)))
+                        )
+                    )
+                )
+                .order_by(DropItem.drop_id, DropItem.position)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    by_drop: dict[str, list[DropItem]] = defaultdict(list)
+    for item in items:
+        by_drop[item.drop_id].append(item)
+    found: dict[str, DropView] = {}
+    for drop_id, drop_items in by_drop.items():
+        drop = await session.get(Drop, drop_id)
+        assert drop is not None
+        view = DropView(drop=drop, items=drop_items)
+        for item in drop_items:
+            if item.price_id in price_ids:
+                found[item.price_id] = view
+    return found

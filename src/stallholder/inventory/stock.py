@@ -658,3 +658,24 @@ async def list_movements(
         limit=limit,
         starting_after=starting_after,
     )
+
+
+async def available_by_variant(
+    session: AsyncSession, *, variant_ids: Sequence[str]
+) -> dict[str, int]:
+    """What each tracked variant among ``variant_ids`` has available to sell now, summed
+    over its locations (the quantity a hold may take). An untracked variant (no level
+    anywhere) is left out: it never runs out."""
+    if not variant_ids:
+        return {}
+    levels = (
+        await session.execute(
+            select(StockLevel).where(StockLevel.variant_id.in_(sorted(set(variant_ids))))
+        )
+    ).scalars()
+    available: dict[str, int] = {}
+    for level in levels:
+        available[level.variant_id] = (
+            available.get(level.variant_id, 0) + quantities_of(level).available
+        )
+    return available

@@ -23,6 +23,7 @@ from stallholder.checkout.tasks import (
     complete_authenticated_payment,
     settle_checkout_attempt,
 )
+from stallholder.digital.config import links_from_settings
 from stallholder.events.tasks import DISPATCH_BATCH, Consumer, dispatch_events, webhook_kind
 from stallholder.events.webhooks import queue_deliveries
 from stallholder.inventory import tasks as inventory_tasks
@@ -43,8 +44,16 @@ from stallholder.wallets.tasks import AUTO_TOP_UP, settle_top_up_attempt
 
 log = logging.getLogger("stallholder.worker")
 
-# Who hears about each event when the outbox is dispatched (webhooks, email, …).
-CONSUMERS: list[Consumer] = [queue_emails, queue_deliveries]
+
+def consumers_for(settings: Settings) -> list[Consumer]:
+    """Who hears about each event when the outbox is dispatched (webhooks, email, …).
+    Receipts carry download links signed as the settings say."""
+    return [
+        functools.partial(queue_emails, links=links_from_settings(settings)),
+        queue_deliveries,
+    ]
+
+
 # After an error the loop itself could not handle (the database is down), wait this long.
 ERROR_PAUSE_SECONDS = 5.0
 # After a wake-up, wait this long before the pass, so a burst of commits (every sale
@@ -189,6 +198,7 @@ class Worker:
             kinds_for(self.settings, self.gateway) if kinds is None else kinds
         )
         self.draw = draw
+        self.consumers = consumers_for(self.settings)
         self._http: httpx.AsyncClient | None = None
         self._stopping = asyncio.Event()
         self._wakeup: work.Wakeup | None = None
@@ -218,7 +228,7 @@ class Worker:
         try:
             async with self.database.unit_of_work() as session:
                 work.without_wake(session)
-                return await dispatch_events(session, self.clock.now(), consumers=CONSUMERS)
+                return await dispatch_events(session, self.clock.now(), consumers=self.consumers)
         except Exception:
             log.exception("dispatching the outbox failed")
             return 0
@@ -232,7 +242,7 @@ class Worker:
             async with self.database.unit_of_work() as session:
                 work.without_wake(session)
                 now = self.clock.now()
-                dispatched = await dispatch_events(session, now, consumers=CONSUMERS)
+                dispatched = await dispatch_events(session, now, consumers=self.consumers)
                 due = await work.due_kinds(session, kinds=names, now=now)
                 if not dispatched and not due:
                     self._next_due = (await work.next_due(session, kinds=names),)

@@ -90,9 +90,12 @@ class Money:
         if isinstance(self.amount, bool) or not isinstance(self.amount, int):
             raise TypeError("Money.amount must be an int of minor units")
 
+    def major(self) -> Decimal:
+        """The amount in major units, exactly: ``1500 usd`` is ``Decimal("15.00")``."""
+        return Decimal(self.amount).scaleb(-exponent(self.currency))
+
     def format(self, locale: str = "en_US") -> str:
-        major = Decimal(self.amount).scaleb(-exponent(self.currency))
-        return str(format_currency(major, self.currency.upper(), locale=locale))
+        return str(format_currency(self.major(), self.currency.upper(), locale=locale))
 
 
 def apply_basis_points(amount: int, bps: int) -> int:

@@ -23,12 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Customer
 from stallholder.checkout.models import CheckoutSession
+from stallholder.digital.links import Links
 from stallholder.fulfilment.addresses import ShippingAddress, address_lines
 from stallholder.kit.ids import new_id
 from stallholder.kit.work import NewWork, enqueue_many
 from stallholder.notifications.models import Email
 from stallholder.notifications.rendering import Rendered, render
 from stallholder.notifications.transport import OutgoingEmail
+from stallholder.orders import downloads
 from stallholder.orders import service as orders
 from stallholder.orders.schemas import OrderOut, RefundOut
 
@@ -176,9 +178,19 @@ async def _local_date(session: AsyncSession, *, customer_id: str, at: datetime) 
 
 
 async def receipt(
-    session: AsyncSession, *, event_id: str, creator_id: str, order: OrderOut
+    session: AsyncSession,
+    *,
+    event_id: str,
+    creator_id: str,
+    order: OrderOut,
+    links: Links,
+    now: datetime,
 ) -> NewEmail:
-    """The buyer's receipt for a paid order (``order.paid``)."""
+    """The buyer's receipt for a paid order (``order.paid``), with what it delivers:
+    download links signed now (valid for ``links.ttl``) and license keys."""
+    found = await downloads.order_deliverables(
+        session, creator_id=creator_id, order_id=order.id, links=links, now=now
+    )
     return compose(
         creator_id=creator_id,
         kind="receipt",
@@ -193,6 +205,17 @@ async def receipt(
             "lines": [line.model_dump() for line in order.line_items],
             "amount_subtotal": order.amount_subtotal,
             "amount_total": order.amount_total,
+            "downloads": [
+                {
+                    "filename": d.filename,
+                    "url": d.url,
+                    "expires": d.expires_at.date(),
+                    "limit": d.download_limit,
+                }
+                for d in found.downloads
+            ],
+            "license_keys": [k.key for k in found.license_keys],
+            "license_keys_missing": found.license_keys_missing,
             "shipping": None
             if order.shipping is None
             else {

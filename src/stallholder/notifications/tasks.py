@@ -17,6 +17,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from stallholder.digital.links import Links
 from stallholder.events.models import Event
 from stallholder.kit.work import Claimed, Context, GiveUp, Kind, Schedule
 from stallholder.notifications import service
@@ -33,8 +34,11 @@ from stallholder.settings import Settings
 log = logging.getLogger("stallholder.notifications")
 
 
-async def queue_emails(session: AsyncSession, batch: Sequence[Event], now: datetime) -> None:
+async def queue_emails(
+    session: AsyncSession, batch: Sequence[Event], now: datetime, *, links: Links
+) -> None:
     """The outbox consumer: queue the emails the events call for. Only writes rows.
+    Receipts carry download links signed with ``links``, valid from ``now``.
 
     Runs in the dispatch transaction, so the emails are queued exactly once per event.
     The whole batch is queued at once: the receipts' customers read in one query, the
@@ -50,13 +54,17 @@ async def queue_emails(session: AsyncSession, batch: Sequence[Event], now: datet
         ),
     )
     emails = [
-        email for event in batch if (email := await _email_for_event(session, event)) is not None
+        email
+        for event in batch
+        if (email := await _email_for_event(session, event, links=links, now=now)) is not None
     ]
     del customers
     await service.queue_many(session, emails, now=now)
 
 
-async def _email_for_event(session: AsyncSession, event: Event) -> service.NewEmail | None:
+async def _email_for_event(
+    session: AsyncSession, event: Event, *, links: Links, now: datetime
+) -> service.NewEmail | None:
     data = event.data
     if event.type == "order.paid":
         return await service.receipt(
@@ -64,6 +72,8 @@ async def _email_for_event(session: AsyncSession, event: Event) -> service.NewEm
             event_id=event.id,
             creator_id=event.creator_id,
             order=OrderOut.model_validate(data),
+            links=links,
+            now=now,
         )
     if event.type == "refund.created":
         return await service.refund_notice(

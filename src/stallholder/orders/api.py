@@ -8,6 +8,8 @@ from fastapi import APIRouter, Query, Request
 
 from stallholder.accounts.auth import SecretCreatorDep
 from stallholder.accounts.models import Creator
+from stallholder.digital.api import LinksDep
+from stallholder.digital.schemas import deliverables_out
 from stallholder.kit.http import (
     NowDep,
     RequestKeyDep,
@@ -17,9 +19,17 @@ from stallholder.kit.http import (
 )
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
-from stallholder.orders import service
+from stallholder.orders import downloads, service
 from stallholder.orders.models import Order
-from stallholder.orders.schemas import OrderOut, RefundCreate, RefundOut, order_out, refund_out
+from stallholder.orders.schemas import (
+    OrderDetailOut,
+    OrderOut,
+    RefundCreate,
+    RefundOut,
+    order_detail_out,
+    order_out,
+    refund_out,
+)
 from stallholder.payments.gateway import GatewayRefused
 
 router = APIRouter(prefix="/v1", tags=["orders"])
@@ -31,11 +41,15 @@ async def _order_out(session: SessionDep, order: Order) -> OrderOut:
     return order_out(order, merchant=creator.display_name)
 
 
-@router.get("/orders/{order_id}", response_model=OrderOut)
-async def get_order(order_id: str, creator_id: SecretCreatorDep, session: SessionDep) -> OrderOut:
-    return await _order_out(
-        session, await service.get_order(session, creator_id=creator_id, order_id=order_id)
-    )
+@router.get("/orders/{order_id}", response_model=OrderDetailOut)
+async def get_order(
+    order_id: str, creator_id: SecretCreatorDep, session: SessionDep, links: LinksDep, now: NowDep
+) -> OrderDetailOut:
+    """The order, with what it delivers: a download link to each file of its products
+    (signed now, expiring; with the order's download count of it) and its license keys."""
+    order = await service.get_order(session, creator_id=creator_id, order_id=order_id)
+    found = await downloads.for_order(session, order=order, links=links, now=now)
+    return order_detail_out(await _order_out(session, order), deliverables_out(found))
 
 
 @router.get("/orders", response_model=ListOut)

@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictInt
 
+from stallholder.digital.schemas import DeliverablesOut, DownloadOut, IssuedKeyOut
 from stallholder.kit.money import Money
 from stallholder.kit.schemas import Input
 from stallholder.orders.models import Order, Refund
@@ -92,6 +93,19 @@ class OrderOut(BaseModel):
     refunds: list[RefundOut]
     receipt: ReceiptOut
     created: datetime
+
+
+class OrderDetailOut(OrderOut):
+    """One order as ``GET /v1/orders/{id}`` shows it: with what it delivers. Each read
+    signs fresh download links, valid for ``STALLHOLDER_DOWNLOAD_LINK_TTL_SECONDS``."""
+
+    downloads: list[DownloadOut]
+    license_keys: list[IssuedKeyOut]
+    license_keys_missing: int
+
+
+def order_detail_out(order: OrderOut, found: DeliverablesOut) -> OrderDetailOut:
+    return OrderDetailOut(**order.model_dump(), **found.model_dump())
 
 
 def refund_out(refund: Refund) -> RefundOut:

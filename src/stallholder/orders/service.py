@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Creator
+from stallholder.digital import delivery as digital
 from stallholder.events import service as events
 from stallholder.inventory import reservations
 from stallholder.kit import work
@@ -212,6 +213,18 @@ async def create_paid_order(
     )
     session.add(order)
     await session.flush()
+    # Keys from the products' pools, one per unit, in the transaction that records the
+    # sale (docs/digital-delivery.md).
+    await digital.issue_license_keys(
+        session,
+        creator_id=creator_id,
+        order_id=order.id,
+        lines=[
+            digital.OrderedLine(line_id=li.id, product_id=li.product_id, quantity=li.quantity)
+            for li in order.line_items
+        ],
+        now=now,
+    )
     await ledger.post(
         session,
         creator_id=creator_id,
@@ -567,6 +580,9 @@ async def finish_refund(
     )
     if refund.restock:
         await reservations.restock(session, order_id=order.id, refund_id=refund.id, now=now)
+    if order.status == "refunded":
+        # A refunded order is owed no more license keys (docs/digital-delivery.md).
+        await digital.forget_owed_keys(session, order_id=order.id)
     await events.emit(
         session,
         creator_id=order.creator_id,

@@ -145,7 +145,9 @@ def _framing(response: Response, embed_origin: str | None) -> Response:
 
 
 def _store_url(creator: Creator, current: CheckoutSession) -> str:
-    return current.cancel_url or f"/#{creator.slug}"
+    """The session's ``cancel_url``, else the creator's store page (the index for a
+    creator that is not listed: it has no public store page)."""
+    return current.cancel_url or (f"/s/{creator.slug}" if creator.listed else "/")
 
 
 async def _render(

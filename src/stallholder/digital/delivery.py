@@ -1,0 +1,313 @@
+"""What a paid order delivers: license keys issued from the products' pools, and signed,
+expiring download links to the products' files with a count per order
+(docs/digital-delivery.md).
+
+Keys are issued in the transaction that records the paid order, each by a conditional
+update that only takes a key no order line has (``… WHERE order_line_id IS NULL``, with
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL so concurrent buyers take different keys rather
+than wait for each other; SQLite has one writer). An order is recorded once, so each line
+gets its keys once; a key is never issued twice.
+
+A download counts against the order's limit for that file by one conditional update
+(``… SET count = count + 1 WHERE count < limit``), never a read and a write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stallholder.digital import links as signing
+from stallholder.digital.models import Download, File, LicenseKey, OwedLicenseKeys, ProductFile
+from stallholder.digital.service import FileNotFound, insert_for
+from stallholder.kit.errors import DomainError
+
+
+class DownloadLimitReached(DomainError):
+    status = 410
+    slug = "download-limit-reached"
+    title = "This file has been downloaded as often as the order allows"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderedLine:
+    """An order line as digital delivery needs it."""
+
+    line_id: int
+    product_id: str
+    quantity: int
+
+
+async def _take_keys(
+    session: AsyncSession, *, order_id: str, line: OrderedLine, now: datetime
+) -> int:
+    """Issue up to ``line.quantity`` unissued keys of its product to the line; returns how
+    many it got."""
+    # A materialized CTE, evaluated once: PostgreSQL may run a ``LIMIT … FOR UPDATE
+    # SKIP LOCKED`` subquery in ``WHERE id IN (…)`` more than once and so update more
+    # rows than the limit.
+    free = (
+        select(LicenseKey.id)
+        .where(LicenseKey.product_id == line.product_id, LicenseKey.order_line_id.is_(None))
+        .order_by(LicenseKey.id)
+        .limit(line.quantity)
+        .with_for_update(skip_locked=True)
+        .cte("free_keys")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    taken = await session.execute(
+        update(LicenseKey)
+        .where(LicenseKey.id.in_(select(free.c.id)), LicenseKey.order_line_id.is_(None))
+        .values(order_id=order_id, order_line_id=line.line_id, issued_at=now)
+        .returning(LicenseKey.id)
+        .execution_options(synchronize_session=False)
+    )
+    return len(taken.all())
+
+
+async def issue_license_keys(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    order_id: str,
+    lines: Sequence[OrderedLine],
+    now: datetime,
+) -> int:
+    """Give each line of a product with a key pool one key per unit, from the pool, in
+    key order. Returns how many keys were issued; a line whose pool runs short gets what
+    is left and is owed the rest (``give_owed_keys`` gives them when keys are added)."""
+    product_ids = sorted({line.product_id for line in lines})
+    if not product_ids:
+        return 0
+    with_pools = set(
+        (
+            await session.execute(
+                select(LicenseKey.product_id)
+                .where(LicenseKey.product_id.in_(product_ids))
+                .distinct()
+            )
+        ).scalars()
+    )
+    issued = 0
+    for line in sorted(lines, key=lambda line: line.line_id):
+        if line.product_id not in with_pools:
+            continue
+        count = await _take_keys(session, order_id=order_id, line=line, now=now)
+        issued += count
+        if count < line.quantity:
+            session.add(
+                OwedLicenseKeys(
+                    order_line_id=line.line_id,
+                    order_id=order_id,
+                    creator_id=creator_id,
+                    product_id=line.product_id,
+                    quantity=line.quantity - count,
+                    created_at=now,
+                )
+            )
+    await session.flush()
+    return issued
+
+
+async def give_owed_keys(
+    session: AsyncSession, *, creator_id: str, product_id: str, now: datetime
+) -> int:
+    """Give keys from the product's pool to the order lines owed some, oldest first (run
+    after keys are added, in that transaction); returns how many were given. The owed
+    rows are locked in key order, so two concurrent refills never give one line twice."""
+    owed = (
+        (
+            await session.execute(
+                select(OwedLicenseKeys)
+                .where(
+                    OwedLicenseKeys.creator_id == creator_id,
+                    OwedLicenseKeys.product_id == product_id,
+                )
+                .order_by(OwedLicenseKeys.order_line_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    given = 0
+    for debt in owed:
+        count = await _take_keys(
+            session,
+            order_id=debt.order_id,
+            line=OrderedLine(
+                line_id=debt.order_line_id, product_id=product_id, quantity=debt.quantity
+            ),
+            now=now,
+        )
+        given += count
+        if count == debt.quantity:
+            await session.delete(debt)
+        else:
+            debt.quantity -= count
+            break  # the pool is empty again
+    await session.flush()
+    return given
+
+
+async def forget_owed_keys(session: AsyncSession, *, order_id: str) -> None:
+    """The order was refunded in full: it is owed no more keys."""
+    await session.execute(delete(OwedLicenseKeys).where(OwedLicenseKeys.order_id == order_id))
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadView:
+    file_id: str
+    filename: str
+    content_type: str
+    size: int
+    url: str
+    expires_at: datetime
+    download_count: int
+    download_limit: int
+
+    @property
+    def downloads_left(self) -> int:
+        return max(0, self.download_limit - self.download_count)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key: str
+    product_id: str
+    line_id: int
+    issued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Deliverables:
+    downloads: list[DownloadView]
+    license_keys: list[IssuedKey]
+    # Units bought of products with a key pool that had no key left for them yet.
+    license_keys_missing: int
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.downloads and not self.license_keys and not self.license_keys_missing
+
+
+async def deliverables(
+    session: AsyncSession,
+    *,
+    order_id: str,
+    lines: Sequence[OrderedLine],
+    links: signing.Links,
+    now: datetime,
+) -> Deliverables:
+    """What an order delivers now: a freshly signed link (valid for ``links.ttl`` from
+    ``now``) to each file of its products, with the order's download count of it, and
+    the keys issued to its lines."""
+    product_ids = sorted({line.product_id for line in lines})
+    # A file attached to two of the order's products is delivered once.
+    files = (
+        list(
+            {
+                file.id: file
+                for file in (
+                    await session.execute(
+                        select(File)
+                        .join(ProductFile, ProductFile.file_id == File.id)
+                        .where(ProductFile.product_id.in_(product_ids))
+                        .order_by(ProductFile.created_at, File.id)
+                    )
+                ).scalars()
+            }.values()
+        )
+        if product_ids
+        else []
+    )
+    counts = dict(
+        (
+            await session.execute(
+                select(Download.file_id, Download.count).where(Download.order_id == order_id)
+            )
+        ).all()
+    )
+    downloads = []
+    for file in files:
+        link = signing.sign(links, order_id=order_id, file_id=file.id, now=now)
+        downloads.append(
+            DownloadView(
+                file_id=file.id,
+                filename=file.filename,
+                content_type=file.content_type,
+                size=file.size,
+                url=link.url,
+                expires_at=link.expires_at,
+                download_count=int(counts.get(file.id, 0)),
+                download_limit=links.limit,
+            )
+        )
+    keys = (
+        (
+            await session.execute(
+                select(LicenseKey)
+                .where(LicenseKey.order_id == order_id)
+                .order_by(LicenseKey.order_line_id, LicenseKey.id)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    issued = [
+        IssuedKey(
+            key=key.key,
+            product_id=key.product_id,
+            line_id=key.order_line_id or 0,
+            issued_at=key.issued_at or now,
+        )
+        for key in keys
+    ]
+    owed = (
+        await session.execute(
+            select(func.coalesce(func.sum(OwedLicenseKeys.quantity), 0)).where(
+                OwedLicenseKeys.order_id == order_id
+            )
+        )
+    ).scalar_one()
+    return Deliverables(downloads=downloads, license_keys=issued, license_keys_missing=int(owed))
+
+
+async def count_download(
+    session: AsyncSession, *, order_id: str, file_id: str, limit: int, now: datetime
+) -> File:
+    """Count one download of ``file_id`` for ``order_id`` and return the file to send.
+
+    Raises:
+        FileNotFound, DownloadLimitReached (``limit`` downloads counted already).
+    """
+    file = await session.get(File, file_id)
+    if file is None:
+        raise FileNotFound(f"no file {file_id!r}")
+    await session.execute(
+        insert_for(session)(Download)
+        .values(order_id=order_id, file_id=file_id, creator_id=file.creator_id, count=0)
+        .on_conflict_do_nothing(index_elements=[Download.order_id, Download.file_id])
+    )
+    counted = await session.execute(
+        update(Download)
+        .where(
+            Download.order_id == order_id,
+            Download.file_id == file_id,
+            Download.count < limit,
+        )
+        .values(count=Download.count + 1, last_downloaded_at=now)
+        .returning(Download.count)
+        .execution_options(synchronize_session=False)
+    )
+    if counted.first() is None:
+        raise DownloadLimitReached(
+            f"{file.filename} has been downloaded {limit} times for this order, the most "
+            "it allows; ask the seller if you need it again"
+        )
+    return file
