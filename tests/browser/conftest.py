@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY, bearer
-from tests.smtp_server import Inbox, Received, SmtpServer, free_port
+from tests.smtp_server import Received, SmtpServer, free_port
 
 CHROMIUM = Path(os.environ.get("STALLHOLDER_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [
@@ -162,11 +162,12 @@ class Server:
     def shop(
         self, *, name: str = "Paper Lantern Zines", slug: str = "paper-lantern"
     ) -> dict[str, Any]:
-        """A creator (its keys under ``secret_key`` / ``publishable_key``)."""
+        """A creator listed in the store index (its keys under ``secret_key`` /
+        ``publishable_key``)."""
         created: dict[str, Any] = self.api(
             "POST",
             "/v1/creators",
-            json={"display_name": name, "email": "hi@example.com", "slug": slug},
+            json={"display_name": name, "email": "hi@example.com", "slug": slug, "listed": True},
         )
         return created
 
@@ -235,14 +236,6 @@ def site() -> Iterator[Site]:
     running = Site()
     yield running
     running.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(Inbox())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
