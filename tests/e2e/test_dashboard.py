@@ -545,3 +545,48 @@ async def test_one_address_with_two_shops_gets_a_link_to_each_and_strangers_none
         "Sign in to the Moth Press dashboard",
         "Sign in to the Moth Records dashboard",
     ]
+
+
+async def test_an_order_is_marked_shipped_from_its_page(
+    api: Api, settings: Settings, database: Database, clock: FrozenClock, tmp_path: Path
+) -> None:
+    keys = await demo.seed(
+        database,
+        clock=clock,
+        gateway=gateway_from_settings(settings, database=database),
+        data_dir=tmp_path,
+        fees=platform_fee_policy(settings),
+        base_url=settings.base_url,
+    )
+    kiln = next(entry for entry in keys.values() if entry["display_name"] == "Kiln & Clay")
+    key = kiln["secret_key"]
+    orders = (await api.http.get("/v1/orders", headers=bearer(key))).json()["data"]
+    [mug] = [order for order in orders if order["shipping"] is not None]
+    before = (await api.http.get("/v1/inventory/KC-MOON-MUG", headers=bearer(key))).json()
+
+    async with browser(settings, database, clock) as phone:
+        await _sign_in_from_outbox(phone, database, "studio@kilnandclay.example")
+        page = await phone.get(f"/dashboard/orders/{mug['id']}")
+        assert 'id="ship-form"' in page.text
+        assert unlabelled_controls(page.text) == []
+        shipped = await submit(
+            phone,
+            f"/dashboard/orders/{mug['id']}",
+            f"/dashboard/orders/{mug['id']}/ship",
+            {"carrier": "USPS", "tracking_number": "9400 1000 0000 0000 0000 00"},
+        )
+        assert (shipped.status_code, shipped.headers["location"]) == (
+            303,
+            f"/dashboard/orders/{mug['id']}",
+        )
+        after = await phone.get(f"/dashboard/orders/{mug['id']}")
+        assert "with USPS, tracking 9400 1000 0000 0000 0000 00." in after.text
+        assert 'id="ship-form"' not in after.text
+
+    stock = (await api.http.get("/v1/inventory/KC-MOON-MUG", headers=bearer(key))).json()
+    assert (stock["on_hand"], stock["allocated"]) == (before["on_hand"] - 1, 0)
+    assert (before["allocated"], stock["available"]) == (1, before["available"])
+    listed = (await api.http.get(f"/v1/orders/{mug['id']}/shipments", headers=bearer(key))).json()
+    assert [(s["carrier"], s["tracking_number"]) for s in listed["data"]] == [
+        ("USPS", "9400 1000 0000 0000 0000 00")
+    ]

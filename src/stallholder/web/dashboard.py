@@ -22,6 +22,7 @@ from stallholder.billing import lifecycle, subscriptions
 from stallholder.catalog import service as catalog
 from stallholder.catalog.schemas import PriceCreate, ProductCreate
 from stallholder.events import webhooks
+from stallholder.fulfilment import shipments
 from stallholder.inventory import drops, stock
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
@@ -33,6 +34,9 @@ from stallholder.web.charts import bar_chart
 from stallholder.web.dashboard_auth import sign_in_redirect, signed_in_creator
 from stallholder.web.security import CsrfProtected
 from stallholder.web.templating import format_money, templates
+
+# Who made a stock movement from the dashboard (docs/inventory.md).
+DASHBOARD_ACTOR = "dashboard"
 
 router = APIRouter(include_in_schema=False, dependencies=[CsrfProtected])
 
@@ -359,6 +363,7 @@ async def _order_page(
     # Another creator's order is OrderNotFound: a 404 page, as in the API.
     order = await orders.get_order(session, creator_id=creator.id, order_id=order_id)
     await session.refresh(order, ["refunds"])
+    sent = await shipments.shipments_of_order(session, creator_id=creator.id, order_id=order_id)
     return await _page(
         request,
         settings,
@@ -367,6 +372,7 @@ async def _order_page(
         {
             "order": order,
             "refundable": order.amount_total - order.amount_refunded,
+            "shipment": sent[0] if sent else None,
             "error": error,
             "notice": notice,
         },
@@ -445,6 +451,46 @@ async def refund_order(
             order_id,
             error=refund.failure_message or "the payment gateway refused the refund",
             status_code=402,
+        )
+    return RedirectResponse(f"/dashboard/orders/{order_id}", status_code=303)
+
+
+@router.post("/dashboard/orders/{order_id}/ship", response_class=HTMLResponse)
+async def ship_order(
+    order_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    carrier: Annotated[str, Form(max_length=80)] = "",
+    tracking_number: Annotated[str, Form(max_length=120)] = "",
+) -> Response:
+    """Mark the order shipped, as ``POST /v1/orders/{id}/shipments`` does: its stock
+    leaves with a ``sold`` movement and the buyer is emailed the tracking."""
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    try:
+        await shipments.ship_order(
+            session,
+            creator_id=creator.id,
+            order_id=order_id,
+            carrier=carrier.strip() or None,
+            tracking_number=tracking_number.strip() or None,
+            tracking_url=None,
+            actor=DASHBOARD_ACTOR,
+            now=now,
+        )
+    except DomainError as error:
+        # Refused before anything was written: shipped already, or nothing to ship.
+        return await _order_page(
+            request,
+            session,
+            settings,
+            creator,
+            order_id,
+            error=error.detail,
+            status_code=error.status,
         )
     return RedirectResponse(f"/dashboard/orders/{order_id}", status_code=303)
 
