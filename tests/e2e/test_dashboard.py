@@ -7,7 +7,6 @@ every empty page says what to do next."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from stallholder.payments.config import gateway_from_settings
 from stallholder.settings import Settings
 from tests.conftest import Api, bearer
 from tests.e2e.portal_helpers import browser, csrf_of, submit
-from tests.smtp_server import Inbox, SmtpServer
+from tests.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.anyio
 LINK = re.compile(r"http://testserver(/dashboard/sign-in/[A-Za-z0-9_\-]+)")
@@ -36,14 +35,6 @@ OTHER = "other-shop@example.com"
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(Inbox())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

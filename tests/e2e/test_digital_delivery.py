@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,7 +23,8 @@ from stallholder.ledger.service import platform_fee_policy
 from stallholder.payments.config import gateway_from_settings
 from stallholder.settings import Settings
 from tests.conftest import T0, Api, bearer
-from tests.smtp_server import Inbox, SmtpServer
+from tests.e2e.portal_helpers import browser, sign_in
+from tests.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.anyio
 PROBLEM = "https://stallholder.dev/problems/"
@@ -32,17 +32,13 @@ PROBLEM = "https://stallholder.dev/problems/"
 ZINE = b"PAPER LANTERN ZINE #1\n\nHow to print with a risograph.\n\xff\x00end\n"
 
 
+# The zine's link on a page (the success page, the portal's receipt).
+DOWNLOAD_LINK = re.compile(r'<a href="(http://testserver/d/[^"]+)" download>zine-1.txt</a>')
+
+
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(Inbox())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -382,3 +378,42 @@ async def test_the_demo_delivers_its_mini_zine_and_a_brush_licence(
     )
     stored = list((settings.data_dir / "files").rglob("*"))
     assert [p.name for p in stored if p.is_file()] == [download["file"]]
+
+
+async def test_the_success_page_shows_the_download(api: Api) -> None:
+    sk, price, file = await _digital_shop(api)
+    session = await api.session(sk, price=price["id"])
+    confirmed = await api.confirm(sk, session["id"])
+    assert confirmed.status_code == 200, confirmed.text
+
+    page = await api.http.get(f"/pay/{session['id']}")
+
+    assert page.status_code == 200
+    assert 'id="deliverables"' in page.text
+    [link] = DOWNLOAD_LINK.findall(page.text)
+    assert link.startswith(f"http://testserver/d/{confirmed.json()['order']}/{file['id']}?")
+    assert "5 of 5 downloads left" in page.text
+    downloaded = await api.http.get(_local(link.replace("&amp;", "&")))
+    assert (downloaded.status_code, downloaded.content) == (200, ZINE)
+
+
+async def test_the_portal_receipt_signs_a_fresh_download_link(
+    api: Api, mail_settings: Settings, database: Database, clock: FrozenClock, smtp: SmtpServer
+) -> None:
+    sk, price, file = await _digital_shop(api)
+    confirmed = await _buy(api, sk, price["id"])
+    order_id = confirmed.json()["order"]
+    clock.set(T0 + timedelta(days=10))  # the receipt's link has expired by now
+    worker = Worker(database, clock, settings=mail_settings)
+
+    async with browser(mail_settings, database, clock) as phone:
+        await sign_in(phone, email="buyer@example.com", smtp=smtp, worker=worker)
+        receipt = await phone.get(f"/portal/orders/{order_id}")
+
+    assert receipt.status_code == 200
+    [link] = re.findall(
+        r'<a href="(http://testserver/d/[^"]+)" download>zine-1.txt</a>', receipt.text
+    )
+    assert link.startswith(f"http://testserver/d/{order_id}/{file['id']}?")
+    downloaded = await api.http.get(_local(link.replace("&amp;", "&")))
+    assert (downloaded.status_code, downloaded.content) == (200, ZINE)

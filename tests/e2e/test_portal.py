@@ -6,7 +6,6 @@ withdrawal for EU buyers only, and a past-due subscription recovered by a new ca
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +18,7 @@ from stallholder.kit.db import Database
 from stallholder.settings import Settings
 from tests.conftest import ADMIN_KEY, Api, bearer
 from tests.e2e.portal_helpers import browser, csrf_of, links_in, sign_in, submit
-from tests.smtp_server import Inbox, SmtpServer
+from tests.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.anyio
 BUYER = "reader@example.com"
@@ -34,14 +33,6 @@ BOX = {
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(Inbox())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

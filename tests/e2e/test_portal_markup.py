@@ -4,7 +4,6 @@ button with text, every POST form carrying the CSRF token, one h1, and a languag
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
@@ -16,7 +15,7 @@ from stallholder.kit.db import Database
 from stallholder.settings import Settings
 from tests.conftest import ADMIN_KEY, Api, bearer
 from tests.e2e.portal_helpers import browser, sign_in
-from tests.smtp_server import Inbox, SmtpServer
+from tests.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.anyio
 
@@ -101,14 +100,6 @@ def check(html: str, url: str) -> None:
         assert all(form.buttons), url
         if form.method == "post":
             assert "csrf_token" in form.fields, url
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(Inbox())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

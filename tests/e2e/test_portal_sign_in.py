@@ -3,7 +3,6 @@ SMTP server (aiosmtpd): it works once, expires, and is rate-limited."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -18,7 +17,7 @@ from stallholder.notifications.models import Email
 from stallholder.settings import Settings
 from tests.conftest import Api, bearer
 from tests.e2e.portal_helpers import browser, csrf_of, links_in, submit
-from tests.smtp_server import Inbox, SmtpServer
+from tests.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.anyio
 BUYER = "Ana@Example.com"
@@ -27,14 +26,6 @@ BUYER = "Ana@Example.com"
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer(Inbox())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

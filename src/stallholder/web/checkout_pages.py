@@ -36,6 +36,7 @@ from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.kit.money import exponent
 from stallholder.ledger import service as ledger
+from stallholder.orders import downloads
 from stallholder.orders import service as orders
 from stallholder.settings import Settings
 from stallholder.web.security import verify_csrf
@@ -174,11 +175,17 @@ async def _render(
         )
         return _framing(response, None)
     receipt_number = None
+    deliverables = None
     if current.order_id:
         order = await orders.get_order(
             session, creator_id=current.creator_id, order_id=current.order_id
         )
         receipt_number = order.receipt_number
+        # What a digital order delivers, on the success page as in the receipt.
+        found = await downloads.for_order(
+            session, order=order, links=request.app.state.download_links, now=now
+        )
+        deliverables = None if found.is_empty else found
     products = {}
     for line in current.line_items:
         if line.product_id not in products:
@@ -251,6 +258,7 @@ async def _render(
             if status == "open" and not refusal.fields and not refusal.general
             else None,
             "receipt_number": receipt_number,
+            "deliverables": deliverables,
             "receipt_email": current.customer_email,
             "success_url": current.success_url,
             "expires_at": current.expires_at,

@@ -33,6 +33,7 @@ from stallholder.kit.db import Database
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.kit.money import Money
+from stallholder.orders import downloads
 from stallholder.orders import service as orders
 from stallholder.payments import methods
 from stallholder.web.portal_auth import sign_in_redirect, signed_in_buyer
@@ -634,7 +635,7 @@ class NothingChosen(DomainError):
 
 
 @router.get("/portal/orders/{order_id}", response_class=HTMLResponse)
-async def receipt(order_id: str, request: Request, session: SessionDep) -> Response:
+async def receipt(order_id: str, request: Request, session: SessionDep, now: NowDep) -> Response:
     """An order's receipt, as the buyer's email had it."""
     buyer_id = signed_in_buyer(request)
     if buyer_id is None:
@@ -645,10 +646,15 @@ async def receipt(order_id: str, request: Request, session: SessionDep) -> Respo
     )
     creator = await accounts.get_creator(session, order.creator_id)
     currency = order.currency
+    # Fresh links each time: an expired link in the email is never a dead end here.
+    found = await downloads.for_order(
+        session, order=order, links=request.app.state.download_links, now=now
+    )
     return templates.TemplateResponse(
         request,
         "portal_receipt.html",
         {
+            "deliverables": None if found.is_empty else found,
             "email": await _email(request, session),
             "merchant": creator.display_name,
             "number": order.receipt_number,
