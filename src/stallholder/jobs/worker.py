@@ -29,7 +29,7 @@ from stallholder.events.webhooks import queue_deliveries
 from stallholder.inventory import tasks as inventory_tasks
 from stallholder.kit import work
 from stallholder.kit.clock import Clock
-from stallholder.kit.db import Database, async_url, is_sqlite
+from stallholder.kit.db import Database, async_url
 from stallholder.kit.idempotency import PRUNE_KEYS
 from stallholder.kit.outbound import ShardedTransport
 from stallholder.notifications.tasks import SEND_EMAIL, check_sender, queue_emails
@@ -128,10 +128,13 @@ def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
     ]
 
 
-def kinds_for(settings: Settings, gateway: Gateway) -> list[work.Kind[Resources]]:
+def kinds_for(
+    settings: Settings, gateway: Gateway, *, on_sqlite: bool
+) -> list[work.Kind[Resources]]:
     """Every kind this worker runs. The inbox kind of a provider is registered only with
     that provider's gateway (by name), so a worker without it leaves those events to one
-    that has it."""
+    that has it. ``on_sqlite``: the worker's database is SQLite (one writer: renewals in
+    one batch at a time), not PostgreSQL (several batches side by side)."""
     kinds: list[work.Kind[Resources]] = [
         SEND_EMAIL,
         webhook_kind(settings),
@@ -141,7 +144,7 @@ def kinds_for(settings: Settings, gateway: Gateway) -> list[work.Kind[Resources]
         *_settlement_kinds(settings),
         *(
             billing.kinds(lease=timedelta(seconds=settings.billing_work_lease_seconds))
-            if is_sqlite(settings.database_url)
+            if on_sqlite
             else billing.kinds(
                 lease=timedelta(seconds=settings.billing_work_lease_seconds),
                 parallel_batches=billing.POSTGRES_PARALLEL_BATCHES,
@@ -195,7 +198,9 @@ class Worker:
             timeout=self.settings.smtp_timeout_seconds,
         )
         self.registry: work.Registry[Resources] = work.Registry(
-            kinds_for(self.settings, self.gateway) if kinds is None else kinds
+            kinds_for(self.settings, self.gateway, on_sqlite=database.is_sqlite)
+            if kinds is None
+            else kinds
         )
         self.draw = draw
         self.consumers = consumers_for(self.settings)
