@@ -25,6 +25,9 @@ PLATFORM_WIDE = {
     # A buyer's prepaid balance per currency: the platform holds it for the buyer and any
     # creator the buyer supports is paid from it.
     "wallets": "the buyer's money held by the platform, spent with any creator",
+    # Rate-limit counters per client IP and per buyer (ADR 0018): one address or person
+    # buys from any creator, and the limit is the platform's, not a creator's.
+    "rate_limit_counters": "hits per client IP and per buyer, across creators",
     # The creators themselves: their id is the distribution key.
     "creators": "one row per creator; its id is the key",
 }

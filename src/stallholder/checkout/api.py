@@ -23,7 +23,8 @@ from stallholder.checkout.schemas import (
     link_out,
     present_session,
 )
-from stallholder.inventory.api import holds_stock
+from stallholder.inventory import drops
+from stallholder.inventory.api import admit_to_drop, holds_stock, rate_limited
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep, problem_response
 from stallholder.ledger import service as ledger
 from stallholder.settings import Settings
@@ -51,9 +52,10 @@ def _lines(items: list[LineItemIn]) -> list[service.LineRequest]:
     "/checkout/sessions",
     status_code=201,
     response_model=SessionOut,
-    dependencies=[Depends(holds_stock)],
+    dependencies=[Depends(holds_stock), Depends(rate_limited)],
 )
 async def create_session(
+    request: Request,
     body: SessionCreate,
     creator_id: AnyCreatorDep,
     session: SessionDep,
@@ -62,7 +64,15 @@ async def create_session(
 ) -> SessionOut:
     """Open a checkout session (secret or publishable key). It expires after 30 minutes.
     The stock of tracked items is held for it until then (409 ``out-of-stock`` names the
-    SKU and what is left)."""
+    SKU and what is left). A session for a drop's prices is limited per IP and per buyer
+    (429 ``rate-limited`` with ``Retry-After``)."""
+    await admit_to_drop(
+        request,
+        email=body.customer_email,
+        customer_id=body.customer,
+        now=now,
+        only_if=drops.sold_in_a_drop([item.price for item in body.line_items]),
+    )
     checkout = await service.create_session(
         session,
         creator_id=creator_id,

@@ -31,6 +31,7 @@ SUBJECTS: dict[str, str] = {
     "subscription_reminder": "{{ headline }}",
     "subscription_canceled": "Your {{ merchant }} subscription is canceled",
     "raffle_offer": "You can buy from {{ merchant }}'s {{ drop_name }}",
+    "waitlist_offer": "One is back: {{ merchant }}'s {{ drop_name }} is held for you",
 }
 
 
