@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, String, case, column, delete, literal, select, true, values
+from sqlalchemy import ColumnElement, String, bindparam, case, delete, func, literal, select, true
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -144,10 +145,10 @@ class DatabaseRateLimiter:
         if not limits:
             return
         start = window_start(now, window_seconds=self.window_seconds)
-        keys = values(column("key", String(400)), name="hit_keys").data(
-            [(key,) for key in sorted({limit.key for limit in limits})]
-        )
-        source = select(keys.c.key, literal(start, UTCDateTime()), literal(1)).where(
+        # Bound parameters only (the keys as one array), so SQLAlchemy compiles the
+        # statement once and PostgreSQL can reuse its plan.
+        keys = func.unnest(bindparam("keys", type_=ARRAY(String(400)))).column_valued("key")
+        source = select(keys, bindparam("window_start", type_=UTCDateTime()), literal(1)).where(
             true() if only_if is None else only_if
         )
         statement = pg_insert(RateLimitCounter).from_select(
@@ -165,7 +166,11 @@ class DatabaseRateLimiter:
             },
         ).returning(table.key, table.count)
         async with self.database.engine.begin() as connection:
-            counted = {str(key): int(count) for key, count in await connection.execute(upsert)}
+            result = await connection.execute(
+                upsert,
+                {"keys": sorted({limit.key for limit in limits}), "window_start": start},
+            )
+            counted = {str(key): int(count) for key, count in result}
         _verdict(limits, counted, start=start, now=now, window=self.window_seconds)
 
 
