@@ -10,17 +10,18 @@ any is over its limit, with the seconds until its window ends (``Retry-After``).
   the stored window is older::
 
       INSERT INTO rate_limit_counters (key, window_start, count)
-      SELECT v.key, :window, 1 FROM (VALUES …) v WHERE <only_if>
+      SELECT key, :window_start, 1 FROM unnest(:keys) AS key WHERE <only_if>
       ON CONFLICT (key) DO UPDATE SET
         count = CASE WHEN rate_limit_counters.window_start = excluded.window_start
                 THEN rate_limit_counters.count + 1 ELSE 1 END,
         window_start = excluded.window_start
-      RETURNING key, count, window_start
+      RETURNING key, count
 
   It commits at once, so a request that then fails (a 409 ``out-of-stock``) still
-  counts, and it never holds a connection while the request's own transaction runs.
-  ``only_if`` (an SQL condition, such as "a price of this session is in a drop") lets the
-  caller limit only some requests without a statement of its own.
+  counts, and it holds no connection while the request's own transaction runs. The table
+  is UNLOGGED (migration 0015): counters need not survive a crash, and a hit's commit
+  then waits for no WAL flush. ``only_if`` (an SQL condition, such as "a price of this
+  session is in a drop") limits only some requests without a statement of its own.
 - **SQLite** (``MemoryRateLimiter``): counters in the process's memory, and ``only_if``
   evaluated by one read. SQLite serves from one machine, usually one process; with
   ``serve --workers N`` each process counts on its own, so the effective limit is N
