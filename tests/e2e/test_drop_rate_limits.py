@@ -173,3 +173,17 @@ async def test_without_a_trusted_header_the_peer_address_counts(
             for n in range(5)
         ]
     assert [a.status_code for a in answers] == [201, 201, 201, 201, 429]
+
+
+async def test_the_store_buy_button_for_a_drop_is_limited_per_address(
+    shop: DropShop, clock: FrozenClock
+) -> None:
+    drop = await shop.drop(per_customer_limit=None, items=[{"price": shop.price, "quantity": 50}])
+    assert drop.status_code == 201, drop.text
+    clock.set(OPENS)
+    visits = [
+        await shop.api.http.get(f"/buy/{shop.price}", headers={"X-Forwarded-For": "10.2.0.1"})
+        for _ in range(5)
+    ]
+    assert [visit.status_code for visit in visits] == [303, 303, 303, 303, 429]
+    assert visits[4].headers["Retry-After"] == str(WINDOW)
