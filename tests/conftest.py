@@ -144,6 +144,10 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         # Retries are due exactly on their schedule; tests/integration/test_work.py
         # covers the jitter.
         worker_retry_jitter=0.0,
+        # Tests drive storms of buyers from one address (and one buyer's many tabs) through
+        # the drop rate limits; tests/e2e/test_drop_rate_limits.py sets its own.
+        drop_rate_limit_per_ip=0,
+        drop_rate_limit_per_buyer=0,
     )
 
 

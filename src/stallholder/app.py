@@ -42,6 +42,7 @@ from stallholder.kit.clock import Clock, SystemClock
 from stallholder.kit.db import Database
 from stallholder.kit.errors import PROBLEM_MEDIA_TYPE, DomainError, problem_type
 from stallholder.kit.idempotency import IdempotencyMiddleware
+from stallholder.kit.rate_limits import rate_limiter
 from stallholder.ledger.api import router as ledger_router
 from stallholder.orders.api import router as orders_router
 from stallholder.payments.api import router as payments_router
@@ -367,6 +368,9 @@ def create_app(
     app.state.gateway = payments
     app.state.admin_key = admin_key
     app.state.key_cache = KeyCache(settings.api_key_cache_seconds)
+    app.state.rate_limiter = rate_limiter(
+        database, window_seconds=settings.drop_rate_limit_window_seconds
+    )
     # The checkout API confirms subscription-mode sessions through this port (billing sits
     # above checkout; docs/architecture.md, "Subscription checkout").
     app.state.subscription_confirmer = billing_checkout.confirmer(policy_from(settings))

@@ -27,7 +27,7 @@ from stallholder.digital.models import File
 from stallholder.digital.storage import LocalStorage, Storage
 from stallholder.fulfilment import service as fulfilment
 from stallholder.fulfilment.addresses import ShippingAddress
-from stallholder.inventory import drops, stock
+from stallholder.inventory import drops, stock, waitlists
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
 from stallholder.kit.ids import new_id
@@ -105,6 +105,11 @@ class DemoCreator:
     # The plan's retention offer, shown once to a buyer canceling in the portal:
     # (product index, percent off, invoices).
     retention_offer: tuple[int, int, int] | None = None
+    # A second first-come drop, (name, product index, units), sold out by an open session
+    # at seeding, with ``waitlisted`` buyers waiting: when that session expires (10
+    # minutes after seeding) its unit is offered to the first of them, by email.
+    waitlist_drop: tuple[str, int, int] | None = None
+    waitlisted: tuple[str, ...] = ()
 
 
 USD = "usd"
@@ -169,6 +174,21 @@ CREATORS = (
                     ),
                 ),
             ),
+            DemoProduct(
+                "physical",
+                "Studio second — ash-glaze bowl",
+                "A bowl with a glaze run on the foot: one piece, sold through a small drop.",
+                catalog.PriceSpec(currency=USD, unit_amount=2200),
+                (
+                    catalog.VariantSpec(
+                        sku="KC-SECOND-BOWL",
+                        weight_grams=380,
+                        length_mm=150,
+                        width_mm=150,
+                        height_mm=70,
+                    ),
+                ),
+            ),
         ),
         sales=((0, 1, "mug.lover@example.com"),),
         shipping_rates=(
@@ -200,11 +220,14 @@ CREATORS = (
             country="US",
         ),
         # 20 pieces: one sold (allocated), one held in an open checkout, 18 available.
-        stock=(("Studio shelf", "KC-MOON-MUG", 20),),
+        stock=(("Studio shelf", "KC-MOON-MUG", 20), ("Studio shelf", "KC-SECOND-BOWL", 1)),
         # The mug sells only through its drop: open from seeding for three days, at most
         # two per buyer, each checkout held for 10 minutes.
         drop=("Winter mug drop", 0, 20, 2),
-        open_sessions=((0, 1, "still.deciding@example.com"),),
+        open_sessions=((0, 1, "still.deciding@example.com"), (1, 1, "maybe.later@example.com")),
+        # The one studio second is held in that open checkout; two buyers wait for it.
+        waitlist_drop=("Studio seconds", 1, 1),
+        waitlisted=("first.in.line@example.com", "next.in.line@example.com"),
     ),
     DemoCreator(
         slug="ink-fox",
@@ -444,6 +467,22 @@ async def seed(
                     items=[drops.ItemSpec(price_id=price_ids[index], quantity=units)],
                     now=now,
                 )
+            waitlist_drop_id = None
+            if spec.waitlist_drop is not None:
+                drop_name, index, units = spec.waitlist_drop
+                second = await drops.create_drop(
+                    session,
+                    creator_id=creator.id,
+                    name=drop_name,
+                    mode="first_come",
+                    opens_at=now,
+                    closes_at=now + DROP_OPEN_FOR,
+                    per_customer_limit=None,
+                    reservation_minutes=10,
+                    items=[drops.ItemSpec(price_id=price_ids[index], quantity=units)],
+                    now=now,
+                )
+                waitlist_drop_id = second.drop.id
             for index, quantity, email in spec.open_sessions:
                 # Held until the session expires (30 minutes after seeding; 10 in a drop).
                 await checkout.create_session(
@@ -468,6 +507,16 @@ async def seed(
                     ),
                     now=now,
                 )
+            if waitlist_drop_id is not None:
+                for email in spec.waitlisted:
+                    await waitlists.sign_up(
+                        session,
+                        creator_id=creator.id,
+                        drop_id=waitlist_drop_id,
+                        email=email,
+                        price_id=None,
+                        now=now,
+                    )
             sales = []
             for index, quantity, email in spec.sales:
                 sale = await checkout.create_session(

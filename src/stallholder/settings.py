@@ -70,6 +70,18 @@ class Settings(BaseSettings):
     # a key rolled by another process keeps working here for at most this long (ADR 0015).
     # 0 reads the key on every request.
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
+    # Rate limits on drop entry (raffle entries, waitlist signups) and on checkout sessions
+    # for a drop's prices (docs/inventory.md#rate-limits, ADR 0018): hits per fixed window
+    # per client IP and per buyer (normalised email). 0 turns a limit off. Per IP is
+    # generous because many buyers share an address (carrier NAT, offices, campuses).
+    drop_rate_limit_per_ip: int = Field(default=60, ge=0, le=1_000_000)
+    drop_rate_limit_per_buyer: int = Field(default=10, ge=0, le=1_000_000)
+    drop_rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    # Behind a reverse proxy, the header that carries the client's address (such as
+    # X-Forwarded-For or X-Real-IP); its last address is taken, the one the proxy added.
+    # Empty (the default): the TCP peer's address. Set it only when every request comes
+    # through the proxy, or clients can choose their own address.
+    trusted_proxy_header: str = ""
     embedded_worker: bool = True
     # The longest an idle worker sleeps. It wakes sooner when work comes due, and at once
     # when work is enqueued (in-process, or LISTEN/NOTIFY on PostgreSQL); this only

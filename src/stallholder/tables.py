@@ -8,7 +8,7 @@ from stallholder.digital import models as digital_models
 from stallholder.events import models as events_models
 from stallholder.fulfilment import models as fulfilment_models
 from stallholder.inventory import models as inventory_models
-from stallholder.kit import idempotency, work
+from stallholder.kit import idempotency, rate_limits, work
 from stallholder.kit.db import Base
 from stallholder.ledger import models as ledger_models
 from stallholder.notifications import models as notifications_models
@@ -33,6 +33,7 @@ __all__ = [
     "notifications_models",
     "orders_models",
     "payments_models",
+    "rate_limits",
     "wallets_models",
     "work",
 ]

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from stallholder.accounts.models import Buyer, Creator
 from stallholder.billing.models import Invoice, Subscription, SubscriptionItem
 from stallholder.cli import app, run_worker
-from stallholder.inventory.models import Drop, DropItem, StockLevel
+from stallholder.inventory.models import Drop, DropItem, StockLevel, WaitlistEntry
 from stallholder.kit import work
 from stallholder.kit.clock import SystemClock
 from stallholder.kit.db import Database
@@ -113,13 +113,32 @@ def _mug_stock(url: str) -> tuple[int, int, int]:
     return asyncio.run(read())
 
 
+def _waitlist(url: str) -> list[tuple[str, str]]:
+    async def read() -> list[tuple[str, str]]:
+        database = Database(url)
+        try:
+            async with database.unit_of_work() as session:
+                rows = await session.execute(
+                    select(WaitlistEntry.email, WaitlistEntry.status).order_by(WaitlistEntry.id)
+                )
+                return [(row.email, row.status) for row in rows]
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
+
+
 def _mug_drop(url: str) -> tuple[str, str, int, int, int, int | None]:
     async def read() -> tuple[str, str, int, int, int, int | None]:
         database = Database(url)
         try:
             async with database.unit_of_work() as session:
-                drop = (await session.execute(select(Drop))).scalar_one()
-                item = (await session.execute(select(DropItem))).scalar_one()
+                drop = (
+                    await session.execute(select(Drop).where(Drop.name == "Winter mug drop"))
+                ).scalar_one()
+                item = (
+                    await session.execute(select(DropItem).where(DropItem.drop_id == drop.id))
+                ).scalar_one()
                 return (
                     drop.name,
                     drop.mode,
@@ -174,6 +193,11 @@ def test_migrate_demo_twice_and_verify(tmp_path: Path, monkeypatch: pytest.Monke
     assert _mug_stock(url) == (20, 1, 1)
     # … sold through a first-come drop of 20, open from seeding, the open checkout in it.
     assert _mug_drop(url) == ("Winter mug drop", "first_come", 20, 1, 1, 2)
+    # The one studio second is held in an open checkout; two buyers wait for it, in order.
+    assert _waitlist(url) == [
+        ("first.in.line@example.com", "waiting"),
+        ("next.in.line@example.com", "waiting"),
+    ]
 
     clean = runner.invoke(app, ["ledger", "verify"])
     assert clean.exit_code == 0, clean.output

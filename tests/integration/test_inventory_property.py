@@ -83,9 +83,11 @@ class InventoryMachine(RuleBasedStateMachine):
         self.allocated: dict[str, dict[tuple[str, int], int]] = {}
         # Units that left with each shipped order, until a refund brings them back.
         self.gone: dict[str, dict[tuple[str, int], int]] = {}
-        # Drop claims by session: (buyer key, units), and whether they are sold.
+        # Drop claims by session: (buyer key, units); sold ones by order; and those a
+        # refund with restock gave back to the drop (still on the buyer's count).
         self.claims: dict[str, tuple[str, int]] = {}
-        self.sold_claims: list[tuple[str, int]] = []
+        self.sold_claims: dict[str, tuple[str, int]] = {}
+        self.restocked_claims: list[tuple[str, int]] = []
         self.run(self._set_up())
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -259,13 +261,19 @@ class InventoryMachine(RuleBasedStateMachine):
     def reserve_in_drop(self, buyer: int, quantity: int) -> Any:
         self._tick()
         key = buyer_key(BUYERS[buyer])
-        units = sum(n for k, n in self.claims.values() if k == key) + sum(
-            n for k, n in self.sold_claims if k == key
+        units = sum(
+            n
+            for k, n in [
+                *self.claims.values(),
+                *self.sold_claims.values(),
+                *self.restocked_claims,
+            ]
+            if k == key
         )
         left = (
             DROP_QUANTITY
             - sum(n for _, n in self.claims.values())
-            - sum(n for _, n in self.sold_claims)
+            - sum(n for _, n in self.sold_claims.values())
         )
         try:
             session_id = self.run(self._reserve_in_drop(BUYERS[buyer], quantity))
@@ -342,7 +350,7 @@ class InventoryMachine(RuleBasedStateMachine):
         order_id = self.run(self._pay(session_id))
         self.allocated[order_id] = self.held.pop(session_id)
         if session_id in self.claims:
-            self.sold_claims.append(self.claims.pop(session_id))
+            self.sold_claims[order_id] = self.claims.pop(session_id)
         return order_id
 
     async def _pay(self, session_id: str) -> str:
@@ -369,6 +377,9 @@ class InventoryMachine(RuleBasedStateMachine):
         refund = self.run(self._refund(order_id))
         assert refund.status == "succeeded"
         del self.allocated[order_id]
+        # The drop may sell the units again; the buyer's count keeps them.
+        if order_id in self.sold_claims:
+            self.restocked_claims.append(self.sold_claims.pop(order_id))
 
     async def _refund(self, order_id: str) -> Any:
         return await orders.create_refund(
@@ -417,6 +428,8 @@ class InventoryMachine(RuleBasedStateMachine):
         assert refund.status == "succeeded"
         for key, n in self.gone.pop(order_id).items():
             self.on_hand[key] += n
+        if order_id in self.sold_claims:
+            self.restocked_claims.append(self.sold_claims.pop(order_id))
 
     # Invariants ----------------------------------------------------------------------------
 
@@ -430,7 +443,7 @@ class InventoryMachine(RuleBasedStateMachine):
                 await session.execute(select(DropItem).where(DropItem.drop_id == self.drop_id))
             ).scalar_one()
             held = sum(n for _, n in self.claims.values())
-            sold = sum(n for _, n in self.sold_claims)
+            sold = sum(n for _, n in self.sold_claims.values())
             assert (item.held, item.sold) == (held, sold)
             assert item.held + item.sold <= item.quantity
             for status, expected in (("held", held), ("sold", sold)):
@@ -449,7 +462,11 @@ class InventoryMachine(RuleBasedStateMachine):
             )
             buyers = {row.buyer_key: row.units for row in rows}
             expected_units: dict[str, int] = defaultdict(int)
-            for key, n in [*self.claims.values(), *self.sold_claims]:
+            for key, n in [
+                *self.claims.values(),
+                *self.sold_claims.values(),
+                *self.restocked_claims,
+            ]:
                 expected_units[key] += n
             assert {k: v for k, v in buyers.items() if v} == dict(expected_units)
             assert all(units <= DROP_LIMIT for units in buyers.values())

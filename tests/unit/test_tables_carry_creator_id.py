@@ -28,6 +28,9 @@ PLATFORM_WIDE = {
     # One card charge for a buyer's invoices across creators (ADR 0019); each creator's
     # share is a consolidated_charge_parts row, which carries creator_id.
     "consolidated_charges": "the buyer's charge across creators, split in its parts",
+    # Rate-limit counters per client IP and per buyer (ADR 0018): one address or person
+    # buys from any creator, and the limit is the platform's, not a creator's.
+    "rate_limit_counters": "hits per client IP and per buyer, across creators",
     # The creators themselves: their id is the distribution key.
     "creators": "one row per creator; its id is the key",
 }

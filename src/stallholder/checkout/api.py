@@ -26,7 +26,8 @@ from stallholder.checkout.schemas import (
     link_out,
     present_session,
 )
-from stallholder.inventory.api import holds_stock
+from stallholder.inventory import drops
+from stallholder.inventory.api import admit_to_drop, holds_stock, rate_limited
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep, problem_response
 from stallholder.ledger import service as ledger
 from stallholder.settings import Settings
@@ -54,7 +55,7 @@ def _lines(items: list[LineItemIn]) -> list[service.LineRequest]:
     "/checkout/sessions",
     status_code=201,
     response_model=SessionOut,
-    dependencies=[Depends(holds_stock)],
+    dependencies=[Depends(holds_stock), Depends(rate_limited)],
     responses={
         403: {
             "description": "A browser on a site the creator does not list in "
@@ -63,8 +64,8 @@ def _lines(items: list[LineItemIn]) -> list[service.LineRequest]:
     },
 )
 async def create_session(
-    body: SessionCreate,
     request: Request,
+    body: SessionCreate,
     principal: PrincipalDep,
     creator_id: AnyCreatorDep,
     session: SessionDep,
@@ -73,7 +74,8 @@ async def create_session(
 ) -> SessionOut:
     """Open a checkout session (secret or publishable key). It expires after 30 minutes.
     The stock of tracked items is held for it until then (409 ``out-of-stock`` names the
-    SKU and what is left).
+    SKU and what is left). A session for a drop's prices is limited per IP and per buyer
+    (429 ``rate-limited`` with ``Retry-After``).
 
     From a browser (CORS) with the publishable key, the page's origin must be the
     platform's own or one of the creator's ``allowed_origins``."""
@@ -84,6 +86,13 @@ async def create_session(
             origin=request.headers.get("origin"),
             own_origin=origin_of(settings.base_url),
         )
+    await admit_to_drop(
+        request,
+        email=body.customer_email,
+        customer_id=body.customer,
+        now=now,
+        only_if=drops.sold_in_a_drop([item.price for item in body.line_items]),
+    )
     checkout = await service.create_session(
         session,
         creator_id=creator_id,

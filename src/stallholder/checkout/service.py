@@ -327,13 +327,15 @@ async def create_session(
     now: datetime,
     checkout_link_id: str | None = None,
     shipping_address: ShippingAddress | None = None,
+    hold: timedelta | None = None,
 ) -> CheckoutSession:
     """An open session for ``lines``, priced now and held for ``ttl``. The units of
     tracked variants are held for the session until it expires, is cancelled or is paid
     (``inventory.reservations``).
 
     A session for a drop's prices is held for at most the drop's ``reservation_minutes``
-    and claims its units of the drop (``inventory.drops``).
+    and claims its units of the drop (``inventory.drops``); a waitlist offer passes
+    ``hold``, the drop's ``waitlist_hold_minutes``, to be held exactly that long.
 
     A session with physical items from a creator who ships (has an active shipping rate)
     ``requires_shipping``: it is paid only once it has an address, given here or at
@@ -354,7 +356,9 @@ async def create_session(
     drop = await drops.drop_for_prices(
         session, price_ids=[item.price_id for item in items], now=now
     )
-    if drop is not None:
+    if hold is not None:
+        ttl = hold
+    elif drop is not None:
         ttl = min(ttl, timedelta(minutes=drop.reservation_minutes))
     total = sum(item.amount_total for item in items)
     if total > MAX_SESSION_TOTAL:

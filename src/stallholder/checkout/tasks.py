@@ -9,7 +9,8 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.checkout import service
+from stallholder.checkout import service, waitlist_offers
+from stallholder.inventory import waitlists
 from stallholder.kit.work import Claimed, Context, Kind
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import ChargeResult
@@ -38,6 +39,24 @@ async def expire_session(context: Context[CheckoutResources], item: Claimed) -> 
 
 EXPIRE_SESSION: Kind[CheckoutResources] = Kind(
     name=service.EXPIRE_KIND, handler=expire_session, batch_size=50
+)
+
+
+async def offer_waitlist(context: Context[CheckoutResources], item: Claimed) -> None:
+    """The handler of ``inventory.waitlist_offer``: units of a drop came back; open a
+    session holding one for each buyer waiting, in signup order, while there are units.
+    Running it again offers only what is still free."""
+    async with context.database.unit_of_work() as session:
+        await waitlist_offers.offer_units(
+            session,
+            drop_id=str(item.payload["drop_id"]),
+            base_url=context.resources.settings.base_url,
+            now=context.clock.now(),
+        )
+
+
+OFFER_WAITLIST: Kind[CheckoutResources] = Kind(
+    name=waitlists.OFFER_KIND, handler=offer_waitlist, batch_size=10
 )
 
 

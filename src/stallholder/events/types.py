@@ -46,6 +46,10 @@ EVENT_TYPES: dict[str, str] = {
     "drop.raffle_offer": "A raffle drop's entrant may buy one unit until expires_at (a winner "
     "of the draw, or the next entrant when a winner did not buy in time); data.object is "
     "the offer: drop, entry, email, rank, expires_at. The entrant is emailed too.",
+    "drop.waitlist_offer": "A unit of a sold-out drop came back and is held for the next "
+    "buyer on its waitlist until expires_at; data.object is the offer: drop, drop_name, "
+    "entry, email, checkout_session, url (the hosted checkout that buys it), expires_at. "
+    "The buyer is emailed the link too.",
     "inventory.low": "A SKU's available stock at a location fell to its low_stock_threshold "
     "or below; data.object is the inventory level.",
     "inventory.out_of_stock": "A SKU's available stock at a location reached 0; data.object "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import ColumnElement
 
 from stallholder.accounts.auth import AnyCreatorDep, SecretCreatorDep
-from stallholder.inventory import drops, imports, raffles, stock
+from stallholder.inventory import drops, imports, raffles, stock, waitlists
+from stallholder.inventory.drop_rules import buyer_key
 from stallholder.inventory.reservations import OutOfStock
 from stallholder.inventory.schemas import (
     AdjustmentCreate,
@@ -23,6 +26,8 @@ from stallholder.inventory.schemas import (
     LocationCreate,
     LocationOut,
     TransferCreate,
+    WaitlistCreate,
+    WaitlistEntryOut,
     batch_out,
     draw_out,
     drop_out,
@@ -31,10 +36,12 @@ from stallholder.inventory.schemas import (
     inventory_out,
     location_out,
     movement_out,
+    waitlist_entry_out,
 )
-from stallholder.kit.http import NowDep, SessionDep
+from stallholder.kit.http import NowDep, SessionDep, client_ip, get_rate_limiter, get_settings
 from stallholder.kit.openapi import documents
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from stallholder.kit.rate_limits import Limit, RateLimited
 from stallholder.kit.schemas import ListOut
 from stallholder.spreadsheets.inventory import (
     TemplateKind,
@@ -69,6 +76,47 @@ def holds_stock() -> None:
     """Documents the problems of a route that holds stock (creating a checkout session):
     409 ``out-of-stock`` names the SKU and what it has left; a drop's price adds the
     drop's window and per-customer limit."""
+
+
+@documents(RateLimited)
+def rate_limited() -> None:
+    """Documents the 429 ``rate-limited`` of a route limited per IP and per buyer."""
+
+
+async def admit_to_drop(
+    request: Request,
+    *,
+    email: str | None,
+    customer_id: str | None = None,
+    now: datetime,
+    only_if: ColumnElement[bool] | None = None,
+) -> None:
+    """Count one drop request (a raffle entry, a waitlist signup, a checkout session for
+    a drop's price) against the limits per client IP and per buyer (normalised email, or
+    the customer id when there is no email): one statement, committed on its own
+    (docs/inventory.md#rate-limits).
+
+    Raises:
+        RateLimited: 429 with ``Retry-After``.
+    """
+    settings = get_settings(request)
+    limits = [
+        Limit(
+            key=f"ip:{client_ip(request)}",
+            limit=settings.drop_rate_limit_per_ip,
+            what="from this address",
+        )
+    ]
+    buyer = buyer_key(email) if email else (f"customer:{customer_id}" if customer_id else None)
+    if buyer is not None:
+        limits.append(
+            Limit(
+                key=f"buyer:{buyer}",
+                limit=settings.drop_rate_limit_per_buyer,
+                what="for this buyer",
+            )
+        )
+    await get_rate_limiter(request).hit(limits, now=now, only_if=only_if)
 
 
 @documents(stock.SkuNotFound, stock.LocationNotFound)
@@ -225,6 +273,7 @@ async def create_drop(
         per_customer_limit=body.per_customer_limit,
         reservation_minutes=body.reservation_minutes,
         claim_minutes=body.claim_minutes,
+        waitlist_hold_minutes=body.waitlist_hold_minutes,
         items=[drops.ItemSpec(price_id=item.price, quantity=item.quantity) for item in body.items],
         now=now,
     )
@@ -254,14 +303,21 @@ def reads_a_draw() -> None:
     "/drops/{drop_id}/entries",
     status_code=201,
     response_model=EntryOut,
-    dependencies=[Depends(enters_a_raffle)],
+    dependencies=[Depends(enters_a_raffle), Depends(rate_limited)],
 )
 async def enter_raffle(
-    drop_id: str, body: EntryCreate, creator_id: AnyCreatorDep, session: SessionDep, now: NowDep
+    request: Request,
+    drop_id: str,
+    body: EntryCreate,
+    creator_id: AnyCreatorDep,
+    session: SessionDep,
+    now: NowDep,
 ) -> EntryOut:
     """Enter a raffle drop during its window (secret or publishable key). One entry per
     person by normalised email: entering again returns the same entry. At ``closes_at``
-    the draw offers one unit each to as many entrants as there are units."""
+    the draw offers one unit each to as many entrants as there are units. Limited per
+    IP and per buyer (429 ``rate-limited`` with ``Retry-After``)."""
+    await admit_to_drop(request, email=body.email, now=now)
     entry = await raffles.enter(
         session, creator_id=creator_id, drop_id=drop_id, email=body.email, now=now
     )
@@ -274,6 +330,78 @@ async def get_draw(drop_id: str, creator_id: AnyCreatorDep, session: SessionDep)
     pseudonym, and once drawn the seed, the winners and everyone units passed to. Anyone
     can repeat the draw from it (docs/raffles.md)."""
     return draw_out(await raffles.get_draw(session, creator_id=creator_id, drop_id=drop_id))
+
+
+@documents(
+    waitlists.WaitlistDropNotFound,
+    waitlists.WaitlistNotAvailable,
+    waitlists.WaitlistClosed,
+    waitlists.DropNotSoldOut,
+    waitlists.PriceNotInDrop,
+)
+def joins_a_waitlist() -> None:
+    """Documents the problems of signing up to a drop's waitlist."""
+
+
+@documents(waitlists.WaitlistDropNotFound)
+def reads_a_waitlist() -> None:
+    """Documents the problems of reading a drop's waitlist."""
+
+
+@router.post(
+    "/drops/{drop_id}/waitlist",
+    status_code=201,
+    response_model=WaitlistEntryOut,
+    dependencies=[Depends(joins_a_waitlist), Depends(rate_limited)],
+)
+async def join_waitlist(
+    request: Request,
+    drop_id: str,
+    body: WaitlistCreate,
+    creator_id: AnyCreatorDep,
+    session: SessionDep,
+    now: NowDep,
+) -> WaitlistEntryOut:
+    """Sign up to a sold-out drop's waitlist (secret or publishable key), for one of its
+    prices or any. One entry per person by normalised email: signing up again returns
+    the same entry. When units come back they are offered in signup order, one each,
+    held by a checkout session whose link is emailed (docs/inventory.md#waitlists).
+    Limited per IP and per buyer (429 ``rate-limited`` with ``Retry-After``)."""
+    await admit_to_drop(request, email=body.email, now=now)
+    entry = await waitlists.sign_up(
+        session,
+        creator_id=creator_id,
+        drop_id=drop_id,
+        email=body.email,
+        price_id=body.price,
+        now=now,
+    )
+    return waitlist_entry_out(entry)
+
+
+@router.get(
+    "/drops/{drop_id}/waitlist",
+    response_model=ListOut,
+    dependencies=[Depends(reads_a_waitlist)],
+)
+async def list_waitlist(
+    drop_id: str,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> ListOut:
+    """The drop's waitlist, newest signup first (offers go oldest first): each buyer's
+    email, status (``waiting`` → ``offered`` → ``claimed`` | ``passed``) and the session
+    holding their offered unit."""
+    page = await waitlists.list_entries(
+        session,
+        creator_id=creator_id,
+        drop_id=drop_id,
+        limit=limit,
+        starting_after=starting_after,
+    )
+    return ListOut(data=[waitlist_entry_out(e) for e in page.data], has_more=page.has_more)
 
 
 # Imports and production batches ----------------------------------------------------------

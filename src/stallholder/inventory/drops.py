@@ -16,14 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.catalog.models import Price
-from stallholder.inventory import drop_events, raffles
+from stallholder.inventory import drop_events, raffles, waitlists
 from stallholder.inventory.drop_rules import DropState, buyer_key, drop_state
 from stallholder.inventory.models import Drop, DropBuyer, DropClaim, DropItem
 from stallholder.inventory.reservations import OutOfStock
@@ -104,6 +104,7 @@ async def create_drop(
     items: Sequence[ItemSpec],
     now: datetime,
     claim_minutes: int = 60,
+    waitlist_hold_minutes: int = 15,
 ) -> DropView:
     """A drop of one-time prices, each in at most one drop.
 
@@ -139,6 +140,7 @@ async def create_drop(
         per_customer_limit=per_customer_limit,
         reservation_minutes=reservation_minutes,
         claim_minutes=claim_minutes,
+        waitlist_hold_minutes=waitlist_hold_minutes,
         created_at=now,
     )
     rows = [
@@ -209,6 +211,12 @@ async def _items(session: AsyncSession, *, drop_id: str) -> list[DropItem]:
         .scalars()
         .all()
     )
+
+
+def sold_in_a_drop(price_ids: Sequence[str]) -> ColumnElement[bool]:
+    """An SQL condition: one of ``price_ids`` is sold in a drop (for the rate limit on
+    checkout sessions for drops, evaluated in its own statement)."""
+    return exists(select(DropItem.id).where(DropItem.price_id.in_(sorted(set(price_ids)))))
 
 
 async def drop_for_prices(
@@ -433,7 +441,11 @@ async def release(session: AsyncSession, *, checkout_session_id: str, now: datet
             .values(held=DropItem.held - per_item[item_id])
             .execution_options(synchronize_session=False)
         )
-    await drop_events.after_release(session, drop_ids={row.drop_id for row in moved})
+    drop_ids = {row.drop_id for row in moved}
+    await drop_events.after_release(session, drop_ids=drop_ids)
+    await waitlists.after_release(
+        session, checkout_session_id=checkout_session_id, drop_ids=drop_ids, now=now
+    )
     return sum(per_item.values())
 
 
@@ -460,6 +472,38 @@ async def sell(session: AsyncSession, *, checkout_session_id: str, now: datetime
             .values(held=DropItem.held - n, sold=DropItem.sold + n)
             .execution_options(synchronize_session=False)
         )
+    if moved:
+        await waitlists.after_sale(session, checkout_session_id=checkout_session_id, now=now)
+    return sum(per_item.values())
+
+
+async def restock(session: AsyncSession, *, checkout_session_id: str, now: datetime) -> int:
+    """A refund with ``restock`` returned the units the session bought: the drop may sell
+    them again (``sold`` falls; the buyer's per-customer count stays, as for any refund),
+    and whoever waits for them is offered them. Returns how many; 0 the second time."""
+    moved = list(
+        await session.execute(
+            update(DropClaim)
+            .where(DropClaim.checkout_session_id == checkout_session_id, DropClaim.status == "sold")
+            .values(status="restocked", updated_at=now)
+            .returning(DropClaim.drop_id, DropClaim.drop_item_id, DropClaim.quantity)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    per_item: dict[int, int] = defaultdict(int)
+    for row in moved:
+        per_item[row.drop_item_id] += row.quantity
+    for item_id in sorted(per_item):
+        await session.execute(
+            update(DropItem)
+            .where(DropItem.id == item_id)
+            .values(sold=DropItem.sold - per_item[item_id])
+            .execution_options(synchronize_session=False)
+        )
+    if moved:
+        drop_ids = {row.drop_id for row in moved}
+        await drop_events.after_release(session, drop_ids=drop_ids)
+        await waitlists.units_returned(session, drop_ids=drop_ids, now=now)
     return sum(per_item.values())
 
 

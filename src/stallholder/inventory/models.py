@@ -128,6 +128,9 @@ class Drop(Base):
     seed_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     drawn_at: Mapped[datetime | None] = mapped_column(default=None)
     claim_minutes: Mapped[int] = mapped_column(default=60, server_default="60")
+    # Waitlists (``inventory.waitlists``): how long a unit offered to a waitlisted buyer
+    # is held for them before it passes to the next.
+    waitlist_hold_minutes: Mapped[int] = mapped_column(default=15, server_default="15")
     # The last state announced by a ``drop.*`` event (``open``, ``sold_out``, ``closed``;
     # None before opening): each announcement is a conditional update of it, so each is
     # emitted once however often the work runs (``inventory.drop_events``).
@@ -247,5 +250,33 @@ class DropEntry(Base):
     status: Mapped[str] = mapped_column(String(16))
     offer_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     checkout_session_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class WaitlistEntry(Base):
+    """One buyer waiting for a sold-out drop (one per normalised email), optionally for
+    one of its prices. Served in signup order (``id`` sorts in creation order). Status:
+    ``waiting`` → ``offered`` (a checkout session holds one unit for the buyer until
+    ``offer_expires_at``) → ``claimed`` (the buyer paid for it) | ``passed`` (the offer
+    ran out unpaid; the unit went to the next buyer)."""
+
+    __tablename__ = "waitlist_entries"
+    __table_args__ = (
+        UniqueConstraint("drop_id", "buyer_key"),
+        Index("ix_waitlist_entries_drop_status", "drop_id", "status", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
+    drop_id: Mapped[str] = mapped_column(ForeignKey("drops.id"))
+    # Only this price of the drop, or any (None).
+    price_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    buyer_key: Mapped[str] = mapped_column(String(320))
+    email: Mapped[str] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(16))
+    offer_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The session that holds the offered unit (the offer's link opens it).
+    checkout_session_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

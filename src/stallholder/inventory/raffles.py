@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events.service import emit
-from stallholder.inventory import raffle_draw
+from stallholder.inventory import offers, raffle_draw
 from stallholder.inventory.drop_rules import buyer_key
 from stallholder.inventory.models import Drop, DropEntry, DropItem
 from stallholder.kit import work
@@ -203,77 +203,54 @@ async def offer_next(session: AsyncSession, *, drop: Drop, count: int, now: date
     offered = 0
     expires_at = now + timedelta(minutes=drop.claim_minutes)
     while offered < count:
-        candidates = (
-            await session.execute(
-                select(DropEntry.id)
-                .where(
-                    DropEntry.drop_id == drop.id,
-                    DropEntry.status == "entered",
-                    DropEntry.rank.is_not(None),
-                )
-                .order_by(DropEntry.rank)
-                .limit(count - offered)
-            )
-        ).scalars()
-        candidate_ids = list(candidates)
-        if not candidate_ids:
+        row = await offers.take_next(
+            session,
+            DropEntry,
+            where=[DropEntry.drop_id == drop.id, DropEntry.rank.is_not(None)],
+            order_by=[DropEntry.rank],
+            waiting="entered",
+            values={"status": "offered", "offer_expires_at": expires_at, "updated_at": now},
+            returning=[DropEntry.id, DropEntry.email, DropEntry.rank],
+        )
+        if row is None:
             break
-        for entry_id in candidate_ids:
-            row = (
-                await session.execute(
-                    update(DropEntry)
-                    .where(DropEntry.id == entry_id, DropEntry.status == "entered")
-                    .values(status="offered", offer_expires_at=expires_at, updated_at=now)
-                    .returning(DropEntry.email, DropEntry.rank)
-                    .execution_options(synchronize_session=False)
-                )
-            ).one_or_none()
-            if row is None:
-                continue
-            offered += 1
-            await work.enqueue(
-                session,
-                kind=OFFER_KIND,
-                payload={"entry_id": entry_id},
-                due_at=expires_at,
-                now=now,
-                dedupe_key=f"offer:{entry_id}",
-                creator_id=drop.creator_id,
-            )
-            await emit(
-                session,
-                creator_id=drop.creator_id,
-                type="drop.raffle_offer",
-                data={
-                    "object": "raffle_offer",
-                    "drop": drop.id,
-                    "drop_name": drop.name,
-                    "entry": entry_id,
-                    "email": row.email,
-                    "rank": row.rank,
-                    "expires_at": expires_at.isoformat(),
-                },
-                now=now,
-            )
+        offered += 1
+        await work.enqueue(
+            session,
+            kind=OFFER_KIND,
+            payload={"entry_id": row.id},
+            due_at=expires_at,
+            now=now,
+            dedupe_key=f"offer:{row.id}",
+            creator_id=drop.creator_id,
+        )
+        await emit(
+            session,
+            creator_id=drop.creator_id,
+            type="drop.raffle_offer",
+            data={
+                "object": "raffle_offer",
+                "drop": drop.id,
+                "drop_name": drop.name,
+                "entry": row.id,
+                "email": row.email,
+                "rank": row.rank,
+                "expires_at": expires_at.isoformat(),
+            },
+            now=now,
+        )
     return offered
 
 
 async def expire_offer(session: AsyncSession, *, entry_id: str, now: datetime) -> bool:
     """An offer that ran out unused passes its unit to the next entrant. Does nothing for
     an offer that was taken up or is still running. Returns whether it passed."""
-    passed = (
-        await session.execute(
-            update(DropEntry)
-            .where(
-                DropEntry.id == entry_id,
-                DropEntry.status == "offered",
-                DropEntry.offer_expires_at <= now,
-            )
-            .values(status="passed", updated_at=now)
-            .returning(DropEntry.drop_id)
-            .execution_options(synchronize_session=False)
-        )
-    ).scalar_one_or_none()
+    passed = await offers.lapse(
+        session,
+        DropEntry,
+        where=[DropEntry.id == entry_id, DropEntry.offer_expires_at <= now],
+        now=now,
+    )
     if passed is None:
         return False
     drop = await session.get(Drop, passed)

@@ -8,7 +8,13 @@ from pydantic import AwareDatetime, BaseModel, Field, StrictInt, model_validator
 from stallholder.inventory import raffle_draw
 from stallholder.inventory.drops import DropView
 from stallholder.inventory.imports import ImportSummary
-from stallholder.inventory.models import DropEntry, IncomingBatch, Location, StockMovement
+from stallholder.inventory.models import (
+    DropEntry,
+    IncomingBatch,
+    Location,
+    StockMovement,
+    WaitlistEntry,
+)
 from stallholder.inventory.raffles import DrawView
 from stallholder.inventory.stock import AdjustmentKind, SkuStock
 from stallholder.kit.schemas import Email, Input
@@ -270,6 +276,13 @@ class DropCreate(Input):
     )
     per_customer_limit: StrictInt | None = Field(default=None, ge=1, le=1_000)
     reservation_minutes: StrictInt = Field(default=10, ge=1, le=60)
+    waitlist_hold_minutes: StrictInt = Field(
+        default=15,
+        ge=1,
+        le=1_440,
+        description="first_come: how long a unit offered to a waitlisted buyer is held "
+        "for them (docs/inventory.md#waitlists)",
+    )
     items: list[DropItemIn] = Field(min_length=1, max_length=20)
 
 
@@ -291,6 +304,7 @@ class DropOut(BaseModel):
     closes_at: datetime
     per_customer_limit: int | None
     reservation_minutes: int
+    waitlist_hold_minutes: int
     remaining: int
     items: list[DropItemOut]
     # Raffles: the SHA-256 of the committed seed, when the draw ran, a winner's window.
@@ -313,6 +327,44 @@ class EntryOut(BaseModel):
     rank: int | None
     offer_expires_at: datetime | None
     created: datetime
+
+
+class WaitlistCreate(Input):
+    email: Email
+    price: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=40,
+        description="wait for this price of the drop only (default: any of its prices)",
+    )
+
+
+class WaitlistEntryOut(BaseModel):
+    object: Literal["waitlist_entry"] = "waitlist_entry"
+    id: str
+    drop: str
+    email: str
+    price: str | None
+    status: Literal["waiting", "offered", "claimed", "passed"]
+    offer_expires_at: datetime | None
+    checkout_session: str | None = Field(
+        description="the session holding the unit offered (its hosted page is the link "
+        "emailed to the buyer)"
+    )
+    created: datetime
+
+
+def waitlist_entry_out(entry: WaitlistEntry) -> WaitlistEntryOut:
+    return WaitlistEntryOut(
+        id=entry.id,
+        drop=entry.drop_id,
+        email=entry.email,
+        price=entry.price_id,
+        status=entry.status,
+        offer_expires_at=entry.offer_expires_at,
+        checkout_session=entry.checkout_session_id,
+        created=entry.created_at,
+    )
 
 
 class DrawOut(BaseModel):
@@ -369,6 +421,7 @@ def drop_out(view: DropView, *, now: datetime) -> DropOut:
         closes_at=drop.closes_at,
         per_customer_limit=drop.per_customer_limit,
         reservation_minutes=drop.reservation_minutes,
+        waitlist_hold_minutes=drop.waitlist_hold_minutes,
         remaining=view.remaining,
         items=[
             DropItemOut(

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.catalog.models import Variant
 from stallholder.events import service as events
+from stallholder.inventory import waitlists
 from stallholder.inventory.models import IncomingBatch, Location, StockLevel, StockMovement
 from stallholder.inventory.quantities import Quantities, crossing, delta_for
 from stallholder.kit.db import is_unique_violation
@@ -544,6 +545,9 @@ async def adjust(
             .values(**settings, updated_at=now)
             .execution_options(synchronize_session=False)
         )
+    if (delta or 0) > 0 or safety_stock is not None:
+        # Units may have come back for a sold-out drop's waitlist.
+        await waitlists.units_returned(session, variant_ids=[variant.id], now=now)
     return await stock_for_sku(session, creator_id=creator_id, sku=sku)
 
 

@@ -20,6 +20,7 @@ from stallholder.billing import consolidation, renewal
 from stallholder.billing import tasks as billing
 from stallholder.checkout.tasks import (
     EXPIRE_SESSION,
+    OFFER_WAITLIST,
     complete_authenticated_payment,
     settle_checkout_attempt,
 )
@@ -32,6 +33,7 @@ from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database, async_url
 from stallholder.kit.idempotency import PRUNE_KEYS
 from stallholder.kit.outbound import ShardedTransport
+from stallholder.kit.rate_limits import PRUNE_RATE_LIMITS
 from stallholder.notifications.tasks import SEND_EMAIL, check_sender, queue_emails
 from stallholder.notifications.transport import Transport, transport_for
 from stallholder.orders import service as orders
@@ -139,7 +141,9 @@ def kinds_for(
         SEND_EMAIL,
         webhook_kind(settings),
         EXPIRE_SESSION,
+        OFFER_WAITLIST,
         PRUNE_KEYS,
+        PRUNE_RATE_LIMITS,
         AUTO_TOP_UP,
         *_settlement_kinds(settings),
         *(

@@ -19,6 +19,7 @@ from starlette.types import Scope
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
 from stallholder.kit.errors import PROBLEM_MEDIA_TYPE, DomainError
+from stallholder.kit.rate_limits import RateLimiter
 from stallholder.settings import Settings
 
 
@@ -30,6 +31,24 @@ def get_database(request: Request) -> Database:
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def get_rate_limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    return limiter
+
+
+def client_ip(request: Request) -> str:
+    """The client's address: the TCP peer's, or behind a proxy the last address of the
+    header ``trusted_proxy_header`` names (the one the proxy itself added; a client can
+    put anything before it). A request without the header falls back to the peer."""
+    header = get_settings(request).trusted_proxy_header
+    if header:
+        forwarded = request.headers.get(header, "")
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        if last:
+            return last
+    return request.client.host if request.client else "unknown"
 
 
 def get_now(request: Request) -> datetime:
@@ -96,6 +115,7 @@ def get_request_key(request: Request) -> str | None:
 
 
 RequestKeyDep = Annotated[str | None, Depends(get_request_key)]
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 

@@ -232,6 +232,13 @@ def _document_operation(
                     "schema": {"type": "string"},
                 }
             }
+        if status == 429:
+            response["headers"] = {
+                "Retry-After": {
+                    "description": "seconds until the rate-limit window ends",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            }
         responses[str(status)] = response
     operation["responses"] = dict(sorted(responses.items()))
     if security is not None:

@@ -33,6 +33,7 @@ SUBJECTS: dict[str, str] = {
     "subscription_canceled": "Your {{ merchant }} subscription is canceled",
     "raffle_offer": "You can buy from {{ merchant }}'s {{ drop_name }}",
     "shipped": "Your order from {{ merchant }} is on its way [{{ number }}]",
+    "waitlist_offer": "One is back: {{ merchant }}'s {{ drop_name }} is held for you",
 }
 
 

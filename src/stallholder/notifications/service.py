@@ -327,6 +327,26 @@ async def raffle_offer(
     )
 
 
+async def waitlist_offer(
+    session: AsyncSession, *, event_id: str, creator_id: str, offer: Mapping[str, Any]
+) -> NewEmail:
+    """Tell a waitlisted buyer a unit is held for them, with the link to its checkout
+    (``drop.waitlist_offer``)."""
+    creator = await accounts.get_creator(session, creator_id)
+    return compose(
+        creator_id=creator_id,
+        kind="waitlist_offer",
+        to=str(offer["email"]),
+        dedupe_key=f"{event_id}:waitlist_offer",
+        context={
+            "merchant": creator.display_name,
+            "drop_name": offer["drop_name"],
+            "url": offer["url"],
+            "expires_at": str(offer["expires_at"]),
+        },
+    )
+
+
 async def webhook_endpoint_disabled(
     session: AsyncSession, *, event_id: str, creator_id: str, endpoint: Mapping[str, Any]
 ) -> NewEmail | None:

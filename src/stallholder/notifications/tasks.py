@@ -94,6 +94,10 @@ async def _email_for_event(
         return await service.raffle_offer(
             session, event_id=event.id, creator_id=event.creator_id, offer=data
         )
+    if event.type == "drop.waitlist_offer":
+        return await service.waitlist_offer(
+            session, event_id=event.id, creator_id=event.creator_id, offer=data
+        )
     if event.type == "webhook_endpoint.disabled":
         return await service.webhook_endpoint_disabled(
             session, event_id=event.id, creator_id=event.creator_id, endpoint=data

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.accounts.models import Creator
 from stallholder.digital import delivery as digital
 from stallholder.events import service as events
-from stallholder.inventory import reservations
+from stallholder.inventory import drops, reservations
 from stallholder.kit import work
 from stallholder.kit.db import Database, is_unique_violation, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
@@ -579,6 +579,8 @@ async def finish_refund(
         now=now,
     )
     if refund.restock:
+        if order.checkout_session_id is not None:
+            await drops.restock(session, checkout_session_id=order.checkout_session_id, now=now)
         await reservations.restock(session, order_id=order.id, refund_id=refund.id, now=now)
     if order.status == "refunded":
         # A refunded order is owed no more license keys (docs/digital-delivery.md).

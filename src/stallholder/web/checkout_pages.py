@@ -32,6 +32,8 @@ from stallholder.checkout.models import CheckoutSession
 from stallholder.checkout.schemas import ConfirmIn
 from stallholder.fulfilment.addresses import country_choices
 from stallholder.fulfilment.schemas import ShippingAddressIn
+from stallholder.inventory import drops
+from stallholder.inventory.api import admit_to_drop
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.kit.money import exponent
@@ -275,7 +277,12 @@ async def _render(
 
 
 @router.get("/buy/{price_id}")
-async def buy(price_id: str, session: SessionDep, settings: SettingsDep, now: NowDep) -> Response:
+async def buy(
+    request: Request, price_id: str, session: SessionDep, settings: SettingsDep, now: NowDep
+) -> Response:
+    # A drop's price is limited per client address like the API's sessions (the buyer's
+    # email is not known yet); 429 ``rate-limited`` with Retry-After.
+    await admit_to_drop(request, email=None, now=now, only_if=drops.sold_in_a_drop([price_id]))
     opened = await checkout.open_session_for_price(
         session,
         price_id=price_id,
