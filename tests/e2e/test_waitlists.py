@@ -196,7 +196,7 @@ async def test_returned_units_are_offered_in_signup_order_held_emailed_and_passe
         (["w3@example.com"], subject),
     ]
     links = [
-        f"http://testserver/checkout/{entries[email]['checkout_session']}"
+        f"http://testserver/pay/{entries[email]['checkout_session']}"
         for email in ("W1@example.com", "w2@example.com", "w3@example.com")
     ]
     for received, link in zip(offers, links, strict=True):
