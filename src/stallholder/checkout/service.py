@@ -666,8 +666,9 @@ PURPOSE: payments.Purpose = "checkout_session"
 
 
 class SubscriptionCheckoutUnavailable(Conflict):
-    """A subscription-mode session reached the one-time confirm (a wiring fault of the
-    caller: subscription sessions are confirmed by ``SubscriptionConfirmer``)."""
+    """A subscription-mode session reached the one-time confirm, which wrote nothing: the
+    caller confirms it through ``SubscriptionConfirmer`` instead (the checkout API does, so
+    it needs no read of the session's mode before each confirm)."""
 
     slug = "subscription-checkout-unavailable"
     title = "This session subscribes and is confirmed through the subscription checkout"
