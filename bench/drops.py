@@ -151,7 +151,9 @@ async def _raw_rate(url: str, duration: float) -> dict[str, Any]:
     }
 
 
-def run(*, warmup: float, duration: float, **_: Any) -> dict[str, Any]:
+def run(
+    *, warmup: float, duration: float, serve_options: list[str] | None = None, **_: Any
+) -> dict[str, Any]:
     created = _create_postgres_database()
     if created is None:
         return {"skipped": "PostgreSQL is not reachable"}
@@ -169,7 +171,7 @@ def run(*, warmup: float, duration: float, **_: Any) -> dict[str, Any]:
                 raise RuntimeError(f"migrate failed: {migrated.stdout}{migrated.stderr}")
             port = harness.free_port()
             command = [str(harness.BIN / "stallholder"), "serve", "--host", "127.0.0.1"]
-            command += ["--port", str(port)]
+            command += ["--port", str(port), *(serve_options or [])]
             with harness.served(command, env=env, port=port, log=workdir / "serve.log") as (
                 base,
                 pid,
@@ -217,6 +219,7 @@ def run(*, warmup: float, duration: float, **_: Any) -> dict[str, Any]:
     ratio = round(storm["attempts_per_second"] / raw["updates_per_second"], 3)
     return {
         "buyers": BUYERS,
+        "serving": " ".join(["stallholder serve", *(serve_options or [])]),
         "duration_seconds": duration,
         "storm": storm,
         "sell_out": sell_out,
@@ -229,7 +232,10 @@ def run(*, warmup: float, duration: float, **_: Any) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> Table:
-    table = Table(title=f"drop storm: {results.get('buyers')} buyers on one drop, PostgreSQL")
+    table = Table(
+        title=f"drop storm: {results.get('buyers')} buyers on one drop, PostgreSQL, "
+        f"{results.get('serving', 'stallholder serve')}"
+    )
     for column in ("run", "attempts", "errors", "per s", "p50 ms", "p99 ms", "notes"):
         table.add_column(column, justify="left" if column in ("run", "notes") else "right")
     if "skipped" in results:
