@@ -74,6 +74,9 @@ async def create_session(
         ttl=timedelta(seconds=settings.checkout_session_ttl_seconds),
         now=now,
         shipping_address=body.shipping_address.to_address() if body.shipping_address else None,
+        # The hot rows' updates at the commit: the idempotency middleware and SessionDep's
+        # unit of work both run them and answer their out-of-stock (ADR 0024).
+        holds_at_commit=True,
     )
     return session_out(checkout, settings=settings, now=now)
 

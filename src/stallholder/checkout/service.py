@@ -357,10 +357,18 @@ async def create_session(
     now: datetime,
     checkout_link_id: str | None = None,
     shipping_address: ShippingAddress | None = None,
+    holds_at_commit: bool = False,
 ) -> CheckoutSession:
     """An open session for ``lines``, priced now and held for ``ttl``. The units of
     tracked variants are held for the session until it expires, is cancelled or is paid
     (``inventory.reservations``).
+
+    With ``holds_at_commit`` the conditional updates that take the units (of the drop's
+    items and the stock levels: the hot rows of a drop) are the unit of work's last
+    statements, run at its commit (``kit.db.defer_until_commit``, ADR 0024): their row
+    locks are then held for that statement and the commit only. Their ``OutOfStock`` is
+    raised by the commit, not by this call; only a caller whose commit turns that error
+    into the answer (the HTTP API's) should ask for it.
 
     A session for a drop's prices is held for at most the drop's ``reservation_minutes``
     and claims its units of the drop (``inventory.drops``).
@@ -472,9 +480,25 @@ async def create_session(
     # Last, so the hot rows stay locked for as short a time as the unit of work allows;
     # the drop's rows before the stock's (the lock order, ADR 0012).
     if admission is not None:
-        await drops.claim(session, admission=admission, checkout_session_id=checkout.id, now=now)
+        await drops.claim(
+            session,
+            admission=admission,
+            checkout_session_id=checkout.id,
+            now=now,
+            at_commit=holds_at_commit,
+        )
     if built.is_tracked:
-        await _hold_stock(session, checkout=checkout, now=now)
+        await reservations.hold(
+            session,
+            creator_id=checkout.creator_id,
+            checkout_session_id=checkout.id,
+            wants=[
+                reservations.Want(variant_id=item.variant_id, sku=item.sku, quantity=item.quantity)
+                for item in checkout.line_items
+            ],
+            now=now,
+            at_commit=holds_at_commit,
+        )
     return checkout
 
 
@@ -519,19 +543,6 @@ async def _release_holds(
         return
     await drops.release(session, checkout_session_id=checkout.id, now=now)
     await reservations.release(session, checkout_session_id=checkout.id, now=now)
-
-
-async def _hold_stock(session: AsyncSession, *, checkout: CheckoutSession, now: datetime) -> None:
-    await reservations.hold(
-        session,
-        creator_id=checkout.creator_id,
-        checkout_session_id=checkout.id,
-        wants=[
-            reservations.Want(variant_id=item.variant_id, sku=item.sku, quantity=item.quantity)
-            for item in checkout.line_items
-        ],
-        now=now,
-    )
 
 
 async def get_session_by_id(session: AsyncSession, *, session_id: str) -> CheckoutSession:

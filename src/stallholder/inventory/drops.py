@@ -31,7 +31,7 @@ from stallholder.inventory import drop_events, raffles
 from stallholder.inventory.drop_rules import DropState, buyer_key, drop_state
 from stallholder.inventory.models import Drop, DropBuyer, DropClaim, DropItem
 from stallholder.inventory.reservations import OutOfStock
-from stallholder.kit.db import is_unique_violation
+from stallholder.kit.db import defer_until_commit, is_unique_violation
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 
@@ -330,13 +330,20 @@ def _sold_out(drop: Drop, *, sku: str, left: int, wanted: int) -> OutOfStock:
 
 
 async def claim(
-    session: AsyncSession, *, admission: Admission, checkout_session_id: str, now: datetime
+    session: AsyncSession,
+    *,
+    admission: Admission,
+    checkout_session_id: str,
+    now: datetime,
+    at_commit: bool = False,
 ) -> int:
     """Claim the admitted units for the session: a raffle winner's offer, the claim rows,
     then each drop item's ``held`` by a conditional update, in key order. The updates of
     the hot rows come last, so their locks are held for as little of the transaction as
-    possible. The first that finds too little raises, and the caller's unit of work rolls
-    back. Returns the units claimed.
+    possible; with ``at_commit`` they are deferred to the unit of work's commit
+    (``kit.db.defer_until_commit``, ADR 0024), and the commit raises their errors. The
+    first that finds too little raises, and the caller's unit of work rolls back. Returns
+    the units claimed.
 
     Raises:
         RaffleNotDrawn, RaffleOneUnit, NoRaffleOffer (a raffle drop), OutOfStock (naming
@@ -369,6 +376,16 @@ async def claim(
         for item_id in sorted(wanted)
     )
     await session.flush()
+    if at_commit:
+        defer_until_commit(session, lambda last: _take_items(last, admission=admission, now=now))
+    else:
+        await _take_items(session, admission=admission, now=now)
+    return sum(wanted.values())
+
+
+async def _take_items(session: AsyncSession, *, admission: Admission, now: datetime) -> None:
+    """Each drop item's ``held`` grows by a conditional update, in key order."""
+    drop, wanted = admission.drop, admission.wanted
     emptied = False
     for item_id in sorted(wanted):
         n = wanted[item_id]
@@ -395,7 +412,6 @@ async def claim(
             raise _sold_out(drop, sku=admission.skus[item_id], left=int(left), wanted=n)
     if emptied:
         await drop_events.after_claim(session, drop=drop, now=now)
-    return sum(wanted.values())
 
 
 async def _count_buyer(session: AsyncSession, *, drop: Drop, key: str, units: int) -> None:

@@ -30,6 +30,7 @@ from stallholder.inventory.quantities import (
     total_available,
 )
 from stallholder.inventory.stock import LEVEL_COLUMNS, report_crossing, state_of
+from stallholder.kit.db import defer_until_commit
 from stallholder.kit.errors import Conflict
 
 
@@ -95,6 +96,7 @@ async def hold(
     checkout_session_id: str,
     wants: Sequence[Want],
     now: datetime,
+    at_commit: bool = False,
 ) -> int:
     """Hold the units of every tracked variant in ``wants`` for the session; untracked
     variants (no stock level anywhere) are not held. Returns the number of units held.
@@ -103,7 +105,9 @@ async def hold(
     conditional update (``… WHERE available >= n``), the levels in primary-key order, last
     so their rows stay locked for as little of the transaction as possible. The first
     update that finds too little raises, and the caller's unit of work rolls back the
-    holds made before it.
+    holds made before it. With ``at_commit`` the updates are deferred to the unit of
+    work's commit (``kit.db.defer_until_commit``, ADR 0024), which then raises their
+    errors.
 
     Raises:
         OutOfStock: naming the SKU and what it has left.
@@ -150,15 +154,22 @@ async def hold(
         for take in in_key_order(takes)
     )
     await session.flush()
-    for take in in_key_order(takes):
-        await _take(
-            session,
-            take=take,
-            sku=sku_of_level[take.level_id],
-            variant_id=variant_of_level[take.level_id],
-            wanted=wanted[variant_of_level[take.level_id]],
-            now=now,
-        )
+
+    async def take_all(last: AsyncSession) -> None:
+        for take in in_key_order(takes):
+            await _take(
+                last,
+                take=take,
+                sku=sku_of_level[take.level_id],
+                variant_id=variant_of_level[take.level_id],
+                wanted=wanted[variant_of_level[take.level_id]],
+                now=now,
+            )
+
+    if at_commit:
+        defer_until_commit(session, take_all)
+    else:
+        await take_all(session)
     return sum(take.quantity for take in takes)
 
 
