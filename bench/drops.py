@@ -9,7 +9,10 @@ rate for the conditional UPDATE that is a reservation's hot spot.
    reserve and pay (``drop_buy``): exactly that many orders, the rest a 409, nothing
    oversold (checked in the database: sold ≤ quantity, orders = sold, no session
    holding a unit beyond the quantity).
-3. **Raw rate.** In the same database, ``RAW_CONNECTIONS`` psycopg connections in
+3. **After sold out.** The same 200 clients keep arriving at the sold-out drop for
+   ``--duration`` seconds: every attempt is a 409 ``out-of-stock`` (attempts/s, latency,
+   server CPU per attempt).
+4. **Raw rate.** In the same database, ``RAW_CONNECTIONS`` psycopg connections in
    autocommit run ``UPDATE … SET held = held + 1 WHERE id = 1 AND quantity - held - sold
    >= 1`` on one row as fast as they can: the most PostgreSQL does for that row here.
 
@@ -151,7 +154,9 @@ async def _raw_rate(url: str, duration: float) -> dict[str, Any]:
     }
 
 
-def run(*, warmup: float, duration: float, **_: Any) -> dict[str, Any]:
+def run(
+    *, warmup: float, duration: float, serve_options: list[str] | None = None, **_: Any
+) -> dict[str, Any]:
     created = _create_postgres_database()
     if created is None:
         return {"skipped": "PostgreSQL is not reachable"}
@@ -173,7 +178,7 @@ def run(*, warmup: float, duration: float, **_: Any) -> dict[str, Any]:
                 raise RuntimeError(f"migrate failed: {migrated.stdout}{migrated.stderr}")
             port = harness.free_port()
             command = [str(harness.BIN / "stallholder"), "serve", "--host", "127.0.0.1"]
-            command += ["--port", str(port)]
+            command += ["--port", str(port), *(serve_options or [])]
             with harness.served(command, env=env, port=port, log=workdir / "serve.log") as (
                 base,
                 pid,
@@ -202,6 +207,20 @@ def run(*, warmup: float, duration: float, **_: Any) -> dict[str, Any]:
                         | {"duration": 120, "max_iterations": BUYERS}
                     )
                 )
+                # The crowd that arrives after the last unit went: every attempt a 409.
+                harness.wait_until_idle(lambda: harness.tree_cpu_seconds(pid))
+                cpu_before = harness.tree_cpu_seconds(pid)
+                sold_out = _latency(
+                    harness.run_load(
+                        {**spec, "scenario": "drop_attempt", "price": sell_out_price}
+                        | {"duration": duration, "max_iterations": 1_000_000}
+                    )
+                )
+                harness.wait_until_idle(lambda: harness.tree_cpu_seconds(pid))
+                cpu = harness.tree_cpu_seconds(pid) - cpu_before
+                sold_out["server_cpu_ms_per_attempt"] = (
+                    round(cpu * 1000 / sold_out["attempts"], 2) if sold_out["attempts"] else None
+                )
             left, sold, orders = _drop_counts(url, sell_out_price)
             sell_out |= {
                 "units": SELL_OUT_UNITS,
@@ -221,9 +240,11 @@ def run(*, warmup: float, duration: float, **_: Any) -> dict[str, Any]:
     ratio = round(storm["attempts_per_second"] / raw["updates_per_second"], 3)
     return {
         "buyers": BUYERS,
+        "serving": " ".join(["stallholder serve", *(serve_options or [])]),
         "duration_seconds": duration,
         "storm": storm,
         "sell_out": sell_out,
+        "after_sold_out": sold_out,
         "raw_conditional_update": raw,
         "ratio_of_raw": ratio,
         "server_errors": server_errors,
@@ -233,7 +254,10 @@ def run(*, warmup: float, duration: float, **_: Any) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> Table:
-    table = Table(title=f"drop storm: {results.get('buyers')} buyers on one drop, PostgreSQL")
+    table = Table(
+        title=f"drop storm: {results.get('buyers')} buyers on one drop, PostgreSQL, "
+        f"{results.get('serving', 'stallholder serve')}"
+    )
     for column in ("run", "attempts", "errors", "per s", "p50 ms", "p99 ms", "notes"):
         table.add_column(column, justify="left" if column in ("run", "notes") else "right")
     if "skipped" in results:
@@ -259,6 +283,17 @@ def table(results: dict[str, Any]) -> Table:
         str(sell["p99_ms"]),
         f"orders {sell['orders']}, oversold {sell['oversold']}, clean {sell['is_clean']}",
     )
+    after = results.get("after_sold_out")
+    if after is not None:
+        table.add_row(
+            "after sold out (409s)",
+            str(after["attempts"]),
+            str(after["errors"]),
+            str(after["attempts_per_second"]),
+            str(after["p50_ms"]),
+            str(after["p99_ms"]),
+            f"server CPU {after['server_cpu_ms_per_attempt']} ms/attempt",
+        )
     table.add_row(
         f"raw UPDATE x{raw['connections']}",
         str(raw["updates"]),

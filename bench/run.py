@@ -55,8 +55,8 @@ def main() -> None:
         "--serve",
         action="append",
         metavar="DATABASE=OPTIONS",
-        help="checkout: 'stallholder serve' options for one database instead of the best "
-        "measured ones, e.g. --serve 'postgresql=--workers 1'",
+        help="checkout and drops: 'stallholder serve' options for one database instead of "
+        "the best measured ones, e.g. --serve 'postgresql=--workers 2'",
     )
     parser.add_argument(
         "--subscriptions",
@@ -88,6 +88,13 @@ def main() -> None:
                 results = renewals.run(
                     count=arguments.subscriptions
                     or (renewals.QUICK_SIZE if arguments.quick else renewals.FULL_SIZE)
+                )
+            elif name == drops.NAME:
+                serve = dict(option.split("=", 1) for option in arguments.serve or ())
+                results = drops.run(
+                    warmup=warmup,
+                    duration=duration,
+                    serve_options=serve.get("postgresql", "").split(),
                 )
             else:
                 results = BENCHMARKS[name](

@@ -8,9 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
+from stallholder.checkout.models import CheckoutSession
 from stallholder.events.models import Event
+from stallholder.inventory import drops
+from stallholder.inventory.models import DropBuyer, DropClaim, DropItem
 from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
@@ -228,3 +231,65 @@ async def test_drop_events_announce_opening_sell_out_and_closing_once(
         ("drop.sold_out", "sold_out", 0),
         ("drop.closed", "closed", 0),
     ]
+
+
+@pytest.mark.parametrize("idempotency_key", ["buy-1", None])
+async def test_a_unit_taken_between_the_read_and_the_commit_is_an_out_of_stock_answer(
+    shop: DropShop,
+    clock: FrozenClock,
+    api: Api,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    idempotency_key: str | None,
+) -> None:
+    """The drop item's conditional update runs at the commit (ADR 0024). When the last
+    unit goes after the prices were read (here: taken in the same transaction, as another
+    buyer's commit would on PostgreSQL), the commit refuses: a 409 ``out-of-stock``,
+    nothing written, and with a key the answer is kept and replayed."""
+    drop = (await shop.drop(items=[{"price": shop.price, "quantity": 1}])).json()
+    clock.set(OPENS)
+    real_admit = drops.admit
+
+    async def admit_then_lose_the_unit(session: Any, **kwargs: Any) -> Any:
+        admission = await real_admit(session, **kwargs)
+        await session.execute(update(DropItem).values(held=DropItem.quantity))
+        return admission
+
+    monkeypatch.setattr(drops, "admit", admit_then_lose_the_unit)
+    headers = bearer(shop.sk) | ({"Idempotency-Key": idempotency_key} if idempotency_key else {})
+    body = {"line_items": [{"price": shop.price, "quantity": 1}], "customer_email": "a@ex.com"}
+    refused = await api.http.post("/v1/checkout/sessions", headers=headers, json=body)
+    monkeypatch.undo()
+
+    assert refused.status_code == 409
+    assert refused.headers["content-type"] == "application/problem+json"
+    sku = refused.json()["sku"]
+    assert sku.startswith("winter-mug-")
+    assert refused.json() == {
+        "type": PROBLEM + "out-of-stock",
+        "title": "Not enough stock",
+        "status": 409,
+        "detail": f"{sku} is sold out in drop {drop['id']} (1 asked for)",
+        "instance": "/v1/checkout/sessions",
+        "sku": sku,
+        "available": 0,
+        "requested": 1,
+        "drop": drop["id"],
+    }
+    async with database.read() as session:
+        assert (
+            await session.execute(select(func.count()).select_from(CheckoutSession))
+        ).scalar_one() == 0
+        assert (
+            await session.execute(select(func.count()).select_from(DropClaim))
+        ).scalar_one() == 0
+        assert (await session.execute(select(DropBuyer.units))).scalars().all() == []
+    shown = await shop.get(drop["id"])
+    assert (shown["remaining"], shown["items"][0]["held"]) == (1, 0)
+    again = await api.http.post("/v1/checkout/sessions", headers=headers, json=body)
+    if idempotency_key is None:  # a new request: the unit is there
+        assert again.status_code == 201, again.text
+    else:  # the kept answer
+        assert again.status_code == 409
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json() == refused.json()

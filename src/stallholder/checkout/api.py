@@ -104,6 +104,9 @@ async def create_session(
         ttl=timedelta(seconds=settings.checkout_session_ttl_seconds),
         now=now,
         shipping_address=body.shipping_address.to_address() if body.shipping_address else None,
+        # The hot rows' updates at the commit: the idempotency middleware and SessionDep's
+        # unit of work both run them and answer their out-of-stock (ADR 0024).
+        holds_at_commit=True,
     )
     return session_out(checkout, settings=settings, now=now)
 
@@ -214,13 +217,27 @@ async def confirm_session(
     if principal.kind == "publishable" and not body.client_secret:
         raise service.SessionNotFound(f"no checkout session {session_id!r}")
     client_secret = body.client_secret if principal.kind == "publishable" else None
-    # Read in a unit of work of its own: the request's ``session`` is first used after the
-    # gateway answered (below), so it never reads a snapshot older than the outcome.
-    async with request.app.state.database.unit_of_work() as reading:
-        found = await service.get_session(
-            reading, creator_id=creator_id, session_id=session_id, client_secret=client_secret
+    try:
+        outcome = await service.confirm_session(
+            request.app.state.database,
+            request.app.state.gateway,
+            creator_id=creator_id,
+            session_id=session_id,
+            payment_method=body.payment_method,
+            client_secret=client_secret,
+            customer_email=body.customer_email,
+            default_fees=ledger.platform_fee_policy(settings),
+            base_url=settings.base_url,
+            resolve_after=now + settings.payment_resolve_after(),
+            now=now,
+            session=session,
+            shipping_address=body.shipping_address.to_address() if body.shipping_address else None,
         )
-    if found.mode == "subscription":
+    except service.SubscriptionCheckoutUnavailable:
+        # A subscription-mode session, told apart by the one-time confirm's own locked read
+        # of the session (which wrote nothing), rather than by a read of its own before
+        # every confirm. Both confirms start the same way (the payment method checked, the
+        # session locked, a complete session returned as it is), so the answer is the same.
         confirmer: service.SubscriptionConfirmer = request.app.state.subscription_confirmer
         outcome = await confirmer(
             request.app.state.database,
@@ -236,24 +253,6 @@ async def confirm_session(
             base_url=settings.base_url,
             now=now,
         )
-        if outcome.error is not None:
-            return problem_response(outcome.error, instance=f"/v1/checkout/sessions/{session_id}")
-        return session_out(outcome.session, settings=settings, now=now)
-    outcome = await service.confirm_session(
-        request.app.state.database,
-        request.app.state.gateway,
-        creator_id=creator_id,
-        session_id=session_id,
-        payment_method=body.payment_method,
-        client_secret=client_secret,
-        customer_email=body.customer_email,
-        default_fees=ledger.platform_fee_policy(settings),
-        base_url=settings.base_url,
-        resolve_after=now + settings.payment_resolve_after(),
-        now=now,
-        session=session,
-        shipping_address=body.shipping_address.to_address() if body.shipping_address else None,
-    )
     if outcome.error is not None:
         return problem_response(outcome.error, instance=f"/v1/checkout/sessions/{session_id}")
     return session_out(outcome.session, settings=settings, now=now)

@@ -49,6 +49,11 @@ class CheckoutSession(Base):
     # While ``payment_status`` is ``requires_action``: what the buyer's browser needs to
     # authenticate with the gateway (Stripe: the PaymentIntent's client secret).
     payment_action_secret: Mapped[str | None] = mapped_column(String(200), default=None)
+    # False when the session was opened holding no drop units and no stock (untracked items
+    # outside any drop): paying or expiring it then moves nothing, and skips the two
+    # statements that would find nothing to move. True when it holds some, and for every
+    # row from before the column (the safe answer: look).
+    holds_stock: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
     expires_at: Mapped[datetime]
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime]

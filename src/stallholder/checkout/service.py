@@ -16,7 +16,7 @@ the gateway is called (ADR 0007). It runs in three steps:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -157,14 +157,31 @@ def _unit_amount(price: Price, line: LineRequest, position: int) -> int:
     return price.unit_amount
 
 
-async def _price_with_product(
-    session: AsyncSession, *, price_id: str
-) -> tuple[Price, Product] | None:
-    """The price, its product and the product's variants, in one statement."""
+@dataclass(frozen=True, slots=True)
+class _PriceRead:
+    price: Price
+    product: Product
+    # The drop item selling the price (None outside drops) and what it had left.
+    drop_item_id: int | None
+    drop_left: int | None
+    # Whether the product's stock is tracked (a session for it holds units).
+    is_tracked: bool
+
+
+async def _price_with_product(session: AsyncSession, *, price_id: str) -> _PriceRead | None:
+    """The price, its product and the product's variants, with what inventory needs to
+    know of them (its drop item, whether its stock is tracked), in one statement."""
+    drop_item_id, drop_left = drops.item_of_price(Price.id)
     row = (
         (
             await session.execute(
-                select(Price, Product)
+                select(
+                    Price,
+                    Product,
+                    drop_item_id,
+                    drop_left,
+                    reservations.is_tracked(Product.id),
+                )
                 .join(Product, Product.id == Price.product_id)
                 .where(Price.id == price_id)
                 .options(joinedload(Product.variants))
@@ -173,7 +190,9 @@ async def _price_with_product(
         .unique()
         .one_or_none()
     )
-    return None if row is None else (row[0], row[1])
+    if row is None:
+        return None
+    return _PriceRead(row[0], row[1], row[2], row[3], bool(row[4]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +207,10 @@ class _BuiltLines:
     # first price's trial.
     plan: tuple[str, int] | None = None
     trial_days: int = 0
+    # Prices sold in a drop: (drop item, units it had left), by price id.
+    drop_items: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Whether any line's stock is tracked.
+    is_tracked: bool = False
 
 
 async def _build_lines(
@@ -196,17 +219,22 @@ async def _build_lines(
     items: list[CheckoutLineItem] = []
     currencies: set[str] = set()
     has_physical, weight_grams = False, 0
-    found: dict[str, tuple[Price, Product] | None] = {}
+    found: dict[str, _PriceRead | None] = {}
+    drop_items: dict[str, tuple[int, int]] = {}
+    is_tracked = False
     recurring = False
     first_plan: tuple[str, int] | None = None
     trial_days = 0
     for position, line in enumerate(lines):
         if line.price_id not in found:
             found[line.price_id] = await _price_with_product(session, price_id=line.price_id)
-        pair = found[line.price_id]
-        if pair is None or pair[0].creator_id != creator_id:
+        read = found[line.price_id]
+        if read is None or read.price.creator_id != creator_id:
             raise PriceNotPurchasable(f"line_items[{position}]: no price {line.price_id!r}")
-        price, product = pair
+        price, product = read.price, read.product
+        if read.drop_item_id is not None:
+            drop_items[price.id] = (read.drop_item_id, read.drop_left or 0)
+        is_tracked = is_tracked or read.is_tracked
         if position == 0:
             recurring = price.type == "recurring"
         elif recurring and line.price_id in {item.price_id for item in items}:
@@ -271,6 +299,8 @@ async def _build_lines(
         weight_grams=weight_grams,
         plan=first_plan,
         trial_days=trial_days,
+        drop_items=drop_items,
+        is_tracked=is_tracked,
     )
 
 
@@ -328,10 +358,18 @@ async def create_session(
     checkout_link_id: str | None = None,
     shipping_address: ShippingAddress | None = None,
     hold: timedelta | None = None,
+    holds_at_commit: bool = False,
 ) -> CheckoutSession:
     """An open session for ``lines``, priced now and held for ``ttl``. The units of
     tracked variants are held for the session until it expires, is cancelled or is paid
     (``inventory.reservations``).
+
+    With ``holds_at_commit`` the conditional updates that take the units (of the drop's
+    items and the stock levels: the hot rows of a drop) are the unit of work's last
+    statements, run at its commit (``kit.db.defer_until_commit``, ADR 0024): their row
+    locks are then held for that statement and the commit only. Their ``OutOfStock`` is
+    raised by the commit, not by this call; only a caller whose commit turns that error
+    into the answer (the HTTP API's) should ask for it.
 
     A session for a drop's prices is held for at most the drop's ``reservation_minutes``
     and claims its units of the drop (``inventory.drops``); a waitlist offer passes
@@ -353,8 +391,12 @@ async def create_session(
         customer_email = customer_email or customer.email
     built = await _build_lines(session, creator_id=creator_id, lines=lines)
     items = built.items
-    drop = await drops.drop_for_prices(
-        session, price_ids=[item.price_id for item in items], now=now
+    # Read only when a price is in a drop (the price read says): one statement fewer for
+    # every other sale.
+    drop = (
+        await drops.drop_for_prices(session, price_ids=list(built.drop_items), now=now)
+        if built.drop_items
+        else None
     )
     if hold is not None:
         ttl = hold
@@ -364,6 +406,27 @@ async def create_session(
     if total > MAX_SESSION_TOTAL:
         raise InvalidLineItem(f"the session total {total} exceeds the maximum {MAX_SESSION_TOTAL}")
     subscribing = built.plan is not None
+    # The drop's checks that need no session and no lock (the buyer's limit; a sold-out
+    # drop answered from the price read), before anything is written.
+    admission = (
+        None
+        if drop is None or subscribing
+        else await drops.admit(
+            session,
+            drop=drop,
+            email=customer_email,
+            lines=[
+                drops.ClaimLine(
+                    price_id=item.price_id,
+                    sku=item.sku,
+                    quantity=item.quantity,
+                    drop_item_id=built.drop_items.get(item.price_id, (None, None))[0],
+                    left=built.drop_items.get(item.price_id, (None, None))[1],
+                )
+                for item in items
+            ],
+        )
+    )
     checkout = CheckoutSession(
         id=new_id("cs"),
         creator_id=creator_id,
@@ -398,6 +461,8 @@ async def create_session(
         expires_at=now + ttl,
         created_at=now,
         line_items=items,
+        # Whether paying or expiring it may move units (drop claims, stock holds).
+        holds_stock=not subscribing and (drop is not None or built.is_tracked),
     )
     if shipping_address is not None:
         await _set_shipping(session, checkout, shipping_address)
@@ -418,19 +483,26 @@ async def create_session(
         return checkout
     # Last, so the hot rows stay locked for as short a time as the unit of work allows;
     # the drop's rows before the stock's (the lock order, ADR 0012).
-    if drop is not None:
+    if admission is not None:
         await drops.claim(
             session,
-            drop=drop,
+            admission=admission,
             checkout_session_id=checkout.id,
-            email=customer_email,
-            lines=[
-                drops.ClaimLine(price_id=item.price_id, sku=item.sku, quantity=item.quantity)
-                for item in items
+            now=now,
+            at_commit=holds_at_commit,
+        )
+    if built.is_tracked:
+        await reservations.hold(
+            session,
+            creator_id=checkout.creator_id,
+            checkout_session_id=checkout.id,
+            wants=[
+                reservations.Want(variant_id=item.variant_id, sku=item.sku, quantity=item.quantity)
+                for item in checkout.line_items
             ],
             now=now,
+            at_commit=holds_at_commit,
         )
-    await _hold_stock(session, checkout=checkout, now=now)
     return checkout
 
 
@@ -471,21 +543,10 @@ async def _release_holds(
     session: AsyncSession, *, checkout: CheckoutSession, now: datetime
 ) -> None:
     """Give back what the session holds: drop units, then stock (the lock order)."""
+    if not checkout.holds_stock:
+        return
     await drops.release(session, checkout_session_id=checkout.id, now=now)
     await reservations.release(session, checkout_session_id=checkout.id, now=now)
-
-
-async def _hold_stock(session: AsyncSession, *, checkout: CheckoutSession, now: datetime) -> None:
-    await reservations.hold(
-        session,
-        creator_id=checkout.creator_id,
-        checkout_session_id=checkout.id,
-        wants=[
-            reservations.Want(variant_id=item.variant_id, sku=item.sku, quantity=item.quantity)
-            for item in checkout.line_items
-        ],
-        now=now,
-    )
 
 
 async def get_session_by_id(session: AsyncSession, *, session_id: str) -> CheckoutSession:
@@ -722,8 +783,9 @@ PURPOSE: payments.Purpose = "checkout_session"
 
 
 class SubscriptionCheckoutUnavailable(Conflict):
-    """A subscription-mode session reached the one-time confirm (a wiring fault of the
-    caller: subscription sessions are confirmed by ``SubscriptionConfirmer``)."""
+    """A subscription-mode session reached the one-time confirm, which wrote nothing: the
+    caller confirms it through ``SubscriptionConfirmer`` instead (the checkout API does, so
+    it needs no read of the session's mode before each confirm)."""
 
     slug = "subscription-checkout-unavailable"
     title = "This session subscribes and is confirmed through the subscription checkout"
@@ -1034,10 +1096,11 @@ async def _complete_sale(
         await accounts.note_country(
             session, customer_id=customer_id, country=checkout.shipping_address.get("country")
         )
-    await drops.sell(session, checkout_session_id=checkout.id, now=now)
-    await reservations.allocate(
-        session, checkout_session_id=checkout.id, order_id=order.id, now=now
-    )
+    if checkout.holds_stock:
+        await drops.sell(session, checkout_session_id=checkout.id, now=now)
+        await reservations.allocate(
+            session, checkout_session_id=checkout.id, order_id=order.id, now=now
+        )
     checkout.customer_id = customer_id
     checkout.status = "complete"
     checkout.payment_status = "paid"

@@ -1,12 +1,15 @@
 """Drops: a few prices released in a window, each up to its quantity, first come first
 served, with a short hold and an optional limit per buyer.
 
-A checkout session for a drop's price claims its units (``claim``) when it is created,
-in the same transaction as its stock hold and before it: the buyer's row in
-``drop_buyers`` grows by one conditional upsert (``… WHERE units + n <= limit``), then
+A checkout session for a drop's price claims its units when it is created, in the same
+transaction as its stock hold and before it. Before the session is written, ``admit``
+counts the buyer: the buyer's row in ``drop_buyers`` grows by one conditional upsert
+(``… WHERE units + n <= limit``), and a drop already sold out (as read with the prices) is
+refused without touching its rows. After it, ``claim`` writes the claims and, last, grows
 each drop item's ``held`` by a conditional update (``… WHERE quantity − held − sold >=
-n``). Expiry releases the claims, payment sells them. Lock order: the buyer's row, the
-drop items in key order, then stock levels (ADR 0012).
+n``): the hot row is locked for as little of the transaction as possible. Expiry releases
+the claims, payment sells them. Lock order: the buyer's row, the drop items in key order,
+then stock levels (ADR 0012).
 """
 
 from __future__ import annotations
@@ -16,18 +19,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, exists, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from stallholder.catalog.models import Price
 from stallholder.inventory import drop_events, raffles, waitlists
 from stallholder.inventory.drop_rules import DropState, buyer_key, drop_state
 from stallholder.inventory.models import Drop, DropBuyer, DropClaim, DropItem
 from stallholder.inventory.reservations import OutOfStock
-from stallholder.kit.db import is_unique_violation
+from stallholder.kit.db import defer_until_commit, is_unique_violation
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 
@@ -263,58 +267,150 @@ async def drop_for_prices(
     return drop
 
 
+def item_of_price(
+    price_id: ColumnElement[str] | InstrumentedAttribute[str],
+) -> tuple[ScalarSelect[int], ScalarSelect[int]]:
+    """The drop item that sells ``price_id`` (None outside drops) and how many units it has
+    left, as scalar subqueries to read with the price in one statement."""
+    of_price = DropItem.price_id == price_id
+    return (
+        select(DropItem.id).where(of_price).scalar_subquery(),
+        select(DropItem.quantity - DropItem.held - DropItem.sold).where(of_price).scalar_subquery(),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimLine:
     price_id: str
     sku: str
     quantity: int
+    # The drop item selling the price and what it had left when the price was read (None
+    # for a price outside the drop): ``item_of_price``.
+    drop_item_id: int | None = None
+    left: int | None = None
 
 
-async def claim(
-    session: AsyncSession,
-    *,
-    drop: Drop,
-    checkout_session_id: str,
-    email: str | None,
-    lines: Sequence[ClaimLine],
-    now: datetime,
-) -> None:
-    """Claim the session's units of the drop: the buyer's count first (when the drop has
-    a per-customer limit), then each drop item's, by conditional updates. The first that
-    finds too little raises, and the caller's unit of work rolls back.
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A buyer admitted to a drop (``admit``): the units wanted of each drop item, and the
+    buyer's key the claim is counted under."""
+
+    drop: Drop
+    wanted: dict[int, int]
+    skus: dict[int, str]
+    key: str
+    email: str | None
+
+
+async def admit(
+    session: AsyncSession, *, drop: Drop, email: str | None, lines: Sequence[ClaimLine]
+) -> Admission:
+    """The checks of a claim that need no checkout session and no lock on a drop item,
+    made before the session is written: the buyer's email, the buyer's count against the
+    per-customer limit (its conditional upsert), and, first come first served, whether the
+    drop has the units left as read with the prices. A sold-out drop is answered from that
+    read, without waiting for the item's row. The limit is checked before stock, so a buyer
+    at the limit hears so whatever is left.
 
     Raises:
         DropBuyerEmailRequired (a limited drop and no email), DropLimitReached,
         OutOfStock (naming the SKU and what the drop has left of it).
     """
-    items = {item.price_id: item for item in await _items(session, drop_id=drop.id)}
     wanted: dict[int, int] = defaultdict(int)
     skus: dict[int, str] = {}
+    left: dict[int, int] = {}
     for line in lines:
-        item = items.get(line.price_id)
-        if item is not None:
-            wanted[item.id] += line.quantity
-            skus.setdefault(item.id, line.sku)
+        if line.drop_item_id is not None:
+            wanted[line.drop_item_id] += line.quantity
+            skus.setdefault(line.drop_item_id, line.sku)
+            left[line.drop_item_id] = line.left or 0
+    key = "" if email is None else buyer_key(email)
+    admission = Admission(drop=drop, wanted=dict(wanted), skus=skus, key=key, email=email)
+    if not wanted or drop.mode == "raffle":
+        # A raffle's claim is its winner's offer (``claim``).
+        return admission
+    if email is None and drop.per_customer_limit is not None:
+        raise DropBuyerEmailRequired(
+            f"drop {drop.id} limits units per customer, so it needs the buyer's email when "
+            "the session is created: send customer_email or customer"
+        )
+    if drop.per_customer_limit is not None:
+        await _count_buyer(session, drop=drop, key=key, units=sum(wanted.values()))
+    for item_id in sorted(wanted):
+        if left[item_id] < wanted[item_id]:
+            raise _sold_out(drop, sku=skus[item_id], left=left[item_id], wanted=wanted[item_id])
+    return admission
+
+
+def _sold_out(drop: Drop, *, sku: str, left: int, wanted: int) -> OutOfStock:
+    return OutOfStock(
+        f"{sku} has {left} left in drop {drop.id}; {wanted} asked for"
+        if left
+        else f"{sku} is sold out in drop {drop.id} ({wanted} asked for)",
+        sku=sku,
+        available=left,
+        requested=wanted,
+        drop=drop.id,
+    )
+
+
+async def claim(
+    session: AsyncSession,
+    *,
+    admission: Admission,
+    checkout_session_id: str,
+    now: datetime,
+    at_commit: bool = False,
+) -> int:
+    """Claim the admitted units for the session: a raffle winner's offer, the claim rows,
+    then each drop item's ``held`` by a conditional update, in key order. The updates of
+    the hot rows come last, so their locks are held for as little of the transaction as
+    possible; with ``at_commit`` they are deferred to the unit of work's commit
+    (``kit.db.defer_until_commit``, ADR 0024), and the commit raises their errors. The
+    first that finds too little raises, and the caller's unit of work rolls back. Returns
+    the units claimed.
+
+    Raises:
+        RaffleNotDrawn, RaffleOneUnit, NoRaffleOffer (a raffle drop), OutOfStock (naming
+        the SKU and what the drop has left of it).
+    """
+    drop, wanted = admission.drop, admission.wanted
     if not wanted:
-        return
+        return 0
     if drop.mode == "raffle":
         await raffles.claim_offer(
             session,
             drop=drop,
             checkout_session_id=checkout_session_id,
-            email=email,
+            email=admission.email,
             units=sum(wanted.values()),
             now=now,
         )
-    elif email is None and drop.per_customer_limit is not None:
-        raise DropBuyerEmailRequired(
-            f"drop {drop.id} limits units per customer, so it needs the buyer's email when "
-            "the session is created: send customer_email or customer"
+    session.add_all(
+        DropClaim(
+            creator_id=drop.creator_id,
+            drop_id=drop.id,
+            drop_item_id=item_id,
+            checkout_session_id=checkout_session_id,
+            buyer_key=admission.key,
+            quantity=wanted[item_id],
+            status="held",
+            created_at=now,
+            updated_at=now,
         )
-    key = "" if email is None else buyer_key(email)
-    total = sum(wanted.values())
-    if drop.per_customer_limit is not None and drop.mode != "raffle":
-        await _count_buyer(session, drop=drop, key=key, units=total)
+        for item_id in sorted(wanted)
+    )
+    await session.flush()
+    if at_commit:
+        defer_until_commit(session, lambda last: _take_items(last, admission=admission, now=now))
+    else:
+        await _take_items(session, admission=admission, now=now)
+    return sum(wanted.values())
+
+
+async def _take_items(session: AsyncSession, *, admission: Admission, now: datetime) -> None:
+    """Each drop item's ``held`` grows by a conditional update, in key order."""
+    drop, wanted = admission.drop, admission.wanted
     emptied = False
     for item_id in sorted(wanted):
         n = wanted[item_id]
@@ -338,30 +434,7 @@ async def claim(
                     )
                 )
             ).scalar_one()
-            raise OutOfStock(
-                f"{skus[item_id]} has {left} left in drop {drop.id}; {n} asked for"
-                if left
-                else f"{skus[item_id]} is sold out in drop {drop.id} ({n} asked for)",
-                sku=skus[item_id],
-                available=int(left),
-                requested=n,
-                drop=drop.id,
-            )
-    session.add_all(
-        DropClaim(
-            creator_id=drop.creator_id,
-            drop_id=drop.id,
-            drop_item_id=item_id,
-            checkout_session_id=checkout_session_id,
-            buyer_key=key,
-            quantity=wanted[item_id],
-            status="held",
-            created_at=now,
-            updated_at=now,
-        )
-        for item_id in sorted(wanted)
-    )
-    await session.flush()
+            raise _sold_out(drop, sku=admission.skus[item_id], left=int(left), wanted=n)
     if emptied:
         await drop_events.after_claim(session, drop=drop, now=now)
 

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import ColumnElement, Exists, Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
+from stallholder.catalog.models import Variant
 from stallholder.inventory.models import StockLevel, StockReservation
 from stallholder.inventory.quantities import (
     Quantities,
@@ -36,6 +38,7 @@ from stallholder.inventory.stock import (
     report_crossing,
     state_of,
 )
+from stallholder.kit.db import defer_until_commit
 from stallholder.kit.errors import Conflict
 
 
@@ -82,6 +85,18 @@ async def _available_now(session: AsyncSession, *, variant_id: str) -> int:
     return total_available([state_of(row).quantities for row in rows])
 
 
+def is_tracked(product_id: ColumnElement[str] | InstrumentedAttribute[str]) -> Exists:
+    """Whether any variant of the product has stock somewhere (so a session for it holds
+    units), as an ``EXISTS`` to read with the price in one statement."""
+    return (
+        select(StockLevel.id)
+        .join(Variant, Variant.id == StockLevel.variant_id)
+        .where(Variant.product_id == product_id)
+        .correlate_except(StockLevel, Variant)
+        .exists()
+    )
+
+
 async def hold(
     session: AsyncSession,
     *,
@@ -89,13 +104,18 @@ async def hold(
     checkout_session_id: str,
     wants: Sequence[Want],
     now: datetime,
+    at_commit: bool = False,
 ) -> int:
     """Hold the units of every tracked variant in ``wants`` for the session; untracked
     variants (no stock level anywhere) are not held. Returns the number of units held.
 
-    Each level's ``reserved`` grows by one conditional update (``… WHERE available >=
-    n``), the levels in primary-key order. The first update that finds too little raises,
-    and the caller's unit of work rolls back the holds made before it.
+    The reservations are written first; then each level's ``reserved`` grows by one
+    conditional update (``… WHERE available >= n``), the levels in primary-key order, last
+    so their rows stay locked for as little of the transaction as possible. The first
+    update that finds too little raises, and the caller's unit of work rolls back the
+    holds made before it. With ``at_commit`` the updates are deferred to the unit of
+    work's commit (``kit.db.defer_until_commit``, ADR 0024), which then raises their
+    errors.
 
     Raises:
         OutOfStock: naming the SKU and what it has left.
@@ -123,30 +143,41 @@ async def hold(
         for row in rows:
             sku_of_level[row.id] = row.sku
             variant_of_level[row.id] = variant_id
-    for take in in_key_order(takes):
-        await _take(
-            session,
-            take=take,
+    if not takes:
+        return 0
+    # The reservations first, the conditional updates of the (hot) levels last: a level's
+    # row stays locked for as little of the transaction as possible. A failed update
+    # raises, and the rollback takes the reservations back too.
+    session.add_all(
+        StockReservation(
+            creator_id=creator_id,
+            checkout_session_id=checkout_session_id,
+            stock_level_id=take.level_id,
             sku=sku_of_level[take.level_id],
-            variant_id=variant_of_level[take.level_id],
-            wanted=wanted[variant_of_level[take.level_id]],
-            now=now,
+            quantity=take.quantity,
+            status="held",
+            created_at=now,
+            updated_at=now,
         )
-    if takes:
-        session.add_all(
-            StockReservation(
-                creator_id=creator_id,
-                checkout_session_id=checkout_session_id,
-                stock_level_id=take.level_id,
+        for take in in_key_order(takes)
+    )
+    await session.flush()
+
+    async def take_all(last: AsyncSession) -> None:
+        for take in in_key_order(takes):
+            await _take(
+                last,
+                take=take,
                 sku=sku_of_level[take.level_id],
-                quantity=take.quantity,
-                status="held",
-                created_at=now,
-                updated_at=now,
+                variant_id=variant_of_level[take.level_id],
+                wanted=wanted[variant_of_level[take.level_id]],
+                now=now,
             )
-            for take in in_key_order(takes)
-        )
-        await session.flush()
+
+    if at_commit:
+        defer_until_commit(session, take_all)
+    else:
+        await take_all(session)
     return sum(take.quantity for take in takes)
 
 

@@ -6,7 +6,7 @@ and only the unit of work commits (ADR 0002).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -196,6 +196,45 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(full, **kwargs)
 
 
+# A unit of work's last statements, deferred by a service to just before the commit
+# (``defer_until_commit``): the conditional update of a hot row (a drop item's stock) then
+# holds its row lock only for that statement and the commit, not for the rest of the
+# request (ADR 0024).
+FinalStep = Callable[[AsyncSession], Awaitable[None]]
+_FINAL_STEPS = "stallholder.final_steps"
+
+
+def defer_until_commit(session: AsyncSession, step: FinalStep) -> None:
+    """Run ``step`` as the last statements of ``session``'s unit of work, after everything
+    else the request writes (its ``Idempotency-Key`` record too) and right before the
+    commit. Steps run in the order they were deferred. One that raises rolls the unit of
+    work back, and its error is the request's answer. Whoever commits runs them
+    (``run_final_steps``): ``Database.unit_of_work`` and the idempotency middleware do; a
+    commit with steps left raises rather than commit without them."""
+    session.info.setdefault(_FINAL_STEPS, []).append(step)
+
+
+async def run_final_steps(session: AsyncSession) -> None:
+    """Run the steps deferred to the commit (``defer_until_commit``), in order."""
+    steps: list[FinalStep] = session.info.pop(_FINAL_STEPS, None) or []
+    for step in steps:
+        await step(session)
+
+
+@event.listens_for(Session, "before_commit")
+def _refuse_commit_with_final_steps_left(session: Session) -> None:
+    if session.info.get(_FINAL_STEPS):
+        raise RuntimeError(
+            "a unit of work committed with deferred final steps not run: call "
+            "kit.db.run_final_steps before its commit"
+        )
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_final_steps(session: Session, _previous: Any) -> None:
+    session.info.pop(_FINAL_STEPS, None)
+
+
 class Database:
     """The engine and a way to open units of work on it."""
 
@@ -213,9 +252,11 @@ class Database:
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
-        """One transaction: commits when the block ends, rolls back if it raises."""
+        """One transaction: commits when the block ends (after its deferred final steps,
+        ``defer_until_commit``), rolls back if it raises."""
         async with self.sessionmaker() as session, session.begin():
             yield session
+            await run_final_steps(session)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

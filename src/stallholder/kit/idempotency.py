@@ -33,7 +33,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stallholder.kit.clock import Clock
-from stallholder.kit.db import Base, Database, SerialPK, is_unique_violation
+from stallholder.kit.db import Base, Database, SerialPK, is_unique_violation, run_final_steps
 from stallholder.kit.errors import PROBLEM_MEDIA_TYPE, Conflict, DomainError, InvalidRequest
 from stallholder.kit.http import (
     PRINCIPAL_SCOPE_KEY,
@@ -221,7 +221,7 @@ class IdempotencyMiddleware:
                 await session.rollback()
                 await self._release(database, claimed)
                 raise
-            response = await self._finish(database, unit, captured, claimed)
+            response = await self._finish(database, unit, captured, claimed, instance=scope["path"])
         await response.send(send)
 
     async def _finish(
@@ -230,13 +230,16 @@ class IdempotencyMiddleware:
         unit: OuterUnitOfWork,
         captured: _CapturedResponse,
         claim: _Claim,
+        *,
+        instance: str,
     ) -> _CapturedResponse | _Stored | _Problem:
         """Commit the request's work together with its stored response, or roll back.
 
         A 2xx, or a 4xx the endpoint returned (a declined payment: its attempt is kept), is
-        stored in the request's own transaction and commits with it. A 4xx the endpoint
-        raised rolled its work back; its response is stored alone. A 5xx rolls back and
-        releases the key so the client may retry it."""
+        stored in the request's own transaction and commits with it, after the steps the
+        request deferred to its commit (``kit.db.defer_until_commit``). A 4xx the endpoint
+        raised, or that a deferred step raised, rolled its work back; its response is
+        stored alone. A 5xx rolls back and releases the key so the client may retry it."""
         session = unit.session
         # A 5xx, or an answer with Retry-After ("not yet", such as payment-in-progress), is
         # not the request's outcome: nothing is kept and the client's retry runs it again.
@@ -248,6 +251,15 @@ class IdempotencyMiddleware:
                 return captured
         try:
             is_ours = await self._record(session, claim, captured)
+            if is_ours:
+                try:
+                    await run_final_steps(session)
+                except DomainError as error:
+                    # A step deferred to the commit refused (the drop sold out while the
+                    # request ran): that is the request's answer, stored alone.
+                    await session.rollback()
+                    captured = _CapturedResponse.of_problem(error, instance=instance)
+                    is_ours = await self._record(session, claim, captured)
             if is_ours:
                 await self._commit(session)
         except Exception:
@@ -468,6 +480,22 @@ class _CapturedResponse:
         self.status = 500
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
+
+    @classmethod
+    def of_problem(cls, error: DomainError, *, instance: str) -> _CapturedResponse:
+        """The problem+json response the app's error handler gives ``error``."""
+        body = json.dumps(
+            error.problem(instance), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode()
+        captured = cls()
+        captured.status = error.status
+        captured.headers = [
+            (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            *((name.lower().encode(), value.encode()) for name, value in error.headers().items()),
+        ]
+        captured.chunks = [body]
+        return captured
 
     async def capture(self, message: Message) -> None:
         if message["type"] == "http.response.start":
