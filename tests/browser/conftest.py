@@ -55,9 +55,12 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, through Playwright's sync API."""
+    """Debian's Chromium, headless, through Playwright's sync API, for one test: Playwright
+    keeps an event loop of its own running while it is started, and a session-long one
+    breaks every asyncio test that pytest-xdist runs after it in the same process
+    ("Cannot run the event loop while another loop is running")."""
     if not CHROMIUM.exists():
         _unavailable(f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     try:
