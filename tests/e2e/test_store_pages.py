@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import extruct
 import pytest
 
+from stallholder import demo
 from stallholder.kit.clock import FrozenClock
+from stallholder.kit.db import Database
+from stallholder.ledger.service import platform_fee_policy
+from stallholder.payments.config import gateway_from_settings
+from stallholder.settings import Settings
 from tests.conftest import ADMIN_KEY, T0, Api, bearer
+from tests.e2e.portal_helpers import csrf_of
 
 pytestmark = pytest.mark.anyio
 
@@ -276,17 +283,25 @@ async def test_a_drop_counts_down_and_a_raffle_takes_entries_from_the_page(
         raffle_page.text
     )
     assert f"/buy/{print_price['id']}" not in raffle_page.text
+    entry = {"csrf_token": csrf_of(raffle_page.text), "drop_id": drops[1]["id"]}
+    forged = await api.http.post(
+        f"{print_url}/raffle", data={"drop_id": drops[1]["id"], "email": "fan@example.com"}
+    )
+    assert forged.status_code == 403  # no CSRF token: refused, nothing entered
     entered = await api.http.post(
-        f"{print_url}/raffle", data={"drop_id": drops[1]["id"], "email": "Fan@Example.com"}
+        f"{print_url}/raffle",
+        data={**entry, "email": "Fan@Example.com"},
     )
     assert entered.status_code == 200
     assert "You are entered in the raffle as Fan@example.com." in _text(entered.text)
     again = await api.http.post(
-        f"{print_url}/raffle", data={"drop_id": drops[1]["id"], "email": "fan@example.com"}
+        f"{print_url}/raffle",
+        data={**entry, "email": "fan@example.com"},
     )
     assert again.status_code == 200
     bad = await api.http.post(
-        f"{print_url}/raffle", data={"drop_id": drops[1]["id"], "email": "not-an-email"}
+        f"{print_url}/raffle",
+        data={**entry, "email": "not-an-email"},
     )
     assert bad.status_code == 422
     assert "Enter your email address" in bad.text
@@ -295,8 +310,48 @@ async def test_a_drop_counts_down_and_a_raffle_takes_entries_from_the_page(
 
     clock.set(closes)
     closed = await api.http.post(
-        f"{print_url}/raffle", data={"drop_id": drops[1]["id"], "email": "late@example.com"}
+        f"{print_url}/raffle",
+        data={**entry, "email": "late@example.com"},
     )
     assert closed.status_code == 409
     assert "takes entries from" in closed.text
     assert "Raffle entries closed" in _text(closed.text)
+
+
+async def test_a_sold_out_drop_takes_waitlist_signups_from_the_page(
+    api: Api, settings: Settings, database: Database, clock: FrozenClock, tmp_path: Path
+) -> None:
+    keys = await demo.seed(
+        database,
+        clock=clock,
+        gateway=gateway_from_settings(settings, database=database),
+        data_dir=tmp_path,
+        fees=platform_fee_policy(settings),
+        base_url=settings.base_url,
+    )
+    sk = keys["kiln-and-clay"]["secret_key"]
+    products = (await api.http.get("/v1/products", headers=bearer(sk))).json()["data"]
+    [bowl] = [p for p in products if p["name"] == "Studio second — ash-glaze bowl"]
+    url = f"/s/kiln-and-clay/{bowl['id']}"
+
+    page = await api.http.get(url)
+    assert page.status_code == 200
+    assert f'action="{url}/waitlist"' in page.text
+    assert _unlabelled_inputs(page.text) == []
+    found = re.search(r'name="drop_id" value="(drop_\w+)"', page.text)
+    assert found is not None
+    drop_id = found.group(1)
+    joined = await api.http.post(
+        f"{url}/waitlist",
+        data={
+            "csrf_token": csrf_of(page.text),
+            "drop_id": drop_id,
+            "email": "Late@Example.com",
+        },
+    )
+
+    assert joined.status_code == 200, joined.text
+    assert "You are on the waitlist as Late@example.com." in _text(joined.text)
+    waiting = await api.http.get(f"/v1/drops/{drop_id}/waitlist", headers=bearer(sk))
+    emails = sorted(entry["email"] for entry in waiting.json()["data"])
+    assert emails == ["Late@example.com", "first.in.line@example.com", "next.in.line@example.com"]

@@ -6,6 +6,7 @@ without JavaScript; a small script only ticks the countdown (docs/store.md)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,6 +17,7 @@ from babel.units import format_unit
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Creator
@@ -25,16 +27,18 @@ from stallholder.billing.subscriptions import calendar_of
 from stallholder.catalog import service as catalog
 from stallholder.catalog.models import Price
 from stallholder.digital import service as digital
-from stallholder.inventory import drops, raffles
+from stallholder.inventory import drops, raffles, waitlists
 from stallholder.inventory import stock as inventory
+from stallholder.inventory.api import admit_to_drop
 from stallholder.inventory.drops import DropView
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.kit.money import Money
 from stallholder.kit.schemas import Email
+from stallholder.web.security import CsrfProtected
 from stallholder.web.templating import templates
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[CsrfProtected])
 
 LOCALE = "en_US"
 # At or below this many units a page says "Only N left".
@@ -394,6 +398,58 @@ async def product_page(
 _EMAIL = TypeAdapter(Email)
 
 
+async def _enter_drop(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: datetime,
+    *,
+    slug: str,
+    product_id: str,
+    email: str,
+    what: str,
+    enter: Callable[[AsyncSession, str, str], Awaitable[object]],
+    notice: str,
+) -> Response:
+    """A drop form's entry (a raffle entry, a waitlist signup), limited per address and per
+    buyer as the API's are (429). The entry is written in a unit of work of its own before
+    the page reads anything, so a refusal rolls it back whole and the page renders from
+    the request's session afterwards."""
+
+    async def again(
+        *, status_code: int, error: str | None = None, note: str | None = None
+    ) -> Response:
+        return await _product_page(
+            request,
+            session,
+            settings,
+            now,
+            slug=slug,
+            product_id=product_id,
+            error=error,
+            notice=note,
+            status_code=status_code,
+            email=email,
+        )
+
+    try:
+        address = _EMAIL.validate_python(email)
+    except ValidationError:
+        return await again(
+            status_code=422, error=f"Enter your email address (name@example.com) to {what}."
+        )
+    try:
+        await admit_to_drop(request, email=address, now=now)
+        async with request.app.state.database.unit_of_work() as writing:
+            creator = await accounts.listed_creator(writing, slug=slug)
+            await enter(writing, creator.id, address)
+    except accounts.CreatorNotFound:
+        return not_found_page(request, f"There is no store at /s/{slug}.")
+    except DomainError as error:
+        return await again(status_code=error.status, error=error.detail)
+    return await again(status_code=200, note=notice.format(address=address))
+
+
 @router.post("/s/{slug}/{product_id}/raffle", response_class=HTMLResponse)
 async def enter_raffle(
     slug: str,
@@ -405,50 +461,54 @@ async def enter_raffle(
     drop_id: Annotated[str, Form(max_length=40)],
     email: Annotated[str, Form(max_length=320)] = "",
 ) -> Response:
-    """The raffle entry form: the raffle service's own entry (one per person). The entry
-    is written in a unit of work of its own before the page reads anything, so a refusal
-    rolls it back whole and the page renders from the request's session afterwards."""
-    try:
-        address = _EMAIL.validate_python(email)
-    except ValidationError:
-        return await _product_page(
-            request,
-            session,
-            settings,
-            now,
-            slug=slug,
-            product_id=product_id,
-            error="Enter your email address (name@example.com) to enter the raffle.",
-            status_code=422,
-            email=email,
-        )
-    try:
-        async with request.app.state.database.unit_of_work() as writing:
-            creator = await accounts.listed_creator(writing, slug=slug)
-            await raffles.enter(
-                writing, creator_id=creator.id, drop_id=drop_id, email=address, now=now
-            )
-    except accounts.CreatorNotFound:
-        return not_found_page(request, f"There is no store at /s/{slug}.")
-    except DomainError as error:
-        return await _product_page(
-            request,
-            session,
-            settings,
-            now,
-            slug=slug,
-            product_id=product_id,
-            error=error.detail,
-            status_code=error.status,
-            email=email,
-        )
-    return await _product_page(
+    """The raffle entry form: the raffle service's own entry (one per person)."""
+    return await _enter_drop(
         request,
         session,
         settings,
         now,
         slug=slug,
         product_id=product_id,
-        notice=f"You are entered in the raffle as {address}. If you are drawn, we email "
-        "you a link to buy before the offer expires.",
+        email=email,
+        what="enter the raffle",
+        enter=lambda writing, creator_id, address: raffles.enter(
+            writing, creator_id=creator_id, drop_id=drop_id, email=address, now=now
+        ),
+        notice="You are entered in the raffle as {address}. If you are drawn, we email you "
+        "a link to buy before the offer expires.",
+    )
+
+
+@router.post("/s/{slug}/{product_id}/waitlist", response_class=HTMLResponse)
+async def join_waitlist(
+    slug: str,
+    product_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    drop_id: Annotated[str, Form(max_length=40)],
+    email: Annotated[str, Form(max_length=320)] = "",
+) -> Response:
+    """The waitlist form of a sold-out drop: the waitlist service's own signup (one per
+    person; signing up again keeps the place)."""
+    return await _enter_drop(
+        request,
+        session,
+        settings,
+        now,
+        slug=slug,
+        product_id=product_id,
+        email=email,
+        what="join the waitlist",
+        enter=lambda writing, creator_id, address: waitlists.sign_up(
+            writing,
+            creator_id=creator_id,
+            drop_id=drop_id,
+            email=address,
+            price_id=None,
+            now=now,
+        ),
+        notice="You are on the waitlist as {address}. If a piece comes back, we hold it for "
+        "you and email you a link to buy it.",
     )
