@@ -117,7 +117,7 @@ class Server:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = data_dir / f"server-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
-        env = {
+        self.env = env = {
             **os.environ,
             "STALLHOLDER_DATABASE_URL": database_url,
             "STALLHOLDER_DATA_DIR": str(data_dir),
@@ -145,6 +145,12 @@ class Server:
                 time.sleep(0.05)
         self.stop()
         pytest.fail(f"the server did not start:\n{self.log.read_text()[-3000:]}")
+
+    def seed_demo(self) -> None:
+        """``stallholder demo`` on the server's database (its creators, drops, buyers)."""
+        subprocess.run(  # noqa: S603
+            [str(STALLHOLDER), "demo"], env=self.env, check=True, capture_output=True, timeout=120
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
