@@ -20,7 +20,8 @@ HREFS = "as => as.map(a => a.getAttribute('href'))"
 # The innermost elements that reach past the screen's right edge.
 WIDEST = """() => Array.from(document.querySelectorAll('body *'))
   .filter(e => e.getBoundingClientRect().right > 376 && e.children.length === 0)
-  .slice(0, 3).map(e => e.tagName + '.' + e.className + ': ' + (e.textContent || '').slice(0, 40))"""
+  .slice(0, 3)
+  .map(e => e.tagName + '.' + e.className + ': ' + (e.textContent || '').slice(0, 40))"""
 DASHBOARD_PAGES = [
     "/dashboard",
     "/dashboard/products",
