@@ -25,14 +25,12 @@ import pytest
 from sqlalchemy import func, select
 
 from stallholder.accounts import service as accounts
-from stallholder.billing import renewal, subscriptions, tasks
+from stallholder.billing import tasks
 from stallholder.billing.models import Invoice
-from stallholder.catalog import service as catalog
 from stallholder.kit import work
 from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
 from stallholder.orders.models import Order
-from stallholder.payments import methods
 from stallholder.payments.gateway import SandboxGateway
 from stallholder.payments.models import SandboxCharge
 from stallholder.payments.sandbox import DatabaseChargeStore
@@ -58,23 +56,7 @@ async def _setup(url: str, started: datetime) -> None:
     try:
         async with database.unit_of_work() as session:
             creator = await factories.create_creator(session, now=started)
-            product = await catalog.create_product(
-                session,
-                creator_id=creator.id,
-                kind="digital",
-                name="Zine club",
-                description="",
-                status="published",
-                variants=[],
-                now=started,
-            )
-            price = await catalog.create_price(
-                session,
-                creator_id=creator.id,
-                product_id=product.id,
-                now=started,
-                spec=catalog.PriceSpec(currency="usd", unit_amount=300, recurring_interval="month"),
-            )
+            price = await factories.create_plan(session, creator_id=creator.id, now=started)
         for n in range(SUBSCRIPTIONS):
             async with database.unit_of_work() as session:
                 customer = await accounts.create_customer(
@@ -85,30 +67,16 @@ async def _setup(url: str, started: datetime) -> None:
                     time_zone=["Europe/Berlin", "Pacific/Auckland", "America/New_York"][n % 3],
                     now=started,
                 )
-            await methods.save_payment_method(
+            _, first = await factories.subscribe(
                 database,
                 gateway,
                 creator_id=creator.id,
                 customer_id=customer.id,
-                token="tok_visa",
+                price_id=price.id,
+                policy=policy,
                 now=started,
             )
-            async with database.unit_of_work() as session:
-                created = await subscriptions.create_subscription(
-                    session,
-                    creator_id=creator.id,
-                    customer_id=customer.id,
-                    items=[subscriptions.ItemRequest(price.id, 1)],
-                    default_payment_method_id=None,
-                    metadata={},
-                    consent=None,
-                    now=started,
-                )
-                assert created.invoice is not None
-                invoice_id = created.invoice.id
-            await renewal.charge_invoice(
-                database, gateway, invoice_id=invoice_id, attempt=1, policy=policy, now=started
-            )
+            assert first is not None
     finally:
         await database.dispose()
 

@@ -23,12 +23,10 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from stallholder.accounts import service as accounts
-from stallholder.billing import cancellation, clocks, lifecycle, renewal, subscriptions, tasks
+from stallholder.billing import cancellation, clocks, lifecycle, tasks
 from stallholder.billing.models import Invoice
-from stallholder.catalog import service as catalog
 from stallholder.kit.db import Database
 from stallholder.kit.errors import DomainError
-from stallholder.payments import methods
 from stallholder.payments.gateway import SandboxGateway
 from stallholder.payments.models import SandboxCharge
 from stallholder.payments.sandbox import DatabaseChargeStore
@@ -135,28 +133,14 @@ async def _run(url: str, story: Story) -> None:
     try:
         async with database.unit_of_work() as session:
             creator = await factories.create_creator(session, now=start)
-            product = await catalog.create_product(
+            price = await factories.create_plan(
                 session,
                 creator_id=creator.id,
-                kind="digital",
-                name="Club",
-                description="",
-                status="published",
-                variants=[],
                 now=start,
-            )
-            price = await catalog.create_price(
-                session,
-                creator_id=creator.id,
-                product_id=product.id,
-                now=start,
-                spec=catalog.PriceSpec(
-                    currency="usd",
-                    unit_amount=story.amount,
-                    recurring_interval=story.interval,
-                    recurring_interval_count=story.count,
-                    trial_days=story.trial_days,
-                ),
+                unit_amount=story.amount,
+                interval=story.interval,
+                interval_count=story.count,
+                trial_days=story.trial_days,
             )
             clock = await clocks.create_clock(
                 session, creator_id=creator.id, frozen_time=start, name=None, now=start
@@ -170,32 +154,16 @@ async def _run(url: str, story: Story) -> None:
                 now=start,
                 test_clock_id=clock.id,
             )
-        await methods.save_payment_method(
+        policy = tasks.policy_from(config)
+        subscription_id, _ = await factories.subscribe(
             database,
             gateway,
             creator_id=creator.id,
             customer_id=customer.id,
-            token="tok_visa",
+            price_id=price.id,
+            policy=policy,
             now=start,
         )
-        async with database.unit_of_work() as session:
-            created = await subscriptions.create_subscription(
-                session,
-                creator_id=creator.id,
-                customer_id=customer.id,
-                items=[subscriptions.ItemRequest(price.id, 1)],
-                default_payment_method_id=None,
-                metadata={},
-                consent=None,
-                now=start,
-            )
-            subscription_id = created.subscription.id
-            first = created.invoice.id if created.invoice is not None else None
-        policy = tasks.policy_from(config)
-        if first is not None:
-            await renewal.charge_invoice(
-                database, gateway, invoice_id=first, attempt=1, policy=policy, now=start
-            )
         applied: list[tuple[datetime, str]] = []
         changes = {
             "pause": cancellation.pause,

@@ -14,14 +14,12 @@ import pytest
 from sqlalchemy import func, select
 
 from stallholder.accounts import service as accounts
-from stallholder.billing import consolidation, renewal, subscriptions, tasks
+from stallholder.billing import consolidation, renewal, tasks
 from stallholder.billing.models import ConsolidatedCharge, Invoice
-from stallholder.catalog import service as catalog
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
 from stallholder.orders.models import Order
-from stallholder.payments import methods
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import SandboxGateway
 from stallholder.payments.models import SandboxCharge
@@ -53,24 +51,8 @@ async def _three_renewals(database: Database, gateway: SandboxGateway) -> list[s
     for unit_amount in (300, 500, 700):
         async with database.unit_of_work() as session:
             creator = await factories.create_creator(session, now=T0)
-            product = await catalog.create_product(
-                session,
-                creator_id=creator.id,
-                kind="digital",
-                name="Club",
-                description="",
-                status="published",
-                variants=[],
-                now=T0,
-            )
-            price = await catalog.create_price(
-                session,
-                creator_id=creator.id,
-                product_id=product.id,
-                now=T0,
-                spec=catalog.PriceSpec(
-                    currency="usd", unit_amount=unit_amount, recurring_interval="month"
-                ),
+            price = await factories.create_plan(
+                session, creator_id=creator.id, now=T0, unit_amount=unit_amount
             )
             customer = await accounts.create_customer(
                 session,
@@ -80,29 +62,14 @@ async def _three_renewals(database: Database, gateway: SandboxGateway) -> list[s
                 time_zone="UTC",
                 now=T0,
             )
-        await methods.save_payment_method(
+        subscription_id, _ = await factories.subscribe(
             database,
             gateway,
             creator_id=creator.id,
             customer_id=customer.id,
-            token="tok_visa",
+            price_id=price.id,
+            policy=policy,
             now=T0,
-        )
-        async with database.unit_of_work() as session:
-            created = await subscriptions.create_subscription(
-                session,
-                creator_id=creator.id,
-                customer_id=customer.id,
-                items=[subscriptions.ItemRequest(price.id, 1)],
-                default_payment_method_id=None,
-                metadata={},
-                consent=None,
-                now=T0,
-            )
-            assert created.invoice is not None
-            first, subscription_id = created.invoice.id, created.subscription.id
-        await renewal.charge_invoice(
-            database, gateway, invoice_id=first, attempt=1, policy=policy, now=T0
         )
         async with database.unit_of_work() as session:
             invoice = await renewal.renew(
