@@ -30,10 +30,26 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.lock
 	touch $@
 
+# The demo's channels: a local Shopify and Etsy double (tests/doubles/channels_demo.py)
+# that Kiln & Clay is connected to, started beside the server and stopped with it. The
+# platform allows private (local) channel and webhook addresses for them.
+SHOPIFY_PORT ?= 8101
+ETSY_PORT ?= 8102
+DEMO_ENV := STALLHOLDER_ALLOW_PRIVATE_WEBHOOK_TARGETS=true \
+	STALLHOLDER_BASE_URL=http://127.0.0.1:$(PORT) \
+	STALLHOLDER_SHOPIFY_CLIENT_SECRET=shpss_demo_kiln_and_clay \
+	STALLHOLDER_ETSY_API_BASE=http://127.0.0.1:$(ETSY_PORT) \
+	STALLHOLDER_ETSY_KEYSTRING=demo-keystring \
+	STALLHOLDER_ETSY_SHARED_SECRET=demo-shared-secret \
+	STALLHOLDER_DEMO_CHANNELS=shopify=http://127.0.0.1:$(SHOPIFY_PORT),etsy=http://127.0.0.1:$(ETSY_PORT)
+
 run: $(VENV)/.runtime
 	$(BIN)/stallholder migrate
-	PORT=$(PORT) $(BIN)/stallholder demo
-	$(BIN)/stallholder serve --host 127.0.0.1 --port $(PORT)
+	$(BIN)/python -m tests.doubles.channels_demo --shopify-port $(SHOPIFY_PORT) \
+		--etsy-port $(ETSY_PORT) & doubles=$$!; \
+	trap 'kill $$doubles 2>/dev/null' EXIT INT TERM; \
+	$(DEMO_ENV) PORT=$(PORT) $(BIN)/stallholder demo && \
+	$(DEMO_ENV) $(BIN)/stallholder serve --host 127.0.0.1 --port $(PORT)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench tools

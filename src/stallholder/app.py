@@ -29,6 +29,9 @@ from stallholder.billing.fees_api import router as fees_router
 from stallholder.billing.retention_api import router as retention_router
 from stallholder.billing.tasks import policy_from
 from stallholder.catalog.api import router as catalog_router
+from stallholder.channels.api import hooks_router as channel_hooks_router
+from stallholder.channels.api import router as channels_router
+from stallholder.channels.registry import engine_from_settings
 from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
 from stallholder.digital.api import router as digital_router
@@ -377,6 +380,8 @@ def create_app(
     # Digital delivery (docs/digital-delivery.md): where files live, how links are signed.
     app.state.file_storage = storage_from_settings(settings)
     app.state.download_links = links_from_settings(settings)
+    # Channels (docs/channels.md): connectors by kind, and the key credentials are sealed with.
+    app.state.channel_engine = engine_from_settings(settings)
 
     for router in (
         accounts_router,
@@ -394,6 +399,8 @@ def create_app(
         retention_router,
         wallets_router,
         digital_router,
+        channels_router,
+        channel_hooks_router,
     ):
         app.include_router(router)
     app.include_router(store_router)

@@ -234,11 +234,19 @@ def run_worker() -> None:
 @app.command()
 def demo() -> None:
     """Seed the demo platform (idempotent) and print its URLs and keys."""
-    from stallholder.demo import CREATORS, DEMO_BUYER, seed
+    from stallholder.demo import (
+        CREATORS,
+        DEMO_BUYER,
+        DEMO_CHANNELS_ENV,
+        connect_channels,
+        demo_channels,
+        seed,
+    )
     from stallholder.digital.config import storage_from_settings
 
     settings = _settings()
     admin_key, _ = resolve_admin_key(settings.admin_key, settings.data_dir)
+    channel_urls = demo_channels(os.environ.get(DEMO_CHANNELS_ENV))
 
     async def main() -> dict[str, dict[str, str]]:
         database = Database(settings.resolved_database_url())
@@ -249,7 +257,7 @@ def demo() -> None:
                 def advance(name: str) -> None:
                     progress.update(task, advance=1, description=f"Seeding {name}")
 
-                return await seed(
+                keys = await seed(
                     database,
                     clock=SystemClock(),
                     gateway=SandboxGateway(DatabaseChargeStore(database)),
@@ -259,6 +267,12 @@ def demo() -> None:
                     fees=ledger.platform_fee_policy(settings),
                     storage=storage_from_settings(settings),
                 )
+            if channel_urls:
+                with console.status("Connecting Kiln & Clay to the local Shopify and Etsy"):
+                    await connect_channels(
+                        database, settings, urls=channel_urls, clock=SystemClock()
+                    )
+            return keys
         finally:
             await database.dispose()
 
@@ -294,6 +308,15 @@ def demo() -> None:
     )
     console.print("Due work:      .venv/bin/stallholder jobs  (emails, webhooks, expiries, …)")
     console.print(f"Dashboard:     {base}/dashboard", soft_wrap=True)
+    if channel_urls:
+        console.print(
+            f"Channels:      {base}/dashboard/channels  (Kiln & Clay on a local Shopify "
+            f"{channel_urls.get('shopify', '')} and Etsy {channel_urls.get('etsy', '')}; sell "
+            f"there: curl -X POST {channel_urls.get('shopify', '')}/_double/sell -H "
+            '\'content-type: application/json\' -d \'{"sku": "KC-MOON-MUG", "quantity": 1}\')',
+            soft_wrap=True,
+            highlight=False,
+        )
     console.print(
         "  sign in with a demo creator's email: " + ", ".join(spec.email for spec in CREATORS),
         soft_wrap=True,

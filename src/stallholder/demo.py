@@ -7,6 +7,7 @@ slug exists is left as it is. Demo keys are kept in ``<data_dir>/demo-keys.json`
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -21,6 +22,10 @@ from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Creator
 from stallholder.billing import renewal, retention, subscriptions
 from stallholder.catalog import service as catalog
+from stallholder.channels import connect
+from stallholder.channels import service as channels
+from stallholder.channels.buffers import Rules
+from stallholder.channels.registry import engine_from_settings
 from stallholder.checkout import service as checkout
 from stallholder.digital import service as files
 from stallholder.digital.models import File
@@ -35,6 +40,7 @@ from stallholder.ledger.fees import FeeSchedule
 from stallholder.orders import service as orders
 from stallholder.payments import methods as payment_methods
 from stallholder.payments.gateway import Gateway
+from stallholder.settings import Settings
 from stallholder.wallets import service as wallets
 
 KEYS_FILE = "demo-keys.json"
@@ -602,3 +608,98 @@ async def seed(
         }
         _save_keys(data_dir, keys)
     return keys
+
+
+# Channels ------------------------------------------------------------------------------
+
+# ``make run`` starts a local Shopify and Etsy double (tests/doubles/channels_demo.py) and
+# names them here: "shopify=http://127.0.0.1:8101,etsy=http://127.0.0.1:8102".
+DEMO_CHANNELS_ENV = "STALLHOLDER_DEMO_CHANNELS"
+CHANNEL_CREATOR = "kiln-and-clay"
+# The credentials the doubles are started with (tests/doubles/channels_demo.py).
+DEMO_SHOPIFY_TOKEN = "shpat_demo_kiln_and_clay"  # noqa: S105 (a local double's, not a secret)
+DEMO_ETSY_SHOP_ID = "5550001"
+DEMO_ETSY_TOKEN = "777001.demo-etsy-token"  # noqa: S105 (a local double's, not a secret)
+
+
+def demo_channels(value: str | None) -> dict[str, str]:
+    """``kind=url,kind=url`` as {kind: url}; empty when unset."""
+    found: dict[str, str] = {}
+    for part in (value or "").split(","):
+        kind, _, url = part.strip().partition("=")
+        if kind and url:
+            found[kind.strip()] = url.strip()
+    return found
+
+
+async def connect_channels(
+    database: Database,
+    settings: Settings,
+    *,
+    urls: dict[str, str],
+    clock: Clock,
+    attempts: int = 50,
+) -> list[str]:
+    """Connect Kiln & Clay to the demo's Shopify and Etsy doubles (once: a creator that
+    has channels keeps them). Returns the names of the channels connected now."""
+    async with database.unit_of_work() as session:
+        creator_id = (
+            await session.execute(select(Creator.id).where(Creator.slug == CHANNEL_CREATOR))
+        ).scalar_one_or_none()
+        if creator_id is None or await channels.list_channels(session, creator_id=creator_id):
+            return []
+    engine = engine_from_settings(settings)
+    connected = []
+    for kind, url in sorted(urls.items()):
+        if kind == "shopify":
+            new = connect.NewChannel(
+                kind="shopify",
+                name="Kiln & Clay on Shopify (local double)",
+                url=url,
+                credentials={
+                    "shop_url": url,
+                    "access_token": DEMO_SHOPIFY_TOKEN,
+                    "webhook_secret": settings.shopify_client_secret,
+                },
+                rules=Rules(buffer_units=1),
+            )
+        elif kind == "etsy":
+            new = connect.NewChannel(
+                kind="etsy",
+                name="Kiln & Clay on Etsy (local double)",
+                url=url,
+                credentials={
+                    "api_base": url,
+                    "shop_id": DEMO_ETSY_SHOP_ID,
+                    "user_id": DEMO_ETSY_TOKEN.split(".", 1)[0],
+                    "access_token": DEMO_ETSY_TOKEN,
+                },
+                rules=Rules(buffer_percent=10),
+            )
+        else:
+            continue
+        channel_id = connect.fresh_id()
+        # The doubles start beside the demo: wait for them a little.
+        for attempt in range(attempts):
+            try:
+                found = await connect.discover(
+                    engine, new, channel_id=channel_id, settings=settings
+                )
+                break
+            except connect.ChannelUnreachable:
+                if attempt + 1 == attempts:
+                    raise
+                await asyncio.sleep(0.2)
+        async with database.unit_of_work() as session:
+            await connect.store(
+                session,
+                engine,
+                new,
+                found,
+                channel_id=channel_id,
+                creator_id=creator_id,
+                settings=settings,
+                now=clock.now(),
+            )
+        connected.append(new.name)
+    return connected

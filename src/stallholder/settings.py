@@ -155,6 +155,26 @@ class Settings(BaseSettings):
     download_link_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60, le=366 * 24 * 3600)
     download_limit: int = Field(default=5, ge=1, le=1000)
 
+    # Channels (docs/channels.md). Credentials are encrypted with this Fernet key; without
+    # one a key is generated once and kept in <data_dir>/channel-key. Servers that share a
+    # database must share it.
+    channel_key: str = ""
+    # How often changed stock is looked for and pushed to channels (seconds), how often
+    # channels without order webhooks (Etsy) are asked for new orders, and how often every
+    # channel is reconciled (its quantities and orders read and compared with ours).
+    channel_sweep_seconds: float = Field(default=1.0, gt=0, le=60)
+    channel_poll_seconds: float = Field(default=15.0, gt=0, le=3600)
+    channel_reconcile_seconds: float = Field(default=600.0, gt=0, le=86400)
+    # The platform's apps on Shopify and Etsy (for their OAuth install flows). Shopify
+    # signs webhooks with the app's client secret; Etsy needs the keystring and shared
+    # secret on every request. Tests and the demo point the base URLs at local doubles.
+    shopify_client_id: str = ""
+    shopify_client_secret: str = ""
+    etsy_keystring: str = ""
+    etsy_shared_secret: str = ""
+    etsy_api_base: str = "https://api.etsy.com"
+    etsy_connect_url: str = "https://www.etsy.com/oauth/connect"
+
     def payment_resolve_after(self) -> timedelta:
         return timedelta(seconds=self.payment_resolve_after_seconds)
 

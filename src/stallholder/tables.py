@@ -3,6 +3,7 @@
 from stallholder.accounts import models as accounts_models
 from stallholder.billing import models as billing_models
 from stallholder.catalog import models as catalog_models
+from stallholder.channels import models as channels_models
 from stallholder.checkout import models as checkout_models
 from stallholder.digital import models as digital_models
 from stallholder.events import models as events_models
@@ -22,6 +23,7 @@ __all__ = [
     "accounts_models",
     "billing_models",
     "catalog_models",
+    "channels_models",
     "checkout_models",
     "digital_models",
     "events_models",

@@ -31,6 +31,9 @@ PLATFORM_WIDE = {
     # Rate-limit counters per client IP and per buyer (ADR 0018): one address or person
     # buys from any creator, and the limit is the platform's, not a creator's.
     "rate_limit_counters": "hits per client IP and per buyer, across creators",
+    # How far the sweep for changed stock has looked (ADR 0026): one row for every
+    # creator's channels.
+    "channel_sweep_marks": "the channel sweep's watermark, one row for the platform",
     # The creators themselves: their id is the distribution key.
     "creators": "one row per creator; its id is the key",
 }

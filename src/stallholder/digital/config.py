@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from datetime import timedelta
 
 from stallholder.digital.links import Links
 from stallholder.digital.storage import LocalStorage, S3Storage, Storage
+from stallholder.kit.key_files import key_in
 from stallholder.settings import Settings
 
 SIGNING_KEY_FILE = "download-signing-key"
@@ -37,23 +37,9 @@ def signing_key(settings: Settings) -> bytes:
     ``<data_dir>/download-signing-key`` (mode 0600), as the admin key is."""
     if settings.download_signing_key:
         return settings.download_signing_key.encode()
-    path = settings.data_dir / SIGNING_KEY_FILE
-    if not path.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        # Written whole under a temporary name, then linked into place: a process that
-        # starts at the same moment (``serve --workers``) reads a complete key or makes
-        # its own link fail and reads the first one's.
-        partial = path.with_name(f"{SIGNING_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
-        try:
-            os.link(partial, path)
-        except FileExistsError:
-            pass  # another process made it first: use theirs
-        finally:
-            partial.unlink()
-    return path.read_text().strip().encode()
+    return key_in(
+        settings.data_dir, SIGNING_KEY_FILE, make=lambda: secrets.token_urlsafe(32)
+    ).encode()
 
 
 def links_from_settings(settings: Settings) -> Links:

@@ -50,6 +50,13 @@ EVENT_TYPES: dict[str, str] = {
     "buyer on its waitlist until expires_at; data.object is the offer: drop, drop_name, "
     "entry, email, checkout_session, url (the hosted checkout that buys it), expires_at. "
     "The buyer is emailed the link too.",
+    "channel.oversold": "An order placed on a channel (Shopify, Etsy, WooCommerce) asked for "
+    "units that were no longer free in the stock ledger; data.object is the channel order "
+    "line: channel, channel_kind, channel_name, order, order_name, sku, quantity. The order "
+    "is kept, flagged oversold, and the creator is emailed.",
+    "channel.paused": "A channel stopped being kept in step because it refused our "
+    "credentials (revoked, uninstalled); data.object is the channel with paused_reason. The "
+    "creator is emailed; reconnect or resume it to sync again.",
     "inventory.low": "A SKU's available stock at a location fell to its low_stock_threshold "
     "or below; data.object is the inventory level.",
     "inventory.out_of_stock": "A SKU's available stock at a location reached 0; data.object "

@@ -24,7 +24,13 @@ from stallholder.catalog.models import Variant
 from stallholder.events import service as events
 from stallholder.inventory import waitlists
 from stallholder.inventory.models import IncomingBatch, Location, StockLevel, StockMovement
-from stallholder.inventory.quantities import Quantities, crossing, delta_for
+from stallholder.inventory.quantities import (
+    Quantities,
+    crossing,
+    delta_for,
+    in_key_order,
+    plan_takes,
+)
 from stallholder.kit.db import is_unique_violation
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
@@ -683,3 +689,68 @@ async def available_by_variant(
             available.get(level.variant_id, 0) + quantities_of(level).available
         )
     return available
+
+
+async def allocate_free(
+    session: AsyncSession, *, variant_id: str, quantity: int, now: datetime
+) -> dict[int, int] | None:
+    """Promise ``quantity`` free units of a variant to an order placed elsewhere (a
+    channel's, ``docs/channels.md``): ``allocated`` grows on its levels by conditional
+    updates (``… WHERE available >= n``), drawn as a hold draws them, the levels in
+    primary-key order. Returns the units taken per level id (empty for a variant with no
+    stock levels: it is not tracked), or None when too few are free — then nothing
+    changed (a concurrent change that wins a race is undone by a savepoint)."""
+    rows = (
+        await session.execute(
+            select(*LEVEL_COLUMNS)
+            .where(StockLevel.variant_id == variant_id)
+            .order_by(StockLevel.location_id, StockLevel.id)
+        )
+    ).all()
+    if not rows:
+        return {}
+    plan = plan_takes([(row.id, state_of(row).quantities.available) for row in rows], quantity)
+    if plan is None:
+        return None
+    taken: dict[int, int] = {}
+    async with session.begin_nested() as savepoint:
+        for take in in_key_order(plan):
+            row = (
+                await session.execute(
+                    update(StockLevel)
+                    .where(
+                        StockLevel.id == take.level_id,
+                        StockLevel.on_hand
+                        - StockLevel.reserved
+                        - StockLevel.allocated
+                        - StockLevel.safety_stock
+                        >= take.quantity,
+                    )
+                    .values(allocated=StockLevel.allocated + take.quantity, updated_at=now)
+                    .returning(*LEVEL_COLUMNS)
+                    .execution_options(synchronize_session=False)
+                )
+            ).one_or_none()
+            if row is None:
+                await savepoint.rollback()
+                return None
+            level = state_of(row)
+            taken[take.level_id] = take.quantity
+            await report_crossing(
+                session,
+                level=level,
+                before=level.quantities.available + take.quantity,
+                now=now,
+            )
+    return taken
+
+
+async def release_allocated(session: AsyncSession, *, taken: dict[int, int], now: datetime) -> None:
+    """Give back units ``allocate_free`` promised (the order was cancelled), in key order."""
+    for level_id in sorted(taken):
+        await session.execute(
+            update(StockLevel)
+            .where(StockLevel.id == level_id)
+            .values(allocated=StockLevel.allocated - taken[level_id], updated_at=now)
+            .execution_options(synchronize_session=False)
+        )

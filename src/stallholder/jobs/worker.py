@@ -18,6 +18,8 @@ from sqlalchemy.engine import make_url
 
 from stallholder.billing import consolidation, renewal
 from stallholder.billing import tasks as billing
+from stallholder.channels import sync as channel_sync
+from stallholder.channels.registry import engine_from_settings
 from stallholder.checkout.tasks import (
     EXPIRE_SESSION,
     OFFER_WAITLIST,
@@ -156,6 +158,7 @@ def kinds_for(
             )
         ),
         *inventory_tasks.kinds(),
+        *channel_sync.kinds(engine_from_settings(settings), settings=settings),
     ]
     inbox_kind = INBOX_KINDS.get(gateway.name)
     if inbox_kind is not None:

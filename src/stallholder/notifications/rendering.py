@@ -34,6 +34,8 @@ SUBJECTS: dict[str, str] = {
     "raffle_offer": "You can buy from {{ merchant }}'s {{ drop_name }}",
     "shipped": "Your order from {{ merchant }} is on its way [{{ number }}]",
     "waitlist_offer": "One is back: {{ merchant }}'s {{ drop_name }} is held for you",
+    "channel_paused": "Channel paused: {{ channel_name }}",
+    "channel_oversold": "Oversold on {{ channel_name }}: {{ quantity }} × {{ sku }}",
 }
 
 

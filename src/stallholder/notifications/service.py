@@ -374,6 +374,35 @@ async def webhook_endpoint_disabled(
     )
 
 
+async def channel_notice(
+    session: AsyncSession,
+    *,
+    event_id: str,
+    creator_id: str,
+    type: str,
+    data: Mapping[str, Any],
+) -> NewEmail | None:
+    """Tell the creator a channel was paused (``channel.paused``: it refused our
+    credentials) or an order on it was oversold (``channel.oversold``)."""
+    kind = "channel_paused" if type == "channel.paused" else "channel_oversold"
+    creator = await accounts.get_creator(session, creator_id)
+    return compose(
+        creator_id=creator_id,
+        kind=kind,
+        to=creator.email,
+        dedupe_key=f"{event_id}:{kind}",
+        context={
+            "creator": creator.display_name,
+            "channel_name": data.get("channel_name") or data.get("name") or "your channel",
+            "channel_id": data.get("channel") or data.get("id"),
+            "reason": data.get("paused_reason") or "",
+            "order": data.get("order_name") or data.get("order") or "",
+            "sku": data.get("sku") or "",
+            "quantity": data.get("quantity") or 0,
+        },
+    )
+
+
 async def queue_magic_link(
     session: AsyncSession,
     *,

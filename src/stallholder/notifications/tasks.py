@@ -102,6 +102,10 @@ async def _email_for_event(
         return await service.webhook_endpoint_disabled(
             session, event_id=event.id, creator_id=event.creator_id, endpoint=data
         )
+    if event.type in ("channel.paused", "channel.oversold"):
+        return await service.channel_notice(
+            session, event_id=event.id, creator_id=event.creator_id, type=event.type, data=data
+        )
     return None
 
 

@@ -21,6 +21,7 @@ from stallholder.analytics.metrics import MonthPoint
 from stallholder.billing import lifecycle, subscriptions
 from stallholder.catalog import service as catalog
 from stallholder.catalog.schemas import PriceCreate, ProductCreate
+from stallholder.channels import service as channel_service
 from stallholder.events import webhooks
 from stallholder.fulfilment import shipments
 from stallholder.inventory import drops, stock
@@ -53,6 +54,7 @@ NAV = (
     ("/dashboard/orders", "Orders"),
     ("/dashboard/subscribers", "Subscribers"),
     ("/dashboard/inventory", "Inventory"),
+    ("/dashboard/channels", "Channels"),
     ("/dashboard/balance", "Balance"),
     ("/dashboard/webhooks", "Webhooks"),
     ("/dashboard/keys", "API keys"),
@@ -535,6 +537,41 @@ async def inventory_page(request: Request, session: SessionDep, settings: Settin
         return sign_in_redirect(request)
     levels = await stock.list_levels(session, creator_id=creator.id, limit=PAGE_SIZE * 4)
     return await _page(request, settings, creator, "dashboard_inventory.html", {"levels": levels})
+
+
+@router.get("/dashboard/channels", response_class=HTMLResponse)
+async def channels_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    """Each channel with what every matched listing shows there against what it should
+    show (``available − buffer``), the orders it oversold and its recent sync log. The
+    page refreshes itself every few seconds, so stock is seen moving across channels."""
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    boards = []
+    for channel in await channel_service.list_channels(session, creator_id=creator.id):
+        listings, _ = await channel_service.list_listings(
+            session, channel_id=channel.id, status=None, limit=PAGE_SIZE * 2, starting_after=None
+        )
+        stock_now = await channel_service.stock_of(
+            session, [listing.variant_id for listing in listings if listing.variant_id]
+        )
+        rows = [
+            {
+                "listing": listing,
+                "available": found.available if found else None,
+                "should_show": channel_service.shown_for(channel, found) if found else None,
+            }
+            for listing in listings
+            for found in [stock_now.get(listing.variant_id or "")]
+        ]
+        log, _ = await channel_service.list_sync_log(
+            session, channel_id=channel.id, sku=None, limit=12, starting_after=None
+        )
+        oversold = await channel_service.list_orders(
+            session, channel_id=channel.id, status="oversold", limit=10
+        )
+        boards.append({"channel": channel, "rows": rows, "log": log, "oversold": oversold})
+    return await _page(request, settings, creator, "dashboard_channels.html", {"boards": boards})
 
 
 @router.get("/dashboard/balance", response_class=HTMLResponse)

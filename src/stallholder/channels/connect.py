@@ -1,0 +1,223 @@
+"""Connecting a channel: checking where it is, registering our webhooks on it, reading
+its listings, and storing it with its credentials sealed (``docs/channels.md``).
+
+The channel is called before anything is written, with no transaction open; the unit of
+work that stores it follows."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stallholder.channels import service, sync
+from stallholder.channels.buffers import Rules
+from stallholder.channels.connectors import (
+    TIMEOUT,
+    ChannelError,
+    Listing,
+    RegisteredWebhook,
+    Unauthorized,
+)
+from stallholder.channels.models import Channel
+from stallholder.channels.schemas import ChannelCreate
+from stallholder.events.webhooks import check_target
+from stallholder.kit.errors import InvalidRequest
+from stallholder.kit.ids import new_id
+from stallholder.settings import Settings
+
+
+class ChannelCredentialsRefused(InvalidRequest):
+    slug = "channel-credentials-refused"
+    title = "The channel refused these credentials"
+
+
+class ChannelUnreachable(InvalidRequest):
+    status = 422
+    slug = "channel-unreachable"
+    title = "The channel could not be reached"
+
+
+class InsecureChannelUrl(InvalidRequest):
+    slug = "insecure-channel-url"
+    title = "Channel URLs must use https"
+
+
+@dataclass(frozen=True, slots=True)
+class NewChannel:
+    kind: str
+    name: str
+    url: str
+    credentials: dict[str, Any]
+    rules: Rules
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    webhooks: list[RegisteredWebhook]
+    listings: list[Listing]
+
+
+def delivery_url(settings: Settings, channel_id: str) -> str:
+    """Where the channel sends its webhooks for this channel."""
+    return f"{settings.base_url.rstrip('/')}/hooks/channels/{channel_id}"
+
+
+async def check_url(url: str, *, allow_private: bool) -> None:
+    """The SSRF guard of webhook endpoints, and https unless private targets are allowed.
+
+    Raises:
+        InsecureChannelUrl, InvalidWebhookUrl, PrivateWebhookTarget.
+    """
+    if urlsplit(url).scheme != "https" and not allow_private:
+        raise InsecureChannelUrl(
+            f"{url!r} is not an https URL; channels are reached over https (an operator "
+            "can allow http on a private network with "
+            "STALLHOLDER_ALLOW_PRIVATE_WEBHOOK_TARGETS=true)"
+        )
+    await check_target(url, allow_private=allow_private)
+
+
+async def discover(
+    engine: sync.Engine,
+    new: NewChannel,
+    *,
+    channel_id: str,
+    settings: Settings,
+    http: httpx.AsyncClient | None = None,
+) -> Found:
+    """Register our webhooks on the channel and read its listings.
+
+    Raises:
+        ChannelCredentialsRefused: 401 or 403.
+        ChannelUnreachable: anything else that went wrong, with what it was.
+    """
+    async with httpx.AsyncClient(timeout=TIMEOUT) if http is None else _borrowed(http) as client:
+        connector = engine.connect(new.kind, new.credentials, {}, client, settings)
+        try:
+            webhooks = await connector.register_webhooks(delivery_url(settings, channel_id))
+            listings = await connector.listings()
+        except Unauthorized as error:
+            raise ChannelCredentialsRefused(
+                f"{new.url} refused the credentials: {error}; check the token or keys and "
+                "their scopes"
+            ) from error
+        except ChannelError as error:
+            raise ChannelUnreachable(f"{new.url} could not be read: {error}") from error
+    return Found(webhooks=webhooks, listings=listings)
+
+
+class _borrowed:
+    """A client the caller owns, used as if opened here (not closed on exit)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def __aenter__(self) -> httpx.AsyncClient:
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+async def store(
+    session: AsyncSession,
+    engine: sync.Engine,
+    new: NewChannel,
+    found: Found,
+    *,
+    channel_id: str,
+    creator_id: str,
+    settings: Settings,
+    now: datetime,
+) -> Channel:
+    """Keep the channel and its listings; queue the first push of every matched listing
+    that shows something else than it should."""
+    polls = new.kind == "etsy"  # no order webhooks: its receipts are polled
+    channel = Channel(
+        id=channel_id,
+        creator_id=creator_id,
+        kind=new.kind,
+        name=new.name,
+        url=new.url,
+        status=service.ACTIVE,
+        credentials=engine.vault.seal(new.credentials),
+        buffer_units=new.rules.buffer_units,
+        buffer_percent=new.rules.buffer_percent,
+        max_shown=new.rules.max_shown,
+        zero_below=new.rules.zero_below,
+        rate_state={},
+        orders_cursor=None,
+        next_poll_at=now if polls else None,
+        next_reconcile_at=now + timedelta(seconds=settings.channel_reconcile_seconds),
+        webhooks=[{"id": hook.external_id, "topic": hook.topic} for hook in found.webhooks],
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(channel)
+    await session.flush()
+    await service.map_listings(session, channel=channel, listings=found.listings, now=now)
+    await queue_behind(session, channel=channel, now=now)
+    return channel
+
+
+async def queue_behind(session: AsyncSession, *, channel: Channel, now: datetime) -> int:
+    """Queue a push for every matched listing of the channel that shows other than it
+    should (on connecting, resuming or changing the rules). Returns how many."""
+    behind = await service.behind(session, channel=channel)
+    await sync.queue_push(session, channel=channel, listing_ids=behind, now=now)
+    return len(behind)
+
+
+def new_channel(body: ChannelCreate, settings: Settings) -> NewChannel:
+    """The channel a create request describes, its credentials completed."""
+    rules = Rules(
+        buffer_units=body.buffer_units,
+        buffer_percent=body.buffer_percent,
+        zero_below=body.zero_below,
+        max_shown=body.max_shown,
+    )
+    credentials: dict[str, Any]
+    if body.kind == "shopify":
+        url = str(body.shop_url).rstrip("/")
+        credentials = {
+            "shop_url": url,
+            "access_token": body.access_token,
+            "webhook_secret": body.api_secret or settings.shopify_client_secret,
+            "location_id": body.location_id,
+        }
+        name = body.name or urlsplit(url).hostname or url
+    elif body.kind == "etsy":
+        url = settings.etsy_api_base.rstrip("/")
+        credentials = {
+            "shop_id": body.shop_id,
+            "user_id": str(body.access_token).split(".", 1)[0],
+            "access_token": body.access_token,
+            "refresh_token": body.refresh_token,
+            "expires_at": body.expires_at.isoformat() if body.expires_at else None,
+        }
+        name = body.name or f"Etsy shop {body.shop_id}"
+    else:
+        url = str(body.store_url).rstrip("/")
+        credentials = {
+            "store_url": url,
+            "consumer_key": body.consumer_key,
+            "consumer_secret": body.consumer_secret,
+            "webhook_secret": secrets.token_urlsafe(32),
+        }
+        name = body.name or urlsplit(url).hostname or url
+    return NewChannel(kind=body.kind, name=name, url=url, credentials=credentials, rules=rules)
+
+
+def fresh_id() -> str:
+    return new_id("chn")
+
+
+def sealed_state(engine: sync.Engine, value: Mapping[str, Any]) -> str:
+    return engine.vault.seal(value)
