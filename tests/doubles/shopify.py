@@ -287,25 +287,31 @@ class ShopifyDouble:
             self._set_level(variant, self.location.number, quantity)
 
     def sell(self, sku: str, quantity: int = 1) -> str:
-        """A buyer orders on the storefront: refused beyond the available quantity; returns
-        the order's id as the connector reports it (the legacy numeric id)."""
+        """A buyer orders on the storefront: refused (``ValueError``) beyond the available
+        quantity; returns the order's id as the connector reports it (the numeric id)."""
+        return self.order([(sku, quantity)])
+
+    def order(self, lines: Sequence[tuple[str, int]]) -> str:
+        """An order of several lines, all or nothing (see ``sell``)."""
         with self._lock:
-            variant = self._require(sku)
-            key = (variant.item, self.location.number)
-            available = self._levels.get(key, 0)
-            if quantity > available:
-                raise ValueError(f"only {available} of {sku} available")
+            wanted = [(self._require(sku), quantity) for sku, quantity in lines]
+            for variant, quantity in wanted:
+                available = self._levels.get((variant.item, self.location.number), 0)
+                if quantity > available:
+                    raise ValueError(f"only {available} of {variant.sku} available")
             now = datetime.now(UTC)
             order = _Order(
                 number=next(self._ids),
                 name=f"#{next(self._order_numbers)}",
                 created_at=now,
                 updated_at=now,
-                lines=[(variant, quantity)],
+                lines=wanted,
             )
             self._orders[order.number] = order
             self._deliver("ORDERS_CREATE", self._order_payload(order))
-            self._set_level(variant, self.location.number, available - quantity)
+            for variant, quantity in wanted:
+                key = (variant.item, self.location.number)
+                self._set_level(variant, self.location.number, self._levels[key] - quantity)
             return str(order.number)
 
     def cancel(self, order_id: str) -> None:

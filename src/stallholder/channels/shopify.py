@@ -496,7 +496,10 @@ class ShopifyConnector:
             )
         await self._sleep(wait)
 
-    def _observe(self, cost: Any) -> None:
+    def _observe(self, cost: Any, *, at: float) -> None:
+        """Keep the bucket a reply reports, as of ``at``: when the reply arrived (after
+        Shopify measured it), so the estimate of what has been restored since errs on the
+        short side."""
         status = cost.get("throttleStatus") if isinstance(cost, dict) else None
         if not isinstance(status, dict):
             return
@@ -504,7 +507,7 @@ class ShopifyConnector:
             maximum=float(status["maximumAvailable"]),
             available=float(status["currentlyAvailable"]),
             restore_rate=float(status["restoreRate"]),
-            observed_at=self._clock.now().timestamp(),
+            observed_at=at,
         )
 
     async def _call(self, query: str, variables: dict[str, Any], *, cost: int) -> Any:
@@ -527,7 +530,7 @@ class ShopifyConnector:
             body = {}
         extensions = body.get("extensions")
         cost_info = extensions.get("cost") if isinstance(extensions, dict) else None
-        self._observe(cost_info)
+        self._observe(cost_info, at=self._clock.now().timestamp())
         errors = body.get("errors")
         codes = _error_codes(errors)
         if response.status_code == 429 or "THROTTLED" in codes:
