@@ -48,7 +48,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -205,6 +205,7 @@ class ShopifyDouble:
         restore_rate: int = STANDARD_RESTORE_RATE,
         currency: str = "USD",
         shop_domain: str = "kiln.myshopify.com",
+        field_costs: Mapping[str, int] | None = None,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
@@ -212,6 +213,8 @@ class ShopifyDouble:
         self.chaos = chaos or Chaos()
         self.currency = currency.upper()
         self.shop_domain = shop_domain
+        # Shopify "reserves the right to set manual costs on fields": "Type.field" -> points.
+        self.field_costs = dict(field_costs or {})
         self.base_url = ""
         self.requests: list[tuple[str, str]] = []
         # Replies refused with THROTTLED because the bucket was short (not chaos).
@@ -324,6 +327,7 @@ class ShopifyDouble:
         with self._lock:
             self._tokens.clear()
             self._refresh_tokens.clear()
+            self.subscriptions.clear()  # uninstalling removes the app's webhooks
 
     def spend(self, points: float) -> None:
         """Another request of this app spent ``points`` of the bucket."""
@@ -990,7 +994,7 @@ class ShopifyDouble:
         for selection in operation.selections:
             if isinstance(selection, Field) and "idempotent" in selection.directives:
                 key = resolve_value(selection.directives["idempotent"].get("key"), variables)
-        executor = Executor(self._schema(key, scopes), variables)
+        executor = Executor(self._schema(key, scopes), variables, self.field_costs)
         root = "Mutation" if operation.kind == "mutation" else "QueryRoot"
         for name, (type_ref, default) in operation.variables.items():
             if type_ref.endswith("!") and variables.get(name, default) is None:

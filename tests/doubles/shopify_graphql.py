@@ -330,9 +330,19 @@ def typename(obj: Any) -> str:
 class Executor:
     """Validates, prices and runs one operation against ``schema``."""
 
-    def __init__(self, schema: Schema, variables: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        variables: Mapping[str, Any],
+        field_costs: Mapping[str, int] | None = None,
+    ) -> None:
         self.schema = schema
         self.variables = variables
+        # Costs Shopify set by hand on some fields ("Type.field": points), in place of 1.
+        self.field_costs = field_costs or {}
+
+    def object_cost(self, type_name: str, name: str) -> int:
+        return self.field_costs.get(f"{type_name}.{name}", 1)
 
     def field_def(self, type_name: str, selection: Field) -> FieldDef:
         fields = self.schema.get(type_name, {})
@@ -416,7 +426,9 @@ class Executor:
                 )
                 total += per_node * (len(ids) if definition.shape == "list" else 1)
             else:
-                total += 1 + self.requested(definition.type, selection.selections)
+                total += self.object_cost(type_name, selection.name) + self.requested(
+                    definition.type, selection.selections
+                )
         return total
 
     def node_cost(self, node_type: str, selections: Sequence[Field | Fragment]) -> int:
@@ -506,7 +518,7 @@ class Executor:
                 item_type = typename(value) if definition.type == "Node" else definition.type
                 data, child_cost = self.run(item_type, value, selection.selections)
                 out[selection.key] = data
-                cost += 1 + child_cost
+                cost += self.object_cost(type_name, selection.name) + child_cost
         return out, cost
 
     def connection(

@@ -601,3 +601,56 @@ async def test_install_exchange_and_rotating_refresh(
             refresh_token=tokens.refresh_token,
         )
     assert len(await connect(double, http, token=third.access_token).listings()) == 1
+
+
+async def test_a_query_shopify_prices_above_its_limit_is_resent_in_smaller_pages(
+    http: httpx.AsyncClient,
+) -> None:
+    # Shopify sets some field costs by hand: here a level costs 10 points, not 1.
+    shop = ShopifyDouble(field_costs={"InventoryItem.inventoryLevel": 10})
+    for number in range(100):
+        shop.add_product(f"Print {number}", [(f"PRINT-{number}", number)])
+    with serve_shopify(shop):
+        connector = connect(shop, http)
+        listings = await connector.listings()
+    shop.close()
+
+    assert [x.quantity for x in listings] == list(range(100))
+    # 2 + 100 × 14 = 1,402 points is refused; 1,402 / 502 estimated scales the pages to 71.
+    assert connector.rate_state["cost_factor"] == 1402 / 502
+    assert operations(shop) == ["StallholderShop"] + ["StallholderListings"] * 3
+    assert shop.throttled == 0
+
+
+async def test_entries_refused_for_their_own_reasons_are_missing_or_errors(
+    double: ShopifyDouble, http: httpx.AsyncClient
+) -> None:
+    [mug] = double.add_product("Mug", [("MUG", 3)])
+    [bowl] = double.add_product("Bowl", [("BOWL", 5)])
+    unstocked = "gid://shopify/Location/40001"  # the shop's old, inactive location
+
+    results = await connect(double, http).push(
+        [
+            update(mug, 2, 3, "p1"),
+            StockUpdate(ListingRef(bowl, {"location_id": unstocked}), 1, None, "p2"),
+            update("gid://shopify/InventoryItem/999999", 1, 0, "p3"),
+        ]
+    )
+
+    assert results == [
+        PushResult(mug, "ok", 2),
+        PushResult(
+            bowl,
+            "error",
+            error="ITEM_NOT_STOCKED_AT_LOCATION: The specified inventory "
+            "item is not stocked at the location.",
+        ),
+        PushResult("gid://shopify/InventoryItem/999999", "missing"),
+    ]
+    assert [double.quantity_of("MUG"), double.quantity_of("BOWL")] == [2, 5]
+    assert operations(double) == [
+        "StallholderSetQuantities",
+        "StallholderRead",
+        "StallholderRead",
+        "StallholderSetQuantities",
+    ]

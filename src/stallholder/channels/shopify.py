@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import json
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -101,7 +103,7 @@ IDEMPOTENCY_CODES = frozenset(
     {"IDEMPOTENCY_KEY_PARAMETER_MISMATCH", "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED"}
 )
 _KEY_NAMESPACE = uuid.UUID("6f1d4c1e-3b0a-4e58-9a57-5b1f0f5a2c11")
-_MISSING = object()
+_T = TypeVar("_T")
 
 _SHOP_QUERY = """
 query StallholderShop {
@@ -192,6 +194,10 @@ query StallholderOrderLines($id: ID!, $after: String) {{
 }}"""
 
 
+class _TooCostly(ChannelRefused):
+    """Shopify refused a query over its single-query cost limit (``MAX_COST_EXCEEDED``)."""
+
+
 class ShopifyConnector:
     """The ``Connector`` for one Shopify shop (see the module docstring)."""
 
@@ -246,13 +252,9 @@ class ShopifyConnector:
         listings = []
         after = None
         while True:
-            size = self._page_size(LISTINGS_PAGE, VARIANT_COST)
-            data = await self._call(
-                _LISTINGS_QUERY,
-                {"first": size, "after": after, "locationId": location},
-                cost=2 + size * VARIANT_COST,
+            page = await self._sized(
+                LISTINGS_PAGE, VARIANT_COST, functools.partial(self._listings_page, location, after)
             )
-            page = data["productVariants"]
             for node in page["nodes"]:
                 item = node["inventoryItem"]
                 title = node["product"]["title"]
@@ -284,17 +286,8 @@ class ShopifyConnector:
         for location, ids in by_location.items():
             start = 0
             while start < len(ids):
-                size = self._page_size(READ_BATCH, READ_ITEM_COST)
-                chunk = ids[start : start + size]
-                start += size
-                data = await self._call(
-                    _READ_QUERY,
-                    {"ids": chunk, "locationId": location},
-                    cost=len(chunk) * READ_ITEM_COST,
-                )
-                for node in data["nodes"]:
-                    if node and "id" in node:
-                        quantities[node["id"]] = _available(node["inventoryLevel"])
+                read = functools.partial(self._read_chunk, ids[start:], location, quantities)
+                start += await self._sized(READ_BATCH, READ_ITEM_COST, read, fixed=0)
         return quantities
 
     async def push(self, updates: Sequence[StockUpdate]) -> list[PushResult]:
@@ -310,13 +303,9 @@ class ShopifyConnector:
             since, after = cursor.split("|", 1)
         else:
             since, after = cursor, None
-        size = self._page_size(ORDERS_PAGE, ORDER_COST)
-        data = await self._call(
-            _ORDERS_QUERY,
-            {"first": size, "after": after, "query": f"updated_at:>='{since}'"},
-            cost=2 + size * ORDER_COST,
+        page = await self._sized(
+            ORDERS_PAGE, ORDER_COST, functools.partial(self._orders_page, since, after)
         )
-        page = data["orders"]
         orders = []
         for node in page["nodes"]:
             lines = await self._order_lines(node)
@@ -393,6 +382,15 @@ class ShopifyConnector:
                 pending = []
                 break
             flagged = _errors_by_entry(errors)
+            unplaced = [
+                error
+                for error in errors
+                if error.get("code") not in STALE_CODES | IDEMPOTENCY_CODES
+                and _entry_index(error) is None
+            ]
+            if unplaced:
+                # The whole input is wrong (a name, a reason): a bug of ours, not a sale.
+                raise ChannelRefused(f"Shopify refused inventorySetQuantities: {unplaced}")
             fresh = await self.read([update.ref for update in batch])
             retry = []
             for position, i in enumerate(pending):
@@ -470,10 +468,55 @@ class ShopifyConnector:
             lines.extend(_line(line) for line in connection["nodes"])
         return tuple(lines)
 
-    def _page_size(self, largest: int, item_cost: int) -> int:
-        """As many items as fit in one query: the bucket and Shopify's single-query limit."""
+    async def _listings_page(self, location: str, after: str | None, size: int) -> Any:
+        data = await self._call(
+            _LISTINGS_QUERY,
+            {"first": size, "after": after, "locationId": location},
+            cost=2 + size * VARIANT_COST,
+        )
+        return data["productVariants"]
+
+    async def _read_chunk(
+        self, ids: Sequence[str], location: str, into: dict[str, int | None], size: int
+    ) -> int:
+        chunk = list(ids[:size])
+        data = await self._call(
+            _READ_QUERY, {"ids": chunk, "locationId": location}, cost=len(chunk) * READ_ITEM_COST
+        )
+        for node in data["nodes"]:
+            if node and "id" in node:
+                into[node["id"]] = _available(node["inventoryLevel"])
+        return len(chunk)
+
+    async def _orders_page(self, since: str, after: str | None, size: int) -> Any:
+        data = await self._call(
+            _ORDERS_QUERY,
+            {"first": size, "after": after, "query": f"updated_at:>='{since}'"},
+            cost=2 + size * ORDER_COST,
+        )
+        return data["orders"]
+
+    async def _sized(
+        self,
+        largest: int,
+        item_cost: int,
+        send: Callable[[int], Awaitable[_T]],
+        *,
+        fixed: int = 2,
+    ) -> _T:
+        """``send`` a page of as many items as fit; once more, smaller, when Shopify prices
+        the query above its single-query limit (the factor it was off by is learned)."""
+        try:
+            return await send(self._page_size(largest, item_cost, fixed))
+        except _TooCostly:
+            return await send(self._page_size(largest, item_cost, fixed))
+
+    def _page_size(self, largest: int, item_cost: int, fixed: int) -> int:
+        """As many items as fit in one query: the bucket and Shopify's single-query limit,
+        with item costs scaled by what Shopify charged more than our estimate so far."""
         budget = min(SINGLE_QUERY_LIMIT, int(self.rate_state.get("maximum", ASSUMED_BUCKET)))
-        return max(1, min(largest, (budget - 2) // item_cost))
+        factor = float(self.rate_state.get("cost_factor", 1.0))
+        return max(1, min(largest, int((budget - fixed * factor) // (item_cost * factor))))
 
     async def _wait_for(self, cost: int) -> None:
         """Wait until the bucket (as last seen, restored since) holds ``cost`` points, or
@@ -512,7 +555,7 @@ class ShopifyConnector:
 
     async def _call(self, query: str, variables: dict[str, Any], *, cost: int) -> Any:
         """One GraphQL request; its ``data``, or the module's errors."""
-        await self._wait_for(cost)
+        await self._wait_for(math.ceil(cost * float(self.rate_state.get("cost_factor", 1.0))))
         try:
             response = await self._http.post(
                 self._endpoint,
@@ -533,6 +576,12 @@ class ShopifyConnector:
         self._observe(cost_info, at=self._clock.now().timestamp())
         errors = body.get("errors")
         codes = _error_codes(errors)
+        if isinstance(cost_info, dict):
+            self._learn(cost_info.get("requestedQueryCost"), cost)
+        if "MAX_COST_EXCEEDED" in codes:
+            for refusal in errors if isinstance(errors, list) else []:
+                self._learn((refusal.get("extensions") or {}).get("cost"), cost)
+            raise _TooCostly(f"Shopify priced the query above its limit: {errors}")
         if response.status_code == 429 or "THROTTLED" in codes:
             raise RateLimited(
                 f"Shopify throttled the request ({response.status_code})",
@@ -550,6 +599,13 @@ class ShopifyConnector:
         if errors or not isinstance(body.get("data"), dict):
             raise ChannelRefused(f"Shopify refused the request: {errors}")
         return body["data"]
+
+    def _learn(self, requested: Any, estimate: int) -> None:
+        """Remember by how much Shopify's requested cost exceeded our estimate (Shopify may
+        price fields by hand), so later estimates and page sizes allow for it."""
+        if isinstance(requested, int | float) and estimate > 0 and requested > estimate:
+            factor = max(float(self.rate_state.get("cost_factor", 1.0)), requested / estimate)
+            self.rate_state["cost_factor"] = factor
 
     def _throttle_wait(self, cost: Any, retry_after: str | None) -> float:
         """How long until the bucket holds what the throttled request asked for."""
@@ -593,10 +649,19 @@ def _errors_by_entry(errors: Sequence[Mapping[str, Any]]) -> dict[int, tuple[str
     """User errors by the index of the ``quantities`` entry their ``field`` path names."""
     flagged: dict[int, tuple[str, str]] = {}
     for error in errors:
-        path = error.get("field") or []
-        if len(path) >= 3 and path[1] == "quantities" and str(path[2]).isdigit():
-            flagged[int(path[2])] = (str(error.get("code") or ""), str(error.get("message")))
+        index = _entry_index(error)
+        if index is not None:
+            flagged[index] = (str(error.get("code") or ""), str(error.get("message")))
     return flagged
+
+
+def _entry_index(error: Mapping[str, Any]) -> int | None:
+    """The ``quantities`` entry a user error's ``field`` path names
+    (``["input", "quantities", "3", "changeFromQuantity"]``), if any."""
+    path = error.get("field") or []
+    if len(path) >= 3 and path[1] == "quantities" and str(path[2]).isdigit():
+        return int(path[2])
+    return None
 
 
 def _decide(
