@@ -24,6 +24,9 @@ It follows Shopify's published API (read in November 2026; ADR 0026 lists the fa
   Shopify's headers, at least once, through ``common.WebhookSender``. A change of an
   inventory level (a sale, a merchant's edit, the app's own write) sends
   ``inventory_levels/update``, as Shopify does.
+- Tokens carry scopes: a root field outside them is a GraphQL ``ACCESS_DENIED`` error.
+  ``revoke()`` is an uninstall: every token is refused and the app's webhooks are gone.
+- ``field_costs`` sets a field's cost by hand, as Shopify reserves the right to.
 - OAuth: ``GET /admin/oauth/authorize`` approves at once and redirects with ``code``,
   ``hmac``, ``shop``, ``state``, ``timestamp``; ``POST /admin/oauth/access_token`` trades
   the code (``expiring=1``: a 3,600 s token and a 90-day refresh token) and refreshes

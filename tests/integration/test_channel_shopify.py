@@ -654,3 +654,54 @@ async def test_entries_refused_for_their_own_reasons_are_missing_or_errors(
         "StallholderRead",
         "StallholderSetQuantities",
     ]
+
+
+async def test_a_token_without_the_scope_is_unauthorized(
+    double: ShopifyDouble, http: httpx.AsyncClient
+) -> None:
+    [mug] = double.add_product("Mug", [("MUG", 3)])
+    url = authorization_url(
+        double.base_url,
+        client_id="shp-client",
+        scopes=("read_products", "read_locations"),
+        redirect_uri="https://stallholder.test/callback",
+        state="st-1",
+    )
+    callback = dict(parse_qsl(urlsplit((await http.get(url)).headers["location"]).query))
+    tokens = await exchange_code(
+        http,
+        double.base_url,
+        client_id="shp-client",
+        client_secret="shp-secret",
+        code=callback["code"],
+    )
+    connector = connect(double, http, token=tokens.access_token)
+
+    assert tokens.scopes == ("read_products", "read_locations")
+    with pytest.raises(Unauthorized, match="read_inventory"):
+        await connector.read([ListingRef(mug, {"location_id": LOCATION})])
+
+
+async def test_the_control_routes_drive_the_double_from_another_process(
+    double: ShopifyDouble, http: httpx.AsyncClient
+) -> None:
+    double.add_product("Mug", [("MUG-BLUE", 3), ("MUG-RED", 1)])
+
+    sold = await http.post(
+        f"{double.base_url}/_double/sell", json={"sku": "MUG-BLUE", "quantity": 2}
+    )
+    refused = await http.post(
+        f"{double.base_url}/_double/sell", json={"sku": "MUG-RED", "quantity": 2}
+    )
+    edited = await http.post(
+        f"{double.base_url}/_double/quantity", json={"sku": "MUG-RED", "quantity": 8}
+    )
+    state = await http.get(f"{double.base_url}/_double/state")
+
+    assert sold.status_code == 200
+    assert refused.status_code == 409
+    assert edited.status_code == 200
+    assert state.json() == [
+        {"sku": "MUG-BLUE", "title": "Mug — MUG-BLUE", "quantity": 1},
+        {"sku": "MUG-RED", "title": "Mug — MUG-RED", "quantity": 8},
+    ]

@@ -12,7 +12,11 @@ What Shopify does that shapes this module:
   ``extensions.cost.throttleStatus`` is kept in ``rate_state`` (with when it was seen);
   before a request the connector estimates the bucket now and waits (up to ``MAX_WAIT``)
   for the points the request will ask for, or raises ``RateLimited``. Page sizes shrink
-  to fit a small bucket. The restore rate is read from replies, never assumed.
+  to fit a small bucket. The restore rate is read from replies, never assumed. Costs are
+  estimated by Shopify's documented rules; when a reply's ``requestedQueryCost`` shows
+  Shopify prices more (it may set field costs by hand), ``rate_state["cost_factor"]``
+  scales later estimates and pages, and a query refused as ``MAX_COST_EXCEEDED`` is sent
+  again in a smaller page.
 - ``inventorySetQuantities`` (API 2026-04 and later) needs ``@idempotent(key:)`` and a
   ``changeFromQuantity`` on every entry. A refusal refuses the whole call, so after one the
   connector reads the items again, reports each entry on its own (``stale`` with the
