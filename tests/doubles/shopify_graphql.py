@@ -17,6 +17,7 @@ object. ``nodes(ids:)`` is priced per id.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -267,7 +268,8 @@ class _Parser:
             return fields
         self.at += 1
         if kind == "string":
-            return bytes(token[1:-1], "utf-8").decode("unicode_escape")
+            text: str = json.loads(token)  # GraphQL's string escapes are JSON's
+            return text
         if kind == "number":
             return float(token) if any(c in token for c in ".eE") else int(token)
         if kind == "name":
