@@ -3,6 +3,7 @@ compare-and-set pushes, the leaky bucket, revocation, webhooks, orders and OAuth
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -311,8 +312,6 @@ class RecordingSleep:
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
         if self.really:
-            import asyncio
-
             await asyncio.sleep(seconds)
 
 
@@ -421,6 +420,22 @@ async def test_registering_twice_keeps_one_subscription_per_topic(
     assert sorted(double.subscriptions.values()) == [
         ("INVENTORY_LEVELS_UPDATE", "https://stallholder.test/hooks/shopify/1"),
         ("ORDERS_CREATE", "https://stallholder.test/hooks/shopify/1"),
+    ]
+
+
+async def test_two_workers_registering_at_once_keep_one_subscription_per_topic(
+    double: ShopifyDouble, http: httpx.AsyncClient
+) -> None:
+    url = "https://stallholder.test/hooks/shopify/1"
+
+    first, second = await asyncio.gather(
+        connect(double, http).register_webhooks(url), connect(double, http).register_webhooks(url)
+    )
+
+    assert first == second
+    assert sorted(double.subscriptions.values()) == [
+        ("INVENTORY_LEVELS_UPDATE", url),
+        ("ORDERS_CREATE", url),
     ]
 
 

@@ -230,12 +230,7 @@ class ShopifyConnector:
     # Connector -------------------------------------------------------------------------
 
     async def register_webhooks(self, delivery_url: str) -> list[RegisteredWebhook]:
-        data = await self._call(_WEBHOOKS_QUERY, {"uri": delivery_url}, cost=WEBHOOKS_COST)
-        existing = {
-            node["topic"]: node["id"]
-            for node in data["webhookSubscriptions"]["nodes"]
-            if node["uri"] == delivery_url
-        }
+        existing = await self._subscriptions(delivery_url)
         registered = []
         for topic in (ORDERS_CREATE, INVENTORY_LEVELS_UPDATE):
             subscription_id = existing.get(topic)
@@ -244,11 +239,24 @@ class ShopifyConnector:
                     _CREATE_WEBHOOK, {"topic": topic, "uri": delivery_url}, cost=MUTATION_COST
                 )
                 payload = created["webhookSubscriptionCreate"]
-                if payload["userErrors"] or payload["webhookSubscription"] is None:
+                if payload["webhookSubscription"] is not None:
+                    subscription_id = payload["webhookSubscription"]["id"]
+                elif any("already been taken" in e["message"] for e in payload["userErrors"]):
+                    # Another worker subscribed it since we looked: keep theirs.
+                    subscription_id = (await self._subscriptions(delivery_url)).get(topic)
+                if subscription_id is None:
                     raise ChannelRefused(f"Shopify refused the {topic} webhook: {payload}")
-                subscription_id = payload["webhookSubscription"]["id"]
             registered.append(RegisteredWebhook(external_id=subscription_id, topic=TOPICS[topic]))
         return registered
+
+    async def _subscriptions(self, delivery_url: str) -> dict[str, str]:
+        """Our subscriptions to ``delivery_url``, by topic."""
+        data = await self._call(_WEBHOOKS_QUERY, {"uri": delivery_url}, cost=WEBHOOKS_COST)
+        return {
+            node["topic"]: node["id"]
+            for node in data["webhookSubscriptions"]["nodes"]
+            if node["uri"] == delivery_url
+        }
 
     async def listings(self) -> list[Listing]:
         location = await self._default_location()
