@@ -9,6 +9,10 @@ It follows Etsy's published v3 documentation (developers.etsy.com, read November
   with the numeric user id and a period.
 - ``GET /v3/application/shops/{shop_id}/listings`` (``state``, ``limit`` 1–100, default
   25, ``offset``, ``includes=Inventory``) answers ``{"count", "results"}``.
+- ``GET /v3/application/listings/{listing_id}`` (``getListing``, ``includes=Inventory``)
+  and ``PATCH /v3/application/shops/{shop_id}/listings/{listing_id}`` (``updateListing``,
+  form-encoded, ``state`` only). A sale that leaves no offering above 0 makes the listing
+  ``sold_out``.
 - ``GET /v3/application/listings/{listing_id}/inventory`` answers the products with their
   read-only ``product_id``, ``is_deleted``, ``scale_name``, ``offering_id`` and a Money
   ``price`` (``amount``/``divisor``/``currency_code``). ``PUT`` on the same path replaces
@@ -18,8 +22,10 @@ It follows Etsy's published v3 documentation (developers.etsy.com, read November
   exact text of those refusals is not published: ours names the field). A product
   without ``property_values`` is refused with Etsy's "Property values can't be empty"
   (issue 134), a PUT without products with "Missing Input Parameter: [products]"
-  (issue 168). With ``quantity_on_property`` empty, all offerings share one quantity and
-  must carry the same value (the meaning of the array; Etsy's text for it unconfirmed).
+  (issue 168), one with no offering above 0 with "One offering must have quantity
+  greater than 0" (issues 395 and 560: no API call can zero a listing). With
+  ``quantity_on_property`` empty, all offerings share one quantity and must carry the
+  same value (the meaning of the array; Etsy's text for it unconfirmed).
 - ``GET /v3/application/shops/{shop_id}/receipts`` (``min_last_modified`` — inclusive
   here, Etsy does not say — ``was_paid``, ``limit``, ``offset``, ``sort_on`` ``created`` |
   ``updated`` | ``receipt_id``, ``sort_order`` ``asc`` | ``desc`` and synonyms).
@@ -150,6 +156,8 @@ class EtsyDouble:
         # When each request that counted against a limit was let through (time.time()).
         self.served_at: list[float] = []
         self.throttled = 0
+        # Sold-out listings activated again (a listing fee on Etsy).
+        self.renewals = 0
         self._access_tokens: dict[str, float] = {access_token: float("inf")}
         self._refresh_tokens: set[str] = set()
         self._grants: dict[str, _Grant] = {}
@@ -164,6 +172,14 @@ class EtsyDouble:
                     "/v3/application/shops/{shop_id:int}/listings",
                     self._get_listings,
                     methods=["GET"],
+                ),
+                Route(
+                    "/v3/application/listings/{listing_id:int}", self._get_listing, methods=["GET"]
+                ),
+                Route(
+                    "/v3/application/shops/{shop_id:int}/listings/{listing_id:int}",
+                    self._update_listing,
+                    methods=["PATCH"],
                 ),
                 Route(
                     "/v3/application/listings/{listing_id:int}/inventory",
@@ -245,11 +261,21 @@ class EtsyDouble:
         return [f"{listing_id}:{sku}" for sku, _ in variants]
 
     def quantity_of(self, sku: str) -> int | None:
+        """What a buyer can buy of ``sku``: its offering's quantity while the listing is
+        active, 0 when it is inactive or sold out; None for an unknown SKU."""
         with self._lock:
             found = self._find(sku)
             if found is None:
                 return None
-            return int(found[1]["offerings"][0]["quantity"])
+            listing, product = found
+            if listing.state != "active":
+                return 0
+            return int(product["offerings"][0]["quantity"])
+
+    def state_of(self, listing_id: int) -> str:
+        """The listing's state: ``active``, ``inactive`` or ``sold_out``."""
+        with self._lock:
+            return self._listings[listing_id].state
 
     def set_quantity(self, sku: str, quantity: int) -> None:
         with self._lock:
@@ -266,10 +292,17 @@ class EtsyDouble:
             if found is None:
                 raise ValueError(f"no product with SKU {sku}")
             listing, product = found
-            have = int(product["offerings"][0]["quantity"])
+            have = int(product["offerings"][0]["quantity"]) if listing.state == "active" else 0
             if quantity > have:
                 raise ValueError(f"{sku}: {quantity} wanted, {have} left")
             self._set_quantity(sku, have - quantity)
+            if not any(
+                offering["quantity"] > 0
+                for each in listing.products
+                for offering in each["offerings"]
+            ):
+                # The last one sold: Etsy marks the listing sold out (relisting is a renewal).
+                listing.state = "sold_out"
             moment = int(time.time()) if at is None else at
             receipt_id = next(self._ids)
             self._receipts[receipt_id] = {
@@ -519,6 +552,48 @@ class EtsyDouble:
             return self._error(error)
         return JSONResponse({"count": len(chosen), "results": page}, headers=headers)
 
+    async def _get_listing(self, request: Request) -> Response:
+        """``getListing``, any state, with ``includes=Inventory``."""
+        try:
+            with self._lock:
+                headers = self._guard(request)
+                listing = self._listing(request)
+                includes = request.query_params.get("includes", "").split(",")
+                rendered = self._render_listing(listing, with_inventory="Inventory" in includes)
+        except EtsyError as error:
+            return self._error(error)
+        return JSONResponse(rendered, headers=headers)
+
+    async def _update_listing(self, request: Request) -> Response:
+        """``updateListing`` for ``state`` only (``active`` or ``inactive``), form-encoded
+        as Etsy takes it. Activating a sold-out listing renews it (a fee on Etsy):
+        counted in ``renewals``."""
+        form = await request.form()
+        try:
+            with self._lock:
+                headers = self._guard(request)
+                if request.path_params["shop_id"] != self.shop_id:
+                    raise EtsyError(403, "The listing does not belong to this shop")
+                listing = self._listing(request)
+                state = str(form.get("state", listing.state))
+                if state not in ("active", "inactive"):
+                    raise EtsyError(400, "state must be one of active, inactive")
+                if state == "active" and listing.state == "sold_out":
+                    self.renewals += 1
+                listing.state = state
+                listing.updated = int(time.time())
+                rendered = self._render_listing(listing, with_inventory=False)
+        except EtsyError as error:
+            return self._error(error)
+        return JSONResponse(rendered, headers=headers)
+
+    def _listing(self, request: Request) -> _Listing:
+        listing_id = request.path_params["listing_id"]
+        listing = self._listings.get(listing_id)
+        if listing is None:
+            raise EtsyError(404, f"Listing {listing_id} does not exist")
+        return listing
+
     async def _inventory(self, request: Request) -> Response:
         body: Any = None
         if request.method == "PUT":
@@ -529,10 +604,7 @@ class EtsyDouble:
         try:
             with self._lock:
                 headers = self._guard(request)
-                listing_id = request.path_params["listing_id"]
-                listing = self._listings.get(listing_id)
-                if listing is None:
-                    raise EtsyError(404, f"Listing {listing_id} does not exist")
+                listing = self._listing(request)
                 if request.method == "PUT":
                     self._replace_inventory(listing, body)
                 rendered = self._render_inventory(listing)
@@ -556,6 +628,8 @@ class EtsyDouble:
         products = []
         for index, product in enumerate(body["products"]):
             products.append(self._parse_product(index, product))
+        if not any(each["offerings"][0]["quantity"] > 0 for each in products):
+            raise EtsyError(400, "One offering must have quantity greater than 0")
         shared = len(products) > 1 and not arrays["quantity_on_property"]
         if shared and len({each["offerings"][0]["quantity"] for each in products}) > 1:
             raise EtsyError(
@@ -720,7 +794,9 @@ class EtsyDouble:
                 {
                     "sku": product["sku"],
                     "title": listing.title,
-                    "quantity": product["offerings"][0]["quantity"],
+                    "quantity": (
+                        product["offerings"][0]["quantity"] if listing.state == "active" else 0
+                    ),
                 }
                 for listing in self._listings.values()
                 for product in listing.products

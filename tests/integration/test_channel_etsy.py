@@ -189,9 +189,9 @@ async def test_read_gets_each_listing_inventory_once(double: EtsyDouble, make: M
 
     assert quantities == {mugs[0]: 5, mugs[1]: 6, bowl[0]: 9}
     assert double.requests == [
-        ("GET", f"/v3/application/listings/{listing_of(mugs[0])}/inventory"),
-        ("GET", f"/v3/application/listings/{listing_of(bowl[0])}/inventory"),
-        ("GET", "/v3/application/listings/999/inventory"),
+        ("GET", f"/v3/application/listings/{listing_of(mugs[0])}"),
+        ("GET", f"/v3/application/listings/{listing_of(bowl[0])}"),
+        ("GET", "/v3/application/listings/999"),
     ]
 
 
@@ -227,7 +227,7 @@ async def test_a_push_to_one_of_three_variations_keeps_all_three(
     assert [product["offerings"][0]["is_enabled"] for product in after] == [True, True, False]
     assert [double.quantity_of(sku) for sku in ("MUG-R", "MUG-G", "MUG-B")] == [5, 2, 7]
     assert double.requests == [
-        ("GET", f"/v3/application/listings/{listing_id}/inventory"),
+        ("GET", f"/v3/application/listings/{listing_id}"),
         ("PUT", f"/v3/application/listings/{listing_id}/inventory"),
     ]
 
@@ -329,10 +329,88 @@ async def test_variations_sharing_one_quantity_are_written_together(
             external_id=ids[1],
             outcome="error",
             channel_quantity=2,
-            error="the listing's variations share one quantity; 2 written for all of them",
+            error="the listing's variations share one quantity; 2 written for all",
         ),
     ]
     assert (double.quantity_of("P-A"), double.quantity_of("P-B")) == (2, 2)
+
+
+async def test_zero_everywhere_deactivates_the_listing_and_stock_brings_it_back(
+    double: EtsyDouble, make: Make
+) -> None:
+    ids = double.add_product("Mug", [("MUG-R", 1), ("MUG-G", 2)])
+    listing_id = listing_of(ids[0])
+    state: dict[str, Any] = {}
+    connector = make(rate_state=state)
+
+    await connector.push([update(ids[0], 0)])
+    emptied = await connector.push([update(ids[1], 0)])
+    while_inactive = (double.state_of(listing_id), await connector.read([ref(ids[0]), ref(ids[1])]))
+    requests_before = len(double.requests)
+    restocked = await connector.push([update(ids[1], 4)])
+
+    assert emptied == [PushResult(external_id=ids[1], outcome="ok", channel_quantity=0)]
+    # Etsy would refuse an inventory of zeros: the listing was deactivated instead.
+    assert while_inactive == ("inactive", {ids[0]: 0, ids[1]: 0})
+    assert [product["offerings"][0]["quantity"] for product in double.products_of(listing_id)] == [
+        0,
+        4,
+    ]
+    assert restocked == [PushResult(external_id=ids[1], outcome="ok", channel_quantity=4)]
+    assert double.state_of(listing_id) == "active"
+    assert (double.quantity_of("MUG-R"), double.quantity_of("MUG-G")) == (0, 4)
+    assert state["deactivated"] == []
+    assert double.requests[requests_before:] == [
+        ("GET", f"/v3/application/listings/{listing_id}"),
+        ("PUT", f"/v3/application/listings/{listing_id}/inventory"),
+        ("PATCH", f"/v3/application/shops/5550001/listings/{listing_id}"),
+    ]
+
+
+async def test_a_listing_sold_out_on_etsy_is_not_relisted(double: EtsyDouble, make: Make) -> None:
+    ids = double.add_product("Mug", [("MUG-R", 2)])
+    double.sell("MUG-R", 2)
+
+    results = await make().push([update(ids[0], 3)])
+
+    assert results == [
+        PushResult(
+            external_id=ids[0],
+            outcome="error",
+            channel_quantity=0,
+            error="the listing is sold_out on Etsy; the seller must relist it",
+        )
+    ]
+    assert (double.state_of(listing_of(ids[0])), double.renewals) == ("sold_out", 0)
+    assert double.quantity_of("MUG-R") == 0
+
+
+async def test_the_double_refuses_an_inventory_of_zeros(
+    double: EtsyDouble, http: httpx.AsyncClient
+) -> None:
+    ids = double.add_product("Mug", [("MUG-R", 1)])
+    reply = await http.put(
+        f"{double.base_url}/v3/application/listings/{listing_of(ids[0])}/inventory",
+        headers={
+            "x-api-key": "etsy-keystring:etsy-secret",
+            "authorization": "Bearer 777001.etsy-token",
+        },
+        json={
+            "products": [
+                {
+                    "sku": "MUG-R",
+                    "property_values": [],
+                    "offerings": [{"price": 25.0, "quantity": 0, "is_enabled": True}],
+                }
+            ]
+        },
+    )
+
+    assert (reply.status_code, reply.json()) == (
+        400,
+        {"error": "One offering must have quantity greater than 0"},
+    )
+    assert double.quantity_of("MUG-R") == 1
 
 
 async def test_a_listing_gone_is_missing(double: EtsyDouble, make: Make) -> None:

@@ -42,6 +42,7 @@ from stallholder.channels.connectors import (
     ListingRef,
     OrderLine,
     OrdersPage,
+    PushOutcome,
     PushResult,
     RateLimited,
     RegisteredWebhook,
@@ -215,15 +216,18 @@ class EtsyConnector:
                 return found
 
     async def read(self, refs: Sequence[ListingRef]) -> dict[str, int | None]:
-        """Each listing's inventory is read once, however many of its products are asked."""
+        """Each listing is read once (with its inventory), however many of its products
+        are asked. A listing that is not active shows 0 for every product: nobody can
+        buy it, whatever its inventory says."""
         quantities: dict[str, int | None] = {}
         for listing_id, wanted in self._by_listing(refs).items():
-            inventory = await self._inventory_or_none(listing_id)
-            if inventory is None:
+            listing = await self._listing_or_none(listing_id)
+            if listing is None:
                 continue
+            is_active = listing["state"] == "active"
             shown = {
-                external_id_of(listing_id, product): _quantity(product)
-                for product in inventory["products"]
+                external_id_of(listing_id, product): _quantity(product) if is_active else 0
+                for product in listing["inventory"]["products"]
                 if not product.get("is_deleted")
             }
             for ref in wanted:
@@ -242,6 +246,17 @@ class EtsyConnector:
         value. When one push names several of its products with different values, the
         smallest is written (never show more than the scarcest variation has); the
         updates asking for more get ``error`` with the value written.
+
+        Etsy refuses an inventory in which no offering has a quantity above 0 ("One
+        offering must have quantity greater than 0"; etsy/open-api issues 395 and 560:
+        no API call can zero a listing). So a push that would leave every product at 0
+        deactivates the listing instead (``updateListing`` ``state=inactive``; its
+        inventory keeps its old numbers, which nobody can buy) and notes the listing in
+        ``rate_state["deactivated"]``. The next push above 0 to it writes the pushed
+        quantities, 0 for every other product (they were all 0 when it was
+        deactivated), and activates it again. A listing the seller deactivated, or one
+        that sold out on Etsy (``sold_out``: relisting it costs the seller a listing
+        fee), is not reactivated: such pushes are ``error``.
         """
         results: dict[int, PushResult] = {}
         by_listing: dict[str, list[tuple[int, StockUpdate]]] = {}
@@ -298,69 +313,71 @@ class EtsyConnector:
     async def _push_listing(
         self, listing_id: str, items: list[tuple[int, StockUpdate]]
     ) -> list[tuple[int, PushResult]]:
-        inventory = await self._inventory_or_none(listing_id)
-        if inventory is None:
-            return [
-                (index, PushResult(external_id=update.ref.external_id, outcome="missing"))
-                for index, update in items
-            ]
-        body = writable_inventory(inventory)
+        listing = await self._listing_or_none(listing_id)
+        if listing is None:
+            return [(index, _result(update, "missing")) for index, update in items]
+        body = writable_inventory(listing["inventory"])
         names = [external_id_of(listing_id, product) for product in body["products"]]
-        is_shared = len(body["products"]) > 1 and not body["quantity_on_property"]
         known = [(index, update) for index, update in items if update.ref.external_id in names]
         results = [
-            (index, PushResult(external_id=update.ref.external_id, outcome="missing"))
+            (index, _result(update, "missing"))
             for index, update in items
             if update.ref.external_id not in names
         ]
         if not known:
             return results
-        if is_shared:
-            written = min(update.quantity for _, update in known)
-            for product in body["products"]:
-                for offering in product["offerings"]:
-                    offering["quantity"] = written
+        state = listing["state"]
+        deactivated: list[str] = self.rate_state.setdefault("deactivated", [])
+        is_ours = state == "inactive" and listing_id in deactivated
+        if state != "active" and not is_ours:
+            why = f"the listing is {state} on Etsy; the seller must relist it"
+            for index, update in known:
+                if update.quantity == 0:
+                    results.append((index, _result(update, "ok", 0)))
+                else:
+                    results.append((index, _result(update, "error", 0, why)))
+            return results
+        if is_ours:
+            _set_quantities(body, names, {})
+        wanted = {update.ref.external_id: update.quantity for _, update in known}
+        written = _set_quantities(body, names, wanted)
+        if not any(
+            offering["quantity"] > 0
+            for product in body["products"]
+            for offering in product["offerings"]
+        ):
+            if state == "active":
+                await self._set_state(listing_id, "inactive")
+                deactivated.append(listing_id)
+            shown: dict[str, int | None] = dict.fromkeys(names, 0)
         else:
-            wanted = {update.ref.external_id: update.quantity for _, update in known}
-            for name, product in zip(names, body["products"], strict=True):
-                if name in wanted:
-                    for offering in product["offerings"]:
-                        offering["quantity"] = wanted[name]
-        saved = await self._json(
-            "PUT", f"/v3/application/listings/{listing_id}/inventory", json=body
-        )
-        shown = {
-            external_id_of(listing_id, product): _quantity(product) for product in saved["products"]
-        }
+            saved = await self._json(
+                "PUT", f"/v3/application/listings/{listing_id}/inventory", json=body
+            )
+            if is_ours:
+                await self._set_state(listing_id, "active")
+                deactivated.remove(listing_id)
+            shown = {
+                external_id_of(listing_id, product): _quantity(product)
+                for product in saved["products"]
+            }
         for index, update in known:
             quantity = shown.get(update.ref.external_id)
             if quantity == update.quantity:
-                results.append(
-                    (
-                        index,
-                        PushResult(
-                            external_id=update.ref.external_id,
-                            outcome="ok",
-                            channel_quantity=quantity,
-                        ),
-                    )
-                )
+                results.append((index, _result(update, "ok", quantity)))
             else:
-                results.append(
-                    (
-                        index,
-                        PushResult(
-                            external_id=update.ref.external_id,
-                            outcome="error",
-                            channel_quantity=quantity,
-                            error=(
-                                "the listing's variations share one quantity; "
-                                f"{quantity} written for all of them"
-                            ),
-                        ),
-                    )
-                )
+                why = f"the listing's variations share one quantity; {written} written for all"
+                results.append((index, _result(update, "error", quantity, why)))
         return results
+
+    async def _set_state(self, listing_id: str, state: str) -> None:
+        """``updateListing`` (a PATCH of the listing's fields, form-encoded)."""
+        response = await self._send(
+            "PATCH",
+            f"/v3/application/shops/{self.shop_id}/listings/{listing_id}",
+            data={"state": state},
+        )
+        self._body(response)
 
     # ------------------------------------------------------------------ reading
 
@@ -399,12 +416,18 @@ class EtsyConnector:
     async def _inventory(self, listing_id: int | str) -> dict[str, Any]:
         return await self._json("GET", f"/v3/application/listings/{listing_id}/inventory")
 
-    async def _inventory_or_none(self, listing_id: str) -> dict[str, Any] | None:
-        """The listing's inventory, or None when the listing is gone (404)."""
-        response = await self._send("GET", f"/v3/application/listings/{listing_id}/inventory")
+    async def _listing_or_none(self, listing_id: str) -> dict[str, Any] | None:
+        """The listing (its ``state``) with its ``inventory``, one request
+        (``getListing`` with ``includes=Inventory``); None when it is gone (404)."""
+        response = await self._send(
+            "GET", f"/v3/application/listings/{listing_id}", params={"includes": "Inventory"}
+        )
         if response.status_code == 404:
             return None
-        return self._body(response)
+        listing = self._body(response)
+        if not listing.get("inventory"):
+            listing["inventory"] = await self._inventory(listing_id)
+        return listing
 
     def _order(self, receipt: Mapping[str, Any]) -> ChannelOrder:
         lines = tuple(
@@ -462,6 +485,7 @@ class EtsyConnector:
         *,
         params: Mapping[str, Any] | None = None,
         json: Any = None,
+        data: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """One request after the limiter's leave; 429s and failures become errors."""
         await self._wait_for_quota()
@@ -471,6 +495,7 @@ class EtsyConnector:
                 f"{self.api_base}{path}",
                 params=dict(params or {}),
                 json=json,
+                data=data,
                 headers=self.headers,
                 timeout=TIMEOUT,
             )
@@ -512,6 +537,36 @@ class EtsyConnector:
             await self.sleep(wait)
             # The next reply refreshes the state; until then this second is new.
             state["second_remaining"] = int(state["second_limit"])
+
+
+def _set_quantities(body: dict[str, Any], names: list[str], wanted: Mapping[str, int]) -> int:
+    """Set the offerings' quantities of a writable inventory: those named in ``wanted``
+    (all of them with ``{}``: 0 for every product), or, when the products share one
+    quantity, the smallest wanted value for all. Returns that shared value (or the
+    smallest wanted)."""
+    is_shared = len(body["products"]) > 1 and not body["quantity_on_property"]
+    smallest = min(wanted.values(), default=0)
+    for name, product in zip(names, body["products"], strict=True):
+        if is_shared or not wanted:
+            quantity = smallest
+        elif name in wanted:
+            quantity = wanted[name]
+        else:
+            continue
+        for offering in product["offerings"]:
+            offering["quantity"] = quantity
+    return smallest
+
+
+def _result(
+    update: StockUpdate,
+    outcome: PushOutcome,
+    quantity: int | None = None,
+    error: str | None = None,
+) -> PushResult:
+    return PushResult(
+        external_id=update.ref.external_id, outcome=outcome, channel_quantity=quantity, error=error
+    )
 
 
 def _quantity(product: Mapping[str, Any]) -> int | None:
