@@ -367,6 +367,33 @@ async def test_zero_everywhere_deactivates_the_listing_and_stock_brings_it_back(
     ]
 
 
+async def test_a_lost_reply_to_the_deactivation_still_lets_stock_bring_it_back(
+    http: httpx.AsyncClient,
+) -> None:
+    double = EtsyDouble()
+    with serve_etsy(double):
+        ids = double.add_product("Mug", [("MUG-R", 1)])
+        listing_id = listing_of(ids[0])
+        state: dict[str, Any] = {}
+        connector = EtsyConnector(http=http, credentials=credentials(double), rate_state=state)
+
+        async def lose_the_patch_reply(response: httpx.Response) -> None:
+            if response.request.method == "PATCH":
+                raise httpx.ReadError("connection reset", request=response.request)
+
+        async with httpx.AsyncClient(event_hooks={"response": [lose_the_patch_reply]}) as lossy:
+            unlucky = EtsyConnector(http=lossy, credentials=credentials(double), rate_state=state)
+            with pytest.raises(ChannelUnavailable):
+                await unlucky.push([update(ids[0], 0)])
+        deactivated = (double.state_of(listing_id), list(state["deactivated"]))
+        results = await connector.push([update(ids[0], 2)])
+
+    assert deactivated == ("inactive", [str(listing_id)])
+    assert results == [PushResult(external_id=ids[0], outcome="ok", channel_quantity=2)]
+    assert (double.state_of(listing_id), double.quantity_of("MUG-R")) == ("active", 2)
+    assert state["deactivated"] == []
+
+
 async def test_a_listing_sold_out_on_etsy_is_not_relisted(double: EtsyDouble, make: Make) -> None:
     ids = double.add_product("Mug", [("MUG-R", 2)])
     double.sell("MUG-R", 2)

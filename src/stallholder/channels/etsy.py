@@ -159,6 +159,9 @@ class EtsyConnector:
     knows what the previous reply left: with this second spent it sleeps until a second
     after that reply (always within ``MAX_WAIT``); with today's quota spent it raises
     ``RateLimited`` (``DAY_RETRY_SECONDS`` after that reply) without sending.
+    ``rate_state["deactivated"]`` lists the listings this connector deactivated because
+    they had nothing left (``push``): the engine must store ``rate_state`` after every
+    call, failed ones included, for them to be reactivated.
     """
 
     kind: ChannelKind = "etsy"
@@ -328,6 +331,8 @@ class EtsyConnector:
             return results
         state = listing["state"]
         deactivated: list[str] = self.rate_state.setdefault("deactivated", [])
+        if state == "active" and listing_id in deactivated:
+            deactivated.remove(listing_id)  # noted, but the deactivation never happened
         is_ours = state == "inactive" and listing_id in deactivated
         if state != "active" and not is_ours:
             why = f"the listing is {state} on Etsy; the seller must relist it"
@@ -347,8 +352,11 @@ class EtsyConnector:
             for offering in product["offerings"]
         ):
             if state == "active":
+                # Noted first: a reply lost after Etsy applied the change must still
+                # leave the listing ours to reactivate.
+                if listing_id not in deactivated:
+                    deactivated.append(listing_id)
                 await self._set_state(listing_id, "inactive")
-                deactivated.append(listing_id)
             shown: dict[str, int | None] = dict.fromkeys(names, 0)
         else:
             saved = await self._json(
