@@ -440,6 +440,25 @@ async def test_the_double_refuses_an_inventory_of_zeros(
     assert double.quantity_of("MUG-R") == 1
 
 
+async def test_a_listing_etsy_refuses_is_an_error_and_the_others_are_written(
+    double: EtsyDouble, make: Make
+) -> None:
+    priced = double.add_product("Mug", [("MUG-R", 5)])
+    bowl = double.add_product("Bowl", [("BOWL", 5)])
+
+    results = await make().push([update(priced[0], 1000), update(bowl[0], 3)])
+
+    assert results == [
+        PushResult(
+            external_id=priced[0],
+            outcome="error",
+            error="400: Quantity must be between 0 and 999",
+        ),
+        PushResult(external_id=bowl[0], outcome="ok", channel_quantity=3),
+    ]
+    assert (double.quantity_of("MUG-R"), double.quantity_of("BOWL")) == (5, 3)
+
+
 async def test_a_listing_gone_is_missing(double: EtsyDouble, make: Make) -> None:
     ids = double.add_product("Mug", [("MUG-R", 5)])
 

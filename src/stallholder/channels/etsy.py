@@ -36,6 +36,7 @@ from stallholder.channels.connectors import (
     MAX_WAIT,
     TIMEOUT,
     ChannelKind,
+    ChannelRefused,
     ChannelOrder,
     ChannelUnavailable,
     Listing,
@@ -239,10 +240,13 @@ class EtsyConnector:
         return quantities
 
     async def push(self, updates: Sequence[StockUpdate]) -> list[PushResult]:
-        """One read-modify-write per listing: GET the inventory, change the quantity of
-        the pushed products' offerings, PUT every product back (``writable_inventory``).
-        No variation is dropped and nothing but those quantities changes. Etsy has no
-        compare-and-set, so ``expected`` is not used.
+        """One read-modify-write per listing: read it with its inventory, change the
+        quantity of the pushed products' offerings, PUT every product back
+        (``writable_inventory``). No variation is dropped and nothing but those
+        quantities changes. Etsy has no compare-and-set, so ``expected`` is not used. A
+        listing Etsy refuses (a 4xx) makes its updates ``error`` and the others go on;
+        a rate limit, revoked credentials or an outage stop the push (what was written
+        stays written: a push only sets values, so sending it again is harmless).
 
         A listing whose variations share one quantity (``quantity_on_property`` empty,
         several products) has a single stock count: every offering gets the pushed
@@ -267,7 +271,13 @@ class EtsyConnector:
             listing_id = update.ref.extra.get("listing_id") or update.ref.external_id.split(":")[0]
             by_listing.setdefault(listing_id, []).append((index, update))
         for listing_id, items in by_listing.items():
-            for index, result in await self._push_listing(listing_id, items):
+            try:
+                written = await self._push_listing(listing_id, items)
+            except ChannelRefused as refused:
+                written = [
+                    (index, _result(update, "error", error=str(refused))) for index, update in items
+                ]
+            for index, result in written:
                 results[index] = result
         return [results[index] for index in range(len(updates))]
 
