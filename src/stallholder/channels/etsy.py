@@ -346,12 +346,7 @@ class EtsyConnector:
         is_ours = state == "inactive" and listing_id in deactivated
         if state != "active" and not is_ours:
             why = f"the listing is {state} on Etsy; the seller must relist it"
-            for index, update in known:
-                if update.quantity == 0:
-                    results.append((index, _result(update, "ok", 0)))
-                else:
-                    results.append((index, _result(update, "error", 0, why)))
-            return results
+            return results + _outcomes(known, dict.fromkeys(names, 0), why)
         if is_ours:
             _set_quantities(body, names, {})
         wanted = {update.ref.external_id: update.quantity for _, update in known}
@@ -379,14 +374,8 @@ class EtsyConnector:
                 external_id_of(listing_id, product): _quantity(product)
                 for product in saved["products"]
             }
-        for index, update in known:
-            quantity = shown.get(update.ref.external_id)
-            if quantity == update.quantity:
-                results.append((index, _result(update, "ok", quantity)))
-            else:
-                why = f"the listing's variations share one quantity; {written} written for all"
-                results.append((index, _result(update, "error", quantity, why)))
-        return results
+        why = f"the listing's variations share one quantity; {written} written for all"
+        return results + _outcomes(known, shown, why)
 
     async def _set_state(self, listing_id: str, state: str) -> None:
         """``updateListing`` (a PATCH of the listing's fields, form-encoded)."""
@@ -574,6 +563,21 @@ def _set_quantities(body: dict[str, Any], names: list[str], wanted: Mapping[str,
         for offering in product["offerings"]:
             offering["quantity"] = quantity
     return smallest
+
+
+def _outcomes(
+    updates: list[tuple[int, StockUpdate]], shown: Mapping[str, int | None], why: str
+) -> list[tuple[int, PushResult]]:
+    """Each update is ``ok`` when the channel shows its quantity, else ``error`` (``why``)
+    with what it shows."""
+    outcomes = []
+    for index, update in updates:
+        quantity = shown.get(update.ref.external_id)
+        if quantity == update.quantity:
+            outcomes.append((index, _result(update, "ok", quantity)))
+        else:
+            outcomes.append((index, _result(update, "error", quantity, why)))
+    return outcomes
 
 
 def _result(
