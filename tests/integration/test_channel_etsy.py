@@ -644,6 +644,33 @@ async def test_a_full_page_in_one_second_moves_the_cursor_by_offset(
     assert (third.cursor, third.more) == (str(base), False)
 
 
+async def test_the_control_routes_for_the_demo(
+    double: EtsyDouble, http: httpx.AsyncClient, make: Make
+) -> None:
+    double.add_product("Mug", [("MUG-R", 5), ("MUG-G", 6)])
+
+    sold = await http.post(f"{double.base_url}/_double/sell", json={"sku": "MUG-R", "quantity": 2})
+    too_many = await http.post(
+        f"{double.base_url}/_double/sell", json={"sku": "MUG-G", "quantity": 7}
+    )
+    set_to = await http.post(
+        f"{double.base_url}/_double/quantity", json={"sku": "MUG-G", "quantity": 9}
+    )
+    state = await http.get(f"{double.base_url}/_double/state")
+    page = await make().orders_since(None)
+
+    assert sold.status_code == 200
+    assert [order.external_id for order in page.orders] == [sold.json()["receipt_id"]]
+    assert (too_many.status_code, too_many.json()) == (400, {"error": "MUG-G: 7 wanted, 6 left"})
+    assert set_to.json() == {"sku": "MUG-G", "quantity": 9}
+    assert state.json() == [
+        {"sku": "MUG-R", "title": "Mug", "quantity": 3},
+        {"sku": "MUG-G", "title": "Mug", "quantity": 9},
+    ]
+    # Control routes are not the API: neither counted nor logged.
+    assert double.requests == [("GET", "/v3/application/shops/5550001/receipts")]
+
+
 async def test_no_webhooks_on_etsy(make: Make) -> None:
     connector = make()
 
