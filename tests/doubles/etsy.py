@@ -456,7 +456,7 @@ class EtsyDouble:
 
     async def _chaos_throttled(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = JSONResponse(
-            {"error": "You have exceeded your quota of: 10 requests per second"},
+            {"error": f"You have exceeded your quota of: {self.per_second} requests per second"},
             status_code=429,
             headers={"retry-after": "1"},
         )
