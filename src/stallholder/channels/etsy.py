@@ -1,0 +1,725 @@
+"""The Etsy channel: a ``Connector`` over Etsy Open API v3, and its OAuth 2.0 helpers.
+
+Etsy facts this module relies on (developers.etsy.com, read November 2026):
+
+- Every request sends ``x-api-key: <keystring>:<shared_secret>`` (the keystring alone
+  is refused since 2026-02-09) and ``Authorization: Bearer <access token>``, where the
+  access token Etsy issues is ``"<user_id>.<token>"``; a token stored without its user
+  id is prefixed with ``user_id``.
+- A listing's stock is its inventory: products (one per variation), each with one
+  offering (``quantity``, ``is_enabled``, a Money ``price``). ``updateListingInventory``
+  replaces the whole inventory and gives every product and offering a new id, so a
+  listing is named by SKU: ``"{listing_id}:{sku}"``, or for a product without a SKU
+  ``"{listing_id}:#{values}"`` where ``values`` are its property values joined by
+  ``"/"`` (``"123:#Blue/Large"``; ``"123:#"`` for a listing without variations).
+- Rate limits per token: per second and per rolling day, reported on successful
+  replies in ``x-limit-per-second``, ``x-remaining-this-second``, ``x-limit-per-day``,
+  ``x-remaining-today``; a spent limit is a 429 without those headers.
+- Etsy sends no order or stock webhooks to most apps: receipts are polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+
+from stallholder.channels.connectors import (
+    MAX_WAIT,
+    TIMEOUT,
+    ChannelKind,
+    ChannelRefused,
+    ChannelOrder,
+    ChannelUnavailable,
+    Listing,
+    ListingRef,
+    OrderLine,
+    OrdersPage,
+    PushOutcome,
+    PushResult,
+    RateLimited,
+    RegisteredWebhook,
+    StockUpdate,
+    Tokens,
+    WebhookDelivery,
+    raise_for_status,
+)
+
+API_BASE = "https://api.etsy.com"
+CONNECT_URL = "https://www.etsy.com/oauth/connect"
+# Read listings and their inventory, write the inventory, read receipts; shops_r to find
+# the seller's shop after connecting.
+SCOPES = ("listings_r", "listings_w", "transactions_r", "shops_r")
+PAGE_SIZE = 100
+# Etsy counts the day over a rolling 24 h of buckets (two-hour blocks in its older
+# documentation); when today's quota is spent we cannot see when the oldest bucket
+# leaves, so we try again after this long and the next reply's x-remaining-today says
+# how much came back.
+DAY_RETRY_SECONDS = 15 * 60.0
+# A 429 without Retry-After: Etsy's per-second window is over within a second.
+DEFAULT_RETRY_SECONDS = 1.0
+# The fields of a GET inventory that a PUT takes (everything else is read-only).
+_PROPERTY_FIELDS = ("property_id", "property_name", "scale_id", "value_ids", "values")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def user_id_of(access_token: str) -> str:
+    """The numeric user id an Etsy access token begins with (``"12345678.abc"``)."""
+    prefix, _, _ = access_token.partition(".")
+    if not prefix.isdigit():
+        raise ValueError("an Etsy access token begins with the numeric user id and a period")
+    return prefix
+
+
+def external_id_of(listing_id: int | str, product: Mapping[str, Any]) -> str:
+    """A product's stable name: by SKU, else by its property values (module docstring)."""
+    sku = product.get("sku") or ""
+    if sku:
+        return f"{listing_id}:{sku}"
+    values = "/".join(
+        str(value) for prop in product.get("property_values", []) for value in prop["values"]
+    )
+    return f"{listing_id}:#{values}"
+
+
+def _offering(product: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The product's offering on sale: the enabled one, else the first."""
+    offerings = [each for each in product.get("offerings", []) if not each.get("is_deleted")]
+    enabled = [each for each in offerings if each.get("is_enabled")]
+    chosen = enabled or offerings
+    return chosen[0] if chosen else None
+
+
+def _minor_units(money: Mapping[str, Any]) -> int:
+    """A Money object (``amount`` over ``divisor``) in cents-like minor units."""
+    amount = Decimal(int(money["amount"])) * 100 / Decimal(int(money["divisor"]))
+    return int(amount.to_integral_value())
+
+
+def _price_float(money: Mapping[str, Any]) -> float:
+    """What the inventory PUT takes for a price: a float of major units. Exact for the
+    amounts Etsy holds (whole cents), and only ever built from the GET's own Money."""
+    return float(Decimal(int(money["amount"])) / Decimal(int(money["divisor"])))
+
+
+def writable_inventory(inventory: Mapping[str, Any]) -> dict[str, Any]:
+    """A GET inventory as a PUT takes it: every product with its SKU, property values
+    (without ``scale_name``) and offerings (``price`` as a float, ``quantity``,
+    ``is_enabled``), without ``product_id``, ``offering_id``, ``is_deleted``, and the
+    three ``*_on_property`` arrays."""
+    products = []
+    for product in inventory["products"]:
+        if product.get("is_deleted"):
+            continue
+        products.append(
+            {
+                "sku": product.get("sku") or "",
+                "property_values": [
+                    {name: prop[name] for name in _PROPERTY_FIELDS if name in prop}
+                    for prop in product.get("property_values", [])
+                ],
+                "offerings": [
+                    {
+                        "price": _price_float(offering["price"]),
+                        "quantity": int(offering["quantity"]),
+                        "is_enabled": bool(offering["is_enabled"]),
+                    }
+                    for offering in product.get("offerings", [])
+                    if not offering.get("is_deleted")
+                ],
+            }
+        )
+    return {
+        "products": products,
+        "price_on_property": list(inventory.get("price_on_property") or []),
+        "quantity_on_property": list(inventory.get("quantity_on_property") or []),
+        "sku_on_property": list(inventory.get("sku_on_property") or []),
+    }
+
+
+class EtsyConnector:
+    """One Etsy shop's API for one unit of work.
+
+    ``credentials``: ``api_base`` (default ``https://api.etsy.com``), ``keystring``,
+    ``shared_secret``, ``shop_id``, ``user_id`` and ``access_token``.
+
+    ``rate_state`` keeps the last reply's limits: ``second_limit``,
+    ``second_remaining``, ``day_limit``, ``day_remaining`` and ``seen_at`` (epoch
+    seconds of that reply, from ``now``). Requests are sent one at a time, so each one
+    knows what the previous reply left: with this second spent it sleeps until a second
+    after that reply (always within ``MAX_WAIT``); with today's quota spent it raises
+    ``RateLimited`` (``DAY_RETRY_SECONDS`` after that reply) without sending.
+    ``rate_state["deactivated"]`` lists the listings this connector deactivated because
+    they had nothing left (``push``): the engine must store ``rate_state`` after every
+    call, failed ones included, for them to be reactivated.
+    """
+
+    kind: ChannelKind = "etsy"
+
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        credentials: Mapping[str, str],
+        rate_state: dict[str, Any],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.http = http
+        self.rate_state = rate_state
+        self.sleep = sleep
+        self.now = now
+        self.api_base = credentials.get("api_base", API_BASE).rstrip("/")
+        self.shop_id = credentials["shop_id"]
+        token = credentials["access_token"]
+        if not token.partition(".")[0].isdigit():
+            token = f"{credentials['user_id']}.{token}"
+        self.headers = {
+            "x-api-key": f"{credentials['keystring']}:{credentials['shared_secret']}",
+            "authorization": f"Bearer {token}",
+        }
+
+    # ------------------------------------------------------------------ the protocol
+
+    async def register_webhooks(self, delivery_url: str) -> list[RegisteredWebhook]:
+        """Etsy has no order or stock webhooks for this app: nothing to register."""
+        return []
+
+    async def listings(self) -> list[Listing]:
+        """Every product of the shop's active listings, inventories read with the
+        listings (``includes=Inventory``), 100 listings a request."""
+        found: list[Listing] = []
+        offset = 0
+        while True:
+            page = await self._json(
+                "GET",
+                f"/v3/application/shops/{self.shop_id}/listings",
+                params={
+                    "state": "active",
+                    "limit": PAGE_SIZE,
+                    "offset": offset,
+                    "includes": "Inventory",
+                },
+            )
+            for listing in page["results"]:
+                inventory = listing.get("inventory") or await self._inventory(listing["listing_id"])
+                found.extend(self._listings_of(listing["listing_id"], listing["title"], inventory))
+            offset += len(page["results"])
+            if not page["results"] or offset >= int(page["count"]):
+                return found
+
+    async def read(self, refs: Sequence[ListingRef]) -> dict[str, int | None]:
+        """Each listing is read once (with its inventory), however many of its products
+        are asked. A listing that is not active shows 0 for every product: nobody can
+        buy it, whatever its inventory says."""
+        quantities: dict[str, int | None] = {}
+        for listing_id, wanted in self._by_listing(refs).items():
+            listing = await self._listing_or_none(listing_id)
+            if listing is None:
+                continue
+            is_active = listing["state"] == "active"
+            shown = {
+                external_id_of(listing_id, product): _quantity(product) if is_active else 0
+                for product in listing["inventory"]["products"]
+                if not product.get("is_deleted")
+            }
+            for ref in wanted:
+                if ref.external_id in shown:
+                    quantities[ref.external_id] = shown[ref.external_id]
+        return quantities
+
+    async def push(self, updates: Sequence[StockUpdate]) -> list[PushResult]:
+        """One read-modify-write per listing: read it with its inventory, change the
+        quantity of the pushed products' offerings, PUT every product back
+        (``writable_inventory``). No variation is dropped and nothing but those
+        quantities changes. Etsy has no compare-and-set, so ``expected`` is not used. A
+        listing Etsy refuses (a 4xx) makes its updates ``error`` and the others go on;
+        a rate limit, revoked credentials or an outage stop the push (what was written
+        stays written: a push only sets values, so sending it again is harmless).
+
+        A listing whose variations share one quantity (``quantity_on_property`` empty,
+        several products) has a single stock count: every offering gets the pushed
+        value. When one push names several of its products with different values, the
+        smallest is written (never show more than the scarcest variation has); the
+        updates asking for more get ``error`` with the value written.
+
+        Etsy refuses an inventory in which no offering has a quantity above 0 ("One
+        offering must have quantity greater than 0"; etsy/open-api issues 395 and 560:
+        no API call can zero a listing). So a push that would leave every product at 0
+        deactivates the listing instead (``updateListing`` ``state=inactive``; its
+        inventory keeps its old numbers, which nobody can buy) and notes the listing in
+        ``rate_state["deactivated"]``. The next push above 0 to it writes the pushed
+        quantities, 0 for every other product (they were all 0 when it was
+        deactivated), and activates it again. A listing the seller deactivated, or one
+        that sold out on Etsy (``sold_out``: relisting it costs the seller a listing
+        fee), is not reactivated: such pushes are ``error``.
+        """
+        results: dict[int, PushResult] = {}
+        by_listing: dict[str, list[tuple[int, StockUpdate]]] = {}
+        for index, update in enumerate(updates):
+            listing_id = update.ref.extra.get("listing_id") or update.ref.external_id.split(":")[0]
+            by_listing.setdefault(listing_id, []).append((index, update))
+        for listing_id, items in by_listing.items():
+            try:
+                written = await self._push_listing(listing_id, items)
+            except ChannelRefused as refused:
+                written = [
+                    (index, _result(update, "error", error=str(refused))) for index, update in items
+                ]
+            for index, result in written:
+                results[index] = result
+        return [results[index] for index in range(len(updates))]
+
+    async def orders_since(self, cursor: str | None) -> OrdersPage:
+        """Paid receipts changed since ``cursor``, oldest change first, one page of 100.
+
+        ``cursor`` is the last receipt's ``updated_timestamp`` (epoch seconds, a
+        string); None reads the last day. ``min_last_modified`` is inclusive, so the
+        receipts changed in the cursor's own second come again (the engine deduplicates
+        by receipt id). Only when a whole page shares that second does the cursor carry
+        an offset as well (``"{timestamp}:{offset}"``), so a busy second cannot stall the
+        poll."""
+        if cursor is None:
+            since, skip = int(self.now().timestamp()) - 86_400, 0
+        else:
+            stamp, _, offset = cursor.partition(":")
+            since, skip = int(stamp), int(offset or 0)
+        page = await self._json(
+            "GET",
+            f"/v3/application/shops/{self.shop_id}/receipts",
+            params={
+                "min_last_modified": since,
+                "was_paid": "true",
+                "sort_on": "updated",
+                "sort_order": "asc",
+                "limit": PAGE_SIZE,
+                "offset": skip,
+            },
+        )
+        receipts = page["results"]
+        orders = tuple(self._order(receipt) for receipt in receipts)
+        more = skip + len(receipts) < int(page["count"])
+        if not receipts:
+            return OrdersPage(orders=(), cursor=cursor, more=False)
+        last = int(receipts[-1]["updated_timestamp"])
+        if last == since and len(receipts) == PAGE_SIZE:
+            return OrdersPage(orders=orders, cursor=f"{since}:{skip + len(receipts)}", more=more)
+        return OrdersPage(orders=orders, cursor=str(last), more=more)
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookDelivery | None:
+        """Etsy sends this app no webhooks: nothing is ever a valid delivery."""
+        return None
+
+    # ------------------------------------------------------------------ pushing
+
+    async def _push_listing(
+        self, listing_id: str, items: list[tuple[int, StockUpdate]]
+    ) -> list[tuple[int, PushResult]]:
+        listing = await self._listing_or_none(listing_id)
+        if listing is None:
+            return [(index, _result(update, "missing")) for index, update in items]
+        body = writable_inventory(listing["inventory"])
+        names = [external_id_of(listing_id, product) for product in body["products"]]
+        known = [(index, update) for index, update in items if update.ref.external_id in names]
+        results = [
+            (index, _result(update, "missing"))
+            for index, update in items
+            if update.ref.external_id not in names
+        ]
+        if not known:
+            return results
+        state = listing["state"]
+        deactivated: list[str] = self.rate_state.setdefault("deactivated", [])
+        if state == "active" and listing_id in deactivated:
+            deactivated.remove(listing_id)  # noted, but the deactivation never happened
+        is_ours = state == "inactive" and listing_id in deactivated
+        if state != "active" and not is_ours:
+            why = f"the listing is {state} on Etsy; the seller must relist it"
+            return results + _outcomes(known, dict.fromkeys(names, 0), why)
+        if is_ours:
+            _set_quantities(body, names, {})
+        wanted = {update.ref.external_id: update.quantity for _, update in known}
+        written = _set_quantities(body, names, wanted)
+        if not any(
+            offering["quantity"] > 0
+            for product in body["products"]
+            for offering in product["offerings"]
+        ):
+            if state == "active":
+                # Noted first: a reply lost after Etsy applied the change must still
+                # leave the listing ours to reactivate.
+                if listing_id not in deactivated:
+                    deactivated.append(listing_id)
+                await self._set_state(listing_id, "inactive")
+            shown: dict[str, int | None] = dict.fromkeys(names, 0)
+        else:
+            saved = await self._json(
+                "PUT", f"/v3/application/listings/{listing_id}/inventory", json=body
+            )
+            if is_ours:
+                await self._set_state(listing_id, "active")
+                deactivated.remove(listing_id)
+            shown = {
+                external_id_of(listing_id, product): _quantity(product)
+                for product in saved["products"]
+            }
+        why = f"the listing's variations share one quantity; {written} written for all"
+        return results + _outcomes(known, shown, why)
+
+    async def _set_state(self, listing_id: str, state: str) -> None:
+        """``updateListing`` (a PATCH of the listing's fields, form-encoded)."""
+        response = await self._send(
+            "PATCH",
+            f"/v3/application/shops/{self.shop_id}/listings/{listing_id}",
+            data={"state": state},
+        )
+        self._body(response)
+
+    # ------------------------------------------------------------------ reading
+
+    def _listings_of(
+        self, listing_id: int, title: str, inventory: Mapping[str, Any]
+    ) -> list[Listing]:
+        found = []
+        for product in inventory["products"]:
+            if product.get("is_deleted"):
+                continue
+            offering = _offering(product)
+            price = offering["price"] if offering else None
+            found.append(
+                Listing(
+                    ref=ListingRef(
+                        external_id=external_id_of(listing_id, product),
+                        extra={"listing_id": str(listing_id)},
+                    ),
+                    sku=product.get("sku") or None,
+                    title=title,
+                    quantity=_quantity(product),
+                    price=_minor_units(price) if price else None,
+                    currency=str(price["currency_code"]) if price else None,
+                )
+            )
+        return found
+
+    @staticmethod
+    def _by_listing(refs: Sequence[ListingRef]) -> dict[str, list[ListingRef]]:
+        grouped: dict[str, list[ListingRef]] = {}
+        for ref in refs:
+            listing_id = ref.extra.get("listing_id") or ref.external_id.split(":")[0]
+            grouped.setdefault(listing_id, []).append(ref)
+        return grouped
+
+    async def _inventory(self, listing_id: int | str) -> dict[str, Any]:
+        return await self._json("GET", f"/v3/application/listings/{listing_id}/inventory")
+
+    async def _listing_or_none(self, listing_id: str) -> dict[str, Any] | None:
+        """The listing (its ``state``) with its ``inventory``, one request
+        (``getListing`` with ``includes=Inventory``); None when it is gone (404)."""
+        response = await self._send(
+            "GET", f"/v3/application/listings/{listing_id}", params={"includes": "Inventory"}
+        )
+        if response.status_code == 404:
+            return None
+        listing = self._body(response)
+        if not listing.get("inventory"):
+            listing["inventory"] = await self._inventory(listing_id)
+        return listing
+
+    def _order(self, receipt: Mapping[str, Any]) -> ChannelOrder:
+        lines = tuple(
+            OrderLine(
+                sku=transaction.get("sku") or None,
+                quantity=int(transaction["quantity"]),
+                external_id=(
+                    f"{transaction['listing_id']}:{transaction['sku']}"
+                    if transaction.get("sku")
+                    else None
+                ),
+            )
+            for transaction in receipt.get("transactions", [])
+        )
+        return ChannelOrder(
+            external_id=str(receipt["receipt_id"]),
+            created_at=datetime.fromtimestamp(int(receipt["created_timestamp"]), UTC),
+            updated_at=datetime.fromtimestamp(int(receipt["updated_timestamp"]), UTC),
+            lines=lines,
+            name=f"Etsy receipt {receipt['receipt_id']}",
+            cancelled=str(receipt.get("status", "")).lower() == "canceled",
+        )
+
+    # ------------------------------------------------------------------ HTTP and limits
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+    ) -> dict[str, Any]:
+        return self._body(await self._send(method, path, params=params, json=json))
+
+    def _body(self, response: httpx.Response) -> dict[str, Any]:
+        """The reply's JSON, or the error its status maps to (``raise_for_status``)."""
+        if response.status_code >= 400:
+            try:
+                message = str(response.json().get("error", response.text))
+            except ValueError:
+                message = response.text or response.reason_phrase
+            raise_for_status(
+                response.status_code,
+                message=message,
+                retry_after=response.headers.get("retry-after"),
+            )
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """One request after the limiter's leave; 429s and failures become errors."""
+        await self._wait_for_quota()
+        try:
+            response = await self.http.request(
+                method,
+                f"{self.api_base}{path}",
+                params=dict(params or {}),
+                json=json,
+                data=data,
+                headers=self.headers,
+                timeout=TIMEOUT,
+            )
+        except httpx.HTTPError as error:
+            raise ChannelUnavailable(f"Etsy: {type(error).__name__}: {error}") from error
+        if response.status_code == 429:
+            raise_for_status(429, message=_error_text(response), retry_after=_retry_after(response))
+        if response.status_code < 400:
+            self._remember_limits(response.headers)
+        return response
+
+    def _remember_limits(self, headers: httpx.Headers) -> None:
+        names = {
+            "second_limit": "x-limit-per-second",
+            "second_remaining": "x-remaining-this-second",
+            "day_limit": "x-limit-per-day",
+            "day_remaining": "x-remaining-today",
+        }
+        seen = {key: headers.get(name) for key, name in names.items()}
+        if any(value is None for value in seen.values()):
+            return
+        for key, value in seen.items():
+            self.rate_state[key] = int(str(value))
+        self.rate_state["seen_at"] = self.now().timestamp()
+
+    async def _wait_for_quota(self) -> None:
+        state = self.rate_state
+        if "seen_at" not in state:
+            return
+        elapsed = self.now().timestamp() - float(state["seen_at"])
+        if int(state["day_remaining"]) <= 0 and elapsed < DAY_RETRY_SECONDS:
+            raise RateLimited(
+                "Etsy: today's quota is spent", retry_after=DAY_RETRY_SECONDS - elapsed
+            )
+        if int(state["second_remaining"]) <= 0 and elapsed < 1.0:
+            wait = 1.0 - elapsed
+            if wait > MAX_WAIT:
+                raise RateLimited("Etsy: this second's quota is spent", retry_after=wait)
+            await self.sleep(wait)
+            # The next reply refreshes the state; until then this second is new.
+            state["second_remaining"] = int(state["second_limit"])
+
+
+def _set_quantities(body: dict[str, Any], names: list[str], wanted: Mapping[str, int]) -> int:
+    """Set the offerings' quantities of a writable inventory: those named in ``wanted``
+    (all of them with ``{}``: 0 for every product), or, when the products share one
+    quantity, the smallest wanted value for all. Returns that shared value (or the
+    smallest wanted)."""
+    is_shared = len(body["products"]) > 1 and not body["quantity_on_property"]
+    smallest = min(wanted.values(), default=0)
+    for name, product in zip(names, body["products"], strict=True):
+        if is_shared or not wanted:
+            quantity = smallest
+        elif name in wanted:
+            quantity = wanted[name]
+        else:
+            continue
+        for offering in product["offerings"]:
+            offering["quantity"] = quantity
+    return smallest
+
+
+def _outcomes(
+    updates: list[tuple[int, StockUpdate]], shown: Mapping[str, int | None], why: str
+) -> list[tuple[int, PushResult]]:
+    """Each update is ``ok`` when the channel shows its quantity, else ``error`` (``why``)
+    with what it shows."""
+    outcomes = []
+    for index, update in updates:
+        quantity = shown.get(update.ref.external_id)
+        if quantity == update.quantity:
+            outcomes.append((index, _result(update, "ok", quantity)))
+        else:
+            outcomes.append((index, _result(update, "error", quantity, why)))
+    return outcomes
+
+
+def _result(
+    update: StockUpdate,
+    outcome: PushOutcome,
+    quantity: int | None = None,
+    error: str | None = None,
+) -> PushResult:
+    return PushResult(
+        external_id=update.ref.external_id, outcome=outcome, channel_quantity=quantity, error=error
+    )
+
+
+def _quantity(product: Mapping[str, Any]) -> int | None:
+    offering = _offering(product)
+    return int(offering["quantity"]) if offering else None
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text or response.reason_phrase
+
+
+def _retry_after(response: httpx.Response) -> str:
+    return response.headers.get("retry-after") or str(DEFAULT_RETRY_SECONDS)
+
+
+# ---------------------------------------------------------------------- OAuth 2.0, PKCE
+
+
+def pkce_pair() -> tuple[str, str]:
+    """A PKCE code verifier (64 URL-safe characters) and its S256 challenge."""
+    verifier = secrets.token_urlsafe(48)
+    return verifier, _challenge(verifier)
+
+
+def _challenge(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def authorization_url(
+    *,
+    client_id: str,
+    redirect_uri: str,
+    scopes: Sequence[str],
+    state: str,
+    code_challenge: str,
+    connect_url: str = CONNECT_URL,
+) -> str:
+    """Where to send the seller to connect their shop (Etsy's authorization code grant;
+    scopes space-separated, percent-encoded)."""
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": " ".join(scopes),
+            "state": state,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+        },
+        quote_via=quote,
+    )
+    return f"{connect_url}?{query}"
+
+
+async def exchange_code(
+    http: httpx.AsyncClient,
+    *,
+    api_base: str,
+    client_id: str,
+    redirect_uri: str,
+    code: str,
+    code_verifier: str,
+    now: datetime | None = None,
+) -> Tokens:
+    """Trade the callback's code for tokens. Raises ``ChannelRefused`` for a wrong code
+    or verifier, ``ChannelUnavailable`` when Etsy cannot be reached."""
+    return await _token_request(
+        http,
+        api_base=api_base,
+        form={
+            "grant_type": "authorization_code",
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "code": code,
+            "code_verifier": code_verifier,
+        },
+        now=now,
+    )
+
+
+async def refresh(
+    http: httpx.AsyncClient,
+    *,
+    api_base: str,
+    client_id: str,
+    refresh_token: str,
+    now: datetime | None = None,
+) -> Tokens:
+    """A new access token. The refresh token rotates: the one given stops working, so
+    the caller stores the new one (under the channel's lock) before using it."""
+    return await _token_request(
+        http,
+        api_base=api_base,
+        form={
+            "grant_type": "refresh_token",
+            "client_id": client_id,
+            "refresh_token": refresh_token,
+        },
+        now=now,
+    )
+
+
+async def _token_request(
+    http: httpx.AsyncClient, *, api_base: str, form: dict[str, str], now: datetime | None
+) -> Tokens:
+    try:
+        response = await http.post(
+            f"{api_base.rstrip('/')}/v3/public/oauth/token", data=form, timeout=TIMEOUT
+        )
+    except httpx.HTTPError as error:
+        raise ChannelUnavailable(f"Etsy: {type(error).__name__}: {error}") from error
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            message = f"{body.get('error')}: {body.get('error_description', '')}"
+        except ValueError:
+            message = response.text or response.reason_phrase
+        # A refused grant is 400 here; it is not our API credentials being revoked.
+        status = 400 if response.status_code in (400, 401) else response.status_code
+        raise_for_status(status, message=message, retry_after=response.headers.get("retry-after"))
+    body = response.json()
+    issued = now or _utc_now()
+    expires_in = body.get("expires_in")
+    scope = body.get("scope")
+    return Tokens(
+        access_token=str(body["access_token"]),
+        refresh_token=body.get("refresh_token"),
+        expires_at=issued + timedelta(seconds=int(expires_in)) if expires_in else None,
+        scopes=tuple(str(scope).split()) if scope else (),
+    )
