@@ -560,3 +560,90 @@ async def test_prices_are_minor_units_of_the_store_currency() -> None:
         price_minor_units("", "usd"),
         price_minor_units(None, "usd"),
     ] == [2500, 2500, 2000, 2500, None, None]
+
+
+async def test_the_doubles_lists_page_as_woocommerce_does(
+    http: httpx.AsyncClient, woo: WooCommerceDouble
+) -> None:
+    ids = [woo.add_product(f"Print {i}", [(f"PR-{i}", i)])[0] for i in range(5)]
+    auth = ("ck_live", "cs_live")
+
+    response = await http.get(
+        f"{woo.base_url}{API}/products", params={"per_page": 2, "page": 2}, auth=auth
+    )
+
+    assert response.status_code == 200
+    assert [item["id"] for item in response.json()] == [int(ids[2]), int(ids[1])]
+    assert (response.headers["X-WP-Total"], response.headers["X-WP-TotalPages"]) == ("5", "3")
+    base = f"{woo.base_url}{API}/products"
+    assert response.headers["Link"] == (
+        f'<{base}?per_page=2&page=1>; rel="prev", <{base}?per_page=2&page=3>; rel="next"'
+    )
+    by_sku = await http.get(f"{base}", params={"sku": "PR-3"}, auth=auth)
+    assert [item["id"] for item in by_sku.json()] == [int(ids[3])]
+    too_many = await http.get(f"{base}", params={"per_page": 101}, auth=auth)
+    assert (too_many.status_code, too_many.json()) == (
+        400,
+        {
+            "code": "rest_invalid_param",
+            "message": "Invalid parameter(s): per_page",
+            "data": {
+                "status": 400,
+                "params": {
+                    "per_page": "per_page must be between 1 (inclusive) and 100 (inclusive)."
+                },
+            },
+        },
+    )
+    anonymous = await http.get(f"{base}")
+    assert (anonymous.status_code, anonymous.json()["code"]) == (
+        401,
+        "woocommerce_rest_cannot_view",
+    )
+
+
+async def test_the_doubles_control_routes_sell_and_set_quantities(
+    http: httpx.AsyncClient, woo: WooCommerceDouble
+) -> None:
+    woo.add_product("Mug", [("MUG", 2)])
+
+    sold = await http.post(f"{woo.base_url}/_double/sell", json={"sku": "MUG", "quantity": 2})
+    refused = await http.post(f"{woo.base_url}/_double/sell", json={"sku": "MUG", "quantity": 1})
+    edited = await http.post(f"{woo.base_url}/_double/quantity", json={"sku": "MUG", "quantity": 9})
+    state = (await http.get(f"{woo.base_url}/_double/state")).json()
+
+    assert (sold.status_code, refused.status_code, edited.status_code) == (200, 409, 200)
+    assert [order["id"] for order in state["orders"]] == [int(sold.json()["order_id"])]
+    assert [(p["sku"], p["stock_quantity"]) for p in state["products"]] == [("MUG", 9)]
+    assert woo.requests == []  # the control routes are not the API
+
+
+async def test_a_duplicate_keeps_its_delivery_id_and_two_changes_in_one_second_do_not_share_one(
+    http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    double = WooCommerceDouble(
+        consumer_key="ck_live", consumer_secret="cs_live", chaos=Chaos(duplicate=1.0)
+    )
+    double.clock = Clock(NOW)
+    try:
+        with serve_woocommerce(double):
+            [mug] = double.add_product("Mug", [("MUG", 4)])
+            connector = connect(http, double)
+            await connector.register_webhooks(receiver.url)
+            double.set_quantity("MUG", 5)
+            double.set_quantity("MUG", 6)
+            assert double.webhooks.wait_idle()
+    finally:
+        double.close()
+
+    deliveries = [connector.parse_webhook(h, b) for h, b in receiver.signed()]
+    headers = [h["x-wc-webhook-delivery-id"] for h, _ in receiver.signed()]
+    assert len(set(headers)) == 1  # one webhook, one second: the store's id repeats
+    assert [d.inventory if d else None for d in deliveries] == [
+        (InventoryChanged(external_id=mug, quantity=5),),
+        (InventoryChanged(external_id=mug, quantity=5),),
+        (InventoryChanged(external_id=mug, quantity=6),),
+        (InventoryChanged(external_id=mug, quantity=6),),
+    ]
+    ids = [d.delivery_id if d else None for d in deliveries]
+    assert ids[0] == ids[1] != ids[2] == ids[3]
