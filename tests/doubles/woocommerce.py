@@ -459,7 +459,6 @@ class WooCommerceDouble:
         }
         if product.type == "variation":
             body["attributes"] = [{"id": 0, "name": "Variant", "option": product.option}]
-            body["menu_order"] = 0
         else:
             body["variations"] = list(product.variations)
             body["attributes"] = (
@@ -474,6 +473,16 @@ class WooCommerceDouble:
                 if product.variations
                 else []
             )
+        return body
+
+    def _variation_json(self, variation: _Product) -> dict[str, Any]:
+        """A variation as ``/products/{id}/variations`` shows it (the variations
+        controller): no ``name``, ``type`` or ``parent_id``, unlike the same variation
+        read through ``/products/{id}`` or sent in a ``product.updated`` webhook."""
+        body = self._product_json(variation)
+        for key in ("name", "slug", "type", "parent_id"):
+            del body[key]
+        body["menu_order"] = 0
         return body
 
     def _order_json(self, order: _Order) -> dict[str, Any]:
@@ -711,10 +720,12 @@ class WooCommerceDouble:
         include = _id_list(request, "include")
         skus = {s.strip() for s in request.query_params.get("sku", "").split(",") if s.strip()}
         with self._lock:
+            # A ``sku`` search looks at variations too (``post_type`` product and
+            # product_variation); a plain list only at products.
             found = [
                 p
                 for p in self.products.values()
-                if p.type != "variation"
+                if (p.type != "variation" or skus)
                 and (not include or p.id in include)
                 and (not skus or p.sku in skus)
             ]
@@ -739,7 +750,7 @@ class WooCommerceDouble:
                 for v in (parent.variations if parent else [])
                 if not include or v in include
             ]
-            items = [self._product_json(p) for p in found]
+            items = [self._variation_json(p) for p in found]
         return self._paged(request, items, f"{API}/products/{parent_id}/variations")
 
     def _batch_products(self, request: Request, body: Any) -> dict[str, Any]:
@@ -796,7 +807,9 @@ class WooCommerceDouble:
         if changed:
             product.date_modified = self.clock()
             self._emit("product.updated", self._product_json(product))
-        return self._product_json(product)
+        if parent_id is None:
+            return self._product_json(product)
+        return self._variation_json(product)
 
     def _list_orders(self, request: Request, body: Any) -> Response:
         params = request.query_params

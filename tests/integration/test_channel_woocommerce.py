@@ -581,6 +581,11 @@ async def test_the_doubles_lists_page_as_woocommerce_does(
     )
     by_sku = await http.get(f"{base}", params={"sku": "PR-3"}, auth=auth)
     assert [item["id"] for item in by_sku.json()] == [int(ids[3])]
+    [_small, large] = woo.add_product("Cap", [("CAP-S", 2), ("CAP-L", 9)])
+    variation = await http.get(f"{base}", params={"sku": "CAP-L"}, auth=auth)
+    assert [(item["id"], item["type"]) for item in variation.json()] == [
+        (int(large.split("/")[1]), "variation")
+    ]
     too_many = await http.get(f"{base}", params={"per_page": 101}, auth=auth)
     assert (too_many.status_code, too_many.json()) == (
         400,

@@ -499,11 +499,21 @@ def _variation_listing(
             extra={"parent_id": str(product["id"])},
         ),
         sku=variation.get("sku") or None,
-        title=str(variation.get("name") or product.get("name") or ""),
+        title=_variation_title(product, variation),
         quantity=_quantity(variation),
         price=price_minor_units(variation.get("price"), currency),
         currency=currency,
     )
+
+
+def _variation_title(product: Mapping[str, Any], variation: Mapping[str, Any]) -> str:
+    """The variation's own ``name`` where the store sends one (newer versions), else the
+    product's name and the variation's options, as WooCommerce titles a variation."""
+    if variation.get("name"):
+        return str(variation["name"])
+    options = [str(a.get("option")) for a in variation.get("attributes") or () if a.get("option")]
+    name = str(product.get("name") or "")
+    return f"{name} - {', '.join(options)}" if options else name
 
 
 def _push_result(update: StockUpdate, reply: Mapping[str, Any] | None) -> PushResult:
