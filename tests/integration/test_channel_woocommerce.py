@@ -652,3 +652,23 @@ async def test_a_duplicate_keeps_its_delivery_id_and_two_changes_in_one_second_d
     ]
     ids = [d.delivery_id if d else None for d in deliveries]
     assert ids[0] == ids[1] != ids[2] == ids[3]
+
+
+async def test_a_page_that_is_not_json_or_no_connection_is_channel_unavailable() -> None:
+    def host_page(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>Briefly unavailable</html>")
+
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    credentials = {
+        "store_url": "https://shop.example",
+        "consumer_key": "ck_live",
+        "consumer_secret": "cs_live",
+        "webhook_secret": SECRET,
+    }
+    for handler, message in [(host_page, "not JSON"), (unreachable, "ConnectError")]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            connector = WooCommerceConnector(http=client, credentials=credentials, rate_state={})
+            with pytest.raises(ChannelUnavailable, match=message):
+                await connector.listings()

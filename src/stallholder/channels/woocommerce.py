@@ -262,7 +262,7 @@ class WooCommerceConnector:
             response = await self._request(
                 "GET", path, params={**(params or {}), "per_page": PAGE_SIZE, "page": page}
             )
-            yield list(response.json())
+            yield list(_json(response))
             if page >= int(response.headers.get("X-WP-TotalPages") or 1):
                 return
             page += 1
@@ -275,7 +275,7 @@ class WooCommerceConnector:
     async def _store_currency(self) -> str:
         if self._currency is None:
             response = await self._request("GET", "/data/currencies/current")
-            self._currency = str(response.json()["code"]).lower()
+            self._currency = str(_json(response)["code"]).lower()
         return self._currency
 
     # The protocol -------------------------------------------------------------------------
@@ -311,7 +311,7 @@ class WooCommerceConnector:
                     },
                 )
             registered.append(
-                RegisteredWebhook(external_id=str(response.json()["id"]), topic=topic)
+                RegisteredWebhook(external_id=str(_json(response)["id"]), topic=topic)
             )
         return registered
 
@@ -393,7 +393,7 @@ class WooCommerceConnector:
                     ]
                 }
                 response = await self._request("POST", path, body=body)
-                replies = list(response.json().get("update") or [])
+                replies = list(_json(response).get("update") or [])
                 for index, (position, _object_id) in enumerate(chunk):
                     reply = replies[index] if index < len(replies) else None
                     results[position] = _push_result(updates[position], reply)
@@ -427,7 +427,7 @@ class WooCommerceConnector:
                 "page": page,
             },
         )
-        payloads = list(response.json())
+        payloads = list(_json(response))
         more = page < int(response.headers.get("X-WP-TotalPages") or 1)
         orders = tuple(
             order for order in (parse_order(payload) for payload in payloads) if order is not None
@@ -478,6 +478,17 @@ class WooCommerceConnector:
 
 def _key(value: datetime | None) -> datetime:
     return value or datetime.min.replace(tzinfo=UTC)
+
+
+def _json(response: httpx.Response) -> Any:
+    """The reply's JSON. A 2xx that is not JSON is a host's page (a maintenance or
+    firewall page served with 200), not the API: worth retrying later."""
+    try:
+        return response.json()
+    except ValueError as error:
+        raise ChannelUnavailable(
+            f"{response.request.method} {response.request.url.path}: the reply is not JSON"
+        ) from error
 
 
 def _error_message(response: httpx.Response) -> str:
