@@ -729,7 +729,8 @@ class WooCommerceDouble:
                 and (not include or p.id in include)
                 and (not skus or p.sku in skus)
             ]
-            found.sort(key=lambda p: (p.date_created, p.id), reverse=True)
+            key, is_descending = _product_order(request)
+            found.sort(key=key, reverse=is_descending)
             items = [self._product_json(p) for p in found]
         return self._paged(request, items, f"{API}/products")
 
@@ -812,15 +813,7 @@ class WooCommerceDouble:
         return self._variation_json(product)
 
     def _list_orders(self, request: Request, body: Any) -> Response:
-        params = request.query_params
-        orderby = params.get("orderby", "date")
-        if orderby not in ("date", "id", "include", "title", "slug", "modified"):
-            raise _invalid_param(
-                "orderby", "orderby is not one of date, id, include, title, slug, and modified."
-            )
-        order = params.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise _invalid_param("order", "order is not one of asc and desc.")
+        orderby, is_descending = _order_param(request)
         modified_after = _date_param(request, "modified_after")
         after = _date_param(request, "after")
         with self._lock:
@@ -838,7 +831,7 @@ class WooCommerceDouble:
                     return (o.id, o.id)
                 return (o.date_created, o.id)
 
-            found.sort(key=sort_key, reverse=order == "desc")
+            found.sort(key=sort_key, reverse=is_descending)
             items = [self._order_json(o) for o in found]
         return self._paged(request, items, f"{API}/orders")
 
@@ -996,6 +989,36 @@ class WooCommerceDouble:
         except KeyError as error:
             return JSONResponse({"error": str(error)}, status_code=404)
         return JSONResponse({"sku": body["sku"], "quantity": int(body["quantity"])})
+
+
+def _order_param(request: Request) -> tuple[str, bool]:
+    """``orderby`` and whether ``order`` is descending (the default)."""
+    orderby = request.query_params.get("orderby", "date")
+    if orderby not in ("date", "id", "include", "title", "slug", "modified"):
+        raise _invalid_param(
+            "orderby", "orderby is not one of date, id, include, title, slug, and modified."
+        )
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise _invalid_param("order", "order is not one of asc and desc.")
+    return orderby, order == "desc"
+
+
+def _product_order(request: Request) -> tuple[Callable[[_Product], tuple[Any, int]], bool]:
+    """The sort key of ``orderby`` and whether to reverse it; ties go by id in the same
+    direction (WooCommerce adds ``ID`` to the order)."""
+    orderby, is_descending = _order_param(request)
+
+    def key(product: _Product) -> tuple[Any, int]:
+        if orderby in ("title", "slug"):
+            return (product.name, product.id)
+        if orderby == "modified":
+            return (product.date_modified, product.id)
+        if orderby == "date":
+            return (product.date_created, product.id)
+        return (product.id, product.id)
+
+    return key, is_descending
 
 
 def _rate_limited(retry_after: int) -> Response:

@@ -160,13 +160,15 @@ async def test_listings_read_every_page_with_a_variable_products_variations(
         )
         for ref, sku, quantity in zip(tee, ["TEE-S", "TEE-M", "TEE-L"], [3, 0, 7], strict=True)
     ]
-    # The variable product itself is not a listing; the products took two pages.
+    # The variable product itself is not a listing; the products took two pages, oldest
+    # first, so the newest (the tee) came last.
     assert parent not in by_id
+    assert [listing.ref.external_id for listing in listings] == [*simple, *tee]
     assert woo.requests == [
         ("GET", f"{API}/data/currencies/current"),
         ("GET", f"{API}/products"),
-        ("GET", f"{API}/products/{parent}/variations"),
         ("GET", f"{API}/products"),
+        ("GET", f"{API}/products/{parent}/variations"),
     ]
 
 

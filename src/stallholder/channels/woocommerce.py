@@ -318,7 +318,9 @@ class WooCommerceConnector:
     async def listings(self) -> list[Listing]:
         currency = await self._store_currency()
         listings = []
-        async for page in self._pages("/products"):
+        # By id, oldest first: a product added while we page lands on the last page
+        # instead of pushing one we have not read yet onto a page we already read.
+        async for page in self._pages("/products", {"orderby": "id", "order": "asc"}):
             for product in page:
                 if product.get("type") == "variable":
                     for variation in await self._all(f"/products/{product['id']}/variations"):
