@@ -674,3 +674,53 @@ async def test_a_page_that_is_not_json_or_no_connection_is_channel_unavailable()
             connector = WooCommerceConnector(http=client, credentials=credentials, rate_state={})
             with pytest.raises(ChannelUnavailable, match=message):
                 await connector.listings()
+
+
+async def test_a_store_that_keeps_throttling_is_rate_limited_after_three_tries(
+    http: httpx.AsyncClient,
+) -> None:
+    double = WooCommerceDouble(
+        consumer_key="ck_live", consumer_secret="cs_live", chaos=Chaos(throttle=1.0)
+    )
+    sleeps = Sleeps()
+    rate_state: dict[str, Any] = {}
+    try:
+        with serve_woocommerce(double), pytest.raises(RateLimited) as raised:
+            await connect(http, double, sleep=sleeps, rate_state=rate_state).listings()
+    finally:
+        double.close()
+
+    assert raised.value.retry_after == 1.0
+    assert (sleeps.calls, rate_state) == ([1.0, 1.0], {"retry_at": NOW.timestamp() + 1})
+
+
+async def test_the_doubles_webhooks_can_be_read_and_deleted_as_on_the_store(
+    http: httpx.AsyncClient, woo: WooCommerceDouble, receiver: Receiver
+) -> None:
+    auth = ("ck_live", "cs_live")
+    hooks = f"{woo.base_url}{API}/webhooks"
+    await connect(http, woo).register_webhooks(receiver.url)
+
+    one = await http.get(f"{hooks}/1", auth=auth)
+    bad_topic = await http.post(
+        hooks, json={"topic": "stock.moved", "delivery_url": receiver.url}, auth=auth
+    )
+    trashing = await http.delete(f"{hooks}/1", auth=auth)
+    deleted = await http.delete(f"{hooks}/1", params={"force": "true"}, auth=auth)
+    listed = await http.get(hooks, auth=auth)
+
+    assert (one.status_code, one.json()["topic"], one.json()["status"]) == (
+        200,
+        "order.created",
+        "active",
+    )
+    assert "secret" not in one.json()
+    assert (bad_topic.status_code, bad_topic.json()["code"]) == (
+        400,
+        "woocommerce_rest_shop_webhook_invalid_topic",
+    )
+    assert (trashing.status_code, trashing.json()["code"]) == (
+        501,
+        "woocommerce_rest_trash_not_supported",
+    )
+    assert (deleted.status_code, [hook["id"] for hook in listed.json()]) == (200, [2])
