@@ -12,7 +12,6 @@ from alembic import op
 
 import stallholder.kit.db
 
-
 revision: str = "0022"
 down_revision: str | None = "0020"
 branch_labels: str | Sequence[str] | None = None

@@ -1,0 +1,242 @@
+"""The sync layer end to end over HTTP: Stallholder served on a local port with its worker
+running, and a Shopify, an Etsy and a WooCommerce double as real HTTP servers. Sales on
+Stallholder and on the channels within a second, an oversold order flagged, a stale
+write refused and corrected, an Etsy listing's variations kept, a revoked token pausing
+its channel (issue 11, "Must be shown")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from stallholder.channels.models import ChannelOrder
+from stallholder.inventory.models import StockLevel
+from stallholder.notifications.models import Email
+from tests.e2e.channel_stack import Stack, channel_stack, eventually
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def stack(any_database_url: str, tmp_path: Path) -> Any:
+    async with channel_stack(any_database_url, tmp_path / "var") as built:
+        yield built
+
+
+async def _stocked(stack: Stack, key: str, sku: str, on_hand: int) -> dict[str, Any]:
+    """A published product with one variant of ``sku``, a price, and ``on_hand`` units."""
+    product = await stack.call(
+        "POST",
+        "/v1/products",
+        key,
+        json={
+            "kind": "physical",
+            "name": f"Mug {sku}",
+            "status": "published",
+            "variants": [{"sku": sku}],
+        },
+    )
+    assert product.status_code == 201, product.text
+    price = await stack.call(
+        "POST",
+        "/v1/prices",
+        key,
+        json={"product": product.json()["id"], "currency": "usd", "unit_amount": 4800},
+    )
+    assert price.status_code == 201, price.text
+    location = await stack.call("POST", "/v1/locations", key, json={"name": "Workshop"})
+    if location.status_code == 201:
+        stack_location = location.json()["id"]
+    else:
+        listed = await stack.call("GET", "/v1/locations", key)
+        stack_location = listed.json()["data"][0]["id"]
+    adjusted = await stack.call(
+        "POST",
+        "/v1/inventory/adjustments",
+        key,
+        json={"sku": sku, "location": stack_location, "delta": on_hand, "reason": "kiln"},
+    )
+    assert adjusted.status_code == 200, adjusted.text
+    return {"price": price.json()["id"], "location": stack_location}
+
+
+async def _available(stack: Stack, key: str, sku: str) -> int:
+    response = await stack.call("GET", f"/v1/inventory/{sku}", key)
+    return int(response.json()["available"])
+
+
+async def _buy(stack: Stack, key: str, price: str) -> None:
+    session = await stack.call(
+        "POST",
+        "/v1/checkout/sessions",
+        key,
+        json={"line_items": [{"price": price, "quantity": 1}], "customer_email": "a@example.com"},
+    )
+    assert session.status_code == 201, session.text
+    confirmed = await stack.call(
+        "POST",
+        f"/v1/checkout/sessions/{session.json()['id']}/confirm",
+        key,
+        json={"payment_method": "tok_visa"},
+    )
+    assert confirmed.status_code == 200, confirmed.text
+
+
+def _all_show(stack: Stack, sku: str, quantity: int) -> bool:
+    return (
+        stack.shopify.quantity_of(sku) == quantity
+        and stack.etsy.quantity_of(sku) == quantity
+        and stack.woo.quantity_of(sku) == quantity
+    )
+
+
+async def test_sales_on_three_channels_in_one_second_leave_every_channel_right(
+    stack: Stack,
+) -> None:
+    _, key = await stack.creator()
+    shop = await _stocked(stack, key, "MUG-1", 10)
+    stack.shopify.add_product("Moon mug", [("MUG-1", 4)])
+    stack.etsy.add_product("Moon mug", [("MUG-1", 4)])
+    stack.woo.add_product("Moon mug", [("MUG-1", 4)])
+    channels = [await stack.connect(key, kind) for kind in ("shopify", "etsy", "woocommerce")]
+    assert [c["listings"] for c in channels] == [{"matched": 1, "unmatched": 0, "conflict": 0}] * 3
+    await eventually(lambda: _all_show(stack, "MUG-1", 10), what="every channel showing 10")
+
+    # Within one second: a sale here, an order on Shopify, a receipt on Etsy.
+    await _buy(stack, key, shop["price"])
+    stack.shopify.sell("MUG-1", 1)
+    stack.etsy.sell("MUG-1", 1)
+
+    try:
+        await eventually(lambda: _all_show(stack, "MUG-1", 7), what="every channel showing 7")
+    except AssertionError:
+        print(await stack.report())
+        raise
+    assert await _available(stack, key, "MUG-1") == 7
+    async with stack.database.unit_of_work() as session:
+        level = (await session.execute(select(StockLevel))).scalar_one()
+        assert (level.on_hand, level.allocated, level.reserved) == (10, 3, 0)
+        orders = (await session.execute(select(ChannelOrder.status))).scalars().all()
+        assert sorted(orders) == ["allocated", "allocated"]
+
+    # One unit left: Shopify and WooCommerce both sell it before either hears of the other.
+    await stack.call(
+        "POST",
+        "/v1/inventory/adjustments",
+        key,
+        json={
+            "sku": "MUG-1",
+            "location": shop["location"],
+            "delta": -6,
+            "reason": "breakage",
+            "kind": "damaged",
+        },
+    )
+    await eventually(lambda: _all_show(stack, "MUG-1", 1), what="every channel showing 1")
+    stack.shopify.sell("MUG-1", 1)
+    stack.woo.sell("MUG-1", 1)
+    await eventually(lambda: _all_show(stack, "MUG-1", 0), what="every channel showing 0")
+
+    async def flagged() -> bool:
+        async with stack.database.unit_of_work() as session:
+            statuses = (await session.execute(select(ChannelOrder.status))).scalars().all()
+            return sorted(statuses) == ["allocated", "allocated", "allocated", "oversold"]
+
+    await eventually(flagged, what="the second order flagged oversold")
+    oversold = [
+        order
+        for channel in channels
+        for order in (
+            await stack.call("GET", f"/v1/channels/{channel['id']}/orders?status=oversold", key)
+        ).json()["data"]
+    ]
+    assert [(o["status"], o["lines"]) for o in oversold] == [
+        ("oversold", [{"sku": "MUG-1", "quantity": 1, "outcome": "oversold"}])
+    ]
+    events = (await stack.call("GET", "/v1/events?type=channel.oversold", key)).json()["data"]
+    assert [(e["data"]["object"]["sku"], e["data"]["object"]["quantity"]) for e in events] == [
+        ("MUG-1", 1)
+    ]
+    async with stack.database.unit_of_work() as session:
+        level = (await session.execute(select(StockLevel))).scalar_one()
+        assert (level.on_hand, level.allocated) == (4, 4)
+
+
+async def test_an_etsy_listing_keeps_all_three_variations_after_a_push(stack: Stack) -> None:
+    _, key = await stack.creator()
+    await _stocked(stack, key, "GLAZE-ASH", 6)
+    [listing_ref, *_] = stack.etsy.add_product(
+        "Moon mug", [("GLAZE-ASH", 2), ("GLAZE-MOSS", 3), ("GLAZE-SAND", 4)]
+    )
+    listing_id = int(listing_ref.split(":", 1)[0])
+    before = stack.etsy.products_of(listing_id)
+    channel = await stack.connect(key, "etsy", buffer_units=1)
+    assert channel["listings"] == {"matched": 1, "unmatched": 2, "conflict": 0}
+    await eventually(lambda: stack.etsy.quantity_of("GLAZE-ASH") == 5, what="Etsy showing 5")
+    after = stack.etsy.products_of(listing_id)
+    assert [p["sku"] for p in after] == ["GLAZE-ASH", "GLAZE-MOSS", "GLAZE-SAND"]
+    assert [p["property_values"] for p in after] == [p["property_values"] for p in before]
+    assert [stack.etsy.quantity_of(s) for s in ("GLAZE-ASH", "GLAZE-MOSS", "GLAZE-SAND")] == [
+        5,
+        3,
+        4,
+    ]
+
+
+async def test_a_revoked_token_pauses_the_channel_and_emails_the_creator(stack: Stack) -> None:
+    _, key = await stack.creator()
+    shop = await _stocked(stack, key, "MUG-2", 5)
+    stack.shopify.add_product("Mug", [("MUG-2", 5)])
+    channel = await stack.connect(key, "shopify")
+    stack.shopify.revoke()
+    await stack.call(
+        "POST",
+        "/v1/inventory/adjustments",
+        key,
+        json={"sku": "MUG-2", "location": shop["location"], "delta": -1, "reason": "count"},
+    )
+
+    async def paused() -> bool:
+        found = await stack.call("GET", f"/v1/channels/{channel['id']}", key)
+        return bool(found.json()["status"] == "paused")
+
+    await eventually(paused, what="the channel paused")
+    found = (await stack.call("GET", f"/v1/channels/{channel['id']}", key)).json()
+    assert found["paused_reason"].startswith("the channel refused our credentials (401")
+
+    async def emailed() -> list[Email]:
+        async with stack.database.unit_of_work() as session:
+            return list(
+                (
+                    await session.execute(select(Email).where(Email.kind == "channel_paused"))
+                ).scalars()
+            )
+
+    await eventually(lambda: _nonempty(emailed()), what="the creator emailed")
+    [email] = await emailed()
+    assert email.to_address == "studio@kilnandclay.example"
+    assert stack.shopify.quantity_of("MUG-2") == 5  # nothing written while paused
+
+
+async def _nonempty(found: Any) -> bool:
+    return bool(await found)
+
+
+async def test_webhooks_with_a_bad_signature_are_refused(stack: Stack) -> None:
+    _, key = await stack.creator()
+    stack.shopify.add_product("Mug", [("MUG-3", 1)])
+    channel = await stack.connect(key, "shopify")
+    response = await stack.http.post(
+        f"/hooks/channels/{channel['id']}",
+        content=b'{"id": 1}',
+        headers={
+            "X-Shopify-Topic": "orders/create",
+            "X-Shopify-Hmac-Sha256": "bm90IGEgc2lnbmF0dXJl",
+            "X-Shopify-Webhook-Id": "w-1",
+        },
+    )
+    assert response.status_code == 401
+    assert response.json()["type"].endswith("/webhook-not-verified")
