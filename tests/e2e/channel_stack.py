@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
 from stallholder.app import create_app
+from stallholder.channels.models import ChannelListing, ChannelOrder, SyncLogEntry
+from stallholder.events.models import InboxEvent
 from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import SystemClock
 from stallholder.kit.db import Database
+from stallholder.kit.work import WorkItem
 from stallholder.settings import Settings
 from tests.conftest import ADMIN_KEY, bearer
 from tests.doubles.common import Chaos, serve_app
@@ -56,41 +60,28 @@ class Stack:
         body = response.json()
         return str(body["id"]), str(body["secret_key"])
 
-    async def report(self) -> str:
+    async def report(self, sku: str) -> str:
         """What the sync layer holds, for a failed wait's message."""
-        from sqlalchemy import select
-
-        from stallholder.channels.models import ChannelListing, ChannelOrder, SyncLogEntry
-        from stallholder.events.models import InboxEvent
-        from stallholder.kit.work import WorkItem
-
         async with self.database.unit_of_work() as session:
+            rows: list[Any] = [
+                *(await session.execute(select(ChannelListing))).scalars(),
+                *(await session.execute(select(ChannelOrder))).scalars(),
+                *(await session.execute(select(SyncLogEntry))).scalars(),
+                *(await session.execute(select(InboxEvent))).scalars(),
+                *(
+                    await session.execute(select(WorkItem).where(WorkItem.kind != "channels.sweep"))
+                ).scalars(),
+            ]
             lines = [
-                f"listing {r.channel_id} {r.sku} ch={r.channel_quantity} pushed={r.pushed_quantity}"
-                for r in (await session.execute(select(ChannelListing))).scalars()
+                f"{type(row).__name__} "
+                + " ".join(f"{k}={v}" for k, v in vars(row).items() if not k.startswith("_"))
+                for row in rows
             ]
-            lines += [
-                f"order {r.channel_id} {r.external_id} {r.status} {r.lines}"
-                for r in (await session.execute(select(ChannelOrder))).scalars()
-            ]
-            lines += [
-                f"log {r.channel_id} {r.kind} {r.sku} {r.outcome} {r.pushed} {r.channel_value} {r.detail}"
-                for r in (await session.execute(select(SyncLogEntry))).scalars()
-            ]
-            lines += [
-                f"work {r.kind} {r.state} {r.attempts} {r.last_error}"
-                for r in (await session.execute(select(WorkItem))).scalars()
-                if r.kind != "channels.sweep"
-            ]
-            lines += [
-                f"inbox {r.source} {r.external_id} {r.type} {r.processed_at} {r.last_error}"
-                for r in (await session.execute(select(InboxEvent))).scalars()
-            ]
-        lines += [
-            f"doubles shopify={self.shopify.quantity_of('MUG-1')} etsy={self.etsy.quantity_of('MUG-1')} "
-            f"woo={self.woo.quantity_of('MUG-1')}"
-        ]
-        return "\n".join(lines)
+        shown = {
+            name: double.quantity_of(sku)
+            for name, double in (("shopify", self.shopify), ("etsy", self.etsy), ("woo", self.woo))
+        }
+        return "\n".join([*lines, f"the doubles show {shown}"])
 
     async def call(self, method: str, path: str, key: str, **kwargs: Any) -> httpx.Response:
         return await self.http.request(method, path, headers=bearer(key), **kwargs)

@@ -113,7 +113,7 @@ async def test_sales_on_three_channels_in_one_second_leave_every_channel_right(
     try:
         await eventually(lambda: _all_show(stack, "MUG-1", 7), what="every channel showing 7")
     except AssertionError:
-        print(await stack.report())
+        print(await stack.report("MUG-1"))
         raise
     assert await _available(stack, key, "MUG-1") == 7
     async with stack.database.unit_of_work() as session:
