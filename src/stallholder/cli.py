@@ -78,6 +78,13 @@ def _gateway(settings: Settings, database: Database) -> Gateway:
         raise typer.Exit(code=2) from error
 
 
+def _configure_logging() -> None:
+    """INFO for our own loggers; httpx's line per outbound request (every channel push
+    and poll) only when something goes wrong."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 @app.command()
 def migrate() -> None:
     """Apply database migrations (creates the SQLite file if needed)."""
@@ -119,7 +126,7 @@ def serve(
     from stallholder.app import create_app
     from stallholder.serving import uvicorn_options
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     settings = _settings(host=host, port=port)
     try:
         check_gateway_settings(settings)
@@ -213,7 +220,7 @@ def run_worker() -> None:
     """Run a standalone worker (the outbox and due work) until interrupted."""
     from stallholder.jobs.worker import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging()
     settings = _settings()
 
     async def main() -> None:
