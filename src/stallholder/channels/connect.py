@@ -139,7 +139,10 @@ async def store(
 ) -> Channel:
     """Keep the channel and its listings; queue the first push of every matched listing
     that shows something else than it should."""
-    polls = new.kind == "etsy"  # no order webhooks: its receipts are polled
+    # Etsy sends no order webhooks: its receipts are polled. WooCommerce sends
+    # order.created before payment (the body says pending, and no later webhook says
+    # paid), so its paid orders are polled too.
+    polls = new.kind in ("etsy", "woocommerce")
     channel = Channel(
         id=channel_id,
         creator_id=creator_id,
