@@ -14,6 +14,7 @@ import random
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,8 @@ class Chaos:
     duplicate: float = 0.0
     seed: int = 0
     random: random.Random = field(init=False, repr=False)
+    # What chaos did: "lost", "delayed", "throttled" (requests), "duplicated" (webhooks).
+    counts: Counter[str] = field(init=False, default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.seed)
@@ -74,11 +77,14 @@ class ChaosMiddleware:
             return
         chaos = self.chaos
         if chaos.draw(chaos.delay):
+            chaos.counts["delayed"] += 1
             await asyncio.sleep(chaos.delay_seconds)
         if chaos.draw(chaos.throttle):
+            chaos.counts["throttled"] += 1
             await self.throttled(scope, receive, send)
             return
         if chaos.draw(chaos.lose):
+            chaos.counts["lost"] += 1
             if chaos.random.random() < 0.5:  # applied, then the reply is lost
 
                 async def swallow(message: Any) -> None:
@@ -148,6 +154,7 @@ class WebhookSender:
         self._idle.clear()
         self._queue.put(delivery)
         if self.chaos.draw(self.chaos.duplicate):
+            self.chaos.counts["duplicated"] += 1
             self._queue.put(delivery)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
