@@ -1,6 +1,6 @@
 """``make bench``: run the benchmarks, print a table each, write ``bench/results/<name>.json``.
 
-python -m bench.run [--only checkout|drops|renewals|webhooks] [--duration 20] [--quick]
+python -m bench.run [--only channels|checkout|drops|renewals|webhooks] [--duration 20] [--quick]
                    [--clients 8 --clients 64] [--subscriptions 1000]
 """
 
@@ -14,10 +14,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import checkout, drops, harness, renewals, webhooks
+from bench import channels, checkout, drops, harness, renewals, webhooks
 
 RESULTS = harness.ROOT / "bench" / "results"
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
+    channels.NAME: channels.run,
     checkout.NAME: checkout.run,
     drops.NAME: drops.run,
     webhooks.NAME: webhooks.run,
@@ -65,6 +66,12 @@ def main() -> None:
         f"{renewals.QUICK_SIZE:,} with --quick)",
     )
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=5.0,
+        help="channels: stock movements per second over the 1,000 SKUs (default 5)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"3 s runs and {renewals.QUICK_SIZE:,} renewals, for trying it out",
@@ -89,6 +96,11 @@ def main() -> None:
                     count=arguments.subscriptions
                     or (renewals.QUICK_SIZE if arguments.quick else renewals.FULL_SIZE)
                 )
+            elif name == channels.NAME:
+                results = channels.run(
+                    duration=15.0 if arguments.quick else max(arguments.duration, 60.0),
+                    rate=arguments.rate,
+                )
             elif name == drops.NAME:
                 serve = dict(option.split("=", 1) for option in arguments.serve or ())
                 results = drops.run(
@@ -103,6 +115,8 @@ def main() -> None:
         results = {"benchmark": name, "machine": harness.machine(), **results}
         if name == checkout.NAME:
             console.print(checkout.table(results))
+        elif name == channels.NAME:
+            console.print(channels.table(results))
         elif name == drops.NAME:
             console.print(drops.table(results))
         else:

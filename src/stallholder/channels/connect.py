@@ -32,6 +32,9 @@ from stallholder.kit.errors import InvalidRequest
 from stallholder.kit.ids import new_id
 from stallholder.settings import Settings
 
+# The longest a connect waits for the channel's rate limit at a time (seconds).
+CONNECT_MAX_WAIT = 60.0
+
 
 class ChannelCredentialsRefused(InvalidRequest):
     slug = "channel-credentials-refused"
@@ -99,7 +102,11 @@ async def discover(
         ChannelUnreachable: anything else that went wrong, with what it was.
     """
     async with httpx.AsyncClient(timeout=TIMEOUT) if http is None else _borrowed(http) as client:
-        connector = engine.connect(new.kind, new.credentials, {}, client, settings)
+        # Connecting reads every listing once: it may wait for the channel's rate limit
+        # (a Shopify shop of a thousand variants spends its bucket twice over).
+        connector = engine.connect(
+            new.kind, new.credentials, {}, client, settings, max_wait=CONNECT_MAX_WAIT
+        )
         try:
             webhooks = await connector.register_webhooks(delivery_url(settings, channel_id))
             listings = await connector.listings()

@@ -174,11 +174,14 @@ class EtsyConnector:
         credentials: Mapping[str, str],
         rate_state: dict[str, Any],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_wait: float = MAX_WAIT,
         now: Callable[[], datetime] = _utc_now,
     ) -> None:
         self.http = http
         self.rate_state = rate_state
         self.sleep = sleep
+        # The longest wait for the rate limit before RateLimited is raised instead.
+        self.max_wait = max_wait
         self.now = now
         self.api_base = credentials.get("api_base", API_BASE).rstrip("/")
         self.shop_id = credentials["shop_id"]
@@ -539,7 +542,7 @@ class EtsyConnector:
             )
         if int(state["second_remaining"]) <= 0 and elapsed < 1.0:
             wait = 1.0 - elapsed
-            if wait > MAX_WAIT:
+            if wait > self.max_wait:
                 raise RateLimited("Etsy: this second's quota is spent", retry_after=wait)
             await self.sleep(wait)
             # The next reply refreshes the state; until then this second is new.

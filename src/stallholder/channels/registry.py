@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from stallholder.channels import etsy, shopify, woocommerce
-from stallholder.channels.connectors import Connector, Tokens
+from stallholder.channels.connectors import MAX_WAIT, Connector, Tokens
 from stallholder.channels.credentials import Vault, vault_for
 from stallholder.channels.sync import Engine
 from stallholder.settings import Settings
@@ -20,16 +20,25 @@ def connector_for(
     rate_state: dict[str, Any],
     http: httpx.AsyncClient,
     settings: Settings,
+    *,
+    max_wait: float = MAX_WAIT,
 ) -> Connector:
-    """Raises ValueError for an unknown kind."""
+    """``max_wait``: the longest the connector waits for the channel's rate limit before
+    it raises ``RateLimited`` (work items retry later instead; connecting waits longer).
+
+    Raises ValueError for an unknown kind."""
     given = {key: str(value) for key, value in credentials.items() if value is not None}
     if kind == "shopify":
-        return shopify.ShopifyConnector(http=http, credentials=given, rate_state=rate_state)
+        return shopify.ShopifyConnector(
+            http=http, credentials=given, rate_state=rate_state, max_wait=max_wait
+        )
     if kind == "etsy":
         given.setdefault("api_base", settings.etsy_api_base)
         given.setdefault("keystring", settings.etsy_keystring)
         given.setdefault("shared_secret", settings.etsy_shared_secret)
-        return etsy.EtsyConnector(http=http, credentials=given, rate_state=rate_state)
+        return etsy.EtsyConnector(
+            http=http, credentials=given, rate_state=rate_state, max_wait=max_wait
+        )
     if kind == "woocommerce":
         return woocommerce.WooCommerceConnector(http=http, credentials=given, rate_state=rate_state)
     raise ValueError(f"no connector for channels of kind {kind!r}")

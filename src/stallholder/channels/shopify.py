@@ -214,6 +214,7 @@ class ShopifyConnector:
         credentials: Mapping[str, str],
         rate_state: dict[str, Any],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_wait: float = MAX_WAIT,
         clock: Clock | None = None,
     ) -> None:
         self._http = http
@@ -224,6 +225,8 @@ class ShopifyConnector:
         self._currency: str | None = None
         self.rate_state = rate_state
         self._sleep = sleep
+        # The longest wait for the rate limit before RateLimited is raised instead.
+        self.max_wait = max_wait
         self._clock = clock or SystemClock()
         self._endpoint = f"{self._shop_url}/admin/api/{API_VERSION}/graphql.json"
 
@@ -542,9 +545,9 @@ class ShopifyConnector:
         if available >= cost:
             return
         if rate <= 0:
-            raise RateLimited("Shopify: the query cost bucket is empty", retry_after=MAX_WAIT)
+            raise RateLimited("Shopify: the query cost bucket is empty", retry_after=self.max_wait)
         wait = (cost - available) / rate
-        if wait > MAX_WAIT:
+        if wait > self.max_wait:
             raise RateLimited(
                 f"Shopify: {cost} points needed, {available:.0f} in the bucket",
                 retry_after=wait,

@@ -99,10 +99,21 @@ class ChannelResources(Protocol):
     def http(self) -> httpx.AsyncClient: ...
 
 
-# Builds a channel's connector: (kind, credentials, rate_state, http, settings).
-ConnectorFactory = Callable[
-    [str, Mapping[str, Any], dict[str, Any], httpx.AsyncClient, Settings], Connector
-]
+class ConnectorFactory(Protocol):
+    """Builds a channel's connector (``channels.registry.connector_for``)."""
+
+    def __call__(
+        self,
+        kind: str,
+        credentials: Mapping[str, Any],
+        rate_state: dict[str, Any],
+        http: httpx.AsyncClient,
+        settings: Settings,
+        *,
+        max_wait: float = ...,
+    ) -> Connector: ...
+
+
 # Refreshes a channel's OAuth tokens: (kind, credentials, http, settings).
 Refresher = Callable[
     [str, Mapping[str, Any], httpx.AsyncClient, Settings], Awaitable[Tokens | None]

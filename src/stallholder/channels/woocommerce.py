@@ -193,11 +193,14 @@ class WooCommerceConnector:
         credentials: Mapping[str, str],
         rate_state: dict[str, Any],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_wait: float = MAX_WAIT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.http = http
         self.rate_state = rate_state
         self._sleep = sleep
+        # The longest wait for the rate limit before RateLimited is raised instead.
+        self.max_wait = max_wait
         self._clock = clock
         self._base = credentials["store_url"].rstrip("/") + API_PATH
         self._auth = (credentials["consumer_key"], credentials["consumer_secret"])
@@ -211,7 +214,7 @@ class WooCommerceConnector:
         if retry_at is None:
             return
         delay = float(retry_at) - self._clock()
-        if delay > MAX_WAIT:
+        if delay > self.max_wait:
             raise RateLimited("WooCommerce asked us to wait", retry_after=delay)
         if delay > 0:
             await self._sleep(delay)
