@@ -160,8 +160,9 @@ class Settings(BaseSettings):
     # database must share it.
     channel_key: str = ""
     # How often changed stock is looked for and pushed to channels (seconds), how often
-    # channels without order webhooks (Etsy) are asked for new orders, and how often every
-    # channel is reconciled (its quantities and orders read and compared with ours).
+    # every channel is asked for new orders (Etsy sends no order webhooks, WooCommerce
+    # sends them before payment, any webhook can be lost), and how often every channel is
+    # reconciled (its quantities and orders read and compared with ours).
     channel_sweep_seconds: float = Field(default=1.0, gt=0, le=60)
     channel_poll_seconds: float = Field(default=15.0, gt=0, le=3600)
     channel_reconcile_seconds: float = Field(default=600.0, gt=0, le=86400)

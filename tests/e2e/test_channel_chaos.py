@@ -30,7 +30,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 SKUS = [f"CHAOS-{n}" for n in range(8)]
 RULES = {"shopify": Rules(buffer_units=1), "etsy": Rules(buffer_percent=10), "woocommerce": Rules()}
 SECONDS = float(os.environ.get("STALLHOLDER_CHAOS_SECONDS", "60"))
-SYNC_KINDS = ("channels.push", "channels.pull", "channels.reconcile", "inbox.channel")
+SYNC_KINDS = (
+    "channels.push.shopify",
+    "channels.push.etsy",
+    "channels.push.woocommerce",
+    "channels.pull",
+    "channels.reconcile",
+    "inbox.channel",
+)
 
 
 async def _available(stack: Stack, key: str) -> dict[str, int]:

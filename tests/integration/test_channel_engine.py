@@ -37,7 +37,7 @@ from stallholder.channels.models import Channel, ChannelListing, SyncLogEntry
 from stallholder.channels.models import ChannelOrder as OrderRow
 from stallholder.events.models import Event
 from stallholder.inventory import stock
-from stallholder.inventory.models import StockLevel
+from stallholder.inventory.models import StockLevel, StockMovement
 from stallholder.jobs.worker import Worker
 from stallholder.kit import work
 from stallholder.kit.clock import FrozenClock
@@ -276,7 +276,7 @@ async def test_changes_before_a_push_runs_make_one_write_of_the_latest_value(
         queued = await session.scalar(
             select(func.count())
             .select_from(work.WorkItem)
-            .where(work.WorkItem.kind == sync.PUSH_KIND)
+            .where(work.WorkItem.kind == sync.push_kind_name("shopify"))
         )
     assert queued == 1
     await _drain(worker)
@@ -285,7 +285,7 @@ async def test_changes_before_a_push_runs_make_one_write_of_the_latest_value(
     assert await _sweep(database, clock, settings) == 0  # in step: nothing more
 
 
-async def test_a_channel_order_is_allocated_and_one_for_units_no_longer_free_is_oversold(
+async def test_a_channel_order_is_sold_from_stock_and_one_for_units_no_longer_free_is_oversold(
     database: Database,
     clock: FrozenClock,
     settings: Settings,
@@ -323,14 +323,23 @@ async def test_a_channel_order_is_allocated_and_one_for_units_no_longer_free_is_
             now=clock.now(),
         )
     assert first is not None
-    assert first.status == "allocated"
+    assert first.status == "sold"
     assert again is None  # the same order twice is imported once
     assert second is not None
     assert second.status == "oversold"
     assert second.lines == [{"sku": "MUG-1", "quantity": 1, "levels": {}, "outcome": "oversold"}]
     async with database.unit_of_work() as session:
         level = (await session.execute(select(StockLevel))).scalar_one()
-        assert (level.on_hand, level.allocated, level.reserved) == (1, 1, 0)
+        assert (level.on_hand, level.allocated, level.reserved) == (0, 0, 0)
+        movement = (
+            await session.execute(select(StockMovement).where(StockMovement.kind == "sold"))
+        ).scalar_one()
+        assert (movement.quantity, movement.reference, movement.actor) == (
+            -1,
+            first.id,
+            "channel:chn_a",
+        )
+        assert movement.reason == "a: order #1001"
         oversold = (
             await session.execute(select(Event).where(Event.type == "channel.oversold"))
         ).scalar_one()
@@ -377,6 +386,12 @@ async def test_a_cancelled_channel_order_gives_its_units_back(
     async with database.unit_of_work() as session:
         level = (await session.execute(select(StockLevel))).scalar_one()
         assert (level.on_hand, level.allocated) == (3, 0)
+        kinds = (
+            await session.execute(
+                select(StockMovement.kind, StockMovement.quantity).order_by(StockMovement.id)
+            )
+        ).all()
+        assert [tuple(k) for k in kinds] == [("received", 3), ("sold", -2), ("returned", 2)]
 
 
 async def test_a_stale_write_is_refused_and_written_again_after_the_orders_are_pulled(
@@ -435,7 +450,9 @@ async def test_a_rate_limited_channel_waits_without_holding_up_another(
     assert fakes["a"].quantities == {"MUG-1": 1}
     async with database.unit_of_work() as session:
         waiting = (
-            await session.execute(select(work.WorkItem).where(work.WorkItem.kind == sync.PUSH_KIND))
+            await session.execute(
+                select(work.WorkItem).where(work.WorkItem.kind == sync.push_kind_name("shopify"))
+            )
         ).scalar_one()
         assert waiting.due_at == clock.now() + timedelta(seconds=3)
         assert waiting.last_error == "shopify rate limit: bucket empty"
@@ -469,7 +486,7 @@ async def test_revoked_credentials_pause_the_channel_and_tell_the_creator(
         pending = await session.scalar(
             select(func.count())
             .select_from(work.WorkItem)
-            .where(work.WorkItem.kind == sync.PUSH_KIND)
+            .where(work.WorkItem.kind == sync.push_kind_name("shopify"))
         )
     assert pending == 0
     assert fakes["a"].pushes == []
@@ -511,10 +528,10 @@ async def test_orders_racing_from_three_channels_never_take_more_than_there_is(
             return row.status
 
     statuses = await asyncio.gather(*(order(f"chn_{shop}", n) for n in range(10) for shop in "abc"))
-    assert sorted(statuses) == ["allocated"] * 10 + ["oversold"] * 20
+    assert sorted(statuses) == ["oversold"] * 20 + ["sold"] * 10
     async with database.unit_of_work() as session:
         level = (await session.execute(select(StockLevel))).scalar_one()
-        assert (level.on_hand, level.allocated) == (10, 10)
+        assert (level.on_hand, level.allocated) == (0, 0)
         oversold = await session.scalar(
             select(func.count()).select_from(OrderRow).where(OrderRow.status == "oversold")
         )

@@ -146,10 +146,9 @@ async def store(
 ) -> Channel:
     """Keep the channel and its listings; queue the first push of every matched listing
     that shows something else than it should."""
-    # Etsy sends no order webhooks: its receipts are polled. WooCommerce sends
-    # order.created before payment (the body says pending, and no later webhook says
-    # paid), so its paid orders are polled too.
-    polls = new.kind in ("etsy", "woocommerce")
+    # Every channel's orders are also polled: Etsy sends no order webhooks, WooCommerce
+    # sends order.created before payment, and a webhook can be lost or a cancellation
+    # arrive without one.
     channel = Channel(
         id=channel_id,
         creator_id=creator_id,
@@ -164,7 +163,7 @@ async def store(
         zero_below=new.rules.zero_below,
         rate_state={},
         orders_cursor=None,
-        next_poll_at=now if polls else None,
+        next_poll_at=now,
         next_reconcile_at=now + timedelta(seconds=settings.channel_reconcile_seconds),
         webhooks=[{"id": hook.external_id, "topic": hook.topic} for hook in found.webhooks],
         created_at=now,
@@ -195,6 +194,12 @@ def new_channel(body: ChannelCreate, settings: Settings) -> NewChannel:
     )
     credentials: dict[str, Any]
     if body.kind == "shopify":
+        if not (body.api_secret or settings.shopify_client_secret):
+            raise InvalidRequest(
+                "give api_secret, the app's client secret (Shopify signs its webhooks with "
+                "it; the platform has no Shopify app of its own configured)",
+                param="api_secret",
+            )
         url = str(body.shop_url).rstrip("/")
         credentials = {
             "shop_url": url,

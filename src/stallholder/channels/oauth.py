@@ -7,19 +7,24 @@ also checked by its ``hmac`` parameter (the app's client secret)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import httpx
 
 from stallholder.channels import etsy, shopify
 from stallholder.channels.buffers import Rules
-from stallholder.channels.connect import NewChannel
+from stallholder.channels.connect import NewChannel, check_url
 from stallholder.channels.connectors import TIMEOUT, ChannelError
 from stallholder.channels.credentials import CredentialsUnreadable
 from stallholder.channels.sync import Engine
 from stallholder.kit.errors import InvalidRequest
 from stallholder.settings import Settings
+
+# What a Shopify shop's address looks like (its myshopify.com domain).
+SHOP_URL = re.compile(r"https://[a-z0-9][a-z0-9-]*\.myshopify\.com")
 
 
 class AppNotConfigured(InvalidRequest):
@@ -61,6 +66,13 @@ def start(
             )
         if not shop_url:
             raise InvalidRequest("give shop_url, e.g. https://your-shop.myshopify.com")
+        shop_url = shop_url.rstrip("/")
+        if not (SHOP_URL.fullmatch(shop_url) or settings.allow_private_webhook_targets):
+            raise InvalidRequest(
+                f"{shop_url!r} is not a Shopify shop's address; give "
+                "https://your-shop.myshopify.com",
+                param="shop_url",
+            )
         state = engine.vault.seal(
             {"creator": creator_id, "kind": kind, "shop_url": shop_url.rstrip("/")}
         )
@@ -117,6 +129,11 @@ async def finish(
                 if not shopify.verify_callback(query, client_secret=settings.shopify_client_secret):
                     raise InstallRefused("the callback's signature does not verify")
                 shop_url = str(state["shop_url"])
+                # The shop Shopify says was installed must be the one the install began
+                # for: the app's client secret is sent to that address next.
+                if query.get("shop") != urlsplit(shop_url).netloc:
+                    raise InstallRefused("the callback is for another shop; start again")
+                await check_url(shop_url, allow_private=settings.allow_private_webhook_targets)
                 tokens = await shopify.exchange_code(
                     http,
                     shop_url,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -271,15 +271,17 @@ async def _variant_for_line(
 async def import_order(
     session: AsyncSession, *, channel: Channel, order: ChannelOrder, now: datetime
 ) -> OrderRow | None:
-    """Record an order placed on the channel, once (by its id on the channel), and
-    allocate its units in the stock ledger by conditional updates. A line whose units are
-    no longer free is ``oversold``: the order is flagged, ``channel.oversold`` emitted with
-    the channel, SKU and quantity — never dropped. A cancelled order already imported gives
-    its allocation back. Returns the new or changed row (None: nothing new).
+    """Record an order placed on the channel, once (by its id on the channel), and take
+    its units out of stock: the channel ships it, so each line is a ``sold`` movement in
+    the stock ledger naming the channel order, by conditional updates (``… WHERE
+    available >= n``). A line whose units are no longer free is ``oversold``: the order is
+    flagged and ``channel.oversold`` emitted with the channel, SKU and quantity — never
+    dropped. A cancelled order already recorded puts its units back (``returned``
+    movements). Returns the new or changed row (None: nothing new).
 
-    The channel itself took the units off its own count: the listing's known channel
-    quantity goes down with them (when it is the count we last wrote), so the next push
-    does not fight the channel over it."""
+    What the channel itself now shows is left to the next push, which writes
+    ``shown(available)`` whole (on Shopify against the count we last knew, so a sale we
+    have not heard of is never written over)."""
     existing = (
         await session.execute(
             select(OrderRow)
@@ -289,9 +291,11 @@ async def import_order(
     ).scalar_one_or_none()
     if existing is not None:
         if order.cancelled and existing.status != "cancelled":
-            await _cancel(session, existing, now=now)
+            await _cancel(session, channel=channel, row=existing, now=now)
             return existing
         return None
+    row_id = new_id("cho")
+    label = f"{channel.name}: order {order.name or order.external_id}"[:500]
     lines: list[dict[str, Any]] = []
     oversold: list[dict[str, Any]] = []
     for line in order.lines:
@@ -304,22 +308,25 @@ async def import_order(
         elif variant_id is None:
             entry["outcome"] = "unmatched"
         else:
-            taken = await stock.allocate_free(
-                session, variant_id=variant_id, quantity=line.quantity, now=now
+            taken = await stock.sell_free(
+                session,
+                variant_id=variant_id,
+                quantity=line.quantity,
+                reason=label,
+                actor=f"channel:{channel.id}",
+                reference=row_id,
+                now=now,
             )
             if taken is None:
                 entry["outcome"] = "oversold"
                 oversold.append(entry)
             else:
-                entry["outcome"] = "allocated" if taken else "untracked"
+                entry["outcome"] = "sold" if taken else "untracked"
                 entry["levels"] = {str(level_id): n for level_id, n in taken.items()}
-            await _channel_sold(
-                session, channel=channel, external_id=line.external_id, sku=sku, n=line.quantity
-            )
         lines.append(entry)
-    status = "cancelled" if order.cancelled else ("oversold" if oversold else "allocated")
+    status = "cancelled" if order.cancelled else ("oversold" if oversold else "sold")
     row = OrderRow(
-        id=new_id("cho"),
+        id=row_id,
         channel_id=channel.id,
         creator_id=channel.creator_id,
         external_id=order.external_id,
@@ -349,63 +356,42 @@ async def import_order(
                 "quantity": entry["quantity"],
             },
         )
-    session.add(
-        SyncLogEntry(
-            channel_id=channel.id,
-            creator_id=channel.creator_id,
-            sku=",".join(str(entry["sku"]) for entry in lines)[:64] or None,
-            external_id=order.external_id,
-            kind="order",
-            outcome="oversold" if oversold else ("cancelled" if order.cancelled else "ok"),
-            detail=f"order {order.name or order.external_id}: "
-            + ", ".join(f"{e['quantity']} × {e['sku']} {e['outcome']}" for e in lines)[:400],
-            created_at=now,
-        )
-    )
+    _log_order(session, channel=channel, row=row, now=now)
     return row
 
 
-async def _channel_sold(
-    session: AsyncSession, *, channel: Channel, external_id: str | None, sku: str | None, n: int
-) -> None:
-    # Only a count we wrote ourselves predates the sale for sure; one the channel reported
-    # (a refused stale write, a webhook, a reconciliation) may include it already. A wrong
-    # guess costs one extra write (or a stale refusal), never a wrong quantity: every push
-    # writes ``shown(available)`` itself, not a difference.
-    where = [
-        ChannelListing.channel_id == channel.id,
-        ChannelListing.channel_quantity.is_not(None),
-        ChannelListing.channel_quantity == ChannelListing.pushed_quantity,
-    ]
-    if external_id is not None:
-        where.append(ChannelListing.external_id == external_id)
-    elif sku:
-        where.append(ChannelListing.sku == sku)
-    else:
-        return
-    await session.execute(
-        update(ChannelListing)
-        .where(*where)
-        .values(
-            channel_quantity=case(
-                (ChannelListing.channel_quantity < n, 0),
-                else_=ChannelListing.channel_quantity - n,
+def _log_order(session: AsyncSession, *, channel: Channel, row: OrderRow, now: datetime) -> None:
+    """One sync-log row per line of an order recorded or cancelled."""
+    for entry in row.lines:
+        session.add(
+            SyncLogEntry(
+                channel_id=channel.id,
+                creator_id=channel.creator_id,
+                sku=entry["sku"],
+                external_id=row.external_id,
+                kind="order",
+                outcome={"sold": "ok", "untracked": "ok"}.get(entry["outcome"], entry["outcome"]),
+                detail=f"order {row.name or row.external_id}: {entry['quantity']} × "
+                f"{entry['sku']} {entry['outcome']}"[:500],
+                created_at=now,
             )
         )
-        .execution_options(synchronize_session=False)
-    )
 
 
-async def _cancel(session: AsyncSession, row: OrderRow, *, now: datetime) -> None:
+async def _cancel(session: AsyncSession, *, channel: Channel, row: OrderRow, now: datetime) -> None:
     for entry in row.lines:
-        if entry.get("outcome") == "allocated":
-            await stock.release_allocated(
+        if entry.get("outcome") == "sold":
+            await stock.restock(
                 session,
                 taken={int(level_id): int(n) for level_id, n in entry["levels"].items()},
+                reason=f"{channel.name}: order {row.name or row.external_id} cancelled"[:500],
+                actor=f"channel:{channel.id}",
+                reference=row.id,
                 now=now,
             )
     row.lines = [{**entry, "outcome": "cancelled"} for entry in row.lines]
     row.status, row.updated_at = "cancelled", now
+    _log_order(session, channel=channel, row=row, now=now)
 
 
 async def list_orders(

@@ -13,8 +13,9 @@ Work kinds (``kit.work``):
   so the latest value wins. It also queues the polls and reconciliations that are due.
 - ``channels.push``: a claimed batch is split by channel; the channels are written side
   by side, so one that is slow or rate limited holds up only its own items.
-- ``channels.pull``: new orders of one channel (Etsy, which sends no order webhooks; and
-  any channel whose write was refused as stale).
+- ``channels.pull``: new orders of one channel, every ``channel_poll_seconds`` (Etsy
+  sends no order webhooks; WooCommerce sends ``order.created`` before payment; any
+  webhook can be lost) and at once after a write refused as stale.
 - ``channels.reconcile``: one channel's orders and quantities read and compared.
 - ``inbox.channel``: a verified webhook delivery (an order, or a quantity the channel
   reports), handled once.
@@ -38,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.channels import service
 from stallholder.channels.buffers import Rules, shown
 from stallholder.channels.connectors import (
+    KINDS,
     ChannelOrder,
     ChannelRefused,
     Connector,
@@ -72,13 +74,13 @@ from stallholder.settings import Settings
 log = logging.getLogger("stallholder.channels")
 
 SWEEP_KIND = "channels.sweep"
-PUSH_KIND = "channels.push"
+PUSH_KIND = "channels.push"  # one kind per channel kind: channels.push.shopify, …
 PULL_KIND = "channels.pull"
 RECONCILE_KIND = "channels.reconcile"
 INBOX_SOURCE = "channel"
 # How far back each sweep looks again: a transaction that changed stock at time t but
 # committed after the previous sweep ran is found by the next one.
-OVERLAP = timedelta(seconds=5)
+OVERLAP = timedelta(seconds=30)
 # A stale write (refused by compare-and-set) is tried again after the channel's orders
 # were pulled.
 STALE_RETRY = timedelta(seconds=1)
@@ -205,12 +207,18 @@ async def sweep(session: AsyncSession, *, settings: Settings, now: datetime) -> 
             work.append(_channel_work(RECONCILE_KIND, channel, now))
             channel.next_reconcile_at = now + timedelta(seconds=settings.channel_reconcile_seconds)
     await enqueue_many(session, work, now=now)
-    return sum(1 for item in work if item.kind == PUSH_KIND)
+    return sum(1 for item in work if item.kind.startswith(PUSH_KIND))
+
+
+def push_kind_name(channel_kind: str) -> str:
+    """Pushes of each kind of channel have a kind (and a lane) of their own, so Etsy's
+    pace (ten requests a second) never holds up a Shopify push."""
+    return f"{PUSH_KIND}.{channel_kind}"
 
 
 def _push_work(channel: Channel, listing_id: int, now: datetime) -> NewWork:
     return NewWork(
-        kind=PUSH_KIND,
+        kind=push_kind_name(channel.kind),
         payload={"channel_id": channel.id, "listing_id": listing_id},
         due_at=now,
         dedupe_key=f"{PUSH_KIND}:{listing_id}",
@@ -337,11 +345,25 @@ async def _call(
 
 
 async def _save_rate_state(database: Database, state: ChannelState) -> None:
+    """Keep the connector's limiter state, merged into the stored one under the row lock:
+    another handler of the same channel may have saved since this one read it (an
+    object-valued entry, such as Etsy's listings it deactivated, is merged key by key)."""
     async with database.unit_of_work() as session:
+        stored = (
+            await session.execute(
+                select(Channel.rate_state).where(Channel.id == state.id).with_for_update()
+            )
+        ).scalar_one_or_none()
+        merged = dict(stored or {})
+        for key, value in state.rate_state.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
         await session.execute(
             update(Channel)
             .where(Channel.id == state.id)
-            .values(rate_state=state.rate_state)
+            .values(rate_state=merged)
             .execution_options(synchronize_session=False)
         )
 
@@ -411,7 +433,8 @@ async def push_channel(
                 continue
             target = shown(found.available, state.rules)
             if listing.channel_quantity == target:
-                listing.pushed_quantity, listing.updated_at = target, now
+                if listing.pushed_quantity != target:
+                    listing.pushed_quantity, listing.updated_at = target, now
                 continue
             update_ = StockUpdate(
                 ref=_ref(listing),
@@ -420,6 +443,7 @@ async def push_channel(
                 key=_write_key(listing, target),
             )
             updates.append((listing, update_, found.changed_at))
+        await session.flush()
         session.expunge_all()
     if not updates:
         return done
@@ -429,7 +453,21 @@ async def push_channel(
     now = context.clock.now()
     stale = False
     async with context.database.unit_of_work() as session:
+        # Stock that changed while the channel was being written: its sweep found this
+        # listing's push still running (one live push per listing), so write it again.
+        stock_after = await service.stock_of(
+            session, [listing.variant_id for listing, _, _ in updates if listing.variant_id]
+        )
         for (listing, sent, changed_at), result in zip(updates, results, strict=True):
+            found_after = stock_after.get(listing.variant_id or "")
+            if (
+                result.outcome == "ok"
+                and found_after is not None
+                and shown(found_after.available, state.rules) != sent.quantity
+            ):
+                done[by_listing[listing.id].id] = Retry(
+                    "the stock changed while the channel was written", at=now
+                )
             values: dict[str, Any] = {"updated_at": now, "writes": ChannelListing.writes + 1}
             latency = None
             if result.outcome == "ok":
@@ -482,7 +520,13 @@ def _ref(listing: ChannelListing) -> ListingRef:
     return ListingRef(external_id=listing.external_id, extra=dict(listing.extra or {}))
 
 
-def push_kind(engine: Engine) -> Kind[ChannelResources]:
+# Items one push batch takes, per kind of channel: about what the channel's rate limit
+# lets through in a second or two, so a batch settles (and a change made meanwhile is
+# pushed again) soon. Etsy: a read and a write per listing at 10 requests a second.
+PUSH_BATCH = {"shopify": 250, "etsy": 10, "woocommerce": 200}
+
+
+def push_kind(engine: Engine, channel_kind: str) -> Kind[ChannelResources]:
     async def push(
         context: Context[ChannelResources], items: Sequence[Claimed]
     ) -> dict[str, BaseException | None]:
@@ -502,13 +546,15 @@ def push_kind(engine: Engine) -> Kind[ChannelResources]:
         return outcomes
 
     return Kind(
-        name=PUSH_KIND,
+        name=push_kind_name(channel_kind),
         batch_handler=push,
-        batch_size=500,
+        batch_size=PUSH_BATCH.get(channel_kind, 100),
+        lane=True,
         retry=Backoff(base=timedelta(seconds=1), cap=timedelta(minutes=5)),
-        max_attempts=50,
+        # A listing whose stock keeps changing is retried at once after each write: many
+        # attempts, none of them a failure.
+        max_attempts=1_000,
         lease=timedelta(minutes=2),
-        parallel_batches=2,
     )
 
 
@@ -534,6 +580,8 @@ async def pull_channel(context: Context[ChannelResources], engine: Engine, chann
                 )
             ).scalar_one()
             for order in page.orders:
+                if order.created_at < channel.created_at:
+                    continue  # placed before the channel was connected: counted already
                 await service.import_order(
                     session, channel=channel, order=order, now=context.clock.now()
                 )
@@ -564,6 +612,7 @@ def channel_kind(
         handler=handler,
         batch_size=20,
         concurrency=20,
+        lane=True,
         retry=Backoff(base=timedelta(seconds=2), cap=timedelta(minutes=10)),
         max_attempts=30,
     )
@@ -593,16 +642,17 @@ async def handle_delivery(
     stock_now = await service.stock_of(
         session, [listing.variant_id for listing in listings if listing.variant_id]
     )
-    behind: list[int] = []
-    for listing in listings:
-        listing.channel_quantity, listing.updated_at = reported[listing.external_id], now
-        found = stock_now.get(listing.variant_id or "")
-        if (
-            listing.status == service.MATCHED
-            and found is not None
-            and shown(found.available, service.rules_of(channel)) != listing.channel_quantity
-        ):
-            behind.append(listing.id)
+    # A reported quantity is only a reason to push: deliveries come late and out of order
+    # (an echo of our own earlier write), so it never replaces what we know. The push
+    # writes shown(available) whole (on Shopify against the count we know: a stale
+    # refusal reads the channel's real count).
+    behind = [
+        listing.id
+        for listing in listings
+        if listing.status == service.MATCHED
+        and (found := stock_now.get(listing.variant_id or "")) is not None
+        and shown(found.available, service.rules_of(channel)) != reported[listing.external_id]
+    ]
     if behind and channel.status == service.ACTIVE:
         await queue_push(session, channel=channel, listing_ids=behind, now=now)
 
@@ -792,10 +842,11 @@ def kinds(engine: Engine, *, settings: Settings) -> list[Kind[ChannelResources]]
             name=SWEEP_KIND,
             handler=run_sweep,
             every=timedelta(seconds=settings.channel_sweep_seconds),
+            lane=True,
             retry=Backoff(base=timedelta(seconds=1), cap=timedelta(seconds=30)),
             max_attempts=1_000_000,
         ),
-        push_kind(engine),
+        *(push_kind(engine, kind) for kind in KINDS),
         channel_kind(PULL_KIND, pull_channel, engine),
         channel_kind(RECONCILE_KIND, reconcile_channel, engine),
         Kind(

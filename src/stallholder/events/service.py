@@ -41,7 +41,8 @@ async def emit(
         created_at=now,
     )
     session.add(event)
-    wake_after_commit(session)  # the worker dispatches the outbox
+    # The worker dispatches the outbox (its main loop; no lane waits for events).
+    wake_after_commit(session, kinds=())
     return event
 
 

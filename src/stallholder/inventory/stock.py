@@ -691,66 +691,89 @@ async def available_by_variant(
     return available
 
 
-async def allocate_free(
-    session: AsyncSession, *, variant_id: str, quantity: int, now: datetime
+async def sell_free(
+    session: AsyncSession,
+    *,
+    variant_id: str,
+    quantity: int,
+    reason: str,
+    actor: str,
+    reference: str,
+    now: datetime,
 ) -> dict[int, int] | None:
-    """Promise ``quantity`` free units of a variant to an order placed elsewhere (a
-    channel's, ``docs/channels.md``): ``allocated`` grows on its levels by conditional
-    updates (``… WHERE available >= n``), drawn as a hold draws them, the levels in
-    primary-key order. Returns the units taken per level id (empty for a variant with no
-    stock levels: it is not tracked), or None when too few are free — then nothing
-    changed (a concurrent change that wins a race is undone by a savepoint)."""
-    rows = (
-        await session.execute(
-            select(*LEVEL_COLUMNS)
-            .where(StockLevel.variant_id == variant_id)
-            .order_by(StockLevel.location_id, StockLevel.id)
-        )
-    ).all()
-    if not rows:
-        return {}
-    plan = plan_takes([(row.id, state_of(row).quantities.available) for row in rows], quantity)
-    if plan is None:
-        return None
-    taken: dict[int, int] = {}
-    async with session.begin_nested() as savepoint:
-        for take in in_key_order(plan):
-            row = (
-                await session.execute(
-                    update(StockLevel)
-                    .where(
-                        StockLevel.id == take.level_id,
-                        StockLevel.on_hand
-                        - StockLevel.reserved
-                        - StockLevel.allocated
-                        - StockLevel.safety_stock
-                        >= take.quantity,
-                    )
-                    .values(allocated=StockLevel.allocated + take.quantity, updated_at=now)
-                    .returning(*LEVEL_COLUMNS)
-                    .execution_options(synchronize_session=False)
-                )
-            ).one_or_none()
-            if row is None:
-                await savepoint.rollback()
-                return None
-            level = state_of(row)
-            taken[take.level_id] = take.quantity
-            await report_crossing(
-                session,
-                level=level,
-                before=level.quantities.available + take.quantity,
-                now=now,
+    """Take ``quantity`` free units of a variant out of stock for an order placed and
+    shipped elsewhere (a channel's, ``docs/channels.md``): ``on_hand`` falls on its levels
+    by conditional updates (``… WHERE available >= n``), drawn as a hold draws them, the
+    levels in primary-key order, each with a ``sold`` movement naming ``reference``.
+
+    Returns the units taken per level id (empty for a variant with no stock levels: it
+    is not tracked), or None when too few are free — then nothing changed. A plan that a
+    concurrent change spoils (a hold took units from one of its levels) is made again
+    once with the levels locked, so an order is never refused while enough are free."""
+    for locked in (False, True):
+        rows = (
+            await session.execute(
+                select(*LEVEL_COLUMNS)
+                .where(StockLevel.variant_id == variant_id)
+                .order_by(StockLevel.location_id, StockLevel.id)
             )
-    return taken
+        ).all()
+        if not rows:
+            return {}
+        if locked:
+            await lock_levels(session, [row.id for row in rows])
+            rows = (
+                await session.execute(
+                    select(*LEVEL_COLUMNS)
+                    .where(StockLevel.variant_id == variant_id)
+                    .order_by(StockLevel.location_id, StockLevel.id)
+                )
+            ).all()
+        plan = plan_takes([(row.id, state_of(row).quantities.available) for row in rows], quantity)
+        if plan is None:
+            return None
+        taken: dict[int, int] = {}
+        async with session.begin_nested() as savepoint:
+            for take in in_key_order(plan):
+                level = await _change_on_hand(
+                    session,
+                    level_id=take.level_id,
+                    delta=-take.quantity,
+                    kind="sold",
+                    reason=reason,
+                    actor=actor,
+                    reference=reference,
+                    now=now,
+                    keep_free=True,
+                )
+                if level is None:
+                    await savepoint.rollback()
+                    break
+                taken[take.level_id] = take.quantity
+            else:
+                return taken
+    return None
 
 
-async def release_allocated(session: AsyncSession, *, taken: dict[int, int], now: datetime) -> None:
-    """Give back units ``allocate_free`` promised (the order was cancelled), in key order."""
+async def restock(
+    session: AsyncSession,
+    *,
+    taken: dict[int, int],
+    reason: str,
+    actor: str,
+    reference: str,
+    now: datetime,
+) -> None:
+    """Put back units ``sell_free`` took (the order was cancelled), each level with a
+    ``returned`` movement, in key order."""
     for level_id in sorted(taken):
-        await session.execute(
-            update(StockLevel)
-            .where(StockLevel.id == level_id)
-            .values(allocated=StockLevel.allocated - taken[level_id], updated_at=now)
-            .execution_options(synchronize_session=False)
+        await _change_on_hand(
+            session,
+            level_id=level_id,
+            delta=taken[level_id],
+            kind="returned",
+            reason=reason,
+            actor=actor,
+            reference=reference,
+            now=now,
         )

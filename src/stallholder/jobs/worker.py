@@ -216,6 +216,9 @@ class Worker:
         self._wakeup: work.Wakeup | None = None
         # When the next work comes due, as the last pass found it idle (None: not known).
         self._next_due: tuple[datetime | None] | None = None
+        # While ``run`` runs: the kinds with lanes of their own run there, not in passes.
+        self._lanes_running = False
+        self._lane_wakeups: list[work.Wakeup] = []
         # Set once this worker LISTENs for other processes' NOTIFY (PostgreSQL).
         self.listening = asyncio.Event()
 
@@ -245,11 +248,16 @@ class Worker:
             log.exception("dispatching the outbox failed")
             return 0
 
+    def _shared(self) -> list[work.Kind[Resources]]:
+        """The kinds the shared pass runs: all of them, but those in lanes of their own
+        while ``run`` runs the lanes (``run_once`` alone runs every kind)."""
+        return [kind for kind in self.registry if not (kind.lane and self._lanes_running)]
+
     async def _look(self) -> tuple[int, set[str]]:
         """Dispatch the outbox and see which kinds have work due, in one transaction (the
         work the dispatch enqueued is due in this same pass, so it wakes no one). When
         there is nothing to do, also note when the next work comes due, for the sleep."""
-        names = self.registry.names
+        names = [kind.name for kind in self._shared()]
         try:
             async with self.database.unit_of_work() as session:
                 work.without_wake(session)
@@ -267,7 +275,19 @@ class Worker:
     async def _pass(self, http: httpx.AsyncClient) -> int:
         self._next_due = None
         dispatched, due = await self._look()
-        context = work.Context(
+        context = self._context(http)
+        runs = [
+            self._run_kind(kind, context)
+            for kind in self._shared()
+            if kind.name in due
+            for _ in range(kind.parallel_batches)
+        ]
+        if dispatched >= DISPATCH_BATCH:  # a backlog: fan out more while this work runs
+            runs.append(self._dispatch())
+        return dispatched + sum(await asyncio.gather(*runs))
+
+    def _context(self, http: httpx.AsyncClient) -> work.Context[Resources]:
+        return work.Context(
             database=self.database,
             clock=self.clock,
             resources=Resources(
@@ -276,15 +296,29 @@ class Worker:
             jitter=self.settings.worker_retry_jitter,
             draw=self.draw,
         )
-        runs = [
-            self._run_kind(kind, context)
-            for kind in self.registry
-            if kind.name in due
-            for _ in range(kind.parallel_batches)
-        ]
-        if dispatched >= DISPATCH_BATCH:  # a backlog: fan out more while this work runs
-            runs.append(self._dispatch())
-        return dispatched + sum(await asyncio.gather(*runs))
+
+    async def _lane(self, kind: work.Kind[Resources], http: httpx.AsyncClient) -> None:
+        """Run one kind in a loop of its own (``Kind.lane``): claim and run a batch while
+        any is due, else sleep until its next item is due, work of its kind is enqueued,
+        or the poll interval passes."""
+        cap = min(self.settings.worker_poll_seconds, work.WAKE_HORIZON.total_seconds())
+        with work.Wakeup(kinds=[kind.name]) as wakeup:
+            self._lane_wakeups.append(wakeup)
+            while not self._stopping.is_set():
+                try:
+                    if await self._run_kind(kind, self._context(http)):
+                        continue
+                    async with self.database.unit_of_work() as session:
+                        due = await work.next_due(session, kinds=[kind.name])
+                    sleep = (
+                        cap
+                        if due is None
+                        else min(cap, max(0.0, (due - self.clock.now()).total_seconds()))
+                    )
+                except Exception:
+                    log.exception("the lane of %s failed", kind.name)
+                    sleep = ERROR_PAUSE_SECONDS
+                await wakeup.wait(max(COALESCE_SECONDS, sleep))
 
     async def _run_kind(self, kind: work.Kind[Resources], context: work.Context[Resources]) -> int:
         async with self.database.unit_of_work() as session:
@@ -317,7 +351,7 @@ class Worker:
             (due,) = self._next_due
         else:
             async with self.database.unit_of_work() as session:
-                due = await work.next_due(session, kinds=self.registry.names)
+                due = await work.next_due(session, kinds=[kind.name for kind in self._shared()])
         # Never past the horizon: work due later than that was enqueued without a wake-up.
         cap = min(self.settings.worker_poll_seconds, work.WAKE_HORIZON.total_seconds())
         if due is None:
@@ -339,7 +373,19 @@ class Worker:
             try:
                 async with self._client() as http:
                     self._http = http
-                    await self._loop(wakeup)
+                    self._lanes_running = True
+                    lanes = [
+                        asyncio.create_task(self._lane(kind, http), name=f"lane-{kind.name}")
+                        for kind in self.registry
+                        if kind.lane
+                    ]
+                    try:
+                        await self._loop(wakeup)
+                    finally:
+                        for lane in self._lane_wakeups:
+                            lane.ring()
+                        await asyncio.gather(*lanes, return_exceptions=True)
+                        self._lanes_running = False
             finally:
                 self._http = None
                 if listener is not None:
@@ -381,6 +427,8 @@ class Worker:
                     async with contextlib.aclosing(connection.notifies()) as notifications:
                         async for _ in notifications:
                             wakeup.ring()
+                            for lane in self._lane_wakeups:
+                                lane.ring()
                 finally:
                     await connection.close()
             except asyncio.CancelledError:
@@ -393,3 +441,5 @@ class Worker:
         self._stopping.set()
         if self._wakeup is not None:
             self._wakeup.ring()
+        for lane in self._lane_wakeups:
+            lane.ring()

@@ -79,6 +79,8 @@ STATES = (PENDING, RUNNING, DEAD)
 NOTIFY_CHANNEL = "stallholder_work"
 _MAX_ERROR_LENGTH = 2000
 _WAKE = "stallholder.work.wake"
+_WAKE_KINDS = "stallholder.work.wake_kinds"
+_WAKE_ALL = "stallholder.work.wake_all"
 _QUIET = "stallholder.work.quiet"
 # The longest a worker sleeps between looks at the queue, and so how far ahead work may be
 # due and still not wake anyone when it is enqueued (it is found by the next look).
@@ -248,6 +250,10 @@ class Kind(Generic[ResourcesT_contra]):
     # its outcomes, the next is already calling out.
     parallel_batches: int = 1
     every: timedelta | None = None
+    # Runs in a loop of its own in the worker (``Worker``), not in the shared pass: its
+    # batches never wait for other kinds' to finish, nor theirs for its (a channel's
+    # pushes, paced by the channel's rate limit, must not hold up e-mail or other channels).
+    lane: bool = False
 
     def __post_init__(self) -> None:
         if (self.handler is None) == (self.batch_handler is None):
@@ -388,7 +394,7 @@ async def enqueue_many(
     # pass): that look finds it. Woken for nothing, a worker makes a pass of several
     # round trips; a sale enqueues two such items (its expiry, its settlement).
     if inserted and min(item.due_at for item in items) <= now + WAKE_HORIZON:
-        wake_after_commit(session)
+        wake_after_commit(session, kinds={item.kind for item in items})
     return inserted
 
 
@@ -645,12 +651,18 @@ async def retry(session: AsyncSession, *, work_id: str, now: datetime) -> WorkIt
 # Waking workers -----------------------------------------------------------------------
 
 
-def wake_after_commit(session: AsyncSession) -> None:
+def wake_after_commit(session: AsyncSession, *, kinds: Iterable[str] | None = None) -> None:
     """Wake the workers once this transaction commits (nothing happens on a rollback),
-    unless the transaction is a worker's own (``without_wake``)."""
+    unless the transaction is a worker's own (``without_wake``). With ``kinds``, only the
+    waiters for those kinds wake in this process (a lane sleeps through other work)."""
     info = session.sync_session.info
-    if not info.get(_QUIET):
-        info[_WAKE] = True
+    if info.get(_QUIET):
+        return
+    info[_WAKE] = True
+    if kinds is None:
+        info[_WAKE_ALL] = True
+    else:
+        info.setdefault(_WAKE_KINDS, set()).update(kinds)
 
 
 def without_wake(session: AsyncSession) -> None:
@@ -661,13 +673,16 @@ def without_wake(session: AsyncSession) -> None:
 
 
 class Wakeup:
-    """An in-process signal a worker sleeps on; ``ring`` sets it from any thread."""
+    """An in-process signal a worker sleeps on; ``ring`` sets it from any thread.
+    ``kinds``: the kinds it waits for (None: any), so a commit that enqueued other work
+    does not wake it."""
 
     _listening: set[Wakeup] = set()
 
-    def __init__(self) -> None:
+    def __init__(self, kinds: Iterable[str] | None = None) -> None:
         self._event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self.kinds = None if kinds is None else frozenset(kinds)
 
     def __enter__(self) -> Wakeup:
         Wakeup._listening.add(self)
@@ -696,6 +711,13 @@ class Wakeup:
         for waiter in list(cls._listening):
             waiter.ring()
 
+    @classmethod
+    def ring_for(cls, kinds: set[str] | None) -> None:
+        """Ring the waiters for any of ``kinds`` (None: every waiter)."""
+        for waiter in list(cls._listening):
+            if kinds is None or waiter.kinds is None or waiter.kinds & kinds:
+                waiter.ring()
+
 
 @event.listens_for(Session, "before_commit")
 def _notify_other_processes(session: Session) -> None:
@@ -706,11 +728,15 @@ def _notify_other_processes(session: Session) -> None:
 @event.listens_for(Session, "after_commit")
 def _wake_this_process(session: Session) -> None:
     session.info.pop(_QUIET, None)
+    every = session.info.pop(_WAKE_ALL, False)
+    kinds = session.info.pop(_WAKE_KINDS, set())
     if session.info.pop(_WAKE, False):
-        Wakeup.ring_all()
+        Wakeup.ring_for(None if every else kinds)
 
 
 @event.listens_for(Session, "after_rollback")
 def _forget_wake(session: Session) -> None:
     session.info.pop(_WAKE, None)
+    session.info.pop(_WAKE_ALL, None)
+    session.info.pop(_WAKE_KINDS, None)
     session.info.pop(_QUIET, None)

@@ -1,0 +1,116 @@
+"""Installing the platform's app on a Shopify or Etsy shop through OAuth (issue 11 scope
+1), against the doubles' authorize, consent and token endpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from tests.e2e.channel_stack import Stack, channel_stack
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def stack(sqlite_url: str, tmp_path: Path) -> Any:
+    async with channel_stack(sqlite_url, tmp_path / "var") as built:
+        yield built
+
+
+async def _follow_to_callback(url: str) -> str:
+    """The channel's consent page approves at once: the path and query it sends the
+    creator back to."""
+    async with httpx.AsyncClient() as browser:
+        response = await browser.get(url)
+    assert response.status_code == 302, response.text
+    back = urlsplit(response.headers["location"])
+    return f"{back.path}?{back.query}"
+
+
+async def test_a_shopify_install_connects_the_shop_with_an_expiring_token(stack: Stack) -> None:
+    _, key = await stack.creator()
+    stack.shopify.shop_domain = urlsplit(stack.shopify.base_url).netloc
+    stack.shopify.add_product("Mug", [("MUG-9", 3)])
+    started = await stack.call(
+        "GET", f"/v1/channels/oauth/shopify?shop_url={stack.shopify.base_url}", key
+    )
+    assert started.status_code == 200, started.text
+    url = started.json()["url"]
+    query = parse_qs(urlsplit(url).query)
+    assert url.startswith(f"{stack.shopify.base_url}/admin/oauth/authorize?")
+    assert query["client_id"] == ["shp-client"]
+    assert query["redirect_uri"] == [f"{stack.base}/channels/oauth/shopify/callback"]
+
+    finished = await stack.http.get(await _follow_to_callback(url))
+    assert finished.status_code == 303, finished.text
+    channel_id = finished.headers["location"].split("channel=", 1)[1]
+    channel = (await stack.call("GET", f"/v1/channels/{channel_id}", key)).json()
+    assert (channel["kind"], channel["status"], channel["url"]) == (
+        "shopify",
+        "active",
+        stack.shopify.base_url,
+    )
+    assert channel["listings"] == {"matched": 0, "unmatched": 1, "conflict": 0}
+    assert sorted(channel["webhooks"]) == ["inventory_levels/update", "orders/create"]
+
+
+async def test_a_callback_from_another_shop_than_the_one_the_install_began_for_is_refused(
+    stack: Stack,
+) -> None:
+    _, key = await stack.creator()
+    # The double signs its callback as kiln.myshopify.com, not the address the install
+    # was started for: the app's client secret must not go to that address.
+    started = await stack.call(
+        "GET", f"/v1/channels/oauth/shopify?shop_url={stack.shopify.base_url}", key
+    )
+    finished = await stack.http.get(await _follow_to_callback(started.json()["url"]))
+    # The creator's browser lands here: the problem is a page, not JSON.
+    assert finished.status_code == 400
+    assert "text/html" in finished.headers["content-type"]
+    assert "the callback is for another shop; start again" in finished.text
+    assert (await stack.call("GET", "/v1/channels", key)).json()["data"] == []
+
+
+async def test_a_tampered_or_replayed_state_is_refused(stack: Stack) -> None:
+    _, key = await stack.creator()
+    stack.shopify.shop_domain = urlsplit(stack.shopify.base_url).netloc
+    started = await stack.call(
+        "GET", f"/v1/channels/oauth/shopify?shop_url={stack.shopify.base_url}", key
+    )
+    back = await _follow_to_callback(started.json()["url"])
+    tampered = back.replace("state=", "state=x")
+    refused = await stack.http.get(tampered)
+    assert refused.status_code == 400
+    assert "the install link is not valid or has expired; start again" in refused.text
+
+
+async def test_an_etsy_install_uses_pkce_and_connects_the_shop(stack: Stack) -> None:
+    _, key = await stack.creator()
+    stack.etsy.add_product("Mug", [("MUG-E", 2)])
+    started = await stack.call("GET", "/v1/channels/oauth/etsy?shop_id=5550001", key)
+    assert started.status_code == 200, started.text
+    url = started.json()["url"]
+    query = parse_qs(urlsplit(url).query)
+    assert query["code_challenge_method"] == ["S256"]
+    assert "code_verifier" not in url
+    finished = await stack.http.get(await _follow_to_callback(url))
+    assert finished.status_code == 303, finished.text
+    [channel] = (await stack.call("GET", "/v1/channels", key)).json()["data"]
+    assert (channel["kind"], channel["status"], channel["name"]) == (
+        "etsy",
+        "active",
+        "Etsy shop 5550001",
+    )
+
+
+async def test_an_install_needs_a_shop_address_and_the_platform_app(stack: Stack) -> None:
+    _, key = await stack.creator()
+    missing = await stack.call("GET", "/v1/channels/oauth/shopify", key)
+    assert missing.status_code == 400
+    assert "shop_url" in missing.json()["detail"]
+    no_shop = await stack.call("GET", "/v1/channels/oauth/etsy?shop_id=abc", key)
+    assert no_shop.status_code == 400
