@@ -667,7 +667,7 @@ async def connect_channels(
             new = connect.NewChannel(
                 kind="etsy",
                 name="Kiln & Clay on Etsy (local double)",
-                url=url,
+                url=f"{url}/v3/application/shops/{DEMO_ETSY_SHOP_ID}",
                 credentials={
                     "api_base": url,
                     "shop_id": DEMO_ETSY_SHOP_ID,

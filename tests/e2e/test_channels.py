@@ -241,3 +241,29 @@ async def test_webhooks_with_a_bad_signature_are_refused(stack: Stack) -> None:
     )
     assert response.status_code == 401
     assert response.json()["type"].endswith("/webhook-not-verified")
+
+
+async def test_connecting_a_shop_again_updates_its_channel_and_imports_nothing_twice(
+    stack: Stack,
+) -> None:
+    _, key = await stack.creator()
+    await _stocked(stack, key, "MUG-4", 5)
+    stack.woo.add_product("Mug", [("MUG-4", 5)])
+    first = await stack.connect(key, "woocommerce")
+    stack.woo.sell("MUG-4", 1)
+
+    async def sold() -> bool:
+        return await _available(stack, key, "MUG-4") == 4
+
+    await eventually(sold, what="the WooCommerce order taken from stock")
+    paused = await stack.call("POST", f"/v1/channels/{first['id']}", key, json={"status": "paused"})
+    assert paused.json()["status"] == "paused"
+
+    again = await stack.connect(key, "woocommerce")
+    assert again["id"] == first["id"]
+    assert (again["status"], again["paused_reason"]) == ("active", None)
+    listed = (await stack.call("GET", "/v1/channels", key)).json()["data"]
+    assert [channel["id"] for channel in listed] == [first["id"]]
+    orders = (await stack.call("GET", f"/v1/channels/{first['id']}/orders", key)).json()
+    assert [order["status"] for order in orders["data"]] == ["sold"]
+    assert await _available(stack, key, "MUG-4") == 4

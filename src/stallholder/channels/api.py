@@ -31,7 +31,7 @@ from stallholder.channels.schemas import (
 )
 from stallholder.events.webhooks import InvalidWebhookUrl, PrivateWebhookTarget
 from stallholder.kit.errors import InvalidRequest, Unauthenticated
-from stallholder.kit.http import NowDep, SessionDep, get_settings
+from stallholder.kit.http import NowDep, SessionDep, get_database, get_settings
 from stallholder.kit.openapi import documents
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
@@ -89,12 +89,17 @@ async def create_channel(
     and ``inventory_levels/update``; WooCommerce ``order.created`` and
     ``product.updated``; Etsy is polled), reads the channel's listings and maps them to
     your variants by SKU. Matched listings are brought to ``available − buffer`` at once.
-    Credentials are encrypted at rest and never shown again."""
+    Credentials are encrypted at rest and never shown again. Connecting a shop you have
+    connected already (new keys, a reinstall after a revoked token) updates that channel:
+    201 with the same id, its orders and sync log kept, nothing imported twice."""
     settings = get_settings(request)
     engine = _engine(request)
     new = connect.new_channel(body, settings)
     await connect.check_url(new.url, allow_private=settings.allow_private_webhook_targets)
-    channel_id = connect.fresh_id()
+    channel_id = (
+        await connect.existing_id(get_database(request), creator_id=creator_id, new=new)
+        or connect.fresh_id()
+    )
     found = await connect.discover(engine, new, channel_id=channel_id, settings=settings)
     channel = await connect.store(
         session,
@@ -347,7 +352,10 @@ async def finish_install(
         engine, settings, kind=kind, query=dict(request.query_params), ttl=OAUTH_STATE_TTL
     )
     await connect.check_url(new.url, allow_private=settings.allow_private_webhook_targets)
-    channel_id = connect.fresh_id()
+    channel_id = (
+        await connect.existing_id(get_database(request), creator_id=creator_id, new=new)
+        or connect.fresh_id()
+    )
     found = await connect.discover(engine, new, channel_id=channel_id, settings=settings)
     channel = await connect.store(
         session,

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.channels import service, sync
@@ -28,6 +29,7 @@ from stallholder.channels.connectors import (
 from stallholder.channels.models import Channel
 from stallholder.channels.schemas import ChannelCreate
 from stallholder.events.webhooks import check_target
+from stallholder.kit.db import Database
 from stallholder.kit.errors import InvalidRequest
 from stallholder.kit.ids import new_id
 from stallholder.settings import Settings
@@ -133,6 +135,22 @@ class _borrowed:
         return None
 
 
+async def existing_id(database: Database, *, creator_id: str, new: NewChannel) -> str | None:
+    """The creator's channel at the same place (kind and URL), if it has one: connecting
+    it again (new keys, a reinstall after a revoked token) updates that channel — its
+    orders, cursor and sync log stay, and no order is imported twice."""
+    async with database.unit_of_work() as session:
+        return (
+            await session.execute(
+                select(Channel.id).where(
+                    Channel.creator_id == creator_id,
+                    Channel.kind == new.kind,
+                    Channel.url == new.url,
+                )
+            )
+        ).scalar_one_or_none()
+
+
 async def store(
     session: AsyncSession,
     engine: sync.Engine,
@@ -144,8 +162,20 @@ async def store(
     settings: Settings,
     now: datetime,
 ) -> Channel:
-    """Keep the channel and its listings; queue the first push of every matched listing
-    that shows something else than it should."""
+    """Keep the channel (or update the one at the same place, ``existing_id``) and its
+    listings; queue the first push of every matched listing that shows something else
+    than it should."""
+    existing = await session.get(Channel, channel_id)
+    if existing is not None:
+        existing.credentials = engine.vault.seal(new.credentials)
+        existing.status, existing.paused_reason = service.ACTIVE, None
+        existing.webhooks = [
+            {"id": hook.external_id, "topic": hook.topic} for hook in found.webhooks
+        ]
+        existing.rate_state, existing.updated_at = {}, now
+        await service.map_listings(session, channel=existing, listings=found.listings, now=now)
+        await queue_behind(session, channel=existing, now=now)
+        return existing
     # Every channel's orders are also polled: Etsy sends no order webhooks, WooCommerce
     # sends order.created before payment, and a webhook can be lost or a cancellation
     # arrive without one.
@@ -209,7 +239,7 @@ def new_channel(body: ChannelCreate, settings: Settings) -> NewChannel:
         }
         name = body.name or urlsplit(url).hostname or url
     elif body.kind == "etsy":
-        url = settings.etsy_api_base.rstrip("/")
+        url = f"{settings.etsy_api_base.rstrip('/')}/v3/application/shops/{body.shop_id}"
         credentials = {
             "shop_id": body.shop_id,
             "user_id": str(body.access_token).split(".", 1)[0],

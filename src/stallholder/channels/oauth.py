@@ -179,7 +179,7 @@ async def finish(
         NewChannel(
             kind=kind,
             name=f"Etsy shop {state['shop_id']}",
-            url=settings.etsy_api_base.rstrip("/"),
+            url=f"{settings.etsy_api_base.rstrip('/')}/v3/application/shops/{state['shop_id']}",
             credentials=credentials,
             rules=Rules(),
         ),

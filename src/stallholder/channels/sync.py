@@ -371,8 +371,11 @@ async def _save_rate_state(database: Database, state: ChannelState) -> None:
 async def _pause(context: Context[ChannelResources], state: ChannelState, *, reason: str) -> None:
     now = context.clock.now()
     async with context.database.unit_of_work() as session:
-        channel = await session.get(Channel, state.id)
-        if channel is None:
+        # Locked: two handlers refused at once (a push and a pull) pause it once.
+        channel = (
+            await session.execute(select(Channel).where(Channel.id == state.id).with_for_update())
+        ).scalar_one_or_none()
+        if channel is None or channel.status == service.PAUSED:
             return
         await service.pause(session, channel=channel, reason=reason, now=now)
         session.add(
@@ -580,8 +583,10 @@ async def pull_channel(context: Context[ChannelResources], engine: Engine, chann
                 )
             ).scalar_one()
             for order in page.orders:
-                if order.created_at < channel.created_at:
-                    continue  # placed before the channel was connected: counted already
+                # Placed before the channel was connected: its units were counted already.
+                # (Whole seconds: channels give order times to the second.)
+                if order.created_at < channel.created_at.replace(microsecond=0):
+                    continue
                 await service.import_order(
                     session, channel=channel, order=order, now=context.clock.now()
                 )
