@@ -222,7 +222,7 @@ async def list_orders(
     channel_id: str,
     creator_id: SecretCreatorDep,
     session: SessionDep,
-    status: Literal["allocated", "oversold", "cancelled"] | None = None,
+    status: Literal["sold", "oversold", "cancelled"] | None = None,
     limit: LimitQuery = DEFAULT_LIMIT,
 ) -> ListOut:
     """Orders placed on the channel, newest first. ``oversold``: a line's units were no

@@ -17,8 +17,8 @@ Errors a connector raises (and nothing else for an API's refusals):
 - ``Unauthorized``: the credentials are revoked or the app uninstalled (401, or 403 for a
   missing scope): the engine pauses the channel and emails the creator.
 - ``ChannelUnavailable``: a network error, a timeout or a 5xx: retried with backoff.
-- ``ChannelRefused``: a 4xx that retrying cannot fix (a bad request, a deleted listing):
-  recorded in the sync log as an error, not retried.
+- ``ChannelRefused``: a 4xx that retrying cannot fix (a bad request): the work item is
+  given up (dead, with the error, listed by ``stallholder jobs``), not retried.
 """
 
 from __future__ import annotations

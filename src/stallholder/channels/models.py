@@ -79,11 +79,11 @@ class ChannelListing(Base):
 
 
 class ChannelOrder(Base):
-    """An order placed on a channel, imported once (by the channel's order id) and
-    allocated in our stock ledger. ``status``: ``allocated`` (every line's units were
-    free and are promised), ``oversold`` (at least one line found too few: ``lines`` says
-    which; shown to the creator and emitted as ``channel.oversold``), ``cancelled``
-    (cancelled on the channel: its allocation is released)."""
+    """An order placed on a channel, imported once (by the channel's order id) and sold
+    from our stock (``sold`` movements naming it). ``status``: ``sold`` (every line's
+    units were free), ``oversold`` (at least one line found too few: ``lines`` says which;
+    shown to the creator and emitted as ``channel.oversold``), ``cancelled`` (cancelled on
+    the channel: its units are back, ``returned`` movements)."""
 
     __tablename__ = "channel_orders"
     __table_args__ = (UniqueConstraint("channel_id", "external_id"),)
@@ -94,7 +94,8 @@ class ChannelOrder(Base):
     external_id: Mapped[str] = mapped_column(String(100))
     name: Mapped[str | None] = mapped_column(String(100), default=None)
     status: Mapped[str] = mapped_column(String(16))
-    # [{sku, quantity, outcome: allocated | oversold | unmatched, level_ids: {id: n}}]
+    # [{sku, quantity, outcome: sold | oversold | unmatched | untracked | cancelled,
+    #   levels: {level id: units taken}}]
     lines: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     placed_at: Mapped[datetime]
     created_at: Mapped[datetime]
@@ -114,12 +115,12 @@ class SyncLogEntry(Base):
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"))
     sku: Mapped[str | None] = mapped_column(String(64), default=None)
     external_id: Mapped[str | None] = mapped_column(String(200), default=None)
-    # push | reconcile | order | webhook
+    # push | reconcile | order
     kind: Mapped[str] = mapped_column(String(16))
     pushed: Mapped[int | None] = mapped_column(default=None)
     channel_value: Mapped[int | None] = mapped_column(default=None)
     latency_ms: Mapped[int | None] = mapped_column(default=None)
-    # ok | stale | missing | error | drift | repaired | rate_limited | paused
+    # ok | stale | missing | error | drift | paused; for orders the line's outcome
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(String(500), default=None)
     created_at: Mapped[datetime]
