@@ -57,6 +57,8 @@ class FakeChannel:
         self.pushes: list[list[StockUpdate]] = []
         self.orders: list[ChannelOrder] = []
         self.fail: Exception | None = None
+        # Orders the channel has taken but not yet shows to a poll (a slow index).
+        self.unlisted: list[ChannelOrder] = []
 
 
 class FakeConnector:
@@ -82,6 +84,8 @@ class FakeConnector:
         if self.channel.fail is not None:
             raise self.channel.fail
         self.channel.pushes.append(list(updates))
+        self.channel.orders += self.channel.unlisted  # listed by the time we write
+        self.channel.unlisted = []
         results = []
         for u in updates:
             sku = u.ref.external_id[5:]
@@ -407,7 +411,10 @@ async def test_a_stale_write_is_refused_and_written_again_after_the_orders_are_p
     creator_id = await _creator(database)
     # A sale on the channel we have not heard of, and one of ours: the push is stale.
     fakes["a"].quantities["MUG-1"] = 9
-    fakes["a"].orders.append(ChannelOrder("5", clock.now(), (OrderLine(sku="MUG-1", quantity=1),)))
+    # (The order shows to a poll only once our write has gone out: deterministic order.)
+    fakes["a"].unlisted.append(
+        ChannelOrder("5", clock.now(), (OrderLine(sku="MUG-1", quantity=1),))
+    )
     await _adjust(database, clock, creator_id, -2)
     await _sweep(database, clock, settings)
     await _drain(worker)
