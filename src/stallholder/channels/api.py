@@ -95,18 +95,11 @@ async def create_channel(
     settings = get_settings(request)
     engine = _engine(request)
     new = connect.new_channel(body, settings)
-    await connect.check_url(new.url, allow_private=settings.allow_private_webhook_targets)
-    channel_id = (
-        await connect.existing_id(get_database(request), creator_id=creator_id, new=new)
-        or connect.fresh_id()
-    )
-    found = await connect.discover(engine, new, channel_id=channel_id, settings=settings)
-    channel = await connect.store(
+    channel = await connect.connect(
         session,
+        get_database(request),
         engine,
         new,
-        found,
-        channel_id=channel_id,
         creator_id=creator_id,
         settings=settings,
         now=now,
@@ -351,18 +344,11 @@ async def finish_install(
     new, creator_id = await oauth.finish(
         engine, settings, kind=kind, query=dict(request.query_params), ttl=OAUTH_STATE_TTL
     )
-    await connect.check_url(new.url, allow_private=settings.allow_private_webhook_targets)
-    channel_id = (
-        await connect.existing_id(get_database(request), creator_id=creator_id, new=new)
-        or connect.fresh_id()
-    )
-    found = await connect.discover(engine, new, channel_id=channel_id, settings=settings)
-    channel = await connect.store(
+    channel = await connect.connect(
         session,
+        get_database(request),
         engine,
         new,
-        found,
-        channel_id=channel_id,
         creator_id=creator_id,
         settings=settings,
         now=now,

@@ -206,6 +206,38 @@ async def store(
     return channel
 
 
+async def connect(
+    session: AsyncSession,
+    database: Database,
+    engine: sync.Engine,
+    new: NewChannel,
+    *,
+    creator_id: str,
+    settings: Settings,
+    now: datetime,
+) -> Channel:
+    """Check where the channel is, call it (with no transaction open: the existing
+    channel is looked up in a unit of work of its own), then keep it in ``session``.
+
+    Raises:
+        InsecureChannelUrl, InvalidWebhookUrl, PrivateWebhookTarget,
+        ChannelCredentialsRefused, ChannelUnreachable.
+    """
+    await check_url(new.url, allow_private=settings.allow_private_webhook_targets)
+    channel_id = await existing_id(database, creator_id=creator_id, new=new) or fresh_id()
+    found = await discover(engine, new, channel_id=channel_id, settings=settings)
+    return await store(
+        session,
+        engine,
+        new,
+        found,
+        channel_id=channel_id,
+        creator_id=creator_id,
+        settings=settings,
+        now=now,
+    )
+
+
 async def queue_behind(session: AsyncSession, *, channel: Channel, now: datetime) -> int:
     """Queue a push for every matched listing of the channel that shows other than it
     should (on connecting, resuming or changing the rules). Returns how many."""
