@@ -166,6 +166,8 @@ class Settings(BaseSettings):
     channel_sweep_seconds: float = Field(default=1.0, gt=0, le=60)
     channel_poll_seconds: float = Field(default=15.0, gt=0, le=3600)
     channel_reconcile_seconds: float = Field(default=600.0, gt=0, le=86400)
+    # How long the channels' sync log keeps its rows (pruned hourly).
+    channel_sync_log_days: int = Field(default=30, ge=1, le=3650)
     # The platform's apps on Shopify and Etsy (for their OAuth install flows). Shopify
     # signs webhooks with the app's client secret; Etsy needs the keystring and shared
     # secret on every request. Tests and the demo point the base URLs at local doubles.

@@ -543,3 +543,25 @@ async def test_orders_racing_from_three_channels_never_take_more_than_there_is(
             select(func.count()).select_from(OrderRow).where(OrderRow.status == "oversold")
         )
         assert oversold == 20
+
+
+async def test_the_sync_log_keeps_its_last_thirty_days(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+    worker: Worker,
+) -> None:
+    await _setup(database, clock, settings, engine, fakes, shops=[("a", 5, Rules())])
+    await _drain(worker)  # one push: one row
+    clock.advance(timedelta(days=30, seconds=1))
+    await _adjust(database, clock, await _creator(database), -1)
+    await _sweep(database, clock, settings)
+    await _drain(worker)  # a second push, 30 days later
+    cutoff = clock.now() - timedelta(days=30)
+    async with database.unit_of_work() as session:
+        assert await sync.prune_sync_log(session, before=cutoff) == 1  # the first push
+        left = (await session.execute(select(SyncLogEntry))).scalars().all()
+    assert 9 in [row.pushed for row in left]
+    assert all(row.created_at >= cutoff for row in left)

@@ -837,7 +837,25 @@ async def reconcile_now(database: Database, clock: Clock, *, channel_id: str) ->
             await queue_for_channel(session, kind=RECONCILE_KIND, channel=channel, now=clock.now())
 
 
+PRUNE_KIND = "channels.prune_sync_log"
+
+
+async def prune_sync_log(session: AsyncSession, *, before: datetime) -> int:
+    """Delete the sync log's rows older than ``before``; returns how many."""
+    result = await session.execute(
+        delete(SyncLogEntry)
+        .where(SyncLogEntry.created_at < before)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def kinds(engine: Engine, *, settings: Settings) -> list[Kind[ChannelResources]]:
+    async def run_prune(context: Context[ChannelResources], item: Claimed) -> None:
+        keep = timedelta(days=context.resources.settings.channel_sync_log_days)
+        async with context.database.unit_of_work() as session:
+            await prune_sync_log(session, before=context.clock.now() - keep)
+
     async def run_sweep(context: Context[ChannelResources], item: Claimed) -> None:
         async with context.database.unit_of_work() as session:
             await sweep(session, settings=context.resources.settings, now=context.clock.now())
@@ -854,6 +872,7 @@ def kinds(engine: Engine, *, settings: Settings) -> list[Kind[ChannelResources]]
         *(push_kind(engine, kind) for kind in KINDS),
         channel_kind(PULL_KIND, pull_channel, engine),
         channel_kind(RECONCILE_KIND, reconcile_channel, engine),
+        Kind(name=PRUNE_KIND, handler=run_prune, every=timedelta(hours=1)),
         Kind(
             name=inbox.kind_for(INBOX_SOURCE),
             handler=handle_inbox_event,
