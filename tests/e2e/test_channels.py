@@ -6,6 +6,7 @@ its channel (issue 11, "Must be shown")."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,42 @@ async def test_connecting_a_shop_again_updates_its_channel_and_imports_nothing_t
     orders = (await stack.call("GET", f"/v1/channels/{first['id']}/orders", key)).json()
     assert [order["status"] for order in orders["data"]] == ["sold"]
     assert await _available(stack, key, "MUG-4") == 4
+
+
+async def test_a_disconnected_channel_is_sent_nothing_and_comes_back_by_connecting_again(
+    stack: Stack,
+) -> None:
+    _, key = await stack.creator()
+    shop = await _stocked(stack, key, "MUG-5", 5)
+    stack.woo.add_product("Mug", [("MUG-5", 5)])
+    channel = await stack.connect(key, "woocommerce")
+    gone = await stack.call("DELETE", f"/v1/channels/{channel['id']}", key)
+    assert gone.status_code == 200
+    assert (gone.json()["status"], gone.json()["listings"]) == (
+        "disconnected",
+        {"matched": 0, "unmatched": 0, "conflict": 0},
+    )
+    resumed = await stack.call(
+        "POST", f"/v1/channels/{channel['id']}", key, json={"status": "active"}
+    )
+    assert resumed.status_code == 409
+    assert resumed.json()["type"].endswith("/channel-disconnected")
+    await stack.call(
+        "POST",
+        "/v1/inventory/adjustments",
+        key,
+        json={"sku": "MUG-5", "location": shop["location"], "delta": -2, "reason": "count"},
+    )
+    stack.woo.sell("MUG-5", 1)  # its webhook is refused: nothing is imported yet
+    await asyncio.sleep(3)
+    assert stack.woo.quantity_of("MUG-5") == 4
+    assert await _available(stack, key, "MUG-5") == 3
+
+    # Connected again: the order placed while it was away is polled in and sold.
+    again = await stack.connect(key, "woocommerce")
+    assert (again["id"], again["status"]) == (channel["id"], "active")
+
+    async def caught_up() -> bool:
+        return stack.woo.quantity_of("MUG-5") == 2 and await _available(stack, key, "MUG-5") == 2
+
+    await eventually(caught_up, what="the order polled in and WooCommerce showing 2")

@@ -53,6 +53,11 @@ def names_a_channel() -> None:
     """Documents the 404 of a route that names a channel."""
 
 
+@documents(service.ChannelDisconnected)
+def resumes_a_channel() -> None:
+    """Documents the 409 of resuming a disconnected channel."""
+
+
 @documents(
     connect.ChannelCredentialsRefused,
     connect.ChannelUnreachable,
@@ -130,7 +135,7 @@ async def get_channel(
 @router.post(
     "/channels/{channel_id}",
     response_model=ChannelOut,
-    dependencies=[Depends(names_a_channel)],
+    dependencies=[Depends(names_a_channel), Depends(resumes_a_channel)],
 )
 async def update_channel(
     request: Request,
@@ -141,7 +146,8 @@ async def update_channel(
     now: NowDep,
 ) -> ChannelOut:
     """Rename, pause or resume a channel, or change its buffer rules. Resuming, or new
-    rules, bring every matched listing to what it should show at once."""
+    rules, bring every matched listing to what it should show at once. A disconnected
+    channel cannot be resumed (409 ``channel-disconnected``): connect the shop again."""
     channel = await service.get_channel(session, creator_id=creator_id, channel_id=channel_id)
     changes = body.model_dump(exclude_unset=True)
     if "name" in changes and body.name is not None:
@@ -154,14 +160,37 @@ async def update_channel(
     for rule in ("max_shown", "zero_below"):
         if rule in changes:
             setattr(channel, rule, changes[rule])
-    if body.status == "paused":
+    if body.status == "paused" and channel.status != service.DISCONNECTED:
         channel.status, channel.paused_reason = service.PAUSED, "paused by the creator"
     elif body.status == "active":
-        channel.status, channel.paused_reason = service.ACTIVE, None
+        service.resume(channel, now=now)
     channel.updated_at = now
     await session.flush()
     if channel.status == service.ACTIVE:
         await connect.queue_behind(session, channel=channel, now=now)
+    return await _out(request, session, channel)
+
+
+@router.delete(
+    "/channels/{channel_id}",
+    response_model=ChannelOut,
+    dependencies=[Depends(names_a_channel)],
+)
+async def disconnect_channel(
+    request: Request,
+    channel_id: str,
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    now: NowDep,
+) -> ChannelOut:
+    """Disconnect a channel: nothing is sent to it any more, its credentials are
+    forgotten and its listings removed; the webhooks it sends are refused (401), so the
+    channel soon stops sending them. Its orders and sync log stay. Connecting the same shop
+    again brings it back (the same id, nothing imported twice)."""
+    channel = await service.get_channel(session, creator_id=creator_id, channel_id=channel_id)
+    await service.disconnect(
+        session, channel=channel, sealed_nothing=_engine(request).vault.seal({}), now=now
+    )
     return await _out(request, session, channel)
 
 

@@ -173,6 +173,8 @@ async def store(
             {"id": hook.external_id, "topic": hook.topic} for hook in found.webhooks
         ]
         existing.rate_state, existing.updated_at = {}, now
+        existing.next_poll_at = now  # orders placed while it was away come in now
+        existing.next_reconcile_at = now + timedelta(seconds=settings.channel_reconcile_seconds)
         await service.map_listings(session, channel=existing, listings=found.listings, now=now)
         await queue_behind(session, channel=existing, now=now)
         return existing

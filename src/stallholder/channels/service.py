@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,11 +27,16 @@ from stallholder.events import service as events
 from stallholder.inventory import stock
 from stallholder.inventory.models import StockLevel
 from stallholder.inventory.quantities import Quantities
-from stallholder.kit.errors import NotFound
+from stallholder.kit.errors import Conflict, NotFound
 from stallholder.kit.ids import new_id
 
-ACTIVE, PAUSED = "active", "paused"
+ACTIVE, PAUSED, DISCONNECTED = "active", "paused", "disconnected"
 MATCHED, UNMATCHED, CONFLICT = "matched", "unmatched", "conflict"
+
+
+class ChannelDisconnected(Conflict):
+    slug = "channel-disconnected"
+    title = "The channel is disconnected"
 
 
 class ChannelNotFound(NotFound):
@@ -526,3 +531,28 @@ async def import_listings(
         listing.status, listing.updated_at = MATCHED, now
         made += 1
     return ImportSummary(products=made, variants=made, skipped=skipped)
+
+
+async def disconnect(
+    session: AsyncSession, *, channel: Channel, sealed_nothing: str, now: datetime
+) -> None:
+    """Stop syncing the channel for good: its credentials are forgotten (``sealed_nothing``
+    is an empty object sealed with the channel key), its listings removed, its webhooks
+    refused from now on (they no longer verify). Its orders and sync log stay; connecting
+    the same shop again brings it back with new credentials."""
+    channel.status, channel.paused_reason = DISCONNECTED, None
+    channel.credentials, channel.webhooks, channel.rate_state = sealed_nothing, [], {}
+    channel.next_poll_at = channel.next_reconcile_at = None
+    channel.updated_at = now
+    await session.execute(delete(ChannelListing).where(ChannelListing.channel_id == channel.id))
+
+
+def resume(channel: Channel, *, now: datetime) -> None:
+    """Raises ChannelDisconnected: a disconnected channel has no credentials to resume
+    with."""
+    if channel.status == DISCONNECTED:
+        raise ChannelDisconnected(
+            f"channel {channel.id} is disconnected; connect the shop again with POST /v1/channels",
+            channel=channel.id,
+        )
+    channel.status, channel.paused_reason, channel.updated_at = ACTIVE, None, now
