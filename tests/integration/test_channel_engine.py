@@ -19,6 +19,7 @@ from stallholder.channels import service, sync
 from stallholder.channels.buffers import Rules
 from stallholder.channels.connect import Found, NewChannel, store
 from stallholder.channels.connectors import (
+    ChannelKind,
     ChannelOrder,
     Listing,
     ListingRef,
@@ -62,7 +63,7 @@ class FakeChannel:
 
 
 class FakeConnector:
-    kind = "shopify"
+    kind: ChannelKind = "shopify"
 
     def __init__(self, channel: FakeChannel, rate_state: dict[str, Any]) -> None:
         self.channel = channel
@@ -565,3 +566,71 @@ async def test_the_sync_log_keeps_its_last_thirty_days(
         left = (await session.execute(select(SyncLogEntry))).scalars().all()
     assert 9 in [row.pushed for row in left]
     assert all(row.created_at >= cutoff for row in left)
+
+
+async def test_an_expiring_token_is_refreshed_once_with_no_transaction_open(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    fakes: dict[str, FakeChannel],
+) -> None:
+    calls: list[str] = []
+    in_transaction: list[bool] = []
+
+    async def refresh(
+        kind: str, credentials: Mapping[str, Any], http: httpx.AsyncClient, settings: Settings
+    ) -> Tokens | None:
+        calls.append(str(credentials["refresh_token"]))
+        # No unit of work of the engine is open: another one can write at once.
+        async with database.unit_of_work() as session:
+            channel = await session.get_one(Channel, "chn_a")
+            in_transaction.append(channel.rate_state.get(sync.REFRESHING) is not None)
+        await asyncio.sleep(0.3)
+        return Tokens(
+            access_token="new-token",
+            refresh_token=f"{credentials['refresh_token']}-next",
+            expires_at=clock.now() + timedelta(hours=1),
+        )
+
+    def connect(
+        kind: str,
+        credentials: Mapping[str, Any],
+        rate_state: dict[str, Any],
+        http: httpx.AsyncClient,
+        settings: Settings,
+        *,
+        max_wait: float = 2.0,
+    ) -> FakeConnector:
+        return FakeConnector(fakes[str(credentials["shop"])], rate_state)
+
+    engine = sync.Engine(connect=connect, refresh=refresh, vault=Vault(KEY))
+    await _setup(database, clock, settings, engine, fakes, shops=[("a", 5, Rules())])
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        channel.credentials = engine.vault.seal(
+            {
+                "shop": "a",
+                "refresh_token": "r1",
+                "expires_at": (clock.now() + timedelta(minutes=1)).isoformat(),
+            }
+        )
+    context = work.Context(
+        database=database,
+        clock=clock,
+        resources=type("R", (), {"settings": settings, "http": None})(),
+    )
+    states = [await sync._state(database, engine, "chn_a") for _ in range(2)]
+    await asyncio.gather(
+        *(sync.fresh_credentials(context, engine, state) for state in states if state)
+    )
+    assert calls == ["r1"]  # refreshed once: the refresh token rotates on use
+    assert in_transaction == [True]  # claimed, and the claim committed before the call
+    assert [state.credentials["access_token"] for state in states if state] == [
+        "new-token",
+        "new-token",
+    ]
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        stored = engine.vault.open(channel.credentials)
+        assert (stored["access_token"], stored["refresh_token"]) == ("new-token", "r1-next")
+        assert sync.REFRESHING not in channel.rate_state

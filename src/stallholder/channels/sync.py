@@ -86,6 +86,10 @@ OVERLAP = timedelta(seconds=30)
 STALE_RETRY = timedelta(seconds=1)
 # A token that expires within this is refreshed before it is used.
 REFRESH_AHEAD = timedelta(minutes=5)
+# How long a refresh may take before another handler may claim it; and how long a handler
+# waits for another's refresh. The claim is kept in the channel's rate state.
+REFRESH_WAIT = timedelta(seconds=30)
+REFRESHING = "refreshing_until"
 # Pages of orders one pull reads at most (the rest on the next pull).
 PULL_PAGES = 10
 _CHUNK = 500
@@ -279,21 +283,54 @@ def _expires_soon(credentials: Mapping[str, Any], now: datetime) -> bool:
 async def fresh_credentials(
     context: Context[ChannelResources], engine: Engine, state: ChannelState
 ) -> None:
-    """Refresh the channel's token when it expires soon. Refresh tokens rotate on use
-    (Shopify, Etsy), so the refresh runs under the channel's row lock and the new tokens
-    are committed before anyone uses them; a second worker waiting on the lock finds them
-    fresh and does not refresh again."""
+    """Refresh the channel's token when it expires soon, with no transaction open while
+    the token endpoint is called.
+
+    Refresh tokens rotate on use (Shopify, Etsy), so only one handler may refresh: it
+    claims the refresh in a short unit of work (``refreshing_until`` in the channel's
+    rate state, under its row lock), calls the token endpoint, and commits the new tokens
+    before anyone uses them. Another handler that finds the refresh claimed waits for the
+    new tokens (at most ``REFRESH_WAIT``), then reads them."""
     if not _expires_soon(state.credentials, context.clock.now()):
         return
-    async with context.database.unit_of_work() as session:
-        channel = (
-            await session.execute(select(Channel).where(Channel.id == state.id).with_for_update())
-        ).scalar_one()
-        credentials = engine.vault.open(channel.credentials)
-        if _expires_soon(credentials, context.clock.now()):
-            tokens = await engine.refresh(
-                channel.kind, credentials, context.resources.http, context.resources.settings
-            )
+    deadline = asyncio.get_running_loop().time() + REFRESH_WAIT.total_seconds()
+    while True:
+        async with context.database.unit_of_work() as session:
+            channel = (
+                await session.execute(
+                    select(Channel).where(Channel.id == state.id).with_for_update()
+                )
+            ).scalar_one()
+            credentials = engine.vault.open(channel.credentials)
+            now = context.clock.now()
+            if not _expires_soon(credentials, now):
+                state.credentials = credentials  # refreshed by another handler
+                return
+            claimed = channel.rate_state.get(REFRESHING)
+            mine = claimed is None or datetime.fromisoformat(str(claimed)) <= now
+            if mine:
+                channel.rate_state = {
+                    **channel.rate_state,
+                    REFRESHING: (now + REFRESH_WAIT).isoformat(),
+                }
+        if mine:
+            break
+        if asyncio.get_running_loop().time() > deadline:
+            raise Retry("another worker is refreshing the channel's token", delay=REFRESH_WAIT)
+        await asyncio.sleep(0.2)
+    tokens: Tokens | None = None
+    try:
+        tokens = await engine.refresh(
+            state.kind, credentials, context.resources.http, context.resources.settings
+        )
+    finally:
+        async with context.database.unit_of_work() as session:
+            channel = (
+                await session.execute(
+                    select(Channel).where(Channel.id == state.id).with_for_update()
+                )
+            ).scalar_one()
+            channel.rate_state = {k: v for k, v in channel.rate_state.items() if k != REFRESHING}
             if tokens is not None:
                 credentials["access_token"] = tokens.access_token
                 if tokens.refresh_token:
@@ -303,7 +340,7 @@ async def fresh_credentials(
                 )
                 channel.credentials = engine.vault.seal(credentials)
                 channel.updated_at = context.clock.now()
-        state.credentials = credentials
+    state.credentials = credentials
 
 
 async def _call(
@@ -356,6 +393,8 @@ async def _save_rate_state(database: Database, state: ChannelState) -> None:
         ).scalar_one_or_none()
         merged = dict(stored or {})
         for key, value in state.rate_state.items():
+            if key == REFRESHING:
+                continue  # the refresh claim is fresh_credentials' alone
             if isinstance(value, dict) and isinstance(merged.get(key), dict):
                 merged[key] = {**merged[key], **value}
             else:
