@@ -8,7 +8,7 @@ and another creator's id is a 404 page).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -21,10 +21,13 @@ from stallholder.analytics.metrics import MonthPoint
 from stallholder.billing import lifecycle, subscriptions
 from stallholder.catalog import service as catalog
 from stallholder.catalog.schemas import PriceCreate, ProductCreate
+from stallholder.channels import connect as channel_connect
 from stallholder.channels import service as channel_service
+from stallholder.channels import sync as channel_sync
 from stallholder.events import webhooks
 from stallholder.fulfilment import shipments
 from stallholder.inventory import drops, stock
+from stallholder.inventory.schemas import AdjustmentCreate
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.kit.money import parse_major
@@ -530,13 +533,105 @@ async def subscribers_page(
     )
 
 
+async def _inventory_page(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    creator: Creator,
+    *,
+    form: dict[str, str] | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    levels = await stock.list_levels(session, creator_id=creator.id, limit=PAGE_SIZE * 4)
+    locations = await stock.list_locations(
+        session, creator_id=creator.id, limit=PAGE_SIZE, starting_after=None
+    )
+    return await _page(
+        request,
+        settings,
+        creator,
+        "dashboard_inventory.html",
+        {
+            "levels": levels,
+            "locations": locations.data,
+            "form": form or {},
+            "error": error,
+            "adjusted": request.query_params.get("adjusted"),
+        },
+        status_code=status_code,
+    )
+
+
 @router.get("/dashboard/inventory", response_class=HTMLResponse)
 async def inventory_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     creator = await _creator(request, session)
     if creator is None:
         return sign_in_redirect(request)
-    levels = await stock.list_levels(session, creator_id=creator.id, limit=PAGE_SIZE * 4)
-    return await _page(request, settings, creator, "dashboard_inventory.html", {"levels": levels})
+    return await _inventory_page(request, session, settings, creator)
+
+
+@router.post("/dashboard/inventory/adjustments", response_class=HTMLResponse)
+async def adjust_stock(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    sku: Annotated[str, Form(max_length=200)] = "",
+    location: Annotated[str, Form(max_length=100)] = "",
+    delta: Annotated[str, Form(max_length=100)] = "",
+    reason: Annotated[str, Form(max_length=2_000)] = "",
+) -> Response:
+    """Count in or take out units, as ``POST /v1/inventory/adjustments`` does (every
+    channel follows within seconds). A mistake shows the form again with what to fix and
+    changes nothing."""
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    typed = {"sku": sku, "location": location, "delta": delta, "reason": reason}
+    try:
+        body = AdjustmentCreate.model_validate(
+            {
+                "sku": sku.strip(),
+                "location": location,
+                "delta": int(delta.strip()) if delta.strip().lstrip("+-").isdigit() else delta,
+                "reason": reason.strip() or "counted in the dashboard",
+            }
+        )
+    except ValidationError as error:
+        return await _inventory_page(
+            request,
+            session,
+            settings,
+            creator,
+            form=typed,
+            error="; ".join(_validation_messages(error)),
+            status_code=422,
+        )
+    try:
+        await stock.adjust(
+            session,
+            creator_id=creator.id,
+            sku=body.sku,
+            location_id=body.location,
+            delta=body.delta,
+            set_to=body.set_to,
+            kind=body.kind,
+            reason=body.reason or "counted in the dashboard",
+            actor=DASHBOARD_ACTOR,
+            now=now,
+        )
+    except DomainError as error:  # unknown SKU or location, units promised to buyers
+        return await _inventory_page(
+            request,
+            session,
+            settings,
+            creator,
+            form=typed,
+            error=error.detail,
+            status_code=error.status,
+        )
+    return RedirectResponse(f"/dashboard/inventory?adjusted={body.sku}", status_code=303)
 
 
 @router.get("/dashboard/channels", response_class=HTMLResponse)
@@ -572,6 +667,36 @@ async def channels_page(request: Request, session: SessionDep, settings: Setting
         )
         boards.append({"channel": channel, "rows": rows, "log": log, "oversold": oversold})
     return await _page(request, settings, creator, "dashboard_channels.html", {"boards": boards})
+
+
+@router.post("/dashboard/channels/{channel_id}/{action}", response_class=HTMLResponse)
+async def channel_action(
+    channel_id: str,
+    action: Literal["pause", "resume", "sync"],
+    request: Request,
+    session: SessionDep,
+    now: NowDep,
+) -> Response:
+    """Pause or resume a channel, or reconcile it now, as ``POST /v1/channels/{id}`` and
+    ``POST /v1/channels/{id}/reconcile`` do."""
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    channel = await channel_service.get_channel(
+        session, creator_id=creator.id, channel_id=channel_id
+    )
+    if action == "pause" and channel.status == channel_service.ACTIVE:
+        channel.status, channel.paused_reason = channel_service.PAUSED, "paused by the creator"
+        channel.updated_at = now
+    elif action == "resume" and channel.status == channel_service.PAUSED:
+        channel_service.resume(channel, now=now)
+        await session.flush()
+        await channel_connect.queue_behind(session, channel=channel, now=now)
+    elif action == "sync" and channel.status == channel_service.ACTIVE:
+        await channel_sync.queue_for_channel(
+            session, kind=channel_sync.RECONCILE_KIND, channel=channel, now=now
+        )
+    return RedirectResponse(f"/dashboard/channels#channel-{channel.id}", status_code=303)
 
 
 @router.get("/dashboard/balance", response_class=HTMLResponse)
