@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -10,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.e2e.channel_stack import Stack, channel_stack
+from tests.e2e.channel_stack import SHOPIFY_SECRET, Stack, channel_stack
 
 pytestmark = pytest.mark.anyio
 
@@ -114,3 +117,37 @@ async def test_an_install_needs_a_shop_address_and_the_platform_app(stack: Stack
     assert "shop_url" in missing.json()["detail"]
     no_shop = await stack.call("GET", "/v1/channels/oauth/etsy?shop_id=abc", key)
     assert no_shop.status_code == 400
+
+
+async def test_an_installed_shops_webhooks_must_name_that_shop(stack: Stack) -> None:
+    """Every shop that installed the platform's app has its webhooks signed with the same
+    client secret: a delivery signed for one shop must not count for another's channel."""
+    _, key = await stack.creator()
+    stack.shopify.shop_domain = urlsplit(stack.shopify.base_url).netloc
+    started = await stack.call(
+        "GET", f"/v1/channels/oauth/shopify?shop_url={stack.shopify.base_url}", key
+    )
+    finished = await stack.http.get(await _follow_to_callback(started.json()["url"]))
+    channel_id = finished.headers["location"].split("channel=", 1)[1]
+    body = b'{"id": 77, "name": "#77", "created_at": "2026-11-30T10:00:00Z", "line_items": []}'
+    signature = base64.b64encode(
+        hmac.new(SHOPIFY_SECRET.encode(), body, hashlib.sha256).digest()
+    ).decode()
+    headers = {
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Hmac-Sha256": signature,
+        "X-Shopify-Webhook-Id": "delivery-1",
+    }
+    other = await stack.http.post(
+        f"/hooks/channels/{channel_id}",
+        content=body,
+        headers={**headers, "X-Shopify-Shop-Domain": "someone-else.myshopify.com"},
+    )
+    assert other.status_code == 401
+    assert other.json()["detail"] == "the delivery is for another shop than this channel's"
+    own = await stack.http.post(
+        f"/hooks/channels/{channel_id}",
+        content=body,
+        headers={**headers, "X-Shopify-Shop-Domain": stack.shopify.shop_domain},
+    )
+    assert own.status_code == 200, own.text

@@ -329,6 +329,10 @@ async def receive_channel_webhook(
         )
     if delivery is None:
         raise WebhookNotVerified("the signature does not verify with this channel's secret")
+    shop_domain = credentials.get("shop_domain")
+    if shop_domain and request.headers.get("x-shopify-shop-domain") != shop_domain:
+        # Signed with the platform app's secret, but for another shop that installed it.
+        raise WebhookNotVerified("the delivery is for another shop than this channel's")
     if delivery.topic == "ping":
         return WebhookAck(duplicate=False)
     is_new = await sync.record_delivery(session, channel_id=channel.id, delivery=delivery, now=now)

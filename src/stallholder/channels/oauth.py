@@ -147,6 +147,9 @@ async def finish(
                     "refresh_token": tokens.refresh_token,
                     "expires_at": tokens.expires_at.isoformat() if tokens.expires_at else None,
                     "webhook_secret": settings.shopify_client_secret,
+                    # The platform app's secret signs every installed shop's webhooks: a
+                    # delivery must also name this shop (X-Shopify-Shop-Domain).
+                    "shop_domain": query.get("shop"),
                 }
                 return (
                     NewChannel(
