@@ -23,6 +23,7 @@ from stallholder.ledger.service import platform_fee_policy
 from stallholder.payments.config import gateway_from_settings
 from stallholder.settings import Settings
 from tests.conftest import Api, bearer
+from tests.doubles.woocommerce import WooCommerceDouble, serve_woocommerce
 from tests.e2e.portal_helpers import browser, submit
 from tests.e2e.test_dashboard import _sign_in_from_outbox, unlabelled_controls
 
@@ -159,3 +160,60 @@ async def test_a_channel_is_paused_resumed_and_synced_from_its_page(
         assert (stored.status, stored.paused_reason) == ("active", None)
         kinds = (await session.execute(select(WorkItem.kind))).scalars().all()
     assert RECONCILE_KIND in kinds
+
+
+async def test_a_store_is_connected_from_the_dashboard(
+    settings: Settings, database: Database, clock: FrozenClock, tmp_path: Path
+) -> None:
+    kiln = await _kiln(settings, database, clock, tmp_path)
+    woo = WooCommerceDouble()
+    woo.add_product("Speckled moon mug", [("KC-MOON-MUG", 3)])
+    with serve_woocommerce(woo):
+        try:
+            async with browser(settings, database, clock) as phone:
+                await _sign_in_from_outbox(phone, database, KILN)
+                page = await phone.get("/dashboard/channels/new")
+                assert unlabelled_controls(page.text) == []
+                missing = await submit(
+                    phone,
+                    "/dashboard/channels/new",
+                    "/dashboard/channels/new",
+                    {"kind": "shopify", "url": "https://kiln.myshopify.com"},
+                )
+                assert missing.status_code == 422
+                assert "a shopify channel needs access_token" in missing.text
+                refused = await submit(
+                    phone,
+                    "/dashboard/channels/new",
+                    "/dashboard/channels/new",
+                    {
+                        "kind": "woocommerce",
+                        "url": woo.base_url,
+                        "consumer_key": "ck_wrong",
+                        "consumer_secret": "cs_wrong",
+                    },
+                )
+                assert refused.status_code == 400
+                assert "refused the credentials" in refused.text
+                assert "cs_wrong" not in refused.text  # secrets are not shown again
+                connected = await submit(
+                    phone,
+                    "/dashboard/channels/new",
+                    "/dashboard/channels/new",
+                    {
+                        "kind": "woocommerce",
+                        "url": woo.base_url,
+                        "consumer_key": woo.consumer_key,
+                        "consumer_secret": woo.consumer_secret,
+                    },
+                )
+                assert connected.status_code == 303
+                board = await phone.get("/dashboard/channels")
+        finally:
+            woo.close()
+    assert "KC-MOON-MUG" in board.text
+    async with database.unit_of_work() as session:
+        [channel] = (
+            await session.execute(select(Channel).where(Channel.creator_id == kiln["creator"]))
+        ).scalars()
+    assert (channel.kind, channel.status, channel.url) == ("woocommerce", "active", woo.base_url)

@@ -24,12 +24,13 @@ from stallholder.catalog.schemas import PriceCreate, ProductCreate
 from stallholder.channels import connect as channel_connect
 from stallholder.channels import service as channel_service
 from stallholder.channels import sync as channel_sync
+from stallholder.channels.schemas import ChannelCreate
 from stallholder.events import webhooks
 from stallholder.fulfilment import shipments
 from stallholder.inventory import drops, stock
 from stallholder.inventory.schemas import AdjustmentCreate
 from stallholder.kit.errors import DomainError
-from stallholder.kit.http import NowDep, SessionDep, SettingsDep
+from stallholder.kit.http import NowDep, SessionDep, SettingsDep, get_database
 from stallholder.kit.money import parse_major
 from stallholder.ledger import service as ledger
 from stallholder.notifications import service as notifications
@@ -667,6 +668,98 @@ async def channels_page(request: Request, session: SessionDep, settings: Setting
         )
         boards.append({"channel": channel, "rows": rows, "log": log, "oversold": oversold})
     return await _page(request, settings, creator, "dashboard_channels.html", {"boards": boards})
+
+
+async def _new_channel_page(
+    request: Request,
+    settings: SettingsDep,
+    creator: Creator,
+    *,
+    form: dict[str, str] | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    return await _page(
+        request,
+        settings,
+        creator,
+        "dashboard_channel_new.html",
+        {"form": form or {}, "error": error},
+        status_code=status_code,
+    )
+
+
+@router.get("/dashboard/channels/new", response_class=HTMLResponse)
+async def new_channel_page(
+    request: Request, session: SessionDep, settings: SettingsDep
+) -> Response:
+    creator = await _creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    return await _new_channel_page(request, settings, creator)
+
+
+@router.post("/dashboard/channels/new", response_class=HTMLResponse)
+async def connect_channel(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    kind: Annotated[str, Form(max_length=40)] = "",
+    url: Annotated[str, Form(max_length=1_000)] = "",
+    access_token: Annotated[str, Form(max_length=1_000)] = "",
+    api_secret: Annotated[str, Form(max_length=1_000)] = "",
+    consumer_key: Annotated[str, Form(max_length=400)] = "",
+    consumer_secret: Annotated[str, Form(max_length=400)] = "",
+) -> Response:
+    """Connect a Shopify shop (a custom app's token) or a WooCommerce store (REST keys),
+    as ``POST /v1/channels`` does: the channel is called before anything is kept, with no
+    transaction open (so the request's unit of work is first used after the call: on
+    SQLite any transaction holds the one write lock). A mistake or a refusal shows the
+    form again (secrets not repeated) and keeps nothing."""
+    creator_id = signed_in_creator(request)
+    if creator_id is None:
+        return sign_in_redirect(request)
+    typed = {"kind": kind, "url": url}
+    fields: dict[str, str] = (
+        {"shop_url": url.strip(), "access_token": access_token.strip()}
+        | ({"api_secret": api_secret.strip()} if api_secret.strip() else {})
+        if kind == "shopify"
+        else {
+            "store_url": url.strip(),
+            "consumer_key": consumer_key.strip(),
+            "consumer_secret": consumer_secret.strip(),
+        }
+    )
+    try:
+        # A field left empty is a field not given (the schema says which are needed).
+        given = {name: value for name, value in fields.items() if value}
+        body = ChannelCreate.model_validate({"kind": kind, **given})
+        new = channel_connect.new_channel(body, settings)
+        channel = await channel_connect.connect(
+            session,
+            get_database(request),
+            request.app.state.channel_engine,
+            new,
+            creator_id=creator_id,
+            settings=settings,
+            now=now,
+        )
+    except (ValidationError, DomainError) as error:
+        creator = await _creator(request, session)
+        if creator is None:
+            return sign_in_redirect(request)
+        if isinstance(error, DomainError):
+            message, status = error.detail, error.status
+        else:
+            message = "; ".join(
+                str(problem["msg"]).removeprefix("Value error, ") for problem in error.errors()
+            )
+            status = 422
+        return await _new_channel_page(
+            request, settings, creator, form=typed, error=message, status_code=status
+        )
+    return RedirectResponse(f"/dashboard/channels#channel-{channel.id}", status_code=303)
 
 
 @router.post("/dashboard/channels/{channel_id}/{action}", response_class=HTMLResponse)
