@@ -230,12 +230,12 @@ def _push_work(channel: Channel, listing_id: int, now: datetime) -> NewWork:
     )
 
 
-def _channel_work(kind: str, channel: Channel, now: datetime) -> NewWork:
+def _channel_work(kind: str, channel: Channel, now: datetime, *, reason: str = "") -> NewWork:
     return NewWork(
         kind=kind,
         payload={"channel_id": channel.id},
         due_at=now,
-        dedupe_key=f"{kind}:{channel.id}",
+        dedupe_key=f"{kind}:{channel.id}{reason}",
         creator_id=channel.creator_id,
     )
 
@@ -247,9 +247,13 @@ async def queue_push(
 
 
 async def queue_for_channel(
-    session: AsyncSession, *, kind: str, channel: Channel, now: datetime
+    session: AsyncSession, *, kind: str, channel: Channel, now: datetime, reason: str = ""
 ) -> None:
-    await enqueue_many(session, [_channel_work(kind, channel, now)], now=now)
+    """Queue one channel's pull or reconciliation. Work of the same kind and ``reason``
+    already waiting or running makes this a no-op; a ``reason`` of its own queues one
+    more even while another runs (a pull already under way may have read the channel's
+    orders before the sale a stale write revealed)."""
+    await enqueue_many(session, [_channel_work(kind, channel, now, reason=reason)], now=now)
 
 
 # Reading a channel and calling it ------------------------------------------------------
@@ -554,7 +558,9 @@ async def push_channel(
             # A sale on the channel we have not heard of: look for it before writing again.
             channel = await session.get(Channel, state.id)
             if channel is not None:
-                await queue_for_channel(session, kind=PULL_KIND, channel=channel, now=now)
+                await queue_for_channel(
+                    session, kind=PULL_KIND, channel=channel, now=now, reason=":stale"
+                )
     return done
 
 
