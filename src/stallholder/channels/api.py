@@ -160,14 +160,7 @@ async def update_channel(
     for rule in ("max_shown", "zero_below"):
         if rule in changes:
             setattr(channel, rule, changes[rule])
-    if body.status == "paused" and channel.status != service.DISCONNECTED:
-        channel.status, channel.paused_reason = service.PAUSED, "paused by the creator"
-    elif body.status == "active":
-        service.resume(channel, now=now)
-    channel.updated_at = now
-    await session.flush()
-    if channel.status == service.ACTIVE:
-        await connect.queue_behind(session, channel=channel, now=now)
+    await connect.set_status(session, channel=channel, status=body.status, now=now)
     return await _out(request, session, channel)
 
 

@@ -240,6 +240,26 @@ async def connect(
     )
 
 
+async def set_status(
+    session: AsyncSession, *, channel: Channel, status: str | None, now: datetime
+) -> None:
+    """Pause (``paused``) or resume (``active``) a channel as its creator asks; None
+    keeps the status. An active channel afterwards has every matched listing that shows
+    other than it should queued for a push (resuming, or new rules, take effect at once).
+
+    Raises:
+        ChannelDisconnected: resuming a disconnected channel.
+    """
+    if status == service.PAUSED and channel.status != service.DISCONNECTED:
+        channel.status, channel.paused_reason = service.PAUSED, "paused by the creator"
+    elif status == service.ACTIVE:
+        service.resume(channel, now=now)
+    channel.updated_at = now
+    await session.flush()
+    if channel.status == service.ACTIVE:
+        await queue_behind(session, channel=channel, now=now)
+
+
 async def queue_behind(session: AsyncSession, *, channel: Channel, now: datetime) -> int:
     """Queue a push for every matched listing of the channel that shows other than it
     should (on connecting, resuming or changing the rules). Returns how many."""

@@ -779,12 +779,9 @@ async def channel_action(
         session, creator_id=creator.id, channel_id=channel_id
     )
     if action == "pause" and channel.status == channel_service.ACTIVE:
-        channel.status, channel.paused_reason = channel_service.PAUSED, "paused by the creator"
-        channel.updated_at = now
+        await channel_connect.set_status(session, channel=channel, status="paused", now=now)
     elif action == "resume" and channel.status == channel_service.PAUSED:
-        channel_service.resume(channel, now=now)
-        await session.flush()
-        await channel_connect.queue_behind(session, channel=channel, now=now)
+        await channel_connect.set_status(session, channel=channel, status="active", now=now)
     elif action == "sync" and channel.status == channel_service.ACTIVE:
         await channel_sync.queue_for_channel(
             session, kind=channel_sync.RECONCILE_KIND, channel=channel, now=now
