@@ -174,6 +174,64 @@ async def test_a_bought_file_is_delivered_by_a_signed_link_in_the_receipt(
     assert "This download link has expired" in expired.text
 
 
+async def test_receipts_of_one_worker_batch_each_deliver_their_own_order(
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    smtp: SmtpServer,
+    mail_settings: Settings,
+) -> None:
+    """The worker reads what a batch of paid orders delivers all at once: each receipt
+    still shows exactly its own order's links, keys and keys owed, and a refunded order's
+    receipt none."""
+    sk, price, file = await _digital_shop(api)
+    keyed = await api.product(sk, kind="digital", name="Brush pack licence")
+    key_price = await api.price(sk, product=keyed["id"], unit_amount=900)
+    added = await api.http.post(
+        f"/v1/products/{keyed['id']}/license_keys", headers=bearer(sk), json={"keys": ["K-1"]}
+    )
+    assert added.status_code == 200, added.text
+    plain = await api.product(sk, kind="digital", name="Thank-you note")
+    plain_price = await api.price(sk, product=plain["id"], unit_amount=100)
+
+    async def buy(price_id: str, email: str, quantity: int = 1) -> str:
+        session = await api.session(sk, price=price_id, quantity=quantity, email=email)
+        confirmed = await api.confirm(sk, session["id"])
+        assert confirmed.status_code == 200, confirmed.text
+        return str(confirmed.json()["order"])
+
+    zine = await buy(price["id"], "zine@example.com")
+    refunded = await buy(price["id"], "refunded@example.com")
+    keys = await buy(key_price["id"], "keys@example.com", quantity=2)
+    await buy(plain_price["id"], "plain@example.com")
+    refund = await api.http.post("/v1/refunds", headers=bearer(sk), json={"order": refunded})
+    assert refund.status_code in (200, 201), refund.text
+
+    await Worker(database, clock, settings=mail_settings).run_once()
+    texts = {
+        r.rcpt_tos[0]: r.message.get_body(("plain",))  # type: ignore[union-attr]
+        .get_content()
+        .replace("\r\n", "\n")
+        for r in smtp.received
+        if r.message["Subject"].startswith("Your receipt")
+    }
+    assert sorted(texts) == [
+        "keys@example.com",
+        "plain@example.com",
+        "refunded@example.com",
+        "zine@example.com",
+    ]
+    [link] = re.findall(r"http://testserver/d/\S+", texts["zine@example.com"])
+    assert link.startswith(f"http://testserver/d/{zine}/{file['id']}?expires=")
+    for email in ("keys@example.com", "plain@example.com", "refunded@example.com"):
+        assert "Your downloads" not in texts[email], email
+    assert "Your license key:\nK-1\n" in texts["keys@example.com"]
+    assert "owes you 1 more license key;" in texts["keys@example.com"]
+    for email in ("plain@example.com", "refunded@example.com", "zine@example.com"):
+        assert "license key" not in texts[email], email
+    assert f"Order: {keys}\n" in texts["keys@example.com"]
+
+
 async def test_the_link_limit_counts_each_order_on_its_own(
     api: Api, database: Database, clock: FrozenClock
 ) -> None:

@@ -14,7 +14,7 @@ A download counts against the order's limit for that file by one conditional upd
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -207,75 +207,107 @@ async def deliverables(
     """What an order delivers now: a freshly signed link (valid for ``links.ttl`` from
     ``now``) to each file of its products, with the order's download count of it, and
     the keys issued to its lines."""
-    product_ids = sorted({line.product_id for line in lines})
-    # A file attached to two of the order's products is delivered once.
-    files = (
-        list(
-            {
-                file.id: file
-                for file in (
-                    await session.execute(
-                        select(File)
-                        .join(ProductFile, ProductFile.file_id == File.id)
-                        .where(ProductFile.product_id.in_(product_ids))
-                        .order_by(ProductFile.created_at, File.id)
-                    )
-                ).scalars()
-            }.values()
-        )
+    found = await deliverables_of_orders(session, orders={order_id: lines}, links=links, now=now)
+    return found[order_id]
+
+
+async def deliverables_of_orders(
+    session: AsyncSession,
+    *,
+    orders: Mapping[str, Sequence[OrderedLine]],
+    links: signing.Links,
+    now: datetime,
+) -> dict[str, Deliverables]:
+    """``deliverables`` of many orders (by order id) in four statements, however many
+    orders there are: the worker's receipts for a batch of paid orders read them so."""
+    order_ids = sorted(orders)
+    if not order_ids:
+        return {}
+    product_ids = sorted({line.product_id for lines in orders.values() for line in lines})
+    attached: list[tuple[str, File]] = (
+        [
+            (str(product_id), file)
+            for product_id, file in (
+                await session.execute(
+                    select(ProductFile.product_id, File)
+                    .join(ProductFile, ProductFile.file_id == File.id)
+                    .where(ProductFile.product_id.in_(product_ids))
+                    .order_by(ProductFile.created_at, File.id)
+                )
+            ).all()
+        ]
         if product_ids
         else []
     )
-    counts = dict(
-        (
-            await session.execute(
-                select(Download.file_id, Download.count).where(Download.order_id == order_id)
-            )
-        ).all()
-    )
-    downloads = []
-    for file in files:
-        link = signing.sign(links, order_id=order_id, file_id=file.id, now=now)
-        downloads.append(
-            DownloadView(
-                file_id=file.id,
-                filename=file.filename,
-                content_type=file.content_type,
-                size=file.size,
-                url=link.url,
-                expires_at=link.expires_at,
-                download_count=int(counts.get(file.id, 0)),
-                download_limit=links.limit,
-            )
-        )
+    counts: dict[tuple[str, str], int] = {}
+    if attached:
+        counts = {
+            (str(order), str(file)): int(count)
+            for order, file, count in (
+                await session.execute(
+                    select(Download.order_id, Download.file_id, Download.count).where(
+                        Download.order_id.in_(order_ids)
+                    )
+                )
+            ).all()
+        }
     keys = (
         (
             await session.execute(
                 select(LicenseKey)
-                .where(LicenseKey.order_id == order_id)
+                .where(LicenseKey.order_id.in_(order_ids))
                 .order_by(LicenseKey.order_line_id, LicenseKey.id)
             )
         )
         .scalars()
         .all()
     )
-    issued = [
-        IssuedKey(
-            key=key.key,
-            product_id=key.product_id,
-            line_id=key.order_line_id or 0,
-            issued_at=key.issued_at or now,
-        )
-        for key in keys
-    ]
-    owed = (
-        await session.execute(
-            select(func.coalesce(func.sum(OwedLicenseKeys.quantity), 0)).where(
-                OwedLicenseKeys.order_id == order_id
+    owed = {
+        str(order): int(quantity)
+        for order, quantity in (
+            await session.execute(
+                select(OwedLicenseKeys.order_id, func.sum(OwedLicenseKeys.quantity))
+                .where(OwedLicenseKeys.order_id.in_(order_ids))
+                .group_by(OwedLicenseKeys.order_id)
             )
+        ).all()
+    }
+    found: dict[str, Deliverables] = {}
+    for order_id in order_ids:
+        products = {line.product_id for line in orders[order_id]}
+        # A file attached to two of the order's products is delivered once.
+        files = list(
+            {file.id: file for product_id, file in attached if product_id in products}.values()
         )
-    ).scalar_one()
-    return Deliverables(downloads=downloads, license_keys=issued, license_keys_missing=int(owed))
+        downloads = []
+        for file in files:
+            link = signing.sign(links, order_id=order_id, file_id=file.id, now=now)
+            downloads.append(
+                DownloadView(
+                    file_id=file.id,
+                    filename=file.filename,
+                    content_type=file.content_type,
+                    size=file.size,
+                    url=link.url,
+                    expires_at=link.expires_at,
+                    download_count=counts.get((order_id, file.id), 0),
+                    download_limit=links.limit,
+                )
+            )
+        issued = [
+            IssuedKey(
+                key=key.key,
+                product_id=key.product_id,
+                line_id=key.order_line_id or 0,
+                issued_at=key.issued_at or now,
+            )
+            for key in keys
+            if key.order_id == order_id
+        ]
+        found[order_id] = Deliverables(
+            downloads=downloads, license_keys=issued, license_keys_missing=owed.get(order_id, 0)
+        )
+    return found
 
 
 async def count_download(

@@ -23,14 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Customer
 from stallholder.checkout.models import CheckoutSession
-from stallholder.digital.links import Links
+from stallholder.digital.delivery import Deliverables
 from stallholder.fulfilment.addresses import ShippingAddress, address_lines
 from stallholder.kit.ids import new_id
 from stallholder.kit.work import NewWork, enqueue_many
 from stallholder.notifications.models import Email
 from stallholder.notifications.rendering import Rendered, render
 from stallholder.notifications.transport import OutgoingEmail
-from stallholder.orders import downloads
 from stallholder.orders import service as orders
 from stallholder.orders.schemas import OrderOut, RefundOut
 
@@ -183,14 +182,10 @@ async def receipt(
     event_id: str,
     creator_id: str,
     order: OrderOut,
-    links: Links,
-    now: datetime,
+    found: Deliverables,
 ) -> NewEmail:
-    """The buyer's receipt for a paid order (``order.paid``), with what it delivers:
-    download links signed now (valid for ``links.ttl``) and license keys."""
-    found = await downloads.order_deliverables(
-        session, creator_id=creator_id, order_id=order.id, links=links, now=now
-    )
+    """The buyer's receipt for a paid order (``order.paid``), with what it delivers
+    (``found``: ``orders.downloads.for_orders``, download links and license keys)."""
     return compose(
         creator_id=creator_id,
         kind="receipt",

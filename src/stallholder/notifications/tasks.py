@@ -11,12 +11,13 @@ once. Nothing can make SMTP exactly once: the server may have accepted a message
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from stallholder.digital.delivery import Deliverables
 from stallholder.digital.links import Links
 from stallholder.events.models import Event
 from stallholder.kit.work import Claimed, Context, GiveUp, Kind, Schedule
@@ -28,7 +29,9 @@ from stallholder.notifications.transport import (
     message_id_for,
     sender_address,
 )
+from stallholder.orders import downloads
 from stallholder.orders.schemas import OrderOut, RefundOut
+from stallholder.orders.service import OrderNotFound
 from stallholder.settings import Settings
 
 log = logging.getLogger("stallholder.notifications")
@@ -53,27 +56,33 @@ async def queue_emails(
             if event.type == "order.paid" and event.data.get("customer")
         ),
     )
+    # What the receipts deliver, for the whole batch in a few statements.
+    delivering = await downloads.for_orders(
+        session,
+        order_ids=[str(event.data["id"]) for event in batch if event.type == "order.paid"],
+        links=links,
+        now=now,
+    )
     emails = [
         email
         for event in batch
-        if (email := await _email_for_event(session, event, links=links, now=now)) is not None
+        if (email := await _email_for_event(session, event, delivering=delivering)) is not None
     ]
     del customers
     await service.queue_many(session, emails, now=now)
 
 
 async def _email_for_event(
-    session: AsyncSession, event: Event, *, links: Links, now: datetime
+    session: AsyncSession, event: Event, *, delivering: Mapping[str, Deliverables]
 ) -> service.NewEmail | None:
     data = event.data
     if event.type == "order.paid":
+        order = OrderOut.model_validate(data)
+        found = delivering.get(order.id)
+        if found is None:
+            raise OrderNotFound(f"no order {order.id!r}")
         return await service.receipt(
-            session,
-            event_id=event.id,
-            creator_id=event.creator_id,
-            order=OrderOut.model_validate(data),
-            links=links,
-            now=now,
+            session, event_id=event.id, creator_id=event.creator_id, order=order, found=found
         )
     if event.type == "refund.created":
         return await service.refund_notice(
