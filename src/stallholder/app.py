@@ -32,6 +32,7 @@ from stallholder.catalog.api import router as catalog_router
 from stallholder.channels.api import hooks_router as channel_hooks_router
 from stallholder.channels.api import router as channels_router
 from stallholder.channels.registry import engine_from_settings
+from stallholder.checkout import api as checkout_api
 from stallholder.checkout.api import public_router as checkout_public_router
 from stallholder.checkout.api import router as checkout_router
 from stallholder.digital.api import router as digital_router
@@ -432,6 +433,9 @@ def create_app(
         clock=lambda: app.state.clock,
         authenticate=authenticate,
         lock_seconds=settings.idempotency_lock_seconds,
+        # Routes whose effect is keyed by what they act on claim their Idempotency-Key at
+        # the commit: one transaction fewer per request (ADR 0028).
+        claim_at_commit=checkout_api.CLAIMS_KEY_AT_COMMIT,
     )
     # Pages keep their session (sign-in, CSRF token) in a signed cookie (web/security.py).
     app.add_middleware(

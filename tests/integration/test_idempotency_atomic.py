@@ -9,6 +9,7 @@ server at random points instead."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -298,9 +299,8 @@ async def test_unauthenticated_posts_with_keys_write_no_rows(api: Api, database:
 async def test_no_transaction_of_the_request_begins_before_the_endpoint_uses_it(
     api: Api, database: Database, monkeypatch: pytest.MonkeyPatch, idempotency_key: str | None
 ) -> None:
-    """Without a key, authenticating reads in a transaction of its own (DEFERRED on SQLite:
-    no write lock); with one, the caller is authenticated in the transaction that claims
-    the key. The request's unit of work begins at the endpoint's first statement, not
+    """Authenticating reads in a transaction of its own (DEFERRED on SQLite: no write
+    lock). The request's unit of work begins at the endpoint's first statement, not
     before, so an endpoint may first work in short units of its own or call out with none
     open. With a key, that one unit also completes the key."""
     creator, price = await api.shop()
@@ -333,11 +333,38 @@ async def test_no_transaction_of_the_request_begins_before_the_endpoint_uses_it(
         event.remove(database.engine.sync_engine, "begin", on_begin)
 
     assert response.status_code == 201
-    if idempotency_key is None:
-        assert begins == ["read", "endpoint", "write"]
-    else:  # authenticate and claim, then the request with the key's completion
-        assert begins == ["write", "endpoint", "write"]
+    # Creating a session claims its key at the commit (ADR 0028): with a key as without,
+    # authenticate, then the request's one unit of work, which also inserts the key's row.
+    assert begins == ["read", "endpoint", "write"]
+    if idempotency_key is not None:
         assert await _keys(database) == [("s-1", True, 201)]
+
+
+async def test_a_route_that_claims_first_claims_in_the_transaction_that_authenticates(
+    api: Api, database: Database
+) -> None:
+    """A route outside ``CLAIMS_KEY_AT_COMMIT`` (a product) authenticates the caller in the
+    transaction that claims the key, then works in a unit of work that completes it."""
+    creator, _ = await api.shop()
+    begins: list[str] = []
+
+    def on_begin(connection: Any) -> None:
+        is_read = connection.get_execution_options().get(READ_ONLY_OPTION)
+        begins.append("read" if is_read else "write")
+
+    KeyCache.forget_creator_everywhere(creator["id"])
+    event.listen(database.engine.sync_engine, "begin", on_begin)
+    try:
+        response = await api.http.post(
+            "/v1/products",
+            headers={**bearer(creator["secret_key"]), "Idempotency-Key": "p-1"},
+            json={"kind": "digital", "name": "Zine"},
+        )
+    finally:
+        event.remove(database.engine.sync_engine, "begin", on_begin)
+    assert response.status_code == 201, response.text
+    assert begins == ["write", "write"]
+    assert await _keys(database) == [("p-1", True, 201)]
 
 
 async def test_a_read_neither_waits_for_nor_sees_an_open_write(
@@ -444,3 +471,38 @@ async def test_two_refunds_begun_under_one_request_key_at_once_make_one(
     assert raised.value.status == 409
     assert raised.value.headers() == {"Retry-After": "2"}
     assert await _refunded(database, order_id) == (0, [300])
+
+
+async def test_a_key_claimed_at_the_commit_makes_one_session_however_the_duplicates_arrive(
+    api: Api, database: Database
+) -> None:
+    """Creating a session claims its key at the commit (ADR 0028): duplicates sent at once
+    all run, but only the first commit counts; the others roll back and replay its
+    response. A retry after it replays, and another body under the key is a 409."""
+    creator, price = await api.shop()
+    headers = {**bearer(creator["secret_key"]), "Idempotency-Key": "dup-1"}
+    body = {"line_items": [{"price": price["id"], "quantity": 1}]}
+
+    async def create(json: dict[str, Any]) -> Any:
+        return await api.http.post("/v1/checkout/sessions", headers=headers, json=json)
+
+    at_once = await asyncio.gather(*(create(body) for _ in range(4)))
+    retried = await create(body)
+    other = await create({"line_items": [{"price": price["id"], "quantity": 2}]})
+
+    assert [r.status_code for r in at_once] == [201] * 4
+    assert len({r.json()["id"] for r in at_once}) == 1
+    assert sorted(r.headers.get("idempotent-replayed", "no") for r in at_once) == [
+        "no",
+        "true",
+        "true",
+        "true",
+    ]
+    assert (retried.status_code, retried.json()) == (201, at_once[0].json())
+    assert retried.headers["idempotent-replayed"] == "true"
+    assert (other.status_code, other.json()["type"]) == (
+        409,
+        "https://stallholder.dev/problems/idempotency-key-reused",
+    )
+    assert await _count(database, CheckoutSession) == 1
+    assert await _keys(database) == [("dup-1", True, 201)]

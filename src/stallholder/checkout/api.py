@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -33,6 +34,14 @@ from stallholder.ledger import service as ledger
 from stallholder.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["checkout"])
+# The routes whose Idempotency-Key is claimed at the commit (ADR 0028): creating a session
+# is all in the request's unit of work, and a confirm is keyed by its session (its attempt
+# is locked and numbered, a complete session answers as it stands), so a duplicate that
+# runs beside the first makes no second effect and replays the first's response.
+CLAIMS_KEY_AT_COMMIT = (
+    re.compile(r"/v1/checkout/sessions"),
+    re.compile(r"/v1/checkout/sessions/[^/]+/confirm"),
+)
 public_router = APIRouter(tags=["checkout"])
 
 

@@ -15,18 +15,23 @@ as ``payment-in-progress``), leaves no record, so the client may retry it; one t
 died mid-way is taken over once its lock is older than the lock time. Each claim carries a
 fresh ``lock_token`` and only the holder of the current token can complete the key, so a
 request that was taken over rolls back instead of acting a second time (ADR 0004).
+
+Routes the app lists in ``claim_at_commit`` (their effect is keyed by what they act on)
+write nothing before the endpoint: the key's row is inserted, complete, with the effect,
+and a request that finds the key taken at that insert rolls back and replays (ADR 0028).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, Text, UniqueConstraint, delete, select, update
+from sqlalchemy import String, Text, UniqueConstraint, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -50,6 +55,7 @@ MAX_KEY_LENGTH = 255
 # How long a key replays its first response; Stripe keeps keys for 24 hours as well. After
 # that the same key starts a new request.
 RETENTION = timedelta(hours=24)
+KEY_CONSTRAINT = "uq_idempotency_keys_scope_key"
 
 # Says who is behind an ``Authorization`` header, reading with the session it is given;
 # raises a ``DomainError`` (a 401) when no one is. The app passes the accounts service's.
@@ -146,6 +152,11 @@ class _Claim:
     caller: str
     key: str
     token: str
+    # Claimed at the commit (``claim_at_commit``): no row yet; the key's row is inserted,
+    # complete, with the request's effect.
+    at_commit: bool = False
+    request_hash: str = ""
+    at: datetime | None = None
 
 
 class IdempotencyMiddleware:
@@ -159,12 +170,14 @@ class IdempotencyMiddleware:
         clock: Callable[[], Clock],
         authenticate: Authenticate,
         lock_seconds: float = LOCK_SECONDS,
+        claim_at_commit: Sequence[re.Pattern[str]] = (),
     ) -> None:
         self.app = app
         self._database = database
         self._clock = clock
         self._authenticate = authenticate
         self._lock = timedelta(seconds=lock_seconds)
+        self._claim_at_commit = tuple(claim_at_commit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -192,10 +205,16 @@ class IdempotencyMiddleware:
         # round trip to the pool and one BEGIN/COMMIT fewer than a read of its own): a
         # caller no key identifies gets its 401 and the claim rolls back, leaving no row.
         # The endpoint reuses the principal.
+        claimed: _Claim | _Stored | DomainError
         try:
-            principal, claimed = await self._claim(
-                database, authorization, caller, key, request_hash, now
-            )
+            if any(path.fullmatch(scope["path"]) for path in self._claim_at_commit):
+                principal, claimed = await self._claim_later(
+                    database, authorization, caller, key, request_hash, now
+                )
+            else:
+                principal, claimed = await self._claim(
+                    database, authorization, caller, key, request_hash, now
+                )
         except DomainError as error:
             await _send_problem(send, error, instance=scope["path"])
             return
@@ -250,7 +269,15 @@ class IdempotencyMiddleware:
                 await self._release(database, claim)
                 return captured
         try:
-            is_ours = await self._record(session, claim, captured)
+            try:
+                is_ours = await self._record(session, claim, captured)
+            except IntegrityError as error:
+                if not (claim.at_commit and is_unique_violation(error, KEY_CONSTRAINT)):
+                    raise
+                # Another request with the key committed first (a concurrent duplicate,
+                # or a retry of a request that completed): this one's work does not count.
+                await session.rollback()
+                return await self._taken_meanwhile(database, claim)
             if is_ours:
                 try:
                     await run_final_steps(session)
@@ -279,6 +306,45 @@ class IdempotencyMiddleware:
     async def _commit(self, session: AsyncSession) -> None:
         """The one commit of a keyed request: its effect and its stored response."""
         await session.commit()
+
+    async def _claim_later(
+        self,
+        database: Database,
+        authorization: str,
+        caller: str,
+        key: str,
+        request_hash: str,
+        now: datetime,
+    ) -> tuple[object, _Claim]:
+        """Authenticate the caller for a route that claims its key at the commit: nothing
+        is written now (ADR 0028). The read session opens no transaction when the key
+        cache knows the caller.
+
+        Raises:
+            DomainError: the caller is not authenticated.
+        """
+        async with database.read() as session:
+            principal = await self._authenticate(session, authorization)
+        claim = _Claim(
+            caller,
+            key,
+            secrets.token_hex(16),
+            at_commit=True,
+            request_hash=request_hash,
+            at=now,
+        )
+        return principal, claim
+
+    async def _taken_meanwhile(self, database: Database, claim: _Claim) -> _Stored | _Problem:
+        """What a request that claims at the commit answers when the key was taken while it
+        ran: the first request's stored response, or why not."""
+        async with database.read() as session:
+            row = await _find(session, claim.caller, claim.key)
+        if row is not None and row.request_hash != claim.request_hash:
+            return _Problem(_reused())
+        if row is not None and row.is_complete:
+            return _stored(row)
+        return _Problem(_in_use())
 
     async def _claim(
         self,
@@ -311,7 +377,7 @@ class IdempotencyMiddleware:
                 )
             return principal, _Claim(caller, key, token)
         except IntegrityError as error:
-            if not is_unique_violation(error, "uq_idempotency_keys_scope_key"):
+            if not is_unique_violation(error, KEY_CONSTRAINT):
                 raise
         return principal, await self._claimed_already(database, caller, key, request_hash, now)
 
@@ -327,10 +393,7 @@ class IdempotencyMiddleware:
                     "a request with this key just finished failing; retry it"
                 )
             if row.request_hash != request_hash:
-                return IdempotencyKeyReused(
-                    "this Idempotency-Key was used with a different request body or path; "
-                    "use a new key for a new request"
-                )
+                return _reused()
             if row.is_complete:
                 return _stored(row)
             taken = await session.execute(
@@ -350,7 +413,25 @@ class IdempotencyMiddleware:
         self, session: AsyncSession, claim: _Claim, captured: _CapturedResponse
     ) -> bool:
         """Write the response into the key's row in the request's transaction, if the claim
-        is still ours."""
+        is still ours. A claim at the commit inserts the row, complete (raises the unique
+        violation when the key was taken meanwhile)."""
+        if claim.at_commit:
+            assert claim.at is not None
+            await session.execute(
+                insert(IdempotencyKey).values(
+                    scope=claim.caller,
+                    key=claim.key,
+                    request_hash=claim.request_hash,
+                    is_complete=True,
+                    response_status=captured.status,
+                    response_content_type=captured.content_type,
+                    response_body=captured.body.decode("utf-8", "replace"),
+                    created_at=claim.at,
+                    locked_at=claim.at,
+                    lock_token=claim.token,
+                )
+            )
+            return True
         result = await session.execute(
             update(IdempotencyKey)
             .where(
@@ -376,6 +457,8 @@ class IdempotencyMiddleware:
         return _Problem(_in_use())
 
     async def _release(self, database: Database, claim: _Claim) -> None:
+        if claim.at_commit:  # nothing was written
+            return
         async with database.unit_of_work() as session:
             await session.execute(
                 delete(IdempotencyKey).where(
@@ -401,6 +484,13 @@ def _stored(row: IdempotencyKey) -> _Stored:
         row.response_status,
         row.response_content_type or "application/json",
         row.response_body or "",
+    )
+
+
+def _reused() -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        "this Idempotency-Key was used with a different request body or path; "
+        "use a new key for a new request"
     )
 
 
