@@ -25,7 +25,6 @@ from stallholder.channels import connect as channel_connect
 from stallholder.channels import service as channel_service
 from stallholder.channels import sync as channel_sync
 from stallholder.channels.schemas import ChannelCreate
-from stallholder.events import webhooks
 from stallholder.fulfilment import shipments
 from stallholder.inventory import stock
 from stallholder.inventory.schemas import AdjustmentCreate
@@ -103,7 +102,7 @@ async def _creator(request: Request, session: SessionDep) -> Creator | None:
 
 
 # The page frame and the signed-in creator, for the dashboard's other modules
-# (``dashboard_drops.py``).
+# (``dashboard_drops.py``, ``dashboard_webhooks.py``).
 render_page = _page
 current_creator = _creator
 
@@ -800,28 +799,6 @@ async def balance_page(request: Request, session: SessionDep, settings: Settings
         "dashboard_balance.html",
         {"balances": sorted(balances.items()), "entries": entries.data, "account": account},
     )
-
-
-@router.get("/dashboard/webhooks", response_class=HTMLResponse)
-async def webhooks_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
-    creator = await _creator(request, session)
-    if creator is None:
-        return sign_in_redirect(request)
-    endpoints = await webhooks.list_endpoints(
-        session, creator_id=creator.id, limit=PAGE_SIZE, starting_after=None
-    )
-    rows = []
-    for endpoint in endpoints.data:
-        deliveries = await webhooks.list_deliveries(
-            session,
-            creator_id=creator.id,
-            endpoint_id=endpoint.id,
-            event_id=None,
-            limit=10,
-            starting_after=None,
-        )
-        rows.append({"endpoint": endpoint, "deliveries": deliveries.data})
-    return await _page(request, settings, creator, "dashboard_webhooks.html", {"rows": rows})
 
 
 async def _keys_page(
