@@ -57,6 +57,8 @@ from stallholder.wallets.api import router as wallets_router
 from stallholder.web.checkout_pages import router as checkout_pages_router
 from stallholder.web.dashboard import router as dashboard_router
 from stallholder.web.dashboard_auth import router as dashboard_auth_router
+from stallholder.web.dashboard_drops import router as dashboard_drops_router
+from stallholder.web.dashboard_webhooks import router as dashboard_webhooks_router
 from stallholder.web.downloads import router as downloads_router
 from stallholder.web.embed import BrowserCheckoutCors
 from stallholder.web.embed import router as embed_router
@@ -411,6 +413,8 @@ def create_app(
     app.include_router(embed_router)
     app.include_router(dashboard_auth_router)
     app.include_router(dashboard_router)
+    app.include_router(dashboard_drops_router)
+    app.include_router(dashboard_webhooks_router)
     app.include_router(downloads_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     openapi.install(app, security_schemes=SECURITY_SCHEMES)

@@ -5,6 +5,7 @@ and the portal and dashboard pages after signing in with a link from the SMTP se
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,6 +30,8 @@ DASHBOARD_PAGES = [
     "/dashboard/orders",
     "/dashboard/subscribers",
     "/dashboard/inventory",
+    "/dashboard/channels",
+    "/dashboard/channels/new",
     "/dashboard/balance",
     "/dashboard/webhooks",
     "/dashboard/keys",
@@ -50,13 +53,12 @@ def _fits_a_phone(page: Any, shots: Shots, path: str) -> list[str]:
     return problems
 
 
-def test_every_page_of_the_demo_fits_a_phone(
-    server: Server, smtp: SmtpServer, page: Any, shots: Shots
-) -> None:
+def demo_pages(page: Any, server: Server, smtp: SmtpServer) -> Iterator[str]:
+    """Open every page of the seeded demo in turn, yielding each one's path once it is
+    open: the store index, each store and product page, a checkout, the sign-in pages,
+    the portal's pages (signed in as a demo buyer) and the dashboard's (as a creator).
+    The accessibility test walks the same pages."""
     server.seed_demo()
-    page.set_viewport_size({"width": 375, "height": 800})
-    problems: list[str] = []
-
     page.goto(server.base_url + "/")
     stores = sorted(
         {
@@ -66,39 +68,47 @@ def test_every_page_of_the_demo_fits_a_phone(
         }
     )
     assert stores == ["/s/ink-fox", "/s/kiln-and-clay", "/s/paper-lantern"]
-    problems += _fits_a_phone(page, shots, "/")
+    yield "/"
     products: list[str] = []
     for store in stores:
         page.goto(server.base_url + store)
-        problems += _fits_a_phone(page, shots, store)
+        yield store
         products += page.eval_on_selector_all(f"a[href^='{store}/prod_']", HREFS)
+    assert len(products) >= 6
     buyable = []
     for product in sorted(set(products)):
         page.goto(server.base_url + product)
-        problems += _fits_a_phone(page, shots, product)
+        yield product
         if page.locator("a[href^='/buy/']").count():
             buyable.append(product)
 
     page.goto(server.base_url + buyable[0])
     page.locator("a[href^='/buy/']").first.click()
     page.wait_for_url(re.compile(r"/pay/cs_"))
-    problems += _fits_a_phone(page, shots, "/pay")
+    yield "/pay"
     for path in ("/portal/sign-in", "/dashboard/sign-in"):
         page.goto(server.base_url + path)
-        problems += _fits_a_phone(page, shots, path)
+        yield path
 
     _sign_in(page, server, smtp, face="portal", email="reader@example.com")
-    problems += _fits_a_phone(page, shots, "/portal")
+    yield "/portal"
     portal_links = page.eval_on_selector_all("a[href^='/portal/']", HREFS)
+    assert len(portal_links) >= 3
     for path in sorted({href for href in portal_links if "sign-" not in href}):
         page.goto(server.base_url + path)
-        problems += _fits_a_phone(page, shots, path)
+        yield path
 
     _sign_in(page, server, smtp, face="dashboard", email="hello@paperlantern.example")
     for path in DASHBOARD_PAGES:
         page.goto(server.base_url + path)
-        problems += _fits_a_phone(page, shots, path)
+        yield path
 
+
+def test_every_page_of_the_demo_fits_a_phone(
+    server: Server, smtp: SmtpServer, page: Any, shots: Shots
+) -> None:
+    page.set_viewport_size({"width": 375, "height": 800})
+    problems: list[str] = []
+    for path in demo_pages(page, server, smtp):
+        problems += _fits_a_phone(page, shots, path)
     assert problems == []
-    assert len(products) >= 6
-    assert len(portal_links) >= 3

@@ -385,6 +385,107 @@ async def test_license_keys_are_issued_once_each_under_concurrent_purchases(api:
     assert (last.json()["available"], last.json()["issued"]) == (1, 8)
 
 
+def _mails(smtp: SmtpServer, subject_start: str) -> list[tuple[str, str, str]]:
+    """(recipient, subject, plain text) of each email whose subject starts so, in order."""
+    found = []
+    for received in smtp.received:
+        subject = str(received.message["Subject"])
+        if subject.startswith(subject_start):
+            body = received.message.get_body(("plain",))
+            assert body is not None
+            text = str(body.get_content()).replace("\r\n", "\n")
+            found.append((",".join(received.rcpt_tos), subject, text))
+    return found
+
+
+async def test_an_owed_license_key_is_emailed_when_it_is_issued(
+    api: Api,
+    database: Database,
+    clock: FrozenClock,
+    smtp: SmtpServer,
+    mail_settings: Settings,
+) -> None:
+    creator = await api.creator(name="Ink Fox")
+    sk = creator["secret_key"]
+    product = await api.product(sk, kind="digital", name="Brush pack licence")
+    price = await api.price(sk, product=product["id"], unit_amount=900)
+    added = await api.http.post(
+        f"/v1/products/{product['id']}/license_keys", headers=bearer(sk), json={"keys": ["K-1"]}
+    )
+    assert added.status_code == 200, added.text
+    first = await _buy(api, sk, price["id"])
+    owed = await _buy(api, sk, price["id"], quantity=2)
+    order_id = owed.json()["order"]
+    number = (await _order(api, sk, order_id))["receipt"]["number"]
+    worker = Worker(database, clock, settings=mail_settings)
+    await worker.run_once()
+    receipts = _mails(smtp, "Your receipt from Ink Fox")
+    assert len(receipts) == 2
+    assert (
+        "Ink Fox owes you 2 more license keys; they will send them as soon as they can."
+        in receipts[1][2]
+    )
+    assert _mails(smtp, "Your license key") == []
+
+    # One key added: the order gets it now, by email, and is owed one more.
+    refill = await api.http.post(
+        f"/v1/products/{product['id']}/license_keys", headers=bearer(sk), json={"keys": ["K-2"]}
+    )
+    assert refill.json()["issued"] == 2
+    events = await api.http.get(
+        "/v1/events", headers=bearer(sk), params={"type": "order.license_keys_issued"}
+    )
+    [event] = events.json()["data"]
+    assert event["data"]["object"] == {
+        "object": "license_keys_issued",
+        "order": order_id,
+        "product": product["id"],
+        "keys": ["K-2"],
+        "license_keys_missing": 1,
+    }
+    await worker.run_once()
+    assert _mails(smtp, "Your license key") == [
+        (
+            "buyer@example.com",
+            f"Your license key from Ink Fox [{number}]",
+            f"Your license key from Ink Fox\n\n"
+            f"Ink Fox owed you this license key for your order {number} (Brush pack licence). "
+            "Here it is:\n\nK-2\n\n"
+            "Ink Fox still owes you 1 more license key; they will send it as soon as they "
+            "can.\n\n"
+            "Keep this email: the key is also shown on your order in the buyer portal.\n\n"
+            "Sent on behalf of Ink Fox to buyer@example.com.\n",
+        )
+    ]
+
+    # Two more: the last one owed is given and mailed; the other stays in the pool.
+    await api.http.post(
+        f"/v1/products/{product['id']}/license_keys",
+        headers=bearer(sk),
+        json={"keys": ["K-3", "K-4"]},
+    )
+    await worker.run_once()
+    mailed = _mails(smtp, "Your license key")
+    assert len(mailed) == 2
+    assert "\n\nK-3\n\n" in mailed[1][2]
+    assert "still owes" not in mailed[1][2]
+    order = await _order(api, sk, order_id)
+    assert ([k["key"] for k in order["license_keys"]], order["license_keys_missing"]) == (
+        ["K-2", "K-3"],
+        0,
+    )
+    # The order that got its key at sale time was never emailed again.
+    assert all(first.json()["order"] not in text for _, _, text in mailed)
+    # A refill with nobody owed a key emits nothing.
+    await api.http.post(
+        f"/v1/products/{product['id']}/license_keys", headers=bearer(sk), json={"keys": ["K-5"]}
+    )
+    events = await api.http.get(
+        "/v1/events", headers=bearer(sk), params={"type": "order.license_keys_issued"}
+    )
+    assert len(events.json()["data"]) == 2
+
+
 async def test_the_demo_delivers_its_mini_zine_and_a_brush_licence(
     client: httpx.AsyncClient,
     database: Database,

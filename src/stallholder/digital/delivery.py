@@ -24,7 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.digital import links as signing
 from stallholder.digital.models import Download, File, LicenseKey, OwedLicenseKeys, ProductFile
 from stallholder.digital.service import FileNotFound, insert_for
+from stallholder.events.service import emit
 from stallholder.kit.errors import DomainError
+
+# Keys owed to an order were given when keys were added (the buyer is emailed them).
+KEYS_ISSUED_EVENT = "order.license_keys_issued"
 
 
 class DownloadLimitReached(DomainError):
@@ -44,9 +48,9 @@ class OrderedLine:
 
 async def _take_keys(
     session: AsyncSession, *, order_id: str, line: OrderedLine, now: datetime
-) -> int:
-    """Issue up to ``line.quantity`` unissued keys of its product to the line; returns how
-    many it got."""
+) -> list[str]:
+    """Issue up to ``line.quantity`` unissued keys of its product to the line; returns the
+    keys it got, in key order."""
     # A materialized CTE, evaluated once: PostgreSQL may run a ``LIMIT … FOR UPDATE
     # SKIP LOCKED`` subquery in ``WHERE id IN (…)`` more than once and so update more
     # rows than the limit.
@@ -63,10 +67,10 @@ async def _take_keys(
         update(LicenseKey)
         .where(LicenseKey.id.in_(select(free.c.id)), LicenseKey.order_line_id.is_(None))
         .values(order_id=order_id, order_line_id=line.line_id, issued_at=now)
-        .returning(LicenseKey.id)
+        .returning(LicenseKey.id, LicenseKey.key)
         .execution_options(synchronize_session=False)
     )
-    return len(taken.all())
+    return [key for _, key in sorted(taken.all())]
 
 
 async def issue_license_keys(
@@ -96,7 +100,7 @@ async def issue_license_keys(
     for line in sorted(lines, key=lambda line: line.line_id):
         if line.product_id not in with_pools:
             continue
-        count = await _take_keys(session, order_id=order_id, line=line, now=now)
+        count = len(await _take_keys(session, order_id=order_id, line=line, now=now))
         issued += count
         if count < line.quantity:
             session.add(
@@ -118,7 +122,11 @@ async def give_owed_keys(
 ) -> int:
     """Give keys from the product's pool to the order lines owed some, oldest first (run
     after keys are added, in that transaction); returns how many were given. The owed
-    rows are locked in key order, so two concurrent refills never give one line twice."""
+    rows are locked in key order, so two concurrent refills never give one line twice.
+
+    Each order given keys gets one ``order.license_keys_issued`` event with them (the
+    buyer is emailed the keys when it is dispatched), in this transaction: it exists if
+    and only if the keys were given."""
     owed = (
         (
             await session.execute(
@@ -135,9 +143,10 @@ async def give_owed_keys(
         .scalars()
         .all()
     )
-    given = 0
+    given: dict[str, list[str]] = {}  # order → the keys it got now, in line order
+    paid_off: set[int] = set()
     for debt in owed:
-        count = await _take_keys(
+        keys = await _take_keys(
             session,
             order_id=debt.order_id,
             line=OrderedLine(
@@ -145,14 +154,34 @@ async def give_owed_keys(
             ),
             now=now,
         )
-        given += count
-        if count == debt.quantity:
+        if keys:
+            given.setdefault(debt.order_id, []).extend(keys)
+        if len(keys) == debt.quantity:
             await session.delete(debt)
+            paid_off.add(debt.order_line_id)
         else:
-            debt.quantity -= count
+            debt.quantity -= len(keys)
             break  # the pool is empty again
+    still_owed: dict[str, int] = {}  # order → units of this product it is still owed
+    for debt in owed:
+        if debt.order_line_id not in paid_off:
+            still_owed[debt.order_id] = still_owed.get(debt.order_id, 0) + debt.quantity
+    for order_id, keys in given.items():
+        await emit(
+            session,
+            creator_id=creator_id,
+            type=KEYS_ISSUED_EVENT,
+            data={
+                "object": "license_keys_issued",
+                "order": order_id,
+                "product": product_id,
+                "keys": keys,
+                "license_keys_missing": still_owed.get(order_id, 0),
+            },
+            now=now,
+        )
     await session.flush()
-    return given
+    return sum(len(keys) for keys in given.values())
 
 
 async def forget_owed_keys(session: AsyncSession, *, order_id: str) -> None:

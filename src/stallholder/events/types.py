@@ -12,6 +12,10 @@ EVENT_TYPES: dict[str, str] = {
     "refund.created": "An order was refunded in full or in part; data.object is the refund.",
     "order.shipped": "An order's parcel left (every unit of the order); data.object is the "
     "shipment: order, customer_email, carrier, tracking_number, tracking_url, items.",
+    "order.license_keys_issued": "License keys owed to an order (its product's key pool "
+    "was empty when it was paid) were issued when the creator added keys; data.object: "
+    "order, product, keys (the keys issued now), license_keys_missing (how many of the "
+    "product it is still owed). The buyer is emailed the keys.",
     "payment.failed": "A payment attempt was declined or failed; data.object is the attempt.",
     "webhook_endpoint.disabled": "A webhook endpoint was disabled after repeated failures; "
     "data.object is the endpoint.",

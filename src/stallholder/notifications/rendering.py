@@ -33,6 +33,8 @@ SUBJECTS: dict[str, str] = {
     "subscription_canceled": "Your {{ merchant }} subscription is canceled",
     "raffle_offer": "You can buy from {{ merchant }}'s {{ drop_name }}",
     "shipped": "Your order from {{ merchant }} is on its way [{{ number }}]",
+    "license_keys": "Your license key{% if license_keys|length > 1 %}s{% endif %} from "
+    "{{ merchant }} [{{ number }}]",
     "waitlist_offer": "One is back: {{ merchant }}'s {{ drop_name }} is held for you",
     "channel_paused": "Channel paused: {{ channel_name }}",
     "channel_oversold": "Oversold on {{ channel_name }}: {{ quantity }} × {{ sku }}",

@@ -273,6 +273,31 @@ async def shipped_notice(
     )
 
 
+async def license_keys_issued(
+    session: AsyncSession, *, event_id: str, creator_id: str, issued: Mapping[str, Any]
+) -> NewEmail:
+    """Send the buyer the license keys their order was owed, now issued
+    (``order.license_keys_issued``)."""
+    order = await orders.get_order(session, creator_id=creator_id, order_id=str(issued["order"]))
+    creator = await accounts.get_creator(session, creator_id)
+    product_id = str(issued["product"])
+    return compose(
+        creator_id=creator_id,
+        kind="license_keys",
+        to=order.customer_email,
+        dedupe_key=f"{event_id}:license_keys",
+        context={
+            "merchant": creator.display_name,
+            "number": order.receipt_number,
+            "products": sorted(
+                {li.description for li in order.line_items if li.product_id == product_id}
+            ),
+            "license_keys": [str(key) for key in issued["keys"]],
+            "license_keys_missing": int(issued["license_keys_missing"]),
+        },
+    )
+
+
 async def payment_failed(
     session: AsyncSession, *, event_id: str, creator_id: str, attempt: Mapping[str, Any]
 ) -> NewEmail | None:

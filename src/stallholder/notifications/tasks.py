@@ -95,6 +95,10 @@ async def _email_for_event(
         return await service.shipped_notice(
             session, event_id=event.id, creator_id=event.creator_id, shipment=data
         )
+    if event.type == "order.license_keys_issued":
+        return await service.license_keys_issued(
+            session, event_id=event.id, creator_id=event.creator_id, issued=data
+        )
     if event.type == "payment.failed":
         return await service.payment_failed(
             session, event_id=event.id, creator_id=event.creator_id, attempt=data

@@ -25,9 +25,8 @@ from stallholder.channels import connect as channel_connect
 from stallholder.channels import service as channel_service
 from stallholder.channels import sync as channel_sync
 from stallholder.channels.schemas import ChannelCreate
-from stallholder.events import webhooks
 from stallholder.fulfilment import shipments
-from stallholder.inventory import drops, stock
+from stallholder.inventory import stock
 from stallholder.inventory.schemas import AdjustmentCreate
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep, get_database
@@ -100,6 +99,12 @@ async def _creator(request: Request, session: SessionDep) -> Creator | None:
     except accounts.CreatorNotFound:  # deleted since: sign in again
         request.session.clear()
         return None
+
+
+# The page frame and the signed-in creator, for the dashboard's other modules
+# (``dashboard_drops.py``, ``dashboard_webhooks.py``).
+render_page = _page
+current_creator = _creator
 
 
 def _month_label(point: MonthPoint) -> str:
@@ -319,18 +324,6 @@ async def create_product(
         now=now,
     )
     return RedirectResponse(f"/dashboard/products?created={product.id}", status_code=303)
-
-
-@router.get("/dashboard/drops", response_class=HTMLResponse)
-async def drops_page(
-    request: Request, session: SessionDep, settings: SettingsDep, now: NowDep
-) -> Response:
-    creator = await _creator(request, session)
-    if creator is None:
-        return sign_in_redirect(request)
-    views = await drops.list_drops(session, creator_id=creator.id, limit=PAGE_SIZE)
-    rows = [{"view": view, "state": view.state(now)} for view in views]
-    return await _page(request, settings, creator, "dashboard_drops.html", {"rows": rows})
 
 
 @router.get("/dashboard/orders", response_class=HTMLResponse)
@@ -806,28 +799,6 @@ async def balance_page(request: Request, session: SessionDep, settings: Settings
         "dashboard_balance.html",
         {"balances": sorted(balances.items()), "entries": entries.data, "account": account},
     )
-
-
-@router.get("/dashboard/webhooks", response_class=HTMLResponse)
-async def webhooks_page(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
-    creator = await _creator(request, session)
-    if creator is None:
-        return sign_in_redirect(request)
-    endpoints = await webhooks.list_endpoints(
-        session, creator_id=creator.id, limit=PAGE_SIZE, starting_after=None
-    )
-    rows = []
-    for endpoint in endpoints.data:
-        deliveries = await webhooks.list_deliveries(
-            session,
-            creator_id=creator.id,
-            endpoint_id=endpoint.id,
-            event_id=None,
-            limit=10,
-            starting_after=None,
-        )
-        rows.append({"endpoint": endpoint, "deliveries": deliveries.data})
-    return await _page(request, settings, creator, "dashboard_webhooks.html", {"rows": rows})
 
 
 async def _keys_page(

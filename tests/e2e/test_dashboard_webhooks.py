@@ -1,0 +1,153 @@
+"""The dashboard's webhook endpoints (issue 10: webhooks by form, not only by API): an
+endpoint added with its secret shown once, the SSRF guard's refusal on the form, disabled,
+enabled and deleted through the services of ``/v1/webhook_endpoints``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from stallholder.events.models import WebhookEndpoint
+from stallholder.kit.clock import FrozenClock
+from stallholder.kit.db import Database
+from stallholder.settings import Settings
+from tests.conftest import Api, bearer
+from tests.e2e.portal_helpers import browser, csrf_of, submit
+from tests.e2e.test_dashboard import _sign_in_from_outbox, unlabelled_controls
+
+pytestmark = pytest.mark.anyio
+SHOP = "hi@example.com"
+
+
+@pytest.fixture
+def database_url(any_database_url: str) -> str:
+    """On SQLite and PostgreSQL."""
+    return any_database_url
+
+
+async def _count(database: Database, model: Any) -> int:
+    async with database.read() as session:
+        return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+async def test_webhook_endpoints_are_added_disabled_enabled_and_deleted_by_form(
+    api: Api, settings: Settings, database: Database, clock: FrozenClock
+) -> None:
+    guarded = settings.model_copy(update={"allow_private_webhook_targets": False})
+    creator = await api.creator(email=SHOP)
+    key = creator["secret_key"]
+    async with browser(guarded, database, clock) as phone:
+        await _sign_in_from_outbox(phone, database, SHOP)
+        page = await phone.get("/dashboard/webhooks")
+        assert 'id="endpoint-form"' in page.text
+        assert 'id="no-webhooks"' in page.text
+        assert unlabelled_controls(page.text) == []
+
+        private = await submit(
+            phone,
+            "/dashboard/webhooks",
+            "/dashboard/webhooks",
+            {"url": "http://127.0.0.1:9000/hooks", "events": "order.paid"},
+        )
+        assert private.status_code == 400
+        assert (
+            "127.0.0.1 resolves to 127.0.0.1, which is not a public address; webhooks go to "
+            "public http(s) URLs" in private.text
+        )
+        assert 'value="http://127.0.0.1:9000/hooks"' in private.text
+        assert 'value="order.paid" checked' in private.text
+        no_events = await submit(
+            phone,
+            "/dashboard/webhooks",
+            "/dashboard/webhooks",
+            {"url": "https://93.184.215.14/hooks"},
+        )
+        assert no_events.status_code == 422
+        assert "event types: tick at least one (or all events)" in no_events.text
+        not_a_url = await submit(
+            phone,
+            "/dashboard/webhooks",
+            "/dashboard/webhooks",
+            {"url": "ftp://93.184.215.14/hooks", "events": "*"},
+        )
+        assert not_a_url.status_code == 400
+        assert "the URL must start with https:// or http://" in not_a_url.text
+        assert await _count(database, WebhookEndpoint) == 0
+
+        page = await phone.get("/dashboard/webhooks")
+        created = await phone.post(
+            "/dashboard/webhooks",
+            data={
+                "url": "https://93.184.215.14/hooks",
+                "description": "shop backend",
+                "events": ["order.paid", "refund.created"],
+                "csrf_token": csrf_of(page.text),
+            },
+        )
+        assert created.status_code == 200, created.text
+        assert 'id="endpoint-created"' in created.text
+        [endpoint] = (await api.http.get("/v1/webhook_endpoints", headers=bearer(key))).json()[
+            "data"
+        ]
+        assert (endpoint["url"], endpoint["events"], endpoint["description"]) == (
+            "https://93.184.215.14/hooks",
+            ["order.paid", "refund.created"],
+            "shop backend",
+        )
+        async with database.read() as session:
+            secret = (await session.get(WebhookEndpoint, endpoint["id"])).secret  # type: ignore[union-attr]
+        assert secret.startswith("whsec_")
+        assert f'<code id="endpoint-secret">{secret}</code>' in created.text
+        # Shown once: the list never repeats it.
+        listed = await phone.get("/dashboard/webhooks")
+        assert secret not in listed.text
+        assert 'id="endpoint-secret"' not in listed.text
+
+        base = f"/dashboard/webhooks/{endpoint['id']}"
+        disabled = await submit(phone, "/dashboard/webhooks", f"{base}/disable")
+        assert (disabled.status_code, disabled.headers["location"]) == (
+            303,
+            f"/dashboard/webhooks#endpoint-{endpoint['id']}",
+        )
+        got = await api.http.get(f"/v1/webhook_endpoints/{endpoint['id']}", headers=bearer(key))
+        assert (got.json()["status"], got.json()["disabled_reason"]) == (
+            "disabled",
+            "disabled by the creator",
+        )
+        enabled = await submit(phone, "/dashboard/webhooks", f"{base}/enable")
+        assert enabled.status_code == 303
+        got = await api.http.get(f"/v1/webhook_endpoints/{endpoint['id']}", headers=bearer(key))
+        assert (got.json()["status"], got.json()["disabled_reason"]) == ("enabled", None)
+
+        unconfirmed = await submit(phone, "/dashboard/webhooks", f"{base}/delete")
+        assert unconfirmed.status_code == 422
+        assert "Tick the box to delete https://93.184.215.14/hooks" in unconfirmed.text
+        got = await api.http.get(f"/v1/webhook_endpoints/{endpoint['id']}", headers=bearer(key))
+        assert got.json()["status"] == "enabled"
+        deleted = await submit(phone, "/dashboard/webhooks", f"{base}/delete", {"confirm": "yes"})
+        assert deleted.status_code == 303
+        got = await api.http.get(f"/v1/webhook_endpoints/{endpoint['id']}", headers=bearer(key))
+        assert got.json()["status"] == "deleted"
+        after = await phone.get("/dashboard/webhooks")
+        assert f'action="{base}/enable"' not in after.text
+        assert f'action="{base}/delete"' not in after.text
+
+        # Another creator's endpoint is a 404 page.
+        other = await api.creator(email="other@example.com")
+        theirs = await api.http.post(
+            "/v1/webhook_endpoints",
+            headers=bearer(other["secret_key"]),
+            json={"url": "https://93.184.215.14/theirs", "events": ["*"]},
+        )
+        assert theirs.status_code == 201, theirs.text
+        refused = await phone.post(
+            f"/dashboard/webhooks/{theirs.json()['id']}/disable",
+            data={"csrf_token": csrf_of(after.text)},
+        )
+        assert refused.status_code == 404
+    got = await api.http.get(
+        f"/v1/webhook_endpoints/{theirs.json()['id']}", headers=bearer(other["secret_key"])
+    )
+    assert got.json()["status"] == "enabled"
