@@ -380,6 +380,9 @@ def create_app(
     # The checkout API confirms subscription-mode sessions through this port (billing sits
     # above checkout; docs/architecture.md, "Subscription checkout").
     app.state.subscription_confirmer = billing_checkout.confirmer(policy_from(settings))
+    # ... and learns from this one where the platform billing day puts a subscription's
+    # first charges, for the session's renewal terms (ADR 0020; None when it is off).
+    app.state.subscription_quoter = billing_checkout.quoter(settings.billing_day)
     # Digital delivery (docs/digital-delivery.md): where files live, how links are signed.
     app.state.file_storage = storage_from_settings(settings)
     app.state.download_links = links_from_settings(settings)

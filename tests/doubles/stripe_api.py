@@ -207,6 +207,8 @@ class StripeDouble:
         self.connected_balances: dict[str, int] = {}
         self._idempotent: dict[str, _Stored] = {}
         self._fail_next: list[int] = []
+        # Stripe's dispute fee for a disputed PaymentIntent (``create_dispute``).
+        self._dispute_fees: dict[str, int] = {}
         self._lock = threading.Lock()
         self.app = Starlette(
             routes=[
@@ -295,16 +297,25 @@ class StripeDouble:
         return self.connected_balances.get(account_id, 0)
 
     def create_dispute(
-        self, *, payment_intent: str, reason: str = "fraudulent", status: str = "needs_response"
+        self,
+        *,
+        payment_intent: str,
+        reason: str = "fraudulent",
+        status: str = "needs_response",
+        amount: int | None = None,
+        fee: int = 0,
     ) -> dict[str, Any]:
-        """The buyer's bank disputes the payment (what Stripe's dispute test cards do)."""
+        """The buyer's bank disputes the payment (what Stripe's dispute test cards do): all
+        of it, or ``amount``. ``fee`` is Stripe's dispute fee, taken with the funds and
+        given back with them when the dispute is won."""
         with self._lock:
             intent = self.objects[payment_intent]
             charge = self.objects[intent["latest_charge"]]
+            self._dispute_fees[payment_intent] = fee
             dispute = {
                 "id": new_id("dp"),
                 "object": "dispute",
-                "amount": charge["amount"],
+                "amount": charge["amount"] if amount is None else amount,
                 "balance_transactions": [],
                 "charge": charge["id"],
                 "created": int(time.time()),
@@ -350,11 +361,12 @@ class StripeDouble:
         )
         if should_hold != held:
             amount = held - should_hold
+            fee = self._dispute_fees.get(dispute["payment_intent"], 0)
             dispute["balance_transactions"].append(
                 self._balance_transaction(
                     amount=amount,
                     currency=dispute["currency"],
-                    fee=0,
+                    fee=fee if amount < 0 else -fee,
                     type="adjustment",
                     source=dispute["id"],
                 )

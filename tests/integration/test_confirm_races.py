@@ -67,6 +67,7 @@ class HeldGateway(SandboxGateway):
         currency: str,
         idempotency_key: str,
         transfer_reversal: TransferReversal | None = None,
+        is_platform_charge: bool = False,
     ) -> RefundResult:
         self.refunds.append(idempotency_key)
         await self._wait_if_held()
@@ -76,6 +77,7 @@ class HeldGateway(SandboxGateway):
             currency=currency,
             idempotency_key=idempotency_key,
             transfer_reversal=transfer_reversal,
+            is_platform_charge=is_platform_charge,
         )
 
 

@@ -10,6 +10,7 @@ from stallholder.ledger.fees import (
     FeePolicy,
     FeeSchedule,
     Split,
+    creator_share_left,
     payment_split,
     platform_fee,
     refund_split,
@@ -161,3 +162,32 @@ def test_settings_refuse_a_fixed_fee_without_a_currency_or_out_of_range(
     monkeypatch.setenv("STALLHOLDER_PLATFORM_FEE_FIXED", value)
     with pytest.raises(ValidationError, match="platform_fee_fixed"):
         Settings()
+
+
+def test_the_creator_share_left_after_refunds_is_what_the_ledger_keeps() -> None:
+    payment = payment_split(300, platform_fee=15, processor_fee=20)
+    assert creator_share_left(payment, refunded=0) == 265
+    assert creator_share_left(payment, refunded=100) == 265 - 88  # 88.33 rounded down
+    assert creator_share_left(payment, refunded=300) == 0
+
+
+@given(
+    gross=st.integers(min_value=1, max_value=100_000),
+    data=st.data(),
+)
+def test_the_creator_share_left_matches_the_refunds_reversed(
+    gross: int, data: st.DataObject
+) -> None:
+    platform = data.draw(st.integers(min_value=0, max_value=gross))
+    processor = data.draw(st.integers(min_value=0, max_value=gross - platform))
+    payment = payment_split(gross, platform_fee=platform, processor_fee=processor)
+    refunds = data.draw(st.lists(st.integers(min_value=1, max_value=gross), max_size=5))
+    refunded = 0
+    reversed_from_creator = 0
+    for amount in refunds:
+        if refunded + amount > gross:
+            break
+        split = refund_split(payment, refunded_before=refunded, amount=amount)
+        reversed_from_creator += split.creator
+        refunded += amount
+    assert creator_share_left(payment, refunded=refunded) == payment.creator - reversed_from_creator

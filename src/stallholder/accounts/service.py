@@ -29,6 +29,8 @@ from stallholder.kit.ids import hash_secret, new_id, new_secret
 from stallholder.kit.pagination import Page, paginate
 
 ADMIN_KEY_FILE = "admin-key"
+# The time zone of a customer a checkout creates for an email (the buyer's is not known).
+NEW_CUSTOMER_ZONE = "UTC"
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,11 +433,12 @@ async def get_customer(session: AsyncSession, *, creator_id: str, customer_id: s
     return customer
 
 
-async def customer_for_email(
-    session: AsyncSession, *, creator_id: str, email: str, now: datetime
-) -> Customer:
-    """The creator's oldest customer with this email, created when there is none."""
-    existing = (
+async def find_customer_for_email(
+    session: AsyncSession, *, creator_id: str, email: str
+) -> Customer | None:
+    """The creator's oldest customer with this email (the one ``customer_for_email``
+    returns), or None."""
+    return (
         await session.execute(
             select(Customer)
             .where(Customer.creator_id == creator_id, Customer.email == email)
@@ -443,10 +446,17 @@ async def customer_for_email(
             .limit(1)
         )
     ).scalar_one_or_none()
+
+
+async def customer_for_email(
+    session: AsyncSession, *, creator_id: str, email: str, now: datetime
+) -> Customer:
+    """The creator's oldest customer with this email, created when there is none."""
+    existing = await find_customer_for_email(session, creator_id=creator_id, email=email)
     if existing is not None:
         return existing
     return await create_customer(
-        session, creator_id=creator_id, email=email, name=None, time_zone="UTC", now=now
+        session, creator_id=creator_id, email=email, name=None, time_zone=NEW_CUSTOMER_ZONE, now=now
     )
 
 

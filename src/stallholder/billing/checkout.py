@@ -25,14 +25,16 @@ The checkout API reaches this through the ``SubscriptionConfirmer`` port
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts import service as accounts
-from stallholder.billing import renewal, subscriptions
+from stallholder.billing import periods, renewal, subscriptions
 from stallholder.billing.models import Invoice, Subscription
+from stallholder.billing.periods import Plan
 from stallholder.checkout import service as checkout
 from stallholder.checkout.models import CheckoutSession
 from stallholder.kit.db import Database
@@ -96,6 +98,43 @@ def confirmer(policy: renewal.BillingPolicy) -> checkout.SubscriptionConfirmer:
     return confirm
 
 
+def quoter(billing_day: int) -> checkout.SubscriptionQuoter | None:
+    """The ``SubscriptionQuoter`` the app gives the checkout API and pages: where the
+    platform billing day (ADR 0020; 0 is off: None) puts a subscription begun now, by the
+    same rule as ``subscriptions.create_subscription``."""
+    if not billing_day:
+        return None
+
+    def quote(
+        *,
+        plan: tuple[str, int],
+        trial_days: int,
+        has_delivery_calendar: bool,
+        lines: Sequence[tuple[int, int]],
+        zone_name: str,
+        now: datetime,
+    ) -> checkout.FirstCharge | None:
+        interval, count = plan
+        found = subscriptions.quote_billing_day(
+            billing_day=billing_day,
+            plan=Plan(interval, count),  # type: ignore[arg-type]
+            trial_days=trial_days,
+            has_delivery_calendar=has_delivery_calendar,
+            lines=lines,
+            zone_name=zone_name,
+            at=now,
+        )
+        if found is None:
+            return None
+        return checkout.FirstCharge(
+            anchor=found.anchor,
+            day=periods.local_date(found.anchor, zone_name),
+            amount=found.amount,
+        )
+
+    return quote
+
+
 async def confirm_subscription_session(
     database: Database,
     gateway: Gateway,
@@ -118,7 +157,9 @@ async def confirm_subscription_session(
     Raises:
         SessionNotFound, SessionExpired, ConsentRequired, EmailRequired,
         CardNumberRejected, InvalidPaymentMethod, PaymentMethodDeclined, GatewayUnavailable,
-        InvalidSubscriptionItems (a price was archived since the session opened).
+        InvalidSubscriptionItems (a price was archived since the session opened),
+        BillingDayChanged (the billing day the terms promise is not the buyer's: another
+        time zone, or the day has begun).
     """
     payments.check_payment_method(payment_method)
     async with database.unit_of_work() as starting:
@@ -148,6 +189,7 @@ async def confirm_subscription_session(
         customer_id = current.customer_id
         subscription_id = current.subscription_id
         terms = current.renewal_terms
+        promised_anchor = current.billing_anchor
         items = [
             subscriptions.ItemRequest(item.price_id, item.quantity) for item in current.line_items
         ]
@@ -178,6 +220,7 @@ async def confirm_subscription_session(
                         terms=terms, ip_address=ip_address, user_agent=user_agent
                     ),
                     now=now,
+                    promised_anchor=promised_anchor,
                 )
                 subscription_id = created.subscription.id
                 current.subscription_id = subscription_id

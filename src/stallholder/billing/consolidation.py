@@ -651,11 +651,15 @@ async def transfer_parts(
     connected account, keyed ``<charge>:transfer:<invoice>`` (a repeat gets the same
     transfer), each recorded on the invoice's order; returns how many were made now. The
     creator's part is what a destination charge would have paid it: its amount less the
-    platform's fee and the processor's estimated fee, as in the ledger. A gateway that
-    pays creators from the ledger (the sandbox) makes none.
+    platform's fee and the processor's estimated fee, as in the ledger, less what refunds
+    made before the transfer took back (``orders.plan_transfer``: fixed on the order the
+    first time, so a retry asks for the same amount under the same key; a part refunded
+    in full gets no transfer). A gateway that pays creators from the ledger (the sandbox)
+    makes none.
 
     Raises:
-        work.Retry: the charge has no outcome yet, or an invoice has no order yet.
+        work.Retry: the charge has no outcome yet, an invoice has no order yet, or an
+            order has a refund pending (the other parts are transferred first).
         GatewayRefused, GatewayUnavailable: a transfer was not made (the job is retried).
     """
     if not gateway.needs_connected_account:
@@ -669,21 +673,54 @@ async def transfer_parts(
             raise work.Retry(f"charge {charge_id} has no outcome yet", delay=TRANSFER_WAIT)
         if attempt.status != "succeeded":
             return 0
-        rows = (
+        parts = (
+            (
+                await session.execute(
+                    select(ConsolidatedChargePart)
+                    .where(ConsolidatedChargePart.charge_id == charge_id)
+                    .order_by(ConsolidatedChargePart.invoice_id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        order_ids = (
             await session.execute(
-                select(ConsolidatedChargePart, Order.id, Order.transfer_reference)
-                .join(Invoice, Invoice.id == ConsolidatedChargePart.invoice_id)
-                .outerjoin(Order, Order.id == Invoice.order_id)
-                .where(ConsolidatedChargePart.charge_id == charge_id)
-                .order_by(ConsolidatedChargePart.invoice_id)
+                select(Invoice.id, Invoice.order_id).where(
+                    Invoice.id.in_([part.invoice_id for part in parts])
+                )
             )
         ).all()
+        order_of = dict(order_ids)
+        # The orders locked in id order: a refund begun meanwhile waits, then sees the
+        # transfer's amount fixed (and is reversed from it), or was counted in it.
+        locked = {
+            order.id: order
+            for order in (
+                await session.execute(
+                    select(Order)
+                    .where(Order.id.in_([o for o in order_of.values() if o is not None]))
+                    .order_by(Order.id)
+                    .with_for_update()
+                    .execution_options(populate_existing=True)
+                )
+            ).scalars()
+        }
         transfers = []
-        for part, order_id, transferred in rows:
+        waiting: list[str] = []
+        for part in parts:
+            order_id = order_of.get(part.invoice_id)
             if order_id is None:
                 raise work.Retry(f"invoice {part.invoice_id} is not paid yet", delay=TRANSFER_WAIT)
-            if transferred is not None:
+            order = locked[order_id]
+            if order.transfer_reference is not None:
                 continue
+            amount = await orders.plan_transfer(session, order=order)
+            if amount is None:
+                waiting.append(order_id)  # a refund of it is pending; its outcome counts
+                continue
+            if amount == 0:
+                continue  # refunded in full before the transfer: nothing to pay
             destination = await payments.connected_account_for(
                 session, gateway, creator_id=part.creator_id
             )
@@ -691,7 +728,7 @@ async def transfer_parts(
             transfers.append(
                 _Transfer(
                     order_id=order_id,
-                    amount=part.amount - part.platform_fee - part.estimated_processor_fee,
+                    amount=amount,
                     destination=destination,
                     idempotency_key=f"{charge_id}:transfer:{part.invoice_id}",
                     metadata={"invoice": part.invoice_id, "creator": part.creator_id},
@@ -711,4 +748,9 @@ async def transfer_parts(
             await orders.record_transfer(
                 session, order_id=transfer.order_id, transfer_reference=reference
             )
+    if waiting:
+        raise work.Retry(
+            f"orders {', '.join(waiting)} have a refund pending; their transfers wait for it",
+            delay=TRANSFER_WAIT,
+        )
     return len(transfers)

@@ -56,6 +56,11 @@ class SubscriptionCanceled(Conflict):
     title = "The subscription is canceled"
 
 
+class BillingDayChanged(Conflict):
+    slug = "billing-day-changed"
+    title = "The first charge date the buyer agreed to no longer holds"
+
+
 @dataclass(frozen=True, slots=True)
 class ItemRequest:
     price_id: str
@@ -334,6 +339,7 @@ async def create_subscription(
     trial_days: int | None = None,
     request_key: str | None = None,
     billing_day: int | None = None,
+    promised_anchor: datetime | None = None,
 ) -> Created:
     """A new subscription, at the customer's billing time (its test clock's, if any).
 
@@ -344,10 +350,13 @@ async def create_subscription(
     ``billing_day`` (the platform billing day, ADR 0020) a monthly plan with neither trial
     nor delivery calendar is anchored at the next start of that local day of the month,
     and the first invoice is the time until then, prorated by the second.
+    ``promised_anchor`` is the anchor a checkout session's renewal terms promised (the
+    start of its billing day): the subscription is aligned there or not at all.
 
     Raises:
         CustomerNotFound, InvalidSubscriptionItems, PaymentMethodNotFound,
-        NoDefaultPaymentMethod.
+        NoDefaultPaymentMethod, BillingDayChanged (``promised_anchor`` is not where the
+        billing day falls for this customer now).
     """
     customer = await accounts.get_customer(session, creator_id=creator_id, customer_id=customer_id)
     at = await billing_now(session, test_clock_id=customer.test_clock_id, now=now)
@@ -370,10 +379,17 @@ async def create_subscription(
         )
     zone_name = customer.time_zone
     calendar = calendar_of(first)
+    if promised_anchor is not None:
+        # The day the checkout session promised, on this customer's calendar.
+        billing_day = periods.local_date(promised_anchor, zone_name).day
+        if billing_day > 28:
+            raise _billing_day_changed(promised_anchor, customer_id, zone_name, None)
     if trial <= 0 and billing_day and calendar is None and plan.interval == "month":
         # The platform billing day (ADR 0020) aligns a plain monthly plan's renewals.
         trial_end = None
         aligned = periods.next_billing_day(at=at, zone_name=zone_name, day_of_month=billing_day)
+        if promised_anchor is not None and aligned != promised_anchor:
+            raise _billing_day_changed(promised_anchor, customer_id, zone_name, aligned)
         joining = delivery.Joining(anchor=aligned, first_index=0, is_charged_now=aligned == at)
     else:
         starting = delivery.signup(
@@ -484,17 +500,70 @@ def _until_billing_day(
     )
     for line in invoice.lines:
         # By the unit, so the line is still its unit amount × its quantity (as its order's).
-        line.unit_amount = proration.prorate_change(
-            period_start=full_start,
-            period_end=anchor,
-            at=at,
-            old_amount=0,
-            new_amount=line.unit_amount,
-        ).charge
+        line.unit_amount = _prorated_unit(
+            line.unit_amount, full_start=full_start, anchor=anchor, at=at
+        )
         line.amount = line.unit_amount * line.quantity
         line.is_proration = True
     invoice.amount_due = sum(line.amount for line in invoice.lines)
     return invoice if invoice.amount_due > 0 else None
+
+
+def _billing_day_changed(
+    promised: datetime, customer_id: str, zone_name: str, aligned: datetime | None
+) -> BillingDayChanged:
+    falls = (
+        "is not a day every month has" if aligned is None else f"now falls at {aligned.isoformat()}"
+    )
+    return BillingDayChanged(
+        f"the renewal terms promised the first full charge at {promised.isoformat()}, but "
+        f"for customer {customer_id} (zone {zone_name}) the billing day {falls}; open a new "
+        "checkout session"
+    )
+
+
+def _prorated_unit(
+    unit_amount: int, *, full_start: datetime, anchor: datetime, at: datetime
+) -> int:
+    return proration.prorate_change(
+        period_start=full_start, period_end=anchor, at=at, old_amount=0, new_amount=unit_amount
+    ).charge
+
+
+@dataclass(frozen=True, slots=True)
+class BillingDayQuote:
+    """What subscribing at ``at`` on the platform billing day costs: the anchor (the start
+    of the next billing day in the zone) and the first invoice's prorated amount."""
+
+    anchor: datetime
+    amount: int
+
+
+def quote_billing_day(
+    *,
+    billing_day: int,
+    plan: Plan,
+    trial_days: int,
+    has_delivery_calendar: bool,
+    lines: Sequence[tuple[int, int]],
+    zone_name: str,
+    at: datetime,
+) -> BillingDayQuote | None:
+    """The billing day's first charge for ``lines`` ((unit amount, quantity) each) as
+    ``create_subscription`` will make it when the subscription begins at ``at``; None when
+    the billing day does not apply (a trial, a delivery calendar, not monthly, or ``at`` is
+    the anchor itself). Pure."""
+    if trial_days > 0 or has_delivery_calendar or plan.interval != "month":
+        return None
+    anchor = periods.next_billing_day(at=at, zone_name=zone_name, day_of_month=billing_day)
+    if anchor == at:
+        return None
+    full_start = periods.boundary(anchor=anchor, zone_name=zone_name, plan=plan, n=-1)
+    amount = sum(
+        _prorated_unit(unit, full_start=full_start, anchor=anchor, at=at) * quantity
+        for unit, quantity in lines
+    )
+    return BillingDayQuote(anchor=anchor, amount=amount)
 
 
 def calendar_of(price: Price) -> delivery.DeliveryCalendar | None:

@@ -116,6 +116,7 @@ async def create_session(
         # The hot rows' updates at the commit: the idempotency middleware and SessionDep's
         # unit of work both run them and answer their out-of-stock (ADR 0024).
         holds_at_commit=True,
+        quoter=request.app.state.subscription_quoter,
     )
     return session_out(checkout, settings=settings, now=now)
 
@@ -342,6 +343,7 @@ async def update_link(
 )
 async def visit_link(
     link_id: str,
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     now: NowDep,
@@ -355,6 +357,7 @@ async def visit_link(
         link_id=link_id,
         ttl=timedelta(seconds=settings.checkout_session_ttl_seconds),
         now=now,
+        quoter=request.app.state.subscription_quoter,
     )
     query = "" if not embed else "?" + urlencode({"embed": "1", "origin": origin or ""})
     return RedirectResponse(f"{settings.base_url}/pay/{checkout.id}{query}", status_code=303)

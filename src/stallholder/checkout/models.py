@@ -22,6 +22,10 @@ class CheckoutSession(Base):
     # consent record keeps), and the subscription the confirm created.
     renewal_terms: Mapped[str | None] = mapped_column(String(1000), default=None)
     subscription_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # Subscription mode with the platform billing day (ADR 0020): the start of the billing
+    # day the renewal terms promise as the first full charge; the subscription is aligned
+    # there or the confirm is refused.
+    billing_anchor: Mapped[datetime | None] = mapped_column(default=None)
     # unpaid | processing (the gateway is being asked) | requires_action | paid
     payment_status: Mapped[str] = mapped_column(String(24), default="unpaid")
     client_secret: Mapped[str] = mapped_column(String(100))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import Select, select
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
 from stallholder.accounts import service as accounts
+from stallholder.accounts.models import TestClock
 from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import present_session
@@ -207,6 +208,7 @@ class _BuiltLines:
     # first price's trial.
     plan: tuple[str, int] | None = None
     trial_days: int = 0
+    has_delivery_calendar: bool = False
     # Prices sold in a drop: (drop item, units it had left), by price id.
     drop_items: dict[str, tuple[int, int]] = field(default_factory=dict)
     # Whether any line's stock is tracked.
@@ -225,6 +227,7 @@ async def _build_lines(
     recurring = False
     first_plan: tuple[str, int] | None = None
     trial_days = 0
+    has_delivery_calendar = False
     for position, line in enumerate(lines):
         if line.price_id not in found:
             found[line.price_id] = await _price_with_product(session, price_id=line.price_id)
@@ -265,6 +268,7 @@ async def _build_lines(
         if recurring and first_plan is None:
             first_plan = _plan_of(price)
             trial_days = price.trial_days or 0
+            has_delivery_calendar = bool(price.delivery_calendar)
         currencies.add(price.currency)
         variant = _pick_variant(product, line.variant_id, position)
         unit_amount = _unit_amount(price, line, position)
@@ -299,6 +303,7 @@ async def _build_lines(
         weight_grams=weight_grams,
         plan=first_plan,
         trial_days=trial_days,
+        has_delivery_calendar=has_delivery_calendar,
         drop_items=drop_items,
         is_tracked=is_tracked,
     )
@@ -309,16 +314,64 @@ def _plan_of(price: Price) -> tuple[str, int]:
     return price.recurring_interval, price.recurring_interval_count or 1
 
 
+@dataclass(frozen=True, slots=True)
+class FirstCharge:
+    """Where the platform billing day puts a subscription begun now (ADR 0020): the first
+    full charge at ``anchor`` (``day`` is its local date) and, today, ``amount`` for the
+    time until then (prorated)."""
+
+    anchor: datetime
+    day: date
+    amount: int
+
+
+class SubscriptionQuoter(Protocol):
+    """The port through which a subscription-mode session learns where the platform
+    billing day puts its first charges (billing sits above checkout; the app hands
+    billing's quoter to the checkout API and pages, as it does ``SubscriptionConfirmer``).
+    ``lines`` are (unit amount, quantity); None: the billing day does not apply."""
+
+    def __call__(
+        self,
+        *,
+        plan: tuple[str, int],
+        trial_days: int,
+        has_delivery_calendar: bool,
+        lines: Sequence[tuple[int, int]],
+        zone_name: str,
+        now: datetime,
+    ) -> FirstCharge | None: ...
+
+
 def renewal_terms(
-    *, amount: int, currency: str, plan: tuple[str, int], trial_days: int, now: datetime
+    *,
+    amount: int,
+    currency: str,
+    plan: tuple[str, int],
+    trial_days: int,
+    now: datetime,
+    first_charge: FirstCharge | None = None,
 ) -> str:
     """The renewal terms a subscription-mode session shows, in plain words: what is
-    charged, how often, when first (after any trial), and how to cancel. Dates are UTC
-    calendar dates."""
+    charged, how often, when first (after any trial, or the prorated time until the
+    platform billing day), and how to cancel. Dates are UTC calendar dates, but the
+    billing day's, which is the buyer's local date when the session knows the buyer."""
     interval, count = plan
     price = Money(amount, currency).format()
     every = f"every {interval}" if count == 1 else f"every {count} {interval}s"
-    if trial_days > 0:
+    if first_charge is not None:
+        until = first_charge.day.strftime("%-d %B %Y")
+        today = (
+            "nothing today"
+            if first_charge.amount == 0
+            else f"at most {Money(first_charge.amount, currency).format()} today"
+        )
+        start = (
+            f"{today} for the time until {until} (prorated to the second from when you "
+            f"subscribe); then {price} {every}, first charged on {until}"
+        )
+        start = start[0].upper() + start[1:]
+    elif trial_days > 0:
         first = (now + timedelta(days=trial_days)).strftime("%-d %B %Y")
         start = (
             f"Free for {trial_days} day{'s' if trial_days != 1 else ''}; then {price} "
@@ -359,6 +412,7 @@ async def create_session(
     shipping_address: ShippingAddress | None = None,
     hold: timedelta | None = None,
     holds_at_commit: bool = False,
+    quoter: SubscriptionQuoter | None = None,
 ) -> CheckoutSession:
     """An open session for ``lines``, priced now and held for ``ttl``. The units of
     tracked variants are held for the session until it expires, is cancelled or is paid
@@ -379,11 +433,17 @@ async def create_session(
     ``requires_shipping``: it is paid only once it has an address, given here or at
     confirm; the rate for the address is chosen and priced when the address is set.
 
+    A subscription-mode session given the billing day's ``quoter`` (ADR 0020) promises
+    the first full charge at the next billing day in the buyer's zone (its customer's, or
+    the creator's customer with its email, else the zone a new customer gets) and the
+    prorated time until then today; it is held at most until that day starts.
+
     Raises:
         PriceNotPurchasable, InvalidLineItem, MixedCurrencies, CustomerNotFound, OutOfStock,
         DropNotOpen, DropClosed, DropLimitReached, DropBuyerEmailRequired,
         InvalidShippingAddress, ShippingUnavailable, ShippingNotRequired.
     """
+    customer = None
     if customer_id is not None:
         customer = await accounts.get_customer(
             session, creator_id=creator_id, customer_id=customer_id
@@ -406,6 +466,29 @@ async def create_session(
     if total > MAX_SESSION_TOTAL:
         raise InvalidLineItem(f"the session total {total} exceeds the maximum {MAX_SESSION_TOTAL}")
     subscribing = built.plan is not None
+    first_charge = None
+    if built.plan is not None and quoter is not None:
+        if customer is None and customer_email:
+            customer = await accounts.find_customer_for_email(
+                session, creator_id=creator_id, email=customer_email
+            )
+        # The buyer is billed on its own calendar, at its test clock's time if it has one.
+        billed_at = now
+        if customer is not None and customer.test_clock_id is not None:
+            clock = await session.get(TestClock, customer.test_clock_id)
+            assert clock is not None, customer.test_clock_id
+            billed_at = clock.frozen_time
+        first_charge = quoter(
+            plan=built.plan,
+            trial_days=built.trial_days,
+            has_delivery_calendar=built.has_delivery_calendar,
+            lines=[(item.unit_amount, item.quantity) for item in items],
+            zone_name=accounts.NEW_CUSTOMER_ZONE if customer is None else customer.time_zone,
+            now=billed_at,
+        )
+        if first_charge is not None and billed_at == now:
+            # The terms promise this billing day: the session ends before it starts.
+            ttl = min(ttl, first_charge.anchor - now)
     # The drop's checks that need no session and no lock (the buyer's limit; a sold-out
     # drop answered from the price read), before anything is written.
     admission = (
@@ -440,7 +523,9 @@ async def create_session(
             plan=built.plan,
             trial_days=built.trial_days,
             now=now,
+            first_charge=first_charge,
         ),
+        billing_anchor=None if first_charge is None else first_charge.anchor,
         payment_status="unpaid",
         client_secret="",
         customer_id=customer_id,
@@ -1298,7 +1383,12 @@ async def set_link_active(
 
 
 async def open_session_from_link(
-    session: AsyncSession, *, link_id: str, ttl: timedelta, now: datetime
+    session: AsyncSession,
+    *,
+    link_id: str,
+    ttl: timedelta,
+    now: datetime,
+    quoter: SubscriptionQuoter | None = None,
 ) -> CheckoutSession:
     """A fresh session for a visit to a checkout link.
 
@@ -1328,4 +1418,5 @@ async def open_session_from_link(
         ttl=ttl,
         now=now,
         checkout_link_id=link.id,
+        quoter=quoter,
     )

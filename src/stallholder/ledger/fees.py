@@ -118,6 +118,16 @@ def _reversed_by(payment: Split, refunded: int) -> tuple[int, int, int]:
     return creator, platform, fees - platform
 
 
+def creator_share_left(payment: Split, *, refunded: int) -> int:
+    """The creator's share of ``payment`` that is left once ``refunded`` of it is refunded:
+    its share less what the refunds reverse from it (cumulative, as ``refund_split``), so
+    a payment paid to the creator later (a transfer) pays exactly the ledger's balance of it.
+    """
+    if not 0 <= refunded <= payment.gross:
+        raise ValueError("refunded must be between 0 and the payment's gross amount")
+    return payment.creator - _reversed_by(payment, refunded)[0]
+
+
 def refund_split(payment: Split, *, refunded_before: int, amount: int) -> Split:
     """The share of ``payment`` that refunding ``amount`` reverses, after ``refunded_before``.
 

@@ -165,10 +165,15 @@ def processor_fee_adjustment_lines(difference: int) -> list[Line]:
     return [Line(PLATFORM_FEES, -difference), Line(PROCESSOR_FEES, difference)]
 
 
-def dispute_lines(creator_id: str, withdrawn: int) -> list[Line]:
-    """A dispute took ``withdrawn`` back to the buyer from the creator's balance (negative:
-    funds reinstated after a won dispute)."""
-    return [Line(creator_account(creator_id), -withdrawn), Line(BUYER_FUNDS, withdrawn)]
+def dispute_lines(creator_id: str, withdrawn: int, *, fee: int = 0) -> list[Line]:
+    """A dispute took ``withdrawn`` back to the buyer from the creator's balance, and the
+    creator bore the processor's dispute ``fee`` (negative: funds or fee given back after
+    a won dispute)."""
+    return [
+        Line(creator_account(creator_id), -withdrawn - fee),
+        Line(BUYER_FUNDS, withdrawn),
+        Line(PROCESSOR_FEES, fee),
+    ]
 
 
 async def balances_of(session: AsyncSession, *, account: str) -> dict[str, int]:

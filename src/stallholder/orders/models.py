@@ -40,6 +40,10 @@ class Order(Base):
     # A platform charge that paid the creator afterwards by a transfer (a consolidated
     # charge with Stripe, ADR 0019): that transfer, once made. A refund reverses from it.
     transfer_reference: Mapped[str | None] = mapped_column(String(120), default=None)
+    # The amount of that transfer, fixed under the order's lock before it is first asked
+    # for (so a retry asks for the same amount under the same key): the creator's share
+    # less what refunds made before it reversed; 0 when nothing was left to transfer.
+    transfer_amount: Mapped[int | None] = mapped_column(default=None)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

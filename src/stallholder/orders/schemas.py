@@ -193,6 +193,8 @@ def dispute_payload(dispute: Dispute) -> dict[str, Any]:
         "reason": dispute.reason,
         "status": dispute.status,
         "amount_withdrawn": dispute.amount_withdrawn,
+        "fee": dispute.fee,
+        "fee_withdrawn": dispute.fee_withdrawn,
         "gateway": dispute.gateway,
         "gateway_reference": dispute.external_id,
         "created": dispute.created_at.isoformat().replace("+00:00", "Z"),

@@ -30,7 +30,13 @@ from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
 from stallholder.ledger import service as ledger
-from stallholder.ledger.fees import FeePolicy, FeeSchedule, payment_split, refund_split
+from stallholder.ledger.fees import (
+    FeePolicy,
+    FeeSchedule,
+    creator_share_left,
+    payment_split,
+    refund_split,
+)
 from stallholder.orders.models import Order, OrderLineItem, Refund
 from stallholder.orders.schemas import order_out, refund_out
 from stallholder.payments import service as payments
@@ -348,6 +354,9 @@ class RefundCall:
     # The transfer that paid the creator and the part of this refund to take back from
     # it, when the charge was a platform charge (a consolidated charge with Stripe).
     transfer_reversal: TransferReversal | None = None
+    # The charge was the platform's (it paid no creator directly): a refund of it carries
+    # no destination-charge flags, and reverses a transfer only once there is one.
+    is_platform_charge: bool = False
 
 
 async def begin_refund(
@@ -369,9 +378,16 @@ async def begin_refund(
     ``<order>:refund:<n>``.
 
     Raises:
-        OrderNotFound, OrderFullyRefunded, RefundTooLarge.
+        OrderNotFound, OrderFullyRefunded, RefundTooLarge, PaymentInProgress (the
+        creator's transfer for the order is being made: its amount is fixed and it has no
+        reference to reverse from yet).
     """
     order = await get_order(session, creator_id=creator_id, order_id=order_id, for_update=True)
+    if order.transfer_reference is None and order.transfer_amount:
+        raise payments.PaymentInProgress(
+            f"the transfer that pays the creator for order {order_id} is being made; retry "
+            "the refund shortly (it will then be taken back from that transfer)"
+        )
     pending = (
         await session.execute(
             select(func.coalesce(func.sum(Refund.amount), 0)).where(
@@ -449,6 +465,7 @@ async def begin_refund(
         refund,
         charge_reference=attempt.gateway_reference,
         transfer_reference=order.transfer_reference,
+        is_platform_charge=_is_platform_charge(attempt.connected_account),
     )
 
 
@@ -472,16 +489,27 @@ async def schedule_settlement(
     )
 
 
+def _is_platform_charge(connected_account: str | None) -> bool:
+    """Whether a charge paid no creator directly (with Stripe: a consolidated charge; the
+    sandbox, which pays creators from the ledger, ignores it)."""
+    return connected_account is None
+
+
 async def _refund_for_request(
     session: AsyncSession, *, creator_id: str, request_key: str | None
-) -> tuple[Refund, str, str | None] | None:
+) -> tuple[Refund, str, str | None, bool] | None:
     """The refund begun under ``request_key``, with its charge's gateway reference and the
     order's transfer, if the creator was paid by one."""
     if request_key is None:
         return None
     row = (
         await session.execute(
-            select(Refund, PaymentAttempt.gateway_reference, Order.transfer_reference)
+            select(
+                Refund,
+                PaymentAttempt.gateway_reference,
+                Order.transfer_reference,
+                PaymentAttempt.connected_account,
+            )
             .join(Order, Order.id == Refund.order_id)
             .join(PaymentAttempt, PaymentAttempt.id == Order.payment_attempt_id)
             .where(Refund.creator_id == creator_id, Refund.request_key == request_key)
@@ -489,13 +517,17 @@ async def _refund_for_request(
     ).one_or_none()
     if row is None:
         return None
-    refund, reference, transfer = row
+    refund, reference, transfer, connected_account = row
     assert reference is not None
-    return refund, reference, transfer
+    return refund, reference, transfer, _is_platform_charge(connected_account)
 
 
 def _refund_call(
-    refund: Refund, *, charge_reference: str, transfer_reference: str | None
+    refund: Refund,
+    *,
+    charge_reference: str,
+    transfer_reference: str | None,
+    is_platform_charge: bool,
 ) -> RefundCall:
     assert refund.idempotency_key is not None
     return RefundCall(
@@ -510,13 +542,19 @@ def _refund_call(
         )
         if transfer_reference is not None and refund.transfer_reversal_amount
         else None,
+        is_platform_charge=is_platform_charge,
     )
 
 
 async def refund_calls_due(session: AsyncSession, *, now: datetime, limit: int) -> list[RefundCall]:
     """Pending refunds past their ``resolve_after``: a crash left them half done."""
     rows = await session.execute(
-        select(Refund, PaymentAttempt.gateway_reference, Order.transfer_reference)
+        select(
+            Refund,
+            PaymentAttempt.gateway_reference,
+            Order.transfer_reference,
+            PaymentAttempt.connected_account,
+        )
         .join(Order, Order.id == Refund.order_id)
         .join(PaymentAttempt, PaymentAttempt.id == Order.payment_attempt_id)
         .where(Refund.status == "pending", Refund.resolve_after <= now)
@@ -524,8 +562,13 @@ async def refund_calls_due(session: AsyncSession, *, now: datetime, limit: int) 
         .limit(limit)
     )
     return [
-        _refund_call(refund, charge_reference=reference, transfer_reference=transfer)
-        for refund, reference, transfer in rows
+        _refund_call(
+            refund,
+            charge_reference=reference,
+            transfer_reference=transfer,
+            is_platform_charge=_is_platform_charge(connected_account),
+        )
+        for refund, reference, transfer, connected_account in rows
         if reference is not None
     ]
 
@@ -623,6 +666,7 @@ async def call_refund(gateway: Gateway, call: RefundCall) -> RefundResult | Gate
             currency=call.currency,
             idempotency_key=call.idempotency_key,
             transfer_reversal=call.transfer_reversal,
+            is_platform_charge=call.is_platform_charge,
         )
     except GatewayRefused as refused:
         return refused
@@ -662,7 +706,10 @@ async def create_refund(
             return earlier[0]
         if earlier is not None:
             call = _refund_call(
-                earlier[0], charge_reference=earlier[1], transfer_reference=earlier[2]
+                earlier[0],
+                charge_reference=earlier[1],
+                transfer_reference=earlier[2],
+                is_platform_charge=earlier[3],
             )
         else:
             call = await begin_refund(
@@ -679,6 +726,28 @@ async def create_refund(
     result = await call_refund(gateway, call)
     async with session_or_unit_of_work(database, session) as finishing:
         return await finish_refund(finishing, call=call, result=result, now=now)
+
+
+async def plan_transfer(session: AsyncSession, *, order: Order) -> int | None:
+    """The amount of the transfer that pays the creator for ``order`` (paid by a platform
+    charge, ADR 0019), fixed the first time it is asked for: the ledger's creator share
+    less what the refunds made before it reversed, 0 when nothing is left (fully
+    refunded: no transfer). None, fixing nothing, while a refund of the order is pending:
+    its outcome decides the amount. The caller holds the order's lock (``begin_refund``
+    takes it too, so a refund is either counted here or reversed from the transfer)."""
+    if order.transfer_amount is not None:
+        return order.transfer_amount
+    pending = await session.execute(
+        select(Refund.id).where(Refund.order_id == order.id, Refund.status == "pending").limit(1)
+    )
+    if pending.first() is not None:
+        return None
+    payment = payment_split(
+        order.amount_total, platform_fee=order.platform_fee, processor_fee=order.processor_fee
+    )
+    order.transfer_amount = creator_share_left(payment, refunded=order.amount_refunded)
+    await session.flush()
+    return order.transfer_amount
 
 
 async def record_transfer(session: AsyncSession, *, order_id: str, transfer_reference: str) -> bool:

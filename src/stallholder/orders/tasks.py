@@ -68,14 +68,14 @@ async def _apply(
             return  # another worker handled it after its lease ran out
         now = context.clock.now()
         if snapshot is not None:
-            dispute = await disputes.sync_dispute(
+            synced = await disputes.sync_dispute(
                 session,
                 gateway=context.resources.gateway.name,
                 snapshot=snapshot,
                 fetched_at=fetched_at,
                 now=now,
             )
-            if dispute is None:
+            if not synced:
                 note = (
                     f"ignored: no order was paid with payment {snapshot.payment_reference!r} "
                     f"that dispute {snapshot.external_id} names"

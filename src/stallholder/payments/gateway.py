@@ -83,6 +83,9 @@ class DisputeSnapshot:
     currency: str
     reason: str
     status: str
+    # The processor's dispute fee taken now (Stripe: the fees of the dispute's balance
+    # transactions, net of any returned).
+    fee: int = 0
 
 
 class PaymentMethodDeclined(DomainError):
@@ -172,10 +175,13 @@ class Gateway(Protocol):
         currency: str,
         idempotency_key: str,
         transfer_reversal: TransferReversal | None = None,
+        is_platform_charge: bool = False,
     ) -> RefundResult:
         """Refund ``amount`` of a charge. A destination charge takes the creator's part back
         with it; a platform charge that paid the creator by a transfer names that transfer
-        and the creator's part in ``transfer_reversal`` (reversed after the refund).
+        and the creator's part in ``transfer_reversal`` (reversed after the refund); one
+        that has not paid the creator yet (``is_platform_charge`` and no reversal) is
+        refunded alone: the transfer, when it is made, is smaller by the creator's part.
 
         Raises GatewayRefused or GatewayUnavailable when the refund did not happen."""
         ...
@@ -413,6 +419,7 @@ class SandboxGateway:
         currency: str,
         idempotency_key: str,
         transfer_reversal: TransferReversal | None = None,
+        is_platform_charge: bool = False,
     ) -> RefundResult:
         return RefundResult(reference=_reference("sbx_re", idempotency_key))
 

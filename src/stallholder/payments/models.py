@@ -157,21 +157,28 @@ class Dispute(Base):
     """A buyer's chargeback of an order's payment, as the gateway last reported it.
 
     ``amount_withdrawn`` is what the ledger has taken from the creator for it so far;
-    syncing moves the ledger by the difference to what the current status implies.
+    syncing moves the ledger by the difference to what the current status implies. A
+    dispute of a payment that paid several orders (a consolidated charge, ADR 0019) is
+    one row per order, each with that order's part of the disputed amount and fee.
     """
 
     __tablename__ = "disputes"
+    __table_args__ = (UniqueConstraint("external_id", "order_id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     creator_id: Mapped[str] = mapped_column(ForeignKey("creators.id"), index=True)
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
     gateway: Mapped[str] = mapped_column(String(16))
-    external_id: Mapped[str] = mapped_column(String(120), unique=True)
+    external_id: Mapped[str] = mapped_column(String(120), index=True)
     amount: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3))
     reason: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32))
     amount_withdrawn: Mapped[int] = mapped_column(default=0)
+    # The processor's dispute fee (this order's part of it) as the gateway reports it
+    # taken now, and what the ledger has taken from the creator for it so far.
+    fee: Mapped[int] = mapped_column(default=0, server_default="0")
+    fee_withdrawn: Mapped[int] = mapped_column(default=0, server_default="0")
     # When the state applied last was read from the gateway: an older read never wins.
     synced_at: Mapped[datetime]
     created_at: Mapped[datetime]

@@ -471,6 +471,7 @@ async def refund(
     currency: str,
     idempotency_key: str,
     transfer_reversal: TransferReversal | None = None,
+    is_platform_charge: bool = False,
 ) -> RefundResult:
     return await gateway.refund(
         charge_reference=charge_reference,
@@ -478,6 +479,7 @@ async def refund(
         currency=currency,
         idempotency_key=idempotency_key,
         transfer_reversal=transfer_reversal,
+        is_platform_charge=is_platform_charge,
     )
 
 

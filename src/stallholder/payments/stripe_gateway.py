@@ -368,8 +368,9 @@ class StripeGateway:
         currency: str,
         idempotency_key: str,
         transfer_reversal: TransferReversal | None = None,
+        is_platform_charge: bool = False,
     ) -> RefundResult:
-        is_destination_charge = transfer_reversal is None
+        is_destination_charge = transfer_reversal is None and not is_platform_charge
         try:
             refund = await self._stripe.v1.refunds.create_async(
                 {
@@ -515,6 +516,10 @@ class StripeGateway:
             currency=dispute.currency,
             reason=dispute.reason,
             status=dispute.status,
+            fee=sum(
+                getattr(transaction, "fee", 0) or 0
+                for transaction in getattr(dispute, "balance_transactions", None) or ()
+            ),
         )
 
 
