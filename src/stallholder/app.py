@@ -353,6 +353,7 @@ def create_app(
                     await task
             if owns_gateway:
                 await payments.aclose()
+            await app.state.rate_limiter.aclose()
             await database.dispose()
 
     # Swagger UI (/docs) and ReDoc (/redoc) load their scripts from the app itself

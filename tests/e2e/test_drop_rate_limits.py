@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from stallholder.app import create_app
 from stallholder.kit.clock import FrozenClock
@@ -187,3 +188,49 @@ async def test_the_store_buy_button_for_a_drop_is_limited_per_address(
     ]
     assert [visit.status_code for visit in visits] == [303, 303, 303, 303, 429]
     assert visits[4].headers["Retry-After"] == str(WINDOW)
+
+
+async def test_a_drop_session_counts_on_the_limiters_own_pool_and_a_plain_one_not_at_all(
+    shop: DropShop, clock: FrozenClock, settings: Settings, database: Database
+) -> None:
+    """A session learns from its price read that it is for a drop and only then counts,
+    while its own unit of work holds a connection: the count must not wait for that pool.
+    With a pool of one connection, drop sessions are still answered (201, then 429), and
+    sessions for a price outside any drop write no counter at all."""
+    product = await shop.api.product(shop.sk, name="Zine")
+    plain = (await shop.api.price(shop.sk, product=product["id"], unit_amount=500))["id"]
+    drop = (
+        await shop.drop(per_customer_limit=None, items=[{"price": shop.price, "quantity": 50}])
+    ).json()
+    assert drop["id"]
+    clock.set(OPENS)
+    tight = Database(database.url, pool_size=1, max_overflow=0, pool_timeout=5)
+    app = create_app(settings, database=tight, clock=clock, run_worker=False)
+    transport = httpx.ASGITransport(app=app, client=("192.0.2.20", 5000))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+
+            async def open_one(price: str, n: int) -> int:
+                response = await http.post(
+                    "/v1/checkout/sessions",
+                    headers=bearer(shop.pk),
+                    json={
+                        "line_items": [{"price": price, "quantity": 1}],
+                        "customer_email": f"p{n}@example.com",
+                    },
+                )
+                return response.status_code
+
+            plain_answers = [await open_one(plain, n) for n in range(6)]
+            async with tight.read() as session:
+                counters = (
+                    await session.execute(text("SELECT count(*) FROM rate_limit_counters"))
+                ).scalar_one()
+            drop_answers = [await open_one(shop.price, n) for n in range(5)]
+    finally:
+        await app.state.rate_limiter.aclose()
+        await tight.dispose()
+    assert plain_answers == [201] * 6
+    # SQLite counts in memory; PostgreSQL's table has no row for the plain sessions.
+    assert counters == 0
+    assert drop_answers == [201, 201, 201, 201, 429]

@@ -27,7 +27,6 @@ from stallholder.checkout.schemas import (
     link_out,
     present_session,
 )
-from stallholder.inventory import drops
 from stallholder.inventory.api import admit_to_drop, holds_stock, rate_limited
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep, problem_response
 from stallholder.ledger import service as ledger
@@ -95,13 +94,10 @@ async def create_session(
             origin=request.headers.get("origin"),
             own_origin=origin_of(settings.base_url),
         )
-    await admit_to_drop(
-        request,
-        email=body.customer_email,
-        customer_id=body.customer,
-        now=now,
-        only_if=drops.sold_in_a_drop([item.price for item in body.line_items]),
-    )
+
+    async def admit() -> None:
+        await admit_to_drop(request, email=body.customer_email, customer_id=body.customer, now=now)
+
     checkout = await service.create_session(
         session,
         creator_id=creator_id,
@@ -116,6 +112,9 @@ async def create_session(
         # The hot rows' updates at the commit: the idempotency middleware and SessionDep's
         # unit of work both run them and answer their out-of-stock (ADR 0024).
         holds_at_commit=True,
+        # A session for a drop's prices counts against the drop's rate limits once its
+        # price read says so.
+        admit_to_drop=admit,
         quoter=request.app.state.subscription_quoter,
     )
     return session_out(checkout, settings=settings, now=now)

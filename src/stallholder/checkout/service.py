@@ -15,7 +15,7 @@ the gateway is called (ADR 0007). It runs in three steps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Protocol
@@ -413,6 +413,7 @@ async def create_session(
     hold: timedelta | None = None,
     holds_at_commit: bool = False,
     quoter: SubscriptionQuoter | None = None,
+    admit_to_drop: Callable[[], Awaitable[None]] | None = None,
 ) -> CheckoutSession:
     """An open session for ``lines``, priced now and held for ``ttl``. The units of
     tracked variants are held for the session until it expires, is cancelled or is paid
@@ -424,6 +425,10 @@ async def create_session(
     locks are then held for that statement and the commit only. Their ``OutOfStock`` is
     raised by the commit, not by this call; only a caller whose commit turns that error
     into the answer (the HTTP API's) should ask for it.
+
+    ``admit_to_drop`` is awaited once, right after the prices are read, when one is sold
+    in a drop (the API counts the request against the drop's rate limits there: a session
+    for anything else costs no statement for it); it may raise ``RateLimited``.
 
     A session for a drop's prices is held for at most the drop's ``reservation_minutes``
     and claims its units of the drop (``inventory.drops``); a waitlist offer passes
@@ -451,6 +456,8 @@ async def create_session(
         customer_email = customer_email or customer.email
     built = await _build_lines(session, creator_id=creator_id, lines=lines)
     items = built.items
+    if built.drop_items and admit_to_drop is not None:
+        await admit_to_drop()
     # Read only when a price is in a drop (the price read says): one statement fewer for
     # every other sale.
     drop = (

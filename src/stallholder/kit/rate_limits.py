@@ -18,7 +18,10 @@ any is over its limit, with the seconds until its window ends (``Retry-After``).
       RETURNING key, count
 
   It commits at once, so a request that then fails (a 409 ``out-of-stock``) still
-  counts, and it holds no connection while the request's own transaction runs. The table
+  counts. It runs on a small connection pool of its own, so a request that counts while
+  its own unit of work holds a connection (a checkout session learns from its price read
+  that it is for a drop) never waits for the pool its unit of work came from: many
+  requests each holding one connection and waiting for a second could exhaust it. The table
   is UNLOGGED (migration 0015): counters need not survive a crash, and a hit's commit
   then waits for no WAL flush. ``only_if`` (an SQL condition, such as "a price of this
   session is in a drop") limits only some requests without a statement of its own.
@@ -40,10 +43,10 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, String, bindparam, case, delete, func, literal, select, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from stallholder.kit.db import Base, Database, UTCDateTime
+from stallholder.kit.db import Base, Database, UTCDateTime, create_engine
 from stallholder.kit.errors import DomainError
 from stallholder.kit.work import Claimed, Context, Kind
 
@@ -113,6 +116,9 @@ def _verdict(
 
 
 class RateLimiter(Protocol):
+    async def aclose(self) -> None:
+        """Close what the limiter holds (its connections); the app calls it at shutdown."""
+
     async def hit(
         self,
         limits: Sequence[Limit],
@@ -131,9 +137,26 @@ class RateLimiter(Protocol):
 class DatabaseRateLimiter:
     """Counters in ``rate_limit_counters``, one statement per hit (PostgreSQL)."""
 
+    # The limiter's own pool: a hit is one short statement.
+    POOL_SIZE = 2
+    MAX_OVERFLOW = 8
+
     def __init__(self, database: Database, *, window_seconds: int) -> None:
         self.database = database
         self.window_seconds = window_seconds
+        self._engine: AsyncEngine | None = None
+
+    def _own_engine(self) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = create_engine(
+                self.database.url, pool_size=self.POOL_SIZE, max_overflow=self.MAX_OVERFLOW
+            )
+        return self._engine
+
+    async def aclose(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
 
     async def hit(
         self,
@@ -166,7 +189,7 @@ class DatabaseRateLimiter:
                 "window_start": statement.excluded.window_start,
             },
         ).returning(table.key, table.count)
-        async with self.database.engine.begin() as connection:
+        async with self._own_engine().begin() as connection:
             result = await connection.execute(
                 upsert,
                 {"keys": sorted({limit.key for limit in limits}), "window_start": start},
@@ -182,6 +205,9 @@ class MemoryRateLimiter:
         self.database = database
         self.window_seconds = window_seconds
         self._counts: dict[str, tuple[datetime, int]] = {}
+
+    async def aclose(self) -> None:
+        return None
 
     async def hit(
         self,
