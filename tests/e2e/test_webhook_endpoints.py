@@ -70,6 +70,17 @@ async def test_an_endpoint_is_created_with_a_standard_webhooks_secret_shown_once
     assert (changed.json()["events"], changed.json()["description"]) == (["*"], "fulfilment")
     deleted = await api.http.delete(f"/v1/webhook_endpoints/{body['id']}", headers=sk)
     assert deleted.json()["status"] == "deleted"
+    # A deleted endpoint stays deleted: enabling or changing it is a 409 that changes nothing.
+    for change in ({"status": "enabled"}, {"description": "back again"}):
+        refused = await api.http.patch(
+            f"/v1/webhook_endpoints/{body['id']}", headers=sk, json=change
+        )
+        assert (refused.status_code, refused.json()["type"]) == (
+            409,
+            "https://stallholder.dev/problems/webhook-endpoint-deleted",
+        )
+    after = await api.http.get(f"/v1/webhook_endpoints/{body['id']}", headers=sk)
+    assert (after.json()["status"], after.json()["description"]) == ("deleted", "fulfilment")
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from stallholder.accounts.auth import SecretCreatorDep
 from stallholder.events import service, webhooks
@@ -23,6 +23,7 @@ from stallholder.events.schemas import (
     event_out,
 )
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
+from stallholder.kit.openapi import documents
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
 
@@ -92,7 +93,16 @@ async def get_webhook_endpoint(
     )
 
 
-@router.patch("/webhook_endpoints/{endpoint_id}", response_model=WebhookEndpointOut)
+@documents(webhooks.WebhookEndpointDeleted)
+def changes_an_endpoint() -> None:
+    """Documents the 409 of a change to a deleted endpoint."""
+
+
+@router.patch(
+    "/webhook_endpoints/{endpoint_id}",
+    response_model=WebhookEndpointOut,
+    dependencies=[Depends(changes_an_endpoint)],
+)
 async def update_webhook_endpoint(
     endpoint_id: str,
     body: WebhookEndpointUpdate,
@@ -102,7 +112,8 @@ async def update_webhook_endpoint(
     now: NowDep,
 ) -> WebhookEndpointOut:
     """Change the URL, filter or description; ``status: "enabled"`` re-enables a disabled
-    endpoint (its pending retries resume)."""
+    endpoint (its pending retries resume). A deleted endpoint cannot be changed (409
+    ``webhook-endpoint-deleted``)."""
     endpoint = await webhooks.update_endpoint(
         session,
         creator_id=creator_id,

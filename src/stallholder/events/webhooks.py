@@ -81,6 +81,11 @@ class WebhookEndpointDisabled(Conflict):
     title = "The webhook endpoint is disabled"
 
 
+class WebhookEndpointDeleted(Conflict):
+    slug = "webhook-endpoint-deleted"
+    title = "The webhook endpoint is deleted"
+
+
 def retry_delay(attempts_made: int) -> timedelta | None:
     """How long after the ``attempts_made``-th failed attempt the next one is due; None
     once every attempt is used."""
@@ -230,8 +235,19 @@ async def update_endpoint(
     """``changes`` holds only the fields the caller sent: url, events, description, status.
 
     Re-enabling starts a new run of failures from zero; its pending retries resume.
+
+    Raises:
+        WebhookEndpointNotFound, WebhookEndpointDeleted (a deleted endpoint stays deleted:
+        create a new one), and the URL and filter errors.
     """
-    endpoint = await get_endpoint(session, creator_id=creator_id, endpoint_id=endpoint_id)
+    endpoint = await get_endpoint(
+        session, creator_id=creator_id, endpoint_id=endpoint_id, lock=True
+    )
+    if endpoint.status == "deleted":
+        raise WebhookEndpointDeleted(
+            f"webhook endpoint {endpoint_id} was deleted and cannot be changed or enabled; "
+            "create a new endpoint with POST /v1/webhook_endpoints"
+        )
     if "events" in changes:
         endpoint.events = check_event_filter(changes["events"])
     if "url" in changes:
