@@ -9,10 +9,19 @@ It follows Etsy's published v3 documentation (developers.etsy.com, read November
   with the numeric user id and a period.
 - ``GET /v3/application/shops/{shop_id}/listings`` (``state``, ``limit`` 1–100, default
   25, ``offset``, ``includes=Inventory``) answers ``{"count", "results"}``.
-- ``GET /v3/application/listings/{listing_id}`` (``getListing``, ``includes=Inventory``)
-  and ``PATCH /v3/application/shops/{shop_id}/listings/{listing_id}`` (``updateListing``,
-  form-encoded, ``state`` only). A sale that leaves no offering above 0 makes the listing
-  ``sold_out``.
+- ``GET /v3/application/listings/{listing_id}`` (``getListing``; its ``includes`` are
+  ``Shop``, ``Images``, ``User``, ``Translations``, ``Videos``, ``Personalization`` and
+  ``BuyerPrice``, none of which the double attaches; ``Inventory`` is no longer one of
+  them, and a value outside the list is refused with 400, as integrators report for
+  ``/listings/batch``) and ``PATCH /v3/application/shops/{shop_id}/listings/{listing_id}``
+  (``updateListing``, form-encoded, ``state`` only). A sale that leaves no offering above
+  0 makes the listing ``sold_out``.
+- ``GET /v3/application/listings/batch/inventory`` (``getListingsInventoryByListingIds``):
+  ``listing_ids``, comma-separated (or repeated), 1 to 100 of them, answers
+  ``{"count", "results"}`` with each listing, in the order asked, and its ``inventory``;
+  when any id does not exist the whole request is a 404 ("All requested listing IDs must
+  exist"). One request, counted once against the per-second and per-day limits however
+  many ids it names.
 - ``GET /v3/application/listings/{listing_id}/inventory`` answers the products with their
   read-only ``product_id``, ``is_deleted``, ``scale_name``, ``offering_id`` and a Money
   ``price`` (``amount``/``divisor``/``currency_code``). ``PUT`` on the same path replaces
@@ -78,6 +87,18 @@ ACCESS_TOKEN_SECONDS = 3_600
 # Etsy's id for a seller's own ("custom") variation property.
 CUSTOM_PROPERTY_ID = 513
 MAX_QUANTITY = 999
+# Listing ids one getListingsInventoryByListingIds request takes at most.
+BATCH_IDS = 100
+# What getListing's ``includes`` takes (Etsy's reference, 2026).
+_LISTING_INCLUDES = (
+    "Shop",
+    "Images",
+    "User",
+    "Translations",
+    "Videos",
+    "Personalization",
+    "BuyerPrice",
+)
 
 _PRODUCT_FIELDS = {"sku", "property_values", "offerings"}
 _OFFERING_FIELDS = {"price", "quantity", "is_enabled"}
@@ -155,6 +176,8 @@ class EtsyDouble:
         self.requests: list[tuple[str, str]] = []
         # When each request that counted against a limit was let through (time.time()).
         self.served_at: list[float] = []
+        # The ids of each getListingsInventoryByListingIds request served.
+        self.inventory_reads: list[list[int]] = []
         self.throttled = 0
         # Sold-out listings activated again (a listing fee on Etsy).
         self.renewals = 0
@@ -171,6 +194,11 @@ class EtsyDouble:
                 Route(
                     "/v3/application/shops/{shop_id:int}/listings",
                     self._get_listings,
+                    methods=["GET"],
+                ),
+                Route(
+                    "/v3/application/listings/batch/inventory",
+                    self._get_inventories,
                     methods=["GET"],
                 ),
                 Route(
@@ -553,16 +581,49 @@ class EtsyDouble:
         return JSONResponse({"count": len(chosen), "results": page}, headers=headers)
 
     async def _get_listing(self, request: Request) -> Response:
-        """``getListing``, any state, with ``includes=Inventory``."""
+        """``getListing``, any state. The ``includes`` it takes attach nothing here (the
+        double has no shops, images or translations to attach)."""
         try:
             with self._lock:
                 headers = self._guard(request)
+                raw = request.query_params.get("includes", "")
+                for name in filter(None, raw.split(",")):
+                    if name not in _LISTING_INCLUDES:
+                        raise EtsyError(
+                            400, f"includes must be one of {', '.join(_LISTING_INCLUDES)}"
+                        )
                 listing = self._listing(request)
-                includes = request.query_params.get("includes", "").split(",")
-                rendered = self._render_listing(listing, with_inventory="Inventory" in includes)
+                rendered = self._render_listing(listing, with_inventory=False)
         except EtsyError as error:
             return self._error(error)
         return JSONResponse(rendered, headers=headers)
+
+    async def _get_inventories(self, request: Request) -> Response:
+        """``getListingsInventoryByListingIds``: at most 100 listings, all of which must
+        exist, each with its inventory; one request against the limits."""
+        try:
+            with self._lock:
+                headers = self._guard(request)
+                raw = ",".join(request.query_params.getlist("listing_ids"))
+                try:
+                    listing_ids = [int(each) for each in raw.split(",") if each.strip()]
+                except ValueError:
+                    raise EtsyError(400, "Expected an array of integers for listing_ids") from None
+                if not listing_ids:
+                    raise EtsyError(400, "Missing Input Parameter: [listing_ids]")
+                if len(listing_ids) > BATCH_IDS:
+                    raise EtsyError(400, f"listing_ids can have at most {BATCH_IDS} ids")
+                missing = [each for each in listing_ids if each not in self._listings]
+                if missing:
+                    raise EtsyError(404, f"Listing {missing[0]} does not exist")
+                page = [
+                    self._render_listing(self._listings[each], with_inventory=True)
+                    for each in listing_ids
+                ]
+                self.inventory_reads.append(listing_ids)
+        except EtsyError as error:
+            return self._error(error)
+        return JSONResponse({"count": len(page), "results": page}, headers=headers)
 
     async def _update_listing(self, request: Request) -> Response:
         """``updateListing`` for ``state`` only (``active`` or ``inactive``), form-encoded

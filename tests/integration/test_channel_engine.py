@@ -6,6 +6,7 @@ flagged, stale writes, rate limits per channel, revoked credentials."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -641,3 +642,197 @@ async def test_an_expiring_token_is_refreshed_once_with_no_transaction_open(
         stored = engine.vault.open(channel.credentials)
         assert (stored["access_token"], stored["refresh_token"]) == ("new-token", "r1-next")
         assert sync.REFRESHING not in channel.rate_state
+
+
+class EtsyShopFake:
+    """An Etsy shop in memory for the engine: products named ``"<listing id>:<sku>"``. A
+    push holds until ``gate`` is open and counts the pushes of each listing in flight."""
+
+    kind: ChannelKind = "etsy"
+
+    def __init__(self, quantities: dict[str, int]) -> None:
+        self.quantities = dict(quantities)
+        self.rate_state: dict[str, Any] = {}
+        self.pushes: list[list[tuple[str, int]]] = []
+        self.in_flight: Counter[str] = Counter()
+        self.most_in_flight = 0
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def register_webhooks(self, delivery_url: str) -> list[RegisteredWebhook]:
+        return []
+
+    async def listings(self) -> list[Listing]:
+        return [
+            Listing(
+                ref=ListingRef(external_id=name, extra={"listing_id": name.partition(":")[0]}),
+                sku=name.partition(":")[2],
+                title=name,
+                quantity=n,
+            )
+            for name, n in sorted(self.quantities.items())
+        ]
+
+    async def read(self, refs: Sequence[ListingRef]) -> dict[str, int | None]:
+        return {r.external_id: self.quantities[r.external_id] for r in refs}
+
+    async def push(self, updates: Sequence[StockUpdate]) -> list[PushResult]:
+        touched = {u.ref.external_id.partition(":")[0] for u in updates}
+        for listing in touched:
+            self.in_flight[listing] += 1
+        self.most_in_flight = max(self.most_in_flight, *self.in_flight.values())
+        self.pushes.append([(u.ref.external_id, u.quantity) for u in updates])
+        self.entered.set()
+        await self.gate.wait()
+        for u in updates:
+            self.quantities[u.ref.external_id] = u.quantity
+        for listing in touched:
+            self.in_flight[listing] -= 1
+        return [PushResult(u.ref.external_id, "ok", channel_quantity=u.quantity) for u in updates]
+
+    async def orders_since(self, cursor: str | None) -> OrdersPage:
+        return OrdersPage(orders=(), cursor=cursor)
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookDelivery | None:
+        return None
+
+
+async def test_pushes_of_one_etsy_listing_never_run_at_once(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    """Two products of one Etsy listing: while a worker writes the listing (a
+    read-modify-write of the whole inventory, no compare-and-set), a change to the other
+    product queues nothing a second worker could run beside it; it is written right after,
+    by the same item."""
+    shop = EtsyShopFake({"100:MUG-R": 10, "100:MUG-G": 10, "200:BOWL": 10})
+
+    def connect(*args: Any) -> EtsyShopFake:
+        return shop
+
+    async def refresh(*args: Any) -> Tokens | None:
+        return None
+
+    engine = sync.Engine(connect=connect, refresh=refresh, vault=Vault(KEY))  # type: ignore[arg-type]
+    now = clock.now()
+    async with database.unit_of_work() as session:
+        creator = await create_creator(session, now=now)
+        await catalog.create_product(
+            session,
+            creator_id=creator.id,
+            kind="physical",
+            name="Moon mug",
+            description="",
+            status="published",
+            variants=[
+                catalog.VariantSpec(sku="MUG-R"),
+                catalog.VariantSpec(sku="MUG-G"),
+                catalog.VariantSpec(sku="BOWL"),
+            ],
+            now=now,
+        )
+        location = await stock.create_location(
+            session, creator_id=creator.id, name="Workshop", now=now
+        )
+        for sku, on_hand in (("MUG-R", 9), ("MUG-G", 10), ("BOWL", 8)):
+            await stock.adjust(
+                session,
+                creator_id=creator.id,
+                sku=sku,
+                location_id=location.id,
+                delta=on_hand,
+                set_to=None,
+                kind="received",
+                reason="first firing",
+                actor="test",
+                now=now,
+            )
+    async with database.unit_of_work() as session:
+        await store(
+            session,
+            engine,
+            NewChannel(
+                kind="etsy",
+                name="Etsy",
+                url="https://etsy.example/shops/1",
+                credentials={},
+                rules=Rules(),
+            ),
+            Found(webhooks=[], listings=await shop.listings()),
+            channel_id="chn_etsy",
+            creator_id=creator.id,
+            settings=settings,
+            now=now,
+        )
+        live = list(
+            (
+                await session.execute(
+                    select(work.WorkItem.dedupe_key, work.WorkItem.payload)
+                    .where(work.WorkItem.kind == sync.push_kind_name("etsy"))
+                    .order_by(work.WorkItem.dedupe_key)
+                )
+            ).all()
+        )
+    # MUG-R and BOWL are behind (9 and 8 against 10): one item per Etsy listing.
+    assert [key for key, _ in live] == [
+        "channels.push:chn_etsy:etsy:100",
+        "channels.push:chn_etsy:etsy:200",
+    ]
+    assert [payload["etsy_listing_id"] for _, payload in live] == ["100", "200"]
+
+    kinds = sync.kinds(engine, settings=settings)
+    first = Worker(database, clock, settings=settings, kinds=kinds)
+    second = Worker(database, clock, settings=settings, kinds=kinds)
+    running = asyncio.create_task(first.run_once())
+    await asyncio.wait_for(shop.entered.wait(), timeout=10)
+    assert shop.pushes == [[("100:MUG-R", 9), ("200:BOWL", 8)]]
+
+    # MUG-G sells on the creator's own store while listing 100 is being written.
+    async with database.unit_of_work() as session:
+        await stock.adjust(
+            session,
+            creator_id=creator.id,
+            sku="MUG-G",
+            location_id=location.id,
+            delta=-3,
+            set_to=None,
+            kind="adjusted",
+            reason="count",
+            actor="test",
+            now=clock.now(),
+        )
+    await _sweep(database, clock, settings)  # finds MUG-G; its Etsy listing's item is live
+    async with database.unit_of_work() as session:
+        states = list(
+            (
+                await session.execute(
+                    select(work.WorkItem.state).where(
+                        work.WorkItem.kind == sync.push_kind_name("etsy")
+                    )
+                )
+            ).scalars()
+        )
+    assert states == [work.RUNNING, work.RUNNING]  # nothing new queued
+    await second.run_once()  # nothing of listing 100 for a second worker
+    assert len(shop.pushes) == 1
+    shop.gate.set()
+    await asyncio.wait_for(running, timeout=10)
+    for _ in range(5):
+        if not await first.run_once():
+            break
+
+    assert shop.most_in_flight == 1
+    # The same item wrote MUG-G at once after (MUG-R was in step by then).
+    assert shop.pushes == [[("100:MUG-R", 9), ("200:BOWL", 8)], [("100:MUG-G", 7)]]
+    assert shop.quantities == {"100:MUG-R": 9, "100:MUG-G": 7, "200:BOWL": 8}
+    async with database.unit_of_work() as session:
+        assert (
+            await session.scalar(
+                select(func.count())
+                .select_from(work.WorkItem)
+                .where(
+                    work.WorkItem.kind == sync.push_kind_name("etsy"),
+                    work.WorkItem.state.in_(work.LIVE_STATES),
+                )
+            )
+            == 0
+        )

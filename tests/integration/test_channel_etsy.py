@@ -181,18 +181,79 @@ def test_a_product_without_sku_is_named_by_its_property_values() -> None:
     assert external_id_of(123, {"sku": "MUG-1", "property_values": []}) == "123:MUG-1"
 
 
-async def test_read_gets_each_listing_inventory_once(double: EtsyDouble, make: Make) -> None:
+async def test_read_gets_every_listing_inventory_in_one_request(
+    double: EtsyDouble, make: Make
+) -> None:
     mugs = double.add_product("Mug", [("MUG-R", 5), ("MUG-G", 6)])
     bowl = double.add_product("Bowl", [("BOWL", 9)])
 
-    quantities = await make().read([ref(mugs[0]), ref(mugs[1]), ref(bowl[0]), ref("999:GONE")])
+    quantities = await make().read([ref(mugs[0]), ref(mugs[1]), ref(bowl[0])])
 
     assert quantities == {mugs[0]: 5, mugs[1]: 6, bowl[0]: 9}
+    assert double.requests == [("GET", "/v3/application/listings/batch/inventory")]
+    assert double.inventory_reads == [[listing_of(mugs[0]), listing_of(bowl[0])]]
+    assert len(double.served_at) == 1
+
+
+async def test_a_gone_listing_makes_the_batch_404_and_each_listing_is_read_alone(
+    double: EtsyDouble, make: Make
+) -> None:
+    mugs = double.add_product("Mug", [("MUG-R", 5), ("MUG-G", 6)])
+
+    quantities = await make().read([ref(mugs[0]), ref(mugs[1]), ref("999:GONE")])
+
+    assert quantities == {mugs[0]: 5, mugs[1]: 6}
+    listing_id = listing_of(mugs[0])
     assert double.requests == [
-        ("GET", f"/v3/application/listings/{listing_of(mugs[0])}"),
-        ("GET", f"/v3/application/listings/{listing_of(bowl[0])}"),
+        ("GET", "/v3/application/listings/batch/inventory"),
+        ("GET", f"/v3/application/listings/{listing_id}"),
+        ("GET", f"/v3/application/listings/{listing_id}/inventory"),
         ("GET", "/v3/application/listings/999"),
     ]
+    assert double.inventory_reads == []
+
+
+async def test_the_batch_read_follows_etsys_limits(
+    double: EtsyDouble, http: httpx.AsyncClient
+) -> None:
+    ids = double.add_product("Mug", [("MUG-R", 5)])
+    base = f"{double.base_url}/v3/application/listings"
+    headers = {
+        "x-api-key": "etsy-keystring:etsy-secret",
+        "authorization": "Bearer 777001.etsy-token",
+    }
+
+    too_many = await http.get(
+        f"{base}/batch/inventory",
+        params={"listing_ids": ",".join(str(n) for n in range(1, 102))},
+        headers=headers,
+    )
+    repeated = await http.get(
+        f"{base}/batch/inventory",
+        params=[("listing_ids", str(listing_of(ids[0])))],
+        headers=headers,
+    )
+    unauthorized = await http.get(
+        f"{base}/batch/inventory",
+        params={"listing_ids": str(listing_of(ids[0]))},
+        headers={"x-api-key": "etsy-keystring:etsy-secret"},
+    )
+    no_inventory_include = await http.get(
+        f"{base}/{listing_of(ids[0])}", params={"includes": "Inventory"}, headers=headers
+    )
+
+    assert too_many.status_code == 400
+    assert too_many.json() == {"error": "listing_ids can have at most 100 ids"}
+    assert repeated.status_code == 200
+    body = repeated.json()
+    assert body["count"] == 1
+    [listing] = body["results"]
+    assert (listing["listing_id"], listing["state"]) == (listing_of(ids[0]), "active")
+    assert [p["sku"] for p in listing["inventory"]["products"]] == ["MUG-R"]
+    assert listing["inventory"]["products"][0]["offerings"][0]["quantity"] == 5
+    assert "x-remaining-this-second" in repeated.headers
+    assert unauthorized.status_code == 401
+    assert no_inventory_include.status_code == 400
 
 
 # ---------------------------------------------------------------------- pushing
@@ -227,8 +288,37 @@ async def test_a_push_to_one_of_three_variations_keeps_all_three(
     assert [product["offerings"][0]["is_enabled"] for product in after] == [True, True, False]
     assert [double.quantity_of(sku) for sku in ("MUG-R", "MUG-G", "MUG-B")] == [5, 2, 7]
     assert double.requests == [
-        ("GET", f"/v3/application/listings/{listing_id}"),
+        ("GET", "/v3/application/listings/batch/inventory"),
         ("PUT", f"/v3/application/listings/{listing_id}/inventory"),
+    ]
+
+
+async def test_a_push_of_three_listings_reads_them_in_one_request_and_writes_each(
+    double: EtsyDouble, make: Make
+) -> None:
+    mug = double.add_product("Mug", [("MUG-R", 5), ("MUG-G", 6)])
+    bowl = double.add_product("Bowl", [("BOWL", 9)])
+    vase = double.add_product("Vase", [("VASE", 3)])
+
+    results = await make().push(
+        [update(mug[1], 1), update(bowl[0], 2), update(mug[0], 4), update(vase[0], 3)]
+    )
+
+    assert results == [
+        PushResult(external_id=mug[1], outcome="ok", channel_quantity=1),
+        PushResult(external_id=bowl[0], outcome="ok", channel_quantity=2),
+        PushResult(external_id=mug[0], outcome="ok", channel_quantity=4),
+        PushResult(external_id=vase[0], outcome="ok", channel_quantity=3),
+    ]
+    assert [double.quantity_of(sku) for sku in ("MUG-R", "MUG-G", "BOWL", "VASE")] == [4, 1, 2, 3]
+    assert double.inventory_reads == [
+        [listing_of(mug[0]), listing_of(bowl[0]), listing_of(vase[0])]
+    ]
+    assert double.requests == [
+        ("GET", "/v3/application/listings/batch/inventory"),
+        ("PUT", f"/v3/application/listings/{listing_of(mug[0])}/inventory"),
+        ("PUT", f"/v3/application/listings/{listing_of(bowl[0])}/inventory"),
+        ("PUT", f"/v3/application/listings/{listing_of(vase[0])}/inventory"),
     ]
 
 
@@ -361,7 +451,7 @@ async def test_zero_everywhere_deactivates_the_listing_and_stock_brings_it_back(
     assert (double.quantity_of("MUG-R"), double.quantity_of("MUG-G")) == (0, 4)
     assert state["deactivated"] == []
     assert double.requests[requests_before:] == [
-        ("GET", f"/v3/application/listings/{listing_id}"),
+        ("GET", "/v3/application/listings/batch/inventory"),
         ("PUT", f"/v3/application/listings/{listing_id}/inventory"),
         ("PATCH", f"/v3/application/shops/5550001/listings/{listing_id}"),
     ]
@@ -490,7 +580,9 @@ async def test_a_burst_waits_for_the_next_second_and_never_exceeds_the_limit(
         connector = EtsyConnector(
             http=http, credentials=credentials(double), rate_state=state, sleep=sleep
         )
-        quantities = await connector.read(refs)
+        quantities: dict[str, int | None] = {}
+        for each in refs:  # a request each
+            quantities |= await connector.read([each])
 
     assert quantities == {each.external_id: n for n, each in enumerate(refs)}
     assert double.throttled == 0

@@ -343,20 +343,37 @@ async def start_install(
     shop_url: str | None = None,
     shop_id: str | None = None,
 ) -> AuthorizeOut:
-    """The URL to send the creator to, to install the platform's app on their shop
-    (Shopify: give ``shop_url``; Etsy: give ``shop_id``). The channel is connected when
-    the channel sends the creator back to ``/channels/oauth/{kind}/callback``."""
-    settings = get_settings(request)
-    url = oauth.start(
+    """The URL to send the creator's browser to, to install the platform's app on their
+    shop (Shopify: give ``shop_url``; Etsy: give ``shop_id``): Stallholder's
+    ``/channels/oauth/{kind}/begin``, which ties the install to that browser and sends it
+    on to the channel. The channel is connected when the channel sends the same browser
+    back to ``/channels/oauth/{kind}/callback``."""
+    url = oauth.ticket_url(
         _engine(request),
-        settings,
+        get_settings(request),
         kind=kind,
         creator_id=creator_id,
         shop_url=shop_url,
         shop_id=shop_id,
-        ttl=OAUTH_STATE_TTL,
     )
     return AuthorizeOut(kind=kind, url=url)
+
+
+@hooks_router.get("/channels/oauth/{kind}/begin", include_in_schema=False)
+async def begin_install(
+    request: Request, kind: Literal["shopify", "etsy"], ticket: str = ""
+) -> Response:
+    """Where the creator's browser opens an install: the install is tied to its session
+    and the browser sent on to the channel's consent page."""
+    url = oauth.begin(
+        _engine(request),
+        get_settings(request),
+        kind=kind,
+        ticket=ticket,
+        browser_session=request.session,
+        ttl=OAUTH_STATE_TTL,
+    )
+    return RedirectResponse(url, status_code=303)
 
 
 @hooks_router.get("/channels/oauth/{kind}/callback", include_in_schema=False)
@@ -368,7 +385,12 @@ async def finish_install(
     settings = get_settings(request)
     engine = _engine(request)
     new, creator_id = await oauth.finish(
-        engine, settings, kind=kind, query=dict(request.query_params), ttl=OAUTH_STATE_TTL
+        engine,
+        settings,
+        kind=kind,
+        query=dict(request.query_params),
+        browser_session=request.session,
+        ttl=OAUTH_STATE_TTL,
     )
     channel = await connect.connect(
         session,

@@ -16,6 +16,13 @@ Etsy facts this module relies on (developers.etsy.com, read November 2026):
   replies in ``x-limit-per-second``, ``x-remaining-this-second``, ``x-limit-per-day``,
   ``x-remaining-today``; a spent limit is a 429 without those headers.
 - Etsy sends no order or stock webhooks to most apps: receipts are polled.
+- ``getListingsInventoryByListingIds`` (``GET /v3/application/listings/batch/inventory``,
+  ``listing_ids`` comma-separated, at most 100, scope ``listings_r``) answers
+  ``{"count", "results"}``: each listing (``state`` included) with its ``inventory``, in
+  one request. If any id does not exist the whole request is a 404. ``getListing`` no
+  longer takes ``includes=Inventory`` (its ``includes`` are ``Shop``, ``Images``,
+  ``User``, ``Translations``, ``Videos``, ``Personalization``, ``BuyerPrice``), nor does
+  ``getListingsByListingIds``; ``getListingsByShop`` still does.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ CONNECT_URL = "https://www.etsy.com/oauth/connect"
 # the seller's shop after connecting.
 SCOPES = ("listings_r", "listings_w", "transactions_r", "shops_r")
 PAGE_SIZE = 100
+# Listing ids one getListingsInventoryByListingIds request takes at most.
+BATCH_IDS = 100
 # Etsy counts the day over a rolling 24 h of buckets (two-hour blocks in its older
 # documentation); when today's quota is spent we cannot see when the oldest bucket
 # leaves, so we try again after this long and the next reply's x-remaining-today says
@@ -223,12 +232,15 @@ class EtsyConnector:
                 return found
 
     async def read(self, refs: Sequence[ListingRef]) -> dict[str, int | None]:
-        """Each listing is read once (with its inventory), however many of its products
-        are asked. A listing that is not active shows 0 for every product: nobody can
-        buy it, whatever its inventory says."""
+        """The listings' inventories in one request per 100 listings
+        (``getListingsInventoryByListingIds``), however many of their products are asked.
+        A listing that is not active shows 0 for every product: nobody can buy it,
+        whatever its inventory says."""
         quantities: dict[str, int | None] = {}
-        for listing_id, wanted in self._by_listing(refs).items():
-            listing = await self._listing_or_none(listing_id)
+        wanted_by_listing = self._by_listing(refs)
+        found = await self._listings_with_inventory(list(wanted_by_listing))
+        for listing_id, wanted in wanted_by_listing.items():
+            listing = found.get(listing_id)
             if listing is None:
                 continue
             is_active = listing["state"] == "active"
@@ -243,11 +255,13 @@ class EtsyConnector:
         return quantities
 
     async def push(self, updates: Sequence[StockUpdate]) -> list[PushResult]:
-        """One read-modify-write per listing: read it with its inventory, change the
-        quantity of the pushed products' offerings, PUT every product back
-        (``writable_inventory``). No variation is dropped and nothing but those
-        quantities changes. Etsy has no compare-and-set, so ``expected`` is not used. A
-        listing Etsy refuses (a 4xx) makes its updates ``error`` and the others go on;
+        """A read-modify-write per listing: the pushed listings are read with their
+        inventories in one request per 100 (``getListingsInventoryByListingIds``), then
+        for each listing the quantities of the pushed products' offerings are changed and
+        every product is PUT back (``writable_inventory``), one request per listing. No
+        variation is dropped and nothing but those quantities changes. Etsy has no
+        compare-and-set, so ``expected`` is not used. A listing Etsy refuses (a 4xx)
+        makes its updates ``error`` and the others go on (a refused read, all of them);
         a rate limit, revoked credentials or an outage stop the push (what was written
         stays written: a push only sets values, so sending it again is harmless).
 
@@ -273,9 +287,18 @@ class EtsyConnector:
         for index, update in enumerate(updates):
             listing_id = update.ref.extra.get("listing_id") or update.ref.external_id.split(":")[0]
             by_listing.setdefault(listing_id, []).append((index, update))
+        # One read for every listing of the push, then one write per listing. Etsy has no
+        # compare-and-set, so a sale on Etsy between the read and a listing's write is
+        # written over; a batch widens that window from one request to at most a batch
+        # of writes (PUSH_BATCH: about a second). The sale is still imported (and flagged
+        # oversold if need be) and reconciliation repairs the quantity.
+        try:
+            read = await self._listings_with_inventory(list(by_listing))
+        except ChannelRefused as refused:
+            return [_result(update, "error", error=str(refused)) for update in updates]
         for listing_id, items in by_listing.items():
             try:
-                written = await self._push_listing(listing_id, items)
+                written = await self._push_listing(listing_id, read.get(listing_id), items)
             except ChannelRefused as refused:
                 written = [
                     (index, _result(update, "error", error=str(refused))) for index, update in items
@@ -327,9 +350,11 @@ class EtsyConnector:
     # ------------------------------------------------------------------ pushing
 
     async def _push_listing(
-        self, listing_id: str, items: list[tuple[int, StockUpdate]]
+        self,
+        listing_id: str,
+        listing: Mapping[str, Any] | None,
+        items: list[tuple[int, StockUpdate]],
     ) -> list[tuple[int, PushResult]]:
-        listing = await self._listing_or_none(listing_id)
         if listing is None:
             return [(index, _result(update, "missing")) for index, update in items]
         body = writable_inventory(listing["inventory"])
@@ -426,17 +451,43 @@ class EtsyConnector:
     async def _inventory(self, listing_id: int | str) -> dict[str, Any]:
         return await self._json("GET", f"/v3/application/listings/{listing_id}/inventory")
 
+    async def _listings_with_inventory(self, listing_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each listing (its ``state``) with its ``inventory``, by listing id, 100 a
+        request (``getListingsInventoryByListingIds``); listings that are gone are
+        absent. Etsy answers the whole request 404 when any id is gone, so such a batch
+        is read again one listing at a time (``_listing_or_none``) to tell which."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(listing_ids), BATCH_IDS):
+            chunk = listing_ids[start : start + BATCH_IDS]
+            response = await self._send(
+                "GET",
+                "/v3/application/listings/batch/inventory",
+                params={"listing_ids": ",".join(chunk)},
+            )
+            if response.status_code == 404:
+                for listing_id in chunk:
+                    listing = await self._listing_or_none(listing_id)
+                    if listing is not None:
+                        found[listing_id] = listing
+                continue
+            for listing in self._body(response)["results"]:
+                if "state" not in listing or not listing.get("inventory"):
+                    # Not the shape the reference documents: read this one alone.
+                    fallback = await self._listing_or_none(str(listing["listing_id"]))
+                    if fallback is None:
+                        continue
+                    listing = fallback
+                found[str(listing["listing_id"])] = listing
+        return found
+
     async def _listing_or_none(self, listing_id: str) -> dict[str, Any] | None:
-        """The listing (its ``state``) with its ``inventory``, one request
-        (``getListing`` with ``includes=Inventory``); None when it is gone (404)."""
-        response = await self._send(
-            "GET", f"/v3/application/listings/{listing_id}", params={"includes": "Inventory"}
-        )
+        """The listing (``getListing``, for its ``state``) with its ``inventory``
+        (``getListingInventory``): two requests; None when it is gone (404)."""
+        response = await self._send("GET", f"/v3/application/listings/{listing_id}")
         if response.status_code == 404:
             return None
         listing = self._body(response)
-        if not listing.get("inventory"):
-            listing["inventory"] = await self._inventory(listing_id)
+        listing["inventory"] = await self._inventory(listing_id)
         return listing
 
     def _order(self, receipt: Mapping[str, Any]) -> ChannelOrder:

@@ -1,16 +1,27 @@
 """OAuth installs of the platform's app on a creator's Shopify or Etsy shop.
 
-The state sent to the channel is sealed with the channel key (Fernet: encrypted and
-authenticated, with a time to live): it carries the creator, the shop and, for Etsy,
-the PKCE verifier, none of which a third party can read or forge. Shopify's callback is
-also checked by its ``hmac`` parameter (the app's client secret)."""
+An install has three steps. ``ticket_url`` (the API, with the creator's secret key)
+answers Stallholder's own begin URL with a sealed ticket. ``begin`` (the creator's
+browser opens it) ties the install to that browser's session: the session gets a random
+install key (``BROWSER_KEY``) and the state sent to the channel names its SHA-256.
+``finish`` (the callback) opens the state and refuses it unless the browser's session
+holds that key, so a valid state carried to another browser connects nothing.
+
+Tickets and states are sealed with the channel key (Fernet: encrypted and authenticated,
+with a time to live): they carry the creator, the shop and, for Etsy, the PKCE verifier,
+none of which a third party can read or forge; each names its use, so one is never taken
+for the other. Shopify's callback is also checked by its ``hmac`` parameter (the app's
+client secret)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Mapping
+import secrets
+from collections.abc import Mapping, MutableMapping
 from datetime import timedelta
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -25,6 +36,9 @@ from stallholder.settings import Settings
 
 # What a Shopify shop's address looks like (its myshopify.com domain).
 SHOP_URL = re.compile(r"https://[a-z0-9][a-z0-9-]*\.myshopify\.com")
+# The browser session's install key (``request.session``).
+BROWSER_KEY = "channel_install_key"
+_TICKET, _STATE = "ticket", "state"
 
 
 class AppNotConfigured(InvalidRequest):
@@ -41,7 +55,7 @@ def _redirect_uri(settings: Settings, kind: str) -> str:
     return f"{settings.base_url.rstrip('/')}/channels/oauth/{kind}/callback"
 
 
-def start(
+def ticket_url(
     engine: Engine,
     settings: Settings,
     *,
@@ -49,15 +63,15 @@ def start(
     creator_id: str,
     shop_url: str | None,
     shop_id: str | None,
-    ttl: timedelta,
 ) -> str:
-    """The authorization URL to send the creator to.
+    """The URL to send the creator's browser to: Stallholder's begin route with a sealed
+    ticket naming the creator and the shop.
 
     Raises:
         AppNotConfigured: the platform has no app credentials for this channel.
         InvalidRequest: ``shop_url`` (Shopify) or ``shop_id`` (Etsy) is missing.
     """
-    del ttl  # checked when the state comes back
+    install: dict[str, Any] = {"use": _TICKET, "creator": creator_id, "kind": kind}
     if kind == "shopify":
         if not (settings.shopify_client_id and settings.shopify_client_secret):
             raise AppNotConfigured(
@@ -73,29 +87,68 @@ def start(
                 "https://your-shop.myshopify.com",
                 param="shop_url",
             )
-        state = engine.vault.seal(
-            {"creator": creator_id, "kind": kind, "shop_url": shop_url.rstrip("/")}
-        )
+        install["shop_url"] = shop_url
+    else:
+        if not settings.etsy_keystring:
+            raise AppNotConfigured("set STALLHOLDER_ETSY_KEYSTRING to install on Etsy")
+        if not shop_id or not shop_id.isdigit():
+            raise InvalidRequest("give shop_id, the number of your Etsy shop")
+        install["shop_id"] = shop_id
+    ticket = urlencode({"ticket": engine.vault.seal(install)})
+    return f"{settings.base_url.rstrip('/')}/channels/oauth/{kind}/begin?{ticket}"
+
+
+def _browser_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def begin(
+    engine: Engine,
+    settings: Settings,
+    *,
+    kind: str,
+    ticket: str,
+    browser_session: MutableMapping[str, Any],
+    ttl: timedelta,
+) -> str:
+    """The channel's consent URL for the install ``ticket`` names, tied to the browser:
+    ``browser_session`` (the signed cookie session) gets the install key if it has none,
+    and the state names its digest.
+
+    Raises:
+        InstallRefused: the ticket is forged, of another use or kind, or expired.
+    """
+    try:
+        install = engine.vault.open(ticket, ttl_seconds=int(ttl.total_seconds()))
+    except CredentialsUnreadable as error:
+        raise InstallRefused("the install link is not valid or has expired; start again") from error
+    if install.get("use") != _TICKET or install.get("kind") != kind:
+        raise InstallRefused("the install link is not valid or has expired; start again")
+    key = browser_session.get(BROWSER_KEY)
+    if not isinstance(key, str):
+        key = secrets.token_urlsafe(32)
+        browser_session[BROWSER_KEY] = key
+    state: dict[str, Any] = {
+        "use": _STATE,
+        "creator": install["creator"],
+        "kind": kind,
+        "browser": _browser_digest(key),
+    }
+    if kind == "shopify":
+        shop_url = str(install["shop_url"])
         return shopify.authorization_url(
-            shop_url.rstrip("/"),
+            shop_url,
             client_id=settings.shopify_client_id,
             scopes=shopify.SCOPES,
             redirect_uri=_redirect_uri(settings, kind),
-            state=state,
+            state=engine.vault.seal({**state, "shop_url": shop_url}),
         )
-    if not settings.etsy_keystring:
-        raise AppNotConfigured("set STALLHOLDER_ETSY_KEYSTRING to install on Etsy")
-    if not shop_id or not shop_id.isdigit():
-        raise InvalidRequest("give shop_id, the number of your Etsy shop")
     verifier, challenge = etsy.pkce_pair()
-    state = engine.vault.seal(
-        {"creator": creator_id, "kind": kind, "shop_id": shop_id, "verifier": verifier}
-    )
     return etsy.authorization_url(
         client_id=settings.etsy_keystring,
         redirect_uri=_redirect_uri(settings, kind),
         scopes=etsy.SCOPES,
-        state=state,
+        state=engine.vault.seal({**state, "shop_id": install["shop_id"], "verifier": verifier}),
         code_challenge=challenge,
         connect_url=settings.etsy_connect_url,
     )
@@ -107,12 +160,14 @@ async def finish(
     *,
     kind: str,
     query: Mapping[str, str],
+    browser_session: Mapping[str, Any],
     ttl: timedelta,
 ) -> tuple[NewChannel, str]:
     """The channel an install callback connects, and its creator.
 
     Raises:
         InstallRefused: the state or the signature does not verify, the install expired,
+            the callback came to another browser than the one that began the install,
             the creator declined, or the channel refused the code.
     """
     if "error" in query:
@@ -121,8 +176,13 @@ async def finish(
         state = engine.vault.open(query.get("state", ""), ttl_seconds=int(ttl.total_seconds()))
     except CredentialsUnreadable as error:
         raise InstallRefused("the install link is not valid or has expired; start again") from error
-    if state.get("kind") != kind or not query.get("code"):
+    if state.get("use") != _STATE or state.get("kind") != kind or not query.get("code"):
         raise InstallRefused("the callback does not belong to this install; start again")
+    key = browser_session.get(BROWSER_KEY)
+    if not isinstance(key, str) or not secrets.compare_digest(
+        _browser_digest(key), str(state.get("browser", ""))
+    ):
+        raise InstallRefused("the install was begun in another browser; start it again here")
     async with httpx.AsyncClient(timeout=TIMEOUT) as http:
         try:
             if kind == "shopify":

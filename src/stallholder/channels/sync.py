@@ -8,9 +8,10 @@ Work kinds (``kit.work``):
 - ``channels.sweep`` (periodic, every ``channel_sweep_seconds``): reads the levels
   changed since the last sweep (with ``OVERLAP`` to spare for transactions that commit
   late), and for every active, matched listing whose channel shows something other than
-  ``shown(available)`` enqueues ``channels.push`` with the listing as its dedupe key: a
-  change before the push runs adds nothing, and the push reads ``available`` when it runs,
-  so the latest value wins. It also queues the polls and reconciliations that are due.
+  ``shown(available)`` enqueues ``channels.push`` with the listing (on Etsy, the Etsy
+  listing: ``_push_work``) as its dedupe key: a change before the push runs adds nothing,
+  and the push reads ``available`` when it runs, so the latest value wins. It also
+  queues the polls and reconciliations that are due.
 - ``channels.push``: a claimed batch is split by channel; the channels are written side
   by side, so one that is slow or rate limited holds up only its own items.
 - ``channels.pull``: new orders of one channel, every ``channel_poll_seconds`` (Etsy
@@ -33,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import httpx
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.channels import service
@@ -186,6 +187,7 @@ async def sweep(session: AsyncSession, *, settings: Settings, now: datetime) -> 
                 select(
                     ChannelListing.id,
                     ChannelListing.channel_id,
+                    ChannelListing.external_id,
                     ChannelListing.variant_id,
                     ChannelListing.channel_quantity,
                     ChannelListing.pushed_quantity,
@@ -202,7 +204,7 @@ async def sweep(session: AsyncSession, *, settings: Settings, now: datetime) -> 
                 channel = channels[row.channel_id]
                 target = shown(found.available, service.rules_of(channel))
                 if row.channel_quantity != target or row.pushed_quantity is None:
-                    work.append(_push_work(channel, row.id, now))
+                    work.append(_push_work(channel, row.id, row.external_id, now))
     for channel in channels.values():
         if channel.next_poll_at is not None and channel.next_poll_at <= now:
             work.append(_channel_work(PULL_KIND, channel, now))
@@ -210,6 +212,7 @@ async def sweep(session: AsyncSession, *, settings: Settings, now: datetime) -> 
         if channel.next_reconcile_at is not None and channel.next_reconcile_at <= now:
             work.append(_channel_work(RECONCILE_KIND, channel, now))
             channel.next_reconcile_at = now + timedelta(seconds=settings.channel_reconcile_seconds)
+    work = _one_per_key(work)
     await enqueue_many(session, work, now=now)
     return sum(1 for item in work if item.kind.startswith(PUSH_KIND))
 
@@ -220,14 +223,43 @@ def push_kind_name(channel_kind: str) -> str:
     return f"{PUSH_KIND}.{channel_kind}"
 
 
-def _push_work(channel: Channel, listing_id: int, now: datetime) -> NewWork:
+def etsy_listing_of(external_id: str) -> str:
+    """The Etsy listing a product belongs to (its external id is ``"<listing id>:…"``)."""
+    return external_id.partition(":")[0]
+
+
+def _push_work(channel: Channel, listing_id: int, external_id: str, now: datetime) -> NewWork:
+    """One push, coalesced by its dedupe key (unique among live work items): per listing
+    row, or on Etsy per Etsy listing. An Etsy write is a read-modify-write of the whole
+    listing with no compare-and-set, so two pushes of products of one listing running at
+    once (two workers) could each write back the other's product as it was read: one
+    live item per Etsy listing, covering all its products (``push_channel``), means they
+    never run at once."""
+    payload: dict[str, Any] = {"channel_id": channel.id, "listing_id": listing_id}
+    dedupe_key = f"{PUSH_KIND}:{listing_id}"
+    if channel.kind == "etsy":
+        payload["etsy_listing_id"] = etsy_listing_of(external_id)
+        dedupe_key = f"{PUSH_KIND}:{channel.id}:etsy:{payload['etsy_listing_id']}"
     return NewWork(
         kind=push_kind_name(channel.kind),
-        payload={"channel_id": channel.id, "listing_id": listing_id},
+        payload=payload,
         due_at=now,
-        dedupe_key=f"{PUSH_KIND}:{listing_id}",
+        dedupe_key=dedupe_key,
         creator_id=channel.creator_id,
     )
+
+
+def _one_per_key(work: list[NewWork]) -> list[NewWork]:
+    """The first item of each dedupe key (several products of one Etsy listing)."""
+    seen: set[str] = set()
+    kept = []
+    for item in work:
+        if item.dedupe_key is not None:
+            if item.dedupe_key in seen:
+                continue
+            seen.add(item.dedupe_key)
+        kept.append(item)
+    return kept
 
 
 def _channel_work(kind: str, channel: Channel, now: datetime, *, reason: str = "") -> NewWork:
@@ -243,7 +275,20 @@ def _channel_work(kind: str, channel: Channel, now: datetime, *, reason: str = "
 async def queue_push(
     session: AsyncSession, *, channel: Channel, listing_ids: Sequence[int], now: datetime
 ) -> None:
-    await enqueue_many(session, [_push_work(channel, i, now) for i in listing_ids], now=now)
+    if not listing_ids:
+        return
+    rows = await session.execute(
+        select(ChannelListing.id, ChannelListing.external_id).where(
+            ChannelListing.id.in_(sorted(listing_ids))
+        )
+    )
+    external_ids = {row.id: row.external_id for row in rows}
+    work = [
+        _push_work(channel, listing_id, external_ids[listing_id], now)
+        for listing_id in listing_ids
+        if listing_id in external_ids
+    ]
+    await enqueue_many(session, _one_per_key(work), now=now)
 
 
 async def queue_for_channel(
@@ -451,23 +496,40 @@ async def push_channel(
     items: Sequence[Claimed],
 ) -> dict[str, BaseException | None]:
     """Write the quantities of one channel's claimed listings, in one call to the
-    connector (which batches as its API allows)."""
+    connector (which batches as its API allows). An item of an Etsy listing
+    (``etsy_listing_id``) covers every matched product of that listing."""
     done: dict[str, BaseException | None] = {item.id: None for item in items}
     state = await _state(context.database, engine, channel_id)
     if state is None or state.status != service.ACTIVE:
         return done  # a paused channel is pushed in full when it is resumed
+    # The item each listing row is written for.
     by_listing = {int(item.payload["listing_id"]): item for item in items}
+    by_etsy_listing = {
+        str(item.payload["etsy_listing_id"]): item
+        for item in items
+        if item.payload.get("etsy_listing_id") is not None
+    }
+    chosen = [ChannelListing.id.in_(sorted(by_listing))] + [
+        ChannelListing.external_id.startswith(f"{etsy_listing}:", autoescape=True)
+        for etsy_listing in sorted(by_etsy_listing)
+    ]
     async with context.database.unit_of_work() as session:
         listings = list(
             (
                 await session.execute(
-                    select(ChannelListing).where(
-                        ChannelListing.id.in_(sorted(by_listing)),
+                    select(ChannelListing)
+                    .where(
+                        ChannelListing.channel_id == channel_id,
                         ChannelListing.status == service.MATCHED,
+                        or_(*chosen),
                     )
+                    .order_by(ChannelListing.id)
                 )
             ).scalars()
         )
+        for listing in listings:
+            if listing.id not in by_listing:
+                by_listing[listing.id] = by_etsy_listing[etsy_listing_of(listing.external_id)]
         stock_now = await service.stock_of(
             session, [listing.variant_id for listing in listings if listing.variant_id]
         )
@@ -498,12 +560,25 @@ async def push_channel(
         return done
     now = context.clock.now()
     stale = False
+    written = {listing.id for listing, _, _ in updates}
     async with context.database.unit_of_work() as session:
         # Stock that changed while the channel was being written: its sweep found this
-        # listing's push still running (one live push per listing), so write it again.
+        # listing's push still running (one live push per listing, or per Etsy listing),
+        # so write it again. That holds for a product of the item's Etsy listing that was
+        # in step when read and not written, too.
         stock_after = await service.stock_of(
-            session, [listing.variant_id for listing, _, _ in updates if listing.variant_id]
+            session, [listing.variant_id for listing in listings if listing.variant_id]
         )
+        for listing in listings:
+            found_after = stock_after.get(listing.variant_id or "")
+            if (
+                listing.id not in written
+                and found_after is not None
+                and shown(found_after.available, state.rules) != listing.channel_quantity
+            ):
+                done[by_listing[listing.id].id] = Retry(
+                    "the stock changed while the channel was written", at=now
+                )
         for (listing, sent, changed_at), result in zip(updates, results, strict=True):
             found_after = stock_after.get(listing.variant_id or "")
             if (
