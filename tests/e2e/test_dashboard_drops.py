@@ -93,6 +93,13 @@ async def test_a_drop_is_created_by_form_and_mistakes_keep_what_was_typed(
                 'value="0"',
             ),
             (
+                # A sign doubled is not a number: a 422 with what was typed, not a 500.
+                {"price": [mug["id"]], "quantity": ["+-5"]},
+                422,
+                "item 1 quantity: Input should be a valid integer",
+                'value="+-5"',
+            ),
+            (
                 {"price": ["", ""], "quantity": ["", ""]},
                 422,
                 "items: fill in at least one row: a price and how many units",

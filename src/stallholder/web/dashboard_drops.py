@@ -116,7 +116,10 @@ def _as_count(typed: str) -> int | str | None:
     text = typed.strip()
     if not text:
         return None
-    return int(text) if text.lstrip("+-").isdigit() else text
+    try:
+        return int(text)
+    except ValueError:  # "+-5", "²", "ten": the schema refuses what was typed
+        return text
 
 
 def _messages(error: ValidationError, *, typed: dict[str, Any]) -> list[str]:
