@@ -51,7 +51,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -179,10 +179,15 @@ class _Bucket:
     size: float
     restore_rate: float
     available: float
-    at: float = field(default_factory=time.monotonic)
+    # What the bucket tells time by; a test may freeze it so nothing refills meanwhile.
+    clock: Callable[[], float] = time.monotonic
+    at: float = field(default=-1.0)
+
+    def __post_init__(self) -> None:
+        self.at = self.clock()
 
     def refill(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self.available = min(self.size, self.available + (now - self.at) * self.restore_rate)
         self.at = now
 
@@ -209,6 +214,7 @@ class ShopifyDouble:
         currency: str = "USD",
         shop_domain: str = "kiln.myshopify.com",
         field_costs: Mapping[str, int] | None = None,
+        bucket_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
@@ -223,7 +229,9 @@ class ShopifyDouble:
         # Replies refused with THROTTLED because the bucket was short (not chaos).
         self.throttled = 0
         self.webhooks = WebhookSender(self.chaos)
-        self.bucket = _Bucket(float(bucket_size), float(restore_rate), float(bucket_size))
+        self.bucket = _Bucket(
+            float(bucket_size), float(restore_rate), float(bucket_size), bucket_clock
+        )
         self.locations = [
             _Location(40001, "Old studio", is_active=False),
             _Location(40002, "Studio", is_active=True),
