@@ -1,4 +1,5 @@
-"""Kill a real server (``stallholder serve`` in a subprocess, with its embedded worker) with
+"""Kill a real server (``stallholder serve`` in a process of its own, forked from one that
+imported Stallholder once: ``tests/e2e/forked.py``; with its embedded worker) with
 SIGKILL at random moments around POSTs with ``Idempotency-Key``s, restart it, and retry each
 request with the same key and body until it answers: every key has exactly one effect,
 and a request answered before a kill replays that answer, on SQLite and PostgreSQL.
@@ -37,6 +38,7 @@ from stallholder.checkout.models import CheckoutSession
 from stallholder.kit.db import sync_url
 from stallholder.orders.models import Order, Refund
 from tests.conftest import ADMIN_KEY, bearer
+from tests.e2e.forked import ForkedCommand
 from tests.smtp_server import free_port
 
 SEED = int(os.environ.get("STALLHOLDER_KILL_SEED", "20261130"))
@@ -72,25 +74,20 @@ class Server:
             "STALLHOLDER_PAYMENT_RESOLVE_AFTER_SECONDS": "1",
             "STALLHOLDER_IDEMPOTENCY_LOCK_SECONDS": str(LOCK_SECONDS),
         }
-        self.process: subprocess.Popen[bytes] | None = None
+        self.command = ForkedCommand(
+            ["serve", "--port", str(self.port)], env=self.env, log=self.log
+        )
         self.starts = 0
 
     def launch(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603
-                [str(STALLHOLDER), "serve", "--port", str(self.port)],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.command.start()
         self.starts += 1
 
     def wait_ready(self) -> None:
         """Wait until it answers, then warm it up (its first authenticated request opens
         the connection pool), so kills land in requests rather than in start-up."""
-        assert self.process is not None
         for _ in range(1200):  # at most about a minute on a busy machine
-            if self.process.poll() is not None:
+            if not self.command.running():
                 break
             try:
                 if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
@@ -101,17 +98,10 @@ class Server:
         pytest.fail(f"the server did not start:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
+        self.command.kill()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.command.stop(signal.SIGTERM, timeout=30)
 
 
 @dataclass

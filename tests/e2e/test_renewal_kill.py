@@ -1,4 +1,5 @@
-"""Kill a real worker (``stallholder worker`` in a subprocess) with SIGKILL at random
+"""Kill a real worker (``stallholder worker`` in a process of its own, forked from one that
+imported Stallholder once: ``tests/e2e/forked.py``) with SIGKILL at random
 moments during a renewal run, 20 times, then let one finish: every due invoice is made
 once and charged once at the gateway (the sandbox's own record of charges, by key), one
 order each, and ``ledger verify`` is clean, on SQLite and PostgreSQL (ADR 0010).
@@ -14,9 +15,6 @@ import asyncio
 import os
 import random
 import signal
-import subprocess
-import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,12 +34,12 @@ from stallholder.payments.models import SandboxCharge
 from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.settings import Settings
 from tests import factories
+from tests.e2e.forked import ForkedCommand
 
 SEED = int(os.environ.get("STALLHOLDER_KILL_SEED", "20261130"))
 KILLS = 20
 SUBSCRIPTIONS = 8
 RENEWALS = 3  # each subscription started 95 days ago: periods 1, 2 and 3 are due
-STALLHOLDER = Path(sys.executable).with_name("stallholder")
 
 
 @pytest.fixture
@@ -83,7 +81,7 @@ async def _setup(url: str, started: datetime) -> None:
 
 class WorkerProcess:
     def __init__(self, *, database_url: str, data_dir: Path) -> None:
-        self.env = {
+        env = {
             **os.environ,
             "STALLHOLDER_DATABASE_URL": database_url,
             "STALLHOLDER_DATA_DIR": str(data_dir),
@@ -92,52 +90,27 @@ class WorkerProcess:
             "STALLHOLDER_WORKER_POLL_SECONDS": "0.3",
             "STALLHOLDER_WORKER_RETRY_JITTER": "0",
         }
-        self.process: subprocess.Popen[bytes] | None = None
-        self.watcher: threading.Thread | None = None
+        self.log = data_dir / "worker.log"
+        self.command = ForkedCommand(["worker"], env=env, log=self.log)
+        self.starts = 0
 
     def start(self) -> None:
         """Start the worker and return once it says it runs."""
-        self.process = subprocess.Popen(  # noqa: S603
-            [str(STALLHOLDER), "worker"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        started = threading.Event()
-        stream = self.process.stderr
-        assert stream is not None
-
-        def watch() -> None:
-            for line in iter(stream.readline, b""):
-                if b"worker started" in line:
-                    started.set()
-
-        self.watcher = threading.Thread(target=watch, daemon=True)
-        self.watcher.start()
-        assert started.wait(60), "the worker did not start"
+        self.command.start()
+        self.starts += 1
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.log.read_bytes().count(b"worker started") >= self.starts:
+                return
+            assert self.command.running(), self.log.read_text()[-3000:]
+            time.sleep(0.02)
+        pytest.fail(f"the worker did not start:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-        self._close()
-
-    def _close(self) -> None:
-        assert self.process is not None
-        if self.watcher is not None:
-            self.watcher.join(10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+        self.command.kill()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                return
-            self._close()
+        self.command.stop(signal.SIGINT, timeout=20)
 
 
 async def _state(url: str) -> tuple[int, int, int, int, int, bool, int]:
