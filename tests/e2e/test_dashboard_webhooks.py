@@ -1,9 +1,11 @@
 """The dashboard's webhook endpoints (issue 10: webhooks by form, not only by API): an
 endpoint added with its secret shown once, the SSRF guard's refusal on the form, disabled,
-enabled and deleted through the services of ``/v1/webhook_endpoints``."""
+enabled and deleted through the services of ``/v1/webhook_endpoints``, and a signing secret
+rolled with the old one signing for a chosen while."""
 
 from __future__ import annotations
 
+from datetime import UTC, timedelta
 from typing import Any
 
 import pytest
@@ -151,3 +153,82 @@ async def test_webhook_endpoints_are_added_disabled_enabled_and_deleted_by_form(
         f"/v1/webhook_endpoints/{theirs.json()['id']}", headers=bearer(other["secret_key"])
     )
     assert got.json()["status"] == "enabled"
+
+
+async def test_a_signing_secret_is_rolled_by_form_with_the_old_one_signing_for_a_while(
+    api: Api, settings: Settings, database: Database, clock: FrozenClock
+) -> None:
+    creator = await api.creator(email=SHOP)
+    key = creator["secret_key"]
+    made = await api.http.post(
+        "/v1/webhook_endpoints",
+        headers=bearer(key),
+        json={"url": "https://93.184.215.14/hooks", "events": ["*"]},
+    )
+    assert made.status_code == 201, made.text
+    endpoint_id, first = made.json()["id"], made.json()["secret"]
+    roll = f"/dashboard/webhooks/{endpoint_id}/roll"
+
+    async def stored() -> WebhookEndpoint:
+        async with database.read() as session:
+            endpoint = await session.get(WebhookEndpoint, endpoint_id)
+            assert endpoint is not None
+            return endpoint
+
+    async with browser(settings, database, clock) as phone:
+        await _sign_in_from_outbox(phone, database, SHOP)
+        page = await phone.get("/dashboard/webhooks")
+        assert f'action="{roll}"' in page.text
+        assert '<option value="86400" selected>24 hours</option>' in page.text
+        assert unlabelled_controls(page.text) == []
+
+        rolled = await submit(phone, "/dashboard/webhooks", roll, {"overlap": "86400"})
+        assert rolled.status_code == 200, rolled.text
+        after = await stored()
+        assert after.secret.startswith("whsec_")
+        assert after.secret != first
+        assert after.previous_secret == first
+        expires = clock.now() + timedelta(hours=24)
+        assert after.previous_secret_expires_at is not None
+        assert after.previous_secret_expires_at.replace(tzinfo=UTC) == expires
+        assert f'<code id="rolled-secret">{after.secret}</code>' in rolled.text
+        assert f"Until {expires.strftime('%Y-%m-%d %H:%M')} UTC every delivery" in rolled.text
+        assert first not in rolled.text
+        listed = await phone.get("/dashboard/webhooks")
+        assert after.secret not in listed.text  # shown once
+
+        second = after.secret
+        ended = await submit(phone, "/dashboard/webhooks", roll, {"overlap": "0"})
+        assert ended.status_code == 200, ended.text
+        after = await stored()
+        assert (after.previous_secret, after.previous_secret_expires_at) == (None, None)
+        assert after.secret not in (first, second)
+        assert "The old secret no longer signs deliveries." in ended.text
+
+        third = after.secret
+        odd = await submit(phone, "/dashboard/webhooks", roll, {"overlap": "99"})
+        assert odd.status_code == 422
+        assert (
+            "How long the old secret keeps signing: choose one of Stop now, 1 hour, 24 hours, "
+            "7 days." in odd.text
+        )
+        assert (await stored()).secret == third
+
+        # Another creator's endpoint is a 404 page; a deleted one has nothing to roll.
+        other = await api.creator(email="other@example.com")
+        theirs = await api.http.post(
+            "/v1/webhook_endpoints",
+            headers=bearer(other["secret_key"]),
+            json={"url": "https://93.184.215.14/theirs", "events": ["*"]},
+        )
+        refused = await phone.post(
+            f"/dashboard/webhooks/{theirs.json()['id']}/roll",
+            data={"overlap": "0", "csrf_token": csrf_of(listed.text)},
+        )
+        assert refused.status_code == 404
+        deleted = await api.http.delete(f"/v1/webhook_endpoints/{endpoint_id}", headers=bearer(key))
+        assert deleted.status_code == 200
+        gone = await phone.post(roll, data={"overlap": "0", "csrf_token": csrf_of(listed.text)})
+        assert gone.status_code == 409
+        assert "https://93.184.215.14/hooks is deleted: it signs nothing" in gone.text
+        assert (await stored()).secret == third

@@ -2,10 +2,13 @@
 their latest deliveries, a form that adds one, and buttons that disable, enable and
 delete one, through the services of the ``/v1/webhook_endpoints`` routes
 (``events.webhooks``). A new endpoint's signing secret is shown once, on the page that
-answers the form; the SSRF guard's refusal is shown on the form."""
+answers the form; the SSRF guard's refusal is shown on the form. "Roll secret" makes a
+new signing secret (as ``POST /v1/webhook_endpoints/{id}/rotate_secret``), shown once
+too, with the old one signing beside it for the time the creator picks."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request
@@ -28,6 +31,15 @@ router = APIRouter(include_in_schema=False, dependencies=[CsrfProtected])
 
 RECENT_DELIVERIES = 10
 ALL_EVENTS = "*"
+# How long the old secret keeps signing after a roll: the choices of the form, in seconds
+# (the API takes any number up to 7 days). 24 hours is the default, as in the API.
+ROLL_OVERLAPS = {
+    "0": "Stop now",
+    "3600": "1 hour",
+    "86400": "24 hours",
+    "604800": "7 days",
+}
+DEFAULT_ROLL_OVERLAP = "86400"
 
 
 async def _webhooks_page(
@@ -39,6 +51,7 @@ async def _webhooks_page(
     form: dict[str, Any] | None = None,
     errors: list[str] | None = None,
     created: WebhookEndpoint | None = None,
+    rolled: WebhookEndpoint | None = None,
     status_code: int = 200,
 ) -> Response:
     endpoints = await webhooks.list_endpoints(
@@ -66,6 +79,9 @@ async def _webhooks_page(
             "form": form or {"events": []},
             "errors": errors or [],
             "created": created,
+            "rolled": rolled,
+            "roll_overlaps": ROLL_OVERLAPS,
+            "default_roll_overlap": DEFAULT_ROLL_OVERLAP,
         },
         status_code=status_code,
     )
@@ -146,6 +162,50 @@ async def create_endpoint(
         )
     creator = await accounts.get_creator(session, creator_id)
     return await _webhooks_page(request, session, settings, creator, created=endpoint)
+
+
+@router.post("/dashboard/webhooks/{endpoint_id}/roll", response_class=HTMLResponse)
+async def roll_secret(
+    endpoint_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    overlap: Annotated[str, Form(max_length=100)] = DEFAULT_ROLL_OVERLAP,
+) -> Response:
+    """A new signing secret, shown once on the page that answers; the old one signs each
+    delivery beside it until the chosen time has passed ("Stop now": at once), so the
+    receiver can switch without missing an event. A deleted endpoint has no secret in
+    use: a 409 page. Another creator's endpoint is a 404 page."""
+    creator = await current_creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    endpoint = await webhooks.get_endpoint(session, creator_id=creator.id, endpoint_id=endpoint_id)
+    problem = None
+    if overlap not in ROLL_OVERLAPS:
+        problem = (
+            f"How long the old secret keeps signing: choose one of "
+            f"{', '.join(ROLL_OVERLAPS.values())}.",
+            422,
+        )
+    elif endpoint.status == "deleted":
+        problem = (
+            f"{endpoint.url} is deleted: it signs nothing, so it has no secret to roll.",
+            409,
+        )
+    if problem is not None:
+        message, status = problem
+        return await _webhooks_page(
+            request, session, settings, creator, errors=[message], status_code=status
+        )
+    rolled = await webhooks.rotate_secret(
+        session,
+        creator_id=creator.id,
+        endpoint_id=endpoint.id,
+        overlap=timedelta(seconds=int(overlap)),
+        now=now,
+    )
+    return await _webhooks_page(request, session, settings, creator, rolled=rolled)
 
 
 @router.post("/dashboard/webhooks/{endpoint_id}/{action}", response_class=HTMLResponse)
