@@ -9,10 +9,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from stallholder.events.models import WebhookDelivery, WebhookEndpoint
-from stallholder.events.webhooks import MAX_ATTEMPTS, RETRY_DELAYS
+from stallholder.events.webhooks import MAX_ATTEMPTS, RETRY_DELAYS, latest_deliveries
 from stallholder.jobs.worker import Worker
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
@@ -290,3 +290,47 @@ async def test_every_attempt_used_ends_the_delivery_as_failed(
     assert delivery["status"] == "failed"
     assert len(delivery["attempts"]) == 11
     assert sum(RETRY_DELAYS, timedelta()) == timedelta(hours=71, minutes=35, seconds=5)
+
+
+async def test_the_latest_deliveries_of_many_endpoints_are_read_in_one_statement(
+    api: Api, worker: Worker, database: Database
+) -> None:
+    """The dashboard's webhooks page shows each endpoint's 10 newest deliveries: the same
+    ones, in the same order, as the first page of each endpoint's delivery log, and never
+    another creator's."""
+    creator, price = await api.shop()
+    sk = creator["secret_key"]
+    other = await api.creator(email="other@example.com")
+    other_product = await api.product(other["secret_key"])
+    other_price = await api.price(other["secret_key"], product=other_product["id"])
+    with serve(Receiver(secrets=[])) as receiver:
+        everything = await _endpoint(api, sk, receiver.url)
+        paid_only = await _endpoint(api, sk, receiver.url, events=["order.paid"])
+        theirs = await _endpoint(api, other["secret_key"], receiver.url)
+        await _sell(api, sk, price["id"], times=7)
+        await _sell(api, other["secret_key"], other_price["id"], times=1)
+        await worker.run_once()
+    ids = [everything["id"], paid_only["id"], theirs["id"]]
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    async with database.read() as session:
+        engine = session.get_bind()
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            latest = await latest_deliveries(
+                session, creator_id=creator["id"], endpoint_ids=ids, per_endpoint=10
+            )
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+    assert [s.split()[0] for s in statements if s != "BEGIN"] == ["SELECT"]
+    logged = [d["id"] for d in await _log(api, sk, everything["id"])]
+    assert len(logged) == 14  # two events a sale
+    assert [d.id for d in latest[everything["id"]]] == logged[:10]
+    assert [d.id for d in latest[paid_only["id"]]] == [
+        d["id"] for d in await _log(api, sk, paid_only["id"])
+    ]
+    assert len(latest[paid_only["id"]]) == 7
+    assert latest[theirs["id"]] == []

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events import service as events
@@ -482,6 +482,43 @@ async def list_deliveries(
     return await paginate(
         session, statement, id_column=WebhookDelivery.id, limit=limit, starting_after=starting_after
     )
+
+
+async def latest_deliveries(
+    session: AsyncSession, *, creator_id: str, endpoint_ids: Sequence[str], per_endpoint: int
+) -> dict[str, list[WebhookDelivery]]:
+    """The ``per_endpoint`` newest deliveries of each endpoint (newest first, as
+    ``list_deliveries`` pages them), for all of them in one statement: a window numbers
+    each endpoint's deliveries, and the first ``per_endpoint`` of each are kept."""
+    found: dict[str, list[WebhookDelivery]] = {endpoint_id: [] for endpoint_id in endpoint_ids}
+    if not endpoint_ids:
+        return found
+    numbered = (
+        select(
+            WebhookDelivery.id,
+            func.row_number()
+            .over(
+                partition_by=WebhookDelivery.endpoint_id,
+                order_by=WebhookDelivery.id.desc(),
+            )
+            .label("position"),
+        )
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .where(
+            WebhookDelivery.endpoint_id.in_(endpoint_ids),
+            WebhookEndpoint.creator_id == creator_id,
+        )
+        .subquery()
+    )
+    rows = await session.execute(
+        select(WebhookDelivery)
+        .join(numbered, numbered.c.id == WebhookDelivery.id)
+        .where(numbered.c.position <= per_endpoint)
+        .order_by(WebhookDelivery.id.desc())
+    )
+    for delivery in rows.scalars():
+        found[delivery.endpoint_id].append(delivery)
+    return found
 
 
 async def attempts_of(

@@ -57,17 +57,15 @@ async def _webhooks_page(
     endpoints = await webhooks.list_endpoints(
         session, creator_id=creator.id, limit=PAGE_SIZE, starting_after=None
     )
-    rows = []
-    for endpoint in endpoints.data:
-        deliveries = await webhooks.list_deliveries(
-            session,
-            creator_id=creator.id,
-            endpoint_id=endpoint.id,
-            event_id=None,
-            limit=RECENT_DELIVERIES,
-            starting_after=None,
-        )
-        rows.append({"endpoint": endpoint, "deliveries": deliveries.data})
+    latest = await webhooks.latest_deliveries(
+        session,
+        creator_id=creator.id,
+        endpoint_ids=[endpoint.id for endpoint in endpoints.data],
+        per_endpoint=RECENT_DELIVERIES,
+    )
+    rows = [
+        {"endpoint": endpoint, "deliveries": latest[endpoint.id]} for endpoint in endpoints.data
+    ]
     return await render_page(
         request,
         settings,
