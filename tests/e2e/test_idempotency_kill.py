@@ -1,5 +1,5 @@
 """Kill a real server (``stallholder serve`` in a process of its own, forked from one that
-imported Stallholder once: ``tests/e2e/forked.py``; with its embedded worker) with
+imported Stallholder once: ``tests/forked.py``; with its embedded worker) with
 SIGKILL at random moments around POSTs with ``Idempotency-Key``s, restart it, and retry each
 request with the same key and body until it answers: every key has exactly one effect,
 and a request answered before a kill replays that answer, on SQLite and PostgreSQL.
@@ -38,7 +38,7 @@ from stallholder.checkout.models import CheckoutSession
 from stallholder.kit.db import sync_url
 from stallholder.orders.models import Order, Refund
 from tests.conftest import ADMIN_KEY, bearer
-from tests.e2e.forked import ForkedCommand
+from tests.forked import ForkedCommand
 from tests.smtp_server import free_port
 
 SEED = int(os.environ.get("STALLHOLDER_KILL_SEED", "20261130"))

@@ -1,5 +1,5 @@
 """Kill a real worker (``stallholder worker`` in a process of its own, forked from one that
-imported Stallholder once: ``tests/e2e/forked.py``) with SIGKILL at random
+imported Stallholder once: ``tests/forked.py``) with SIGKILL at random
 moments during a renewal run, 20 times, then let one finish: every due invoice is made
 once and charged once at the gateway (the sandbox's own record of charges, by key), one
 order each, and ``ledger verify`` is clean, on SQLite and PostgreSQL (ADR 0010).
@@ -34,7 +34,7 @@ from stallholder.payments.models import SandboxCharge
 from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.settings import Settings
 from tests import factories
-from tests.e2e.forked import ForkedCommand
+from tests.forked import ForkedCommand
 
 SEED = int(os.environ.get("STALLHOLDER_KILL_SEED", "20261130"))
 KILLS = 20

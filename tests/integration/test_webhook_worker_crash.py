@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -19,11 +17,10 @@ from sqlalchemy import select
 from stallholder.events.models import WebhookDelivery
 from stallholder.kit.db import Database
 from tests.conftest import ADMIN_KEY, Api, bearer
+from tests.forked import ForkedCommand
 from tests.webhook_receiver import Receiver, serve
 
 pytestmark = pytest.mark.anyio
-
-STALLHOLDER = Path(sys.executable).parent / "stallholder"
 
 
 @pytest.fixture
@@ -32,9 +29,9 @@ def database_url(any_database_url: str) -> str:
 
 
 @contextmanager
-def worker_process(
-    database_url: str, data_dir: Path, log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(database_url: str, data_dir: Path, log: Path) -> Iterator[ForkedCommand]:
+    """``stallholder worker``, forked from a process that imported Stallholder once
+    (``tests/forked.py``): a start costs no interpreter start-up on a busy machine."""
     env = {
         **os.environ,
         "STALLHOLDER_DATABASE_URL": database_url,
@@ -44,16 +41,13 @@ def worker_process(
         "STALLHOLDER_WEBHOOK_LEASE_SECONDS": "3",
         "STALLHOLDER_WORKER_POLL_SECONDS": "0.1",
     }
-    with log.open("ab") as output:
-        process = subprocess.Popen(  # noqa: S603 - our own command
-            [str(STALLHOLDER), "worker"], env=env, stdout=output, stderr=subprocess.STDOUT
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
+    command = ForkedCommand(["worker"], env=env, log=log)
+    command.start()
+    try:
+        yield command
+    finally:
+        if command.running():
+            command.kill()
 
 
 async def _wait_for(condition: Callable[[], Awaitable[bool]], *, seconds: float, what: str) -> None:
@@ -88,9 +82,8 @@ async def test_killing_the_worker_mid_delivery_loses_nothing(
             return receiver.started >= 1
 
         with worker_process(database_url, tmp_path / "var", log) as first:
-            await _wait_for(some_in_flight, seconds=30, what="a delivery in flight")
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=10)
+            await _wait_for(some_in_flight, seconds=90, what="a delivery in flight")
+            first.kill()
         in_flight_when_killed = receiver.started
         async with database.unit_of_work() as db:
             statuses = (await db.execute(select(WebhookDelivery.status))).scalars().all()
@@ -102,8 +95,8 @@ async def test_killing_the_worker_mid_delivery_loses_nothing(
             return len(rows) == 8 and set(rows) == {"succeeded"}
 
         with worker_process(database_url, tmp_path / "var", log) as second:
-            await _wait_for(all_delivered, seconds=60, what="every delivery to succeed")
-            second.terminate()
+            await _wait_for(all_delivered, seconds=90, what="every delivery to succeed")
+            second.stop(signal.SIGTERM, timeout=10)
 
     assert in_flight_when_killed >= 1
     assert receiver.verified_ids() == events
