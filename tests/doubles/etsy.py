@@ -226,11 +226,43 @@ class EtsyDouble:
                 Route("/_double/quantity", self._control_quantity, methods=["POST"]),
             ]
         )
-        self.app: ASGIApp = ChaosMiddleware(
+        self._chaotic: ASGIApp = ChaosMiddleware(
             api, chaos=self.chaos, prefix="/v3/", throttled=self._chaos_throttled
         )
+        # After this many more counted requests, every request is a 429 (another app of
+        # the seller spends the quota): ``spend_quota_after``.
+        self._spent_after: int | None = None
+        # API requests being answered now, and the most there ever were at once.
+        self.at_once = 0
+        self.most_at_once = 0
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            await self._counting(scope, receive, send)
+
+        # A plain function, so uvicorn sees an ASGI 3 app.
+        self.app: ASGIApp = app
+
+    async def _counting(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Counts the API requests the double answers side by side."""
+        counted = scope["type"] == "http" and str(scope.get("path", "")).startswith("/v3/")
+        if counted:
+            with self._lock:
+                self.at_once += 1
+                self.most_at_once = max(self.most_at_once, self.at_once)
+        try:
+            await self._chaotic(scope, receive, send)
+        finally:
+            if counted:
+                with self._lock:
+                    self.at_once -= 1
 
     # ------------------------------------------------------------------ the Python API
+
+    def spend_quota_after(self, requests: int) -> None:
+        """Let ``requests`` more API requests through, then answer every one with the
+        per-second 429, as when another app of the seller spends the quota."""
+        with self._lock:
+            self._spent_after = requests
 
     def add_product(
         self,
@@ -517,7 +549,10 @@ class EtsyDouble:
             usage.second, usage.in_second = second, 0
         while usage.day and usage.day[0] <= now - DAY_SECONDS:
             usage.day.popleft()
-        if usage.in_second >= self.per_second:
+        spent_elsewhere = self._spent_after is not None and self._spent_after <= 0
+        if self._spent_after is not None:
+            self._spent_after -= 1
+        if usage.in_second >= self.per_second or spent_elsewhere:
             self.throttled += 1
             error = EtsyError(
                 429, f"You have exceeded your quota of: {self.per_second} requests per second"

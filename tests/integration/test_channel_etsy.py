@@ -29,6 +29,7 @@ from stallholder.channels.connectors import (
 )
 from stallholder.channels.etsy import (
     DAY_RETRY_SECONDS,
+    PARALLEL_WRITES,
     SCOPES,
     EtsyConnector,
     authorization_url,
@@ -314,12 +315,54 @@ async def test_a_push_of_three_listings_reads_them_in_one_request_and_writes_eac
     assert double.inventory_reads == [
         [listing_of(mug[0]), listing_of(bowl[0]), listing_of(vase[0])]
     ]
-    assert double.requests == [
-        ("GET", "/v3/application/listings/batch/inventory"),
-        ("PUT", f"/v3/application/listings/{listing_of(mug[0])}/inventory"),
-        ("PUT", f"/v3/application/listings/{listing_of(bowl[0])}/inventory"),
-        ("PUT", f"/v3/application/listings/{listing_of(vase[0])}/inventory"),
+    # The read, then the writes side by side (in whatever order they arrive).
+    assert double.requests[0] == ("GET", "/v3/application/listings/batch/inventory")
+    assert sorted(double.requests[1:]) == sorted(
+        ("PUT", f"/v3/application/listings/{listing_of(each[0])}/inventory")
+        for each in (mug, bowl, vase)
+    )
+
+
+async def test_a_push_writes_listings_side_by_side_within_the_per_second_limit(
+    http: httpx.AsyncClient,
+) -> None:
+    """Each reply comes 0.3 s late: the writes overlap (PARALLEL_WRITES at most), and the
+    limiter counts the ones in flight, so no second sees more than Etsy's 3 requests."""
+    double = EtsyDouble(per_second=3, chaos=Chaos(delay=1.0, delay_seconds=0.3))
+    with serve_etsy(double):
+        listings = [double.add_product(f"Bowl {n}", [(f"B-{n}", n)])[0] for n in range(9)]
+        connector = EtsyConnector(http=http, credentials=credentials(double), rate_state={})
+        results = await connector.push(
+            [update(listing, 20 + n) for n, listing in enumerate(listings)]
+        )
+
+    assert results == [
+        PushResult(external_id=listing, outcome="ok", channel_quantity=20 + n)
+        for n, listing in enumerate(listings)
     ]
+    assert [double.quantity_of(f"B-{n}") for n in range(9)] == [20 + n for n in range(9)]
+    assert double.throttled == 0
+    assert len(double.served_at) == 10  # one read, nine writes
+    assert max(Counter(int(moment) for moment in double.served_at).values()) <= 3
+    assert 2 <= double.most_at_once <= PARALLEL_WRITES
+
+
+async def test_a_rate_limit_in_one_write_stops_the_push_and_is_raised(
+    http: httpx.AsyncClient,
+) -> None:
+    """A 429 on a write (another app of the seller spent the quota) is raised as it is
+    alone; the writes already made stay made."""
+    double = EtsyDouble()
+    with serve_etsy(double):
+        listings = [double.add_product(f"Cup {n}", [(f"C-{n}", n)])[0] for n in range(6)]
+        connector = EtsyConnector(http=http, credentials=credentials(double), rate_state={})
+        double.spend_quota_after(1)  # the read goes through; every write is refused
+        with pytest.raises(RateLimited) as limited:
+            await connector.push([update(listing, 7) for listing in listings])
+
+    assert limited.value.retry_after == 1.0
+    assert [double.quantity_of(f"C-{n}") for n in range(6)] == list(range(6))
+    assert 1 <= double.throttled <= PARALLEL_WRITES
 
 
 async def test_ids_change_on_every_write_and_the_next_push_still_finds_the_sku(
