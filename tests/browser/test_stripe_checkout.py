@@ -205,6 +205,20 @@ def test_a_declined_card_is_shown_on_the_page_and_another_card_pays(
     assert statuses == ["requires_payment_method", "succeeded"]
 
 
+def test_a_double_click_makes_one_payment_method_and_one_charge(
+    stripe_server: Server, stripe_double: StripeDouble, page: Any
+) -> None:
+    creator = open_checkout(stripe_server, stripe_double, page, unit_amount=900)
+    page.get_by_label("Email for your receipt").fill("hasty@example.com")
+    page.get_by_label("Card number").fill("4242424242424242")
+    page.get_by_role("button", name="Pay $9.00").dblclick()
+    page.wait_for_selector("#success")
+    assert len(stripe_double.of_type("payment_method")) == 1
+    assert len(stripe_double.requests_to("POST", "/v1/payment_intents")) == 1
+    session = session_of(stripe_server, page, creator["secret_key"])
+    assert (session["status"], session["amount_total"]) == ("complete", 900)
+
+
 def test_a_failed_three_d_secure_is_shown_and_another_card_pays(
     stripe_server: Server, stripe_double: StripeDouble, page: Any, shots: Shots
 ) -> None:

@@ -55,16 +55,28 @@
   if (form.getAttribute("data-mode") === "subscription") options.setupFutureUsage = "off_session";
   var elements = stripe.elements(options);
   elements.create("payment").mount("#payment-element");
+  var button = document.getElementById("pay-button");
+  var isBusy = false;
+  function done(message) {
+    fail(message);
+    isBusy = false;
+    button.disabled = false;
+  }
   form.addEventListener("submit", function (event) {
     if (method.value) return;
     event.preventDefault();
+    // One payment method per press: a second press while Stripe works is ignored.
+    if (isBusy) return;
+    isBusy = true;
+    button.disabled = true;
+    fail("");
     elements.submit().then(function (submitted) {
-      if (submitted.error) return fail(submitted.error.message);
+      if (submitted.error) return done(submitted.error.message);
       return stripe.createPaymentMethod({ elements: elements }).then(function (created) {
-        if (created.error) return fail(created.error.message);
+        if (created.error) return done(created.error.message);
         method.value = created.paymentMethod.id;
         form.submit();
       });
-    });
+    }).catch(function (error) { done(error.message); });
   });
 })();
