@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import Server, Shots
+from tests.browser.test_checkout import UNLABELLED
+from tests.browser.test_portal_and_dashboard import _sign_in
 from tests.conftest import ADMIN_KEY
 from tests.doubles import stripe_js
 from tests.doubles.stripe_api import StripeDouble
@@ -285,3 +287,73 @@ def test_subscribe_with_the_payment_element(
         300,
         method["id"],
     )
+
+
+def test_a_buyer_adds_a_card_in_the_portal_with_the_payment_element(
+    stripe_server: Server, stripe_double: StripeDouble, smtp: SmtpServer, page: Any, shots: Shots
+) -> None:
+    creator = connected_shop(stripe_server, stripe_double)
+    key = creator["secret_key"]
+    price = stripe_server.offer(
+        key, name="Zine club", unit_amount=300, currency="usd", recurring={"interval": "month"}
+    )
+    customer = stripe_server.api(
+        "POST", "/v1/customers", key, json={"email": "reader@example.com", "country": "US"}
+    )
+    first_card = stripe_server.api(
+        "POST",
+        f"/v1/customers/{customer['id']}/payment_methods",
+        key,
+        json={"token": "pm_card_visa"},
+    )
+    subscription = stripe_server.api(
+        "POST",
+        "/v1/subscriptions",
+        key,
+        json={
+            "customer": customer["id"],
+            "items": [{"price": price, "quantity": 1}],
+            "default_payment_method": first_card["id"],
+        },
+    )
+    stripe_js.install(page, stripe_double)
+    _sign_in(page, stripe_server, smtp, face="portal", email="reader@example.com")
+    page.goto(f"{stripe_server.base_url}/portal/subscriptions/{subscription['id']}/payment-method")
+    page.wait_for_selector("#payment-element[data-stripe-double=mounted]")
+    assert calls(page)[1]["options"] == {
+        "mode": "setup",
+        "currency": "usd",
+        "paymentMethodCreation": "manual",
+    }
+    assert page.evaluate(UNLABELLED) == []
+    shots(page, "payment-element")
+
+    # A card Stripe refuses to save: the page says so and nothing changes.
+    page.get_by_label("Card number").fill("4000 0000 0000 0002")
+    page.get_by_role("button", name="Save card").click()
+    assert page.locator("#payment-error").inner_text() == "Your card was declined."
+    shots(page, "declined")
+    after = stripe_server.api("GET", f"/v1/subscriptions/{subscription['id']}", key)
+    assert after["default_payment_method"] == first_card["id"]
+
+    page.wait_for_selector("#payment-element[data-stripe-double=mounted]")
+    page.get_by_label("Card number").fill("5555 5555 5555 4444")
+    page.get_by_role("button", name="Save card").click()
+    page.wait_for_url(re.compile(r"/portal(#.*)?$"))
+    assert page.get_by_text("Card updated: your next payments will be charged to it.").is_visible()
+    shots(page, "updated")
+
+    after = stripe_server.api("GET", f"/v1/subscriptions/{subscription['id']}", key)
+    assert after["default_payment_method"] != first_card["id"]
+    saved = stripe_server.api("GET", f"/v1/customers/{customer['id']}/payment_methods", key)
+    by_id = {method["id"]: method for method in saved["data"]}
+    new_card = by_id[after["default_payment_method"]]
+    [customer_at_stripe] = stripe_double.of_type("customer")
+    attached = [
+        method
+        for method in stripe_double.of_type("payment_method")
+        if method["customer"] == customer_at_stripe["id"]
+    ]
+    # The first card (saved through the API) and the one typed in the portal: a Mastercard.
+    assert sorted(method["card"]["last4"] for method in attached) == ["4242", "4444"]
+    assert new_card["id"] != first_card["id"]
