@@ -357,3 +357,38 @@ def test_a_buyer_adds_a_card_in_the_portal_with_the_payment_element(
     # The first card (saved through the API) and the one typed in the portal: a Mastercard.
     assert sorted(method["card"]["last4"] for method in attached) == ["4242", "4444"]
     assert new_card["id"] != first_card["id"]
+
+
+def test_when_the_bank_check_cannot_open_pay_tries_again(
+    stripe_server: Server, stripe_double: StripeDouble, page: Any, shots: Shots
+) -> None:
+    creator = open_checkout(stripe_server, stripe_double, page, unit_amount=1800)
+    # The network to Stripe drops while the challenge is answered, once.
+    dropped: list[str] = []
+
+    def drop_once(route: Any) -> None:
+        if dropped:
+            route.fallback()
+            return
+        dropped.append(route.request.url)
+        route.abort()
+
+    page.route("https://stripe-js-double.test/**", drop_once)
+    pay_with(page, email="careful@example.com", card="4000002760003184", button="Pay $18.00")
+    page.get_by_role("button", name="Complete").click()
+    assert shown_error(page).startswith("Your bank's check could not be opened (")
+    assert shown_error(page).endswith("). Press Pay to try again.")
+    shots(page, "check-failed")
+    [intent] = stripe_double.of_type("payment_intent")
+    assert intent["status"] == "requires_action"
+
+    # Pay sends the same payment method; the server re-reads the PaymentIntent, still
+    # waiting, and the page opens the bank's check again.
+    page.get_by_role("button", name="Pay $18.00").click()
+    page.get_by_role("button", name="Complete").click()
+    page.wait_for_selector("#success")
+    session = session_of(stripe_server, page, creator["secret_key"])
+    assert (session["status"], session["amount_total"]) == ("complete", 1800)
+    [intent] = stripe_double.of_type("payment_intent")
+    assert intent["status"] == "succeeded"
+    assert len(dropped) == 1

@@ -40,9 +40,15 @@
   if (actionSecret) {
     // 3-D Secure: Stripe.js shows the bank's challenge; then the same form confirms
     // again and the server reads the PaymentIntent's outcome.
-    stripe.handleNextAction({ clientSecret: actionSecret }).then(function (result) {
+    // If Stripe.js itself fails (no network), the buyer is told and Pay sends the form
+    // again with the same payment method: the server re-reads the PaymentIntent.
+    new Promise(function (resolve) {
+      resolve(stripe.handleNextAction({ clientSecret: actionSecret }));
+    }).then(function (result) {
       if (result.error) fail(result.error.message);
       form.submit();
+    }).catch(function (error) {
+      fail("Your bank's check could not be opened (" + error.message + "). Press Pay to try again.");
     });
     return;
   }
