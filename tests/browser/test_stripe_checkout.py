@@ -112,6 +112,16 @@ def test_pay_with_the_payment_element(
         },
     ]
     assert page.locator("#payment_method").count() == 0  # no sandbox picker
+    assert page.evaluate(UNLABELLED) == []
+    # Every <label for> names a form control (a <div> cannot be labelled that way).
+    assert (
+        page.evaluate(
+            "Array.from(document.querySelectorAll('label[for]'))"
+            ".filter(l => !l.control).map(l => l.htmlFor)"
+        )
+        == []
+    )
+    assert page.get_by_role("group", name="Card").count() == 1
     shots(page, "checkout")
 
     # Client-side validation first: nothing reaches the server.
