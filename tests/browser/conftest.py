@@ -112,7 +112,14 @@ def page(browser: Any) -> Iterator[Any]:
 class Server:
     """``stallholder serve`` in a subprocess, answering on ``base_url``."""
 
-    def __init__(self, *, database_url: str, data_dir: Path, smtp_port: int) -> None:
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        data_dir: Path,
+        smtp_port: int,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = data_dir / f"server-{self.port}.log"
@@ -127,6 +134,7 @@ class Server:
             "STALLHOLDER_EMBEDDED_WORKER": "true",
             "STALLHOLDER_WORKER_POLL_SECONDS": "0.5",
             "STALLHOLDER_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
+            **(extra_env or {}),
         }
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603

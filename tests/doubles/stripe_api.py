@@ -10,9 +10,10 @@ replay of a POST by ``Idempotency-Key`` (another request under the same key is a
 signs them. It is served by uvicorn on 127.0.0.1 and the real ``stripe`` SDK talks to it.
 
 Endpoints: POST /v1/accounts, POST /v1/account_links, POST /v1/customers,
-POST /v1/payment_methods/{id}/attach, POST /v1/payment_methods/{id}/detach,
-POST /v1/payment_intents, POST /v1/refunds, GET /v1/disputes/{id}, POST /v1/transfers,
-POST /v1/transfers/{id}/reversals.
+POST /v1/payment_methods (with the publishable key in the form's ``key``, as Stripe.js
+sends it: a test card number becomes a PaymentMethod), POST /v1/payment_methods/{id}/attach,
+POST /v1/payment_methods/{id}/detach, POST /v1/payment_intents, POST /v1/refunds,
+GET /v1/disputes/{id}, POST /v1/transfers, POST /v1/transfers/{id}/reversals.
 
 Money at the connected accounts is tracked the way destination charges move it: the
 charge's amount is transferred, the application fee comes back to the platform, and a
@@ -20,6 +21,11 @@ refund with ``reverse_transfer`` and ``refund_application_fee`` reverses both in
 proportion. Separate charges and transfers move it the other way: a platform charge (with
 a ``transfer_group``) stays on the platform, a Transfer adds to the connected account and a
 transfer reversal takes back from it. ``connected_balance`` shows the result.
+
+One route is a test control, not Stripe's API:
+``POST /_test/payment_intents/{id}/authenticate`` (``client_secret``,
+``outcome=complete|fail``) is the buyer finishing 3-D Secure, what ``authenticate()`` does,
+for the Stripe.js double (tests/doubles/stripe_js.js) in a browser.
 """
 
 from __future__ import annotations
@@ -90,6 +96,18 @@ TEST_CARDS: dict[str, Card] = {
     # Attaching succeeds; every charge then fails (a saved card that stopped working).
     "pm_card_chargeCustomerFail": Card("visa", "0341", decline=_GENERIC_DECLINE),
     "pm_card_authenticationRequired": Card("visa", "3184", needs_authentication=True),
+}
+# Stripe's test card numbers (docs.stripe.com/testing) for the test payment methods above:
+# what a buyer types into the Payment Element. Any other number is refused, as Stripe
+# refuses a real card in test mode.
+TEST_CARD_NUMBERS: dict[str, str] = {
+    "4242424242424242": "pm_card_visa",
+    "5555555555554444": "pm_card_mastercard",
+    "4000000000000002": "pm_card_chargeDeclined",
+    "4000000000009995": "pm_card_chargeDeclinedInsufficientFunds",
+    "4000000000000119": "pm_card_chargeDeclinedProcessingError",
+    "4000000000000341": "pm_card_chargeCustomerFail",
+    "4000002760003184": "pm_card_authenticationRequired",
 }
 
 
@@ -197,9 +215,14 @@ class StripeDouble:
     """The double's state and its ASGI app. Test controls are the public methods."""
 
     def __init__(
-        self, *, secret_key: str = "sk_test_double", webhook_secret: str = "whsec_double"
+        self,
+        *,
+        secret_key: str = "sk_test_double",
+        webhook_secret: str = "whsec_double",
+        publishable_key: str = "pk_test_double",
     ) -> None:
         self.secret_key = secret_key
+        self.publishable_key = publishable_key
         self.webhook_secret = webhook_secret
         self.base_url = ""
         self.requests: list[RecordedRequest] = []
@@ -219,6 +242,11 @@ class StripeDouble:
                     methods=["POST"],
                 ),
                 Route("/v1/customers", self._endpoint(self._create_customer), methods=["POST"]),
+                Route(
+                    "/v1/payment_methods",
+                    self._endpoint(self._create_payment_method, is_publishable=True),
+                    methods=["POST"],
+                ),
                 Route(
                     "/v1/payment_methods/{id}/attach",
                     self._endpoint(self._attach_payment_method),
@@ -247,6 +275,12 @@ class StripeDouble:
                     methods=["POST"],
                 ),
                 Route("/v1/disputes/{id}", self._endpoint(self._retrieve_dispute), methods=["GET"]),
+                # A test control, not Stripe's API (see the module's docstring).
+                Route(
+                    "/_test/payment_intents/{id}/authenticate",
+                    self._authenticate_endpoint,
+                    methods=["POST"],
+                ),
                 Route("/{path:path}", self._unrecognized, methods=["GET", "POST", "DELETE"]),
             ]
         )
@@ -401,13 +435,19 @@ class StripeDouble:
 
     # Plumbing ------------------------------------------------------------------------
 
-    def _endpoint(self, handler: Any) -> Any:
+    def _endpoint(self, handler: Any, *, is_publishable: bool = False) -> Any:
+        """``is_publishable``: the endpoint also takes the publishable key in the form's
+        ``key`` field, as Stripe.js sends it from the buyer's browser."""
+
         async def endpoint(request: Request) -> Response:
             body = await request.body()
             pairs = parse_qsl(body.decode() if request.method == "POST" else request.url.query)
             params = parse_form(pairs)
             key = request.headers.get("idempotency-key")
-            status, payload, is_replay = self._handle(request, handler, params, pairs, key)
+            is_browser = is_publishable and params.pop("key", None) == self.publishable_key
+            status, payload, is_replay = self._handle(
+                request, handler, params, pairs, key, is_browser=is_browser
+            )
             with self._lock:
                 self.requests.append(
                     RecordedRequest(
@@ -435,8 +475,10 @@ class StripeDouble:
         params: dict[str, Any],
         pairs: list[tuple[str, str]],
         key: str | None,
+        *,
+        is_browser: bool = False,
     ) -> tuple[int, dict[str, Any], bool]:
-        if request.headers.get("authorization") != f"Bearer {self.secret_key}":
+        if not is_browser and request.headers.get("authorization") != f"Bearer {self.secret_key}":
             error = StripeApiError(
                 401, "Invalid API Key provided: " + request.headers.get("authorization", "")[:14]
             )
@@ -598,6 +640,47 @@ class StripeDouble:
             return TEST_CARDS[payment_method], None
         stored = self._get(payment_method, "payment_method", param="payment_method")
         return TEST_CARDS[stored["metadata_test_card"]], stored
+
+    def _create_payment_method(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What Stripe.js's ``createPaymentMethod`` posts: ``type=card`` and the typed
+        ``card[number]``; a PaymentMethod that behaves as the number's test card."""
+        if params.get("type") != "card":
+            raise StripeApiError(
+                400, "Missing required param: type.", code="parameter_missing", param="type"
+            )
+        number = re.sub(r"\s", "", str(params.get("card", {}).get("number", "")))
+        magic_id = TEST_CARD_NUMBERS.get(number)
+        if magic_id is None:
+            raise StripeApiError(
+                402,
+                "Your card was declined. Your request was in test mode, but used a non test "
+                "card. For a list of valid test cards, visit: https://stripe.com/docs/testing.",
+                type="card_error",
+                code="card_declined",
+                decline_code="test_mode_live_card",
+                param="",
+            )
+        return self._public(self.objects[self._payment_method_for(magic_id)])
+
+    async def _authenticate_endpoint(self, request: Request) -> Response:
+        """The test control behind the Stripe.js double's ``handleNextAction``: the
+        buyer completes (``outcome=complete``) or fails 3-D Secure on a PaymentIntent
+        whose ``client_secret`` the page was given. Not part of Stripe's API."""
+        params = parse_form(parse_qsl((await request.body()).decode()))
+        intent = self.objects.get(request.path_params["id"])
+        if intent is None or intent.get("client_secret") != params.get("client_secret"):
+            error = StripeApiError(404, "No such payment_intent", code="resource_missing")
+            return JSONResponse(error.body, status_code=404)
+        if intent["status"] != "requires_action":
+            error = StripeApiError(
+                400,
+                f"This PaymentIntent is {intent['status']}; it needs no action.",
+                code="payment_intent_unexpected_state",
+            )
+            return JSONResponse(error.body, status_code=400)
+        self.authenticate(intent["id"], is_successful=params.get("outcome") == "complete")
+        with self._lock:
+            return JSONResponse(copy.deepcopy(intent))
 
     def _attach_payment_method(self, params: dict[str, Any], id: str) -> dict[str, Any]:
         if "customer" not in params:

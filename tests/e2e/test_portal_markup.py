@@ -168,6 +168,11 @@ async def test_every_portal_page_is_labelled_script_free_and_fits_a_phone(
             response = await phone.get(url)
             assert response.status_code == 200, url
             check(response.text, url)
+        # The sandbox's card form is plain HTML: no Stripe.js, no script to add a card.
+        payment = (await phone.get(pages[2])).text
+        assert 'name="token" value="tok_visa"' in payment
+        assert "js.stripe.com" not in payment
+        assert "portal_card.js" not in payment
         cancel = (await phone.get(pages[1])).text
         assert 'id="offer-form"' in cancel
         assert 'value="now"' in cancel

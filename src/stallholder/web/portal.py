@@ -31,7 +31,7 @@ from stallholder.billing.tasks import policy_from
 from stallholder.catalog import service as catalog
 from stallholder.kit.db import Database
 from stallholder.kit.errors import DomainError
-from stallholder.kit.http import NowDep, SessionDep, SettingsDep
+from stallholder.kit.http import NowDep, SessionDep, SettingsDep, get_settings
 from stallholder.kit.money import Money
 from stallholder.orders import downloads
 from stallholder.orders import service as orders
@@ -512,6 +512,11 @@ async def _payment_page(
                 "reason": failed.last_failure,
             },
             "is_sandbox": request.app.state.gateway.name == "sandbox",
+            "uses_stripe": request.app.state.gateway.name == "stripe",
+            # Stripe: the Payment Element in deferred setup mode makes the PaymentMethod
+            # in the buyer's browser; the form posts its ``pm_`` id as ``token``.
+            "stripe_publishable_key": get_settings(request).stripe_publishable_key,
+            "currency": subscription.currency,
             "tokens": SANDBOX_CARDS,
             "error": error,
         },
@@ -541,9 +546,10 @@ async def update_payment_method(
     token: Annotated[str, Form(max_length=100)] = "",
     payment_method: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
-    """Save a new card (``token``) or choose a saved one (``payment_method``) as the
-    subscription's, then retry a failed payment on it at once. Each step is short and no
-    transaction is open during a gateway call (ADR 0007)."""
+    """Save a new card (``token``: a sandbox token, or with Stripe the ``pm_`` Stripe.js
+    created) or choose a saved one (``payment_method``) as the subscription's, then retry
+    a failed payment on it at once. Each step is short and no transaction is open during a
+    gateway call (ADR 0007)."""
     buyer_id = signed_in_buyer(request)
     if buyer_id is None:
         return sign_in_redirect(request)

@@ -40,9 +40,15 @@
   if (actionSecret) {
     // 3-D Secure: Stripe.js shows the bank's challenge; then the same form confirms
     // again and the server reads the PaymentIntent's outcome.
-    stripe.handleNextAction({ clientSecret: actionSecret }).then(function (result) {
+    // If Stripe.js itself fails (no network), the buyer is told and Pay sends the form
+    // again with the same payment method: the server re-reads the PaymentIntent.
+    new Promise(function (resolve) {
+      resolve(stripe.handleNextAction({ clientSecret: actionSecret }));
+    }).then(function (result) {
       if (result.error) fail(result.error.message);
       form.submit();
+    }).catch(function (error) {
+      fail("Your bank's check could not be opened (" + error.message + "). Press Pay to try again.");
     });
     return;
   }
@@ -55,16 +61,28 @@
   if (form.getAttribute("data-mode") === "subscription") options.setupFutureUsage = "off_session";
   var elements = stripe.elements(options);
   elements.create("payment").mount("#payment-element");
+  var button = document.getElementById("pay-button");
+  var isBusy = false;
+  function done(message) {
+    fail(message);
+    isBusy = false;
+    button.disabled = false;
+  }
   form.addEventListener("submit", function (event) {
     if (method.value) return;
     event.preventDefault();
+    // One payment method per press: a second press while Stripe works is ignored.
+    if (isBusy) return;
+    isBusy = true;
+    button.disabled = true;
+    fail("");
     elements.submit().then(function (submitted) {
-      if (submitted.error) return fail(submitted.error.message);
+      if (submitted.error) return done(submitted.error.message);
       return stripe.createPaymentMethod({ elements: elements }).then(function (created) {
-        if (created.error) return fail(created.error.message);
+        if (created.error) return done(created.error.message);
         method.value = created.paymentMethod.id;
         form.submit();
       });
-    });
+    }).catch(function (error) { done(error.message); });
   });
 })();
