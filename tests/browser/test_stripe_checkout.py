@@ -402,3 +402,37 @@ def test_when_the_bank_check_cannot_open_pay_tries_again(
     [intent] = stripe_double.of_type("payment_intent")
     assert intent["status"] == "succeeded"
     assert len(dropped) == 1
+
+
+def test_pay_what_you_want_updates_the_payment_element_and_charges_the_amount_typed(
+    stripe_server: Server, stripe_double: StripeDouble, page: Any, shots: Shots
+) -> None:
+    creator = connected_shop(stripe_server, stripe_double)
+    price = stripe_server.offer(
+        creator["secret_key"],
+        name="Tip jar zine",
+        currency="usd",
+        custom_unit_amount={"minimum": 300, "maximum": 5000, "preset": 500},
+    )
+    stripe_js.install(page, stripe_double)
+    page.goto(f"{stripe_server.base_url}/buy/{price}")
+    page.wait_for_url(re.compile(r"/pay/cs_"))
+    page.wait_for_selector("#payment-element[data-stripe-double=mounted]")
+    assert calls(page)[1]["options"]["amount"] == 500  # the preset
+
+    amount = page.get_by_label("Pay what you want (USD)")
+    amount.fill("12.5")
+    amount.fill("12.50 dollars")  # not an amount: the element keeps the last one
+    amount.fill("12.75")
+    updates = [made["options"] for made in calls(page) if made["call"] == "elements.update"]
+    assert updates == [{"amount": 1250}, {"amount": 1275}]
+    shots(page, "pay-what-you-want")
+
+    page.get_by_label("Email for your receipt").fill("tipper@example.com")
+    page.get_by_label("Card number").fill("4242 4242 4242 4242")
+    page.get_by_role("button", name=re.compile(r"^Pay")).click()
+    page.wait_for_selector("#success")
+    [intent] = stripe_double.of_type("payment_intent")
+    assert (intent["status"], intent["amount"]) == ("succeeded", 1275)
+    session = session_of(stripe_server, page, creator["secret_key"])
+    assert (session["status"], session["amount_total"]) == ("complete", 1275)

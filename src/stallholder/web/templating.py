@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi.templating import Jinja2Templates
 
-from stallholder.kit.money import Money
+from stallholder.kit.money import Money, exponent
 from stallholder.web.security import csrf_field
 
 HERE = Path(__file__).parent
@@ -19,4 +19,7 @@ def format_money(amount: int, currency: str) -> str:
 
 
 templates.env.filters["money"] = format_money
+# Digits after the decimal point of a currency (2 for usd, 0 for jpy): what a page's script
+# needs to turn a typed amount into minor units.
+templates.env.filters["exponent"] = exponent
 templates.env.globals["csrf_field"] = csrf_field

@@ -61,6 +61,25 @@
   if (form.getAttribute("data-mode") === "subscription") options.setupFutureUsage = "off_session";
   var elements = stripe.elements(options);
   elements.create("payment").mount("#payment-element");
+
+  // Pay what you want: the Payment Element shows (and wallets charge) the amount typed.
+  var exponent = parseInt(form.getAttribute("data-exponent") || "2", 10);
+  function minorUnits(text) {
+    // "12.5" is 1250 with two digits after the point; anything else is left to the server.
+    var match = /^\s*(\d{1,12})(?:[.,](\d*))?\s*$/.exec(text);
+    if (!match) return null;
+    var fraction = match[2] || "";
+    if (fraction.length > exponent) return null;
+    while (fraction.length < exponent) fraction += "0";
+    return parseInt(match[1] + fraction, 10);
+  }
+  var amountInput = form.querySelector("input[name=amount]");
+  if (amountInput) {
+    amountInput.addEventListener("input", function () {
+      var amount = minorUnits(amountInput.value);
+      if (amount !== null && amount > 0) elements.update({ amount: amount });
+    });
+  }
   var button = document.getElementById("pay-button");
   var isBusy = false;
   function done(message) {
