@@ -6,8 +6,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -97,25 +98,32 @@ async def post(
         reference_id=reference_id,
         description=description,
         created_at=now,
-        lines=[],
     )
-    for line in lines:
-        if line.amount == 0:
-            continue
-        transaction.lines.append(
-            JournalLine(
-                creator_id=creator_id,
-                account=line.account,
-                currency=currency,
-                amount=line.amount,
-            )
-        )
     session.add(transaction)
-    await session.flush()
+    posted = [line for line in lines if line.amount != 0]
+    if posted:
+        # The lines in one statement (Core: the ORM would insert them one by one on SQLite
+        # to read back each generated id, and nothing here needs them); the transaction
+        # row goes first, by the autoflush. Its ``lines`` are read when asked for.
+        await session.execute(
+            insert(cast(Table, JournalLine.__table__)),
+            [
+                {
+                    "creator_id": creator_id,
+                    "transaction_id": transaction.id,
+                    "account": line.account,
+                    "currency": currency,
+                    "amount": line.amount,
+                }
+                for line in posted
+            ],
+        )
+    else:
+        await session.flush()
     # One row per account: a single upsert may not change the same row twice.
     amounts: dict[str, int] = defaultdict(int)
-    for posted in transaction.lines:
-        amounts[posted.account] += posted.amount
+    for line in posted:
+        amounts[line.account] += line.amount
     if amounts:
         await _bump_balances(session, currency=currency, amounts=amounts)
     return transaction
