@@ -138,6 +138,31 @@ async def test_three_jobs_at_once_make_one_consolidated_charge(
     assert await _count(database, SandboxCharge, SandboxCharge.calls > 1) == 0
 
 
+async def test_one_batch_holding_them_makes_one_consolidated_charge(
+    database: Database, gateway: SandboxGateway, settings: Settings
+) -> None:
+    """The worker's batch reads its invoices' buyers ahead: a buyer with three renewals
+    due is gathered as by three jobs, and the batch run again changes nothing."""
+    renewals = await _three_renewals(database, gateway)
+    requests = [
+        consolidation.ChargeRequest(key=f"wrk_{invoice}", invoice_id=invoice, attempt=1)
+        for invoice in renewals
+    ]
+    for _ in range(2):
+        outcomes = await consolidation.charge_invoices(
+            database,
+            gateway,
+            requests=requests,
+            policy=tasks.policy_from(settings),
+            now=RENEWED_AT,
+            concurrency=1,
+        )
+        assert outcomes == {request.key: None for request in requests}
+        await _check_paid_once(database, renewals)
+    assert await _count(database, SandboxCharge) == 4
+    assert await _count(database, SandboxCharge, SandboxCharge.calls > 1) == 0
+
+
 async def test_a_crash_between_charge_and_outcome_is_settled_with_the_same_key(
     database: Database, gateway: SandboxGateway, settings: Settings
 ) -> None:
