@@ -189,10 +189,11 @@ async def test_a_batch_sends_a_fixed_number_of_statements_per_renewal(
             _claimed(CHARGE_KIND, [{"invoice": iid, "attempt": 1} for iid in invoice_ids]),
         )
     assert outcomes == {f"wrk_{index}": None for index in range(BUYERS)}
-    # Step 1: the invoices locked, their lines, attempts, subscriptions, items,
-    # customers, payees, grants, cards and wallets, and the buyers' other renewals; per
-    # invoice its attempt, the attempt's settlement work and the invoice's update.
-    step_1 = begin + 11 + 3 * BUYERS
+    # Step 1: the invoices, their lines, subscriptions, items, customers, payees, grants,
+    # cards and wallets, and the buyers' other renewals; then the invoices locked (none
+    # can be gathered: one renewal per buyer), their lines and attempts; per invoice its
+    # attempt, the attempt's settlement work and the invoice's update.
+    step_1 = begin + 13 + 3 * BUYERS
     # Step 2: the sandbox gateway records each charge in a transaction of its own.
     step_2 = (begin + 1) * BUYERS
     # Step 3: the invoices and subscriptions locked, lines, items, customers, key pools;

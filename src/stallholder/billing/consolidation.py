@@ -159,6 +159,18 @@ async def _read_gatherable(session: AsyncSession, *, invoices: Iterable[Invoice]
         read[buyer_id] = counts.get(buyer_id, 0)
 
 
+async def _may_gather(session: AsyncSession, invoice: Invoice) -> bool:
+    """Whether a job may gather the (read ahead) invoice into a consolidated charge, or
+    has: its lock is left to the steps, which take a buyer's invoices in id order."""
+    if invoice.consolidated_charge_id is not None:
+        return True
+    if not _is_gatherable(invoice) or invoice.billing_reason != "subscription_cycle":
+        return False
+    customer = await session.get(Customer, invoice.customer_id)  # read ahead: no statement
+    gatherable: dict[str, int] = transaction_memo(session).get(_GATHERABLE, {})
+    return customer is None or gatherable.get(customer.buyer_id, 2) >= 2
+
+
 def _is_gatherable(invoice: Invoice) -> bool:
     return (
         invoice.status == "open"
@@ -581,9 +593,9 @@ async def charge_invoices(
     time), every step 3 in one transaction. Each step is idempotent per invoice, so
     exactly-once holds as for one job; what a batch saves is the transactions and the
     reads (``renewal.read_for_charges`` and ``read_for_outcomes`` lock and read the
-    batch's rows up front, in id order). A step
-    that fails for the batch as a whole is run again job by job, so one bad invoice holds
-    up only itself. Returns each request's failure (None: done)."""
+    batch's rows up front, in id order). A step that fails for the batch as a whole is
+    run again job by job, so one bad invoice holds up only itself. Returns each
+    request's failure (None: done)."""
     ordered = sorted(requests, key=lambda request: (request.invoice_id, request.attempt))
     calls: dict[str, payments.GatewayCall] = {}
     try:
@@ -592,6 +604,12 @@ async def charge_invoices(
                 session, gateway, invoice_ids=[request.invoice_id for request in ordered]
             )
             await _read_gatherable(session, invoices=invoices)
+            await renewal.lock_for_charges(
+                session,
+                invoices=[
+                    invoice for invoice in invoices if not await _may_gather(session, invoice)
+                ],
+            )
             for request in ordered:
                 call = await begin_charge(
                     session,

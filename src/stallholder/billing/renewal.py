@@ -205,21 +205,37 @@ async def _lock_invoice(session: AsyncSession, invoice_id: str) -> Invoice | Non
 async def read_for_charges(
     session: AsyncSession, gateway: Gateway, *, invoice_ids: Sequence[str]
 ) -> list[Invoice]:
-    """Step 1 of a batch of charges, read ahead: lock the invoices in id order (with their
-    lines) and read their attempts, subscriptions (with items), customers, payees,
-    payment methods and whether their buyers have wallets, one statement each, so that
-    each invoice's step reads none of them again. Returns the invoices found."""
-    invoices = await lock_rows(session, Invoice, invoice_ids)
-    await _hold_owners(session, invoices.values())
-    await _read_attempts(session, invoice_ids=sorted(invoices))
+    """Step 1 of a batch of charges, read ahead: the invoices (with their lines), their
+    subscriptions (with items), customers, payees, payment methods and whether their
+    buyers have wallets, one statement each, so that each invoice's step reads none of
+    them again. Read without locks: the caller locks those it may (``lock_for_charges``).
+    Returns the invoices found, in id order."""
+    wanted = sorted(set(invoice_ids))
+    invoices = (
+        (await session.execute(select(Invoice).where(Invoice.id.in_(wanted)).order_by(Invoice.id)))
+        .scalars()
+        .all()
+    )
+    hold(session, invoices)
+    await _hold_owners(session, invoices)
     await payments.read_payees(
-        session, gateway, creator_ids=[invoice.creator_id for invoice in invoices.values()]
+        session, gateway, creator_ids=[invoice.creator_id for invoice in invoices]
     )
     await methods.read_charge_targets(
-        session, customer_ids=[invoice.customer_id for invoice in invoices.values()]
+        session, customer_ids=[invoice.customer_id for invoice in invoices]
     )
-    await wallet_first.read_wallets(session, invoices=list(invoices.values()))
-    return list(invoices.values())
+    await wallet_first.read_wallets(session, invoices=invoices)
+    return list(invoices)
+
+
+async def lock_for_charges(session: AsyncSession, *, invoices: Sequence[Invoice]) -> None:
+    """Lock these invoices of a batch up front, in id order, read afresh, and read their
+    attempts (made and settled only under the invoice's lock), two statements and the
+    lines'; each one's step then locks and reads nothing more. Only invoices no other
+    job gathers into a consolidated charge: gathering locks a buyer's invoices in id
+    order and must not find one of them held by a batch that waits for another."""
+    locked = await lock_rows(session, Invoice, [invoice.id for invoice in invoices])
+    await _read_attempts(session, invoice_ids=sorted(locked))
 
 
 async def read_for_outcomes(session: AsyncSession, *, invoice_ids: Sequence[str]) -> None:
