@@ -138,6 +138,60 @@ async def test_three_jobs_at_once_make_one_consolidated_charge(
     assert await _count(database, SandboxCharge, SandboxCharge.calls > 1) == 0
 
 
+async def test_one_batch_holding_them_makes_one_consolidated_charge(
+    database: Database, gateway: SandboxGateway, settings: Settings
+) -> None:
+    """The worker's batch reads its invoices' buyers ahead: a buyer with three renewals
+    due is gathered as by three jobs, and the batch run again changes nothing."""
+    renewals = await _three_renewals(database, gateway)
+    requests = [
+        consolidation.ChargeRequest(key=f"wrk_{invoice}", invoice_id=invoice, attempt=1)
+        for invoice in renewals
+    ]
+    for _ in range(2):
+        outcomes = await consolidation.charge_invoices(
+            database,
+            gateway,
+            requests=requests,
+            policy=tasks.policy_from(settings),
+            now=RENEWED_AT,
+            concurrency=1,
+        )
+        assert outcomes == {request.key: None for request in requests}
+        await _check_paid_once(database, renewals)
+    assert await _count(database, SandboxCharge) == 4
+    assert await _count(database, SandboxCharge, SandboxCharge.calls > 1) == 0
+
+
+async def test_batches_at_once_each_holding_one_of_them_make_one_consolidated_charge(
+    database: Database,
+    gateway: SandboxGateway,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three workers' batches at once, each with one of the buyer's renewals: none holds
+    its invoice locked while gathering the others (that would deadlock on PostgreSQL and
+    leave each batch to run again job by job), and one charge pays all three."""
+    renewals = await _three_renewals(database, gateway)
+    policy = tasks.policy_from(settings)
+    results = await asyncio.gather(
+        *(
+            consolidation.charge_invoices(
+                database,
+                gateway,
+                requests=[consolidation.ChargeRequest(key=invoice, invoice_id=invoice, attempt=1)],
+                policy=policy,
+                now=RENEWED_AT,
+                concurrency=1,
+            )
+            for invoice in renewals
+        )
+    )
+    assert results == [{invoice: None} for invoice in renewals]
+    assert [record.message for record in caplog.records if record.levelname == "ERROR"] == []
+    await _check_paid_once(database, renewals)
+
+
 async def test_a_crash_between_charge_and_outcome_is_settled_with_the_same_key(
     database: Database, gateway: SandboxGateway, settings: Settings
 ) -> None:

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from stallholder.billing import renewal, tasks
+from stallholder.billing import consolidation, renewal, tasks
 from stallholder.billing.models import Invoice, Subscription
 from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
@@ -118,6 +118,47 @@ async def test_a_wallet_that_holds_the_amount_pays_the_invoice_once_with_no_card
     # The default platform fee on $3 with no processor fee.
     fee = settings.platform_fee_bps * 300 // 10_000 + settings.platform_fee_fixed.get("usd", 0)
     assert creator_balance == {"usd": 300 - fee}
+    await _books_are_exact(database)
+
+
+async def test_in_one_batch_the_wallet_pays_what_it_holds_and_the_card_the_rest(
+    database: Database, gateway: SandboxGateway, settings: Settings
+) -> None:
+    """The worker's batch reads its buyers' wallets ahead: one buyer's two $3 invoices
+    (with two creators) and a wallet holding $3 pay the first from the wallet and charge
+    the card for the second, once, however often the batch runs."""
+    _, first = await _subscribed(database, gateway)
+    _, second = await _subscribed(database, gateway)
+    await _top_up_for(database, gateway, invoice_id=first, amount=300)
+    invoice_ids = sorted([first, second])
+    requests = [
+        consolidation.ChargeRequest(key=f"wrk_{invoice_id}", invoice_id=invoice_id, attempt=1)
+        for invoice_id in invoice_ids
+    ]
+    for _ in range(2):
+        outcomes = await consolidation.charge_invoices(
+            database,
+            gateway,
+            requests=requests,
+            policy=tasks.policy_from(settings),
+            now=T0,
+            concurrency=1,
+        )
+        assert outcomes == {request.key: None for request in requests}
+    async with database.unit_of_work() as session:
+        invoices = [await session.get(Invoice, invoice_id) for invoice_id in invoice_ids]
+        assert [
+            (i.status, i.amount_paid, i.attempt_count, i.wallet_transaction_id is None)
+            for i in invoices
+            if i is not None
+        ] == [("paid", 300, 0, False), ("paid", 300, 1, True)]
+        (balance,) = (await session.execute(select(Wallet.balance))).scalars().all()
+        assert balance == 0
+        keys = (await session.execute(select(SandboxCharge.idempotency_key))).scalars().all()
+        assert sorted(key for key in keys if key.startswith("in_")) == [
+            f"{invoice_ids[1]}:attempt:1"
+        ]
+        assert len(keys) == 2  # the top-up and the second invoice
     await _books_are_exact(database)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Final
@@ -50,7 +50,7 @@ from stallholder.billing.models import (
 )
 from stallholder.billing.subscriptions import billing_now
 from stallholder.kit import work
-from stallholder.kit.db import Database
+from stallholder.kit.db import Database, transaction_memo
 from stallholder.kit.ids import new_id
 from stallholder.ledger.fees import fees_before_charge
 from stallholder.orders import service as orders
@@ -125,6 +125,52 @@ async def _candidate_ids(
     return list(rows.scalars())
 
 
+_GATHERABLE = "billing.gatherable_per_buyer"
+
+
+async def _read_gatherable(session: AsyncSession, *, invoices: Iterable[Invoice]) -> None:
+    """For a batch of charges: how many renewal invoices each of their buyers has that
+    may still be gathered, on any day, in any currency, on any clock (a superset of what
+    ``_candidate_ids`` finds for one of them), one statement. A buyer with fewer than two
+    needs no look for candidates: its invoice is charged on its own. An invoice made by
+    another transaction meanwhile is as if made just after the look."""
+    buyer_ids: set[str] = set()
+    for invoice in invoices:
+        customer = await session.get(Customer, invoice.customer_id)  # read ahead: no statement
+        if customer is not None:
+            buyer_ids.add(customer.buyer_id)
+    if not buyer_ids:
+        return
+    rows = await session.execute(
+        select(Customer.buyer_id, func.count(Invoice.id))
+        .join(Invoice, Invoice.customer_id == Customer.id)
+        .where(
+            Customer.buyer_id.in_(sorted(buyer_ids)),
+            Invoice.status == "open",
+            Invoice.attempt_count == 0,
+            Invoice.billing_reason == "subscription_cycle",
+            Invoice.consolidated_charge_id.is_(None),
+        )
+        .group_by(Customer.buyer_id)
+    )
+    counts: dict[str, int] = dict(rows.all())
+    read: dict[str, int] = transaction_memo(session).setdefault(_GATHERABLE, {})
+    for buyer_id in buyer_ids:
+        read[buyer_id] = counts.get(buyer_id, 0)
+
+
+async def _may_gather(session: AsyncSession, invoice: Invoice) -> bool:
+    """Whether a job may gather the (read ahead) invoice into a consolidated charge, or
+    has: its lock is left to the steps, which take a buyer's invoices in id order."""
+    if invoice.consolidated_charge_id is not None:
+        return True
+    if not _is_gatherable(invoice) or invoice.billing_reason != "subscription_cycle":
+        return False
+    customer = await session.get(Customer, invoice.customer_id)  # read ahead: no statement
+    gatherable: dict[str, int] = transaction_memo(session).get(_GATHERABLE, {})
+    return customer is None or gatherable.get(customer.buyer_id, 2) >= 2
+
+
 def _is_gatherable(invoice: Invoice) -> bool:
     return (
         invoice.status == "open"
@@ -178,6 +224,9 @@ async def begin(
     customer = await session.get(Customer, invoice.customer_id)
     assert subscription is not None
     assert customer is not None
+    gatherable: dict[str, int] = transaction_memo(session).get(_GATHERABLE, {})
+    if gatherable.get(customer.buyer_id, 2) < 2:
+        return NOT_CONSOLIDATED
     at = await billing_now(session, test_clock_id=subscription.test_clock_id, now=now)
     day, day_start, day_end = local_day_bounds(invoice.period_start, customer.time_zone)
     ids = await _candidate_ids(
@@ -542,13 +591,25 @@ async def charge_invoices(
     """Many charge jobs at once, in the same three steps as ``charge_invoice``: every
     step 1 in one transaction, the gateway calls with none open (``concurrency`` at a
     time), every step 3 in one transaction. Each step is idempotent per invoice, so
-    exactly-once holds as for one job; what a batch saves is the transactions. A step
-    that fails for the batch as a whole is run again job by job, so one bad invoice holds
-    up only itself. Returns each request's failure (None: done)."""
+    exactly-once holds as for one job; what a batch saves is the transactions and the
+    reads (``renewal.read_for_charges`` and ``read_for_outcomes`` lock and read the
+    batch's rows up front, in id order). A step that fails for the batch as a whole is
+    run again job by job, so one bad invoice holds up only itself. Returns each
+    request's failure (None: done)."""
     ordered = sorted(requests, key=lambda request: (request.invoice_id, request.attempt))
     calls: dict[str, payments.GatewayCall] = {}
     try:
         async with database.unit_of_work() as session:
+            invoices = await renewal.read_for_charges(
+                session, gateway, invoice_ids=[request.invoice_id for request in ordered]
+            )
+            await _read_gatherable(session, invoices=invoices)
+            await renewal.lock_for_charges(
+                session,
+                invoices=[
+                    invoice for invoice in invoices if not await _may_gather(session, invoice)
+                ],
+            )
             for request in ordered:
                 call = await begin_charge(
                     session,
@@ -588,6 +649,10 @@ async def charge_invoices(
     ]
     try:
         async with database.unit_of_work() as session:
+            await renewal.read_for_outcomes(
+                session,
+                invoice_ids=[call.purpose_id for call, _ in recorded if call.purpose != PURPOSE],
+            )
             for call, result in recorded:
                 await complete_charge(session, call, result, now, policy=policy)
     except Exception:

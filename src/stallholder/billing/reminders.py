@@ -89,18 +89,23 @@ def due_reminders(subscription: Subscription) -> list[tuple[str, str, datetime]]
     return found
 
 
-async def schedule(session: AsyncSession, subscription: Subscription, *, now: datetime) -> None:
-    """Enqueue the reminders the subscription's current period or trial calls for."""
-    for key, reminder, due_at in due_reminders(subscription):
-        await work.enqueue(
-            session,
+def reminder_work(subscription: Subscription) -> list[work.NewWork]:
+    """The reminders the subscription's current period or trial calls for."""
+    return [
+        work.NewWork(
             kind=kind_for(REMIND_KIND, test_clock_id=subscription.test_clock_id),
             payload={"subscription": subscription.id, "key": key, "reminder": reminder},
             due_at=due_at,
-            now=now,
             dedupe_key=f"remind:{subscription.id}:{key}",
             creator_id=subscription.creator_id,
         )
+        for key, reminder, due_at in due_reminders(subscription)
+    ]
+
+
+async def schedule(session: AsyncSession, subscription: Subscription, *, now: datetime) -> None:
+    """Enqueue the reminders the subscription's current period or trial calls for."""
+    await work.enqueue_many(session, reminder_work(subscription), now=now)
 
 
 async def _people(session: AsyncSession, subscription: Subscription) -> tuple[Creator, Customer]:

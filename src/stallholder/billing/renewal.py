@@ -25,6 +25,7 @@ with the first charge; the invoice is paid once and one order is made from it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -47,13 +48,16 @@ from stallholder.billing.schemas import plan_of
 from stallholder.billing.subscriptions import (
     apply_pending_items,
     billing_now,
+    charge_work,
     emit,
     emit_invoice,
     new_invoice,
+    renewal_work,
     schedule_charge,
-    schedule_renewal,
 )
-from stallholder.kit.db import Database
+from stallholder.digital import delivery as digital
+from stallholder.kit import work
+from stallholder.kit.db import Database, hold, lock_rows, locked_row, transaction_memo
 from stallholder.ledger.fees import FeeSchedule, fees_before_charge
 from stallholder.orders import service as orders
 from stallholder.payments import methods
@@ -80,11 +84,22 @@ class BillingPolicy:
 
 
 async def _lock_subscription(session: AsyncSession, subscription_id: str) -> Subscription | None:
-    return (
-        await session.execute(
-            select(Subscription).where(Subscription.id == subscription_id).with_for_update()
+    return await locked_row(session, Subscription, subscription_id)
+
+
+async def lock_for_renewal(session: AsyncSession, *, subscription_ids: Sequence[str]) -> None:
+    """Lock a batch's subscriptions in id order and read them, their items and their
+    customers in three statements, so that each ``renew`` of the batch reads nothing
+    again (``kit.db.lock_rows``, ``hold``)."""
+    subscriptions = await lock_rows(session, Subscription, subscription_ids)
+    customer_ids = sorted({subscription.customer_id for subscription in subscriptions.values()})
+    if customer_ids:
+        hold(
+            session,
+            (await session.execute(select(Customer).where(Customer.id.in_(customer_ids))))
+            .scalars()
+            .all(),
         )
-    ).scalar_one_or_none()
 
 
 async def end_subscription(
@@ -100,12 +115,20 @@ async def end_subscription(
 
 
 async def renew(
-    session: AsyncSession, *, subscription_id: str, period_index: int, now: datetime
+    session: AsyncSession,
+    *,
+    subscription_id: str,
+    period_index: int,
+    now: datetime,
+    pending_work: list[work.NewWork] | None = None,
 ) -> Invoice | None:
     """Roll the subscription into period ``period_index`` (due at its start), in the
     caller's transaction; returns the period's invoice when one was made (the caller
     enqueues nothing more: its charge is scheduled here). Does nothing for a period
-    already renewed or a subscription that has ended."""
+    already renewed or a subscription that has ended. With ``pending_work`` the work it
+    schedules (the charge, the next renewal, reminders) is appended there for the caller
+    to enqueue in the same transaction (a batch: one statement for all), else enqueued
+    here."""
     subscription = await _lock_subscription(session, subscription_id)
     if subscription is None or subscription.status == "canceled":
         return None
@@ -146,6 +169,7 @@ async def renew(
         subscription.skip_period_index = None
     invoice: Invoice | None = None
     await apply_pending_items(session, subscription, period_start=period.start)
+    scheduled: list[work.NewWork] = []
     if decision == "invoice":
         invoice = new_invoice(
             subscription,
@@ -156,17 +180,18 @@ async def renew(
         discounts.apply_discount(subscription, invoice)
         session.add(invoice)
         await emit_invoice(session, invoice, "invoice.created", now=now)
-        await schedule_charge(
-            session,
-            invoice,
-            test_clock_id=subscription.test_clock_id,
-            attempt=1,
-            due_at=period.start,
-            now=now,
+        scheduled.append(
+            charge_work(
+                invoice, test_clock_id=subscription.test_clock_id, attempt=1, due_at=period.start
+            )
         )
     await emit(session, subscription, "customer.subscription.updated", now=now)
-    await schedule_renewal(session, subscription, now=now)
-    await reminders.schedule(session, subscription, now=now)
+    scheduled.append(renewal_work(subscription))
+    scheduled.extend(reminders.reminder_work(subscription))
+    if pending_work is None:
+        await work.enqueue_many(session, scheduled, now=now)
+    else:
+        pending_work.extend(scheduled)
     return invoice
 
 
@@ -174,12 +199,95 @@ async def renew(
 
 
 async def _lock_invoice(session: AsyncSession, invoice_id: str) -> Invoice | None:
-    return (
-        await session.execute(select(Invoice).where(Invoice.id == invoice_id).with_for_update())
-    ).scalar_one_or_none()
+    return await locked_row(session, Invoice, invoice_id)
+
+
+async def read_for_charges(
+    session: AsyncSession, gateway: Gateway, *, invoice_ids: Sequence[str]
+) -> list[Invoice]:
+    """Step 1 of a batch of charges, read ahead: the invoices (with their lines), their
+    subscriptions (with items), customers, payees, payment methods and whether their
+    buyers have wallets, one statement each, so that each invoice's step reads none of
+    them again. Read without locks: the caller locks those it may (``lock_for_charges``).
+    Returns the invoices found, in id order."""
+    wanted = sorted(set(invoice_ids))
+    invoices = (
+        (await session.execute(select(Invoice).where(Invoice.id.in_(wanted)).order_by(Invoice.id)))
+        .scalars()
+        .all()
+    )
+    hold(session, invoices)
+    await _hold_owners(session, invoices)
+    await payments.read_payees(
+        session, gateway, creator_ids=[invoice.creator_id for invoice in invoices]
+    )
+    await methods.read_charge_targets(
+        session, customer_ids=[invoice.customer_id for invoice in invoices]
+    )
+    await wallet_first.read_wallets(session, invoices=invoices)
+    return list(invoices)
+
+
+async def lock_for_charges(session: AsyncSession, *, invoices: Sequence[Invoice]) -> None:
+    """Lock these invoices of a batch up front, in id order, read afresh, and read their
+    attempts (made and settled only under the invoice's lock), two statements and the
+    lines'; each one's step then locks and reads nothing more. Only invoices no other
+    job gathers into a consolidated charge: gathering locks a buyer's invoices in id
+    order and must not find one of them held by a batch that waits for another."""
+    locked = await lock_rows(session, Invoice, [invoice.id for invoice in invoices])
+    await _read_attempts(session, invoice_ids=sorted(locked))
+
+
+async def read_for_outcomes(session: AsyncSession, *, invoice_ids: Sequence[str]) -> None:
+    """Step 3 of a batch of charges, read ahead: lock the invoices, then their
+    subscriptions, each in id order (the order one invoice's step takes them in), and
+    read their customers and which of their products have license key pools, one
+    statement each."""
+    invoices = await lock_rows(session, Invoice, invoice_ids)
+    await lock_rows(
+        session, Subscription, [invoice.subscription_id for invoice in invoices.values()]
+    )
+    await _hold_owners(session, invoices.values(), subscriptions=False)
+    await digital.read_key_pools(
+        session,
+        product_ids=[line.product_id for invoice in invoices.values() for line in invoice.lines],
+    )
+
+
+async def _hold_owners(
+    session: AsyncSession, invoices: Iterable[Invoice], *, subscriptions: bool = True
+) -> None:
+    listed = list(invoices)
+    if subscriptions:
+        subscription_ids = sorted({invoice.subscription_id for invoice in listed})
+        if subscription_ids:
+            hold(
+                session,
+                (
+                    await session.execute(
+                        select(Subscription).where(Subscription.id.in_(subscription_ids))
+                    )
+                )
+                .scalars()
+                .all(),
+            )
+    customer_ids = sorted({invoice.customer_id for invoice in listed})
+    if customer_ids:
+        hold(
+            session,
+            (await session.execute(select(Customer).where(Customer.id.in_(customer_ids))))
+            .scalars()
+            .all(),
+        )
+
+
+_ATTEMPTS = "billing.invoice_attempts"
 
 
 async def _attempt(session: AsyncSession, *, invoice_id: str, number: int) -> PaymentAttempt | None:
+    read: dict[str, dict[int, PaymentAttempt]] = transaction_memo(session).get(_ATTEMPTS, {})
+    if invoice_id in read:
+        return read[invoice_id].get(number)
     return (
         await session.execute(
             select(PaymentAttempt).where(
@@ -189,6 +297,31 @@ async def _attempt(session: AsyncSession, *, invoice_id: str, number: int) -> Pa
             )
         )
     ).scalar_one_or_none()
+
+
+async def _read_attempts(session: AsyncSession, *, invoice_ids: Sequence[str]) -> None:
+    """The (locked) invoices' attempts, one statement, for the rest of this transaction:
+    an invoice's attempts are made and settled only under its lock, and the ones made
+    in this transaction are added (``_remember_attempt``)."""
+    if not invoice_ids:
+        return
+    read: dict[str, dict[int, PaymentAttempt]] = transaction_memo(session).setdefault(_ATTEMPTS, {})
+    for invoice_id in invoice_ids:
+        read.setdefault(invoice_id, {})
+    for attempt in (
+        await session.execute(
+            select(PaymentAttempt).where(
+                PaymentAttempt.purpose == PURPOSE, PaymentAttempt.purpose_id.in_(invoice_ids)
+            )
+        )
+    ).scalars():
+        read[attempt.purpose_id][attempt.attempt_number] = attempt
+
+
+def _remember_attempt(session: AsyncSession, attempt: PaymentAttempt) -> None:
+    read: dict[str, dict[int, PaymentAttempt]] = transaction_memo(session).get(_ATTEMPTS, {})
+    if attempt.purpose_id in read:
+        read[attempt.purpose_id][attempt.attempt_number] = attempt
 
 
 async def method_for(session: AsyncSession, subscription: Subscription) -> PaymentMethod | None:
@@ -245,7 +378,7 @@ async def _begin(
     # The buyer's wallet first, when it holds the whole amount (ADR 0016).
     paid = await wallet_first.pay_invoice(session, invoice=invoice, fees=policy.fees, at=at)
     if paid is not None:
-        locked = await session.get(Subscription, subscription.id, with_for_update=True)
+        locked = await locked_row(session, Subscription, subscription.id)
         assert locked is not None
         await settle_paid(
             session, invoice=invoice, subscription=locked, amount=paid.split.gross, at=at
@@ -290,6 +423,7 @@ async def _begin(
         payee=payee,
         latest_number=number - 1,
     )
+    _remember_attempt(session, attempt)
     invoice.attempt_count = number
     invoice.next_payment_attempt = None
     invoice.updated_at = at
@@ -368,7 +502,7 @@ async def apply_outcome(
         return
     if attempt.attempt_number != invoice.attempt_count:
         return
-    subscription = await session.get(Subscription, invoice.subscription_id, with_for_update=True)
+    subscription = await locked_row(session, Subscription, invoice.subscription_id)
     assert subscription is not None
     at = await billing_now(session, test_clock_id=subscription.test_clock_id, now=now)
     if attempt.status == "succeeded":

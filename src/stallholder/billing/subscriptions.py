@@ -208,11 +208,20 @@ async def by_request_key(session: AsyncSession, *, request_key: str) -> Subscrip
     ).scalar_one_or_none()
 
 
+def _is_unwritten(session: AsyncSession, row: object, children: Sequence[object]) -> bool:
+    """Whether ``row`` or one of its ``children`` is new to the database: flushed first,
+    its column defaults are applied before an event shows it. A row already written shows
+    what it holds in memory (this transaction's changes too), so needs no flush; the
+    event is then written by the next flush with the others (one multi-row insert)."""
+    return row in session.new or any(child in session.new for child in children)
+
+
 async def emit(
     session: AsyncSession, subscription: Subscription, type: str, *, now: datetime
 ) -> None:
     """Emit a subscription event with the subscription as it is now."""
-    await session.flush()
+    if _is_unwritten(session, subscription, subscription.items):
+        await session.flush()
     await events.emit(
         session,
         creator_id=subscription.creator_id,
@@ -225,7 +234,9 @@ async def emit(
 async def emit_invoice(
     session: AsyncSession, invoice: Invoice, type: str, *, now: datetime
 ) -> None:
-    await session.flush()
+    """Emit an invoice event with the invoice as it is now."""
+    if _is_unwritten(session, invoice, invoice.lines):
+        await session.flush()
     await events.emit(
         session,
         creator_id=invoice.creator_id,
@@ -235,19 +246,40 @@ async def emit_invoice(
     )
 
 
+def renewal_work(subscription: Subscription) -> work.NewWork:
+    """The renewal of the period after the current one, due at its start."""
+    following = subscription.current_period_index + 1
+    return work.NewWork(
+        kind=kind_for(RENEW_KIND, test_clock_id=subscription.test_clock_id),
+        payload={"subscription": subscription.id, "period": following},
+        due_at=subscription.current_period_end,
+        dedupe_key=f"renew:{subscription.id}:{following}",
+        creator_id=subscription.creator_id,
+    )
+
+
 async def schedule_renewal(
     session: AsyncSession, subscription: Subscription, *, now: datetime
 ) -> None:
     """Enqueue the renewal of the period after the current one, due at its start."""
-    following = subscription.current_period_index + 1
-    await work.enqueue(
-        session,
-        kind=kind_for(RENEW_KIND, test_clock_id=subscription.test_clock_id),
-        payload={"subscription": subscription.id, "period": following},
-        due_at=subscription.current_period_end,
-        now=now,
-        dedupe_key=f"renew:{subscription.id}:{following}",
-        creator_id=subscription.creator_id,
+    await work.enqueue_many(session, [renewal_work(subscription)], now=now)
+
+
+def charge_work(
+    invoice: Invoice,
+    *,
+    test_clock_id: str | None,
+    attempt: int,
+    due_at: datetime,
+    reason: str = "scheduled",
+) -> work.NewWork:
+    """Attempt ``attempt`` of the invoice's charge, due at ``due_at``."""
+    return work.NewWork(
+        kind=kind_for(CHARGE_KIND, test_clock_id=test_clock_id),
+        payload={"invoice": invoice.id, "attempt": attempt},
+        due_at=due_at,
+        dedupe_key=f"charge:{invoice.id}:{attempt}:{reason}",
+        creator_id=invoice.creator_id,
     )
 
 
@@ -262,14 +294,14 @@ async def schedule_charge(
     reason: str = "scheduled",
 ) -> None:
     """Enqueue attempt ``attempt`` of the invoice's charge, due at ``due_at``."""
-    await work.enqueue(
+    await work.enqueue_many(
         session,
-        kind=kind_for(CHARGE_KIND, test_clock_id=test_clock_id),
-        payload={"invoice": invoice.id, "attempt": attempt},
-        due_at=due_at,
+        [
+            charge_work(
+                invoice, test_clock_id=test_clock_id, attempt=attempt, due_at=due_at, reason=reason
+            )
+        ],
         now=now,
-        dedupe_key=f"charge:{invoice.id}:{attempt}:{reason}",
-        creator_id=invoice.creator_id,
     )
 
 

@@ -62,20 +62,27 @@ async def renew(
     context: work.Context[BillingResources], items: Sequence[work.Claimed]
 ) -> dict[str, BaseException | None]:
     """A claimed batch of renewals in one transaction (each is idempotent under its
-    subscription's lock, ADR 0010), subscriptions locked in id order. Should the batch
+    subscription's lock, ADR 0010), subscriptions locked in id order and read with their
+    items and customers up front, the work they schedule enqueued in one statement. Should the batch
     fail as a whole, each renewal is run again in a transaction of its own, so one bad
     subscription holds up only itself."""
     ordered = sorted(items, key=lambda item: (item.payload["subscription"], item.id))
     now = context.clock.now()
     try:
         async with context.database.unit_of_work() as session:
+            await renewal.lock_for_renewal(
+                session, subscription_ids=[item.payload["subscription"] for item in ordered]
+            )
+            scheduled: list[work.NewWork] = []
             for item in ordered:
                 await renewal.renew(
                     session,
                     subscription_id=item.payload["subscription"],
                     period_index=int(item.payload["period"]),
                     now=now,
+                    pending_work=scheduled,
                 )
+            await work.enqueue_many(session, scheduled, now=now)
         return {}
     except Exception:
         log.exception("a batch of %d renewals failed; renewing one by one", len(ordered))

@@ -17,6 +17,7 @@ or a failure never has to be unwound across two.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -59,6 +60,20 @@ async def pay_invoice(
         return None
     invoice.wallet_transaction_id = payment.transaction.id
     return payment
+
+
+async def read_wallets(session: AsyncSession, *, invoices: Sequence[Invoice]) -> None:
+    """For a batch of invoices to charge: which of their buyers have no wallet in the
+    invoices' currencies, one statement (``wallets.read_wallets``); their customers are
+    read already."""
+    buyer_ids = []
+    for invoice in invoices:
+        customer = await session.get(Customer, invoice.customer_id)
+        if customer is not None:
+            buyer_ids.append(customer.buyer_id)
+    await wallets.read_wallets(
+        session, buyer_ids=buyer_ids, currencies=[invoice.currency for invoice in invoices]
+    )
 
 
 async def refund_invoice(

@@ -14,7 +14,7 @@ A download counts against the order's limit for that file by one conditional upd
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,6 +25,7 @@ from stallholder.digital import links as signing
 from stallholder.digital.models import Download, File, LicenseKey, OwedLicenseKeys, ProductFile
 from stallholder.digital.service import FileNotFound, insert_for
 from stallholder.events.service import emit
+from stallholder.kit.db import transaction_memo
 from stallholder.kit.errors import DomainError
 
 # Keys owed to an order were given when keys were added (the buyer is emailed them).
@@ -73,6 +74,33 @@ async def _take_keys(
     return [key for _, key in sorted(taken.all())]
 
 
+_POOLS = "digital.key_pools"
+
+
+async def _with_pools(session: AsyncSession, product_ids: Sequence[str]) -> set[str]:
+    return set(
+        (
+            await session.execute(
+                select(LicenseKey.product_id)
+                .where(LicenseKey.product_id.in_(product_ids))
+                .distinct()
+            )
+        ).scalars()
+    )
+
+
+async def read_key_pools(session: AsyncSession, *, product_ids: Iterable[str]) -> None:
+    """Which of these products have a key pool, in one statement, for the rest of this
+    transaction: ``issue_license_keys`` then asks no more for them (a batch of paid
+    invoices). A pool added meanwhile is as if added just after the order."""
+    wanted = sorted(set(product_ids))
+    if not wanted:
+        return
+    found = await _with_pools(session, wanted)
+    read: dict[str, bool] = transaction_memo(session).setdefault(_POOLS, {})
+    read.update({product_id: product_id in found for product_id in wanted})
+
+
 async def issue_license_keys(
     session: AsyncSession,
     *,
@@ -87,15 +115,11 @@ async def issue_license_keys(
     product_ids = sorted({line.product_id for line in lines})
     if not product_ids:
         return 0
-    with_pools = set(
-        (
-            await session.execute(
-                select(LicenseKey.product_id)
-                .where(LicenseKey.product_id.in_(product_ids))
-                .distinct()
-            )
-        ).scalars()
-    )
+    read: dict[str, bool] = transaction_memo(session).get(_POOLS, {})
+    if all(product_id in read for product_id in product_ids):
+        with_pools = {product_id for product_id in product_ids if read[product_id]}
+    else:
+        with_pools = await _with_pools(session, product_ids)
     issued = 0
     for line in sorted(lines, key=lambda line: line.line_id):
         if line.product_id not in with_pools:

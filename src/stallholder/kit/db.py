@@ -6,10 +6,10 @@ and only the unit of work commits (ADR 0002).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     UniqueConstraint,
     event,
+    select,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
@@ -233,6 +234,81 @@ def _refuse_commit_with_final_steps_left(session: Session) -> None:
 @event.listens_for(Session, "after_soft_rollback")
 def _forget_final_steps(session: Session, _previous: Any) -> None:
     session.info.pop(_FINAL_STEPS, None)
+    session.info.pop(_TRANSACTION, None)
+
+
+# What one transaction knows (``transaction_memo``): the rows it has locked
+# (``lock_rows``), rows read ahead for it (``hold``), and what a domain reads ahead of many
+# steps (``payments.read_payees``). Forgotten when the transaction ends, as its locks are.
+_TRANSACTION = "stallholder.transaction"
+_LOCKED = "locked_rows"
+_HELD = "held_rows"
+_Row = TypeVar("_Row", bound="Base")
+
+
+@event.listens_for(Session, "after_commit")
+def _forget_transaction(session: Session) -> None:
+    session.info.pop(_TRANSACTION, None)
+
+
+def transaction_memo(session: AsyncSession) -> dict[str, Any]:
+    """A place for what this transaction has read ahead or locked; empty again once the
+    transaction commits or rolls back."""
+    memo: dict[str, Any] = session.info.setdefault(_TRANSACTION, {})
+    return memo
+
+
+def hold(session: AsyncSession, rows: Iterable[object]) -> None:
+    """Keep ``rows`` in the session's identity map until the transaction ends, so that
+    ``session.get`` of one of them costs no statement. The identity map holds rows only
+    weakly: a row no variable refers to any more is forgotten and read again. A batch
+    reads what its steps will ask for in one statement per table, and each step then
+    finds it in memory."""
+    transaction_memo(session).setdefault(_HELD, []).extend(rows)
+
+
+async def lock_rows(
+    session: AsyncSession, model: type[_Row], ids: Iterable[str]
+) -> dict[str, _Row]:
+    """Lock the rows of ``model`` with these primary keys (``SELECT … FOR UPDATE``, in key
+    order, read afresh), remember them as locked by this transaction, and return them by
+    key (a missing one is absent). ``locked_row`` then returns one of them with no
+    statement. On SQLite the unit of work holds the database's one write lock already."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    key = model.__mapper__.primary_key[0]
+    rows = (
+        (
+            await session.execute(
+                select(model)
+                .where(key.in_(wanted))
+                .order_by(key)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    locked: dict[tuple[type[Base], Any], Base] = transaction_memo(session).setdefault(_LOCKED, {})
+    found: dict[str, _Row] = {}
+    for row in rows:
+        identity = model.__mapper__.primary_key_from_instance(row)[0]
+        locked[(model, identity)] = row
+        found[identity] = row
+    return found
+
+
+async def locked_row(session: AsyncSession, model: type[_Row], id: str) -> _Row | None:
+    """The row of ``model`` with primary key ``id``, locked for this transaction: the one
+    ``lock_rows`` locked already (no statement; this transaction's own changes are on it),
+    else locked and read now. None when there is no such row."""
+    locked: dict[tuple[type[Base], Any], Base] = transaction_memo(session).get(_LOCKED, {})
+    row = locked.get((model, id))
+    if row is not None:
+        return row  # type: ignore[return-value]
+    return (await lock_rows(session, model, [id])).get(id)
 
 
 class Database:

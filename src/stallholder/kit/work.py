@@ -393,8 +393,9 @@ async def enqueue_many(
     # Work due later than a sleeping worker's next look needs no wake-up (no NOTIFY, no
     # pass): that look finds it. Woken for nothing, a worker makes a pass of several
     # round trips; a sale enqueues two such items (its expiry, its settlement).
-    if inserted and min(item.due_at for item in items) <= now + WAKE_HORIZON:
-        wake_after_commit(session, kinds={item.kind for item in items})
+    due_soon = {item.kind for item in items if item.due_at <= now + WAKE_HORIZON}
+    if inserted and due_soon:
+        wake_after_commit(session, kinds=due_soon)
     return inserted
 
 

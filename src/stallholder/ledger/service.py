@@ -6,8 +6,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -80,15 +81,8 @@ async def post(
     lines: Sequence[Line],
     description: str,
     now: datetime,
-) -> str:
-    """Write one balanced transaction and move the balances of its accounts; returns the
-    transaction's id.
-
-    Three statements whatever the number of lines: the transaction, its lines in one
-    multi-row ``INSERT`` (in the order given, which is the order of their ids), and the
-    balances in one upsert. Core statements, not ORM objects: nothing reads the lines back
-    in the transaction that posts them, and a flush of one object per line cost a
-    statement each (SQLite's ``RETURNING`` of their ids).
+) -> JournalTransaction:
+    """Write one balanced transaction and move the balances of its accounts.
 
     Raises:
         UnbalancedTransaction: the lines do not sum to zero (a programming error).
@@ -97,40 +91,42 @@ async def post(
         raise UnbalancedTransaction(
             f"{kind} {reference_id}: lines sum to {sum(line.amount for line in lines)}, not 0"
         )
-    transaction_id = new_id("txn")
-    await session.execute(
-        insert(JournalTransaction).values(
-            id=transaction_id,
-            creator_id=creator_id,
-            kind=kind,
-            reference_id=reference_id,
-            description=description,
-            created_at=now,
-        )
+    transaction = JournalTransaction(
+        id=new_id("txn"),
+        creator_id=creator_id,
+        kind=kind,
+        reference_id=reference_id,
+        description=description,
+        created_at=now,
     )
+    session.add(transaction)
     posted = [line for line in lines if line.amount != 0]
     if posted:
+        # The lines in one statement (Core: the ORM would insert them one by one on SQLite
+        # to read back each generated id, and nothing here needs them); the transaction
+        # row goes first, by the autoflush. Its ``lines`` are read when asked for.
         await session.execute(
-            insert(JournalLine).values(
-                [
-                    {
-                        "creator_id": creator_id,
-                        "transaction_id": transaction_id,
-                        "account": line.account,
-                        "currency": currency,
-                        "amount": line.amount,
-                    }
-                    for line in posted
-                ]
-            )
+            insert(cast(Table, JournalLine.__table__)),
+            [
+                {
+                    "creator_id": creator_id,
+                    "transaction_id": transaction.id,
+                    "account": line.account,
+                    "currency": currency,
+                    "amount": line.amount,
+                }
+                for line in posted
+            ],
         )
+    else:
+        await session.flush()
     # One row per account: a single upsert may not change the same row twice.
     amounts: dict[str, int] = defaultdict(int)
     for line in posted:
         amounts[line.account] += line.amount
     if amounts:
         await _bump_balances(session, currency=currency, amounts=amounts)
-    return transaction_id
+    return transaction
 
 
 def payment_lines(creator_id: str, split: Split) -> list[Line]:

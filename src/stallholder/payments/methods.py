@@ -10,6 +10,7 @@ steps of ``payments.service`` on a saved method: renewals, invoices, wallet top-
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Buyer, Customer
-from stallholder.kit.db import Database, session_or_unit_of_work
+from stallholder.kit.db import Database, hold, session_or_unit_of_work, transaction_memo
 from stallholder.kit.errors import Forbidden, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
@@ -397,6 +398,42 @@ def _not_granted(payment_method_id: str, *, customer_id: str) -> PaymentMethodNo
     )
 
 
+_DEFAULTS = "payments.default_methods"
+
+
+async def read_charge_targets(session: AsyncSession, *, customer_ids: Iterable[str]) -> None:
+    """For a batch of charges: read these customers' grants and the methods they name,
+    two statements, for the rest of this transaction, so that ``charge_target`` reads
+    none of them again (the customers themselves the caller reads)."""
+    wanted = sorted(set(customer_ids))
+    if not wanted:
+        return
+    grants = list(
+        (
+            await session.execute(
+                select(PaymentMethodGrant).where(PaymentMethodGrant.customer_id.in_(wanted))
+            )
+        ).scalars()
+    )
+    method_ids = sorted({grant.payment_method_id for grant in grants})
+    found = {
+        method.id: method
+        for method in (
+            await session.execute(select(PaymentMethod).where(PaymentMethod.id.in_(method_ids)))
+        ).scalars()
+    }
+    hold(session, [*grants, *found.values()])
+    defaults: dict[str, list[PaymentMethod]] = {customer_id: [] for customer_id in wanted}
+    for grant in grants:
+        method = found.get(grant.payment_method_id)
+        if grant.is_default and method is not None and method.detached_at is None:
+            defaults[grant.customer_id].append(method)
+    read: dict[str, PaymentMethod | None] = transaction_memo(session).setdefault(_DEFAULTS, {})
+    for customer_id, methods in defaults.items():
+        if len(methods) <= 1:  # more than one default is for the query to refuse
+            read[customer_id] = methods[0] if methods else None
+
+
 async def charge_target(
     session: AsyncSession, *, creator_id: str, customer_id: str, payment_method_id: str | None
 ) -> PaymentMethod:
@@ -418,17 +455,21 @@ async def charge_target(
             raise _not_granted(payment_method_id, customer_id=customer_id)
         return view.method
     await accounts.get_customer(session, creator_id=creator_id, customer_id=customer_id)
-    method = (
-        await session.execute(
-            select(PaymentMethod)
-            .join(PaymentMethodGrant, PaymentMethodGrant.payment_method_id == PaymentMethod.id)
-            .where(
-                PaymentMethodGrant.customer_id == customer_id,
-                PaymentMethodGrant.is_default,
-                PaymentMethod.detached_at.is_(None),
+    read: dict[str, PaymentMethod | None] = transaction_memo(session).get(_DEFAULTS, {})
+    if customer_id in read:
+        method = read[customer_id]
+    else:
+        method = (
+            await session.execute(
+                select(PaymentMethod)
+                .join(PaymentMethodGrant, PaymentMethodGrant.payment_method_id == PaymentMethod.id)
+                .where(
+                    PaymentMethodGrant.customer_id == customer_id,
+                    PaymentMethodGrant.is_default,
+                    PaymentMethod.detached_at.is_(None),
+                )
             )
-        )
-    ).scalar_one_or_none()
+        ).scalar_one_or_none()
     if method is None:
         raise NoDefaultPaymentMethod(
             f"customer {customer_id} has no default payment method; save one with "

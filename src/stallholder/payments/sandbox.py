@@ -8,7 +8,9 @@ only ever called with no transaction of ours open (ADR 0007).
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from typing import Any, cast
+
+from sqlalchemy import Row, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from stallholder.kit.db import Database
@@ -16,7 +18,7 @@ from stallholder.payments.gateway import ChargeRequest, ChargeResult, ChargeStat
 from stallholder.payments.models import SandboxCharge
 
 
-def _result(row: SandboxCharge) -> ChargeResult:
+def _result(row: Row[Any]) -> ChargeResult:
     status: ChargeStatus = "succeeded"
     if row.status in ("requires_action", "failed"):
         status = "requires_action" if row.status == "requires_action" else "failed"
@@ -35,6 +37,25 @@ class DatabaseChargeStore:
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        # One statement, built once (Core, not an ORM entity: only the result is read
+        # back): a new key stores the result; a known key only counts the call and
+        # returns what was stored first.
+        table = cast(Table, SandboxCharge.__table__)
+        insert = sqlite.insert if database.is_sqlite else postgresql.insert
+        self._remember = (
+            insert(table)
+            .on_conflict_do_update(
+                index_elements=[table.c.idempotency_key], set_={"calls": table.c.calls + 1}
+            )
+            .returning(
+                table.c.status,
+                table.c.reference,
+                table.c.processor_fee,
+                table.c.decline_code,
+                table.c.message,
+                table.c.is_transient,
+            )
+        )
 
     async def remember(
         self, request: ChargeRequest, result: ChargeResult, *, is_off_session: bool
@@ -54,21 +75,8 @@ class DatabaseChargeStore:
             "is_transient": result.is_transient,
             "calls": 1,
         }
-        # One statement: a new key stores ``result``; a known key only counts the call and
-        # returns what was stored first.
         async with self.database.unit_of_work() as session:
-            insert = postgresql.insert if not self.database.is_sqlite else sqlite.insert
-            row = (
-                await session.execute(
-                    insert(SandboxCharge)
-                    .values(**values)
-                    .on_conflict_do_update(
-                        index_elements=[SandboxCharge.idempotency_key],
-                        set_={"calls": SandboxCharge.calls + 1},
-                    )
-                    .returning(SandboxCharge)
-                )
-            ).scalar_one()
+            row = (await session.execute(self._remember, values)).one()
             return _result(row)
 
     async def count(self, *, status: str | None = None) -> int:

@@ -20,6 +20,7 @@ key: the gateway answers with the first charge instead of charging twice.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.accounts.models import Creator
 from stallholder.accounts.service import CreatorNotFound
 from stallholder.kit import work
-from stallholder.kit.db import Database, session_or_unit_of_work
+from stallholder.kit.db import Database, session_or_unit_of_work, transaction_memo
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest
 from stallholder.kit.ids import new_id
 from stallholder.payments.gateway import (
@@ -156,12 +157,42 @@ class Payee:
     connected_account: str | None
 
 
+_PAYEES = "payments.payees"
+
+
+async def read_payees(
+    session: AsyncSession, gateway: Gateway, *, creator_ids: Iterable[str]
+) -> None:
+    """Read the payees of many creators in one statement, for the rest of this
+    transaction: ``get_payee`` then answers from them (a batch of charges)."""
+    wanted = sorted(set(creator_ids))
+    if not wanted:
+        return
+    rows = await session.execute(
+        select(Creator, ConnectedAccount.external_id)
+        .outerjoin(
+            ConnectedAccount,
+            (ConnectedAccount.creator_id == Creator.id)
+            & (ConnectedAccount.gateway == gateway.name),
+        )
+        .where(Creator.id.in_(wanted))
+    )
+    read: dict[tuple[str, str], Payee] = transaction_memo(session).setdefault(_PAYEES, {})
+    for creator, account in rows:
+        read[(gateway.name, creator.id)] = Payee(creator=creator, connected_account=account)
+
+
 async def get_payee(session: AsyncSession, gateway: Gateway, *, creator_id: str) -> Payee:
-    """The creator and its account at ``gateway``, in one statement.
+    """The creator and its account at ``gateway``, in one statement (none when this
+    transaction read it ahead with ``read_payees``).
 
     Raises:
         CreatorNotFound.
     """
+    read: dict[tuple[str, str], Payee] = transaction_memo(session).get(_PAYEES, {})
+    found = read.get((gateway.name, creator_id))
+    if found is not None:
+        return found
     row = (
         await session.execute(
             select(Creator, ConnectedAccount.external_id)

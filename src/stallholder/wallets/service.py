@@ -14,10 +14,11 @@ caller's transaction; at most one per purpose.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -26,7 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Customer
 from stallholder.kit import work
-from stallholder.kit.db import Database, is_unique_violation, session_or_unit_of_work
+from stallholder.kit.db import (
+    Database,
+    is_unique_violation,
+    session_or_unit_of_work,
+    transaction_memo,
+)
 from stallholder.kit.errors import Conflict, DomainError, InvalidRequest
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
@@ -90,6 +96,7 @@ async def ensure_wallet(
 ) -> Wallet:
     """The buyer's wallet in ``currency``, created empty on first use (``ON CONFLICT DO
     NOTHING``: two first top-ups at once find the same wallet)."""
+    transaction_memo(session).get(_WITHOUT_WALLET, set()).discard((buyer_id, currency))
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     await session.execute(
         insert(Wallet)
@@ -308,6 +315,35 @@ async def complete_top_up(
 # Payments from the wallet ------------------------------------------------------------------
 
 
+_WITHOUT_WALLET = "wallets.buyers_without_wallet"
+
+
+async def read_wallets(
+    session: AsyncSession, *, buyer_ids: Iterable[str], currencies: Iterable[str]
+) -> None:
+    """For a batch of payments: which of these buyers have no wallet in these currencies,
+    one statement, for the rest of this transaction, so that ``pay_from_wallet`` asks no
+    more for them (with no wallet there is nothing to pay from, nor a payment made). A
+    wallet opened by another transaction meanwhile is as if opened just after."""
+    buyers = sorted(set(buyer_ids))
+    wanted = sorted(set(currencies))
+    if not buyers or not wanted:
+        return
+    rows = await session.execute(
+        select(Wallet.buyer_id, Wallet.currency).where(
+            Wallet.buyer_id.in_(buyers), Wallet.currency.in_(wanted)
+        )
+    )
+    having = {(buyer, currency) for buyer, currency in rows}
+    without: set[tuple[str, str]] = transaction_memo(session).setdefault(_WITHOUT_WALLET, set())
+    without.update(
+        (buyer, currency)
+        for buyer in buyers
+        for currency in wanted
+        if (buyer, currency) not in having
+    )
+
+
 async def pay_from_wallet(
     session: AsyncSession,
     *,
@@ -338,15 +374,33 @@ async def pay_from_wallet(
     """
     if amount <= 0:
         raise ValueError("a wallet payment is a positive amount")
-    existing = (
-        await session.execute(
-            select(WalletTransaction).where(
-                WalletTransaction.type == "payment",
-                WalletTransaction.purpose == purpose,
-                WalletTransaction.reference_id == purpose_id,
-            )
+    if (buyer_id, currency) in transaction_memo(session).get(_WITHOUT_WALLET, set()):
+        raise InsufficientWalletBalance(
+            f"the buyer's {currency} wallet holds 0, less than {amount}", balance=0, amount=amount
         )
-    ).scalar_one_or_none()
+    # The buyer's wallet and the purpose's payment, if any, in one statement. A payment
+    # is made from the buyer's wallet in this currency, and wallets are never deleted:
+    # with no wallet there is no payment to find and nothing to debit.
+    found = (
+        await session.execute(
+            select(Wallet.id, WalletTransaction)
+            .select_from(Wallet)
+            .outerjoin(
+                WalletTransaction,
+                and_(
+                    WalletTransaction.type == "payment",
+                    WalletTransaction.purpose == purpose,
+                    WalletTransaction.reference_id == purpose_id,
+                ),
+            )
+            .where(Wallet.buyer_id == buyer_id, Wallet.currency == currency)
+        )
+    ).one_or_none()
+    if found is None:
+        raise InsufficientWalletBalance(
+            f"the buyer's {currency} wallet holds 0, less than {amount}", balance=0, amount=amount
+        )
+    existing: WalletTransaction | None = found[1]
     split = payment_split(
         amount, platform_fee=platform_fee(amount, fee_policy, processor_fee=0), processor_fee=0
     )
