@@ -57,7 +57,14 @@ from stallholder.billing.subscriptions import (
 )
 from stallholder.digital import delivery as digital
 from stallholder.kit import work
-from stallholder.kit.db import Database, hold, lock_rows, locked_row, transaction_memo
+from stallholder.kit.db import (
+    Database,
+    hold,
+    lock_rows,
+    locked_row,
+    read_and_hold,
+    transaction_memo,
+)
 from stallholder.ledger.fees import FeeSchedule, fees_before_charge
 from stallholder.orders import service as orders
 from stallholder.payments import methods
@@ -92,14 +99,9 @@ async def lock_for_renewal(session: AsyncSession, *, subscription_ids: Sequence[
     customers in three statements, so that each ``renew`` of the batch reads nothing
     again (``kit.db.lock_rows``, ``hold``)."""
     subscriptions = await lock_rows(session, Subscription, subscription_ids)
-    customer_ids = sorted({subscription.customer_id for subscription in subscriptions.values()})
-    if customer_ids:
-        hold(
-            session,
-            (await session.execute(select(Customer).where(Customer.id.in_(customer_ids))))
-            .scalars()
-            .all(),
-        )
+    await read_and_hold(
+        session, Customer, [subscription.customer_id for subscription in subscriptions.values()]
+    )
 
 
 async def end_subscription(
@@ -259,26 +261,8 @@ async def _hold_owners(
 ) -> None:
     listed = list(invoices)
     if subscriptions:
-        subscription_ids = sorted({invoice.subscription_id for invoice in listed})
-        if subscription_ids:
-            hold(
-                session,
-                (
-                    await session.execute(
-                        select(Subscription).where(Subscription.id.in_(subscription_ids))
-                    )
-                )
-                .scalars()
-                .all(),
-            )
-    customer_ids = sorted({invoice.customer_id for invoice in listed})
-    if customer_ids:
-        hold(
-            session,
-            (await session.execute(select(Customer).where(Customer.id.in_(customer_ids))))
-            .scalars()
-            .all(),
-        )
+        await read_and_hold(session, Subscription, [invoice.subscription_id for invoice in listed])
+    await read_and_hold(session, Customer, [invoice.customer_id for invoice in listed])
 
 
 _ATTEMPTS = "billing.invoice_attempts"

@@ -267,6 +267,16 @@ def hold(session: AsyncSession, rows: Iterable[object]) -> None:
     transaction_memo(session).setdefault(_HELD, []).extend(rows)
 
 
+async def read_and_hold(session: AsyncSession, model: type[_Row], ids: Iterable[str]) -> None:
+    """Read the rows of ``model`` with these primary keys in one statement and ``hold``
+    them for the rest of the transaction (no lock: see ``lock_rows`` for that)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return
+    key = model.__mapper__.primary_key[0]
+    hold(session, (await session.execute(select(model).where(key.in_(wanted)))).scalars().all())
+
+
 async def lock_rows(
     session: AsyncSession, model: type[_Row], ids: Iterable[str]
 ) -> dict[str, _Row]:
