@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Creator
-from stallholder.billing import renewal, subscriptions
+from stallholder.billing import consolidation, renewal, subscriptions, tasks
 from stallholder.catalog import service as catalog
 from stallholder.catalog.models import Price
 from stallholder.checkout import service as checkout
@@ -16,6 +16,7 @@ from stallholder.checkout.models import CheckoutSession
 from stallholder.kit.db import Database
 from stallholder.payments import methods
 from stallholder.payments.gateway import Gateway
+from stallholder.settings import Settings
 
 
 async def create_creator(
@@ -158,3 +159,28 @@ async def subscribe(
             database, gateway, invoice_id=first, attempt=1, policy=policy, now=now
         )
     return subscription_id, first
+
+
+async def charge_in_one_batch(
+    database: Database,
+    gateway: Gateway,
+    *,
+    invoice_ids: list[str],
+    settings: Settings,
+    now: datetime,
+) -> None:
+    """Charge these invoices as the worker's one batch of ``billing.charge_invoice`` work
+    (attempt 1, one at a time) and check that every one of them went through."""
+    requests = [
+        consolidation.ChargeRequest(key=f"wrk_{invoice_id}", invoice_id=invoice_id, attempt=1)
+        for invoice_id in invoice_ids
+    ]
+    outcomes = await consolidation.charge_invoices(
+        database,
+        gateway,
+        requests=requests,
+        policy=tasks.policy_from(settings),
+        now=now,
+        concurrency=1,
+    )
+    assert outcomes == {request.key: None for request in requests}

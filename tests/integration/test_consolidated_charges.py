@@ -144,20 +144,10 @@ async def test_one_batch_holding_them_makes_one_consolidated_charge(
     """The worker's batch reads its invoices' buyers ahead: a buyer with three renewals
     due is gathered as by three jobs, and the batch run again changes nothing."""
     renewals = await _three_renewals(database, gateway)
-    requests = [
-        consolidation.ChargeRequest(key=f"wrk_{invoice}", invoice_id=invoice, attempt=1)
-        for invoice in renewals
-    ]
     for _ in range(2):
-        outcomes = await consolidation.charge_invoices(
-            database,
-            gateway,
-            requests=requests,
-            policy=tasks.policy_from(settings),
-            now=RENEWED_AT,
-            concurrency=1,
+        await factories.charge_in_one_batch(
+            database, gateway, invoice_ids=list(renewals), settings=settings, now=RENEWED_AT
         )
-        assert outcomes == {request.key: None for request in requests}
         await _check_paid_once(database, renewals)
     assert await _count(database, SandboxCharge) == 4
     assert await _count(database, SandboxCharge, SandboxCharge.calls > 1) == 0

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from stallholder.billing import consolidation, renewal, tasks
+from stallholder.billing import renewal, tasks
 from stallholder.billing.models import Invoice, Subscription
 from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
@@ -23,6 +23,7 @@ from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.settings import Settings
 from stallholder.wallets import service as wallets
 from stallholder.wallets.models import Wallet, WalletTransaction
+from tests import factories
 from tests.conftest import T0
 from tests.integration.test_renewals import _subscribed
 
@@ -131,20 +132,10 @@ async def test_in_one_batch_the_wallet_pays_what_it_holds_and_the_card_the_rest(
     _, second = await _subscribed(database, gateway)
     await _top_up_for(database, gateway, invoice_id=first, amount=300)
     invoice_ids = sorted([first, second])
-    requests = [
-        consolidation.ChargeRequest(key=f"wrk_{invoice_id}", invoice_id=invoice_id, attempt=1)
-        for invoice_id in invoice_ids
-    ]
     for _ in range(2):
-        outcomes = await consolidation.charge_invoices(
-            database,
-            gateway,
-            requests=requests,
-            policy=tasks.policy_from(settings),
-            now=T0,
-            concurrency=1,
+        await factories.charge_in_one_batch(
+            database, gateway, invoice_ids=invoice_ids, settings=settings, now=T0
         )
-        assert outcomes == {request.key: None for request in requests}
     async with database.unit_of_work() as session:
         invoices = [await session.get(Invoice, invoice_id) for invoice_id in invoice_ids]
         assert [
