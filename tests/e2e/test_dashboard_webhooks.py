@@ -230,5 +230,5 @@ async def test_a_signing_secret_is_rolled_by_form_with_the_old_one_signing_for_a
         assert deleted.status_code == 200
         gone = await phone.post(roll, data={"overlap": "0", "csrf_token": csrf_of(listed.text)})
         assert gone.status_code == 409
-        assert "https://93.184.215.14/hooks is deleted: it signs nothing" in gone.text
+        assert "(https://93.184.215.14/hooks) is deleted: it signs nothing" in gone.text
         assert (await stored()).secret == third

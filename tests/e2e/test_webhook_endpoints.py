@@ -79,6 +79,12 @@ async def test_an_endpoint_is_created_with_a_standard_webhooks_secret_shown_once
             409,
             "https://stallholder.dev/problems/webhook-endpoint-deleted",
         )
+    # Nor has it a secret to roll.
+    rolled = await api.http.post(f"/v1/webhook_endpoints/{body['id']}/rotate_secret", headers=sk)
+    assert (rolled.status_code, rolled.json()["type"]) == (
+        409,
+        "https://stallholder.dev/problems/webhook-endpoint-deleted",
+    )
     after = await api.http.get(f"/v1/webhook_endpoints/{body['id']}", headers=sk)
     assert (after.json()["status"], after.json()["description"]) == ("deleted", "fulfilment")
 

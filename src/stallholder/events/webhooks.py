@@ -291,10 +291,19 @@ async def rotate_secret(
     overlap: timedelta,
     now: datetime,
 ) -> WebhookEndpoint:
-    """A new secret; the old one keeps signing beside it for ``overlap`` (0 ends it now)."""
+    """A new secret; the old one keeps signing beside it for ``overlap`` (0 ends it now).
+
+    Raises:
+        WebhookEndpointDeleted: a deleted endpoint signs nothing, so has no secret to roll.
+    """
     endpoint = await get_endpoint(
         session, creator_id=creator_id, endpoint_id=endpoint_id, lock=True
     )
+    if endpoint.status == "deleted":
+        raise WebhookEndpointDeleted(
+            f"webhook endpoint {endpoint_id} ({endpoint.url}) is deleted: it signs nothing, "
+            "so it has no secret to roll; create a new endpoint with POST /v1/webhook_endpoints"
+        )
     endpoint.previous_secret = endpoint.secret if overlap > timedelta(0) else None
     endpoint.previous_secret_expires_at = now + overlap if overlap > timedelta(0) else None
     endpoint.secret = new_webhook_secret()

@@ -174,35 +174,31 @@ async def roll_secret(
     """A new signing secret, shown once on the page that answers; the old one signs each
     delivery beside it until the chosen time has passed ("Stop now": at once), so the
     receiver can switch without missing an event. A deleted endpoint has no secret in
-    use: a 409 page. Another creator's endpoint is a 404 page."""
+    use: the service refuses it (a 409 page). Another creator's endpoint is a 404 page."""
     creator = await current_creator(request, session)
     if creator is None:
         return sign_in_redirect(request)
-    endpoint = await webhooks.get_endpoint(session, creator_id=creator.id, endpoint_id=endpoint_id)
-    problem = None
     if overlap not in ROLL_OVERLAPS:
-        problem = (
-            f"How long the old secret keeps signing: choose one of "
-            f"{', '.join(ROLL_OVERLAPS.values())}.",
-            422,
+        await webhooks.get_endpoint(session, creator_id=creator.id, endpoint_id=endpoint_id)
+        message = (
+            "How long the old secret keeps signing: choose one of "
+            f"{', '.join(ROLL_OVERLAPS.values())}."
         )
-    elif endpoint.status == "deleted":
-        problem = (
-            f"{endpoint.url} is deleted: it signs nothing, so it has no secret to roll.",
-            409,
-        )
-    if problem is not None:
-        message, status = problem
         return await _webhooks_page(
-            request, session, settings, creator, errors=[message], status_code=status
+            request, session, settings, creator, errors=[message], status_code=422
         )
-    rolled = await webhooks.rotate_secret(
-        session,
-        creator_id=creator.id,
-        endpoint_id=endpoint.id,
-        overlap=timedelta(seconds=int(overlap)),
-        now=now,
-    )
+    try:
+        rolled = await webhooks.rotate_secret(
+            session,
+            creator_id=creator.id,
+            endpoint_id=endpoint_id,
+            overlap=timedelta(seconds=int(overlap)),
+            now=now,
+        )
+    except webhooks.WebhookEndpointDeleted as deleted:
+        return await _webhooks_page(
+            request, session, settings, creator, errors=[deleted.detail], status_code=409
+        )
     return await _webhooks_page(request, session, settings, creator, rolled=rolled)
 
 
