@@ -21,6 +21,8 @@ from stallholder.app import create_app
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database, sync_url
 from stallholder.migrations import upgrade
+from stallholder.payments.gateway import SandboxGateway
+from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.payments.stripe_gateway import StripeGateway
 from stallholder.settings import Settings
 from stallholder.tables import metadata
@@ -156,6 +158,13 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
     database = Database(settings.database_url)
     yield database
     await database.dispose()
+
+
+@pytest.fixture
+def gateway(database: Database) -> SandboxGateway:
+    """The sandbox gateway, remembering its charges in the test's database (a module with
+    a gateway of its own defines this fixture again)."""
+    return SandboxGateway(DatabaseChargeStore(database))
 
 
 @pytest.fixture

@@ -47,11 +47,6 @@ def database_url(any_database_url: str) -> str:
     return any_database_url
 
 
-@pytest.fixture
-def gateway(database: Database) -> SandboxGateway:
-    return SandboxGateway(DatabaseChargeStore(database))
-
-
 async def _two_creators_one_buyer(database: Database) -> tuple[list[str], list[str], str]:
     """Two creators, each with a customer for the same person (the address spelled
     differently); returns the creators, their customers and the buyer."""

@@ -46,12 +46,6 @@ def database_url(any_database_url: str) -> str:
     return any_database_url
 
 
-@pytest.fixture
-def gateway(database: Database) -> SandboxGateway:
-    """The sandbox with its charges kept in the database, as ``stallholder serve`` runs it."""
-    return SandboxGateway(DatabaseChargeStore(database))
-
-
 async def _customer(database: Database) -> tuple[str, str]:
     async with database.unit_of_work() as session:
         creator = await factories.create_creator(session, now=T0)

@@ -23,7 +23,6 @@ from stallholder.orders.models import Order
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import SandboxGateway
 from stallholder.payments.models import SandboxCharge
-from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.payments.tasks import resolve_stale_attempts
 from stallholder.settings import Settings
 from tests import factories
@@ -36,11 +35,6 @@ RENEWED_AT = T0 + timedelta(days=31)  # 1 April 12:00 UTC, period 1 of each
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@pytest.fixture
-def gateway(database: Database) -> SandboxGateway:
-    return SandboxGateway(DatabaseChargeStore(database))
 
 
 async def _three_renewals(database: Database, gateway: SandboxGateway) -> list[str]:

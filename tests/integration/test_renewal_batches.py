@@ -29,7 +29,6 @@ from stallholder.ledger import service as ledger
 from stallholder.orders.models import Order
 from stallholder.payments.gateway import Gateway, SandboxGateway
 from stallholder.payments.models import SandboxCharge
-from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.settings import Settings
 from tests import factories
 from tests.conftest import T0
@@ -43,11 +42,6 @@ BUYERS = 3
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@pytest.fixture
-def gateway(database: Database) -> SandboxGateway:
-    return SandboxGateway(DatabaseChargeStore(database))
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from stallholder.payments import methods
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import SandboxGateway
 from stallholder.payments.models import SandboxCharge
-from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.settings import Settings
 from tests import factories
 from tests.conftest import T0
@@ -35,11 +34,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@pytest.fixture
-def gateway(database: Database) -> SandboxGateway:
-    return SandboxGateway(DatabaseChargeStore(database))
 
 
 async def _subscribed(

@@ -19,7 +19,6 @@ from stallholder.orders.models import Order
 from stallholder.payments import methods
 from stallholder.payments.gateway import SandboxGateway
 from stallholder.payments.models import SandboxCharge
-from stallholder.payments.sandbox import DatabaseChargeStore
 from stallholder.settings import Settings
 from stallholder.wallets import service as wallets
 from stallholder.wallets.models import Wallet, WalletTransaction
@@ -33,11 +32,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@pytest.fixture
-def gateway(database: Database) -> SandboxGateway:
-    return SandboxGateway(DatabaseChargeStore(database))
 
 
 async def _top_up_for(
