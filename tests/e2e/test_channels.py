@@ -307,3 +307,64 @@ async def test_a_disconnected_channel_is_sent_nothing_and_comes_back_by_connecti
         return stack.woo.quantity_of("MUG-5") == 2 and await _available(stack, key, "MUG-5") == 2
 
     await eventually(caught_up, what="the order polled in and WooCommerce showing 2")
+
+
+async def test_an_import_with_a_taken_sku_imports_nothing_and_names_the_listing(
+    stack: Stack,
+) -> None:
+    _, key = await stack.creator()
+    for sku in ("TEA-1", "TEA-2", "TEA-3"):
+        stack.woo.add_product(f"Teapot {sku}", [(sku, 4)], price=3600)
+    channel = await stack.connect(key, "woocommerce")
+    assert channel["listings"] == {"matched": 0, "unmatched": 3, "conflict": 0}
+    listings = await stack.call("GET", f"/v1/channels/{channel['id']}/listings", key)
+    tea_2 = next(row["id"] for row in listings.json()["data"] if row["sku"] == "TEA-2")
+    # The creator makes a product with one of the SKUs after the listings were read.
+    made = await stack.call(
+        "POST",
+        "/v1/products",
+        key,
+        json={"kind": "physical", "name": "Teapot", "variants": [{"sku": "TEA-2"}]},
+    )
+    assert made.status_code == 201, made.text
+
+    refused = await stack.call("POST", f"/v1/channels/{channel['id']}/listings/import", key)
+
+    assert refused.status_code == 409, refused.text
+    problem = refused.json()
+    assert problem["type"].endswith("/listings-not-importable")
+    assert problem["listings"] == [
+        {
+            "listing": tea_2,
+            "sku": "TEA-2",
+            "problem": "sku-taken",
+            "detail": problem["listings"][0]["detail"],
+        }
+    ]
+    assert "TEA-2" in problem["listings"][0]["detail"]
+    assert problem["detail"].startswith("nothing was imported: 1 of 3 listing(s)")
+    assert f"POST /v1/channels/{channel['id']}/reconcile" in problem["detail"]
+    products = (await stack.call("GET", "/v1/products", key)).json()["data"]
+    assert [product["id"] for product in products] == [made.json()["id"]]
+    listed = await stack.call("GET", f"/v1/channels/{channel['id']}/listings?status=unmatched", key)
+    assert sorted(row["sku"] for row in listed.json()["data"]) == ["TEA-1", "TEA-2", "TEA-3"]
+
+    # Reconciled, the taken SKU's listing is matched to the creator's variant; the rest import.
+    reconciled = await stack.call("POST", f"/v1/channels/{channel['id']}/reconcile", key)
+    assert reconciled.status_code in (200, 202), reconciled.text
+
+    async def matched() -> bool:
+        found = await stack.call(
+            "GET", f"/v1/channels/{channel['id']}/listings?status=matched", key
+        )
+        return [row["sku"] for row in found.json()["data"]] == ["TEA-2"]
+
+    await eventually(matched, what="TEA-2's listing matched by the reconciliation")
+    imported = await stack.call("POST", f"/v1/channels/{channel['id']}/listings/import", key)
+    assert imported.status_code == 200, imported.text
+    assert imported.json() == {"object": "channel_import", "products": 2, "variants": 2}
+    products = (await stack.call("GET", "/v1/products?limit=10", key)).json()["data"]
+    skus = sorted(variant["sku"] for product in products for variant in product["variants"])
+    assert skus == ["TEA-1", "TEA-2", "TEA-3"]
+    prices = (await stack.call("GET", "/v1/prices?limit=10", key)).json()["data"]
+    assert sorted(price["unit_amount"] for price in prices) == [3600, 3600]

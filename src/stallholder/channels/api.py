@@ -58,6 +58,11 @@ def resumes_a_channel() -> None:
     """Documents the 409 of resuming a disconnected channel."""
 
 
+@documents(service.ListingsNotImportable)
+def imports_listings() -> None:
+    """Documents the 409 of an import with listings that cannot become products."""
+
+
 @documents(
     connect.ChannelCredentialsRefused,
     connect.ChannelUnreachable,
@@ -214,7 +219,7 @@ async def list_listings(
 @router.post(
     "/channels/{channel_id}/listings/import",
     response_model=ImportOut,
-    dependencies=[Depends(names_a_channel)],
+    dependencies=[Depends(names_a_channel), Depends(imports_listings)],
 )
 async def import_listings(
     channel_id: str, creator_id: SecretCreatorDep, session: SessionDep, now: NowDep
@@ -225,7 +230,7 @@ async def import_listings(
     with ``POST /v1/inventory/adjustments`` and the channel follows."""
     channel = await service.get_channel(session, creator_id=creator_id, channel_id=channel_id)
     summary = await service.import_listings(session, channel=channel, now=now)
-    return ImportOut(products=summary.products, variants=summary.variants, skipped=summary.skipped)
+    return ImportOut(products=summary.products, variants=summary.variants)
 
 
 @router.get(

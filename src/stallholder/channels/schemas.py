@@ -238,7 +238,6 @@ class ImportOut(BaseModel):
     object: Literal["channel_import"] = "channel_import"
     products: int
     variants: int
-    skipped: int
 
 
 class WebhookAck(BaseModel):

@@ -27,7 +27,7 @@ from stallholder.events import service as events
 from stallholder.inventory import stock
 from stallholder.inventory.models import StockLevel
 from stallholder.inventory.quantities import Quantities
-from stallholder.kit.errors import Conflict, NotFound
+from stallholder.kit.errors import Conflict, DomainError, NotFound
 from stallholder.kit.ids import new_id
 
 ACTIVE, PAUSED, DISCONNECTED = "active", "paused", "disconnected"
@@ -37,6 +37,11 @@ MATCHED, UNMATCHED, CONFLICT = "matched", "unmatched", "conflict"
 class ChannelDisconnected(Conflict):
     slug = "channel-disconnected"
     title = "The channel is disconnected"
+
+
+class ListingsNotImportable(Conflict):
+    slug = "listings-not-importable"
+    title = "Some listings cannot be imported; nothing was"
 
 
 class ChannelNotFound(NotFound):
@@ -479,29 +484,37 @@ async def behind(session: AsyncSession, *, channel: Channel) -> list[int]:
 class ImportSummary:
     products: int
     variants: int
-    skipped: int
 
 
 async def import_listings(
     session: AsyncSession, *, channel: Channel, now: datetime
 ) -> ImportSummary:
     """A published physical product for each unmatched listing (its SKU, its title, a
-    one-time price when the channel shows one), and the listing matched to it. Listings
-    whose SKU is taken meanwhile are skipped (they are matched on the next mapping)."""
+    one-time price when the channel shows one), and the listing matched to it. All or
+    nothing: when a listing cannot become a product (one of the creator's variants took
+    its SKU since the listings were mapped, or the channel's title or price is not one a
+    product may have), nothing is imported (the caller's unit of work rolls back) and the
+    error names every such listing, its SKU and why.
+
+    Raises:
+        ListingsNotImportable: what each refused listing needs.
+    """
     rows = list(
         (
             await session.execute(
                 select(ChannelListing)
-                .where(ChannelListing.channel_id == channel.id, ChannelListing.status == UNMATCHED)
+                .where(
+                    ChannelListing.channel_id == channel.id,
+                    ChannelListing.status == UNMATCHED,
+                    ChannelListing.sku.is_not(None),
+                )
                 .order_by(ChannelListing.id)
             )
         ).scalars()
     )
-    made = skipped = 0
+    refused: list[tuple[ChannelListing, DomainError]] = []
     for listing in rows:
-        if not listing.sku:
-            skipped += 1
-            continue
+        assert listing.sku is not None
         try:
             async with session.begin_nested():
                 product = await catalog.create_product(
@@ -524,13 +537,28 @@ async def import_listings(
                         ),
                         now=now,
                     )
-        except catalog.SkuTaken:
-            skipped += 1
+        except DomainError as error:
+            refused.append((listing, error))
             continue
         listing.variant_id = product.variants[0].id
         listing.status, listing.updated_at = MATCHED, now
-        made += 1
-    return ImportSummary(products=made, variants=made, skipped=skipped)
+    if refused:
+        named = "; ".join(f"{row.id} ({row.sku}): {error.detail}" for row, error in refused)
+        hint = (
+            f" (a taken SKU: POST /v1/channels/{channel.id}/reconcile matches the listing to "
+            "that variant; then import again)"
+            if any(isinstance(error, catalog.SkuTaken) for _, error in refused)
+            else ""
+        )
+        raise ListingsNotImportable(
+            f"nothing was imported: {len(refused)} of {len(rows)} listing(s) cannot become "
+            f"products: {named}{hint}",
+            listings=[
+                {"listing": row.id, "sku": row.sku, "problem": error.slug, "detail": error.detail}
+                for row, error in refused
+            ],
+        )
+    return ImportSummary(products=len(rows), variants=len(rows))
 
 
 async def disconnect(
