@@ -44,6 +44,7 @@ from stallholder.jobs.worker import Worker
 from stallholder.kit import work
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
+from stallholder.kit.pagination import InvalidCursor
 from stallholder.settings import Settings
 from tests.factories import create_creator
 
@@ -365,6 +366,48 @@ async def test_a_channel_order_is_sold_from_stock_and_one_for_units_no_longer_fr
             ).all()
         )
         assert shown == {"chn_a": 1, "chn_b": 1}
+
+
+async def test_channel_orders_page_newest_first_with_starting_after(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+) -> None:
+    await _setup(database, clock, settings, engine, fakes, on_hand=9, shops=[("a", 9, Rules())])
+    async with database.unit_of_work() as session:
+        a = await session.get_one(Channel, "chn_a")
+        for number in range(5):
+            await service.import_order(
+                session,
+                channel=a,
+                order=ChannelOrder(
+                    external_id=str(1000 + number),
+                    created_at=clock.now(),
+                    lines=(OrderLine(sku="MUG-1", quantity=1),),
+                ),
+                now=clock.now(),
+            )
+    async with database.unit_of_work() as session:
+        first = await service.list_orders(session, channel_id="chn_a", status=None, limit=2)
+        second = await service.list_orders(
+            session, channel_id="chn_a", status="sold", limit=2, starting_after=first.data[-1].id
+        )
+        last = await service.list_orders(
+            session, channel_id="chn_a", status=None, limit=2, starting_after=second.data[-1].id
+        )
+        with pytest.raises(InvalidCursor):
+            await service.list_orders(
+                session, channel_id="chn_a", status=None, limit=2, starting_after="cho_nope"
+            )
+    pages = [first, second, last]
+    assert [[row.external_id for row in page.data] for page in pages] == [
+        ["1004", "1003"],
+        ["1002", "1001"],
+        ["1000"],
+    ]
+    assert [page.has_more for page in pages] == [True, True, False]
 
 
 async def test_a_cancelled_channel_order_gives_its_units_back(

@@ -244,13 +244,16 @@ async def list_orders(
     session: SessionDep,
     status: Literal["sold", "oversold", "cancelled"] | None = None,
     limit: LimitQuery = DEFAULT_LIMIT,
+    starting_after: str | None = None,
 ) -> ListOut:
-    """Orders placed on the channel, newest first. ``oversold``: a line's units were no
-    longer free when the order arrived (the line says which SKU and how many); refund or
-    restock on the channel."""
+    """Orders placed on the channel, newest first; page with ``starting_after`` (the last
+    order ``id`` seen). ``oversold``: a line's units were no longer free when the order
+    arrived (the line says which SKU and how many); refund or restock on the channel."""
     await service.get_channel(session, creator_id=creator_id, channel_id=channel_id)
-    rows = await service.list_orders(session, channel_id=channel_id, status=status, limit=limit)
-    return ListOut(data=[channel_order_out(row) for row in rows], has_more=False)
+    page = await service.list_orders(
+        session, channel_id=channel_id, status=status, limit=limit, starting_after=starting_after
+    )
+    return ListOut(data=[channel_order_out(row) for row in page.data], has_more=page.has_more)
 
 
 @router.get(

@@ -29,6 +29,7 @@ from stallholder.inventory.models import StockLevel
 from stallholder.inventory.quantities import Quantities
 from stallholder.kit.errors import Conflict, DomainError, NotFound
 from stallholder.kit.ids import new_id
+from stallholder.kit.pagination import Page, paginate
 
 ACTIVE, PAUSED, DISCONNECTED = "active", "paused", "disconnected"
 MATCHED, UNMATCHED, CONFLICT = "matched", "unmatched", "conflict"
@@ -405,14 +406,25 @@ async def _cancel(session: AsyncSession, *, channel: Channel, row: OrderRow, now
 
 
 async def list_orders(
-    session: AsyncSession, *, channel_id: str, status: str | None, limit: int
-) -> list[OrderRow]:
+    session: AsyncSession,
+    *,
+    channel_id: str,
+    status: str | None,
+    limit: int,
+    starting_after: str | None = None,
+) -> Page[OrderRow]:
+    """Newest first; ``starting_after`` is the last order id seen.
+
+    Raises:
+        InvalidCursor: ``starting_after`` is not an order of this list.
+    """
     statement = select(OrderRow).where(OrderRow.channel_id == channel_id)
     if status is not None:
         statement = statement.where(OrderRow.status == status)
-    return list(
-        (await session.execute(statement.order_by(OrderRow.id.desc()).limit(limit))).scalars()
+    page: Page[OrderRow] = await paginate(
+        session, statement, id_column=OrderRow.id, limit=limit, starting_after=starting_after
     )
+    return page
 
 
 # The sync log --------------------------------------------------------------------------

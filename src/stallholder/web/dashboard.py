@@ -656,9 +656,11 @@ async def channels_page(request: Request, session: SessionDep, settings: Setting
         log, _ = await channel_service.list_sync_log(
             session, channel_id=channel.id, sku=None, limit=12, starting_after=None
         )
-        oversold = await channel_service.list_orders(
-            session, channel_id=channel.id, status="oversold", limit=10
-        )
+        oversold = (
+            await channel_service.list_orders(
+                session, channel_id=channel.id, status="oversold", limit=10
+            )
+        ).data
         boards.append({"channel": channel, "rows": rows, "log": log, "oversold": oversold})
     return await _page(request, settings, creator, "dashboard_channels.html", {"boards": boards})
 
