@@ -13,18 +13,24 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.events.models import InboxEvent
-from stallholder.kit.work import Backoff, enqueue
+from stallholder.kit.work import Backoff, Claimed, Context, Kind, enqueue
 
 MAX_ATTEMPTS = 8
 # 30 s after the first failure, doubling, at most an hour (and the worker's jitter).
 RETRY = Backoff(base=timedelta(seconds=30), cap=timedelta(hours=1))
 _MAX_ERROR_LENGTH = 2000
+# How long a handled event is kept (to drop a redelivery of it, and to look at): far
+# beyond the providers' redelivery windows (Stripe retries an event for up to three days,
+# Shopify for 48 hours, WooCommerce five times). Events never handled are kept.
+RETENTION = timedelta(days=30)
+PRUNE_BATCH = 500
+PRUNE_KIND = "events.prune_inbox"
 
 
 def kind_for(source: str) -> str:
@@ -90,3 +96,37 @@ def mark_processed(event: InboxEvent, *, now: datetime, note: str | None = None)
 def note_failure(event: InboxEvent, *, error: str) -> None:
     """Keep the last failure on the row; the work engine retries it."""
     event.last_error = error[:_MAX_ERROR_LENGTH]
+
+
+async def prune_handled(
+    session: AsyncSession, *, before: datetime, batch: int = PRUNE_BATCH
+) -> int:
+    """Delete up to ``batch`` handled events received before ``before`` (oldest first);
+    returns how many."""
+    handled = (
+        select(InboxEvent.id)
+        .where(InboxEvent.processed_at.is_not(None), InboxEvent.received_at < before)
+        .order_by(InboxEvent.id)
+        .limit(batch)
+    )
+    ids = list((await session.execute(handled)).scalars())
+    if ids:
+        await session.execute(
+            delete(InboxEvent)
+            .where(InboxEvent.id.in_(ids))
+            .execution_options(synchronize_session=False)
+        )
+    return len(ids)
+
+
+async def _prune(context: Context[object], item: Claimed) -> None:
+    """The periodic ``events.prune_inbox``: batches in short transactions until none are
+    left."""
+    before = context.clock.now() - RETENTION
+    while True:
+        async with context.database.unit_of_work() as session:
+            if await prune_handled(session, before=before) == 0:
+                return
+
+
+PRUNE_INBOX: Kind[object] = Kind(name=PRUNE_KIND, handler=_prune, every=timedelta(hours=1))

@@ -27,6 +27,7 @@ from stallholder.checkout.tasks import (
     settle_checkout_attempt,
 )
 from stallholder.digital.config import links_from_settings
+from stallholder.events.inbox import PRUNE_INBOX
 from stallholder.events.tasks import DISPATCH_BATCH, Consumer, dispatch_events, webhook_kind
 from stallholder.events.webhooks import queue_deliveries
 from stallholder.inventory import tasks as inventory_tasks
@@ -146,6 +147,7 @@ def kinds_for(
         OFFER_WAITLIST,
         PRUNE_KEYS,
         PRUNE_RATE_LIMITS,
+        PRUNE_INBOX,
         AUTO_TOP_UP,
         *_settlement_kinds(settings),
         *(
