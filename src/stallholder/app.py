@@ -65,7 +65,7 @@ from stallholder.web.embed import router as embed_router
 from stallholder.web.error_pages import error_page, is_page_request
 from stallholder.web.portal import router as portal_router
 from stallholder.web.portal_auth import router as portal_auth_router
-from stallholder.web.security import SessionMiddleware, resolve_session_secret
+from stallholder.web.security import PageHeaders, SessionMiddleware, resolve_session_secret
 from stallholder.web.store import router as store_router
 from stallholder.web.templating import STATIC_DIR
 
@@ -452,6 +452,8 @@ def create_app(
         is_secure=settings.base_url.startswith("https://"),
         clock=lambda: app.state.clock,
     )
+    # Every HTML answer: CSP (scripts from the app and Stripe.js only), nosniff.
+    app.add_middleware(PageHeaders)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

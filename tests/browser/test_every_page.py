@@ -108,7 +108,25 @@ def test_every_page_of_the_demo_fits_a_phone(
     server: Server, smtp: SmtpServer, page: Any, shots: Shots
 ) -> None:
     page.set_viewport_size({"width": 375, "height": 800})
+    # Every page runs under its Content-Security-Policy: the browser reports a refused
+    # script, frame, image or request on the console.
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            refused.append(f"{page.url}: {message.text}")
+            if "Content Security Policy" in message.text
+            else None
+        ),
+    )
     problems: list[str] = []
     for path in demo_pages(page, server, smtp):
         problems += _fits_a_phone(page, shots, path)
     assert problems == []
+    assert refused == []
+    # And it does refuse: a script injected into a page does not run.
+    page.goto(server.base_url + "/")
+    with pytest.raises(Exception, match="Content Security Policy|Refused"):
+        page.add_script_tag(content="window.injected = 1")
+    assert page.evaluate("window.injected") is None
+    assert any("Executing inline script violates" in text for text in refused), refused

@@ -383,7 +383,7 @@ def test_when_the_bank_check_cannot_open_pay_tries_again(
         dropped.append(route.request.url)
         route.abort()
 
-    page.route("https://stripe-js-double.test/**", drop_once)
+    page.route("https://api.stripe.com/_test/**", drop_once)
     pay_with(page, email="careful@example.com", card="4000002760003184", button="Pay $18.00")
     page.get_by_role("button", name="Complete").click()
     assert shown_error(page).startswith("Your bank's check could not be opened (")

@@ -22,7 +22,7 @@
 (function () {
   "use strict";
   var API = "https://api.stripe.com";
-  var CONTROLS = "https://stripe-js-double.test";
+  var CONTROLS = API;
   var calls = [];
   window.StripeDouble = { calls: calls };
 

@@ -24,8 +24,8 @@ import httpx
 from tests.doubles.stripe_api import StripeDouble
 
 STRIPE_JS_URL = "https://js.stripe.com/v3/"
-# Where the JS double sends Stripe API calls, and its test controls (a reserved domain).
-STRIPE_API_HOSTS = ("https://api.stripe.com/**", "https://stripe-js-double.test/**")
+# Where the JS double sends Stripe API calls and its test controls (``/_test/…``).
+STRIPE_API_HOSTS = ("https://api.stripe.com/**",)
 SCRIPT = (Path(__file__).parent / "stripe_js.js").read_text()
 # A cross-origin answer the page may read, as Stripe's API sends for Stripe.js.
 _CORS = {"access-control-allow-origin": "*"}

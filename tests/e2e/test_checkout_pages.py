@@ -18,6 +18,7 @@ from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
 from stallholder.payments.stripe_gateway import StripeGateway
 from stallholder.settings import Settings
+from stallholder.web.security import PAGE_POLICY
 from tests.conftest import ADMIN_KEY, Api, bearer
 from tests.doubles.stripe_api import StripeDouble
 from tests.e2e.test_pages import csrf_token
@@ -59,12 +60,12 @@ async def test_the_old_checkout_address_redirects_to_pay(api: Api) -> None:
 async def test_the_page_is_never_framed_unless_embedded_by_an_allowed_origin(api: Api) -> None:
     creator, price = await api.shop()
     url, page = await _page(api, price["id"])
-    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert page.headers["content-security-policy"] == f"{PAGE_POLICY}; frame-ancestors 'none'"
     assert 'id="back-to-store"' in page.text
 
     refused = await api.http.get(f"{url}?embed=1&origin={SITE}")
     assert refused.status_code == 403
-    assert refused.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert refused.headers["content-security-policy"] == f"{PAGE_POLICY}; frame-ancestors 'none'"
     assert f"has not allowed checkout to be embedded on {SITE}" in refused.text
 
     patched = await api.http.patch(
@@ -77,7 +78,10 @@ async def test_the_page_is_never_framed_unless_embedded_by_an_allowed_origin(api
 
     embedded = await api.http.get(f"{url}?embed=1&origin={SITE}")
     assert embedded.status_code == 200
-    assert embedded.headers["content-security-policy"] == f"frame-ancestors 'self' {SITE}"
+    assert (
+        embedded.headers["content-security-policy"]
+        == f"{PAGE_POLICY}; frame-ancestors 'self' {SITE}"
+    )
     assert f'data-embed-origin="{SITE}"' in embedded.text
     assert "data-close" in embedded.text
     assert 'id="back-to-store"' not in embedded.text
@@ -374,7 +378,7 @@ async def test_a_buyer_who_does_not_approve_3d_secure_can_pay_with_another_card(
         challenge.text
     )
     assert 'name="payment_method" value="tok_visa_3ds_confirmed"' in challenge.text
-    assert challenge.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert challenge.headers["content-security-policy"] == f"{PAGE_POLICY}; frame-ancestors 'none'"
 
     back = await api.http.get(url)  # "Do not approve"
     assert f'<a href="{url}/authenticate">Confirm it now</a>, or pay with another card' in (

@@ -18,9 +18,11 @@ from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
 from stallholder.settings import Settings
 from stallholder.web.security import (
+    PAGE_POLICY,
     SESSION_COOKIE,
     CsrfProtected,
     csrf_field,
+    page_policy,
     read_session,
     resolve_session_secret,
     sign_session,
@@ -155,3 +157,42 @@ def test_the_session_secret_is_generated_once(tmp_path: Path) -> None:
     assert resolve_session_secret("", tmp_path / "var") == first
     assert (tmp_path / "var" / "session-secret").stat().st_mode & 0o777 == 0o600
     assert resolve_session_secret("configured", tmp_path / "var") == "configured"
+
+
+async def test_pages_carry_a_content_security_policy_and_the_api_does_not(
+    settings: Settings, database: Database, clock: FrozenClock
+) -> None:
+    async with await _client(settings, database, clock) as browser:
+        for path in ("/", "/test-form", "/portal/sign-in", "/dashboard/sign-in", "/nowhere"):
+            page = await browser.get(path, headers={"accept": "text/html"})
+            assert page.headers["content-type"].startswith("text/html"), path
+            assert page.headers["content-security-policy"] == (
+                f"{PAGE_POLICY}; frame-ancestors 'none'"
+            ), path
+            assert page.headers["x-content-type-options"] == "nosniff"
+            assert page.headers["referrer-policy"] == "same-origin"
+        docs = await browser.get("/docs")
+        # FastAPI's docs page starts Swagger UI with an inline script: framing rule only.
+        assert docs.headers["content-security-policy"] == "frame-ancestors 'none'"
+        api = await browser.get("/v1/products")
+        assert api.headers["content-type"] == "application/problem+json"
+        assert "content-security-policy" not in api.headers
+
+
+def test_the_policy_allows_scripts_from_the_app_and_stripe_only() -> None:
+    directives = dict(
+        (part.split(" ", 1)[0], part.split(" ", 1)[1]) for part in PAGE_POLICY.split("; ")
+    )
+    assert directives["script-src"] == "'self' https://js.stripe.com"
+    assert directives["frame-src"] == "'self' https://js.stripe.com https://hooks.stripe.com"
+    assert directives["connect-src"] == "'self' https://api.stripe.com"
+    assert (directives["object-src"], directives["base-uri"], directives["form-action"]) == (
+        "'none'",
+        "'none'",
+        "'self'",
+    )
+    # A page that names who may frame it keeps that rule.
+    assert page_policy("/pay/cs_1", "frame-ancestors 'self' https://zine.example") == (
+        f"{PAGE_POLICY}; frame-ancestors 'self' https://zine.example"
+    )
+    assert page_policy("/redoc", None) == "frame-ancestors 'none'"

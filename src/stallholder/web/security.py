@@ -15,6 +15,13 @@ session's token is refused with a 403 page. The token is compared in constant ti
 
 The signing secret is ``STALLHOLDER_SESSION_SECRET``; without it one is generated once
 and kept in ``<data_dir>/session-secret`` (mode 0600), as the admin key is.
+
+**Page headers.** Every HTML answer carries a Content-Security-Policy (``PageHeaders``):
+scripts from the app itself and Stripe.js only (no inline script, no ``eval``), frames
+and API calls to the app and Stripe's hosts only, forms posted to the app only, no
+plugins, and ``frame-ancestors 'none'`` unless the page set its own (the checkout page
+names the one origin embedding it). The API docs (``/docs``, ``/redoc``) keep
+FastAPI's inline start-up script, so they get the framing rule only.
 """
 
 from __future__ import annotations
@@ -207,3 +214,59 @@ async def verify_csrf(request: Request) -> None:
 
 
 CsrfProtected = Depends(verify_csrf)
+
+
+# Stripe's published CSP needs (Stripe.js, its 3-D Secure frames, its API).
+_STRIPE_SCRIPTS = "https://js.stripe.com"
+_STRIPE_FRAMES = "https://js.stripe.com https://hooks.stripe.com"
+_STRIPE_API = "https://api.stripe.com"
+PAGE_POLICY = (
+    "default-src 'self'; "
+    f"script-src 'self' {_STRIPE_SCRIPTS}; "
+    f"frame-src 'self' {_STRIPE_FRAMES}; "
+    f"connect-src 'self' {_STRIPE_API}; "
+    "img-src * data:; "
+    "style-src 'self' 'unsafe-inline'; "
+    "object-src 'none'; "
+    "base-uri 'none'; "
+    "form-action 'self'"
+)
+_DOCS_PATHS = ("/docs", "/redoc")
+
+
+def page_policy(path: str, page_set: str | None) -> str:
+    """The Content-Security-Policy of an HTML answer at ``path``; ``page_set`` is the one
+    the page set itself (its ``frame-ancestors`` is kept)."""
+    ancestors = "frame-ancestors 'none'"
+    for directive in (page_set or "").split(";"):
+        if directive.strip().startswith("frame-ancestors"):
+            ancestors = directive.strip()
+    if path.startswith(_DOCS_PATHS):
+        return ancestors
+    return f"{PAGE_POLICY}; {ancestors}"
+
+
+class PageHeaders:
+    """Adds the Content-Security-Policy, ``X-Content-Type-Options: nosniff`` and a
+    ``Referrer-Policy`` to every ``text/html`` answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if headers.get("content-type", "").startswith("text/html"):
+                    policy = page_policy(scope["path"], headers.get("content-security-policy"))
+                    headers["Content-Security-Policy"] = policy
+                    headers["X-Content-Type-Options"] = "nosniff"
+                    if "referrer-policy" not in headers:
+                        headers["Referrer-Policy"] = "same-origin"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
