@@ -126,7 +126,7 @@ def test_every_page_of_the_demo_fits_a_phone(
     assert refused == []
     # And it does refuse: a script injected into a page does not run.
     page.goto(server.base_url + "/")
-    with pytest.raises(Exception, match="Content Security Policy|Refused"):
+    with pytest.raises(Exception, match=r"Content Security Policy|Refused"):
         page.add_script_tag(content="window.injected = 1")
     assert page.evaluate("window.injected") is None
     assert any("Executing inline script violates" in text for text in refused), refused
