@@ -6,16 +6,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-import httpx
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from stallholder.accounts.auth import SecretCreatorDep
 from stallholder.channels import connect, oauth, service, sync
-from stallholder.channels.connectors import TIMEOUT
 from stallholder.channels.credentials import CredentialsUnreadable
 from stallholder.channels.models import Channel
-from stallholder.channels.registry import connector_for
+from stallholder.channels.registry import client_from_settings, connector_for
 from stallholder.channels.schemas import (
     AuthorizeOut,
     ChannelCreate,
@@ -323,7 +321,7 @@ async def receive_channel_webhook(
         credentials = engine.vault.open(channel.credentials)
     except CredentialsUnreadable as error:
         raise WebhookNotVerified("this channel's credentials cannot be read") from error
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with client_from_settings(get_settings(request)) as http:
         connector = connector_for(channel.kind, credentials, {}, http, get_settings(request))
         delivery = connector.parse_webhook(
             {key.lower(): value for key, value in request.headers.items()}, body

@@ -20,13 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.channels import service, sync
 from stallholder.channels.buffers import Rules
 from stallholder.channels.connectors import (
-    TIMEOUT,
     ChannelError,
     Listing,
     RegisteredWebhook,
     Unauthorized,
 )
 from stallholder.channels.models import Channel
+from stallholder.channels.registry import client_from_settings
 from stallholder.channels.schemas import ChannelCreate
 from stallholder.events.webhooks import check_target
 from stallholder.kit.db import Database
@@ -103,7 +103,7 @@ async def discover(
         ChannelCredentialsRefused: 401 or 403.
         ChannelUnreachable: anything else that went wrong, with what it was.
     """
-    async with httpx.AsyncClient(timeout=TIMEOUT) if http is None else _borrowed(http) as client:
+    async with client_from_settings(settings) if http is None else _borrowed(http) as client:
         # Connecting reads every listing once: it may wait for the channel's rate limit
         # (a Shopify shop of a thousand variants spends its bucket twice over).
         connector = engine.connect(

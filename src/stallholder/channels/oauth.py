@@ -23,13 +23,12 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import httpx
-
 from stallholder.channels import etsy, shopify
 from stallholder.channels.buffers import Rules
 from stallholder.channels.connect import NewChannel, check_url
-from stallholder.channels.connectors import TIMEOUT, ChannelError
+from stallholder.channels.connectors import ChannelError
 from stallholder.channels.credentials import CredentialsUnreadable
+from stallholder.channels.registry import client_from_settings
 from stallholder.channels.sync import Engine
 from stallholder.kit.errors import InvalidRequest
 from stallholder.settings import Settings
@@ -183,7 +182,7 @@ async def finish(
         _browser_digest(key), str(state.get("browser", ""))
     ):
         raise InstallRefused("the install was begun in another browser; start it again here")
-    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+    async with client_from_settings(settings) as http:
         try:
             if kind == "shopify":
                 if not shopify.verify_callback(query, client_secret=settings.shopify_client_secret):

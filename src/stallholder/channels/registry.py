@@ -1,4 +1,5 @@
-"""The connectors by channel kind, with the platform's app credentials merged in."""
+"""The connectors by channel kind, with the platform's app credentials merged in, and
+the HTTP client they call out with."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ from typing import Any
 import httpx
 
 from stallholder.channels import etsy, shopify, woocommerce
-from stallholder.channels.connectors import MAX_WAIT, Connector, Tokens
+from stallholder.channels.connectors import MAX_WAIT, TIMEOUT, Connector, Tokens
 from stallholder.channels.credentials import Vault, vault_for
 from stallholder.channels.sync import Engine
+from stallholder.kit.outbound import Resolver, guarded_client, resolve
 from stallholder.settings import Settings
+
+
+def client_from_settings(settings: Settings, *, resolve: Resolver = resolve) -> httpx.AsyncClient:
+    """A client for calling channels outside the worker (connecting, installs): each
+    request goes to an address of its host resolved and checked then (``GuardedTransport``),
+    not only when the channel's URL was first checked. The worker's client is guarded the
+    same way (``jobs.worker``)."""
+    return guarded_client(
+        allow_private=settings.allow_private_webhook_targets, timeout=TIMEOUT, resolve=resolve
+    )
 
 
 def connector_for(

@@ -7,9 +7,7 @@ records the outcomes here. See docs/webhooks.md.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,10 +25,10 @@ from stallholder.kit.addresses import (
     IPAddress,
     is_allowed_port,
     is_public_address,
-    parse_address,
 )
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
+from stallholder.kit.outbound import resolve
 from stallholder.kit.pagination import Page, paginate
 from stallholder.kit.signing import new_webhook_secret
 from stallholder.kit.work import NewWork, Retry, enqueue_many
@@ -129,17 +127,6 @@ def _url_host(url: str) -> tuple[str, int]:
     if port is not None and not is_allowed_port(port):
         raise InvalidWebhookUrl(f"the URL {url!r} names port {port}; use a port from 1 to 65535")
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
-
-
-async def resolve(host: str, port: int) -> list[IPAddress]:
-    """Every address ``host`` resolves to (the host itself when it is an address)."""
-    literal = parse_address(host)
-    if literal is not None:
-        return [literal]
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    found = [parse_address(str(info[4][0])) for info in infos]
-    return list(dict.fromkeys(a for a in found if a is not None))
 
 
 async def check_target(url: str, *, allow_private: bool) -> list[IPAddress]:

@@ -35,7 +35,7 @@ from stallholder.kit import work
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database, async_url
 from stallholder.kit.idempotency import PRUNE_KEYS
-from stallholder.kit.outbound import ShardedTransport
+from stallholder.kit.outbound import GuardedTransport, Resolver, ShardedTransport, resolve
 from stallholder.kit.rate_limits import PRUNE_RATE_LIMITS
 from stallholder.notifications.tasks import SEND_EMAIL, check_sender, queue_emails
 from stallholder.notifications.transport import Transport, transport_for
@@ -186,11 +186,13 @@ class Worker:
         kinds: Iterable[work.Kind[Resources]] | None = None,
         mail: Transport | None = None,
         draw: Callable[[], float] = random.random,
+        resolve: Resolver = resolve,
     ) -> None:
         """``settings`` default to the environment's, as ``create_app``'s do. ``gateway``
         is the payment gateway handlers call (and whose inbound events this worker
         handles). ``kinds`` replaces the registered kinds and ``mail`` the transport the
-        settings choose (tests); ``draw`` is the uniform random source of the jitter.
+        settings choose (tests); ``draw`` is the uniform random source of the jitter;
+        ``resolve`` is the DNS lookup of outbound requests (tests).
 
         Raises:
             ValueError: the settings are unusable (an invalid SMTP URL or sender), or a
@@ -212,6 +214,7 @@ class Worker:
             else kinds
         )
         self.draw = draw
+        self.resolve = resolve
         self.consumers = consumers_for(self.settings)
         self._http: httpx.AsyncClient | None = None
         self._stopping = asyncio.Event()
@@ -226,9 +229,16 @@ class Worker:
 
     def _client(self) -> httpx.AsyncClient:
         """One pooled client for every outbound call of this worker, with at most
-        ``webhook_concurrency`` requests in flight."""
+        ``webhook_concurrency`` requests in flight. Every request goes to an address of
+        its host that was resolved and checked for it (``GuardedTransport``): a channel
+        store whose DNS answer changes after it was connected cannot lead the worker to
+        a private address. Webhook deliveries arrive pinned already and are only checked."""
         return httpx.AsyncClient(
-            transport=ShardedTransport(slots=self.settings.webhook_concurrency)
+            transport=GuardedTransport(
+                ShardedTransport(slots=self.settings.webhook_concurrency),
+                allow_private=self.settings.allow_private_webhook_targets,
+                resolve=self.resolve,
+            )
         )
 
     async def run_once(self) -> int:

@@ -1,4 +1,4 @@
-"""An httpx transport for many concurrent outbound requests (webhook deliveries).
+"""httpx transports for outbound requests: many at once (webhook deliveries), and guarded.
 
 httpcore's connection pool looks at every connection, and asks the socket whether it is
 still alive, each time any request starts or finishes: the cost of a request grows with
@@ -7,16 +7,38 @@ on the wire. ``ShardedTransport`` keeps one small pool per connection slot inste
 request takes a free slot (preferring one last used for the same origin, so keep-alive
 connections are reused) and gives it back when its response is closed, so the number of
 slots also bounds how many requests are in flight.
+
+``GuardedTransport`` wraps another transport so that every request, redirects included,
+goes only to an address that was resolved and checked: the server-side request forgery
+guard of requests to URLs that tenants choose (channel stores), which a DNS answer that
+changes after the URL was first checked (DNS rebinding) would otherwise get round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
+
+from stallholder.kit.addresses import IPAddress, is_public_address, parse_address
+
+# How long a host's checked addresses are used before it is resolved again (seconds): a
+# push batch resolves each store once, and a changed DNS answer is seen this soon.
+RESOLVE_TTL_SECONDS = 30.0
+# Expired answers are dropped once this many hosts are remembered.
+_MOST_HOSTS = 1024
+_NOT_PUBLIC = (
+    "is not a public address; outbound requests go to public addresses only (an operator "
+    "can allow private ones with STALLHOLDER_ALLOW_PRIVATE_WEBHOOK_TARGETS=true)"
+)
+
+# Every address a host resolves to: (host, port) -> addresses. Raises OSError.
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 
 class _SlotStream(httpx.AsyncByteStream):
@@ -102,3 +124,129 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for slot in self._slots:
             await slot.transport.aclose()
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (the host itself when it is an address).
+
+    Raises:
+        OSError: the host does not resolve.
+    """
+    literal = parse_address(host)
+    if literal is not None:
+        return [literal]
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found = [parse_address(str(info[4][0])) for info in infos]
+    return list(dict.fromkeys(a for a in found if a is not None))
+
+
+class RefusedAddress(httpx.ConnectError):
+    """The host resolves to an address outbound requests may not reach. A
+    ``ConnectError``: whoever handles a failed connection (a channel connector's
+    ``ChannelUnavailable``) handles it, with this message."""
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """Sends each request to an address of its host that was resolved and checked.
+
+    The host is resolved (each answer is used for ``ttl_seconds``, so a batch of requests
+    to one host resolves it once) and, unless ``allow_private``, refused with
+    ``RefusedAddress`` when any of its addresses is not public. The request then goes to
+    the first address, with the original ``Host`` header and the host as the TLS server
+    name (``sni_hostname``), so the certificate is still verified for the host; the next
+    address is tried when a connection cannot be made. A host that is an address is
+    checked and sent as it is (a webhook delivery, pinned by its sender). Redirects are
+    requests of their own, so each hop is checked too.
+    """
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        *,
+        allow_private: bool,
+        resolve: Resolver = resolve,
+        ttl_seconds: float = RESOLVE_TTL_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inner = inner
+        self._allow_private = allow_private
+        self._resolve = resolve
+        self._ttl = ttl_seconds
+        self._monotonic = monotonic
+        self._answers: dict[str, tuple[float, asyncio.Future[list[IPAddress]]]] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        literal = parse_address(url.host)
+        if literal is not None:
+            if not self._allow_private and not is_public_address(literal):
+                raise RefusedAddress(f"{literal} {_NOT_PUBLIC}", request=request)
+            return await self._inner.handle_async_request(request)
+        addresses = await self._addresses(url, request)
+        private = [str(a) for a in addresses if not is_public_address(a)]
+        if private and not self._allow_private:
+            raise RefusedAddress(
+                f"{url.host} resolves to {', '.join(private)}, which {_NOT_PUBLIC}",
+                request=request,
+            )
+        headers = request.headers.copy()
+        if "host" not in headers:
+            headers["host"] = url.netloc.decode("ascii")
+        extensions = {**request.extensions, "sni_hostname": url.host}
+        failure: httpx.ConnectError | None = None
+        for address in addresses:
+            pinned = httpx.Request(
+                request.method,
+                url.copy_with(host=str(address)),
+                headers=headers,
+                stream=request.stream,
+                extensions=extensions,
+            )
+            try:
+                return await self._inner.handle_async_request(pinned)
+            except httpx.ConnectError as error:  # nothing was sent: try the next address
+                failure = error
+        assert failure is not None  # there is at least one address
+        raise failure
+
+    async def _addresses(self, url: httpx.URL, request: httpx.Request) -> list[IPAddress]:
+        """The host's addresses: the answer of the last ``ttl_seconds``, or a new one
+        (requests that start while it is being resolved wait for the same answer)."""
+        host = url.host
+        now = self._monotonic()
+        cached = self._answers.get(host)
+        if cached is None or cached[0] <= now:
+            port = url.port or (443 if url.scheme == "https" else 80)
+            cached = (now + self._ttl, asyncio.ensure_future(self._resolve(host, port)))
+            if len(self._answers) >= _MOST_HOSTS:
+                self._answers = {h: a for h, a in self._answers.items() if a[0] > now}
+            self._answers[host] = cached
+        try:
+            addresses = await asyncio.shield(cached[1])
+        except OSError as error:
+            if self._answers.get(host) == cached:
+                del self._answers[host]  # not kept: the next request asks again
+            raise httpx.ConnectError(
+                f"{host} does not resolve: {error}", request=request
+            ) from error
+        if not addresses:
+            raise httpx.ConnectError(f"{host} has no address", request=request)
+        return addresses
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def guarded_client(
+    *, allow_private: bool, timeout: float, resolve: Resolver = resolve
+) -> httpx.AsyncClient:
+    """A client whose every request goes through ``GuardedTransport``."""
+    return httpx.AsyncClient(
+        timeout=timeout,
+        transport=GuardedTransport(
+            httpx.AsyncHTTPTransport(verify=_tls_context()),
+            allow_private=allow_private,
+            resolve=resolve,
+        ),
+    )
