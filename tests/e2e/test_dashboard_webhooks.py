@@ -232,3 +232,102 @@ async def test_a_signing_secret_is_rolled_by_form_with_the_old_one_signing_for_a
         assert gone.status_code == 409
         assert "(https://93.184.215.14/hooks) is deleted: it signs nothing" in gone.text
         assert (await stored()).secret == third
+
+
+async def test_an_endpoints_url_description_and_events_are_changed_by_form(
+    api: Api, settings: Settings, database: Database, clock: FrozenClock
+) -> None:
+    guarded = settings.model_copy(update={"allow_private_webhook_targets": False})
+    creator = await api.creator(email=SHOP)
+    made = await api.http.post(
+        "/v1/webhook_endpoints",
+        headers=bearer(creator["secret_key"]),
+        json={"url": "https://93.184.215.14/hooks", "events": ["order.paid"]},
+    )
+    assert made.status_code == 201, made.text
+    endpoint_id, secret = made.json()["id"], made.json()["secret"]
+    edit = f"/dashboard/webhooks/{endpoint_id}/edit"
+
+    async def stored() -> tuple[str, list[str], str | None, str]:
+        async with database.read() as session:
+            endpoint = await session.get(WebhookEndpoint, endpoint_id)
+            assert endpoint is not None
+            return endpoint.url, list(endpoint.events), endpoint.description, endpoint.secret
+
+    async with browser(guarded, database, clock) as phone:
+        await _sign_in_from_outbox(phone, database, SHOP)
+        listed = await phone.get("/dashboard/webhooks")
+        assert f'href="{edit}"' in listed.text
+        page = await phone.get(edit)
+        assert page.status_code == 200
+        assert 'value="https://93.184.215.14/hooks"' in page.text
+        assert 'value="order.paid" checked' in page.text
+        assert unlabelled_controls(page.text) == []
+        token = csrf_of(page.text)
+
+        # A private URL is refused on the form with what was typed; nothing changes.
+        private = await phone.post(
+            edit,
+            data={
+                "url": "http://127.0.0.1:9000/new",
+                "events": ["order.paid", "refund.created"],
+                "csrf_token": token,
+            },
+        )
+        assert private.status_code == 400
+        assert "127.0.0.1 resolves to 127.0.0.1, which is not a public address" in private.text
+        assert 'value="http://127.0.0.1:9000/new"' in private.text
+        assert 'value="refund.created" checked' in private.text
+        unknown = await phone.post(
+            edit,
+            data={"url": "https://93.184.215.14/new", "events": "nope", "csrf_token": token},
+        )
+        assert unknown.status_code == 400
+        assert "unknown event type(s) &#39;nope&#39;" in unknown.text
+        none_ticked = await phone.post(
+            edit, data={"url": "https://93.184.215.14/new", "csrf_token": token}
+        )
+        assert none_ticked.status_code == 422
+        assert "event types: tick at least one (or all events)" in none_ticked.text
+        assert await stored() == ("https://93.184.215.14/hooks", ["order.paid"], None, secret)
+
+        saved = await phone.post(
+            edit,
+            data={
+                "url": " https://93.184.215.14/new ",
+                "description": "Zine club",
+                "events": ["order.paid", "refund.created"],
+                "csrf_token": token,
+            },
+        )
+        assert saved.status_code == 303
+        assert saved.headers["location"] == f"/dashboard/webhooks#endpoint-{endpoint_id}"
+        assert await stored() == (
+            "https://93.184.215.14/new",
+            ["order.paid", "refund.created"],
+            "Zine club",
+            secret,  # the secret stays
+        )
+        shown = await phone.get("/dashboard/webhooks")
+        assert "order.paid, refund.created · Zine club" in shown.text
+
+        # Another creator's endpoint is a 404 page; a deleted one cannot be edited.
+        other = await api.creator(email="other@example.com")
+        theirs = await api.http.post(
+            "/v1/webhook_endpoints",
+            headers=bearer(other["secret_key"]),
+            json={"url": "https://93.184.215.14/theirs", "events": ["*"]},
+        )
+        assert (
+            await phone.get(f"/dashboard/webhooks/{theirs.json()['id']}/edit")
+        ).status_code == 404
+        deleted = await api.http.delete(
+            f"/v1/webhook_endpoints/{endpoint_id}", headers=bearer(creator["secret_key"])
+        )
+        assert deleted.status_code == 200
+        assert (await phone.get(edit)).status_code == 409
+        gone = await phone.post(
+            edit, data={"url": "https://93.184.215.14/x", "events": "*", "csrf_token": token}
+        )
+        assert gone.status_code == 409
+        assert "was deleted and cannot be changed" in gone.text

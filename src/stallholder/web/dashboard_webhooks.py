@@ -4,7 +4,9 @@ delete one, through the services of the ``/v1/webhook_endpoints`` routes
 (``events.webhooks``). A new endpoint's signing secret is shown once, on the page that
 answers the form; the SSRF guard's refusal is shown on the form. "Roll secret" makes a
 new signing secret (as ``POST /v1/webhook_endpoints/{id}/rotate_secret``), shown once
-too, with the old one signing beside it for the time the creator picks."""
+too, with the old one signing beside it for the time the creator picks. "Edit" changes an
+endpoint's URL, description and event types (as ``PATCH /v1/webhook_endpoints/{id}``) on
+a page of its own; its secret and log stay."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Creator
 from stallholder.events import webhooks
 from stallholder.events.models import WebhookEndpoint
-from stallholder.events.schemas import WebhookEndpointCreate
+from stallholder.events.schemas import WebhookEndpointCreate, WebhookEndpointUpdate
 from stallholder.events.types import EVENT_TYPES
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep, get_database
@@ -105,6 +107,12 @@ def _messages(error: ValidationError) -> list[str]:
     return messages
 
 
+def _chosen_events(events: list[str] | None) -> list[str]:
+    """The ticked event types; "All events" wins over single types ticked beside it."""
+    chosen = [name.strip() for name in (events or [])[:100]]
+    return [ALL_EVENTS] if ALL_EVENTS in chosen else chosen
+
+
 @router.post("/dashboard/webhooks", response_class=HTMLResponse)
 async def create_endpoint(
     request: Request,
@@ -130,9 +138,7 @@ async def create_endpoint(
         except accounts.CreatorNotFound:  # deleted since: sign in again
             request.session.clear()
             return sign_in_redirect(request)
-    chosen = [name.strip() for name in (events or [])[:100]]
-    # "All events" wins over single types ticked beside it.
-    chosen = [ALL_EVENTS] if ALL_EVENTS in chosen else chosen
+    chosen = _chosen_events(events)
     typed = {"url": url, "description": description, "events": chosen}
     try:
         body = WebhookEndpointCreate.model_validate(
@@ -200,6 +206,122 @@ async def roll_secret(
             request, session, settings, creator, errors=[deleted.detail], status_code=409
         )
     return await _webhooks_page(request, session, settings, creator, rolled=rolled)
+
+
+async def _edit_page(
+    request: Request,
+    settings: SettingsDep,
+    creator: Creator,
+    endpoint: WebhookEndpoint,
+    *,
+    form: dict[str, Any],
+    errors: list[str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    return await render_page(
+        request,
+        settings,
+        creator,
+        "dashboard_webhook_edit.html",
+        {
+            "endpoint": endpoint,
+            "event_types": sorted(EVENT_TYPES.items()),
+            "form": form,
+            "errors": errors or [],
+        },
+        status_code=status_code,
+    )
+
+
+@router.get("/dashboard/webhooks/{endpoint_id}/edit", response_class=HTMLResponse)
+async def edit_page(
+    endpoint_id: str, request: Request, session: SessionDep, settings: SettingsDep
+) -> Response:
+    """The endpoint's URL, description and event types in a form. A deleted endpoint
+    cannot be changed (a 409 page); another creator's is a 404 page."""
+    creator = await current_creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    endpoint = await webhooks.get_endpoint(session, creator_id=creator.id, endpoint_id=endpoint_id)
+    if endpoint.status == "deleted":
+        raise webhooks.WebhookEndpointDeleted(
+            f"webhook endpoint {endpoint.url} was deleted and cannot be changed; add a new one"
+        )
+    form = {
+        "url": endpoint.url,
+        "description": endpoint.description or "",
+        "events": list(endpoint.events),
+    }
+    return await _edit_page(request, settings, creator, endpoint, form=form)
+
+
+@router.post("/dashboard/webhooks/{endpoint_id}/edit", response_class=HTMLResponse)
+async def edit_endpoint(
+    endpoint_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    url: Annotated[str, Form(max_length=10_000)] = "",
+    description: Annotated[str, Form(max_length=10_000)] = "",
+    events: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    """Change the URL, description and event types, as ``PATCH
+    /v1/webhook_endpoints/{id}``: a new URL passes the SSRF guard (resolved before the
+    request's unit of work is first used, as when adding one); pending deliveries go to
+    the new URL. A mistake shows the form again with what was typed and changes nothing."""
+    creator_id = signed_in_creator(request)
+    if creator_id is None:
+        return sign_in_redirect(request)
+    chosen = _chosen_events(events)
+    typed = {"url": url, "description": description, "events": chosen}
+    try:
+        body = WebhookEndpointUpdate.model_validate(
+            {"url": url.strip(), "events": chosen, "description": description.strip() or None}
+        )
+        assert body.url is not None and body.events is not None  # sent: not null
+        await webhooks.check_target(body.url, allow_private=settings.allow_private_webhook_targets)
+        error: ValidationError | DomainError | None = None
+    except (ValidationError, DomainError) as refused:
+        error = refused
+    creator = await current_creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    endpoint = await webhooks.get_endpoint(session, creator_id=creator.id, endpoint_id=endpoint_id)
+    if error is None:
+        try:
+            # A savepoint: a refusal part-way (the URL's second check) changes nothing.
+            async with session.begin_nested():
+                endpoint = await webhooks.update_endpoint(
+                    session,
+                    creator_id=creator.id,
+                    endpoint_id=endpoint.id,
+                    changes={
+                        "url": body.url,
+                        "events": body.events,
+                        "description": body.description,
+                    },
+                    allow_private=settings.allow_private_webhook_targets,
+                    now=now,
+                )
+        except DomainError as refused:
+            error = refused
+            await session.refresh(endpoint)
+    if error is not None:
+        if isinstance(error, DomainError):
+            messages, status = [error.detail], error.status
+        else:
+            messages, status = _messages(error), 422
+        return await _edit_page(
+            request,
+            settings,
+            creator,
+            endpoint,
+            form=typed,
+            errors=messages,
+            status_code=status,
+        )
+    return RedirectResponse(f"/dashboard/webhooks#endpoint-{endpoint.id}", status_code=303)
 
 
 @router.post("/dashboard/webhooks/{endpoint_id}/{action}", response_class=HTMLResponse)
