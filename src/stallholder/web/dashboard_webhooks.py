@@ -279,7 +279,8 @@ async def edit_endpoint(
         body = WebhookEndpointUpdate.model_validate(
             {"url": url.strip(), "events": chosen, "description": description.strip() or None}
         )
-        assert body.url is not None and body.events is not None  # sent: not null
+        assert body.url is not None
+        assert body.events is not None
         await webhooks.check_target(body.url, allow_private=settings.allow_private_webhook_targets)
         error: ValidationError | DomainError | None = None
     except (ValidationError, DomainError) as refused:
