@@ -45,6 +45,9 @@ EVENT_TYPES: dict[str, str] = {
     "status, opens_at, closes_at, remaining.",
     "drop.sold_out": "A drop's last unit was taken by a checkout session (it is announced "
     "again if expired holds bring units back and it sells out again); data.object is the drop.",
+    "drop.updated": "The creator changed a drop (POST /v1/drops/{id}): its name, window, "
+    "limits or quantities; data.object is the drop with per_customer_limit and items "
+    "(price, quantity).",
     "drop.closed": "A drop reached its closes_at (for a raffle: entries closed, the draw "
     "follows); data.object is the drop.",
     "drop.raffle_offer": "A raffle drop's entrant may buy one unit until expires_at (a winner "

@@ -19,6 +19,7 @@ from stallholder.inventory.schemas import (
     DrawOut,
     DropCreate,
     DropOut,
+    DropUpdate,
     EntryCreate,
     EntryOut,
     ImportOut,
@@ -287,6 +288,54 @@ async def get_drop(
     """The drop's state (``scheduled`` → ``open`` → ``sold_out`` | ``closed``) and what is
     left (secret or publishable key)."""
     return drop_out(await drops.get_drop(session, creator_id=creator_id, drop_id=drop_id), now=now)
+
+
+@router.get("/drops", response_model=ListOut)
+async def list_drops(
+    creator_id: SecretCreatorDep,
+    session: SessionDep,
+    now: NowDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    starting_after: str | None = None,
+) -> ListOut:
+    """The creator's drops, newest first, each with its state and what is left."""
+    page = await drops.list_drops_page(
+        session, creator_id=creator_id, limit=limit, starting_after=starting_after
+    )
+    return ListOut(data=[drop_out(view, now=now) for view in page.data], has_more=page.has_more)
+
+
+@documents(
+    drops.DropNotFound,
+    drops.DropNotEditable,
+    drops.DropQuantityBelowTaken,
+    drops.InvalidDropItem,
+)
+def updates_a_drop() -> None:
+    """Documents the problems of changing a drop."""
+
+
+@router.post("/drops/{drop_id}", response_model=DropOut, dependencies=[Depends(updates_a_drop)])
+async def update_drop(
+    drop_id: str, body: DropUpdate, creator_id: SecretCreatorDep, session: SessionDep, now: NowDep
+) -> DropOut:
+    """Change a drop; only the fields sent change. ``name``, ``per_customer_limit``
+    (``null``: none), ``reservation_minutes``, ``waitlist_hold_minutes`` and
+    ``claim_minutes`` any time (they apply from now on); ``opens_at`` until the drop opens
+    (``now`` or later); ``closes_at`` until it closes (a raffle: until its draw), to a
+    time after now and after ``opens_at``; ``items: [{price, quantity}]`` the quantity of
+    a price already in the drop, any time, never below its held and sold units (a 409
+    ``drop-quantity-below-taken`` says how many), a raffle's only before its draw. Units
+    added to a sold-out drop go to its waitlist first. Emits ``drop.updated``."""
+    changes = body.model_dump(exclude_unset=True)
+    if "items" in changes:
+        changes["items"] = [
+            drops.ItemSpec(price_id=item.price, quantity=item.quantity) for item in body.items or []
+        ]
+    view = await drops.update_drop(
+        session, creator_id=creator_id, drop_id=drop_id, changes=changes, now=now
+    )
+    return drop_out(view, now=now)
 
 
 @documents(raffles.DrawNotFound, raffles.DropNotARaffle, raffles.EntriesNotOpen)

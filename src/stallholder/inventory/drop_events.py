@@ -39,6 +39,12 @@ async def schedule(session: AsyncSession, *, drop: Drop, now: datetime) -> None:
         )
 
 
+async def reschedule(session: AsyncSession, *, drop: Drop, now: datetime) -> None:
+    """The drop's window moved: its announcements move with it (one still to come)."""
+    for kind, due_at in ((OPEN_KIND, drop.opens_at), (CLOSE_KIND, drop.closes_at)):
+        await work.reschedule(session, dedupe_key=f"{kind}:{drop.id}", due_at=due_at, now=now)
+
+
 async def _remaining(session: AsyncSession, *, drop_id: str) -> int:
     return int(
         (
@@ -83,6 +89,30 @@ async def _announce(
         now=now,
     )
     return True
+
+
+async def announce_updated(
+    session: AsyncSession, *, drop: Drop, status: str, items: list[DropItem], now: datetime
+) -> None:
+    """``drop.updated``: the creator changed the drop (its window, limits or quantities)."""
+    await emit(
+        session,
+        creator_id=drop.creator_id,
+        type="drop.updated",
+        data={
+            "object": "drop",
+            "id": drop.id,
+            "name": drop.name,
+            "mode": drop.mode,
+            "status": status,
+            "opens_at": drop.opens_at.isoformat(),
+            "closes_at": drop.closes_at.isoformat(),
+            "per_customer_limit": drop.per_customer_limit,
+            "remaining": sum(item.quantity - item.held - item.sold for item in items),
+            "items": [{"price": item.price_id, "quantity": item.quantity} for item in items],
+        },
+        now=now,
+    )
 
 
 async def announce_opened(session: AsyncSession, *, drop_id: str, now: datetime) -> bool:

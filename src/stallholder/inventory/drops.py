@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, ScalarSelect, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -34,6 +35,7 @@ from stallholder.inventory.reservations import OutOfStock
 from stallholder.kit.db import defer_until_commit, is_unique_violation
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
+from stallholder.kit.pagination import Page, paginate
 
 
 class DropNotFound(NotFound):
@@ -178,6 +180,180 @@ async def create_drop(
     return DropView(drop=drop, items=rows)
 
 
+class DropNotEditable(Conflict):
+    slug = "drop-not-editable"
+    title = "This part of the drop can no longer be changed"
+
+
+class DropQuantityBelowTaken(Conflict):
+    slug = "drop-quantity-below-taken"
+    title = "A drop item's quantity cannot be below what is held and sold"
+
+
+# What ``update_drop`` may be given; a key that is absent is kept.
+DROP_CHANGES = frozenset(
+    {
+        "name",
+        "opens_at",
+        "closes_at",
+        "per_customer_limit",
+        "reservation_minutes",
+        "waitlist_hold_minutes",
+        "claim_minutes",
+        "items",
+    }
+)
+
+
+async def update_drop(
+    session: AsyncSession,
+    *,
+    creator_id: str,
+    drop_id: str,
+    changes: dict[str, Any],
+    now: datetime,
+) -> DropView:
+    """Change a drop (``changes`` holds only what the caller sent; ``items`` is a list of
+    ItemSpec for prices already in the drop). What may change when:
+
+    - ``name``, ``per_customer_limit`` (None: no limit), ``reservation_minutes``,
+      ``waitlist_hold_minutes``, ``claim_minutes``: any time; they apply to what happens
+      next (a lower limit takes nothing from buyers who hold more already).
+    - ``opens_at``: before the drop opens, and not to a time past (now opens it now).
+    - ``closes_at``: before the drop closes (a raffle: before its draw), to a time after
+      now and after ``opens_at``. The announcements and a raffle's draw move with it.
+    - an item's ``quantity``: any time, not below its held and sold units (one
+      conditional update of the item's row: a checkout taking a unit meanwhile is never
+      oversold); a raffle's only before its draw. Units added to a sold-out drop go to its
+      waitlist first.
+
+    Emits ``drop.updated`` when anything changed.
+
+    Raises:
+        DropNotFound, DropNotEditable, DropQuantityBelowTaken, InvalidDropItem (a price
+        not in the drop, or listed twice), InvalidRequest (``closes_at`` not after
+        ``opens_at``, a time in the past).
+    """
+    drop = await session.get(Drop, drop_id, populate_existing=True)
+    if drop is None or drop.creator_id != creator_id:
+        raise DropNotFound(f"no drop {drop_id!r}")
+    unknown = set(changes) - DROP_CHANGES
+    if unknown:
+        raise ValueError(f"update_drop cannot change {sorted(unknown)}")
+    opens_at: datetime = changes.get("opens_at", drop.opens_at)
+    closes_at: datetime = changes.get("closes_at", drop.closes_at)
+    drawn = drop.drawn_at is not None
+    if "opens_at" in changes and opens_at != drop.opens_at:
+        if now >= drop.opens_at:
+            raise DropNotEditable(
+                f"drop {drop.id} opened at {drop.opens_at.isoformat()}; its opening cannot "
+                "move (closes_at can, until it closes)",
+                field="opens_at",
+            )
+        if opens_at < now:
+            raise InvalidRequest(
+                f"opens_at ({opens_at.isoformat()}) is in the past; give a later time, or "
+                "now to open the drop at once",
+                param="opens_at",
+            )
+    if "closes_at" in changes and closes_at != drop.closes_at:
+        if now >= drop.closes_at or drawn:
+            raise DropNotEditable(
+                f"drop {drop.id} closed at {drop.closes_at.isoformat()}; its closing cannot "
+                "move (create a new drop to sell again)",
+                field="closes_at",
+            )
+        if closes_at <= now:
+            raise InvalidRequest(
+                f"closes_at ({closes_at.isoformat()}) is not in the future; give a later time",
+                param="closes_at",
+            )
+    if closes_at <= opens_at:
+        raise InvalidRequest(
+            f"closes_at ({closes_at.isoformat()}) must be after opens_at ({opens_at.isoformat()})"
+        )
+    items = await _items(session, drop_id=drop.id)
+    by_price = {item.price_id: item for item in items}
+    wanted: dict[str, int] = {}
+    for position, spec in enumerate(changes.get("items", [])):
+        if spec.price_id in wanted:
+            raise InvalidDropItem(f"items[{position}]: price {spec.price_id} is listed twice")
+        if spec.price_id not in by_price:
+            raise InvalidDropItem(
+                f"items[{position}]: price {spec.price_id!r} is not in drop {drop.id}; a drop's "
+                "prices are fixed when it is created (change the quantities of "
+                f"{', '.join(sorted(by_price))})"
+            )
+        wanted[spec.price_id] = spec.quantity
+    moved = {p: q for p, q in wanted.items() if q != by_price[p].quantity}
+    if moved and drawn:
+        raise DropNotEditable(
+            f"drop {drop.id} was drawn at {drop.drawn_at.isoformat() if drop.drawn_at else ''}; "
+            "its units went to the draw's winners and cannot change",
+            field="items",
+        )
+    changed = added = lowered = False
+    # The items first, in key order, then the drop's row: the order a checkout's claim
+    # takes them in (ADR 0012), so the two never wait for each other in a cycle.
+    for item in sorted((by_price[p] for p in moved), key=lambda row: row.id):
+        quantity = moved[item.price_id]
+        taken = (
+            await session.execute(
+                update(DropItem)
+                .where(DropItem.id == item.id, DropItem.held + DropItem.sold <= quantity)
+                .values(quantity=quantity)
+                .returning(DropItem.held, DropItem.sold)
+                .execution_options(synchronize_session=False)
+            )
+        ).one_or_none()
+        if taken is None:
+            now_taken = (
+                await session.execute(
+                    select(DropItem.held, DropItem.sold).where(DropItem.id == item.id)
+                )
+            ).one()
+            raise DropQuantityBelowTaken(
+                f"price {item.price_id}: {now_taken.held} unit(s) are held by open checkouts "
+                f"and {now_taken.sold} sold; its quantity cannot go below "
+                f"{now_taken.held + now_taken.sold}",
+                price=item.price_id,
+                held=now_taken.held,
+                sold=now_taken.sold,
+            )
+        added = added or quantity > item.quantity
+        lowered = lowered or quantity < item.quantity
+        changed = True
+    settings = (
+        "name",
+        "per_customer_limit",
+        "reservation_minutes",
+        "waitlist_hold_minutes",
+        "claim_minutes",
+    )
+    for name in settings:
+        if name in changes and getattr(drop, name) != changes[name]:
+            setattr(drop, name, changes[name])
+            changed = True
+    if opens_at != drop.opens_at or closes_at != drop.closes_at:
+        drop.opens_at, drop.closes_at = opens_at, closes_at
+        changed = True
+        await session.flush()
+        await drop_events.reschedule(session, drop=drop, now=now)
+        if drop.mode == "raffle":
+            await raffles.reschedule_draw(session, drop=drop, now=now)
+    if added:
+        await drop_events.after_release(session, drop_ids={drop.id})
+        await waitlists.units_returned(session, drop_ids=[drop.id], now=now)
+    elif lowered:
+        await drop_events.after_claim(session, drop=drop, now=now)  # sold out now?
+    view = DropView(drop=drop, items=await _items(session, drop_id=drop.id))
+    if changed:
+        await drop_events.announce_updated(
+            session, drop=drop, status=view.state(now), items=view.items, now=now
+        )
+    return view
+
+
 async def get_drop(session: AsyncSession, *, creator_id: str, drop_id: str) -> DropView:
     drop = await session.get(Drop, drop_id, populate_existing=True)
     if drop is None or drop.creator_id != creator_id:
@@ -200,6 +376,36 @@ async def list_drops(session: AsyncSession, *, creator_id: str, limit: int) -> l
         .all()
     )
     return [DropView(drop=drop, items=await _items(session, drop_id=drop.id)) for drop in found]
+
+
+async def list_drops_page(
+    session: AsyncSession, *, creator_id: str, limit: int, starting_after: str | None
+) -> Page[DropView]:
+    """The creator's drops, newest first, with their items (two statements).
+
+    Raises:
+        InvalidCursor: ``starting_after`` is not one of the creator's drops.
+    """
+    page: Page[Drop] = await paginate(
+        session,
+        select(Drop).where(Drop.creator_id == creator_id),
+        id_column=Drop.id,
+        limit=limit,
+        starting_after=starting_after,
+    )
+    by_drop: dict[str, list[DropItem]] = defaultdict(list)
+    if page.data:
+        rows = await session.execute(
+            select(DropItem)
+            .where(DropItem.drop_id.in_([drop.id for drop in page.data]))
+            .order_by(DropItem.drop_id, DropItem.position)
+        )
+        for item in rows.scalars():
+            by_drop[item.drop_id].append(item)
+    return Page(
+        data=[DropView(drop=drop, items=by_drop[drop.id]) for drop in page.data],
+        has_more=page.has_more,
+    )
 
 
 async def _items(session: AsyncSession, *, drop_id: str) -> list[DropItem]:

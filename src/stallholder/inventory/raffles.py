@@ -98,6 +98,11 @@ async def schedule_draw(session: AsyncSession, *, drop: Drop, now: datetime) -> 
     )
 
 
+async def reschedule_draw(session: AsyncSession, *, drop: Drop, now: datetime) -> None:
+    """The raffle's ``closes_at`` moved (before the draw): so does its draw."""
+    await work.reschedule(session, dedupe_key=f"draw:{drop.id}", due_at=drop.closes_at, now=now)
+
+
 async def _raffle(session: AsyncSession, *, creator_id: str, drop_id: str) -> Drop:
     drop = await session.get(Drop, drop_id, populate_existing=True)
     if drop is None or drop.creator_id != creator_id:

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, Field, StrictInt, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, StrictInt, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from stallholder.inventory import raffle_draw
 from stallholder.inventory.drops import DropView
@@ -284,6 +285,38 @@ class DropCreate(Input):
         "for them (docs/inventory.md#waitlists)",
     )
     items: list[DropItemIn] = Field(min_length=1, max_length=20)
+
+
+class DropUpdate(Input):
+    """Only the fields sent change (``per_customer_limit: null`` removes the limit; the
+    others may be left out but not sent as null). ``items`` changes quantities of prices
+    already in the drop; prices not listed keep theirs."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] | SkipJsonSchema[None] = None
+    opens_at: AwareDatetime | SkipJsonSchema[None] = None
+    closes_at: AwareDatetime | SkipJsonSchema[None] = None
+    per_customer_limit: StrictInt | None = Field(default=None, ge=1, le=1_000)
+    reservation_minutes: Annotated[StrictInt, Field(ge=1, le=60)] | SkipJsonSchema[None] = None
+    waitlist_hold_minutes: Annotated[StrictInt, Field(ge=1, le=1_440)] | SkipJsonSchema[None] = None
+    claim_minutes: Annotated[StrictInt, Field(ge=5, le=10_080)] | SkipJsonSchema[None] = None
+    items: (
+        Annotated[list[DropItemIn], Field(min_length=1, max_length=20)] | SkipJsonSchema[None]
+    ) = None
+
+    @field_validator(
+        "name",
+        "opens_at",
+        "closes_at",
+        "reservation_minutes",
+        "waitlist_hold_minutes",
+        "claim_minutes",
+        "items",
+    )
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("leave the field out to keep it; it cannot be null")
+        return value
 
 
 class DropItemOut(BaseModel):

@@ -361,6 +361,24 @@ async def enqueue(
     return ids[0] if ids else None
 
 
+async def reschedule(
+    session: AsyncSession, *, dedupe_key: str, due_at: datetime, now: datetime
+) -> bool:
+    """Move the pending item of ``dedupe_key`` to ``due_at`` in the caller's transaction
+    (a drop whose opening moved). False when there is none pending (it ran, or runs)."""
+    moved = await session.execute(
+        update(WorkItem)
+        .where(WorkItem.dedupe_key == dedupe_key, WorkItem.state == PENDING)
+        .values(due_at=due_at)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(moved, "rowcount", 0):
+        return False
+    if due_at - now <= WAKE_HORIZON:
+        wake_after_commit(session)
+    return True
+
+
 async def enqueue_many(
     session: AsyncSession, items: Sequence[NewWork], *, now: datetime
 ) -> list[str]:
