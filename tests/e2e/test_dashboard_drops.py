@@ -4,13 +4,14 @@ stays on a mistake, nothing is created then, and the page calls the same service
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
-from stallholder.inventory.models import Drop
+from stallholder.inventory.models import Drop, DropItem
 from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
 from stallholder.settings import Settings
@@ -167,3 +168,111 @@ async def test_a_drop_is_created_by_form_and_mistakes_keep_what_was_typed(
         (mug["id"], 5),
         (plate["id"], 3),
     ]
+
+
+async def test_a_drop_is_changed_by_form_and_a_refusal_changes_nothing(
+    api: Api, settings: Settings, database: Database, clock: FrozenClock
+) -> None:
+    creator = await api.creator(email=SHOP)
+    key = creator["secret_key"]
+    product = await api.product(key, name="Moon mug")
+    mug = await api.price(key, product=product["id"], unit_amount=2400)
+    opens, closes = clock.now() + timedelta(hours=1), clock.now() + timedelta(hours=5)
+    made = await api.http.post(
+        "/v1/drops",
+        headers=bearer(key),
+        json={
+            "name": "Moon mugs",
+            "opens_at": opens.isoformat(),
+            "closes_at": closes.isoformat(),
+            "items": [{"price": mug["id"], "quantity": 3}],
+        },
+    )
+    assert made.status_code == 201, made.text
+    drop_id = made.json()["id"]
+    edit = f"/dashboard/drops/{drop_id}/edit"
+
+    async def stored() -> tuple[str, int | None, int]:
+        async with database.read() as session:
+            drop = await session.get(Drop, drop_id)
+            item = (await session.execute(select(DropItem))).scalar_one()
+            assert drop is not None
+            return drop.name, drop.per_customer_limit, item.quantity
+
+    async with browser(settings, database, clock) as phone:
+        await _sign_in_from_outbox(phone, database, SHOP)
+        listed = await phone.get("/dashboard/drops")
+        assert f'href="{edit}"' in listed.text
+        page = await phone.get(edit)
+        assert page.status_code == 200
+        assert unlabelled_controls(page.text) == []
+        assert 'id="drop-opens-at"' in page.text  # not open yet: its opening can move
+        token = csrf_of(page.text)
+        fields = {
+            "name": "Moon mugs, glazed",
+            "opens_at": opens.strftime("%Y-%m-%dT%H:%M"),
+            "closes_at": (closes + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"),
+            "per_customer_limit": "1",
+            "reservation_minutes": "10",
+            "quantity": "5",
+            "csrf_token": token,
+        }
+        saved = await phone.post(edit, data=fields)
+        assert saved.status_code == 303, saved.text
+        assert saved.headers["location"] == f"/dashboard/drops?updated={drop_id}"
+        assert await stored() == ("Moon mugs, glazed", 1, 5)
+        drop = (await api.http.get(f"/v1/drops/{drop_id}", headers=bearer(key))).json()
+        assert drop["closes_at"] == (closes + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+
+        # Open, with a unit held: the opening is shown, not offered; too few is refused.
+        clock.set(opens)
+        held = await api.http.post(
+            "/v1/checkout/sessions",
+            headers=bearer(key),
+            json={
+                "line_items": [{"price": mug["id"], "quantity": 1}],
+                "customer_email": "fan@example.com",
+            },
+        )
+        assert held.status_code == 201, held.text
+        page = await phone.get(edit)
+        assert 'id="drop-opens-at"' not in page.text
+        assert 'id="drop-opened"' in page.text
+        assert "(1 held, 0 sold)" in page.text
+        refused = await phone.post(
+            edit, data={**fields, "name": "Renamed", "per_customer_limit": "", "quantity": "0"}
+        )
+        assert refused.status_code == 422
+        assert "item 1 quantity: Input should be greater than or equal to 1" in refused.text
+        below = await phone.post(
+            edit,
+            data={
+                **fields,
+                "opens_at": opens.strftime("%Y-%m-%dT%H:%M"),
+                "name": "Renamed",
+                "per_customer_limit": "",
+                "quantity": "1",
+                "closes_at": (closes + timedelta(hours=9)).strftime("%Y-%m-%dT%H:%M"),
+            },
+        )
+        assert below.status_code == 303, below.text  # 1 held: exactly what is taken is fine
+        assert await stored() == ("Renamed", None, 1)
+        zero_left = await phone.post(
+            edit, data={**fields, "name": "Again", "quantity": "1", "per_customer_limit": "abc"}
+        )
+        assert zero_left.status_code == 422
+        assert "limit per buyer: Input should be a valid integer" in zero_left.text
+        assert 'value="abc"' in zero_left.text
+        assert await stored() == ("Renamed", None, 1)  # nothing changed
+        past = await phone.post(
+            edit,
+            data={
+                **fields,
+                "name": "Again",
+                "quantity": "1",
+                "closes_at": (opens - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"),
+            },
+        )
+        assert past.status_code == 400
+        assert "is not in the future; give a later time" in past.text
+        assert await stored() == ("Renamed", None, 1)

@@ -1,7 +1,10 @@
 """The dashboard's drops page (``/dashboard/drops``): the creator's drops with their state,
 and a form that creates one as ``POST /v1/drops`` does (the same schema, ``DropCreate``,
 and the same service, ``inventory.drops.create_drop``). A mistake shows the form again
-with what was typed and what to fix, and creates nothing."""
+with what was typed and what to fix, and creates nothing. Each drop has an edit page
+(``/dashboard/drops/{id}/edit``) that changes it as ``POST /v1/drops/{id}`` does
+(``DropUpdate``, ``inventory.drops.update_drop``): its name, window, limit, hold and the
+quantity of each price; a refusal changes nothing."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pydantic import ValidationError
 from stallholder.accounts.models import Creator
 from stallholder.catalog import service as catalog
 from stallholder.inventory import drops
-from stallholder.inventory.schemas import DropCreate
+from stallholder.inventory.schemas import DropCreate, DropUpdate
 from stallholder.kit.errors import DomainError
 from stallholder.kit.http import NowDep, SessionDep, SettingsDep
 from stallholder.web.dashboard import PAGE_SIZE, current_creator, render_page
@@ -38,6 +41,7 @@ _FIELD_NAMES = {
     "reservation_minutes": "hold during checkout",
     "items": "items",
 }
+_ITEM_FIELDS = ("price", "quantity")
 _ITEM_POSITION = re.compile(r"items\[(\d+)\]")
 
 
@@ -87,6 +91,7 @@ async def _drops_page(
             "items": items,
             "errors": errors or [],
             "created": request.query_params.get("created"),
+            "updated": request.query_params.get("updated"),
         },
         status_code=status_code,
     )
@@ -126,7 +131,14 @@ def _messages(error: ValidationError, *, typed: dict[str, Any]) -> list[str]:
     """What to fix, in the form's words: ``item 2 quantity: …`` for ``items.1.quantity``."""
     messages = []
     for problem in error.errors():
-        location = [str(part) for part in problem["loc"]]
+        if problem["type"] == "none_required":
+            continue  # the "left out" branch of an optional field of DropUpdate
+        # Without a union's branch names ("str", "list[DropItemIn]"): fields and positions.
+        location = [
+            str(part)
+            for part in problem["loc"]
+            if str(part) in _FIELD_NAMES or str(part) in _ITEM_FIELDS or str(part).isdigit()
+        ]
         field = location[0] if location else ""
         text = str(problem["msg"]).removeprefix("Value error, ")
         if field in ("opens_at", "closes_at"):
@@ -238,3 +250,146 @@ async def create_drop(
             status_code=error.status,
         )
     return RedirectResponse(f"/dashboard/drops?created={view.drop.id}", status_code=303)
+
+
+def _local(moment: datetime) -> str:
+    """A time for a date-time field (UTC, to the minute)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+async def _edit_page(
+    request: Request,
+    settings: SettingsDep,
+    creator: Creator,
+    view: drops.DropView,
+    *,
+    now: datetime,
+    form: dict[str, Any],
+    errors: list[str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    return await render_page(
+        request,
+        settings,
+        creator,
+        "dashboard_drop_edit.html",
+        {
+            "view": view,
+            "state": view.state(now),
+            "opened": now >= view.drop.opens_at,
+            "closed": now >= view.drop.closes_at or view.drop.drawn_at is not None,
+            "form": form,
+            "errors": errors or [],
+        },
+        status_code=status_code,
+    )
+
+
+@router.get("/dashboard/drops/{drop_id}/edit", response_class=HTMLResponse)
+async def edit_page(
+    drop_id: str, request: Request, session: SessionDep, settings: SettingsDep, now: NowDep
+) -> Response:
+    """The drop's fields in a form; what can no longer change is shown, not offered.
+    Another creator's drop is a 404 page."""
+    creator = await current_creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    view = await drops.get_drop(session, creator_id=creator.id, drop_id=drop_id)
+    drop = view.drop
+    form = {
+        "name": drop.name,
+        "opens_at": _local(drop.opens_at),
+        "closes_at": _local(drop.closes_at),
+        "per_customer_limit": ""
+        if drop.per_customer_limit is None
+        else str(drop.per_customer_limit),
+        "reservation_minutes": str(drop.reservation_minutes),
+        "quantities": [str(item.quantity) for item in view.items],
+    }
+    return await _edit_page(request, settings, creator, view, now=now, form=form)
+
+
+@router.post("/dashboard/drops/{drop_id}/edit", response_class=HTMLResponse)
+async def edit_drop(
+    drop_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    now: NowDep,
+    name: Annotated[str, Form(max_length=1_000)] = "",
+    opens_at: Annotated[str, Form(max_length=100)] = "",
+    closes_at: Annotated[str, Form(max_length=100)] = "",
+    per_customer_limit: Annotated[str, Form(max_length=100)] = "",
+    reservation_minutes: Annotated[str, Form(max_length=100)] = "",
+    quantity: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    """Change the drop as ``POST /v1/drops/{id}``: the fields the form shows are sent,
+    and only what differs changes (a time left as it was is not a change, so an open
+    drop's form does not trip over its opening). An empty limit removes it."""
+    creator = await current_creator(request, session)
+    if creator is None:
+        return sign_in_redirect(request)
+    view = await drops.get_drop(session, creator_id=creator.id, drop_id=drop_id)
+    quantities = [q.strip()[:100] for q in (quantity or [])[: len(view.items)]]
+    quantities += [""] * (len(view.items) - len(quantities))
+    typed: dict[str, Any] = {
+        "name": name,
+        "opens_at": opens_at,
+        "closes_at": closes_at,
+        "per_customer_limit": per_customer_limit,
+        "reservation_minutes": reservation_minutes,
+        "quantities": quantities,
+    }
+    payload: dict[str, Any] = {
+        "name": name.strip(),
+        "per_customer_limit": _as_count(per_customer_limit),
+        "items": [
+            {"price": item.price_id, "quantity": _as_count(q)}
+            for item, q in zip(view.items, quantities, strict=True)
+        ],
+    }
+    for field, text in (("opens_at", opens_at), ("closes_at", closes_at)):
+        moment = _as_time(text)
+        shown = getattr(view.drop, field)
+        # Unchanged to the minute the field shows: not sent (the past stays as it was).
+        if not (isinstance(moment, datetime) and _local(moment) == _local(shown)):
+            payload[field] = moment
+    if (minutes := _as_count(reservation_minutes)) is not None:
+        payload["reservation_minutes"] = minutes
+    try:
+        body = DropUpdate.model_validate(payload)
+    except ValidationError as error:
+        return await _edit_page(
+            request,
+            settings,
+            creator,
+            view,
+            now=now,
+            form=typed,
+            errors=_messages(error, typed=typed),
+            status_code=422,
+        )
+    changes = body.model_dump(exclude_unset=True)
+    changes["items"] = [
+        drops.ItemSpec(price_id=item.price, quantity=item.quantity) for item in body.items or []
+    ]
+    try:
+        # A savepoint: a refusal part-way (an item below what is taken) changes nothing.
+        async with session.begin_nested():
+            await drops.update_drop(
+                session, creator_id=creator.id, drop_id=drop_id, changes=changes, now=now
+            )
+    except DomainError as error:
+        message = _ITEM_POSITION.sub(lambda found: f"item {int(found[1]) + 1}", error.detail)
+        view = await drops.get_drop(session, creator_id=creator.id, drop_id=drop_id)
+        return await _edit_page(
+            request,
+            settings,
+            creator,
+            view,
+            now=now,
+            form=typed,
+            errors=[message],
+            status_code=error.status,
+        )
+    return RedirectResponse(f"/dashboard/drops?updated={drop_id}", status_code=303)
