@@ -216,9 +216,12 @@ def test_a_failed_three_d_secure_is_shown_and_another_card_pays(
     pay_with(page, email="careful@example.com", card="4000002760003184", button="Pay $18.00")
     page.get_by_role("dialog", name="3D Secure test payment page").wait_for()
     page.get_by_role("button", name="Fail").click()
-    # The page sends the form again and the server reads the PaymentIntent's outcome:
-    # Stripe's own reason, and a fresh Payment Element for another card.
-    assert shown_error(page) == "The provided PaymentMethod has failed authentication."
+    # The page sends the form again and the server reads the PaymentIntent's outcome: the
+    # buyer reads it in plain words (not Stripe's developer message), with a fresh Payment
+    # Element for another card.
+    assert shown_error(page) == (
+        "Your bank did not confirm this payment. Try again, or use another card."
+    )
     page.wait_for_selector("#payment-element[data-stripe-double=mounted]")
     assert page.locator("#needs-action").count() == 0
     assert page.locator("#pay-form").get_attribute("data-action-secret") is None
