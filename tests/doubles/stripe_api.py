@@ -74,6 +74,9 @@ class Card:
     decline: tuple[str, str | None, str] | None = None
     is_declined_on_attach: bool = False
     needs_authentication: bool = False
+    # "Authenticate unless set up": once a SetupIntent authenticated it for off-session
+    # use, charges on it need no authentication.
+    is_authenticated_once_set_up: bool = False
 
 
 _GENERIC_DECLINE = ("card_declined", "generic_decline", "Your card was declined.")
@@ -101,6 +104,9 @@ TEST_CARDS: dict[str, Card] = {
     # Attaching succeeds; every charge then fails (a saved card that stopped working).
     "pm_card_chargeCustomerFail": Card("visa", "0341", decline=_GENERIC_DECLINE),
     "pm_card_authenticationRequired": Card("visa", "3184", needs_authentication=True),
+    "pm_card_authenticationRequiredOnSetup": Card(
+        "visa", "3155", needs_authentication=True, is_authenticated_once_set_up=True
+    ),
 }
 # Stripe's test card numbers (docs.stripe.com/testing) for the test payment methods above:
 # what a buyer types into the Payment Element. Any other number is refused, as Stripe
@@ -113,6 +119,7 @@ TEST_CARD_NUMBERS: dict[str, str] = {
     "4000000000000119": "pm_card_chargeDeclinedProcessingError",
     "4000000000000341": "pm_card_chargeCustomerFail",
     "4000002760003184": "pm_card_authenticationRequired",
+    "4000002500003155": "pm_card_authenticationRequiredOnSetup",
 }
 
 
@@ -771,7 +778,7 @@ class StripeDouble:
         return {
             key: value
             for key, value in method.items()
-            if key not in ("metadata_test_card", "metadata_detached")
+            if key not in ("metadata_test_card", "metadata_detached", "metadata_set_up")
         }
 
     def _create_payment_intent(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -884,14 +891,19 @@ class StripeDouble:
         self.objects[intent["id"]] = intent
         if not is_confirmed or card is None:
             return self._expanded(intent, params.get("expand", []))
-        if card.needs_authentication and off_session:
+        needs_authentication = card.needs_authentication and not (
+            card.is_authenticated_once_set_up
+            and stored is not None
+            and stored.get("metadata_set_up", False)
+        )
+        if needs_authentication and off_session:
             self._fail_charge(
                 intent,
                 code="authentication_required",
                 decline_code="authentication_required",
                 message="Your card was declined. This transaction requires authentication.",
             )
-        if card.needs_authentication:
+        if needs_authentication:
             intent["status"] = "requires_action"
             intent["next_action"] = {
                 "type": "use_stripe_sdk",
@@ -1384,8 +1396,11 @@ class StripeDouble:
         intent["status"] = "succeeded"
         intent["next_action"] = None
         self.objects[intent["latest_attempt"]]["status"] = "succeeded"
+        method = self.objects[intent["payment_method"]]
+        if intent["usage"] == "off_session":
+            method["metadata_set_up"] = True
         if intent["customer"] is not None:
-            self.objects[intent["payment_method"]]["customer"] = intent["customer"]
+            method["customer"] = intent["customer"]
 
     def authenticate_setup(self, intent_id: str, *, is_successful: bool = True) -> None:
         """The buyer finishes (or fails) 3-D Secure for a ``requires_action`` SetupIntent:

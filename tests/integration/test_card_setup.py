@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from stallholder.accounts import service as accounts
 from stallholder.kit.db import Database
 from stallholder.payments import methods
-from stallholder.payments.gateway import PaymentMethodDeclined, SandboxGateway
+from stallholder.payments.gateway import ChargeRequest, PaymentMethodDeclined, SandboxGateway
 from stallholder.payments.models import PaymentMethod, PaymentMethodGrant
 from stallholder.payments.stripe_gateway import StripeGateway
 from tests import factories
@@ -312,3 +312,59 @@ async def test_the_sandbox_sets_a_card_up_at_once(database: Database) -> None:
             token="tok_chargeDeclined",
         )
     assert await _saved_count(database) == (1, 1)
+
+
+async def test_a_card_authenticated_at_setup_renews_off_session_and_one_attached_does_not(
+    database: Database, stripe_gateway: StripeGateway, stripe_double: StripeDouble
+) -> None:
+    """Why the portal sets cards up: Stripe's "authenticate unless set up" card
+    (4000 0025 0000 3155) is charged without the buyer after a SetupIntent authenticated
+    it, and declined for authentication when it was only attached."""
+    creator_id, [set_up, attached] = await _customers(
+        database, "careful@example.com", "hasty@example.com"
+    )
+    setup = await methods.begin_card_setup(
+        database,
+        stripe_gateway,
+        creator_id=creator_id,
+        customer_id=set_up,
+        token="pm_card_authenticationRequiredOnSetup",
+    )
+    assert _confirm_in_browser(stripe_double, setup.reference, setup.action_secret) == (
+        "requires_action"
+    )
+    stripe_double.authenticate_setup(setup.reference)
+    authenticated = await methods.finish_card_setup(
+        database,
+        stripe_gateway,
+        creator_id=creator_id,
+        customer_id=set_up,
+        reference=setup.reference,
+        now=T0,
+    )
+    only_attached = await methods.save_payment_method(
+        database,
+        stripe_gateway,
+        creator_id=creator_id,
+        customer_id=attached,
+        token="pm_card_authenticationRequiredOnSetup",
+        now=T0,
+    )
+
+    outcomes = [
+        await stripe_gateway.charge_off_session(
+            ChargeRequest(
+                amount=300,
+                currency="usd",
+                payment_method=saved.method.gateway_reference,
+                idempotency_key=f"{saved.customer_id}:renewal:1",
+            ),
+            customer_reference=saved.method.gateway_customer,
+        )
+        for saved in (authenticated, only_attached)
+    ]
+
+    assert [(outcome.status, outcome.decline_code) for outcome in outcomes] == [
+        ("succeeded", None),
+        ("failed", "authentication_required"),
+    ]
