@@ -201,3 +201,38 @@ def test_a_double_click_makes_one_setup_intent(
         "GET", f"/v1/customers/{subscriber['customer']}/payment_methods", subscriber["key"]
     )
     assert len(saved["data"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            "stripe.confirmCardSetup('pi_123_secret_456')",
+            "Invalid value for confirmCardSetup intent secret: value should be a client_secret "
+            "string. You specified: pi_123_secret_456.",
+        ),
+        (
+            "stripe.confirmCardSetup('seti_123_secret_456', {payment_method: {card: {}}})",
+            "The double confirms with an existing PaymentMethod id only (payment_method: "
+            "'pm_...').",
+        ),
+        (
+            "stripe.confirmCardSetup('seti_123_secret_456', {payment_method: 'pm_1'}, "
+            "{handleActions: false})",
+            "The double handles actions itself (handleActions: false is not supported).",
+        ),
+    ],
+)
+def test_the_stripe_js_double_refuses_a_wrong_confirm_card_setup(
+    stripe_double: StripeDouble, page: Any, call: str, message: str
+) -> None:
+    """What Stripe.js throws for a wrong call, the double throws too, so a page that
+    calls it wrongly fails its browser test."""
+    stripe_js.install(page, stripe_double)
+    page.set_content('<script src="https://js.stripe.com/v3/"></script>')
+    thrown = page.evaluate(
+        "() => { const stripe = Stripe('pk_test_double');"
+        f" try {{ {call}; return null; }}"
+        " catch (error) { return [error.name, error.message]; } }"
+    )
+    assert thrown == ["IntegrationError", message]
