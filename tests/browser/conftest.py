@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY, bearer
+from tests.doubles.stripe_api import StripeDouble
 from tests.smtp_server import Received, SmtpServer, free_port
 
 CHROMIUM = Path(os.environ.get("STALLHOLDER_CHROMIUM", "/usr/bin/chromium"))
@@ -258,6 +259,27 @@ def site() -> Iterator[Site]:
 @pytest.fixture
 def server(sqlite_url: str, tmp_path: Path, smtp: SmtpServer) -> Iterator[Server]:
     running = Server(database_url=sqlite_url, data_dir=tmp_path / "server", smtp_port=smtp.port)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def stripe_server(
+    sqlite_url: str, tmp_path: Path, smtp: SmtpServer, stripe_double: StripeDouble
+) -> Iterator[Server]:
+    """The server with the Stripe gateway against the Stripe API double."""
+    running = Server(
+        database_url=sqlite_url,
+        data_dir=tmp_path / "server",
+        smtp_port=smtp.port,
+        extra_env={
+            "STALLHOLDER_PAYMENT_GATEWAY": "stripe",
+            "STALLHOLDER_STRIPE_SECRET_KEY": stripe_double.secret_key,
+            "STALLHOLDER_STRIPE_WEBHOOK_SECRET": stripe_double.webhook_secret,
+            "STALLHOLDER_STRIPE_PUBLISHABLE_KEY": stripe_double.publishable_key,
+            "STALLHOLDER_STRIPE_API_BASE": stripe_double.base_url,
+        },
+    )
     yield running
     running.stop()
 

@@ -10,8 +10,6 @@ this does and does not prove: docs/checkout-pages.md, "Stripe".
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,26 +23,6 @@ from tests.doubles.stripe_api import StripeDouble
 from tests.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def stripe_server(
-    sqlite_url: str, tmp_path: Path, smtp: SmtpServer, stripe_double: StripeDouble
-) -> Iterator[Server]:
-    running = Server(
-        database_url=sqlite_url,
-        data_dir=tmp_path / "server",
-        smtp_port=smtp.port,
-        extra_env={
-            "STALLHOLDER_PAYMENT_GATEWAY": "stripe",
-            "STALLHOLDER_STRIPE_SECRET_KEY": stripe_double.secret_key,
-            "STALLHOLDER_STRIPE_WEBHOOK_SECRET": stripe_double.webhook_secret,
-            "STALLHOLDER_STRIPE_PUBLISHABLE_KEY": stripe_double.publishable_key,
-            "STALLHOLDER_STRIPE_API_BASE": stripe_double.base_url,
-        },
-    )
-    yield running
-    running.stop()
 
 
 def connected_shop(server: Server, double: StripeDouble) -> dict[str, Any]:
@@ -238,9 +216,12 @@ def test_a_failed_three_d_secure_is_shown_and_another_card_pays(
     pay_with(page, email="careful@example.com", card="4000002760003184", button="Pay $18.00")
     page.get_by_role("dialog", name="3D Secure test payment page").wait_for()
     page.get_by_role("button", name="Fail").click()
-    # The page sends the form again and the server reads the PaymentIntent's outcome:
-    # Stripe's own reason, and a fresh Payment Element for another card.
-    assert shown_error(page) == "The provided PaymentMethod has failed authentication."
+    # The page sends the form again and the server reads the PaymentIntent's outcome: the
+    # buyer reads it in plain words (not Stripe's developer message), with a fresh Payment
+    # Element for another card.
+    assert shown_error(page) == (
+        "Your bank did not confirm this payment. Try again, or use another card."
+    )
     page.wait_for_selector("#payment-element[data-stripe-double=mounted]")
     assert page.locator("#needs-action").count() == 0
     assert page.locator("#pay-form").get_attribute("data-action-secret") is None
@@ -338,11 +319,19 @@ def test_a_buyer_adds_a_card_in_the_portal_with_the_payment_element(
     assert page.evaluate(UNLABELLED) == []
     shots(page, "payment-element")
 
-    # A card Stripe refuses to save: the page says so and nothing changes.
+    # A card Stripe refuses to save: the SetupIntent's confirmation is declined in the
+    # browser, the page says so in plain words and nothing changes.
     page.get_by_label("Card number").fill("4000 0000 0000 0002")
     page.get_by_role("button", name="Save card").click()
-    assert page.locator("#payment-error").inner_text() == "Your card was declined."
+    error = page.locator("#card-error:not(:empty)")
+    error.wait_for()
+    assert error.inner_text() == "Your card was declined. Try another card."
     shots(page, "declined")
+    [declined] = stripe_double.of_type("setup_intent")
+    assert (declined["status"], declined["last_setup_error"]["code"]) == (
+        "requires_payment_method",
+        "card_declined",
+    )
     after = stripe_server.api("GET", f"/v1/subscriptions/{subscription['id']}", key)
     assert after["default_payment_method"] == first_card["id"]
 
@@ -367,6 +356,12 @@ def test_a_buyer_adds_a_card_in_the_portal_with_the_payment_element(
     # The first card (saved through the API) and the one typed in the portal: a Mastercard.
     assert sorted(method["card"]["last4"] for method in attached) == ["4242", "4444"]
     assert new_card["id"] != first_card["id"]
+    # Each card typed in the portal went through a SetupIntent; only the one that
+    # succeeded was saved.
+    setups = sorted(
+        (intent["status"], intent["usage"]) for intent in stripe_double.of_type("setup_intent")
+    )
+    assert setups == [("requires_payment_method", "off_session"), ("succeeded", "off_session")]
 
 
 def test_when_the_bank_check_cannot_open_pay_tries_again(

@@ -13,7 +13,10 @@ Endpoints: POST /v1/accounts, POST /v1/account_links, POST /v1/customers,
 POST /v1/payment_methods (with the publishable key in the form's ``key``, as Stripe.js
 sends it: a test card number becomes a PaymentMethod), POST /v1/payment_methods/{id}/attach,
 POST /v1/payment_methods/{id}/detach, POST /v1/payment_intents, POST /v1/refunds,
-GET /v1/disputes/{id}, POST /v1/transfers, POST /v1/transfers/{id}/reversals.
+POST /v1/setup_intents, GET /v1/setup_intents/{id} and POST /v1/setup_intents/{id}/confirm
+(also with the publishable key and the ``client_secret``, as Stripe.js calls them; the
+SetupIntent it sees then has no ``customer`` or ``metadata``), GET /v1/disputes/{id},
+POST /v1/transfers, POST /v1/transfers/{id}/reversals.
 
 Money at the connected accounts is tracked the way destination charges move it: the
 charge's amount is transferred, the application fee comes back to the platform, and a
@@ -22,10 +25,12 @@ proportion. Separate charges and transfers move it the other way: a platform cha
 a ``transfer_group``) stays on the platform, a Transfer adds to the connected account and a
 transfer reversal takes back from it. ``connected_balance`` shows the result.
 
-One route is a test control, not Stripe's API:
-``POST /_test/payment_intents/{id}/authenticate`` (``client_secret``,
-``outcome=complete|fail``) is the buyer finishing 3-D Secure, what ``authenticate()`` does,
-for the Stripe.js double (tests/doubles/stripe_js.js) in a browser.
+Two routes are test controls, not Stripe's API:
+``POST /_test/payment_intents/{id}/authenticate`` and
+``POST /_test/setup_intents/{id}/authenticate`` (``client_secret``,
+``outcome=complete|fail``) are the buyer finishing 3-D Secure, what ``authenticate()`` and
+``authenticate_setup()`` do, for the Stripe.js double (tests/doubles/stripe_js.js) in a
+browser.
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ class Card:
     decline: tuple[str, str | None, str] | None = None
     is_declined_on_attach: bool = False
     needs_authentication: bool = False
+    # "Authenticate unless set up": once a SetupIntent authenticated it for off-session
+    # use, charges on it need no authentication.
+    is_authenticated_once_set_up: bool = False
 
 
 _GENERIC_DECLINE = ("card_declined", "generic_decline", "Your card was declined.")
@@ -96,6 +104,9 @@ TEST_CARDS: dict[str, Card] = {
     # Attaching succeeds; every charge then fails (a saved card that stopped working).
     "pm_card_chargeCustomerFail": Card("visa", "0341", decline=_GENERIC_DECLINE),
     "pm_card_authenticationRequired": Card("visa", "3184", needs_authentication=True),
+    "pm_card_authenticationRequiredOnSetup": Card(
+        "visa", "3155", needs_authentication=True, is_authenticated_once_set_up=True
+    ),
 }
 # Stripe's test card numbers (docs.stripe.com/testing) for the test payment methods above:
 # what a buyer types into the Payment Element. Any other number is refused, as Stripe
@@ -108,6 +119,7 @@ TEST_CARD_NUMBERS: dict[str, str] = {
     "4000000000000119": "pm_card_chargeDeclinedProcessingError",
     "4000000000000341": "pm_card_chargeCustomerFail",
     "4000002760003184": "pm_card_authenticationRequired",
+    "4000002500003155": "pm_card_authenticationRequiredOnSetup",
 }
 
 
@@ -267,6 +279,21 @@ class StripeDouble:
                     self._endpoint(self._retrieve_payment_intent),
                     methods=["GET"],
                 ),
+                Route(
+                    "/v1/setup_intents",
+                    self._endpoint(self._create_setup_intent),
+                    methods=["POST"],
+                ),
+                Route(
+                    "/v1/setup_intents/{id}",
+                    self._endpoint(self._retrieve_setup_intent, is_publishable=True),
+                    methods=["GET"],
+                ),
+                Route(
+                    "/v1/setup_intents/{id}/confirm",
+                    self._endpoint(self._confirm_setup_intent, is_publishable=True),
+                    methods=["POST"],
+                ),
                 Route("/v1/refunds", self._endpoint(self._create_refund), methods=["POST"]),
                 Route("/v1/transfers", self._endpoint(self._create_transfer), methods=["POST"]),
                 Route(
@@ -279,6 +306,11 @@ class StripeDouble:
                 Route(
                     "/_test/payment_intents/{id}/authenticate",
                     self._authenticate_endpoint,
+                    methods=["POST"],
+                ),
+                Route(
+                    "/_test/setup_intents/{id}/authenticate",
+                    self._authenticate_setup_endpoint,
                     methods=["POST"],
                 ),
                 Route("/{path:path}", self._unrecognized, methods=["GET", "POST", "DELETE"]),
@@ -508,8 +540,11 @@ class StripeDouble:
                     )
                     return error.status, error.body, False
                 return stored.status, copy.deepcopy(stored.body), True
+            arguments: dict[str, Any] = dict(request.path_params)
+            if is_browser:
+                arguments["is_browser"] = True
             try:
-                status, payload = 200, handler(params, **request.path_params)
+                status, payload = 200, handler(params, **arguments)
             except StripeApiError as error:
                 status, payload = error.status, error.body
             if request.method == "POST" and key is not None:
@@ -641,7 +676,9 @@ class StripeDouble:
         stored = self._get(payment_method, "payment_method", param="payment_method")
         return TEST_CARDS[stored["metadata_test_card"]], stored
 
-    def _create_payment_method(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _create_payment_method(
+        self, params: dict[str, Any], *, is_browser: bool = False
+    ) -> dict[str, Any]:
         """What Stripe.js's ``createPaymentMethod`` posts: ``type=card`` and the typed
         ``card[number]``; a PaymentMethod that behaves as the number's test card."""
         if params.get("type") != "card":
@@ -741,7 +778,7 @@ class StripeDouble:
         return {
             key: value
             for key, value in method.items()
-            if key not in ("metadata_test_card", "metadata_detached")
+            if key not in ("metadata_test_card", "metadata_detached", "metadata_set_up")
         }
 
     def _create_payment_intent(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -854,14 +891,19 @@ class StripeDouble:
         self.objects[intent["id"]] = intent
         if not is_confirmed or card is None:
             return self._expanded(intent, params.get("expand", []))
-        if card.needs_authentication and off_session:
+        needs_authentication = card.needs_authentication and not (
+            card.is_authenticated_once_set_up
+            and stored is not None
+            and stored.get("metadata_set_up", False)
+        )
+        if needs_authentication and off_session:
             self._fail_charge(
                 intent,
                 code="authentication_required",
                 decline_code="authentication_required",
                 message="Your card was declined. This transaction requires authentication.",
             )
-        if card.needs_authentication:
+        if needs_authentication:
             intent["status"] = "requires_action"
             intent["next_action"] = {
                 "type": "use_stripe_sdk",
@@ -1166,6 +1208,242 @@ class StripeDouble:
 
     def _retrieve_dispute(self, params: dict[str, Any], id: str) -> dict[str, Any]:
         return self._expanded(self._get(id, "dispute", param="id"), params.get("expand", []))
+
+    # SetupIntents --------------------------------------------------------------------
+
+    def _create_setup_intent(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Stripe's "Create a SetupIntent": ``customer``, ``payment_method`` (a test id or a
+        PaymentMethod), ``usage`` (``off_session``, the default, or ``on_session``),
+        ``payment_method_types``, ``metadata``, ``description``, and ``confirm``."""
+        customer_id = params.get("customer")
+        if customer_id is not None:
+            self._get(customer_id, "customer", param="customer")
+        usage = params.get("usage", "off_session")
+        if usage not in ("off_session", "on_session"):
+            raise StripeApiError(
+                400,
+                f"Invalid usage: must be one of off_session or on_session (got {usage}).",
+                param="usage",
+            )
+        payment_method = params.get("payment_method")
+        stored = None
+        if payment_method is not None:
+            _, stored = self._card(payment_method)
+            self._check_reusable(stored, customer_id=customer_id)
+        intent: dict[str, Any] = {
+            "id": new_id("seti"),
+            "object": "setup_intent",
+            "application": None,
+            "automatic_payment_methods": None,
+            "cancellation_reason": None,
+            "created": int(time.time()),
+            "customer": customer_id,
+            "description": params.get("description"),
+            "flow_directions": None,
+            "last_setup_error": None,
+            "latest_attempt": None,
+            "livemode": False,
+            "mandate": None,
+            "metadata": params.get("metadata", {}),
+            "next_action": None,
+            "on_behalf_of": None,
+            "payment_method": None
+            if payment_method is None
+            else (stored["id"] if stored is not None else self._payment_method_for(payment_method)),
+            "payment_method_types": params.get(
+                "allowed_payment_method_types", params.get("payment_method_types", ["card"])
+            ),
+            "single_use_mandate": None,
+            "status": "requires_payment_method"
+            if payment_method is None
+            else "requires_confirmation",
+            "usage": usage,
+        }
+        intent["client_secret"] = f"{intent['id']}_secret_{new_id('s')[2:]}"
+        self.objects[intent["id"]] = intent
+        if _boolean(params, "confirm"):
+            self._confirm_setup(intent, payment_method=None)
+        return copy.deepcopy(intent)
+
+    def _check_reusable(self, stored: dict[str, Any] | None, *, customer_id: str | None) -> None:
+        if stored is None:
+            return
+        if stored.get("metadata_detached"):
+            raise StripeApiError(
+                400,
+                "The provided PaymentMethod was previously used without being attached to a "
+                "Customer or was detached from a Customer, and may not be used again.",
+                param="payment_method",
+            )
+        if stored["customer"] not in (None, customer_id):
+            raise StripeApiError(
+                400,
+                "The provided PaymentMethod belongs to a Customer, but you did not provide "
+                "that Customer's id. Supply the Customer ID as `customer`.",
+                param="payment_method",
+            )
+
+    def _setup_intent_for(
+        self, id: str, params: dict[str, Any], *, is_browser: bool
+    ) -> dict[str, Any]:
+        """The SetupIntent; from the browser (the publishable key) only with its
+        ``client_secret``, as Stripe checks."""
+        intent = self._get(id, "setup_intent", param="id")
+        if is_browser and params.get("client_secret") != intent["client_secret"]:
+            raise StripeApiError(
+                404, f"No such setupintent: '{id}'", code="resource_missing", param="intent"
+            )
+        return intent
+
+    @staticmethod
+    def _as_seen(intent: dict[str, Any], *, is_browser: bool) -> dict[str, Any]:
+        """A SetupIntent as the key sees it: with the publishable key, Stripe leaves out
+        the customer, the metadata and the description."""
+        seen = copy.deepcopy(intent)
+        if is_browser:
+            for private in ("customer", "metadata", "description", "on_behalf_of", "mandate"):
+                seen.pop(private, None)
+        return seen
+
+    def _retrieve_setup_intent(
+        self, params: dict[str, Any], id: str, *, is_browser: bool = False
+    ) -> dict[str, Any]:
+        intent = self._setup_intent_for(id, params, is_browser=is_browser)
+        return self._as_seen(
+            self._expanded(intent, params.get("expand", [])), is_browser=is_browser
+        )
+
+    def _confirm_setup_intent(
+        self, params: dict[str, Any], id: str, *, is_browser: bool = False
+    ) -> dict[str, Any]:
+        """Stripe's "Confirm a SetupIntent", as Stripe.js sends it (the publishable key and
+        the ``client_secret``) or the server does: optionally a ``payment_method``."""
+        intent = self._setup_intent_for(id, params, is_browser=is_browser)
+        if intent["status"] not in ("requires_payment_method", "requires_confirmation"):
+            raise StripeApiError(
+                400,
+                f"You cannot confirm this SetupIntent because it has a status of "
+                f"{intent['status']}.",
+                code="setup_intent_unexpected_state",
+                setup_intent=self._as_seen(intent, is_browser=is_browser),
+            )
+        try:
+            self._confirm_setup(intent, payment_method=params.get("payment_method"))
+        except StripeApiError as error:
+            # The error carries the SetupIntent as this key may see it.
+            error.body["error"]["setup_intent"] = self._as_seen(intent, is_browser=is_browser)
+            raise
+        return self._as_seen(intent, is_browser=is_browser)
+
+    def _confirm_setup(self, intent: dict[str, Any], *, payment_method: str | None) -> None:
+        """Confirm: a card that needs 3-D Secure waits in ``requires_action``; a card
+        declined when saved fails (a 402 ``card_error``, ``last_setup_error`` set, back to
+        ``requires_payment_method``); any other succeeds and is attached to the customer."""
+        if payment_method is not None:
+            _, stored = self._card(payment_method)
+            self._check_reusable(stored, customer_id=intent["customer"])
+            intent["payment_method"] = (
+                stored["id"] if stored is not None else self._payment_method_for(payment_method)
+            )
+        if intent["payment_method"] is None:
+            raise StripeApiError(
+                400,
+                "You cannot confirm this SetupIntent because it's missing a payment method. "
+                "Update the SetupIntent with a payment method and then confirm it again.",
+                code="setup_intent_unexpected_state",
+                param="payment_method",
+            )
+        card, _ = self._card(intent["payment_method"])
+        intent["last_setup_error"] = None
+        attempt = {
+            "id": new_id("setatt"),
+            "object": "setup_attempt",
+            "created": int(time.time()),
+            "payment_method": intent["payment_method"],
+            "setup_intent": intent["id"],
+            "status": "requires_confirmation",
+            "usage": intent["usage"],
+        }
+        self.objects[attempt["id"]] = attempt
+        intent["latest_attempt"] = attempt["id"]
+        if card.is_declined_on_attach:
+            assert card.decline is not None
+            code, decline_code, message = card.decline
+            attempt["status"] = "failed"
+            intent["status"] = "requires_payment_method"
+            intent["last_setup_error"] = {
+                "type": "card_error",
+                "code": code,
+                "decline_code": decline_code,
+                "message": message,
+                "payment_method": self._public(self.objects[intent["payment_method"]]),
+            }
+            intent["payment_method"] = None
+            raise StripeApiError(
+                402, message, type="card_error", code=code, decline_code=decline_code, param=""
+            )
+        if card.needs_authentication:
+            attempt["status"] = "requires_action"
+            intent["status"] = "requires_action"
+            intent["next_action"] = {
+                "type": "use_stripe_sdk",
+                "use_stripe_sdk": {"type": "three_d_secure_redirect", "source": new_id("src")},
+            }
+            return
+        self._finish_setup(intent)
+
+    def _finish_setup(self, intent: dict[str, Any]) -> None:
+        intent["status"] = "succeeded"
+        intent["next_action"] = None
+        self.objects[intent["latest_attempt"]]["status"] = "succeeded"
+        method = self.objects[intent["payment_method"]]
+        if intent["usage"] == "off_session":
+            method["metadata_set_up"] = True
+        if intent["customer"] is not None:
+            method["customer"] = intent["customer"]
+
+    def authenticate_setup(self, intent_id: str, *, is_successful: bool = True) -> None:
+        """The buyer finishes (or fails) 3-D Secure for a ``requires_action`` SetupIntent:
+        it succeeds (the card is attached to the customer), or goes back to
+        ``requires_payment_method`` with ``setup_intent_authentication_failure``, as
+        Stripe reports it."""
+        with self._lock:
+            intent = self.objects[intent_id]
+            assert intent["status"] == "requires_action", intent["status"]
+            if is_successful:
+                self._finish_setup(intent)
+                return
+            intent["next_action"] = None
+            intent["status"] = "requires_payment_method"
+            self.objects[intent["latest_attempt"]]["status"] = "failed"
+            intent["last_setup_error"] = {
+                "type": "invalid_request_error",
+                "code": "setup_intent_authentication_failure",
+                "message": "The latest attempt to set up the payment method has failed "
+                "because authentication failed.",
+                "payment_method": self._public(self.objects[intent["payment_method"]]),
+            }
+            intent["payment_method"] = None
+
+    async def _authenticate_setup_endpoint(self, request: Request) -> Response:
+        """The test control behind the Stripe.js double's ``confirmCardSetup``: the buyer
+        completes (``outcome=complete``) or fails 3-D Secure on a SetupIntent whose
+        ``client_secret`` the page was given. Not part of Stripe's API."""
+        params = parse_form(parse_qsl((await request.body()).decode()))
+        intent = self.objects.get(request.path_params["id"])
+        if intent is None or intent.get("client_secret") != params.get("client_secret"):
+            error = StripeApiError(404, "No such setupintent", code="resource_missing")
+            return JSONResponse(error.body, status_code=404)
+        if intent["status"] != "requires_action":
+            error = StripeApiError(
+                400,
+                f"This SetupIntent is {intent['status']}; it needs no action.",
+                code="setup_intent_unexpected_state",
+            )
+            return JSONResponse(error.body, status_code=400)
+        self.authenticate_setup(intent["id"], is_successful=params.get("outcome") == "complete")
+        with self._lock:
+            return JSONResponse(self._as_seen(intent, is_browser=True))
 
 
 @contextlib.contextmanager

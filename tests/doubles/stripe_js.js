@@ -13,8 +13,12 @@
 //       POST https://api.stripe.com/v1/payment_methods with key=<publishable key>, as
 //       Stripe.js sends it; the test routes that host to the Stripe API double
 //   stripe.handleNextAction({clientSecret}) -> {paymentIntent} or {error}
-//       shows a 3-D Secure dialog like Stripe's test page (Complete / Fail), then asks the
-//       API double's test control to authenticate the PaymentIntent
+//       shows a 3-D Secure dialog like Stripe's test page (Complete / Fail; Escape fails),
+//       then asks the API double's test control to authenticate the PaymentIntent
+//   stripe.confirmCardSetup(clientSecret, {payment_method}?) -> {setupIntent} or {error}
+//       POST https://api.stripe.com/v1/setup_intents/{id}/confirm with the publishable key
+//       and the client secret; a card that needs 3-D Secure gets the same dialog, then
+//       the API double's test control (on the API host) authenticates the SetupIntent
 //
 // What Stripe.js would throw (an IntegrationError) for a wrong call, this throws too, so
 // a page that calls it wrongly fails its browser test. ``window.StripeDouble.calls`` keeps
@@ -180,7 +184,49 @@
     });
   };
 
+  // stripe.confirmCardSetup(clientSecret, {payment_method: "pm_..."}): confirm a SetupIntent
+  // with an existing PaymentMethod (or the one already on the SetupIntent), running 3-D
+  // Secure when the card asks for it.
+  Client.prototype.confirmCardSetup = function (clientSecret, data, options) {
+    calls.push({ call: "confirmCardSetup", clientSecret: clientSecret, data: data === undefined ? null : JSON.parse(JSON.stringify(data)) });
+    var match = /^(seti_[A-Za-z0-9]+)_secret_[A-Za-z0-9]+$/.exec(typeof clientSecret === "string" ? clientSecret : "");
+    if (!match) throw IntegrationError("Invalid value for confirmCardSetup intent secret: value should be a client_secret string. You specified: " + clientSecret + ".");
+    if (data !== undefined && (data === null || typeof data !== "object")) throw IntegrationError("Invalid value for confirmCardSetup: data should be an object.");
+    var method = data && data.payment_method;
+    if (method !== undefined && typeof method !== "string") throw IntegrationError("The double confirms with an existing PaymentMethod id only (payment_method: 'pm_...').");
+    if (method !== undefined && !/^pm_[A-Za-z0-9_]+$/.test(method)) throw IntegrationError("Invalid value for confirmCardSetup: payment_method should be a PaymentMethod id.");
+    if (options && options.handleActions === false) throw IntegrationError("The double handles actions itself (handleActions: false is not supported).");
+    var id = match[1];
+    var fields = { key: this._key, client_secret: clientSecret };
+    if (method) fields.payment_method = method;
+    return post(API + "/v1/setup_intents/" + id + "/confirm", fields).then(function (answer) {
+      if (!answer.ok) return { error: answer.json.error };
+      if (answer.json.status !== "requires_action") return { setupIntent: answer.json };
+      return challenge().then(function (outcome) {
+        // A test control on Stripe's API host (not Stripe's API): the buyer's answer.
+        return post(API + "/_test/setup_intents/" + id + "/authenticate", {
+          client_secret: clientSecret,
+          outcome: outcome
+        });
+      }).then(function (answered) {
+        if (!answered.ok) return { error: answered.json.error };
+        if (answered.json.status === "requires_payment_method") {
+          return {
+            error: {
+              type: "invalid_request_error",
+              code: "setup_intent_authentication_failure",
+              message: "We are unable to authenticate your payment method. Please choose a different payment method and try again.",
+              setup_intent: answered.json
+            }
+          };
+        }
+        return { setupIntent: answered.json };
+      });
+    });
+  };
+
   // Stripe's 3-D Secure test page in a modal: "Complete" or "Fail" the authentication.
+  // Closing it (Escape) fails it, as closing Stripe's modal does.
   function challenge() {
     return new Promise(function (resolve) {
       var dialog = document.createElement("dialog");
@@ -200,6 +246,12 @@
           resolve(choice[0]);
         });
         dialog.appendChild(button);
+      });
+      dialog.addEventListener("cancel", function (event) {
+        event.preventDefault();
+        dialog.close();
+        dialog.remove();
+        resolve("fail");
       });
       document.body.appendChild(dialog);
       dialog.showModal();

@@ -429,6 +429,31 @@ async def test_another_buyers_subscription_is_not_found(
     assert (await zines.call("GET", f"/v1/subscriptions/{theirs}"))["status"] == "active"
 
 
+async def test_a_card_setup_that_is_not_the_buyers_saves_nothing(
+    api: Api, mail_settings: Settings, database: Database, clock: FrozenClock, smtp: SmtpServer
+) -> None:
+    """The page posts the card setup's id back after Stripe.js confirmed it; the server
+    reads it from the gateway and refuses one that is not this customer's."""
+    zines = await _shop(api, "Paper Lantern Zines")
+    subscription = await zines.subscribe(await _clock(api))
+    before = await zines.call("GET", f"/v1/subscriptions/{subscription}")
+    worker = Worker(database, clock, settings=mail_settings)
+    path = f"/portal/subscriptions/{subscription}/payment-method"
+    async with browser(mail_settings, database, clock) as phone:
+        await sign_in(phone, email=BUYER, smtp=smtp, worker=worker)
+        refused = await submit(phone, path, path, {"setup_intent": "seti_someone_elses"})
+        assert refused.status_code == 404
+        assert '<div class="notice bad" role="alert" id="payment-error">' in refused.text
+        assert (
+            f"customer {before['customer']} has no card setup &#39;seti_someone_elses&#39;; "
+            "nothing was saved. Add the card again"
+        ) in refused.text
+    after = await zines.call("GET", f"/v1/subscriptions/{subscription}")
+    assert after["default_payment_method"] == before["default_payment_method"]
+    saved = await zines.call("GET", f"/v1/customers/{before['customer']}/payment_methods")
+    assert [method["id"] for method in saved["data"]] == [before["default_payment_method"]]
+
+
 async def test_a_renewal_paid_from_the_wallet_is_a_receipt_too(
     api: Api, mail_settings: Settings, database: Database, clock: FrozenClock, smtp: SmtpServer
 ) -> None:

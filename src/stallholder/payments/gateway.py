@@ -73,6 +73,31 @@ class SavedPaymentMethod:
     payment_method: str
 
 
+SetupStatus = Literal["succeeded", "requires_action", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class CardSetup:
+    """Saving a payment method for off-session charges with the buyer present, so the
+    bank can ask them to authenticate it once (Stripe: a SetupIntent).
+
+    ``requires_action``: the buyer's browser confirms it with ``action_secret`` (Stripe.js
+    ``confirmCardSetup``, 3-D Secure when the bank asks), then the server reads it again.
+    ``succeeded``: ``payment_method`` is saved to ``customer_reference``. ``failed``: nothing
+    is saved (``decline_code`` and ``message`` say why). ``metadata`` is what the server
+    set at creation: whose setup it is.
+    """
+
+    reference: str
+    status: SetupStatus
+    customer_reference: str | None
+    payment_method: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    action_secret: str | None = None
+    decline_code: str | None = None
+    message: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class DisputeSnapshot:
     """A dispute as the gateway reports it now."""
@@ -154,6 +179,34 @@ class Gateway(Protocol):
 
         Raises:
             PaymentMethodDeclined: the gateway refused the payment method.
+            GatewayUnavailable: the gateway could not be reached.
+        """
+        ...
+
+    async def create_card_setup(
+        self,
+        *,
+        customer_reference: str | None,
+        email: str,
+        payment_method: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> CardSetup:
+        """Begin saving ``payment_method`` with the buyer present (creating the gateway's
+        customer when ``customer_reference`` is None). The same ``idempotency_key`` gives
+        the same setup back.
+
+        Raises:
+            PaymentMethodDeclined: the gateway refused the payment method.
+            GatewayUnavailable: the gateway could not be reached.
+        """
+        ...
+
+    async def retrieve_card_setup(self, *, reference: str) -> CardSetup:
+        """A setup as the gateway has it now.
+
+        Raises:
+            GatewayRefused: the gateway knows no such setup.
             GatewayUnavailable: the gateway could not be reached.
         """
         ...
@@ -310,6 +363,9 @@ class SandboxGateway:
     needs_connected_account = False
     # Subclasses in tests may skip ``__init__``: they then charge without a memory.
     store: ChargeStore | None = None
+    # Card setups made in this process (the sandbox sets a card up at once, in the
+    # request that saves it).
+    _setups: dict[str, CardSetup] | None = None
 
     def __init__(self, store: ChargeStore | None = None) -> None:
         self.store = store if store is not None else MemoryChargeStore()
@@ -407,6 +463,44 @@ class SandboxGateway:
             customer_reference=customer_reference or _reference("sbx_cus", idempotency_key),
             payment_method=payment_method,
         )
+
+    async def create_card_setup(
+        self,
+        *,
+        customer_reference: str | None,
+        email: str,
+        payment_method: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> CardSetup:
+        """The sandbox asks for no authentication when a card is saved: a token that
+        saves (``save_payment_method``) is set up at once; the setup is kept in this
+        process for ``retrieve_card_setup``."""
+        saved = await self.save_payment_method(
+            customer_reference=customer_reference,
+            email=email,
+            payment_method=payment_method,
+            idempotency_key=idempotency_key,
+        )
+        reference = _reference("sbx_seti", idempotency_key)
+        if self._setups is None:
+            self._setups = {}
+        return self._setups.setdefault(
+            reference,
+            CardSetup(
+                reference=reference,
+                status="succeeded",
+                customer_reference=saved.customer_reference,
+                payment_method=saved.payment_method,
+                metadata=dict(metadata),
+            ),
+        )
+
+    async def retrieve_card_setup(self, *, reference: str) -> CardSetup:
+        setup = (self._setups or {}).get(reference)
+        if setup is None:
+            raise GatewayRefused(f"the sandbox has no card setup {reference!r}")
+        return setup
 
     async def detach_payment_method(self, *, payment_method: str) -> None:
         return None

@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Buyer, Customer
 from stallholder.kit.db import Database, hold, session_or_unit_of_work, transaction_memo
-from stallholder.kit.errors import Forbidden, InvalidRequest, NotFound
+from stallholder.kit.errors import DomainError, Forbidden, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
-from stallholder.payments.gateway import Gateway
+from stallholder.payments.gateway import CardSetup, Gateway, GatewayRefused, SavedPaymentMethod
 from stallholder.payments.models import PaymentAttempt, PaymentMethod, PaymentMethodGrant
 from stallholder.payments.service import (
     Purpose,
@@ -44,6 +44,17 @@ class PaymentMethodNotFound(NotFound):
 class NoDefaultPaymentMethod(InvalidRequest):
     slug = "no-default-payment-method"
     title = "The customer has no default payment method"
+
+
+class CardSetupNotFound(NotFound):
+    slug = "card-setup-not-found"
+    title = "No such card setup for this customer"
+
+
+class CardSetupNotConfirmed(DomainError):
+    status = 402
+    slug = "card-setup-not-confirmed"
+    title = "The card was not confirmed, so it was not saved"
 
 
 class PaymentMethodNotGranted(Forbidden):
@@ -144,48 +155,179 @@ async def save_payment_method(
         idempotency_key=f"{creator_id}:pm:{request_key}" if request_key else f"{method_id}:save",
     )
     async with session_or_unit_of_work(database, session) as writing:
-        await _lock_buyer(writing, buyer_id=buyer_id)
-        await _lock_customer(writing, customer_id=customer_id)
-        method = (
-            await writing.execute(
-                select(PaymentMethod)
-                .where(
-                    PaymentMethod.buyer_id == buyer_id,
-                    PaymentMethod.gateway == gateway.name,
-                    PaymentMethod.gateway_reference == saved.payment_method,
-                    PaymentMethod.detached_at.is_(None),
-                )
-                .order_by(PaymentMethod.id)
-                .limit(1)
+        return await _record_saved(
+            writing,
+            gateway,
+            creator_id=creator_id,
+            customer_id=customer_id,
+            buyer_id=buyer_id,
+            saved=saved,
+            method_id=method_id,
+            now=now,
+        )
+
+
+async def _record_saved(
+    writing: AsyncSession,
+    gateway: Gateway,
+    *,
+    creator_id: str,
+    customer_id: str,
+    buyer_id: str,
+    saved: SavedPaymentMethod,
+    method_id: str,
+    now: datetime,
+) -> CustomerPaymentMethod:
+    """Record a method the gateway keeps for the buyer (once per buyer) and grant it to
+    this customer (its default when it has none)."""
+    await _lock_buyer(writing, buyer_id=buyer_id)
+    await _lock_customer(writing, customer_id=customer_id)
+    method = (
+        await writing.execute(
+            select(PaymentMethod)
+            .where(
+                PaymentMethod.buyer_id == buyer_id,
+                PaymentMethod.gateway == gateway.name,
+                PaymentMethod.gateway_reference == saved.payment_method,
+                PaymentMethod.detached_at.is_(None),
             )
-        ).scalar_one_or_none()
-        if method is None:
-            method = PaymentMethod(
-                id=method_id,
-                creator_id=creator_id,
-                customer_id=customer_id,
-                buyer_id=buyer_id,
-                gateway=gateway.name,
-                gateway_customer=saved.customer_reference,
-                gateway_reference=saved.payment_method,
-                type="card",
-                created_at=now,
-            )
-            writing.add(method)
-            await writing.flush()
-        grant = await _grant(writing, customer_id=customer_id, payment_method_id=method.id)
-        if grant is None:
-            grant = PaymentMethodGrant(
-                customer_id=customer_id,
-                payment_method_id=method.id,
-                creator_id=creator_id,
-                is_default=not await _has_default(writing, customer_id=customer_id),
-                created_at=now,
-            )
-            writing.add(grant)
-            await writing.flush()
-        return CustomerPaymentMethod(
-            method=method, customer_id=customer_id, is_granted=True, is_default=grant.is_default
+            .order_by(PaymentMethod.id)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if method is None:
+        method = PaymentMethod(
+            id=method_id,
+            creator_id=creator_id,
+            customer_id=customer_id,
+            buyer_id=buyer_id,
+            gateway=gateway.name,
+            gateway_customer=saved.customer_reference,
+            gateway_reference=saved.payment_method,
+            type="card",
+            created_at=now,
+        )
+        writing.add(method)
+        await writing.flush()
+    grant = await _grant(writing, customer_id=customer_id, payment_method_id=method.id)
+    if grant is None:
+        grant = PaymentMethodGrant(
+            customer_id=customer_id,
+            payment_method_id=method.id,
+            creator_id=creator_id,
+            is_default=not await _has_default(writing, customer_id=customer_id),
+            created_at=now,
+        )
+        writing.add(grant)
+        await writing.flush()
+    return CustomerPaymentMethod(
+        method=method, customer_id=customer_id, is_granted=True, is_default=grant.is_default
+    )
+
+
+async def begin_card_setup(
+    database: Database, gateway: Gateway, *, creator_id: str, customer_id: str, token: str
+) -> CardSetup:
+    """Begin saving ``token`` with the buyer present, so their bank can ask them to
+    authenticate the card once (Stripe: a SetupIntent for off-session use on the buyer's
+    gateway customer). The setup carries whose it is (creator, customer, buyer) for
+    ``finish_card_setup``. The gateway call's idempotency key is derived from the customer
+    and the token, so a second submit of the same card gets the same setup back.
+
+    ``requires_action``: the buyer's browser confirms the setup with its ``action_secret``
+    (Stripe.js), then ``finish_card_setup`` saves it. ``succeeded`` (the sandbox asks for no
+    authentication): ``finish_card_setup`` saves it at once.
+
+    Raises:
+        CustomerNotFound, CardNumberRejected, InvalidPaymentMethod, PaymentMethodDeclined,
+        GatewayUnavailable.
+    """
+    check_payment_method(token)
+    async with database.unit_of_work() as reading:
+        customer = await accounts.get_customer(
+            reading, creator_id=creator_id, customer_id=customer_id
+        )
+        email, buyer_id = customer.email, customer.buyer_id
+        existing = await _buyer_gateway_customer(reading, gateway, buyer_id=buyer_id)
+    return await gateway.create_card_setup(
+        customer_reference=existing,
+        email=email,
+        payment_method=token,
+        metadata={"creator": creator_id, "customer": customer_id, "buyer": buyer_id},
+        idempotency_key=f"{creator_id}:setup:{customer_id}:{token}",
+    )
+
+
+async def finish_card_setup(
+    database: Database,
+    gateway: Gateway,
+    *,
+    creator_id: str,
+    customer_id: str,
+    reference: str,
+    now: datetime,
+    session: AsyncSession | None = None,
+) -> CustomerPaymentMethod:
+    """Save the payment method of a card setup that succeeded, as ``save_payment_method``
+    records one (the gateway attached it to the buyer's customer already). The setup is
+    read from the gateway, never taken from the browser, and must be this customer's (its
+    creator, customer and buyer, and the buyer's gateway customer once there is one).
+    Three steps, none holding a transaction across the gateway call; the last runs on
+    ``session`` when given.
+
+    Raises:
+        CustomerNotFound, GatewayUnavailable.
+        CardSetupNotFound: the gateway knows no such setup, or it is someone else's.
+        CardSetupNotConfirmed: the setup has not succeeded (authentication failed or was
+            abandoned, or the card was declined): nothing is saved.
+    """
+    method_id = new_id("pm")
+    async with database.unit_of_work() as reading:
+        customer = await accounts.get_customer(
+            reading, creator_id=creator_id, customer_id=customer_id
+        )
+        buyer_id = customer.buyer_id
+        existing = await _buyer_gateway_customer(reading, gateway, buyer_id=buyer_id)
+    not_found = CardSetupNotFound(
+        f"customer {customer_id} has no card setup {reference!r}; nothing was saved. "
+        "Add the card again",
+        setup=reference,
+    )
+    try:
+        setup = await gateway.retrieve_card_setup(reference=reference)
+    except GatewayRefused as error:
+        raise not_found from error
+    owner = (setup.metadata.get("creator"), setup.metadata.get("customer"))
+    if (
+        owner != (creator_id, customer_id)
+        or setup.metadata.get("buyer") != buyer_id
+        or (existing is not None and setup.customer_reference != existing)
+    ):
+        raise not_found
+    if (
+        setup.status != "succeeded"
+        or setup.payment_method is None
+        or setup.customer_reference is None
+    ):
+        raise CardSetupNotConfirmed(
+            "Your bank did not confirm this card, so it was not saved. Try again, or use "
+            "another card.",
+            setup=reference,
+            decline_code=setup.decline_code or "setup_not_confirmed",
+        )
+    saved = SavedPaymentMethod(
+        customer_reference=setup.customer_reference, payment_method=setup.payment_method
+    )
+    async with session_or_unit_of_work(database, session) as writing:
+        return await _record_saved(
+            writing,
+            gateway,
+            creator_id=creator_id,
+            customer_id=customer_id,
+            buyer_id=buyer_id,
+            saved=saved,
+            method_id=method_id,
+            now=now,
         )
 
 

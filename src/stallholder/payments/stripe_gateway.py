@@ -38,6 +38,7 @@ import stripe
 from stallholder.kit.errors import InvalidRequest
 from stallholder.kit.money import CARD_FIXED_FEES
 from stallholder.payments.gateway import (
+    CardSetup,
     ChargeRequest,
     ChargeResult,
     DisputeSnapshot,
@@ -46,12 +47,13 @@ from stallholder.payments.gateway import (
     PaymentMethodDeclined,
     RefundResult,
     SavedPaymentMethod,
+    SetupStatus,
     TransferReversal,
     card_rate_fee,
 )
 
 if TYPE_CHECKING:
-    from stripe.params import PaymentIntentCreateParams
+    from stripe.params import PaymentIntentCreateParams, SetupIntentCreateParams
 
 WEBHOOK_TOLERANCE_SECONDS = 300
 # The inbox's name for events from Stripe.
@@ -349,6 +351,57 @@ class StripeGateway:
             _unavailable(error)
         return SavedPaymentMethod(customer_reference=customer, payment_method=method.id)
 
+    async def create_card_setup(
+        self,
+        *,
+        customer_reference: str | None,
+        email: str,
+        payment_method: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> CardSetup:
+        """A SetupIntent for ``payment_method`` on the buyer's Stripe customer, for
+        off-session use, left for the buyer's browser to confirm with Stripe.js (which runs
+        3-D Secure when the bank asks for it)."""
+        try:
+            customer = customer_reference
+            if customer is None:
+                created = await self._stripe.v1.customers.create_async(
+                    {"email": email}, {"idempotency_key": f"{idempotency_key}:customer"}
+                )
+                customer = created.id
+            params: SetupIntentCreateParams = {
+                "customer": customer,
+                "payment_method": payment_method,
+                "usage": "off_session",
+                # Cards only, as for payments: 3-D Secure runs on the buyer's page.
+                "allowed_payment_method_types": ["card"],
+                "metadata": metadata,
+            }
+            intent = await self._stripe.v1.setup_intents.create_async(
+                params, {"idempotency_key": idempotency_key}
+            )
+        except stripe.InvalidRequestError as error:
+            raise PaymentMethodDeclined(
+                error.user_message or "Stripe refused the payment method.",
+                decline_code=error.code or "invalid_request",
+            ) from error
+        except _TRANSIENT as error:
+            _unavailable(error)
+        return _card_setup(intent)
+
+    async def retrieve_card_setup(self, *, reference: str) -> CardSetup:
+        try:
+            intent = await self._stripe.v1.setup_intents.retrieve_async(reference)
+        except stripe.InvalidRequestError as error:
+            raise GatewayRefused(
+                error.user_message or f"Stripe has no SetupIntent {reference!r}.",
+                gateway_code=error.code,
+            ) from error
+        except _TRANSIENT as error:
+            _unavailable(error)
+        return _card_setup(intent)
+
     async def detach_payment_method(self, *, payment_method: str) -> None:
         try:
             await self._stripe.v1.payment_methods.detach_async(payment_method)
@@ -521,6 +574,46 @@ class StripeGateway:
                 for transaction in getattr(dispute, "balance_transactions", None) or ()
             ),
         )
+
+
+def _card_setup(intent: stripe.SetupIntent) -> CardSetup:
+    """A SetupIntent in our terms: ``requires_confirmation`` and ``requires_action`` wait
+    for the buyer's browser (so does a new one without a payment method); after an
+    attempt failed (authentication, a decline) ``requires_payment_method`` is a failure,
+    as is ``canceled``."""
+    customer = intent.customer
+    method = intent.payment_method
+    failure = intent.last_setup_error
+    status: SetupStatus = "failed"
+    if intent.status == "succeeded":
+        status = "succeeded"
+    elif intent.status in ("requires_confirmation", "requires_action") or (
+        intent.status == "requires_payment_method" and failure is None
+    ):
+        status = "requires_action"
+    return CardSetup(
+        reference=intent.id,
+        status=status,
+        customer_reference=customer
+        if isinstance(customer, str) or customer is None
+        else customer.id,
+        payment_method=method if isinstance(method, str) or method is None else method.id,
+        metadata={
+            str(key): str(value)
+            for key, value in (intent.metadata.to_dict() if intent.metadata else {}).items()
+        },
+        action_secret=intent.client_secret if status == "requires_action" else None,
+        # Stripe leaves out the error's fields that do not apply (no ``decline_code`` for
+        # a failed authentication).
+        decline_code=None
+        if status != "failed"
+        else getattr(failure, "decline_code", None)
+        or getattr(failure, "code", None)
+        or f"setup_intent_{intent.status}",
+        message=None
+        if status != "failed"
+        else getattr(failure, "message", None) or f"Stripe left the SetupIntent {intent.status}.",
+    )
 
 
 def _unavailable(error: stripe.StripeError) -> NoReturn:

@@ -87,9 +87,26 @@ class Refusal:
     typed: dict[str, str] = field(default_factory=dict)
 
 
+# Declines the buyer reads in plain words instead of the gateway's, by decline code: the
+# same sentences static/stripe_errors.js shows for the same codes in the browser.
+BUYER_DECLINES = {
+    "payment_intent_authentication_failure": (
+        "Your bank did not confirm this payment. Try again, or use another card."
+    ),
+}
+
+
+def _buyer_message(error: DomainError) -> str:
+    if error.slug == "payment-declined":
+        declined = BUYER_DECLINES.get(str(error.extensions.get("decline_code")))
+        if declined is not None:
+            return declined
+    return BUYER_MESSAGES.get(error.slug, error.detail)
+
+
 def _refusal_of(error: DomainError, typed: dict[str, str]) -> Refusal:
     where = FIELD_OF_PROBLEM.get(error.slug)
-    message = BUYER_MESSAGES.get(error.slug, error.detail)
+    message = _buyer_message(error)
     if where is None:
         return Refusal(status=error.status, general=message, typed=typed)
     return Refusal(status=error.status, fields={where: message}, typed=typed)

@@ -36,6 +36,7 @@ from stallholder.kit.money import Money
 from stallholder.orders import downloads
 from stallholder.orders import service as orders
 from stallholder.payments import methods
+from stallholder.payments.gateway import CardSetup
 from stallholder.web.portal_auth import sign_in_redirect, signed_in_buyer
 from stallholder.web.security import CsrfProtected
 from stallholder.web.templating import templates
@@ -476,7 +477,10 @@ async def _payment_page(
     now: datetime,
     error: str | None = None,
     status_code: int = 200,
+    setup: CardSetup | None = None,
 ) -> Response:
+    """The payment-update page; with ``setup`` (Stripe), the page confirms that card
+    setup in the buyer's browser (3-D Secure when the bank asks) and posts it back."""
     creator, customer = await _people(session, subscription)
     page = await methods.list_payment_methods(
         session,
@@ -514,11 +518,16 @@ async def _payment_page(
             "is_sandbox": request.app.state.gateway.name == "sandbox",
             "uses_stripe": request.app.state.gateway.name == "stripe",
             # Stripe: the Payment Element in deferred setup mode makes the PaymentMethod
-            # in the buyer's browser; the form posts its ``pm_`` id as ``token``.
+            # in the buyer's browser; the form posts its ``pm_`` id as ``token``, the
+            # server makes a SetupIntent for it, and the page confirms that with Stripe.js
+            # and posts its ``seti_`` id as ``setup_intent``.
             "stripe_publishable_key": get_settings(request).stripe_publishable_key,
             "currency": subscription.currency,
             "tokens": SANDBOX_CARDS,
             "error": error,
+            "setup": None
+            if setup is None
+            else {"secret": setup.action_secret, "payment_method": setup.payment_method},
         },
         status_code=status_code,
     )
@@ -545,11 +554,18 @@ async def update_payment_method(
     now: NowDep,
     token: Annotated[str, Form(max_length=100)] = "",
     payment_method: Annotated[str, Form(max_length=40)] = "",
+    setup_intent: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
-    """Save a new card (``token``: a sandbox token, or with Stripe the ``pm_`` Stripe.js
-    created) or choose a saved one (``payment_method``) as the subscription's, then retry
-    a failed payment on it at once. Each step is short and no transaction is open during a
-    gateway call (ADR 0007)."""
+    """Save a new card or choose a saved one (``payment_method``) as the subscription's,
+    then retry a failed payment on it at once. Each step is short and no transaction is
+    open during a gateway call (ADR 0007).
+
+    A new card is set up with the buyer present, so their bank can ask them to confirm it
+    (3-D Secure) before renewals charge it without them: ``token`` (a sandbox token, or
+    with Stripe the ``pm_`` Stripe.js created) begins a card setup. The sandbox's succeeds
+    at once and is saved; Stripe's SetupIntent comes back to the page, which confirms it
+    with Stripe.js and posts its id as ``setup_intent``; that is saved only when it is this
+    customer's and succeeded."""
     buyer_id = signed_in_buyer(request)
     if buyer_id is None:
         return sign_in_redirect(request)
@@ -562,13 +578,24 @@ async def update_payment_method(
         creator_id, customer_id = subscription.creator_id, subscription.customer_id
     retry: tuple[str, int] | None = None
     try:
-        if token:
-            saved = await methods.save_payment_method(
+        if setup_intent or token:
+            reference = setup_intent
+            if not reference:
+                setup = await methods.begin_card_setup(
+                    database, gateway, creator_id=creator_id, customer_id=customer_id, token=token
+                )
+                if setup.status == "requires_action":
+                    current = await buyers.subscription_of_buyer(
+                        session, buyer_id=buyer_id, subscription_id=subscription_id
+                    )
+                    return await _payment_page(request, session, current, now=now, setup=setup)
+                reference = setup.reference
+            saved = await methods.finish_card_setup(
                 database,
                 gateway,
                 creator_id=creator_id,
                 customer_id=customer_id,
-                token=token,
+                reference=reference,
                 now=now,
             )
             chosen = saved.method.id

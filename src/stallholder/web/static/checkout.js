@@ -32,6 +32,8 @@
   var form = document.getElementById("pay-form");
   if (!form || !form.getAttribute("data-stripe-key") || typeof window.Stripe !== "function") return;
   var stripe = window.Stripe(form.getAttribute("data-stripe-key"));
+  // Stripe's errors in the buyer's words (stripe_errors.js, loaded before this script).
+  var words = window.StallholderStripeErrors;
   var errorBox = document.getElementById("payment_method-error");
   var method = form.querySelector("input[name=payment_method]");
   function fail(message) { errorBox.textContent = message; }
@@ -45,7 +47,8 @@
     new Promise(function (resolve) {
       resolve(stripe.handleNextAction({ clientSecret: actionSecret }));
     }).then(function (result) {
-      if (result.error) fail(result.error.message);
+      // The server reads the PaymentIntent again and says the same in the page it sends.
+      if (result.error) fail(words.buyerMessage(result.error));
       form.submit();
     }).catch(function (error) {
       fail("Your bank's check could not be opened (" + error.message + "). Press Pay to try again.");
@@ -96,9 +99,9 @@
     button.disabled = true;
     fail("");
     elements.submit().then(function (submitted) {
-      if (submitted.error) return done(submitted.error.message);
+      if (submitted.error) return done(words.buyerMessage(submitted.error));
       return stripe.createPaymentMethod({ elements: elements }).then(function (created) {
-        if (created.error) return done(created.error.message);
+        if (created.error) return done(words.buyerMessage(created.error));
         method.value = created.paymentMethod.id;
         form.submit();
       });
