@@ -74,6 +74,11 @@ class FakeConnector:
     async def register_webhooks(self, delivery_url: str) -> list[RegisteredWebhook]:
         return [RegisteredWebhook(external_id="1", topic="ORDERS_CREATE")]
 
+    async def remove_webhooks(
+        self, delivery_url: str, registered: Sequence[RegisteredWebhook]
+    ) -> None:
+        return None
+
     async def listings(self) -> list[Listing]:
         return [
             Listing(ref=ListingRef(external_id=f"item-{sku}"), sku=sku, title=sku, quantity=n)
@@ -705,6 +710,11 @@ class EtsyShopFake:
     async def register_webhooks(self, delivery_url: str) -> list[RegisteredWebhook]:
         return []
 
+    async def remove_webhooks(
+        self, delivery_url: str, registered: Sequence[RegisteredWebhook]
+    ) -> None:
+        return None
+
     async def listings(self) -> list[Listing]:
         return [
             Listing(
@@ -879,3 +889,107 @@ async def test_pushes_of_one_etsy_listing_never_run_at_once(
             )
             == 0
         )
+
+
+async def _deliver(database: Database, clock: FrozenClock, delivery: WebhookDelivery) -> None:
+    """A delivery as the inbox keeps it and the worker hands it on."""
+    stored = sync.delivery_from(sync.delivery_payload("chn_a", delivery), delivery.delivery_id)
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        await sync.handle_delivery(session, channel=channel, delivery=stored, now=clock.now())
+
+
+async def test_an_uninstall_delivery_pauses_an_active_channel_once(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+) -> None:
+    await _setup(database, clock, settings, engine, fakes)
+    uninstalled = WebhookDelivery(delivery_id="d1", topic="app/uninstalled", uninstalled=True)
+
+    await _deliver(database, clock, uninstalled)
+    await _deliver(database, clock, uninstalled)
+
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        assert (channel.status, channel.paused_reason) == (
+            "paused",
+            "the app was uninstalled from the shop (app/uninstalled)",
+        )
+        events = (
+            (await session.execute(select(Event).where(Event.type == "channel.paused")))
+            .scalars()
+            .all()
+        )
+        assert [e.data["paused_reason"] for e in events] == [channel.paused_reason]
+        logged = (await session.execute(select(SyncLogEntry.kind, SyncLogEntry.outcome))).all()
+        assert [tuple(row) for row in logged] == [("push", "paused")]
+
+
+async def test_an_uninstall_delivery_leaves_a_paused_or_disconnected_channel_as_it_is(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+) -> None:
+    await _setup(database, clock, settings, engine, fakes)
+    uninstalled = WebhookDelivery(delivery_id="d1", topic="app/uninstalled", uninstalled=True)
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        channel.status, channel.paused_reason = "paused", "paused by the creator"
+
+    await _deliver(database, clock, uninstalled)
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        assert (channel.status, channel.paused_reason) == ("paused", "paused by the creator")
+        await service.disconnect(
+            session,
+            channel=channel,
+            sealed_nothing=engine.vault.seal({}),
+            webhooks_removed=True,
+            detail="disconnected",
+            now=clock.now(),
+        )
+    await _deliver(database, clock, uninstalled)
+
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        assert (channel.status, channel.paused_reason) == ("disconnected", None)
+        assert await session.scalar(select(func.count()).select_from(Event)) == 0
+
+
+async def test_a_cancellation_delivery_gives_the_units_back_unless_placed_before_connecting(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+) -> None:
+    await _setup(database, clock, settings, engine, fakes, on_hand=3)
+    clock.advance(timedelta(minutes=5))
+    line = (OrderLine(sku="MUG-1", quantity=2),)
+    placed = ChannelOrder("9", clock.now(), line, name="#1009")
+    before = ChannelOrder("8", clock.now() - timedelta(hours=1), line, cancelled=True)
+
+    await _deliver(database, clock, WebhookDelivery("d1", "orders/create", order=placed))
+    async with database.unit_of_work() as session:
+        level = (await session.execute(select(StockLevel))).scalar_one()
+        assert level.on_hand == 1
+    cancelled = ChannelOrder("9", clock.now(), line, name="#1009", cancelled=True)
+    await _deliver(database, clock, WebhookDelivery("d2", "orders/cancelled", order=cancelled))
+    await _deliver(database, clock, WebhookDelivery("d3", "orders/cancelled", order=before))
+
+    async with database.unit_of_work() as session:
+        level = (await session.execute(select(StockLevel))).scalar_one()
+        assert level.on_hand == 3
+        rows = (await session.execute(select(OrderRow.external_id, OrderRow.status))).all()
+        assert [tuple(row) for row in rows] == [("9", "cancelled")]
+        kinds = (
+            await session.execute(
+                select(StockMovement.kind, StockMovement.quantity).order_by(StockMovement.id)
+            )
+        ).all()
+        assert [tuple(k) for k in kinds] == [("received", 3), ("sold", -2), ("returned", 2)]
