@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -16,12 +16,14 @@ import pytest
 from sqlalchemy import func, select
 
 from stallholder.catalog import service as catalog
+from stallholder.channels import connect as connect_module
 from stallholder.channels import service, sync
 from stallholder.channels.buffers import Rules
 from stallholder.channels.connect import Found, NewChannel, store
 from stallholder.channels.connectors import (
     ChannelKind,
     ChannelOrder,
+    ChannelUnavailable,
     Listing,
     ListingRef,
     OrderLine,
@@ -62,6 +64,9 @@ class FakeChannel:
         self.fail: Exception | None = None
         # Orders the channel has taken but not yet shows to a poll (a slow index).
         self.unlisted: list[ChannelOrder] = []
+        # What ``remove_webhooks`` was asked, and what it does first.
+        self.removals: list[tuple[str, list[RegisteredWebhook]]] = []
+        self.on_remove: Callable[[], Awaitable[None]] | None = None
 
 
 class FakeConnector:
@@ -77,7 +82,11 @@ class FakeConnector:
     async def remove_webhooks(
         self, delivery_url: str, registered: Sequence[RegisteredWebhook]
     ) -> None:
-        return None
+        if self.channel.on_remove is not None:
+            await self.channel.on_remove()
+        if self.channel.fail is not None:
+            raise self.channel.fail
+        self.channel.removals.append((delivery_url, list(registered)))
 
     async def listings(self) -> list[Listing]:
         return [
@@ -993,3 +1002,104 @@ async def test_a_cancellation_delivery_gives_the_units_back_unless_placed_before
             )
         ).all()
         assert [tuple(k) for k in kinds] == [("received", 3), ("sold", -2), ("returned", 2)]
+
+
+async def _with_webhooks(database: Database) -> None:
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        channel.webhooks = [{"id": "1", "topic": "orders/create"}]
+
+
+async def test_removing_webhooks_calls_the_channel_with_no_transaction_open(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+) -> None:
+    creator_id, _ = await _setup(database, clock, settings, engine, fakes)
+    await _with_webhooks(database)
+
+    async def write_the_channel() -> None:
+        # Another unit of work writes the channel's row meanwhile: it would wait (and this
+        # test time out) if the disconnect held a transaction on it.
+        async with database.unit_of_work() as session:
+            channel = (
+                await session.execute(
+                    select(Channel).where(Channel.id == "chn_a").with_for_update()
+                )
+            ).scalar_one()
+            channel.name = "renamed meanwhile"
+
+    fakes["a"].on_remove = write_the_channel
+    removal = await asyncio.wait_for(
+        connect_module.remove_webhooks(
+            database,
+            engine,
+            creator_id=creator_id,
+            channel_id="chn_a",
+            settings=settings,
+            clock=clock,
+        ),
+        timeout=10,
+    )
+
+    assert removal == connect_module.Removal(
+        removed=True, detail="disconnected; webhooks removed from the channel (orders/create)"
+    )
+    assert fakes["a"].removals == [
+        (
+            f"{settings.base_url.rstrip('/')}/hooks/channels/chn_a",
+            [RegisteredWebhook(external_id="1", topic="orders/create")],
+        )
+    ]
+
+
+async def test_removing_webhooks_that_time_out_or_fail_says_why_and_a_disconnected_one_is_left(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    creator_id, _ = await _setup(database, clock, settings, engine, fakes)
+    await _with_webhooks(database)
+    monkeypatch.setattr(connect_module, "REMOVE_WEBHOOKS_TIMEOUT", 0.2)
+
+    async def hang() -> None:
+        await asyncio.sleep(5)
+
+    async def remove() -> connect_module.Removal | None:
+        return await connect_module.remove_webhooks(
+            database,
+            engine,
+            creator_id=creator_id,
+            channel_id="chn_a",
+            settings=settings,
+            clock=clock,
+        )
+
+    fakes["a"].on_remove = hang
+    hung = await remove()
+    fakes["a"].on_remove = None
+    fakes["a"].fail = ChannelUnavailable("503: Shopify: try again later")
+    down = await remove()
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        channel.status = "disconnected"
+    gone = await remove()
+
+    assert hung is not None
+    assert hung.removed is False
+    assert hung.detail.startswith(
+        "disconnected; the webhooks could not be removed from the channel: no answer within 0.2 s."
+    )
+    assert down == connect_module.Removal(
+        removed=False,
+        detail="disconnected; the webhooks could not be removed from the channel: 503: "
+        "Shopify: try again later. The channel keeps sending them, refused (401), until it "
+        "gives up on them; delete them in the channel's admin",
+    )
+    assert gone is None
+    assert fakes["a"].removals == []

@@ -408,7 +408,7 @@ async def remove_webhooks(
         except TimeoutError:
             return Removal(
                 removed=False,
-                detail=_not_removed(f"no answer within {REMOVE_WEBHOOKS_TIMEOUT:.0f} s"),
+                detail=_not_removed(f"no answer within {REMOVE_WEBHOOKS_TIMEOUT:g} s"),
             )
     return Removal(
         removed=True, detail=f"disconnected; webhooks removed from the channel ({topics})"
