@@ -387,7 +387,7 @@ async def remove_webhooks(
         )
     topics = ", ".join(hook.topic for hook in registered)
     target = delivery_url(settings, channel_id)
-    async with httpx.AsyncClient(timeout=TIMEOUT) if http is None else _borrowed(http) as client:
+    async with client_from_settings(settings) if http is None else _borrowed(http) as client:
         context = Context(database=database, clock=clock, resources=_Resources(settings, client))
 
         async def remove() -> None:
