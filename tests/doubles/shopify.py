@@ -19,13 +19,17 @@ It follows Shopify's published API (read in November 2026; ADR 0026 lists the fa
   whole call (Shopify's docs say "the mutation fails"; that nothing of the call is applied
   is ADR 0026's reading); a key replays its first result, and a key reused with other
   arguments is ``IDEMPOTENCY_KEY_PARAMETER_MISMATCH``.
-- ``webhookSubscriptionCreate`` / ``webhookSubscriptions``; deliveries signed with the app's
-  client secret (``X-Shopify-Hmac-Sha256``, base64 HMAC-SHA256 of the body) with
-  Shopify's headers, at least once, through ``common.WebhookSender``. A change of an
-  inventory level (a sale, a merchant's edit, the app's own write) sends
-  ``inventory_levels/update``, as Shopify does.
+- ``webhookSubscriptionCreate`` / ``webhookSubscriptions`` / ``webhookSubscriptionDelete``
+  (``deletedWebhookSubscriptionId``, or a user error on ``id`` for a subscription that
+  does not exist); deliveries signed with the app's client secret
+  (``X-Shopify-Hmac-Sha256``, base64 HMAC-SHA256 of the body) with Shopify's headers, at
+  least once, through ``common.WebhookSender``, to the subscriptions that exist when the
+  event happens. A change of an inventory level (a sale, a merchant's edit, the app's own
+  write) sends ``inventory_levels/update``, as Shopify does; an order ``orders/create``,
+  its cancellation (``cancel()``) ``orders/cancelled``.
 - Tokens carry scopes: a root field outside them is a GraphQL ``ACCESS_DENIED`` error.
-  ``revoke()`` is an uninstall: every token is refused and the app's webhooks are gone.
+  ``uninstall()`` sends ``app/uninstalled`` (the shop's object), then refuses every token
+  and drops the app's webhooks; ``revoke()`` does the same without the delivery.
 - ``field_costs`` sets a field's cost by hand, as Shopify reserves the right to.
 - OAuth: ``GET /admin/oauth/authorize`` approves at once and redirects with ``code``,
   ``hmac``, ``shop``, ``state``, ``timestamp``; ``POST /admin/oauth/access_token`` trades
@@ -35,7 +39,8 @@ It follows Shopify's published API (read in November 2026; ADR 0026 lists the fa
   pair (unconfirmed).
 
 Control routes outside ``/admin/`` (no chaos) let a demo in another process drive it:
-``GET /_double/state``, ``POST /_double/sell``, ``POST /_double/quantity``.
+``GET /_double/state``, ``POST /_double/sell``, ``POST /_double/quantity``,
+``POST /_double/cancel`` (``{"order": <id>}``), ``POST /_double/uninstall``.
 """
 
 from __future__ import annotations
@@ -100,7 +105,12 @@ _REQUIRED_SCOPE = {
     "inventorySetQuantities": "write_inventory",
 }
 _DEFAULT_VARIANT = "Default Title"
-_TOPICS = {"ORDERS_CREATE": "orders/create", "INVENTORY_LEVELS_UPDATE": "inventory_levels/update"}
+_TOPICS = {
+    "ORDERS_CREATE": "orders/create",
+    "ORDERS_CANCELLED": "orders/cancelled",
+    "INVENTORY_LEVELS_UPDATE": "inventory_levels/update",
+    "APP_UNINSTALLED": "app/uninstalled",
+}
 
 
 def gid(kind: str, number: int) -> str:
@@ -256,6 +266,8 @@ class ShopifyDouble:
             Route("/_double/state", self._state, methods=["GET"]),
             Route("/_double/sell", self._control_sell, methods=["POST"]),
             Route("/_double/quantity", self._control_quantity, methods=["POST"]),
+            Route("/_double/cancel", self._control_cancel, methods=["POST"]),
+            Route("/_double/uninstall", self._control_uninstall, methods=["POST"]),
         ]
         self.app: ASGIApp = ChaosMiddleware(
             Starlette(routes=routes), chaos=self.chaos, prefix="/admin/", throttled=_throttled
@@ -329,16 +341,36 @@ class ShopifyDouble:
             return str(order.number)
 
     def cancel(self, order_id: str) -> None:
+        """The merchant cancels an order (without restocking it on Shopify):
+        ``orders/cancelled`` is sent with the order, ``cancelled_at`` set."""
         with self._lock:
             order = self._orders[int(order_id)]
             order.cancelled_at = order.updated_at = datetime.now(UTC)
+            self._deliver("ORDERS_CANCELLED", self._order_payload(order))
 
     def revoke(self) -> None:
-        """The app is uninstalled: every token is refused from now on."""
+        """Every token is refused from now on and the app's webhooks are gone (an
+        uninstall whose ``app/uninstalled`` delivery was lost; ``uninstall`` sends it)."""
         with self._lock:
             self._tokens.clear()
             self._refresh_tokens.clear()
             self.subscriptions.clear()  # uninstalling removes the app's webhooks
+
+    def uninstall(self) -> None:
+        """The merchant uninstalls the app: ``app/uninstalled`` is sent (the shop's
+        object), then every token is refused and the app's webhooks are gone."""
+        with self._lock:
+            self._deliver(
+                "APP_UNINSTALLED",
+                {
+                    "id": 548380009,
+                    "name": "Kiln",
+                    "domain": self.shop_domain,
+                    "myshopify_domain": self.shop_domain,
+                    "currency": self.currency,
+                },
+            )
+            self.revoke()
 
     def spend(self, points: float) -> None:
         """Another request of this app spent ``points`` of the bucket."""
@@ -400,7 +432,10 @@ class ShopifyDouble:
             "order_number": int(order.name.lstrip("#")),
             "created_at": order.created_at.isoformat(timespec="seconds"),
             "updated_at": order.updated_at.isoformat(timespec="seconds"),
-            "cancelled_at": None,
+            "cancelled_at": None
+            if order.cancelled_at is None
+            else order.cancelled_at.isoformat(timespec="seconds"),
+            "cancel_reason": None if order.cancelled_at is None else "customer",
             "currency": self.currency,
             "financial_status": "paid",
             "line_items": [
@@ -738,6 +773,22 @@ class ShopifyDouble:
             "errors": [],
         }
 
+    def _delete_subscription(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``webhookSubscriptionDelete``: the id of the deleted subscription, or a user
+        error on ``id`` for one that does not exist (Shopify's wording, unconfirmed)."""
+        number = _number(args.get("id"), "WebhookSubscription")
+        if number is None or self.subscriptions.pop(number, None) is None:
+            return {
+                "__typename": "WebhookSubscriptionDeletePayload",
+                "deleted": None,
+                "errors": [_error(["id"], "Webhook subscription does not exist", None)],
+            }
+        return {
+            "__typename": "WebhookSubscriptionDeletePayload",
+            "deleted": gid("WebhookSubscription", number),
+            "errors": [],
+        }
+
     def _schema(self, key: str | None, scopes: tuple[str, ...]) -> Schema:
         """The types the double serves (Shopify's names and shapes, a subset of fields)."""
 
@@ -793,6 +844,11 @@ class ShopifyDouble:
                 "WebhookSubscriptionCreatePayload",
                 lambda obj, args: self._create_subscription(args),
                 frozenset({"topic", "webhookSubscription"}),
+            ),
+            "webhookSubscriptionDelete": FieldDef(
+                "WebhookSubscriptionDeletePayload",
+                lambda obj, args: self._delete_subscription(args),
+                frozenset({"id"}),
             ),
         }
 
@@ -950,6 +1006,10 @@ class ShopifyDouble:
                 "webhookSubscription": FieldDef(
                     "WebhookSubscription", lambda o, a: o["subscription"]
                 ),
+                "userErrors": FieldDef("UserError", lambda o, a: o["errors"], shape="list"),
+            },
+            "WebhookSubscriptionDeletePayload": {
+                "deletedWebhookSubscriptionId": FieldDef("ID", lambda o, a: o["deleted"]),
                 "userErrors": FieldDef("UserError", lambda o, a: o["errors"], shape="list"),
             },
             # Shopify's generic UserError has no ``code``.
@@ -1185,6 +1245,18 @@ class ShopifyDouble:
         except KeyError as error:
             return JSONResponse({"error": f"unknown sku {error}"}, 404)
         return JSONResponse({"sku": body["sku"], "quantity": int(body["quantity"])})
+
+    async def _control_cancel(self, request: Request) -> Response:
+        body = await request.json()
+        try:
+            self.cancel(str(body["order"]))
+        except (KeyError, ValueError) as error:
+            return JSONResponse({"error": f"unknown order {error}"}, 404)
+        return JSONResponse({"order": str(body["order"]), "cancelled": True})
+
+    async def _control_uninstall(self, request: Request) -> Response:
+        self.uninstall()
+        return JSONResponse({"uninstalled": True})
 
 
 def _error(path: list[str], message: str, code: str | None) -> dict[str, Any]:

@@ -169,7 +169,6 @@ async def channel_stack(
             allow_private_webhook_targets=True,
             worker_retry_jitter=0.0,
             worker_poll_seconds=1.0,
-            channel_poll_seconds=1.0,
             shopify_client_id="shp-client",
             shopify_client_secret=SHOPIFY_SECRET,
             etsy_api_base=etsy.base_url,
@@ -178,7 +177,7 @@ async def channel_stack(
             etsy_shared_secret=ETSY_SECRET,
             drop_rate_limit_per_ip=0,
             drop_rate_limit_per_buyer=0,
-            **overrides,
+            **{"channel_poll_seconds": 1.0, **overrides},
         )
         app = create_app(settings, clock=SystemClock(), run_worker=False)
         database = Database(database_url)

@@ -73,7 +73,12 @@ async def test_a_shopify_install_connects_the_shop_with_an_expiring_token(stack:
         stack.shopify.base_url,
     )
     assert channel["listings"] == {"matched": 0, "unmatched": 1, "conflict": 0}
-    assert sorted(channel["webhooks"]) == ["inventory_levels/update", "orders/create"]
+    assert channel["webhooks"] == [
+        "orders/create",
+        "orders/cancelled",
+        "inventory_levels/update",
+        "app/uninstalled",
+    ]
 
 
 async def test_a_callback_from_another_shop_than_the_one_the_install_began_for_is_refused(

@@ -7,16 +7,20 @@ its channel (issue 11, "Must be shown")."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from stallholder.channels.models import ChannelOrder
+from stallholder.channels.models import Channel, ChannelOrder
+from stallholder.channels.registry import vault_from_settings
+from stallholder.events.models import InboxEvent
 from stallholder.inventory.models import StockLevel
 from stallholder.notifications.models import Email
 from tests.e2e.channel_stack import Stack, channel_stack, eventually
+from tests.smtp_server import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -368,3 +372,232 @@ async def test_an_import_with_a_taken_sku_imports_nothing_and_names_the_listing(
     assert skus == ["TEA-1", "TEA-2", "TEA-3"]
     prices = (await stack.call("GET", "/v1/prices?limit=10", key)).json()["data"]
     assert sorted(price["unit_amount"] for price in prices) == [3600, 3600]
+
+
+# Webhooks: removed on disconnecting, cancellations and uninstalls ----------------------
+
+
+@pytest.fixture
+async def quiet_stack(any_database_url: str, tmp_path: Path) -> Any:
+    """The stack with polls and reconciliations an hour apart: what happens in a test
+    after the first poll comes by webhook."""
+    async with channel_stack(
+        any_database_url,
+        tmp_path / "var",
+        channel_poll_seconds=3600,
+        channel_reconcile_seconds=3600,
+    ) as built:
+        yield built
+
+
+async def _polled_once(stack: Stack, channel_id: str) -> None:
+    """Wait for the first poll after connecting (it comes due at once)."""
+
+    async def polled() -> bool:
+        async with stack.database.unit_of_work() as session:
+            channel = await session.get_one(Channel, channel_id)
+            return channel.orders_cursor is not None
+
+    await eventually(polled, what="the first poll")
+
+
+async def _sync_log(stack: Stack, key: str, channel_id: str) -> list[dict[str, Any]]:
+    response = await stack.call("GET", f"/v1/channels/{channel_id}/sync_log", key)
+    entries: list[dict[str, Any]] = response.json()["data"]
+    return entries
+
+
+async def test_disconnecting_removes_our_webhooks_from_shopify_and_woocommerce(
+    stack: Stack,
+) -> None:
+    _, key = await stack.creator()
+    stack.shopify.add_product("Mug", [("MUG-6", 5)])
+    stack.woo.add_product("Mug", [("MUG-6", 5)])
+    shopify = await stack.connect(key, "shopify")
+    woo = await stack.connect(key, "woocommerce")
+    assert shopify["webhooks"] == [
+        "orders/create",
+        "orders/cancelled",
+        "inventory_levels/update",
+        "app/uninstalled",
+    ]
+    assert (len(stack.shopify.subscriptions), len(stack.woo.hooks)) == (4, 2)
+
+    gone = [
+        (await stack.call("DELETE", f"/v1/channels/{c['id']}", key)).json() for c in (shopify, woo)
+    ]
+
+    assert [(g["status"], g["webhooks"], g["webhooks_removed"]) for g in gone] == [
+        ("disconnected", [], True),
+        ("disconnected", [], True),
+    ]
+    assert (stack.shopify.subscriptions, stack.woo.hooks) == ({}, {})
+    [shopify_log, *_] = await _sync_log(stack, key, shopify["id"])
+    [woo_log, *_] = await _sync_log(stack, key, woo["id"])
+    assert (shopify_log["kind"], shopify_log["outcome"], shopify_log["detail"]) == (
+        "disconnect",
+        "ok",
+        "disconnected; webhooks removed from the channel (orders/create, orders/cancelled, "
+        "inventory_levels/update, app/uninstalled)",
+    )
+    assert (woo_log["kind"], woo_log["outcome"], woo_log["detail"]) == (
+        "disconnect",
+        "ok",
+        "disconnected; webhooks removed from the channel (order.created, product.updated)",
+    )
+    # Disconnecting again calls nothing and changes nothing.
+    again = await stack.call("DELETE", f"/v1/channels/{shopify['id']}", key)
+    assert (again.status_code, again.json()["webhooks_removed"]) == (200, True)
+    assert [e["kind"] for e in await _sync_log(stack, key, shopify["id"])].count("disconnect") == 1
+
+
+async def test_a_channel_unreachable_or_refusing_the_keys_is_disconnected_all_the_same(
+    stack: Stack,
+) -> None:
+    _, key = await stack.creator()
+    stack.shopify.add_product("Mug", [("MUG-7", 5)])
+    stack.woo.add_product("Mug", [("MUG-7", 5)])
+    shopify = await stack.connect(key, "shopify")
+    woo = await stack.connect(key, "woocommerce")
+    # The shop moved away (nothing listens at its address any more); the store's shop
+    # manager revoked the API key.
+    vault = vault_from_settings(stack.settings)
+    async with stack.database.unit_of_work() as session:
+        channel = await session.get_one(Channel, shopify["id"])
+        credentials = vault.open(channel.credentials)
+        channel.credentials = vault.seal(
+            {**credentials, "shop_url": f"http://127.0.0.1:{free_port()}"}
+        )
+    stack.woo.revoke()
+
+    unreachable = await stack.call("DELETE", f"/v1/channels/{shopify['id']}", key)
+    refused = await stack.call("DELETE", f"/v1/channels/{woo['id']}", key)
+
+    assert (unreachable.status_code, refused.status_code) == (200, 200)
+    assert [
+        (c.json()["status"], c.json()["webhooks_removed"], c.json()["webhooks"])
+        for c in (unreachable, refused)
+    ] == [
+        (
+            "disconnected",
+            False,
+            ["orders/create", "orders/cancelled", "inventory_levels/update", "app/uninstalled"],
+        ),
+        ("disconnected", False, ["order.created", "product.updated"]),
+    ]
+    [shopify_log, *_] = await _sync_log(stack, key, shopify["id"])
+    [woo_log, *_] = await _sync_log(stack, key, woo["id"])
+    assert (shopify_log["kind"], shopify_log["outcome"]) == ("disconnect", "error")
+    assert shopify_log["detail"].startswith(
+        "disconnected; the webhooks could not be removed from the channel: Shopify: ConnectError"
+    )
+    assert (woo_log["kind"], woo_log["outcome"], woo_log["detail"]) == (
+        "disconnect",
+        "error",
+        "disconnected; the webhooks could not be removed from the channel: the channel "
+        "refused our credentials (401: woocommerce_rest_cannot_view: Sorry, you cannot list "
+        "resources.). The channel keeps sending them, refused (401), until it gives up on "
+        "them; delete them in the channel's admin",
+    )
+    assert len(stack.woo.hooks) == 2  # still on the store
+    async with stack.database.unit_of_work() as session:
+        for channel_id in (shopify["id"], woo["id"]):
+            channel = await session.get_one(Channel, channel_id)
+            assert vault.open(channel.credentials) == {}
+    # Its deliveries are refused (401): the store counts a failure of each webhook.
+    stack.woo.sell("MUG-7", 1)
+    await eventually(
+        lambda: [h.failure_count for h in stack.woo.hooks.values()] == [1, 1],
+        what="the store's deliveries refused",
+    )
+    refused_delivery = await stack.http.post(
+        f"/hooks/channels/{woo['id']}",
+        content=b"{}",
+        headers={"X-WC-Webhook-Topic": "order.created", "X-WC-Webhook-Signature": "c2ln"},
+    )
+    assert refused_delivery.status_code == 401
+    assert refused_delivery.json()["detail"] == "this channel is disconnected"
+
+
+async def test_a_shopify_cancellation_returns_the_units_by_webhook(quiet_stack: Stack) -> None:
+    stack = quiet_stack
+    _, key = await stack.creator()
+    await _stocked(stack, key, "MUG-8", 5)
+    stack.shopify.add_product("Mug", [("MUG-8", 5)])
+    channel = await stack.connect(key, "shopify")
+    await _polled_once(stack, channel["id"])
+    order_id = stack.shopify.sell("MUG-8", 2)
+
+    async def available_is(n: int) -> bool:
+        return await _available(stack, key, "MUG-8") == n
+
+    await eventually(lambda: available_is(3), what="the order taken from stock by webhook")
+
+    async def known_to_show_3() -> bool:
+        listings = await stack.call("GET", f"/v1/channels/{channel['id']}/listings", key)
+        return bool(listings.json()["data"][0]["channel_quantity"] == 3)
+
+    await eventually(known_to_show_3, what="the sale's count known (a stale write read it)")
+    cancelled = await stack.http.post(
+        f"{stack.shopify.base_url}/_double/cancel", json={"order": order_id}
+    )
+    assert cancelled.status_code == 200
+
+    await eventually(lambda: available_is(5), within=10, what="the units back by webhook")
+    orders = (await stack.call("GET", f"/v1/channels/{channel['id']}/orders", key)).json()
+    assert [(o["external_id"], o["status"], o["lines"]) for o in orders["data"]] == [
+        (order_id, "cancelled", [{"sku": "MUG-8", "quantity": 2, "outcome": "cancelled"}])
+    ]
+    async with stack.database.unit_of_work() as session:
+        topics = (
+            await session.execute(
+                select(InboxEvent.type).where(InboxEvent.processed_at.is_not(None))
+            )
+        ).scalars()
+        assert "orders/cancelled" in set(topics)
+        channel_row = await session.get_one(Channel, channel["id"])
+        assert channel_row.next_poll_at is not None
+        assert channel_row.next_poll_at > datetime.now(UTC) + timedelta(minutes=50)
+    await eventually(
+        lambda: stack.shopify.quantity_of("MUG-8") == 5, what="Shopify showing 5 again"
+    )
+
+
+async def test_an_app_uninstalled_webhook_pauses_the_channel_and_emails_the_creator(
+    quiet_stack: Stack,
+) -> None:
+    stack = quiet_stack
+    _, key = await stack.creator()
+    stack.shopify.add_product("Mug", [("MUG-9", 5)])
+    channel = await stack.connect(key, "shopify")
+    await _polled_once(stack, channel["id"])
+
+    uninstalled = await stack.http.post(f"{stack.shopify.base_url}/_double/uninstall")
+    assert uninstalled.status_code == 200
+
+    async def paused() -> bool:
+        found = await stack.call("GET", f"/v1/channels/{channel['id']}", key)
+        return bool(found.json()["status"] == "paused")
+
+    await eventually(paused, within=10, what="the channel paused by the webhook")
+    found = (await stack.call("GET", f"/v1/channels/{channel['id']}", key)).json()
+    assert found["paused_reason"] == "the app was uninstalled from the shop (app/uninstalled)"
+    [entry, *_] = await _sync_log(stack, key, channel["id"])
+    assert (entry["kind"], entry["outcome"], entry["detail"]) == (
+        "push",
+        "paused",
+        "the app was uninstalled from the shop (app/uninstalled)",
+    )
+    events = (await stack.call("GET", "/v1/events?type=channel.paused", key)).json()["data"]
+    assert [e["data"]["object"]["paused_reason"] for e in events] == [
+        "the app was uninstalled from the shop (app/uninstalled)"
+    ]
+
+    async def emailed() -> bool:
+        async with stack.database.unit_of_work() as session:
+            found = (
+                await session.execute(select(Email).where(Email.kind == "channel_paused"))
+            ).scalars()
+            return len(list(found)) == 1
+
+    await eventually(emailed, what="the creator emailed")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -16,12 +16,14 @@ import pytest
 from sqlalchemy import func, select
 
 from stallholder.catalog import service as catalog
+from stallholder.channels import connect as connect_module
 from stallholder.channels import service, sync
 from stallholder.channels.buffers import Rules
 from stallholder.channels.connect import Found, NewChannel, store
 from stallholder.channels.connectors import (
     ChannelKind,
     ChannelOrder,
+    ChannelUnavailable,
     Listing,
     ListingRef,
     OrderLine,
@@ -62,6 +64,9 @@ class FakeChannel:
         self.fail: Exception | None = None
         # Orders the channel has taken but not yet shows to a poll (a slow index).
         self.unlisted: list[ChannelOrder] = []
+        # What ``remove_webhooks`` was asked, and what it does first.
+        self.removals: list[tuple[str, list[RegisteredWebhook]]] = []
+        self.on_remove: Callable[[], Awaitable[None]] | None = None
 
 
 class FakeConnector:
@@ -73,6 +78,15 @@ class FakeConnector:
 
     async def register_webhooks(self, delivery_url: str) -> list[RegisteredWebhook]:
         return [RegisteredWebhook(external_id="1", topic="ORDERS_CREATE")]
+
+    async def remove_webhooks(
+        self, delivery_url: str, registered: Sequence[RegisteredWebhook]
+    ) -> None:
+        if self.channel.on_remove is not None:
+            await self.channel.on_remove()
+        if self.channel.fail is not None:
+            raise self.channel.fail
+        self.channel.removals.append((delivery_url, list(registered)))
 
     async def listings(self) -> list[Listing]:
         return [
@@ -705,6 +719,11 @@ class EtsyShopFake:
     async def register_webhooks(self, delivery_url: str) -> list[RegisteredWebhook]:
         return []
 
+    async def remove_webhooks(
+        self, delivery_url: str, registered: Sequence[RegisteredWebhook]
+    ) -> None:
+        return None
+
     async def listings(self) -> list[Listing]:
         return [
             Listing(
@@ -879,3 +898,208 @@ async def test_pushes_of_one_etsy_listing_never_run_at_once(
             )
             == 0
         )
+
+
+async def _deliver(database: Database, clock: FrozenClock, delivery: WebhookDelivery) -> None:
+    """A delivery as the inbox keeps it and the worker hands it on."""
+    stored = sync.delivery_from(sync.delivery_payload("chn_a", delivery), delivery.delivery_id)
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        await sync.handle_delivery(session, channel=channel, delivery=stored, now=clock.now())
+
+
+async def test_an_uninstall_delivery_pauses_an_active_channel_once(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+) -> None:
+    await _setup(database, clock, settings, engine, fakes)
+    uninstalled = WebhookDelivery(delivery_id="d1", topic="app/uninstalled", uninstalled=True)
+
+    await _deliver(database, clock, uninstalled)
+    await _deliver(database, clock, uninstalled)
+
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        assert (channel.status, channel.paused_reason) == (
+            "paused",
+            "the app was uninstalled from the shop (app/uninstalled)",
+        )
+        events = (
+            (await session.execute(select(Event).where(Event.type == "channel.paused")))
+            .scalars()
+            .all()
+        )
+        assert [e.data["paused_reason"] for e in events] == [channel.paused_reason]
+        logged = (await session.execute(select(SyncLogEntry.kind, SyncLogEntry.outcome))).all()
+        assert [tuple(row) for row in logged] == [("push", "paused")]
+
+
+async def test_an_uninstall_delivery_leaves_a_paused_or_disconnected_channel_as_it_is(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+) -> None:
+    await _setup(database, clock, settings, engine, fakes)
+    uninstalled = WebhookDelivery(delivery_id="d1", topic="app/uninstalled", uninstalled=True)
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        channel.status, channel.paused_reason = "paused", "paused by the creator"
+
+    await _deliver(database, clock, uninstalled)
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        assert (channel.status, channel.paused_reason) == ("paused", "paused by the creator")
+        await service.disconnect(
+            session,
+            channel=channel,
+            sealed_nothing=engine.vault.seal({}),
+            webhooks_removed=True,
+            detail="disconnected",
+            now=clock.now(),
+        )
+    await _deliver(database, clock, uninstalled)
+
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        assert (channel.status, channel.paused_reason) == ("disconnected", None)
+        assert await session.scalar(select(func.count()).select_from(Event)) == 0
+
+
+async def test_a_cancellation_delivery_gives_the_units_back_unless_placed_before_connecting(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+) -> None:
+    await _setup(database, clock, settings, engine, fakes, on_hand=3)
+    clock.advance(timedelta(minutes=5))
+    line = (OrderLine(sku="MUG-1", quantity=2),)
+    placed = ChannelOrder("9", clock.now(), line, name="#1009")
+    before = ChannelOrder("8", clock.now() - timedelta(hours=1), line, cancelled=True)
+
+    await _deliver(database, clock, WebhookDelivery("d1", "orders/create", order=placed))
+    async with database.unit_of_work() as session:
+        level = (await session.execute(select(StockLevel))).scalar_one()
+        assert level.on_hand == 1
+    cancelled = ChannelOrder("9", clock.now(), line, name="#1009", cancelled=True)
+    await _deliver(database, clock, WebhookDelivery("d2", "orders/cancelled", order=cancelled))
+    await _deliver(database, clock, WebhookDelivery("d3", "orders/cancelled", order=before))
+
+    async with database.unit_of_work() as session:
+        level = (await session.execute(select(StockLevel))).scalar_one()
+        assert level.on_hand == 3
+        rows = (await session.execute(select(OrderRow.external_id, OrderRow.status))).all()
+        assert [tuple(row) for row in rows] == [("9", "cancelled")]
+        kinds = (
+            await session.execute(
+                select(StockMovement.kind, StockMovement.quantity).order_by(StockMovement.id)
+            )
+        ).all()
+        assert [tuple(k) for k in kinds] == [("received", 3), ("sold", -2), ("returned", 2)]
+
+
+async def _with_webhooks(database: Database) -> None:
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        channel.webhooks = [{"id": "1", "topic": "orders/create"}]
+
+
+async def test_removing_webhooks_calls_the_channel_with_no_transaction_open(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+) -> None:
+    creator_id, _ = await _setup(database, clock, settings, engine, fakes)
+    await _with_webhooks(database)
+
+    async def write_the_channel() -> None:
+        # Another unit of work writes the channel's row meanwhile: it would wait (and this
+        # test time out) if the disconnect held a transaction on it.
+        async with database.unit_of_work() as session:
+            channel = (
+                await session.execute(
+                    select(Channel).where(Channel.id == "chn_a").with_for_update()
+                )
+            ).scalar_one()
+            channel.name = "renamed meanwhile"
+
+    fakes["a"].on_remove = write_the_channel
+    removal = await asyncio.wait_for(
+        connect_module.remove_webhooks(
+            database,
+            engine,
+            creator_id=creator_id,
+            channel_id="chn_a",
+            settings=settings,
+            clock=clock,
+        ),
+        timeout=10,
+    )
+
+    assert removal == connect_module.Removal(
+        removed=True, detail="disconnected; webhooks removed from the channel (orders/create)"
+    )
+    assert fakes["a"].removals == [
+        (
+            f"{settings.base_url.rstrip('/')}/hooks/channels/chn_a",
+            [RegisteredWebhook(external_id="1", topic="orders/create")],
+        )
+    ]
+
+
+async def test_removing_webhooks_that_time_out_or_fail_says_why_and_a_disconnected_one_is_left(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    engine: sync.Engine,
+    fakes: dict[str, FakeChannel],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    creator_id, _ = await _setup(database, clock, settings, engine, fakes)
+    await _with_webhooks(database)
+    monkeypatch.setattr(connect_module, "REMOVE_WEBHOOKS_TIMEOUT", 0.2)
+
+    async def hang() -> None:
+        await asyncio.sleep(5)
+
+    async def remove() -> connect_module.Removal | None:
+        return await connect_module.remove_webhooks(
+            database,
+            engine,
+            creator_id=creator_id,
+            channel_id="chn_a",
+            settings=settings,
+            clock=clock,
+        )
+
+    fakes["a"].on_remove = hang
+    hung = await remove()
+    fakes["a"].on_remove = None
+    fakes["a"].fail = ChannelUnavailable("503: Shopify: try again later")
+    down = await remove()
+    async with database.unit_of_work() as session:
+        channel = await session.get_one(Channel, "chn_a")
+        channel.status = "disconnected"
+    gone = await remove()
+
+    assert hung is not None
+    assert hung.removed is False
+    assert hung.detail.startswith(
+        "disconnected; the webhooks could not be removed from the channel: no answer within 0.2 s."
+    )
+    assert down == connect_module.Removal(
+        removed=False,
+        detail="disconnected; the webhooks could not be removed from the channel: 503: "
+        "Shopify: try again later. The channel keeps sending them, refused (401), until it "
+        "gives up on them; delete them in the channel's admin",
+    )
+    assert gone is None
+    assert fakes["a"].removals == []

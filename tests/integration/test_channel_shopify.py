@@ -418,11 +418,15 @@ async def test_registering_twice_keeps_one_subscription_per_topic(
         == second
         == [
             RegisteredWebhook("gid://shopify/WebhookSubscription/1001", "orders/create"),
-            RegisteredWebhook("gid://shopify/WebhookSubscription/1002", "inventory_levels/update"),
+            RegisteredWebhook("gid://shopify/WebhookSubscription/1002", "orders/cancelled"),
+            RegisteredWebhook("gid://shopify/WebhookSubscription/1003", "inventory_levels/update"),
+            RegisteredWebhook("gid://shopify/WebhookSubscription/1004", "app/uninstalled"),
         ]
     )
     assert sorted(double.subscriptions.values()) == [
+        ("APP_UNINSTALLED", "https://stallholder.test/hooks/shopify/1"),
         ("INVENTORY_LEVELS_UPDATE", "https://stallholder.test/hooks/shopify/1"),
+        ("ORDERS_CANCELLED", "https://stallholder.test/hooks/shopify/1"),
         ("ORDERS_CREATE", "https://stallholder.test/hooks/shopify/1"),
     ]
 
@@ -438,9 +442,154 @@ async def test_two_workers_registering_at_once_keep_one_subscription_per_topic(
 
     assert first == second
     assert sorted(double.subscriptions.values()) == [
+        ("APP_UNINSTALLED", url),
         ("INVENTORY_LEVELS_UPDATE", url),
+        ("ORDERS_CANCELLED", url),
         ("ORDERS_CREATE", url),
     ]
+
+
+async def test_removing_webhooks_deletes_ours_and_leaves_other_subscriptions(
+    double: ShopifyDouble, http: httpx.AsyncClient
+) -> None:
+    ours, other = "https://stallholder.test/hooks/1", "https://stallholder.test/hooks/2"
+    connector = connect(double, http)
+    registered = await connector.register_webhooks(ours)
+    await connector.register_webhooks(other)
+    # One of ours is gone already (Shopify drops subscriptions that keep failing), and one
+    # was subscribed by another connect whose id we never kept.
+    del double.subscriptions[1001]
+    double.requests.clear()
+
+    await connector.remove_webhooks(ours, registered[:3])
+
+    assert sorted(double.subscriptions.values()) == [
+        ("APP_UNINSTALLED", other),
+        ("INVENTORY_LEVELS_UPDATE", other),
+        ("ORDERS_CANCELLED", other),
+        ("ORDERS_CREATE", other),
+    ]
+    assert operations(double) == ["StallholderWebhooks", *["StallholderDeleteWebhook"] * 4]
+    await connector.remove_webhooks(ours, registered)  # again: every one is gone already
+    assert len(double.subscriptions) == 4
+
+
+async def test_the_double_deletes_a_subscription_as_shopify_does(
+    double: ShopifyDouble, http: httpx.AsyncClient
+) -> None:
+    [subscription, *_] = await connect(double, http).register_webhooks("https://s.test/h")
+    query = """mutation Delete($id: ID!) {
+      webhookSubscriptionDelete(id: $id) {
+        deletedWebhookSubscriptionId
+        userErrors { field message }
+      }
+    }"""
+
+    async def delete() -> Any:
+        response = await http.post(
+            f"{double.base_url}/admin/api/2026-10/graphql.json",
+            json={"query": query, "variables": {"id": subscription.external_id}},
+            headers={"X-Shopify-Access-Token": double.access_token},
+        )
+        assert response.status_code == 200
+        return response.json()
+
+    first, second = await delete(), await delete()
+
+    assert first["data"] == {
+        "webhookSubscriptionDelete": {
+            "deletedWebhookSubscriptionId": "gid://shopify/WebhookSubscription/1001",
+            "userErrors": [],
+        }
+    }
+    assert first["extensions"]["cost"]["requestedQueryCost"] == 10
+    assert second["data"] == {
+        "webhookSubscriptionDelete": {
+            "deletedWebhookSubscriptionId": None,
+            "userErrors": [{"field": ["id"], "message": "Webhook subscription does not exist"}],
+        }
+    }
+
+
+async def test_a_deleted_subscription_is_sent_nothing(
+    double: ShopifyDouble, http: httpx.AsyncClient, receiver: tuple[Receiver, str]
+) -> None:
+    hooks, url = receiver
+    double.add_product("Mug", [("MUG", 3)])
+    connector = connect(double, http)
+    registered = await connector.register_webhooks(url)
+    double.sell("MUG", 1)
+    assert double.webhooks.wait_idle()
+    assert len(hooks.received) == 2  # orders/create, inventory_levels/update
+
+    await connector.remove_webhooks(url, registered)
+    order_id = double.sell("MUG", 1)
+    double.cancel(order_id)
+    double.uninstall()
+
+    assert double.webhooks.wait_idle()
+    assert len(hooks.received) == 2
+
+
+async def test_removing_webhooks_with_a_revoked_token_is_unauthorized(
+    double: ShopifyDouble, http: httpx.AsyncClient
+) -> None:
+    connector = connect(double, http)
+    registered = await connector.register_webhooks("https://s.test/h")
+    double.revoke()
+
+    with pytest.raises(Unauthorized):
+        await connector.remove_webhooks("https://s.test/h", registered)
+
+
+async def test_a_cancellation_delivers_orders_cancelled_parsed_as_a_cancelled_order(
+    double: ShopifyDouble, http: httpx.AsyncClient, receiver: tuple[Receiver, str]
+) -> None:
+    hooks, url = receiver
+    double.add_product("Mug", [("MUG", 3)])
+    connector = connect(double, http)
+    await connector.register_webhooks(url)
+    order_id = double.sell("MUG", 2)
+    assert double.webhooks.wait_idle()
+    hooks.received.clear()
+
+    cancelled = await http.post(f"{double.base_url}/_double/cancel", json={"order": order_id})
+    unknown = await http.post(f"{double.base_url}/_double/cancel", json={"order": "99"})
+
+    assert (cancelled.status_code, unknown.status_code) == (200, 404)
+    assert double.webhooks.wait_idle()
+    [(headers, body)] = hooks.received
+    delivery = connector.parse_webhook(headers, body)
+    assert delivery is not None
+    assert (delivery.topic, delivery.uninstalled) == ("orders/cancelled", False)
+    assert delivery.order is not None
+    assert (delivery.order.external_id, delivery.order.cancelled, delivery.order.lines) == (
+        order_id,
+        True,
+        (OrderLine(sku="MUG", quantity=2),),
+    )
+
+
+async def test_an_uninstall_delivers_app_uninstalled_and_then_refuses_the_token(
+    double: ShopifyDouble, http: httpx.AsyncClient, receiver: tuple[Receiver, str]
+) -> None:
+    hooks, url = receiver
+    [mug] = double.add_product("Mug", [("MUG", 3)])
+    connector = connect(double, http)
+    await connector.register_webhooks(url)
+
+    uninstalled = await http.post(f"{double.base_url}/_double/uninstall")
+
+    assert uninstalled.status_code == 200
+    assert double.webhooks.wait_idle()
+    [(headers, body)] = hooks.received
+    delivery = connector.parse_webhook(headers, body)
+    assert delivery is not None
+    assert (delivery.topic, delivery.uninstalled, delivery.order) == ("app/uninstalled", True, None)
+    assert headers["x-shopify-shop-domain"] == "kiln.myshopify.com"
+    assert double.subscriptions == {}
+    with pytest.raises(Unauthorized):
+        await connector.read([ListingRef(mug, {"location_id": LOCATION})])
 
 
 async def test_a_sale_delivers_a_signed_order_and_a_new_level_the_connector_parses(

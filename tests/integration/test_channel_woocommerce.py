@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -724,3 +724,56 @@ async def test_the_doubles_webhooks_can_be_read_and_deleted_as_on_the_store(
         "woocommerce_rest_trash_not_supported",
     )
     assert (deleted.status_code, [hook["id"] for hook in listed.json()]) == (200, [2])
+
+
+async def test_removing_webhooks_deletes_ours_and_leaves_the_stores_others(
+    http: httpx.AsyncClient, woo: WooCommerceDouble, receiver: Receiver
+) -> None:
+    connector = connect(http, woo)
+    registered = await connector.register_webhooks(receiver.url)  # ids 1 and 2
+    other = await connector.register_webhooks(f"{receiver.url}?another=1")  # 3 and 4
+    # A webhook of ours the store had (a connect whose id we never kept) and one of ours
+    # the shop manager deleted already.
+    woo.hooks[5] = replace(woo.hooks[1], id=5)
+    del woo.hooks[2]
+    woo.requests.clear()
+
+    await connector.remove_webhooks(receiver.url, registered)
+
+    assert sorted(woo.hooks) == [int(hook.external_id) for hook in other] == [3, 4]
+    assert woo.requests == [
+        ("GET", f"{API}/webhooks"),
+        ("DELETE", f"{API}/webhooks/1"),
+        ("DELETE", f"{API}/webhooks/2"),
+        ("DELETE", f"{API}/webhooks/5"),
+    ]
+
+
+async def test_a_deleted_webhook_is_sent_nothing(
+    http: httpx.AsyncClient, woo: WooCommerceDouble, receiver: Receiver
+) -> None:
+    woo.add_product("Cap", [("CAP", 5)])
+    connector = connect(http, woo)
+    registered = await connector.register_webhooks(receiver.url)
+
+    await connector.remove_webhooks(receiver.url, registered)
+    woo.sell("CAP", 1)
+
+    assert woo.webhooks.wait_idle()
+    assert (woo.hooks, receiver.signed()) == ({}, [])
+
+
+async def test_removing_webhooks_with_revoked_keys_is_unauthorized(
+    http: httpx.AsyncClient, woo: WooCommerceDouble, receiver: Receiver
+) -> None:
+    connector = connect(http, woo)
+    registered = await connector.register_webhooks(receiver.url)
+    woo.revoke()
+
+    with pytest.raises(Unauthorized) as refused:
+        await connector.remove_webhooks(receiver.url, registered)
+
+    assert (
+        str(refused.value) == "401: woocommerce_rest_cannot_view: Sorry, you cannot list resources."
+    )
+    assert sorted(woo.hooks) == [1, 2]

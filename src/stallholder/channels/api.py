@@ -19,6 +19,7 @@ from stallholder.channels.schemas import (
     ChannelCreate,
     ChannelOut,
     ChannelUpdate,
+    DisconnectedOut,
     ImportOut,
     QueuedOut,
     WebhookAck,
@@ -93,13 +94,14 @@ async def create_channel(
     """Connect a Shopify shop, an Etsy shop or a WooCommerce store.
 
     Stallholder checks the URL (https, and a public address unless the platform allows
-    private ones), registers its own webhooks on the channel (Shopify ``orders/create``
-    and ``inventory_levels/update``; WooCommerce ``order.created`` and
-    ``product.updated``; Etsy is polled), reads the channel's listings and maps them to
-    your variants by SKU. Matched listings are brought to ``available − buffer`` at once.
-    Credentials are encrypted at rest and never shown again. Connecting a shop you have
-    connected already (new keys, a reinstall after a revoked token) updates that channel:
-    201 with the same id, its orders and sync log kept, nothing imported twice."""
+    private ones), registers its own webhooks on the channel (Shopify ``orders/create``,
+    ``orders/cancelled``, ``inventory_levels/update`` and ``app/uninstalled``; WooCommerce
+    ``order.created`` and ``product.updated``; Etsy is polled), reads the channel's
+    listings and maps them to your variants by SKU. Matched listings are brought to
+    ``available − buffer`` at once. Credentials are encrypted at rest and never shown
+    again. Connecting a shop you have connected already (new keys, a reinstall after a
+    revoked token) updates that channel: 201 with the same id, its orders and sync log
+    kept, nothing imported twice."""
     settings = get_settings(request)
     engine = _engine(request)
     new = connect.new_channel(body, settings)
@@ -169,7 +171,7 @@ async def update_channel(
 
 @router.delete(
     "/channels/{channel_id}",
-    response_model=ChannelOut,
+    response_model=DisconnectedOut,
     dependencies=[Depends(names_a_channel)],
 )
 async def disconnect_channel(
@@ -178,16 +180,40 @@ async def disconnect_channel(
     creator_id: SecretCreatorDep,
     session: SessionDep,
     now: NowDep,
-) -> ChannelOut:
-    """Disconnect a channel: nothing is sent to it any more, its credentials are
-    forgotten and its listings removed; the webhooks it sends are refused (401), so the
-    channel soon stops sending them. Its orders and sync log stay. Connecting the same shop
-    again brings it back (the same id, nothing imported twice)."""
-    channel = await service.get_channel(session, creator_id=creator_id, channel_id=channel_id)
-    await service.disconnect(
-        session, channel=channel, sealed_nothing=_engine(request).vault.seal({}), now=now
+) -> DisconnectedOut:
+    """Disconnect a channel: first the webhooks Stallholder registered on it are deleted
+    from the channel (Shopify ``webhookSubscriptionDelete``, WooCommerce ``DELETE
+    /webhooks/{id}?force=true``); then nothing is sent to it any more, its credentials are
+    forgotten and its listings removed. A channel that cannot be reached, or that refuses
+    the credentials, is disconnected all the same: ``webhooks_removed`` is false, the sync
+    log says why, and the webhooks it still sends are refused (401). Its orders and sync
+    log stay. Connecting the same shop again brings it back (the same id, nothing imported
+    twice). Disconnecting a disconnected channel changes nothing."""
+    database = get_database(request)
+    engine = _engine(request)
+    # The channel is called before ``session`` begins: no transaction is open meanwhile.
+    removal = await connect.remove_webhooks(
+        database,
+        engine,
+        creator_id=creator_id,
+        channel_id=channel_id,
+        settings=get_settings(request),
+        clock=request.app.state.clock,
     )
-    return await _out(request, session, channel)
+    channel = await service.get_channel(
+        session, creator_id=creator_id, channel_id=channel_id, for_update=True
+    )
+    if removal is not None and channel.status != service.DISCONNECTED:
+        await service.disconnect(
+            session,
+            channel=channel,
+            sealed_nothing=engine.vault.seal({}),
+            webhooks_removed=removal.removed,
+            detail=removal.detail,
+            now=now,
+        )
+    out = await _out(request, session, channel)
+    return DisconnectedOut(**out.model_dump(), webhooks_removed=not channel.webhooks)
 
 
 @router.get(
@@ -316,6 +342,9 @@ async def receive_channel_webhook(
     channel = await session.get(Channel, channel_id)
     if channel is None:
         raise WebhookNotVerified("no channel has this webhook address")
+    if channel.status == service.DISCONNECTED:
+        # Its credentials are forgotten: nothing verifies (its webhooks were not removed).
+        raise WebhookNotVerified("this channel is disconnected")
     engine = _engine(request)
     try:
         credentials = engine.vault.open(channel.credentials)

@@ -1,11 +1,13 @@
 """Connecting a channel: checking where it is, registering our webhooks on it, reading
-its listings, and storing it with its credentials sealed (``docs/channels.md``).
+its listings, and storing it with its credentials sealed; and, on disconnecting, removing
+those webhooks again (``docs/channels.md``).
 
-The channel is called before anything is written, with no transaction open; the unit of
-work that stores it follows."""
+The channel is called with no transaction open: before anything is written (the unit of
+work that stores it, or disconnects it, follows)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,13 +27,16 @@ from stallholder.channels.connectors import (
     RegisteredWebhook,
     Unauthorized,
 )
+from stallholder.channels.credentials import CredentialsUnreadable
 from stallholder.channels.models import Channel
 from stallholder.channels.registry import client_from_settings
 from stallholder.channels.schemas import ChannelCreate
 from stallholder.events.webhooks import check_target
+from stallholder.kit.clock import Clock
 from stallholder.kit.db import Database
 from stallholder.kit.errors import InvalidRequest
 from stallholder.kit.ids import new_id
+from stallholder.kit.work import Context, Retry
 from stallholder.settings import Settings
 
 # The longest a connect waits for the channel's rate limit at a time (seconds).
@@ -312,6 +317,110 @@ def new_channel(body: ChannelCreate, settings: Settings) -> NewChannel:
         }
         name = body.name or urlsplit(url).hostname or url
     return NewChannel(kind=body.kind, name=name, url=url, credentials=credentials, rules=rules)
+
+
+# Disconnecting ---------------------------------------------------------------------------
+
+# The longest a disconnect waits for the channel to remove our webhooks (seconds); past
+# it the channel is disconnected all the same, its webhooks left.
+REMOVE_WEBHOOKS_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Resources:
+    """What ``sync.fresh_credentials`` needs of a worker's resources."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """What became of our webhooks on the channel when it was disconnected."""
+
+    removed: bool
+    detail: str
+
+
+async def remove_webhooks(
+    database: Database,
+    engine: sync.Engine,
+    *,
+    creator_id: str,
+    channel_id: str,
+    settings: Settings,
+    clock: Clock,
+    http: httpx.AsyncClient | None = None,
+) -> Removal | None:
+    """Delete the webhooks we registered on the channel, with no transaction open (the
+    channel is read in a short unit of work of its own; its token refreshed first when it
+    expires soon, as the engine does). None: the channel is disconnected already, so
+    there is nothing to call it with. A channel that cannot be reached, or refuses our
+    credentials, gives ``removed=False`` with why: it is disconnected all the same.
+
+    Raises:
+        ChannelNotFound: not the creator's channel.
+    """
+    async with database.unit_of_work() as session:
+        channel = await service.get_channel(session, creator_id=creator_id, channel_id=channel_id)
+        if channel.status == service.DISCONNECTED:
+            return None
+        registered = [
+            RegisteredWebhook(external_id=str(hook["id"]), topic=str(hook["topic"]))
+            for hook in channel.webhooks or []
+        ]
+        if not registered:
+            return Removal(removed=True, detail="disconnected; no webhooks were registered")
+        try:
+            credentials = engine.vault.open(channel.credentials)
+        except CredentialsUnreadable as error:
+            return Removal(removed=False, detail=_not_removed(f"the credentials: {error}"))
+        state = sync.ChannelState(
+            id=channel.id,
+            creator_id=channel.creator_id,
+            kind=channel.kind,
+            name=channel.name,
+            status=channel.status,
+            rules=service.rules_of(channel),
+            credentials=credentials,
+            rate_state=dict(channel.rate_state or {}),
+        )
+    topics = ", ".join(hook.topic for hook in registered)
+    target = delivery_url(settings, channel_id)
+    async with client_from_settings(settings) if http is None else _borrowed(http) as client:
+        context = Context(database=database, clock=clock, resources=_Resources(settings, client))
+
+        async def remove() -> None:
+            await sync.fresh_credentials(context, engine, state)
+            connector = engine.connect(
+                state.kind, state.credentials, state.rate_state, client, settings
+            )
+            await connector.remove_webhooks(target, registered)
+
+        try:
+            await asyncio.wait_for(remove(), timeout=REMOVE_WEBHOOKS_TIMEOUT)
+        except Unauthorized as error:
+            return Removal(
+                removed=False, detail=_not_removed(f"the channel refused our credentials ({error})")
+            )
+        except (ChannelError, Retry) as error:
+            return Removal(removed=False, detail=_not_removed(str(error)))
+        except TimeoutError:
+            return Removal(
+                removed=False,
+                detail=_not_removed(f"no answer within {REMOVE_WEBHOOKS_TIMEOUT:g} s"),
+            )
+    return Removal(
+        removed=True, detail=f"disconnected; webhooks removed from the channel ({topics})"
+    )
+
+
+def _not_removed(why: str) -> str:
+    return (
+        f"disconnected; the webhooks could not be removed from the channel: {why}. The "
+        "channel keeps sending them, refused (401), until it gives up on them; delete them "
+        "in the channel's admin"
+    )[:500]
 
 
 def fresh_id() -> str:

@@ -164,6 +164,9 @@ class WebhookDelivery:
     topic: str
     order: ChannelOrder | None = None
     inventory: tuple[InventoryChanged, ...] = ()
+    # The app was uninstalled from the shop (Shopify ``app/uninstalled``): our credentials
+    # no longer work, as when a call is refused with ``Unauthorized``.
+    uninstalled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +196,14 @@ class Connector(Protocol):
         """Subscribe our ``delivery_url`` to the order and inventory topics (idempotent:
         an existing subscription to the same URL and topic is kept, not doubled). A
         channel without webhooks (Etsy) returns []."""
+        ...
+
+    async def remove_webhooks(
+        self, delivery_url: str, registered: Sequence[RegisteredWebhook]
+    ) -> None:
+        """Delete our subscriptions from the channel: those ``registered`` (the ids kept at
+        connect) and any other the channel lists for ``delivery_url``. One already gone
+        counts as removed. A channel without webhooks (Etsy) does nothing."""
         ...
 
     async def listings(self) -> list[Listing]:

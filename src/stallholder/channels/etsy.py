@@ -216,6 +216,11 @@ class EtsyConnector:
         """Etsy has no order or stock webhooks for this app: nothing to register."""
         return []
 
+    async def remove_webhooks(
+        self, delivery_url: str, registered: Sequence[RegisteredWebhook]
+    ) -> None:
+        """Nothing was registered: nothing to remove."""
+
     async def listings(self) -> list[Listing]:
         """Every product of the shop's active listings, inventories read with the
         listings (``includes=Inventory``), 100 listings a request."""

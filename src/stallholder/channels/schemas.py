@@ -116,6 +116,15 @@ class ChannelOut(BaseModel):
     created: datetime
 
 
+class DisconnectedOut(ChannelOut):
+    """A channel as ``DELETE /v1/channels/{id}`` leaves it. ``webhooks_removed``: every
+    webhook Stallholder registered on the channel was deleted from it (or it had none);
+    false when the channel could not be reached or refused the credentials (``webhooks``
+    then lists the topics it may still send; the sync log says why)."""
+
+    webhooks_removed: bool
+
+
 def channel_out(channel: Channel, counts: MappingSummary) -> ChannelOut:
     return ChannelOut(
         id=channel.id,

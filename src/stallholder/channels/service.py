@@ -59,8 +59,11 @@ def rules_of(channel: Channel) -> Rules:
     )
 
 
-async def get_channel(session: AsyncSession, *, creator_id: str, channel_id: str) -> Channel:
-    channel = await session.get(Channel, channel_id)
+async def get_channel(
+    session: AsyncSession, *, creator_id: str, channel_id: str, for_update: bool = False
+) -> Channel:
+    """``for_update``: under the channel's row lock."""
+    channel = await session.get(Channel, channel_id, with_for_update=for_update)
     if channel is None or channel.creator_id != creator_id:
         raise ChannelNotFound(f"you have no channel {channel_id!r}", channel=channel_id)
     return channel
@@ -453,8 +456,10 @@ async def list_sync_log(
 
 
 async def pause(session: AsyncSession, *, channel: Channel, reason: str, now: datetime) -> None:
-    """Stop syncing the channel and tell the creator (``channel.paused``, emailed)."""
-    if channel.status == PAUSED:
+    """Stop syncing the channel and tell the creator (``channel.paused``, emailed). Only
+    an active channel is paused: one paused already keeps its reason, and a disconnected
+    one stays disconnected."""
+    if channel.status != ACTIVE:
         return
     channel.status, channel.paused_reason, channel.updated_at = PAUSED, reason[:500], now
     await events.emit(
@@ -574,17 +579,38 @@ async def import_listings(
 
 
 async def disconnect(
-    session: AsyncSession, *, channel: Channel, sealed_nothing: str, now: datetime
+    session: AsyncSession,
+    *,
+    channel: Channel,
+    sealed_nothing: str,
+    webhooks_removed: bool,
+    detail: str,
+    now: datetime,
 ) -> None:
     """Stop syncing the channel for good: its credentials are forgotten (``sealed_nothing``
-    is an empty object sealed with the channel key), its listings removed, its webhooks
-    refused from now on (they no longer verify). Its orders and sync log stay; connecting
-    the same shop again brings it back with new credentials."""
+    is an empty object sealed with the channel key), its listings removed, and what became
+    of its webhooks logged (``kind: "disconnect"``, ``detail``): removed from the channel
+    (the caller did so first), or, when they could not be, kept in ``channel.webhooks``
+    (the channel may still send them; they are refused, as they no longer verify). Its
+    orders and sync log stay; connecting the same shop again brings it back with new
+    credentials and webhooks."""
     channel.status, channel.paused_reason = DISCONNECTED, None
-    channel.credentials, channel.webhooks, channel.rate_state = sealed_nothing, [], {}
+    channel.credentials, channel.rate_state = sealed_nothing, {}
+    if webhooks_removed:
+        channel.webhooks = []
     channel.next_poll_at = channel.next_reconcile_at = None
     channel.updated_at = now
     await session.execute(delete(ChannelListing).where(ChannelListing.channel_id == channel.id))
+    session.add(
+        SyncLogEntry(
+            channel_id=channel.id,
+            creator_id=channel.creator_id,
+            kind="disconnect",
+            outcome="ok" if webhooks_removed else "error",
+            detail=detail[:500],
+            created_at=now,
+        )
+    )
 
 
 def resume(channel: Channel, *, now: datetime) -> None:

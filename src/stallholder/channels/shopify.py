@@ -74,9 +74,19 @@ from stallholder.kit.money import exponent
 API_VERSION = "2026-10"
 SCOPES = ("read_products", "read_inventory", "write_inventory", "read_orders", "read_locations")
 ORDERS_CREATE = "ORDERS_CREATE"
+ORDERS_CANCELLED = "ORDERS_CANCELLED"
 INVENTORY_LEVELS_UPDATE = "INVENTORY_LEVELS_UPDATE"
-# The GraphQL topic enum and the name deliveries carry in ``X-Shopify-Topic``.
-TOPICS = {ORDERS_CREATE: "orders/create", INVENTORY_LEVELS_UPDATE: "inventory_levels/update"}
+APP_UNINSTALLED = "APP_UNINSTALLED"
+# The GraphQL topic enum and the name deliveries carry in ``X-Shopify-Topic``, in the order
+# they are subscribed.
+TOPICS = {
+    ORDERS_CREATE: "orders/create",
+    ORDERS_CANCELLED: "orders/cancelled",
+    INVENTORY_LEVELS_UPDATE: "inventory_levels/update",
+    APP_UNINSTALLED: "app/uninstalled",
+}
+# The topics whose body is an order (Shopify's REST shape).
+_ORDER_TOPICS = frozenset({TOPICS[ORDERS_CREATE], TOPICS[ORDERS_CANCELLED]})
 
 # Shopify refuses a single query over 1,000 points whatever the bucket holds.
 SINGLE_QUERY_LIMIT = 1000
@@ -160,6 +170,14 @@ query StallholderWebhooks($uri: String!) {
   webhookSubscriptions(first: 10, uri: $uri) { nodes { id topic uri } }
 }"""
 
+_DELETE_WEBHOOK = """
+mutation StallholderDeleteWebhook($id: ID!) {
+  webhookSubscriptionDelete(id: $id) {
+    deletedWebhookSubscriptionId
+    userErrors { field message }
+  }
+}"""
+
 _CREATE_WEBHOOK = """
 mutation StallholderCreateWebhook($topic: WebhookSubscriptionTopic!, $uri: String!) {
   webhookSubscriptionCreate(topic: $topic, webhookSubscription: {uri: $uri, format: JSON}) {
@@ -235,7 +253,7 @@ class ShopifyConnector:
     async def register_webhooks(self, delivery_url: str) -> list[RegisteredWebhook]:
         existing = await self._subscriptions(delivery_url)
         registered = []
-        for topic in (ORDERS_CREATE, INVENTORY_LEVELS_UPDATE):
+        for topic in TOPICS:
             subscription_id = existing.get(topic)
             if subscription_id is None:
                 created = await self._call(
@@ -251,6 +269,25 @@ class ShopifyConnector:
                     raise ChannelRefused(f"Shopify refused the {topic} webhook: {payload}")
             registered.append(RegisteredWebhook(external_id=subscription_id, topic=TOPICS[topic]))
         return registered
+
+    async def remove_webhooks(
+        self, delivery_url: str, registered: Sequence[RegisteredWebhook]
+    ) -> None:
+        """``webhookSubscriptionDelete`` for each subscription kept at connect and each the
+        shop lists for ``delivery_url``; a subscription that no longer exists (Shopify
+        drops subscriptions that keep failing) counts as removed."""
+        ids = [hook.external_id for hook in registered]
+        ids += [i for i in (await self._subscriptions(delivery_url)).values() if i not in ids]
+        for subscription_id in ids:
+            deleted = await self._call(_DELETE_WEBHOOK, {"id": subscription_id}, cost=MUTATION_COST)
+            payload = deleted["webhookSubscriptionDelete"]
+            errors = payload.get("userErrors") or []
+            if payload.get("deletedWebhookSubscriptionId") is None and not all(
+                "does not exist" in str(error.get("message")) for error in errors
+            ):
+                raise ChannelRefused(
+                    f"Shopify refused to delete webhook subscription {subscription_id}: {errors}"
+                )
 
     async def _subscriptions(self, delivery_url: str) -> dict[str, str]:
         """Our subscriptions to ``delivery_url``, by topic."""
@@ -360,10 +397,12 @@ class ShopifyConnector:
             payload = json.loads(body)
         except ValueError:
             return WebhookDelivery(delivery_id=delivery_id, topic=topic)
-        if topic == TOPICS[ORDERS_CREATE]:
+        if topic in _ORDER_TOPICS:
             return WebhookDelivery(
                 delivery_id=delivery_id, topic=topic, order=_webhook_order(payload)
             )
+        if topic == TOPICS[APP_UNINSTALLED]:
+            return WebhookDelivery(delivery_id=delivery_id, topic=topic, uninstalled=True)
         if topic == TOPICS[INVENTORY_LEVELS_UPDATE]:
             location = f"gid://shopify/Location/{payload.get('location_id')}"
             if self._location_id is not None and location != self._location_id:
@@ -743,7 +782,8 @@ def _line(line: Mapping[str, Any]) -> OrderLine:
 
 
 def _webhook_order(payload: Mapping[str, Any]) -> ChannelOrder:
-    """An ``orders/create`` body (Shopify's REST shape). Its lines name the variant, not
+    """An ``orders/create`` or ``orders/cancelled`` body (Shopify's REST shape; a
+    cancelled order has ``cancelled_at``). Its lines name the variant, not
     the inventory item, so they carry the SKU only."""
     return ChannelOrder(
         external_id=str(payload["id"]),

@@ -457,26 +457,40 @@ async def _save_rate_state(database: Database, state: ChannelState) -> None:
 
 
 async def _pause(context: Context[ChannelResources], state: ChannelState, *, reason: str) -> None:
-    now = context.clock.now()
     async with context.database.unit_of_work() as session:
-        # Locked: two handlers refused at once (a push and a pull) pause it once.
-        channel = (
-            await session.execute(select(Channel).where(Channel.id == state.id).with_for_update())
-        ).scalar_one_or_none()
-        if channel is None or channel.status == service.PAUSED:
-            return
-        await service.pause(session, channel=channel, reason=reason, now=now)
-        session.add(
-            SyncLogEntry(
-                channel_id=state.id,
-                creator_id=state.creator_id,
-                kind="push",
-                outcome="paused",
-                detail=reason[:500],
-                created_at=now,
-            )
+        await pause_channel(session, channel_id=state.id, reason=reason, now=context.clock.now())
+
+
+async def pause_channel(
+    session: AsyncSession, *, channel_id: str, reason: str, now: datetime
+) -> bool:
+    """Pause an active channel whose credentials no longer work (refused by a call, or the
+    app uninstalled): ``channel.paused``, the creator emailed, a sync-log row. Under the
+    channel's row lock: two handlers refused at once (a push and a pull) pause it once.
+    Returns whether it was paused now."""
+    channel = (
+        await session.execute(
+            select(Channel)
+            .where(Channel.id == channel_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
-    log.warning("channel %s paused: %s", state.id, reason)
+    ).scalar_one_or_none()
+    if channel is None or channel.status != service.ACTIVE:
+        return False
+    await service.pause(session, channel=channel, reason=reason, now=now)
+    session.add(
+        SyncLogEntry(
+            channel_id=channel.id,
+            creator_id=channel.creator_id,
+            kind="push",
+            outcome="paused",
+            detail=reason[:500],
+            created_at=now,
+        )
+    )
+    log.warning("channel %s paused: %s", channel.id, reason)
+    return True
 
 
 # Pushes --------------------------------------------------------------------------------
@@ -703,11 +717,7 @@ async def pull_channel(context: Context[ChannelResources], engine: Engine, chann
                 )
             ).scalar_one()
             for order in page.orders:
-                # Placed before the channel was connected: its units were counted already.
-                # (Whole seconds: channels give order times to the second.)
-                if order.created_at < channel.created_at.replace(microsecond=0):
-                    continue
-                await service.import_order(
+                await import_channel_order(
                     session, channel=channel, order=order, now=context.clock.now()
                 )
             if page.cursor is not None:
@@ -715,6 +725,18 @@ async def pull_channel(context: Context[ChannelResources], engine: Engine, chann
         if not page.more:
             break
     return read
+
+
+async def import_channel_order(
+    session: AsyncSession, *, channel: Channel, order: ChannelOrder, now: datetime
+) -> None:
+    """An order a pull or a webhook brings (new, or seen again cancelled: its units come
+    back), through ``service.import_order``. An order placed before the channel was
+    connected is skipped, its cancellation too: its units were counted already. (Whole
+    seconds: channels give order times to the second.)"""
+    if order.created_at < channel.created_at.replace(microsecond=0):
+        return
+    await service.import_order(session, channel=channel, order=order, now=now)
 
 
 def _orders_since(cursor: str | None) -> Callable[[Connector], Awaitable[OrdersPage]]:
@@ -746,10 +768,20 @@ def channel_kind(
 async def handle_delivery(
     session: AsyncSession, *, channel: Channel, delivery: WebhookDelivery, now: datetime
 ) -> None:
-    """A verified webhook from the channel: import its order, or note the quantity the
-    channel reports (and push ours back if it differs: our ledger is the truth)."""
+    """A verified webhook from the channel: import its order (a cancelled one puts its
+    units back), note the quantity the channel reports (and push ours back if it differs:
+    our ledger is the truth), or pause the channel when the app was uninstalled (as a call
+    refused with ``Unauthorized`` does)."""
+    if delivery.uninstalled:
+        await pause_channel(
+            session,
+            channel_id=channel.id,
+            reason="the app was uninstalled from the shop (app/uninstalled)",
+            now=now,
+        )
+        return
     if delivery.order is not None:
-        await service.import_order(session, channel=channel, order=delivery.order, now=now)
+        await import_channel_order(session, channel=channel, order=delivery.order, now=now)
     changed = [c for c in delivery.inventory if c.quantity is not None]
     if not changed:
         return
@@ -788,6 +820,7 @@ def delivery_payload(channel_id: str, delivery: WebhookDelivery) -> dict[str, An
     return {
         "channel_id": channel_id,
         "topic": delivery.topic,
+        "uninstalled": delivery.uninstalled,
         "order": None
         if order is None
         else {
@@ -811,6 +844,7 @@ def delivery_from(payload: Mapping[str, Any], delivery_id: str) -> WebhookDelive
     return WebhookDelivery(
         delivery_id=delivery_id,
         topic=str(payload.get("topic")),
+        uninstalled=bool(payload.get("uninstalled")),
         order=None
         if not order
         else ChannelOrder(

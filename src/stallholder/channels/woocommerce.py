@@ -18,6 +18,7 @@ What the store gives us and how we read it:
   store: ``X-WC-Webhook-Signature`` is the base64 HMAC-SHA256 of the raw body. On creation
   the store posts an unsigned form body ``webhook_id=<id>`` (a ping), and it disables a
   webhook by itself after repeated failed deliveries, so registering again re-activates.
+  Disconnecting deletes them (``DELETE /webhooks/{id}?force=true``: no trash for webhooks).
 - Errors are ``{code, message, data: {status}}``. WooCommerce sets no rate limit of its own;
   hosts and proxies may answer 429 with ``Retry-After``, which we honour.
 """
@@ -227,9 +228,11 @@ class WooCommerceConnector:
         *,
         params: Mapping[str, str | int] | None = None,
         body: Any = None,
+        missing_ok: bool = False,
     ) -> httpx.Response:
-        """One API call, waiting out a short ``Retry-After``; raises the connector errors.
-        A 429 means the store did nothing, so repeating even a POST is safe."""
+        """One API call, waiting out a short ``Retry-After``; raises the connector errors
+        (``missing_ok``: a 404 is returned, not raised). A 429 means the store did
+        nothing, so repeating even a POST is safe."""
         for _ in range(_RATE_LIMIT_ATTEMPTS):
             await self._wait_for_rate_limit()
             try:
@@ -244,6 +247,8 @@ class WooCommerceConnector:
             except httpx.HTTPError as error:
                 raise ChannelUnavailable(f"{method} {path}: {error!r}") from error
             if response.status_code != 429:
+                if response.status_code == 404 and missing_ok:
+                    return response
                 if response.status_code >= 400:
                     raise_for_status(response.status_code, message=_error_message(response))
                 return response
@@ -317,6 +322,24 @@ class WooCommerceConnector:
                 RegisteredWebhook(external_id=str(_json(response)["id"]), topic=topic)
             )
         return registered
+
+    async def remove_webhooks(
+        self, delivery_url: str, registered: Sequence[RegisteredWebhook]
+    ) -> None:
+        """``DELETE /webhooks/{id}?force=true`` (webhooks cannot be trashed) for each
+        webhook kept at connect and each the store lists for ``delivery_url``; one the
+        store no longer has (404 ``woocommerce_rest_shop_webhook_invalid_id``) counts as
+        removed."""
+        ids = [hook.external_id for hook in registered]
+        ids += [
+            str(hook["id"])
+            for hook in await self._all("/webhooks")
+            if hook.get("delivery_url") == delivery_url and str(hook["id"]) not in ids
+        ]
+        for webhook_id in ids:
+            await self._request(
+                "DELETE", f"/webhooks/{webhook_id}", params={"force": "true"}, missing_ok=True
+            )
 
     async def listings(self) -> list[Listing]:
         currency = await self._store_currency()
