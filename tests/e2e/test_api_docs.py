@@ -122,7 +122,7 @@ async def test_the_keys_an_operation_names_are_the_keys_it_takes(api: Api) -> No
         for method, path, operation in operations(doc)
         if method == "GET" and "{" not in path and "security" in operation
     ]
-    assert len(reads) == 19  # + the uploaded files, + the channels
+    assert len(reads) == 20  # + the uploaded files, + the channels, + the drops
 
     for path, operation in reads:
         named = {name for requirement in operation["security"] for name in requirement}
