@@ -1,5 +1,6 @@
 """embed.js on a page served from a second origin (another local server on another port):
-the overlay checkout, CORS with the publishable key, frame-ancestors, postMessage."""
+the overlay checkout, CORS with the publishable key, frame-ancestors, postMessage; and the
+same overlay with the Stripe gateway, 3-D Secure included."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import Server, Shots, Site
+from tests.browser.test_stripe_checkout import connected_shop
+from tests.doubles import stripe_js
+from tests.doubles.stripe_api import StripeDouble
 
 pytestmark = pytest.mark.browser
 
@@ -98,6 +102,52 @@ def test_embed_on_another_origin_and_buy_there(
     shots(page, "closed")
 
     orders = server.api("GET", "/v1/orders", creator["secret_key"])
+    assert [(o["id"], o["amount_total"], o["customer_email"]) for o in orders["data"]] == [
+        (order, 600, "faraway@example.com")
+    ]
+
+
+def test_embed_with_the_stripe_gateway_pays_through_3d_secure_in_the_overlay(
+    stripe_server: Server, stripe_double: StripeDouble, site: Site, page: Any, shots: Shots
+) -> None:
+    """The overlay on another origin with the Stripe Payment Element (the Stripe.js double)
+    and a card that asks for 3-D Secure: the bank's check opens inside the overlay, the
+    sale completes there, and the creator's page hears of it."""
+    creator = connected_shop(stripe_server, stripe_double)
+    price = stripe_server.offer(
+        creator["secret_key"], name="Riso zine", unit_amount=600, currency="usd"
+    )
+    stripe_server.api(
+        "PATCH",
+        f"/v1/creators/{creator['id']}",
+        creator["secret_key"],
+        json={"allowed_origins": [site.origin]},
+    )
+    site.html = SITE.format(
+        price=price, base=stripe_server.base_url, key=creator["publishable_key"]
+    )
+    stripe_js.install(page, stripe_double)
+
+    page.goto(site.origin + "/")
+    page.get_by_role("button", name="Buy the zine").click()
+    checkout = page.frame_locator("iframe[title=Checkout]")
+    checkout.locator("#payment-element[data-stripe-double=mounted]").wait_for()
+    checkout.get_by_label("Email for your receipt").fill("faraway@example.com")
+    checkout.get_by_label("Card number").fill("4000002760003184")
+    checkout.get_by_role("button", name="Pay $6.00").click()
+    checkout.get_by_role("button", name="Complete").click()
+    shots(page, "stripe-3ds-in-overlay")
+    checkout.locator("#success").wait_for()
+    status = page.locator("#status")
+    status.filter(has_text="complete").wait_for()
+    order = checkout.locator("body").get_attribute("data-order")
+    assert order is not None
+    assert status.inner_text() == f"complete {order}"
+    shots(page, "stripe-paid-in-overlay")
+
+    [intent] = stripe_double.of_type("payment_intent")
+    assert (intent["status"], intent["amount"]) == ("succeeded", 600)
+    orders = stripe_server.api("GET", "/v1/orders", creator["secret_key"])
     assert [(o["id"], o["amount_total"], o["customer_email"]) for o in orders["data"]] == [
         (order, 600, "faraway@example.com")
     ]
