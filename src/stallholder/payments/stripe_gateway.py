@@ -325,12 +325,7 @@ class StripeGateway:
         idempotency_key: str,
     ) -> SavedPaymentMethod:
         try:
-            customer = customer_reference
-            if customer is None:
-                created = await self._stripe.v1.customers.create_async(
-                    {"email": email}, {"idempotency_key": f"{idempotency_key}:customer"}
-                )
-                customer = created.id
+            customer = await self._customer(customer_reference, email, idempotency_key)
             method = await self._stripe.v1.payment_methods.attach_async(
                 payment_method,
                 {"customer": customer},
@@ -351,6 +346,16 @@ class StripeGateway:
             _unavailable(error)
         return SavedPaymentMethod(customer_reference=customer, payment_method=method.id)
 
+    async def _customer(self, reference: str | None, email: str, idempotency_key: str) -> str:
+        """The buyer's Stripe customer: ``reference``, or one created now (keyed, so a
+        retry finds the same). Stripe's errors are the caller's to map."""
+        if reference is not None:
+            return reference
+        created = await self._stripe.v1.customers.create_async(
+            {"email": email}, {"idempotency_key": f"{idempotency_key}:customer"}
+        )
+        return str(created.id)
+
     async def create_card_setup(
         self,
         *,
@@ -364,12 +369,7 @@ class StripeGateway:
         off-session use, left for the buyer's browser to confirm with Stripe.js (which runs
         3-D Secure when the bank asks for it)."""
         try:
-            customer = customer_reference
-            if customer is None:
-                created = await self._stripe.v1.customers.create_async(
-                    {"email": email}, {"idempotency_key": f"{idempotency_key}:customer"}
-                )
-                customer = created.id
+            customer = await self._customer(customer_reference, email, idempotency_key)
             params: SetupIntentCreateParams = {
                 "customer": customer,
                 "payment_method": payment_method,
