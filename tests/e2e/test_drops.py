@@ -64,12 +64,17 @@ class DropShop:
         )
 
 
-@pytest.fixture
-async def shop(api: Api) -> DropShop:
+async def winter_mug_shop(api: Api) -> DropShop:
+    """A creator with one $48.00 price of a "Winter mug", to put in drops."""
     creator = await api.creator(name="Kiln & Clay")
     product = await api.product(creator["secret_key"], name="Winter mug")
     price = await api.price(creator["secret_key"], product=product["id"], unit_amount=4800)
     return DropShop(api, creator, price["id"])
+
+
+@pytest.fixture
+async def shop(api: Api) -> DropShop:
+    return await winter_mug_shop(api)
 
 
 async def test_a_drop_opens_sells_out_and_closes(

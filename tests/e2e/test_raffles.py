@@ -15,7 +15,7 @@ from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
 from stallholder.notifications.models import Email
 from tests.conftest import Api, bearer
-from tests.e2e.test_drops import CLOSES, OPENS, PROBLEM, DropShop
+from tests.e2e.test_drops import CLOSES, OPENS, PROBLEM, DropShop, winter_mug_shop
 
 pytestmark = pytest.mark.anyio
 EMAILS = [f"fan{n}@example.com" for n in range(7)]
@@ -28,10 +28,7 @@ def database_url(any_database_url: str) -> str:
 
 @pytest.fixture
 async def shop(api: Api) -> DropShop:
-    creator = await api.creator(name="Kiln & Clay")
-    product = await api.product(creator["secret_key"], name="Winter mug")
-    price = await api.price(creator["secret_key"], product=product["id"], unit_amount=4800)
-    return DropShop(api, creator, price["id"])
+    return await winter_mug_shop(api)
 
 
 # The draw, written from docs/raffles.md alone: hashlib only, nothing of the project.

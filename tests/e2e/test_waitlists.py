@@ -20,7 +20,7 @@ from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
 from stallholder.settings import Settings
 from tests.conftest import Api, bearer
-from tests.e2e.test_drops import OPENS, PROBLEM, DropShop
+from tests.e2e.test_drops import OPENS, PROBLEM, DropShop, winter_mug_shop
 from tests.smtp_server import Inbox, SmtpServer
 
 pytestmark = pytest.mark.anyio
@@ -52,10 +52,7 @@ def mail_settings(settings: Settings, smtp: SmtpServer) -> Settings:
 
 @pytest.fixture
 async def shop(api: Api) -> DropShop:
-    creator = await api.creator(name="Kiln & Clay")
-    product = await api.product(creator["secret_key"], name="Winter mug")
-    price = await api.price(creator["secret_key"], product=product["id"], unit_amount=4800)
-    return DropShop(api, creator, price["id"])
+    return await winter_mug_shop(api)
 
 
 async def drain(database: Database, clock: FrozenClock, settings: Settings) -> None:
