@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Literal, Self
+from typing import Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, Field, StrictInt, field_validator, model_validator
-from pydantic.json_schema import SkipJsonSchema
 
 from stallholder.inventory import raffle_draw
 from stallholder.inventory.drops import DropView
@@ -18,7 +17,7 @@ from stallholder.inventory.models import (
 )
 from stallholder.inventory.raffles import DrawView
 from stallholder.inventory.stock import AdjustmentKind, SkuStock
-from stallholder.kit.schemas import Email, Input
+from stallholder.kit.schemas import Email, Input, omittable, refuse_null
 from stallholder.spreadsheets.inventory import TemplateKind
 
 # A count or change of stock: far above any small-batch run, far below BIGINT.
@@ -292,18 +291,16 @@ class DropUpdate(Input):
     others may be left out but not sent as null). ``items`` changes quantities of prices
     already in the drop; prices not listed keep theirs."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)] | SkipJsonSchema[None] = None
-    opens_at: AwareDatetime | SkipJsonSchema[None] = None
-    closes_at: AwareDatetime | SkipJsonSchema[None] = None
+    name: str | None = omittable(min_length=1, max_length=200)
+    opens_at: AwareDatetime | None = omittable()
+    closes_at: AwareDatetime | None = omittable()
     per_customer_limit: StrictInt | None = Field(default=None, ge=1, le=1_000)
-    reservation_minutes: Annotated[StrictInt, Field(ge=1, le=60)] | SkipJsonSchema[None] = None
-    waitlist_hold_minutes: Annotated[StrictInt, Field(ge=1, le=1_440)] | SkipJsonSchema[None] = None
-    claim_minutes: Annotated[StrictInt, Field(ge=5, le=10_080)] | SkipJsonSchema[None] = None
-    items: (
-        Annotated[list[DropItemIn], Field(min_length=1, max_length=20)] | SkipJsonSchema[None]
-    ) = None
+    reservation_minutes: StrictInt | None = omittable(ge=1, le=60)
+    waitlist_hold_minutes: StrictInt | None = omittable(ge=1, le=1_440)
+    claim_minutes: StrictInt | None = omittable(ge=5, le=10_080)
+    items: list[DropItemIn] | None = omittable(min_length=1, max_length=20)
 
-    @field_validator(
+    _not_null = field_validator(
         "name",
         "opens_at",
         "closes_at",
@@ -311,12 +308,7 @@ class DropUpdate(Input):
         "waitlist_hold_minutes",
         "claim_minutes",
         "items",
-    )
-    @classmethod
-    def _not_null(cls, value: object) -> object:
-        if value is None:
-            raise ValueError("leave the field out to keep it; it cannot be null")
-        return value
+    )(refuse_null)
 
 
 class DropItemOut(BaseModel):

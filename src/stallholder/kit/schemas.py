@@ -36,6 +36,32 @@ class Input(BaseModel):
         return value
 
 
+def _without_null(schema: dict[str, Any]) -> None:
+    """A field's JSON schema without its ``null`` choice and ``null`` default."""
+    choices = [choice for choice in schema.pop("anyOf", []) if choice.get("type") != "null"]
+    if len(choices) == 1:
+        schema.update(choices[0])
+    elif choices:
+        schema["anyOf"] = choices
+    if schema.get("default", 0) is None:
+        del schema["default"]
+
+
+def omittable(**constraints: Any) -> Any:
+    """A field of an update that may be left out (it then keeps its value) but not sent
+    as null: declare it ``X | None = omittable(…)`` and refuse None with
+    ``refuse_null``. The schema shows X alone, and an error's ``loc`` is the field's name
+    (a union with a hidden None would add the union's branch names to it)."""
+    return Field(default=None, json_schema_extra=_without_null, **constraints)
+
+
+def refuse_null(value: Any) -> Any:
+    """A field validator for ``omittable`` fields: an explicit null is refused."""
+    if value is None:
+        raise ValueError("leave the field out to keep it; it cannot be null")
+    return value
+
+
 def normalize_email(value: str) -> str:
     """The address as Stallholder stores and sends to it. Raises ``ValueError`` saying why
     ``value`` is not one.
