@@ -307,6 +307,12 @@ async def update_drop(
             )
         wanted[spec.price_id] = spec.quantity
     moved = {p: q for p, q in wanted.items() if q != by_price[p].quantity}
+    if moved and drop.mode == "raffle" and not drawn:
+        # The draw counts the units under the drop's row lock (``raffles.draw``): a draw
+        # running now is waited for and seen, and one after this waits and counts the new
+        # quantities. A raffle has no claims before its draw, so no claim holds an item.
+        await session.get(Drop, drop.id, populate_existing=True, with_for_update=True)
+        drawn = drop.drawn_at is not None
     if moved and drawn:
         raise DropNotEditable(
             f"drop {drop.id} was drawn at {drop.drawn_at.isoformat() if drop.drawn_at else ''}; "
@@ -315,7 +321,8 @@ async def update_drop(
         )
     changed = added = lowered = False
     # The items first, in key order, then the drop's row: the order a checkout's claim
-    # takes them in (ADR 0012), so the two never wait for each other in a cycle.
+    # takes them in (ADR 0012), so the two never wait for each other in a cycle (a
+    # raffle's undrawn drop row first, as its draw takes it: no claim exists yet).
     for item in sorted((by_price[p] for p in moved), key=lambda row: row.id):
         quantity = moved[item.price_id]
         taken = (
