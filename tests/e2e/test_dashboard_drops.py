@@ -250,20 +250,25 @@ async def test_a_drop_is_changed_by_form_and_a_refusal_changes_nothing(
                 **fields,
                 "opens_at": opens.strftime("%Y-%m-%dT%H:%M"),
                 "name": "Renamed",
-                "per_customer_limit": "",
                 "quantity": "1",
                 "closes_at": (closes + timedelta(hours=9)).strftime("%Y-%m-%dT%H:%M"),
             },
         )
         assert below.status_code == 303, below.text  # 1 held: exactly what is taken is fine
-        assert await stored() == ("Renamed", None, 1)
+        assert await stored() == ("Renamed", 1, 1)
+        unlimited = await phone.post(
+            edit, data={**fields, "name": "Again", "quantity": "1", "per_customer_limit": ""}
+        )
+        assert unlimited.status_code == 409
+        assert "with a per-customer limit; it can change to another number" in unlimited.text
+        assert await stored() == ("Renamed", 1, 1)
         zero_left = await phone.post(
             edit, data={**fields, "name": "Again", "quantity": "1", "per_customer_limit": "abc"}
         )
         assert zero_left.status_code == 422
         assert "limit per buyer: Input should be a valid integer" in zero_left.text
         assert 'value="abc"' in zero_left.text
-        assert await stored() == ("Renamed", None, 1)  # nothing changed
+        assert await stored() == ("Renamed", 1, 1)  # nothing changed
         past = await phone.post(
             edit,
             data={
@@ -275,4 +280,4 @@ async def test_a_drop_is_changed_by_form_and_a_refusal_changes_nothing(
         )
         assert past.status_code == 400
         assert "is not in the future; give a later time" in past.text
-        assert await stored() == ("Renamed", None, 1)
+        assert await stored() == ("Renamed", 1, 1)

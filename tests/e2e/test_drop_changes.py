@@ -169,6 +169,42 @@ async def test_an_open_drop_keeps_its_opening_and_never_goes_below_what_is_taken
     assert (renamed.status_code, renamed.json()["status"]) == (200, "closed")
 
 
+async def test_an_open_drops_limit_is_neither_added_nor_removed_so_expiries_count_right(
+    shop: DropShop, clock: FrozenClock
+) -> None:
+    # Buyers are counted only while a drop has a limit; an expiry takes its units off the
+    # count. A limit added to an open drop would make the expiry of a hold taken before it
+    # take off units never counted (the count below zero: the expiry failed).
+    unlimited = (await shop.drop(per_customer_limit=None)).json()
+    product = await shop.api.product(shop.sk, name="Spring mug")
+    price = await shop.api.price(shop.sk, product=product["id"], unit_amount=4200)
+    limited = (await shop.drop(items=[{"price": price["id"], "quantity": 3}])).json()
+    clock.set(OPENS)
+    first = await shop.session("fan@example.com", quantity=2)
+    assert first.status_code == 201, first.text
+
+    added = await shop.post(f"/v1/drops/{unlimited['id']}", {"per_customer_limit": 3})
+    assert (added.status_code, added.json()["type"]) == (409, PROBLEM + "drop-not-editable")
+    assert added.json()["detail"] == (
+        f"drop {unlimited['id']} opened at {OPENS.isoformat()} with no per-customer limit; "
+        "one cannot be added once it is open"
+    )
+    removed = await shop.post(f"/v1/drops/{limited['id']}", {"per_customer_limit": None})
+    assert (removed.status_code, removed.json()["type"]) == (409, PROBLEM + "drop-not-editable")
+    assert removed.json()["detail"] == (
+        f"drop {limited['id']} opened at {OPENS.isoformat()} with a per-customer limit; it "
+        "can change to another number but cannot be removed"
+    )
+    raised = await shop.post(f"/v1/drops/{limited['id']}", {"per_customer_limit": 5})
+    assert (raised.status_code, raised.json()["per_customer_limit"]) == (200, 5)
+
+    second = await shop.session("fan@example.com", quantity=1)
+    assert second.status_code == 201, second.text
+    expired = await shop.post(f"/v1/checkout/sessions/{first.json()['id']}/expire", {})
+    assert expired.status_code == 200, expired.text
+    assert (await shop.get(unlimited["id"]))["remaining"] == 2
+
+
 async def test_a_raffles_draw_moves_with_its_closing_and_its_units_are_fixed_once_drawn(
     shop: DropShop, clock: FrozenClock, database: Database
 ) -> None:

@@ -218,7 +218,9 @@ async def update_drop(
 
     - ``name``, ``per_customer_limit`` (None: no limit), ``reservation_minutes``,
       ``waitlist_hold_minutes``, ``claim_minutes``: any time; they apply to what happens
-      next (a lower limit takes nothing from buyers who hold more already).
+      next (a lower limit takes nothing from buyers who hold more already). A first come
+      drop's limit is set or removed only before it opens (from one number to another
+      any time): buyers are counted only while there is a limit.
     - ``opens_at``: before the drop opens, and not to a time past (now opens it now).
     - ``closes_at``: before the drop closes (a raffle: before its draw), to a time after
       now and after ``opens_at``. The announcements and a raffle's draw move with it.
@@ -272,6 +274,25 @@ async def update_drop(
         raise InvalidRequest(
             f"closes_at ({closes_at.isoformat()}) must be after opens_at ({opens_at.isoformat()})"
         )
+    limited = drop.per_customer_limit is not None
+    if (
+        "per_customer_limit" in changes
+        and (changes["per_customer_limit"] is not None) != limited
+        and drop.mode != "raffle"
+        and now >= drop.opens_at
+    ):
+        # Buyers are counted (``drop_buyers``) only while the drop has a limit, and an
+        # expiry takes its units off the count: a limit set or removed once claims exist
+        # would take off units never counted.
+        raise DropNotEditable(
+            f"drop {drop.id} opened at {drop.opens_at.isoformat()} with "
+            + (
+                "a per-customer limit; it can change to another number but cannot be removed"
+                if limited
+                else "no per-customer limit; one cannot be added once it is open"
+            ),
+            field="per_customer_limit",
+        )
     items = await _items(session, drop_id=drop.id)
     by_price = {item.price_id: item for item in items}
     wanted: dict[str, int] = {}
@@ -286,6 +307,12 @@ async def update_drop(
             )
         wanted[spec.price_id] = spec.quantity
     moved = {p: q for p, q in wanted.items() if q != by_price[p].quantity}
+    if moved and drop.mode == "raffle" and not drawn:
+        # The draw counts the units under the drop's row lock (``raffles.draw``): a draw
+        # running now is waited for and seen, and one after this waits and counts the new
+        # quantities. A raffle has no claims before its draw, so no claim holds an item.
+        await session.get(Drop, drop.id, populate_existing=True, with_for_update=True)
+        drawn = drop.drawn_at is not None
     if moved and drawn:
         raise DropNotEditable(
             f"drop {drop.id} was drawn at {drop.drawn_at.isoformat() if drop.drawn_at else ''}; "
@@ -294,7 +321,8 @@ async def update_drop(
         )
     changed = added = lowered = False
     # The items first, in key order, then the drop's row: the order a checkout's claim
-    # takes them in (ADR 0012), so the two never wait for each other in a cycle.
+    # takes them in (ADR 0012), so the two never wait for each other in a cycle (a
+    # raffle's undrawn drop row first, as its draw takes it: no claim exists yet).
     for item in sorted((by_price[p] for p in moved), key=lambda row: row.id):
         quantity = moved[item.price_id]
         taken = (

@@ -71,10 +71,20 @@ class _Release:
             self._transport._give_back(self._slot)
 
 
+# A slot's origin: scheme, host, port and the TLS server name (a request pinned to an
+# address names its host there, ``sni_hostname``).
+_Origin = tuple[bytes, bytes, int | None, object]
+
+
+def _slot_transport() -> httpx.AsyncHTTPTransport:
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    return httpx.AsyncHTTPTransport(limits=limits, verify=_tls_context())
+
+
 class _Slot:
     def __init__(self, transport: httpx.AsyncHTTPTransport) -> None:
         self.transport = transport
-        self.origin: tuple[bytes, bytes, int | None] | None = None
+        self.origin: _Origin | None = None
 
 
 @functools.cache
@@ -89,22 +99,27 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, slots: int) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        self._slots = [
-            _Slot(httpx.AsyncHTTPTransport(limits=limits, verify=_tls_context()))
-            for _ in range(slots)
-        ]
+        self._slots = [_Slot(_slot_transport()) for _ in range(slots)]
         self._free = list(self._slots)
         self._available = asyncio.Semaphore(slots)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self._available.acquire()
-        origin = (request.url.raw_scheme, request.url.raw_host, request.url.port)
+        url = request.url
+        origin = (url.raw_scheme, url.raw_host, url.port, request.extensions.get("sni_hostname"))
         slot = next((s for s in reversed(self._free) if s.origin == origin), self._free[-1])
         self._free.remove(slot)
-        slot.origin = origin
         release = _Release(self, slot)
         try:
+            before = slot.origin
+            if before is not None and before != origin and before[:3] == origin[:3]:
+                # The same address under another server name (two hosts behind one
+                # address): its kept-alive connection was made, and its certificate
+                # checked, for the other name, and httpcore would reuse it (it pools by
+                # address). A new pool instead.
+                stale, slot.transport = slot.transport, _slot_transport()
+                await stale.aclose()
+            slot.origin = origin
             response = await slot.transport.handle_async_request(request)
         except BaseException:
             release()
