@@ -601,3 +601,19 @@ async def test_an_app_uninstalled_webhook_pauses_the_channel_and_emails_the_crea
             return len(list(found)) == 1
 
     await eventually(emailed, what="the creator emailed")
+
+
+async def test_an_import_of_a_sku_no_variant_may_have_imports_nothing(stack: Stack) -> None:
+    _, key = await stack.creator()
+    stack.woo.add_product("Teapot", [("TEA-OK", 4)])
+    stack.woo.add_product("Odd teapot", [("TEA BAD/1", 4)])
+    channel = await stack.connect(key, "woocommerce")
+    assert channel["listings"] == {"matched": 0, "unmatched": 2, "conflict": 0}
+
+    refused = await stack.call("POST", f"/v1/channels/{channel['id']}/listings/import", key)
+
+    assert refused.status_code == 409, refused.text
+    [listing] = refused.json()["listings"]
+    assert (listing["sku"], listing["problem"]) == ("TEA BAD/1", "invalid-sku")
+    assert listing["detail"].startswith("sku 'TEA BAD/1' is not a SKU a variant may have")
+    assert (await stack.call("GET", "/v1/products", key)).json()["data"] == []

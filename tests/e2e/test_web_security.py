@@ -44,6 +44,11 @@ async def send_form(note: Annotated[str, Form(max_length=20)]) -> str:
     return f"<p>got {note}</p>"
 
 
+@forms.get("/test-boom", response_class=HTMLResponse)
+async def boom() -> str:
+    raise RuntimeError("a bug")
+
+
 def _token(page: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]+)"', page)
     assert match is not None, page
@@ -171,6 +176,14 @@ async def test_pages_carry_a_content_security_policy_and_the_api_does_not(
             ), path
             assert page.headers["x-content-type-options"] == "nosniff"
             assert page.headers["referrer-policy"] == "same-origin"
+        # A 500 page is made outside the middleware: it carries the policy itself.
+        crashed = await browser.get("/test-boom", headers={"accept": "text/html"})
+        assert crashed.status_code == 500
+        assert crashed.headers["content-type"].startswith("text/html")
+        assert crashed.headers["content-security-policy"] == (
+            f"{PAGE_POLICY}; frame-ancestors 'none'"
+        )
+        assert crashed.headers["x-content-type-options"] == "nosniff"
         docs = await browser.get("/docs")
         # FastAPI's docs page starts Swagger UI with an inline script: framing rule only.
         assert docs.headers["content-security-policy"] == "frame-ancestors 'none'"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,18 @@ class PriceNotFound(NotFound):
 class CollectionNotFound(NotFound):
     slug = "collection-not-found"
     title = "No such collection"
+
+
+# What a SKU may be: the API's schemas say the same (``catalog.schemas.VariantIn``); the
+# service checks it too, for SKUs that come from elsewhere (a channel's listings).
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
+SKU_MAX_LENGTH = 64
+_SKU = re.compile(SKU_PATTERN)
+
+
+class InvalidSku(InvalidRequest):
+    slug = "invalid-sku"
+    title = "A SKU is not one a variant may have"
 
 
 class SkuTaken(Conflict):
@@ -83,8 +96,15 @@ class PriceSpec:
 
 
 async def _ensure_free_skus(session: AsyncSession, creator_id: str, skus: Sequence[str]) -> None:
+    """Raises InvalidSku (not a SKU a variant may have) or SkuTaken."""
     if not skus:
         return
+    for sku in skus:
+        if len(sku) > SKU_MAX_LENGTH or not _SKU.fullmatch(sku):
+            raise InvalidSku(
+                f"sku {sku!r} is not a SKU a variant may have: 1 to {SKU_MAX_LENGTH} letters, "
+                "digits, '.', '_' or '-', starting with a letter or digit"
+            )
     taken = (
         (
             await session.execute(

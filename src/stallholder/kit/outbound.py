@@ -253,14 +253,20 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+# Requests in flight at once through one ``guarded_client`` (a connect or an install reads
+# one channel, a page at a time).
+GUARDED_CLIENT_SLOTS = 8
+
+
 def guarded_client(
     *, allow_private: bool, timeout: float, resolve: Resolver = resolve
 ) -> httpx.AsyncClient:
     """A client whose every request goes through ``GuardedTransport``."""
     return httpx.AsyncClient(
         timeout=timeout,
+        # Sharded: a connection is never reused for another TLS name at the same address.
         transport=GuardedTransport(
-            httpx.AsyncHTTPTransport(verify=_tls_context()),
+            ShardedTransport(slots=GUARDED_CLIENT_SLOTS),
             allow_private=allow_private,
             resolve=resolve,
         ),

@@ -7,6 +7,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 
+from stallholder.web.security import page_policy
 from stallholder.web.templating import templates
 
 # Paths that answer machines: their errors stay application/problem+json.
@@ -36,10 +37,16 @@ def error_page(
 ) -> HTMLResponse:
     """The error page: ``title`` and ``detail`` for the reader, links back to where they
     can go on (the previous page, the portal, the store)."""
+    # The page's own security headers: a 500 page is made outside the middleware that
+    # adds them to every other page (Starlette's error middleware is outermost).
     return templates.TemplateResponse(
         request,
         "error.html",
         {"status": status, "title": title, "detail": detail},
         status_code=status,
-        headers=headers,
+        headers={
+            "Content-Security-Policy": page_policy(request.url.path, None),
+            "X-Content-Type-Options": "nosniff",
+            **(headers or {}),
+        },
     )
