@@ -194,8 +194,10 @@ async def test_pages_carry_a_content_security_policy_and_the_api_does_not(
 
 def test_the_policy_allows_scripts_from_the_app_and_stripe_only() -> None:
     directives = {part.split(" ", 1)[0]: part.split(" ", 1)[1] for part in PAGE_POLICY.split("; ")}
-    assert directives["script-src"] == "'self' https://js.stripe.com"
-    assert directives["frame-src"] == "'self' https://js.stripe.com https://hooks.stripe.com"
+    assert directives["script-src"] == "'self' https://js.stripe.com https://*.js.stripe.com"
+    assert directives["frame-src"] == (
+        "'self' https://js.stripe.com https://*.js.stripe.com https://hooks.stripe.com"
+    )
     assert directives["connect-src"] == "'self' https://api.stripe.com"
     assert (directives["object-src"], directives["base-uri"], directives["form-action"]) == (
         "'none'",
