@@ -15,7 +15,7 @@ import pytest
 
 from tests.browser.conftest import Server, Shots
 from tests.browser.test_portal_and_dashboard import _sign_in
-from tests.browser.test_stripe_checkout import calls, connected_shop
+from tests.browser.test_stripe_checkout import calls, stripe_subscriber
 from tests.doubles import stripe_js
 from tests.doubles.stripe_api import StripeDouble
 from tests.smtp_server import SmtpServer
@@ -23,35 +23,6 @@ from tests.smtp_server import SmtpServer
 pytestmark = pytest.mark.browser
 
 THREE_D_SECURE_CARD = "4000 0027 6000 3184"
-
-
-def _subscriber(server: Server, double: StripeDouble) -> dict[str, Any]:
-    """A monthly subscription of reader@example.com paid by a saved Visa; its ids."""
-    creator = connected_shop(server, double)
-    key = creator["secret_key"]
-    price = server.offer(
-        key, name="Zine club", unit_amount=300, currency="usd", recurring={"interval": "month"}
-    )
-    customer = server.api(
-        "POST", "/v1/customers", key, json={"email": "reader@example.com", "country": "US"}
-    )
-    card = server.api(
-        "POST",
-        f"/v1/customers/{customer['id']}/payment_methods",
-        key,
-        json={"token": "pm_card_visa"},
-    )
-    subscription = server.api(
-        "POST",
-        "/v1/subscriptions",
-        key,
-        json={
-            "customer": customer["id"],
-            "items": [{"price": price, "quantity": 1}],
-            "default_payment_method": card["id"],
-        },
-    )
-    return {"key": key, "customer": customer["id"], "card": card["id"], "id": subscription["id"]}
 
 
 def _open_payment_page(
@@ -71,7 +42,7 @@ def _add_card(page: Any, number: str) -> None:
 def test_a_card_that_needs_3ds_is_confirmed_on_the_page_and_becomes_the_default(
     stripe_server: Server, stripe_double: StripeDouble, smtp: SmtpServer, page: Any, shots: Shots
 ) -> None:
-    subscriber = _subscriber(stripe_server, stripe_double)
+    subscriber = stripe_subscriber(stripe_server, stripe_double)
     _open_payment_page(stripe_server, stripe_double, smtp, page, subscriber["id"])
 
     _add_card(page, THREE_D_SECURE_CARD)
@@ -145,7 +116,7 @@ def test_a_failed_or_abandoned_3ds_check_saves_nothing(
     shots: Shots,
     answer: str,
 ) -> None:
-    subscriber = _subscriber(stripe_server, stripe_double)
+    subscriber = stripe_subscriber(stripe_server, stripe_double)
     _open_payment_page(stripe_server, stripe_double, smtp, page, subscriber["id"])
 
     _add_card(page, THREE_D_SECURE_CARD)
@@ -187,7 +158,7 @@ def test_a_failed_or_abandoned_3ds_check_saves_nothing(
 def test_a_double_click_makes_one_setup_intent(
     stripe_server: Server, stripe_double: StripeDouble, smtp: SmtpServer, page: Any
 ) -> None:
-    subscriber = _subscriber(stripe_server, stripe_double)
+    subscriber = stripe_subscriber(stripe_server, stripe_double)
     _open_payment_page(stripe_server, stripe_double, smtp, page, subscriber["id"])
 
     page.get_by_label("Card number").fill("4242 4242 4242 4242")

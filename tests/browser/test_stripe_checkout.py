@@ -33,6 +33,35 @@ def connected_shop(server: Server, double: StripeDouble) -> dict[str, Any]:
     return creator
 
 
+def stripe_subscriber(server: Server, double: StripeDouble) -> dict[str, Any]:
+    """A monthly subscription of reader@example.com paid by a saved Visa; its ids."""
+    creator = connected_shop(server, double)
+    key = creator["secret_key"]
+    price = server.offer(
+        key, name="Zine club", unit_amount=300, currency="usd", recurring={"interval": "month"}
+    )
+    customer = server.api(
+        "POST", "/v1/customers", key, json={"email": "reader@example.com", "country": "US"}
+    )
+    card = server.api(
+        "POST",
+        f"/v1/customers/{customer['id']}/payment_methods",
+        key,
+        json={"token": "pm_card_visa"},
+    )
+    subscription = server.api(
+        "POST",
+        "/v1/subscriptions",
+        key,
+        json={
+            "customer": customer["id"],
+            "items": [{"price": price, "quantity": 1}],
+            "default_payment_method": card["id"],
+        },
+    )
+    return {"key": key, "customer": customer["id"], "card": card["id"], "id": subscription["id"]}
+
+
 def open_checkout(
     server: Server, double: StripeDouble, page: Any, *, unit_amount: int
 ) -> dict[str, Any]:
@@ -283,33 +312,11 @@ def test_subscribe_with_the_payment_element(
 def test_a_buyer_adds_a_card_in_the_portal_with_the_payment_element(
     stripe_server: Server, stripe_double: StripeDouble, smtp: SmtpServer, page: Any, shots: Shots
 ) -> None:
-    creator = connected_shop(stripe_server, stripe_double)
-    key = creator["secret_key"]
-    price = stripe_server.offer(
-        key, name="Zine club", unit_amount=300, currency="usd", recurring={"interval": "month"}
-    )
-    customer = stripe_server.api(
-        "POST", "/v1/customers", key, json={"email": "reader@example.com", "country": "US"}
-    )
-    first_card = stripe_server.api(
-        "POST",
-        f"/v1/customers/{customer['id']}/payment_methods",
-        key,
-        json={"token": "pm_card_visa"},
-    )
-    subscription = stripe_server.api(
-        "POST",
-        "/v1/subscriptions",
-        key,
-        json={
-            "customer": customer["id"],
-            "items": [{"price": price, "quantity": 1}],
-            "default_payment_method": first_card["id"],
-        },
-    )
+    subscriber = stripe_subscriber(stripe_server, stripe_double)
+    key = subscriber["key"]
     stripe_js.install(page, stripe_double)
     _sign_in(page, stripe_server, smtp, face="portal", email="reader@example.com")
-    page.goto(f"{stripe_server.base_url}/portal/subscriptions/{subscription['id']}/payment-method")
+    page.goto(f"{stripe_server.base_url}/portal/subscriptions/{subscriber['id']}/payment-method")
     page.wait_for_selector("#payment-element[data-stripe-double=mounted]")
     assert calls(page)[1]["options"] == {
         "mode": "setup",
@@ -332,8 +339,8 @@ def test_a_buyer_adds_a_card_in_the_portal_with_the_payment_element(
         "requires_payment_method",
         "card_declined",
     )
-    after = stripe_server.api("GET", f"/v1/subscriptions/{subscription['id']}", key)
-    assert after["default_payment_method"] == first_card["id"]
+    after = stripe_server.api("GET", f"/v1/subscriptions/{subscriber['id']}", key)
+    assert after["default_payment_method"] == subscriber["card"]
 
     page.wait_for_selector("#payment-element[data-stripe-double=mounted]")
     page.get_by_label("Card number").fill("5555 5555 5555 4444")
@@ -342,9 +349,9 @@ def test_a_buyer_adds_a_card_in_the_portal_with_the_payment_element(
     assert page.get_by_text("Card updated: your next payments will be charged to it.").is_visible()
     shots(page, "updated")
 
-    after = stripe_server.api("GET", f"/v1/subscriptions/{subscription['id']}", key)
-    assert after["default_payment_method"] != first_card["id"]
-    saved = stripe_server.api("GET", f"/v1/customers/{customer['id']}/payment_methods", key)
+    after = stripe_server.api("GET", f"/v1/subscriptions/{subscriber['id']}", key)
+    assert after["default_payment_method"] != subscriber["card"]
+    saved = stripe_server.api("GET", f"/v1/customers/{subscriber['customer']}/payment_methods", key)
     by_id = {method["id"]: method for method in saved["data"]}
     new_card = by_id[after["default_payment_method"]]
     [customer_at_stripe] = stripe_double.of_type("customer")
@@ -355,7 +362,7 @@ def test_a_buyer_adds_a_card_in_the_portal_with_the_payment_element(
     ]
     # The first card (saved through the API) and the one typed in the portal: a Mastercard.
     assert sorted(method["card"]["last4"] for method in attached) == ["4242", "4444"]
-    assert new_card["id"] != first_card["id"]
+    assert new_card["id"] != subscriber["card"]
     # Each card typed in the portal went through a SetupIntent; only the one that
     # succeeded was saved.
     setups = sorted(
