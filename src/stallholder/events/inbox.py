@@ -101,12 +101,13 @@ def note_failure(event: InboxEvent, *, error: str) -> None:
 async def prune_handled(
     session: AsyncSession, *, before: datetime, batch: int = PRUNE_BATCH
 ) -> int:
-    """Delete up to ``batch`` handled events received before ``before`` (oldest first);
-    returns how many."""
+    """Delete up to ``batch`` handled events received before ``before`` (oldest first,
+    through the index on ``received_at``); returns how many."""
     handled = (
         select(InboxEvent.id)
         .where(InboxEvent.processed_at.is_not(None), InboxEvent.received_at < before)
-        .order_by(InboxEvent.id)
+        # Oldest first by the indexed time: each batch reads only the rows before ``before``.
+        .order_by(InboxEvent.received_at, InboxEvent.id)
         .limit(batch)
     )
     ids = list((await session.execute(handled)).scalars())

@@ -48,7 +48,8 @@ class InboxEvent(Base):
     external_id: Mapped[str] = mapped_column(String(255))
     type: Mapped[str] = mapped_column(String(100))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    received_at: Mapped[datetime]
+    # Indexed for the hourly prune of handled events (``inbox.prune_handled``).
+    received_at: Mapped[datetime] = mapped_column(index=True)
     processed_at: Mapped[datetime | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
 
