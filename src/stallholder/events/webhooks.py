@@ -227,6 +227,11 @@ async def update_endpoint(
         WebhookEndpointNotFound, WebhookEndpointDeleted (a deleted endpoint stays deleted:
         create a new one), and the URL and filter errors.
     """
+    # Checked before the row is locked or changed: a refusal changes nothing, and the
+    # URL's host is resolved with no lock held.
+    events = check_event_filter(changes["events"]) if "events" in changes else None
+    if "url" in changes:
+        await check_target(changes["url"], allow_private=allow_private)
     endpoint = await get_endpoint(
         session, creator_id=creator_id, endpoint_id=endpoint_id, lock=True
     )
@@ -235,10 +240,9 @@ async def update_endpoint(
             f"webhook endpoint {endpoint_id} was deleted and cannot be changed or enabled; "
             "create a new endpoint with POST /v1/webhook_endpoints"
         )
-    if "events" in changes:
-        endpoint.events = check_event_filter(changes["events"])
+    if events is not None:
+        endpoint.events = events
     if "url" in changes:
-        await check_target(changes["url"], allow_private=allow_private)
         endpoint.url = changes["url"]
     if "description" in changes:
         endpoint.description = changes["description"]

@@ -267,48 +267,28 @@ async def edit_endpoint(
     events: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
     """Change the URL, description and event types, as ``PATCH
-    /v1/webhook_endpoints/{id}``: a new URL passes the SSRF guard (resolved before the
-    request's unit of work is first used, as when adding one); pending deliveries go to
+    /v1/webhook_endpoints/{id}`` (the service checks the new URL with the SSRF guard and
+    the event types before it locks or changes the endpoint); pending deliveries go to
     the new URL. A mistake shows the form again with what was typed and changes nothing."""
-    creator_id = signed_in_creator(request)
-    if creator_id is None:
+    creator = await current_creator(request, session)
+    if creator is None:
         return sign_in_redirect(request)
     chosen = _chosen_events(events)
     typed = {"url": url, "description": description, "events": chosen}
+    endpoint = await webhooks.get_endpoint(session, creator_id=creator.id, endpoint_id=endpoint_id)
     try:
         body = WebhookEndpointUpdate.model_validate(
             {"url": url.strip(), "events": chosen, "description": description.strip() or None}
         )
-        assert body.url is not None
-        assert body.events is not None
-        await webhooks.check_target(body.url, allow_private=settings.allow_private_webhook_targets)
-        error: ValidationError | DomainError | None = None
-    except (ValidationError, DomainError) as refused:
-        error = refused
-    creator = await current_creator(request, session)
-    if creator is None:
-        return sign_in_redirect(request)
-    endpoint = await webhooks.get_endpoint(session, creator_id=creator.id, endpoint_id=endpoint_id)
-    if error is None:
-        try:
-            # A savepoint: a refusal part-way (the URL's second check) changes nothing.
-            async with session.begin_nested():
-                endpoint = await webhooks.update_endpoint(
-                    session,
-                    creator_id=creator.id,
-                    endpoint_id=endpoint.id,
-                    changes={
-                        "url": body.url,
-                        "events": body.events,
-                        "description": body.description,
-                    },
-                    allow_private=settings.allow_private_webhook_targets,
-                    now=now,
-                )
-        except DomainError as refused:
-            error = refused
-            await session.refresh(endpoint)
-    if error is not None:
+        endpoint = await webhooks.update_endpoint(
+            session,
+            creator_id=creator.id,
+            endpoint_id=endpoint.id,
+            changes=body.model_dump(exclude_unset=True),
+            allow_private=settings.allow_private_webhook_targets,
+            now=now,
+        )
+    except (ValidationError, DomainError) as error:
         if isinstance(error, DomainError):
             messages, status = [error.detail], error.status
         else:
