@@ -5,6 +5,7 @@ the registry, checkout expiry, the outbox, and waking up."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -498,6 +499,94 @@ async def test_enqueueing_on_postgresql_notifies_listeners_when_it_commits(
         assert received == [work.NOTIFY_CHANNEL]
     finally:
         await database.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_notification_names_its_process_and_the_kinds_it_enqueued(
+    postgres_url: str,
+) -> None:
+    """A worker reads from the payload whether its own process sent it (and so rang its
+    waiters already) and which kinds were enqueued (so only their lanes wake)."""
+    database = Database(postgres_url)
+    try:
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as listener:
+            await listener.execute(f"LISTEN {work.NOTIFY_CHANNEL}")
+            async with database.unit_of_work() as session:
+                await work.enqueue(session, kind="test.b", payload={}, due_at=T0, now=T0)
+                await work.enqueue(session, kind="test.a", payload={}, due_at=T0, now=T0)
+            async with database.unit_of_work() as session:
+                work.wake_after_commit(session, kinds=())  # as ``events.emit`` does
+            async with database.unit_of_work() as session:
+                await work.enqueue_many(
+                    session, [work.NewWork(kind="test.a", payload={}, due_at=T0)], now=T0
+                )
+                work.wake_after_commit(session)
+            payloads = [n.payload async for n in listener.notifies(timeout=30, stop_after=3)]
+        assert [work.read_notification(payload) for payload in payloads] == [
+            work.Notification(from_this_process=True, kinds=frozenset({"test.a", "test.b"})),
+            work.Notification(from_this_process=True, kinds=frozenset()),  # the outbox
+            work.Notification(from_this_process=True, kinds=None),  # every kind
+        ]
+    finally:
+        await database.dispose()
+
+
+def test_a_notification_from_another_process_or_without_a_payload_is_read_as_such() -> None:
+    ours = work.notify_payload({"channel.push"})
+    token = ours.split(" ")[0]
+    other = "0" * len(token)
+    assert work.read_notification(ours) == work.Notification(
+        from_this_process=True, kinds=frozenset({"channel.push"})
+    )
+    assert work.read_notification(f"{other} channel.push,send_email") == work.Notification(
+        from_this_process=False, kinds=frozenset({"channel.push", "send_email"})
+    )
+    assert work.read_notification(f"{other} *") == work.Notification(
+        from_this_process=False, kinds=None
+    )
+    assert work.read_notification(f"{other} ") == work.Notification(
+        from_this_process=False, kinds=frozenset()
+    )
+    for bare in ("", "marker"):  # a plain NOTIFY, or another sender: any kind
+        assert work.read_notification(bare) == work.Notification(
+            from_this_process=False, kinds=None
+        )
+
+
+async def test_a_notification_wakes_the_main_loop_and_only_the_lanes_it_names(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    """Every sale's commit notifies (its events); before, each notification woke every
+    lane too, and each lane made a claim and a look for nothing: 12 statements a sale."""
+    worker = _worker(
+        database,
+        clock,
+        settings,
+        _kind("test.main", []),
+        _kind("test.lane_a", [], lane=True),
+        _kind("test.lane_b", [], lane=True),
+    )
+    main = work.Wakeup()
+    lane_a, lane_b = work.Wakeup(kinds=["test.lane_a"]), work.Wakeup(kinds=["test.lane_b"])
+    worker._lane_wakeups = [lane_a, lane_b]
+
+    elsewhere = functools.partial(work.Notification, from_this_process=False)
+    cases = {
+        "outbox": (elsewhere(kinds=frozenset()), [True, False, False]),
+        "lane a": (elsewhere(kinds=frozenset({"test.lane_a"})), [False, True, False]),
+        "main": (elsewhere(kinds=frozenset({"test.main"})), [True, False, False]),
+        "both": (elsewhere(kinds=frozenset({"test.main", "test.lane_b"})), [True, False, True]),
+        "any": (elsewhere(kinds=None), [True, True, True]),
+        "ours": (work.Notification(from_this_process=True, kinds=None), [False, False, False]),
+    }
+    seen = {}
+    for name, (notification, _) in cases.items():
+        worker._ring(main, notification)
+        await asyncio.sleep(0)  # a ring is scheduled on the loop
+        seen[name] = [waiter._event.is_set() for waiter in (main, lane_a, lane_b)]
+        for waiter in (main, lane_a, lane_b):
+            waiter._event.clear()
+    assert seen == {name: expected for name, (_, expected) in cases.items()}
 
 
 async def test_enqueue_many_inserts_large_batches_and_skips_live_duplicates(

@@ -437,10 +437,8 @@ class Worker:
                     self.listening.set()
                     wakeup.ring()  # anything enqueued before we listened
                     async with contextlib.aclosing(connection.notifies()) as notifications:
-                        async for _ in notifications:
-                            wakeup.ring()
-                            for lane in self._lane_wakeups:
-                                lane.ring()
+                        async for notification in notifications:
+                            self._ring(wakeup, work.read_notification(notification.payload))
                 finally:
                     await connection.close()
             except asyncio.CancelledError:
@@ -448,6 +446,20 @@ class Worker:
             except Exception:
                 log.exception("listening for work notifications failed; reconnecting")
                 await asyncio.sleep(ERROR_PAUSE_SECONDS)
+
+    def _ring(self, wakeup: work.Wakeup, notification: work.Notification) -> None:
+        """Wake for another process's commit: the main loop (it dispatches the outbox
+        and runs the kinds without lanes), and the lanes of the kinds it names. A
+        notification from this process is ignored: its commit rang here already."""
+        if notification.from_this_process:
+            return
+        kinds = notification.kinds
+        lanes = {kind.name for kind in self.registry if kind.lane}
+        if kinds is None or not kinds or kinds - lanes:  # the outbox, or work of no lane
+            wakeup.ring()
+        for lane in self._lane_wakeups:
+            if kinds is None or lane.kinds is None or lane.kinds & kinds:
+                lane.ring()
 
     def stop(self) -> None:
         self._stopping.set()

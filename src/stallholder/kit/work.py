@@ -33,8 +33,11 @@ States of a work item::
   ``GiveUp``) the item is ``dead`` with its last error, listed by ``stallholder jobs`` and
   put back with ``stallholder jobs retry``.
 - **Waking the worker.** ``enqueue`` (and ``wake_after_commit``) mark the session; when it
-  commits, in-process workers are signalled and, on PostgreSQL, ``NOTIFY stallholder_work``
-  is sent in the same transaction, so workers elsewhere wake too (``Wakeup``). Work due
+  commits, in-process workers are signalled and, on PostgreSQL, a notification on
+  ``stallholder_work`` is sent in the same transaction, so workers elsewhere wake too
+  (``Wakeup``). Its payload says which process sent it and which kinds it enqueued
+  (``notify_payload``): a worker ignores its own process's (already signalled) and wakes
+  only the lanes of the kinds named. Work due
   more than ``WAKE_HORIZON`` after it is enqueued (a session's expiry, a charge's
   settlement) wakes no one: a worker never sleeps longer than ``WAKE_HORIZON``, so it
   looks again before that work is due.
@@ -44,7 +47,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -738,10 +743,54 @@ class Wakeup:
                 waiter.ring()
 
 
+# This process's mark on its notifications: (pid, random token), made anew in a forked
+# child (the pid differs), so two processes never share one.
+_sender: tuple[int, str] = (0, "")
+_ALL_KINDS = "*"
+
+
+def _process_token() -> str:
+    global _sender
+    pid = os.getpid()
+    if _sender[0] != pid:
+        _sender = (pid, secrets.token_hex(8))
+    return _sender[1]
+
+
+def notify_payload(kinds: Iterable[str] | None) -> str:
+    """The payload of a work notification: ``<process token> <kinds>``, the kinds comma
+    separated, ``*`` for every kind, nothing for the outbox alone (the main loop)."""
+    named = _ALL_KINDS if kinds is None else ",".join(sorted(kinds))
+    return f"{_process_token()} {named}"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A work notification as a listener reads it (``read_notification``)."""
+
+    from_this_process: bool
+    # The kinds enqueued (None: any kind, or a sender that did not say).
+    kinds: frozenset[str] | None
+
+
+def read_notification(payload: str) -> Notification:
+    """Read a notification's payload (``notify_payload``); one without this form (a bare
+    ``NOTIFY``, an older process) means any kind, from elsewhere."""
+    token, _, named = payload.partition(" ")
+    if not token or not _:
+        return Notification(from_this_process=False, kinds=None)
+    kinds = None if named == _ALL_KINDS else frozenset(filter(None, named.split(",")))
+    return Notification(from_this_process=token == _process_token(), kinds=kinds)
+
+
 @event.listens_for(Session, "before_commit")
 def _notify_other_processes(session: Session) -> None:
     if session.info.get(_WAKE) and session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        kinds = None if session.info.get(_WAKE_ALL) else session.info.get(_WAKE_KINDS, set())
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": NOTIFY_CHANNEL, "payload": notify_payload(kinds)},
+        )
 
 
 @event.listens_for(Session, "after_commit")
