@@ -34,7 +34,7 @@ LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
 @documents(accepts=(ADMIN_KEY_SCHEME, SECRET_KEY_SCHEME))
-def require_account_access(creator_id: str, principal: PrincipalDep) -> str:
+async def require_account_access(creator_id: str, principal: PrincipalDep) -> str:
     """The admin reaches any creator's account; a creator's secret key only its own. A
     publishable key, which ships in web pages, reads no account data."""
     if not principal.is_admin and not (

@@ -93,14 +93,14 @@ class CreatorKeyRequired(Forbidden):
 
 
 @documents(AdminOnly, accepts=(ADMIN_KEY_SCHEME,))
-def require_admin(principal: PrincipalDep) -> Principal:
+async def require_admin(principal: PrincipalDep) -> Principal:
     if not principal.is_admin:
         raise AdminOnly("only the platform admin key (STALLHOLDER_ADMIN_KEY) can do this")
     return principal
 
 
 @documents(CreatorKeyRequired, PublishableKeyNotAllowed, accepts=(SECRET_KEY_SCHEME,))
-def require_secret_key(principal: PrincipalDep) -> str:
+async def require_secret_key(principal: PrincipalDep) -> str:
     """The creator id behind a secret key."""
     if principal.is_admin or principal.creator_id is None:
         raise CreatorKeyRequired("use the creator's secret key (sk_…) for this")
@@ -113,7 +113,7 @@ def require_secret_key(principal: PrincipalDep) -> str:
 
 
 @documents(CreatorKeyRequired, accepts=(SECRET_KEY_SCHEME, PUBLISHABLE_KEY_SCHEME))
-def require_creator_key(principal: PrincipalDep) -> str:
+async def require_creator_key(principal: PrincipalDep) -> str:
     """The creator id behind a secret or a publishable key."""
     if principal.is_admin or principal.creator_id is None:
         raise CreatorKeyRequired("use the creator's secret (sk_…) or publishable (pk_…) key")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import time
@@ -10,14 +11,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
-from sqlalchemy import event, select, update
+from sqlalchemy import Table, bindparam, event, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from stallholder.accounts.emails import buyer_key
 from stallholder.accounts.models import ApiKey, Buyer, Creator, Customer, TestClock
@@ -378,14 +380,21 @@ async def buyer_id_for_email(session: AsyncSession, *, email: str, now: datetime
     existing row). Two creators' first sales to one new buyer at the same moment find the
     same buyer, and neither transaction fails.
     """
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    values = insert(Buyer).values(id=new_id("byr"), email_key=buyer_key(email), created_at=now)
-    upsert = values.on_conflict_do_update(
-        index_elements=[Buyer.email_key], set_={"email_key": values.excluded.email_key}
-    ).returning(Buyer.id)
-    buyer_id: str = (await session.execute(upsert)).scalar_one()
+    upsert = _buyer_upsert(session.get_bind().dialect.name)
+    values = {"id": new_id("byr"), "email_key": buyer_key(email), "created_at": now}
+    buyer_id: str = (await session.execute(upsert, values)).scalar_one()
     return buyer_id
+
+
+@functools.cache
+def _buyer_upsert(dialect: str) -> ReturningInsert[str]:
+    """``buyer_id_for_email``'s statement for the dialect, built once."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    table = cast(Table, Buyer.__table__)
+    values = insert(table)
+    return values.on_conflict_do_update(
+        index_elements=[table.c.email_key], set_={"email_key": values.excluded.email_key}
+    ).returning(table.c.id)
 
 
 async def create_customer(
@@ -433,18 +442,21 @@ async def get_customer(session: AsyncSession, *, creator_id: str, customer_id: s
     return customer
 
 
+_CUSTOMER_FOR_EMAIL = (
+    select(Customer)
+    .where(Customer.creator_id == bindparam("creator_id"), Customer.email == bindparam("email"))
+    .order_by(Customer.created_at, Customer.id)
+    .limit(1)
+)
+
+
 async def find_customer_for_email(
     session: AsyncSession, *, creator_id: str, email: str
 ) -> Customer | None:
     """The creator's oldest customer with this email (the one ``customer_for_email``
     returns), or None."""
     return (
-        await session.execute(
-            select(Customer)
-            .where(Customer.creator_id == creator_id, Customer.email == email)
-            .order_by(Customer.created_at, Customer.id)
-            .limit(1)
-        )
+        await session.execute(_CUSTOMER_FOR_EMAIL, {"creator_id": creator_id, "email": email})
     ).scalar_one_or_none()
 
 

@@ -73,7 +73,7 @@ class ConsentMissing(NotFound):
 @documents(
     CreatorKeyRequired, PublishableKeyNotAllowed, accepts=(ADMIN_KEY_SCHEME, SECRET_KEY_SCHEME)
 )
-def clock_owner(principal: PrincipalDep) -> str | None:
+async def clock_owner(principal: PrincipalDep) -> str | None:
     """The admin (None: clocks every creator may use) or the creator of a secret key."""
     if principal.is_admin:
         return None

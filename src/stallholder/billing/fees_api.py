@@ -25,7 +25,7 @@ router = APIRouter(prefix="/v1", tags=["reports"])
 @documents(
     CreatorKeyRequired, PublishableKeyNotAllowed, accepts=(ADMIN_KEY_SCHEME, SECRET_KEY_SCHEME)
 )
-def report_scope(principal: PrincipalDep) -> str | None:
+async def report_scope(principal: PrincipalDep) -> str | None:
     """The admin (None: every creator) or the creator of a secret key (its own only)."""
     if principal.is_admin:
         return None

@@ -30,7 +30,7 @@ from stallholder.channels.schemas import (
 )
 from stallholder.events.webhooks import InvalidWebhookUrl, PrivateWebhookTarget
 from stallholder.kit.errors import InvalidRequest, Unauthenticated
-from stallholder.kit.http import NowDep, SessionDep, get_database, get_settings
+from stallholder.kit.http import NowDep, SessionDep, get_database, settings_of
 from stallholder.kit.openapi import documents
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.schemas import ListOut
@@ -48,17 +48,17 @@ def _engine(request: Request) -> sync.Engine:
 
 
 @documents(service.ChannelNotFound)
-def names_a_channel() -> None:
+async def names_a_channel() -> None:
     """Documents the 404 of a route that names a channel."""
 
 
 @documents(service.ChannelDisconnected)
-def resumes_a_channel() -> None:
+async def resumes_a_channel() -> None:
     """Documents the 409 of resuming a disconnected channel."""
 
 
 @documents(service.ListingsNotImportable)
-def imports_listings() -> None:
+async def imports_listings() -> None:
     """Documents the 409 of an import with listings that cannot become products."""
 
 
@@ -69,7 +69,7 @@ def imports_listings() -> None:
     InvalidWebhookUrl,
     PrivateWebhookTarget,
 )
-def connects_a_channel() -> None:
+async def connects_a_channel() -> None:
     """Documents the problems of connecting a channel: credentials refused, unreachable,
     or a URL that is not https or not public."""
 
@@ -102,7 +102,7 @@ async def create_channel(
     again. Connecting a shop you have connected already (new keys, a reinstall after a
     revoked token) updates that channel: 201 with the same id, its orders and sync log
     kept, nothing imported twice."""
-    settings = get_settings(request)
+    settings = settings_of(request)
     engine = _engine(request)
     new = connect.new_channel(body, settings)
     channel = await connect.connect(
@@ -197,7 +197,7 @@ async def disconnect_channel(
         engine,
         creator_id=creator_id,
         channel_id=channel_id,
-        settings=get_settings(request),
+        settings=settings_of(request),
         clock=request.app.state.clock,
     )
     channel = await service.get_channel(
@@ -350,8 +350,8 @@ async def receive_channel_webhook(
         credentials = engine.vault.open(channel.credentials)
     except CredentialsUnreadable as error:
         raise WebhookNotVerified("this channel's credentials cannot be read") from error
-    async with client_from_settings(get_settings(request)) as http:
-        connector = connector_for(channel.kind, credentials, {}, http, get_settings(request))
+    async with client_from_settings(settings_of(request)) as http:
+        connector = connector_for(channel.kind, credentials, {}, http, settings_of(request))
         delivery = connector.parse_webhook(
             {key.lower(): value for key, value in request.headers.items()}, body
         )
@@ -385,7 +385,7 @@ async def start_install(
     back to ``/channels/oauth/{kind}/callback``."""
     url = oauth.ticket_url(
         _engine(request),
-        get_settings(request),
+        settings_of(request),
         kind=kind,
         creator_id=creator_id,
         shop_url=shop_url,
@@ -402,7 +402,7 @@ async def begin_install(
     and the browser sent on to the channel's consent page."""
     url = oauth.begin(
         _engine(request),
-        get_settings(request),
+        settings_of(request),
         kind=kind,
         ticket=ticket,
         browser_session=request.session,
@@ -417,7 +417,7 @@ async def finish_install(
 ) -> Response:
     """Where the channel sends the creator back: the code is exchanged for tokens and the
     channel connected; the creator lands on the dashboard."""
-    settings = get_settings(request)
+    settings = settings_of(request)
     engine = _engine(request)
     new, creator_id = await oauth.finish(
         engine,

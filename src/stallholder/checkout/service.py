@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
@@ -169,27 +169,24 @@ class _PriceRead:
     is_tracked: bool
 
 
+def _price_with_product_statement() -> Select[Price, Product, int, int, bool]:
+    drop_item_id, drop_left = drops.item_of_price(Price.id)
+    return (
+        select(Price, Product, drop_item_id, drop_left, reservations.is_tracked(Product.id))
+        .join(Product, Product.id == Price.product_id)
+        .where(Price.id == bindparam("price_id"))
+        .options(joinedload(Product.variants))
+    )
+
+
+_PRICE_WITH_PRODUCT = _price_with_product_statement()
+
+
 async def _price_with_product(session: AsyncSession, *, price_id: str) -> _PriceRead | None:
     """The price, its product and the product's variants, with what inventory needs to
     know of them (its drop item, whether its stock is tracked), in one statement."""
-    drop_item_id, drop_left = drops.item_of_price(Price.id)
     row = (
-        (
-            await session.execute(
-                select(
-                    Price,
-                    Product,
-                    drop_item_id,
-                    drop_left,
-                    reservations.is_tracked(Product.id),
-                )
-                .join(Product, Product.id == Price.product_id)
-                .where(Price.id == price_id)
-                .options(joinedload(Product.variants))
-            )
-        )
-        .unique()
-        .one_or_none()
+        (await session.execute(_PRICE_WITH_PRODUCT, {"price_id": price_id})).unique().one_or_none()
     )
     if row is None:
         return None
@@ -688,6 +685,18 @@ def _locking(statement: Select[CheckoutSession]) -> Select[CheckoutSession]:
     )
 
 
+# Built once (a statement's construction costs more CPU than its cached compilation);
+# each use binds its values.
+_SESSION_BY_ID = select(CheckoutSession).where(
+    CheckoutSession.id == bindparam("session_id"),
+    CheckoutSession.creator_id == bindparam("creator_id"),
+)
+_SESSION_BY_ID_LOCKED = _locking(_SESSION_BY_ID)
+_SESSION_LOCKED = _locking(
+    select(CheckoutSession).where(CheckoutSession.id == bindparam("session_id"))
+)
+
+
 async def get_session(
     session: AsyncSession,
     *,
@@ -697,12 +706,16 @@ async def get_session(
     for_update: bool = False,
 ) -> CheckoutSession:
     """Raises ``SessionNotFound`` for another creator's session or a wrong client secret."""
-    statement = select(CheckoutSession).where(
-        CheckoutSession.id == session_id, CheckoutSession.creator_id == creator_id
+    checkout = (
+        (
+            await session.execute(
+                _SESSION_BY_ID_LOCKED if for_update else _SESSION_BY_ID,
+                {"session_id": session_id, "creator_id": creator_id},
+            )
+        )
+        .unique()
+        .scalar_one_or_none()
     )
-    if for_update:
-        statement = _locking(statement)
-    checkout = (await session.execute(statement)).unique().scalar_one_or_none()
     if checkout is None or (client_secret is not None and client_secret != checkout.client_secret):
         raise SessionNotFound(f"no checkout session {session_id!r}")
     return checkout
@@ -1086,11 +1099,7 @@ async def finish_confirm(
     attempt and its event commit with the unit of work.
     """
     checkout = (
-        (
-            await session.execute(
-                _locking(select(CheckoutSession).where(CheckoutSession.id == call.purpose_id))
-            )
-        )
+        (await session.execute(_SESSION_LOCKED, {"session_id": call.purpose_id}))
         .unique()
         .scalar_one()
     )

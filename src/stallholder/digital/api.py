@@ -33,12 +33,12 @@ router = APIRouter(prefix="/v1", tags=["digital delivery"])
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.file_storage
     return storage
 
 
-def get_links(request: Request) -> Links:
+async def get_links(request: Request) -> Links:
     """How the app signs download links (``digital.config.links_from_settings``)."""
     links: Links = request.app.state.download_links
     return links
@@ -54,22 +54,22 @@ class MissingFile(InvalidRequest):
 
 
 @documents(service.EmptyFile, MissingFile)
-def uploads_a_file() -> None:
+async def uploads_a_file() -> None:
     """Documents the problems of an upload."""
 
 
 @documents(ProductNotFound, service.FileNotFound, service.TooManyFiles)
-def attaches_a_file() -> None:
+async def attaches_a_file() -> None:
     """Documents the problems of attaching a file."""
 
 
 @documents(ProductNotFound, service.FileNotAttached)
-def detaches_a_file() -> None:
+async def detaches_a_file() -> None:
     """Documents the problems of detaching a file."""
 
 
 @documents(ProductNotFound)
-def names_a_product() -> None:
+async def names_a_product() -> None:
     """Documents the problem of a product that is not there."""
 
 
@@ -190,7 +190,7 @@ async def detach_file(
 
 
 @documents(ProductNotFound, service.DuplicateLicenseKey)
-def adds_license_keys() -> None:
+async def adds_license_keys() -> None:
     """Documents the problems of adding keys."""
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.digital import links as signing
@@ -77,16 +77,15 @@ async def _take_keys(
 _POOLS = "digital.key_pools"
 
 
+_WITH_POOLS = (
+    select(LicenseKey.product_id)
+    .where(LicenseKey.product_id.in_(bindparam("product_ids", expanding=True)))
+    .distinct()
+)
+
+
 async def _with_pools(session: AsyncSession, product_ids: Sequence[str]) -> set[str]:
-    return set(
-        (
-            await session.execute(
-                select(LicenseKey.product_id)
-                .where(LicenseKey.product_id.in_(product_ids))
-                .distinct()
-            )
-        ).scalars()
-    )
+    return set((await session.execute(_WITH_POOLS, {"product_ids": list(product_ids)})).scalars())
 
 
 async def read_key_pools(session: AsyncSession, *, product_ids: Iterable[str]) -> None:

@@ -94,7 +94,7 @@ async def get_webhook_endpoint(
 
 
 @documents(webhooks.WebhookEndpointDeleted)
-def changes_an_endpoint() -> None:
+async def changes_an_endpoint() -> None:
     """Documents the 409 of a change to a deleted endpoint."""
 
 

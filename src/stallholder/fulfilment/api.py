@@ -112,7 +112,7 @@ async def update_shipping_rate(
 
 
 @documents(shipments.AlreadyShipped, shipments.NothingToShip)
-def ships_an_order() -> None:
+async def ships_an_order() -> None:
     """Documents the problems of shipping an order."""
 
 

@@ -39,7 +39,7 @@ from stallholder.inventory.schemas import (
     movement_out,
     waitlist_entry_out,
 )
-from stallholder.kit.http import NowDep, SessionDep, client_ip, get_rate_limiter, get_settings
+from stallholder.kit.http import NowDep, SessionDep, client_ip, rate_limiter_of, settings_of
 from stallholder.kit.openapi import documents
 from stallholder.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from stallholder.kit.rate_limits import Limit, RateLimited
@@ -73,14 +73,14 @@ API_ACTOR = "secret_key"
     raffles.NoRaffleOffer,
     raffles.RaffleOneUnit,
 )
-def holds_stock() -> None:
+async def holds_stock() -> None:
     """Documents the problems of a route that holds stock (creating a checkout session):
     409 ``out-of-stock`` names the SKU and what it has left; a drop's price adds the
     drop's window and per-customer limit."""
 
 
 @documents(RateLimited)
-def rate_limited() -> None:
+async def rate_limited() -> None:
     """Documents the 429 ``rate-limited`` of a route limited per IP and per buyer."""
 
 
@@ -100,7 +100,7 @@ async def admit_to_drop(
     Raises:
         RateLimited: 429 with ``Retry-After``.
     """
-    settings = get_settings(request)
+    settings = settings_of(request)
     limits = [
         Limit(
             key=f"ip:{client_ip(request)}",
@@ -117,26 +117,26 @@ async def admit_to_drop(
                 what="for this buyer",
             )
         )
-    await get_rate_limiter(request).hit(limits, now=now, only_if=only_if)
+    await rate_limiter_of(request).hit(limits, now=now, only_if=only_if)
 
 
 @documents(stock.SkuNotFound, stock.LocationNotFound)
-def names_stock() -> None:
+async def names_stock() -> None:
     """Documents the problems of a route that names a SKU and a location."""
 
 
 @documents(stock.StockCommitted)
-def adjusts_stock() -> None:
+async def adjusts_stock() -> None:
     """Documents the problems of an adjustment."""
 
 
 @documents(stock.SameLocation, stock.InsufficientStock)
-def transfers_stock() -> None:
+async def transfers_stock() -> None:
     """Documents the problems of a transfer."""
 
 
 @documents(stock.LocationNameTaken)
-def names_a_location() -> None:
+async def names_a_location() -> None:
     """Documents the 409 of a location whose name is taken."""
 
 
@@ -250,7 +250,7 @@ async def list_movements(
 
 
 @documents(drops.InvalidDropItem, drops.PriceInAnotherDrop)
-def creates_a_drop() -> None:
+async def creates_a_drop() -> None:
     """Documents the problems of creating a drop."""
 
 
@@ -311,7 +311,7 @@ async def list_drops(
     drops.DropQuantityBelowTaken,
     drops.InvalidDropItem,
 )
-def updates_a_drop() -> None:
+async def updates_a_drop() -> None:
     """Documents the problems of changing a drop."""
 
 
@@ -339,12 +339,12 @@ async def update_drop(
 
 
 @documents(raffles.DrawNotFound, raffles.DropNotARaffle, raffles.EntriesNotOpen)
-def enters_a_raffle() -> None:
+async def enters_a_raffle() -> None:
     """Documents the problems of entering a raffle."""
 
 
 @documents(raffles.DrawNotFound, raffles.DropNotARaffle)
-def reads_a_draw() -> None:
+async def reads_a_draw() -> None:
     """Documents the problems of reading a raffle's draw."""
 
 
@@ -388,12 +388,12 @@ async def get_draw(drop_id: str, creator_id: AnyCreatorDep, session: SessionDep)
     waitlists.DropNotSoldOut,
     waitlists.PriceNotInDrop,
 )
-def joins_a_waitlist() -> None:
+async def joins_a_waitlist() -> None:
     """Documents the problems of signing up to a drop's waitlist."""
 
 
 @documents(waitlists.WaitlistDropNotFound)
-def reads_a_waitlist() -> None:
+async def reads_a_waitlist() -> None:
     """Documents the problems of reading a drop's waitlist."""
 
 
@@ -476,7 +476,7 @@ def _file_format(content_type: str, file_name: str) -> FileFormat:
 
 
 @documents(InvalidSpreadsheet)
-def imports_a_spreadsheet() -> None:
+async def imports_a_spreadsheet() -> None:
     """Documents the 422 of an import: every bad row and column, nothing imported."""
 
 
@@ -544,7 +544,7 @@ async def download_template(kind: TemplateKind, file_format: Literal["csv", "xls
 
 
 @documents(imports.BatchNotFound, imports.BatchAlreadyReceived, stock.StockCommitted)
-def receives_a_batch() -> None:
+async def receives_a_batch() -> None:
     """Documents the problems of receiving a production batch."""
 
 

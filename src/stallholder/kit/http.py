@@ -28,21 +28,31 @@ def get_database(request: Request) -> Database:
     return database
 
 
-def get_settings(request: Request) -> Settings:
+def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_rate_limiter(request: Request) -> RateLimiter:
+def rate_limiter_of(request: Request) -> RateLimiter:
     limiter: RateLimiter = request.app.state.rate_limiter
     return limiter
+
+
+# Dependencies are coroutines even when they only read the app's state: FastAPI runs a
+# plain function dependency in a worker thread, a thread hop for every request.
+async def get_settings(request: Request) -> Settings:
+    return settings_of(request)
+
+
+async def get_rate_limiter(request: Request) -> RateLimiter:
+    return rate_limiter_of(request)
 
 
 def client_ip(request: Request) -> str:
     """The client's address: the TCP peer's, or behind a proxy the last address of the
     header ``trusted_proxy_header`` names (the one the proxy itself added; a client can
     put anything before it). A request without the header falls back to the peer."""
-    header = get_settings(request).trusted_proxy_header
+    header = settings_of(request).trusted_proxy_header
     if header:
         forwarded = request.headers.get(header, "")
         last = forwarded.rsplit(",", 1)[-1].strip()
@@ -51,7 +61,7 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def get_now(request: Request) -> datetime:
+async def get_now(request: Request) -> datetime:
     """The request's one reading of the clock."""
     clock: Clock = request.app.state.clock
     return clock.now()
@@ -108,7 +118,7 @@ SessionDep = Annotated[AsyncSession, Depends(_unit_of_work, scope="function")]
 NowDep = Annotated[datetime, Depends(get_now)]
 
 
-def get_request_key(request: Request) -> str | None:
+async def get_request_key(request: Request) -> str | None:
     """The request's caller-scoped Idempotency-Key (hashed), or None without one."""
     key = request.scope.get(REQUEST_KEY_SCOPE_KEY)
     return key if isinstance(key, str) else None

@@ -30,8 +30,19 @@ import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import String, Text, UniqueConstraint, delete, insert, select, update
+from sqlalchemy import (
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -157,6 +168,22 @@ class _Claim:
     at_commit: bool = False
     request_hash: str = ""
     at: datetime | None = None
+
+
+# The statements that record a response, built once (construction costs more CPU than
+# the cached compilation); each use binds its values.
+_KEYS = cast(Table, IdempotencyKey.__table__)
+_INSERT_COMPLETE = insert(_KEYS)
+_COMPLETE = (
+    update(_KEYS)
+    .where(
+        _KEYS.c.scope == bindparam("b_scope"),
+        _KEYS.c.key == bindparam("b_key"),
+        _KEYS.c.lock_token == bindparam("b_token"),
+        _KEYS.c.is_complete.is_(False),
+    )
+    .values(is_complete=True)
+)
 
 
 class IdempotencyMiddleware:
@@ -415,37 +442,30 @@ class IdempotencyMiddleware:
         """Write the response into the key's row in the request's transaction, if the claim
         is still ours. A claim at the commit inserts the row, complete (raises the unique
         violation when the key was taken meanwhile)."""
+        response = {
+            "response_status": captured.status,
+            "response_content_type": captured.content_type,
+            "response_body": captured.body.decode("utf-8", "replace"),
+        }
         if claim.at_commit:
             assert claim.at is not None
             await session.execute(
-                insert(IdempotencyKey).values(
-                    scope=claim.caller,
-                    key=claim.key,
-                    request_hash=claim.request_hash,
-                    is_complete=True,
-                    response_status=captured.status,
-                    response_content_type=captured.content_type,
-                    response_body=captured.body.decode("utf-8", "replace"),
-                    created_at=claim.at,
-                    locked_at=claim.at,
-                    lock_token=claim.token,
-                )
+                _INSERT_COMPLETE,
+                {
+                    "scope": claim.caller,
+                    "key": claim.key,
+                    "request_hash": claim.request_hash,
+                    "is_complete": True,
+                    "created_at": claim.at,
+                    "locked_at": claim.at,
+                    "lock_token": claim.token,
+                    **response,
+                },
             )
             return True
         result = await session.execute(
-            update(IdempotencyKey)
-            .where(
-                IdempotencyKey.scope == claim.caller,
-                IdempotencyKey.key == claim.key,
-                IdempotencyKey.lock_token == claim.token,
-                IdempotencyKey.is_complete.is_(False),
-            )
-            .values(
-                is_complete=True,
-                response_status=captured.status,
-                response_content_type=captured.content_type,
-                response_body=captured.body.decode("utf-8", "replace"),
-            )
+            _COMPLETE,
+            {"b_scope": claim.caller, "b_key": claim.key, "b_token": claim.token, **response},
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 

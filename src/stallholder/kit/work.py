@@ -46,6 +46,7 @@ States of a work item::
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -334,6 +335,19 @@ def _insert(session: AsyncSession) -> Any:
     return (postgresql if dialect == "postgresql" else sqlite).insert(table)
 
 
+@functools.cache
+def _insert_many(dialect: str) -> Any:
+    """``enqueue_many``'s statement for the dialect, built once: skips an item whose
+    dedupe key is live, returns the ids inserted."""
+    table = WorkItem.__table__
+    return (
+        (postgresql if dialect == "postgresql" else sqlite)
+        .insert(table)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=text(_LIVE_SQL))
+        .returning(WorkItem.__table__.c.id)
+    )
+
+
 async def enqueue(
     session: AsyncSession,
     *,
@@ -407,11 +421,7 @@ async def enqueue_many(
     ]
     # One statement executed for many rows: SQLAlchemy sends them as multi-row INSERTs in
     # batches ("insertmanyvalues"), with the compiled statement cached.
-    statement = (
-        _insert(session)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"], index_where=text(_LIVE_SQL))
-        .returning(WorkItem.__table__.c.id)
-    )
+    statement = _insert_many(session.get_bind().dialect.name)
     inserted = list((await session.execute(statement, rows)).scalars())
     # Work due later than a sleeping worker's next look needs no wake-up (no NOTIFY, no
     # pass): that look finds it. Woken for nothing, a worker makes a pass of several

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Insert, Table, bindparam, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -56,19 +57,37 @@ async def _bump_balances(session: AsyncSession, *, currency: str, amounts: dict[
     statement; never read-decide-write. The rows go in account order, which is the order
     the database takes their locks in, so two postings never wait on each other in a cycle.
     """
-    dialect = session.get_bind().dialect.name
+    statement = _balances_upsert(session.get_bind().dialect.name, len(amounts))
+    values: dict[str, Any] = {}
+    for n, account in enumerate(sorted(amounts)):  # lock in key order
+        values |= {
+            f"account_{n}": account,
+            f"currency_{n}": currency,
+            f"amount_{n}": amounts[account],
+        }
+    await session.execute(statement, values)
+
+
+@functools.cache
+def _balances_upsert(dialect: str, rows: int) -> Insert:
+    """``_bump_balances``'s statement for ``rows`` accounts, built once per dialect and
+    count (construction costs more CPU than the cached compilation)."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(Balance).values(
+    table = cast(Table, Balance.__table__)
+    statement = insert(table).values(
         [
-            {"account": account, "currency": currency, "amount": amounts[account]}
-            for account in sorted(amounts)  # lock in key order
+            {
+                "account": bindparam(f"account_{n}", type_=table.c.account.type),
+                "currency": bindparam(f"currency_{n}", type_=table.c.currency.type),
+                "amount": bindparam(f"amount_{n}", type_=table.c.amount.type),
+            }
+            for n in range(rows)
         ]
     )
-    statement = statement.on_conflict_do_update(
-        index_elements=[Balance.account, Balance.currency],
-        set_={"amount": Balance.amount + statement.excluded.amount},
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.account, table.c.currency],
+        set_={"amount": table.c.amount + statement.excluded.amount},
     )
-    await session.execute(statement)
 
 
 async def post(

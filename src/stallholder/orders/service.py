@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -121,17 +121,18 @@ class _Receipt:
     merchant: str
 
 
+_NEXT_RECEIPT = (
+    update(Creator)
+    .where(Creator.id == bindparam("creator_id"))
+    .values(receipt_counter=Creator.receipt_counter + 1)
+    .returning(Creator.receipt_counter, Creator.slug, Creator.display_name)
+)
+
+
 async def _next_receipt(session: AsyncSession, *, creator_id: str) -> _Receipt:
     """The creator's next receipt number (an atomic increment) and the merchant name the
     receipt shows, read by the same statement."""
-    row = (
-        await session.execute(
-            update(Creator)
-            .where(Creator.id == creator_id)
-            .values(receipt_counter=Creator.receipt_counter + 1)
-            .returning(Creator.receipt_counter, Creator.slug, Creator.display_name)
-        )
-    ).one()
+    row = (await session.execute(_NEXT_RECEIPT, {"creator_id": creator_id})).one()
     return _Receipt(
         number=f"{row.slug.upper()}-{row.receipt_counter:06d}", merchant=row.display_name
     )

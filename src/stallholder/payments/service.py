@@ -23,10 +23,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from stallholder.accounts.models import Creator
 from stallholder.accounts.service import CreatorNotFound
@@ -182,6 +183,17 @@ async def read_payees(
         read[(gateway.name, creator.id)] = Payee(creator=creator, connected_account=account)
 
 
+_PAYEE = (
+    select(Creator, ConnectedAccount.external_id)
+    .outerjoin(
+        ConnectedAccount,
+        (ConnectedAccount.creator_id == Creator.id)
+        & (ConnectedAccount.gateway == bindparam("gateway")),
+    )
+    .where(Creator.id == bindparam("creator_id"))
+)
+
+
 async def get_payee(session: AsyncSession, gateway: Gateway, *, creator_id: str) -> Payee:
     """The creator and its account at ``gateway``, in one statement (none when this
     transaction read it ahead with ``read_payees``).
@@ -194,15 +206,7 @@ async def get_payee(session: AsyncSession, gateway: Gateway, *, creator_id: str)
     if found is not None:
         return found
     row = (
-        await session.execute(
-            select(Creator, ConnectedAccount.external_id)
-            .outerjoin(
-                ConnectedAccount,
-                (ConnectedAccount.creator_id == Creator.id)
-                & (ConnectedAccount.gateway == gateway.name),
-            )
-            .where(Creator.id == creator_id)
-        )
+        await session.execute(_PAYEE, {"creator_id": creator_id, "gateway": gateway.name})
     ).one_or_none()
     if row is None:
         raise CreatorNotFound(f"no creator {creator_id!r}")
@@ -270,16 +274,22 @@ def gateway_call_for(attempt: PaymentAttempt) -> GatewayCall:
     )
 
 
+_LATEST_ATTEMPT = (
+    select(PaymentAttempt)
+    .where(
+        PaymentAttempt.purpose == bindparam("purpose"),
+        PaymentAttempt.purpose_id == bindparam("purpose_id"),
+    )
+    .order_by(PaymentAttempt.attempt_number.desc())
+    .limit(1)
+)
+
+
 async def latest_attempt(
     session: AsyncSession, *, purpose: str, purpose_id: str
 ) -> PaymentAttempt | None:
     return (
-        await session.execute(
-            select(PaymentAttempt)
-            .where(PaymentAttempt.purpose == purpose, PaymentAttempt.purpose_id == purpose_id)
-            .order_by(PaymentAttempt.attempt_number.desc())
-            .limit(1)
-        )
+        await session.execute(_LATEST_ATTEMPT, {"purpose": purpose, "purpose_id": purpose_id})
     ).scalar_one_or_none()
 
 
@@ -446,26 +456,44 @@ async def record_outcome(
     locks the purpose first (the checkout session), then calls this.
     """
     values: dict[str, Any] = {
-        "status": result.status,
-        "decline_code": result.decline_code,
-        "failure_message": result.message,
-        "processor_fee": result.processor_fee,
-        "resolve_after": None,
+        "b_id": call.attempt_id,
+        "b_from_status": call.from_status,
+        "b_status": result.status,
+        "b_decline_code": result.decline_code,
+        "b_failure_message": result.message,
+        "b_processor_fee": result.processor_fee,
+        "b_action_secret": result.action_secret if result.status == "requires_action" else None,
     }
     if result.reference is not None:
-        values["gateway_reference"] = result.reference
-    values["action_secret"] = result.action_secret if result.status == "requires_action" else None
-    # The updated row comes back from the same statement (RETURNING), refreshing any copy
-    # of the attempt the session already holds.
+        values["b_gateway_reference"] = result.reference
+    statement = _OUTCOME if result.reference is None else _OUTCOME_WITH_REFERENCE
+    return (await session.execute(statement, values)).scalar_one_or_none()
+
+
+def _outcome_statement(*, with_reference: bool) -> ReturningUpdate[PaymentAttempt]:
+    """``record_outcome``'s conditional update, built once. The updated row comes back from
+    the same statement (RETURNING), refreshing any copy of the attempt the session holds."""
+    columns = cast(Table, PaymentAttempt.__table__).c
+    names = ["status", "decline_code", "failure_message", "processor_fee", "action_secret"]
+    if with_reference:
+        names.append("gateway_reference")
+    values: dict[str, Any] = {
+        name: bindparam(f"b_{name}", type_=columns[name].type) for name in names
+    }
     return (
-        await session.execute(
-            update(PaymentAttempt)
-            .where(PaymentAttempt.id == call.attempt_id, PaymentAttempt.status == call.from_status)
-            .values(**values)
-            .returning(PaymentAttempt)
-            .execution_options(synchronize_session=False, populate_existing=True)
+        update(PaymentAttempt)
+        .where(
+            PaymentAttempt.id == bindparam("b_id"),
+            PaymentAttempt.status == bindparam("b_from_status"),
         )
-    ).scalar_one_or_none()
+        .values(resolve_after=None, **values)
+        .returning(PaymentAttempt)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+
+
+_OUTCOME = _outcome_statement(with_reference=False)
+_OUTCOME_WITH_REFERENCE = _outcome_statement(with_reference=True)
 
 
 async def get_attempt(session: AsyncSession, *, attempt_id: str) -> PaymentAttempt:

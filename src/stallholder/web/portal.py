@@ -31,7 +31,7 @@ from stallholder.billing.tasks import policy_from
 from stallholder.catalog import service as catalog
 from stallholder.kit.db import Database
 from stallholder.kit.errors import DomainError
-from stallholder.kit.http import NowDep, SessionDep, SettingsDep, get_settings
+from stallholder.kit.http import NowDep, SessionDep, SettingsDep, settings_of
 from stallholder.kit.money import Money
 from stallholder.orders import downloads
 from stallholder.orders import service as orders
@@ -521,7 +521,7 @@ async def _payment_page(
             # in the buyer's browser; the form posts its ``pm_`` id as ``token``, the
             # server makes a SetupIntent for it, and the page confirms that with Stripe.js
             # and posts its ``seti_`` id as ``setup_intent``.
-            "stripe_publishable_key": get_settings(request).stripe_publishable_key,
+            "stripe_publishable_key": settings_of(request).stripe_publishable_key,
             "currency": subscription.currency,
             "tokens": SANDBOX_CARDS,
             "error": error,
