@@ -5,6 +5,7 @@ Currency exponents and formatting come from babel; a float never touches an amou
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import cache
@@ -95,7 +96,15 @@ class Money:
         return Decimal(self.amount).scaleb(-exponent(self.currency))
 
     def format(self, locale: str = "en_US") -> str:
-        return str(format_currency(self.major(), self.currency.upper(), locale=locale))
+        return _formatted(self.amount, self.currency, locale)
+
+
+@functools.lru_cache(maxsize=4096)
+def _formatted(amount: int, currency: str, locale: str) -> str:
+    """``Money.format``, remembered: Babel takes a fifth of a millisecond per call, and the
+    same prices are formatted again and again (receipts, presenters, pages)."""
+    major = Decimal(amount).scaleb(-exponent(currency))
+    return str(format_currency(major, currency.upper(), locale=locale))
 
 
 def apply_basis_points(amount: int, bps: int) -> int:
