@@ -14,18 +14,20 @@ then stock levels (ADR 0012).
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, ScalarSelect, exists, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, Table, bindparam, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.dml import ReturningInsert
 
 from stallholder.catalog.models import Price
 from stallholder.inventory import drop_events, raffles, waitlists
@@ -457,6 +459,14 @@ def sold_in_a_drop(price_ids: Sequence[str]) -> ColumnElement[bool]:
     return exists(select(DropItem.id).where(DropItem.price_id.in_(sorted(set(price_ids)))))
 
 
+_DROPS_OF_PRICES = (
+    select(Drop)
+    .join(DropItem, DropItem.drop_id == Drop.id)
+    .where(DropItem.price_id.in_(bindparam("price_ids", expanding=True)))
+    .distinct()
+)
+
+
 async def drop_for_prices(
     session: AsyncSession, *, price_ids: Sequence[str], now: datetime
 ) -> Drop | None:
@@ -467,14 +477,7 @@ async def drop_for_prices(
         DropNotOpen, DropClosed, InvalidRequest (prices of two drops in one session).
     """
     drops = (
-        (
-            await session.execute(
-                select(Drop)
-                .join(DropItem, DropItem.drop_id == Drop.id)
-                .where(DropItem.price_id.in_(sorted(set(price_ids))))
-                .distinct()
-            )
-        )
+        (await session.execute(_DROPS_OF_PRICES, {"price_ids": sorted(set(price_ids))}))
         .scalars()
         .all()
     )
@@ -673,6 +676,19 @@ async def _take_items(session: AsyncSession, *, admission: Admission, now: datet
         await drop_events.after_claim(session, drop=drop, now=now)
 
 
+@functools.cache
+def _buyer_count(dialect: str) -> ReturningInsert[int]:
+    """``_count_buyer``'s upsert for the dialect, built once."""
+    table = cast(Table, DropBuyer.__table__)
+    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+    added = table.c.units + bindparam("b_units", type_=table.c.units.type)
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.drop_id, table.c.buyer_key],
+        set_={"units": added},
+        where=added <= bindparam("b_limit", type_=table.c.units.type),
+    ).returning(table.c.units)
+
+
 async def _count_buyer(session: AsyncSession, *, drop: Drop, key: str, units: int) -> None:
     """``units`` more for the buyer, if that stays within the limit: an insert of the
     buyer's first units, or an update whose ``WHERE`` is the limit (one statement)."""
@@ -680,17 +696,17 @@ async def _count_buyer(session: AsyncSession, *, drop: Drop, key: str, units: in
     assert limit is not None
     counted = None
     if units <= limit:
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        statement = insert(DropBuyer).values(
-            creator_id=drop.creator_id, drop_id=drop.id, buyer_key=key, units=units
-        )
         counted = (
             await session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[DropBuyer.drop_id, DropBuyer.buyer_key],
-                    set_={"units": DropBuyer.units + units},
-                    where=DropBuyer.units + units <= limit,
-                ).returning(DropBuyer.units)
+                _buyer_count(session.get_bind().dialect.name),
+                {
+                    "creator_id": drop.creator_id,
+                    "drop_id": drop.id,
+                    "buyer_key": key,
+                    "units": units,
+                    "b_units": units,
+                    "b_limit": limit,
+                },
             )
         ).scalar_one_or_none()
     if counted is None:

@@ -45,6 +45,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.dml import ReturningInsert
 
 from stallholder.kit.db import Base, Database, UTCDateTime, create_engine
 from stallholder.kit.errors import DomainError
@@ -134,6 +135,32 @@ class RateLimiter(Protocol):
         """
 
 
+def _count_statement(only_if: ColumnElement[bool] | None) -> ReturningInsert[str, int]:
+    """The counting upsert of ``DatabaseRateLimiter.hit``. Bound parameters only (the keys
+    as one array), so SQLAlchemy compiles it once and PostgreSQL can reuse its plan."""
+    keys = func.unnest(bindparam("keys", type_=ARRAY(String(400)))).column_valued("key")
+    source = select(keys, bindparam("window_start", type_=UTCDateTime()), literal(1)).where(
+        true() if only_if is None else only_if
+    )
+    statement = pg_insert(RateLimitCounter).from_select(["key", "window_start", "count"], source)
+    table = RateLimitCounter.__table__.c
+    return statement.on_conflict_do_update(
+        index_elements=[table.key],
+        set_={
+            "count": case(
+                (table.window_start == statement.excluded.window_start, table.count + 1),
+                else_=1,
+            ),
+            "window_start": statement.excluded.window_start,
+        },
+    ).returning(table.key, table.count)
+
+
+# Built once: constructing it cost more CPU than running it (a request that counts
+# against a drop's limits without a condition: the API's).
+_COUNT_ALWAYS = _count_statement(None)
+
+
 class DatabaseRateLimiter:
     """Counters in ``rate_limit_counters``, one statement per hit (PostgreSQL)."""
 
@@ -169,26 +196,7 @@ class DatabaseRateLimiter:
         if not limits:
             return
         start = window_start(now, window_seconds=self.window_seconds)
-        # Bound parameters only (the keys as one array), so SQLAlchemy compiles the
-        # statement once and PostgreSQL can reuse its plan.
-        keys = func.unnest(bindparam("keys", type_=ARRAY(String(400)))).column_valued("key")
-        source = select(keys, bindparam("window_start", type_=UTCDateTime()), literal(1)).where(
-            true() if only_if is None else only_if
-        )
-        statement = pg_insert(RateLimitCounter).from_select(
-            ["key", "window_start", "count"], source
-        )
-        table = RateLimitCounter.__table__.c
-        upsert = statement.on_conflict_do_update(
-            index_elements=[table.key],
-            set_={
-                "count": case(
-                    (table.window_start == statement.excluded.window_start, table.count + 1),
-                    else_=1,
-                ),
-                "window_start": statement.excluded.window_start,
-            },
-        ).returning(table.key, table.count)
+        upsert = _COUNT_ALWAYS if only_if is None else _count_statement(only_if)
         async with self._own_engine().begin() as connection:
             result = await connection.execute(
                 upsert,
