@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -360,6 +361,24 @@ class Database:
         """
         async with self._read_sessionmaker() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def one_statement(
+        self, engine: AsyncEngine | None = None
+    ) -> AsyncIterator[AsyncConnection]:
+        """A connection for one write that needs no transaction around it (an upsert that
+        stands alone). On PostgreSQL it runs in autocommit: no ``BEGIN`` and ``COMMIT``,
+        two round trips fewer; the statement is atomic by itself. On SQLite it is a
+        transaction as every write is (``BEGIN IMMEDIATE``: one writer at a time).
+        ``engine``: another engine on this database (a pool of its own)."""
+        engine = self.engine if engine is None else engine
+        if self.is_sqlite:
+            async with engine.begin() as connection:
+                yield connection
+            return
+        async with engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -197,7 +197,7 @@ class DatabaseRateLimiter:
             return
         start = window_start(now, window_seconds=self.window_seconds)
         upsert = _COUNT_ALWAYS if only_if is None else _count_statement(only_if)
-        async with self._own_engine().begin() as connection:
+        async with self.database.one_statement(self._own_engine()) as connection:
             result = await connection.execute(
                 upsert,
                 {"keys": sorted({limit.key for limit in limits}), "window_start": start},

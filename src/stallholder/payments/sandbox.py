@@ -75,8 +75,8 @@ class DatabaseChargeStore:
             "is_transient": result.is_transient,
             "calls": 1,
         }
-        async with self.database.unit_of_work() as session:
-            row = (await session.execute(self._remember, values)).one()
+        async with self.database.one_statement() as connection:
+            row = (await connection.execute(self._remember, values)).one()
             return _result(row)
 
     async def count(self, *, status: str | None = None) -> int:
