@@ -195,13 +195,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    engine = create_async_engine(full, **kwargs)
-    # Several rows in one INSERT … VALUES (…), (…) ("insertmanyvalues") even when nothing
-    # is returned, as psycopg2's dialect does; psycopg's own executemany sends each row as
-    # a statement of its own in a pipeline, several times the CPU for a sale's journal
-    # lines and events.
-    engine.sync_engine.dialect.use_insertmanyvalues_wo_returning = True
-    return engine
+    return create_async_engine(full, **kwargs)
 
 
 # A unit of work's last statements, deferred by a service to just before the commit
