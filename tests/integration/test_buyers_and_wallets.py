@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from stallholder.accounts import service as accounts
+from stallholder.accounts.models import Buyer, Customer
 from stallholder.jobs.worker import Worker
 from stallholder.kit import work
 from stallholder.kit.clock import FrozenClock
@@ -145,6 +146,55 @@ async def _pay(
 
 
 # Buyers ------------------------------------------------------------------------------------
+
+
+async def test_customer_for_email_creates_a_new_buyer_and_then_finds_the_oldest_customer(
+    database: Database,
+) -> None:
+    """On PostgreSQL one statement finds or creates (with the buyer); on SQLite three.
+    Either way: a new address makes a buyer and a customer, the same address finds that
+    customer again, and of two customers with one address the oldest is found."""
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0, name="Kiln")
+        made = await accounts.customer_for_email(
+            session, creator_id=creator.id, email="new.buyer@example.com", now=T0
+        )
+    async with database.unit_of_work() as session:
+        found = await accounts.customer_for_email(
+            session,
+            creator_id=creator.id,
+            email="new.buyer@example.com",
+            now=T0 + timedelta(hours=1),
+        )
+        later = await accounts.create_customer(
+            session,
+            creator_id=creator.id,
+            email="new.buyer@example.com",
+            name=None,
+            time_zone="UTC",
+            now=T0 + timedelta(hours=2),
+        )
+        oldest = await accounts.customer_for_email(
+            session,
+            creator_id=creator.id,
+            email="new.buyer@example.com",
+            now=T0 + timedelta(hours=3),
+        )
+    assert (made.creator_id, made.email, made.name, made.time_zone, made.country) == (
+        creator.id,
+        "new.buyer@example.com",
+        None,
+        "UTC",
+        None,
+    )
+    assert (made.test_clock_id, made.created_at) == (None, T0)
+    assert made.id.startswith("cus_")
+    assert made.buyer_id.startswith("byr_")
+    assert found.id == oldest.id == made.id
+    assert later.id != made.id
+    assert later.buyer_id == made.buyer_id
+    assert await _count(database, Customer) == 2
+    assert await _count(database, Buyer) == 1
 
 
 async def test_one_buyer_behind_two_creators_customers_each_creator_sees_only_its_own(
