@@ -786,8 +786,8 @@ class Notification:
 def read_notification(payload: str) -> Notification:
     """Read a notification's payload (``notify_payload``); one without this form (a bare
     ``NOTIFY``, an older process) means any kind, from elsewhere."""
-    token, _, named = payload.partition(" ")
-    if not token or not _:
+    token, space, named = payload.partition(" ")
+    if not token or not space:
         return Notification(from_this_process=False, kinds=None)
     kinds = None if named == _ALL_KINDS else frozenset(filter(None, named.split(",")))
     return Notification(from_this_process=token == _process_token(), kinds=kinds)
