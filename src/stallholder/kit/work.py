@@ -327,18 +327,11 @@ class NewWork:
     creator_id: str | None = None
 
 
-def _insert(session: AsyncSession) -> Any:
-    """A Core insert into the table (not through the ORM's bulk path: several times
-    cheaper, and nothing here needs the identity map)."""
-    dialect = session.get_bind().dialect.name
-    table = WorkItem.__table__
-    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
-
-
 @functools.cache
 def _insert_many(dialect: str) -> Any:
-    """``enqueue_many``'s statement for the dialect, built once: skips an item whose
-    dedupe key is live, returns the ids inserted."""
+    """``enqueue_many``'s statement for the dialect, built once: a Core insert (not the
+    ORM's bulk path: several times cheaper, and nothing here needs the identity map) that
+    skips an item whose dedupe key is live and returns the ids inserted."""
     table = WorkItem.__table__
     return (
         (postgresql if dialect == "postgresql" else sqlite)
