@@ -6,8 +6,9 @@ concurrent clients while a ``Worker`` runs in the same event loop (uvloop), then
 until the outbox is dispatched and every email sent. Prints the process's CPU per sale
 (requests and worker together, no profiler) and the SQL statements per sale by source
 (create, confirm, worker), counted exactly: the statement counts are the repeatable
-number on a shared machine, the CPU is not. ``--show-worker`` lists the worker's
-statements; ``--profile FILE`` writes a cProfile of the measured sales and their drain.
+number on a shared machine, the CPU is not. ``--show worker`` (or ``create``,
+``confirm``) lists that source's statements; ``--profile FILE`` writes a cProfile of the
+measured sales and their drain.
 """
 
 from __future__ import annotations
@@ -47,17 +48,16 @@ class Statements:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
-        self.worker: list[str] = []
+        self.texts: dict[str, list[str]] = {}
 
     def record(self, statement: str) -> None:
         source = _source.get()
         self.counts[source] += 1
-        if source == "worker":
-            self.worker.append(" ".join(statement.split())[:90])
+        self.texts.setdefault(source, []).append(" ".join(statement.split())[:90])
 
     def clear(self) -> None:
         self.counts.clear()
-        self.worker.clear()
+        self.texts.clear()
 
 
 async def _sales(
@@ -164,8 +164,10 @@ def _measure(url: str, workdir: Path, arguments: argparse.Namespace) -> None:
     )
     per_sale = {source: round(n / sales, 2) for source, n in sorted(statements.counts.items())}
     print(f"statements per sale: {per_sale}")
-    if arguments.show_worker:
-        for statement, n in Counter(s[:70] for s in statements.worker).most_common(30):
+    for source in arguments.show:
+        print(f"{source}'s statements per sale:")
+        texts = statements.texts.get(source, [])
+        for statement, n in Counter(s[:70] for s in texts).most_common(40):
             print(f"  {n / sales:6.2f}  {statement}")
     worker.stop()
     loop.run_until_complete(running)
@@ -179,7 +181,13 @@ def main() -> None:
     parser.add_argument("--sales", type=int, default=150)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--sqlite", action="store_true")
-    parser.add_argument("--show-worker", action="store_true")
+    parser.add_argument(
+        "--show",
+        action="append",
+        default=[],
+        choices=["create", "confirm", "worker", "other"],
+        help="list that source's statements, most frequent first (may be repeated)",
+    )
     parser.add_argument("--profile", metavar="FILE", default=None)
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="stallholder-sale-worker-") as tmp:

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     # recorded (a crash between the call and the outcome) is resolved by the worker, which
     # asks the gateway again with the same idempotency key. Longer than any gateway call.
     payment_resolve_after_seconds: int = Field(default=120, ge=1)
+    # How often the worker sweeps for such charges and refunds (ADR 0029).
+    settlement_sweep_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # How often the worker expires open checkout sessions past their expires_at, giving
+    # back the stock they hold (ADR 0029): a session ends at most this late.
+    checkout_expiry_sweep_seconds: float = Field(default=5.0, gt=0, le=600)
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     # Slow clients: a request's head (line and headers) must arrive within
     # header_timeout_seconds of the connection opening or the previous response, and its

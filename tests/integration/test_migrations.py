@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from stallholder.kit.db import sync_url
-from stallholder.migrations import upgrade
+from stallholder.migrations import alembic_config, upgrade
 from stallholder.tables import metadata
 from tests.conftest import POSTGRES_URL_VARIABLE
 
@@ -236,3 +237,43 @@ def test_0008_links_existing_customers_to_buyers_and_grants_their_saved_methods(
         ("cus_1", "pm_1", "cr_a", True),
         ("cus_2", "pm_2", "cr_b", False),
     ]
+
+
+def test_0026_drops_the_per_row_deadline_items_and_its_downgrade_gives_them_back(
+    empty_database_url: str,
+) -> None:
+    """ADR 0029: sweeps replace the items enqueued per session, attempt and refund. The
+    upgrade deletes those and keeps every other item (the settlement sweeps' schedules,
+    an email); the downgrade drops the sweeps' schedules (its statements that re-enqueue
+    an item per open session, processing attempt and pending refund run on both
+    databases; there are none of those rows here)."""
+    fresh = empty_database_url
+    upgrade(fresh, "0025")
+    engine = create_engine(sync_url(fresh))
+    now = "2026-03-01 12:00:00"
+    items = [
+        ("wrk_1", "checkout.expire_session", "cs_1"),
+        ("wrk_2", "payments.settle_attempts", "payments.settle_attempts:pay_1:2026"),
+        ("wrk_3", "payments.settle_attempts", "payments.settle_attempts"),
+        ("wrk_4", "orders.settle_refunds", None),
+        ("wrk_5", "notifications.send_email", None),
+    ]
+    with engine.begin() as connection:
+        for item_id, kind, dedupe_key in items:
+            connection.execute(
+                text(
+                    "INSERT INTO work_items (id, kind, payload, creator_id, dedupe_key, state, "
+                    "due_at, attempts, created_at, updated_at) VALUES (:id, :kind, '{}', "
+                    "'cr_1', :dedupe_key, 'pending', :now, 0, :now, :now)"
+                ),
+                {"id": item_id, "kind": kind, "dedupe_key": dedupe_key, "now": now},
+            )
+    upgrade(fresh, "0026")
+    with engine.begin() as connection:
+        left = connection.execute(text("SELECT id FROM work_items ORDER BY id")).scalars().all()
+        assert left == ["wrk_3", "wrk_5"]
+    command.downgrade(alembic_config(fresh), "0025")
+    with engine.connect() as connection:
+        left = connection.execute(text("SELECT id FROM work_items ORDER BY id")).scalars().all()
+    engine.dispose()
+    assert left == ["wrk_5"]

@@ -186,8 +186,9 @@ async def test_a_batch_sends_a_fixed_number_of_statements_per_renewal(
     # Step 1: the invoices, their lines, subscriptions, items, customers, payees, grants,
     # cards and wallets, and the buyers' other renewals; then the invoices locked (none
     # can be gathered: one renewal per buyer), their lines and attempts; per invoice its
-    # attempt, the attempt's settlement work and the invoice's update.
-    step_1 = begin + 13 + 3 * BUYERS
+    # attempt and the invoice's update (no settlement work: a sweep finds a charge a crash
+    # left processing, ADR 0029).
+    step_1 = begin + 13 + 2 * BUYERS
     # Step 2: the sandbox gateway records each charge in a transaction of its own.
     step_2 = (begin + 1) * BUYERS
     # Step 3: the invoices and subscriptions locked, lines, items, customers, key pools;

@@ -1,6 +1,6 @@
 """The engine for due work (``kit.work``) and the worker that runs it, on SQLite and
 PostgreSQL: dedupe, leases, SKIP LOCKED, backoff with jitter, dead work and its retry,
-the registry, checkout expiry, the outbox, and waking up."""
+the registry, periodic sweeps (checkout expiry, settlement), the outbox, and waking up."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from stallholder.checkout import service as checkout_service
+from stallholder.checkout import tasks as checkout_tasks
 from stallholder.checkout.models import CheckoutSession
 from stallholder.events import service as events
 from stallholder.events.models import Event
@@ -284,9 +286,12 @@ async def test_a_periodic_kind_is_due_again_after_each_run(
     assert len(seen) == 2
 
 
-async def test_each_checkout_session_expires_at_its_time_with_an_event(
+async def test_open_sessions_past_their_time_are_expired_by_the_sweep_with_an_event(
     database: Database, clock: FrozenClock, settings: Settings
 ) -> None:
+    """Nothing is enqueued per session: the sweep finds the open sessions past their
+    ``expires_at`` and expires each with ``checkout.session.expired``; a fresh one stays
+    open until a run after its time."""
     async with database.unit_of_work() as session:
         creator = await factories.create_creator(session, now=T0)
         price = await factories.create_price(session, creator_id=creator.id, now=T0)
@@ -296,13 +301,11 @@ async def test_each_checkout_session_expires_at_its_time_with_an_event(
         fresh = await factories.create_session(
             session, creator_id=creator.id, price_id=price.id, now=T0 + timedelta(minutes=20)
         )
-    expiries = [i for i in await _items(database) if i.kind == "checkout.expire_session"]
-    assert sorted((i.dedupe_key, i.due_at, i.creator_id) for i in expiries) == sorted(
-        [(old.id, old.expires_at, creator.id), (fresh.id, fresh.expires_at, creator.id)]
-    )
+    assert await _items(database) == []
     clock.set(old.expires_at)
+    worker = Worker(database, clock, settings=settings)
 
-    await Worker(database, clock, settings=settings).run_once()
+    await worker.run_once()
 
     async with database.unit_of_work() as session:
         rows = await session.execute(select(CheckoutSession.id, CheckoutSession.status))
@@ -313,6 +316,55 @@ async def test_each_checkout_session_expires_at_its_time_with_an_event(
         ("checkout.session.expired", old.id, "expired")
     ]
     assert "client_secret" not in events[0].data
+    [sweep] = [i for i in await _items(database) if i.kind == "checkout.expire_sessions"]
+    assert (sweep.dedupe_key, sweep.state, sweep.due_at) == (
+        "checkout.expire_sessions",
+        "pending",
+        old.expires_at + timedelta(seconds=settings.checkout_expiry_sweep_seconds),
+    )
+    clock.set(fresh.expires_at)
+    await worker.run_once()
+    async with database.read() as session:
+        again = await session.get(CheckoutSession, fresh.id)
+    assert again is not None
+    assert again.status == "expired"
+
+
+async def test_the_expiry_sweep_takes_every_due_session_in_batches_and_skips_one_that_fails(
+    database: Database,
+    clock: FrozenClock,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(checkout_tasks, "EXPIRE_BATCH", 2)
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0)
+        price = await factories.create_price(session, creator_id=creator.id, now=T0)
+        ids = [
+            (
+                await factories.create_session(
+                    session, creator_id=creator.id, price_id=price.id, now=T0
+                )
+            ).id
+            for _ in range(5)
+        ]
+    broken = sorted(ids)[1]
+    expire = checkout_service.expire_session
+
+    async def expire_or_fail(session: AsyncSession, *, session_id: str, **rest: Any) -> bool:
+        if session_id == broken:
+            raise RuntimeError("boom")
+        return await expire(session, session_id=session_id, **rest)
+
+    monkeypatch.setattr(checkout_service, "expire_session", expire_or_fail)
+    clock.set(T0 + timedelta(hours=1))
+
+    await Worker(database, clock, settings=settings).run_once()
+
+    async with database.read() as session:
+        rows = await session.execute(select(CheckoutSession.id, CheckoutSession.status))
+        statuses = {row.id: row.status for row in rows}
+    assert statuses == {i: "open" if i == broken else "expired" for i in ids}
 
 
 async def test_an_event_whose_consumer_fails_stays_in_the_outbox_and_holds_up_nothing(
@@ -431,14 +483,18 @@ async def test_the_work_a_worker_enqueues_itself_is_done_in_the_same_pass_and_wa
             sent.append(str(message["To"]))
 
     worker = Worker(database, clock, settings=settings, mail=Mail())
+    sweeps = len([kind for kind in worker.registry if kind.every is not None])
     with work.Wakeup() as wakeup:
-        assert await worker.run_once() == 2  # the event dispatched, its email sent
+        # The event dispatched, its email sent, and each sweep's first run.
+        assert await worker.run_once() == 2 + sweeps
         await asyncio.sleep(0)
         assert not wakeup._event.is_set()
     assert sent == [creator.email]
-    assert await _items(database) == []
-    assert await worker.run_once() == 0  # idle: it read when work next comes due (none)
-    assert await worker._seconds_until_due() == settings.worker_poll_seconds == 30.0
+    left = await _items(database)
+    assert [item.kind for item in left if item.dedupe_key != item.kind] == []  # only sweeps
+    assert await worker.run_once() == 0  # idle: it read when work next comes due
+    next_sweep = min(item.due_at for item in left)
+    assert await worker._seconds_until_due() == (next_sweep - T0).total_seconds()
 
 
 async def test_a_worker_never_sleeps_past_the_wake_horizon(
@@ -646,8 +702,8 @@ async def test_a_worker_on_postgresql_wakes_on_notify_from_another_process(
         await database.dispose()
 
 
-@pytest.mark.parametrize(("looks", "found"), [(1, [0]), (2, [20, 3]), (3, [20, 20, 20])])
-async def test_a_batch_of_settlement_items_looks_at_the_gateway_once_per_full_batch(
+@pytest.mark.parametrize(("looks", "found"), [(1, [0]), (2, [20, 3]), (3, [20, 20, 20, 20])])
+async def test_a_settlement_sweep_looks_again_only_while_it_finds_a_full_batch(
     database: Database,
     clock: FrozenClock,
     settings: Settings,
@@ -655,9 +711,8 @@ async def test_a_batch_of_settlement_items_looks_at_the_gateway_once_per_full_ba
     looks: int,
     found: list[int],
 ) -> None:
-    """Each sale enqueues an item to settle its charge should its request die; when they
-    come due (the sales long settled), a claimed batch looks for due charges once, and
-    again only while a look finds a full batch, never more often than it has items."""
+    """Nothing is enqueued per charge: each run of the sweep looks for due charges, and
+    again only while a look finds a full batch, at most ``SETTLE_LOOKS`` times."""
     answers = iter(found)
     calls: list[int] = []
 
@@ -666,11 +721,33 @@ async def test_a_batch_of_settlement_items_looks_at_the_gateway_once_per_full_ba
         return next(answers)
 
     monkeypatch.setattr(worker_module, "resolve_stale_attempts", resolve)
-    async with database.unit_of_work() as session:
-        for n in range(3):
-            await payments.schedule_settlement(
-                session, attempt_id=f"pay_{n}", creator_id="cr_1", due_at=T0, now=T0
-            )
-    assert await Worker(database, clock, settings=settings).run_once() == 3
+    monkeypatch.setattr(worker_module, "SETTLE_LOOKS", 3)
+    await Worker(database, clock, settings=settings).run_once()
     assert calls == [worker_module.SETTLE_BATCH] * looks
-    assert await _items(database) == []
+    [sweep] = [i for i in await _items(database) if i.kind == payments.SETTLE_KIND]
+    assert (sweep.dedupe_key, sweep.state, sweep.due_at) == (
+        payments.SETTLE_KIND,
+        "pending",
+        T0 + timedelta(seconds=settings.settlement_sweep_seconds),
+    )
+
+
+async def test_run_soon_adds_one_extra_run_of_a_periodic_kind_beside_its_schedule(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    seen: list[dict[str, Any]] = []
+    kind = _kind("test.sweep", seen, every=timedelta(hours=1))
+    worker = _worker(database, clock, settings, kind)
+    await worker.run_once()  # the schedule's first run
+    assert len(seen) == 1
+    async with database.unit_of_work() as session:
+        await work.run_soon(session, kind="test.sweep", now=T0)
+    assert await worker.run_once() == 1
+    assert len(seen) == 2
+    [schedule] = await _items(database)  # the extra run's item is gone, the schedule stays
+    assert (schedule.dedupe_key, schedule.state, schedule.due_at) == (
+        "test.sweep",
+        "pending",
+        T0 + timedelta(hours=1),
+    )
+    assert await worker.run_once() == 0

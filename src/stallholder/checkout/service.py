@@ -33,7 +33,6 @@ from stallholder.events import service as events
 from stallholder.fulfilment import service as fulfilment
 from stallholder.fulfilment.addresses import ShippingAddress, validate_address
 from stallholder.inventory import drops, reservations
-from stallholder.kit import work
 from stallholder.kit.db import Database, session_or_unit_of_work
 from stallholder.kit.errors import (
     Conflict,
@@ -52,8 +51,9 @@ from stallholder.payments.models import PaymentAttempt
 from stallholder.payments.schemas import attempt_payload
 
 MAX_SESSION_TOTAL = 99_999_999
-# The due work that expires one session at its ``expires_at`` (``tasks.EXPIRE_SESSION``).
-EXPIRE_KIND = "checkout.expire_session"
+# The sweep that expires open sessions past their ``expires_at`` (a periodic kind:
+# ``tasks.expire_sessions``, ADR 0029).
+EXPIRE_KIND = "checkout.expire_sessions"
 
 
 class SessionNotFound(NotFound):
@@ -558,15 +558,6 @@ async def create_session(
     checkout.client_secret = f"{checkout.id}_secret_{new_secret('x')[2:26]}"
     session.add(checkout)
     await session.flush()
-    await work.enqueue(
-        session,
-        kind=EXPIRE_KIND,
-        payload={"session_id": checkout.id},
-        due_at=checkout.expires_at,
-        now=now,
-        dedupe_key=checkout.id,
-        creator_id=creator_id,
-    )
     if subscribing:
         # A subscription sells no stock now: nothing to hold, no drop to claim.
         return checkout
@@ -1272,6 +1263,24 @@ async def confirm_session(
         return await finish_confirm(
             finishing, call=start.call, result=result, base_url=base_url, now=now
         )
+
+
+_EXPIRED_OPEN_SESSIONS = (
+    select(CheckoutSession.id)
+    .where(
+        CheckoutSession.status == "open",
+        CheckoutSession.expires_at <= bindparam("now"),
+    )
+    .order_by(CheckoutSession.expires_at, CheckoutSession.id)
+    .limit(bindparam("limit"))
+)
+
+
+async def sessions_to_expire(session: AsyncSession, *, now: datetime, limit: int) -> list[str]:
+    """The ids of up to ``limit`` open sessions past their ``expires_at``, the longest
+    past first (``ix_checkout_sessions_status_expires`` finds them)."""
+    rows = await session.execute(_EXPIRED_OPEN_SESSIONS, {"now": now, "limit": limit})
+    return list(rows.scalars())
 
 
 async def expire_session(

@@ -1,9 +1,12 @@
-"""Due work of the checkout domain: expiring each session at its time, and completing
-a payment the buyer authenticated with Stripe."""
+"""Due work of the checkout domain: the sweep that expires sessions past their time,
+offering a drop's returned units to its waitlist, and completing a payment the buyer
+authenticated with Stripe."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import select
@@ -18,28 +21,58 @@ from stallholder.payments.models import PaymentAttempt
 from stallholder.payments.service import GatewayCall
 from stallholder.settings import Settings
 
+log = logging.getLogger("stallholder.checkout.tasks")
+
 
 class CheckoutResources(Protocol):
     @property
     def settings(self) -> Settings: ...
 
 
-async def expire_session(context: Context[CheckoutResources], item: Claimed) -> None:
-    """The handler of ``checkout.expire_session``, enqueued for each session at its
-    ``expires_at`` (the session id is the dedupe key): an open session becomes
-    ``expired`` and ``checkout.session.expired`` is emitted; anything else is left."""
-    async with context.database.unit_of_work() as session:
-        await service.expire_session(
-            session,
-            session_id=str(item.payload["session_id"]),
-            base_url=context.resources.settings.base_url,
-            now=context.clock.now(),
-        )
+# Sessions read per look, and looks per run of the sweep (the rest waits for the next).
+EXPIRE_BATCH = 50
+EXPIRE_LOOKS = 20
 
 
-EXPIRE_SESSION: Kind[CheckoutResources] = Kind(
-    name=service.EXPIRE_KIND, handler=expire_session, batch_size=50
-)
+async def expire_sessions(
+    context: Context[CheckoutResources], items: Sequence[Claimed]
+) -> dict[str, BaseException | None]:
+    """The sweep ``checkout.expire_sessions``, every ``checkout_expiry_sweep_seconds``:
+    each open session past its ``expires_at`` becomes ``expired``, gives back the stock it
+    holds and emits ``checkout.session.expired``, one unit of work per session (one that
+    fails is logged and left for the next run; the others go on). A session that a
+    confirm completed meanwhile is left alone (``service.expire_session`` re-reads it
+    under its lock)."""
+    settings = context.resources.settings
+    for _ in range(EXPIRE_LOOKS):
+        async with context.database.read() as session:
+            due = await service.sessions_to_expire(
+                session, now=context.clock.now(), limit=EXPIRE_BATCH
+            )
+        failed = 0
+        for session_id in due:
+            try:
+                async with context.database.unit_of_work() as session:
+                    await service.expire_session(
+                        session,
+                        session_id=session_id,
+                        base_url=settings.base_url,
+                        now=context.clock.now(),
+                    )
+            except Exception:
+                failed += 1
+                log.exception("checkout session %s could not be expired", session_id)
+        if len(due) < EXPIRE_BATCH or failed == len(due):
+            break
+    return {}
+
+
+def expire_sessions_kind(settings: Settings) -> Kind[CheckoutResources]:
+    return Kind(
+        name=service.EXPIRE_KIND,
+        batch_handler=expire_sessions,
+        every=timedelta(seconds=settings.checkout_expiry_sweep_seconds),
+    )
 
 
 async def offer_waitlist(context: Context[CheckoutResources], item: Claimed) -> None:

@@ -5,7 +5,8 @@ buyer, in signup order, each holding one unit for the drop's ``waitlist_hold_min
 The session is the hold: it claims the drop unit and the stock by the same conditional
 updates as any buyer's session, so a buyer racing the offer for a released unit and the
 offer can never both get it. Its link (the hosted checkout page) is emailed; its expiry
-(``checkout.expire_session``) gives the unit back, passes the offer, and queues the next.
+(the sweep ``checkout.expire_sessions``) gives the unit back, passes the offer, and
+queues the next.
 """
 
 from __future__ import annotations

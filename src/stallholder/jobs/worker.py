@@ -21,9 +21,9 @@ from stallholder.billing import tasks as billing
 from stallholder.channels import sync as channel_sync
 from stallholder.channels.registry import engine_from_settings
 from stallholder.checkout.tasks import (
-    EXPIRE_SESSION,
     OFFER_WAITLIST,
     complete_authenticated_payment,
+    expire_sessions_kind,
     settle_checkout_attempt,
 )
 from stallholder.digital.config import links_from_settings
@@ -64,8 +64,9 @@ ERROR_PAUSE_SECONDS = 5.0
 # After a wake-up, wait this long before the pass, so a burst of commits (every sale
 # writes events) is handled by one pass rather than one pass each.
 COALESCE_SECONDS = 0.05
-# Half-done charges or refunds resolved per look at the gateway.
+# Half-done charges or refunds resolved per look at the gateway, and looks per run.
 SETTLE_BATCH = 20
+SETTLE_LOOKS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +80,11 @@ class Resources:
 
 
 def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
-    """The kinds that finish charges and refunds left half done (ADR 0007): enqueued with
-    each attempt or refund for its ``resolve_after``, each asks the gateway again with the
-    same idempotency key for every one then due and records the outcome. One that finds
-    nothing due (the request finished it) does nothing."""
+    """The sweeps that finish charges and refunds left half done (ADR 0007, ADR 0029):
+    every ``settlement_sweep_seconds`` each looks for attempts or refunds still pending
+    past their ``resolve_after``, asks the gateway again with the same idempotency key and
+    records the outcome. Nothing is enqueued per charge: a sale that settles in its
+    request (nearly all of them) leaves the worker nothing to do."""
     completers: dict[str, Completer] = {
         "checkout_session": functools.partial(settle_checkout_attempt, base_url=settings.base_url),
         renewal.PURPOSE: functools.partial(
@@ -94,14 +96,12 @@ def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
         ),
     }
 
-    # Each look resolves up to SETTLE_BATCH of whatever is due, whichever item asked for
-    # it: a claimed batch looks again only while a look finds a full batch (at most once
-    # per item, as when each item looked on its own), so a sale's settlement item, due
-    # after the sale has long settled, costs a share of one read instead of a read each.
+    # Each look resolves up to SETTLE_BATCH of whatever is due; a run looks again while a
+    # look finds a full batch, up to SETTLE_LOOKS looks (the rest waits for the next run).
     async def settle_attempts(
         context: work.Context[Resources], items: Sequence[work.Claimed]
     ) -> dict[str, BaseException | None]:
-        for _ in items:
+        for _ in range(SETTLE_LOOKS):
             due = await resolve_stale_attempts(
                 context.database,
                 context.clock,
@@ -116,7 +116,7 @@ def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
     async def settle_refunds(
         context: work.Context[Resources], items: Sequence[work.Claimed]
     ) -> dict[str, BaseException | None]:
-        for _ in items:
+        for _ in range(SETTLE_LOOKS):
             due = await resolve_stale_refunds(
                 context.database,
                 context.clock,
@@ -127,9 +127,10 @@ def _settlement_kinds(settings: Settings) -> list[work.Kind[Resources]]:
                 break
         return {}
 
+    every = timedelta(seconds=settings.settlement_sweep_seconds)
     return [
-        work.Kind(name=payments.SETTLE_KIND, batch_handler=settle_attempts),
-        work.Kind(name=orders.SETTLE_KIND, batch_handler=settle_refunds),
+        work.Kind(name=payments.SETTLE_KIND, batch_handler=settle_attempts, every=every),
+        work.Kind(name=orders.SETTLE_KIND, batch_handler=settle_refunds, every=every),
     ]
 
 
@@ -143,7 +144,7 @@ def kinds_for(
     kinds: list[work.Kind[Resources]] = [
         SEND_EMAIL,
         webhook_kind(settings),
-        EXPIRE_SESSION,
+        expire_sessions_kind(settings),
         OFFER_WAITLIST,
         PRUNE_KEYS,
         PRUNE_RATE_LIMITS,
@@ -224,6 +225,7 @@ class Worker:
         # While ``run`` runs: the kinds with lanes of their own run there, not in passes.
         self._lanes_running = False
         self._lane_wakeups: list[work.Wakeup] = []
+        self._has_periodic = False
         # Set once this worker LISTENs for other processes' NOTIFY (PostgreSQL).
         self.listening = asyncio.Event()
 
@@ -245,7 +247,16 @@ class Worker:
         """One pass: dispatch the outbox, then a claimed batch (or ``parallel_batches``)
         of every kind that has due work, the kinds side by side; with a backlog in the
         outbox, the next events are fanned out meanwhile. Returns how much was done (0:
-        nothing was due)."""
+        nothing was due): events dispatched and work items run, a sweep's run included
+        (it may have enqueued work, due at once, that the next pass does). The first
+        pass first makes sure each periodic kind is scheduled (the sweeps: expiring
+        sessions, settling charges, pruning)."""
+        if not self._has_periodic:
+            async with self.database.unit_of_work() as session:
+                if not self._lanes_running:  # this pass runs them; lanes need a wake-up
+                    work.without_wake(session)
+                await work.ensure_periodic(session, self.registry, now=self.clock.now())
+            self._has_periodic = True
         if self._http is not None:
             return await self._pass(self._http)
         async with self._client() as http:
@@ -407,13 +418,8 @@ class Worker:
         log.info("worker stopped")
 
     async def _loop(self, wakeup: work.Wakeup) -> None:
-        has_periodic = False
         while not self._stopping.is_set():
             try:
-                if not has_periodic:
-                    async with self.database.unit_of_work() as session:
-                        await work.ensure_periodic(session, self.registry, now=self.clock.now())
-                    has_periodic = True
                 if await self.run_once():
                     continue
                 # Nothing was done: never spin, even if something is due but was just

@@ -38,9 +38,13 @@ States of a work item::
   (``Wakeup``). Its payload says which process sent it and which kinds it enqueued
   (``notify_payload``): a worker ignores its own process's (already signalled) and wakes
   only the lanes of the kinds named. Work due
-  more than ``WAKE_HORIZON`` after it is enqueued (a session's expiry, a charge's
-  settlement) wakes no one: a worker never sleeps longer than ``WAKE_HORIZON``, so it
-  looks again before that work is due.
+  more than ``WAKE_HORIZON`` after it is enqueued (a renewal, a reminder) wakes no one: a
+  worker never sleeps longer than ``WAKE_HORIZON``, so it looks again before that work
+  is due.
+- **Periodic kinds** (``every``) are sweeps: one schedule item each (its dedupe key is the
+  kind's name, ``ensure_periodic``), due again ``every`` after each run; ``run_soon``
+  adds a one-off extra run. Deadlines kept on rows that rarely need action (a session's
+  expiry, a charge's settlement) are swept rather than enqueued per row (ADR 0029).
 """
 
 from __future__ import annotations
@@ -200,6 +204,7 @@ class Claimed:
     creator_id: str | None
     attempt: int  # this attempt, counting from 1
     max_attempts: int
+    dedupe_key: str | None = None
 
     @property
     def is_last_attempt(self) -> bool:
@@ -391,6 +396,14 @@ async def reschedule(
     return True
 
 
+async def run_soon(session: AsyncSession, *, kind: str, now: datetime) -> None:
+    """An extra run of periodic ``kind`` as soon as this transaction commits, beside its
+    schedule (a sweep that has a row to act on now rather than at its next run): a
+    one-off item, deleted once it has run. Each call adds one, so a run already under
+    way when this commits never hides a later request."""
+    await enqueue(session, kind=kind, payload={}, due_at=now, now=now)
+
+
 async def enqueue_many(
     session: AsyncSession, items: Sequence[NewWork], *, now: datetime
 ) -> list[str]:
@@ -418,7 +431,7 @@ async def enqueue_many(
     inserted = list((await session.execute(statement, rows)).scalars())
     # Work due later than a sleeping worker's next look needs no wake-up (no NOTIFY, no
     # pass): that look finds it. Woken for nothing, a worker makes a pass of several
-    # round trips; a sale enqueues two such items (its expiry, its settlement).
+    # round trips.
     due_soon = {item.kind for item in items if item.due_at <= now + WAKE_HORIZON}
     if inserted and due_soon:
         wake_after_commit(session, kinds=due_soon)
@@ -468,7 +481,13 @@ async def claim(session: AsyncSession, *, kind: Kind[Any], now: datetime) -> lis
             due_at=now + kind.lease,
             updated_at=now,
         )
-        .returning(WorkItem.id, WorkItem.payload, WorkItem.creator_id, WorkItem.attempts)
+        .returning(
+            WorkItem.id,
+            WorkItem.payload,
+            WorkItem.creator_id,
+            WorkItem.attempts,
+            WorkItem.dedupe_key,
+        )
         .execution_options(synchronize_session=False)
     )
     claimed = [
@@ -479,6 +498,7 @@ async def claim(session: AsyncSession, *, kind: Kind[Any], now: datetime) -> lis
             creator_id=row.creator_id,
             attempt=row.attempts,
             max_attempts=kind.max_attempts,
+            dedupe_key=row.dedupe_key,
         )
         for row in rows
     ]
@@ -500,6 +520,12 @@ def _ours(item: Claimed) -> Any:
     )
 
 
+def _is_schedule(kind: Kind[Any], item: Claimed) -> bool:
+    """Whether ``item`` is the one item that keeps periodic ``kind`` running (its dedupe
+    key is the kind's name: ``ensure_periodic``)."""
+    return kind.every is not None and item.dedupe_key == kind.name
+
+
 async def settle(
     session: AsyncSession,
     *,
@@ -511,19 +537,23 @@ async def settle(
     draw: Callable[[], float] = random.random,
 ) -> None:
     """Record what the handler did with each claimed item: delete the finished ones (a
-    periodic one is due again ``every`` later), schedule a retry for the failed ones, and
-    mark dead those out of attempts or given up on."""
+    periodic kind's schedule is due again ``every`` later; an extra run of it from
+    ``run_soon`` is deleted), schedule a retry for the failed ones, and mark dead those
+    out of attempts or given up on."""
     finished = [item for item in items if outcomes.get(item.id) is None]
-    if finished and kind.every is None:
+    repeating = [item for item in finished if _is_schedule(kind, item)]
+    done = [item for item in finished if not _is_schedule(kind, item)]
+    if done:
         await session.execute(
             delete(WorkItem).where(
-                WorkItem.id.in_([item.id for item in finished]),
+                WorkItem.id.in_([item.id for item in done]),
                 WorkItem.state == RUNNING,
-                WorkItem.attempts.in_({item.attempt for item in finished}),
+                WorkItem.attempts.in_({item.attempt for item in done}),
             )
         )
-    if finished and kind.every is not None:
-        for item in finished:
+    if repeating:
+        assert kind.every is not None
+        for item in repeating:
             await session.execute(
                 update(WorkItem)
                 .where(_ours(item))

@@ -24,7 +24,6 @@ from stallholder.accounts.models import Creator
 from stallholder.digital import delivery as digital
 from stallholder.events import service as events
 from stallholder.inventory import drops, reservations
-from stallholder.kit import work
 from stallholder.kit.db import Database, is_unique_violation, session_or_unit_of_work
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
 from stallholder.kit.ids import new_id
@@ -459,9 +458,6 @@ async def begin_refund(
         raise payments.PaymentInProgress(
             "a refund under this Idempotency-Key is being made; retry shortly"
         ) from error
-    await schedule_settlement(
-        session, refund_id=refund.id, creator_id=creator_id, due_at=resolve_after, now=now
-    )
     return _refund_call(
         refund,
         charge_reference=attempt.gateway_reference,
@@ -470,24 +466,9 @@ async def begin_refund(
     )
 
 
-# The due work that settles refunds a crash left ``pending`` (``orders.tasks``).
+# The sweep that settles refunds a crash left ``pending`` past their ``resolve_after``
+# (a periodic kind: ``orders.tasks``, ADR 0029).
 SETTLE_KIND = "orders.settle_refunds"
-
-
-async def schedule_settlement(
-    session: AsyncSession, *, refund_id: str, creator_id: str, due_at: datetime, now: datetime
-) -> None:
-    """Make sure the worker looks at the refund at ``due_at`` (enqueued in the transaction
-    that records or re-times it); one that finds the refund settled does nothing."""
-    await work.enqueue(
-        session,
-        kind=SETTLE_KIND,
-        payload={"refund": refund_id},
-        due_at=due_at,
-        now=now,
-        dedupe_key=f"{SETTLE_KIND}:{refund_id}:{due_at.isoformat()}",
-        creator_id=creator_id,
-    )
 
 
 def _is_platform_charge(connected_account: str | None) -> bool:
@@ -639,21 +620,14 @@ async def finish_refund(
     return refund
 
 
-async def postpone_refund(
-    session: AsyncSession, *, refund_id: str, until: datetime, now: datetime
-) -> None:
-    """A pending refund whose gateway call failed comes due again at ``until``."""
-    postponed = await session.execute(
+async def postpone_refund(session: AsyncSession, *, refund_id: str, until: datetime) -> None:
+    """A pending refund whose gateway call failed comes due again at ``until`` (the
+    settlement sweep takes it then)."""
+    await session.execute(
         update(Refund)
         .where(Refund.id == refund_id, Refund.status == "pending")
         .values(resolve_after=until)
-        .returning(Refund.creator_id)
     )
-    creator_id = postponed.scalar_one_or_none()
-    if creator_id is not None:
-        await schedule_settlement(
-            session, refund_id=refund_id, creator_id=creator_id, due_at=until, now=now
-        )
 
 
 async def call_refund(gateway: Gateway, call: RefundCall) -> RefundResult | GatewayRefused:

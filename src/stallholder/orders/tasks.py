@@ -168,10 +168,7 @@ async def resolve_stale_refunds(
             log.exception("refund %s: the gateway could not answer", call.refund_id)
             async with database.unit_of_work() as session:
                 await service.postpone_refund(
-                    session,
-                    refund_id=call.refund_id,
-                    until=clock.now() + REFUND_RETRY_AFTER,
-                    now=clock.now(),
+                    session, refund_id=call.refund_id, until=clock.now() + REFUND_RETRY_AFTER
                 )
             continue
         async with database.unit_of_work() as session:

@@ -382,32 +382,12 @@ async def begin_attempt(
     )
     session.add(attempt)
     await session.flush()
-    await schedule_settlement(
-        session, attempt_id=attempt.id, creator_id=creator_id, due_at=resolve_after, now=now
-    )
     return attempt
 
 
-# The due work that settles attempts a crash left ``processing`` (``payments.tasks``).
+# The sweep that settles attempts a crash left ``processing`` past their
+# ``resolve_after`` (a periodic kind: ``payments.tasks``, ADR 0029).
 SETTLE_KIND = "payments.settle_attempts"
-
-
-async def schedule_settlement(
-    session: AsyncSession, *, attempt_id: str, creator_id: str, due_at: datetime, now: datetime
-) -> None:
-    """Make sure the worker looks at the attempt at ``due_at``: if its request is gone by
-    then with the attempt still ``processing``, the worker settles it. Enqueued in the
-    transaction that records (or re-times) the attempt, so the two exist together; one
-    that finds the attempt settled does nothing."""
-    await work.enqueue(
-        session,
-        kind=SETTLE_KIND,
-        payload={"attempt": attempt_id},
-        due_at=due_at,
-        now=now,
-        dedupe_key=f"{SETTLE_KIND}:{attempt_id}:{due_at.isoformat()}",
-        creator_id=creator_id,
-    )
 
 
 # Step 2: the gateway call, with no transaction open ------------------------------------
@@ -513,12 +493,9 @@ async def mark_for_resolution(session: AsyncSession, *, attempt_id: str, now: da
         .returning(PaymentAttempt.creator_id)
         .execution_options(synchronize_session=False)
     )
-    creator_id = changed.scalar_one_or_none()
-    if creator_id is None:
+    if changed.scalar_one_or_none() is None:
         return False
-    await schedule_settlement(
-        session, attempt_id=attempt_id, creator_id=creator_id, due_at=now, now=now
-    )
+    await work.run_soon(session, kind=SETTLE_KIND, now=now)
     return True
 
 

@@ -1,13 +1,13 @@
 """Due work of the payments domain: attempts a crash left ``processing``.
 
-Run as the due work ``payments.settle_attempts``, enqueued with each attempt for its
-``resolve_after`` (it calls the gateway). Each due attempt is rebuilt into the very gateway call
-it stood for and sent again with the same idempotency key, with no transaction open:
-the gateway answers with the charge it already made (or makes the one it never got),
-so money moves once. The outcome is then recorded, and the purpose completed, by the
-purpose's owner (``completers``: checkout completes the sale), in a transaction of its
-own. Recording is a conditional update, so a buyer's request that gets there first
-wins and the worker does nothing again.
+Run by the periodic sweep ``payments.settle_attempts`` (ADR 0029): nothing is enqueued
+per attempt; each run takes the attempts past their ``resolve_after``. Each due attempt
+is rebuilt into the very gateway call it stood for and sent again with the same
+idempotency key, with no transaction open: the gateway answers with the charge it
+already made (or makes the one it never got), so money moves once. The outcome is then
+recorded, and the purpose completed, by the purpose's owner (``completers``: checkout
+completes the sale), in a transaction of its own. Recording is a conditional update, so
+a buyer's request that gets there first wins and the worker does nothing again.
 """
 
 from __future__ import annotations
@@ -76,24 +76,14 @@ async def resolve_stale_attempts(
             log.exception("payment attempt %s: the gateway could not answer", call.attempt_id)
             later = clock.now() + retry_after
             async with database.unit_of_work() as session:
-                postponed = await session.execute(
+                await session.execute(
                     update(PaymentAttempt)
                     .where(
                         PaymentAttempt.id == call.attempt_id,
                         PaymentAttempt.status == "processing",
                     )
                     .values(resolve_after=later)
-                    .returning(PaymentAttempt.creator_id)
                 )
-                creator_id = postponed.scalar_one_or_none()
-                if creator_id is not None:
-                    await service.schedule_settlement(
-                        session,
-                        attempt_id=call.attempt_id,
-                        creator_id=creator_id,
-                        due_at=later,
-                        now=clock.now(),
-                    )
             continue
         complete = completers.get(call.purpose, _record_only)
         async with database.unit_of_work() as session:
