@@ -58,14 +58,18 @@ async def _bump_balances(session: AsyncSession, *, currency: str, amounts: dict[
     the database takes their locks in, so two postings never wait on each other in a cycle.
     """
     statement = _balances_upsert(session.get_bind().dialect.name, len(amounts))
+    await session.execute(statement, _balance_values(currency, amounts))
+
+
+def _balance_values(currency: str, amounts: dict[str, int]) -> dict[str, Any]:
+    """The bound values of ``_balances_upsert``: the rows in account order, the order the
+    database takes their locks in (so two postings never wait on each other in a cycle)."""
     values: dict[str, Any] = {}
-    for n, account in enumerate(sorted(amounts)):  # lock in key order
-        values |= {
-            f"account_{n}": account,
-            f"currency_{n}": currency,
-            f"amount_{n}": amounts[account],
-        }
-    await session.execute(statement, values)
+    for n, account in enumerate(sorted(amounts)):
+        values[f"account_{n}"] = account
+        values[f"currency_{n}"] = currency
+        values[f"amount_{n}"] = amounts[account]
+    return values
 
 
 @functools.cache
@@ -90,6 +94,38 @@ def _balances_upsert(dialect: str, rows: int) -> Insert:
     )
 
 
+@functools.cache
+def _posting(lines: int, accounts: int) -> Insert:
+    """PostgreSQL: a whole posting in one statement, built once per shape. The journal
+    transaction and its lines are inserted by data-modifying CTEs of the balances' upsert
+    (each runs exactly once, whether or not it is referenced; the lines' foreign key to
+    the transaction is checked at the end of the statement, when both rows exist)."""
+    transactions = cast(Table, JournalTransaction.__table__)
+    journal_lines = cast(Table, JournalLine.__table__)
+    transaction = pg_insert(transactions).values(
+        {
+            column: bindparam(f"t_{column}", type_=transactions.c[column].type)
+            for column in ("id", "creator_id", "kind", "reference_id", "description")
+        }
+        | {"created_at": bindparam("t_created_at", type_=transactions.c.created_at.type)}
+    )
+    posted = pg_insert(journal_lines).values(
+        [
+            {
+                "creator_id": bindparam("t_creator_id", type_=journal_lines.c.creator_id.type),
+                "transaction_id": bindparam("t_id", type_=journal_lines.c.transaction_id.type),
+                "account": bindparam(f"line_account_{n}", type_=journal_lines.c.account.type),
+                "currency": bindparam("currency", type_=journal_lines.c.currency.type),
+                "amount": bindparam(f"line_amount_{n}", type_=journal_lines.c.amount.type),
+            }
+            for n in range(lines)
+        ]
+    )
+    return _balances_upsert("postgresql", accounts).add_cte(
+        transaction.cte("posted_transaction"), posted.cte("posted_lines")
+    )
+
+
 async def post(
     session: AsyncSession,
     *,
@@ -100,8 +136,10 @@ async def post(
     lines: Sequence[Line],
     description: str,
     now: datetime,
-) -> JournalTransaction:
-    """Write one balanced transaction and move the balances of its accounts.
+) -> str:
+    """Write one balanced transaction and move the balances of its accounts; returns the
+    transaction's id. On PostgreSQL all of it is one statement (``_posting``); on SQLite,
+    three (the transaction, its lines, the balances).
 
     Raises:
         UnbalancedTransaction: the lines do not sum to zero (a programming error).
@@ -110,26 +148,48 @@ async def post(
         raise UnbalancedTransaction(
             f"{kind} {reference_id}: lines sum to {sum(line.amount for line in lines)}, not 0"
         )
-    transaction = JournalTransaction(
-        id=new_id("txn"),
-        creator_id=creator_id,
-        kind=kind,
-        reference_id=reference_id,
-        description=description,
-        created_at=now,
-    )
-    session.add(transaction)
+    transaction_id = new_id("txn")
     posted = [line for line in lines if line.amount != 0]
+    # One row per account: a single upsert may not change the same row twice.
+    amounts: dict[str, int] = defaultdict(int)
+    for line in posted:
+        amounts[line.account] += line.amount
+    if posted and session.get_bind().dialect.name == "postgresql":
+        values: dict[str, Any] = {
+            "t_id": transaction_id,
+            "t_creator_id": creator_id,
+            "t_kind": kind,
+            "t_reference_id": reference_id,
+            "t_description": description,
+            "t_created_at": now,
+            "currency": currency,
+        }
+        for n, line in enumerate(posted):
+            values[f"line_account_{n}"] = line.account
+            values[f"line_amount_{n}"] = line.amount
+        values |= _balance_values(currency, amounts)
+        await session.execute(_posting(len(posted), len(amounts)), values)
+        return transaction_id
+    session.add(
+        JournalTransaction(
+            id=transaction_id,
+            creator_id=creator_id,
+            kind=kind,
+            reference_id=reference_id,
+            description=description,
+            created_at=now,
+        )
+    )
     if posted:
         # The lines in one statement (Core: the ORM would insert them one by one on SQLite
         # to read back each generated id, and nothing here needs them); the transaction
-        # row goes first, by the autoflush. Its ``lines`` are read when asked for.
+        # row goes first, by the autoflush.
         await session.execute(
             insert(cast(Table, JournalLine.__table__)),
             [
                 {
                     "creator_id": creator_id,
-                    "transaction_id": transaction.id,
+                    "transaction_id": transaction_id,
                     "account": line.account,
                     "currency": currency,
                     "amount": line.amount,
@@ -139,13 +199,9 @@ async def post(
         )
     else:
         await session.flush()
-    # One row per account: a single upsert may not change the same row twice.
-    amounts: dict[str, int] = defaultdict(int)
-    for line in posted:
-        amounts[line.account] += line.amount
     if amounts:
         await _bump_balances(session, currency=currency, amounts=amounts)
-    return transaction
+    return transaction_id
 
 
 def payment_lines(creator_id: str, split: Split) -> list[Line]:
