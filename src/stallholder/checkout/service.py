@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import aliased, joinedload
 
 from stallholder.accounts import service as accounts
-from stallholder.accounts.models import TestClock
+from stallholder.accounts.models import Creator, TestClock
 from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import present_session
@@ -47,7 +47,7 @@ from stallholder.ledger.fees import FeeSchedule, fees_before_charge
 from stallholder.orders import service as orders
 from stallholder.payments import service as payments
 from stallholder.payments.gateway import ChargeResult, Gateway
-from stallholder.payments.models import PaymentAttempt
+from stallholder.payments.models import ConnectedAccount, PaymentAttempt
 from stallholder.payments.schemas import attempt_payload
 
 MAX_SESSION_TOTAL = 99_999_999
@@ -688,6 +688,80 @@ _SESSION_LOCKED = _locking(
 )
 
 
+def _confirm_read_statement() -> Select[CheckoutSession, Creator, str, PaymentAttempt]:
+    """Step 1's one read: the session locked with its line items (as ``_SESSION_BY_ID_LOCKED``),
+    its creator and the creator's account at the gateway (the payee), and the session's
+    latest payment attempt, if any (its number is the highest: attempts are numbered 1, 2,
+    … per purpose and never deleted)."""
+    earlier = aliased(PaymentAttempt)
+    latest_number = (
+        select(func.max(earlier.attempt_number))
+        .where(earlier.purpose == PURPOSE, earlier.purpose_id == CheckoutSession.id)
+        .correlate(CheckoutSession)
+        .scalar_subquery()
+    )
+    return (
+        select(CheckoutSession, Creator, ConnectedAccount.external_id, PaymentAttempt)
+        .join(Creator, Creator.id == CheckoutSession.creator_id)
+        .outerjoin(
+            ConnectedAccount,
+            (ConnectedAccount.creator_id == Creator.id)
+            & (ConnectedAccount.gateway == bindparam("gateway")),
+        )
+        .outerjoin(
+            PaymentAttempt,
+            (PaymentAttempt.purpose == PURPOSE)
+            & (PaymentAttempt.purpose_id == CheckoutSession.id)
+            & (PaymentAttempt.attempt_number == latest_number),
+        )
+        .where(
+            CheckoutSession.id == bindparam("session_id"),
+            CheckoutSession.creator_id == bindparam("creator_id"),
+        )
+        .options(joinedload(CheckoutSession.line_items))
+        .with_for_update(of=CheckoutSession)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _ConfirmRead:
+    checkout: CheckoutSession
+    payee: payments.Payee
+    latest: PaymentAttempt | None
+
+
+async def _read_for_confirm(
+    session: AsyncSession,
+    gateway: Gateway,
+    *,
+    creator_id: str,
+    session_id: str,
+    client_secret: str | None,
+) -> _ConfirmRead:
+    """``get_session(for_update=True)`` with the payee and the latest attempt, in one
+    statement.
+
+    Raises:
+        SessionNotFound.
+    """
+    row = (
+        (
+            await session.execute(
+                _CONFIRM_READ,
+                {"session_id": session_id, "creator_id": creator_id, "gateway": gateway.name},
+            )
+        )
+        .unique()
+        .one_or_none()
+    )
+    if row is None or (client_secret is not None and client_secret != row[0].client_secret):
+        raise SessionNotFound(f"no checkout session {session_id!r}")
+    checkout, creator, account, latest = row
+    return _ConfirmRead(
+        checkout, payments.Payee(creator=creator, connected_account=account), latest
+    )
+
+
 async def get_session(
     session: AsyncSession,
     *,
@@ -876,6 +950,7 @@ class ConfirmStart:
 
 
 PURPOSE: payments.Purpose = "checkout_session"
+_CONFIRM_READ = _confirm_read_statement()
 
 
 class SubscriptionCheckoutUnavailable(Conflict):
@@ -973,13 +1048,14 @@ async def begin_confirm(
         ShippingNotRequired, ShippingAddressLocked.
     """
     payments.check_payment_method(payment_method)
-    checkout = await get_session(
+    read = await _read_for_confirm(
         session,
+        gateway,
         creator_id=creator_id,
         session_id=session_id,
         client_secret=client_secret,
-        for_update=True,
     )
+    checkout, latest = read.checkout, read.latest
     if checkout.status == "complete":
         return ConfirmStart(checkout, None)
     if checkout.mode == "subscription":
@@ -987,7 +1063,6 @@ async def begin_confirm(
             f"checkout session {checkout.id} subscribes (mode 'subscription'); confirm it "
             "through POST /v1/checkout/sessions/{id}/confirm with consent: true"
         )
-    latest = await payments.latest_attempt(session, purpose=PURPOSE, purpose_id=checkout.id)
     if latest is not None and latest.status == "processing":
         raise payments.in_progress_error(latest)
     is_waiting = _is_waiting(latest)
@@ -1009,7 +1084,7 @@ async def begin_confirm(
         return ConfirmStart(checkout, payments.gateway_call_for(latest))
     # The fees are fixed before charging: the gateway keeps the platform's side of the
     # charge (Stripe's application_fee_amount) and the order records the same numbers.
-    payee = await payments.get_payee(session, gateway, creator_id=creator_id)
+    payee = read.payee
     fees = fees_before_charge(
         checkout.amount_total,
         orders.fee_policy_for(payee.creator, default_fees, currency=checkout.currency),

@@ -1,0 +1,116 @@
+"""What a sale sends to the database, counted exactly, on both databases: the regression
+guard of issue 7's statement cuts (docs/performance.md). A change that adds a statement
+to the hot path fails here and says so; one that removes a statement updates the count."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from stallholder.kit.db import Database
+from tests.conftest import Api, bearer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def database_url(any_database_url: str) -> str:
+    return any_database_url
+
+
+def _shape(statement: str) -> str:
+    """A statement as its verb and table: ``SELECT checkout_sessions``, ``INSERT orders``,
+    ``WITH posted_transaction`` (a CTE's name), ``BEGIN``."""
+    words = statement.split()
+    if words[0] == "SELECT":
+        first = words[2] if words[1] == "DISTINCT" else words[1]
+        return "SELECT " + first.split(".")[0].split("(")[0]
+    if words[0] == "INSERT":
+        return "INSERT " + words[2]
+    if words[0] in ("UPDATE", "WITH"):
+        return f"{words[0]} {words[1]}"
+    return words[0]
+
+
+@contextmanager
+def _statements(database: Database) -> Iterator[list[str]]:
+    sent: list[str] = []
+
+    def count(*args: Any) -> None:
+        sent.append(_shape(str(args[2])))
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield sent
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_a_new_buyers_sale_sends_a_fixed_number_of_statements(
+    api: Api, database: Database
+) -> None:
+    creator, price = await api.shop()
+    key = creator["secret_key"]
+    # A first sale warms the API key cache, as a running server's would be.
+    first = await api.session(key, price=price["id"], email="first@example.com")
+    assert (await api.confirm(key, first["id"])).status_code == 200
+
+    with _statements(database) as creating:
+        created = await api.http.post(
+            "/v1/checkout/sessions",
+            headers={**bearer(key), "Idempotency-Key": "create-1"},
+            json={
+                "line_items": [{"price": price["id"], "quantity": 2}],
+                "customer_email": "new@example.com",
+            },
+        )
+    assert created.status_code == 201, created.text
+    with _statements(database) as confirming:
+        confirmed = await api.confirm(key, created.json()["id"], **{"Idempotency-Key": "pay-1"})
+    assert confirmed.status_code == 200, confirmed.text
+
+    sqlite = database.is_sqlite
+    assert creating == [
+        *(["BEGIN"] if sqlite else []),
+        "SELECT prices",  # with its product, stock and drop
+        "SELECT shipping_rates",  # a physical product: does the creator ship?
+        "INSERT checkout_sessions",
+        "INSERT checkout_line_items",
+        "INSERT idempotency_keys",  # claimed at the commit (ADR 0028)
+    ]
+    assert confirming == [
+        # Step 1: the session locked with its lines, payee and latest attempt in one read.
+        *(["BEGIN"] if sqlite else []),
+        "SELECT checkout_sessions",
+        "INSERT payment_attempts",
+        "UPDATE checkout_sessions",
+        # Step 2: the sandbox gateway remembers the charge (autocommit on PostgreSQL).
+        *(["BEGIN"] if sqlite else []),
+        "INSERT sandbox_charges",
+        # Step 3: the outcome and the sale.
+        *(["BEGIN"] if sqlite else []),
+        "SELECT checkout_sessions",
+        "UPDATE payment_attempts",
+        *(
+            ["SELECT customers", "INSERT buyers", "INSERT customers"]
+            if sqlite
+            else ["WITH found"]  # the customer and its buyer found or made in one
+        ),
+        "UPDATE creators",  # the receipt number
+        "INSERT orders",
+        "INSERT order_line_items",
+        "SELECT license_keys",
+        *(
+            ["INSERT journal_transactions", "INSERT journal_lines", "INSERT balances"]
+            if sqlite
+            else ["WITH posted_transaction"]  # the posting in one statement
+        ),
+        "UPDATE checkout_sessions",
+        "INSERT events",
+        "INSERT idempotency_keys",
+        *([] if sqlite else ["SELECT pg_notify"]),
+    ]
