@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table, bindparam, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table, TextClause, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.kit.ids import new_id
@@ -57,8 +55,7 @@ async def _bump_balances(session: AsyncSession, *, currency: str, amounts: dict[
     statement; never read-decide-write. The rows go in account order, which is the order
     the database takes their locks in, so two postings never wait on each other in a cycle.
     """
-    statement = _balances_upsert(session.get_bind().dialect.name, len(amounts))
-    await session.execute(statement, _balance_values(currency, amounts))
+    await session.execute(_balances_upsert(len(amounts)), _balance_values(currency, amounts))
 
 
 def _balance_values(currency: str, amounts: dict[str, int]) -> dict[str, Any]:
@@ -72,57 +69,45 @@ def _balance_values(currency: str, amounts: dict[str, int]) -> dict[str, Any]:
     return values
 
 
-@functools.cache
-def _balances_upsert(dialect: str, rows: int) -> Insert:
-    """``_bump_balances``'s statement for ``rows`` accounts, built once per dialect and
-    count (construction costs more CPU than the cached compilation)."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    table = cast(Table, Balance.__table__)
-    statement = insert(table).values(
-        [
-            {
-                "account": bindparam(f"account_{n}", type_=table.c.account.type),
-                "currency": bindparam(f"currency_{n}", type_=table.c.currency.type),
-                "amount": bindparam(f"amount_{n}", type_=table.c.amount.type),
-            }
-            for n in range(rows)
-        ]
-    )
-    return statement.on_conflict_do_update(
-        index_elements=[table.c.account, table.c.currency],
-        set_={"amount": table.c.amount + statement.excluded.amount},
+def _balances_sql(rows: int) -> str:
+    """``balance += amount`` for ``rows`` accounts, inserting those met for the first time:
+    the same SQL on PostgreSQL and SQLite (``ON CONFLICT … DO UPDATE``)."""
+    values = ", ".join(f"(:account_{n}, :currency_{n}, :amount_{n})" for n in range(rows))
+    # Only bind parameters' names go into the text (numbered by ``rows``): no values.
+    return (
+        f"INSERT INTO balances (account, currency, amount) VALUES {values} "  # noqa: S608
+        "ON CONFLICT (account, currency) DO UPDATE SET amount = balances.amount + excluded.amount"
     )
 
 
+# These are SQL text, built once per shape, rather than expressions: SQLAlchemy gives a
+# multi-row ``insert().values([...])`` no cache key, so it compiled such a statement
+# afresh on every posting (about a millisecond of a sale's CPU); a text's compiled form
+# is cached.
+
+
 @functools.cache
-def _posting(lines: int, accounts: int) -> Insert:
-    """PostgreSQL: a whole posting in one statement, built once per shape. The journal
-    transaction and its lines are inserted by data-modifying CTEs of the balances' upsert
-    (each runs exactly once, whether or not it is referenced; the lines' foreign key to
-    the transaction is checked at the end of the statement, when both rows exist)."""
-    transactions = cast(Table, JournalTransaction.__table__)
-    journal_lines = cast(Table, JournalLine.__table__)
-    transaction = pg_insert(transactions).values(
-        {
-            column: bindparam(f"t_{column}", type_=transactions.c[column].type)
-            for column in ("id", "creator_id", "kind", "reference_id", "description")
-        }
-        | {"created_at": bindparam("t_created_at", type_=transactions.c.created_at.type)}
+def _balances_upsert(rows: int) -> TextClause:
+    return text(_balances_sql(rows))
+
+
+@functools.cache
+def _posting(lines: int, accounts: int) -> TextClause:
+    """PostgreSQL: a whole posting in one statement. The journal transaction and its lines
+    are inserted by data-modifying CTEs of the balances' upsert (each runs exactly once,
+    referenced or not; the lines' foreign key to the transaction is checked at the end of
+    the statement, when both rows exist)."""
+    line_values = ", ".join(
+        f"(:t_creator_id, :t_id, :line_account_{n}, :currency, :line_amount_{n})"
+        for n in range(lines)
     )
-    posted = pg_insert(journal_lines).values(
-        [
-            {
-                "creator_id": bindparam("t_creator_id", type_=journal_lines.c.creator_id.type),
-                "transaction_id": bindparam("t_id", type_=journal_lines.c.transaction_id.type),
-                "account": bindparam(f"line_account_{n}", type_=journal_lines.c.account.type),
-                "currency": bindparam("currency", type_=journal_lines.c.currency.type),
-                "amount": bindparam(f"line_amount_{n}", type_=journal_lines.c.amount.type),
-            }
-            for n in range(lines)
-        ]
-    )
-    return _balances_upsert("postgresql", accounts).add_cte(
-        transaction.cte("posted_transaction"), posted.cte("posted_lines")
+    return text(  # only bind parameters' names go into the text, numbered by ``lines``
+        "WITH posted_transaction AS (INSERT INTO journal_transactions "  # noqa: S608
+        "(id, creator_id, kind, reference_id, description, created_at) VALUES "
+        "(:t_id, :t_creator_id, :t_kind, :t_reference_id, :t_description, :t_created_at)), "
+        "posted_lines AS (INSERT INTO journal_lines "
+        f"(creator_id, transaction_id, account, currency, amount) VALUES {line_values}) "
+        + _balances_sql(accounts)
     )
 
 
