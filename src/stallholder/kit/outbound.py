@@ -102,6 +102,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         self._slots = [_Slot(_slot_transport()) for _ in range(slots)]
         self._free = list(self._slots)
         self._available = asyncio.Semaphore(slots)
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self._available.acquire()
@@ -121,7 +122,15 @@ class ShardedTransport(httpx.AsyncBaseTransport):
                 await stale.aclose()
             slot.origin = origin
             response = await slot.transport.handle_async_request(request)
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, httpx.PoolTimeout):
+                # This slot carries one request at a time, so its one-connection pool can
+                # only time out if a connection it lent never came back (a response it
+                # still counts as open). Every later request to this origin would pick the
+                # same slot and time out too: the slot starts afresh instead.
+                stale, slot.transport = slot.transport, _slot_transport()
+                self._closing.add(asyncio.create_task(stale.aclose()))
+                self._closing = {task for task in self._closing if not task.done()}
             release()
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
