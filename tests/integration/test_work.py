@@ -751,3 +751,34 @@ async def test_run_soon_adds_one_extra_run_of_a_periodic_kind_beside_its_schedul
         T0 + timedelta(hours=1),
     )
     assert await worker.run_once() == 0
+
+
+async def test_a_fresh_retry_starts_the_attempts_over_so_a_later_failure_backs_off_from_the_start(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    """Work re-run because it changed (a channel push whose stock moved while it wrote) is
+    not failing: ``Retry(fresh=True)`` resets its attempts, and the first real failure
+    after many re-runs waits the policy's first delay, not its cap."""
+    runs: list[int] = []
+
+    async def handle(_context: work.Context[object], item: work.Claimed) -> None:
+        runs.append(item.attempt)
+        if len(runs) <= 5:
+            raise work.Retry("the stock changed while it was written", at=T0, fresh=True)
+        raise RuntimeError("502 from the channel")
+
+    kind = work.Kind(
+        name="test.push",
+        handler=handle,
+        retry=work.Backoff(base=timedelta(seconds=1), cap=timedelta(minutes=5)),
+        max_attempts=3,
+    )
+    await _enqueue(database, kind="test.push")
+    worker = _worker(database, clock, settings, kind)
+    for _ in range(6):
+        await worker.run_once()
+    [item] = await _items(database)
+    # Six runs with max_attempts 3: each fresh retry started the count again, and the
+    # failure (attempt 1 of a fresh count) waits the first delay.
+    assert runs == [1, 1, 1, 1, 1, 1]
+    assert (item.state, item.attempts, item.due_at) == ("pending", 1, T0 + timedelta(seconds=1))

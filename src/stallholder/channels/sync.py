@@ -591,7 +591,7 @@ async def push_channel(
                 and shown(found_after.available, state.rules) != listing.channel_quantity
             ):
                 done[by_listing[listing.id].id] = Retry(
-                    "the stock changed while the channel was written", at=now
+                    "the stock changed while the channel was written", at=now, fresh=True
                 )
         for (listing, sent, changed_at), result in zip(updates, results, strict=True):
             found_after = stock_after.get(listing.variant_id or "")
@@ -601,7 +601,7 @@ async def push_channel(
                 and shown(found_after.available, state.rules) != sent.quantity
             ):
                 done[by_listing[listing.id].id] = Retry(
-                    "the stock changed while the channel was written", at=now
+                    "the stock changed while the channel was written", at=now, fresh=True
                 )
             values: dict[str, Any] = {"updated_at": now, "writes": ChannelListing.writes + 1}
             latency = None
@@ -688,8 +688,9 @@ def push_kind(engine: Engine, channel_kind: str) -> Kind[ChannelResources]:
         batch_size=PUSH_BATCH.get(channel_kind, 100),
         lane=True,
         retry=Backoff(base=timedelta(seconds=1), cap=timedelta(minutes=5)),
-        # A listing whose stock keeps changing is retried at once after each write: many
-        # attempts, none of them a failure.
+        # A listing whose stock keeps changing is retried at once after each write, its
+        # attempts starting over (``Retry(fresh=True)``): a failure after a hundred
+        # re-runs backs off a second, not the cap.
         max_attempts=1_000,
         lease=timedelta(minutes=2),
     )

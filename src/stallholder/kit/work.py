@@ -213,15 +213,24 @@ class Claimed:
 
 class Retry(Exception):
     """Raised (or returned by a batch handler): try again at ``at`` exactly, or after
-    ``delay`` (jittered), or when the kind's policy says."""
+    ``delay`` (jittered), or when the kind's policy says. With ``fresh`` the item is not
+    failing but has more to do (its work changed while it ran): its attempts start over,
+    so a later real failure backs off from the policy's first delay, not from one grown
+    by every re-run."""
 
     def __init__(
-        self, error: str, *, delay: timedelta | None = None, at: datetime | None = None
+        self,
+        error: str,
+        *,
+        delay: timedelta | None = None,
+        at: datetime | None = None,
+        fresh: bool = False,
     ) -> None:
         super().__init__(error)
         self.error = error
         self.delay = delay
         self.at = at
+        self.fresh = fresh
 
 
 class GiveUp(Exception):
@@ -570,7 +579,8 @@ async def settle(
         if error is None:
             continue
         due_at: datetime | None = None
-        if not isinstance(error, GiveUp) and not item.is_last_attempt:
+        fresh = isinstance(error, Retry) and error.fresh
+        if not isinstance(error, GiveUp) and (fresh or not item.is_last_attempt):
             if isinstance(error, Retry) and error.at is not None:
                 due_at = error.at
             else:
@@ -585,6 +595,8 @@ async def settle(
         else:
             values["state"] = PENDING
             values["due_at"] = due_at
+            if fresh:
+                values["attempts"] = 0
         await session.execute(update(WorkItem).where(_ours(item)).values(**values))
 
 
