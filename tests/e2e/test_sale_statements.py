@@ -5,15 +5,12 @@ to the hot path fails here and says so; one that removes a statement updates the
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from stallholder.kit.db import Database
 from tests.conftest import Api, bearer
+from tests.statements import shape, statements
 
 pytestmark = pytest.mark.anyio
 
@@ -21,34 +18,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-def _shape(statement: str) -> str:
-    """A statement as its verb and table: ``SELECT checkout_sessions``, ``INSERT orders``,
-    ``WITH posted_transaction`` (a CTE's name), ``BEGIN``."""
-    words = statement.split()
-    if words[0] == "SELECT":
-        first = words[2] if words[1] == "DISTINCT" else words[1]
-        return "SELECT " + first.split(".")[0].split("(")[0]
-    if words[0] == "INSERT":
-        return "INSERT " + words[2]
-    if words[0] in ("UPDATE", "WITH"):
-        return f"{words[0]} {words[1]}"
-    return words[0]
-
-
-@contextmanager
-def _statements(database: Database) -> Iterator[list[str]]:
-    sent: list[str] = []
-
-    def count(*args: Any) -> None:
-        sent.append(_shape(str(args[2])))
-
-    event.listen(database.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        yield sent
-    finally:
-        event.remove(database.engine.sync_engine, "before_cursor_execute", count)
 
 
 async def test_a_new_buyers_sale_sends_a_fixed_number_of_statements(
@@ -60,7 +29,7 @@ async def test_a_new_buyers_sale_sends_a_fixed_number_of_statements(
     first = await api.session(key, price=price["id"], email="first@example.com")
     assert (await api.confirm(key, first["id"])).status_code == 200
 
-    with _statements(database) as creating:
+    with statements(database, as_=shape) as creating:
         created = await api.http.post(
             "/v1/checkout/sessions",
             headers={**bearer(key), "Idempotency-Key": "create-1"},
@@ -70,7 +39,7 @@ async def test_a_new_buyers_sale_sends_a_fixed_number_of_statements(
             },
         )
     assert created.status_code == 201, created.text
-    with _statements(database) as confirming:
+    with statements(database, as_=shape) as confirming:
         confirmed = await api.confirm(key, created.json()["id"], **{"Idempotency-Key": "pay-1"})
     assert confirmed.status_code == 200, confirmed.text
 

@@ -3,12 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from stallholder.kit.db import Database
 from stallholder.ledger import service as ledger
@@ -16,6 +12,7 @@ from stallholder.ledger.fees import Split
 from stallholder.ledger.models import Balance, JournalLine, JournalTransaction
 from tests import factories
 from tests.conftest import T0
+from tests.statements import statements
 
 pytestmark = pytest.mark.anyio
 
@@ -23,20 +20,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def database_url(any_database_url: str) -> str:
     return any_database_url
-
-
-@contextmanager
-def _statements(database: Database) -> Iterator[list[str]]:
-    sent: list[str] = []
-
-    def count(*args: Any) -> None:
-        sent.append(str(args[2]))
-
-    event.listen(database.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        yield sent
-    finally:
-        event.remove(database.engine.sync_engine, "before_cursor_execute", count)
 
 
 async def test_a_posting_writes_its_transaction_lines_and_balances_and_adds_to_balances(
@@ -48,7 +31,7 @@ async def test_a_posting_writes_its_transaction_lines_and_balances_and_adds_to_b
     ids = []
     for n in range(2):
         async with database.unit_of_work() as session:
-            with _statements(database) as sent:
+            with statements(database) as sent:
                 ids.append(
                     await ledger.post(
                         session,

@@ -7,14 +7,12 @@ also when one batch holds the same charge twice."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from stallholder.accounts import service as accounts
 from stallholder.billing import tasks
@@ -32,6 +30,7 @@ from stallholder.payments.models import SandboxCharge
 from stallholder.settings import Settings
 from tests import factories
 from tests.conftest import T0
+from tests.statements import statements
 
 pytestmark = pytest.mark.anyio
 
@@ -48,21 +47,6 @@ def database_url(any_database_url: str) -> str:
 class _Resources:
     settings: Settings
     gateway: Gateway
-
-
-@contextmanager
-def _statements(database: Database) -> Iterator[list[str]]:
-    """Every statement sent to the database inside the block (SQLite's ``BEGIN`` too)."""
-    sent: list[str] = []
-
-    def count(*args: Any) -> None:
-        sent.append(str(args[2]))
-
-    event.listen(database.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        yield sent
-    finally:
-        event.remove(database.engine.sync_engine, "before_cursor_execute", count)
 
 
 def _claimed(kind: str, payloads: list[dict[str, Any]]) -> list[work.Claimed]:
@@ -170,14 +154,14 @@ async def test_a_batch_sends_a_fixed_number_of_statements_per_renewal(
     begin = 1 if database.is_sqlite else 0
     notify = 0 if database.is_sqlite else 1
 
-    with _statements(database) as renewing:
+    with statements(database) as renewing:
         invoice_ids = await _renew(context, subscription_ids)
     # Locking the subscriptions, their items, their customers; per renewal the invoice,
     # the subscription's update, the line, the events; then the work, all of it at once;
     # then the read of the invoices above.
     assert len(renewing) == begin + 3 + 4 * BUYERS + 1 + notify + (begin + 1)
 
-    with _statements(database) as charging:
+    with statements(database) as charging:
         outcomes = await tasks.charge_invoice(
             context,
             _claimed(CHARGE_KIND, [{"invoice": iid, "attempt": 1} for iid in invoice_ids]),
