@@ -782,3 +782,42 @@ async def test_a_fresh_retry_starts_the_attempts_over_so_a_later_failure_backs_o
     # failure (attempt 1 of a fresh count) waits the first delay.
     assert runs == [1, 1, 1, 1, 1, 1]
     assert (item.state, item.attempts, item.due_at) == ("pending", 1, T0 + timedelta(seconds=1))
+
+
+async def test_a_failing_sweep_is_never_given_up_and_runs_again_by_its_next_period(
+    database: Database, clock: FrozenClock, settings: Settings
+) -> None:
+    """A periodic kind's schedule keeps the sweep alive (session expiry, settlement): when
+    it fails past ``max_attempts`` it stays pending, due at the earlier of its policy's
+    delay and its next period, with the last error kept; a success clears it."""
+    failing = True
+
+    async def handle(_context: work.Context[object], _item: work.Claimed) -> None:
+        if failing:
+            raise RuntimeError("database unreachable")
+
+    kind = work.Kind(
+        name="test.sweep",
+        handler=handle,
+        every=timedelta(seconds=5),
+        retry=work.Backoff(base=timedelta(seconds=2), cap=timedelta(hours=1)),
+        max_attempts=2,
+    )
+    worker = _worker(database, clock, settings, kind)
+    for n in range(6):
+        await worker.run_once()
+        [item] = await _items(database)
+        # Backoff 2 s, then 4 s, then capped by the 5 s period.
+        delay = min(2 * 2**n, 5)
+        assert (item.state, item.attempts, item.due_at) == (
+            "pending",
+            n + 1,
+            clock.now() + timedelta(seconds=delay),
+        )
+        assert item.last_error == "RuntimeError: database unreachable"
+        clock.set(item.due_at)
+    failing = False
+    await worker.run_once()
+    [item] = await _items(database)
+    assert (item.state, item.attempts, item.last_error) == ("pending", 0, None)
+    assert item.due_at == clock.now() + timedelta(seconds=5)

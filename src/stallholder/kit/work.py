@@ -580,7 +580,11 @@ async def settle(
             continue
         due_at: datetime | None = None
         fresh = isinstance(error, Retry) and error.fresh
-        if not isinstance(error, GiveUp) and (fresh or not item.is_last_attempt):
+        # A periodic kind's schedule is never given up for failing (only by GiveUp): the
+        # sweeps it drives (expiry, settlement) must outlive an outage. It is retried by
+        # its policy, and at the latest at its next period.
+        schedule = _is_schedule(kind, item)
+        if not isinstance(error, GiveUp) and (fresh or schedule or not item.is_last_attempt):
             if isinstance(error, Retry) and error.at is not None:
                 due_at = error.at
             else:
@@ -588,6 +592,10 @@ async def settle(
                 delay = delay or kind.retry.delay(item.attempt)
                 if delay is not None:
                     due_at = now + jittered(delay, jitter=jitter, draw=draw)
+            if schedule:
+                assert kind.every is not None
+                next_period = now + kind.every
+                due_at = next_period if due_at is None else min(due_at, next_period)
         values: dict[str, Any] = {"last_error": _error_text(error), "updated_at": now}
         if due_at is None:
             values["state"] = DEAD
