@@ -661,6 +661,45 @@ async def test_enqueue_many_inserts_large_batches_and_skips_live_duplicates(
 
 
 @pytest.mark.postgres
+async def test_a_commit_sends_no_notify_while_a_worker_of_every_kind_runs_here(
+    postgres_url: str, clock: FrozenClock, tmp_path: Path
+) -> None:
+    """The embedded worker is woken in-process; a NOTIFY would be a round trip in every
+    sale for no one. With no such worker running, the same commit notifies again."""
+    database = Database(postgres_url)
+    settings = Settings(
+        data_dir=tmp_path / "var", database_url=postgres_url, worker_poll_seconds=3600.0
+    )
+
+    async def enqueue_and_listen(marker: str) -> list[str]:
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as listener:
+            await listener.execute(f"LISTEN {work.NOTIFY_CHANNEL}")
+            async with database.unit_of_work() as session:
+                await work.enqueue(session, kind="test.k", payload={}, due_at=T0, now=T0)
+            # Notifications arrive in commit order: the marker comes first only if the
+            # enqueue sent none.
+            await listener.execute(f"NOTIFY {work.NOTIFY_CHANNEL}, '{marker}'")
+            return [n.payload async for n in listener.notifies(timeout=30, stop_after=1)]
+
+    worker = Worker(database, clock, settings=settings)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.listening.wait(), timeout=60)
+        assert work.EveryKindHere.is_running()
+        assert await enqueue_and_listen("marker") == ["marker"]
+        worker.stop()
+        await asyncio.wait_for(task, timeout=60)
+        assert not work.EveryKindHere.is_running()
+        received = await enqueue_and_listen("after")
+        assert received != ["after"]
+        assert work.read_notification(received[0]).kinds == frozenset({"test.k"})
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=60)
+        await database.dispose()
+
+
+@pytest.mark.postgres
 async def test_a_worker_on_postgresql_wakes_on_notify_from_another_process(
     postgres_url: str, clock: FrozenClock, tmp_path: Path
 ) -> None:

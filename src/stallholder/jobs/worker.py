@@ -214,6 +214,9 @@ class Worker:
             if kinds is None
             else kinds
         )
+        # Running every registered kind, this worker is the one to wake for this
+        # process's commits (``work.EveryKindHere``).
+        self._every_kind = kinds is None
         self.draw = draw
         self.resolve = resolve
         self.consumers = consumers_for(self.settings)
@@ -386,7 +389,8 @@ class Worker:
         item comes due, work is enqueued (in this process, or NOTIFY on PostgreSQL), or
         ``worker_poll_seconds`` (at most ``work.WAKE_HORIZON``) pass."""
         log.info("worker started with %s", ", ".join(self.registry.names))
-        with work.Wakeup() as wakeup:
+        every_kind = work.EveryKindHere() if self._every_kind else contextlib.nullcontext()
+        with every_kind, work.Wakeup() as wakeup:
             self._wakeup = wakeup
             listener = (
                 None

@@ -836,8 +836,33 @@ def read_notification(payload: str) -> Notification:
     return Notification(from_this_process=token == _process_token(), kinds=kinds)
 
 
+class EveryKindHere:
+    """While a worker that runs every kind runs in this process (``stallholder serve``'s
+    embedded worker), work this process enqueues is this worker's to find: its commit
+    rings the worker here (``Wakeup``), so it sends no ``NOTIFY``, a round trip in every
+    such transaction (one per sale). A worker in another process still finds the work,
+    by its next look (at most ``WAKE_HORIZON``); work enqueued by processes without such
+    a worker (``serve --workers N``, the CLI) still notifies. A context manager the
+    worker's ``run`` holds; they nest."""
+
+    _running = 0
+
+    def __enter__(self) -> EveryKindHere:
+        EveryKindHere._running += 1
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        EveryKindHere._running -= 1
+
+    @classmethod
+    def is_running(cls) -> bool:
+        return cls._running > 0
+
+
 @event.listens_for(Session, "before_commit")
 def _notify_other_processes(session: Session) -> None:
+    if EveryKindHere.is_running():
+        return
     if session.info.get(_WAKE) and session.get_bind().dialect.name == "postgresql":
         kinds = None if session.info.get(_WAKE_ALL) else session.info.get(_WAKE_KINDS, set())
         session.execute(
