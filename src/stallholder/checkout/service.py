@@ -29,6 +29,7 @@ from stallholder.accounts.models import Creator, TestClock
 from stallholder.catalog.models import Price, Product, Variant
 from stallholder.checkout.models import CheckoutLineItem, CheckoutLink, CheckoutSession
 from stallholder.checkout.schemas import present_session
+from stallholder.digital import delivery as digital
 from stallholder.events import service as events
 from stallholder.fulfilment import service as fulfilment
 from stallholder.fulfilment.addresses import ShippingAddress, validate_address
@@ -683,8 +684,20 @@ _SESSION_BY_ID = select(CheckoutSession).where(
     CheckoutSession.creator_id == bindparam("creator_id"),
 )
 _SESSION_BY_ID_LOCKED = _locking(_SESSION_BY_ID)
-_SESSION_LOCKED = _locking(
-    select(CheckoutSession).where(CheckoutSession.id == bindparam("session_id"))
+# Step 3's read: with whether any of the session's products has a license key pool, so a
+# sale of products without one (nearly all) asks no more (``digital.note_no_key_pools``).
+_SESSION_LOCKED = (
+    select(
+        CheckoutSession,
+        digital.any_key_pool(
+            select(CheckoutLineItem.product_id)
+            .where(CheckoutLineItem.session_id == CheckoutSession.id)
+            .correlate(CheckoutSession)
+        ),
+    )
+    .where(CheckoutSession.id == bindparam("session_id"))
+    .options(joinedload(CheckoutSession.line_items))
+    .with_for_update(of=CheckoutSession)
 )
 
 
@@ -1164,11 +1177,13 @@ async def finish_confirm(
     A failed payment is returned as ``ConfirmOutcome.error`` rather than raised, so the
     attempt and its event commit with the unit of work.
     """
-    checkout = (
-        (await session.execute(_SESSION_LOCKED, {"session_id": call.purpose_id}))
-        .unique()
-        .scalar_one()
+    checkout, has_key_pool = (
+        (await session.execute(_SESSION_LOCKED, {"session_id": call.purpose_id})).unique().one()
     )
+    if not has_key_pool:
+        digital.note_no_key_pools(
+            session, product_ids=[item.product_id for item in checkout.line_items]
+        )
     attempt = await payments.record_outcome(session, call=call, result=result)
     if attempt is None:
         return await _outcome_as_it_stands(session, checkout)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import Exists, Select, bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.digital import links as signing
@@ -86,6 +86,20 @@ _WITH_POOLS = (
 
 async def _with_pools(session: AsyncSession, product_ids: Sequence[str]) -> set[str]:
     return set((await session.execute(_WITH_POOLS, {"product_ids": list(product_ids)})).scalars())
+
+
+def any_key_pool(product_ids: Select[str]) -> Exists:
+    """Whether any of these products has a key pool, as a column for another read (a
+    checkout session's, its line items' products): when it is false,
+    ``note_no_key_pools`` spares ``issue_license_keys`` its own read."""
+    return exists(select(LicenseKey.id).where(LicenseKey.product_id.in_(product_ids)))
+
+
+def note_no_key_pools(session: AsyncSession, *, product_ids: Iterable[str]) -> None:
+    """None of these products has a key pool, as this transaction has read
+    (``any_key_pool``): ``issue_license_keys`` asks no more for them."""
+    read: dict[str, bool] = transaction_memo(session).setdefault(_POOLS, {})
+    read.update(dict.fromkeys(product_ids, False))
 
 
 async def read_key_pools(session: AsyncSession, *, product_ids: Iterable[str]) -> None:
