@@ -4,21 +4,28 @@ A Stallholder sale is ``POST /v1/checkout/sessions`` (2 x $15.00) and ``POST …
 with ``tok_visa``, each with its own ``Idempotency-Key``, over real HTTP against
 ``stallholder serve``. A floor sale is one ``POST /v1/sales`` to ``bench/floor_app.py``,
 which runs the same 14 statements in one transaction on the same stack. For each target
-the load generator (``bench.loadgen``, its own process) warms up, then runs once per client
-count; around each run the server's whole process tree CPU (and, on PostgreSQL, its
-database backends' CPU) is read from /proc, after the server has gone idle again so the
-work a sale leaves behind (outbox dispatch, email) is counted too. A bare FastAPI POST
+the load generator (``bench.loadgen``, its own process) warms up; then, with both served
+side by side, the floor and Stallholder are measured in alternation, ``rounds`` times per
+client count (default 3), and the ratio reported is the median round's, so a shared
+machine's drift between rounds moves both sides of a ratio. Around each run the server's
+whole process tree CPU (and, on PostgreSQL, its database backends' CPU) is read from
+/proc, after the server has gone idle again so the work a sale leaves behind (outbox
+dispatch, email) is counted too. A bare FastAPI POST
 endpoint gives the cost of HTTP alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +113,9 @@ async def _shop(base: str) -> tuple[str, str]:
 # and the load generator, so one process there too; try ``--serve 'postgresql=--workers 2'``
 # on a machine with cores to spare.
 SERVE_OPTIONS: dict[str, list[str]] = {"sqlite": [], "postgresql": []}
+# Measured rounds per client count, floor and Stallholder in alternation; the ratio is the
+# median round's (docs/performance.md: one run of either moves 10-20 % on a shared machine).
+DEFAULT_ROUNDS = 3
 MAX_SALES_PER_RUN = 200_000
 
 
@@ -141,80 +151,77 @@ class _DatabaseCpu:
             self.engine.dispose()
 
 
-def _runs(
-    *,
-    pid: int,
-    database_url: str,
-    spec: dict[str, Any],
-    clients: list[int],
-    warmup: float,
-    duration: float,
-) -> tuple[dict[str, Any], int]:
-    """Warm up, then one measured run per client count: (results by client count, sales
-    completed in all, warm-up included)."""
+def _one_run(
+    *, pid: int, database_cpu: _DatabaseCpu, spec: dict[str, Any], clients: int, duration: float
+) -> dict[str, Any]:
+    """One measured run of ``clients`` clients; the server's CPU is read until it is idle
+    again, so the work a sale leaves behind (outbox, email) is counted too."""
 
     def server_cpu() -> float:
         return harness.tree_cpu_seconds(pid)
 
-    database_cpu = _DatabaseCpu(database_url)
-    total = 0
-    runs: dict[str, Any] = {}
-    try:
+    harness.wait_until_idle(server_cpu)
+    cpu_before, db_before = server_cpu(), database_cpu.snapshot()
+    load = harness.run_load(
+        {**spec, "concurrency": clients, "duration": duration, "max_iterations": MAX_SALES_PER_RUN}
+    )
+    loaded_cpu = server_cpu()
+    drained_seconds = harness.wait_until_idle(server_cpu)
+    cpu_after, db_after = server_cpu(), database_cpu.snapshot()
+    latencies = sorted(load["latencies"])
+    sales = len(latencies)
+    db_seconds = sum(seconds - db_before.get(p, 0.0) for p, seconds in db_after.items())
+    return {
+        "sales": sales,
+        "errors": load["errors"],
+        "first_errors": load["first_errors"],
+        "sales_per_second": round(sales / load["elapsed"], 1),
+        "p50_ms": round(harness.percentile(latencies, 50) * 1000, 1),
+        "p99_ms": round(harness.percentile(latencies, 99) * 1000, 1),
+        "server_cpu_ms_per_sale": round((cpu_after - cpu_before) * 1000 / sales, 2)
+        if sales
+        else None,
+        "server_cores_busy_under_load": round((loaded_cpu - cpu_before) / load["elapsed"], 2),
+        "database_cpu_ms_per_sale": round(db_seconds * 1000 / sales, 2)
+        if sales and database_cpu.engine is not None
+        else None,
+        "drain_seconds": drained_seconds,
+    }
+
+
+@dataclass
+class _Target:
+    """A served app under measurement: its load spec, its process, and what it sold."""
+
+    pid: int
+    spec: dict[str, Any]
+    database_cpu: _DatabaseCpu
+    sales: int = 0
+    rounds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def warm(self, *, clients: int, seconds: float) -> None:
         warm = harness.run_load(
-            {**spec, "concurrency": max(clients), "duration": warmup, "max_iterations": 50_000}
+            {**self.spec, "concurrency": clients, "duration": seconds, "max_iterations": 50_000}
         )
-        total += len(warm["latencies"])
-        harness.wait_until_idle(server_cpu)
-        for count in clients:
-            cpu_before, db_before = server_cpu(), database_cpu.snapshot()
-            load = harness.run_load(
-                {
-                    **spec,
-                    "concurrency": count,
-                    "duration": duration,
-                    "max_iterations": MAX_SALES_PER_RUN,
-                }
-            )
-            loaded_cpu = server_cpu()
-            drained_seconds = harness.wait_until_idle(server_cpu)
-            cpu_after, db_after = server_cpu(), database_cpu.snapshot()
-            latencies = sorted(load["latencies"])
-            sales = len(latencies)
-            total += sales
-            db_seconds = sum(seconds - db_before.get(p, 0.0) for p, seconds in db_after.items())
-            runs[str(count)] = {
-                "sales": sales,
-                "errors": load["errors"],
-                "first_errors": load["first_errors"],
-                "sales_per_second": round(sales / load["elapsed"], 1),
-                "p50_ms": round(harness.percentile(latencies, 50) * 1000, 1),
-                "p99_ms": round(harness.percentile(latencies, 99) * 1000, 1),
-                "server_cpu_ms_per_sale": round((cpu_after - cpu_before) * 1000 / sales, 2)
-                if sales
-                else None,
-                "server_cores_busy_under_load": round(
-                    (loaded_cpu - cpu_before) / load["elapsed"], 2
-                ),
-                "database_cpu_ms_per_sale": round(db_seconds * 1000 / sales, 2)
-                if sales and database_cpu.engine is not None
-                else None,
-                "drain_seconds": drained_seconds,
-            }
-    finally:
-        database_cpu.dispose()
-    return runs, total
+        self.sales += len(warm["latencies"])
+
+    def measure(self, *, clients: int, duration: float) -> dict[str, Any]:
+        run = _one_run(
+            pid=self.pid,
+            database_cpu=self.database_cpu,
+            spec=self.spec,
+            clients=clients,
+            duration=duration,
+        )
+        self.sales += run["sales"]
+        self.rounds.setdefault(str(clients), []).append(run)
+        return run
 
 
-def _measure_stallholder(
-    database: str,
-    database_url: str,
-    workdir: Path,
-    *,
-    clients: list[int],
-    warmup: float,
-    duration: float,
-    serve_options: list[str],
-) -> dict[str, Any]:
+@contextlib.contextmanager
+def _stallholder_served(
+    database_url: str, workdir: Path, *, serve_options: list[str]
+) -> Iterator[tuple[_Target, dict[str, str]]]:
     env = {
         "STALLHOLDER_DATABASE_URL": database_url,
         "STALLHOLDER_ADMIN_KEY": ADMIN_KEY,
@@ -233,60 +240,29 @@ def _measure_stallholder(
         str(port),
         *serve_options,
     ]
-    log = workdir / "serve.log"
-    with harness.served(command, env=env, port=port, log=log) as (base, pid):
+    with harness.served(command, env=env, port=port, log=workdir / "serve.log") as (base, pid):
         key, price = asyncio.run(_shop(base))
         spec = {"port": port, "scenario": "stallholder_sale", "secret_key": key, "price": price}
-        runs, total = _runs(
-            pid=pid,
-            database_url=database_url,
-            spec=spec,
-            clients=clients,
-            warmup=warmup,
-            duration=duration,
-        )
-    verify = _stallholder("ledger", "verify", env=env)
-    orders = _count(database_url, Order.__table__)
-    return {
-        "serving": " ".join(["stallholder serve", *serve_options]) or "stallholder serve",
-        "runs": runs,
-        "checks": {
-            "sales_including_warmup": total,
-            "orders_in_database": orders,
-            "ledger_verify_exit": verify.returncode,
-            "is_clean": orders == total and verify.returncode == 0,
-        },
-    }
+        database_cpu = _DatabaseCpu(database_url)
+        try:
+            yield _Target(pid=pid, spec=spec, database_cpu=database_cpu), env
+        finally:
+            database_cpu.dispose()
 
 
-def _measure_floor(
-    database_url: str, workdir: Path, *, clients: list[int], warmup: float, duration: float
-) -> dict[str, Any]:
+@contextlib.contextmanager
+def _floor_served(database_url: str, workdir: Path) -> Iterator[_Target]:
     floor_app.create_schema(database_url)
     port = harness.free_port()
     command = harness.uvicorn_command("bench.floor_app:app", port)
     env = {"FLOOR_DATABASE_URL": database_url, "PYTHONPATH": str(harness.ROOT)}
-    log = workdir / "floor.log"
-    with harness.served(command, env=env, port=port, log=log) as (_, pid):
+    with harness.served(command, env=env, port=port, log=workdir / "floor.log") as (_, pid):
         spec = {"port": port, "scenario": "floor_sale", "price": floor_app.PRICE}
-        runs, total = _runs(
-            pid=pid,
-            database_url=database_url,
-            spec=spec,
-            clients=clients,
-            warmup=warmup,
-            duration=duration,
-        )
-    orders = _count(database_url, floor_app.orders)
-    return {
-        "serving": "uvicorn bench.floor_app:app (one process)",
-        "runs": runs,
-        "checks": {
-            "sales_including_warmup": total,
-            "orders_in_database": orders,
-            "is_clean": orders == total,
-        },
-    }
+        database_cpu = _DatabaseCpu(database_url)
+        try:
+            yield _Target(pid=pid, spec=spec, database_cpu=database_cpu)
+        finally:
+            database_cpu.dispose()
 
 
 def _measure_bare(workdir: Path, *, clients: int, warmup: float, duration: float) -> Any:
@@ -315,24 +291,82 @@ def _measure_bare(workdir: Path, *, clients: int, warmup: float, duration: float
     }
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose server CPU per sale is the median (the lower middle of an even count)."""
+    ordered = sorted(runs, key=lambda run: run["server_cpu_ms_per_sale"] or 0.0)
+    return {**ordered[(len(ordered) - 1) // 2], "rounds": len(runs)}
+
+
 def _database(
-    name: str, url: str, workdir: Path, *, serve_options: list[str], **settings: Any
+    name: str,
+    url: str,
+    workdir: Path,
+    *,
+    serve_options: list[str],
+    clients: list[int],
+    warmup: float,
+    duration: float,
+    rounds: int,
 ) -> dict[str, Any]:
+    """Both apps served side by side (idle while the other is measured), warmed, then
+    measured in alternation, ``rounds`` times per client count: floor, Stallholder, floor,
+    … A ratio is taken within each round, so a shared machine that slows down or speeds
+    up between rounds moves both sides of it; the ratio reported is the median round's."""
     floor_dir, stallholder_dir = workdir / "floor", workdir / "stallholder"
     floor_dir.mkdir()
     stallholder_dir.mkdir()
     floor_url = url if name == "postgresql" else f"sqlite:///{floor_dir / 'floor.db'}"
     stallholder_url = url if name == "postgresql" else f"sqlite:///{stallholder_dir / 'db'}"
-    floor = _measure_floor(floor_url, floor_dir, **settings)
-    stallholder = _measure_stallholder(
-        name, stallholder_url, stallholder_dir, serve_options=serve_options, **settings
-    )
-    ratio = {}
-    for count, run in stallholder["runs"].items():
-        floor_cpu = floor["runs"][count]["server_cpu_ms_per_sale"]
-        if floor_cpu and run["server_cpu_ms_per_sale"]:
-            ratio[count] = round(run["server_cpu_ms_per_sale"] / floor_cpu, 1)
-    return {"floor": floor, "stallholder": stallholder, "server_cpu_ratio": ratio}
+    with (
+        _floor_served(floor_url, floor_dir) as floor,
+        _stallholder_served(stallholder_url, stallholder_dir, serve_options=serve_options) as (
+            stallholder,
+            env,
+        ),
+    ):
+        for target in (floor, stallholder):
+            target.warm(clients=max(clients), seconds=warmup)
+        ratios: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for count in clients:
+                floor_run = floor.measure(clients=count, duration=duration)
+                run = stallholder.measure(clients=count, duration=duration)
+                if floor_run["server_cpu_ms_per_sale"] and run["server_cpu_ms_per_sale"]:
+                    ratios.setdefault(str(count), []).append(
+                        run["server_cpu_ms_per_sale"] / floor_run["server_cpu_ms_per_sale"]
+                    )
+    verify = _stallholder("ledger", "verify", env=env)
+    orders = _count(stallholder_url, Order.__table__)
+    floor_orders = _count(floor_url, floor_app.orders)
+    return {
+        "floor": {
+            "serving": "uvicorn bench.floor_app:app (one process)",
+            "runs": {count: _median_run(runs) for count, runs in floor.rounds.items()},
+            "rounds": floor.rounds,
+            "checks": {
+                "sales_including_warmup": floor.sales,
+                "orders_in_database": floor_orders,
+                "is_clean": floor_orders == floor.sales,
+            },
+        },
+        "stallholder": {
+            "serving": " ".join(["stallholder serve", *serve_options]),
+            "runs": {count: _median_run(runs) for count, runs in stallholder.rounds.items()},
+            "rounds": stallholder.rounds,
+            "checks": {
+                "sales_including_warmup": stallholder.sales,
+                "orders_in_database": orders,
+                "ledger_verify_exit": verify.returncode,
+                "is_clean": orders == stallholder.sales and verify.returncode == 0,
+            },
+        },
+        "server_cpu_ratio": {
+            count: round(statistics.median(values), 2) for count, values in ratios.items()
+        },
+        "server_cpu_ratio_by_round": {
+            count: [round(value, 2) for value in values] for count, values in ratios.items()
+        },
+    }
 
 
 def run(
@@ -340,6 +374,7 @@ def run(
     clients: list[int],
     warmup: float,
     duration: float,
+    rounds: int = DEFAULT_ROUNDS,
     serve_options: dict[str, list[str]] | None = None,
     databases: tuple[str, ...] = ("sqlite", "postgresql"),
 ) -> dict[str, Any]:
@@ -348,6 +383,7 @@ def run(
         "clients": clients,
         "warmup_seconds": warmup,
         "duration_seconds": duration,
+        "rounds": rounds,
         "sale": {
             "stallholder": "POST /v1/checkout/sessions (2 x $15.00) + POST .../confirm "
             "tok_visa, each with an Idempotency-Key",
@@ -355,7 +391,12 @@ def run(
         },
         "goal": "stallholder server CPU per sale <= 3 x the floor's",
     }
-    settings: dict[str, Any] = {"clients": clients, "warmup": warmup, "duration": duration}
+    settings: dict[str, Any] = {
+        "clients": clients,
+        "warmup": warmup,
+        "duration": duration,
+        "rounds": rounds,
+    }
     with tempfile.TemporaryDirectory(prefix="stallholder-bench-") as tmp:
         workdir = Path(tmp)
         results["bare_fastapi"] = _measure_bare(
@@ -387,7 +428,10 @@ def run(
 
 def table(results: dict[str, Any]) -> Table:
     """One row per target and client count."""
-    table = Table(title="checkout: server CPU per sale (create + confirm) beside the floor")
+    table = Table(
+        title="checkout: server CPU per sale (create + confirm) beside the floor; each row the "
+        "median of its rounds, the ratio the median round's (each round's)"
+    )
     for column in ("database", "target", "clients", "sales", "errors", "sales/s", "p50 ms"):
         table.add_column(column, justify="left" if column in ("database", "target") else "right")
     for column in ("p99 ms", "server CPU ms/sale", "db CPU ms/sale", "ratio", "checks"):
@@ -399,7 +443,11 @@ def table(results: dict[str, Any]) -> Table:
         for target in ("floor", "stallholder"):
             entry = measured[target]
             for count, run in entry["runs"].items():
-                ratio = measured["server_cpu_ratio"].get(count) if target == "stallholder" else 1
+                ratio: Any = 1
+                if target == "stallholder":
+                    rounds = measured["server_cpu_ratio_by_round"].get(count, [])
+                    each = ", ".join(map(str, rounds))
+                    ratio = f"{measured['server_cpu_ratio'].get(count)}x ({each})"
                 table.add_row(
                     database,
                     f"{target} ({entry['serving']})",
@@ -411,7 +459,7 @@ def table(results: dict[str, Any]) -> Table:
                     str(run["p99_ms"]),
                     str(run["server_cpu_ms_per_sale"]),
                     str(run["database_cpu_ms_per_sale"] or "-"),
-                    f"{ratio}x" if ratio is not None else "-",
+                    ratio if isinstance(ratio, str) else f"{ratio}x",
                     "ok" if entry["checks"]["is_clean"] else f"FAILED {entry['checks']}",
                 )
     bare = results.get("bare_fastapi")

@@ -60,6 +60,13 @@ def main() -> None:
         "the best measured ones, e.g. --serve 'postgresql=--workers 2'",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=checkout.DEFAULT_ROUNDS,
+        help="checkout: measured rounds per client count, floor and Stallholder in "
+        f"alternation; the ratio is the median round's (default {checkout.DEFAULT_ROUNDS})",
+    )
+    parser.add_argument(
         "--subscriptions",
         type=int,
         help=f"renewals: subscriptions due (default {renewals.FULL_SIZE:,}; "
@@ -89,6 +96,7 @@ def main() -> None:
                     clients=arguments.clients or [8, 64],
                     warmup=warmup,
                     duration=duration,
+                    rounds=1 if arguments.quick else arguments.rounds,
                     serve_options={db: options.split() for db, options in serve.items()},
                 )
             elif name == renewals.NAME:
