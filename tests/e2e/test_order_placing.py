@@ -13,6 +13,7 @@ from stallholder.accounts.models import Creator
 from stallholder.events.models import Event
 from stallholder.kit.db import Database
 from stallholder.orders.models import OrderLineItem
+from stallholder.orders.service import _LINE_COLUMNS, _ORDER_COLUMNS, _set
 from tests.conftest import Api, bearer
 
 pytestmark = pytest.mark.anyio
@@ -107,3 +108,15 @@ async def test_an_order_reads_back_as_it_was_written_past_a_million_receipts(
     ]
     by_id = {event["id"]: event for event in paid_events}
     assert by_id[first["id"]]["line_items"] == first["line_items"]
+
+
+def test_placing_an_order_refuses_a_column_left_unset() -> None:
+    """No ORM default applies to the one-statement write: a column not set on the new
+    object would be written as the database's default while the session believed
+    otherwise, so it is refused by name."""
+    line = OrderLineItem(price_id="price_1", product_id="prod_1", variant_id="var_1", sku="S")
+    with pytest.raises(ValueError, match=r"OrderLineItem\.description must be set"):
+        _set(line, "description")
+    assert _set(line, "sku") == "S"
+    assert "receipt_number" not in _ORDER_COLUMNS
+    assert {"id", "creator_id", "order_id"}.isdisjoint(_LINE_COLUMNS)

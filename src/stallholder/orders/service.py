@@ -144,39 +144,16 @@ _RECEIPT_NUMBER_SQL = (
     "upper(slug) || '-' || "
     "lpad(receipt_counter::text, greatest(6, length(receipt_counter::text)), '0')"
 )
-_ORDER_COLUMNS = (
-    "id",
-    "creator_id",
-    "customer_id",
-    "customer_email",
-    "checkout_session_id",
-    "invoice_id",
-    "payment_attempt_id",
-    "status",
-    "currency",
-    "amount_subtotal",
-    "amount_shipping",
-    "shipping_address",
-    "shipping_rate_id",
-    "shipping_rate_name",
-    "amount_total",
-    "amount_refunded",
-    "platform_fee",
-    "processor_fee",
-    "transfer_reference",
-    "transfer_amount",
-    "created_at",
-    "updated_at",
+# Every column of the two tables (the receipt number is made by the statement; a line's
+# id by its sequence, its creator and order are the order's), so a column added to the
+# models is written here too; ``_place`` insists each is set on the objects.
+_ORDER_COLUMNS = tuple(
+    column.name for column in Order.__table__.columns if column.name != "receipt_number"
 )
-_LINE_COLUMNS = (
-    "price_id",
-    "product_id",
-    "variant_id",
-    "sku",
-    "description",
-    "quantity",
-    "unit_amount",
-    "amount_total",
+_LINE_COLUMNS = tuple(
+    column.name
+    for column in OrderLineItem.__table__.columns
+    if column.name not in ("id", "creator_id", "order_id")
 )
 
 
@@ -206,6 +183,14 @@ def _placing(lines: int) -> TextClause:
     ).bindparams(bindparam("o_shipping_address", type_=JSON(none_as_null=True)))
 
 
+def _set(row: Order | OrderLineItem, column: str) -> Any:
+    """A column's value as set on a new object: no ORM default applies to this write, and
+    what is not set would be left unloaded after the hand-over."""
+    if column not in row.__dict__:
+        raise ValueError(f"{type(row).__name__}.{column} must be set to place an order")
+    return row.__dict__[column]
+
+
 def _line_key(line: Any) -> tuple[Any, ...]:
     return tuple(getattr(line, column) for column in _LINE_COLUMNS)
 
@@ -215,9 +200,9 @@ async def _place(session: AsyncSession, order: Order) -> _Receipt:
     in one statement (``_placing``), then give the session the rows as written, as if
     loaded: the order, its lines with their ids, and its number."""
     values: dict[str, Any] = {"creator_id": order.creator_id}
-    values |= {f"o_{column}": getattr(order, column) for column in _ORDER_COLUMNS}
+    values |= {f"o_{column}": _set(order, column) for column in _ORDER_COLUMNS}
     for n, line in enumerate(order.line_items):
-        values |= {f"l{n}_{column}": getattr(line, column) for column in _LINE_COLUMNS}
+        values |= {f"l{n}_{column}": _set(line, column) for column in _LINE_COLUMNS}
     rows = (await session.execute(_placing(len(order.line_items)), values)).all()
     ids: dict[tuple[Any, ...], list[int]] = {}
     for row in rows:
