@@ -56,8 +56,11 @@ async def test_a_new_buyers_sale_sends_a_fixed_number_of_statements(
         # Step 1: the session locked with its lines, payee and latest attempt in one read.
         *(["BEGIN"] if sqlite else []),
         "SELECT checkout_sessions",
-        "INSERT payment_attempts",
-        "UPDATE checkout_sessions",
+        *(
+            ["UPDATE checkout_sessions", "INSERT payment_attempts"]
+            if sqlite
+            else ["WITH w0"]  # the attempt and the session's status in one (ADR 0030)
+        ),
         # Step 2: the sandbox gateway remembers the charge (autocommit on PostgreSQL).
         *(["BEGIN"] if sqlite else []),
         "INSERT sandbox_charges",
@@ -80,8 +83,11 @@ async def test_a_new_buyers_sale_sends_a_fixed_number_of_statements(
             if sqlite
             else ["WITH posted_transaction"]  # the posting in one statement
         ),
-        "UPDATE checkout_sessions",
-        "INSERT events",
+        *(
+            ["UPDATE checkout_sessions", "INSERT events"]
+            if sqlite
+            else ["WITH w0"]  # the session's completion and both events in one
+        ),
         "INSERT idempotency_keys",
         # No worker runs in this process; the embedded one would be woken here instead.
         *([] if sqlite else ["SELECT pg_notify"]),

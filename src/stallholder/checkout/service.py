@@ -42,6 +42,7 @@ from stallholder.kit.errors import (
     NotFound,
     ValidationFailed,
 )
+from stallholder.kit.flush import flush_together
 from stallholder.kit.ids import new_id, new_secret
 from stallholder.kit.money import Money
 from stallholder.ledger.fees import FeeSchedule, fees_before_charge
@@ -1120,10 +1121,12 @@ async def begin_confirm(
         now=now,
         payee=payee,
         latest_number=0 if latest is None else latest.attempt_number,
+        flush=False,
     )
     checkout.payment_status = "processing"
     checkout.payment_action_secret = None
-    await session.flush()
+    # The attempt and the session's status in one statement on PostgreSQL (ADR 0030).
+    await flush_together(session)
     return ConfirmStart(checkout, payments.gateway_call_for(attempt))
 
 
@@ -1300,8 +1303,9 @@ async def _complete_sale(
             mode="json", exclude={"client_secret"}
         ),
     )
-    # One flush: the session's update and both events (order.paid and this one).
-    await session.flush()
+    # One flush: the session's update and both events (order.paid and this one), in one
+    # statement on PostgreSQL (ADR 0030).
+    await flush_together(session)
 
 
 async def confirm_session(

@@ -313,6 +313,7 @@ async def begin_attempt(
     latest_number: int | None = None,
     is_for_platform: bool = False,
     idempotency_key: str | None = None,
+    flush: bool = True,
 ) -> PaymentAttempt:
     """Step 1: record a ``processing`` attempt; the gateway has not been called yet.
 
@@ -332,6 +333,8 @@ async def begin_attempt(
     ``idempotency_key`` replaces the default key where the purpose derives its own (a
     consolidated charge: ``<buyer>:<day>:<currency>:<sequence>:attempt:<n>``, ADR 0019);
     it must end with the attempt number so that each attempt has a key of its own.
+    With ``flush=False`` the attempt is left to the caller's flush (which may write it with
+    the caller's own changes in one statement: ``kit.flush.flush_together``).
 
     Raises:
         CreatorNotConnected: the gateway pays creators directly and this one has no account.
@@ -381,7 +384,8 @@ async def begin_attempt(
         created_at=now,
     )
     session.add(attempt)
-    await session.flush()
+    if flush:
+        await session.flush()
     return attempt
 
 
