@@ -7,6 +7,11 @@ columns only. PostgreSQL runs each CTE exactly once and checks foreign keys at t
 the statement. The rows are then handed to the session as written: new objects become
 persistent as if loaded, updated attributes committed. Anything else (deletes, generated
 keys, relationship changes, inheritance, SQLite) is an ordinary ``session.flush()``.
+
+The parts of one statement see the same snapshot and run in no set order, where the ORM
+would order them by their dependencies; foreign keys do not care (they are checked at the
+end), but a unique value moved from one row to another in the same flush would collide.
+Call it where the flush is known to be plain (a confirm's steps 1 and 3).
 """
 
 from __future__ import annotations
