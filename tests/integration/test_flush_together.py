@@ -5,12 +5,14 @@ cannot write as one statement is an ordinary flush."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 import pytest
-from sqlalchemy import delete, inspect, select
+from sqlalchemy import Table, delete, inspect, select
 from sqlalchemy.orm.exc import StaleDataError
 
 from stallholder.accounts.models import Creator
+from stallholder.checkout.models import CheckoutLineItem, CheckoutSession
 from stallholder.events.models import Event
 from stallholder.kit.db import Database
 from stallholder.kit.flush import flush_together
@@ -97,7 +99,7 @@ async def test_an_update_of_a_row_gone_meanwhile_fails_as_a_flush_would(
             await flush_together(session)
 
 
-async def test_a_row_whose_key_the_database_makes_is_flushed_as_usual(
+async def test_keys_the_database_makes_are_read_back_and_other_rows_join_the_statement(
     api: Api, database: Database
 ) -> None:
     creator_id = (await api.creator())["id"]
@@ -113,20 +115,152 @@ async def test_a_row_whose_key_the_database_makes_is_flushed_as_usual(
             )
         )
         await session.flush()
-        session.add_all(
-            [
-                JournalLine(
-                    creator_id=creator_id,
-                    transaction_id="txn_1",
-                    account=f"test:{n}",
-                    currency="usd",
-                    amount=amount,
-                )
-                for n, amount in ((1, 5), (2, -5))
-            ]
+        lines = [
+            JournalLine(
+                creator_id=creator_id,
+                transaction_id="txn_1",
+                account=f"test:{n}",
+                currency="usd",
+                amount=amount,
+            )
+            for n, amount in ((1, 5), (2, -5))
+        ]
+        session.add_all(lines)
+        # A row that is not the ORM's, written with the flush.
+        other = {"id": "evt_9", "creator_id": creator_id, "type": "order.paid"}
+        extra = (
+            cast(Table, Event.__table__),
+            {**other, "api_version": "2026-11-01", "data": {"n": 9}, "created_at": T0},
         )
         with statements(database, as_=shape) as sent:
+            await flush_together(session, also=[extra])
+        assert sent == (
+            ["INSERT journal_lines", "INSERT journal_lines", "INSERT events"]
+            if database.is_sqlite
+            else ["WITH w0"]
+        )
+        ids = [line.id for line in lines]
+        assert all(isinstance(id_, int) for id_ in ids)
+        assert ids[0] != ids[1]
+        assert all(inspect(line).persistent for line in lines)
+        with statements(database) as again:
+            await session.flush()
+        assert again == []
+    async with database.unit_of_work() as session:
+        written = (
+            await session.execute(
+                select(JournalLine.id, JournalLine.account, JournalLine.amount)
+                .where(JournalLine.transaction_id == "txn_1")
+                .order_by(JournalLine.account)
+            )
+        ).all()
+        assert [tuple(row) for row in written] == [(ids[0], "test:1", 5), (ids[1], "test:2", -5)]
+        event = await session.get(Event, "evt_9")
+        assert event is not None
+        assert (event.type, event.data, event.dispatched_at) == ("order.paid", {"n": 9}, None)
+
+
+async def test_a_new_row_with_new_children_is_one_statement(api: Api, database: Database) -> None:
+    creator, price = await api.shop()
+    made = await api.session(creator["secret_key"], price=price["id"], email="a@example.com")
+    async with database.unit_of_work() as session:
+        template = (
+            await session.execute(
+                select(CheckoutLineItem).where(CheckoutLineItem.session_id == made["id"])
+            )
+        ).scalar_one()
+        checkout = CheckoutSession(
+            id="cs_together",
+            creator_id=creator["id"],
+            status="open",
+            client_secret="cs_together_secret",
+            currency="usd",
+            amount_subtotal=3000,
+            amount_total=3000,
+            expires_at=T0,
+            created_at=T0,
+            line_items=[
+                CheckoutLineItem(
+                    creator_id=creator["id"],
+                    position=position,
+                    price_id=template.price_id,
+                    product_id=template.product_id,
+                    variant_id=template.variant_id,
+                    sku=template.sku,
+                    description=f"line {position}",
+                    quantity=1,
+                    unit_amount=1500,
+                    amount_total=1500,
+                )
+                for position in (0, 1)
+            ],
+        )
+        session.add(checkout)
+        with statements(database, as_=shape) as sent:
             await flush_together(session)
-        # A serial id: the ORM's own insert, which reads the ids back.
-        assert all(statement.startswith(("INSERT journal_lines", "BEGIN")) for statement in sent)
-        assert sent
+        assert sent == (
+            [
+                "INSERT checkout_sessions",
+                "INSERT checkout_line_items",
+                "INSERT checkout_line_items",
+            ]
+            if database.is_sqlite
+            else ["WITH w0"]
+        )
+        # The children's foreign key set from the parent, their keys read back.
+        assert [item.session_id for item in checkout.line_items] == ["cs_together"] * 2
+        assert all(isinstance(item.id, int) for item in checkout.line_items)
+        assert checkout.mode == "payment"  # a scalar default, applied
+        with statements(database) as again:
+            await session.flush()
+            assert len(checkout.line_items) == 2  # loaded, not read again
+        assert again == []
+    async with database.unit_of_work() as session:
+        read = (
+            await session.execute(
+                select(CheckoutLineItem.position, CheckoutLineItem.description)
+                .where(CheckoutLineItem.session_id == "cs_together")
+                .order_by(CheckoutLineItem.position)
+            )
+        ).all()
+        assert [tuple(row) for row in read] == [(0, "line 0"), (1, "line 1")]
+
+
+async def test_a_child_with_a_relationship_of_its_own_is_flushed_as_usual(
+    api: Api, database: Database
+) -> None:
+    creator_id = (await api.creator())["id"]
+    async with database.unit_of_work() as session:
+        transaction = JournalTransaction(
+            id="txn_2",
+            creator_id=creator_id,
+            kind="adjustment",
+            reference_id="ref_2",
+            description="test",
+            created_at=T0,
+            lines=[
+                JournalLine(creator_id=creator_id, account="test:1", currency="usd", amount=5),
+                JournalLine(creator_id=creator_id, account="test:2", currency="usd", amount=-5),
+            ],
+        )
+        session.add(transaction)
+        with statements(database, as_=shape) as sent:
+            await flush_together(session)
+        # The lines' ``transaction`` (a many-to-one) changed too: the ORM's own flush.
+        assert sent == (
+            [
+                "BEGIN",
+                "INSERT journal_transactions",
+                "INSERT journal_lines",
+                "INSERT journal_lines",
+            ]
+            if database.is_sqlite
+            else ["INSERT journal_transactions", "INSERT journal_lines"]  # many rows, one
+        )
+    async with database.unit_of_work() as session:
+        amounts = (
+            await session.execute(
+                select(JournalLine.amount).where(JournalLine.transaction_id == "txn_2")
+            )
+        ).scalars()
+        assert sorted(amounts) == [-5, 5]

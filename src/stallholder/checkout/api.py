@@ -112,6 +112,8 @@ async def create_session(
         # The hot rows' updates at the commit: the idempotency middleware and SessionDep's
         # unit of work both run them and answer their out-of-stock (ADR 0024).
         holds_at_commit=True,
+        # A plain session is written at the commit, with the Idempotency-Key's row.
+        write_at_commit=True,
         # A session for a drop's prices counts against the drop's rate limits once its
         # price read says so.
         admit_to_drop=admit,

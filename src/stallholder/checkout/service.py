@@ -42,7 +42,7 @@ from stallholder.kit.errors import (
     NotFound,
     ValidationFailed,
 )
-from stallholder.kit.flush import flush_together
+from stallholder.kit.flush import flush_together, flush_together_at_commit
 from stallholder.kit.ids import new_id, new_secret
 from stallholder.kit.money import Money
 from stallholder.ledger.fees import FeeSchedule, fees_before_charge
@@ -413,6 +413,7 @@ async def create_session(
     holds_at_commit: bool = False,
     quoter: SubscriptionQuoter | None = None,
     admit_to_drop: Callable[[], Awaitable[None]] | None = None,
+    write_at_commit: bool = False,
 ) -> CheckoutSession:
     """An open session for ``lines``, priced now and held for ``ttl``. The units of
     tracked variants are held for the session until it expires, is cancelled or is paid
@@ -441,6 +442,10 @@ async def create_session(
     the first full charge at the next billing day in the buyer's zone (its customer's, or
     the creator's customer with its email, else the zone a new customer gets) and the
     prorated time until then today; it is held at most until that day starts.
+
+    With ``write_at_commit``, a session that holds nothing and subscribes to nothing is
+    written by the unit of work's commit (``kit.flush.flush_together_at_commit``), not
+    here: only for a caller whose unit of work runs its final steps (the HTTP API's).
 
     Raises:
         PriceNotPurchasable, InvalidLineItem, MixedCurrencies, CustomerNotFound, OutOfStock,
@@ -559,6 +564,11 @@ async def create_session(
         await _set_shipping(session, checkout, shipping_address)
     checkout.client_secret = f"{checkout.id}_secret_{new_secret('x')[2:26]}"
     session.add(checkout)
+    if write_at_commit and not subscribing and admission is None and not built.is_tracked:
+        # Nothing below refers to the rows: the session and its lines are written at the
+        # commit, with the request's Idempotency-Key row (one statement on PostgreSQL).
+        flush_together_at_commit(session)
+        return checkout
     await session.flush()
     if subscribing:
         # A subscription sells no stock now: nothing to hold, no drop to claim.
@@ -1171,6 +1181,7 @@ async def finish_confirm(
     result: ChargeResult,
     base_url: str,
     now: datetime,
+    write_at_commit: bool = False,
 ) -> ConfirmOutcome:
     """Step 3 of a confirm, under the session's lock: record the gateway's answer and, when
     it is a success, complete the sale. Idempotent: when the attempt was already recorded
@@ -1178,7 +1189,9 @@ async def finish_confirm(
     as it stands. Used by the worker too, for attempts a crash left ``processing``.
 
     A failed payment is returned as ``ConfirmOutcome.error`` rather than raised, so the
-    attempt and its event commit with the unit of work.
+    attempt and its event commit with the unit of work. With ``write_at_commit`` a
+    completed sale's last writes (the session and the events) are left to the unit of
+    work's commit (``kit.flush.flush_together_at_commit``).
     """
     checkout, has_key_pool = (
         (await session.execute(_SESSION_LOCKED, {"session_id": call.purpose_id})).unique().one()
@@ -1215,7 +1228,14 @@ async def finish_confirm(
             data=attempt_payload(attempt),
         )
         return ConfirmOutcome(checkout, error=payments.failure_error(attempt))
-    await _complete_sale(session, checkout=checkout, attempt=attempt, base_url=base_url, now=now)
+    await _complete_sale(
+        session,
+        checkout=checkout,
+        attempt=attempt,
+        base_url=base_url,
+        now=now,
+        write_at_commit=write_at_commit,
+    )
     return ConfirmOutcome(checkout)
 
 
@@ -1237,6 +1257,7 @@ async def _complete_sale(
     attempt: PaymentAttempt,
     base_url: str,
     now: datetime,
+    write_at_commit: bool,
 ) -> None:
     creator_id = checkout.creator_id
     email = checkout.customer_email
@@ -1304,8 +1325,12 @@ async def _complete_sale(
         ),
     )
     # One flush: the session's update and both events (order.paid and this one), in one
-    # statement on PostgreSQL (ADR 0030).
-    await flush_together(session)
+    # statement on PostgreSQL (ADR 0030), at the commit when the caller's unit of work
+    # writes the request's Idempotency-Key row there too.
+    if write_at_commit:
+        flush_together_at_commit(session)
+    else:
+        await flush_together(session)
 
 
 async def confirm_session(
@@ -1355,7 +1380,13 @@ async def confirm_session(
     result = await payments.call_gateway(gateway, start.call)
     async with session_or_unit_of_work(database, session) as finishing:
         return await finish_confirm(
-            finishing, call=start.call, result=result, base_url=base_url, now=now
+            finishing,
+            call=start.call,
+            result=result,
+            base_url=base_url,
+            now=now,
+            # The caller's unit of work commits ``session``: its commit writes them.
+            write_at_commit=session is not None,
         )
 
 

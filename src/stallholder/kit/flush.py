@@ -2,32 +2,44 @@
 
 ``flush_together`` writes what a session's flush would — new rows and updated columns of
 loaded rows — as data-modifying CTEs of one statement, where each part is plain: a new row
-with every column set (or a scalar default) and no relationship to sync, an update of
-columns only. PostgreSQL runs each CTE exactly once and checks foreign keys at the end of
-the statement. The rows are then handed to the session as written: new objects become
-persistent as if loaded, updated attributes committed. Anything else (deletes, generated
-keys, relationship changes, inheritance, SQLite) is an ordinary ``session.flush()``.
+with every column set (or a scalar default, or a key the database generates, read back),
+an update of columns only. New rows may be new children of a new row's one-to-many
+relationship (a checkout session's line items): their foreign key is set from the parent,
+as the ORM's flush would. PostgreSQL runs each CTE exactly once and checks foreign keys at
+the end of the statement. The rows are then handed to the session as written: new objects
+become persistent as if loaded, updated attributes committed. Rows that are not the ORM's
+(``also``: the stored response of a request's ``Idempotency-Key``) may join the statement.
+Anything else (deletes, other relationship changes, inheritance, server defaults, SQLite)
+is an ordinary ``session.flush()``, with ``also`` inserted after it.
 
 The parts of one statement see the same snapshot and run in no set order, where the ORM
 would order them by their dependencies; foreign keys do not care (they are checked at the
 end), but a unique value moved from one row to another in the same flush would collide.
-Call it where the flush is known to be plain (a confirm's steps 1 and 3).
+Call it where the flush is known to be plain (a checkout session's creation, a confirm's
+steps 1 and 3); ``flush_together_at_commit`` leaves the flush to the unit of work's commit,
+where the request's ``Idempotency-Key`` row joins it.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Column, Table, bindparam, inspect, text
+from sqlalchemy import Column, Insert, Integer, Table, bindparam, insert, inspect, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm import RelationshipDirection, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql.elements import TextClause
 
-# (table, insert | update, the columns written, the key columns of an update)
+from stallholder.kit.db import defer_until_commit
+
+# (table, insert | update, the columns written, the key columns of an update or the
+# generated key an insert reads back)
 _Part = tuple[Table, str, tuple[str, ...], tuple[str, ...]]
+# A row that is not the ORM's, inserted with the flush: its table and values by column.
+Extra = tuple[Table, Mapping[str, Any]]
 
 
 class _NotPlain(Exception):
@@ -36,29 +48,34 @@ class _NotPlain(Exception):
 
 @functools.cache
 def _statement(parts: tuple[_Part, ...]) -> TextClause:
-    """The statement for one shape of flush, built once: ``w<n>`` CTEs, then a count of
-    the rows each update matched."""
+    """The statement for one shape of flush, built once: ``w<n>`` CTEs, then, in part
+    order, the count of the rows each update matched and the key each insert generated."""
     ctes: list[str] = []
     binds = []
-    counted: list[str] = []
+    returned: list[str] = []
     for n, (table, verb, columns, keys) in enumerate(parts):
-        for column in (*columns, *keys):
+        for column in columns if verb == "insert" else (*columns, *keys):
             binds.append(bindparam(f"p{n}_{column}", type_=table.c[column].type))
         if verb == "insert":
             names = ", ".join(f'"{column}"' for column in columns)
             values = ", ".join(f":p{n}_{column}" for column in columns)
-            insert = f'INSERT INTO "{table.name}" ({names}) VALUES ({values})'  # noqa: S608
-            ctes.append(f"w{n} AS ({insert})")
+            insert_ = f'INSERT INTO "{table.name}" ({names}) VALUES ({values})'  # noqa: S608
+            if keys:
+                (generated,) = keys
+                ctes.append(f'w{n} AS ({insert_} RETURNING "{generated}")')
+                returned.append(f'(SELECT "{generated}" FROM w{n}) AS w{n}')  # noqa: S608
+            else:
+                ctes.append(f"w{n} AS ({insert_})")
         else:
             assignments = ", ".join(f'"{column}" = :p{n}_{column}' for column in columns)
             where = " AND ".join(f'"{key}" = :p{n}_{key}' for key in keys)
             update = f'UPDATE "{table.name}" SET {assignments} WHERE {where}'  # noqa: S608
             ctes.append(f"w{n} AS ({update} RETURNING 1)")
-            counted.append(f"(SELECT count(*) FROM w{n}) AS w{n}")  # noqa: S608
+            returned.append(f"(SELECT count(*) FROM w{n}) AS w{n}")  # noqa: S608
     # Only names from the tables' metadata and numbered parameters go into the text.
-    return text(f"WITH {', '.join(ctes)} SELECT {', '.join(counted) or '0 AS nothing'}").bindparams(
-        *binds
-    )
+    return text(
+        f"WITH {', '.join(ctes)} SELECT {', '.join(returned) or '0 AS nothing'}"
+    ).bindparams(*binds)
 
 
 def _table_of(row: object) -> Table:
@@ -69,32 +86,66 @@ def _table_of(row: object) -> Table:
     return table
 
 
-def _insert(row: object) -> tuple[Table, dict[str, Any], dict[str, Any]]:
-    """A new row's values by column, and the defaults applied to it by attribute."""
+def _generated_key(table: Table) -> Column[Any] | None:
+    """The table's key when the database generates it (a serial integer), else None."""
+    (key, *more) = table.primary_key.columns
+    if more or not isinstance(key.type, Integer) or key.autoincrement not in (True, "auto"):
+        return None
+    return key
+
+
+def _adopt_children(row: object, new: set[int]) -> None:
+    """Set the foreign keys of a new row's new children (its one-to-many relationships),
+    as the ORM's flush would; any other relationship change is not plain."""
+    state = inspect(row)
+    for relationship in state.mapper.relationships:
+        history = state.attrs[relationship.key].history
+        if not history.has_changes():
+            continue
+        if (
+            relationship.direction is not RelationshipDirection.ONETOMANY
+            or relationship.secondary is not None
+            or history.deleted
+            or history.unchanged
+            or any(id(child) not in new for child in history.added)
+        ):
+            raise _NotPlain
+        for child in history.added:
+            child_mapper = inspect(child).mapper
+            for local, remote in relationship.local_remote_pairs:
+                value = getattr(row, state.mapper.get_property_by_column(local).key)
+                setattr(child, child_mapper.get_property_by_column(remote).key, value)
+
+
+def _insert(
+    row: object,
+) -> tuple[Table, dict[str, Any], dict[str, Any], tuple[str, str] | None]:
+    """A new row's values by column, the defaults applied to it by attribute, and the
+    attribute and column of the key the database generates for it (None when it has its
+    key)."""
     state = inspect(row)
     mapper = state.mapper
     table = _table_of(row)
-    for relationship in mapper.relationships:
-        if state.attrs[relationship.key].history.has_changes():
-            raise _NotPlain
+    generated = _generated_key(table)
     values: dict[str, Any] = {}
     defaults: dict[str, Any] = {}
+    generated_attribute = None
     for column in table.columns:
         key = mapper.get_property_by_column(column).key
-        if key in state.dict:
+        if key in state.dict and not (column is generated and state.dict[key] is None):
             values[column.name] = state.dict[key]
+        elif column is generated:
+            generated_attribute = (key, column.name)
         elif isinstance(column, Column) and column.default is not None:
             if not column.default.is_scalar:
                 raise _NotPlain
             values[column.name] = defaults[key] = column.default.arg  # type: ignore[attr-defined]
-        elif column.server_default is None and not (
-            column.primary_key and column.autoincrement is True
-        ):
+        elif column.server_default is None and not column.primary_key:
             # What the ORM would leave out, for the database to fill with NULL.
             values[column.name] = defaults[key] = None
-        else:  # a generated key, a server default: the database would choose it
+        else:  # a server default: the database would choose it
             raise _NotPlain
-    return table, values, defaults
+    return table, values, defaults, generated_attribute
 
 
 def _update(row: object) -> tuple[Table, dict[str, Any], dict[str, Any]]:
@@ -125,46 +176,93 @@ def _update(row: object) -> tuple[Table, dict[str, Any], dict[str, Any]]:
     return table, changed, key
 
 
-async def flush_together(session: AsyncSession) -> None:
-    """``session.flush()``, in one statement where it can be (the module's docstring).
+@functools.cache
+def _insert_into(table: Table) -> Insert:
+    return insert(table)
+
+
+async def _flush_then_insert(session: AsyncSession, also: Sequence[Extra]) -> None:
+    await session.flush()
+    for table, values in also:
+        await session.execute(_insert_into(table), dict(values))
+
+
+async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -> None:
+    """``session.flush()`` and then an insert of each row of ``also``, in one statement
+    where it can be (the module's docstring).
 
     Raises:
         StaleDataError: an update matched no row (as the ORM's flush would).
+        IntegrityError: a row broke a constraint (the transaction must be rolled back).
     """
     sync = session.sync_session
     dirty = [row for row in sync.dirty if sync.is_modified(row)]
     new = list(sync.new)
-    if session.get_bind().dialect.name != "postgresql" or sync.deleted or len(new) + len(dirty) < 2:
-        await session.flush()
+    if (
+        session.get_bind().dialect.name != "postgresql"
+        or sync.deleted
+        or len(new) + len(dirty) + len(also) < 2
+    ):
+        await _flush_then_insert(session, also)
         return
     try:
+        pending = {id(row) for row in new}
+        for row in new:
+            _adopt_children(row, pending)
         inserts = [_insert(row) for row in new]
         updates = [_update(row) for row in dirty]
     except _NotPlain:
-        await session.flush()
+        await _flush_then_insert(session, also)
         return
     parts: list[_Part] = []
     params: dict[str, Any] = {}
-    for table, values, _defaults in inserts:
+    # Each output of the statement, in part order: (update index | None, new row index | None).
+    reads: list[tuple[int | None, int | None]] = []
+    for index, (table, values, _defaults, generated) in enumerate(inserts):
         params |= {f"p{len(parts)}_{column}": value for column, value in values.items()}
-        parts.append((table, "insert", tuple(values), ()))
-    for table, changed, where in updates:
+        returning = () if generated is None else (generated[1],)
+        parts.append((table, "insert", tuple(values), returning))
+        if generated is not None:
+            reads.append((None, index))
+    for table, extra in also:
+        params |= {f"p{len(parts)}_{column}": value for column, value in extra.items()}
+        parts.append((table, "insert", tuple(extra), ()))
+    for index, (table, changed, where) in enumerate(updates):
         params |= {f"p{len(parts)}_{column}": value for column, value in changed.items()}
         params |= {f"p{len(parts)}_{column}": value for column, value in where.items()}
         parts.append((table, "update", tuple(changed), tuple(where)))
+        reads.append((index, None))
     with sync.no_autoflush:  # the statement is this flush
-        counts = (await session.execute(_statement(tuple(parts)), params)).one()
-    if any(count != 1 for count in counts[: len(updates)]):
+        row = (await session.execute(_statement(tuple(parts)), params)).one()
+    outputs = tuple(row) if reads else ()  # else the one ``nothing`` column
+    if any(
+        updated is not None and count != 1
+        for (updated, _), count in zip(reads, outputs, strict=True)
+    ):
         await session.rollback()  # as a failed flush leaves the transaction
-        raise StaleDataError(f"an update of this flush matched {list(counts)} rows, not 1 each")
-    for row, (_table, _values, defaults) in zip(new, inserts, strict=True):
+        raise StaleDataError(f"an update of this flush matched {list(outputs)} rows, not 1 each")
+    for (_, made), value in zip(reads, outputs, strict=True):
+        if made is not None:
+            made_key = inserts[made][3]
+            assert made_key is not None
+            set_committed_value(new[made], made_key[0], value)
+    for row, (_table, _values, defaults, _generated) in zip(new, inserts, strict=True):
         for key, value in defaults.items():
             set_committed_value(row, key, value)
         sync.expunge(row)
         make_transient_to_detached(row)
+    for row in new:
         sync.add(row)
     for row in dirty:
         state = inspect(row)
         for attribute in state.attrs:
             if attribute.history.has_changes():
                 set_committed_value(row, attribute.key, attribute.history.added[0])
+
+
+def flush_together_at_commit(session: AsyncSession) -> None:
+    """Leave this unit of work's flush to its commit, in one statement there
+    (``flush_together``): the idempotency middleware's stored response joins it, and
+    ``Database.unit_of_work`` runs it as a final step. A statement run before the commit
+    that needs the rows (any ORM query: autoflush) flushes them first, as usual."""
+    defer_until_commit(session, flush_together)

@@ -39,7 +39,6 @@ from sqlalchemy import (
     UniqueConstraint,
     bindparam,
     delete,
-    insert,
     select,
     update,
 )
@@ -51,6 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stallholder.kit.clock import Clock
 from stallholder.kit.db import Base, Database, SerialPK, is_unique_violation, run_final_steps
 from stallholder.kit.errors import PROBLEM_MEDIA_TYPE, Conflict, DomainError, InvalidRequest
+from stallholder.kit.flush import flush_together
 from stallholder.kit.http import (
     PRINCIPAL_SCOPE_KEY,
     REQUEST_KEY_SCOPE_KEY,
@@ -173,7 +173,6 @@ class _Claim:
 # The statements that record a response, built once (construction costs more CPU than
 # the cached compilation); each use binds its values.
 _KEYS = cast(Table, IdempotencyKey.__table__)
-_INSERT_COMPLETE = insert(_KEYS)
 _COMPLETE = (
     update(_KEYS)
     .where(
@@ -449,18 +448,25 @@ class IdempotencyMiddleware:
         }
         if claim.at_commit:
             assert claim.at is not None
-            await session.execute(
-                _INSERT_COMPLETE,
-                {
-                    "scope": claim.caller,
-                    "key": claim.key,
-                    "request_hash": claim.request_hash,
-                    "is_complete": True,
-                    "created_at": claim.at,
-                    "locked_at": claim.at,
-                    "lock_token": claim.token,
-                    **response,
-                },
+            # With whatever the request left to its commit, in one statement on
+            # PostgreSQL where that is plain (``kit.flush``, ADR 0030).
+            await flush_together(
+                session,
+                also=[
+                    (
+                        _KEYS,
+                        {
+                            "scope": claim.caller,
+                            "key": claim.key,
+                            "request_hash": claim.request_hash,
+                            "is_complete": True,
+                            "created_at": claim.at,
+                            "locked_at": claim.at,
+                            "lock_token": claim.token,
+                            **response,
+                        },
+                    )
+                ],
             )
             return True
         result = await session.execute(
