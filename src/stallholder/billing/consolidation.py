@@ -51,6 +51,7 @@ from stallholder.billing.models import (
 from stallholder.billing.subscriptions import billing_now
 from stallholder.kit import work
 from stallholder.kit.db import Database, transaction_memo
+from stallholder.kit.flush import flush_together
 from stallholder.kit.ids import new_id
 from stallholder.ledger.fees import fees_before_charge
 from stallholder.orders import service as orders
@@ -655,6 +656,10 @@ async def charge_invoices(
             )
             for call, result in recorded:
                 await complete_charge(session, call, result, now, policy=policy)
+                # What it left to flush (the invoice's and subscription's updates, the
+                # events): one statement on PostgreSQL (ADR 0030), where the next
+                # outcome's update would have flushed it through the ORM.
+                await flush_together(session)
     except Exception:
         log.exception("recording a batch of %d outcomes failed; one by one", len(recorded))
         for call, result in recorded:

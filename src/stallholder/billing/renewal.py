@@ -65,6 +65,7 @@ from stallholder.kit.db import (
     read_and_hold,
     transaction_memo,
 )
+from stallholder.kit.flush import flush_together
 from stallholder.ledger.fees import FeeSchedule, fees_before_charge
 from stallholder.orders import service as orders
 from stallholder.payments import methods
@@ -406,12 +407,14 @@ async def _begin(
         saved_payment_method_id=method.id,
         payee=payee,
         latest_number=number - 1,
+        flush=False,
     )
     _remember_attempt(session, attempt)
     invoice.attempt_count = number
     invoice.next_payment_attempt = None
     invoice.updated_at = at
-    await session.flush()
+    # The attempt and the invoice's update: one statement on PostgreSQL (ADR 0030).
+    await flush_together(session)
     return payments.gateway_call_for(attempt)
 
 

@@ -33,6 +33,7 @@ from stallholder.catalog.models import Price, Product
 from stallholder.events import service as events
 from stallholder.kit import work
 from stallholder.kit.errors import Conflict, InvalidRequest, NotFound
+from stallholder.kit.flush import fill_defaults
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
 from stallholder.payments import methods
@@ -208,20 +209,22 @@ async def by_request_key(session: AsyncSession, *, request_key: str) -> Subscrip
     ).scalar_one_or_none()
 
 
-def _is_unwritten(session: AsyncSession, row: object, children: Sequence[object]) -> bool:
-    """Whether ``row`` or one of its ``children`` is new to the database: flushed first,
-    its column defaults are applied before an event shows it. A row already written shows
-    what it holds in memory (this transaction's changes too), so needs no flush; the
-    event is then written by the next flush with the others (one multi-row insert)."""
-    return row in session.new or any(child in session.new for child in children)
+async def _as_written(session: AsyncSession, row: object, children: Sequence[object]) -> None:
+    """Make ``row`` and its ``children`` read as the database will hold them, for an event
+    to show: a new one gets its column defaults in memory (``kit.flush.fill_defaults``),
+    or, when only the database knows one, is flushed. A row already written shows what it
+    holds in memory (this transaction's changes too). Either way the event is written by
+    the next flush with the others (a renewal batch's in one statement)."""
+    unwritten = [each for each in (row, *children) if each in session.new]
+    if unwritten and not fill_defaults(unwritten):
+        await session.flush()
 
 
 async def emit(
     session: AsyncSession, subscription: Subscription, type: str, *, now: datetime
 ) -> None:
     """Emit a subscription event with the subscription as it is now."""
-    if _is_unwritten(session, subscription, subscription.items):
-        await session.flush()
+    await _as_written(session, subscription, subscription.items)
     await events.emit(
         session,
         creator_id=subscription.creator_id,
@@ -235,8 +238,7 @@ async def emit_invoice(
     session: AsyncSession, invoice: Invoice, type: str, *, now: datetime
 ) -> None:
     """Emit an invoice event with the invoice as it is now."""
-    if _is_unwritten(session, invoice, invoice.lines):
-        await session.flush()
+    await _as_written(session, invoice, invoice.lines)
     await events.emit(
         session,
         creator_id=invoice.creator_id,

@@ -21,6 +21,7 @@ from stallholder.billing.kinds import (
     kind_for,
 )
 from stallholder.kit import work
+from stallholder.kit.flush import flush_together
 from stallholder.ledger.service import platform_fee_policy
 from stallholder.payments.gateway import Gateway
 from stallholder.settings import Settings
@@ -82,6 +83,9 @@ async def renew(
                     now=now,
                     pending_work=scheduled,
                 )
+            # The batch's invoices, lines, subscriptions' updates and events: one
+            # statement on PostgreSQL (ADR 0030), one per table through the ORM on SQLite.
+            await flush_together(session)
             await work.enqueue_many(session, scheduled, now=now)
         return {}
     except Exception:

@@ -23,7 +23,7 @@ where the request's ``Idempotency-Key`` row joins it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Column, Insert, Integer, Table, bindparam, insert, inspect, text
@@ -117,6 +117,47 @@ def _adopt_children(row: object, new: set[int]) -> None:
                 setattr(child, child_mapper.get_property_by_column(remote).key, value)
 
 
+_NO_DEFAULT = object()
+
+
+def _python_default(column: Column[Any]) -> Any:
+    """The value the ORM's flush would give ``column`` when a new row leaves it unset: its
+    scalar default, or its default function's result (one that takes no context). None
+    when it has no default here; ``_NO_DEFAULT`` when only the database can say (a
+    server default, a default that reads the statement's context)."""
+    default = column.default
+    if default is None:
+        return None if column.server_default is None else _NO_DEFAULT
+    if default.is_scalar:
+        return default.arg  # type: ignore[attr-defined]
+    if default.is_callable and default.arg is not default._fn:  # type: ignore[attr-defined]
+        return default._fn()  # type: ignore[attr-defined]  # wrapped: takes no context
+    return _NO_DEFAULT
+
+
+def fill_defaults(rows: Iterable[object]) -> bool:
+    """Give new ``rows`` the column defaults their insert would give them (keys the
+    database generates aside), so they read as written before they are flushed (an
+    event's payload). False, with nothing changed, when some default only the database
+    knows is missing: flush instead."""
+    filled: list[tuple[object, str, Any]] = []
+    for row in rows:
+        state = inspect(row)
+        table = _table_of(row)
+        generated = _generated_key(table)
+        for column in table.columns:
+            key = state.mapper.get_property_by_column(column).key
+            if key in state.dict or column is generated:
+                continue
+            value = _python_default(column)
+            if value is _NO_DEFAULT:
+                return False
+            filled.append((row, key, value))
+    for row, key, value in filled:
+        setattr(row, key, value)
+    return True
+
+
 def _insert(
     row: object,
 ) -> tuple[Table, dict[str, Any], dict[str, Any], tuple[str, str] | None]:
@@ -136,15 +177,14 @@ def _insert(
             values[column.name] = state.dict[key]
         elif column is generated:
             generated_attribute = (key, column.name)
-        elif isinstance(column, Column) and column.default is not None:
-            if not column.default.is_scalar:
-                raise _NotPlain
-            values[column.name] = defaults[key] = column.default.arg  # type: ignore[attr-defined]
-        elif column.server_default is None and not column.primary_key:
-            # What the ORM would leave out, for the database to fill with NULL.
-            values[column.name] = defaults[key] = None
-        else:  # a server default: the database would choose it
-            raise _NotPlain
+        elif column.primary_key and column.default is None:
+            raise _NotPlain  # a key left unset that the database does not make
+        else:
+            # Its default, or NULL where the ORM would leave it out for the database.
+            value = _python_default(column)
+            if value is _NO_DEFAULT:
+                raise _NotPlain  # the database would choose it
+            values[column.name] = defaults[key] = value
     return table, values, defaults, generated_attribute
 
 
@@ -198,6 +238,8 @@ async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -
     sync = session.sync_session
     dirty = [row for row in sync.dirty if sync.is_modified(row)]
     new = list(sync.new)
+    if not (new or dirty or sync.deleted or also):
+        return  # nothing to write (a deferred flush the commit's record already wrote)
     if (
         session.get_bind().dialect.name != "postgresql"
         or sync.deleted
@@ -249,7 +291,8 @@ async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -
     for row, (_table, _values, defaults, _generated) in zip(new, inserts, strict=True):
         for key, value in defaults.items():
             set_committed_value(row, key, value)
-        sync.expunge(row)
+        if row in sync:  # not yet expunged by its parent's cascade
+            sync.expunge(row)
         make_transient_to_detached(row)
     for row in new:
         sync.add(row)
