@@ -82,15 +82,18 @@ async def test_a_new_buyers_sale_sends_a_fixed_number_of_statements(
             if sqlite
             else ["WITH receipt"]  # the receipt number, the order and its lines in one
         ),
+        # At the commit on PostgreSQL, in one statement: the ledger posting (the journal
+        # transaction, its lines, the balances), the session's completion, both events
+        # and the key's row (ADR 0030).
         *(
-            ["INSERT journal_transactions", "INSERT journal_lines", "INSERT balances"]
-            if sqlite
-            else ["WITH posted_transaction"]  # the posting in one statement
-        ),
-        # At the commit: the session's completion, both events and the key's row, in
-        # one statement on PostgreSQL.
-        *(
-            ["UPDATE checkout_sessions", "INSERT events", "INSERT idempotency_keys"]
+            [
+                "INSERT journal_transactions",
+                "INSERT journal_lines",
+                "INSERT balances",
+                "UPDATE checkout_sessions",
+                "INSERT events",
+                "INSERT idempotency_keys",
+            ]
             if sqlite
             else ["WITH w0"]
         ),

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.kit.db import Database
+from stallholder.accounts.models import Creator
+from stallholder.kit.db import Database, run_final_steps
+from stallholder.kit.flush import flush_together
 from stallholder.ledger import service as ledger
 from stallholder.ledger.fees import Split
 from stallholder.ledger.models import Balance, JournalLine, JournalTransaction
 from tests import factories
 from tests.conftest import T0
-from tests.statements import statements
+from tests.statements import shape, statements
 
 pytestmark = pytest.mark.anyio
 
@@ -82,3 +85,96 @@ async def test_a_posting_writes_its_transaction_lines_and_balances_and_adds_to_b
             (ledger.PROCESSOR_FEES, "usd"): 148,
         }
         assert report.is_clean
+
+
+async def _post_with_flush(session: AsyncSession, creator_id: str, n: int) -> str:
+    return await ledger.post(
+        session,
+        creator_id=creator_id,
+        kind="payment",
+        reference_id=f"ord_{n}",
+        currency="usd",
+        lines=ledger.payment_lines(
+            creator_id, Split(gross=1500, platform_fee=75, processor_fee=74)
+        ),
+        description=f"Payment for order {n}",
+        now=T0,
+        with_flush=True,
+    )
+
+
+async def _balances(database: Database) -> dict[str, int]:
+    async with database.read() as session:
+        assert (await ledger.verify(session)).is_clean
+        rows = (await session.execute(select(Balance.account, Balance.amount))).all()
+    return dict(rows)
+
+
+async def test_a_posting_with_the_flush_is_part_of_its_statement(database: Database) -> None:
+    """``with_flush``: the posting waits for the next ``flush_together`` and is written in
+    its statement on PostgreSQL; two waiting postings never share one (the first is sent
+    when the second comes); one left waiting is written at the commit."""
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0)
+    async with database.unit_of_work() as session:
+        with statements(database, as_=shape) as sent:
+            await _post_with_flush(session, creator.id, 1)
+            assert sent == (
+                ["BEGIN", "INSERT journal_transactions", "INSERT journal_lines", "INSERT balances"]
+                if database.is_sqlite
+                else []  # waiting for the flush
+            )
+            creator.display_name = "Renamed"
+            session.add(creator)
+            await flush_together(session)
+        if not database.is_sqlite:
+            assert sent == ["WITH w0_posted_transaction"]  # with the creator's update
+    async with database.unit_of_work() as session:
+        with statements(database, as_=shape) as sent:
+            await _post_with_flush(session, creator.id, 2)
+            await _post_with_flush(session, creator.id, 3)  # sends the second first
+        if not database.is_sqlite:
+            assert sent == ["WITH posted_transaction"]
+        # The third is written by the commit (its deferred flush).
+    assert await _balances(database) == {
+        ledger.BUYER_FUNDS: -4500,
+        ledger.creator_account(creator.id): 3 * 1351,
+        ledger.PLATFORM_FEES: 3 * 75,
+        ledger.PROCESSOR_FEES: 3 * 74,
+    }
+    async with database.read() as session:
+        references = (
+            await session.execute(
+                select(JournalTransaction.reference_id).order_by(JournalTransaction.reference_id)
+            )
+        ).scalars()
+        assert list(references) == ["ord_1", "ord_2", "ord_3"]
+        renamed = await session.get(Creator, creator.id)
+        assert renamed is not None
+        assert renamed.display_name == "Renamed"
+
+
+async def test_a_posting_waiting_for_the_flush_is_gone_with_a_rollback(database: Database) -> None:
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0)
+
+    async def changing_my_mind() -> None:
+        async with database.unit_of_work() as session:
+            await _post_with_flush(session, creator.id, 1)
+            raise RuntimeError("changed my mind")
+
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        await changing_my_mind()
+    async with database.sessionmaker() as session:
+        # A session used again after a rollback (the idempotency middleware's, storing a
+        # problem) sends nothing the rolled-back work left waiting.
+        await session.get(Creator, creator.id)  # the transaction has begun
+        await _post_with_flush(session, creator.id, 2)
+        await session.rollback()
+        await _post_with_flush(session, creator.id, 3)
+        await run_final_steps(session)
+        await session.commit()
+    assert (await _balances(database))[ledger.PLATFORM_FEES] == 75
+    async with database.read() as session:
+        references = (await session.execute(select(JournalTransaction.reference_id))).scalars()
+        assert list(references) == ["ord_3"]

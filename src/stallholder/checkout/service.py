@@ -1297,6 +1297,8 @@ async def _complete_sale(
             rate_name=checkout.shipping_rate_name,
             amount=checkout.amount_shipping,
         ),
+        # The posting goes with the last flush too, when that is at the commit.
+        post_with_flush=write_at_commit,
     )
     if checkout.shipping_address is not None:
         await accounts.note_country(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Column, Insert, Integer, Table, bindparam, insert, inspect, text
@@ -33,13 +34,55 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql.elements import TextClause
 
-from stallholder.kit.db import defer_until_commit
+from stallholder.kit.db import defer_until_commit, transaction_memo
 
 # (table, insert | update, the columns written, the key columns of an update or the
-# generated key an insert reads back)
-_Part = tuple[Table, str, tuple[str, ...], tuple[str, ...]]
+# generated key an insert reads back), or (None, write, (its CTEs,), ())
+_Part = tuple[Table | None, str, tuple[str, ...], tuple[str, ...]]
 # A row that is not the ORM's, inserted with the flush: its table and values by column.
 Extra = tuple[Table, Mapping[str, Any]]
+# What a ``Write``'s SQL writes before the names of its CTEs and bind parameters.
+PREFIX = "__w__"
+_WRITES = "stallholder.writes_with_flush"
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A write of SQL text whose result nothing reads (a ledger posting), sent with the
+    next ``flush_together`` as CTEs of its statement (``write_with_flush``).
+
+    ``ctes`` are CTE definitions (``name AS (INSERT …), …``) with ``PREFIX`` before each
+    CTE's name and each bind parameter's (``:__w__amount``); ``params`` are bound by name
+    without it. ``alone`` is the same write as a statement of its own, with those params,
+    for when it is not sent with a flush."""
+
+    ctes: str
+    params: Mapping[str, Any]
+    alone: TextClause
+
+
+def write_with_flush(session: AsyncSession, write: Write) -> None:
+    """Send ``write`` with this unit of work's next ``flush_together`` (at the latest its
+    commit's: it is deferred there too). Only for a write nothing in the transaction
+    reads before the commit, and that touches no row another pending write touches (two
+    parts of one statement may not change the same row): ``pending_writes`` says whether
+    there is one, ``send_writes`` sends them first."""
+    # The transaction's: a rollback forgets it (a session used again after one, as the
+    # idempotency middleware's is to store a problem, never sends it).
+    pending: list[Write] = transaction_memo(session).setdefault(_WRITES, [])
+    if not pending:
+        defer_until_commit(session, flush_together)
+    pending.append(write)
+
+
+def pending_writes(session: AsyncSession) -> bool:
+    return bool(transaction_memo(session).get(_WRITES))
+
+
+async def send_writes(session: AsyncSession) -> None:
+    """Send the pending writes now, each a statement of its own."""
+    for write in transaction_memo(session).pop(_WRITES, None) or []:
+        await session.execute(write.alone, dict(write.params))
 
 
 class _NotPlain(Exception):
@@ -54,6 +97,9 @@ def _statement(parts: tuple[_Part, ...]) -> TextClause:
     binds = []
     returned: list[str] = []
     for n, (table, verb, columns, keys) in enumerate(parts):
+        if table is None:  # a ``Write``: its CTEs, its names made this part's
+            ctes.append(columns[0].replace(PREFIX, f"w{n}_"))
+            continue
         for column in columns if verb == "insert" else (*columns, *keys):
             binds.append(bindparam(f"p{n}_{column}", type_=table.c[column].type))
         if verb == "insert":
@@ -225,6 +271,7 @@ async def _flush_then_insert(session: AsyncSession, also: Sequence[Extra]) -> No
     await session.flush()
     for table, values in also:
         await session.execute(_insert_into(table), dict(values))
+    await send_writes(session)
 
 
 async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -> None:
@@ -238,12 +285,13 @@ async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -
     sync = session.sync_session
     dirty = [row for row in sync.dirty if sync.is_modified(row)]
     new = list(sync.new)
-    if not (new or dirty or sync.deleted or also):
+    writes: list[Write] = transaction_memo(session).get(_WRITES) or []
+    if not (new or dirty or sync.deleted or also or writes):
         return  # nothing to write (a deferred flush the commit's record already wrote)
     if (
         session.get_bind().dialect.name != "postgresql"
         or sync.deleted
-        or len(new) + len(dirty) + len(also) < 2
+        or len(new) + len(dirty) + len(also) + len(writes) < 2
     ):
         await _flush_then_insert(session, also)
         return
@@ -269,6 +317,9 @@ async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -
     for table, extra in also:
         params |= {f"p{len(parts)}_{column}": value for column, value in extra.items()}
         parts.append((table, "insert", tuple(extra), ()))
+    for write in writes:
+        params |= {f"w{len(parts)}_{name}": value for name, value in write.params.items()}
+        parts.append((None, "write", (write.ctes,), ()))
     for index, (table, changed, where) in enumerate(updates):
         params |= {f"p{len(parts)}_{column}": value for column, value in changed.items()}
         params |= {f"p{len(parts)}_{column}": value for column, value in where.items()}
@@ -276,6 +327,7 @@ async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -
         reads.append((index, None))
     with sync.no_autoflush:  # the statement is this flush
         row = (await session.execute(_statement(tuple(parts)), params)).one()
+    transaction_memo(session).pop(_WRITES, None)
     outputs = tuple(row) if reads else ()  # else the one ``nothing`` column
     if any(
         updated is not None and count != 1

@@ -12,6 +12,7 @@ from typing import Any, cast
 from sqlalchemy import Table, TextClause, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from stallholder.kit.flush import PREFIX, Write, send_writes, write_with_flush
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
 from stallholder.ledger.fees import FeeSchedule, Split
@@ -111,6 +112,32 @@ def _posting(lines: int, accounts: int) -> TextClause:
     )
 
 
+@functools.cache
+def _posting_ctes(lines: int, accounts: int) -> str:
+    """``_posting`` as CTEs of another statement (``kit.flush.Write``): the same three
+    writes, the balances' upsert a CTE too, names and parameters prefixed."""
+    p = PREFIX
+    line_values = ", ".join(
+        f"(:{p}t_creator_id, :{p}t_id, :{p}line_account_{n}, :{p}currency, :{p}line_amount_{n})"
+        for n in range(lines)
+    )
+    balance_values = ", ".join(
+        f"(:{p}account_{n}, :{p}currency_{n}, :{p}amount_{n})" for n in range(accounts)
+    )
+    # Only bind parameters' names go into the text, numbered by ``lines`` and ``accounts``.
+    return (
+        f"{p}posted_transaction AS (INSERT INTO journal_transactions "  # noqa: S608
+        "(id, creator_id, kind, reference_id, description, created_at) VALUES "
+        f"(:{p}t_id, :{p}t_creator_id, :{p}t_kind, :{p}t_reference_id, :{p}t_description, "
+        f":{p}t_created_at)), "
+        f"{p}posted_lines AS (INSERT INTO journal_lines "
+        f"(creator_id, transaction_id, account, currency, amount) VALUES {line_values}), "
+        f"{p}posted_balances AS (INSERT INTO balances (account, currency, amount) VALUES "
+        f"{balance_values} ON CONFLICT (account, currency) DO UPDATE SET amount = "
+        "balances.amount + excluded.amount)"
+    )
+
+
 async def post(
     session: AsyncSession,
     *,
@@ -121,10 +148,17 @@ async def post(
     lines: Sequence[Line],
     description: str,
     now: datetime,
+    with_flush: bool = False,
 ) -> str:
     """Write one balanced transaction and move the balances of its accounts; returns the
     transaction's id. On PostgreSQL all of it is one statement (``_posting``); on SQLite,
     three (the transaction, its lines, the balances).
+
+    With ``with_flush`` (PostgreSQL), the posting is sent as part of the unit of work's
+    next ``kit.flush.flush_together`` (at the latest its commit's): one statement fewer,
+    for a caller that reads no balance or journal row before then (a sale's completion).
+    A posting already waiting so is sent first, on its own: two postings in one statement
+    could move the same balance twice.
 
     Raises:
         UnbalancedTransaction: the lines do not sum to zero (a programming error).
@@ -153,7 +187,14 @@ async def post(
             values[f"line_account_{n}"] = line.account
             values[f"line_amount_{n}"] = line.amount
         values |= _balance_values(currency, amounts)
-        await session.execute(_posting(len(posted), len(amounts)), values)
+        statement = _posting(len(posted), len(amounts))
+        if with_flush:
+            await send_writes(session)  # one posting per statement
+            write_with_flush(
+                session, Write(_posting_ctes(len(posted), len(amounts)), values, statement)
+            )
+        else:
+            await session.execute(statement, values)
         return transaction_id
     session.add(
         JournalTransaction(

@@ -230,9 +230,12 @@ async def create_paid_order(
     invoice_id: str | None = None,
     shipping: ShippingSpec | None = None,
     share: PaymentShare | None = None,
+    post_with_flush: bool = False,
 ) -> Order:
     """The order for a successful payment, with the payment posted to the ledger. It was
     sold through a checkout session or an invoice: exactly one of the two is given.
+    ``post_with_flush``: the posting is sent with the unit of work's next
+    ``kit.flush.flush_together`` (``ledger.post``).
 
     ``shipping`` is the parcel's address and shipping line; the payment covers the lines
     and the shipping, and all of it is the creator's revenue, fees on the whole (ADR 0014).
@@ -327,6 +330,7 @@ async def create_paid_order(
         description=f"Payment for order {order.receipt_number}"
         + (f" (shipping {amount_shipping} included)" if amount_shipping else ""),
         now=now,
+        with_flush=post_with_flush,
     )
     if paid.processor_fee != paid.estimated_processor_fee:
         await ledger.post(
@@ -341,6 +345,7 @@ async def create_paid_order(
             description=f"Processor fee of order {order.receipt_number}: "
             f"{paid.processor_fee} charged, {paid.estimated_processor_fee} expected",
             now=now,
+            with_flush=post_with_flush,
         )
     await events.emit(
         session,
