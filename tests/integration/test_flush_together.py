@@ -9,6 +9,7 @@ from typing import cast
 
 import pytest
 from sqlalchemy import Table, delete, inspect, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
 from stallholder.accounts.models import Creator
@@ -42,6 +43,13 @@ def _event(n: int, creator_id: str) -> Event:
     )
 
 
+async def _flushed(database: Database, session: AsyncSession) -> list[str]:
+    """``flush_together``, and what it sent."""
+    with statements(database, as_=shape) as sent:
+        await flush_together(session)
+    return sent
+
+
 async def test_new_rows_and_an_update_are_one_statement_and_read_back_the_same(
     api: Api, database: Database
 ) -> None:
@@ -53,8 +61,7 @@ async def test_new_rows_and_an_update_are_one_statement_and_read_back_the_same(
         creator.display_name = "After"
         events = [_event(1, creator_id), _event(2, creator_id)]
         session.add_all(events)
-        with statements(database, as_=shape) as sent:
-            await flush_together(session)
+        sent = await _flushed(database, session)
         assert sent == (["UPDATE creators", "INSERT events"] if database.is_sqlite else ["WITH w0"])
         # Handed over as written: persistent, nothing left to flush.
         assert all(inspect(event).persistent for event in events)
@@ -196,8 +203,7 @@ async def test_a_new_row_with_new_children_is_one_statement(api: Api, database: 
             ],
         )
         session.add(checkout)
-        with statements(database, as_=shape) as sent:
-            await flush_together(session)
+        sent = await _flushed(database, session)
         assert sent == (
             [
                 "INSERT checkout_sessions",
@@ -244,8 +250,7 @@ async def test_a_child_with_a_relationship_of_its_own_is_flushed_as_usual(
             ],
         )
         session.add(transaction)
-        with statements(database, as_=shape) as sent:
-            await flush_together(session)
+        sent = await _flushed(database, session)
         # The lines' ``transaction`` (a many-to-one) changed too: the ORM's own flush.
         assert sent == (
             [
