@@ -553,6 +553,10 @@ async def _paid(
         now=at,
         invoice_id=invoice.id,
         share=share,
+        # Sent with the transaction's next flush_together (a charge batch's ends each
+        # outcome with one) or its commit: nothing billing does before then reads the
+        # ledger (ADR 0030).
+        post_with_flush=True,
     )
     invoice.payment_attempt_id = attempt.id
     invoice.order_id = order.id
