@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rich.progress import Progress
 from sqlalchemy import and_, func, insert, or_, select
 
 from bench.checkout import _create_postgres_database, _drop_postgres_database
@@ -56,6 +58,8 @@ SUCCESS_TOKEN = "tok_visa"  # noqa: S105 - a sandbox test token, no secret
 ZONE = "UTC"
 # Rows per multi-row INSERT statement batch while seeding.
 SEED_CHUNK = 2_000
+# Seconds between two updates of the progress bar.
+PROGRESS_EVERY = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +320,20 @@ async def _exactly_once(database: Database, *, subscriptions: int) -> dict[str, 
     return checked
 
 
-async def _measure(url: str, workdir: Path, *, count: int) -> dict[str, Any]:
+async def _paid(database: Database) -> int:
+    async with database.unit_of_work() as session:
+        return int(
+            (
+                await session.execute(
+                    select(func.count(Invoice.id)).where(Invoice.status == "paid")
+                )
+            ).scalar_one()
+        )
+
+
+async def _measure(
+    url: str, workdir: Path, *, count: int, shown: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     upgrade(url)
     database = Database(url)
     clock = SystemClock()
@@ -329,9 +346,15 @@ async def _measure(url: str, workdir: Path, *, count: int) -> dict[str, Any]:
         worker = Worker(database, clock, settings=settings, gateway=gateway)
         started, cpu_started = time.monotonic(), time.process_time()
         passes = 0
+        last_shown = started
         while await billing_work_due(database, now=clock.now()):
             passes += 1
             await worker.run_once()
+            if shown is not None and time.monotonic() - last_shown >= PROGRESS_EVERY:
+                # A count of the invoices paid so far, every few seconds (it costs a
+                # statement, a small part of a run's seconds).
+                shown(await _paid(database))
+                last_shown = time.monotonic()
         elapsed = time.monotonic() - started
         cpu = time.process_time() - cpu_started
         checked = await _exactly_once(database, subscriptions=count)
@@ -349,19 +372,29 @@ async def _measure(url: str, workdir: Path, *, count: int) -> dict[str, Any]:
     }
 
 
-def run(*, count: int = FULL_SIZE, **_: Any) -> dict[str, Any]:
-    """Renewals/s of one worker on SQLite and on PostgreSQL (when configured)."""
+def run(*, count: int = FULL_SIZE, progress: Progress | None = None, **_: Any) -> dict[str, Any]:
+    """Renewals/s of one worker on SQLite and on PostgreSQL (when configured); with
+    ``progress``, a bar per database of the invoices paid so far."""
     results: dict[str, Any] = {"concurrency": "1 worker", "subscriptions": count}
+
+    def bar(database: str) -> Callable[[int], None] | None:
+        if progress is None:
+            return None
+        task = progress.add_task(f"renewing on {database}", total=count)
+        return lambda paid: progress.update(task, completed=paid)
+
     with tempfile.TemporaryDirectory(prefix="bench-renewals-") as directory:
         workdir = Path(directory)
         results["sqlite"] = asyncio.run(
-            _measure(f"sqlite:///{workdir / 'bench.db'}", workdir, count=count)
+            _measure(f"sqlite:///{workdir / 'bench.db'}", workdir, count=count, shown=bar("SQLite"))
         )
         created = _create_postgres_database()
         if created is not None:
             url, name = created
             try:
-                results["postgresql"] = asyncio.run(_measure(url, workdir, count=count))
+                results["postgresql"] = asyncio.run(
+                    _measure(url, workdir, count=count, shown=bar("PostgreSQL"))
+                )
             finally:
                 _drop_postgres_database(name)
     return results

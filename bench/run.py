@@ -12,6 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from bench import channels, checkout, drops, harness, renewals, webhooks
@@ -89,6 +97,24 @@ def main() -> None:
     console = Console(width=150)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in arguments.only or sorted(BENCHMARKS):
+        if name == renewals.NAME:
+            # Minutes to an hour: a bar per database, of the invoices paid so far.
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            ) as progress:
+                results = renewals.run(
+                    count=arguments.subscriptions
+                    or (renewals.QUICK_SIZE if arguments.quick else renewals.FULL_SIZE),
+                    progress=progress,
+                )
+            _report(console, name, results)
+            continue
         with console.status(f"Running {name} ({duration:g} s per target)…"):
             if name == checkout.NAME:
                 serve = dict(option.split("=", 1) for option in arguments.serve or ())
@@ -98,11 +124,6 @@ def main() -> None:
                     duration=duration,
                     rounds=1 if arguments.quick else arguments.rounds,
                     serve_options={db: options.split() for db, options in serve.items()},
-                )
-            elif name == renewals.NAME:
-                results = renewals.run(
-                    count=arguments.subscriptions
-                    or (renewals.QUICK_SIZE if arguments.quick else renewals.FULL_SIZE)
                 )
             elif name == channels.NAME:
                 results = channels.run(
@@ -120,19 +141,24 @@ def main() -> None:
                 results = BENCHMARKS[name](
                     concurrency=arguments.concurrency, warmup=warmup, duration=duration
                 )
-        results = {"benchmark": name, "machine": harness.machine(), **results}
-        if name == checkout.NAME:
-            console.print(checkout.table(results))
-        elif name == channels.NAME:
-            console.print(channels.table(results))
-        elif name == drops.NAME:
-            console.print(drops.table(results))
-        else:
-            console.print(_table(name, results))
-        console.print(results["machine"])
-        path = RESULTS / f"{name}.json"
-        path.write_text(json.dumps(results, indent=2) + "\n")
-        console.print(f"wrote {path.relative_to(harness.ROOT)}")
+        _report(console, name, results)
+
+
+def _report(console: Console, name: str, measured: dict[str, Any]) -> None:
+    """Print a benchmark's table and write ``bench/results/<name>.json``."""
+    results = {"benchmark": name, "machine": harness.machine(), **measured}
+    if name == checkout.NAME:
+        console.print(checkout.table(results))
+    elif name == channels.NAME:
+        console.print(channels.table(results))
+    elif name == drops.NAME:
+        console.print(drops.table(results))
+    else:
+        console.print(_table(name, results))
+    console.print(results["machine"])
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    console.print(f"wrote {path.relative_to(harness.ROOT)}")
 
 
 if __name__ == "__main__":
