@@ -16,8 +16,11 @@ The parts of one statement see the same snapshot and run in no set order, where 
 would order them by their dependencies; foreign keys do not care (they are checked at the
 end), but a unique value moved from one row to another in the same flush would collide.
 Call it where the flush is known to be plain (a checkout session's creation, a confirm's
-steps 1 and 3); ``flush_together_at_commit`` leaves the flush to the unit of work's commit,
-where the request's ``Idempotency-Key`` row joins it.
+steps 1 and 3, a renewal batch, a charge batch's steps 1 and 3); ``flush_together_at_commit``
+leaves the flush to the unit of work's commit, where the request's ``Idempotency-Key`` row
+joins it. An integrity error of a row left to the commit surfaces there, not in the
+service that added it: leave to the commit only rows whose constraints no client can break
+(those a service maps to a typed 409 are flushed where it catches the error).
 """
 
 from __future__ import annotations
