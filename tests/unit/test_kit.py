@@ -3,9 +3,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from psycopg import _queries
+from psycopg.adapt import Transformer
 
 from stallholder.kit.clock import FrozenClock
-from stallholder.kit.db import async_url, sync_url
+from stallholder.kit.db import async_url, create_engine, sync_url
 from stallholder.kit.ids import new_id
 
 
@@ -46,3 +48,18 @@ def test_frozen_clock_needs_an_aware_time() -> None:
     clock = FrozenClock(datetime(2026, 1, 1, tzinfo=UTC))
     clock.set(datetime(2026, 1, 2, tzinfo=UTC))
     assert clock.now() == datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def test_psycopg_remembers_a_long_statement_with_many_parameters() -> None:
+    # A request's last writes are one long statement with many parameters (kit.flush);
+    # psycopg parses it once, not on every request (kit.db.remember_long_statements). A
+    # psycopg that renames its limits or its cache fails here, not quietly in production.
+    create_engine("postgresql://u@h/db")
+    names = [f"p{n}" for n in range(60)]
+    query = "SELECT " + ", ".join(f"%({name})s" for name in names) + " -- " + "x" * 5000
+    params = {name: n for n, name in enumerate(names)}
+    before = _queries._query2pg.cache_info()
+    for _ in range(2):
+        _queries.PostgresQuery(Transformer()).convert(query, params)
+    after = _queries._query2pg.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)

@@ -195,7 +195,34 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
+    remember_long_statements()
     return create_async_engine(full, **kwargs)
+
+
+# The longest statement, and the most parameters, whose conversion psycopg remembers.
+LONG_STATEMENT_BYTES = 64 * 1024
+MANY_PARAMETERS = 4096
+
+
+def remember_long_statements() -> None:
+    """Let psycopg remember how it converted a statement however long it is (up to
+    ``LONG_STATEMENT_BYTES`` and ``MANY_PARAMETERS``).
+
+    psycopg turns each statement's ``%(name)s`` placeholders into PostgreSQL's ``$n`` with
+    a parse that it remembers (an LRU of 128) only for statements of at most 4,096 bytes
+    and 50 parameters. A request's last writes are one statement (``kit.flush``, ADR 0030)
+    of the same text every time, longer than that: parsing it again on every request cost
+    a sale 3 to 23 % of its CPU (docs/performance.md, "The ninth round"). The limits are module constants of psycopg 3 that it reads on
+    every statement; ``tests/unit/test_kit.py`` fails if a new psycopg drops them, so an
+    upgrade cannot lose this quietly. Raising them only widens what the LRU may hold."""
+    from psycopg import _queries  # only PostgreSQL needs psycopg loaded
+
+    _queries.MAX_CACHED_STATEMENT_LENGTH = max(
+        _queries.MAX_CACHED_STATEMENT_LENGTH, LONG_STATEMENT_BYTES
+    )
+    _queries.MAX_CACHED_STATEMENT_PARAMS = max(
+        _queries.MAX_CACHED_STATEMENT_PARAMS, MANY_PARAMETERS
+    )
 
 
 # A unit of work's last statements, deferred by a service to just before the commit
