@@ -196,6 +196,8 @@ def test_ledger_always_balances(
     ),
 )
 def test_ledger_always_balances_on_postgres(
-    postgres_server_url: str, ops: list[Sale | RefundOp], fees: list[FeePolicy]
+    postgres_url: str, ops: list[Sale | RefundOp], fees: list[FeePolicy]
 ) -> None:
-    asyncio.run(_run(postgres_server_url, ops, fees))
+    # The database is emptied first (``postgres_url``): the check verifies its whole
+    # ledger, which another test's rows on the same database must not decide.
+    asyncio.run(_run(postgres_url, ops, fees))

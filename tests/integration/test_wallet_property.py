@@ -184,6 +184,8 @@ def test_the_wallet_matches_its_model_and_the_ledger(
 )
 @given(ops=operations)
 def test_the_wallet_matches_its_model_and_the_ledger_on_postgres(
-    postgres_server_url: str, ops: list[TopUp | Pay | PayAtOnce]
+    postgres_url: str, ops: list[TopUp | Pay | PayAtOnce]
 ) -> None:
-    asyncio.run(_run(postgres_server_url, ops))
+    # The database is emptied first (``postgres_url``): the check verifies its whole
+    # ledger, which another test's rows on the same database must not decide.
+    asyncio.run(_run(postgres_url, ops))
