@@ -86,6 +86,29 @@ async def test_new_rows_and_an_update_are_one_statement_and_read_back_the_same(
         ]
 
 
+async def test_every_row_is_clean_afterwards_one_set_to_the_value_it_had_too(
+    api: Api, database: Database
+) -> None:
+    # A row left marked changed made every later query's autoflush, and the commit, run
+    # the ORM's flush over it again: a confirm ran three such flushes for nothing.
+    first = (await api.creator(name="First"))["id"]
+    second = (await api.creator(name="Second"))["id"]
+    async with database.unit_of_work() as session:
+        renamed = await session.get(Creator, first)
+        untouched = await session.get(Creator, second)
+        assert renamed is not None
+        assert untouched is not None
+        renamed.display_name = "Renamed"
+        untouched.email = untouched.email  # set, not changed
+        session.add(_event(5, first))
+        await flush_together(session)
+        assert list(session.sync_session.dirty) == []
+        assert not session.new
+    async with database.unit_of_work() as session:
+        names = (await session.execute(select(Creator.id, Creator.display_name))).all()
+        assert dict(names)[first] == "Renamed"
+
+
 async def test_an_update_of_a_row_gone_meanwhile_fails_as_a_flush_would(
     api: Api, database: Database
 ) -> None:

@@ -1028,7 +1028,7 @@ async def complete_subscription(
     checkout.payment_status = "paid" if paid else "no_payment_required"
     checkout.subscription_id = subscription_id
     checkout.completed_at = now
-    checkout.last_error_code, checkout.last_error_message = None, None
+    _clear_last_error(checkout)
     await session.flush()
     await events.emit(
         session,
@@ -1166,6 +1166,20 @@ async def _shipping_before_charge(
         )
 
 
+def _clear_action_secret(checkout: CheckoutSession) -> None:
+    """Forget the buyer's authentication step, touching the row only when there was one.
+    Setting a column to the value it has still marks the session changed, and every
+    query after that (the rest of the sale's statements) runs the ORM's flush first."""
+    if checkout.payment_action_secret is not None:
+        checkout.payment_action_secret = None
+
+
+def _clear_last_error(checkout: CheckoutSession) -> None:
+    """Forget the last declined attempt's error, when there was one (as above)."""
+    if checkout.last_error_code is not None or checkout.last_error_message is not None:
+        checkout.last_error_code, checkout.last_error_message = None, None
+
+
 def _expired(checkout: CheckoutSession) -> SessionExpired:
     return SessionExpired(
         f"checkout session {checkout.id} expired at "
@@ -1211,7 +1225,7 @@ async def finish_confirm(
         if effective_status(checkout, now) == "expired":
             return ConfirmOutcome(checkout, error=_expired(checkout))
         return ConfirmOutcome(checkout)
-    checkout.payment_action_secret = None
+    _clear_action_secret(checkout)
     if attempt.status == "failed":
         checkout.payment_status = "unpaid"
         checkout.last_error_code = attempt.decline_code
@@ -1314,7 +1328,7 @@ async def _complete_sale(
     checkout.payment_status = "paid"
     checkout.order_id = order.id
     checkout.completed_at = now
-    checkout.last_error_code, checkout.last_error_message = None, None
+    _clear_last_error(checkout)
     await events.emit(
         session,
         creator_id=creator_id,

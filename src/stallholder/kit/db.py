@@ -211,10 +211,11 @@ def remember_long_statements() -> None:
     psycopg turns each statement's ``%(name)s`` placeholders into PostgreSQL's ``$n`` with
     a parse that it remembers (an LRU of 128) only for statements of at most 4,096 bytes
     and 50 parameters. A request's last writes are one statement (``kit.flush``, ADR 0030)
-    of the same text every time, longer than that: parsing it again on every request cost
-    a sale 3 to 23 % of its CPU (docs/performance.md, "The ninth round"). The limits are module constants of psycopg 3 that it reads on
-    every statement; ``tests/unit/test_kit.py`` fails if a new psycopg drops them, so an
-    upgrade cannot lose this quietly. Raising them only widens what the LRU may hold."""
+    of the same text every time, longer than that: parsing it again on every request
+    cost a sale 3 to 23 % of its CPU (docs/performance.md, "The ninth round"). The limits
+    are module constants of psycopg 3 that it reads on every statement;
+    ``tests/unit/test_kit.py`` fails if a new psycopg drops them, so an upgrade cannot
+    lose this quietly. Raising them only widens what the LRU may hold."""
     from psycopg import _queries  # only PostgreSQL needs psycopg loaded
 
     _queries.MAX_CACHED_STATEMENT_LENGTH = max(

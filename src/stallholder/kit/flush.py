@@ -351,11 +351,13 @@ async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -
         make_transient_to_detached(row)
     for row in new:
         sync.add(row)
-    for row in dirty:
+    # Every changed row is written now, and a row set to the values it had has nothing to
+    # write: all of them are clean, as the ORM's flush leaves them. A row left marked
+    # changed would make every later query's autoflush, and the commit, run the ORM's
+    # flush over it again for nothing.
+    for row in sync.dirty:
         state = inspect(row)
-        for attribute in state.attrs:
-            if attribute.history.has_changes():
-                set_committed_value(row, attribute.key, attribute.history.added[0])
+        state._commit_all(state.dict, sync.identity_map)
 
 
 def flush_together_at_commit(session: AsyncSession) -> None:
