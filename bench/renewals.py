@@ -26,6 +26,7 @@ from typing import Any
 from rich.progress import Progress
 from sqlalchemy import and_, func, insert, or_, select
 
+from bench import renewal_floor
 from bench.checkout import _create_postgres_database, _drop_postgres_database
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Buyer, Customer
@@ -58,6 +59,9 @@ SUCCESS_TOKEN = "tok_visa"  # noqa: S105 - a sandbox test token, no secret
 ZONE = "UTC"
 # Rows per multi-row INSERT statement batch while seeding.
 SEED_CHUNK = 2_000
+# The floor's connections side by side: SQLite has one writer; on PostgreSQL two made the
+# most of the two-core machine (docs/performance.md, "The renewal floor").
+FLOOR_CONNECTIONS = {"SQLite": 1, "PostgreSQL": 2}
 # Seconds between two updates of the progress bar.
 PROGRESS_EVERY = 5.0
 
@@ -373,7 +377,8 @@ async def _measure(
 
 
 def run(*, count: int = FULL_SIZE, progress: Progress | None = None, **_: Any) -> dict[str, Any]:
-    """Renewals/s of one worker on SQLite and on PostgreSQL (when configured); with
+    """Renewals/s of one worker on SQLite and on PostgreSQL (when configured), each beside
+    the renewal floor (``bench.renewal_floor``) on the same database in the same run; with
     ``progress``, a bar per database of the invoices paid so far."""
     results: dict[str, Any] = {"concurrency": "1 worker", "subscriptions": count}
 
@@ -383,18 +388,26 @@ def run(*, count: int = FULL_SIZE, progress: Progress | None = None, **_: Any) -
         task = progress.add_task(f"renewing on {database}", total=count)
         return lambda paid: progress.update(task, completed=paid)
 
+    def measured(url: str, database: str, workdir: Path) -> dict[str, Any]:
+        result = asyncio.run(_measure(url, workdir, count=count, shown=bar(database)))
+        task = None if progress is None else progress.add_task(f"the floor on {database}")
+        floor = asyncio.run(
+            renewal_floor.measure(url, count=count, connections=FLOOR_CONNECTIONS[database])
+        )
+        if progress is not None and task is not None:
+            progress.update(task, total=1, completed=1)
+        result["floor"] = floor
+        result["of_floor"] = round(result["per_second"] / floor["per_second"], 4)
+        return result
+
     with tempfile.TemporaryDirectory(prefix="bench-renewals-") as directory:
         workdir = Path(directory)
-        results["sqlite"] = asyncio.run(
-            _measure(f"sqlite:///{workdir / 'bench.db'}", workdir, count=count, shown=bar("SQLite"))
-        )
+        results["sqlite"] = measured(f"sqlite:///{workdir / 'bench.db'}", "SQLite", workdir)
         created = _create_postgres_database()
         if created is not None:
             url, name = created
             try:
-                results["postgresql"] = asyncio.run(
-                    _measure(url, workdir, count=count, shown=bar("PostgreSQL"))
-                )
+                results["postgresql"] = measured(url, "PostgreSQL", workdir)
             finally:
                 _drop_postgres_database(name)
     return results

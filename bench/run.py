@@ -43,7 +43,13 @@ def _table(name: str, results: dict[str, Any]) -> Table:
     for target, measured in results.items():
         if not isinstance(measured, dict) or target == "machine":
             continue
-        notes = "\n".join(f"{k}={v}" for k, v in measured.items() if k not in COLUMNS)
+        notes = "\n".join(
+            f"{k}: " + ", ".join(f"{a}={b}" for a, b in v.items())
+            if isinstance(v, dict)
+            else f"{k}={v}"
+            for k, v in measured.items()
+            if k not in COLUMNS
+        )
         table.add_row(target, *(str(measured.get(c, "")) for c in COLUMNS), notes)
     return table
 
