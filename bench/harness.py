@@ -155,6 +155,27 @@ def processes_cpu_seconds(pids: list[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
+def postgres_cpu(url: str) -> Callable[[], float] | None:
+    """A reader of PostgreSQL's CPU seconds so far: its postmaster's process tree (every
+    backend, the WAL writer, the checkpointer, and the backends that have exited), when
+    the server runs on this machine where its processes can be read; else None."""
+    from sqlalchemy import create_engine, text
+
+    from stallholder.kit.db import sync_url
+
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as connection:
+            backend = int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    finally:
+        engine.dispose()
+    stat = _proc_stat(backend)
+    if stat is None:
+        return None
+    postmaster = stat[0]
+    return lambda: tree_cpu_seconds(postmaster)
+
+
 def wait_until_idle(
     cpu: Callable[[], float], *, quiet_cpu: float = 0.03, window: float = 1.0, limit: float = 60
 ) -> float:

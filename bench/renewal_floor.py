@@ -28,6 +28,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -468,20 +469,28 @@ async def _dispatch(connection: AsyncConnection, now: datetime) -> None:
 
 
 async def measure(
-    url: str, *, count: int, connections: int = 1, batch: int = BATCH
+    url: str,
+    *,
+    count: int,
+    connections: int = 1,
+    batch: int = BATCH,
+    cpu: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Seed ``count`` due subscriptions in the floor's tables of ``url``'s database, renew
     and charge them all in batches of ``batch`` over ``connections`` connections side by
-    side, and check the outcome: renewals/s and the process's CPU per renewal."""
+    side, and check the outcome: renewals/s and the process's CPU per renewal (and the
+    database's, read with ``cpu`` when given)."""
     engine = create_engine(url)
     now = datetime.now(UTC)
     try:
         async with engine.begin() as connection:
             await seed(connection, count=count, now=now)
+        database_started = cpu() if cpu else 0.0
         started, cpu_started = time.monotonic(), time.process_time()
         await asyncio.gather(*(_work(engine, now, batch) for _ in range(connections)))
         elapsed = time.monotonic() - started
-        cpu = time.process_time() - cpu_started
+        used = time.process_time() - cpu_started
+        database_used = cpu() - database_started if cpu else None
         async with engine.connect() as connection:
             checked = await _checked(connection, count)
     finally:
@@ -491,7 +500,12 @@ async def measure(
         "connections": connections,
         "per_second": round(count / elapsed, 1),
         "seconds": round(elapsed, 2),
-        "process_cpu_ms_per_renewal": round(cpu * 1000 / count, 3),
+        "process_cpu_ms_per_renewal": round(used * 1000 / count, 3),
+        **(
+            {}
+            if database_used is None
+            else {"postgres_cpu_ms_per_renewal": round(database_used * 1000 / count, 3)}
+        ),
         **checked,
     }
 

@@ -26,7 +26,7 @@ from typing import Any
 from rich.progress import Progress
 from sqlalchemy import and_, func, insert, or_, select
 
-from bench import renewal_floor
+from bench import harness, renewal_floor
 from bench.checkout import _create_postgres_database, _drop_postgres_database
 from stallholder.accounts import service as accounts
 from stallholder.accounts.models import Buyer, Customer
@@ -348,6 +348,8 @@ async def _measure(
         seeded_in = time.monotonic() - seeding
         settings = Settings(data_dir=workdir / "var", database_url=url)
         worker = Worker(database, clock, settings=settings, gateway=gateway)
+        database_cpu = harness.postgres_cpu(url) if url.startswith("postgresql") else None
+        database_started = database_cpu() if database_cpu else 0.0
         started, cpu_started = time.monotonic(), time.process_time()
         passes = 0
         last_shown = started
@@ -361,6 +363,7 @@ async def _measure(
                 last_shown = time.monotonic()
         elapsed = time.monotonic() - started
         cpu = time.process_time() - cpu_started
+        database_used = database_cpu() - database_started if database_cpu else None
         checked = await _exactly_once(database, subscriptions=count)
     finally:
         await database.dispose()
@@ -370,9 +373,22 @@ async def _measure(
         "per_second": round(count / elapsed, 1),
         "seconds": round(elapsed, 1),
         "worker_cpu_seconds": round(cpu, 1),
+        "worker_cpu_ms_per_renewal": round(cpu * 1000 / count, 3),
+        **_database_cpu(database_used, count),
         "seed_seconds": round(seeded_in, 1),
         "passes": passes,
         **checked,
+    }
+
+
+def _database_cpu(seconds: float | None, count: int) -> dict[str, float]:
+    """PostgreSQL's CPU over a run, in all and per renewal (nothing on SQLite, whose work is
+    the worker's own)."""
+    if seconds is None:
+        return {}
+    return {
+        "postgres_cpu_seconds": round(seconds, 1),
+        "postgres_cpu_ms_per_renewal": round(seconds * 1000 / count, 3),
     }
 
 
@@ -391,8 +407,11 @@ def run(*, count: int = FULL_SIZE, progress: Progress | None = None, **_: Any) -
     def measured(url: str, database: str, workdir: Path) -> dict[str, Any]:
         result = asyncio.run(_measure(url, workdir, count=count, shown=bar(database)))
         task = None if progress is None else progress.add_task(f"the floor on {database}")
+        database_cpu = harness.postgres_cpu(url) if url.startswith("postgresql") else None
         floor = asyncio.run(
-            renewal_floor.measure(url, count=count, connections=FLOOR_CONNECTIONS[database])
+            renewal_floor.measure(
+                url, count=count, connections=FLOOR_CONNECTIONS[database], cpu=database_cpu
+            )
         )
         if progress is not None and task is not None:
             progress.update(task, total=1, completed=1)
