@@ -163,6 +163,12 @@ def is_sqlite(url: str) -> bool:
 READ_ONLY_OPTION = "stallholder_read_only"
 
 
+# The most connections an engine holds to PostgreSQL at once. A pool keeps every one it
+# opened: one closed on its return (SQLAlchemy's overflow) cost PostgreSQL a new backend
+# the next time the worker or a storm needed it (ADR 0031).
+POOL_CONNECTIONS = 30
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An engine for ``url``.
 
@@ -193,8 +199,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
+    # Up to POOL_CONNECTIONS connections, each kept once opened (ADR 0031).
+    kwargs.setdefault("pool_size", POOL_CONNECTIONS)
+    kwargs.setdefault("max_overflow", 0)
     remember_long_statements()
     return create_async_engine(full, **kwargs)
 

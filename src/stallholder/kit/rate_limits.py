@@ -164,9 +164,10 @@ _COUNT_ALWAYS = _count_statement(None)
 class DatabaseRateLimiter:
     """Counters in ``rate_limit_counters``, one statement per hit (PostgreSQL)."""
 
-    # The limiter's own pool: a hit is one short statement.
-    POOL_SIZE = 2
-    MAX_OVERFLOW = 8
+    # The limiter's own pool: a hit is one short statement. Up to ten connections, each
+    # kept once opened (ADR 0031).
+    POOL_SIZE = 10
+    MAX_OVERFLOW = 0
 
     def __init__(self, database: Database, *, window_seconds: int) -> None:
         self.database = database

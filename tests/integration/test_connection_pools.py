@@ -1,0 +1,71 @@
+"""Connection pools on PostgreSQL keep every connection they open, up to their limit
+(ADR 0031): a connection returned while others are out is not closed, so the next burst
+finds it open instead of costing PostgreSQL a new backend; and no pool opens more than
+its limit."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import pytest
+from sqlalchemy import exc, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
+
+from stallholder.kit.db import POOL_CONNECTIONS, Database, create_engine
+from stallholder.kit.rate_limits import DatabaseRateLimiter
+
+pytestmark = pytest.mark.anyio
+
+
+def _pool(engine: AsyncEngine) -> QueuePool:
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool
+
+
+async def _backends(engine: AsyncEngine, count: int) -> set[int]:
+    """The backend pids of ``count`` connections held at once, then all returned."""
+    async with AsyncExitStack() as stack:
+        connections = [await stack.enter_async_context(engine.connect()) for _ in range(count)]
+        return {
+            int((await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+            for connection in connections
+        }
+
+
+async def test_a_burst_past_the_old_ten_finds_the_same_backends_open_again(
+    postgres_url: str,
+) -> None:
+    engine = create_engine(postgres_url)
+    try:
+        first = await _backends(engine, 12)
+        assert _pool(engine).checkedin() == 12
+        assert await _backends(engine, 12) == first
+    finally:
+        await engine.dispose()
+
+
+async def test_an_engine_opens_at_most_its_limit(postgres_url: str) -> None:
+    engine = create_engine(postgres_url, pool_timeout=0.5)
+    try:
+        async with AsyncExitStack() as stack:
+            for _ in range(POOL_CONNECTIONS):
+                await stack.enter_async_context(engine.connect())
+            with pytest.raises(exc.TimeoutError, match="limit of size 30 overflow 0"):
+                await stack.enter_async_context(engine.connect())
+    finally:
+        await engine.dispose()
+
+
+async def test_the_rate_limiters_own_pool_keeps_what_it_opened(postgres_url: str) -> None:
+    database = Database(postgres_url)
+    limiter = DatabaseRateLimiter(database, window_seconds=60)
+    try:
+        engine = limiter._own_engine()
+        first = await _backends(engine, 5)
+        assert _pool(engine).checkedin() == 5
+        assert await _backends(engine, 5) == first
+    finally:
+        await limiter.aclose()
+        await database.dispose()
