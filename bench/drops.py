@@ -16,6 +16,10 @@ rate for the conditional UPDATE that is a reservation's hot spot.
    autocommit run ``UPDATE … SET held = held + 1 WHERE id = 1 AND quantity - held - sold
    >= 1`` on one row as fast as they can: the most PostgreSQL does for that row here.
 
+5. **Floor.** The same 200 clients on ``bench.floor_app``'s ``POST /v1/holds`` (a hold
+   row and the conditional update of one hot row, one transaction) served by uvicorn on
+   the same stack: what any hold over HTTP in Python costs here at least.
+
 The goal (issue 9): reservation attempts/s ≥ 50 % of the raw rate, p99 < 100 ms.
 """
 
@@ -33,7 +37,7 @@ import psycopg
 from rich.table import Table
 from sqlalchemy import create_engine, func, select
 
-from bench import harness
+from bench import floor_app, harness
 from bench.checkout import (
     ADMIN_KEY,
     _create_postgres_database,
@@ -154,6 +158,34 @@ async def _raw_rate(url: str, duration: float) -> dict[str, Any]:
     }
 
 
+def _floor_storm(url: str, workdir: Path, *, warmup: float, duration: float) -> dict[str, Any]:
+    """The same 200 closed-loop clients on the floor app's hold (``bench.floor_app``): a
+    hold row and the conditional update of one hot row in one transaction, on the same
+    stack (FastAPI, uvicorn, async SQLAlchemy Core, psycopg, ``kit.db``'s engine)."""
+    floor_app.create_drop_item(url, quantity=STORM_UNITS)
+    port = harness.free_port()
+    command = harness.uvicorn_command("bench.floor_app:app", port)
+    env = {"FLOOR_DATABASE_URL": url, "PYTHONPATH": str(harness.ROOT)}
+    with harness.served(command, env=env, port=port, log=workdir / "floor.log") as (_, pid):
+        spec = {
+            "port": port,
+            "concurrency": BUYERS,
+            "scenario": "floor_hold",
+            "price": floor_app.DROP_ITEM,
+        }
+        harness.run_load(spec | {"duration": warmup, "max_iterations": 100_000})
+        cpu_before = harness.tree_cpu_seconds(pid)
+        floor = _latency(
+            harness.run_load(spec | {"duration": duration, "max_iterations": 1_000_000})
+        )
+        harness.wait_until_idle(lambda: harness.tree_cpu_seconds(pid))
+        cpu = harness.tree_cpu_seconds(pid) - cpu_before
+    floor["server_cpu_ms_per_attempt"] = (
+        round(cpu * 1000 / floor["attempts"], 2) if floor["attempts"] else None
+    )
+    return floor
+
+
 def run(
     *, warmup: float, duration: float, serve_options: list[str] | None = None, **_: Any
 ) -> dict[str, Any]:
@@ -230,6 +262,7 @@ def run(
                 "oversold": max(0, sold - SELL_OUT_UNITS),
                 "is_clean": sold == SELL_OUT_UNITS and orders == sold and left == 0,
             }
+            floor = _floor_storm(url, workdir, warmup=warmup, duration=duration)
             raw = asyncio.run(_raw_rate(url, duration))
             log_lines = (workdir / "serve.log").read_text(errors="replace").splitlines()
             server_errors = sorted(
@@ -238,6 +271,7 @@ def run(
     finally:
         _drop_postgres_database(name)
     ratio = round(storm["attempts_per_second"] / raw["updates_per_second"], 3)
+    floor["ratio_of_raw"] = round(floor["attempts_per_second"] / raw["updates_per_second"], 3)
     return {
         "buyers": BUYERS,
         "serving": " ".join(["stallholder serve", *(serve_options or [])]),
@@ -245,8 +279,10 @@ def run(
         "storm": storm,
         "sell_out": sell_out,
         "after_sold_out": sold_out,
+        "floor_hold": floor,
         "raw_conditional_update": raw,
         "ratio_of_raw": ratio,
+        "ratio_of_floor": round(storm["attempts_per_second"] / floor["attempts_per_second"], 3),
         "server_errors": server_errors,
         "goal": "attempts/s >= 50% of the raw rate, p99 < 100 ms, oversold 0",
         "goal_met": ratio >= 0.5 and storm["p99_ms"] < 100 and sell_out["oversold"] == 0,
@@ -293,6 +329,19 @@ def table(results: dict[str, Any]) -> Table:
             str(after["p50_ms"]),
             str(after["p99_ms"]),
             f"server CPU {after['server_cpu_ms_per_attempt']} ms/attempt",
+        )
+    floor = results.get("floor_hold")
+    if floor is not None:
+        table.add_row(
+            "floor app (holds)",
+            str(floor["attempts"]),
+            str(floor["errors"]),
+            str(floor["attempts_per_second"]),
+            str(floor["p50_ms"]),
+            str(floor["p99_ms"]),
+            f"{floor['ratio_of_raw']:.1%} of raw; server CPU "
+            f"{floor['server_cpu_ms_per_attempt']} ms/attempt; Stallholder's storm "
+            f"{results['ratio_of_floor']:.1%} of it",
         )
     table.add_row(
         f"raw UPDATE x{raw['connections']}",

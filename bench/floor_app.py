@@ -9,7 +9,12 @@ body, a JSON answer) runs the sale's 14 statements in one transaction:
     2 order line inserts · 5 journal line inserts · 3 balance upserts · 2 event inserts
 
 No authentication, idempotency record, ORM, fees, email or outbox dispatch: whatever
-Stallholder spends beyond this is what the benchmark's ratio shows. Its own minimal schema
+Stallholder spends beyond this is what the benchmark's ratio shows.
+
+The drop storm's floor (``bench.drops``) is ``POST /v1/holds``: a hold of one unit of a
+drop item in one transaction, a hold row written and then the item's conditional update
+(``held + 1`` where enough is left) last before the commit, as Stallholder orders them
+(ADR 0024); 201, or 409 when nothing is left (rolled back). Its own minimal schema
 lives here; ``bench.checkout`` creates it with ``create_schema`` before serving it.
 
 Configuration: ``FLOOR_DATABASE_URL`` (``sqlite:///…`` or ``postgresql://…``).
@@ -37,8 +42,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     insert,
     select,
+    update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -132,8 +139,27 @@ events = Table(
     _now(),
 )
 
+drop_items = Table(
+    "floor_drop_items",
+    metadata,
+    _id(),
+    Column("quantity", BigInteger, nullable=False),
+    Column("held", BigInteger, nullable=False),
+    Column("sold", BigInteger, nullable=False),
+)
+holds = Table(
+    "floor_holds",
+    metadata,
+    _id(),
+    Column("drop_item_id", String(40), nullable=False),
+    Column("customer_email", String(320), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    _now(),
+)
+
 CREATOR = "cr_floor"
 PRICE = "price_floor"
+DROP_ITEM = "di_floor"
 
 
 def create_schema(url: str) -> None:
@@ -149,6 +175,20 @@ def create_schema(url: str) -> None:
                     id=PRICE, creator_id=CREATOR, unit_amount=1500, currency="usd"
                 )
             )
+    engine.dispose()
+
+
+def create_drop_item(url: str, *, quantity: int) -> None:
+    """The floor's tables (idempotent) and its drop item of ``quantity`` units, none held."""
+    from sqlalchemy import create_engine as create_sync_engine
+
+    engine = create_sync_engine(sync_url(url))
+    metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(delete(drop_items).where(drop_items.c.id == DROP_ITEM))
+        connection.execute(
+            insert(drop_items).values(id=DROP_ITEM, quantity=quantity, held=0, sold=0)
+        )
     engine.dispose()
 
 
@@ -276,6 +316,44 @@ async def sale(body: SaleIn) -> SaleOut:
     return SaleOut(
         id=session_id, order=order_id, status="complete", amount_total=total, currency=currency
     )
+
+
+class HoldIn(BaseModel):
+    item: str = Field(max_length=40)
+    customer_email: str = Field(max_length=320)
+
+
+class HoldOut(BaseModel):
+    id: str
+    item: str
+    quantity: int
+
+
+@app.post("/v1/holds", status_code=201)
+async def hold(body: HoldIn) -> HoldOut:
+    hold_id = f"x_{uuid.uuid4().hex}"
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        await connection.execute(
+            insert(holds).values(
+                id=hold_id,
+                drop_item_id=body.item,
+                customer_email=body.customer_email,
+                quantity=1,
+                created_at=datetime.now(UTC),
+            )
+        )
+        held = await connection.execute(
+            update(drop_items)
+            .where(drop_items.c.id == body.item)
+            .where(drop_items.c.quantity - drop_items.c.held - drop_items.c.sold >= 1)
+            .values(held=drop_items.c.held + 1)
+        )
+        if held.rowcount != 1:
+            await transaction.rollback()
+            raise HTTPException(409, "out of stock")
+        await transaction.commit()
+    return HoldOut(id=hold_id, item=body.item, quantity=1)
 
 
 @app.get("/healthz")

@@ -172,6 +172,18 @@ async def _floor_sale(connection: Connection, spec: Spec, n: int, run: str) -> N
     )
 
 
+async def _floor_hold(connection: Connection, spec: Spec, n: int, run: str) -> None:
+    """The floor app's hold of one unit (``spec.price`` names its drop item); 409 (nothing
+    left) is an answer, not an error."""
+    try:
+        await connection.post(
+            "/v1/holds", {"item": spec.price, "customer_email": f"{run}-{n}@ex.com"}, {}
+        )
+    except HTTPStatusError as error:
+        if not str(error).startswith("409"):
+            raise
+
+
 async def _bare(connection: Connection, spec: Spec, n: int, run: str) -> None:
     await connection.post("/echo", {"n": n, "customer": "a@example.com"}, {})
 
@@ -179,6 +191,7 @@ async def _bare(connection: Connection, spec: Spec, n: int, run: str) -> None:
 SCENARIOS = {
     "stallholder_sale": _stallholder_sale,
     "floor_sale": _floor_sale,
+    "floor_hold": _floor_hold,
     "bare": _bare,
     "drop_attempt": _drop_attempt,
     "drop_buy": _drop_buy,
