@@ -5,6 +5,7 @@ its limit."""
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 
 import pytest
@@ -69,3 +70,49 @@ async def test_the_rate_limiters_own_pool_keeps_what_it_opened(postgres_url: str
     finally:
         await limiter.aclose()
         await database.dispose()
+
+
+async def test_a_returned_connection_goes_to_the_longest_waiting_request_not_a_newcomer(
+    postgres_url: str,
+) -> None:
+    engine = create_engine(postgres_url, pool_size=1)
+    served: list[str] = []
+
+    async def request(name: str) -> None:
+        async with engine.connect():
+            served.append(name)
+            await asyncio.sleep(0.01)
+
+    try:
+        held = await engine.connect()
+        waiting = [asyncio.create_task(request(f"waiter {n}")) for n in range(1, 4)]
+        await asyncio.sleep(0.2)  # all three wait for the one connection
+        # The newcomer asks in the same turn of the event loop as the connection comes
+        # back, before the first waiter has run again: as a request arriving under load.
+        await held.close()
+        await request("newcomer")
+        await asyncio.gather(*waiting)
+    finally:
+        await engine.dispose()
+    assert served == ["waiter 1", "waiter 2", "waiter 3", "newcomer"]
+
+
+async def test_a_request_that_gave_up_waiting_is_skipped_and_loses_no_connection(
+    postgres_url: str,
+) -> None:
+    engine = create_engine(postgres_url, pool_size=1, pool_timeout=0.2)
+    try:
+        held = await engine.connect()
+        with pytest.raises(exc.TimeoutError):
+            await engine.connect()
+        cancelled = asyncio.create_task(engine.connect().__aenter__())
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await held.close()
+        async with engine.connect() as connection:
+            assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
+        assert _pool(engine).checkedin() == 1
+    finally:
+        await engine.dispose()

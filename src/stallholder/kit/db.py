@@ -34,6 +34,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from stallholder.kit.pools import FairQueuePool
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -199,7 +201,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    # Up to POOL_CONNECTIONS connections, each kept once opened (ADR 0031).
+    # Up to POOL_CONNECTIONS connections, each kept once opened, served to waiting requests
+    # in the order they came (ADR 0031).
+    kwargs.setdefault("poolclass", FairQueuePool)
     kwargs.setdefault("pool_size", POOL_CONNECTIONS)
     kwargs.setdefault("max_overflow", 0)
     remember_long_statements()
