@@ -68,10 +68,41 @@ class FairQueue(QueueCommon[T]):
             return self.get_nowait()
         waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        waiting = _wait(waiter, timeout)
         try:
-            return await_(asyncio.wait_for(waiter, timeout))
-        except TimeoutError as error:
-            raise Empty() from error
+            return await_(waiting)
+        except BaseException as error:
+            waiting.close()  # never started when the caller is not in a greenlet
+            self._give_up(waiter)
+            if isinstance(error, TimeoutError):
+                raise Empty() from error
+            raise
+
+    def _give_up(self, waiter: asyncio.Future[T]) -> None:
+        """A waiter that stops waiting (its timeout, its task cancelled, or any error)
+        either was never served, and is cancelled so no put serves it, or was handed an
+        item in the same turn of the event loop, and passes it on: none is lost."""
+        if not waiter.done():
+            waiter.cancel()
+        elif not waiter.cancelled():
+            item = waiter.result()
+            try:
+                self.put_nowait(item)
+            except Full:
+                # Only when the queue refilled meanwhile: keep the item idle rather than
+                # lose it (one over ``maxsize``; the pool closes the next one returned).
+                self._items.append(item)
+
+
+async def _wait(waiter: asyncio.Future[T], seconds: float | None) -> T:
+    """The waiter's item; ``TimeoutError`` after ``seconds`` (None: no limit). A
+    cancellation or timeout that arrives in the turn the item does is raised, not
+    swallowed (as ``asyncio.wait_for`` does on Python 3.11): ``FairQueue.get`` passes the
+    item on."""
+    if seconds is None:
+        return await waiter
+    async with asyncio.timeout(seconds):
+        return await waiter
 
 
 class FairQueuePool(AsyncAdaptedQueuePool):
