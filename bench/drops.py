@@ -300,56 +300,47 @@ def table(results: dict[str, Any]) -> Table:
         table.add_row("skipped", "", "", "", "", "", results["skipped"])
         return table
     storm, sell, raw = results["storm"], results["sell_out"], results["raw_conditional_update"]
-    table.add_row(
+
+    def row(name: str, run: dict[str, Any], notes: str) -> None:
+        measured = ("attempts", "errors", "attempts_per_second", "p50_ms", "p99_ms")
+        table.add_row(name, *(str(run[column]) for column in measured), notes)
+
+    row(
         "storm (holds)",
-        str(storm["attempts"]),
-        str(storm["errors"]),
-        str(storm["attempts_per_second"]),
-        str(storm["p50_ms"]),
-        str(storm["p99_ms"]),
+        storm,
         f"{results['ratio_of_raw']:.1%} of raw; server CPU "
         f"{storm['server_cpu_ms_per_attempt']} ms/attempt",
     )
-    table.add_row(
+    row(
         f"sell-out ({sell['units']} units)",
-        str(sell["attempts"]),
-        str(sell["errors"]),
-        str(sell["attempts_per_second"]),
-        str(sell["p50_ms"]),
-        str(sell["p99_ms"]),
+        sell,
         f"orders {sell['orders']}, oversold {sell['oversold']}, clean {sell['is_clean']}",
     )
     after = results.get("after_sold_out")
     if after is not None:
-        table.add_row(
+        row(
             "after sold out (409s)",
-            str(after["attempts"]),
-            str(after["errors"]),
-            str(after["attempts_per_second"]),
-            str(after["p50_ms"]),
-            str(after["p99_ms"]),
+            after,
             f"server CPU {after['server_cpu_ms_per_attempt']} ms/attempt",
         )
     floor = results.get("floor_hold")
     if floor is not None:
-        table.add_row(
+        row(
             "floor app (holds)",
-            str(floor["attempts"]),
-            str(floor["errors"]),
-            str(floor["attempts_per_second"]),
-            str(floor["p50_ms"]),
-            str(floor["p99_ms"]),
+            floor,
             f"{floor['ratio_of_raw']:.1%} of raw; server CPU "
             f"{floor['server_cpu_ms_per_attempt']} ms/attempt; Stallholder's storm "
             f"{results['ratio_of_floor']:.1%} of it",
         )
-    table.add_row(
+    row(
         f"raw UPDATE x{raw['connections']}",
-        str(raw["updates"]),
-        "0",
-        str(raw["updates_per_second"]),
-        str(raw["p50_ms"]),
-        str(raw["p99_ms"]),
+        {
+            "attempts": raw["updates"],
+            "errors": 0,
+            "attempts_per_second": raw["updates_per_second"],
+            "p50_ms": raw["p50_ms"],
+            "p99_ms": raw["p99_ms"],
+        },
         "psycopg, autocommit, one row",
     )
     table.caption = f"goal met: {results['goal_met']} ({results['goal']})"
