@@ -15,6 +15,7 @@ time. Afterwards: one invoice per subscription, one gateway charge per invoice (
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable
@@ -336,7 +337,12 @@ async def _paid(database: Database) -> int:
 
 
 async def _measure(
-    url: str, workdir: Path, *, count: int, shown: Callable[[int], None] | None = None
+    url: str,
+    workdir: Path,
+    *,
+    count: int,
+    shown: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     upgrade(url)
     database = Database(url)
@@ -346,30 +352,36 @@ async def _measure(
         seeding = time.monotonic()
         await seed_due_renewals(database, gateway, count=count, now=clock.now(), failing_every=0)
         seeded_in = time.monotonic() - seeding
-        settings = Settings(data_dir=workdir / "var", database_url=url)
-        worker = Worker(database, clock, settings=settings, gateway=gateway)
         database_cpu = harness.postgres_cpu(url) if url.startswith("postgresql") else None
-        database_started = database_cpu() if database_cpu else 0.0
-        started, cpu_started = time.monotonic(), time.process_time()
-        passes = 0
-        last_shown = started
-        while await billing_work_due(database, now=clock.now()):
-            passes += 1
-            await worker.run_once()
-            if shown is not None and time.monotonic() - last_shown >= PROGRESS_EVERY:
-                # A count of the invoices paid so far, every few seconds (it costs a
-                # statement, a small part of a run's seconds).
-                shown(await _paid(database))
-                last_shown = time.monotonic()
-        elapsed = time.monotonic() - started
-        cpu = time.process_time() - cpu_started
-        database_used = database_cpu() - database_started if database_cpu else None
+        if workers > 1:
+            elapsed, cpu, passes, database_used = await _in_processes(
+                url, workdir, database, workers=workers, shown=shown, database_cpu=database_cpu
+            )
+        else:
+            settings = Settings(data_dir=workdir / "var", database_url=url)
+            worker = Worker(database, clock, settings=settings, gateway=gateway)
+            database_started = database_cpu() if database_cpu else 0.0
+            started, cpu_started = time.monotonic(), time.process_time()
+            passes = 0
+            last_shown = started
+            while await billing_work_due(database, now=clock.now()):
+                passes += 1
+                await worker.run_once()
+                if shown is not None and time.monotonic() - last_shown >= PROGRESS_EVERY:
+                    # A count of the invoices paid so far, every few seconds (it costs a
+                    # statement, a small part of a run's seconds).
+                    shown(await _paid(database))
+                    last_shown = time.monotonic()
+            elapsed = time.monotonic() - started
+            cpu = time.process_time() - cpu_started
+            database_used = database_cpu() - database_started if database_cpu else None
         checked = await _exactly_once(database, subscriptions=count)
     finally:
         await database.dispose()
     return {
         "completed": count,
         "errors": 0,
+        "workers": workers,
         "per_second": round(count / elapsed, 1),
         "seconds": round(elapsed, 1),
         "worker_cpu_seconds": round(cpu, 1),
@@ -379,6 +391,71 @@ async def _measure(
         "passes": passes,
         **checked,
     }
+
+
+async def _in_processes(
+    url: str,
+    workdir: Path,
+    database: Database,
+    *,
+    workers: int,
+    shown: Callable[[int], None] | None,
+    database_cpu: Callable[[], float] | None,
+) -> tuple[float, float, int, float | None]:
+    """``workers`` worker processes side by side, each renewing and charging until no
+    billing work is due; the clock starts when all are ready. (seconds, their CPU seconds
+    in all, their passes in all, PostgreSQL's CPU seconds)."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(workers + 1)
+    results = context.Queue()
+    processes = [
+        context.Process(target=_work_until_done, args=(url, str(workdir), ready, results))
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        await asyncio.to_thread(ready.wait, 120)
+        database_started = database_cpu() if database_cpu else 0.0
+        started = last_shown = time.monotonic()
+        while any(process.is_alive() for process in processes):
+            await asyncio.sleep(0.2)
+            if shown is not None and time.monotonic() - last_shown >= PROGRESS_EVERY:
+                shown(await _paid(database))
+                last_shown = time.monotonic()
+        elapsed = time.monotonic() - started
+        database_used = database_cpu() - database_started if database_cpu else None
+    finally:
+        for process in processes:
+            process.join(timeout=60)
+    reports = [results.get(timeout=10) for _ in processes]
+    if any(process.exitcode != 0 for process in processes):
+        raise RuntimeError(f"a worker process failed: {[p.exitcode for p in processes]}")
+    return elapsed, sum(cpu for cpu, _ in reports), sum(n for _, n in reports), database_used
+
+
+def _work_until_done(url: str, workdir: str, ready: Any, results: Any) -> None:
+    """One of several worker processes (``_in_processes``): the same ``Worker`` as a run
+    with one, until no renewal or charge work is due or leased. Puts (CPU seconds,
+    passes)."""
+
+    async def main() -> tuple[float, int]:
+        database = Database(url)
+        clock = SystemClock()
+        gateway = SandboxGateway(DatabaseChargeStore(database))
+        settings = Settings(data_dir=Path(workdir) / "var", database_url=url)
+        worker = Worker(database, clock, settings=settings, gateway=gateway)
+        try:
+            await asyncio.to_thread(ready.wait, 120)
+            cpu_started, passes = time.process_time(), 0
+            while await billing_work_due(database, now=clock.now()):
+                passes += 1
+                await worker.run_once()
+            return time.process_time() - cpu_started, passes
+        finally:
+            await database.dispose()
+
+    results.put(asyncio.run(main()))
 
 
 def _database_cpu(seconds: float | None, count: int) -> dict[str, float]:
@@ -392,11 +469,21 @@ def _database_cpu(seconds: float | None, count: int) -> dict[str, float]:
     }
 
 
-def run(*, count: int = FULL_SIZE, progress: Progress | None = None, **_: Any) -> dict[str, Any]:
-    """Renewals/s of one worker on SQLite and on PostgreSQL (when configured), each beside
-    the renewal floor (``bench.renewal_floor``) on the same database in the same run; with
-    ``progress``, a bar per database of the invoices paid so far."""
-    results: dict[str, Any] = {"concurrency": "1 worker", "subscriptions": count}
+def run(
+    *,
+    count: int = FULL_SIZE,
+    progress: Progress | None = None,
+    workers: int = 1,
+    **_: Any,
+) -> dict[str, Any]:
+    """Renewals/s of one worker on SQLite and of ``workers`` worker processes on PostgreSQL
+    (when configured), each beside the renewal floor (``bench.renewal_floor``) on the same
+    database in the same run; with ``progress``, a bar per database of the invoices paid
+    so far. SQLite has one writer: its run always has one worker."""
+    results: dict[str, Any] = {
+        "concurrency": "1 worker" if workers == 1 else f"1 worker; {workers} on PostgreSQL",
+        "subscriptions": count,
+    }
 
     def bar(database: str) -> Callable[[int], None] | None:
         if progress is None:
@@ -405,7 +492,15 @@ def run(*, count: int = FULL_SIZE, progress: Progress | None = None, **_: Any) -
         return lambda paid: progress.update(task, completed=paid)
 
     def measured(url: str, database: str, workdir: Path) -> dict[str, Any]:
-        result = asyncio.run(_measure(url, workdir, count=count, shown=bar(database)))
+        result = asyncio.run(
+            _measure(
+                url,
+                workdir,
+                count=count,
+                shown=bar(database),
+                workers=workers if database == "PostgreSQL" else 1,
+            )
+        )
         task = None if progress is None else progress.add_task(f"the floor on {database}")
         database_cpu = harness.postgres_cpu(url) if url.startswith("postgresql") else None
         floor = asyncio.run(

@@ -1,7 +1,7 @@
 """``make bench``: run the benchmarks, print a table each, write ``bench/results/<name>.json``.
 
 python -m bench.run [--only channels|checkout|drops|renewals|webhooks] [--duration 20] [--quick]
-                   [--clients 8 --clients 64] [--subscriptions 1000]
+                   [--clients 8 --clients 64] [--subscriptions 1000] [--workers 2]
 """
 
 from __future__ import annotations
@@ -81,6 +81,12 @@ def main() -> None:
         f"alternation; the ratio is the median round's (default {checkout.DEFAULT_ROUNDS})",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="renewals: worker processes side by side on PostgreSQL (default 1; SQLite: 1)",
+    )
+    parser.add_argument(
         "--subscriptions",
         type=int,
         help=f"renewals: subscriptions due (default {renewals.FULL_SIZE:,}; "
@@ -118,6 +124,7 @@ def main() -> None:
                     count=arguments.subscriptions
                     or (renewals.QUICK_SIZE if arguments.quick else renewals.FULL_SIZE),
                     progress=progress,
+                    workers=arguments.workers,
                 )
             _report(console, name, results)
             continue
