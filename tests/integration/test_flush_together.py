@@ -292,3 +292,90 @@ async def test_a_child_with_a_relationship_of_its_own_is_flushed_as_usual(
             )
         ).scalars()
         assert sorted(amounts) == [-5, 5]
+
+
+async def test_rows_of_one_table_alike_are_one_part_and_keep_their_own_keys(
+    api: Api, database: Database
+) -> None:
+    # Rows of one table with the same columns are one multi-row CTE: seven journal lines
+    # are one insert whose generated keys are handed back to the lines in their order,
+    # and three creators' renames one update that must match all three.
+    creators = [(await api.creator(name=f"C{n}"))["id"] for n in range(3)]
+    async with database.unit_of_work() as session:
+        session.add(
+            JournalTransaction(
+                id="txn_7",
+                creator_id=creators[0],
+                kind="adjustment",
+                reference_id="ref_7",
+                description="test",
+                created_at=T0,
+            )
+        )
+        await session.flush()
+        amounts = [3, -1, 7, -2, 5, -4, -8]
+        lines = [
+            JournalLine(
+                creator_id=creators[0],
+                transaction_id="txn_7",
+                account=f"test:{n}",
+                currency="usd",
+                amount=amount,
+            )
+            for n, amount in enumerate(amounts)
+        ]
+        loaded = [await session.get(Creator, creator_id) for creator_id in creators]
+        session.add_all(lines)
+        for n, renamed in enumerate(loaded):
+            assert renamed is not None
+            renamed.display_name = f"Renamed {n}"
+        with statements(database) as sent:
+            await flush_together(session)
+        if not database.is_sqlite:
+            (statement,) = sent
+            assert statement.count('INSERT INTO "journal_lines"') == 1
+            assert statement.count('UPDATE "creators"') == 1
+        ids = [line.id for line in lines]
+        assert len(set(ids)) == 7
+    async with database.unit_of_work() as session:
+        written = (
+            await session.execute(
+                select(JournalLine.id, JournalLine.account, JournalLine.amount).where(
+                    JournalLine.transaction_id == "txn_7"
+                )
+            )
+        ).all()
+        assert sorted(tuple(row) for row in written) == sorted(
+            (id_, f"test:{n}", amount)
+            for n, (id_, amount) in enumerate(zip(ids, amounts, strict=True))
+        )
+        names = dict((await session.execute(select(Creator.id, Creator.display_name))).all())
+        assert [names[creator_id] for creator_id in creators] == [
+            "Renamed 0",
+            "Renamed 1",
+            "Renamed 2",
+        ]
+
+
+async def test_an_update_of_many_alike_fails_when_one_row_is_gone(
+    api: Api, database: Database
+) -> None:
+    creator_id = (await api.creator())["id"]
+    async with database.unit_of_work() as session:
+        session.add_all([_event(n, creator_id) for n in (11, 12, 13)])
+    async with database.unit_of_work() as session:
+        events = [await session.get(Event, f"evt_{n}") for n in (11, 12, 13)]
+        for event in events:
+            assert event is not None
+            event.dispatched_at = T0
+        session.add(_event(14, creator_id))
+        with session.no_autoflush:  # the changes stay unflushed while one row goes
+            await session.execute(
+                delete(Event).where(Event.id == "evt_12"),
+                execution_options={"synchronize_session": False},
+            )
+        with pytest.raises(StaleDataError):
+            await flush_together(session)
+    async with database.unit_of_work() as session:
+        left = (await session.execute(select(Event.id, Event.dispatched_at))).all()
+        assert sorted(left) == [("evt_11", None), ("evt_12", None), ("evt_13", None)]

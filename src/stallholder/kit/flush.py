@@ -40,8 +40,9 @@ from sqlalchemy.sql.elements import TextClause
 from stallholder.kit.db import defer_until_commit, transaction_memo
 
 # (table, insert | update, the columns written, the key columns of an update or the
-# generated key an insert reads back), or (None, write, (its CTEs,), ())
-_Part = tuple[Table | None, str, tuple[str, ...], tuple[str, ...]]
+# generated key an insert reads back, how many rows), or (None, write, (its CTEs,), (), 1).
+# Rows of one table with the same columns are one part: one multi-row CTE.
+_Part = tuple[Table | None, str, tuple[str, ...], tuple[str, ...], int]
 # A row that is not the ORM's, inserted with the flush: its table and values by column.
 Extra = tuple[Table, Mapping[str, Any]]
 # What a ``Write``'s SQL writes before the names of its CTEs and bind parameters.
@@ -92,33 +93,54 @@ class _NotPlain(Exception):
     """This flush has a part the one statement does not write."""
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1024)
 def _statement(parts: tuple[_Part, ...]) -> TextClause:
     """The statement for one shape of flush, built once: ``w<n>`` CTEs, then, in part
-    order, the count of the rows each update matched and the key each insert generated."""
+    order, the count of the rows each update matched and the keys each insert generated
+    (an array, in the order of its rows)."""
     ctes: list[str] = []
     binds = []
     returned: list[str] = []
-    for n, (table, verb, columns, keys) in enumerate(parts):
+    for n, (table, verb, columns, keys, rows) in enumerate(parts):
         if table is None:  # a ``Write``: its CTEs, its names made this part's
             ctes.append(columns[0].replace(PREFIX, f"w{n}_"))
             continue
-        for column in columns if verb == "insert" else (*columns, *keys):
-            binds.append(bindparam(f"p{n}_{column}", type_=table.c[column].type))
-        if verb == "insert":
-            names = ", ".join(f'"{column}"' for column in columns)
-            values = ", ".join(f":p{n}_{column}" for column in columns)
-            insert_ = f'INSERT INTO "{table.name}" ({names}) VALUES ({values})'  # noqa: S608
-            if keys:
-                (generated,) = keys
-                ctes.append(f'w{n} AS ({insert_} RETURNING "{generated}")')
-                returned.append(f'(SELECT "{generated}" FROM w{n}) AS w{n}')  # noqa: S608
-            else:
-                ctes.append(f"w{n} AS ({insert_})")
-        else:
-            assignments = ", ".join(f'"{column}" = :p{n}_{column}' for column in columns)
-            where = " AND ".join(f'"{key}" = :p{n}_{key}' for key in keys)
+        written = columns if verb == "insert" else (*columns, *keys)
+        for row in range(rows):
+            for column in written:
+                binds.append(bindparam(f"p{n}_{row}_{column}", type_=table.c[column].type))
+        names = ", ".join(f'"{column}"' for column in written)
+        tuples = [", ".join(f":p{n}_{row}_{column}" for column in written) for row in range(rows)]
+        if verb == "insert" and not keys:
+            values = ", ".join(f"({one})" for one in tuples)
+            ctes.append(f'w{n} AS (INSERT INTO "{table.name}" ({names}) VALUES {values})')  # noqa: S608
+        elif verb == "insert":
+            # The rows in the order given, so the keys the database generates for them
+            # rise in that order (one sequence, one statement): sorted, they are the rows'.
+            (generated,) = keys
+            values = ", ".join(f"({one}, {row})" for row, one in enumerate(tuples))
+            ctes.append(
+                f'w{n} AS (INSERT INTO "{table.name}" ({names}) SELECT {names} FROM '  # noqa: S608
+                f'(VALUES {values}) AS v({names}, "__row") ORDER BY "__row" '
+                f'RETURNING "{generated}")'
+            )
+            returned.append(
+                f'(SELECT array_agg("{generated}" ORDER BY "{generated}") FROM w{n}) AS w{n}'  # noqa: S608
+            )
+        elif rows == 1:
+            assignments = ", ".join(f'"{column}" = :p{n}_0_{column}' for column in columns)
+            where = " AND ".join(f'"{key}" = :p{n}_0_{key}' for key in keys)
             update = f'UPDATE "{table.name}" SET {assignments} WHERE {where}'  # noqa: S608
+            ctes.append(f"w{n} AS ({update} RETURNING 1)")
+            returned.append(f"(SELECT count(*) FROM w{n}) AS w{n}")  # noqa: S608
+        else:
+            assignments = ", ".join(f'"{column}" = v."{column}"' for column in columns)
+            where = " AND ".join(f'"{table.name}"."{key}" = v."{key}"' for key in keys)
+            values = ", ".join(f"({one})" for one in tuples)
+            update = (
+                f'UPDATE "{table.name}" SET {assignments} FROM (VALUES {values}) '  # noqa: S608
+                f"AS v({names}) WHERE {where}"
+            )
             ctes.append(f"w{n} AS ({update} RETURNING 1)")
             returned.append(f"(SELECT count(*) FROM w{n}) AS w{n}")  # noqa: S608
     # Only names from the tables' metadata and numbered parameters go into the text.
@@ -309,40 +331,64 @@ async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -
         return
     parts: list[_Part] = []
     params: dict[str, Any] = {}
-    # Each output of the statement, in part order: (update index | None, new row index | None).
-    reads: list[tuple[int | None, int | None]] = []
-    for index, (table, values, _defaults, generated) in enumerate(inserts):
-        params |= {f"p{len(parts)}_{column}": value for column, value in values.items()}
-        returning = () if generated is None else (generated[1],)
-        parts.append((table, "insert", tuple(values), returning))
+    # Each output of the statement, in part order: the rows an update part must match,
+    # or the new rows (by index) whose keys an insert part generated.
+    reads: list[tuple[int, list[int]]] = []
+    # Rows of one table with the same columns, in the order first seen: one part each.
+    inserted: dict[tuple[Table, tuple[str, ...]], list[int]] = {}
+    for index, (table, values, _defaults, _generated) in enumerate(inserts):
+        inserted.setdefault((table, tuple(values)), []).append(index)
+    for (table, columns), indexes in inserted.items():
+        n = len(parts)
+        generated = inserts[indexes[0]][3]
+        for row, index in enumerate(indexes):
+            params |= {f"p{n}_{row}_{column}": value for column, value in inserts[index][1].items()}
+        parts.append(
+            (table, "insert", columns, () if generated is None else (generated[1],), len(indexes))
+        )
         if generated is not None:
-            reads.append((None, index))
+            reads.append((0, indexes))
+    extras: dict[tuple[Table, tuple[str, ...]], list[Mapping[str, Any]]] = {}
     for table, extra in also:
-        params |= {f"p{len(parts)}_{column}": value for column, value in extra.items()}
-        parts.append((table, "insert", tuple(extra), ()))
+        extras.setdefault((table, tuple(extra)), []).append(extra)
+    for (table, columns), rows in extras.items():
+        n = len(parts)
+        for row, extra in enumerate(rows):
+            params |= {f"p{n}_{row}_{column}": value for column, value in extra.items()}
+        parts.append((table, "insert", columns, (), len(rows)))
     for write in writes:
         params |= {f"w{len(parts)}_{name}": value for name, value in write.params.items()}
-        parts.append((None, "write", (write.ctes,), ()))
+        parts.append((None, "write", (write.ctes,), (), 1))
+    changed_alike: dict[tuple[Table, tuple[str, ...], tuple[str, ...]], list[int]] = {}
     for index, (table, changed, where) in enumerate(updates):
-        params |= {f"p{len(parts)}_{column}": value for column, value in changed.items()}
-        params |= {f"p{len(parts)}_{column}": value for column, value in where.items()}
-        parts.append((table, "update", tuple(changed), tuple(where)))
-        reads.append((index, None))
+        changed_alike.setdefault((table, tuple(changed), tuple(where)), []).append(index)
+    for (table, columns, keys), indexes in changed_alike.items():
+        n = len(parts)
+        for row, index in enumerate(indexes):
+            _table, changed, where = updates[index]
+            params |= {f"p{n}_{row}_{column}": value for column, value in changed.items()}
+            params |= {f"p{n}_{row}_{column}": value for column, value in where.items()}
+        parts.append((table, "update", columns, keys, len(indexes)))
+        reads.append((len(indexes), []))
     with sync.no_autoflush:  # the statement is this flush
         row = (await session.execute(_statement(tuple(parts)), params)).one()
     transaction_memo(session).pop(_WRITES, None)
     outputs = tuple(row) if reads else ()  # else the one ``nothing`` column
-    if any(
-        updated is not None and count != 1
-        for (updated, _), count in zip(reads, outputs, strict=True)
-    ):
+    stale = [
+        (count, matched)
+        for (count, _), matched in zip(reads, outputs, strict=True)
+        if count and matched != count
+    ]
+    if stale:
         await session.rollback()  # as a failed flush leaves the transaction
-        raise StaleDataError(f"an update of this flush matched {list(outputs)} rows, not 1 each")
-    for (_, made), value in zip(reads, outputs, strict=True):
-        if made is not None:
-            made_key = inserts[made][3]
+        raise StaleDataError(f"updates of this flush matched {stale} rows (wanted, matched)")
+    for (_, made), keys in zip(reads, outputs, strict=True):
+        if not made:
+            continue  # an update's count
+        for index, value in zip(made, keys, strict=True):
+            made_key = inserts[index][3]
             assert made_key is not None
-            set_committed_value(new[made], made_key[0], value)
+            set_committed_value(new[index], made_key[0], value)
     for row, (_table, _values, defaults, _generated) in zip(new, inserts, strict=True):
         for key, value in defaults.items():
             set_committed_value(row, key, value)
