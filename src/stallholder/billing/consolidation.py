@@ -519,17 +519,25 @@ async def begin_charge(
     attempt: int,
     policy: renewal.BillingPolicy,
     now: datetime,
+    flush: bool = True,
 ) -> payments.GatewayCall | None:
     """Step 1 of attempt ``attempt`` of the invoice's charge, in the caller's transaction:
     the first attempt of a renewal joins a consolidated charge with the buyer's other
     renewals of the day when there are any (module doc); anything else is the invoice's
-    own attempt (``renewal``). The gateway call to make, or None."""
+    own attempt (``renewal``). The gateway call to make, or None. With ``flush=False`` an
+    invoice's own attempt is left to the caller's flush (``renewal.begin_invoice_attempt``)."""
     if attempt == 1:
         step = await begin(session, gateway, invoice_id=invoice_id, policy=policy, now=now)
         if not isinstance(step, _NotConsolidated):
             return step
     return await renewal.begin_invoice_attempt(
-        session, gateway, invoice_id=invoice_id, number=attempt, policy=policy, now=now
+        session,
+        gateway,
+        invoice_id=invoice_id,
+        number=attempt,
+        policy=policy,
+        now=now,
+        flush=flush,
     )
 
 
@@ -619,9 +627,13 @@ async def charge_invoices(
                     attempt=request.attempt,
                     policy=policy,
                     now=now,
+                    flush=False,
                 )
                 if call is not None:
                     calls[request.key] = call
+            # Every attempt and invoice update of the batch's step 1s: one statement on
+            # PostgreSQL (ADR 0030), committed before any gateway call.
+            await flush_together(session)
     except Exception:
         log.exception("a batch of %d charges failed to begin; charging one by one", len(ordered))
         return await _one_by_one(database, gateway, ordered, policy=policy, now=now)

@@ -341,10 +341,14 @@ async def _begin(
     number: int,
     policy: BillingPolicy,
     now: datetime,
+    flush: bool = True,
 ) -> payments.GatewayCall | None:
     """Step 1, under the invoice's lock: the gateway call attempt ``number`` stands for,
     or None when there is nothing to do (paid, void, a stale attempt, an outcome already
-    applied)."""
+    applied). With ``flush=False`` the new attempt and the invoice's update are left to
+    the caller's flush (a charge batch writes all its step 1s in one ``flush_together``);
+    it must flush before the commit, and before any statement that reads them without
+    the session's autoflush."""
     invoice = await _lock_invoice(session, invoice_id)
     if invoice is None or invoice.status != "open":
         return None
@@ -413,8 +417,9 @@ async def _begin(
     invoice.attempt_count = number
     invoice.next_payment_attempt = None
     invoice.updated_at = at
-    # The attempt and the invoice's update: one statement on PostgreSQL (ADR 0030).
-    await flush_together(session)
+    if flush:
+        # The attempt and the invoice's update: one statement on PostgreSQL (ADR 0030).
+        await flush_together(session)
     return payments.gateway_call_for(attempt)
 
 
@@ -426,11 +431,18 @@ async def begin_invoice_attempt(
     number: int,
     policy: BillingPolicy,
     now: datetime,
+    flush: bool = True,
 ) -> payments.GatewayCall | None:
     """Step 1 of attempt ``number`` in the caller's transaction (module doc): the gateway
-    call to make, or None when there is nothing to call."""
+    call to make, or None when there is nothing to call. ``flush``: as ``_begin``'s."""
     return await _begin(
-        session, gateway, invoice_id=invoice_id, number=number, policy=policy, now=now
+        session,
+        gateway,
+        invoice_id=invoice_id,
+        number=number,
+        policy=policy,
+        now=now,
+        flush=flush,
     )
 
 
