@@ -5,11 +5,13 @@ to the hot path fails here and says so; one that removes a statement updates the
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import pytest
 
+from stallholder.kit.clock import FrozenClock
 from stallholder.kit.db import Database
-from tests.conftest import Api, bearer
+from tests.conftest import T0, Api, bearer
 from tests.statements import shape, statements
 
 pytestmark = pytest.mark.anyio
@@ -99,6 +101,63 @@ async def test_a_new_buyers_sale_sends_a_fixed_number_of_statements(
         ),
         # No worker runs in this process; the embedded one would be woken here instead.
         *([] if sqlite else ["SELECT pg_notify"]),
+    ]
+
+
+async def test_a_hold_in_a_drop_sends_a_fixed_number_of_statements(
+    api: Api, database: Database, clock: FrozenClock
+) -> None:
+    creator, price = await api.shop()
+    key = creator["secret_key"]
+    drop = await api.http.post(
+        "/v1/drops",
+        headers=bearer(key),
+        json={
+            "name": "Winter mugs",
+            "opens_at": T0.isoformat(),
+            "closes_at": (T0 + timedelta(hours=1)).isoformat(),
+            "per_customer_limit": 1,
+            "items": [{"price": price["id"], "quantity": 5}],
+        },
+    )
+    assert drop.status_code == 201, drop.text
+    clock.advance(timedelta(minutes=1))
+    # A first hold warms the API key cache, as a running server's would be.
+    first = await api.session(key, price=price["id"], email="first@example.com")
+
+    with statements(database, as_=shape) as holding:
+        held = await api.http.post(
+            "/v1/checkout/sessions",
+            headers={**bearer(key), "Idempotency-Key": "hold-1"},
+            json={
+                "line_items": [{"price": price["id"], "quantity": 1}],
+                "customer_email": "new@example.com",
+            },
+        )
+    assert held.status_code == 201, held.text
+    assert first["id"] != held.json()["id"]
+
+    sqlite = database.is_sqlite
+    assert holding == [
+        *(["BEGIN"] if sqlite else []),
+        "SELECT prices",  # with its product, stock, drop item and units left
+        "SELECT drops",
+        "INSERT drop_buyers",  # the buyer's count against the per-customer limit
+        "SELECT shipping_rates",  # a physical product: does the creator ship?
+        # At the commit: the session, its line, the claim and the key's row in one
+        # statement on PostgreSQL (ADR 0030), then the drop item's conditional update,
+        # last (ADR 0024).
+        *(
+            [
+                "INSERT checkout_sessions",
+                "INSERT drop_claims",
+                "INSERT checkout_line_items",
+                "INSERT idempotency_keys",
+            ]
+            if sqlite
+            else ["WITH w0"]
+        ),
+        "UPDATE drop_items",
     ]
 
 

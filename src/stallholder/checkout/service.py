@@ -569,10 +569,17 @@ async def create_session(
         # commit, with the request's Idempotency-Key row (one statement on PostgreSQL).
         flush_together_at_commit(session)
         return checkout
-    await session.flush()
     if subscribing:
         # A subscription sells no stock now: nothing to hold, no drop to claim.
+        await session.flush()
         return checkout
+    if write_at_commit and holds_at_commit:
+        # The session, its lines and the claims and reservations below are written by the
+        # commit in one statement on PostgreSQL, with the request's Idempotency-Key row,
+        # before the hot rows' updates (deferred after this, so run after it).
+        flush_together_at_commit(session)
+    else:
+        await session.flush()
     # Last, so the hot rows stay locked for as short a time as the unit of work allows;
     # the drop's rows before the stock's (the lock order, ADR 0012).
     if admission is not None:

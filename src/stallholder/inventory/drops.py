@@ -603,7 +603,8 @@ async def claim(
     then each drop item's ``held`` by a conditional update, in key order. The updates of
     the hot rows come last, so their locks are held for as little of the transaction as
     possible; with ``at_commit`` they are deferred to the unit of work's commit
-    (``kit.db.defer_until_commit``, ADR 0024), and the commit raises their errors. The
+    (``kit.db.defer_until_commit``, ADR 0024), and the commit raises their errors (the
+    claim rows are then left to the session's flush, the commit's at the latest). The
     first that finds too little raises, and the caller's unit of work rolls back. Returns
     the units claimed.
 
@@ -637,10 +638,11 @@ async def claim(
         )
         for item_id in sorted(wanted)
     )
-    await session.flush()
     if at_commit:
+        # The claims are written by the commit's flush, before the deferred updates.
         defer_until_commit(session, lambda last: _take_items(last, admission=admission, now=now))
     else:
+        await session.flush()
         await _take_items(session, admission=admission, now=now)
     return sum(wanted.values())
 

@@ -115,7 +115,8 @@ async def hold(
     update that finds too little raises, and the caller's unit of work rolls back the
     holds made before it. With ``at_commit`` the updates are deferred to the unit of
     work's commit (``kit.db.defer_until_commit``, ADR 0024), which then raises their
-    errors.
+    errors, and the reservations are left to the session's flush (the commit's at the
+    latest, which runs before the deferred updates).
 
     Raises:
         OutOfStock: naming the SKU and what it has left.
@@ -161,7 +162,8 @@ async def hold(
         )
         for take in in_key_order(takes)
     )
-    await session.flush()
+    if not at_commit:
+        await session.flush()
 
     async def take_all(last: AsyncSession) -> None:
         for take in in_key_order(takes):
