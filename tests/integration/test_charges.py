@@ -505,3 +505,87 @@ async def test_a_gateway_stuck_on_one_creators_charge_holds_up_no_other_creators
     assert await _count(database, Order) == 2
     async with database.unit_of_work() as session:
         assert (await ledger.verify(session)).is_clean
+
+
+# Many outcomes at once (a charge batch's step 3) ---------------------------------------------
+
+
+async def test_many_outcomes_are_recorded_at_once_and_only_over_the_status_they_replace(
+    database: Database,
+) -> None:
+    creator_id, _customer_id = await _customer(database)
+    gateway = SandboxGateway()
+    async with database.unit_of_work() as session:
+        attempts = [
+            await payments.begin_attempt(
+                session,
+                gateway,
+                creator_id=creator_id,
+                purpose="invoice",
+                purpose_id=f"in_{n}",
+                amount=300 + n,
+                currency="usd",
+                payment_method="pm_card_visa",
+                platform_fee=0,
+                estimated_processor_fee=39,
+                resolve_after=RESOLVE_AFTER,
+                now=T0,
+            )
+            for n in range(4)
+        ]
+        calls = [payments.gateway_call_for(attempt) for attempt in attempts]
+    answers = [
+        ChargeResult(status="succeeded", reference="ch_0", processor_fee=39),
+        ChargeResult(
+            status="failed", reference=None, decline_code="card_declined", message="Declined."
+        ),
+        ChargeResult(
+            status="requires_action",
+            reference="ch_2",
+            decline_code="authentication_required",
+            action_secret="secret_2",
+        ),
+        ChargeResult(status="succeeded", reference="ch_3", processor_fee=40),
+    ]
+    # The settling worker recorded the last one first: the batch must not record it again.
+    async with database.unit_of_work() as session:
+        first = await payments.record_outcome(
+            session,
+            call=calls[3],
+            result=ChargeResult(status="failed", reference=None, message="Gone."),
+        )
+        assert first is not None
+    async with database.unit_of_work() as session:
+        recorded = await payments.record_outcomes(session, list(zip(calls, answers, strict=True)))
+        assert sorted(recorded) == sorted(attempt.id for attempt in attempts[:3])
+        assert recorded[attempts[0].id].status == "succeeded"
+    async with database.unit_of_work() as session:
+        rows = (
+            await session.execute(
+                select(
+                    PaymentAttempt.purpose_id,
+                    PaymentAttempt.status,
+                    PaymentAttempt.gateway_reference,
+                    PaymentAttempt.decline_code,
+                    PaymentAttempt.failure_message,
+                    PaymentAttempt.processor_fee,
+                    PaymentAttempt.action_secret,
+                    PaymentAttempt.resolve_after,
+                ).order_by(PaymentAttempt.purpose_id)
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        ("in_0", "succeeded", "ch_0", None, None, 39, None, None),
+        ("in_1", "failed", None, "card_declined", "Declined.", 0, None, None),
+        (
+            "in_2",
+            "requires_action",
+            "ch_2",
+            "authentication_required",
+            None,
+            0,
+            "secret_2",
+            None,
+        ),
+        ("in_3", "failed", None, None, "Gone.", 0, None, None),
+    ]

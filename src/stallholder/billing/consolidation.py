@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Final
@@ -548,12 +548,16 @@ async def complete_charge(
     now: datetime,
     *,
     policy: renewal.BillingPolicy,
+    outcomes: Mapping[str, PaymentAttempt] | None = None,
 ) -> None:
-    """Step 3 for a call ``begin_charge`` returned, in the caller's transaction."""
+    """Step 3 for a call ``begin_charge`` returned, in the caller's transaction;
+    ``outcomes``: as ``renewal.complete_invoice_attempt``'s (an invoice's own attempt)."""
     if call.purpose == PURPOSE:
         await complete_attempt(session, call, result, now, policy=policy)
     else:
-        await renewal.complete_invoice_attempt(session, call, result, now, policy=policy)
+        await renewal.complete_invoice_attempt(
+            session, call, result, now, policy=policy, outcomes=outcomes
+        )
 
 
 async def charge_invoice(
@@ -666,8 +670,14 @@ async def charge_invoices(
                 session,
                 invoice_ids=[call.purpose_id for call, _ in recorded if call.purpose != PURPOSE],
             )
+            # The invoices are locked: every invoice attempt's answer recorded at once.
+            outcomes_recorded = await payments.record_outcomes(
+                session, [(call, result) for call, result in recorded if call.purpose != PURPOSE]
+            )
             for call, result in recorded:
-                await complete_charge(session, call, result, now, policy=policy)
+                await complete_charge(
+                    session, call, result, now, policy=policy, outcomes=outcomes_recorded
+                )
                 # What it left to flush (the invoice's and subscription's updates, the
                 # events): one statement on PostgreSQL (ADR 0030), where the next
                 # outcome's update would have flushed it through the ORM.

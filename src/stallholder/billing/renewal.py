@@ -25,7 +25,7 @@ with the first charge; the invoice is paid once and one order is made from it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -475,11 +475,19 @@ async def complete_invoice_attempt(
     now: datetime,
     *,
     policy: BillingPolicy,
+    outcomes: Mapping[str, PaymentAttempt] | None = None,
 ) -> None:
     """Step 3 (also the settling worker's completer for invoices): record the gateway's
-    answer and apply it to the invoice, under the invoice's lock."""
+    answer and apply it to the invoice, under the invoice's lock. A caller that locked
+    the invoice and recorded the answers of many attempts at once
+    (``payments.record_outcomes``) passes what that recorded as ``outcomes``: the
+    attempt is then applied only if it is among them."""
     invoice = await _lock_invoice(session, call.purpose_id)
-    recorded = await payments.record_outcome(session, call=call, result=result)
+    recorded = (
+        await payments.record_outcome(session, call=call, result=result)
+        if outcomes is None
+        else outcomes.get(call.attempt_id)
+    )
     attempt = recorded or await payments.get_attempt(session, attempt_id=call.attempt_id)
     if invoice is not None:
         await apply_outcome(session, invoice=invoice, attempt=attempt, policy=policy, now=now)

@@ -19,15 +19,17 @@ key: the gateway answers with the first charge instead of charging twice.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.selectable import TextualSelect
 
 from stallholder.accounts.models import Creator
 from stallholder.accounts.service import CreatorNotFound
@@ -452,6 +454,89 @@ async def record_outcome(
         values["b_gateway_reference"] = result.reference
     statement = _OUTCOME if result.reference is None else _OUTCOME_WITH_REFERENCE
     return (await session.execute(statement, values)).scalar_one_or_none()
+
+
+async def record_outcomes(
+    session: AsyncSession, outcomes: Sequence[tuple[GatewayCall, ChargeResult]]
+) -> dict[str, PaymentAttempt]:
+    """``record_outcome`` for many attempts at once (a charge batch's step 3, each purpose
+    locked first): the attempts this recorded, by id. One statement on PostgreSQL, the
+    same conditional update for every attempt; on SQLite one ``record_outcome`` each."""
+    if not outcomes:
+        return {}
+    if session.get_bind().dialect.name != "postgresql" or len(outcomes) == 1:
+        recorded = {}
+        for call, result in outcomes:
+            attempt = await record_outcome(session, call=call, result=result)
+            if attempt is not None:
+                recorded[attempt.id] = attempt
+        return recorded
+    params: dict[str, Any] = {}
+    for n, (call, result) in enumerate(outcomes):
+        params |= {
+            f"id_{n}": call.attempt_id,
+            f"from_status_{n}": call.from_status,
+            f"status_{n}": result.status,
+            f"decline_code_{n}": result.decline_code,
+            f"failure_message_{n}": result.message,
+            f"processor_fee_{n}": result.processor_fee,
+            f"action_secret_{n}": result.action_secret
+            if result.status == "requires_action"
+            else None,
+            f"gateway_reference_{n}": result.reference,
+        }
+    written = await session.execute(
+        select(PaymentAttempt)
+        .from_statement(_outcomes_statement(len(outcomes)))
+        .execution_options(populate_existing=True),
+        params,
+    )
+    return {attempt.id: attempt for attempt in written.scalars()}
+
+
+# The columns ``record_outcomes`` sets from each outcome; ``gateway_reference`` only when
+# the outcome has one (as ``record_outcome``'s two statements).
+_OUTCOME_COLUMNS = (
+    "id",
+    "from_status",
+    "status",
+    "decline_code",
+    "failure_message",
+    "processor_fee",
+    "action_secret",
+    "gateway_reference",
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _outcomes_statement(count: int) -> TextualSelect:
+    """``record_outcomes``' statement for ``count`` attempts, built once per count: the
+    conditional update of each attempt from a ``VALUES`` list of typed parameters."""
+    table = cast(Table, PaymentAttempt.__table__)
+    types = {name: table.c[name].type for name in _OUTCOME_COLUMNS if name != "from_status"}
+    types["from_status"] = table.c.status.type
+    binds = [
+        bindparam(f"{name}_{n}", type_=types[name])
+        for n in range(count)
+        for name in _OUTCOME_COLUMNS
+    ]
+    rows = ", ".join(
+        "(" + ", ".join(f":{name}_{n}" for name in _OUTCOME_COLUMNS) + ")" for n in range(count)
+    )
+    returned = ", ".join(f'a."{column.name}"' for column in table.columns)
+    # Only the table's column names and numbered parameters go into the text.
+    return (
+        text(
+            "UPDATE payment_attempts AS a SET status = v.status, "  # noqa: S608
+            "decline_code = v.decline_code, failure_message = v.failure_message, "
+            "processor_fee = v.processor_fee, action_secret = v.action_secret, "
+            "gateway_reference = coalesce(v.gateway_reference, a.gateway_reference), "
+            f"resolve_after = NULL FROM (VALUES {rows}) AS v({', '.join(_OUTCOME_COLUMNS)}) "
+            f"WHERE a.id = v.id AND a.status = v.from_status RETURNING {returned}"
+        )
+        .bindparams(*binds)
+        .columns(*table.columns)
+    )
 
 
 def _outcome_statement(*, with_reference: bool) -> ReturningUpdate[PaymentAttempt]:
