@@ -112,8 +112,8 @@ async def _balances(database: Database) -> dict[str, int]:
 
 async def test_a_posting_with_the_flush_is_part_of_its_statement(database: Database) -> None:
     """``with_flush``: the posting waits for the next ``flush_together`` and is written in
-    its statement on PostgreSQL; two waiting postings never share one (the first is sent
-    when the second comes); one left waiting is written at the commit."""
+    its statement on PostgreSQL; postings waiting together are one write, each balance
+    moved once by their sum; those left waiting are written at the commit."""
     async with database.unit_of_work() as session:
         creator = await factories.create_creator(session, now=T0)
     async with database.unit_of_work() as session:
@@ -132,10 +132,15 @@ async def test_a_posting_with_the_flush_is_part_of_its_statement(database: Datab
     async with database.unit_of_work() as session:
         with statements(database, as_=shape) as sent:
             await _post_with_flush(session, creator.id, 2)
-            await _post_with_flush(session, creator.id, 3)  # sends the second first
+            await _post_with_flush(session, creator.id, 3)  # gathered with the second
         if not database.is_sqlite:
-            assert sent == ["WITH posted_transaction"]
-        # The third is written by the commit (its deferred flush).
+            assert sent == []
+        with statements(database) as committed:
+            await run_final_steps(session)  # the commit's flush: both in one statement
+        if not database.is_sqlite:
+            (statement,) = committed
+            assert statement.count("INSERT INTO journal_transactions") == 1
+            assert statement.count("INSERT INTO balances") == 1
     assert await _balances(database) == {
         ledger.BUYER_FUNDS: -4500,
         ledger.creator_account(creator.id): 3 * 1351,

@@ -180,16 +180,25 @@ async def test_a_batch_sends_a_fixed_number_of_statements_per_renewal(
     step_2 = (begin + 1) * BUYERS
     # Step 3: the invoices and subscriptions locked, lines, items, customers, key pools;
     # the attempts' outcomes (one statement on PostgreSQL, one per invoice on SQLite); per
-    # invoice the receipt number, the order and its line (one
-    # statement on PostgreSQL, three on SQLite), the license key, then the journal
-    # posting (the transaction, its lines and the balances), the invoice's update and its
-    # events (one statement on PostgreSQL, ADR 0030; five on SQLite); the NOTIFY for the
-    # events.
+    # invoice the receipt number, the order and its line (one statement on PostgreSQL,
+    # three on SQLite), the license key and the journal posting (three statements on
+    # SQLite; on PostgreSQL it waits for the flush); then every invoice's update, its
+    # events and the postings gathered into one (one statement on PostgreSQL, ADR 0030;
+    # on SQLite the ORM flushes each invoice's update and events, two statements, when
+    # the next statement is sent); the NOTIFY for the events.
     posting = 3 if database.is_sqlite else 0
     placing = 3 if database.is_sqlite else 1
-    settling = 2 if database.is_sqlite else 1
+    settling = 2 if database.is_sqlite else 0
+    settled_together = 0 if database.is_sqlite else 1
     recording = BUYERS if database.is_sqlite else 1
-    step_3 = begin + 6 + recording + (1 + placing + posting + settling) * BUYERS + notify
+    step_3 = (
+        begin
+        + 6
+        + recording
+        + (1 + placing + posting + settling) * BUYERS
+        + settled_together
+        + notify
+    )
     assert len(charging) == step_1 + step_2 + step_3
 
     assert await _period_one(database) == [("paid", 1, 300)] * BUYERS

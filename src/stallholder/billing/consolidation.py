@@ -678,10 +678,12 @@ async def charge_invoices(
                 await complete_charge(
                     session, call, result, now, policy=policy, outcomes=outcomes_recorded
                 )
-                # What it left to flush (the invoice's and subscription's updates, the
-                # events): one statement on PostgreSQL (ADR 0030), where the next
-                # outcome's update would have flushed it through the ORM.
-                await flush_together(session)
+            # What they left to flush (the invoices' and subscriptions' updates, the events,
+            # the ledger's postings gathered into one): one statement on PostgreSQL (ADR
+            # 0030). Nothing in an outcome reads what an earlier one left unflushed without
+            # the session's autoflush: the orders and receipt numbers are written as they
+            # are made, the postings read no balance.
+            await flush_together(session)
     except Exception:
         log.exception("recording a batch of %d outcomes failed; one by one", len(recorded))
         for call, result in recorded:

@@ -573,9 +573,9 @@ async def _paid(
         now=at,
         invoice_id=invoice.id,
         share=share,
-        # Sent with the transaction's next flush_together (a charge batch's ends each
-        # outcome with one) or its commit: nothing billing does before then reads the
-        # ledger (ADR 0030).
+        # Sent with the transaction's next flush_together (a charge batch's, after its
+        # outcomes, gathers their postings into one write) or its commit: nothing billing
+        # does before then reads the ledger (ADR 0030).
         post_with_flush=True,
     )
     invoice.payment_attempt_id = attempt.id

@@ -64,13 +64,19 @@ async def _take_keys(
         .cte("free_keys")
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
-    taken = await session.execute(
-        update(LicenseKey)
-        .where(LicenseKey.id.in_(select(free.c.id)), LicenseKey.order_line_id.is_(None))
-        .values(order_id=order_id, order_line_id=line.line_id, issued_at=now)
-        .returning(LicenseKey.id, LicenseKey.key)
-        .execution_options(synchronize_session=False)
-    )
+    sync = session.sync_session
+    if any(isinstance(row, LicenseKey) for row in (*sync.new, *sync.dirty)):
+        await session.flush()  # keys added in this transaction are in the pool
+    # Nothing else the session has yet to write bears on the pool: it is left to the
+    # caller's flush (a charge batch writes its outcomes' rows in one statement).
+    with sync.no_autoflush:
+        taken = await session.execute(
+            update(LicenseKey)
+            .where(LicenseKey.id.in_(select(free.c.id)), LicenseKey.order_line_id.is_(None))
+            .values(order_id=order_id, order_line_id=line.line_id, issued_at=now)
+            .returning(LicenseKey.id, LicenseKey.key)
+            .execution_options(synchronize_session=False)
+        )
     return [key for _, key in sorted(taken.all())]
 
 
@@ -150,7 +156,8 @@ async def issue_license_keys(
                     created_at=now,
                 )
             )
-    await session.flush()
+    # What is owed is written by the session's next flush (any later read's autoflush, or
+    # the caller's): a charge batch writes its outcomes' rows in one statement.
     return issued
 
 

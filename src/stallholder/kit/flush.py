@@ -79,6 +79,18 @@ def write_with_flush(session: AsyncSession, write: Write) -> None:
     pending.append(write)
 
 
+def replace_write(session: AsyncSession, old: Write, new: Write) -> bool:
+    """Put ``new`` in the place of ``old`` among the writes waiting for the next
+    ``flush_together`` (a write that grew: the ledger's postings gathered into one).
+    False, with nothing changed, when ``old`` is not waiting (it was sent meanwhile)."""
+    pending: list[Write] = transaction_memo(session).get(_WRITES) or []
+    for n, write in enumerate(pending):
+        if write is old:
+            pending[n] = new
+            return True
+    return False
+
+
 def pending_writes(session: AsyncSession) -> bool:
     return bool(transaction_memo(session).get(_WRITES))
 

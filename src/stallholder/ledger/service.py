@@ -12,7 +12,8 @@ from typing import Any, cast
 from sqlalchemy import Table, TextClause, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.kit.flush import PREFIX, Write, send_writes, write_with_flush
+from stallholder.kit.db import transaction_memo
+from stallholder.kit.flush import PREFIX, Write, replace_write, write_with_flush
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
 from stallholder.ledger.fees import FeeSchedule, Split
@@ -112,30 +113,83 @@ def _posting(lines: int, accounts: int) -> TextClause:
     )
 
 
-@functools.cache
-def _posting_ctes(lines: int, accounts: int) -> str:
-    """``_posting`` as CTEs of another statement (``kit.flush.Write``): the same three
-    writes, the balances' upsert a CTE too, names and parameters prefixed."""
+# The postings of this transaction waiting for its next flush, and their one write.
+_POSTINGS = "stallholder.ledger.postings_with_flush"
+
+
+@dataclass(frozen=True, slots=True)
+class _Posting:
+    """A posting waiting for the flush: its journal transaction's row, its currency and
+    its (non-zero) lines."""
+
+    transaction: dict[str, Any]
+    currency: str
+    lines: tuple[Line, ...]
+
+
+def _postings_write(postings: Sequence[_Posting]) -> Write:
+    """The postings as one write (``kit.flush.Write``): their journal transactions, all
+    their lines, and each balance moved once by what they add to it together, in
+    (account, currency) order, the order the database takes the balances' locks in. The
+    balances end as the postings one after another would leave them; one statement may
+    not change a row twice, so they are summed first."""
+    values: dict[str, Any] = {}
+    amounts: dict[tuple[str, str], int] = defaultdict(int)
+    line = 0
+    for n, posting in enumerate(postings):
+        values |= {f"t{n}_{name}": value for name, value in posting.transaction.items()}
+        for posted in posting.lines:
+            values[f"l{line}_creator_id"] = posting.transaction["creator_id"]
+            values[f"l{line}_transaction_id"] = posting.transaction["id"]
+            values[f"l{line}_account"] = posted.account
+            values[f"l{line}_currency"] = posting.currency
+            values[f"l{line}_amount"] = posted.amount
+            amounts[(posted.account, posting.currency)] += posted.amount
+            line += 1
+    for n, (account, currency) in enumerate(sorted(amounts)):
+        values[f"b{n}_account"] = account
+        values[f"b{n}_currency"] = currency
+        values[f"b{n}_amount"] = amounts[(account, currency)]
+    ctes = _postings_ctes(len(postings), line, len(amounts))
+    return Write(ctes, values, _postings_alone(len(postings), line, len(amounts)))
+
+
+@functools.lru_cache(maxsize=256)
+def _postings_ctes(transactions: int, lines: int, balances: int) -> str:
+    """``_postings_write``'s SQL as CTEs of another statement, names and parameters
+    prefixed (``kit.flush.PREFIX``): the transactions, the lines, the balances' upsert."""
     p = PREFIX
+    transaction_values = ", ".join(
+        f"(:{p}t{n}_id, :{p}t{n}_creator_id, :{p}t{n}_kind, :{p}t{n}_reference_id, "
+        f":{p}t{n}_description, :{p}t{n}_created_at)"
+        for n in range(transactions)
+    )
     line_values = ", ".join(
-        f"(:{p}t_creator_id, :{p}t_id, :{p}line_account_{n}, :{p}currency, :{p}line_amount_{n})"
+        f"(:{p}l{n}_creator_id, :{p}l{n}_transaction_id, :{p}l{n}_account, "
+        f":{p}l{n}_currency, :{p}l{n}_amount)"
         for n in range(lines)
     )
     balance_values = ", ".join(
-        f"(:{p}account_{n}, :{p}currency_{n}, :{p}amount_{n})" for n in range(accounts)
+        f"(:{p}b{n}_account, :{p}b{n}_currency, :{p}b{n}_amount)" for n in range(balances)
     )
-    # Only bind parameters' names go into the text, numbered by ``lines`` and ``accounts``.
+    # Only bind parameters' names go into the text, numbered by the counts.
     return (
         f"{p}posted_transaction AS (INSERT INTO journal_transactions "  # noqa: S608
         "(id, creator_id, kind, reference_id, description, created_at) VALUES "
-        f"(:{p}t_id, :{p}t_creator_id, :{p}t_kind, :{p}t_reference_id, :{p}t_description, "
-        f":{p}t_created_at)), "
+        f"{transaction_values}), "
         f"{p}posted_lines AS (INSERT INTO journal_lines "
         f"(creator_id, transaction_id, account, currency, amount) VALUES {line_values}), "
         f"{p}posted_balances AS (INSERT INTO balances (account, currency, amount) VALUES "
         f"{balance_values} ON CONFLICT (account, currency) DO UPDATE SET amount = "
         "balances.amount + excluded.amount)"
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _postings_alone(transactions: int, lines: int, balances: int) -> TextClause:
+    """``_postings_ctes`` as a statement of its own, with the parameters unprefixed."""
+    ctes = _postings_ctes(transactions, lines, balances).replace(PREFIX, "")
+    return text(f"WITH {ctes} SELECT 1")
 
 
 async def post(
@@ -157,8 +211,9 @@ async def post(
     With ``with_flush`` (PostgreSQL), the posting is sent as part of the unit of work's
     next ``kit.flush.flush_together`` (at the latest its commit's): one statement fewer,
     for a caller that reads no balance or journal row before then (a sale's completion).
-    A posting already waiting so is sent first, on its own: two postings in one statement
-    could move the same balance twice.
+    Postings waiting so are gathered into one write (``_postings_write``): their
+    transactions and lines, and each balance moved once by their sum (one statement may
+    not change a row twice).
 
     Raises:
         UnbalancedTransaction: the lines do not sum to zero (a programming error).
@@ -187,14 +242,17 @@ async def post(
             values[f"line_account_{n}"] = line.account
             values[f"line_amount_{n}"] = line.amount
         values |= _balance_values(currency, amounts)
-        statement = _posting(len(posted), len(amounts))
         if with_flush:
-            await send_writes(session)  # one posting per statement
-            write_with_flush(
-                session, Write(_posting_ctes(len(posted), len(amounts)), values, statement)
+            _post_with_flush(
+                session,
+                _Posting(
+                    {name[2:]: value for name, value in values.items() if name[:2] == "t_"},
+                    currency,
+                    tuple(posted),
+                ),
             )
         else:
-            await session.execute(statement, values)
+            await session.execute(_posting(len(posted), len(amounts)), values)
         return transaction_id
     session.add(
         JournalTransaction(
@@ -228,6 +286,23 @@ async def post(
     if amounts:
         await _bump_balances(session, currency=currency, amounts=amounts)
     return transaction_id
+
+
+def _post_with_flush(session: AsyncSession, posting: _Posting) -> None:
+    """Leave ``posting`` to the next ``flush_together``, gathered with the postings
+    already waiting for it into one write (``_postings_write``)."""
+    memo = transaction_memo(session)
+    waiting: tuple[Write, list[_Posting]] | None = memo.get(_POSTINGS)
+    if waiting is not None:
+        write, postings = waiting
+        gathered = [*postings, posting]
+        together = _postings_write(gathered)
+        if replace_write(session, write, together):
+            memo[_POSTINGS] = (together, gathered)
+            return
+    write = _postings_write([posting])
+    write_with_flush(session, write)
+    memo[_POSTINGS] = (write, [posting])
 
 
 def payment_lines(creator_id: str, split: Split) -> list[Line]:

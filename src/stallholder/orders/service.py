@@ -203,7 +203,11 @@ async def _place(session: AsyncSession, order: Order) -> _Receipt:
     values |= {f"o_{column}": _set(order, column) for column in _ORDER_COLUMNS}
     for n, line in enumerate(order.line_items):
         values |= {f"l{n}_{column}": _set(line, column) for column in _LINE_COLUMNS}
-    rows = (await session.execute(_placing(len(order.line_items)), values)).all()
+    # Nothing the session has yet to write bears on this one (the order refers only to
+    # rows written before): it is left to the caller's flush, which may write a charge
+    # batch's outcomes in one statement, rather than the ORM's autoflush here.
+    with session.sync_session.no_autoflush:
+        rows = (await session.execute(_placing(len(order.line_items)), values)).all()
     ids: dict[tuple[Any, ...], list[int]] = {}
     for row in rows:
         ids.setdefault(_line_key(row), []).append(row.id)
