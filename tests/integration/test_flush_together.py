@@ -43,6 +43,16 @@ def _event(n: int, creator_id: str) -> Event:
     )
 
 
+async def _delete_meanwhile(session: AsyncSession, event_id: str) -> None:
+    """Delete an event the session has changed, leaving the changes unflushed: an update
+    of it will match no row."""
+    with session.no_autoflush:
+        await session.execute(
+            delete(Event).where(Event.id == event_id),
+            execution_options={"synchronize_session": False},
+        )
+
+
 async def _flushed(database: Database, session: AsyncSession) -> list[str]:
     """``flush_together``, and what it sent."""
     with statements(database, as_=shape) as sent:
@@ -120,11 +130,7 @@ async def test_an_update_of_a_row_gone_meanwhile_fails_as_a_flush_would(
         assert gone is not None
         gone.dispatched_at = T0
         session.add(_event(4, creator_id))
-        with session.no_autoflush:  # the changes stay unflushed while the row goes
-            await session.execute(
-                delete(Event).where(Event.id == "evt_3"),
-                execution_options={"synchronize_session": False},
-            )
+        await _delete_meanwhile(session, "evt_3")
         with pytest.raises(StaleDataError):
             await flush_together(session)
 
@@ -369,11 +375,7 @@ async def test_an_update_of_many_alike_fails_when_one_row_is_gone(
             assert event is not None
             event.dispatched_at = T0
         session.add(_event(14, creator_id))
-        with session.no_autoflush:  # the changes stay unflushed while one row goes
-            await session.execute(
-                delete(Event).where(Event.id == "evt_12"),
-                execution_options={"synchronize_session": False},
-            )
+        await _delete_meanwhile(session, "evt_12")
         with pytest.raises(StaleDataError):
             await flush_together(session)
     async with database.unit_of_work() as session:
