@@ -559,6 +559,9 @@ async def test_many_outcomes_are_recorded_at_once_and_only_over_the_status_they_
         recorded = await payments.record_outcomes(session, list(zip(calls, answers, strict=True)))
         assert sorted(recorded) == sorted(attempt.id for attempt in attempts[:3])
         assert recorded[attempts[0].id].status == "succeeded"
+        # An attempt named twice is refused, not answered by either answer at random.
+        with pytest.raises(ValueError, match="more than once"):
+            await payments.record_outcomes(session, [(calls[3], answers[3])] * 2)
     async with database.unit_of_work() as session:
         rows = (
             await session.execute(

@@ -65,7 +65,7 @@ async def _take_keys(
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     sync = session.sync_session
-    if any(isinstance(row, LicenseKey) for row in (*sync.new, *sync.dirty)):
+    if any(isinstance(row, LicenseKey) for row in (*sync.new, *sync.dirty, *sync.deleted)):
         await session.flush()  # keys added in this transaction are in the pool
     # Nothing else the session has yet to write bears on the pool: it is left to the
     # caller's flush (a charge batch writes its outcomes' rows in one statement).

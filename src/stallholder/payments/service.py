@@ -464,6 +464,10 @@ async def record_outcomes(
     same conditional update for every attempt; on SQLite one ``record_outcome`` each."""
     if not outcomes:
         return {}
+    if len({call.attempt_id for call, _ in outcomes}) != len(outcomes):
+        # One statement would apply either answer of an attempt named twice, where one
+        # by one the first would win: the caller gives each attempt once.
+        raise ValueError("record_outcomes: an attempt is named more than once")
     if session.get_bind().dialect.name != "postgresql" or len(outcomes) == 1:
         recorded = {}
         for call, result in outcomes:
