@@ -69,8 +69,9 @@ def write_with_flush(session: AsyncSession, write: Write) -> None:
     """Send ``write`` with this unit of work's next ``flush_together`` (at the latest its
     commit's: it is deferred there too). Only for a write nothing in the transaction
     reads before the commit, and that touches no row another pending write touches (two
-    parts of one statement may not change the same row): ``pending_writes`` says whether
-    there is one, ``send_writes`` sends them first."""
+    parts of one statement may not change the same row): ``send_writes`` sends those
+    waiting first, or ``replace_write`` puts one write in the place of another that it
+    includes (the ledger's postings gathered into one)."""
     # The transaction's: a rollback forgets it (a session used again after one, as the
     # idempotency middleware's is to store a problem, never sends it).
     pending: list[Write] = transaction_memo(session).setdefault(_WRITES, [])
@@ -89,10 +90,6 @@ def replace_write(session: AsyncSession, old: Write, new: Write) -> bool:
             pending[n] = new
             return True
     return False
-
-
-def pending_writes(session: AsyncSession) -> bool:
-    return bool(transaction_memo(session).get(_WRITES))
 
 
 async def send_writes(session: AsyncSession) -> None:

@@ -229,29 +229,23 @@ async def post(
     for line in posted:
         amounts[line.account] += line.amount
     if posted and session.get_bind().dialect.name == "postgresql":
-        values: dict[str, Any] = {
-            "t_id": transaction_id,
-            "t_creator_id": creator_id,
-            "t_kind": kind,
-            "t_reference_id": reference_id,
-            "t_description": description,
-            "t_created_at": now,
-            "currency": currency,
+        row: dict[str, Any] = {
+            "id": transaction_id,
+            "creator_id": creator_id,
+            "kind": kind,
+            "reference_id": reference_id,
+            "description": description,
+            "created_at": now,
         }
-        for n, line in enumerate(posted):
-            values[f"line_account_{n}"] = line.account
-            values[f"line_amount_{n}"] = line.amount
-        values |= _balance_values(currency, amounts)
         if with_flush:
-            _post_with_flush(
-                session,
-                _Posting(
-                    {name[2:]: value for name, value in values.items() if name[:2] == "t_"},
-                    currency,
-                    tuple(posted),
-                ),
-            )
+            _post_with_flush(session, _Posting(row, currency, tuple(posted)))
         else:
+            values: dict[str, Any] = {f"t_{name}": value for name, value in row.items()}
+            values["currency"] = currency
+            for n, line in enumerate(posted):
+                values[f"line_account_{n}"] = line.account
+                values[f"line_amount_{n}"] = line.amount
+            values |= _balance_values(currency, amounts)
             await session.execute(_posting(len(posted), len(amounts)), values)
         return transaction_id
     session.add(
