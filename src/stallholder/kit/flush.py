@@ -33,7 +33,8 @@ from typing import Any
 from sqlalchemy import Column, Insert, Integer, Table, bindparam, insert, inspect, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import RelationshipDirection, make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import get_history, set_committed_value
+from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql.elements import TextClause
 
@@ -179,7 +180,7 @@ def _adopt_children(row: object, new: set[int]) -> None:
     as the ORM's flush would; any other relationship change is not plain."""
     state = inspect(row)
     for relationship in state.mapper.relationships:
-        history = state.attrs[relationship.key].history
+        history = get_history(row, relationship.key, passive=PASSIVE_NO_INITIALIZE)
         if not history.has_changes():
             continue
         if (
@@ -268,24 +269,32 @@ def _insert(
     return table, values, defaults, generated_attribute
 
 
-def _update(row: object) -> tuple[Table, dict[str, Any], dict[str, Any]]:
-    """An updated row's changed values by column, and its key by column."""
+def _update(row: object) -> tuple[Table, dict[str, Any], dict[str, Any]] | None:
+    """A changed row's changed values by column and its key by column; None when nothing
+    it holds differs from what was loaded (a row set to the values it had).
+
+    Only the attributes the session recorded as touched are read (the instance state's
+    ``committed_state``, as the ORM's own flush does), not every attribute's history."""
     state = inspect(row)
     mapper = state.mapper
-    table = _table_of(row)
-    changed: dict[str, Any] = {}
-    for attribute in state.attrs:
-        history = attribute.history
+    changes: list[tuple[Any, Any]] = []
+    for key in state.committed_state:
+        history = get_history(row, key, passive=PASSIVE_NO_INITIALIZE)
         if not history.has_changes():
             continue
-        prop = mapper.get_property(attribute.key)
+        if not history.added:
+            raise _NotPlain
+        changes.append((mapper.get_property(key), history.added[0]))
+    if not changes:
+        return None
+    table = _table_of(row)
+    changed: dict[str, Any] = {}
+    for prop, value in changes:
         columns = getattr(prop, "columns", None)
         if columns is None or len(columns) != 1 or columns[0].table is not table:
             raise _NotPlain  # a relationship, or a column of another table
-        if not history.added:
-            raise _NotPlain
-        changed[columns[0].name] = history.added[0]
-    if not changed or any(column.name in changed for column in table.primary_key):
+        changed[columns[0].name] = value
+    if any(column.name in changed for column in table.primary_key):
         raise _NotPlain
     key = {
         column.name: value
@@ -317,16 +326,19 @@ async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -
         IntegrityError: a row broke a constraint (the transaction must be rolled back).
     """
     sync = session.sync_session
-    dirty = [row for row in sync.dirty if sync.is_modified(row)]
     new = list(sync.new)
     writes: list[Write] = transaction_memo(session).get(_WRITES) or []
-    if not (new or dirty or sync.deleted or also or writes):
+    if session.get_bind().dialect.name != "postgresql" or sync.deleted:
+        await _flush_then_insert(session, also)
+        return
+    try:
+        updates = [change for row in sync.dirty if (change := _update(row)) is not None]
+    except _NotPlain:
+        await _flush_then_insert(session, also)
+        return
+    if not (new or updates or also or writes):
         return  # nothing to write (a deferred flush the commit's record already wrote)
-    if (
-        session.get_bind().dialect.name != "postgresql"
-        or sync.deleted
-        or len(new) + len(dirty) + len(also) + len(writes) < 2
-    ):
+    if len(new) + len(updates) + len(also) + len(writes) < 2:
         await _flush_then_insert(session, also)
         return
     try:
@@ -334,7 +346,6 @@ async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -
         for row in new:
             _adopt_children(row, pending)
         inserts = [_insert(row) for row in new]
-        updates = [_update(row) for row in dirty]
     except _NotPlain:
         await _flush_then_insert(session, also)
         return
