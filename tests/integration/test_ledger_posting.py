@@ -183,3 +183,50 @@ async def test_a_posting_waiting_for_the_flush_is_gone_with_a_rollback(database:
     async with database.read() as session:
         references = (await session.execute(select(JournalTransaction.reference_id))).scalars()
         assert list(references) == ["ord_3"]
+
+
+async def _references(database: Database) -> list[str]:
+    async with database.read() as session:
+        references = (
+            await session.execute(
+                select(JournalTransaction.reference_id).order_by(JournalTransaction.reference_id)
+            )
+        ).scalars()
+        return list(references)
+
+
+async def test_rolling_back_to_a_savepoint_forgets_only_the_postings_made_since(
+    database: Database,
+) -> None:
+    # It used to forget every posting waiting for the flush, and the commit's flush with
+    # them: the commit then wrote none of those begun before the savepoint.
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0)
+    async with database.unit_of_work() as session:
+        await _post_with_flush(session, creator.id, 1)
+        savepoint = await session.begin_nested()
+        await _post_with_flush(session, creator.id, 2)  # gathered with the first
+        await savepoint.rollback()
+        await _post_with_flush(session, creator.id, 3)
+    assert await _references(database) == ["ord_1", "ord_3"]
+    assert (await _balances(database))[ledger.PLATFORM_FEES] == 2 * 75
+
+
+async def test_a_released_savepoint_leaves_the_postings_waiting(database: Database) -> None:
+    # Releasing it used to raise (the commit check took it for the transaction's commit)
+    # and forget every waiting posting.
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0)
+    async with database.unit_of_work() as session:
+        await _post_with_flush(session, creator.id, 1)
+        async with session.begin_nested():
+            await _post_with_flush(session, creator.id, 2)
+            async with session.begin_nested():
+                await _post_with_flush(session, creator.id, 3)
+    assert await _references(database) == ["ord_1", "ord_2", "ord_3"]
+    assert await _balances(database) == {
+        ledger.BUYER_FUNDS: -4500,
+        ledger.creator_account(creator.id): 3 * 1351,
+        ledger.PLATFORM_FEES: 3 * 75,
+        ledger.PROCESSOR_FEES: 3 * 74,
+    }

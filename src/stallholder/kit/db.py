@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from stallholder.kit.pools import FairQueuePool
@@ -264,31 +264,88 @@ async def run_final_steps(session: AsyncSession) -> None:
 
 @event.listens_for(Session, "before_commit")
 def _refuse_commit_with_final_steps_left(session: Session) -> None:
-    if session.info.get(_FINAL_STEPS):
+    # Sent when a savepoint is released too, and the steps are then still to come. (A
+    # transaction committed with a savepoint still open is not checked: its unit of work
+    # closes every savepoint it opens and runs the steps before it commits.)
+    if session.get_nested_transaction() is None and session.info.get(_FINAL_STEPS):
         raise RuntimeError(
             "a unit of work committed with deferred final steps not run: call "
             "kit.db.run_final_steps before its commit"
         )
 
 
-@event.listens_for(Session, "after_soft_rollback")
-def _forget_final_steps(session: Session, _previous: Any) -> None:
-    session.info.pop(_FINAL_STEPS, None)
-    session.info.pop(_TRANSACTION, None)
-
-
 # What one transaction knows (``transaction_memo``): the rows it has locked
-# (``lock_rows``), rows read ahead for it (``hold``), and what a domain reads ahead of many
-# steps (``payments.read_payees``). Forgotten when the transaction ends, as its locks are.
+# (``lock_rows``), rows read ahead for it (``hold``), what a domain reads ahead of many
+# steps (``payments.read_payees``) and the writes waiting for its next flush
+# (``kit.flush.write_with_flush``: the ledger's postings). Forgotten when the transaction
+# ends, as its locks are.
 _TRANSACTION = "stallholder.transaction"
 _LOCKED = "locked_rows"
 _HELD = "held_rows"
 _Row = TypeVar("_Row", bound="Base")
+# For each open savepoint (``begin_nested``), innermost last: the savepoint, and the
+# transaction's memo and final steps as they were when it began (``_copied``).
+_SAVEPOINTS = "stallholder.savepoints"
+_Saved = tuple[dict[str, Any], list[FinalStep]]
+
+
+def _copied(value: Any) -> Any:
+    """``value`` with every dict, list, set and tuple in it copied, all the way down (an
+    invoice's attempts by number, in a dict by invoice); anything else (a row, a write,
+    a named tuple) is the same object."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _copied(item) for key, item in value.items()}
+    if kind is list or kind is set or kind is tuple:
+        return kind(_copied(item) for item in value)
+    return value
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _remember_at_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if not transaction.nested:
+        return
+    memo: dict[str, Any] = session.info.get(_TRANSACTION) or {}
+    saved = (_copied(memo), list(session.info.get(_FINAL_STEPS) or []))
+    session.info.setdefault(_SAVEPOINTS, []).append((transaction, saved))
+
+
+def _end_savepoint(session: Session, transaction: SessionTransaction) -> _Saved | None:
+    """Forget ``transaction``'s savepoint and any inside it; what was saved when it began
+    (None when it is not known)."""
+    savepoints: list[tuple[SessionTransaction, _Saved]] = session.info.get(_SAVEPOINTS, [])
+    for n, (savepoint, saved) in enumerate(savepoints):
+        if savepoint is transaction:
+            del savepoints[n:]
+            return saved
+    return None
 
 
 @event.listens_for(Session, "after_commit")
 def _forget_transaction(session: Session) -> None:
+    # SQLAlchemy sends this when a savepoint is released too: the transaction goes on, and
+    # so does what it knows. Forgetting it there lost the postings waiting for the flush.
+    released = session.get_nested_transaction()
+    if released is not None:
+        _end_savepoint(session, released)
+        return
     session.info.pop(_TRANSACTION, None)
+    session.info.pop(_SAVEPOINTS, None)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_final_steps(session: Session, previous: SessionTransaction) -> None:
+    # Rolled back to a savepoint: the database is as it was when the savepoint began (the
+    # locks taken since are released), so what the transaction knows and must still do is
+    # put back as it was then. Before, everything was forgotten, the final steps and the
+    # writes waiting for the flush begun before the savepoint too.
+    saved = _end_savepoint(session, previous) if previous.nested else None
+    if saved is not None:
+        session.info[_TRANSACTION], session.info[_FINAL_STEPS] = saved
+        return
+    session.info.pop(_FINAL_STEPS, None)
+    session.info.pop(_TRANSACTION, None)
+    session.info.pop(_SAVEPOINTS, None)
 
 
 def transaction_memo(session: AsyncSession) -> dict[str, Any]:
