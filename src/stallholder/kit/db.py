@@ -22,7 +22,7 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -62,8 +62,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
+        if value is None or value.tzinfo is UTC:
+            return value  # PostgreSQL's connections talk UTC (``create_engine``)
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
@@ -201,6 +201,15 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    # Every connection's session time zone is UTC, whatever the server's default: psycopg
+    # then loads a timestamp with ``datetime.UTC`` itself, which ``UTCDateTime`` keeps as
+    # it is, where a zone such as Etc/UTC cost a conversion of every timestamp read, twice
+    # (docs/performance.md). No SQL here depends on the session's zone. A URL's own
+    # ``options`` are kept.
+    options = make_url(full).query.get("options")
+    given = options if isinstance(options, str) else " ".join(options or ())
+    connect_args = kwargs.setdefault("connect_args", {})
+    connect_args.setdefault("options", f"{given} -c TimeZone=UTC".strip())
     # Up to POOL_CONNECTIONS connections, each kept once opened, served to waiting requests
     # in the order they came (ADR 0031).
     kwargs.setdefault("poolclass", FairQueuePool)
