@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import httpx
 import pytest
 
+from stallholder.accounts import service as accounts
 from stallholder.accounts.service import KeyCache, Principal
 from stallholder.app import create_app
 from stallholder.kit.clock import FrozenClock
@@ -156,3 +157,20 @@ def test_the_cache_keeps_a_principal_for_its_lifetime_only() -> None:
     off = KeyCache(0.0, clock=seconds)
     off.put("h1", principal)
     assert off.get("h1") is None
+
+
+async def test_a_roll_committed_after_savepoints_still_stops_the_old_key_here(
+    api: Api, database: Database, clock: FrozenClock
+) -> None:
+    # A rollback to a savepoint used to forget the roll, so the commit left the old key
+    # in the cache; a savepoint's release emptied the cache before the roll was committed.
+    creator = await api.creator()
+    key = creator["secret_key"]
+    assert await _status(api, key) == 200  # cached
+    async with database.unit_of_work() as session:
+        await accounts.roll_keys(session, creator_id=creator["id"], now=clock.now())
+        savepoint = await session.begin_nested()
+        await savepoint.rollback()
+        async with session.begin_nested():
+            pass
+    assert await _status(api, key) == 401

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stallholder.accounts.models import Creator
@@ -15,6 +16,7 @@ from stallholder.ledger.fees import Split
 from stallholder.ledger.models import Balance, JournalLine, JournalTransaction
 from tests import factories
 from tests.conftest import T0
+from tests.integration.test_savepoints import add_taken_in_a_savepoint, taken_event
 from tests.statements import shape, statements
 
 pytestmark = pytest.mark.anyio
@@ -230,3 +232,19 @@ async def test_a_released_savepoint_leaves_the_postings_waiting(database: Databa
         ledger.PLATFORM_FEES: 3 * 75,
         ledger.PROCESSOR_FEES: 3 * 74,
     }
+
+
+async def test_a_flush_failing_inside_a_savepoint_leaves_the_postings_waiting(
+    database: Database,
+) -> None:
+    # The failed flush's rollback used to forget every posting waiting for the flush.
+    async with database.unit_of_work() as session:
+        creator = await factories.create_creator(session, now=T0)
+        session.add(taken_event(creator.id))
+    async with database.unit_of_work() as session:
+        await _post_with_flush(session, creator.id, 1)
+        with pytest.raises(IntegrityError):
+            await add_taken_in_a_savepoint(session, creator.id)
+        await _post_with_flush(session, creator.id, 2)
+    assert await _references(database) == ["ord_1", "ord_2"]
+    assert (await _balances(database))[ledger.PLATFORM_FEES] == 2 * 75

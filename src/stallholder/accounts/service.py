@@ -18,14 +18,19 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql.dml import ReturningInsert
 
 from stallholder.accounts.emails import buyer_key
 from stallholder.accounts.models import ApiKey, Buyer, Creator, Customer, TestClock
 from stallholder.accounts.origins import is_origin_allowed
 from stallholder.accounts.schemas import slugify
-from stallholder.kit.db import UTCDateTime, is_unique_violation
+from stallholder.kit.db import (
+    UTCDateTime,
+    commits_whole_transaction,
+    is_unique_violation,
+    is_whole_transaction,
+)
 from stallholder.kit.errors import Conflict, Forbidden, NotFound, Unauthenticated
 from stallholder.kit.ids import hash_secret, new_id, new_secret
 from stallholder.kit.pagination import Page, paginate
@@ -105,13 +110,19 @@ _ROLLED = "stallholder.accounts.rolled_keys"
 
 @event.listens_for(Session, "after_commit")
 def _forget_rolled_keys(session: Session) -> None:
+    if not commits_whole_transaction(session):
+        return  # a savepoint's release: the old keys are still the database's until the commit
     for creator_id in session.info.pop(_ROLLED, ()):
         KeyCache.forget_creator_everywhere(creator_id)
 
 
-@event.listens_for(Session, "after_rollback")
-def _keep_keys(session: Session) -> None:
-    session.info.pop(_ROLLED, None)
+@event.listens_for(Session, "after_soft_rollback")
+def _keep_keys(session: Session, previous: SessionTransaction) -> None:
+    # Only the whole transaction's rollback: a roll before a savepoint that was rolled
+    # back to must still empty the caches at the commit. (A roll inside it then empties
+    # them for nothing, which costs a key lookup.)
+    if is_whole_transaction(previous):
+        session.info.pop(_ROLLED, None)
 
 
 class SlugTaken(Conflict):

@@ -285,23 +285,40 @@ def _refuse_commit_with_final_steps_left(session: Session) -> None:
 
 # What one transaction knows (``transaction_memo``): the rows it has locked
 # (``lock_rows``), rows read ahead for it (``hold``), what a domain reads ahead of many
-# steps (``payments.read_payees``) and the writes waiting for its next flush
-# (``kit.flush.write_with_flush``: the ledger's postings). Forgotten when the transaction
-# ends, as its locks are.
+# steps (``payments.read_payees``). Forgotten when the transaction ends, as its locks are,
+# and when it rolls back to a savepoint (a row read ahead may have been changed and
+# expired there: read again, it costs a statement, where kept it would be a lazy load).
 _TRANSACTION = "stallholder.transaction"
+# What one transaction must still write before its commit (``transaction_duties``: the
+# writes waiting for its next flush, the ledger's postings gathered for it). Kept when a
+# savepoint is released; rolling back to a savepoint puts it back as it was when the
+# savepoint began, as the database forgets only what was written since.
+_DUTIES = "stallholder.duties"
 _LOCKED = "locked_rows"
 _HELD = "held_rows"
 _Row = TypeVar("_Row", bound="Base")
 # For each open savepoint (``begin_nested``), innermost last: the savepoint, and the
-# transaction's memo and final steps as they were when it began (``_copied``).
+# transaction's duties and final steps as they were when it began (``_copied``).
 _SAVEPOINTS = "stallholder.savepoints"
 _Saved = tuple[dict[str, Any], list[FinalStep]]
 
 
+def is_whole_transaction(transaction: SessionTransaction) -> bool:
+    """Whether a transaction SQLAlchemy reports in an event (``after_soft_rollback``) is
+    the session's whole transaction: not a savepoint, nor the inner transaction of a
+    flush, whose failure rolls back only to the nearest savepoint."""
+    return transaction.parent is None
+
+
+def commits_whole_transaction(session: Session) -> bool:
+    """In an ``after_commit`` listener: whether the commit is the transaction's own, not a
+    savepoint's release (SQLAlchemy sends ``after_commit`` for both)."""
+    return session.get_nested_transaction() is None
+
+
 def _copied(value: Any) -> Any:
-    """``value`` with every dict, list, set and tuple in it copied, all the way down (an
-    invoice's attempts by number, in a dict by invoice); anything else (a row, a write,
-    a named tuple) is the same object."""
+    """``value`` with every dict, list, set and tuple in it copied, all the way down;
+    anything else (a write, a named tuple) is the same object."""
     kind = type(value)
     if kind is dict:
         return {key: _copied(item) for key, item in value.items()}
@@ -314,8 +331,8 @@ def _copied(value: Any) -> Any:
 def _remember_at_savepoint(session: Session, transaction: SessionTransaction) -> None:
     if not transaction.nested:
         return
-    memo: dict[str, Any] = session.info.get(_TRANSACTION) or {}
-    saved = (_copied(memo), list(session.info.get(_FINAL_STEPS) or []))
+    duties: dict[str, Any] = session.info.get(_DUTIES) or {}
+    saved = (_copied(duties), list(session.info.get(_FINAL_STEPS) or []))
     session.info.setdefault(_SAVEPOINTS, []).append((transaction, saved))
 
 
@@ -330,38 +347,57 @@ def _end_savepoint(session: Session, transaction: SessionTransaction) -> _Saved 
     return None
 
 
+def _forget_all(session: Session) -> None:
+    for key in (_FINAL_STEPS, _TRANSACTION, _DUTIES, _SAVEPOINTS):
+        session.info.pop(key, None)
+
+
 @event.listens_for(Session, "after_commit")
 def _forget_transaction(session: Session) -> None:
-    # SQLAlchemy sends this when a savepoint is released too: the transaction goes on, and
-    # so does what it knows. Forgetting it there lost the postings waiting for the flush.
-    released = session.get_nested_transaction()
-    if released is not None:
+    # A savepoint's release: the transaction goes on, and so does what it knows and must
+    # still write. Forgetting it there lost the postings waiting for the flush.
+    if not commits_whole_transaction(session):
+        released = session.get_nested_transaction()
+        assert released is not None
         _end_savepoint(session, released)
         return
-    session.info.pop(_TRANSACTION, None)
-    session.info.pop(_SAVEPOINTS, None)
+    _forget_all(session)
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _forget_final_steps(session: Session, previous: SessionTransaction) -> None:
-    # Rolled back to a savepoint: the database is as it was when the savepoint began (the
-    # locks taken since are released), so what the transaction knows and must still do is
-    # put back as it was then. Before, everything was forgotten, the final steps and the
-    # writes waiting for the flush begun before the savepoint too.
-    saved = _end_savepoint(session, previous) if previous.nested else None
-    if saved is not None:
-        session.info[_TRANSACTION], session.info[_FINAL_STEPS] = saved
+    if previous.nested:
+        # Rolled back to a savepoint: the database is as it was when it began (the locks
+        # taken since are released). What the transaction must still do is put back as
+        # it was then; what it read ahead is read again. Before, all of it was forgotten:
+        # the final steps, and the writes waiting for the flush from before the savepoint.
+        saved = _end_savepoint(session, previous)
+        session.info.pop(_TRANSACTION, None)
+        if saved is not None:
+            session.info[_DUTIES], session.info[_FINAL_STEPS] = saved
+            return
+    elif not is_whole_transaction(previous):
+        # A failed flush's inner transaction: the rollback of its savepoint, or of the
+        # whole transaction, follows and decides.
         return
-    session.info.pop(_FINAL_STEPS, None)
-    session.info.pop(_TRANSACTION, None)
-    session.info.pop(_SAVEPOINTS, None)
+    _forget_all(session)
 
 
 def transaction_memo(session: AsyncSession) -> dict[str, Any]:
     """A place for what this transaction has read ahead or locked; empty again once the
-    transaction commits or rolls back."""
+    transaction commits or rolls back, or rolls back to a savepoint."""
     memo: dict[str, Any] = session.info.setdefault(_TRANSACTION, {})
     return memo
+
+
+def transaction_duties(session: AsyncSession) -> dict[str, Any]:
+    """A place for what this transaction must still write before it commits (writes
+    waiting for its next flush); empty again once it commits or rolls back. A savepoint
+    keeps it: rolling back to one puts it back as it was when the savepoint began. Keep
+    only dicts, lists, sets and tuples of values and immutable objects here (that is what
+    is copied when a savepoint begins)."""
+    duties: dict[str, Any] = session.info.setdefault(_DUTIES, {})
+    return duties
 
 
 def hold(session: AsyncSession, rows: Iterable[object]) -> None:

@@ -38,7 +38,7 @@ from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql.elements import TextClause
 
-from stallholder.kit.db import defer_until_commit, transaction_memo
+from stallholder.kit.db import defer_until_commit, transaction_duties
 
 # (table, insert | update, the columns written, the key columns of an update or the
 # generated key an insert reads back, how many rows), or (None, write, (its CTEs,), (), 1).
@@ -75,7 +75,7 @@ def write_with_flush(session: AsyncSession, write: Write) -> None:
     includes (the ledger's postings gathered into one)."""
     # The transaction's: a rollback forgets it (a session used again after one, as the
     # idempotency middleware's is to store a problem, never sends it).
-    pending: list[Write] = transaction_memo(session).setdefault(_WRITES, [])
+    pending: list[Write] = transaction_duties(session).setdefault(_WRITES, [])
     if not pending:
         defer_until_commit(session, flush_together)
     pending.append(write)
@@ -85,7 +85,7 @@ def replace_write(session: AsyncSession, old: Write, new: Write) -> bool:
     """Put ``new`` in the place of ``old`` among the writes waiting for the next
     ``flush_together`` (a write that grew: the ledger's postings gathered into one).
     False, with nothing changed, when ``old`` is not waiting (it was sent meanwhile)."""
-    pending: list[Write] = transaction_memo(session).get(_WRITES) or []
+    pending: list[Write] = transaction_duties(session).get(_WRITES) or []
     for n, write in enumerate(pending):
         if write is old:
             pending[n] = new
@@ -95,7 +95,7 @@ def replace_write(session: AsyncSession, old: Write, new: Write) -> bool:
 
 async def send_writes(session: AsyncSession) -> None:
     """Send the pending writes now, each a statement of its own."""
-    for write in transaction_memo(session).pop(_WRITES, None) or []:
+    for write in transaction_duties(session).pop(_WRITES, None) or []:
         await session.execute(write.alone, dict(write.params))
 
 
@@ -296,6 +296,10 @@ def _update(row: object) -> tuple[Table, dict[str, Any], dict[str, Any]] | None:
         changed[columns[0].name] = value
     if any(column.name in changed for column in table.primary_key):
         raise _NotPlain
+    # In the table's order, not the order they were set: rows changed alike are one part.
+    changed = {
+        column.name: changed[column.name] for column in table.columns if column.name in changed
+    }
     key = {
         column.name: value
         for column, value in zip(
@@ -327,7 +331,7 @@ async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -
     """
     sync = session.sync_session
     new = list(sync.new)
-    writes: list[Write] = transaction_memo(session).get(_WRITES) or []
+    writes: list[Write] = transaction_duties(session).get(_WRITES) or []
     if session.get_bind().dialect.name != "postgresql" or sync.deleted:
         await _flush_then_insert(session, also)
         return
@@ -392,7 +396,7 @@ async def flush_together(session: AsyncSession, *, also: Sequence[Extra] = ()) -
         reads.append((len(indexes), []))
     with sync.no_autoflush:  # the statement is this flush
         row = (await session.execute(_statement(tuple(parts)), params)).one()
-    transaction_memo(session).pop(_WRITES, None)
+    transaction_duties(session).pop(_WRITES, None)
     outputs = tuple(row) if reads else ()  # else the one ``nothing`` column
     stale = [
         (count, matched)

@@ -75,10 +75,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
 
 from stallholder.kit.clock import Clock
-from stallholder.kit.db import Base, Database
+from stallholder.kit.db import Base, Database, commits_whole_transaction, is_whole_transaction
 from stallholder.kit.ids import new_id
 
 log = logging.getLogger("stallholder.work")
@@ -873,6 +873,8 @@ def _notify_other_processes(session: Session) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _wake_this_process(session: Session) -> None:
+    if not commits_whole_transaction(session):
+        return  # a savepoint's release: the work is not there for others until the commit
     session.info.pop(_QUIET, None)
     every = session.info.pop(_WAKE_ALL, False)
     kinds = session.info.pop(_WAKE_KINDS, set())
@@ -880,8 +882,10 @@ def _wake_this_process(session: Session) -> None:
         Wakeup.ring_for(None if every else kinds)
 
 
-@event.listens_for(Session, "after_rollback")
-def _forget_wake(session: Session) -> None:
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_wake(session: Session, previous: SessionTransaction) -> None:
+    if not is_whole_transaction(previous):
+        return  # a savepoint's or a failed flush's: work enqueued before it still wakes
     session.info.pop(_WAKE, None)
     session.info.pop(_WAKE_ALL, None)
     session.info.pop(_WAKE_KINDS, None)

@@ -12,7 +12,7 @@ from typing import Any, cast
 from sqlalchemy import Table, TextClause, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stallholder.kit.db import transaction_memo
+from stallholder.kit.db import transaction_duties
 from stallholder.kit.flush import PREFIX, Write, replace_write, write_with_flush
 from stallholder.kit.ids import new_id
 from stallholder.kit.pagination import Page, paginate
@@ -285,18 +285,18 @@ async def post(
 def _post_with_flush(session: AsyncSession, posting: _Posting) -> None:
     """Leave ``posting`` to the next ``flush_together``, gathered with the postings
     already waiting for it into one write (``_postings_write``)."""
-    memo = transaction_memo(session)
-    waiting: tuple[Write, list[_Posting]] | None = memo.get(_POSTINGS)
+    duties = transaction_duties(session)
+    waiting: tuple[Write, list[_Posting]] | None = duties.get(_POSTINGS)
     if waiting is not None:
         write, postings = waiting
         gathered = [*postings, posting]
         together = _postings_write(gathered)
         if replace_write(session, write, together):
-            memo[_POSTINGS] = (together, gathered)
+            duties[_POSTINGS] = (together, gathered)
             return
     write = _postings_write([posting])
     write_with_flush(session, write)
-    memo[_POSTINGS] = (write, [posting])
+    duties[_POSTINGS] = (write, [posting])
 
 
 def payment_lines(creator_id: str, split: Split) -> list[Line]:
