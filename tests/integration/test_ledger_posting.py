@@ -234,17 +234,23 @@ async def test_a_released_savepoint_leaves_the_postings_waiting(database: Databa
     }
 
 
-async def test_a_flush_failing_inside_a_savepoint_leaves_the_postings_waiting(
+async def test_a_flush_failing_inside_a_savepoint_forgets_only_the_postings_made_in_it(
     database: Database,
 ) -> None:
-    # The failed flush's rollback used to forget every posting waiting for the flush.
+    # Its rollback used to forget every posting waiting for the flush; and where no
+    # rollback event came (SQLAlchemy only closes such a savepoint), a posting made inside
+    # it stayed gathered with the others and was written for work the database undid.
     async with database.unit_of_work() as session:
         creator = await factories.create_creator(session, now=T0)
         session.add(taken_event(creator.id))
     async with database.unit_of_work() as session:
         await _post_with_flush(session, creator.id, 1)
+
+        async def inside() -> None:
+            await _post_with_flush(session, creator.id, 2)  # gathered with the first
+
         with pytest.raises(IntegrityError):
-            await add_taken_in_a_savepoint(session, creator.id)
-        await _post_with_flush(session, creator.id, 2)
-    assert await _references(database) == ["ord_1", "ord_2"]
+            await add_taken_in_a_savepoint(session, creator.id, first=inside)
+        await _post_with_flush(session, creator.id, 3)
+    assert await _references(database) == ["ord_1", "ord_3"]
     assert (await _balances(database))[ledger.PLATFORM_FEES] == 2 * 75

@@ -6,6 +6,8 @@ ahead (``transaction_memo``) is kept through a release and read again after a ro
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -83,19 +85,22 @@ def _event(event_id: str, creator_id: str) -> Event:
     )
 
 
-async def add_taken_in_a_savepoint(session: AsyncSession, creator_id: str) -> None:
-    """Add an event under the id ``evt_taken`` (which must exist) in a savepoint and flush:
-    the flush fails, and the savepoint is rolled back."""
+async def add_taken_in_a_savepoint(
+    session: AsyncSession, creator_id: str, *, first: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """In a savepoint: ``first``, then add an event under the id ``evt_taken`` (which must
+    exist) and flush. The flush fails; SQLAlchemy rolls back to the savepoint and then
+    only closes it (no rollback event follows)."""
     async with session.begin_nested():
+        if first is not None:
+            await first()
         session.add(taken_event(creator_id))
         await session.flush()
 
 
-async def test_a_flush_failing_inside_a_savepoint_forgets_nothing_from_before_it(
+async def test_a_flush_failing_inside_a_savepoint_forgets_only_what_was_added_in_it(
     database: Database,
 ) -> None:
-    # SQLAlchemy rolls a failed flush's own inner transaction back to the savepoint and
-    # reports that rollback first: it must not be taken for the whole transaction's.
     ran: list[str] = []
     async with database.unit_of_work() as session:
         creator = await factories.create_creator(session, now=T0)
@@ -103,9 +108,16 @@ async def test_a_flush_failing_inside_a_savepoint_forgets_nothing_from_before_it
     async with database.unit_of_work() as session:
         _step(session, ran, "before")
         transaction_duties(session)["writes"] = ["before"]
+
+        async def inside() -> None:
+            _step(session, ran, "inside")
+            transaction_duties(session)["writes"].append("inside")
+            transaction_memo(session)["read ahead"] = "inside"
+
         with pytest.raises(IntegrityError):
-            await add_taken_in_a_savepoint(session, creator.id)
+            await add_taken_in_a_savepoint(session, creator.id, first=inside)
         assert transaction_duties(session) == {"writes": ["before"]}
+        assert transaction_memo(session) == {}
         session.add(_event("evt_after", creator.id))
     assert ran == ["before"]
     async with database.read() as session:

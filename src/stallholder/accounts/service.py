@@ -116,12 +116,12 @@ def _forget_rolled_keys(session: Session) -> None:
         KeyCache.forget_creator_everywhere(creator_id)
 
 
-@event.listens_for(Session, "after_soft_rollback")
-def _keep_keys(session: Session, previous: SessionTransaction) -> None:
-    # Only the whole transaction's rollback: a roll before a savepoint that was rolled
-    # back to must still empty the caches at the commit. (A roll inside it then empties
-    # them for nothing, which costs a key lookup.)
-    if is_whole_transaction(previous):
+@event.listens_for(Session, "after_transaction_end")
+def _keep_keys(session: Session, transaction: SessionTransaction) -> None:
+    # The whole transaction's end (after its commit emptied the caches, or its rollback):
+    # a roll before a savepoint that was rolled back to must still empty the caches at the
+    # commit. (A roll inside it then empties them for nothing, which costs a key lookup.)
+    if is_whole_transaction(transaction):
         session.info.pop(_ROLLED, None)
 
 

@@ -304,9 +304,11 @@ _Saved = tuple[dict[str, Any], list[FinalStep]]
 
 
 def is_whole_transaction(transaction: SessionTransaction) -> bool:
-    """Whether a transaction SQLAlchemy reports in an event (``after_soft_rollback``) is
+    """Whether a transaction SQLAlchemy reports in an event (``after_transaction_end``) is
     the session's whole transaction: not a savepoint, nor the inner transaction of a
-    flush, whose failure rolls back only to the nearest savepoint."""
+    flush, whose failure rolls back only to the nearest savepoint. Its end is reported
+    however it ends (committed, rolled back, or closed after a failed flush), after
+    ``after_commit``; a rollback's ``after_soft_rollback`` is not sent in every case."""
     return transaction.parent is None
 
 
@@ -353,34 +355,33 @@ def _forget_all(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_commit")
-def _forget_transaction(session: Session) -> None:
-    # A savepoint's release: the transaction goes on, and so does what it knows and must
-    # still write. Forgetting it there lost the postings waiting for the flush.
-    if not commits_whole_transaction(session):
-        released = session.get_nested_transaction()
-        assert released is not None
+def _keep_through_a_release(session: Session) -> None:
+    # A savepoint's release (SQLAlchemy sends ``after_commit`` for it too): the
+    # transaction goes on, and so does what it knows and must still write; only the
+    # savepoint's snapshot goes. Forgetting all of it there lost the postings waiting for
+    # the flush.
+    released = session.get_nested_transaction()
+    if released is not None:
         _end_savepoint(session, released)
-        return
-    _forget_all(session)
 
 
-@event.listens_for(Session, "after_soft_rollback")
-def _forget_final_steps(session: Session, previous: SessionTransaction) -> None:
-    if previous.nested:
-        # Rolled back to a savepoint: the database is as it was when it began (the locks
-        # taken since are released). What the transaction must still do is put back as
-        # it was then; what it read ahead is read again. Before, all of it was forgotten:
-        # the final steps, and the writes waiting for the flush from before the savepoint.
-        saved = _end_savepoint(session, previous)
-        session.info.pop(_TRANSACTION, None)
+@event.listens_for(Session, "after_transaction_end")
+def _forget_at_the_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        # A savepoint that ended without its release: rolled back to, or closed after a
+        # flush inside it failed (SQLAlchemy then only closes it; no rollback event
+        # follows). The database is as it was when it began (the locks taken since are
+        # released): what the transaction must still do is put back as it was then, and
+        # what it read ahead is read again. Before, all of it was forgotten, the final
+        # steps and the writes waiting for the flush from before the savepoint too.
+        saved = _end_savepoint(session, transaction)
         if saved is not None:
+            session.info.pop(_TRANSACTION, None)
             session.info[_DUTIES], session.info[_FINAL_STEPS] = saved
-            return
-    elif not is_whole_transaction(previous):
-        # A failed flush's inner transaction: the rollback of its savepoint, or of the
-        # whole transaction, follows and decides.
-        return
-    _forget_all(session)
+    elif is_whole_transaction(transaction):
+        # Committed, rolled back or closed: sent last for each.
+        _forget_all(session)
+    # Else a flush's inner transaction: its savepoint's or the transaction's end follows.
 
 
 def transaction_memo(session: AsyncSession) -> dict[str, Any]:

@@ -882,9 +882,9 @@ def _wake_this_process(session: Session) -> None:
         Wakeup.ring_for(None if every else kinds)
 
 
-@event.listens_for(Session, "after_soft_rollback")
-def _forget_wake(session: Session, previous: SessionTransaction) -> None:
-    if not is_whole_transaction(previous):
+@event.listens_for(Session, "after_transaction_end")
+def _forget_wake(session: Session, transaction: SessionTransaction) -> None:
+    if not is_whole_transaction(transaction):
         return  # a savepoint's or a failed flush's: work enqueued before it still wakes
     session.info.pop(_WAKE, None)
     session.info.pop(_WAKE_ALL, None)
