@@ -89,8 +89,8 @@ async def add_taken_in_a_savepoint(
     session: AsyncSession, creator_id: str, *, first: Callable[[], Awaitable[None]] | None = None
 ) -> None:
     """In a savepoint: ``first``, then add an event under the id ``evt_taken`` (which must
-    exist) and flush. The flush fails; SQLAlchemy rolls back to the savepoint and then
-    only closes it (no rollback event follows)."""
+    exist) and flush. The flush fails and rolls back to the savepoint; the context manager
+    then only closes it (no rollback event is sent for the savepoint itself)."""
     async with session.begin_nested():
         if first is not None:
             await first()

@@ -117,7 +117,7 @@ def _forget_rolled_keys(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_transaction_end")
-def _keep_keys(session: Session, transaction: SessionTransaction) -> None:
+def _drop_rolled_keys_note(session: Session, transaction: SessionTransaction) -> None:
     # The whole transaction's end (after its commit emptied the caches, or its rollback):
     # a roll before a savepoint that was rolled back to must still empty the caches at the
     # commit. (A roll inside it then empties them for nothing, which costs a key lookup.)

@@ -355,7 +355,7 @@ def _forget_all(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_commit")
-def _keep_through_a_release(session: Session) -> None:
+def _drop_released_savepoint(session: Session) -> None:
     # A savepoint's release (SQLAlchemy sends ``after_commit`` for it too): the
     # transaction goes on, and so does what it knows and must still write; only the
     # savepoint's snapshot goes. Forgetting all of it there lost the postings waiting for
@@ -368,9 +368,10 @@ def _keep_through_a_release(session: Session) -> None:
 @event.listens_for(Session, "after_transaction_end")
 def _forget_at_the_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.nested:
-        # A savepoint that ended without its release: rolled back to, or closed after a
-        # flush inside it failed (SQLAlchemy then only closes it; no rollback event
-        # follows). The database is as it was when it began (the locks taken since are
+        # A savepoint that ended without its release: rolled back to, or closed by its
+        # context manager after a flush inside it failed (the flush rolled back to it;
+        # no rollback event is sent for the savepoint itself then). The database is as
+        # it was when it began (the locks taken since are
         # released): what the transaction must still do is put back as it was then, and
         # what it read ahead is read again. Before, all of it was forgotten, the final
         # steps and the writes waiting for the flush from before the savepoint too.
