@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from stallholder.kit.db import Base, SerialPK
@@ -109,6 +109,13 @@ class SubscriptionItem(Base):
     created_at: Mapped[datetime]
 
 
+# Renewal invoices waiting for their first charge, which a consolidated charge may gather.
+GATHERABLE_SQL = (
+    "status = 'open' AND attempt_count = 0 AND billing_reason = 'subscription_cycle' "
+    "AND consolidated_charge_id IS NULL"
+)
+
+
 class Invoice(Base):
     """What a customer owes for a period (or a change): ``draft → open → paid | void |
     uncollectible``. A period's invoice is unique by ``period_key``
@@ -119,6 +126,16 @@ class Invoice(Base):
     __table_args__ = (
         Index("ix_invoices_creator_subscription", "creator_id", "subscription_id"),
         Index("ix_invoices_creator_customer", "creator_id", "customer_id"),
+        # A charge batch counts each buyer's gatherable invoices across creators, by
+        # customer (``consolidation._read_gatherable``): without it, PostgreSQL read every
+        # invoice with no consolidated charge. Partial, so it stays as small as the set of
+        # invoices waiting for their first charge, and is chosen with no statistics too.
+        Index(
+            "ix_invoices_gatherable_customer",
+            "customer_id",
+            sqlite_where=text(GATHERABLE_SQL),
+            postgresql_where=text(GATHERABLE_SQL),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

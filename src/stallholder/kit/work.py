@@ -111,6 +111,17 @@ class WorkItem(Base):
     __tablename__ = "work_items"
     __table_args__ = (
         Index("ix_work_items_due", "state", "due_at"),
+        # A claim asks for one kind's live items due now: without the kind first, it read
+        # every live item due now, of every kind (a backlog of emails behind a renewal
+        # run made each charge claim read tens of thousands of rows).
+        Index(
+            "ix_work_items_live_kind_due",
+            "kind",
+            "due_at",
+            "id",
+            sqlite_where=text(_LIVE_SQL),
+            postgresql_where=text(_LIVE_SQL),
+        ),
         Index(
             "uq_work_items_live_dedupe_key",
             "dedupe_key",
