@@ -371,10 +371,10 @@ def _forget_at_the_end(session: Session, transaction: SessionTransaction) -> Non
         # A savepoint that ended without its release: rolled back to, or closed by its
         # context manager after a flush inside it failed (the flush rolled back to it;
         # no rollback event is sent for the savepoint itself then). The database is as
-        # it was when it began (the locks taken since are
-        # released): what the transaction must still do is put back as it was then, and
-        # what it read ahead is read again. Before, all of it was forgotten, the final
-        # steps and the writes waiting for the flush from before the savepoint too.
+        # it was when it began, the locks taken since released: what the transaction
+        # must still do is put back as it was then, and what it read ahead is read
+        # again. Before, all of it was forgotten, the final steps and the writes waiting
+        # for the flush from before the savepoint too.
         saved = _end_savepoint(session, transaction)
         if saved is not None:
             session.info.pop(_TRANSACTION, None)
