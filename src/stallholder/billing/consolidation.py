@@ -142,6 +142,8 @@ async def _read_gatherable(session: AsyncSession, *, invoices: Iterable[Invoice]
             buyer_ids.add(customer.buyer_id)
     if not buyer_ids:
         return
+    # These conditions are the partial index's (``models.GATHERABLE_SQL``,
+    # ``ix_invoices_gatherable_customer``): change both together, or the index goes unused.
     rows = await session.execute(
         select(Customer.buyer_id, func.count(Invoice.id))
         .join(Invoice, Invoice.customer_id == Customer.id)

@@ -276,7 +276,7 @@ def _refuse_commit_with_final_steps_left(session: Session) -> None:
     # Sent when a savepoint is released too, and the steps are then still to come. (A
     # transaction committed with a savepoint still open is not checked: its unit of work
     # closes every savepoint it opens and runs the steps before it commits.)
-    if session.get_nested_transaction() is None and session.info.get(_FINAL_STEPS):
+    if commits_whole_transaction(session) and session.info.get(_FINAL_STEPS):
         raise RuntimeError(
             "a unit of work committed with deferred final steps not run: call "
             "kit.db.run_final_steps before its commit"
@@ -313,8 +313,9 @@ def is_whole_transaction(transaction: SessionTransaction) -> bool:
 
 
 def commits_whole_transaction(session: Session) -> bool:
-    """In an ``after_commit`` listener: whether the commit is the transaction's own, not a
-    savepoint's release (SQLAlchemy sends ``after_commit`` for both)."""
+    """In a ``before_commit`` or ``after_commit`` listener: whether the commit is the
+    transaction's own, not a savepoint's release (SQLAlchemy sends both events for
+    either)."""
     return session.get_nested_transaction() is None
 
 
